@@ -1,0 +1,11 @@
+// The na_kernels._C module: each op's file registers its functions here.
+#include <pybind11/pybind11.h>
+
+namespace na {
+void bind_noisy_quant(pybind11::module_& m);
+}
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "na_kernels C++ CPU kernels (raw pointers, no torch headers)";
+  na::bind_noisy_quant(m);
+}

@@ -1,0 +1,51 @@
+"""The compiled C++ CPU kernels (``na_kernels._C``): loading, raw-pointer calls, fallback.
+
+The extension is built by ``pip install .`` with pybind11 and no torch headers; it sees
+tensors as (address, element count, dtype code). Where it is missing, ops on CPU tensors
+fall back to the PyTorch reference and warn once, saying why.
+"""
+import warnings
+
+import torch
+
+try:
+    from . import _C
+    _LOAD_ERROR = None
+except ImportError as error:  # not built: no compiler at install time, or a source checkout
+    _C = None
+    _LOAD_ERROR = error
+
+# dtype codes understood by csrc/ (see csrc/float_convert.h)
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+_warned = False
+
+
+def available():
+    return _C is not None
+
+
+def load_error():
+    return _LOAD_ERROR
+
+
+def warn_fallback_once():
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            f"na_kernels: the C++ CPU kernels are not available ({_LOAD_ERROR}); CPU tensors use the "
+            "slower PyTorch reference. Reinstall with a C++ compiler (`pip install .`) to build them.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def extension():
+    if _C is None:
+        raise RuntimeError(f"na_kernels C++ extension unavailable: {_LOAD_ERROR}")
+    return _C
+
+
+def num_threads():
+    return max(1, torch.get_num_threads())

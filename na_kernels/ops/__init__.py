@@ -1,0 +1,1 @@
+"""Public ops: argument checks, torch.library registration, autograd, backend dispatch."""

@@ -1,0 +1,99 @@
+"""noisy_quant in plain PyTorch: the contract of DESIGN.md in code.
+
+    z     = x * (p / lam)  (+ scale * eps)
+    q_raw = floor(z + shift)
+    q     = clamp(q_raw, 0, p)
+    y     = (q / p) * lam
+
+All arithmetic is float32, one IEEE-rounded operation at a time and in this order, so
+the C++ and Triton kernels (which do the same) agree with it bit for bit. ``lam`` is a
+scalar or a per-channel vector along dim 1. ``eps`` is a pure function of (seed, flat
+row-major element index): ``U(-0.5, 0.5)`` as ``tl.rand - 0.5`` or ``N(0, 1)`` as
+``tl.randn`` (see ``philox.py``).
+"""
+import torch
+
+from . import philox
+
+NOISE_KINDS = {None: 0, "uniform": 1, "gaussian": 2}
+
+
+def _float(value, device):
+    # A 0-d tensor on the input's device: CUDA turns division by a *CPU* scalar into a
+    # multiplication by its reciprocal, which rounds differently from the kernels.
+    return torch.tensor(float(value), dtype=torch.float32, device=device)
+
+
+def lam_view(lam, x):
+    """``lam`` as float32, broadcastable against x (per-channel along dim 1)."""
+    lam = torch.as_tensor(lam, dtype=torch.float32, device=x.device).to(torch.float32)
+    if lam.numel() == 1:
+        return lam.reshape(())
+    return lam.reshape((1, -1) + (1,) * (x.dim() - 2))
+
+
+def noise(x_shape, seed, kind, device):
+    """eps for every element of a tensor of ``x_shape`` (float32, same shape)."""
+    numel = 1
+    for size in x_shape:
+        numel *= size
+    offsets = torch.arange(numel, dtype=torch.int64, device=device)
+    if kind in ("uniform", 1):
+        eps = philox.uniform(seed, offsets) - _float(0.5, device)
+    elif kind in ("gaussian", 2):
+        eps = philox.normal(seed, offsets)
+    else:
+        raise ValueError(f"noise must be None, 'uniform' or 'gaussian', got {kind!r}")
+    return eps.reshape(x_shape)
+
+
+def quantize_raw(x, lam, p, *, noise_kind=1, scale=1.0, shift=0.5, seed=0):
+    """(z + shift, lam as broadcast view): everything before the floor, in float32."""
+    device = x.device
+    lam_b = lam_view(lam, x)
+    z = x.to(torch.float32) * torch.div(_float(p, device), lam_b)
+    if NOISE_KINDS.get(noise_kind, noise_kind) != 0:
+        eps = noise(x.shape, seed, noise_kind, device)
+        z = z + _float(scale, device) * eps
+    return z + _float(shift, device), lam_b
+
+
+def noisy_quant(x, p, lam=1.0, *, noise="uniform", scale=1.0, shift=0.5, seed=0):
+    """Forward of the contract, differentiable: autograd gives the straight-through
+    estimator of DESIGN.md (d floor/dz := 1, clamp passes the gradient on [0, p]).
+
+    x: any shape, float dtype; lam: float, scalar tensor or [C] (dim 1 of x);
+    seed: int or 1-element int64 tensor. Returns y with x's shape and dtype.
+    """
+    z_shifted, lam_b = quantize_raw(x, lam, p, noise_kind=noise, scale=scale, shift=shift, seed=seed)
+    # floor with d/dz := 1; infinities are saturated first so floor(z) - z is never inf - inf
+    finite_z = torch.where(torch.isinf(z_shifted), z_shifted.detach().clamp(-1.0, p + 1.0), z_shifted)
+    q_raw = finite_z + (torch.floor(finite_z) - finite_z).detach()
+    q = torch.clamp(q_raw, 0, p)
+    y = (q / _float(p, x.device)) * lam_b
+    return y.to(x.dtype)
+
+
+def noisy_quant_backward(grad_y, x, lam, p, *, noise="uniform", scale=1.0, shift=0.5, seed=0):
+    """The straight-through backward in closed form: (grad_x, grad_lam).
+
+    grad_x   = grad_y * [0 <= q_raw <= p]
+    grad_lam = sum(grad_y * g),  g = q/p - x/lam on [0, p], 1 above p, 0 below 0,
+    summed to lam's shape (all dims but 1 for a per-channel lam); accumulated in float64.
+    """
+    with torch.no_grad():
+        z_shifted, lam_b = quantize_raw(x, lam, p, noise_kind=noise, scale=scale, shift=shift, seed=seed)
+        q_raw = torch.floor(z_shifted)
+        inside = (q_raw >= 0) & (q_raw <= p)
+        grad_y32 = grad_y.to(torch.float32)
+        grad_x = torch.where(inside, grad_y32, torch.zeros_like(grad_y32)).to(x.dtype)
+        x32 = x.to(torch.float32)
+        g = torch.where(inside, q_raw / _float(p, x.device) - x32 / lam_b, (q_raw > p).to(torch.float32))
+        contribution = (grad_y32 * g).to(torch.float64)
+        lam_t = torch.as_tensor(lam)
+        if lam_t.numel() == 1:
+            grad_lam = contribution.sum().reshape(lam_t.shape)
+        else:
+            dims = [d for d in range(x.dim()) if d != 1]
+            grad_lam = contribution.sum(dim=dims) if dims else contribution
+        return grad_x, grad_lam.to(lam_t.dtype if lam_t.is_floating_point() else torch.float32)

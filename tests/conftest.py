@@ -1,0 +1,42 @@
+"""Test setup shared by every test file.
+
+Triton's interpreter must be switched on before triton is first imported, so it is set
+here (unless a GPU is present, where the Triton kernels run natively on CUDA tensors).
+"""
+import os
+
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+try:
+    import triton  # noqa: F401,E402
+
+    HAS_TRITON = True
+except ImportError:
+    HAS_TRITON = False
+
+# Where the Triton kernels run in these tests: natively on a GPU, else the interpreter on CPU.
+TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+requires_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_restore_backend():
+    import na_kernels
+
+    torch.manual_seed(1234)
+    previous = na_kernels.get_backend()
+    yield
+    na_kernels.set_backend(previous)
+
+
+def poison_like(tensor):
+    """A tensor of the same shape/dtype filled with NaN: unwritten outputs show up."""
+    return torch.full_like(tensor, float("nan"))
