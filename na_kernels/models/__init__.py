@@ -1,0 +1,234 @@
+"""Architectures used by the papers, with CIFAR-size stems, plus the demo's small CNN.
+
+Every activation is a separate ``nn.ReLU`` module by default (so
+``na_kernels.nn.replace_activations`` swaps each one for its own NoisyQuant with its own
+λ), or whatever the ``act`` factory builds, e.g. ``act=lambda: NoisyQuant(p=3)``.
+Pooling is average pooling (max pooling has no rate-coded SNN equivalent).
+
+    build_model("resnet20", num_classes=10)           # plain ReLU
+    build_model("vgg16", 100, act=lambda: NoisyQuant(7))
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Sequence, Type, Union
+
+import torch
+from torch import nn
+
+__all__ = ["MODELS", "build_model", "DigitsCNN", "VGG", "ResNet", "CifarResNet", "BasicBlock",
+           "Bottleneck", "vgg16", "resnet18", "resnet20", "resnet34", "resnet50", "resnet101",
+           "resnet152", "digits_cnn"]
+
+ActFactory = Callable[[], nn.Module]
+
+
+def _conv_bn_act(cin: int, cout: int, act: ActFactory) -> List[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), act()]
+
+
+class DigitsCNN(nn.Module):
+    """The demo's small CNN for 8x8 digits: 3 conv layers (32, 32, 64), two 2x2 average
+    pools and a linear classifier — three activations, ~31k parameters."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 32, act: ActFactory = nn.ReLU):
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv_bn_act(in_channels, width, act),
+            *_conv_bn_act(width, width, act),
+            nn.AvgPool2d(2),
+            *_conv_bn_act(width, 2 * width, act),
+            nn.AvgPool2d(2),
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 4, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+_VGG_CFG: Dict[str, Sequence[Union[int, str]]] = {
+    "vgg11": [64, "A", 128, "A", 256, 256, "A", 512, 512, "A", 512, 512, "A"],
+    "vgg16": [64, 64, "A", 128, 128, "A", 256, 256, 256, "A", 512, 512, 512, "A", 512, 512, 512, "A"],
+}
+
+
+class VGG(nn.Module):
+    """VGG with batch norm and average pooling for 32x32 inputs, classifier
+    512 -> 4096 -> 4096 -> classes with dropout (the CIFAR VGG-16 of QCFS / Noise Adaptor)."""
+
+    def __init__(self, cfg: Sequence[Union[int, str]], num_classes: int = 10, in_channels: int = 3,
+                 act: ActFactory = nn.ReLU, hidden: int = 4096, dropout: float = 0.5):
+        super().__init__()
+        layers: List[nn.Module] = []
+        c = in_channels
+        for v in cfg:
+            if v == "A":
+                layers.append(nn.AvgPool2d(2))
+            else:
+                layers += _conv_bn_act(c, int(v), act)
+                c = int(v)
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(c, hidden), act(), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), act(), nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+        _init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int = 1, act: ActFactory = nn.ReLU):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = act()
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = act()
+        self.downsample: Optional[nn.Module] = None
+        if stride != 1 or cin != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, planes, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + identity)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int = 1, act: ActFactory = nn.ReLU):
+        super().__init__()
+        out_c = planes * self.expansion
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = act()
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = act()
+        self.conv3 = nn.Conv2d(planes, out_c, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_c)
+        self.relu3 = act()
+        self.downsample: Optional[nn.Module] = None
+        if stride != 1 or cin != out_c:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, out_c, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(out_c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu3(out + identity)
+
+
+class ResNet(nn.Module):
+    """ResNet-18/34/50/101/152 with a CIFAR stem: one 3x3 stride-1 convolution, no max pool;
+    four stages (64, 128, 256, 512 planes), global average pool, linear classifier."""
+
+    def __init__(self, block: Type[nn.Module], layers: Sequence[int], num_classes: int = 10,
+                 in_channels: int = 3, act: ActFactory = nn.ReLU, widths: Sequence[int] = (64, 128, 256, 512)):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = act()
+        c = widths[0]
+        stages = []
+        for i, (w, n) in enumerate(zip(widths, layers)):
+            blocks = []
+            for j in range(n):
+                stride = 2 if (i > 0 and j == 0) else 1
+                blocks.append(block(c, w, stride, act))
+                c = w * block.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages[0], stages[1], stages[2]
+        self.layer4 = stages[3] if len(stages) > 3 else nn.Identity()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(c, num_classes)
+        _init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.flatten(self.avgpool(x)))
+
+
+class CifarResNet(ResNet):
+    """ResNet-20 (He et al. 2016, CIFAR): three stages of 3 basic blocks, 16/32/64 planes."""
+
+    def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3, act: ActFactory = nn.ReLU):
+        if (depth - 2) % 6:
+            raise ValueError("CIFAR ResNet depth must be 6n+2")
+        n = (depth - 2) // 6
+        super().__init__(BasicBlock, [n, n, n], num_classes, in_channels, act, widths=(16, 32, 64))
+
+
+def _init(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def digits_cnn(num_classes=10, in_channels=1, act=nn.ReLU):
+    return DigitsCNN(num_classes, in_channels, act=act)
+
+
+def vgg16(num_classes=10, in_channels=3, act=nn.ReLU):
+    return VGG(_VGG_CFG["vgg16"], num_classes, in_channels, act)
+
+
+def resnet18(num_classes=10, in_channels=3, act=nn.ReLU):
+    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels, act)
+
+
+def resnet20(num_classes=10, in_channels=3, act=nn.ReLU):
+    return CifarResNet(20, num_classes, in_channels, act)
+
+
+def resnet34(num_classes=10, in_channels=3, act=nn.ReLU):
+    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, in_channels, act)
+
+
+def resnet50(num_classes=10, in_channels=3, act=nn.ReLU):
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, act)
+
+
+def resnet101(num_classes=10, in_channels=3, act=nn.ReLU):
+    return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, in_channels, act)
+
+
+def resnet152(num_classes=10, in_channels=3, act=nn.ReLU):
+    return ResNet(Bottleneck, [3, 8, 36, 3], num_classes, in_channels, act)
+
+
+MODELS: Dict[str, Callable[..., nn.Module]] = {
+    "digits_cnn": digits_cnn,
+    "vgg16": vgg16,
+    "resnet18": resnet18,
+    "resnet20": resnet20,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
+    "resnet101": resnet101,
+    "resnet152": resnet152,
+}
+
+
+def build_model(arch: str, num_classes: int = 10, in_channels: int = 3, act: ActFactory = nn.ReLU) -> nn.Module:
+    """Build ``arch`` (one of :data:`MODELS`) with ``act()`` as every activation."""
+    try:
+        fn = MODELS[arch.lower()]
+    except KeyError:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(MODELS)}") from None
+    return fn(num_classes=num_classes, in_channels=in_channels, act=act)
