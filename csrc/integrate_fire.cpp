@@ -1,0 +1,217 @@
+// integrate_fire on the CPU: multi-step IF forward (spikes, counts, final v, optionally h)
+// and its surrogate-gradient BPTT backward, one pass over the [T, N] data each.
+// Per neuron n, in float32 and in the reference's order (na_kernels/reference/integrate_fire.py):
+//   v = v0[n]  or  v_frac * theta[c]
+//   for t: h = v + x[t, n];  s = h >= theta[c];  v = h - s * theta[c]  (subtract) | h * (1 - s)  (zero)
+//          spikes[t, n] = s * amp;  count += s
+// with c = (n / inner) % channels. Work items are blocks of kBlock neurons: each keeps its state
+// in small local arrays and walks t, so the inner loop streams contiguous memory.
+// Backward walks t from T-1 down to 0 with the incoming grad of v per neuron:
+//   sg = surrogate(h - theta);  grad_s = grad_spikes[t] * amp  (- theta * gv | - h * gv  unless detach)
+//   gh = grad_s * sg + gv * (1 | 1 - s);  grad_x[t] = gh;  gv = gh;   grad_v_init = gv at the end.
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+
+#include "float_convert.h"
+#include "parallel.h"
+
+namespace na {
+namespace {
+
+enum Reset : int { kSubtract = 0, kZero = 1 };
+enum Surrogate : int { kSigmoid = 0, kAtan = 1, kTriangle = 2, kRectangle = 3 };
+
+constexpr int64_t kBlock = 512;  // neurons per work item: 4 state arrays of 2 KiB stay in L1
+
+struct IFParams {
+  int64_t steps, neurons, inner, channels;
+  const float* theta;  // [channels]
+  int reset;
+  bool amp_is_theta;
+  float amp;
+};
+
+inline int64_t block_count(int64_t n) { return (n + kBlock - 1) / kBlock; }
+
+// theta (and the spike amplitude) of the neurons [begin, begin + len)
+inline void load_theta(const IFParams& k, int64_t begin, int64_t len, float* th, float* amp) {
+  for (int64_t j = 0; j < len; ++j) {
+    const int64_t c = k.channels == 1 ? 0 : ((begin + j) / k.inner) % k.channels;
+    th[j] = k.theta[c];
+    amp[j] = k.amp_is_theta ? th[j] : k.amp;
+  }
+}
+
+template <int D>
+void forward_impl(const IFParams& k, const void* x_ptr, void* spikes_ptr, int32_t* counts, float* v_final,
+                  float* h_out, const float* v0, float v_frac, int threads) {
+  using S = Storage<D>;
+  const auto* x = static_cast<const typename S::type*>(x_ptr);
+  auto* spikes = static_cast<typename S::type*>(spikes_ptr);
+  const int64_t blocks = block_count(k.neurons);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t begin = b * kBlock;
+    const int64_t len = begin + kBlock < k.neurons ? kBlock : k.neurons - begin;
+    float v[kBlock], th[kBlock], amp[kBlock];
+    int32_t count[kBlock];
+    load_theta(k, begin, len, th, amp);
+    for (int64_t j = 0; j < len; ++j) {
+      v[j] = v0 ? v0[begin + j] : v_frac * th[j];
+      count[j] = 0;
+    }
+    for (int64_t t = 0; t < k.steps; ++t) {
+      const int64_t base = t * k.neurons + begin;
+      for (int64_t j = 0; j < len; ++j) {
+        const float h = v[j] + S::load(x, base + j);
+        const bool fired = h >= th[j];
+        const float s = fired ? 1.0f : 0.0f;
+        v[j] = k.reset == kSubtract ? h - s * th[j] : h * (1.0f - s);
+        S::store(spikes, base + j, s * amp[j]);
+        count[j] += fired ? 1 : 0;
+        if (h_out) h_out[base + j] = h;
+      }
+    }
+    for (int64_t j = 0; j < len; ++j) {
+      counts[begin + j] = count[j];
+      v_final[begin + j] = v[j];
+    }
+  }
+}
+
+struct SurrogateParams {
+  int kind;
+  float alpha;       // alpha rounded to float32
+  float atan_scale;  // pi / 2 * alpha (double) rounded to float32
+  float half_alpha;  // alpha * 0.5 in float32
+  float half_width;  // 0.5 / alpha (double) rounded to float32
+};
+
+inline float surrogate_grad(const SurrogateParams& g, float u) {
+  switch (g.kind) {
+    case kSigmoid: {
+      const float sig = 1.0f / (1.0f + std::exp(-(u * g.alpha)));
+      return g.alpha * sig * (1.0f - sig);
+    }
+    case kAtan: {
+      const float w = g.atan_scale * u;
+      return g.half_alpha / (1.0f + w * w);
+    }
+    case kTriangle: {
+      const float r = 1.0f - g.alpha * std::fabs(u);
+      return g.alpha * (r < 0.0f ? 0.0f : r);  // NaN stays NaN, like torch.clamp
+    }
+    default:
+      return g.alpha * (std::fabs(u) < g.half_width ? 1.0f : 0.0f);
+  }
+}
+
+template <int D>
+void backward_impl(const IFParams& k, const SurrogateParams& g, bool detach, const void* grad_spikes_ptr,
+                   const float* grad_v, const float* h_in, void* grad_x_ptr, float* grad_v_init, int threads) {
+  using S = Storage<D>;
+  const auto* grad_spikes = static_cast<const typename S::type*>(grad_spikes_ptr);
+  auto* grad_x = static_cast<typename S::type*>(grad_x_ptr);
+  const int64_t blocks = block_count(k.neurons);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t begin = b * kBlock;
+    const int64_t len = begin + kBlock < k.neurons ? kBlock : k.neurons - begin;
+    float gv[kBlock], th[kBlock], amp[kBlock];
+    load_theta(k, begin, len, th, amp);
+    for (int64_t j = 0; j < len; ++j) gv[j] = grad_v ? grad_v[begin + j] : 0.0f;
+    for (int64_t t = k.steps - 1; t >= 0; --t) {
+      const int64_t base = t * k.neurons + begin;
+      for (int64_t j = 0; j < len; ++j) {
+        const float h = h_in[base + j];
+        const float u = h - th[j];
+        const float sg = surrogate_grad(g, u);
+        float gs = grad_spikes ? S::load(grad_spikes, base + j) * amp[j] : 0.0f;
+        float gh;
+        if (k.reset == kSubtract) {
+          if (!detach) gs = gs - th[j] * gv[j];
+          gh = gs * sg + gv[j];
+        } else {
+          const float not_fired = 1.0f - (u >= 0.0f ? 1.0f : 0.0f);
+          if (!detach) gs = gs - h * gv[j];
+          gh = gs * sg + gv[j] * not_fired;
+        }
+        if (grad_x) S::store(grad_x, base + j, gh);
+        gv[j] = gh;
+      }
+    }
+    if (grad_v_init)
+      for (int64_t j = 0; j < len; ++j) grad_v_init[begin + j] = gv[j];
+  }
+}
+
+IFParams make_params(int64_t steps, int64_t neurons, int64_t inner, int64_t channels, uintptr_t theta, int reset,
+                     bool amp_is_theta, float amp) {
+  if (steps < 1 || neurons < 0 || inner < 1 || channels < 1 || (reset != kSubtract && reset != kZero))
+    throw std::invalid_argument("na_kernels: bad integrate_fire arguments");
+  return IFParams{steps, neurons, inner, channels, reinterpret_cast<const float*>(theta), reset, amp_is_theta, amp};
+}
+
+// Addresses: x / spikes in `dtype`; counts int32 [N]; v_final float32 [N]; h float32 [T, N] or 0 (not
+// saved); v0 float32 [N] or 0 (then v starts at v_frac * theta).
+void integrate_fire_forward(uintptr_t x, uintptr_t spikes, uintptr_t counts, uintptr_t v_final, uintptr_t h,
+                            int dtype, int64_t steps, int64_t neurons, int64_t inner, int64_t channels,
+                            uintptr_t theta, uintptr_t v0, float v_frac, int reset, bool amp_is_theta, float amp,
+                            int threads) {
+  const IFParams k = make_params(steps, neurons, inner, channels, theta, reset, amp_is_theta, amp);
+  if (neurons == 0) return;
+  const void* xp = reinterpret_cast<const void*>(x);
+  void* sp = reinterpret_cast<void*>(spikes);
+  int32_t* cp = reinterpret_cast<int32_t*>(counts);
+  float* vp = reinterpret_cast<float*>(v_final);
+  float* hp = reinterpret_cast<float*>(h);
+  const float* v0p = reinterpret_cast<const float*>(v0);
+  switch (dtype) {
+    case kFloat32: forward_impl<kFloat32>(k, xp, sp, cp, vp, hp, v0p, v_frac, threads); break;
+    case kFloat16: forward_impl<kFloat16>(k, xp, sp, cp, vp, hp, v0p, v_frac, threads); break;
+    case kBFloat16: forward_impl<kBFloat16>(k, xp, sp, cp, vp, hp, v0p, v_frac, threads); break;
+    default: throw std::invalid_argument("na_kernels: unsupported dtype code");
+  }
+}
+
+// Addresses: grad_spikes in `dtype` [T, N] or 0 (zero); grad_v float32 [N] or 0 (zero); h float32 [T, N];
+// grad_x in `dtype` [T, N] or 0 (not wanted); grad_v_init float32 [N] or 0 (not wanted).
+void integrate_fire_backward(uintptr_t grad_spikes, uintptr_t grad_v, uintptr_t h, uintptr_t grad_x,
+                             uintptr_t grad_v_init, int dtype, int64_t steps, int64_t neurons, int64_t inner,
+                             int64_t channels, uintptr_t theta, int reset, bool amp_is_theta, float amp,
+                             int surrogate, double alpha, bool detach, int threads) {
+  const IFParams k = make_params(steps, neurons, inner, channels, theta, reset, amp_is_theta, amp);
+  if (surrogate < kSigmoid || surrogate > kRectangle || !(alpha > 0))
+    throw std::invalid_argument("na_kernels: bad integrate_fire surrogate");
+  if (neurons == 0) return;
+  const double pi = 3.14159265358979323846;
+  const float alpha32 = static_cast<float>(alpha);
+  const SurrogateParams g{surrogate, alpha32, static_cast<float>(pi / 2 * alpha), alpha32 * 0.5f,
+                          static_cast<float>(0.5 / alpha)};
+  const void* gsp = reinterpret_cast<const void*>(grad_spikes);
+  const float* gvp = reinterpret_cast<const float*>(grad_v);
+  const float* hp = reinterpret_cast<const float*>(h);
+  void* gxp = reinterpret_cast<void*>(grad_x);
+  float* gvip = reinterpret_cast<float*>(grad_v_init);
+  switch (dtype) {
+    case kFloat32: backward_impl<kFloat32>(k, g, detach, gsp, gvp, hp, gxp, gvip, threads); break;
+    case kFloat16: backward_impl<kFloat16>(k, g, detach, gsp, gvp, hp, gxp, gvip, threads); break;
+    case kBFloat16: backward_impl<kBFloat16>(k, g, detach, gsp, gvp, hp, gxp, gvip, threads); break;
+    default: throw std::invalid_argument("na_kernels: unsupported dtype code");
+  }
+}
+
+}  // namespace
+
+void bind_integrate_fire(pybind11::module_& m) {
+  namespace py = pybind11;
+  m.def("integrate_fire_forward", &integrate_fire_forward, py::call_guard<py::gil_scoped_release>(),
+        "multi-step integrate-and-fire forward on raw pointers (see csrc/integrate_fire.cpp)");
+  m.def("integrate_fire_backward", &integrate_fire_backward, py::call_guard<py::gil_scoped_release>(),
+        "integrate-and-fire surrogate-gradient BPTT on raw pointers");
+}
+
+}  // namespace na
