@@ -43,3 +43,14 @@ Public names:
   thresholds so the SNN's spike counts match the quantized ANN's activation levels.
 - ``format_statistics(stats)`` -> str: the table for a dict from ``statistics()``.
 """
+from .calibrate import calibrate_thresholds
+from .convert import IFLayer, SpikingNetwork, SynapseMeter, TimeRepeat, fold_batchnorm, to_snn
+from .noisy_quant import NoisyQuant
+from .replace import ReplacementReport, UnconvertibleActivationError, replace_activations
+from .stats import collect_statistics, format_statistics
+
+__all__ = [
+    "NoisyQuant", "replace_activations", "ReplacementReport", "UnconvertibleActivationError", "to_snn",
+    "SpikingNetwork", "IFLayer", "SynapseMeter", "TimeRepeat", "fold_batchnorm", "calibrate_thresholds",
+    "collect_statistics", "format_statistics",
+]

@@ -1,0 +1,115 @@
+"""Channel-wise threshold calibration of a SpikingNetwork on a few batches.
+
+For every IF layer and channel c, the target is the spike count the quantized ANN's activation
+level asks for over T steps, ``target_c = sum q_c * T / p`` (q the ANN's level in 0..p, summed
+over the calibration samples and the channel's positions), and the measure is the sum of the
+kernel's int32 spike counts ``n_c`` of an SNN run on the same inputs. Each iteration updates all
+layers at once::
+
+    θ_c <- θ_c * clamp((n_c + 1) / (target_c + 1), 1/max_ratio, max_ratio)
+
+(a count is about ``x*T/θ``, so this is a Newton step on ``n_c = target_c``), while the spike
+amplitude stays λ: matched counts then give the ANN's activation ``q*λ/p``. The thresholds of the
+iteration with the smallest total relative count error ``sum_c |n_c - target_c| / sum_c target_c``
+(over all layers) are kept, so calibration never makes that error worse on these batches.
+"""
+import numbers
+
+import torch
+
+from .convert import check_time_steps
+
+
+def _inputs(batch):
+    if isinstance(batch, torch.Tensor):
+        return (batch,)
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return (batch[0],)  # (inputs, labels) as a DataLoader yields them
+    raise TypeError(f"calibration batches must be tensors or (inputs, labels) pairs, got {type(batch).__name__}")
+
+
+@torch.no_grad()
+def calibrate_thresholds(snn, batches, iterations: int = 4, *, T=None, max_ratio: float = 2.0) -> dict:
+    """Adjust per-channel IF thresholds so the SNN's spike counts match the quantized ANN.
+
+    Args:
+        snn: a ``SpikingNetwork`` from ``to_snn``; its thresholds become per-channel ([C]).
+        batches: a few input batches (tensors or (inputs, labels) pairs), kept in memory.
+        iterations: threshold updates, int >= 0 (each costs one SNN run over the batches).
+        T: the number of steps to calibrate for (default ``snn.T``); calibrate for the T you run.
+        max_ratio: the largest factor one update may change a threshold by, > 1.
+
+    Returns:
+        ``{"T", "errors": [total relative count error per iteration, before each update],
+        "best_iteration", "layers": {name: {"before", "after"}}}`` (per-layer relative errors).
+        The SNN's statistics are reset afterwards.
+    """
+    T = snn.T if T is None else check_time_steps("T", T)
+    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 0:
+        raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")
+    if isinstance(max_ratio, bool) or not isinstance(max_ratio, numbers.Real) or not max_ratio > 1:
+        raise ValueError(f"max_ratio must be a real > 1, got {max_ratio!r}")
+    batches = [_inputs(batch) for batch in batches]
+    if not batches:
+        raise ValueError("calibrate_thresholds needs at least one batch")
+    layers = snn.if_layers
+    recording = {name: layer.record for name, layer in layers.items()}
+
+    # targets from the quantized ANN
+    for layer in layers.values():
+        layer.ann_channel_levels = None
+        layer.record_ann_levels = True
+    try:
+        for inputs in batches:
+            snn.ann(*inputs)
+    finally:
+        for layer in layers.values():
+            layer.record_ann_levels = False
+    targets = {}
+    for name, layer in layers.items():
+        if layer.ann_channel_levels is not None:
+            targets[name] = layer.ann_channel_levels * (T / layer.p)
+            layer.ann_channel_levels = None
+
+    def measure():
+        snn.reset_statistics()
+        snn.record_statistics(True)
+        for inputs in batches:
+            snn(*inputs, T=T)
+        counts = {name: layers[name].channel_spikes.to(torch.float64) for name in targets}
+        per_layer = {
+            name: float((counts[name] - targets[name]).abs().sum() / targets[name].sum().clamp_min(1.0))
+            for name in targets
+        }
+        total = float(
+            sum((counts[n] - targets[n]).abs().sum() for n in targets) / sum(targets[n].sum() for n in targets).clamp_min(1.0)
+        )
+        return counts, per_layer, total
+
+    history, snapshots, per_layer_history = [], [], []
+    try:
+        for iteration in range(iterations + 1):
+            counts, per_layer, total = measure()
+            history.append(total)
+            per_layer_history.append(per_layer)
+            snapshots.append({name: layers[name].threshold.clone() for name in targets})
+            if iteration == iterations:
+                break
+            for name, target in targets.items():
+                layer = layers[name]
+                ratio = ((counts[name] + 1.0) / (target + 1.0)).clamp(1.0 / max_ratio, max_ratio)
+                threshold = layer.threshold.to(torch.float64).expand(ratio.shape) * ratio.to(layer.threshold.device)
+                layer.threshold = threshold.to(torch.float32).contiguous()
+        best = min(range(len(history)), key=history.__getitem__)
+        for name, threshold in snapshots[best].items():
+            layers[name].threshold = threshold
+    finally:
+        snn.reset_statistics()
+        for name, flag in recording.items():
+            layers[name].record = flag
+    return dict(
+        T=T,
+        errors=history,
+        best_iteration=best,
+        layers={name: dict(before=per_layer_history[0][name], after=per_layer_history[best][name]) for name in targets},
+    )

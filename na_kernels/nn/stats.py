@@ -1,0 +1,136 @@
+"""Spike statistics, synaptic operations and an energy estimate of a SpikingNetwork's runs.
+
+Counted over every ``snn(x)`` call since ``snn.reset_statistics()``:
+
+- per IF layer: ``neurons`` (per sample), ``spikes`` (the sum of the kernel's int32 counts),
+  ``firing_rate = spikes / (neurons * samples * T)`` (spikes per neuron per step);
+- per conv/linear layer: spike-driven layers (fed by IF layers through stateless ops) cost one
+  accumulate per synapse an input event reaches, ``SOPs = sum_i [input_i != 0] * fanout_i``
+  (computed exactly, borders included); analog layers (fed by the input only: the stem,
+  which runs once per sample because its input is the same at every step) cost MACs;
+- an IF layer's ``sops`` are those of the layers its spikes feed (split evenly where a layer
+  is fed by several IF layers, e.g. after a residual addition);
+- energy per sample: ``E_SNN = E_AC * SOPs + E_MAC * MACs(analog layers)`` against
+  ``E_ANN = E_MAC * MACs(all conv/linear layers)``; defaults 0.9 pJ per AC and 4.6 pJ per
+  MAC (32-bit float at 45 nm, Horowitz, ISSCC 2014). Only conv/linear operations are
+  counted (not pooling, additions, the neurons' own updates or memory traffic).
+"""
+import math
+import numbers
+
+
+def _number(value):
+    if value is None:
+        return 0
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def _check_energy(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite real >= 0 (joules), got {value!r}")
+    return float(value)
+
+
+def collect_statistics(snn, energy_per_ac: float = 0.9e-12, energy_per_mac: float = 4.6e-12) -> dict:
+    """Statistics of ``snn`` (a SpikingNetwork) as a dict.
+
+    Keys: ``samples``, ``sample_steps`` (sum of B*T over runs), ``if_layers`` (list of dicts:
+    name, neurons, spikes, firing_rate, spikes_per_sample, feeds, sops, sops_per_sample),
+    ``synapses`` (list of dicts: name, layer_type, spike_driven, sources, sops, macs,
+    macs_per_sample, energy_j), ``total`` (neurons, spikes, firing_rate, sops_per_sample,
+    ann_macs_per_sample, analog_macs_per_sample), ``energy`` (energy_per_ac, energy_per_mac,
+    snn_j_per_sample, ann_j_per_sample, ratio = snn/ann).
+    """
+    e_ac = _check_energy("energy_per_ac", energy_per_ac)
+    e_mac = _check_energy("energy_per_mac", energy_per_mac)
+    samples = snn.samples
+    per = (lambda v: v / samples) if samples else (lambda v: 0.0)
+    meters = list(snn.synapses.values())
+    synapses = []
+    for meter in meters:
+        sops = float(_number(meter.sops)) if meter.spike_driven else 0.0
+        macs = 0 if meter.spike_driven else int(meter.macs)
+        synapses.append(dict(
+            name=meter.name, layer_type=meter.layer_type, spike_driven=meter.spike_driven, sources=list(meter.sources),
+            sops=sops, macs=macs, macs_per_sample=int(meter.macs_per_sample),
+            energy_j=sops * e_ac + macs * e_mac,
+        ))
+    layers = []
+    for name, layer in snn.if_layers.items():
+        spikes = int(_number(layer.spikes))
+        fed = [s for s in synapses if name in s["sources"]]
+        sops = sum(s["sops"] / len(s["sources"]) for s in fed)
+        layers.append(dict(
+            name=name, neurons=int(layer.neurons), spikes=spikes,
+            firing_rate=spikes / layer.neuron_steps if layer.neuron_steps else 0.0,
+            spikes_per_sample=per(spikes), feeds=[s["name"] for s in fed], sops=sops, sops_per_sample=per(sops),
+        ))
+    total_spikes = sum(layer["spikes"] for layer in layers)
+    total_steps = sum(layer.neuron_steps for layer in snn.if_layers.values())
+    total_sops = sum(s["sops"] for s in synapses)
+    analog_macs = sum(s["macs"] for s in synapses)
+    ann_macs = sum(s["macs_per_sample"] for s in synapses)
+    snn_j = per(sum(s["energy_j"] for s in synapses))
+    ann_j = ann_macs * e_mac
+    return dict(
+        samples=samples,
+        sample_steps=snn.sample_steps,
+        if_layers=layers,
+        synapses=synapses,
+        total=dict(
+            neurons=sum(layer["neurons"] for layer in layers), spikes=total_spikes,
+            firing_rate=total_spikes / total_steps if total_steps else 0.0,
+            sops_per_sample=per(total_sops), ann_macs_per_sample=ann_macs, analog_macs_per_sample=per(analog_macs),
+        ),
+        energy=dict(
+            energy_per_ac=e_ac, energy_per_mac=e_mac, snn_j_per_sample=snn_j, ann_j_per_sample=ann_j,
+            ratio=snn_j / ann_j if ann_j else float("nan"),
+        ),
+    )
+
+
+def _si(value, unit=""):
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g}{prefix}{unit}"
+    return f"{value:.3g}{unit}"
+
+
+def _joules(value):
+    for factor, prefix in ((1.0, ""), (1e-3, "m"), (1e-6, "u"), (1e-9, "n"), (1e-12, "p")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}J"
+    return f"{value:.3g} J"
+
+
+def format_statistics(stats: dict) -> str:
+    """A printable table of a ``collect_statistics`` / ``SpikingNetwork.statistics()`` dict."""
+    samples = stats["samples"]
+    steps = stats["sample_steps"] / samples if samples else 0
+    header = ("IF layer", "neurons", "spikes/sample", "rate", "SOPs/sample", "feeds")
+    rows = [
+        (layer["name"], str(layer["neurons"]), f"{layer['spikes_per_sample']:.4g}", f"{layer['firing_rate']:.4f}",
+         _si(layer["sops_per_sample"]), ", ".join(layer["feeds"]) or "-")
+        for layer in stats["if_layers"]
+    ]
+    total = stats["total"]
+    rows.append(("total", str(total["neurons"]), f"{sum(l['spikes_per_sample'] for l in stats['if_layers']):.4g}",
+                 f"{total['firing_rate']:.4f}", _si(total["sops_per_sample"]), ""))
+    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
+
+    def line(row):
+        return "  ".join(cell.ljust(width) if i in (0, 5) else cell.rjust(width) for i, (cell, width) in enumerate(zip(row, widths)))
+
+    rule = "-" * len(line(header))
+    energy = stats["energy"]
+    out = [f"SNN statistics over {samples} sample(s), {steps:g} step(s) per sample", line(header), rule]
+    out += [line(row) for row in rows[:-1]] + [rule, line(rows[-1])]
+    out.append(
+        f"ANN: {_si(total['ann_macs_per_sample'])} MAC/sample x {energy['energy_per_mac'] * 1e12:g} pJ = "
+        f"{_joules(energy['ann_j_per_sample'])};  SNN: {_si(total['sops_per_sample'])} AC x "
+        f"{energy['energy_per_ac'] * 1e12:g} pJ + {_si(total['analog_macs_per_sample'])} MAC (analog input layers) = "
+        f"{_joules(energy['snn_j_per_sample'])}  (SNN/ANN = {energy['ratio']:.3g})"
+    )
+    return "\n".join(out)
