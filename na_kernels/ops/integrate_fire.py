@@ -122,7 +122,7 @@ def _forward_cpp(x_seq, threshold, v_init, v_frac, reset, amplitude, save_h):
     return spikes, counts, v_final, h
 
 
-_FORWARD = {"reference": _forward_reference, "triton": _forward_reference, "cpu": _forward_cpp}  # TODO triton
+_FORWARD = {"reference": _forward_reference, "triton": _forward_triton, "cpu": _forward_cpp}
 
 
 @torch.library.custom_op("na_kernels::integrate_fire", mutates_args=())
@@ -171,7 +171,7 @@ def _backward_triton(grad_spikes, grad_v, h, threshold, reset, amplitude, surrog
     theta = _theta32(threshold)
     neurons, inner = _geometry(h.shape[1:], theta.numel())
     return kernels.integrate_fire_backward(
-        None if grad_spikes is None else grad_spikes.contiguous(),
+        None if grad_spikes is None else grad_spikes.to(x_dtype).contiguous(),
         None if grad_v is None else grad_v.to(torch.float32).contiguous(),
         h.contiguous(), theta, reset, amplitude, surrogate, alpha, detach_reset, x_dtype, need_grad_x,
         need_grad_v_init, neurons, inner,
@@ -204,7 +204,7 @@ def _backward_cpp(grad_spikes, grad_v, h, threshold, reset, amplitude, surrogate
     return grad_x, grad_v_init
 
 
-_BACKWARD = {"reference": _backward_reference, "triton": _backward_reference, "cpu": _backward_cpp}  # TODO triton
+_BACKWARD = {"reference": _backward_reference, "triton": _backward_triton, "cpu": _backward_cpp}
 
 
 @torch.library.custom_op("na_kernels::integrate_fire_backward", mutates_args=())

@@ -1,0 +1,173 @@
+"""Triton kernels for integrate_fire: the multi-step IF forward and its BPTT backward.
+
+Same arithmetic, in the same order, as ``na_kernels/reference/integrate_fire.py``. The data
+is viewed as [T, N] (N neurons per step, contiguous). Each program owns BLOCK neurons, keeps
+their membrane potential (or, backward, the incoming grad of v) and spike count in registers
+and walks all T steps in a runtime loop, so one launch covers the whole sequence, the counts
+come out of the same pass, and a new T does not recompile. Offsets are int64 (T x N may
+exceed 2^31). Neuron n is in channel (n // inner) % channels.
+
+What is read and written per element of [T, N]: forward reads x and writes the spikes (plus
+h as float32 when the caller will need a backward); backward reads h and grad_spikes and
+writes grad_x. The per-neuron arrays (counts, v_final, v_init, grad_v) are touched once.
+"""
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+SIGMOID, ATAN, TRIANGLE, RECTANGLE = 0, 1, 2, 3
+
+_BLOCK = 512
+_NUM_WARPS = 4
+
+
+@triton.jit(do_not_specialize=["steps"])
+def _integrate_fire_forward_kernel(
+    x_ptr, spikes_ptr, counts_ptr, v_final_ptr, h_ptr, theta_ptr, v0_ptr,
+    steps, neurons, inner, channels, v_frac, amp,
+    RESET_ZERO: tl.constexpr, AMP_IS_THETA: tl.constexpr, HAS_V0: tl.constexpr, SAVE_H: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = n < neurons
+    theta = tl.load(theta_ptr + (n // inner) % channels, mask=mask, other=1.0)
+    if HAS_V0:
+        v = tl.load(v0_ptr + n, mask=mask, other=0.0)
+    else:
+        v = v_frac * theta
+    if AMP_IS_THETA:
+        a = theta
+    else:
+        a = tl.full([BLOCK], amp, tl.float32)
+    count = tl.zeros([BLOCK], dtype=tl.int32)
+    offsets = n
+    for _ in range(steps):
+        h = v + tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        fired = h >= theta
+        s = tl.where(fired, 1.0, 0.0)
+        if RESET_ZERO:
+            v = h * (1.0 - s)
+        else:
+            v = h - s * theta
+        tl.store(spikes_ptr + offsets, (s * a).to(spikes_ptr.dtype.element_ty), mask=mask)
+        count += fired.to(tl.int32)
+        if SAVE_H:
+            tl.store(h_ptr + offsets, h, mask=mask)
+        offsets += neurons
+    tl.store(counts_ptr + n, count, mask=mask)
+    tl.store(v_final_ptr + n, v, mask=mask)
+
+
+@triton.jit
+def _surrogate(u, alpha, atan_scale, half_alpha, half_width, SURROGATE: tl.constexpr):
+    if SURROGATE == 0:  # sigmoid: alpha * sig * (1 - sig), sig = sigmoid(alpha u)
+        sig = 1.0 / (1.0 + tl.exp(-(u * alpha)))
+        sg = alpha * sig * (1.0 - sig)
+    elif SURROGATE == 1:  # atan: alpha / 2 / (1 + (pi/2 alpha u)^2)
+        w = atan_scale * u
+        sg = half_alpha / (1.0 + w * w)
+    elif SURROGATE == 2:  # triangle: alpha * max(0, 1 - alpha |u|); NaN stays NaN
+        r = 1.0 - alpha * tl.abs(u)
+        sg = alpha * tl.where(r < 0.0, 0.0, r)
+    else:  # rectangle: alpha * [|u| < 1 / (2 alpha)]
+        sg = alpha * tl.where(tl.abs(u) < half_width, 1.0, 0.0)
+    return sg
+
+
+@triton.jit(do_not_specialize=["steps"])
+def _integrate_fire_backward_kernel(
+    grad_spikes_ptr, grad_v_ptr, h_ptr, grad_x_ptr, grad_v_init_ptr, theta_ptr,
+    steps, neurons, inner, channels, amp, alpha, atan_scale, half_alpha, half_width,
+    RESET_ZERO: tl.constexpr, AMP_IS_THETA: tl.constexpr, SURROGATE: tl.constexpr, DETACH: tl.constexpr,
+    HAS_GRAD_S: tl.constexpr, HAS_GRAD_V: tl.constexpr, STORE_GRAD_X: tl.constexpr, STORE_GRAD_V0: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = n < neurons
+    theta = tl.load(theta_ptr + (n // inner) % channels, mask=mask, other=1.0)
+    if HAS_GRAD_V:
+        gv = tl.load(grad_v_ptr + n, mask=mask, other=0.0)
+    else:
+        gv = tl.zeros([BLOCK], dtype=tl.float32)
+    offsets = n + (steps - 1).to(tl.int64) * neurons
+    for _ in range(steps):
+        h = tl.load(h_ptr + offsets, mask=mask, other=0.0)
+        u = h - theta
+        sg = _surrogate(u, alpha, atan_scale, half_alpha, half_width, SURROGATE)
+        if HAS_GRAD_S:
+            g = tl.load(grad_spikes_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            if AMP_IS_THETA:
+                gs = g * theta
+            else:
+                gs = g * amp
+        else:
+            gs = tl.zeros([BLOCK], dtype=tl.float32)
+        if RESET_ZERO:
+            not_fired = 1.0 - tl.where(u >= 0.0, 1.0, 0.0)
+            if not DETACH:
+                gs = gs - h * gv
+            gh = gs * sg + gv * not_fired
+        else:
+            if not DETACH:
+                gs = gs - theta * gv
+            gh = gs * sg + gv
+        if STORE_GRAD_X:
+            tl.store(grad_x_ptr + offsets, gh.to(grad_x_ptr.dtype.element_ty), mask=mask)
+        gv = gh
+        offsets -= neurons
+    if STORE_GRAD_V0:
+        tl.store(grad_v_init_ptr + n, gv, mask=mask)
+
+
+def _grid(neurons):
+    return (triton.cdiv(neurons, _BLOCK),)
+
+
+def integrate_fire_forward(x_seq, theta, v0, v_frac, reset, amplitude, save_h, neurons, inner):
+    """(spikes, counts, v_final, h) for contiguous x_seq [T, ...]; theta float32 [channels];
+    v0 float32 contiguous of the step shape or None; amplitude None (theta) or a float;
+    h is [T, ...] float32 when save_h, else an empty tensor."""
+    steps = x_seq.shape[0]
+    step_shape = x_seq.shape[1:]
+    device = x_seq.device
+    spikes = torch.empty_like(x_seq)
+    counts = torch.empty(step_shape, dtype=torch.int32, device=device)
+    v_final = torch.empty(step_shape, dtype=torch.float32, device=device)
+    h = torch.empty(x_seq.shape if save_h else (0,), dtype=torch.float32, device=device)
+    if neurons == 0:
+        return spikes, counts, v_final, h
+    _integrate_fire_forward_kernel[_grid(neurons)](
+        x_seq, spikes, counts, v_final, h if save_h else v_final, theta, v_final if v0 is None else v0,
+        steps, neurons, inner, theta.numel(), float(v_frac), 0.0 if amplitude is None else float(amplitude),
+        RESET_ZERO=reset == 1, AMP_IS_THETA=amplitude is None, HAS_V0=v0 is not None, SAVE_H=save_h,
+        BLOCK=_BLOCK, num_warps=_NUM_WARPS, enable_fp_fusion=False,
+    )
+    return spikes, counts, v_final, h
+
+
+def integrate_fire_backward(grad_spikes, grad_v, h, theta, reset, amplitude, surrogate, alpha, detach_reset,
+                            x_dtype, need_grad_x, need_grad_v_init, neurons, inner):
+    """(grad_x in x_dtype [T, ...] or empty, grad_v_init float32 [...] or empty) in one reverse pass.
+
+    grad_spikes: contiguous [T, ...] in x_dtype, or None (zero); grad_v: float32 contiguous of the
+    step shape, or None (zero); h: the forward's float32 [T, ...]."""
+    steps = h.shape[0]
+    step_shape = h.shape[1:]
+    device = h.device
+    grad_x = torch.empty(h.shape if need_grad_x else (0,), dtype=x_dtype, device=device)
+    grad_v_init = torch.empty(step_shape if need_grad_v_init else (0,), dtype=torch.float32, device=device)
+    if neurons == 0 or not (need_grad_x or need_grad_v_init):
+        return grad_x, grad_v_init
+    alpha = float(alpha)
+    _integrate_fire_backward_kernel[_grid(neurons)](
+        h if grad_spikes is None else grad_spikes, h if grad_v is None else grad_v, h,
+        grad_x if need_grad_x else h, grad_v_init if need_grad_v_init else h, theta,
+        steps, neurons, inner, theta.numel(), 0.0 if amplitude is None else float(amplitude),
+        alpha, math.pi / 2 * alpha, alpha * 0.5, 0.5 / alpha,
+        RESET_ZERO=reset == 1, AMP_IS_THETA=amplitude is None, SURROGATE=surrogate, DETACH=detach_reset,
+        HAS_GRAD_S=grad_spikes is not None, HAS_GRAD_V=grad_v is not None, STORE_GRAD_X=need_grad_x,
+        STORE_GRAD_V0=need_grad_v_init, BLOCK=_BLOCK, num_warps=_NUM_WARPS, enable_fp_fusion=False,
+    )
+    return grad_x, grad_v_init
