@@ -1,0 +1,267 @@
+"""to_snn: conversion identity, convergence with T, call sites, BN folding, chunking, state dict."""
+import copy
+import io
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import na_kernels
+from na_kernels.nn import IFLayer, NoisyQuant, fold_batchnorm, replace_activations, to_snn
+from na_kernels.nn.replace import trace
+from nn_models import BasicBlock, SmallCNN, TinyResNet, randomize_batchnorm
+
+
+class Clip(nn.Module):
+    """clamp(x, 0, λ): the function an IF neuron's rate computes as T grows."""
+
+    def __init__(self, lam):
+        super().__init__()
+        self.register_buffer("lam", lam.detach().clone())
+
+    def forward(self, x):
+        lam = self.lam.reshape((1, -1) + (1,) * (x.dim() - 2)) if self.lam.dim() else self.lam
+        return torch.minimum(x.clamp_min(0), lam)
+
+
+def clipped_ann(model):
+    gm = trace(copy.deepcopy(model))
+    for name, module in list(gm.named_modules()):
+        if isinstance(module, NoisyQuant):
+            gm.add_submodule(name, Clip(module.lam))
+    return gm.eval()
+
+
+def prepared(model_class, p=4, noise=None, per_channel=False, batch=None):
+    model = randomize_batchnorm(model_class())
+    model, _ = replace_activations(model, p=p, noise=noise, lam="auto", per_channel=per_channel)
+    model.train()(batch if batch is not None else torch.randn(16, 3, 16, 16))  # "auto" λ from this batch
+    return model.eval()
+
+
+def relative_error(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("p", [3, 7, 15])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_one_hidden_layer_converts_exactly_at_T_equal_p(p, per_channel):
+    model = nn.Sequential(nn.Linear(10, 32), NoisyQuant(p, lam=1.5, noise=None, per_channel=per_channel, channels=32 if per_channel else None), nn.Linear(32, 4))
+    if per_channel:
+        model[1].lam = torch.rand(32) * 2 + 0.5
+    model.eval()
+    x = torch.randn(64, 10)
+    snn = to_snn(model, T=p)
+    with torch.no_grad():
+        out = snn(x)
+        ann = model(x)
+    assert out.shape == (p, 64, 4)
+    torch.testing.assert_close(out[-1], ann, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(snn.ann(x), ann, rtol=1e-6, atol=1e-6)
+    # the hidden layer's spike counts are the quantized levels q = clamp(floor(x*p/λ + 0.5), 0, p)
+    layer = snn.if_layers["1"]
+    h = model[0](x)
+    lam = model[1].lam.detach()
+    q = torch.clamp(torch.floor(h * p / lam + 0.5), 0, p)
+    assert int(layer.spikes) == int(q.sum())
+
+
+@pytest.mark.parametrize("model_class", [SmallCNN, TinyResNet])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_error_against_the_ann_falls_as_T_grows(model_class, per_channel):
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 16, 16)
+    model = prepared(model_class, p=4, per_channel=per_channel)
+    snn = to_snn(model, T=64)
+    with torch.no_grad():
+        out = snn(x)
+        reference = clipped_ann(model)(x)
+    errors = [relative_error(out[T - 1], reference) for T in (2, 8, 64)]
+    assert errors[0] > errors[1] > errors[2], errors
+    assert errors[2] < 0.05, errors
+
+
+@pytest.mark.parametrize("noise", ["uniform", "gaussian"])
+def test_noise_trained_models_convert(noise):
+    model = prepared(SmallCNN, p=3, noise=noise)
+    snn = to_snn(model, T=32)
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        out = snn(x)
+    assert out.shape == (32, 4, 5) and torch.isfinite(out).all()
+    assert relative_error(out[-1], clipped_ann(model)(x)) < 0.15
+
+
+def test_single_step_gaussian_p1_converts():
+    model = nn.Sequential(nn.Linear(6, 16), NoisyQuant(1, lam=1.0, noise="gaussian"), nn.Linear(16, 3)).eval()
+    snn = to_snn(model, T=1)
+    x = torch.randn(5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(snn(x)[0], model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_module_called_twice_gives_two_if_layers():
+    block = BasicBlock(4, 4)
+    block, _ = replace_activations(block, p=3, lam=2.0)
+    snn = to_snn(block.eval(), T=4)
+    assert list(snn.if_layers) == ["relu", "relu_call2"]
+    first, second = snn.if_layers.values()
+    assert first is not second
+    with torch.no_grad():
+        snn(torch.randn(2, 4, 6, 6))
+    stats = snn.statistics()
+    assert [layer["name"] for layer in stats["if_layers"]] == ["relu", "relu_call2"]
+    assert all(layer["neurons"] == 4 * 6 * 6 for layer in stats["if_layers"])
+    assert stats["if_layers"][0]["feeds"] == ["conv2"]
+
+
+def test_resnet_has_one_if_layer_per_call_site():
+    snn = to_snn(prepared(TinyResNet), T=2)
+    assert len(snn.if_layers) == 7  # stem + 2 per block x 3 blocks
+    assert sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in snn.modules()) == 0
+
+
+@pytest.mark.parametrize("model_class", [SmallCNN, TinyResNet])
+def test_batchnorm_folding_keeps_the_ann_output(model_class):
+    model = randomize_batchnorm(model_class()).eval()
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_batchnorm_after_a_shared_conv_folds_per_call_site():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 3, padding=1)
+            self.bn_a = nn.BatchNorm2d(2)
+            self.bn_b = nn.BatchNorm2d(2)
+
+        def forward(self, x):
+            return self.bn_a(self.conv(x)) + self.bn_b(self.conv(x))
+
+    model = randomize_batchnorm(Shared()).eval()
+    folded = fold_batchnorm(model)
+    x = torch.randn(2, 2, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+    assert folded.get_submodule("conv_bnfold") is not None  # the second call site got its own folded copy
+
+
+def test_chunked_equals_unchunked():
+    model = prepared(TinyResNet)
+    x = torch.randn(4, 3, 16, 16)
+    whole = to_snn(model, T=12)
+    chunked = to_snn(model, T=12, chunk=5)
+    with torch.no_grad():
+        a = whole(x)
+        b = chunked(x)
+        c = whole(x, chunk=4)
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-6)
+    for name, layer in whole.if_layers.items():
+        assert int(layer.spikes) == 2 * int(chunked.if_layers[name].spikes)  # whole ran twice
+
+
+def test_stem_runs_once_and_later_layers_see_T_times_B():
+    model = prepared(SmallCNN)
+    snn = to_snn(model, T=6)
+    seen = {}
+    for name, module in snn.network.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.register_forward_pre_hook(lambda m, i, name=name: seen.__setitem__(name, i[0].shape[0]))
+    with torch.no_grad():
+        snn(torch.randn(3, 3, 16, 16))
+    assert seen["features.0"] == 3  # the input is the same at every step
+    assert seen["features.3"] == 18 and seen["fc1"] == 18 and seen["fc2"] == 18
+
+
+class BatchSizeView(nn.Module):
+    """Uses the input's batch size after the first IF layer: the runner must repeat the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
+        self.act = NoisyQuant(3, lam=1.0, noise=None)
+        self.fc = nn.Linear(2 * 4 * 4, 3)
+
+    def forward(self, x):
+        batch = x.shape[0]
+        return self.fc(self.act(self.conv(x)).reshape(batch, -1))
+
+
+def test_batch_size_arithmetic_on_the_input_still_works():
+    model = BatchSizeView().eval()
+    snn = to_snn(model, T=3)
+    x = torch.randn(5, 1, 4, 4)
+    with torch.no_grad():
+        out = snn(x)
+    assert out.shape == (3, 5, 3)
+    torch.testing.assert_close(out[-1], model(x), rtol=1e-5, atol=1e-5)  # one IF layer, T = p: exact
+
+
+def test_snn_state_dict_round_trip():
+    model = prepared(SmallCNN, per_channel=True)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    fresh, _ = replace_activations(randomize_batchnorm(SmallCNN()), p=4, noise=None, lam="auto", per_channel=True)
+    fresh.load_state_dict(torch.load(buffer))
+    x = torch.randn(2, 3, 16, 16)
+    a, b = to_snn(model, T=4), to_snn(fresh.eval(), T=4)
+    with torch.no_grad():
+        torch.testing.assert_close(b(x), a(x))
+    c = to_snn(fresh.eval(), T=4)
+    c.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(c(x), a(x))
+
+
+def test_gradients_flow_through_the_snn():
+    model = nn.Sequential(nn.Linear(4, 8), NoisyQuant(3, lam=1.0), nn.Linear(8, 2)).eval()
+    snn = to_snn(model, T=4)
+    snn(torch.randn(3, 4))[-1].sum().backward()
+    assert snn.network.get_submodule("0").weight.grad is not None
+
+
+def test_bf16_snn_runs():
+    model = prepared(SmallCNN)
+    snn = to_snn(model, T=4).to(torch.bfloat16)
+    with torch.no_grad():
+        out = snn(torch.randn(2, 3, 16, 16, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_conversion_errors_are_clear():
+    relu_model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    with pytest.raises(ValueError, match="replace_activations"):
+        to_snn(relu_model, T=4)
+    with pytest.raises(ValueError, match="no NoisyQuant"):
+        to_snn(nn.Sequential(nn.Linear(2, 2)), T=4)
+    pooled = nn.Sequential(nn.Conv2d(1, 2, 3), NoisyQuant(3), nn.MaxPool2d(2))
+    with pytest.raises(ValueError, match="max pooling"):
+        to_snn(pooled, T=4)
+    assert to_snn(pooled, T=4, allow_maxpool=True)(torch.randn(1, 1, 6, 6)).shape == (4, 1, 2, 2, 2)
+    model = nn.Sequential(nn.Linear(2, 2), NoisyQuant(3))
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="T must"):
+            to_snn(model, T=bad)
+    with pytest.raises(TypeError, match="T must"):
+        to_snn(model, T=2.5)
+    with pytest.raises(ValueError, match="chunk must"):
+        to_snn(model, T=4, chunk=0)
+    with pytest.raises(ValueError, match="T must"):
+        to_snn(model, T=4)(torch.randn(1, 2), T=0)
+    with pytest.raises(ValueError, match="never initialised"):
+        to_snn(nn.Sequential(nn.Linear(2, 2), NoisyQuant(3, lam="auto")), T=4)
+
+
+def test_original_model_is_not_modified():
+    model = prepared(SmallCNN)
+    before = copy.deepcopy(model.state_dict())
+    to_snn(model, T=4)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

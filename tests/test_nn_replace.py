@@ -1,0 +1,150 @@
+"""replace_activations: module and functional ReLUs, unconvertible activations, pooling."""
+import pytest
+import torch
+from torch import fx, nn
+from torch.nn import functional as F
+
+from na_kernels.nn import NoisyQuant, UnconvertibleActivationError, replace_activations
+from nn_models import SmallCNN, TinyResNet
+
+
+class FunctionalNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(4, 8)
+        self.fc2 = nn.Linear(8, 8)
+        self.fc3 = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = F.relu(self.fc1(x))
+        x = torch.relu(self.fc2(x))
+        return self.fc3(x).relu()
+
+
+def count_noisy(model):
+    return sum(isinstance(m, NoisyQuant) for m in model.modules())
+
+
+def test_module_relus_are_swapped_in_place():
+    model = TinyResNet()
+    result, report = replace_activations(model, p=3, lam=4.0, noise="uniform")
+    assert result is model
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    assert count_noisy(model) == 4  # the block's shared self.relu stays one module
+    assert [name for name, _ in report.replaced] == ["relu", "layer1.0.relu", "layer1.1.relu", "layer2.0.relu"]
+    assert model.layer1[0].relu.p == 3 and model.layer1[0].relu.noise == "uniform"
+    assert "replaced 4" in str(report)
+
+
+def test_functional_relus_are_caught_through_fx():
+    model = FunctionalNet()
+    x = torch.randn(5, 4)
+    result, report = replace_activations(model, p=7, lam=2.0, noise=None)
+    assert isinstance(result, fx.GraphModule)
+    assert count_noisy(result) == 3
+    kinds = sorted(kind for _, kind in report.replaced)
+    assert kinds == ["F.relu()", "Tensor.relu()", "torch.relu()"]
+    # the rewritten model computes the quantized network
+    def reference(x):
+        quant = lambda v: torch.clamp(torch.floor(v * 7 / 2.0 + 0.5), 0, 7) * 2.0 / 7
+        h = quant(model.fc1(x))
+        h = quant(model.fc2(h))
+        return quant(model.fc3(h))
+    result.eval()
+    torch.testing.assert_close(result(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_mixed_model_module_and_functional():
+    model = SmallCNN()
+    result, report = replace_activations(model, p=3)
+    assert count_noisy(result) == 4
+    assert ("relu", "F.relu()") in report.replaced
+    assert result(torch.randn(2, 3, 16, 16)).shape == (2, 5)
+
+
+class WithRelu6(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.act = nn.ReLU6()
+        self.head = nn.Sequential(nn.Linear(4, 4), nn.GELU())
+
+    def forward(self, x):
+        return self.head(self.act(self.fc(x)))
+
+
+def test_unconvertible_modules_raise_with_their_names():
+    with pytest.raises(UnconvertibleActivationError) as info:
+        replace_activations(WithRelu6(), p=3)
+    message = str(info.value)
+    assert "act: ReLU6" in message and "head.1: GELU" in message
+
+
+def test_unconvertible_left_only_when_told():
+    model, report = replace_activations(WithRelu6(), p=3, skip=["act", "head.*"])
+    assert isinstance(model.act, nn.ReLU6)
+    assert {name for name, _, _ in report.left} == {"act", "head.1"}
+    with pytest.warns(UserWarning, match="allow_unconvertible"):
+        model, report = replace_activations(WithRelu6(), p=3, allow_unconvertible=True)
+    assert len(report.left) == 2
+
+
+class MyReLU(nn.ReLU):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+class LeakyFunctional(nn.Module):
+    def forward(self, x):
+        return F.leaky_relu(x) + F.relu6(x)
+
+
+def test_relu_subclass_and_functional_unconvertibles_raise():
+    with pytest.raises(UnconvertibleActivationError, match="ReLU subclass"):
+        replace_activations(nn.Sequential(nn.Linear(2, 2), MyReLU()), p=3)
+    with pytest.raises(UnconvertibleActivationError) as info:
+        replace_activations(LeakyFunctional(), p=3)
+    assert "F.leaky_relu()" in str(info.value) and "F.relu6()" in str(info.value)
+
+
+def test_skip_leaves_a_relu():
+    model, report = replace_activations(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2), nn.ReLU()), p=3, skip=["3"])
+    assert isinstance(model[1], NoisyQuant) and isinstance(model[3], nn.ReLU)
+    assert report.left == [("3", "ReLU", "skipped by the caller")]
+
+
+def test_maxpool_to_avgpool():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2, 2, padding=1))
+    model, report = replace_activations(model, p=3, maxpool_to_avgpool=True)
+    assert isinstance(model[2], nn.AvgPool2d) and model[2].kernel_size == 2 and model[2].padding == 1
+    assert report.pooling == ["2"]
+    untouched, _ = replace_activations(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2)), p=3)
+    assert isinstance(untouched[2], nn.MaxPool2d)
+
+
+class Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return F.relu(self.fc(x))
+        return self.fc(x)
+
+
+def test_untraceable_forward_raises_unless_tracing_is_off():
+    with pytest.raises(RuntimeError, match="could not trace"):
+        replace_activations(Untraceable(), p=3)
+    with pytest.warns(UserWarning, match="not looked for"):
+        _, report = replace_activations(Untraceable(), p=3, trace_functional=False)
+    assert not report.functional_checked and "NOT traced" in str(report)
+
+
+def test_bad_arguments_raise_before_touching_the_model():
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    with pytest.raises(ValueError, match="p must"):
+        replace_activations(model, p=0)
+    assert isinstance(model[1], nn.ReLU)
+    with pytest.raises(TypeError, match="nn.Module"):
+        replace_activations(lambda x: x, p=3)
