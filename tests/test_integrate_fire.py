@@ -1,0 +1,472 @@
+"""integrate_fire: every backend against the reference loop, gradients against autograd through
+the reference loop, the conversion identity, chunking, sizes, torch.compile, opcheck, bad input.
+
+The Triton kernels run natively on CUDA where there is a GPU, else through Triton's interpreter
+on CPU tensors (small sizes, fp32/fp16 only: the interpreter has no bf16).
+"""
+import types
+from fractions import Fraction
+
+import pytest
+import torch
+
+import na_kernels
+from na_kernels import cpu
+from na_kernels.kernels import integrate_fire as triton_kernels
+from na_kernels.ops import integrate_fire as ops
+from na_kernels.reference import integrate_fire as ref
+
+from conftest import HAS_CUDA, TRITON_DEVICE, requires_triton
+
+SURROGATES = ("sigmoid", "atan", "triangle", "rectangle")
+RESETS = ("subtract", "zero")
+
+requires_cpp = pytest.mark.skipif(not cpu.available() or not hasattr(cpu._C, "integrate_fire_forward"),
+                                  reason="C++ extension with integrate_fire not built")
+
+# (backend, device, dtypes it is tested with)
+BACKENDS = [
+    pytest.param("reference", "cpu", id="reference"),
+    pytest.param("cpu", "cpu", id="cpp", marks=requires_cpp),
+    pytest.param("triton", TRITON_DEVICE, id="triton", marks=requires_triton),
+]
+
+
+def _dtypes(backend, device):
+    if backend == "triton" and device == "cpu":
+        return (torch.float32, torch.float16)  # the interpreter has no bf16
+    return (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _small(backend, device, big, small):
+    """A size for the interpreter (slow) or a real one elsewhere."""
+    return small if (backend == "triton" and device == "cpu") else big
+
+
+class _PoisonedTorch(types.SimpleNamespace):
+    """Stands in for the ``torch`` module inside the kernel launchers: fresh outputs come back
+    filled with NaN (float) or -7 (int), so an element a kernel forgets to write shows up."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def _poison(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(-7)
+
+    def empty(self, *args, **kwargs):
+        return self._poison(torch.empty(*args, **kwargs))
+
+    def empty_like(self, *args, **kwargs):
+        return self._poison(torch.empty_like(*args, **kwargs))
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    monkeypatch.setattr(ops, "torch", _PoisonedTorch())
+    monkeypatch.setattr(triton_kernels, "torch", _PoisonedTorch())
+
+
+def _threshold(kind, channels, device):
+    if kind == "float":
+        return 0.75
+    if kind == "scalar":
+        return torch.tensor(1.25, device=device)
+    return (torch.rand(channels, device=device) + 0.25)
+
+
+def _assert_same_forward(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        assert torch.equal(g, w), (g - w).abs().max() if g.is_floating_point() else (g != w).sum()
+
+
+# ------------------------------------------------------------------ the reference on its own
+
+
+def test_reference_hand_example():
+    # x = 0.375 (exact), theta = 1, v0 = 0.5: h = 0.875, 1.25 (fires, v 0.25), 0.625, 1.0 (tie fires, v 0)
+    x = torch.full((4, 1), 0.375)
+    spikes, counts, v = na_kernels.integrate_fire(x, 1.0, return_v=True)
+    assert spikes.flatten().tolist() == [0.0, 1.0, 0.0, 1.0]
+    assert counts.tolist() == [2] and v.tolist() == [0.0]
+    spikes, counts, v = na_kernels.integrate_fire(x * 2, 2.0, reset="zero", v_init=0.0, amplitude=1.0, return_v=True)
+    # theta 2, x 0.75, v0 0: 0.75, 1.5, 2.25 (fires, v -> 0), 0.75
+    assert spikes.flatten().tolist() == [0.0, 0.0, 1.0, 0.0] and counts.tolist() == [1] and v.tolist() == [0.75]
+
+
+@pytest.mark.parametrize("alpha", [0.5, 4.0])
+def test_surrogate_formulas(alpha):
+    u = torch.tensor([0.0, 0.1, -0.3, 1.0 / alpha, -0.5 / alpha, 2.0])
+    a = alpha
+    sig = torch.sigmoid(a * u)
+    want = {
+        "sigmoid": a * sig * (1 - sig),
+        "atan": a / 2 / (1 + (torch.pi / 2 * a * u) ** 2),
+        "triangle": a * torch.clamp(1 - a * u.abs(), min=0),
+        "rectangle": a * (u.abs() < 0.5 / a).float(),
+    }
+    for name, expected in want.items():
+        torch.testing.assert_close(ref.surrogate_grad(u, name, alpha), expected, rtol=1e-6, atol=1e-7)
+    assert ref.surrogate_grad(torch.zeros(1), "sigmoid", alpha).item() == pytest.approx(alpha / 4)
+    assert ref.surrogate_grad(torch.zeros(1), "atan", alpha).item() == pytest.approx(alpha / 2)
+    assert ref.surrogate_grad(torch.zeros(1), "triangle", alpha).item() == pytest.approx(alpha)
+    assert ref.surrogate_grad(torch.tensor([0.5 / alpha]), "rectangle", alpha).item() == 0.0
+
+
+# ------------------------------------------------------------------------ forward, exact
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("reset", RESETS)
+@pytest.mark.parametrize("threshold_kind", ["float", "scalar", "channel"])
+def test_forward_matches_reference_loop(backend, device, reset, threshold_kind, poisoned):
+    steps = _small(backend, device, 9, 5)
+    for dtype in _dtypes(backend, device):
+        x = (torch.randn(steps, 2, 3, 5, 7, device=device) * 0.8 + 0.3).to(dtype)
+        threshold = _threshold(threshold_kind, 3, device)
+        for v_init, amplitude in ((0.5, "threshold"), (torch.randn(2, 3, 5, 7, device=device), 1.0)):
+            want = ref.integrate_fire(x, threshold, v_init=v_init, reset=reset, amplitude=amplitude)
+            with na_kernels.use_backend(backend):
+                got = na_kernels.integrate_fire(x, threshold, v_init=v_init, reset=reset, amplitude=amplitude,
+                                                return_v=True)
+            _assert_same_forward(got, want)
+            assert got[1].dtype == torch.int32 and got[2].dtype == torch.float32 and got[0].dtype == dtype
+
+
+def test_low_precision_state_is_float32():
+    # fp16 input: the membrane is float32, so 2048 steps of 1/4096 add up exactly (an fp16 state
+    # would stall at 0.5 + ... once the increment is below half an ulp).
+    x = torch.full((2048, 1), 1.0 / 4096, dtype=torch.float16)
+    _, counts, v = na_kernels.integrate_fire(x, 1.0, v_init=0.5, return_v=True)
+    assert counts.item() == 1 and v.item() == 0.0
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_sizes_and_steps(backend, device, poisoned):
+    cases = [(1, (1,)), (257, (1,)), (1, (1023,)), (3, (1023,)), (257, (3, 5))]
+    if not (backend == "triton" and device == "cpu"):
+        cases += [(257, (1023,)), (3, (2**20 + 3,))]
+    for steps, step_shape in cases:
+        x = torch.randn((steps,) + step_shape, device=device) * 0.7 + 0.2
+        want = ref.integrate_fire(x, 1.0)
+        with na_kernels.use_backend(backend):
+            got = na_kernels.integrate_fire(x, 1.0, return_v=True)
+        _assert_same_forward(got, want)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_empty_and_non_contiguous(backend, device):
+    with na_kernels.use_backend(backend):
+        for shape in [(4, 0), (3, 2, 0, 5)]:
+            x = torch.randn(shape, device=device, requires_grad=True)
+            spikes, counts, v = na_kernels.integrate_fire(x, 1.0, return_v=True)
+            assert spikes.shape == shape and counts.shape == shape[1:] and v.shape == shape[1:]
+            (spikes.sum() + v.sum()).backward()
+            assert x.grad.shape == shape
+        base = torch.randn(6, 5, 8, 4, device=device)
+        views = [base[::2], base.transpose(1, 3), base[:, 1:, ::3]]
+        for x in views:
+            assert not x.is_contiguous()
+            threshold = torch.rand(x.shape[2], device=device) + 0.5
+            got = na_kernels.integrate_fire(x, threshold, return_v=True)
+            want = na_kernels.integrate_fire(x.contiguous(), threshold, return_v=True)
+            _assert_same_forward(got, want)
+            _assert_same_forward(got, ref.integrate_fire(x, threshold))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_chunks_carrying_v_equal_one_call(backend, device):
+    x = torch.randn(_small(backend, device, 33, 10), 4, 6, device=device) * 0.6 + 0.2
+    threshold = torch.rand(6, device=device) + 0.5
+    with na_kernels.use_backend(backend):
+        for reset in RESETS:
+            whole = na_kernels.integrate_fire(x, threshold, reset=reset, return_v=True)
+            for split in (1, x.shape[0] // 2, x.shape[0] - 1):
+                s1, c1, v1 = na_kernels.integrate_fire(x[:split], threshold, reset=reset, return_v=True)
+                s2, c2, v2 = na_kernels.integrate_fire(x[split:], threshold, v_init=v1, reset=reset, return_v=True)
+                _assert_same_forward((torch.cat([s1, s2]), c1 + c2, v2), whole)
+
+
+# ---------------------------------------------------------------------- conversion identity
+
+
+def _expected_counts(x, threshold, steps):
+    """clamp(floor(T x / theta + 1/2), 0, T), in exact rational arithmetic."""
+    theta = Fraction(threshold)
+    out = []
+    for value in x.tolist():
+        q = (steps * Fraction(value) / theta + Fraction(1, 2)).__floor__()
+        out.append(min(max(q, 0), steps))
+    return torch.tensor(out, dtype=torch.int32)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("threshold", [1.0, 0.75, 2.0])
+def test_conversion_identity(backend, device, threshold):
+    """Constant input x, theta, v0 = theta/2, soft reset: counts = clamp(floor(T x/theta + 1/2), 0, T).
+
+    x and theta are multiples of 2^-10 of magnitude < 2, so every v + x and h - theta of the
+    float32 loop is exact (they are multiples of 2^-11 below 2^8): the loop computes the
+    rational recursion, and the identity must hold bit for bit, ties (T x/theta + 1/2 an
+    integer) included: ties fire, i.e. floor(. + 1/2), not round-half-even.
+    """
+    n = _small(backend, device, 2048, 512)
+    k = torch.randint(-300, int(threshold * 1024) + 300, (n,))
+    x = k.to(torch.float32) / 1024
+    # exact ties at T = 1, 2, 4, 8 (T x / theta = 1/2), both ends of the clamp
+    x[:8] = torch.tensor([0.0, threshold, threshold / 2, threshold / 4, threshold / 8, threshold / 16, -1 / 1024,
+                          threshold + 1 / 1024])
+    max_steps = _small(backend, device, 64, 24)
+    with na_kernels.use_backend(backend):
+        for steps in range(1, max_steps + 1):
+            x_seq = x.to(device).expand(steps, n)
+            _, counts = na_kernels.integrate_fire(x_seq, threshold, v_init=0.5)
+            torch.testing.assert_close(counts.cpu(), _expected_counts(x, threshold, steps), rtol=0, atol=0)
+            rounded = torch.round(steps * x / threshold).clamp(0, steps).to(torch.int32)
+            if steps in (2, 4, 8):  # ties exist among these inputs: round-half-even differs somewhere
+                assert not torch.equal(counts.cpu(), rounded)
+
+
+def test_conversion_identity_matches_noisy_quant():
+    """DESIGN.md: IF with theta = lam, v0 = theta/2, T steps fires noisy_quant(x, T, lam, noise=None) * T / lam."""
+    x = torch.randint(-200, 1300, (1000,)).to(torch.float32) / 1024
+    for steps in (1, 2, 3, 4, 7, 8, 15, 16):
+        _, counts = na_kernels.integrate_fire(x.expand(steps, -1), 1.0)
+        y = na_kernels.noisy_quant(x, steps, 1.0, noise=None)
+        assert torch.equal(counts, (y * steps).round().to(torch.int32))
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+def _grad_case(backend, device, dtype, reset, surrogate, detach_reset, amplitude, threshold_kind="channel"):
+    steps = _small(backend, device, 8, 5)
+    torch.manual_seed(7)
+    x = (torch.randn(steps, 2, 3, 11, device=device) * 0.8 + 0.3).to(dtype).requires_grad_()
+    v0 = (torch.randn(2, 3, 11, device=device) * 0.5).requires_grad_()
+    threshold = _threshold(threshold_kind, 3, device)
+    grad_spikes = torch.randn(x.shape, device=device).to(dtype)
+    grad_v = torch.randn(v0.shape, device=device)
+    kwargs = dict(v_init=v0, reset=reset, surrogate=surrogate, alpha=2.5 if surrogate == "atan" else 4.0,
+                  detach_reset=detach_reset, amplitude=amplitude)
+    spikes, _, v = ref.integrate_fire(x, threshold, **kwargs)
+    want = torch.autograd.grad((spikes * grad_spikes).float().sum() + (v * grad_v).sum(), (x, v0))
+    with na_kernels.use_backend(backend):
+        spikes, counts, v = na_kernels.integrate_fire(x, threshold, return_v=True, **kwargs)
+    got = torch.autograd.grad((spikes * grad_spikes).float().sum() + (v * grad_v).sum(), (x, v0))
+    return got, want
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("reset", RESETS)
+@pytest.mark.parametrize("detach_reset", [False, True])
+@pytest.mark.parametrize("surrogate", SURROGATES)
+def test_gradients_match_autograd_through_reference(backend, device, reset, detach_reset, surrogate):
+    got, want = _grad_case(backend, device, torch.float32, reset, surrogate, detach_reset, "threshold")
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    assert want[0].abs().sum() > 0 and want[1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_gradients_low_precision_and_binary_amplitude(backend, device):
+    for dtype in _dtypes(backend, device):
+        for reset, surrogate in (("subtract", "sigmoid"), ("zero", "triangle")):
+            got, want = _grad_case(backend, device, dtype, reset, surrogate, False, 1.0, "scalar")
+            tol = 1e-5 if dtype == torch.float32 else 2e-2
+            for g, w in zip(got, want):
+                assert g.dtype == w.dtype
+                torch.testing.assert_close(g, w, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_gradient_paths(backend, device):
+    """Only spikes, only v_final, only v_init: each grad path alone."""
+    x = (torch.randn(6, 4, 5, device=device) + 0.3).requires_grad_()
+    v0 = torch.randn(4, 5, device=device).requires_grad_()
+    with na_kernels.use_backend(backend):
+        # loss on v_final only (no grad reaches the spikes)
+        _, _, v = na_kernels.integrate_fire(x, 1.0, v_init=v0, return_v=True)
+        got = torch.autograd.grad(v.sum(), (x, v0))
+        # loss on spikes only, x not requiring grad: gradient to v_init alone
+        spikes, _ = na_kernels.integrate_fire(x.detach(), 1.0, v_init=v0)
+        (got_v0,) = torch.autograd.grad(spikes.sum(), (v0,))
+    _, _, v = ref.integrate_fire(x, 1.0, v_init=v0)
+    want = torch.autograd.grad(v.sum(), (x, v0))
+    spikes, _, _ = ref.integrate_fire(x.detach(), 1.0, v_init=v0)
+    (want_v0,) = torch.autograd.grad(spikes.sum(), (v0,))
+    for g, w in zip(got + (got_v0,), want + (want_v0,)):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_backward_matches_closed_form_reference(backend, device):
+    """The kernels' backward against the closed-form BPTT of the reference (tighter than autograd)."""
+    x = torch.randn(_small(backend, device, 16, 6), 3, 4, 9, device=device) + 0.2
+    threshold = torch.rand(4, device=device) + 0.5
+    _, _, _, h = ref.integrate_fire(x, threshold, return_h=True)
+    grad_spikes = torch.randn(x.shape, device=device)
+    grad_v = torch.randn(x.shape[1:], device=device)
+    theta32 = threshold.to(torch.float32)
+    for reset in (0, 1):
+        for surrogate in range(4):
+            for detach in (False, True):
+                want = ops._backward_reference(grad_spikes, grad_v, h, theta32, reset, None, surrogate, 3.0, detach,
+                                               torch.float32, True, True)
+                got = ops._BACKWARD[backend](grad_spikes, grad_v, h, theta32, reset, None, surrogate, 3.0, detach,
+                                             torch.float32, True, True)
+                for g, w in zip(got, want):
+                    if surrogate == 0:  # exp differs by an ulp across math libraries
+                        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+                    else:
+                        assert torch.equal(g, w), (reset, surrogate, detach, (g - w).abs().max())
+
+
+def test_forward_saves_h_only_when_a_gradient_is_needed(monkeypatch):
+    seen = []
+    original = ops._FORWARD["reference"]
+
+    def spy(*args):
+        seen.append(args[-1])
+        return original(*args)
+
+    monkeypatch.setitem(ops._FORWARD, "reference", spy)
+    x = torch.randn(4, 3)
+    v0 = torch.zeros(3, requires_grad=True)
+    with na_kernels.use_backend("reference"):
+        na_kernels.integrate_fire(x, 1.0)
+        na_kernels.integrate_fire(x.requires_grad_(), 1.0)
+        with torch.no_grad():
+            na_kernels.integrate_fire(x, 1.0)
+        na_kernels.integrate_fire(x.detach(), 1.0, v_init=v0)
+    assert seen == [False, True, False, True]
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.id != "triton"])
+def test_big_backward(backend, device):
+    x = (torch.randn(3, 2**20 + 3) + 0.3).requires_grad_()
+    with na_kernels.use_backend(backend):
+        spikes, _ = na_kernels.integrate_fire(x, 1.0, surrogate="atan", alpha=2.0)
+        (got,) = torch.autograd.grad(spikes.sum(), (x,))
+    spikes, _, _ = ref.integrate_fire(x, 1.0, surrogate="atan", alpha=2.0)
+    (want,) = torch.autograd.grad(spikes.sum(), (x,))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ torch.compile, opcheck
+
+
+def _compiled_fn(x, threshold, v0):
+    spikes, counts, v = na_kernels.integrate_fire(x, threshold, v_init=v0, surrogate="triangle", return_v=True)
+    return spikes * 2, counts, v
+
+
+def test_torch_compile_fullgraph_no_graph_breaks():
+    x = torch.randn(5, 2, 3, 4, requires_grad=True)
+    threshold = torch.rand(3) + 0.5
+    v0 = torch.zeros(2, 3, 4, requires_grad=True)
+    explanation = torch._dynamo.explain(_compiled_fn)(x, threshold, v0)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    # aot_eager: traces forward and backward through the fake rules; Inductor's own C++
+    # codegen is not what is under test here
+    compiled = torch.compile(_compiled_fn, fullgraph=True, backend="aot_eager")
+    got = compiled(x, threshold, v0)
+    want = _compiled_fn(x, threshold, v0)
+    _assert_same_forward(got, want)
+    g_got = torch.autograd.grad(got[0].sum() + got[2].sum(), (x, v0))
+    g_want = torch.autograd.grad(want[0].sum() + want[2].sum(), (x, v0))
+    for g, w in zip(g_got, g_want):
+        assert torch.equal(g, w)
+    with torch.no_grad():
+        _assert_same_forward(compiled(x, threshold, v0), want)
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=requires_cpp)])
+def test_opcheck(backend):
+    theta = torch.ones(1)
+    x = torch.randn(4, 2, 3, 5)
+    with na_kernels.use_backend(backend):
+        cases = [
+            (x, theta, None, 0.5, 0, None, 0, 4.0, False, False),
+            (x.half(), torch.rand(3) + 0.5, None, 0.25, 1, 1.0, 2, 1.0, True, False),
+            (x.clone().requires_grad_(), theta, torch.randn(2, 3, 5, requires_grad=True), 0.0, 0, None, 1, 2.0,
+             False, True),
+            (x.clone().requires_grad_(), torch.rand(3) + 0.5, None, 0.5, 1, 1.0, 3, 4.0, True, True),
+        ]
+        for args in cases:
+            torch.library.opcheck(ops._integrate_fire_op, args)
+        h = ref.integrate_fire(x, 1.0, return_h=True)[3]
+        backward_cases = [
+            (torch.randn(x.shape), torch.randn(x.shape[1:]), h, theta, 0, None, 0, 4.0, False, torch.float32, True, True),
+            (None, torch.randn(x.shape[1:]), h, theta, 1, 1.0, 1, 2.0, True, torch.float32, True, False),
+            (torch.randn(x.shape).half(), None, h, theta, 0, None, 3, 4.0, False, torch.float16, False, True),
+        ]
+        for args in backward_cases:
+            torch.library.opcheck(ops._integrate_fire_backward_op, args)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("call,error,words", [
+    (lambda x: na_kernels.integrate_fire(x[:0]), ValueError, "T >= 1"),
+    (lambda x: na_kernels.integrate_fire(x[0, 0, 0]), ValueError, "rank >= 2"),
+    (lambda x: na_kernels.integrate_fire(x.to(torch.int32)), TypeError, "x_seq"),
+    (lambda x: na_kernels.integrate_fire(x.double()), TypeError, "x_seq"),
+    (lambda x: na_kernels.integrate_fire(x.tolist()), TypeError, "x_seq"),
+    (lambda x: na_kernels.integrate_fire(x, 0.0), ValueError, "threshold"),
+    (lambda x: na_kernels.integrate_fire(x, -1.0), ValueError, "threshold"),
+    (lambda x: na_kernels.integrate_fire(x, float("inf")), ValueError, "threshold"),
+    (lambda x: na_kernels.integrate_fire(x, float("nan")), ValueError, "threshold"),
+    (lambda x: na_kernels.integrate_fire(x, torch.tensor(0.0)), ValueError, "threshold"),
+    (lambda x: na_kernels.integrate_fire(x, torch.tensor([1.0, float("nan"), 1.0])), ValueError, "threshold"),
+    (lambda x: na_kernels.integrate_fire(x, torch.ones(4)), ValueError, "threshold"),
+    (lambda x: na_kernels.integrate_fire(x, torch.ones(2, 3)), ValueError, "threshold"),
+    (lambda x: na_kernels.integrate_fire(x, torch.ones(3, dtype=torch.int64)), TypeError, "threshold"),
+    (lambda x: na_kernels.integrate_fire(x, "1"), TypeError, "threshold"),
+    (lambda x: na_kernels.integrate_fire(x[:, 0, 0], torch.ones(3)), ValueError, "threshold"),
+    (lambda x: na_kernels.integrate_fire(x, v_init=torch.zeros(2, 3)), ValueError, "v_init"),
+    (lambda x: na_kernels.integrate_fire(x, v_init=torch.zeros(5, 2, 3, 4)), ValueError, "v_init"),
+    (lambda x: na_kernels.integrate_fire(x, v_init=torch.zeros(2, 3, 4, dtype=torch.int32)), TypeError, "v_init"),
+    (lambda x: na_kernels.integrate_fire(x, v_init=float("nan")), ValueError, "v_init"),
+    (lambda x: na_kernels.integrate_fire(x, v_init="half"), TypeError, "v_init"),
+    (lambda x: na_kernels.integrate_fire(x, reset="hard"), ValueError, "reset"),
+    (lambda x: na_kernels.integrate_fire(x, surrogate="erf"), ValueError, "surrogate"),
+    (lambda x: na_kernels.integrate_fire(x, amplitude="one"), ValueError, "amplitude"),
+    (lambda x: na_kernels.integrate_fire(x, amplitude=0.0), ValueError, "amplitude"),
+    (lambda x: na_kernels.integrate_fire(x, amplitude=None), TypeError, "amplitude"),
+    (lambda x: na_kernels.integrate_fire(x, alpha=0.0), ValueError, "alpha"),
+    (lambda x: na_kernels.integrate_fire(x, alpha=-2.0), ValueError, "alpha"),
+    (lambda x: na_kernels.integrate_fire(x, alpha=float("inf")), ValueError, "alpha"),
+    (lambda x: na_kernels.integrate_fire(x, detach_reset=1), TypeError, "detach_reset"),
+    (lambda x: na_kernels.integrate_fire(x, return_v="yes"), TypeError, "return_v"),
+])
+def test_bad_input(call, error, words):
+    x = torch.randn(5, 2, 3, 4)
+    with pytest.raises(error, match=words):
+        call(x)
+
+
+# ------------------------------------------------------------------------ SpikingJelly peer
+
+
+def test_matches_spikingjelly_ifnode():
+    sj = pytest.importorskip("spikingjelly.activation_based.neuron")
+    surrogate = pytest.importorskip("spikingjelly.activation_based.surrogate")
+    functional = pytest.importorskip("spikingjelly.activation_based.functional")
+    x = (torch.randn(8, 4, 16) * 0.7 + 0.3).requires_grad_()
+    for detach_reset in (False, True):
+        node = sj.IFNode(v_threshold=1.0, v_reset=None, surrogate_function=surrogate.Sigmoid(alpha=4.0),
+                         detach_reset=detach_reset, step_mode="m")
+        functional.reset_net(node)
+        node.v = 0.5
+        want = node(x)
+        want_v = node.v
+        (want_grad,) = torch.autograd.grad(want.sum(), (x,))
+        got, _, got_v = na_kernels.integrate_fire(x, 1.0, detach_reset=detach_reset, return_v=True)
+        (got_grad,) = torch.autograd.grad(got.sum(), (x,))
+        assert torch.equal(got, want) and torch.equal(got_v, want_v)
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-6)
