@@ -453,20 +453,36 @@ def test_bad_input(call, error, words):
 # ------------------------------------------------------------------------ SpikingJelly peer
 
 
-def test_matches_spikingjelly_ifnode():
-    sj = pytest.importorskip("spikingjelly.activation_based.neuron")
+_SJ_SURROGATES = {"sigmoid": ("Sigmoid", 4.0), "atan": ("ATan", 2.0), "triangle": ("PiecewiseQuadratic", 1.5),
+                  "rectangle": ("Rect", 1.0)}
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.id != "triton"])
+@pytest.mark.parametrize("surrogate_name", SURROGATES)
+@pytest.mark.parametrize("reset", RESETS)
+def test_matches_spikingjelly_ifnode(backend, device, surrogate_name, reset):
+    """Same spikes, final v and surrogate gradients as SpikingJelly's multi-step IFNode (when installed).
+
+    SpikingJelly's PiecewiseQuadratic, alpha (1 - alpha |u|) on |u| <= 1/alpha, is our "triangle".
+    """
+    neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
     surrogate = pytest.importorskip("spikingjelly.activation_based.surrogate")
-    functional = pytest.importorskip("spikingjelly.activation_based.functional")
-    x = (torch.randn(8, 4, 16) * 0.7 + 0.3).requires_grad_()
+    class_name, alpha = _SJ_SURROGATES[surrogate_name]
+    if not hasattr(surrogate, class_name):
+        pytest.skip(f"this SpikingJelly has no surrogate.{class_name}")
+    threshold = 1.5
+    x = (torch.randn(8, 4, 16) * 1.2 + 0.5).requires_grad_()
     for detach_reset in (False, True):
-        node = sj.IFNode(v_threshold=1.0, v_reset=None, surrogate_function=surrogate.Sigmoid(alpha=4.0),
-                         detach_reset=detach_reset, step_mode="m")
-        functional.reset_net(node)
-        node.v = 0.5
+        node = neuron.IFNode(v_threshold=threshold, v_reset=None if reset == "subtract" else 0.0,
+                             surrogate_function=getattr(surrogate, class_name)(alpha=alpha),
+                             detach_reset=detach_reset, step_mode="m")
+        node.v = 0.5 * threshold
         want = node(x)
-        want_v = node.v
-        (want_grad,) = torch.autograd.grad(want.sum(), (x,))
-        got, _, got_v = na_kernels.integrate_fire(x, 1.0, detach_reset=detach_reset, return_v=True)
-        (got_grad,) = torch.autograd.grad(got.sum(), (x,))
-        assert torch.equal(got, want) and torch.equal(got_v, want_v)
-        torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-6)
+        (want_grad,) = torch.autograd.grad((want * torch.arange(16.0)).sum() + node.v.sum(), (x,))
+        with na_kernels.use_backend(backend):
+            got, _, got_v = na_kernels.integrate_fire(x, threshold, reset=reset, surrogate=surrogate_name,
+                                                      alpha=alpha, amplitude=1.0, detach_reset=detach_reset,
+                                                      return_v=True)
+        (got_grad,) = torch.autograd.grad((got * torch.arange(16.0)).sum() + got_v.sum(), (x,))
+        assert torch.equal(got, want) and torch.equal(got_v, node.v)
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-5)
