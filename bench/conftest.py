@@ -1,0 +1,120 @@
+"""Shared setup of the benchmark suite (``pytest bench/ --benchmark-only``).
+
+- Device: CUDA when a GPU is present (full sizes), else the CPU (shrunk sizes, so the whole
+  suite runs in a few minutes). ``NA_BENCH_DEVICE=cpu|cuda`` forces one;
+  ``NA_BENCH_SIZES=full|cpu|tiny`` forces a size table (tiny: a smoke run in seconds).
+- Copy bandwidth: measured once per session by a large device-to-device copy
+  (``dst.copy_(src)``, bytes = read + write); every case reports its fraction of it.
+- Timing: each case calls :func:`run_case`, which warms up (torch.compile compiles there),
+  calibrates, and times with ``benchmark.pedantic``. On the CPU the time is pytest-benchmark's
+  median wall clock per call. On CUDA pytest-benchmark's timer synchronises the device and
+  each round runs enough calls to hide launch overhead; the time used for GB/s and speedups
+  is the median of ``triton.testing.do_bench`` (CUDA events, L2 flushed between calls), kept
+  as ``extra_info["time_s"]`` next to the wall-clock statistics.
+- Speedups "side by side in one run": every implementation of a case (na_kernels, eager,
+  torch.compile, SpikingJelly) is its own benchmark in one pytest-benchmark group. At session
+  end, before pytest-benchmark writes its JSON, a hook adds ``speedup_vs_<impl>`` (that
+  implementation's time / na_kernels' time) to na_kernels' ``extra_info`` of every group,
+  and prints a markdown summary (``bench/summarize.py`` makes the same from the JSON).
+- Never under Triton's interpreter: a run with ``TRITON_INTERPRET`` set is refused.
+"""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+import summarize  # noqa: E402  (bench/summarize.py: the same tables from the JSON)
+from benchlib import (  # noqa: E402
+    DEVICE, SIZE_NAME, _SESSION, _load_average, _spikingjelly_version, _triton_version, copy_bandwidth_once,
+    describe_device, IS_CUDA,
+)
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def copy_bandwidth():
+    """{"gbps", "bytes", "seconds", "method"} of a large device-to-device copy, once per session."""
+    return copy_bandwidth_once()
+
+
+@pytest.fixture
+def fresh_compiler():
+    """torch.compile state reset around a case: the recompile budget is process-global."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+# ----------------------------------------------------------------------------- pytest hooks
+def pytest_configure(config):
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise pytest.UsageError(
+            "TRITON_INTERPRET is set: the benchmarks never time Triton's interpreter. Unset it "
+            "(on a CPU the ops run the C++ kernels; on a GPU the compiled Triton kernels)."
+        )
+    config.addinivalue_line("markers", "bench_case: a timed case of the na_kernels benchmark suite")
+
+
+def pytest_report_header(config):
+    threads = torch.get_num_threads()
+    return [
+        f"na_kernels bench: device={describe_device()} sizes={SIZE_NAME} torch={torch.__version__} "
+        f"threads={threads}" + (f" triton={_triton_version()}" if IS_CUDA else ""),
+    ]
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["na_bench"] = {
+        "device": DEVICE,
+        "device_name": describe_device(),
+        "sizes": SIZE_NAME,
+        "torch": torch.__version__,
+        "triton": _triton_version(),
+        "spikingjelly": _spikingjelly_version(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average": _load_average(),
+        "copy_bandwidth": _SESSION["copy"],
+    }
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    # runs before pytest-benchmark's own wrapper writes the JSON: the ratios land in it
+    bs = getattr(session.config, "_benchmarksession", None)
+    if bs is not None:
+        try:
+            summarize.add_speedups([_as_record(meta) for meta in bs.benchmarks if meta])
+        except Exception as error:  # a summary bug must not lose the measurements
+            print(f"\nna_kernels bench: could not compute speedups: {error!r}", file=sys.stderr)
+    yield
+
+
+def pytest_terminal_summary(terminalreporter):
+    bs = getattr(terminalreporter.config, "_benchmarksession", None)
+    if bs is None:
+        return
+    records = [_as_record(meta) for meta in bs.benchmarks if meta]
+    if not records:
+        return
+    terminalreporter.write_sep("=", "na_kernels benchmark summary (time = median)")
+    terminalreporter.write_line(summarize.render(records, {"na_bench": _machine_summary()}))
+
+
+def _as_record(meta):
+    """A pytest-benchmark Metadata as the dict shape of its JSON entry (shared extra_info)."""
+    return {"group": meta.group, "name": meta.name, "extra_info": meta.extra_info,
+            "stats": {"median": meta.stats.median, "iterations": meta.iterations}}
+
+
+def _machine_summary():
+    return {"device": DEVICE, "device_name": describe_device(), "sizes": SIZE_NAME,
+            "threads": torch.get_num_threads(), "copy_bandwidth": _SESSION["copy"],
+            "load_average": _load_average(), "torch": torch.__version__}
+
+

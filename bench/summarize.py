@@ -1,0 +1,187 @@
+"""pytest-benchmark JSON -> markdown summary of the na_kernels benchmark suite.
+
+    python bench/summarize.py bench/results/<machine>-<date>.json [-o summary.md]
+
+For every case (a pytest-benchmark group: op, mode, size, dtype) one row: the na_kernels
+median time, its effective GB/s (the fused-kernel byte model in extra_info["bytes_moved"]),
+its fraction of the copy bandwidth measured in the same run, and its speedup against each
+alternative measured in the same run (alternative's median / na_kernels' median; > 1 means
+na_kernels is faster). Then each alternative's time, and the issue's targets, met or missed.
+
+Time: extra_info["time_s"] where the suite recorded one (on CUDA: triton do_bench median),
+else pytest-benchmark's median. The conftest imports this module to print the same summary
+at the end of ``pytest bench/ --benchmark-only``.
+"""
+import argparse
+import json
+import sys
+
+OURS = "na_kernels"
+ALTERNATIVES = ("eager", "compile", "spikingjelly")
+IMPL_TITLES = {"na_kernels": "na_kernels", "eager": "eager", "compile": "torch.compile",
+               "spikingjelly": "SpikingJelly"}
+
+
+def case_time(record):
+    extra = record.get("extra_info") or {}
+    if extra.get("time_s"):
+        return float(extra["time_s"])
+    stats = record.get("stats") or {}
+    return float(stats["median"]) if stats.get("median") else None
+
+
+def _by_case(records):
+    cases = {}
+    for record in records:
+        extra = record.get("extra_info") or {}
+        case, impl = extra.get("case") or record.get("group"), extra.get("impl")
+        if case and impl:
+            cases.setdefault(case, {})[impl] = record
+    return cases
+
+
+def add_speedups(records):
+    """Put speedup_vs_<impl> (that impl's time / na_kernels' time) into na_kernels' extra_info."""
+    for impls in _by_case(records).values():
+        ours = impls.get(OURS)
+        ours_time = case_time(ours) if ours else None
+        if not ours_time:
+            continue
+        for impl, record in impls.items():
+            other = case_time(record)
+            if impl != OURS and other:
+                ours["extra_info"][f"speedup_vs_{impl}"] = other / ours_time
+
+
+def _fmt_time(seconds):
+    if seconds is None:
+        return "–"
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= scale or unit == "µs":
+            return f"{seconds / scale:.3g} {unit}"
+
+
+def _fmt(value, pattern):
+    return "–" if value is None else pattern.format(value)
+
+
+def _case_key(case):
+    # order: op, mode, then numbers inside the name in numeric order
+    import re
+
+    parts = re.split(r"(\d+)", case)
+    return [int(p) if p.isdigit() else p for p in parts]
+
+
+def render(records, machine_info=None):
+    records = list(records)
+    add_speedups(records)
+    cases = _by_case(records)
+    info = (machine_info or {}).get("na_bench", {})
+    lines = []
+    copy = info.get("copy_bandwidth") or {}
+    if info:
+        lines.append(
+            f"Device: {info.get('device_name')} ({info.get('device')}, sizes '{info.get('sizes')}', "
+            f"{info.get('threads')} threads, torch {info.get('torch')}); load average at the end "
+            f"{info.get('load_average')}."
+        )
+    if copy:
+        lines.append(f"Copy bandwidth: {copy['gbps']:.1f} GB/s ({copy.get('method')}).")
+    if lines:
+        lines.append("")
+
+    present = [impl for impl in ALTERNATIVES if any(impl in impls for impls in cases.values())]
+    header = ["case", "na_kernels", "GB/s", "% copy"] + [f"× vs {IMPL_TITLES[i]}" for i in present] + \
+             [f"{IMPL_TITLES[i]}" for i in present]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    for case in sorted(cases, key=_case_key):
+        impls = cases[case]
+        ours = impls.get(OURS)
+        extra = (ours or {}).get("extra_info", {})
+        ours_time = case_time(ours) if ours else None
+        throughput = [f"{k[:-6]}/s {v:,.1f}" for k, v in extra.items() if k.endswith("_per_s")]
+        cell = _fmt_time(ours_time) + (f" ({throughput[0]})" if throughput else "")
+        row = [case, cell, _fmt(extra.get("gbps"), "{:.2f}"),
+               _fmt(None if extra.get("fraction_of_copy_bandwidth") is None
+                    else 100 * extra["fraction_of_copy_bandwidth"], "{:.0f} %")]
+        for impl in present:
+            other = case_time(impls[impl]) if impl in impls else None
+            row.append(_fmt(other / ours_time if other and ours_time else None, "{:.2f}×"))
+        for impl in present:
+            row.append(_fmt_time(case_time(impls[impl])) if impl in impls else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    lines.extend(targets(cases, info.get("device", "cpu")))
+    return "\n".join(lines)
+
+
+def _ratio(impls, other):
+    ours, alt = impls.get(OURS), impls.get(other)
+    if not ours or not alt:
+        return None
+    t_ours, t_alt = case_time(ours), case_time(alt)
+    return t_alt / t_ours if t_ours and t_alt else None
+
+
+def _fraction(impls):
+    ours = impls.get(OURS)
+    return (ours or {}).get("extra_info", {}).get("fraction_of_copy_bandwidth")
+
+
+def _check(label, value, goal, kind):
+    if value is None:
+        return f"- {label}: not measured in this run"
+    if kind == "ratio":
+        verdict = "met" if value >= goal else f"MISSED by {goal / value:.2f}× (needs {goal:g}×)"
+        return f"- {label}: {value:.2f}× — {verdict}"
+    verdict = "met" if value >= goal else f"MISSED by {100 * (goal - value):.0f} points (needs {100 * goal:.0f} %)"
+    return f"- {label}: {100 * value:.0f} % of copy bandwidth — {verdict}"
+
+
+def targets(cases, device):
+    """The issue's targets, checked against the cases of this run."""
+    out = [f"Targets ({'GPU' if device == 'cuda' else 'CPU'}):"]
+    for case in sorted(cases, key=_case_key):
+        impls, extra = cases[case], (cases[case].get(OURS) or {}).get("extra_info", {})
+        op, mode = extra.get("op"), extra.get("mode")
+        if device != "cuda":
+            if op == "noisy_quant" and mode == "fwd+bwd":
+                out.append(_check(f"{case}: ≥ 4× eager", _ratio(impls, "eager"), 4.0, "ratio"))
+            if op == "integrate_fire" and mode == "fwd" and extra.get("T") == 8:
+                out.append(_check(f"{case}: ≥ 5× SpikingJelly", _ratio(impls, "spikingjelly"), 5.0, "ratio"))
+                out.append(_check(f"{case}: ≥ 60 % of copy", _fraction(impls), 0.60, "fraction"))
+        else:
+            large = (op == "noisy_quant" and extra.get("numel", 0) >= 1 << 26) or \
+                    (op == "integrate_fire" and extra.get("T", 0) >= 8)
+            if large and op in ("noisy_quant", "integrate_fire"):
+                out.append(_check(f"{case}: ≥ 85 % of copy", _fraction(impls), 0.85, "fraction"))
+            if op == "integrate_fire" and mode == "fwd+bwd" and extra.get("T") == 8:
+                out.append(_check(f"{case}: ≥ 1.3× SpikingJelly", _ratio(impls, "spikingjelly"), 1.3, "ratio"))
+            if op == "noisy_quant":
+                out.append(_check(f"{case}: ≥ 1× torch.compile", _ratio(impls, "compile"), 1.0, "ratio"))
+                out.append(_check(f"{case}: ≥ 4× eager", _ratio(impls, "eager"), 4.0, "ratio"))
+    if len(out) == 1:
+        out.append("- no targeted case in this run")
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("json", help="pytest-benchmark JSON (--benchmark-json)")
+    parser.add_argument("-o", "--output", help="write the markdown here (default: stdout)")
+    args = parser.parse_args(argv)
+    with open(args.json) as f:
+        data = json.load(f)
+    text = render(data.get("benchmarks", []), data.get("machine_info"))
+    header = f"# na_kernels benchmarks — {data.get('datetime', '')}\n\n"
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(header + text + "\n")
+    else:
+        sys.stdout.write(header + text + "\n")
+
+
+if __name__ == "__main__":
+    main()
