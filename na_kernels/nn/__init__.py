@@ -39,7 +39,7 @@ Public names:
   ``.reset_statistics()``; ``.record_statistics(flag)``.
 - ``fold_batchnorm(model)`` -> ``torch.fx.GraphModule`` with each BatchNorm folded into the
   conv/linear before it (the ANN output is unchanged up to float rounding).
-- ``calibrate_thresholds(snn, batches, iterations=4)`` -> dict: adjusts per-channel IF
+- ``calibrate_thresholds(snn, batches, iterations=6, *, T=None, step_size=0.5)`` -> dict: adjusts per-channel IF
   thresholds so the SNN's spike counts match the quantized ANN's activation levels.
 - ``format_statistics(stats)`` -> str: the table for a dict from ``statistics()``.
 """

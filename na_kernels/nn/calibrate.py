@@ -6,9 +6,10 @@ over the calibration samples and the channel's positions), and the measure is th
 kernel's int32 spike counts ``n_c`` of an SNN run on the same inputs. Each iteration updates all
 layers at once::
 
-    θ_c <- θ_c * clamp((n_c + 1) / (target_c + 1), 1/max_ratio, max_ratio)
+    θ_c <- θ_c * clamp(((n_c + 1) / (target_c + 1)) ** step_size, 1/max_ratio, max_ratio)
 
-(a count is about ``x*T/θ``, so this is a Newton step on ``n_c = target_c``), while the spike
+(a count is about ``x*T/θ``, so step_size = 1 is a Newton step on ``n_c = target_c``; the
+default 0.5 damps the oscillation that layer interactions cause), while the spike
 amplitude stays λ: matched counts then give the ANN's activation ``q*λ/p``. The thresholds of the
 iteration with the smallest total relative count error ``sum_c |n_c - target_c| / sum_c target_c``
 (over all layers) are kept, so calibration never makes that error worse on these batches.
@@ -29,7 +30,7 @@ def _inputs(batch):
 
 
 @torch.no_grad()
-def calibrate_thresholds(snn, batches, iterations: int = 4, *, T=None, max_ratio: float = 2.0) -> dict:
+def calibrate_thresholds(snn, batches, iterations: int = 6, *, T=None, step_size: float = 0.5, max_ratio: float = 2.0) -> dict:
     """Adjust per-channel IF thresholds so the SNN's spike counts match the quantized ANN.
 
     Args:
@@ -37,6 +38,8 @@ def calibrate_thresholds(snn, batches, iterations: int = 4, *, T=None, max_ratio
         batches: a few input batches (tensors or (inputs, labels) pairs), kept in memory.
         iterations: threshold updates, int >= 0 (each costs one SNN run over the batches).
         T: the number of steps to calibrate for (default ``snn.T``); calibrate for the T you run.
+        step_size: the exponent of the update, in (0, 1]: 1 is the full Newton step, which
+            overshoots (layers interact and counts saturate); 0.5 converges on the tested nets.
         max_ratio: the largest factor one update may change a threshold by, > 1.
 
     Returns:
@@ -47,6 +50,8 @@ def calibrate_thresholds(snn, batches, iterations: int = 4, *, T=None, max_ratio
     T = snn.T if T is None else check_time_steps("T", T)
     if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 0:
         raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")
+    if isinstance(step_size, bool) or not isinstance(step_size, numbers.Real) or not 0 < step_size <= 1:
+        raise ValueError(f"step_size must be a real in (0, 1], got {step_size!r}")
     if isinstance(max_ratio, bool) or not isinstance(max_ratio, numbers.Real) or not max_ratio > 1:
         raise ValueError(f"max_ratio must be a real > 1, got {max_ratio!r}")
     batches = [_inputs(batch) for batch in batches]
@@ -97,7 +102,7 @@ def calibrate_thresholds(snn, batches, iterations: int = 4, *, T=None, max_ratio
                 break
             for name, target in targets.items():
                 layer = layers[name]
-                ratio = ((counts[name] + 1.0) / (target + 1.0)).clamp(1.0 / max_ratio, max_ratio)
+                ratio = ((counts[name] + 1.0) / (target + 1.0)).pow(step_size).clamp(1.0 / max_ratio, max_ratio)
                 threshold = layer.threshold.to(torch.float64).expand(ratio.shape) * ratio.to(layer.threshold.device)
                 layer.threshold = threshold.to(torch.float32).contiguous()
         best = min(range(len(history)), key=history.__getitem__)

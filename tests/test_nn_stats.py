@@ -1,0 +1,143 @@
+"""Spike statistics, SOPs, energy, and channel-wise threshold calibration of a SpikingNetwork."""
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import na_kernels
+from na_kernels.nn import IFLayer, NoisyQuant, calibrate_thresholds, format_statistics, to_snn
+from nn_models import SmallCNN, TinyResNet
+from test_nn_convert import prepared, relative_error
+
+
+def capture_if_inputs(snn):
+    inputs = {}
+    for layer in snn.if_layers.values():
+        layer.register_forward_pre_hook(lambda m, args: inputs.__setitem__(m.name, args[0].detach().clone()))
+    return inputs
+
+
+@pytest.mark.parametrize("model_class", [SmallCNN, TinyResNet])
+def test_spike_totals_are_the_kernels_counts(model_class):
+    model = prepared(model_class, per_channel=True)
+    T, batch = 5, 3
+    snn = to_snn(model, T=T)
+    inputs = capture_if_inputs(snn)
+    with torch.no_grad():
+        snn(torch.randn(batch, 3, 16, 16))
+    stats = snn.statistics()
+    assert stats["samples"] == batch and stats["sample_steps"] == batch * T
+    for row in stats["if_layers"]:
+        layer = snn.if_layers[row["name"]]
+        x = inputs[row["name"]]
+        x_seq = x.unsqueeze(0).expand((T,) + tuple(x.shape)) if layer.input_is_constant else x.reshape((T, batch) + tuple(x.shape[1:]))
+        spikes, counts = na_kernels.integrate_fire(x_seq, layer.threshold, v_init=0.5)
+        assert row["spikes"] == int(counts.sum())
+        assert row["neurons"] == counts[0].numel()
+        assert row["firing_rate"] == pytest.approx(int(counts.sum()) / (counts.numel() * T))
+        theta = layer.threshold.reshape((1, 1, -1) + (1,) * (x_seq.dim() - 3))
+        torch.testing.assert_close((spikes / theta).sum(), counts.sum().float())
+        torch.testing.assert_close(layer.channel_spikes, counts.transpose(0, 1).reshape(counts.shape[1], -1).sum(1).long())
+    assert stats["total"]["spikes"] == sum(row["spikes"] for row in stats["if_layers"])
+
+
+def test_sops_are_exact_for_conv_and_linear():
+    model = prepared(SmallCNN)
+    T, batch = 4, 2
+    snn = to_snn(model, T=T)
+    captured = {}
+    for name in ("features.3", "fc2"):
+        snn.network.get_submodule(name).register_forward_pre_hook(
+            lambda m, args, name=name: captured.__setitem__(name, args[0].detach().clone())
+        )
+    with torch.no_grad():
+        snn(torch.randn(batch, 3, 16, 16))
+    synapses = {s["name"]: s for s in snn.statistics()["synapses"]}
+    conv = snn.network.get_submodule("features.3")
+    indicator = (captured["features.3"] != 0).float()
+    windows = F.unfold(indicator, conv.kernel_size, padding=conv.padding, stride=conv.stride)
+    assert synapses["features.3"]["sops"] == pytest.approx(float(windows.sum()) * conv.out_channels)
+    assert synapses["features.3"]["spike_driven"] and synapses["features.3"]["sources"] == ["features.2"]
+    assert synapses["fc2"]["sops"] == pytest.approx(float((captured["fc2"] != 0).sum()) * 5)
+    # the stem is analog: MACs of one pass per sample (its input is the same at every step)
+    stem = synapses["features.0"]
+    assert not stem["spike_driven"] and stem["macs"] == batch * stem["macs_per_sample"]
+    assert stem["macs_per_sample"] == 8 * 16 * 16 * 3 * 3 * 3
+
+
+def test_energy_estimate_and_custom_constants():
+    model = nn.Sequential(nn.Linear(6, 16), NoisyQuant(3, lam=1.0, noise=None), nn.Linear(16, 3)).eval()
+    snn = to_snn(model, T=3)
+    x = torch.randn(10, 6)
+    with torch.no_grad():
+        snn(x)
+    stats = snn.statistics()
+    spikes = stats["if_layers"][0]["spikes"]
+    assert stats["total"]["ann_macs_per_sample"] == 6 * 16 + 16 * 3
+    assert stats["if_layers"][0]["sops"] == pytest.approx(spikes * 3)
+    energy = stats["energy"]
+    assert energy["ann_j_per_sample"] == pytest.approx(144 * 4.6e-12)
+    assert energy["snn_j_per_sample"] == pytest.approx((spikes * 3 * 0.9e-12 + 10 * 96 * 4.6e-12) / 10)
+    custom = snn.statistics(energy_per_ac=1e-12, energy_per_mac=2e-12)["energy"]
+    assert custom["ann_j_per_sample"] == pytest.approx(144 * 2e-12)
+    with pytest.raises(ValueError, match="energy_per_ac"):
+        snn.statistics(energy_per_ac=-1.0)
+
+
+def test_table_reset_and_switch():
+    snn = to_snn(prepared(TinyResNet), T=3)
+    with torch.no_grad():
+        snn(torch.randn(2, 3, 16, 16))
+    table = snn.statistics_table()
+    assert "layer1.0.relu_call2" in table and "total" in table and "SNN/ANN" in table
+    assert table == format_statistics(snn.statistics())
+    snn.reset_statistics()
+    assert snn.statistics()["total"]["spikes"] == 0 and snn.statistics()["samples"] == 0
+    snn.record_statistics(False)
+    with torch.no_grad():
+        snn(torch.randn(2, 3, 16, 16))
+    assert snn.statistics()["total"]["spikes"] == 0
+    snn.record_statistics(True)
+    with torch.no_grad():
+        snn(torch.randn(2, 3, 16, 16))
+    assert snn.statistics()["total"]["spikes"] > 0
+
+
+def test_calibration_matches_counts_and_reduces_the_output_error():
+    torch.manual_seed(0)
+    model = prepared(TinyResNet)
+    x = torch.randn(16, 3, 16, 16)
+    snn = to_snn(model, T=16)
+    with torch.no_grad():
+        ann = snn.ann(x)
+        before = relative_error(snn(x)[-1], ann)
+    report = calibrate_thresholds(snn, [x, (x, torch.zeros(16))], iterations=6)
+    assert report["T"] == 16 and len(report["errors"]) == 7
+    assert min(report["errors"]) == report["errors"][report["best_iteration"]]
+    assert report["errors"][report["best_iteration"]] < 0.5 * report["errors"][0]
+    for layer in snn.if_layers.values():
+        assert layer.threshold.dim() == 1 and torch.all(layer.threshold > 0)
+        assert layer.amplitude.dim() == 0  # the spike amplitude stays λ
+    with torch.no_grad():
+        after = relative_error(snn(x)[-1], ann)
+    assert after < before
+    assert snn.statistics()["samples"] == 1 * 16  # calibration runs were not counted
+
+
+def test_calibration_never_worsens_the_count_error():
+    model = prepared(SmallCNN)
+    snn = to_snn(model, T=4)
+    report = calibrate_thresholds(snn, [torch.randn(8, 3, 16, 16)], iterations=2)
+    assert report["errors"][report["best_iteration"]] <= report["errors"][0]
+
+
+def test_calibration_bad_arguments():
+    snn = to_snn(nn.Sequential(nn.Linear(2, 2), NoisyQuant(3)), T=2)
+    with pytest.raises(ValueError, match="at least one batch"):
+        calibrate_thresholds(snn, [])
+    with pytest.raises(ValueError, match="iterations"):
+        calibrate_thresholds(snn, [torch.randn(2, 2)], iterations=-1)
+    with pytest.raises(ValueError, match="step_size"):
+        calibrate_thresholds(snn, [torch.randn(2, 2)], step_size=0)
+    with pytest.raises(TypeError, match="batches"):
+        calibrate_thresholds(snn, ["images"])
