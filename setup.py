@@ -16,7 +16,8 @@ except ImportError:  # pybind11 missing outside build isolation: install pure Py
 
 # -ffp-contract=off: no fused multiply-add, so every backend rounds exactly like the
 # PyTorch reference (bitwise-equal outputs); no -ffast-math for the same reason.
-COMMON_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
+# -fno-trapping-math only lets comparisons become vector blends: results are unchanged.
+COMMON_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"]
 OPENMP_FLAGS = ["-fopenmp"]
 
 

@@ -2,13 +2,17 @@
 // Per element, in float32 and in the reference's order (na_kernels/reference/noisy_quant.py):
 //   z = x * inv_step[c] (+ scale * eps);  q_raw = floor(z + shift);  q = clamp(q_raw, 0, p)
 //   y = (q / p) * lam[c]
-// with c = (i / inner) % channels (channels == 1 for a scalar lam) and eps a pure function of
-// (seed, i). Backward regenerates eps from the seed.
+// with inv_step = p / lam, c = (i / inner) % channels (channels == 1 for a scalar lam) and eps
+// a pure function of (seed, i). Backward regenerates eps from the seed.
+// Work is split into chunks (OpenMP), chunks into segments of one channel, segments into
+// batches whose Philox words are generated together (AVX2 where available).
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "float_convert.h"
@@ -19,6 +23,7 @@ namespace na {
 namespace {
 
 enum NoiseKind : int { kNoNoise = 0, kUniform = 1, kGaussian = 2 };
+constexpr int64_t kBatch = 256;  // a multiple of 16 (philox_words' vector width)
 
 struct QuantParams {
   int64_t n, inner, channels;
@@ -29,52 +34,69 @@ struct QuantParams {
   int noise;
 };
 
-inline float shifted_z(const QuantParams& k, float x, float inv_step, int64_t i) {
-  float z = x * inv_step;
-  if (k.noise == kUniform) {
-    z = z + k.scale * (philox_uniform(k.seed, static_cast<uint64_t>(i)) - 0.5f);
-  } else if (k.noise == kGaussian) {
-    z = z + k.scale * philox_normal(k.seed, static_cast<uint64_t>(i));
-  }
-  return z + k.shift;
+// floor() that vectorises without SSE4.1; exact for every float, including -0.0, inf and NaN.
+inline float floor_exact(float z) {
+  float t = static_cast<float>(static_cast<int32_t>(z));
+  t = t > z ? t - 1.0f : t;
+  t = std::copysign(t, z);
+  return std::fabs(z) < 8388608.0f ? t : z;  // |z| >= 2^23 (or inf, NaN) is already integral
 }
 
-// Runs body(i, c) for i in [begin, end) with c the channel of element i.
-template <typename Body>
-inline void for_each_element(const QuantParams& k, int64_t begin, int64_t end, Body&& body) {
+// eps (times scale) for offsets [first, first + count), count <= kBatch
+inline void scaled_noise(const QuantParams& k, int64_t first, int64_t count, float* eps) {
+  uint32_t w0[kBatch], w1[kBatch];
+  philox_words(k.seed, static_cast<uint64_t>(first), count, w0, k.noise == kGaussian ? w1 : nullptr);
+  if (k.noise == kUniform) {
+    for (int64_t j = 0; j < count; ++j) eps[j] = k.scale * (uint_to_uniform_float(w0[j]) - 0.5f);
+  } else {
+    for (int64_t j = 0; j < count; ++j) eps[j] = k.scale * words_to_normal(w0[j], w1[j]);
+  }
+}
+
+// Runs segment(begin, end, c) over [begin, end) split at channel boundaries.
+template <typename Segment>
+inline void for_each_segment(const QuantParams& k, int64_t begin, int64_t end, Segment&& segment) {
   if (k.channels == 1) {
-    for (int64_t i = begin; i < end; ++i) body(i, 0);
+    segment(begin, end, 0);
     return;
   }
-  int64_t row = begin / k.inner, position = begin % k.inner, c = row % k.channels;
-  for (int64_t i = begin; i < end; ++i) {
-    body(i, c);
-    if (++position == k.inner) {
-      position = 0;
-      if (++c == k.channels) c = 0;
-    }
+  while (begin < end) {
+    const int64_t row = begin / k.inner;
+    const int64_t row_end = std::min(end, (row + 1) * k.inner);
+    segment(begin, row_end, row % k.channels);
+    begin = row_end;
   }
 }
 
-template <int D>
-void forward_impl(const QuantParams& k, const void* x_ptr, void* y_ptr, int threads) {
+template <int D, int NOISE>
+NA_TARGET_CLONES void forward_impl(const QuantParams& k, const void* x_ptr, void* y_ptr, int threads) {
   using S = Storage<D>;
   const auto* x = static_cast<const typename S::type*>(x_ptr);
   auto* y = static_cast<typename S::type*>(y_ptr);
   const int64_t chunks = chunk_count(k.n);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-    const int64_t begin = chunk * kChunk, end = begin + kChunk < k.n ? begin + kChunk : k.n;
-    for_each_element(k, begin, end, [&](int64_t i, int64_t c) {
-      const float q_raw = std::floor(shifted_z(k, S::load(x, i), k.inv_step[c], i));
-      const float q = q_raw < 0.0f ? 0.0f : (q_raw > k.p ? k.p : q_raw);  // NaN stays NaN
-      S::store(y, i, (q / k.p) * k.lam[c]);
+    const int64_t chunk_end = std::min(k.n, (chunk + 1) * kChunk);
+    for_each_segment(k, chunk * kChunk, chunk_end, [&](int64_t begin, int64_t end, int64_t c) {
+      const float inv_step = k.inv_step[c], lam = k.lam[c], p = k.p, shift = k.shift;
+      float eps[kBatch];
+      for (int64_t s = begin; s < end; s += kBatch) {
+        const int64_t count = std::min(kBatch, end - s);
+        if (NOISE != kNoNoise) scaled_noise(k, s, count, eps);
+        for (int64_t j = 0; j < count; ++j) {
+          float z = S::load(x, s + j) * inv_step;
+          if (NOISE != kNoNoise) z = z + eps[j];
+          const float q_raw = floor_exact(z + shift);
+          const float q = q_raw < 0.0f ? 0.0f : (q_raw > p ? p : q_raw);  // NaN stays NaN
+          S::store(y, s + j, (q / p) * lam);
+        }
+      }
     });
   }
 }
 
-template <int D>
-void backward_impl(const QuantParams& k, const void* grad_y_ptr, const void* x_ptr, void* grad_x_ptr,
+template <int D, int NOISE>
+NA_TARGET_CLONES void backward_impl(const QuantParams& k, const void* grad_y_ptr, const void* x_ptr, void* grad_x_ptr,
                    double* grad_lam, int threads) {
   using S = Storage<D>;
   const auto* grad_y = static_cast<const typename S::type*>(grad_y_ptr);
@@ -87,17 +109,29 @@ void backward_impl(const QuantParams& k, const void* grad_y_ptr, const void* x_p
     double* mine = grad_lam ? partial.data() + thread_index() * k.channels : nullptr;
 #pragma omp for schedule(static)
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-      const int64_t begin = chunk * kChunk, end = begin + kChunk < k.n ? begin + kChunk : k.n;
-      for_each_element(k, begin, end, [&](int64_t i, int64_t c) {
-        const float xi = S::load(x, i);
-        const float q_raw = std::floor(shifted_z(k, xi, k.inv_step[c], i));
-        const bool inside = q_raw >= 0.0f && q_raw <= k.p;
-        const float gy = S::load(grad_y, i);
-        S::store(grad_x, i, inside ? gy : 0.0f);
-        if (mine) {
-          const float g = inside ? q_raw / k.p - xi / k.lam[c] : (q_raw > k.p ? 1.0f : 0.0f);
-          mine[c] += static_cast<double>(gy * g);
+      const int64_t chunk_end = std::min(k.n, (chunk + 1) * kChunk);
+      for_each_segment(k, chunk * kChunk, chunk_end, [&](int64_t begin, int64_t end, int64_t c) {
+        const float inv_step = k.inv_step[c], lam = k.lam[c], p = k.p, shift = k.shift;
+        float eps[kBatch];
+        double sum = 0.0;
+        for (int64_t s = begin; s < end; s += kBatch) {
+          const int64_t count = std::min(kBatch, end - s);
+          if (NOISE != kNoNoise) scaled_noise(k, s, count, eps);
+          for (int64_t j = 0; j < count; ++j) {
+            const float xi = S::load(x, s + j);
+            float z = xi * inv_step;
+            if (NOISE != kNoNoise) z = z + eps[j];
+            const float q_raw = floor_exact(z + shift);
+            const bool inside = q_raw >= 0.0f && q_raw <= p;
+            const float gy = S::load(grad_y, s + j);
+            S::store(grad_x, s + j, inside ? gy : 0.0f);
+            if (mine) {
+              const float g = inside ? q_raw / p - xi / lam : (q_raw > p ? 1.0f : 0.0f);
+              sum += static_cast<double>(gy * g);
+            }
+          }
         }
+        if (mine) mine[c] += sum;
       });
     }
   }
@@ -105,6 +139,25 @@ void backward_impl(const QuantParams& k, const void* grad_y_ptr, const void* x_p
     for (int64_t c = 0; c < k.channels; ++c) grad_lam[c] = 0.0;
     for (int t = 0; t < threads; ++t)
       for (int64_t c = 0; c < k.channels; ++c) grad_lam[c] += partial[t * k.channels + c];
+  }
+}
+
+// Calls body(dtype tag, noise tag) with std::integral_constant tags for the runtime codes.
+template <typename Body>
+void dispatch(int dtype, int noise, Body&& body) {
+  auto with_noise = [&](auto dtype_tag) {
+    switch (noise) {
+      case kNoNoise: body(dtype_tag, std::integral_constant<int, kNoNoise>{}); break;
+      case kUniform: body(dtype_tag, std::integral_constant<int, kUniform>{}); break;
+      case kGaussian: body(dtype_tag, std::integral_constant<int, kGaussian>{}); break;
+      default: throw std::invalid_argument("na_kernels: unsupported noise code");
+    }
+  };
+  switch (dtype) {
+    case kFloat32: with_noise(std::integral_constant<int, kFloat32>{}); break;
+    case kFloat16: with_noise(std::integral_constant<int, kFloat16>{}); break;
+    case kBFloat16: with_noise(std::integral_constant<int, kBFloat16>{}); break;
+    default: throw std::invalid_argument("na_kernels: unsupported dtype code");
   }
 }
 
@@ -127,12 +180,9 @@ void noisy_quant_forward(uintptr_t x, uintptr_t y, int dtype, int64_t n, int64_t
   const QuantParams k = make_params(n, inner, channels, lam, seed, p, noise, scale, shift, inv_step);
   const void* xp = reinterpret_cast<const void*>(x);
   void* yp = reinterpret_cast<void*>(y);
-  switch (dtype) {
-    case kFloat32: forward_impl<kFloat32>(k, xp, yp, threads); break;
-    case kFloat16: forward_impl<kFloat16>(k, xp, yp, threads); break;
-    case kBFloat16: forward_impl<kBFloat16>(k, xp, yp, threads); break;
-    default: throw std::invalid_argument("na_kernels: unsupported dtype code");
-  }
+  dispatch(dtype, noise, [&](auto dtype_tag, auto noise_tag) {
+    forward_impl<decltype(dtype_tag)::value, decltype(noise_tag)::value>(k, xp, yp, threads);
+  });
 }
 
 // grad_lam: address of `channels` float64 sums, or 0 to skip the lam gradient.
@@ -145,12 +195,9 @@ void noisy_quant_backward(uintptr_t grad_y, uintptr_t x, uintptr_t grad_x, int d
   const void* xp = reinterpret_cast<const void*>(x);
   void* gxp = reinterpret_cast<void*>(grad_x);
   double* glp = reinterpret_cast<double*>(grad_lam);
-  switch (dtype) {
-    case kFloat32: backward_impl<kFloat32>(k, gyp, xp, gxp, glp, threads); break;
-    case kFloat16: backward_impl<kFloat16>(k, gyp, xp, gxp, glp, threads); break;
-    case kBFloat16: backward_impl<kBFloat16>(k, gyp, xp, gxp, glp, threads); break;
-    default: throw std::invalid_argument("na_kernels: unsupported dtype code");
-  }
+  dispatch(dtype, noise, [&](auto dtype_tag, auto noise_tag) {
+    backward_impl<decltype(dtype_tag)::value, decltype(noise_tag)::value>(k, gyp, xp, gxp, glp, threads);
+  });
 }
 
 }  // namespace

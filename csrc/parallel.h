@@ -5,6 +5,14 @@
 #include <omp.h>
 #endif
 
+// Compiles a function for AVX2 and for the baseline, picked at load time by the CPU (x86-64
+// with GCC); elsewhere a no-op.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define NA_TARGET_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define NA_TARGET_CLONES
+#endif
+
 namespace na {
 
 inline int thread_index() {
