@@ -166,3 +166,21 @@ def test_compiles_without_graph_breaks():
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
     x = torch.randn(4, 6)
     torch.testing.assert_close(compiled(x), module(x))
+
+
+def test_auto_lambda_is_averaged_over_ranks_under_distributed(tmp_path):
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = nn.Sequential(nn.Linear(4, 8), NoisyQuant(3, lam="auto"))
+        ddp = nn.parallel.DistributedDataParallel(model)
+        x = torch.randn(32, 4)
+        ddp(x).sum().backward()
+        expected = torch.quantile(model[0](x).detach().clamp_min(0).flatten(), 0.999)
+        torch.testing.assert_close(model[1].lam.detach(), expected, rtol=1e-4, atol=1e-4)
+        assert model[1].raw_lam.grad is not None
+    finally:
+        dist.destroy_process_group()

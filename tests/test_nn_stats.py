@@ -141,3 +141,16 @@ def test_calibration_bad_arguments():
         calibrate_thresholds(snn, [torch.randn(2, 2)], step_size=0)
     with pytest.raises(TypeError, match="batches"):
         calibrate_thresholds(snn, ["images"])
+
+
+def test_calibrated_thresholds_round_trip_through_the_state_dict():
+    model = prepared(SmallCNN)
+    x = torch.randn(4, 3, 16, 16)
+    snn = to_snn(model, T=8)
+    calibrate_thresholds(snn, [x], iterations=2)
+    fresh = to_snn(model, T=8)
+    fresh.load_state_dict(snn.state_dict())
+    for name, layer in fresh.if_layers.items():
+        torch.testing.assert_close(layer.threshold, snn.if_layers[name].threshold)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), snn(x))

@@ -118,7 +118,24 @@ class IFLayer(nn.Module):
 
     @property
     def calibrated(self) -> bool:
-        return not torch.equal(self.threshold, self.amplitude)
+        """Whether θ differs from the amplitude λ (then spikes are emitted as 1 and scaled by λ).
+
+        Cached on the buffers' identity and version counters: no host sync per forward."""
+        key = (id(self.threshold), self.threshold._version, id(self.amplitude), self.amplitude._version)
+        if getattr(self, "_calibrated_key", None) != key:
+            self._calibrated_key = key
+            self._calibrated = self.threshold.shape != self.amplitude.shape or not torch.equal(
+                self.threshold, self.amplitude
+            )
+        return self._calibrated
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # calibrated thresholds are per-channel: take the checkpoint's shape
+        for name in ("threshold", "amplitude"):
+            value = state_dict.get(prefix + name)
+            if isinstance(value, torch.Tensor) and value.shape != getattr(self, name).shape:
+                setattr(self, name, torch.empty_like(value, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     def reset_statistics(self):
         self.spikes = None
