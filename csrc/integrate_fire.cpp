@@ -45,7 +45,8 @@ inline void load_theta(const IFParams& k, int64_t begin, int64_t len, float* th,
   }
 }
 
-template <int D>
+// R (reset) and SAVE_H are template parameters so the inner loop has no branch but the select.
+template <int D, int R, bool SAVE_H>
 void forward_impl(const IFParams& k, const void* x_ptr, void* spikes_ptr, int32_t* counts, float* v_final,
                   float* h_out, const float* v0, float v_frac, int threads) {
   using S = Storage<D>;
@@ -69,10 +70,10 @@ void forward_impl(const IFParams& k, const void* x_ptr, void* spikes_ptr, int32_
         const float h = v[j] + S::load(x, base + j);
         const bool fired = h >= th[j];
         const float s = fired ? 1.0f : 0.0f;
-        v[j] = k.reset == kSubtract ? h - s * th[j] : h * (1.0f - s);
+        v[j] = R == kSubtract ? h - s * th[j] : h * (1.0f - s);
         S::store(spikes, base + j, s * amp[j]);
         count[j] += fired ? 1 : 0;
-        if (h_out) h_out[base + j] = h;
+        if (SAVE_H) h_out[base + j] = h;
       }
     }
     for (int64_t j = 0; j < len; ++j) {
@@ -90,27 +91,25 @@ struct SurrogateParams {
   float half_width;  // 0.5 / alpha (double) rounded to float32
 };
 
+template <int SG>
 inline float surrogate_grad(const SurrogateParams& g, float u) {
-  switch (g.kind) {
-    case kSigmoid: {
-      const float sig = 1.0f / (1.0f + std::exp(-(u * g.alpha)));
-      return g.alpha * sig * (1.0f - sig);
-    }
-    case kAtan: {
-      const float w = g.atan_scale * u;
-      return g.half_alpha / (1.0f + w * w);
-    }
-    case kTriangle: {
-      const float r = 1.0f - g.alpha * std::fabs(u);
-      return g.alpha * (r < 0.0f ? 0.0f : r);  // NaN stays NaN, like torch.clamp
-    }
-    default:
-      return g.alpha * (std::fabs(u) < g.half_width ? 1.0f : 0.0f);
+  if (SG == kSigmoid) {
+    const float sig = 1.0f / (1.0f + std::exp(-(u * g.alpha)));
+    return g.alpha * sig * (1.0f - sig);
+  } else if (SG == kAtan) {
+    const float w = g.atan_scale * u;
+    return g.half_alpha / (1.0f + w * w);
+  } else if (SG == kTriangle) {
+    const float r = 1.0f - g.alpha * std::fabs(u);
+    return g.alpha * (r < 0.0f ? 0.0f : r);  // NaN stays NaN, like torch.clamp
+  } else {
+    return g.alpha * (std::fabs(u) < g.half_width ? 1.0f : 0.0f);
   }
 }
 
-template <int D>
-void backward_impl(const IFParams& k, const SurrogateParams& g, bool detach, const void* grad_spikes_ptr,
+// Reset R, surrogate SG and DETACH are template parameters: no branch in the inner loop.
+template <int D, int R, int SG, bool DETACH>
+void backward_impl(const IFParams& k, const SurrogateParams& g, const void* grad_spikes_ptr,
                    const float* grad_v, const float* h_in, void* grad_x_ptr, float* grad_v_init, int threads) {
   using S = Storage<D>;
   const auto* grad_spikes = static_cast<const typename S::type*>(grad_spikes_ptr);
@@ -128,15 +127,15 @@ void backward_impl(const IFParams& k, const SurrogateParams& g, bool detach, con
       for (int64_t j = 0; j < len; ++j) {
         const float h = h_in[base + j];
         const float u = h - th[j];
-        const float sg = surrogate_grad(g, u);
+        const float sg = surrogate_grad<SG>(g, u);
         float gs = grad_spikes ? S::load(grad_spikes, base + j) * amp[j] : 0.0f;
         float gh;
-        if (k.reset == kSubtract) {
-          if (!detach) gs = gs - th[j] * gv[j];
+        if (R == kSubtract) {
+          if (!DETACH) gs = gs - th[j] * gv[j];
           gh = gs * sg + gv[j];
         } else {
           const float not_fired = 1.0f - (u >= 0.0f ? 1.0f : 0.0f);
-          if (!detach) gs = gs - h * gv[j];
+          if (!DETACH) gs = gs - h * gv[j];
           gh = gs * sg + gv[j] * not_fired;
         }
         if (grad_x) S::store(grad_x, base + j, gh);
@@ -146,6 +145,43 @@ void backward_impl(const IFParams& k, const SurrogateParams& g, bool detach, con
     if (grad_v_init)
       for (int64_t j = 0; j < len; ++j) grad_v_init[begin + j] = gv[j];
   }
+}
+
+template <int D>
+void forward_dispatch(const IFParams& k, const void* xp, void* sp, int32_t* cp, float* vp, float* hp,
+                      const float* v0p, float v_frac, int threads) {
+  if (k.reset == kSubtract) {
+    if (hp) forward_impl<D, kSubtract, true>(k, xp, sp, cp, vp, hp, v0p, v_frac, threads);
+    else forward_impl<D, kSubtract, false>(k, xp, sp, cp, vp, hp, v0p, v_frac, threads);
+  } else {
+    if (hp) forward_impl<D, kZero, true>(k, xp, sp, cp, vp, hp, v0p, v_frac, threads);
+    else forward_impl<D, kZero, false>(k, xp, sp, cp, vp, hp, v0p, v_frac, threads);
+  }
+}
+
+template <int D, int R, int SG>
+void backward_detach(const IFParams& k, const SurrogateParams& g, bool detach, const void* gsp, const float* gvp,
+                     const float* hp, void* gxp, float* gvip, int threads) {
+  if (detach) backward_impl<D, R, SG, true>(k, g, gsp, gvp, hp, gxp, gvip, threads);
+  else backward_impl<D, R, SG, false>(k, g, gsp, gvp, hp, gxp, gvip, threads);
+}
+
+template <int D, int R>
+void backward_surrogate(const IFParams& k, const SurrogateParams& g, bool detach, const void* gsp, const float* gvp,
+                        const float* hp, void* gxp, float* gvip, int threads) {
+  switch (g.kind) {
+    case kSigmoid: backward_detach<D, R, kSigmoid>(k, g, detach, gsp, gvp, hp, gxp, gvip, threads); break;
+    case kAtan: backward_detach<D, R, kAtan>(k, g, detach, gsp, gvp, hp, gxp, gvip, threads); break;
+    case kTriangle: backward_detach<D, R, kTriangle>(k, g, detach, gsp, gvp, hp, gxp, gvip, threads); break;
+    default: backward_detach<D, R, kRectangle>(k, g, detach, gsp, gvp, hp, gxp, gvip, threads); break;
+  }
+}
+
+template <int D>
+void backward_dispatch(const IFParams& k, const SurrogateParams& g, bool detach, const void* gsp, const float* gvp,
+                       const float* hp, void* gxp, float* gvip, int threads) {
+  if (k.reset == kSubtract) backward_surrogate<D, kSubtract>(k, g, detach, gsp, gvp, hp, gxp, gvip, threads);
+  else backward_surrogate<D, kZero>(k, g, detach, gsp, gvp, hp, gxp, gvip, threads);
 }
 
 IFParams make_params(int64_t steps, int64_t neurons, int64_t inner, int64_t channels, uintptr_t theta, int reset,
@@ -170,9 +206,9 @@ void integrate_fire_forward(uintptr_t x, uintptr_t spikes, uintptr_t counts, uin
   float* hp = reinterpret_cast<float*>(h);
   const float* v0p = reinterpret_cast<const float*>(v0);
   switch (dtype) {
-    case kFloat32: forward_impl<kFloat32>(k, xp, sp, cp, vp, hp, v0p, v_frac, threads); break;
-    case kFloat16: forward_impl<kFloat16>(k, xp, sp, cp, vp, hp, v0p, v_frac, threads); break;
-    case kBFloat16: forward_impl<kBFloat16>(k, xp, sp, cp, vp, hp, v0p, v_frac, threads); break;
+    case kFloat32: forward_dispatch<kFloat32>(k, xp, sp, cp, vp, hp, v0p, v_frac, threads); break;
+    case kFloat16: forward_dispatch<kFloat16>(k, xp, sp, cp, vp, hp, v0p, v_frac, threads); break;
+    case kBFloat16: forward_dispatch<kBFloat16>(k, xp, sp, cp, vp, hp, v0p, v_frac, threads); break;
     default: throw std::invalid_argument("na_kernels: unsupported dtype code");
   }
 }
@@ -197,9 +233,9 @@ void integrate_fire_backward(uintptr_t grad_spikes, uintptr_t grad_v, uintptr_t 
   void* gxp = reinterpret_cast<void*>(grad_x);
   float* gvip = reinterpret_cast<float*>(grad_v_init);
   switch (dtype) {
-    case kFloat32: backward_impl<kFloat32>(k, g, detach, gsp, gvp, hp, gxp, gvip, threads); break;
-    case kFloat16: backward_impl<kFloat16>(k, g, detach, gsp, gvp, hp, gxp, gvip, threads); break;
-    case kBFloat16: backward_impl<kBFloat16>(k, g, detach, gsp, gvp, hp, gxp, gvip, threads); break;
+    case kFloat32: backward_dispatch<kFloat32>(k, g, detach, gsp, gvp, hp, gxp, gvip, threads); break;
+    case kFloat16: backward_dispatch<kFloat16>(k, g, detach, gsp, gvp, hp, gxp, gvip, threads); break;
+    case kBFloat16: backward_dispatch<kBFloat16>(k, g, detach, gsp, gvp, hp, gxp, gvip, threads); break;
     default: throw std::invalid_argument("na_kernels: unsupported dtype code");
   }
 }
