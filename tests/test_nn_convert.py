@@ -5,10 +5,8 @@ import io
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-import na_kernels
-from na_kernels.nn import IFLayer, NoisyQuant, fold_batchnorm, replace_activations, to_snn
+from na_kernels.nn import NoisyQuant, fold_batchnorm, replace_activations, to_snn
 from na_kernels.nn.replace import trace
 from nn_models import BasicBlock, SmallCNN, TinyResNet, randomize_batchnorm
 
@@ -265,3 +263,18 @@ def test_original_model_is_not_modified():
     to_snn(model, T=4)
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_identity_holds_on_every_backend(backend):
+    import na_kernels
+    from conftest import HAS_TRITON
+
+    if backend == "triton" and not HAS_TRITON:
+        pytest.skip("triton is not installed")
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), NoisyQuant(3, lam=1.0, noise=None), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).eval()
+    x = torch.randn(2, 2, 4, 4)
+    snn = to_snn(model, T=3, chunk=2)  # constant input to the IF layer, chunked: v_init as a tensor
+    with na_kernels.use_backend(backend), torch.no_grad():
+        out = snn(x)
+        torch.testing.assert_close(out[-1], model(x), rtol=1e-5, atol=1e-5)

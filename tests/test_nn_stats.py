@@ -5,7 +5,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import na_kernels
-from na_kernels.nn import IFLayer, NoisyQuant, calibrate_thresholds, format_statistics, to_snn
+from na_kernels.nn import NoisyQuant, calibrate_thresholds, format_statistics, to_snn
 from nn_models import SmallCNN, TinyResNet
 from test_nn_convert import prepared, relative_error
 

@@ -475,8 +475,7 @@ def to_snn(model: nn.Module, T: int, chunk: Optional[int] = None, *, fold_bn: bo
         layer = IFLayer(target, quant.lam, quant.p)
         node.target = target
         if_nodes[node] = target
-        pending_layer = (target, layer)
-        gm.add_submodule(*pending_layer)
+        gm.add_submodule(target, layer)
 
     # which values vary over time; if batch-size arithmetic meets spikes, repeat the input instead
     kind, meta = _classify(graph, if_nodes, input_varies=False)

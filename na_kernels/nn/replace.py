@@ -8,10 +8,8 @@ with its own forward, ...) raises ``UnconvertibleActivationError`` listing every
 its qualified name, unless the caller leaves it (``skip=`` names or
 ``allow_unconvertible=True``). Nothing is ever skipped silently.
 """
-import copy
 import dataclasses
 import fnmatch
-import operator
 import warnings
 from typing import Iterable, List, Tuple
 
