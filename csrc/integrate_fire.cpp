@@ -28,6 +28,7 @@ constexpr int64_t kBlock = 512;  // neurons per work item: 4 state arrays of 2 K
 
 struct IFParams {
   int64_t steps, neurons, inner, channels;
+  int64_t x_step;  // elements between two steps of x (neurons, or 0 for an input repeated over T, ...)
   const float* theta;  // [channels]
   int reset;
   bool amp_is_theta;
@@ -66,8 +67,9 @@ void forward_impl(const IFParams& k, const void* x_ptr, void* spikes_ptr, int32_
     }
     for (int64_t t = 0; t < k.steps; ++t) {
       const int64_t base = t * k.neurons + begin;
+      const typename S::type* x_t = x + t * k.x_step + begin;
       for (int64_t j = 0; j < len; ++j) {
-        const float h = v[j] + S::load(x, base + j);
+        const float h = v[j] + S::load(x_t, j);
         const bool fired = h >= th[j];
         const float s = fired ? 1.0f : 0.0f;
         v[j] = R == kSubtract ? h - s * th[j] : h * (1.0f - s);
@@ -188,16 +190,20 @@ IFParams make_params(int64_t steps, int64_t neurons, int64_t inner, int64_t chan
                      bool amp_is_theta, float amp) {
   if (steps < 1 || neurons < 0 || inner < 1 || channels < 1 || (reset != kSubtract && reset != kZero))
     throw std::invalid_argument("na_kernels: bad integrate_fire arguments");
-  return IFParams{steps, neurons, inner, channels, reinterpret_cast<const float*>(theta), reset, amp_is_theta, amp};
+  return IFParams{steps, neurons, inner, channels, neurons, reinterpret_cast<const float*>(theta), reset, amp_is_theta,
+                  amp};
 }
 
-// Addresses: x / spikes in `dtype`; counts int32 [N]; v_final float32 [N]; h float32 [T, N] or 0 (not
+// Addresses: x / spikes in `dtype` (step t of x at x + t * x_step elements, each step contiguous;
+// spikes [T, N] contiguous); counts int32 [N]; v_final float32 [N]; h float32 [T, N] or 0 (not
 // saved); v0 float32 [N] or 0 (then v starts at v_frac * theta).
-void integrate_fire_forward(uintptr_t x, uintptr_t spikes, uintptr_t counts, uintptr_t v_final, uintptr_t h,
-                            int dtype, int64_t steps, int64_t neurons, int64_t inner, int64_t channels,
+void integrate_fire_forward(uintptr_t x, int64_t x_step, uintptr_t spikes, uintptr_t counts, uintptr_t v_final,
+                            uintptr_t h, int dtype, int64_t steps, int64_t neurons, int64_t inner, int64_t channels,
                             uintptr_t theta, uintptr_t v0, float v_frac, int reset, bool amp_is_theta, float amp,
                             int threads) {
-  const IFParams k = make_params(steps, neurons, inner, channels, theta, reset, amp_is_theta, amp);
+  IFParams k = make_params(steps, neurons, inner, channels, theta, reset, amp_is_theta, amp);
+  if (x_step < 0) throw std::invalid_argument("na_kernels: bad integrate_fire x_step");
+  k.x_step = x_step;
   if (neurons == 0) return;
   const void* xp = reinterpret_cast<const void*>(x);
   void* sp = reinterpret_cast<void*>(spikes);

@@ -166,7 +166,8 @@ def test_empty_and_non_contiguous(backend, device):
             (spikes.sum() + v.sum()).backward()
             assert x.grad.shape == shape
         base = torch.randn(6, 5, 8, 4, device=device)
-        views = [base[::2], base.transpose(1, 3), base[:, 1:, ::3]]
+        # read in place (contiguous steps, stride 0 or 2N between them) or copied (the others)
+        views = [base[::2], base[0].expand(7, 5, 8, 4), base.transpose(1, 3), base[:, 1:, ::3]]
         for x in views:
             assert not x.is_contiguous()
             threshold = torch.rand(x.shape[2], device=device) + 0.5
@@ -174,6 +175,13 @@ def test_empty_and_non_contiguous(backend, device):
             want = na_kernels.integrate_fire(x.contiguous(), threshold, return_v=True)
             _assert_same_forward(got, want)
             _assert_same_forward(got, ref.integrate_fire(x, threshold))
+        # an input repeated over T (what a converted network's first layer sees): gradient sums over T
+        x0 = torch.randn(5, 8, 4, device=device, requires_grad=True)
+        spikes, _, v = na_kernels.integrate_fire(x0.expand(6, 5, 8, 4), 1.0, return_v=True)
+        (got,) = torch.autograd.grad(spikes.sum() + v.sum(), (x0,))
+    spikes, _, v = ref.integrate_fire(x0.expand(6, 5, 8, 4), 1.0)
+    (want,) = torch.autograd.grad(spikes.sum() + v.sum(), (x0,))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

@@ -26,7 +26,7 @@ _NUM_WARPS = 4
 @triton.jit(do_not_specialize=["steps"])
 def _integrate_fire_forward_kernel(
     x_ptr, spikes_ptr, counts_ptr, v_final_ptr, h_ptr, theta_ptr, v0_ptr,
-    steps, neurons, inner, channels, v_frac, amp,
+    steps, neurons, x_step, inner, channels, v_frac, amp,
     RESET_ZERO: tl.constexpr, AMP_IS_THETA: tl.constexpr, HAS_V0: tl.constexpr, SAVE_H: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -43,8 +43,9 @@ def _integrate_fire_forward_kernel(
         a = tl.full([BLOCK], amp, tl.float32)
     count = tl.zeros([BLOCK], dtype=tl.int32)
     offsets = n
+    x_offsets = n
     for _ in range(steps):
-        h = v + tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        h = v + tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32)
         fired = h >= theta
         s = tl.where(fired, 1.0, 0.0)
         if RESET_ZERO:
@@ -56,6 +57,7 @@ def _integrate_fire_forward_kernel(
         if SAVE_H:
             tl.store(h_ptr + offsets, h, mask=mask)
         offsets += neurons
+        x_offsets += x_step
     tl.store(counts_ptr + n, count, mask=mask)
     tl.store(v_final_ptr + n, v, mask=mask)
 
@@ -126,13 +128,14 @@ def _grid(neurons):
 
 
 def integrate_fire_forward(x_seq, theta, v0, v_frac, reset, amplitude, save_h, neurons, inner):
-    """(spikes, counts, v_final, h) for contiguous x_seq [T, ...]; theta float32 [channels];
+    """(spikes, counts, v_final, h) for x_seq [T, ...] whose steps are contiguous (any stride between
+    steps: 0 for an input repeated over T); spikes and h come out contiguous; theta float32 [channels];
     v0 float32 contiguous of the step shape or None; amplitude None (theta) or a float;
     h is [T, ...] float32 when save_h, else an empty tensor."""
     steps = x_seq.shape[0]
     step_shape = x_seq.shape[1:]
     device = x_seq.device
-    spikes = torch.empty_like(x_seq)
+    spikes = torch.empty(x_seq.shape, dtype=x_seq.dtype, device=device)
     counts = torch.empty(step_shape, dtype=torch.int32, device=device)
     v_final = torch.empty(step_shape, dtype=torch.float32, device=device)
     h = torch.empty(x_seq.shape if save_h else (0,), dtype=torch.float32, device=device)
@@ -140,7 +143,7 @@ def integrate_fire_forward(x_seq, theta, v0, v_frac, reset, amplitude, save_h, n
         return spikes, counts, v_final, h
     _integrate_fire_forward_kernel[_grid(neurons)](
         x_seq, spikes, counts, v_final, h if save_h else v_final, theta, v_final if v0 is None else v0,
-        steps, neurons, inner, theta.numel(), float(v_frac), 0.0 if amplitude is None else float(amplitude),
+        steps, neurons, x_seq.stride(0), inner, theta.numel(), float(v_frac), 0.0 if amplitude is None else float(amplitude),
         RESET_ZERO=reset == 1, AMP_IS_THETA=amplitude is None, HAS_V0=v0 is not None, SAVE_H=save_h,
         BLOCK=_BLOCK, num_warps=_NUM_WARPS, enable_fp_fusion=False,
     )

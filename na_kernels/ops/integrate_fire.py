@@ -52,6 +52,15 @@ def _amplitude_name(amplitude: Optional[float]):
     return "threshold" if amplitude is None else amplitude
 
 
+def _steps_contiguous(x_seq: Tensor) -> Tensor:
+    """x_seq itself when each time step is contiguous, whatever the stride between steps (0 for an
+    input repeated over T with ``expand``, 2N for ``x[::2]``): the kernels take that stride and
+    read it in place. Otherwise a contiguous copy."""
+    if x_seq.shape[0] == 1 or x_seq[0].is_contiguous():
+        return x_seq
+    return x_seq.contiguous()
+
+
 def _empty_h(x_seq: Tensor) -> Tensor:
     return torch.empty(0, dtype=torch.float32, device=x_seq.device)
 
@@ -76,7 +85,7 @@ def _forward_triton(x_seq, threshold, v_init, v_frac, reset, amplitude, save_h):
     theta = _theta32(threshold)
     neurons, inner = _geometry(x_seq.shape[1:], theta.numel())
     v0 = None if v_init is None else v_init.to(torch.float32).contiguous()
-    return kernels.integrate_fire_forward(x_seq.contiguous(), theta, v0, v_frac, reset, amplitude, save_h, neurons, inner)
+    return kernels.integrate_fire_forward(_steps_contiguous(x_seq), theta, v0, v_frac, reset, amplitude, save_h, neurons, inner)
 
 
 _warned_stale = False
@@ -103,18 +112,18 @@ def _has_cpp(name):
 def _forward_cpp(x_seq, threshold, v_init, v_frac, reset, amplitude, save_h):
     if not _has_cpp("integrate_fire_forward"):
         return _forward_reference(x_seq, threshold, v_init, v_frac, reset, amplitude, save_h)
-    x_seq = x_seq.contiguous()
+    x_seq = _steps_contiguous(x_seq)
     steps = x_seq.shape[0]
     step_shape = x_seq.shape[1:]
     theta = _theta32(threshold)
     neurons, inner = _geometry(step_shape, theta.numel())
-    spikes = torch.empty_like(x_seq)
+    spikes = torch.empty(x_seq.shape, dtype=x_seq.dtype)
     counts = torch.empty(step_shape, dtype=torch.int32)
     v_final = torch.empty(step_shape, dtype=torch.float32)
     h = torch.empty(x_seq.shape, dtype=torch.float32) if save_h else _empty_h(x_seq)
     v0 = None if v_init is None else v_init.to(torch.float32).contiguous()
     cpu.extension().integrate_fire_forward(
-        x_seq.data_ptr(), spikes.data_ptr(), counts.data_ptr(), v_final.data_ptr(), h.data_ptr() if save_h else 0,
+        x_seq.data_ptr(), x_seq.stride(0), spikes.data_ptr(), counts.data_ptr(), v_final.data_ptr(), h.data_ptr() if save_h else 0,
         cpu.DTYPE_CODES[x_seq.dtype], steps, neurons, inner, theta.numel(), theta.data_ptr(),
         0 if v0 is None else v0.data_ptr(), v_frac, reset, amplitude is None,
         0.0 if amplitude is None else amplitude, cpu.num_threads(),
