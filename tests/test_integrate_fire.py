@@ -185,6 +185,24 @@ def test_empty_and_non_contiguous(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("reset", RESETS)
+def test_non_finite_input(backend, device, reset):
+    """NaN never fires and stays in v; +inf fires; the same bits (NaN included) on every backend."""
+    x = torch.randn(6, 2, 8, device=device)
+    x[1, 0, 0] = float("nan")
+    x[2, 0, 1] = float("inf")
+    x[0, 1, 2] = float("-inf")
+    x[3, 1, 3] = float("inf")
+    x[4, 1, 3] = float("-inf")
+    want = ref.integrate_fire(x, 1.0, reset=reset)
+    with na_kernels.use_backend(backend):
+        got = na_kernels.integrate_fire(x, 1.0, reset=reset, return_v=True)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0, equal_nan=True)
+    assert torch.isnan(got[2][0, 0]) and got[1][0, 0] == 0
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 def test_chunks_carrying_v_equal_one_call(backend, device):
     x = torch.randn(_small(backend, device, 33, 10), 4, 6, device=device) * 0.6 + 0.2
     threshold = torch.rand(6, device=device) + 0.5
@@ -195,6 +213,16 @@ def test_chunks_carrying_v_equal_one_call(backend, device):
                 s1, c1, v1 = na_kernels.integrate_fire(x[:split], threshold, reset=reset, return_v=True)
                 s2, c2, v2 = na_kernels.integrate_fire(x[split:], threshold, v_init=v1, reset=reset, return_v=True)
                 _assert_same_forward((torch.cat([s1, s2]), c1 + c2, v2), whole)
+        # and the gradient: v_final of the first chunk carries it back (grad_v in, grad_v_init out)
+        x = x.clone().requires_grad_()
+        grad_spikes = torch.randn(x.shape, device=device)
+        spikes, _, v = na_kernels.integrate_fire(x, threshold, surrogate="atan", return_v=True)
+        (want,) = torch.autograd.grad((spikes * grad_spikes).sum() + v.sum(), (x,))
+        split = x.shape[0] // 3
+        s1, _, v1 = na_kernels.integrate_fire(x[:split], threshold, surrogate="atan", return_v=True)
+        s2, _, v2 = na_kernels.integrate_fire(x[split:], threshold, v_init=v1, surrogate="atan", return_v=True)
+        (got,) = torch.autograd.grad((torch.cat([s1, s2]) * grad_spikes).sum() + v2.sum(), (x,))
+        assert torch.equal(got, want)
 
 
 # ---------------------------------------------------------------------- conversion identity
@@ -392,8 +420,11 @@ def test_torch_compile_fullgraph_no_graph_breaks():
         _assert_same_forward(compiled(x, threshold, v0), want)
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=requires_cpp)])
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=requires_cpp),
+                                     pytest.param("triton", marks=requires_triton)])
 def test_opcheck(backend):
+    if backend == "triton" and HAS_CUDA:
+        pytest.skip("opcheck of the Triton path runs on CPU tensors through the interpreter")
     theta = torch.ones(1)
     x = torch.randn(4, 2, 3, 5)
     with na_kernels.use_backend(backend):
