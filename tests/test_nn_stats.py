@@ -106,12 +106,12 @@ def test_table_reset_and_switch():
 def test_calibration_matches_counts_and_reduces_the_output_error():
     torch.manual_seed(0)
     model = prepared(TinyResNet)
-    x = torch.randn(16, 3, 16, 16)
+    x = torch.randn(8, 3, 12, 12)
     snn = to_snn(model, T=16)
     with torch.no_grad():
         ann = snn.ann(x)
         before = relative_error(snn(x)[-1], ann)
-    report = calibrate_thresholds(snn, [x, (x, torch.zeros(16))], iterations=6)
+    report = calibrate_thresholds(snn, [x, (x, torch.zeros(8))], iterations=6)
     assert report["T"] == 16 and len(report["errors"]) == 7
     assert min(report["errors"]) == report["errors"][report["best_iteration"]]
     assert report["errors"][report["best_iteration"]] < 0.5 * report["errors"][0]
@@ -121,7 +121,7 @@ def test_calibration_matches_counts_and_reduces_the_output_error():
     with torch.no_grad():
         after = relative_error(snn(x)[-1], ann)
     assert after < before
-    assert snn.statistics()["samples"] == 1 * 16  # calibration runs were not counted
+    assert snn.statistics()["samples"] == 8  # calibration runs were not counted
 
 
 def test_calibration_never_worsens_the_count_error():
@@ -154,3 +154,23 @@ def test_calibrated_thresholds_round_trip_through_the_state_dict():
         torch.testing.assert_close(layer.threshold, snn.if_layers[name].threshold)
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), snn(x))
+
+
+def test_sops_of_a_grouped_strided_conv():
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), NoisyQuant(3, lam=0.5, noise=None),
+        nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2),
+    ).eval()
+    snn = to_snn(model, T=3)
+    captured = {}
+    snn.network.get_submodule("2").register_forward_pre_hook(lambda m, args: captured.__setitem__("x", args[0].clone()))
+    with torch.no_grad():
+        snn(torch.randn(2, 2, 7, 7))
+    indicator = (captured["x"] != 0).float()
+    expected = 0.0
+    for group in range(2):  # each input spike reaches the 3 output channels of its group
+        windows = F.unfold(indicator[:, 2 * group: 2 * group + 2], 3, padding=1, stride=2)
+        expected += float(windows.sum()) * 3
+    synapse = {s["name"]: s for s in snn.statistics()["synapses"]}["2"]
+    assert synapse["sops"] == pytest.approx(expected)
+    assert synapse["macs_per_sample"] == 6 * 4 * 4 * 2 * 3 * 3

@@ -261,14 +261,19 @@ class SynapseMeter(nn.Module):
     def _measure(self, x):
         rows = x.shape[0]
         if self.dims:
-            indicator = (x != 0).to(torch.float32).sum(0, keepdim=True)
+            # SOPs = sum_i [x_i != 0] * fanout_i. With W = ones, conv(indicator, W) summed over
+            # its outputs is exactly that; all output channels of a group see the same window,
+            # so it equals out_channels/groups * sum(conv(indicator summed over rows and
+            # channels, ones[1, 1, *kernel])) -- one single-channel conv, in float64 (exact).
+            indicator = (x != 0).sum(dim=(0, 1), dtype=torch.float64).reshape((1, 1) + tuple(x.shape[2:]))
             if self._ones is None or self._ones.device != x.device:
-                self._ones = torch.ones(self.weight_shape, dtype=torch.float32, device=x.device)
+                self._ones = torch.ones((1, 1) + self.weight_shape[2:], dtype=torch.float64, device=x.device)
             conv = (F.conv1d, F.conv2d, F.conv3d)[self.dims - 1]
-            fan = conv(indicator, self._ones, None, **self.geometry)
-            sops = fan.sum(dtype=torch.float64)
-            fan_in = math.prod(self.weight_shape[1:])
-            per_row = fan[0].numel() * fan_in
+            geometry = dict(self.geometry, groups=1)
+            fan = conv(indicator, self._ones, None, **geometry)
+            out_channels, fan_in = self.weight_shape[0], math.prod(self.weight_shape[1:])
+            sops = fan.sum() * (out_channels // self.geometry["groups"])
+            per_row = fan[0, 0].numel() * out_channels * fan_in
         else:
             sops = (x != 0).sum(dtype=torch.float64) * self.out_features
             per_row = (x[0].numel() if rows else 0) * self.out_features
