@@ -286,7 +286,9 @@ class BatchLoader:
     """Iterates ``(x, y)`` batches of an in-memory :class:`ImageData` on ``device``.
 
     - ``shuffle``: a new order every epoch, a pure function of ``(seed, epoch)`` — the same
-      on every rank, so DDP ranks take disjoint shards (rank r takes every world-th sample).
+      on every rank, so DDP ranks take disjoint shards (rank r takes every world-th sample;
+      shards padded to equal length as DistributedSampler does). Without shuffle (evaluation)
+      the shards are not padded: every sample is seen exactly once over all ranks.
     - ``augment``: random crop (zero padding ``data.crop_padding``) and horizontal flip
       (``data.flip``), drawn from a generator seeded by ``(seed, epoch, rank)``.
     - Pixels are scaled by ``1/max_value`` and normalized with the dataset's mean/std.
@@ -313,7 +315,9 @@ class BatchLoader:
             idx = torch.randperm(n, generator=g)
         else:
             idx = torch.arange(n)
-        if self.world_size > 1:
+        if self.world_size > 1 and not self.shuffle:  # evaluation: every sample exactly once
+            idx = idx[self.rank::self.world_size]
+        elif self.world_size > 1:  # training: equal shards (as DistributedSampler)
             per_rank = n // self.world_size if self.drop_last else -(-n // self.world_size)
             if idx.numel() < per_rank * self.world_size:  # pad by wrapping, as DistributedSampler
                 idx = torch.cat([idx, idx[: per_rank * self.world_size - idx.numel()]])
