@@ -1,0 +1,108 @@
+"""Run the test suite on CUDA, then the full benchmark, and write the results.
+
+    python bench/run_gpu.py                    # on a machine with a GPU
+    python bench/run_gpu.py --allow-cpu --skip-tests   # the CPU table (shrunk sizes)
+
+Writes, under --out (default bench/results/):
+    <machine>-<date>.json         pytest-benchmark JSON (extra_info: bytes, GB/s, % copy, speedups)
+    <machine>-<date>.md           the markdown summary (bench/summarize.py) + the test outcome
+    <machine>-<date>-tests.txt    the test suite's output (unless --skip-tests)
+where <machine> is the GPU's name (e.g. nvidia-h100-80gb-hbm3) or cpu-<model>-<threads>t and
+<date> is the UTC date. Commit them. Extra arguments after ``--`` go to the benchmark pytest
+(e.g. ``-- -k noisy_quant``).
+"""
+import argparse
+import datetime
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+
+
+def machine_slug(device):
+    import torch
+
+    if device == "cuda":
+        name = torch.cuda.get_device_name(0)
+    else:
+        name = "cpu"
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        name = "cpu-" + line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+        name += f"-{torch.get_num_threads()}t"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(BENCH / "results"), help="output folder (default bench/results)")
+    parser.add_argument("--allow-cpu", action="store_true", help="run on the CPU when there is no GPU")
+    parser.add_argument("--skip-tests", action="store_true", help="benchmark only")
+    parser.add_argument("--sizes", choices=("full", "cpu", "tiny"), help="size table (default: full on CUDA, cpu on CPU)")
+    parser.add_argument("pytest_args", nargs="*", help="extra arguments for the benchmark pytest run (after --)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not args.allow_cpu:
+        sys.exit("run_gpu.py: no CUDA device (torch.cuda.is_available() is False); --allow-cpu runs the CPU sizes")
+
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)  # never time the interpreter
+    env["NA_BENCH_DEVICE"] = device
+    if args.sizes:
+        env["NA_BENCH_SIZES"] = args.sizes
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{machine_slug(device)}-{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}"
+
+    test_line = "Test suite: not run (--skip-tests)."
+    if not args.skip_tests:
+        log = out / f"{stem}-tests.txt"
+        print(f"run_gpu.py: test suite on {device} -> {log}", flush=True)
+        with open(log, "w") as f:
+            result = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "tests"), "-q", "-p", "no:cacheprovider"],
+                                    cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        last = [line for line in log.read_text().splitlines() if line.strip()][-1:] or ["(no output)"]
+        test_line = f"Test suite on {device}: exit code {result.returncode} — {last[0].strip('= ')}"
+        print("run_gpu.py:", test_line, flush=True)
+
+    json_path = out / f"{stem}.json"
+    command = [sys.executable, "-m", "pytest", str(BENCH), "--benchmark-only", f"--benchmark-json={json_path}",
+               "-p", "no:cacheprovider", "-q", *args.pytest_args]
+    print("run_gpu.py:", " ".join(command), flush=True)
+    bench = subprocess.run(command, cwd=ROOT, env=env)
+
+    if not json_path.exists():
+        sys.exit(f"run_gpu.py: the benchmark wrote no JSON (exit code {bench.returncode})")
+    sys.path.insert(0, str(BENCH))
+    import json
+
+    import summarize
+
+    data = json.loads(json_path.read_text())
+    text = summarize.render(data.get("benchmarks", []), data.get("machine_info"))
+    md_path = out / f"{stem}.md"
+    commit = (data.get("commit_info") or {}).get("id", "")
+    md_path.write_text(
+        f"# na_kernels benchmarks — {stem}\n\n"
+        f"Run {data.get('datetime', '')} at commit {commit[:12]}: "
+        f"`python bench/run_gpu.py{' --allow-cpu' if device == 'cpu' else ''}`.\n\n"
+        f"{test_line}\n\n{text}\n"
+    )
+    print(f"run_gpu.py: wrote {json_path} and {md_path} (benchmark exit code {bench.returncode})")
+    return bench.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
