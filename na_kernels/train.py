@@ -1,0 +1,435 @@
+"""Training, evaluation, conversion and checkpoints — the engine behind ``na-kernels``.
+
+- :class:`TrainConfig` holds the published recipe as defaults (SGD, momentum 0.9,
+  lr 0.1, weight decay 5e-4, cosine schedule, random crop + flip) plus p and noise.
+- :func:`fit` trains one model (single process, or DistributedDataParallel when launched
+  by ``torchrun``: env ``RANK``/``WORLD_SIZE``), with bf16 autocast on GPU, a checkpoint
+  after every epoch and exact resume.
+- :func:`evaluate` (ANN accuracy) and :func:`evaluate_snn` (accuracy at every t <= T of
+  a converted network).
+- :func:`progress`: tqdm when installed, else a plain stderr progress line.
+
+Randomness is a pure function of ``(seed, epoch, rank)``: the data order and the
+augmentation come from generators seeded by it, and torch's global generator (which the
+NoisyQuant noise seeds and dropout draw from) is re-seeded with it at the start of every
+epoch. So a resumed run continues exactly as the uninterrupted one would, and every DDP
+rank draws its own noise stream.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .datasets import BatchLoader, ImageData, load_dataset
+from .models import build_model
+
+__all__ = [
+    "TrainConfig",
+    "progress",
+    "build_network",
+    "make_optimizer",
+    "fit",
+    "evaluate",
+    "evaluate_snn",
+    "save_checkpoint",
+    "load_checkpoint",
+    "CheckpointError",
+    "network_from_checkpoint",
+    "epoch_seed",
+    "dist_info",
+]
+
+NOISES = ("uniform", "gaussian", "none")
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "cifar10"
+    data_dir: Optional[str] = None
+    arch: str = "resnet20"
+    p: int = 3  # quantization levels (3, 7, 15: 2-, 3-, 4-bit)
+    noise: str = "uniform"  # "uniform" (Noise Adaptor), "gaussian", "none" (QCFS)
+    lam: float = 8.0  # initial clip λ of every activation
+    epochs: int = 300
+    batch_size: int = 128  # per process
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 0
+    augment: bool = True
+    amp: bool = True  # bf16 autocast, on GPU only
+    seed: int = 0
+    out: str = "runs/na_kernels"
+    resume: Optional[str] = None
+    device: Optional[str] = None  # default: cuda if available else cpu
+    progress: bool = True
+    max_steps_per_epoch: Optional[int] = None  # for smoke tests
+    stop_after: Optional[int] = None  # stop after this epoch (split a run into jobs; --resume continues)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------
+# progress
+# ----------------------------------------------------------------------------------------
+
+
+class _PlainProgress:
+    """A minimal stand-in for tqdm: one stderr line, rewritten in place on a terminal."""
+
+    def __init__(self, iterable, total, desc, stream):
+        self.iterable, self.total, self.desc, self.stream = iterable, total, desc, stream
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.postfix = ""
+        self.n = 0
+        self.t0 = time.time()
+
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
+        self.postfix = s
+
+    def _line(self) -> str:
+        total = f"/{self.total}" if self.total else ""
+        return f"{self.desc}: {self.n}{total} [{time.time() - self.t0:.1f}s] {self.postfix}".rstrip()
+
+    def __iter__(self):
+        last = 0.0
+        for item in self.iterable:
+            yield item
+            self.n += 1
+            now = time.time()
+            if self.tty and now - last > 0.2:
+                self.stream.write("\r" + self._line())
+                self.stream.flush()
+                last = now
+        self.stream.write(("\r" if self.tty else "") + self._line() + "\n")
+        self.stream.flush()
+
+    def __len__(self):
+        return self.total or 0
+
+
+def progress(iterable: Iterable, total: Optional[int] = None, desc: str = "", enabled: bool = True):
+    """Wrap ``iterable`` in a progress bar: tqdm if installed, else a plain stderr line.
+    The returned object has ``set_postfix_str``. With ``enabled=False`` nothing is printed."""
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    if not enabled:
+        return _Silent(iterable)
+    try:
+        from tqdm.auto import tqdm  # type: ignore
+    except ImportError:
+        return _PlainProgress(iterable, total, desc, sys.stderr)
+    return tqdm(iterable, total=total, desc=desc, leave=True, dynamic_ncols=True, file=sys.stderr)
+
+
+class _Silent:
+    def __init__(self, iterable):
+        self.iterable = iterable
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------------------------
+# model / optimizer
+# ----------------------------------------------------------------------------------------
+
+
+def _noise_arg(noise: str) -> Optional[str]:
+    if noise not in NOISES:
+        raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
+    return None if noise == "none" else noise
+
+
+def build_network(arch: str, num_classes: int, in_channels: int, p: int, noise: str, lam: float = 8.0) -> nn.Module:
+    """``arch`` with every activation a :class:`na_kernels.nn.NoisyQuant` (p levels, clip λ)."""
+    from .nn import NoisyQuant
+
+    noise_arg = _noise_arg(noise)
+    return build_model(arch, num_classes, in_channels, act=lambda: NoisyQuant(p, lam=lam, noise=noise_arg))
+
+
+def _is_no_decay(name: str, param: torch.Tensor) -> bool:
+    # biases, BatchNorm affine parameters and the clip λ of each activation: no weight decay
+    return param.ndim <= 1
+
+
+def make_optimizer(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4) -> torch.optim.SGD:
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and not _is_no_decay(n, p)]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and _is_no_decay(n, p)]
+    return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=momentum)
+
+
+def make_scheduler(optimizer, total_steps: int, warmup_steps: int = 0):
+    """Cosine decay to 0 over ``total_steps`` optimizer steps (after a linear warmup)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of torch's global generator during ``epoch`` on ``rank``."""
+    return (seed * 1_000_003 + epoch * 8191 + rank * 131 + 17) % (2**63 - 1)
+
+
+# ----------------------------------------------------------------------------------------
+# distributed
+# ----------------------------------------------------------------------------------------
+
+
+def dist_info() -> Tuple[int, int, int]:
+    """(rank, world_size, local_rank) from the torchrun environment (0, 1, 0 without it)."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _init_distributed(device: torch.device) -> Tuple[int, int]:
+    rank, world, _ = dist_info()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _pick_device(device: Optional[str]) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        _, _, local_rank = dist_info()
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values)
+    return values
+
+
+# ----------------------------------------------------------------------------------------
+# one epoch / evaluation
+# ----------------------------------------------------------------------------------------
+
+
+def train_epoch(model: nn.Module, loader: BatchLoader, optimizer, scheduler=None, *, amp: bool = True,
+                desc: str = "train", show_progress: bool = True, max_steps: Optional[int] = None) -> Dict[str, float]:
+    """One pass over ``loader``; returns mean loss and accuracy (summed over DDP ranks)."""
+    model.train()
+    device = loader.device
+    stats = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    steps = len(loader) if max_steps is None else min(len(loader), max_steps)
+    bar = progress(_take(loader, steps), total=steps, desc=desc, enabled=show_progress)
+    for x, y in bar:
+        with _autocast(device, amp):
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        with torch.no_grad():
+            stats += torch.stack([loss.detach().double() * y.numel(),
+                                  (logits.argmax(1) == y).sum().double(),
+                                  torch.tensor(float(y.numel()), dtype=torch.float64, device=device)])
+        bar.set_postfix_str(f"loss {stats[0].item() / stats[2].item():.3f} acc {100 * stats[1].item() / stats[2].item():.1f}%")
+    stats = _all_reduce_sum(stats)
+    n = max(stats[2].item(), 1.0)
+    return {"loss": stats[0].item() / n, "acc": stats[1].item() / n}
+
+
+def _take(it: Iterable, n: int) -> Iterator:
+    for i, item in enumerate(it):
+        if i >= n:
+            break
+        yield item
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: BatchLoader, *, amp: bool = True, desc: str = "eval",
+             show_progress: bool = True) -> float:
+    """Top-1 accuracy of ``model`` in eval mode (no noise), summed over DDP ranks."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros(2, dtype=torch.float64, device=loader.device)
+    for x, y in progress(loader, desc=desc, enabled=show_progress):
+        with _autocast(loader.device, amp):
+            logits = model(x)
+        correct += torch.tensor([(logits.argmax(1) == y).sum().item(), y.numel()], dtype=torch.float64,
+                                device=loader.device)
+    correct = _all_reduce_sum(correct)
+    model.train(was_training)
+    return correct[0].item() / max(correct[1].item(), 1.0)
+
+
+@torch.no_grad()
+def evaluate_snn(snn: nn.Module, loader: BatchLoader, *, desc: str = "snn", show_progress: bool = True) -> List[float]:
+    """Accuracy at every time step: ``acc[t-1]`` is the accuracy of the mean output over
+    steps 1..t. ``snn(x)`` must return ``[T, B, K]`` per-step running-mean outputs."""
+    snn.eval()
+    correct, total = None, 0
+    for x, y in progress(loader, desc=desc, enabled=show_progress):
+        out = snn(x)
+        if out.dim() != 3:
+            raise ValueError(f"the SNN must return [T, B, K]; got shape {tuple(out.shape)}")
+        hits = (out.argmax(-1) == y.unsqueeze(0)).sum(1).double()  # [T]
+        correct = hits if correct is None else correct + hits
+        total += y.numel()
+    stats = _all_reduce_sum(torch.cat([correct, torch.tensor([float(total)], dtype=torch.float64,
+                                                             device=correct.device)]))
+    return (stats[:-1] / stats[-1]).tolist()
+
+
+# ----------------------------------------------------------------------------------------
+# checkpoints
+# ----------------------------------------------------------------------------------------
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def save_checkpoint(path: str, model: nn.Module, optimizer=None, scheduler=None, *, epoch: int,
+                    config: Dict[str, Any], meta: Dict[str, Any], history: Sequence[Dict[str, Any]] = ()) -> None:
+    """Atomically write ``{model, optimizer, scheduler, epoch, config, meta, history}``."""
+    state = {
+        "format": "na_kernels-checkpoint-1",
+        "model": _unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "epoch": epoch,
+        "config": dict(config),
+        "meta": dict(meta),
+        "history": list(history),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or does not match the run."""
+
+
+def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable na_kernels checkpoint: {e}") from e
+    if not isinstance(state, dict) or state.get("format") != "na_kernels-checkpoint-1":
+        raise CheckpointError(f"{path} is not a na_kernels checkpoint (written by `na-kernels train`)")
+    return state
+
+
+def network_from_checkpoint(state: Dict[str, Any]) -> nn.Module:
+    """Rebuild the trained network of a checkpoint (on CPU, eval mode)."""
+    cfg, meta = state["config"], state["meta"]
+    model = build_network(cfg["arch"], meta["num_classes"], meta["in_channels"], cfg["p"], cfg["noise"], cfg["lam"])
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------
+# fit
+# ----------------------------------------------------------------------------------------
+
+
+def fit(cfg: TrainConfig, train_data: Optional[ImageData] = None, test_data: Optional[ImageData] = None,
+        log: Callable[[str], None] = print) -> Dict[str, Any]:
+    """Train ``cfg.arch`` on ``cfg.dataset`` with the recipe in ``cfg``; returns a summary.
+
+    Writes ``<out>/last.pt`` after every epoch (rank 0). ``cfg.resume`` (a checkpoint path)
+    continues from its epoch with its optimizer and schedule state.
+    """
+    device = _pick_device(cfg.device)
+    rank, world = _init_distributed(device)
+    is_main = rank == 0
+    say = log if is_main else (lambda *_: None)
+    if train_data is None:
+        train_data = load_dataset(cfg.dataset, cfg.data_dir, train=True)
+    if test_data is None:
+        test_data = load_dataset(cfg.dataset, cfg.data_dir, train=False)
+
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
+    model = build_network(cfg.arch, train_data.num_classes, train_data.in_channels, cfg.p, cfg.noise, cfg.lam)
+    model.to(device)
+    train_loader = BatchLoader(train_data, cfg.batch_size, shuffle=True, augment=cfg.augment, drop_last=True,
+                               device=device, seed=cfg.seed, rank=rank, world_size=world)
+    test_loader = BatchLoader(test_data, max(cfg.batch_size, 256), device=device, rank=rank, world_size=world)
+    steps = len(train_loader) if cfg.max_steps_per_epoch is None else min(len(train_loader), cfg.max_steps_per_epoch)
+    if steps == 0:
+        raise ValueError(f"batch size {cfg.batch_size} x {world} process(es) is larger than the "
+                         f"{len(train_data)} training images")
+    optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg.epochs * steps, cfg.warmup_epochs * steps)
+
+    start_epoch, history = 0, []
+    if cfg.resume:
+        state = load_checkpoint(cfg.resume, map_location=device)
+        for key in ("arch", "p", "noise", "dataset"):
+            if state["config"].get(key) != getattr(cfg, key):
+                raise CheckpointError(f"--resume {cfg.resume}: checkpoint has {key}={state['config'].get(key)!r}, "
+                                 f"this run has {getattr(cfg, key)!r}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = int(state["epoch"]), list(state["history"])
+        say(f"resumed from {cfg.resume} after epoch {start_epoch}")
+
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    meta = {"num_classes": train_data.num_classes, "in_channels": train_data.in_channels,
+            "image_size": train_data.image_size, "world_size": world}
+    ckpt = os.path.join(cfg.out, "last.pt")
+    t0 = time.time()
+    for epoch in range(start_epoch, cfg.epochs):
+        train_loader.set_epoch(epoch)
+        torch.manual_seed(epoch_seed(cfg.seed, epoch, rank))  # this rank's own noise stream
+        tr = train_epoch(net, train_loader, optimizer, scheduler, amp=cfg.amp, max_steps=steps,
+                         desc=f"epoch {epoch + 1}/{cfg.epochs}", show_progress=cfg.progress and is_main)
+        acc = evaluate(net, test_loader, amp=cfg.amp, desc="test", show_progress=False)
+        history.append({"epoch": epoch + 1, "train_loss": tr["loss"], "train_acc": tr["acc"], "test_acc": acc,
+                        "lr": optimizer.param_groups[0]["lr"], "time_s": time.time() - t0})
+        say(f"epoch {epoch + 1}/{cfg.epochs}: loss {tr['loss']:.4f} train {100 * tr['acc']:.2f}% "
+            f"test {100 * acc:.2f}%")
+        if is_main:
+            save_checkpoint(ckpt, model, optimizer, scheduler, epoch=epoch + 1, config=cfg.to_dict(), meta=meta,
+                            history=history)
+        if cfg.stop_after is not None and epoch + 1 >= cfg.stop_after:
+            say(f"stopping after epoch {epoch + 1} (--stop-after); continue with --resume {ckpt}")
+            break
+    return {"model": model, "history": history, "checkpoint": ckpt, "rank": rank, "world_size": world,
+            "test_acc": history[-1]["test_acc"] if history else None}
