@@ -60,6 +60,9 @@ class _PoisonedTorch(types.SimpleNamespace):
     def empty_like(self, *args, **kwargs):
         return self._poison(torch.empty_like(*args, **kwargs))
 
+    def empty_strided(self, *args, **kwargs):
+        return self._poison(torch.empty_strided(*args, **kwargs))
+
 
 @pytest.fixture
 def poisoned(monkeypatch):
@@ -166,8 +169,9 @@ def test_empty_and_non_contiguous(backend, device):
             (spikes.sum() + v.sum()).backward()
             assert x.grad.shape == shape
         base = torch.randn(6, 5, 8, 4, device=device)
-        # read in place (contiguous steps, stride 0 or 2N between them) or copied (the others)
-        views = [base[::2], base[0].expand(7, 5, 8, 4), base.transpose(1, 3), base[:, 1:, ::3]]
+        # read in place (dense steps, stride 0 or 2N between them) or copied (the others)
+        views = [base[::2], base[0].expand(7, 5, 8, 4), base.transpose(1, 3), base[:, 1:, ::3],
+                 base[:1].transpose(1, 3), base[:1, :, ::2]]
         for x in views:
             assert not x.is_contiguous()
             threshold = torch.rand(x.shape[2], device=device) + 0.5
@@ -182,6 +186,41 @@ def test_empty_and_non_contiguous(backend, device):
     spikes, _, v = ref.integrate_fire(x0.expand(6, 5, 8, 4), 1.0)
     (want,) = torch.autograd.grad(spikes.sum() + v.sum(), (x0,))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _channels_last_seq(steps, batch, channels, height, width, device, dtype=torch.float32):
+    """[T, B, C, H, W] whose steps are channels-last in memory: what a channels-last network's
+    [T*B, C, H, W] activation looks like after ``reshape(T, B, ...)``."""
+    x = torch.randn(steps * batch, channels, height, width, device=device) * 0.8 + 0.3
+    x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    return x.reshape(steps, batch, channels, height, width)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_channels_last_in_place(backend, device, poisoned):
+    """Channels-last steps are read in place and every output keeps their memory order."""
+    x = _channels_last_seq(_small(backend, device, 6, 3), 2, 5, 3, 4, device)
+    assert not x[0].is_contiguous()
+    threshold = torch.rand(5, device=device) + 0.5
+    v0 = torch.randn(2, 5, 3, 4, device=device)  # contiguous: put in the layout by the op
+    want = ref.integrate_fire(x, threshold, v_init=v0)
+    with na_kernels.use_backend(backend):
+        got = na_kernels.integrate_fire(x, threshold, v_init=v0, return_v=True)
+    _assert_same_forward(got, want)
+    assert got[0].stride()[1:] == x.stride()[1:] and got[0].stride(0) == x[0].numel()
+    assert got[1].stride() == x.stride()[1:] and got[2].stride() == x.stride()[1:]
+    assert got[0].reshape(-1, 5, 3, 4).is_contiguous(memory_format=torch.channels_last)
+    # gradients through the same layout
+    xg = x.detach().requires_grad_()
+    v0g = v0.clone().requires_grad_()
+    grad_spikes = torch.randn(x.shape, device=device)
+    spikes, _, v = ref.integrate_fire(xg, threshold, v_init=v0g)
+    want = torch.autograd.grad((spikes * grad_spikes).sum() + v.sum(), (xg, v0g))
+    with na_kernels.use_backend(backend):
+        spikes, _, v = na_kernels.integrate_fire(xg, threshold, v_init=v0g, return_v=True)
+    got = torch.autograd.grad((spikes * grad_spikes).sum() + v.sum(), (xg, v0g))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -418,6 +457,12 @@ def test_torch_compile_fullgraph_no_graph_breaks():
         assert torch.equal(g, w)
     with torch.no_grad():
         _assert_same_forward(compiled(x, threshold, v0), want)
+    # channels-last steps: the fake rule promises the strides the kernel delivers
+    x_cl = _channels_last_seq(5, 2, 3, 2, 4, "cpu").requires_grad_()
+    got = compiled(x_cl, threshold, torch.zeros(2, 3, 2, 4))
+    want = _compiled_fn(x_cl, threshold, torch.zeros(2, 3, 2, 4))
+    _assert_same_forward(got, want)
+    assert got[0].stride() == want[0].stride() and got[2].stride() == want[2].stride()
 
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=requires_cpp),
@@ -434,6 +479,13 @@ def test_opcheck(backend):
             (x.clone().requires_grad_(), theta, torch.randn(2, 3, 5, requires_grad=True), 0.0, 0, None, 1, 2.0,
              False, True),
             (x.clone().requires_grad_(), torch.rand(3) + 0.5, None, 0.5, 1, 1.0, 3, 4.0, True, True),
+        ]
+        x_cl = _channels_last_seq(3, 2, 3, 2, 4, "cpu")
+        cases += [
+            (x_cl, torch.rand(3) + 0.5, None, 0.5, 0, None, 0, 4.0, False, False),
+            (x_cl.clone().requires_grad_(), torch.rand(3) + 0.5, torch.randn(2, 3, 2, 4, requires_grad=True), 0.0, 1,
+             None, 2, 4.0, False, True),
+            (x_cl[:, :, :, :1], theta, None, 0.5, 0, 1.0, 0, 4.0, False, False),  # neither dense nor contiguous
         ]
         for args in cases:
             torch.library.opcheck(ops._integrate_fire_op, args)

@@ -1,7 +1,8 @@
 """Triton kernels for integrate_fire: the multi-step IF forward and its BPTT backward.
 
 Same arithmetic, in the same order, as ``na_kernels/reference/integrate_fire.py``. The data
-is viewed as [T, N] (N neurons per step, contiguous). Each program owns BLOCK neurons, keeps
+is viewed as flat [T, N] arrays (N neurons per step; the caller, ``na_kernels/ops``, hands in
+outputs with the input's per-step memory order, e.g. channels-last). Each program owns BLOCK neurons, keeps
 their membrane potential (or, backward, the incoming grad of v) and spike count in registers
 and walks all T steps in a runtime loop, so one launch covers the whole sequence, the counts
 come out of the same pass, and a new T does not recompile. Offsets are int64 (T x N may
@@ -127,50 +128,37 @@ def _grid(neurons):
     return (triton.cdiv(neurons, _BLOCK),)
 
 
-def integrate_fire_forward(x_seq, theta, v0, v_frac, reset, amplitude, save_h, neurons, inner):
-    """(spikes, counts, v_final, h) for x_seq [T, ...] whose steps are contiguous (any stride between
-    steps: 0 for an input repeated over T); spikes and h come out contiguous; theta float32 [channels];
-    v0 float32 contiguous of the step shape or None; amplitude None (theta) or a float;
-    h is [T, ...] float32 when save_h, else an empty tensor."""
-    steps = x_seq.shape[0]
-    step_shape = x_seq.shape[1:]
-    device = x_seq.device
-    spikes = torch.empty(x_seq.shape, dtype=x_seq.dtype, device=device)
-    counts = torch.empty(step_shape, dtype=torch.int32, device=device)
-    v_final = torch.empty(step_shape, dtype=torch.float32, device=device)
-    h = torch.empty(x_seq.shape if save_h else (0,), dtype=torch.float32, device=device)
+def integrate_fire_forward(x_seq, spikes, counts, v_final, h, theta, v0, v_frac, reset, amplitude, neurons, inner):
+    """Fills spikes [T, N] (x's dtype), counts int32 [N], v_final float32 [N] and, unless h is None,
+    h float32 [T, N]: flat arrays in one memory order, steps N elements apart. x_seq: each step
+    dense in that same order, any stride between steps (0 for an input repeated over T);
+    theta float32 [channels]; v0 float32 [N] or None (v starts at v_frac * theta); amplitude
+    None (theta) or a float. Neuron m is in channel (m // inner) % channels."""
     if neurons == 0:
-        return spikes, counts, v_final, h
+        return
     _integrate_fire_forward_kernel[_grid(neurons)](
-        x_seq, spikes, counts, v_final, h if save_h else v_final, theta, v_final if v0 is None else v0,
-        steps, neurons, x_seq.stride(0), inner, theta.numel(), float(v_frac), 0.0 if amplitude is None else float(amplitude),
-        RESET_ZERO=reset == 1, AMP_IS_THETA=amplitude is None, HAS_V0=v0 is not None, SAVE_H=save_h,
+        x_seq, spikes, counts, v_final, v_final if h is None else h, theta, v_final if v0 is None else v0,
+        x_seq.shape[0], neurons, x_seq.stride(0), inner, theta.numel(), float(v_frac),
+        0.0 if amplitude is None else float(amplitude),
+        RESET_ZERO=reset == 1, AMP_IS_THETA=amplitude is None, HAS_V0=v0 is not None, SAVE_H=h is not None,
         BLOCK=_BLOCK, num_warps=_NUM_WARPS, enable_fp_fusion=False,
     )
-    return spikes, counts, v_final, h
 
 
-def integrate_fire_backward(grad_spikes, grad_v, h, theta, reset, amplitude, surrogate, alpha, detach_reset,
-                            x_dtype, need_grad_x, need_grad_v_init, neurons, inner):
-    """(grad_x in x_dtype [T, ...] or empty, grad_v_init float32 [...] or empty) in one reverse pass.
-
-    grad_spikes: contiguous [T, ...] in x_dtype, or None (zero); grad_v: float32 contiguous of the
-    step shape, or None (zero); h: the forward's float32 [T, ...]."""
-    steps = h.shape[0]
-    step_shape = h.shape[1:]
-    device = h.device
-    grad_x = torch.empty(h.shape if need_grad_x else (0,), dtype=x_dtype, device=device)
-    grad_v_init = torch.empty(step_shape if need_grad_v_init else (0,), dtype=torch.float32, device=device)
-    if neurons == 0 or not (need_grad_x or need_grad_v_init):
-        return grad_x, grad_v_init
+def integrate_fire_backward(grad_spikes, grad_v, h, grad_x, grad_v_init, theta, reset, amplitude, surrogate, alpha,
+                            detach_reset, neurons, inner):
+    """One reverse pass: fills grad_x [T, N] (x's dtype) unless None and grad_v_init float32 [N]
+    unless None. grad_spikes [T, N] in x's dtype or None (zero); grad_v float32 [N] or None (zero);
+    h: the forward's float32 [T, N]; all flat in one memory order."""
+    if neurons == 0 or (grad_x is None and grad_v_init is None):
+        return
     alpha = float(alpha)
     _integrate_fire_backward_kernel[_grid(neurons)](
         h if grad_spikes is None else grad_spikes, h if grad_v is None else grad_v, h,
-        grad_x if need_grad_x else h, grad_v_init if need_grad_v_init else h, theta,
-        steps, neurons, inner, theta.numel(), 0.0 if amplitude is None else float(amplitude),
+        h if grad_x is None else grad_x, h if grad_v_init is None else grad_v_init, theta,
+        h.shape[0], neurons, inner, theta.numel(), 0.0 if amplitude is None else float(amplitude),
         alpha, math.pi / 2 * alpha, alpha * 0.5, 0.5 / alpha,
         RESET_ZERO=reset == 1, AMP_IS_THETA=amplitude is None, SURROGATE=surrogate, DETACH=detach_reset,
-        HAS_GRAD_S=grad_spikes is not None, HAS_GRAD_V=grad_v is not None, STORE_GRAD_X=need_grad_x,
-        STORE_GRAD_V0=need_grad_v_init, BLOCK=_BLOCK, num_warps=_NUM_WARPS, enable_fp_fusion=False,
+        HAS_GRAD_S=grad_spikes is not None, HAS_GRAD_V=grad_v is not None, STORE_GRAD_X=grad_x is not None,
+        STORE_GRAD_V0=grad_v_init is not None, BLOCK=_BLOCK, num_warps=_NUM_WARPS, enable_fp_fusion=False,
     )
-    return grad_x, grad_v_init

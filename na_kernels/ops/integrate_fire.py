@@ -27,17 +27,88 @@ _RESET_NAMES = {code: name for name, code in RESET_CODES.items()}
 _SURROGATE_NAMES = {code: name for name, code in SURROGATE_CODES.items()}
 
 
-def _geometry(step_shape, channels: int) -> Tuple[int, int]:
-    """(neurons per step, inner): neuron n of a step is in channel (n // inner) % channels."""
-    neurons = 1
-    for size in step_shape:
-        neurons *= size
-    if channels == 1:
-        return neurons, max(neurons, 1)
-    inner = 1
-    for size in step_shape[2:]:
-        inner *= size
-    return neurons, max(inner, 1)
+class _Layout:
+    """Memory layout shared by x_seq (as the kernels read it) and every output.
+
+    Each time step is read in place when it is dense in memory in *some* dim order (contiguous,
+    channels-last, ...), whatever the stride between steps (0 for an input repeated over T with
+    ``expand``, 2N for ``x[::2]``); the outputs (spikes, h, counts, v_final and, in backward,
+    grad_x, grad_v_init) then get the same per-step strides, so a channels-last network stays
+    channels-last with no copy. Any other x_seq is copied to contiguous first. The kernels see
+    flat [T, N] arrays: neuron m of a step is memory position m, in channel (m // inner) % channels
+    with inner the channel dim's stride (the elements of one channel of a dense layout are
+    the runs of ``inner`` elements). The fake rules use the same layout, so the strides they
+    promise are the strides the kernels deliver.
+    """
+
+    def __init__(self, step_shape, step_strides, channels: int):
+        self.step_shape = tuple(step_shape)
+        self.step_strides = tuple(step_strides)
+        neurons = 1
+        for size in self.step_shape:
+            neurons *= size
+        self.neurons = neurons
+        if channels == 1 or len(self.step_shape) < 2:
+            self.inner = max(neurons, 1)
+        else:
+            self.inner = max(self.step_strides[1], 1)
+
+    @staticmethod
+    def of_input(x_seq: Tensor, channels: int):
+        """(layout, read_in_place) for x_seq."""
+        step_shape = tuple(x_seq.shape[1:])
+        if x_seq[0].is_contiguous():
+            return _Layout(step_shape, _contiguous_strides(step_shape), channels), True
+        if _is_dense(step_shape, tuple(x_seq.stride()[1:])):
+            return _Layout(step_shape, tuple(x_seq.stride()[1:]), channels), True
+        return _Layout(step_shape, _contiguous_strides(step_shape), channels), False
+
+    @staticmethod
+    def of_h(h: Tensor, channels: int):
+        return _Layout(h.shape[1:], h.stride()[1:], channels)
+
+    def seq_strides(self):
+        return (max(self.neurons, 1),) + self.step_strides
+
+    def empty_seq(self, steps, dtype, device):
+        return torch.empty_strided((steps,) + self.step_shape, self.seq_strides(), dtype=dtype, device=device)
+
+    def empty_step(self, dtype, device):
+        return torch.empty_strided(self.step_shape, self.step_strides, dtype=dtype, device=device)
+
+    def as_seq(self, t: Tensor) -> Tensor:
+        return _restride(t, self.seq_strides())
+
+    def as_step(self, t: Tensor) -> Tensor:
+        return _restride(t, self.step_strides)
+
+
+def _contiguous_strides(shape):
+    strides, running = [], 1
+    for size in reversed(tuple(shape)):
+        strides.append(running)
+        running *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def _is_dense(shape, strides) -> bool:
+    """True when the elements of a tensor of (shape, strides) fill a block of memory without gaps
+    or overlap, in some order of the dims."""
+    running = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(shape, strides) if sz != 1):
+        if stride != running:
+            return False
+        running *= size
+    return True
+
+
+def _restride(t: Tensor, strides) -> Tensor:
+    """t with exactly these strides (a copy only where they differ)."""
+    if tuple(t.stride()) == tuple(strides):
+        return t
+    out = torch.empty_strided(t.shape, tuple(strides), dtype=t.dtype, device=t.device)
+    out.copy_(t)
+    return out
 
 
 def _theta32(threshold: Tensor) -> Tensor:
@@ -52,40 +123,46 @@ def _amplitude_name(amplitude: Optional[float]):
     return "threshold" if amplitude is None else amplitude
 
 
-def _steps_contiguous(x_seq: Tensor) -> Tensor:
-    """x_seq itself when each time step is contiguous, whatever the stride between steps (0 for an
-    input repeated over T with ``expand``, 2N for ``x[::2]``): the kernels take that stride and
-    read it in place. Otherwise a contiguous copy."""
-    if x_seq.shape[0] == 1 or x_seq[0].is_contiguous():
-        return x_seq
-    return x_seq.contiguous()
-
-
 def _empty_h(x_seq: Tensor) -> Tensor:
     return torch.empty(0, dtype=torch.float32, device=x_seq.device)
+
+
+def _prepare(x_seq, threshold, v_init):
+    """(x_seq as the kernels read it, theta float32 [C], v0 float32 in the layout or None, layout)."""
+    theta = _theta32(threshold)
+    layout, in_place = _Layout.of_input(x_seq, theta.numel())
+    if not in_place:
+        x_seq = x_seq.contiguous()
+    v0 = None if v_init is None else layout.as_step(v_init.to(torch.float32))
+    return x_seq, theta, v0, layout
 
 
 # ----------------------------------------------------------------------------- forward
 
 
 def _forward_reference(x_seq, threshold, v_init, v_frac, reset, amplitude, save_h):
+    layout, _ = _Layout.of_input(x_seq, threshold.numel())
     with torch.no_grad():
         out = reference.integrate_fire(
             x_seq, _reference_threshold(threshold), v_init=v_frac if v_init is None else v_init,
             reset=_RESET_NAMES[reset], amplitude=_amplitude_name(amplitude), return_h=save_h,
         )
-    spikes, counts, v_final = out[0].contiguous(), out[1].contiguous(), out[2].contiguous()
-    h = out[3].contiguous() if save_h else _empty_h(x_seq)
+    spikes, counts, v_final = layout.as_seq(out[0]), layout.as_step(out[1]), layout.as_step(out[2])
+    h = layout.as_seq(out[3]) if save_h else _empty_h(x_seq)
     return spikes, counts, v_final, h
 
 
 def _forward_triton(x_seq, threshold, v_init, v_frac, reset, amplitude, save_h):
     from ..kernels import integrate_fire as kernels
 
-    theta = _theta32(threshold)
-    neurons, inner = _geometry(x_seq.shape[1:], theta.numel())
-    v0 = None if v_init is None else v_init.to(torch.float32).contiguous()
-    return kernels.integrate_fire_forward(_steps_contiguous(x_seq), theta, v0, v_frac, reset, amplitude, save_h, neurons, inner)
+    x_seq, theta, v0, layout = _prepare(x_seq, threshold, v_init)
+    spikes = layout.empty_seq(x_seq.shape[0], x_seq.dtype, x_seq.device)
+    counts = layout.empty_step(torch.int32, x_seq.device)
+    v_final = layout.empty_step(torch.float32, x_seq.device)
+    h = layout.empty_seq(x_seq.shape[0], torch.float32, x_seq.device) if save_h else _empty_h(x_seq)
+    kernels.integrate_fire_forward(x_seq, spikes, counts, v_final, h if save_h else None, theta, v0, v_frac, reset,
+                                   amplitude, layout.neurons, layout.inner)
+    return spikes, counts, v_final, h
 
 
 _warned_stale = False
@@ -112,20 +189,16 @@ def _has_cpp(name):
 def _forward_cpp(x_seq, threshold, v_init, v_frac, reset, amplitude, save_h):
     if not _has_cpp("integrate_fire_forward"):
         return _forward_reference(x_seq, threshold, v_init, v_frac, reset, amplitude, save_h)
-    x_seq = _steps_contiguous(x_seq)
+    x_seq, theta, v0, layout = _prepare(x_seq, threshold, v_init)
     steps = x_seq.shape[0]
-    step_shape = x_seq.shape[1:]
-    theta = _theta32(threshold)
-    neurons, inner = _geometry(step_shape, theta.numel())
-    spikes = torch.empty(x_seq.shape, dtype=x_seq.dtype)
-    counts = torch.empty(step_shape, dtype=torch.int32)
-    v_final = torch.empty(step_shape, dtype=torch.float32)
-    h = torch.empty(x_seq.shape, dtype=torch.float32) if save_h else _empty_h(x_seq)
-    v0 = None if v_init is None else v_init.to(torch.float32).contiguous()
+    spikes = layout.empty_seq(steps, x_seq.dtype, x_seq.device)
+    counts = layout.empty_step(torch.int32, x_seq.device)
+    v_final = layout.empty_step(torch.float32, x_seq.device)
+    h = layout.empty_seq(steps, torch.float32, x_seq.device) if save_h else _empty_h(x_seq)
     cpu.extension().integrate_fire_forward(
-        x_seq.data_ptr(), x_seq.stride(0), spikes.data_ptr(), counts.data_ptr(), v_final.data_ptr(), h.data_ptr() if save_h else 0,
-        cpu.DTYPE_CODES[x_seq.dtype], steps, neurons, inner, theta.numel(), theta.data_ptr(),
-        0 if v0 is None else v0.data_ptr(), v_frac, reset, amplitude is None,
+        x_seq.data_ptr(), x_seq.stride(0), spikes.data_ptr(), counts.data_ptr(), v_final.data_ptr(),
+        h.data_ptr() if save_h else 0, cpu.DTYPE_CODES[x_seq.dtype], steps, layout.neurons, layout.inner,
+        theta.numel(), theta.data_ptr(), 0 if v0 is None else v0.data_ptr(), v_frac, reset, amplitude is None,
         0.0 if amplitude is None else amplitude, cpu.num_threads(),
     )
     return spikes, counts, v_final, h
@@ -150,26 +223,48 @@ def _integrate_fire_device(x_seq, threshold, v_init, v_frac, reset, amplitude, s
 
 @_integrate_fire_op.register_fake
 def _integrate_fire_fake(x_seq, threshold, v_init, v_frac, reset, amplitude, surrogate, alpha, detach_reset, save_h):
-    step_shape = x_seq.shape[1:]
-    spikes = torch.empty(x_seq.shape, dtype=x_seq.dtype, device=x_seq.device)
-    counts = torch.empty(step_shape, dtype=torch.int32, device=x_seq.device)
-    v_final = torch.empty(step_shape, dtype=torch.float32, device=x_seq.device)
-    h = torch.empty(x_seq.shape if save_h else (0,), dtype=torch.float32, device=x_seq.device)
+    layout, _ = _Layout.of_input(x_seq, threshold.numel())
+    steps, device = x_seq.shape[0], x_seq.device
+    spikes = layout.empty_seq(steps, x_seq.dtype, device)
+    counts = layout.empty_step(torch.int32, device)
+    v_final = layout.empty_step(torch.float32, device)
+    h = layout.empty_seq(steps, torch.float32, device) if save_h else _empty_h(x_seq)
     return spikes, counts, v_final, h
 
 
 # ---------------------------------------------------------------------------- backward
 
 
+def _prepare_backward(grad_spikes, grad_v, h, threshold, x_dtype):
+    """Everything in h's layout (see _Layout): (grad_spikes, grad_v, h, theta, layout)."""
+    theta = _theta32(threshold)
+    layout, _ = _Layout.of_input(h, theta.numel())
+    h = layout.as_seq(h)
+    if grad_spikes is not None:
+        grad_spikes = layout.as_seq(grad_spikes.to(x_dtype))
+    if grad_v is not None:
+        grad_v = layout.as_step(grad_v.to(torch.float32))
+    return grad_spikes, grad_v, h, theta, layout
+
+
+def _empty_grads(h, layout, x_dtype, need_grad_x, need_grad_v_init):
+    grad_x = layout.empty_seq(h.shape[0], x_dtype, h.device) if need_grad_x else torch.empty(0, dtype=x_dtype, device=h.device)
+    grad_v_init = (layout.empty_step(torch.float32, h.device) if need_grad_v_init
+                   else torch.empty(0, dtype=torch.float32, device=h.device))
+    return grad_x, grad_v_init
+
+
 def _backward_reference(grad_spikes, grad_v, h, threshold, reset, amplitude, surrogate, alpha, detach_reset,
                         x_dtype, need_grad_x, need_grad_v_init):
+    layout, _ = _Layout.of_input(h, threshold.numel())
     grad_x, grad_v_init = reference.integrate_fire_backward(
         grad_spikes, grad_v, h, _reference_threshold(threshold), reset=_RESET_NAMES[reset],
         amplitude=_amplitude_name(amplitude), surrogate=_SURROGATE_NAMES[surrogate], alpha=alpha,
         detach_reset=detach_reset,
     )
-    grad_x = grad_x.to(x_dtype).contiguous() if need_grad_x else torch.empty(0, dtype=x_dtype, device=h.device)
-    grad_v_init = grad_v_init.contiguous() if need_grad_v_init else torch.empty(0, dtype=torch.float32, device=h.device)
+    empty_x, empty_v = _empty_grads(h, layout, x_dtype, False, False)
+    grad_x = layout.as_seq(grad_x.to(x_dtype)) if need_grad_x else empty_x
+    grad_v_init = layout.as_step(grad_v_init) if need_grad_v_init else empty_v
     return grad_x, grad_v_init
 
 
@@ -177,14 +272,13 @@ def _backward_triton(grad_spikes, grad_v, h, threshold, reset, amplitude, surrog
                      x_dtype, need_grad_x, need_grad_v_init):
     from ..kernels import integrate_fire as kernels
 
-    theta = _theta32(threshold)
-    neurons, inner = _geometry(h.shape[1:], theta.numel())
-    return kernels.integrate_fire_backward(
-        None if grad_spikes is None else grad_spikes.to(x_dtype).contiguous(),
-        None if grad_v is None else grad_v.to(torch.float32).contiguous(),
-        h.contiguous(), theta, reset, amplitude, surrogate, alpha, detach_reset, x_dtype, need_grad_x,
-        need_grad_v_init, neurons, inner,
+    grad_spikes, grad_v, h, theta, layout = _prepare_backward(grad_spikes, grad_v, h, threshold, x_dtype)
+    grad_x, grad_v_init = _empty_grads(h, layout, x_dtype, need_grad_x, need_grad_v_init)
+    kernels.integrate_fire_backward(
+        grad_spikes, grad_v, h, grad_x if need_grad_x else None, grad_v_init if need_grad_v_init else None, theta,
+        reset, amplitude, surrogate, alpha, detach_reset, layout.neurons, layout.inner,
     )
+    return grad_x, grad_v_init
 
 
 def _backward_cpp(grad_spikes, grad_v, h, threshold, reset, amplitude, surrogate, alpha, detach_reset,
@@ -192,21 +286,14 @@ def _backward_cpp(grad_spikes, grad_v, h, threshold, reset, amplitude, surrogate
     if not _has_cpp("integrate_fire_backward"):
         return _backward_reference(grad_spikes, grad_v, h, threshold, reset, amplitude, surrogate, alpha,
                                    detach_reset, x_dtype, need_grad_x, need_grad_v_init)
-    h = h.contiguous()
-    theta = _theta32(threshold)
-    steps = h.shape[0]
-    step_shape = h.shape[1:]
-    neurons, inner = _geometry(step_shape, theta.numel())
-    if grad_spikes is not None:
-        grad_spikes = grad_spikes.to(x_dtype).contiguous()
-    if grad_v is not None:
-        grad_v = grad_v.to(torch.float32).contiguous()
-    grad_x = torch.empty(h.shape if need_grad_x else (0,), dtype=x_dtype)
-    grad_v_init = torch.empty(step_shape if need_grad_v_init else (0,), dtype=torch.float32)
+    grad_spikes, grad_v, h, theta, layout = _prepare_backward(grad_spikes, grad_v, h, threshold, x_dtype)
+    grad_x, grad_v_init = _empty_grads(h, layout, x_dtype, need_grad_x, need_grad_v_init)
+    if not (need_grad_x or need_grad_v_init):
+        return grad_x, grad_v_init
     cpu.extension().integrate_fire_backward(
         0 if grad_spikes is None else grad_spikes.data_ptr(), 0 if grad_v is None else grad_v.data_ptr(),
         h.data_ptr(), grad_x.data_ptr() if need_grad_x else 0, grad_v_init.data_ptr() if need_grad_v_init else 0,
-        cpu.DTYPE_CODES[x_dtype], steps, neurons, inner, theta.numel(), theta.data_ptr(), reset,
+        cpu.DTYPE_CODES[x_dtype], h.shape[0], layout.neurons, layout.inner, theta.numel(), theta.data_ptr(), reset,
         amplitude is None, 0.0 if amplitude is None else amplitude, surrogate, alpha, detach_reset,
         cpu.num_threads(),
     )
@@ -237,9 +324,8 @@ def _integrate_fire_backward_device(grad_spikes, grad_v, h, threshold, reset, am
 @_integrate_fire_backward_op.register_fake
 def _integrate_fire_backward_fake(grad_spikes, grad_v, h, threshold, reset, amplitude, surrogate, alpha,
                                   detach_reset, x_dtype, need_grad_x, need_grad_v_init):
-    grad_x = torch.empty(h.shape if need_grad_x else (0,), dtype=x_dtype, device=h.device)
-    grad_v_init = torch.empty(h.shape[1:] if need_grad_v_init else (0,), dtype=torch.float32, device=h.device)
-    return grad_x, grad_v_init
+    layout, _ = _Layout.of_input(h, threshold.numel())
+    return _empty_grads(h, layout, x_dtype, need_grad_x, need_grad_v_init)
 
 
 # ---------------------------------------------------------------------------- autograd
