@@ -278,3 +278,28 @@ def test_identity_holds_on_every_backend(backend):
     with na_kernels.use_backend(backend), torch.no_grad():
         out = snn(x)
         torch.testing.assert_close(out[-1], model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_gradients_equal_unchunked():
+    model = nn.Sequential(nn.Linear(4, 8), NoisyQuant(3, lam=1.0), nn.Linear(8, 8), NoisyQuant(3, lam=1.0), nn.Linear(8, 2)).eval()
+    x = torch.randn(3, 4)
+    grads = []
+    for chunk in (None, 2):
+        snn = to_snn(model, T=6, chunk=chunk)
+        snn(x)[-1].square().sum().backward()
+        grads.append(snn.network.get_submodule("0").weight.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+
+
+def test_pickled_snn_loads_and_runs(tmp_path):
+    snn = to_snn(prepared(SmallCNN), T=4)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = snn(x)
+    path = tmp_path / "snn.pt"
+    torch.save(snn, path)
+    loaded = torch.load(path, weights_only=False)
+    assert loaded.statistics()["total"]["spikes"] == snn.statistics()["total"]["spikes"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected)
+    assert loaded.statistics()["total"]["spikes"] == 2 * snn.statistics()["total"]["spikes"]

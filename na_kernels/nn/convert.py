@@ -16,7 +16,8 @@ a ``SpikingNetwork``, runs all T steps at once:
 - the output ``[T, B, ...]`` holds at step t the mean of the last layer's outputs over steps
   1..t, so ``out[t-1]`` is the SNN's prediction after t steps;
 - ``chunk=c`` processes the T steps c at a time, carrying each IF layer's membrane potential
-  from one chunk to the next, so memory is that of a c-step run.
+  from one chunk to the next, so memory is that of a c-step run (under no_grad; with autograd
+  the potentials stay in the graph and gradients flow across chunks).
 """
 import copy
 import math
@@ -148,6 +149,15 @@ class IFLayer(nn.Module):
     def reset_state(self):
         self.v = None
 
+    def __getstate__(self):
+        # torch.save(snn) on a GPU machine must load on a CPU-only one: statistics go to the CPU
+        state = self.__dict__.copy()
+        for key in ("spikes", "channel_spikes", "ann_channel_levels"):
+            if isinstance(state.get(key), torch.Tensor):
+                state[key] = state[key].cpu()
+        state["v"] = None
+        return state
+
     def extra_repr(self):
         shape = "per-channel[%d]" % self.threshold.numel() if self.per_channel else f"{self.threshold.item():.4g}"
         return f"name={self.name!r}, threshold={shape}, v_init=0.5, reset=subtract, p={self.p}"
@@ -176,8 +186,8 @@ class IFLayer(nn.Module):
         )
         if calibrated:
             spikes = spikes * self._channel_view(self.amplitude, spikes.dim() - 1).to(spikes.dtype)
-        if self.carry_state:
-            self.v = v_final.detach()
+        if self.carry_state:  # kept in the graph: gradients flow across chunks
+            self.v = v_final
         if self.record:
             self._record_counts(counts, T)
         return spikes.reshape((-1,) + tuple(spikes.shape[2:]))
@@ -185,20 +195,22 @@ class IFLayer(nn.Module):
     @torch.no_grad()
     def _record_counts(self, counts, T):
         total = counts.sum(dtype=torch.int64)
-        self.spikes = total if self.spikes is None else self.spikes + total
+        self.spikes = total if self.spikes is None else self.spikes.to(total.device) + total
         per_sample = counts[0].numel() if counts.dim() > 0 and counts.shape[0] else 0
         self.neurons = per_sample
         self.neuron_steps += counts.numel() * T
         if counts.dim() >= 2:
             channel = counts.transpose(0, 1).reshape(counts.shape[1], -1).sum(1, dtype=torch.int64)
-            self.channel_spikes = channel if self.channel_spikes is None else self.channel_spikes + channel
+            self.channel_spikes = channel if self.channel_spikes is None else self.channel_spikes.to(channel.device) + channel
             self.channel_neuron_steps += (counts.numel() // counts.shape[1]) * T
 
     @torch.no_grad()
     def _record_levels(self, y, ndim):
         levels = y.to(torch.float32) / self._channel_view(self.amplitude, ndim) * self.p  # q in 0..p
         channel = levels.transpose(0, 1).reshape(levels.shape[1], -1).sum(1, dtype=torch.float64)
-        self.ann_channel_levels = channel if self.ann_channel_levels is None else self.ann_channel_levels + channel
+        self.ann_channel_levels = (
+            channel if self.ann_channel_levels is None else self.ann_channel_levels.to(channel.device) + channel
+        )
 
 
 class TimeRepeat(nn.Module):
@@ -252,6 +264,13 @@ class SynapseMeter(nn.Module):
         self.rows = 0
         self.macs_per_sample = 0
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_ones"] = None
+        if isinstance(state.get("sops"), torch.Tensor):
+            state["sops"] = state["sops"].cpu()
+        return state
+
     def forward(self, x):
         if self.record and isinstance(x, torch.Tensor):
             self._measure(x)
@@ -277,7 +296,7 @@ class SynapseMeter(nn.Module):
         else:
             sops = (x != 0).sum(dtype=torch.float64) * self.out_features
             per_row = (x[0].numel() if rows else 0) * self.out_features
-        self.sops = sops if self.sops is None else self.sops + sops
+        self.sops = sops if self.sops is None else self.sops.to(sops.device) + sops
         self.macs += per_row * rows
         self.rows += rows
         self.macs_per_sample = per_row
