@@ -1,0 +1,68 @@
+"""Architectures: shapes, parameter counts, activation sites, conversion to SNNs."""
+import pytest
+import torch
+from torch import nn
+
+from na_kernels.models import MODELS, build_model
+from na_kernels.nn import NoisyQuant, replace_activations, to_snn
+
+# parameters with 10 classes (CIFAR stems); ReLU modules = activation sites
+EXPECTED = {
+    "resnet18": (11_173_962, 17),
+    "resnet20": (272_474, 19),
+    "resnet34": (21_282_122, 33),
+    "resnet50": (23_520_842, 49),
+    "resnet101": (42_512_970, 100),
+    "resnet152": (58_156_618, 151),
+    "vgg16": (33_642_442, 15),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(EXPECTED))
+def test_sizes_and_activation_sites(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, 10)
+    params, relus = EXPECTED[arch]
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == relus
+    assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())  # avg pooling only
+
+
+@pytest.mark.parametrize("arch,in_ch,size", [("resnet20", 3, 32), ("resnet18", 1, 32), ("vgg16", 3, 32),
+                                             ("digits_cnn", 1, 8)])
+def test_forward_shapes(arch, in_ch, size):
+    model = build_model(arch, 100, in_channels=in_ch).eval()
+    assert model(torch.randn(2, in_ch, size, size)).shape == (2, 100)
+
+
+def test_unknown_arch():
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_model("resnet99")
+
+
+def test_act_factory_builds_noisyquant_everywhere():
+    model = build_model("resnet20", 10, act=lambda: NoisyQuant(3, lam=4.0))
+    quants = [m for m in model.modules() if isinstance(m, NoisyQuant)]
+    assert len(quants) == 19 and not any(isinstance(m, nn.ReLU) for m in model.modules())
+    assert len({id(q) for q in quants}) == 19  # one λ per site
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "digits_cnn"])
+def test_replace_activations_then_convert(arch):
+    torch.manual_seed(0)
+    in_ch, size = (1, 8) if arch == "digits_cnn" else (3, 32)
+    model = build_model(arch, 10, in_channels=in_ch)
+    relus = sum(isinstance(m, nn.ReLU) for m in model.modules())
+    model, report = replace_activations(model, p=3, noise="uniform", lam=4.0)
+    assert sum(isinstance(m, NoisyQuant) for m in model.modules()) == relus
+    model.train()
+    x = torch.randn(8, in_ch, size, size)
+    model(x)  # BN statistics
+    model.eval()
+    snn = to_snn(model, T=16)
+    out = snn(x[:2])
+    assert out.shape == (16, 2, 10)
+    assert len(snn.if_layers) == relus
+    # after 16 steps the SNN's mean output is close to the quantized ANN's logits
+    ann = model(x[:2])
+    assert float((out[-1] - ann).abs().mean()) <= 0.5 * float(ann.abs().mean()) + 1e-6
