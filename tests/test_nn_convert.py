@@ -303,3 +303,16 @@ def test_pickled_snn_loads_and_runs(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), expected)
     assert loaded.statistics()["total"]["spikes"] == 2 * snn.statistics()["total"]["spikes"]
+
+
+@pytest.mark.parametrize("arch, shape", [("digits_cnn", (2, 1, 8, 8)), ("resnet20", (2, 3, 32, 32))])
+def test_package_models_convert(arch, shape):
+    models = pytest.importorskip("na_kernels.models")
+    model = randomize_batchnorm(models.build_model(arch, 10, in_channels=shape[1]))
+    model, report = replace_activations(model, p=3, lam=2.0)
+    snn = to_snn(model.eval(), T=4)
+    assert len(snn.if_layers) == len(report.replaced)  # one activation module per site
+    assert not snn.conversion_report["unfolded_batchnorm"] and snn.conversion_report["stem_runs_once"]
+    with torch.no_grad():
+        out = snn(torch.randn(*shape))
+    assert out.shape == (4, shape[0], 10) and torch.isfinite(out).all()

@@ -478,8 +478,7 @@ def to_snn(model: nn.Module, T: int, chunk: Optional[int] = None, *, fold_bn: bo
             raise ValueError(f'{name or "model"}: NoisyQuant(lam="auto") was never initialised (train one batch first)')
     gm = trace(copy.deepcopy(model).eval())
     _check_convertible(gm, allow_maxpool)
-    if fold_bn:
-        fold_batchnorm_graph(gm)
+    folded = fold_batchnorm_graph(gm) if fold_bn else []
 
     # every NoisyQuant call site -> its own IFLayer
     graph = gm.graph
@@ -557,7 +556,18 @@ def to_snn(model: nn.Module, T: int, chunk: Optional[int] = None, *, fold_bn: bo
     graph.lint()
     gm.recompile()
     gm.delete_all_unused_submodules()
-    return SpikingNetwork(gm.eval(), T, chunk)
+    snn = SpikingNetwork(gm.eval(), T, chunk)
+    unfolded = [
+        n.target for n in graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), _BatchNorm)
+    ]
+    snn.conversion_report = dict(
+        if_layers=list(if_nodes.values()),
+        folded_batchnorm=folded,
+        unfolded_batchnorm=unfolded,
+        stem_runs_once=not input_varies,
+        synapses=[m.name for m in gm.modules() if isinstance(m, SynapseMeter)],
+    )
+    return snn
 
 
 # ---------------------------------------------------------------------------------- runner
@@ -576,6 +586,9 @@ class SpikingNetwork(nn.Module):
         if_layers: name -> ``IFLayer``, in execution order.
         synapses: name -> ``SynapseMeter``, one per conv/linear call, in execution order.
         T, chunk: the defaults for ``forward``.
+        conversion_report: what ``to_snn`` did: ``if_layers``, ``folded_batchnorm``,
+            ``unfolded_batchnorm`` (left as per-channel affine maps), ``stem_runs_once`` (False
+            when batch-size arithmetic forced repeating the input), ``synapses``.
     """
 
     def __init__(self, network: fx.GraphModule, T: int, chunk: Optional[int] = None):
@@ -585,6 +598,7 @@ class SpikingNetwork(nn.Module):
         self.chunk = check_time_steps("chunk", chunk, allow_none=True)
         self.samples = 0
         self.sample_steps = 0
+        self.conversion_report = {}
 
     @property
     def if_layers(self) -> Dict[str, IFLayer]:
