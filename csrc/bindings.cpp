@@ -4,10 +4,12 @@
 namespace na {
 void bind_noisy_quant(pybind11::module_& m);
 void bind_integrate_fire(pybind11::module_& m);
+void bind_philox(pybind11::module_& m);
 }
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "na_kernels C++ CPU kernels (raw pointers, no torch headers)";
   na::bind_noisy_quant(m);
   na::bind_integrate_fire(m);
+  na::bind_philox(m);
 }

@@ -49,8 +49,9 @@ inline float words_to_normal(uint32_t w0, uint32_t w1) {
   const float u2 = uint_to_uniform_float(w1);
   u1 = u1 < 1.0e-7f ? 1.0e-7f : u1;
   const float theta = 6.283185307179586f * u2;
-  const float radius = std::sqrt(-2.0f * std::log(u1));
-  return radius * std::cos(theta);
+  // log and cos in double, rounded once: independent of the float32 libm, as the reference
+  const float radius = std::sqrt(-2.0f * static_cast<float>(std::log(static_cast<double>(u1))));
+  return radius * static_cast<float>(std::cos(static_cast<double>(theta)));
 }
 
 #ifdef NA_PHILOX_AVX2

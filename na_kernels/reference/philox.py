@@ -73,5 +73,9 @@ def normal(seed, offsets):
     u1 = torch.clamp_min(_uint_to_uniform_float(c0), 1.0e-7)
     u2 = _uint_to_uniform_float(c1)
     theta = torch.tensor(6.283185307179586, dtype=torch.float32) * u2
-    radius = torch.sqrt(torch.tensor(-2.0, dtype=torch.float32) * torch.log(u1))
-    return radius * torch.cos(theta)
+    # log and cos are evaluated in float64 and rounded once, so the result does not depend on
+    # the float32 math library (the C++ kernel does the same and agrees bit for bit);
+    # Triton's own log/cos differ from these by at most a few ulp.
+    log_u1 = torch.log(u1.to(torch.float64)).to(torch.float32)
+    radius = torch.sqrt(torch.tensor(-2.0, dtype=torch.float32) * log_u1)
+    return radius * torch.cos(theta.to(torch.float64)).to(torch.float32)

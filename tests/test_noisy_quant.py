@@ -1,0 +1,463 @@
+"""noisy_quant: every backend against the reference, the reference against float64, noise
+statistics, the straight-through gradients, registration (compile, export, opcheck) and
+bad input."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import na_kernels
+from na_kernels import cpu
+from na_kernels.reference import noisy_quant as reference
+from na_kernels.reference import philox
+
+from conftest import HAS_CUDA, TRITON_DEVICE, requires_triton
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+NOISES = [None, "uniform", "gaussian"]
+requires_cpp = pytest.mark.skipif(not cpu.available(), reason=f"C++ extension not built: {cpu.load_error()}")
+
+
+def make_input(shape, dtype, device="cpu", scale=2.0):
+    return (torch.randn(shape, device=device) * scale).to(dtype)
+
+
+def make_lam(kind, x):
+    if kind == "scalar":
+        return torch.tensor(1.7, device=x.device)
+    if kind == "one":
+        return torch.tensor([0.9], device=x.device)
+    return torch.rand(x.shape[1], device=x.device) + 0.5  # per-channel
+
+
+def run(backend, x, p, lam, noise, seed, grad_y, *, scale=1.0, shift=0.5):
+    """(y, grad_x, grad_lam) from one backend, with lam a leaf that requires grad."""
+    x = x.detach().clone().requires_grad_(True)
+    lam = lam.detach().clone().requires_grad_(True) if isinstance(lam, torch.Tensor) else lam
+    with na_kernels.use_backend(backend):
+        y = na_kernels.noisy_quant(x, p, lam, noise=noise, seed=seed, scale=scale, shift=shift)
+        y.backward(grad_y)
+    return y.detach(), x.grad, (lam.grad if isinstance(lam, torch.Tensor) else None)
+
+
+@pytest.fixture
+def poisoned_allocations(monkeypatch):
+    """Ops allocate outputs filled with NaN, so an element a kernel forgets to write fails."""
+    empty_like, empty = torch.empty_like, torch.empty
+
+    def nan_empty_like(t, *args, **kwargs):
+        out = empty_like(t, *args, **kwargs)
+        return out.fill_(float("nan")) if out.is_floating_point() else out
+
+    def nan_empty(*args, **kwargs):
+        out = empty(*args, **kwargs)
+        return out.fill_(float("nan")) if out.is_floating_point() else out
+
+    monkeypatch.setattr(torch, "empty_like", nan_empty_like)
+    monkeypatch.setattr(torch, "empty", nan_empty)
+
+
+# ----------------------------------------------------------------------------- the noise
+
+
+def test_reference_philox_matches_known_answer():
+    # Philox4x32-10 known-answer vector (Random123: counter 0, key 0)
+    words = philox.philox4x32(torch.tensor(0), torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64))
+    assert [int(w) for w in words] == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+
+
+@requires_cpp
+@pytest.mark.parametrize("first", [0, 5, 2**31 - 7, 2**32 - 21, 3 * 2**32 + 1])
+@pytest.mark.parametrize("seed", [0, 987654321, -3, 2**62 + 17])
+def test_cpp_philox_matches_reference(first, seed):
+    count = 1003  # not a multiple of the vector width
+    w0 = torch.empty(count, dtype=torch.int32)
+    w1 = torch.empty(count, dtype=torch.int32)
+    cpu.extension().philox_fill(seed & (2**64 - 1), first, count, w0.data_ptr(), w1.data_ptr())
+    offsets = torch.arange(first, first + count, dtype=torch.int64)
+    ref = philox.philox4x32(torch.tensor(seed), offsets & 0xFFFFFFFF, offsets >> 32)
+    assert torch.equal(w0.to(torch.int64) & 0xFFFFFFFF, ref[0])
+    assert torch.equal(w1.to(torch.int64) & 0xFFFFFFFF, ref[1])
+
+
+@requires_triton
+@pytest.mark.parametrize("first", [0, 2**32 - 100, 7 * 2**32 + 3])
+@pytest.mark.parametrize("seed", [0, 12345, -5, 2**40 + 7])
+def test_triton_rand_matches_reference(first, seed):
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def noise_kernel(seed_ptr, uniform_ptr, normal_ptr, first, count, BLOCK: tl.constexpr):
+        index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = index < count
+        offsets = index + first
+        seed = tl.load(seed_ptr)
+        tl.store(uniform_ptr + index, tl.rand(seed, offsets), mask=mask)
+        tl.store(normal_ptr + index, tl.randn(seed, offsets), mask=mask)
+
+    count = 777
+    seed_t = torch.tensor([seed], dtype=torch.int64, device=TRITON_DEVICE)
+    uniform = torch.empty(count, device=TRITON_DEVICE)
+    normal = torch.empty(count, device=TRITON_DEVICE)
+    noise_kernel[(triton.cdiv(count, 256),)](seed_t, uniform, normal, torch.tensor(first).item(), count, BLOCK=256)
+    offsets = torch.arange(first, first + count, dtype=torch.int64)
+    assert torch.equal(uniform.cpu(), philox.uniform(torch.tensor(seed), offsets))
+    ref_normal = philox.normal(torch.tensor(seed), offsets)
+    # Triton's float32 log/cos against the reference's once-rounded float64 ones: a few ulp
+    magnitude = ref_normal.abs()
+    ulp = torch.nextafter(magnitude, torch.tensor(float("inf"))) - magnitude
+    assert ((normal.cpu() - ref_normal).abs() <= 4 * ulp).all()
+
+
+def test_uniform_noise_statistics():
+    u = philox.uniform(torch.tensor(2024), torch.arange(400_000))
+    assert u.min() >= 0 and u.max() < 1
+    eps = u.double() - 0.5
+    assert abs(eps.mean().item()) < 4 * math.sqrt(1 / 12 / eps.numel())
+    assert abs(eps.var().item() - 1 / 12) < 0.002
+    counts = torch.histc(u, bins=20, min=0, max=1)
+    expected = u.numel() / 20
+    chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    assert chi2 < 45.3  # 19 degrees of freedom, p = 0.999
+    # neighbouring offsets are uncorrelated
+    assert abs(np.corrcoef(eps[:-1].numpy(), eps[1:].numpy())[0, 1]) < 0.01
+
+
+def test_gaussian_noise_statistics():
+    n = philox.normal(torch.tensor(7), torch.arange(400_000)).double()
+    assert abs(n.mean().item()) < 4 / math.sqrt(n.numel())
+    assert abs(n.var().item() - 1.0) < 0.01
+    assert abs((n.abs() < 1).double().mean().item() - 0.6827) < 0.005
+
+
+# ------------------------------------------------------------------ reference vs float64
+
+
+@pytest.mark.parametrize("noise", NOISES)
+@pytest.mark.parametrize("p", [1, 3, 7, 15])
+def test_reference_matches_float64_formula(noise, p):
+    x = make_input((64, 5, 33), torch.float32)
+    lam = torch.rand(5) + 0.3
+    seed = 99
+    y = reference.noisy_quant(x, p, lam, noise=noise, seed=seed)
+    eps = torch.zeros(x.shape, dtype=torch.float64)
+    if noise is not None:
+        eps = reference.noise(x.shape, torch.tensor(seed), noise, x.device).double()
+    lam64 = lam.double().view(1, -1, 1)
+    z = x.double() * p / lam64 + eps + 0.5
+    expected = torch.clamp(torch.floor(z), 0, p) * lam64 / p
+    # float32 rounding may flip the floor only where z is within a few ulp of an integer
+    far_from_edge = (z - torch.round(z)).abs() > 1e-4 * z.abs().clamp_min(1)
+    assert far_from_edge.double().mean() > 0.99
+    torch.testing.assert_close(y.double()[far_from_edge], expected[far_from_edge], rtol=1e-6, atol=1e-7)
+
+
+def test_reference_closed_form_backward_matches_autograd():
+    x = make_input((8, 4, 9), torch.float32).requires_grad_()
+    lam = (torch.rand(4) + 0.5).requires_grad_()
+    grad_y = torch.randn(x.shape)
+    reference.noisy_quant(x, 7, lam, noise="uniform", seed=3).backward(grad_y)
+    grad_x, grad_lam = reference.noisy_quant_backward(grad_y, x.detach(), lam.detach(), 7, noise="uniform", seed=3)
+    # autograd multiplies by (lam/p)(p/lam), the closed form by exactly 1: same mask, ~1 ulp
+    assert torch.equal(grad_x == 0, x.grad == 0)
+    torch.testing.assert_close(grad_x, x.grad, rtol=3e-7, atol=0)
+    torch.testing.assert_close(grad_lam, lam.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("p", [1, 3, 15])
+def test_uniform_noise_is_unbiased_estimate_of_clipped_relu(p):
+    """E[y] = clamp(x, 0, lam) exactly for uniform noise and shift 0.5 (Noise Adaptor)."""
+    lam = 1.3
+    x = torch.linspace(-0.5, 1.8, 47)
+    seeds = 3000
+    ys = torch.stack([reference.noisy_quant(x, p, lam, noise="uniform", seed=s) for s in range(seeds)])
+    std_error = (lam / p) * 0.5 / math.sqrt(seeds)
+    assert ((ys.double().mean(0) - x.double().clamp(0, lam)).abs() < 5 * std_error + 1e-6).all()
+    # without noise the quantizer is biased wherever x is not on the grid
+    no_noise = reference.noisy_quant(x, p, lam, noise=None)
+    assert (no_noise - x.clamp(0, lam)).abs().max() > 5 * std_error
+
+
+# ------------------------------------------------------------------ backends vs reference
+
+
+def assert_matches_reference(backend, x, p, lam, noise, seed, *, grad_lam_rtol=1e-5, scale=1.0, shift=0.5):
+    grad_y = torch.randn(x.shape, generator=torch.Generator().manual_seed(5)).to(x.dtype).to(x.device)
+    got = run(backend, x, p, lam, noise, seed, grad_y, scale=scale, shift=shift)
+    ref = run("reference", x, p, lam, noise, seed, grad_y, scale=scale, shift=shift)
+    assert got[0].shape == x.shape and got[0].dtype == x.dtype and got[0].device == x.device
+    assert torch.equal(got[0], ref[0]), f"forward differs in {(got[0] != ref[0]).sum()} elements"
+    assert torch.equal(got[1], ref[1]), f"grad_x differs in {(got[1] != ref[1]).sum()} elements"
+    if isinstance(lam, torch.Tensor):
+        assert got[2].shape == lam.shape and got[2].dtype == lam.dtype
+        # a float32 sum: allow rounding relative to the sum of the magnitudes of its terms
+        lam_min = lam.detach().float().min().item()
+        magnitude = (grad_y.float().abs() * (1 + x.float().abs() / lam_min)).sum().item()
+        torch.testing.assert_close(got[2], ref[2], rtol=grad_lam_rtol, atol=1e-6 * magnitude + 1e-7)
+
+
+@requires_cpp
+@pytest.mark.usefixtures("poisoned_allocations")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("noise", NOISES)
+@pytest.mark.parametrize("lam_kind", ["scalar", "one", "per_channel"])
+@pytest.mark.parametrize("shape", [(0,), (1,), (1023,), (3, 5, 7), (2, 3, 4, 5), (5, 3)])
+def test_cpp_matches_reference(shape, lam_kind, noise, dtype):
+    x = make_input(shape, dtype)
+    if lam_kind == "per_channel" and len(shape) < 2:
+        pytest.skip("per-channel lam needs a channel dim")
+    assert_matches_reference("cpu", x, 7, make_lam(lam_kind, x), noise, seed=2**40 + 11)
+
+
+@requires_cpp
+@pytest.mark.usefixtures("poisoned_allocations")
+@pytest.mark.parametrize("lam_kind", ["scalar", "per_channel"])
+def test_cpp_large_and_odd_size(lam_kind):
+    x = make_input((1, 2**20 + 3), torch.float32) if lam_kind == "scalar" else make_input((3, 7, 49931), torch.float32)
+    assert_matches_reference("cpu", x, 3, make_lam(lam_kind, x), "uniform", seed=1)
+
+
+@requires_cpp
+def test_cpp_same_result_for_any_thread_count():
+    x = make_input((4, 8, 5000), torch.float32)
+    lam = (torch.rand(8) + 0.5).requires_grad_()
+    results = []
+    for threads in (1, 2, 3):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            results.append(run("cpu", x, 15, lam, "gaussian", 4, torch.ones(x.shape)))
+        finally:
+            torch.set_num_threads(previous)
+    for other in results[1:]:
+        assert torch.equal(other[0], results[0][0]) and torch.equal(other[1], results[0][1])
+        torch.testing.assert_close(other[2], results[0][2], rtol=1e-6, atol=1e-6)
+
+
+@requires_triton
+@pytest.mark.usefixtures("poisoned_allocations")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("noise", NOISES)
+@pytest.mark.parametrize("lam_kind", ["scalar", "per_channel"])
+@pytest.mark.parametrize("shape", [(0, 3), (1, 1), (1, 1023), (3, 5, 7), (2, 3, 4, 5)])
+def test_triton_matches_reference(shape, lam_kind, noise, dtype):
+    x = make_input(shape, dtype, device=TRITON_DEVICE)
+    assert_matches_reference("triton", x, 7, make_lam(lam_kind, x), noise, seed=77)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="bfloat16 Triton kernels run on a GPU only (the interpreter has no bf16)")
+@pytest.mark.parametrize("noise", NOISES)
+def test_triton_bfloat16_on_gpu(noise):
+    x = make_input((4, 16, 33, 33), torch.bfloat16, device="cuda")
+    assert_matches_reference("triton", x, 7, make_lam("per_channel", x), noise, seed=5)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_triton_large_on_gpu():
+    x = make_input((1, 2**24 + 3), torch.float32, device="cuda")
+    assert_matches_reference("triton", x, 3, make_lam("scalar", x), "uniform", seed=9, grad_lam_rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_non_contiguous_input(backend):
+    if backend == "cpu" and not cpu.available():
+        pytest.skip("C++ extension not built")
+    device = TRITON_DEVICE if backend == "triton" else "cpu"
+    base = make_input((6, 4, 10), torch.float32, device=device)
+    x = base.transpose(0, 2)[::2]  # [5, 4, 6], strided
+    assert not x.is_contiguous()
+    lam = make_lam("per_channel", x)
+    grad_y = torch.randn(x.shape, device=device)
+    got = run(backend, x, 3, lam, "uniform", 21, grad_y)
+    expected = run("reference", x.contiguous(), 3, lam, "uniform", 21, grad_y)
+    for a, b in zip(got[:2], expected[:2]):
+        assert torch.equal(a, b)
+    torch.testing.assert_close(got[2], expected[2], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_nan_and_infinities(backend):
+    if backend == "cpu" and not cpu.available():
+        pytest.skip("C++ extension not built")
+    device = TRITON_DEVICE if backend == "triton" else "cpu"
+    x = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.4, -0.0], device=device)
+    lam = torch.tensor(1.5, device=device, requires_grad=True)
+    xg = x.clone().requires_grad_()
+    with na_kernels.use_backend(backend):
+        y = na_kernels.noisy_quant(xg, 3, lam, noise="uniform", seed=1)
+        y.backward(torch.ones_like(y))
+    assert torch.isnan(y[0])
+    assert y[1].item() == 1.5 and y[2].item() == 0.0
+    assert torch.isfinite(y[1:]).all()
+    assert xg.grad[1].item() == 0 and xg.grad[2].item() == 0  # saturated: no gradient
+    # grad_lam: 1 from +inf (above the clip), 0 from -inf and from NaN
+    expected_lam_grad = reference.noisy_quant_backward(
+        torch.ones(3, device=device), x[2:], lam.detach(), 3, noise="uniform", seed=1
+    )[1]
+    assert math.isfinite(lam.grad.item())
+    assert lam.grad.item() == pytest.approx(1.0 + expected_lam_grad.item(), abs=1e-6)
+
+
+# ------------------------------------------------------------------------- the seed
+
+
+def test_seed_none_uses_torch_generator():
+    x = torch.rand(1000) * 2
+    torch.manual_seed(5)
+    a = na_kernels.noisy_quant(x, 3)
+    b = na_kernels.noisy_quant(x, 3)
+    torch.manual_seed(5)
+    c = na_kernels.noisy_quant(x, 3)
+    assert torch.equal(a, c)
+    assert not torch.equal(a, b)
+
+
+def test_explicit_seed_forms_agree():
+    x = torch.rand(100) * 2
+    a = na_kernels.noisy_quant(x, 3, seed=123)
+    b = na_kernels.noisy_quant(x, 3, seed=torch.tensor(123))
+    c = na_kernels.noisy_quant(x, 3, seed=torch.tensor([123]))
+    assert torch.equal(a, b) and torch.equal(a, c)
+    assert torch.equal(na_kernels.noisy_quant(x, 3, seed=2**64 - 1), na_kernels.noisy_quant(x, 3, seed=-1))
+
+
+def test_noise_none_is_qcfs():
+    x = torch.randn(3, 4, 5)
+    y = na_kernels.noisy_quant(x, 4, 2.0, noise=None)
+    expected = torch.clamp(torch.floor(x * 4 / 2.0 + 0.5), 0, 4) * 2.0 / 4
+    torch.testing.assert_close(y, expected, rtol=0, atol=1e-6)
+
+
+# -------------------------------------------------------------------- registration
+
+
+def test_torch_compile_fullgraph_no_graph_breaks():
+    def f(x, lam):
+        return na_kernels.noisy_quant(x * 2, 7, lam, noise="uniform").sum()
+
+    x = torch.randn(4, 3, 8)
+    lam = torch.tensor(1.5, requires_grad=True)
+    explanation = torch._dynamo.explain(f)(x, lam)
+    assert explanation.graph_break_count == 0
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.manual_seed(0)
+    loss = compiled(x, lam)
+    loss.backward()
+    compiled_grad = lam.grad.clone()
+    lam.grad = None
+    torch.manual_seed(0)
+    eager = f(x, lam)
+    eager.backward()
+    torch.testing.assert_close(loss, eager)
+    torch.testing.assert_close(compiled_grad, lam.grad)
+
+
+def test_torch_compile_inductor_runs():
+    torch._dynamo.reset()
+    f = torch.compile(lambda x: na_kernels.noisy_quant(x, 3, 1.0, seed=4), fullgraph=True)
+    x = torch.randn(2, 3, 4)
+    assert torch.equal(f(x), na_kernels.noisy_quant(x, 3, 1.0, seed=4))
+
+
+def test_torch_export():
+    class Model(torch.nn.Module):
+        def forward(self, x):
+            return na_kernels.noisy_quant(x, 3, 1.0, noise=None)
+
+    x = torch.randn(2, 3)
+    program = torch.export.export(Model(), (x,))
+    assert torch.equal(program.module()(x), Model()(x))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_opcheck(backend):
+    if backend == "cpu" and not cpu.available():
+        pytest.skip("C++ extension not built")
+    x = torch.randn(3, 4, 5)
+    seed = torch.tensor([11])
+    with na_kernels.use_backend(backend):
+        for lam in (torch.tensor([1.3]), torch.rand(4) + 0.5):
+            torch.library.opcheck(
+                torch.ops.na_kernels.noisy_quant.default, (x, lam.requires_grad_(), seed, 7, 1, 1.0, 0.5)
+            )
+            torch.library.opcheck(
+                torch.ops.na_kernels.noisy_quant_backward.default,
+                (torch.randn(3, 4, 5), x, lam.detach(), seed, 7, 1, 1.0, 0.5, True),
+            )
+
+
+def test_autocast_bfloat16_input():
+    x = torch.randn(2, 3, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = torch.nn.functional.linear(x, torch.randn(5, 4))
+        y = na_kernels.noisy_quant(h, 3, 1.0, seed=0)
+    assert y.dtype == torch.bfloat16 and y.shape == h.shape
+
+
+# ----------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(x=torch.arange(4)), TypeError, "x must be float32"),
+        (dict(x=torch.ones(4, dtype=torch.bool)), TypeError, "x must be float32"),
+        (dict(x=[1.0, 2.0]), TypeError, "x must be a torch.Tensor"),
+        (dict(p=0), ValueError, "p must be an int >= 1"),
+        (dict(p=-3), ValueError, "p must be an int >= 1"),
+        (dict(p=2.5), ValueError, "p must be an int >= 1"),
+        (dict(p="3"), TypeError, "p must be an int >= 1"),
+        (dict(p=True), TypeError, "p must be an int >= 1"),
+        (dict(lam=0.0), ValueError, "lam must be > 0"),
+        (dict(lam=-1.0), ValueError, "lam must be > 0"),
+        (dict(lam=float("nan")), ValueError, "lam must be finite"),
+        (dict(lam=float("inf")), ValueError, "lam must be finite"),
+        (dict(lam=torch.tensor([1.0, 0.0, 1.0])), ValueError, "lam must be finite and > 0"),
+        (dict(lam=torch.tensor([1.0, 2.0])), ValueError, "lam per-channel must have"),
+        (dict(lam=torch.ones(3, 1)), ValueError, "lam must be a scalar or a 1-D"),
+        (dict(lam=torch.ones(3, dtype=torch.int64)), TypeError, "lam must be a float tensor"),
+        (dict(lam=torch.ones(3, device="meta")), ValueError, "lam must be on cpu"),
+        (dict(noise="normal"), ValueError, "noise must be one of"),
+        (dict(scale=-0.1), ValueError, "scale must be >= 0"),
+        (dict(scale=float("nan")), ValueError, "scale must be finite"),
+        (dict(seed=1.5), TypeError, "seed must be None, an int"),
+        (dict(seed=torch.tensor([1.0])), TypeError, "seed must be None, an int"),
+        (dict(seed=2**64), ValueError, "seed must fit in 64 bits"),
+    ],
+)
+def test_bad_input(kwargs, error, match):
+    args = dict(x=torch.randn(2, 3, 4), p=3, lam=1.0)
+    args.update(kwargs)
+    x, p, lam = args.pop("x"), args.pop("p"), args.pop("lam")
+    with pytest.raises(error, match=match):
+        na_kernels.noisy_quant(x, p, lam, **args)
+
+
+def test_bad_backend_name():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        na_kernels.set_backend("cuda")
+
+
+def test_forced_cpu_backend_rejects_other_devices():
+    from na_kernels import _backend
+
+    with na_kernels.use_backend("cpu"), pytest.raises(ValueError, match="runs CPU tensors only"):
+        _backend.resolve(torch.device("cuda"))
+
+
+def test_missing_extension_falls_back_with_one_warning(monkeypatch):
+    monkeypatch.setattr(cpu, "_C", None)
+    monkeypatch.setattr(cpu, "_LOAD_ERROR", ImportError("no compiler"))
+    monkeypatch.setattr(cpu, "_warned", False)
+    x = torch.randn(10)
+    with pytest.warns(RuntimeWarning, match="no compiler"):
+        y = na_kernels.noisy_quant(x, 3, seed=1)
+    with na_kernels.use_backend("reference"):
+        assert torch.equal(y, na_kernels.noisy_quant(x, 3, seed=1))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        na_kernels.noisy_quant(x, 3, seed=1)  # warned once only
