@@ -260,6 +260,22 @@ def test_triton_large_on_gpu():
     assert_matches_reference("triton", x, 3, make_lam("scalar", x), "uniform", seed=9, grad_lam_rtol=1e-4)
 
 
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU with > 9 GB free")
+def test_triton_beyond_int32_indexing_on_gpu():
+    """2^31 + 1000 elements: the tail's noise comes from offsets past int32."""
+    n, tail = 2**31 + 1000, 3000
+    x_tail = make_input((tail,), torch.float16)
+    x = torch.full((n,), 0.37, dtype=torch.float16, device="cuda")
+    x[-tail:] = x_tail.cuda()
+    with na_kernels.use_backend("triton"):
+        y_tail = na_kernels.noisy_quant(x, 7, 1.3, noise="uniform", seed=8)[-tail:].cpu()
+    del x
+    eps = philox.uniform(torch.tensor(8), torch.arange(n - tail, n, dtype=torch.int64)) - 0.5
+    z = x_tail.float() * torch.div(torch.tensor(7.0), torch.tensor(1.3)) + eps
+    q = torch.clamp(torch.floor(z + 0.5), 0, 7)
+    assert torch.equal(y_tail, ((q / 7) * torch.tensor(1.3)).to(torch.float16))
+
+
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 def test_non_contiguous_input(backend):
     if backend == "cpu" and not cpu.available():
