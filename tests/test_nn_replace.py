@@ -148,3 +148,9 @@ def test_bad_arguments_raise_before_touching_the_model():
     assert isinstance(model[1], nn.ReLU)
     with pytest.raises(TypeError, match="nn.Module"):
         replace_activations(lambda x: x, p=3)
+
+
+def test_transformer_layer_with_a_functional_activation_raises():
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16)
+    with pytest.raises(UnconvertibleActivationError, match="calls relu internally"):
+        replace_activations(nn.Sequential(layer), p=3)

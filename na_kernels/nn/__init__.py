@@ -26,7 +26,7 @@ Public names:
   ``lam="auto"`` sets λ from the first training batch (99.9th percentile of relu(x)).
   ``noise=None`` is QCFS; ``noise="gaussian", p=1`` is the single-step (T = 1) strategy.
 - ``replace_activations(model, p, *, noise="uniform", lam=8.0, scale=1.0, per_channel=False,
-  maxpool_to_avgpool=False, skip=(), allow_unconvertible=False, trace=True)`` ->
+  maxpool_to_avgpool=False, skip=(), allow_unconvertible=False, trace_functional=True)`` ->
   ``(model, ReplacementReport)``. Swaps ``nn.ReLU`` modules in place and ``F.relu`` /
   ``torch.relu`` / ``Tensor.relu`` calls through ``torch.fx`` (then the returned model is a
   ``torch.fx.GraphModule``: use the returned model). Raises ``UnconvertibleActivationError``
@@ -36,7 +36,9 @@ Public names:
   ``.ann(x)`` runs the same graph as the quantized ANN (noise off) for comparison;
   ``.if_layers`` maps a name to each ``IFLayer``; ``.statistics(energy_per_ac=0.9e-12,
   energy_per_mac=4.6e-12)`` -> dict; ``.statistics_table(...)`` -> str;
-  ``.reset_statistics()``; ``.record_statistics(flag)``.
+  ``.reset_statistics()``; ``.record_statistics(flag)``; ``.conversion_report`` (dict: IF
+  layers, folded BatchNorms, ...). Chunked runs carry membrane potentials; under autograd the
+  gradient flows across chunks. ``torch.save(snn)`` / ``torch.load(..., weights_only=False)``.
 - ``fold_batchnorm(model)`` -> ``torch.fx.GraphModule`` with each BatchNorm folded into the
   conv/linear before it (the ANN output is unchanged up to float rounding).
 - ``calibrate_thresholds(snn, batches, iterations=6, *, T=None, step_size=0.5)`` -> dict: adjusts per-channel IF

@@ -30,7 +30,9 @@ def _inputs(batch):
 
 
 @torch.no_grad()
-def calibrate_thresholds(snn, batches, iterations: int = 6, *, T=None, step_size: float = 0.5, max_ratio: float = 2.0) -> dict:
+def calibrate_thresholds(
+    snn, batches, iterations: int = 6, *, T=None, step_size: float = 0.5, max_ratio: float = 2.0
+) -> dict:
     """Adjust per-channel IF thresholds so the SNN's spike counts match the quantized ANN.
 
     Args:
@@ -86,9 +88,8 @@ def calibrate_thresholds(snn, batches, iterations: int = 6, *, T=None, step_size
             name: float((counts[name] - targets[name]).abs().sum() / targets[name].sum().clamp_min(1.0))
             for name in targets
         }
-        total = float(
-            sum((counts[n] - targets[n]).abs().sum() for n in targets) / sum(targets[n].sum() for n in targets).clamp_min(1.0)
-        )
+        mismatch = sum((counts[n] - targets[n]).abs().sum() for n in targets)
+        total = float(mismatch / sum(targets[n].sum() for n in targets).clamp_min(1.0))
         return counts, per_layer, total
 
     history, snapshots, per_layer_history = [], [], []

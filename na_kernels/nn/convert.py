@@ -44,7 +44,9 @@ from .replace import (
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 SYNAPTIC_TYPES = CONV_TYPES + (nn.Linear,)
-MAXPOOL_TYPES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+MAXPOOL_TYPES = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d
+)
 MAXPOOL_FUNCTIONS = (
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
     torch.max_pool1d, torch.max_pool2d, torch.max_pool3d,
@@ -130,13 +132,13 @@ class IFLayer(nn.Module):
             )
         return self._calibrated
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(self, state_dict, prefix, *args):
         # calibrated thresholds are per-channel: take the checkpoint's shape
         for name in ("threshold", "amplitude"):
             value = state_dict.get(prefix + name)
             if isinstance(value, torch.Tensor) and value.shape != getattr(self, name).shape:
                 setattr(self, name, torch.empty_like(value, device=getattr(self, name).device))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def reset_statistics(self):
         self.spikes = None
@@ -201,7 +203,9 @@ class IFLayer(nn.Module):
         self.neuron_steps += counts.numel() * T
         if counts.dim() >= 2:
             channel = counts.transpose(0, 1).reshape(counts.shape[1], -1).sum(1, dtype=torch.int64)
-            self.channel_spikes = channel if self.channel_spikes is None else self.channel_spikes.to(channel.device) + channel
+            if self.channel_spikes is not None:
+                channel = self.channel_spikes.to(channel.device) + channel
+            self.channel_spikes = channel
             self.channel_neuron_steps += (counts.numel() // counts.shape[1]) * T
 
     @torch.no_grad()
@@ -503,7 +507,9 @@ def to_snn(model: nn.Module, T: int, chunk: Optional[int] = None, *, fold_bn: bo
     # which values vary over time; if batch-size arithmetic meets spikes, repeat the input instead
     kind, meta = _classify(graph, if_nodes, input_varies=False)
     input_varies = any(
-        kind[n] == _BATCH and meta[n] and any(kind.get(u) == _VARYING for u in n.users) for n in graph.nodes if n in kind
+        kind[n] == _BATCH and meta[n] and any(kind.get(u) == _VARYING for u in n.users)
+        for n in graph.nodes
+        if n in kind
     )
     if input_varies:
         kind, meta = _classify(graph, if_nodes, input_varies=True)

@@ -160,7 +160,9 @@ class NoisyQuant(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.per_channel:
             if x.dim() < 2:
-                raise ValueError(f"per_channel NoisyQuant needs an input with a channel dim 1, got shape {tuple(x.shape)}")
+                raise ValueError(
+                    f"per_channel NoisyQuant needs an input with a channel dim 1, got shape {tuple(x.shape)}"
+                )
             if self.raw_lam.numel() == 0:
                 self._materialize_channels(x.shape[1])
             elif self.raw_lam.numel() != x.shape[1]:
@@ -179,12 +181,12 @@ class NoisyQuant(nn.Module):
         return noisy_quant(x, self.p, self.lam, noise=noise, scale=self.scale)
 
     # ------------------------------------------------------------------ state dict
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(self, state_dict, prefix, *args):
         key = prefix + "raw_lam"
         if self.per_channel and key in state_dict and state_dict[key].shape != self.raw_lam.shape:
             if self.raw_lam.numel() == 0:  # channels not known yet: take them from the checkpoint
                 self.raw_lam.data = torch.empty_like(state_dict[key], device=self.raw_lam.device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, *args)
         flag = prefix + "lam_initialized"
         if flag in state_dict:
             self._auto_pending = not bool(self.lam_initialized)

@@ -32,6 +32,8 @@ UNCONVERTIBLE_FUNCTIONS = (
     F.celu, F.silu, F.mish, F.hardswish, F.hardsigmoid, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.softplus,
     F.threshold, F.glu, F.logsigmoid, F.softsign, F.tanhshrink, F.hardshrink, F.softshrink,
 )
+# torch.nn modules (fx leaves) whose forward calls ``self.activation``, a function by default
+FUNCTIONAL_ACTIVATION_HOLDERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 UNCONVERTIBLE_METHODS = ("relu6", "sigmoid", "sigmoid_", "tanh", "tanh_", "hardtanh", "hardtanh_")
 
 
@@ -227,6 +229,10 @@ def replace_activations(
                 report.replaced.append((name, kind))
         elif isinstance(module, UNCONVERTIBLE_MODULES):
             unconvertible(name, kind)
+        elif isinstance(module, FUNCTIONAL_ACTIVATION_HOLDERS) and not isinstance(module.activation, nn.Module):
+            # torch.nn leaves that call an activation function internally: fx cannot see into them
+            function = getattr(module.activation, "__name__", repr(module.activation))
+            unconvertible(name, f"{kind} (calls {function} internally)")
         elif isinstance(module, nn.MaxPool2d) and maxpool_to_avgpool and not _matches(name, skip):
             _set_submodule(model, name, _avgpool_for(module, name))
             report.pooling.append(name)

@@ -121,7 +121,8 @@ def format_statistics(stats: dict) -> str:
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
 
     def line(row):
-        return "  ".join(cell.ljust(width) if i in (0, 5) else cell.rjust(width) for i, (cell, width) in enumerate(zip(row, widths)))
+        cells = enumerate(zip(row, widths))
+        return "  ".join(cell.ljust(width) if i in (0, 5) else cell.rjust(width) for i, (cell, width) in cells)
 
     rule = "-" * len(line(header))
     energy = stats["energy"]
