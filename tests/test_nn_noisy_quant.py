@@ -34,6 +34,7 @@ def test_training_adds_noise_and_matches_the_op():
 def test_qcfs_and_gaussian_single_step():
     x = torch.randn(32, 4)
     qcfs = NoisyQuant(4, lam=1.5, noise=None).train()
+    assert NoisyQuant(4, noise="none").noise is None
     torch.testing.assert_close(qcfs(x), quantize(x, 4, torch.tensor(1.5)), rtol=1e-6, atol=1e-6)
     single = NoisyQuant(1, lam=1.0, noise="gaussian").train()
     y = single(x)

@@ -41,9 +41,16 @@ Public names:
   gradient flows across chunks. ``torch.save(snn)`` / ``torch.load(..., weights_only=False)``.
 - ``fold_batchnorm(model)`` -> ``torch.fx.GraphModule`` with each BatchNorm folded into the
   conv/linear before it (the ANN output is unchanged up to float rounding).
-- ``calibrate_thresholds(snn, batches, iterations=6, *, T=None, step_size=0.5)`` -> dict: adjusts per-channel IF
-  thresholds so the SNN's spike counts match the quantized ANN's activation levels.
-- ``format_statistics(stats)`` -> str: the table for a dict from ``statistics()``.
+- ``calibrate_thresholds(snn, batches, iterations=6, *, T=None, step_size=0.5)`` -> dict:
+  adjusts per-channel IF thresholds so the SNN's spike counts match the quantized ANN's
+  activation levels (spike amplitude stays λ); calibrate for the T you will run.
+- ``collect_statistics(snn, ...)`` / ``format_statistics(stats)``: the dict and the table
+  behind ``snn.statistics()`` / ``snn.statistics_table()``.
+
+Energy model: spike-driven conv/linear layers cost one accumulate per synaptic event (exact
+SOPs, ``sum_i [x_i != 0] * fanout_i``), the analog stem before the first IF layer costs its
+MACs once per sample (its input is the same at every step, so it runs once); pooling,
+additions, neuron updates and memory traffic are not counted.
 """
 from .calibrate import calibrate_thresholds
 from .convert import IFLayer, SpikingNetwork, SynapseMeter, TimeRepeat, fold_batchnorm, to_snn

@@ -55,7 +55,7 @@ class NoisyQuant(nn.Module):
         lam: initial clip level λ > 0 (float), or ``"auto"``: λ is set on the first forward in
             training mode to the 99.9th percentile of relu(x) (per channel where
             ``per_channel``), averaged over ranks under ``torch.distributed``.
-        noise: ``"uniform"`` (Noise Adaptor), ``"gaussian"`` or ``None`` (QCFS). Applied only
+        noise: ``"uniform"`` (Noise Adaptor), ``"gaussian"`` or ``None``/``"none"`` (QCFS). Applied only
             in training mode; eval mode is always the deterministic quantizer.
         scale: noise amplitude in quantization steps, >= 0.
         per_channel: one λ per channel (dim 1 of x) instead of one per layer.
@@ -72,6 +72,8 @@ class NoisyQuant(nn.Module):
         super().__init__()
         if isinstance(p, bool) or not isinstance(p, numbers.Integral) or p < 1:
             raise ValueError(f"p must be an int >= 1 (the number of quantization levels), got {p!r}")
+        if noise == "none":  # the spelling a command line gives
+            noise = None
         if noise not in NOISE_KINDS:
             raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
         if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale < 0:
