@@ -24,7 +24,7 @@ namespace {
 enum Reset : int { kSubtract = 0, kZero = 1 };
 enum Surrogate : int { kSigmoid = 0, kAtan = 1, kTriangle = 2, kRectangle = 3 };
 
-constexpr int64_t kBlock = 512;  // neurons per work item: 4 state arrays of 2 KiB stay in L1
+constexpr int64_t kBlock = 1024;  // neurons per work item: 4 state arrays of 4 KiB stay in L1, rows of 4 KiB stream
 
 struct IFParams {
   int64_t steps, neurons, inner, channels;

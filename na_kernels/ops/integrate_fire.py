@@ -12,7 +12,7 @@ requiring grad); in inference the forward writes spikes, counts and v_final only
 recomputes the spikes from h (``h >= theta``), so neither the spikes nor x_seq are kept.
 """
 import numbers
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
