@@ -59,10 +59,6 @@ def _demo_train(name: str, noise: str, train: ImageData, args, show: bool) -> Di
                 yield epoch, batch
 
     model.train()
-    threads = torch.get_num_threads()
-    # batches of 32 8x8 images are too small to gain from more threads, and extra threads
-    # spin-wait badly on a busy machine: train on `--threads` (default 1) threads
-    torch.set_num_threads(args.threads or 1)
     bar = progress(steps(), total=args.epochs * len(loader), desc=f"train {name}", enabled=show)
     loss_sum, correct, count, current = 0.0, 0, 0, 0
     for epoch, (x, y) in bar:
@@ -79,7 +75,6 @@ def _demo_train(name: str, noise: str, train: ImageData, args, show: bool) -> Di
         correct += int((logits.argmax(1) == y).sum())
         count += y.numel()
         bar.set_postfix_str(f"epoch {epoch + 1} loss {loss_sum / count:.3f}")
-    torch.set_num_threads(threads)
     if count:
         history.append({"epoch": current + 1, "train_loss": loss_sum / count, "train_acc": correct / count})
     return {"model": model.eval(), "history": history}
@@ -170,9 +165,20 @@ def cmd_demo(args) -> int:
         args.epochs = args.epochs or 3
         args.test_limit = args.test_limit or 200
     args.epochs = args.epochs or 15
+    show = not args.no_progress
+    # 8x8 images are too small to gain much from more threads, and extra threads spin-wait
+    # badly on a busy machine: the demo runs on `--threads` (default 1) threads
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _demo(args, t0, show)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _demo(args, t0: float, show: bool) -> int:
     Ts = DEMO_TS
     energy_T = 4
-    show = not args.no_progress
     train, test = digits_split()
     if args.test_limit:
         test = test.subset(torch.arange(min(args.test_limit, len(test))))
@@ -215,6 +221,7 @@ def cmd_demo(args) -> int:
     json_path = os.path.join(args.out, "demo_report.json")
     png = None if args.no_plot else _demo_plot(results, os.path.join(args.out, "demo_accuracy_vs_T.png"), Ts)
     report["plot"] = png
+    report["elapsed_s"] = elapsed = time.time() - t0  # training, evaluation, plot
     with open(json_path, "w") as f:
         json.dump(report, f, indent=2)
     print()
@@ -334,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-batch-size", type=_positive_int, default=128)
     d.add_argument("--lr", type=float, default=0.05)
     d.add_argument("--test-limit", type=_positive_int, default=None, help=argparse.SUPPRESS)
-    d.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for training (default 1; evaluation uses torch's default)")
+    d.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (default 1)")
     d.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)

@@ -11,6 +11,14 @@ from na_kernels.nn import NoisyQuant
 from na_kernels.train import (CheckpointError, TrainConfig, build_network, epoch_seed, fit, load_checkpoint,
                               make_optimizer, network_from_checkpoint)
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: more threads only spin on a shared machine
+    yield
+    torch.set_num_threads(threads)
+
+
 
 def tiny_data(n_train=96, n_test=40):
     tr, te = digits_split()
@@ -33,7 +41,6 @@ def _state(model):
 
 
 def test_resume_reproduces_the_next_steps_exactly(tmp_path):
-    torch.set_num_threads(1)
     tr, te = tiny_data()
     straight = fit(tiny_cfg(tmp_path / "a"), tr, te, log=quiet)
     first = fit(tiny_cfg(tmp_path / "b", stop_after=1), tr, te, log=quiet)
