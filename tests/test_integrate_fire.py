@@ -465,6 +465,45 @@ def test_torch_compile_fullgraph_no_graph_breaks():
     assert got[0].stride() == want[0].stride() and got[2].stride() == want[2].stride()
 
 
+def test_torch_compile_dynamic_shapes():
+    """dynamic=True: symbolic shapes and strides (channels-last included), float arguments traced."""
+    def fn(x, threshold, v0):
+        spikes, counts, v = na_kernels.integrate_fire(x, threshold, v_init=v0, surrogate="atan", alpha=2.0,
+                                                      return_v=True)
+        spikes2, counts2 = na_kernels.integrate_fire(x, 1.0)
+        return spikes + spikes2, counts + counts2, v
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager", dynamic=True)
+    threshold = torch.rand(3) + 0.5
+    for steps, batch, width in ((4, 2, 5), (6, 3, 7), (2, 1, 9)):
+        for x in (torch.randn(steps, batch, 3, width), _channels_last_seq(steps, batch, 3, width, 2, "cpu")):
+            x = x.detach().requires_grad_()
+            v0 = torch.randn(x.shape[1:])
+            got, want = compiled(x, threshold, v0), fn(x, threshold, v0)
+            _assert_same_forward(got, want)
+            assert all(g.stride() == w.stride() for g, w in zip(got, want))
+            g_got = torch.autograd.grad(got[0].sum() + got[2].sum(), (x,))
+            g_want = torch.autograd.grad(want[0].sum() + want[2].sum(), (x,))
+            assert torch.equal(g_got[0], g_want[0])
+
+
+def test_torch_export():
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("theta", torch.rand(3) + 0.5)
+
+        def forward(self, x):
+            return na_kernels.integrate_fire(x, self.theta, return_v=True)
+
+    layer = Layer()
+    x = torch.randn(4, 2, 3, 5)
+    program = torch.export.export(layer, (x,))
+    targets = [str(node.target) for node in program.graph.nodes if node.op == "call_function"]
+    assert "na_kernels.integrate_fire.default" in targets
+    _assert_same_forward(program.module()(x), layer(x))
+
+
 @pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=requires_cpp),
                                      pytest.param("triton", marks=requires_triton)])
 def test_opcheck(backend):

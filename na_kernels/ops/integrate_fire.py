@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, cpu
-from .._validation import check_choice, check_float_tensor, check_real, positive_parameter_tensor
+from .._validation import check_choice, check_float_tensor, positive_parameter_tensor
 from ..reference import integrate_fire as reference
 
 RESET_CODES = {"subtract": 0, "zero": 1}
@@ -366,6 +366,20 @@ torch.library.register_autograd("na_kernels::integrate_fire", _backward, setup_c
 # ------------------------------------------------------------------------ public function
 
 
+def _real(name, value, *, strictly_positive=False, accepted="a real number"):
+    """check_real of _validation, written so that torch.compile(dynamic=True) can trace it:
+    there, math.isfinite on a float argument of an inlined function is a graph break
+    ("torch.* op returned non-Tensor"); ``v - v == 0`` is the same test (False for inf, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {accepted}, got {value!r}")
+    value = float(value)
+    if not (value - value == 0):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if strictly_positive and value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
 def _check_bool(name, value):
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
@@ -377,9 +391,7 @@ def _check_amplitude(amplitude):
         if amplitude != "threshold":
             raise ValueError(f"amplitude must be 'threshold' or a positive finite number, got {amplitude!r}")
         return None
-    if isinstance(amplitude, bool) or not isinstance(amplitude, numbers.Real):
-        raise TypeError(f"amplitude must be 'threshold' or a positive finite number, got {amplitude!r}")
-    return check_real("amplitude", amplitude, strictly_positive=True)
+    return _real("amplitude", amplitude, strictly_positive=True, accepted="'threshold' or a positive finite number")
 
 
 def _check_v_init(v_init, x_seq):
@@ -394,9 +406,7 @@ def _check_v_init(v_init, x_seq):
                 f"got {tuple(v_init.shape)}"
             )
         return v_init
-    if isinstance(v_init, bool) or not isinstance(v_init, numbers.Real):
-        raise TypeError(f"v_init must be a number (a fraction of the threshold) or a tensor of potentials, got {v_init!r}")
-    return check_real("v_init", v_init)
+    return _real("v_init", v_init, accepted="a number (a fraction of the threshold) or a tensor of potentials")
 
 
 def integrate_fire(x_seq, threshold=1.0, *, v_init=0.5, reset="subtract", amplitude="threshold",
@@ -442,16 +452,16 @@ def integrate_fire(x_seq, threshold=1.0, *, v_init=0.5, reset="subtract", amplit
         raise ValueError(f"x_seq must be [T, ...] with rank >= 2 (time first), got shape {tuple(x_seq.shape)}")
     if x_seq.shape[0] == 0:
         raise ValueError(f"x_seq must have T >= 1 time steps (dim 0), got shape {tuple(x_seq.shape)}")
-    threshold = positive_parameter_tensor("threshold", threshold, x_seq, 2, "x_seq.shape[2]")
-    if isinstance(threshold, float):
-        threshold = torch.full((1,), threshold, dtype=torch.float32, device=x_seq.device)
+    if isinstance(threshold, torch.Tensor):
+        threshold = positive_parameter_tensor("threshold", threshold, x_seq, 2, "x_seq.shape[2]").detach()
     else:
-        threshold = threshold.detach()
+        threshold = _real("threshold", threshold, strictly_positive=True, accepted="a positive number or a tensor")
+        threshold = torch.full((1,), threshold, dtype=torch.float32, device=x_seq.device)
     v_init = _check_v_init(v_init, x_seq)
     reset = check_choice("reset", reset, tuple(RESET_CODES))
     amplitude = _check_amplitude(amplitude)
     surrogate = check_choice("surrogate", surrogate, tuple(SURROGATE_CODES))
-    alpha = check_real("alpha", alpha, strictly_positive=True)
+    alpha = _real("alpha", alpha, strictly_positive=True)
     detach_reset = _check_bool("detach_reset", detach_reset)
     return_v = _check_bool("return_v", return_v)
 
