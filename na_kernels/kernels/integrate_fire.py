@@ -1,12 +1,13 @@
 """Triton kernels for integrate_fire: the multi-step IF forward and its BPTT backward.
 
 Same arithmetic, in the same order, as ``na_kernels/reference/integrate_fire.py``. The data
-is viewed as flat [T, N] arrays (N neurons per step; the caller, ``na_kernels/ops``, hands in
-outputs with the input's per-step memory order, e.g. channels-last). Each program owns BLOCK neurons, keeps
-their membrane potential (or, backward, the incoming grad of v) and spike count in registers
-and walks all T steps in a runtime loop, so one launch covers the whole sequence, the counts
-come out of the same pass, and a new T does not recompile. Offsets are int64 (T x N may
-exceed 2^31). Neuron n is in channel (n // inner) % channels.
+is viewed as flat [T, N] arrays, N neurons per step; the caller (``na_kernels/ops``) hands in
+outputs in the input's per-step memory order (e.g. channels-last) and the stride between the
+input's steps (0 for an input repeated over T). Each program owns BLOCK neurons, keeps their
+membrane potential (or, backward, the incoming grad of v) and spike count in registers and
+walks all T steps in a runtime loop: one launch covers the whole sequence, the counts come out
+of the same pass, and a new T does not recompile (``steps`` is not specialized). Offsets are
+int64 (T x N may exceed 2^31). Neuron n is in channel (n // inner) % channels.
 
 What is read and written per element of [T, N]: forward reads x and writes the spikes (plus
 h as float32 when the caller will need a backward); backward reads h and grad_spikes and
@@ -18,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-SIGMOID, ATAN, TRIANGLE, RECTANGLE = 0, 1, 2, 3
+SIGMOID, ATAN, TRIANGLE, RECTANGLE = 0, 1, 2, 3  # surrogate codes (ops.SURROGATE_CODES)
 
 _BLOCK = 512
 _NUM_WARPS = 4
