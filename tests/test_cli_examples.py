@@ -1,0 +1,33 @@
+"""The python/ example scripts run end to end (few epochs) and report sensible numbers."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(args, cwd):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_train_then_convert_examples(tmp_path):
+    out = run([os.path.join(ROOT, "python", "train_noisyquant.py"), "--epochs", "1"], tmp_path)
+    assert "replaced 3 activation(s) with NoisyQuant" in out
+    acc = float(out.strip().splitlines()[-2].split("test accuracy ")[1].rstrip("%"))
+    assert acc > 80.0
+    assert (tmp_path / "digits_noisyquant.pt").exists()
+    out = run([os.path.join(ROOT, "python", "convert_snn.py"), "--T", "8"], tmp_path)
+    lines = {l.split()[1]: float(l.split()[-1].rstrip("%")) for l in out.splitlines() if l.startswith("SNN, T=")}
+    assert set(lines) == {"T=1", "T=2", "T=4", "T=8"}
+    assert lines["T=8"] > 80.0
+    assert "SNN statistics" in out and "SNN/ANN" in out
+
+
+def test_convert_example_without_checkpoint_says_what_to_run(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "python", "convert_snn.py")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0 and "run python python/train_noisyquant.py first" in proc.stderr
