@@ -538,6 +538,63 @@ def test_opcheck(backend):
             torch.library.opcheck(ops._integrate_fire_backward_op, args)
 
 
+_AOT_SCRIPT = r"""
+import triton
+from triton.compiler import ASTSource
+from triton.backends.compiler import GPUTarget
+from na_kernels.kernels import integrate_fire as k
+
+target = GPUTarget("cuda", 90, 32)
+for dt in ("fp32", "bf16"):
+    for reset_zero in (False, True):
+        sig = {"x_ptr": f"*{dt}", "spikes_ptr": f"*{dt}", "counts_ptr": "*i32", "v_final_ptr": "*fp32",
+               "h_ptr": "*fp32", "theta_ptr": "*fp32", "v0_ptr": "*fp32", "steps": "i32", "neurons": "i64",
+               "x_step": "i64", "inner": "i64", "channels": "i32", "v_frac": "fp32", "amp": "fp32",
+               "RESET_ZERO": "constexpr", "AMP_IS_THETA": "constexpr", "HAS_V0": "constexpr",
+               "SAVE_H": "constexpr", "BLOCK": "constexpr"}
+        constexprs = {"RESET_ZERO": reset_zero, "AMP_IS_THETA": reset_zero, "HAS_V0": reset_zero,
+                      "SAVE_H": not reset_zero, "BLOCK": 512}
+        triton.compile(ASTSource(k._integrate_fire_forward_kernel, sig, constexprs), target=target)
+        for surrogate in range(4):
+            sig = {"grad_spikes_ptr": f"*{dt}", "grad_v_ptr": "*fp32", "h_ptr": "*fp32", "grad_x_ptr": f"*{dt}",
+                   "grad_v_init_ptr": "*fp32", "theta_ptr": "*fp32", "steps": "i32", "neurons": "i64",
+                   "inner": "i64", "channels": "i32", "amp": "fp32", "alpha": "fp32", "atan_scale": "fp32",
+                   "half_alpha": "fp32", "half_width": "fp32", "RESET_ZERO": "constexpr",
+                   "AMP_IS_THETA": "constexpr", "SURROGATE": "constexpr", "DETACH": "constexpr",
+                   "HAS_GRAD_S": "constexpr", "HAS_GRAD_V": "constexpr", "STORE_GRAD_X": "constexpr",
+                   "STORE_GRAD_V0": "constexpr", "BLOCK": "constexpr"}
+            constexprs = {"RESET_ZERO": reset_zero, "AMP_IS_THETA": not reset_zero, "SURROGATE": surrogate,
+                          "DETACH": surrogate % 2 == 1, "HAS_GRAD_S": True, "HAS_GRAD_V": reset_zero,
+                          "STORE_GRAD_X": True, "STORE_GRAD_V0": not reset_zero, "BLOCK": 512}
+            triton.compile(ASTSource(k._integrate_fire_backward_kernel, sig, constexprs), target=target)
+print("compiled")
+"""
+
+
+@requires_triton
+def test_triton_kernels_compile_for_cuda():
+    """Without a GPU the interpreter runs the kernels as Python; this compiles them for sm_90
+    (Triton's own PTX and cubin path, bundled ptxas) so GPU-only type errors show up anyway."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if HAS_CUDA:
+        pytest.skip("the CUDA tests run the kernels natively")
+    try:
+        from triton.backends.nvidia import compiler  # noqa: F401
+    except ImportError:
+        pytest.skip("triton has no NVIDIA backend")
+    bin_dir = os.path.join(os.path.dirname(compiler.__file__), "bin")
+    if not (os.path.exists(os.path.join(bin_dir, "ptxas")) or shutil.which("ptxas")):
+        pytest.skip("no ptxas")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "0"
+    result = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-4000:]
+
+
 # --------------------------------------------------------------------------- bad input
 
 
