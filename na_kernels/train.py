@@ -23,6 +23,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -248,7 +249,7 @@ def train_epoch(model: nn.Module, loader: BatchLoader, optimizer, scheduler=None
     stats = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     steps = len(loader) if max_steps is None else min(len(loader), max_steps)
     bar = progress(_take(loader, steps), total=steps, desc=desc, enabled=show_progress)
-    for x, y in bar:
+    for i, (x, y) in enumerate(bar):
         with _autocast(device, amp):
             logits = model(x)
             loss = nn.functional.cross_entropy(logits.float(), y)
@@ -261,7 +262,9 @@ def train_epoch(model: nn.Module, loader: BatchLoader, optimizer, scheduler=None
             stats += torch.stack([loss.detach().double() * y.numel(),
                                   (logits.argmax(1) == y).sum().double(),
                                   torch.tensor(float(y.numel()), dtype=torch.float64, device=device)])
-        bar.set_postfix_str(f"loss {stats[0].item() / stats[2].item():.3f} acc {100 * stats[1].item() / stats[2].item():.1f}%")
+        if show_progress and (i % 20 == 0 or i == steps - 1):  # .item() syncs the GPU: not every step
+            s = stats.tolist()
+            bar.set_postfix_str(f"loss {s[0] / s[2]:.3f} acc {100 * s[1] / s[2]:.1f}%")
     stats = _all_reduce_sum(stats)
     n = max(stats[2].item(), 1.0)
     return {"loss": stats[0].item() / n, "acc": stats[1].item() / n}
@@ -410,6 +413,8 @@ def fit(cfg: TrainConfig, train_data: Optional[ImageData] = None, test_data: Opt
 
     net = model
     if world > 1:
+        # conv weights with one input channel get grads in another stride layout: harmless
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     meta = {"num_classes": train_data.num_classes, "in_channels": train_data.in_channels,
             "image_size": train_data.image_size, "world_size": world}

@@ -107,3 +107,17 @@ def test_console_entry_point_help():
     assert proc.returncode == 0
     for command in ("demo", "train", "evaluate", "convert"):
         assert command in proc.stdout
+
+
+def test_progress_falls_back_to_a_plain_stderr_line(monkeypatch, capsys):
+    from na_kernels.train import progress
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    bar = progress(range(5), desc="work")
+    assert list(bar) == [0, 1, 2, 3, 4]
+    bar.set_postfix_str("done")
+    err = capsys.readouterr().err
+    assert "work: 5/5" in err
+    assert list(progress(range(3), desc="quiet", enabled=False)) == [0, 1, 2]
+    assert capsys.readouterr().err == ""
