@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
+#include <vector>
 
 #include "float_convert.h"
 #include "parallel.h"
@@ -33,6 +34,11 @@ struct IFParams {
   int reset;
   bool amp_is_theta;
   float amp;
+  // backward only: when recompute_x is set, h is recomputed from x (x_step apart) and v0
+  // (or v_frac * theta) into a per-thread scratch instead of being read from a saved [T, N]
+  const void* recompute_x = nullptr;
+  const float* v0 = nullptr;
+  float v_frac = 0.0f;
 };
 
 inline int64_t block_count(int64_t n) { return (n + kBlock - 1) / kBlock; }
@@ -116,18 +122,38 @@ void backward_impl(const IFParams& k, const SurrogateParams& g, const void* grad
   using S = Storage<D>;
   const auto* grad_spikes = static_cast<const typename S::type*>(grad_spikes_ptr);
   auto* grad_x = static_cast<typename S::type*>(grad_x_ptr);
+  const auto* x = static_cast<const typename S::type*>(k.recompute_x);
   const int64_t blocks = block_count(k.neurons);
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel num_threads(threads)
+  {
+  // recompute: this block's h of every step, [T, len], stays in this thread's cache-sized scratch
+  std::vector<float> scratch(x ? static_cast<size_t>(k.steps * kBlock) : 0);
+#pragma omp for schedule(static)
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t begin = b * kBlock;
     const int64_t len = begin + kBlock < k.neurons ? kBlock : k.neurons - begin;
     float gv[kBlock], th[kBlock], amp[kBlock];
     load_theta(k, begin, len, th, amp);
+    if (x) {  // the forward's loop, same operations (same bits), keeping h
+      float v[kBlock];
+      for (int64_t j = 0; j < len; ++j) v[j] = k.v0 ? k.v0[begin + j] : k.v_frac * th[j];
+      for (int64_t t = 0; t < k.steps; ++t) {
+        const typename S::type* x_t = x + t * k.x_step + begin;
+        float* h_t = scratch.data() + t * len;
+        for (int64_t j = 0; j < len; ++j) {
+          const float h = v[j] + S::load(x_t, j);
+          const float s = h >= th[j] ? 1.0f : 0.0f;
+          v[j] = R == kSubtract ? h - s * th[j] : h * (1.0f - s);
+          h_t[j] = h;
+        }
+      }
+    }
     for (int64_t j = 0; j < len; ++j) gv[j] = grad_v ? grad_v[begin + j] : 0.0f;
     for (int64_t t = k.steps - 1; t >= 0; --t) {
       const int64_t base = t * k.neurons + begin;
+      const float* h_t = x ? scratch.data() + t * len : h_in + base;
       for (int64_t j = 0; j < len; ++j) {
-        const float h = h_in[base + j];
+        const float h = h_t[j];
         const float u = h - th[j];
         const float sg = surrogate_grad<SG>(g, u);
         float gs = grad_spikes ? S::load(grad_spikes, base + j) * amp[j] : 0.0f;
@@ -146,6 +172,7 @@ void backward_impl(const IFParams& k, const SurrogateParams& g, const void* grad
     }
     if (grad_v_init)
       for (int64_t j = 0; j < len; ++j) grad_v_init[begin + j] = gv[j];
+  }
   }
 }
 
@@ -219,13 +246,22 @@ void integrate_fire_forward(uintptr_t x, int64_t x_step, uintptr_t spikes, uintp
   }
 }
 
-// Addresses: grad_spikes in `dtype` [T, N] or 0 (zero); grad_v float32 [N] or 0 (zero); h float32 [T, N];
+// Addresses: grad_spikes in `dtype` [T, N] or 0 (zero); grad_v float32 [N] or 0 (zero); h float32 [T, N],
+// or 0 to recompute h from x (in `dtype`, steps x_step apart) and v0 (float32 [N], or 0: v_frac * theta);
 // grad_x in `dtype` [T, N] or 0 (not wanted); grad_v_init float32 [N] or 0 (not wanted).
-void integrate_fire_backward(uintptr_t grad_spikes, uintptr_t grad_v, uintptr_t h, uintptr_t grad_x,
-                             uintptr_t grad_v_init, int dtype, int64_t steps, int64_t neurons, int64_t inner,
-                             int64_t channels, uintptr_t theta, int reset, bool amp_is_theta, float amp,
-                             int surrogate, double alpha, bool detach, int threads) {
-  const IFParams k = make_params(steps, neurons, inner, channels, theta, reset, amp_is_theta, amp);
+void integrate_fire_backward(uintptr_t grad_spikes, uintptr_t grad_v, uintptr_t h, uintptr_t x, int64_t x_step,
+                             uintptr_t v0, float v_frac, uintptr_t grad_x, uintptr_t grad_v_init, int dtype,
+                             int64_t steps, int64_t neurons, int64_t inner, int64_t channels, uintptr_t theta,
+                             int reset, bool amp_is_theta, float amp, int surrogate, double alpha, bool detach,
+                             int threads) {
+  IFParams k = make_params(steps, neurons, inner, channels, theta, reset, amp_is_theta, amp);
+  if (neurons == 0) return;
+  if ((h == 0) == (x == 0) || x_step < 0)
+    throw std::invalid_argument("na_kernels: integrate_fire backward needs exactly one of h and x");
+  k.recompute_x = reinterpret_cast<const void*>(x);
+  k.x_step = x_step;
+  k.v0 = reinterpret_cast<const float*>(v0);
+  k.v_frac = v_frac;
   if (surrogate < kSigmoid || surrogate > kRectangle || !(alpha > 0))
     throw std::invalid_argument("na_kernels: bad integrate_fire surrogate");
   if (neurons == 0) return;

@@ -379,45 +379,84 @@ def test_gradient_paths(backend, device):
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_backward_matches_closed_form_reference(backend, device):
-    """The kernels' backward against the closed-form BPTT of the reference (tighter than autograd)."""
+    """The kernels' backward against the closed-form BPTT of the reference (tighter than autograd),
+    from a saved h and from x_seq with h recomputed (which must give the same bits)."""
     x = torch.randn(_small(backend, device, 16, 6), 3, 4, 9, device=device) + 0.2
     threshold = torch.rand(4, device=device) + 0.5
-    _, _, _, h = ref.integrate_fire(x, threshold, return_h=True)
+    v0 = torch.randn(3, 4, 9, device=device)
     grad_spikes = torch.randn(x.shape, device=device)
     grad_v = torch.randn(x.shape[1:], device=device)
     theta32 = threshold.to(torch.float32)
     for reset in (0, 1):
+        _, _, _, h = ref.integrate_fire(x, threshold, v_init=v0, reset=RESETS[reset], return_h=True)
         for surrogate in range(4):
             for detach in (False, True):
-                want = ops._backward_reference(grad_spikes, grad_v, h, theta32, reset, None, surrogate, 3.0, detach,
-                                               torch.float32, True, True)
-                got = ops._BACKWARD[backend](grad_spikes, grad_v, h, theta32, reset, None, surrogate, 3.0, detach,
-                                             torch.float32, True, True)
-                for g, w in zip(got, want):
+                options = (theta32, reset, None, surrogate, 3.0, detach, torch.float32, True, True)
+                want = ops._backward_reference(grad_spikes, grad_v, h, None, None, 0.0, *options)
+                got = ops._BACKWARD[backend](grad_spikes, grad_v, h, None, None, 0.0, *options)
+                recomputed = ops._BACKWARD[backend](grad_spikes, grad_v, None, x, v0, 0.0, *options)
+                for g, r, w in zip(got, recomputed, want):
+                    assert torch.equal(g, r), (reset, surrogate, detach, (g - r).abs().max())
                     if surrogate == 0:  # exp differs by an ulp across math libraries
                         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
                     else:
                         assert torch.equal(g, w), (reset, surrogate, detach, (g - w).abs().max())
 
 
-def test_forward_saves_h_only_when_a_gradient_is_needed(monkeypatch):
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_recompute_equals_saved_h(backend, device):
+    """16-bit and stride-0 inputs keep x instead of h: the same gradient, bit for bit, as keeping h."""
+    steps = _small(backend, device, 12, 5)
+    cases = [
+        torch.randn(steps, 3, 4, 7, device=device).to(torch.float16),
+        torch.randn(3, 4, 7, device=device).expand(steps, 3, 4, 7),
+        _channels_last_seq(steps, 2, 4, 3, 5, device, torch.float16),
+    ]
+    if not (backend == "triton" and device == "cpu"):
+        cases.append(torch.randn(steps, 3, 4, 7, device=device).to(torch.bfloat16))
+    threshold = torch.rand(4, device=device) + 0.5
+    for x in cases:
+        theta32 = threshold.to(torch.float32)
+        v0 = torch.randn(x.shape[1:], device=device)
+        grad_spikes = torch.randn(x.shape, device=device).to(x.dtype)
+        grad_v = torch.randn(x.shape[1:], device=device)
+        with na_kernels.use_backend(backend):
+            _, _, _, h = ops._integrate_fire_op(x, threshold, v0, 0.0, 0, None, 0, 4.0, False, ops.SAVE_H)
+            options = (theta32, 0, None, 1, 2.0, False, x.dtype, True, True)
+            want = ops._integrate_fire_backward_op(grad_spikes, grad_v, h, None, None, 0.0, *options)
+            got = ops._integrate_fire_backward_op(grad_spikes, grad_v, None, x, v0, 0.0, *options)
+            got_frac = ops._integrate_fire_backward_op(grad_spikes, grad_v, None, x, None, 0.25, *options)
+            _, _, _, h_frac = ops._integrate_fire_op(x, threshold, None, 0.25, 0, None, 0, 4.0, False, ops.SAVE_H)
+            want_frac = ops._integrate_fire_backward_op(grad_spikes, grad_v, h_frac, None, None, 0.0, *options)
+        for g, w in zip(got + got_frac, want + want_frac):
+            assert g.stride() == w.stride() and torch.equal(g, w)
+
+
+def test_forward_saves_only_what_backward_needs(monkeypatch):
+    """Nothing in inference; h for fp32 input; x (no extra write) for 16-bit or stride-0 input."""
     seen = []
-    original = ops._FORWARD["reference"]
+    original = ops._integrate_fire_op
 
     def spy(*args):
         seen.append(args[-1])
         return original(*args)
 
-    monkeypatch.setitem(ops._FORWARD, "reference", spy)
+    monkeypatch.setattr(ops, "_integrate_fire_op", spy)
     x = torch.randn(4, 3)
     v0 = torch.zeros(3, requires_grad=True)
-    with na_kernels.use_backend("reference"):
+    na_kernels.integrate_fire(x, 1.0)
+    na_kernels.integrate_fire(x.requires_grad_(), 1.0)
+    with torch.no_grad():
         na_kernels.integrate_fire(x, 1.0)
-        na_kernels.integrate_fire(x.requires_grad_(), 1.0)
-        with torch.no_grad():
-            na_kernels.integrate_fire(x, 1.0)
-        na_kernels.integrate_fire(x.detach(), 1.0, v_init=v0)
-    assert seen == [False, True, False, True]
+    na_kernels.integrate_fire(x.detach(), 1.0, v_init=v0)
+    na_kernels.integrate_fire(x.detach().bfloat16().requires_grad_(), 1.0)
+    na_kernels.integrate_fire(x[0].detach().requires_grad_().expand(4, 3), 1.0)
+    na_kernels.integrate_fire(x[:1].detach().requires_grad_(), 1.0)  # T = 1: stride 0 is no saving
+    assert seen == [ops.SAVE_NOTHING, ops.SAVE_H, ops.SAVE_NOTHING, ops.SAVE_H, ops.SAVE_X, ops.SAVE_X, ops.SAVE_H]
+    # and in inference the forward writes no h
+    with torch.no_grad():
+        *_, h = ops._integrate_fire_op(x, torch.ones(1), None, 0.5, 0, None, 0, 4.0, False, ops.SAVE_NOTHING)
+    assert h.numel() == 0
 
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.id != "triton"])
@@ -513,26 +552,35 @@ def test_opcheck(backend):
     x = torch.randn(4, 2, 3, 5)
     with na_kernels.use_backend(backend):
         cases = [
-            (x, theta, None, 0.5, 0, None, 0, 4.0, False, False),
-            (x.half(), torch.rand(3) + 0.5, None, 0.25, 1, 1.0, 2, 1.0, True, False),
+            (x, theta, None, 0.5, 0, None, 0, 4.0, False, ops.SAVE_NOTHING),
+            (x.half(), torch.rand(3) + 0.5, None, 0.25, 1, 1.0, 2, 1.0, True, ops.SAVE_NOTHING),
             (x.clone().requires_grad_(), theta, torch.randn(2, 3, 5, requires_grad=True), 0.0, 0, None, 1, 2.0,
-             False, True),
-            (x.clone().requires_grad_(), torch.rand(3) + 0.5, None, 0.5, 1, 1.0, 3, 4.0, True, True),
+             False, ops.SAVE_H),
+            (x.clone().requires_grad_(), torch.rand(3) + 0.5, None, 0.5, 1, 1.0, 3, 4.0, True, ops.SAVE_H),
+            (x.half().requires_grad_(), torch.rand(3) + 0.5, torch.randn(2, 3, 5, requires_grad=True), 0.0, 0, None,
+             0, 4.0, False, ops.SAVE_X),
+            (x[:1].expand(4, 2, 3, 5).clone().requires_grad_(), theta, None, 0.5, 1, None, 2, 4.0, True, ops.SAVE_X),
         ]
         x_cl = _channels_last_seq(3, 2, 3, 2, 4, "cpu")
         cases += [
-            (x_cl, torch.rand(3) + 0.5, None, 0.5, 0, None, 0, 4.0, False, False),
+            (x_cl, torch.rand(3) + 0.5, None, 0.5, 0, None, 0, 4.0, False, ops.SAVE_NOTHING),
             (x_cl.clone().requires_grad_(), torch.rand(3) + 0.5, torch.randn(2, 3, 2, 4, requires_grad=True), 0.0, 1,
-             None, 2, 4.0, False, True),
-            (x_cl[:, :, :, :1], theta, None, 0.5, 0, 1.0, 0, 4.0, False, False),  # neither dense nor contiguous
+             None, 2, 4.0, False, ops.SAVE_H),
+            (x_cl.half().requires_grad_(), torch.rand(3) + 0.5, None, 0.5, 0, None, 1, 4.0, False, ops.SAVE_X),
+            (x_cl[:, :, :, :1], theta, None, 0.5, 0, 1.0, 0, 4.0, False, ops.SAVE_NOTHING),  # neither dense nor contiguous
         ]
         for args in cases:
             torch.library.opcheck(ops._integrate_fire_op, args)
         h = ref.integrate_fire(x, 1.0, return_h=True)[3]
+        g, gv = torch.randn(x.shape), torch.randn(x.shape[1:])
         backward_cases = [
-            (torch.randn(x.shape), torch.randn(x.shape[1:]), h, theta, 0, None, 0, 4.0, False, torch.float32, True, True),
-            (None, torch.randn(x.shape[1:]), h, theta, 1, 1.0, 1, 2.0, True, torch.float32, True, False),
-            (torch.randn(x.shape).half(), None, h, theta, 0, None, 3, 4.0, False, torch.float16, False, True),
+            (g, gv, h, None, None, 0.0, theta, 0, None, 0, 4.0, False, torch.float32, True, True),
+            (None, gv, h, None, None, 0.0, theta, 1, 1.0, 1, 2.0, True, torch.float32, True, False),
+            (g.half(), None, h, None, None, 0.0, theta, 0, None, 3, 4.0, False, torch.float16, False, True),
+            (g.half(), gv, None, x.half(), torch.randn(x.shape[1:]), 0.0, theta, 1, None, 2, 4.0, False, torch.float16,
+             True, True),
+            (torch.randn(x_cl.shape), None, None, x_cl, None, 0.5, torch.rand(3) + 0.5, 0, None, 0, 4.0, True,
+             torch.float32, True, True),
         ]
         for args in backward_cases:
             torch.library.opcheck(ops._integrate_fire_backward_op, args)
@@ -557,15 +605,18 @@ for dt in ("fp32", "bf16"):
         triton.compile(ASTSource(k._integrate_fire_forward_kernel, sig, constexprs), target=target)
         for surrogate in range(4):
             sig = {"grad_spikes_ptr": f"*{dt}", "grad_v_ptr": "*fp32", "h_ptr": "*fp32", "grad_x_ptr": f"*{dt}",
-                   "grad_v_init_ptr": "*fp32", "theta_ptr": "*fp32", "steps": "i32", "neurons": "i64",
-                   "inner": "i64", "channels": "i32", "amp": "fp32", "alpha": "fp32", "atan_scale": "fp32",
+                   "grad_v_init_ptr": "*fp32", "theta_ptr": "*fp32", "x_ptr": f"*{dt}", "v0_ptr": "*fp32",
+                   "steps": "i32", "neurons": "i64", "x_step": "i64", "inner": "i64", "channels": "i32",
+                   "v_frac": "fp32", "amp": "fp32", "alpha": "fp32", "atan_scale": "fp32",
                    "half_alpha": "fp32", "half_width": "fp32", "RESET_ZERO": "constexpr",
                    "AMP_IS_THETA": "constexpr", "SURROGATE": "constexpr", "DETACH": "constexpr",
                    "HAS_GRAD_S": "constexpr", "HAS_GRAD_V": "constexpr", "STORE_GRAD_X": "constexpr",
-                   "STORE_GRAD_V0": "constexpr", "BLOCK": "constexpr"}
+                   "STORE_GRAD_V0": "constexpr", "RECOMPUTE": "constexpr", "HAS_V0": "constexpr",
+                   "BLOCK": "constexpr"}
             constexprs = {"RESET_ZERO": reset_zero, "AMP_IS_THETA": not reset_zero, "SURROGATE": surrogate,
                           "DETACH": surrogate % 2 == 1, "HAS_GRAD_S": True, "HAS_GRAD_V": reset_zero,
-                          "STORE_GRAD_X": True, "STORE_GRAD_V0": not reset_zero, "BLOCK": 512}
+                          "STORE_GRAD_X": True, "STORE_GRAD_V0": not reset_zero, "RECOMPUTE": surrogate >= 2,
+                          "HAS_V0": surrogate == 3, "BLOCK": 512}
             triton.compile(ASTSource(k._integrate_fire_backward_kernel, sig, constexprs), target=target)
 print("compiled")
 """

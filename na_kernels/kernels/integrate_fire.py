@@ -10,8 +10,9 @@ of the same pass, and a new T does not recompile (``steps`` is not specialized).
 int64 (T x N may exceed 2^31). Neuron n is in channel (n // inner) % channels.
 
 What is read and written per element of [T, N]: forward reads x and writes the spikes (plus
-h as float32 when the caller will need a backward); backward reads h and grad_spikes and
-writes grad_x. The per-neuron arrays (counts, v_final, v_init, grad_v) are touched once.
+h as float32 when the caller keeps h for backward); backward reads h and grad_spikes and
+writes grad_x (or, when the caller kept x instead of h, first reads x and writes h to a
+scratch buffer, in the same launch). The per-neuron arrays (counts, v_final, v_init, grad_v) are touched once.
 """
 import math
 
@@ -82,15 +83,34 @@ def _surrogate(u, alpha, atan_scale, half_alpha, half_width, SURROGATE: tl.const
 
 @triton.jit(do_not_specialize=["steps"])
 def _integrate_fire_backward_kernel(
-    grad_spikes_ptr, grad_v_ptr, h_ptr, grad_x_ptr, grad_v_init_ptr, theta_ptr,
-    steps, neurons, inner, channels, amp, alpha, atan_scale, half_alpha, half_width,
+    grad_spikes_ptr, grad_v_ptr, h_ptr, grad_x_ptr, grad_v_init_ptr, theta_ptr, x_ptr, v0_ptr,
+    steps, neurons, x_step, inner, channels, v_frac, amp, alpha, atan_scale, half_alpha, half_width,
     RESET_ZERO: tl.constexpr, AMP_IS_THETA: tl.constexpr, SURROGATE: tl.constexpr, DETACH: tl.constexpr,
     HAS_GRAD_S: tl.constexpr, HAS_GRAD_V: tl.constexpr, STORE_GRAD_X: tl.constexpr, STORE_GRAD_V0: tl.constexpr,
-    BLOCK: tl.constexpr,
+    RECOMPUTE: tl.constexpr, HAS_V0: tl.constexpr, BLOCK: tl.constexpr,
 ):
     n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = n < neurons
     theta = tl.load(theta_ptr + (n // inner) % channels, mask=mask, other=1.0)
+    if RECOMPUTE:
+        # the forward's h, recomputed from x and v_init (same operations, same bits) into the
+        # scratch h_ptr, then read back below by the same threads
+        if HAS_V0:
+            v = tl.load(v0_ptr + n, mask=mask, other=0.0)
+        else:
+            v = v_frac * theta
+        h_offsets = n
+        x_offsets = n
+        for _ in range(steps):
+            h = v + tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32)
+            s = tl.where(h >= theta, 1.0, 0.0)
+            if RESET_ZERO:
+                v = h * (1.0 - s)
+            else:
+                v = h - s * theta
+            tl.store(h_ptr + h_offsets, h, mask=mask)
+            h_offsets += neurons
+            x_offsets += x_step
     if HAS_GRAD_V:
         gv = tl.load(grad_v_ptr + n, mask=mask, other=0.0)
     else:
@@ -147,19 +167,24 @@ def integrate_fire_forward(x_seq, spikes, counts, v_final, h, theta, v0, v_frac,
 
 
 def integrate_fire_backward(grad_spikes, grad_v, h, grad_x, grad_v_init, theta, reset, amplitude, surrogate, alpha,
-                            detach_reset, neurons, inner):
+                            detach_reset, neurons, inner, x_seq=None, v0=None, v_frac=0.0):
     """One reverse pass: fills grad_x [T, N] (x's dtype) unless None and grad_v_init float32 [N]
     unless None. grad_spikes [T, N] in x's dtype or None (zero); grad_v float32 [N] or None (zero);
-    h: the forward's float32 [T, N]; all flat in one memory order."""
+    h: the forward's float32 [T, N], or, with x_seq given, a scratch [T, N] float32 that the
+    same launch first fills with h recomputed from x_seq (steps x_seq.stride(0) apart) and v0
+    (float32 [N], or None: v_frac * theta). All flat in one memory order."""
     if neurons == 0 or (grad_x is None and grad_v_init is None):
         return
     alpha = float(alpha)
+    recompute = x_seq is not None
     _integrate_fire_backward_kernel[_grid(neurons)](
         h if grad_spikes is None else grad_spikes, h if grad_v is None else grad_v, h,
         h if grad_x is None else grad_x, h if grad_v_init is None else grad_v_init, theta,
-        h.shape[0], neurons, inner, theta.numel(), 0.0 if amplitude is None else float(amplitude),
-        alpha, math.pi / 2 * alpha, alpha * 0.5, 0.5 / alpha,
+        x_seq if recompute else h, h if v0 is None else v0,
+        h.shape[0], neurons, x_seq.stride(0) if recompute else 0, inner, theta.numel(), float(v_frac),
+        0.0 if amplitude is None else float(amplitude), alpha, math.pi / 2 * alpha, alpha * 0.5, 0.5 / alpha,
         RESET_ZERO=reset == 1, AMP_IS_THETA=amplitude is None, SURROGATE=surrogate, DETACH=detach_reset,
         HAS_GRAD_S=grad_spikes is not None, HAS_GRAD_V=grad_v is not None, STORE_GRAD_X=grad_x is not None,
-        STORE_GRAD_V0=grad_v_init is not None, BLOCK=_BLOCK, num_warps=_NUM_WARPS, enable_fp_fusion=False,
+        STORE_GRAD_V0=grad_v_init is not None, RECOMPUTE=recompute, HAS_V0=v0 is not None,
+        BLOCK=_BLOCK, num_warps=_NUM_WARPS, enable_fp_fusion=False,
     )

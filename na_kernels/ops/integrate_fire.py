@@ -5,11 +5,16 @@ each with a CPU kernel (the C++ extension), a CUDA kernel (Triton) and the PyTor
 as the default for any other device, plus fake rules, so the op runs under
 ``torch.compile(fullgraph=True)`` and ``torch.export`` without graph breaks.
 
-What the forward saves for backward: the float32 ``h = v + x[t]`` of every step ([T, ...],
-the one tensor of T x N elements), the float32 threshold ([1] or [C]) and nothing else. It is
-written only when a gradient is needed (``save_h``: grad mode on and x_seq or a v_init tensor
-requiring grad); in inference the forward writes spikes, counts and v_final only. Backward
-recomputes the spikes from h (``h >= theta``), so neither the spikes nor x_seq are kept.
+What the forward saves for backward (the op's ``save`` argument, chosen by ``integrate_fire``):
+nothing unless grad mode is on and x_seq or a v_init tensor requires grad (inference writes
+spikes, counts and v_final only). Otherwise the smaller of
+  * h = v + x[t] of every step, float32 [T, ...] (``SAVE_H``; fp32 x_seq), the one T x N
+    tensor the forward writes beyond its outputs; backward reads it back;
+  * x_seq itself and the v_init tensor (``SAVE_X``; 16-bit x_seq, half the bytes of h, or an
+    x_seq repeated over T with stride 0, N elements): nothing extra is written, and backward
+    first recomputes h, bit for bit, in the same launch (C++: in a per-thread scratch of
+    T x 1024 floats; Triton: in a float32 [T, ...] buffer that lives for that launch only).
+plus the float32 threshold. The spikes are recomputed from h (``h >= theta``) in backward.
 """
 import numbers
 from typing import Optional, Tuple
@@ -24,6 +29,8 @@ from ..reference import integrate_fire as reference
 RESET_CODES = {"subtract": 0, "zero": 1}
 SURROGATE_CODES = {"sigmoid": 0, "atan": 1, "triangle": 2, "rectangle": 3}
 _RESET_NAMES = {code: name for name, code in RESET_CODES.items()}
+# what the forward keeps for backward (the op's ``save`` argument)
+SAVE_NOTHING, SAVE_H, SAVE_X = 0, 1, 2
 _SURROGATE_NAMES = {code: name for name, code in SURROGATE_CODES.items()}
 
 
@@ -141,6 +148,7 @@ def _prepare(x_seq, threshold, v_init):
 
 
 def _forward_reference(x_seq, threshold, v_init, v_frac, reset, amplitude, save_h):
+    """save_h: whether to return h (else an empty tensor); the same for every backend."""
     layout, _ = _Layout.of_input(x_seq, threshold.numel())
     with torch.no_grad():
         out = reference.integrate_fire(
@@ -210,91 +218,120 @@ _FORWARD = {"reference": _forward_reference, "triton": _forward_triton, "cpu": _
 @torch.library.custom_op("na_kernels::integrate_fire", mutates_args=())
 def _integrate_fire_op(
     x_seq: Tensor, threshold: Tensor, v_init: Optional[Tensor], v_frac: float, reset: int,
-    amplitude: Optional[float], surrogate: int, alpha: float, detach_reset: bool, save_h: bool,
+    amplitude: Optional[float], surrogate: int, alpha: float, detach_reset: bool, save: int,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    return _forward_reference(x_seq, threshold, v_init, v_frac, reset, amplitude, save_h)
+    return _forward_reference(x_seq, threshold, v_init, v_frac, reset, amplitude, save == SAVE_H)
 
 
 @_integrate_fire_op.register_kernel(("cpu", "cuda"))
-def _integrate_fire_device(x_seq, threshold, v_init, v_frac, reset, amplitude, surrogate, alpha, detach_reset, save_h):
+def _integrate_fire_device(x_seq, threshold, v_init, v_frac, reset, amplitude, surrogate, alpha, detach_reset, save):
     forward = _FORWARD[_backend.resolve(x_seq.device)]
-    return forward(x_seq, threshold, v_init, v_frac, reset, amplitude, save_h)
+    return forward(x_seq, threshold, v_init, v_frac, reset, amplitude, save == SAVE_H)
 
 
 @_integrate_fire_op.register_fake
-def _integrate_fire_fake(x_seq, threshold, v_init, v_frac, reset, amplitude, surrogate, alpha, detach_reset, save_h):
+def _integrate_fire_fake(x_seq, threshold, v_init, v_frac, reset, amplitude, surrogate, alpha, detach_reset, save):
     layout, _ = _Layout.of_input(x_seq, threshold.numel())
     steps, device = x_seq.shape[0], x_seq.device
     spikes = layout.empty_seq(steps, x_seq.dtype, device)
     counts = layout.empty_step(torch.int32, device)
     v_final = layout.empty_step(torch.float32, device)
-    h = layout.empty_seq(steps, torch.float32, device) if save_h else _empty_h(x_seq)
+    h = layout.empty_seq(steps, torch.float32, device) if save == SAVE_H else _empty_h(x_seq)
     return spikes, counts, v_final, h
 
 
 # ---------------------------------------------------------------------------- backward
 
 
-def _prepare_backward(grad_spikes, grad_v, h, threshold, x_dtype):
-    """Everything in h's layout (see _Layout): (grad_spikes, grad_v, h, theta, layout)."""
+def _prepare_backward(grad_spikes, grad_v, h, x_seq, v_init, threshold, x_dtype):
+    """Everything in one layout (see _Layout): h's, or, without h, x_seq's (h is then recomputed
+    from x_seq and v_init). Returns (grad_spikes, grad_v, h, x_seq, v0, theta, layout)."""
     theta = _theta32(threshold)
-    layout, _ = _Layout.of_input(h, theta.numel())
-    h = layout.as_seq(h)
+    v0 = None
+    if h is not None:
+        layout, _ = _Layout.of_input(h, theta.numel())
+        h = layout.as_seq(h)
+    else:
+        layout, in_place = _Layout.of_input(x_seq, theta.numel())
+        if not in_place:
+            x_seq = x_seq.contiguous()
+        if v_init is not None:
+            v0 = layout.as_step(v_init.to(torch.float32))
     if grad_spikes is not None:
         grad_spikes = layout.as_seq(grad_spikes.to(x_dtype))
     if grad_v is not None:
         grad_v = layout.as_step(grad_v.to(torch.float32))
-    return grad_spikes, grad_v, h, theta, layout
+    return grad_spikes, grad_v, h, x_seq, v0, theta, layout
 
 
-def _empty_grads(h, layout, x_dtype, need_grad_x, need_grad_v_init):
-    grad_x = layout.empty_seq(h.shape[0], x_dtype, h.device) if need_grad_x else torch.empty(0, dtype=x_dtype, device=h.device)
-    grad_v_init = (layout.empty_step(torch.float32, h.device) if need_grad_v_init
-                   else torch.empty(0, dtype=torch.float32, device=h.device))
+def _backward_layout(h, x_seq, threshold):
+    return _Layout.of_input(h if h is not None else x_seq, threshold.numel())[0]
+
+
+def _empty_grads(steps, layout, x_dtype, device, need_grad_x, need_grad_v_init):
+    grad_x = layout.empty_seq(steps, x_dtype, device) if need_grad_x else torch.empty(0, dtype=x_dtype, device=device)
+    grad_v_init = (layout.empty_step(torch.float32, device) if need_grad_v_init
+                   else torch.empty(0, dtype=torch.float32, device=device))
     return grad_x, grad_v_init
 
 
-def _backward_reference(grad_spikes, grad_v, h, threshold, reset, amplitude, surrogate, alpha, detach_reset,
-                        x_dtype, need_grad_x, need_grad_v_init):
-    layout, _ = _Layout.of_input(h, threshold.numel())
+def _backward_reference(grad_spikes, grad_v, h, x_seq, v_init, v_frac, threshold, reset, amplitude, surrogate, alpha,
+                        detach_reset, x_dtype, need_grad_x, need_grad_v_init):
+    layout = _backward_layout(h, x_seq, threshold)
+    if h is None:
+        with torch.no_grad():
+            h = reference.integrate_fire(
+                x_seq, _reference_threshold(threshold), v_init=v_frac if v_init is None else v_init,
+                reset=_RESET_NAMES[reset], return_h=True,
+            )[3]
     grad_x, grad_v_init = reference.integrate_fire_backward(
         grad_spikes, grad_v, h, _reference_threshold(threshold), reset=_RESET_NAMES[reset],
         amplitude=_amplitude_name(amplitude), surrogate=_SURROGATE_NAMES[surrogate], alpha=alpha,
         detach_reset=detach_reset,
     )
-    empty_x, empty_v = _empty_grads(h, layout, x_dtype, False, False)
+    empty_x, empty_v = _empty_grads(h.shape[0], layout, x_dtype, h.device, False, False)
     grad_x = layout.as_seq(grad_x.to(x_dtype)) if need_grad_x else empty_x
     grad_v_init = layout.as_step(grad_v_init) if need_grad_v_init else empty_v
     return grad_x, grad_v_init
 
 
-def _backward_triton(grad_spikes, grad_v, h, threshold, reset, amplitude, surrogate, alpha, detach_reset,
-                     x_dtype, need_grad_x, need_grad_v_init):
+def _backward_triton(grad_spikes, grad_v, h, x_seq, v_init, v_frac, threshold, reset, amplitude, surrogate, alpha,
+                     detach_reset, x_dtype, need_grad_x, need_grad_v_init):
     from ..kernels import integrate_fire as kernels
 
-    grad_spikes, grad_v, h, theta, layout = _prepare_backward(grad_spikes, grad_v, h, threshold, x_dtype)
-    grad_x, grad_v_init = _empty_grads(h, layout, x_dtype, need_grad_x, need_grad_v_init)
+    grad_spikes, grad_v, h, x_seq, v0, theta, layout = _prepare_backward(
+        grad_spikes, grad_v, h, x_seq, v_init, threshold, x_dtype)
+    recompute = h is None
+    source = x_seq if recompute else h
+    grad_x, grad_v_init = _empty_grads(source.shape[0], layout, x_dtype, source.device, need_grad_x, need_grad_v_init)
+    if recompute:  # scratch for the recomputed h, alive for this launch only
+        h = layout.empty_seq(x_seq.shape[0], torch.float32, x_seq.device) if need_grad_x or need_grad_v_init else None
     kernels.integrate_fire_backward(
         grad_spikes, grad_v, h, grad_x if need_grad_x else None, grad_v_init if need_grad_v_init else None, theta,
         reset, amplitude, surrogate, alpha, detach_reset, layout.neurons, layout.inner,
+        x_seq=x_seq if recompute else None, v0=v0, v_frac=v_frac,
     )
     return grad_x, grad_v_init
 
 
-def _backward_cpp(grad_spikes, grad_v, h, threshold, reset, amplitude, surrogate, alpha, detach_reset,
-                  x_dtype, need_grad_x, need_grad_v_init):
+def _backward_cpp(grad_spikes, grad_v, h, x_seq, v_init, v_frac, threshold, reset, amplitude, surrogate, alpha,
+                  detach_reset, x_dtype, need_grad_x, need_grad_v_init):
     if not _has_cpp("integrate_fire_backward"):
-        return _backward_reference(grad_spikes, grad_v, h, threshold, reset, amplitude, surrogate, alpha,
-                                   detach_reset, x_dtype, need_grad_x, need_grad_v_init)
-    grad_spikes, grad_v, h, theta, layout = _prepare_backward(grad_spikes, grad_v, h, threshold, x_dtype)
-    grad_x, grad_v_init = _empty_grads(h, layout, x_dtype, need_grad_x, need_grad_v_init)
-    if not (need_grad_x or need_grad_v_init):
+        return _backward_reference(grad_spikes, grad_v, h, x_seq, v_init, v_frac, threshold, reset, amplitude,
+                                   surrogate, alpha, detach_reset, x_dtype, need_grad_x, need_grad_v_init)
+    grad_spikes, grad_v, h, x_seq, v0, theta, layout = _prepare_backward(
+        grad_spikes, grad_v, h, x_seq, v_init, threshold, x_dtype)
+    source = x_seq if h is None else h
+    grad_x, grad_v_init = _empty_grads(source.shape[0], layout, x_dtype, source.device, need_grad_x, need_grad_v_init)
+    if layout.neurons == 0 or not (need_grad_x or need_grad_v_init):
         return grad_x, grad_v_init
     cpu.extension().integrate_fire_backward(
         0 if grad_spikes is None else grad_spikes.data_ptr(), 0 if grad_v is None else grad_v.data_ptr(),
-        h.data_ptr(), grad_x.data_ptr() if need_grad_x else 0, grad_v_init.data_ptr() if need_grad_v_init else 0,
-        cpu.DTYPE_CODES[x_dtype], h.shape[0], layout.neurons, layout.inner, theta.numel(), theta.data_ptr(), reset,
-        amplitude is None, 0.0 if amplitude is None else amplitude, surrogate, alpha, detach_reset,
+        0 if h is None else h.data_ptr(), 0 if h is not None else x_seq.data_ptr(),
+        0 if h is not None else x_seq.stride(0), 0 if v0 is None else v0.data_ptr(), v_frac,
+        grad_x.data_ptr() if need_grad_x else 0, grad_v_init.data_ptr() if need_grad_v_init else 0,
+        cpu.DTYPE_CODES[x_dtype], source.shape[0], layout.neurons, layout.inner, theta.numel(), theta.data_ptr(),
+        reset, amplitude is None, 0.0 if amplitude is None else amplitude, surrogate, alpha, detach_reset,
         cpu.num_threads(),
     )
     return grad_x, grad_v_init
@@ -305,56 +342,64 @@ _BACKWARD = {"reference": _backward_reference, "triton": _backward_triton, "cpu"
 
 @torch.library.custom_op("na_kernels::integrate_fire_backward", mutates_args=())
 def _integrate_fire_backward_op(
-    grad_spikes: Optional[Tensor], grad_v: Optional[Tensor], h: Tensor, threshold: Tensor, reset: int,
-    amplitude: Optional[float], surrogate: int, alpha: float, detach_reset: bool, x_dtype: torch.dtype,
-    need_grad_x: bool, need_grad_v_init: bool,
+    grad_spikes: Optional[Tensor], grad_v: Optional[Tensor], h: Optional[Tensor], x_seq: Optional[Tensor],
+    v_init: Optional[Tensor], v_frac: float, threshold: Tensor, reset: int, amplitude: Optional[float], surrogate: int,
+    alpha: float, detach_reset: bool, x_dtype: torch.dtype, need_grad_x: bool, need_grad_v_init: bool,
 ) -> Tuple[Tensor, Tensor]:
-    return _backward_reference(grad_spikes, grad_v, h, threshold, reset, amplitude, surrogate, alpha, detach_reset,
-                               x_dtype, need_grad_x, need_grad_v_init)
+    """BPTT from the saved h, or (h None) from x_seq and v_init / v_frac, h recomputed."""
+    return _backward_reference(grad_spikes, grad_v, h, x_seq, v_init, v_frac, threshold, reset, amplitude, surrogate,
+                               alpha, detach_reset, x_dtype, need_grad_x, need_grad_v_init)
 
 
 @_integrate_fire_backward_op.register_kernel(("cpu", "cuda"))
-def _integrate_fire_backward_device(grad_spikes, grad_v, h, threshold, reset, amplitude, surrogate, alpha,
-                                    detach_reset, x_dtype, need_grad_x, need_grad_v_init):
-    backward = _BACKWARD[_backend.resolve(h.device)]
-    return backward(grad_spikes, grad_v, h, threshold, reset, amplitude, surrogate, alpha, detach_reset,
-                    x_dtype, need_grad_x, need_grad_v_init)
+def _integrate_fire_backward_device(grad_spikes, grad_v, h, x_seq, v_init, v_frac, threshold, reset, amplitude,
+                                    surrogate, alpha, detach_reset, x_dtype, need_grad_x, need_grad_v_init):
+    source = x_seq if h is None else h
+    backward = _BACKWARD[_backend.resolve(source.device)]
+    return backward(grad_spikes, grad_v, h, x_seq, v_init, v_frac, threshold, reset, amplitude, surrogate, alpha,
+                    detach_reset, x_dtype, need_grad_x, need_grad_v_init)
 
 
 @_integrate_fire_backward_op.register_fake
-def _integrate_fire_backward_fake(grad_spikes, grad_v, h, threshold, reset, amplitude, surrogate, alpha,
-                                  detach_reset, x_dtype, need_grad_x, need_grad_v_init):
-    layout, _ = _Layout.of_input(h, threshold.numel())
-    return _empty_grads(h, layout, x_dtype, need_grad_x, need_grad_v_init)
+def _integrate_fire_backward_fake(grad_spikes, grad_v, h, x_seq, v_init, v_frac, threshold, reset, amplitude,
+                                  surrogate, alpha, detach_reset, x_dtype, need_grad_x, need_grad_v_init):
+    source = x_seq if h is None else h
+    layout = _backward_layout(h, x_seq, threshold)
+    return _empty_grads(source.shape[0], layout, x_dtype, source.device, need_grad_x, need_grad_v_init)
 
 
 # ---------------------------------------------------------------------------- autograd
 
 
 def _setup_context(ctx, inputs, output):
-    x_seq, threshold, v_init, v_frac, reset, amplitude, surrogate, alpha, detach_reset, save_h = inputs
+    x_seq, threshold, v_init, v_frac, reset, amplitude, surrogate, alpha, detach_reset, save = inputs
     spikes, counts, v_final, h = output
     ctx.mark_non_differentiable(counts, h)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(h, threshold)
-    ctx.save_h = save_h
+    if save == SAVE_X:  # keep x_seq (and v_init): backward recomputes h
+        ctx.save_for_backward(None, x_seq, v_init, threshold)
+    else:
+        ctx.save_for_backward(h, None, None, threshold)
+    ctx.save = save
+    ctx.v_frac = v_frac
     ctx.x_dtype = x_seq.dtype
     ctx.options = (reset, amplitude, surrogate, alpha, detach_reset)
 
 
 def _backward(ctx, grad_spikes, grad_counts, grad_v, grad_h):
-    h, threshold = ctx.saved_tensors
+    h, x_seq, v_init, threshold = ctx.saved_tensors
     need_grad_x = ctx.needs_input_grad[0]
     need_grad_v_init = ctx.needs_input_grad[2]
     if not (need_grad_x or need_grad_v_init) or (grad_spikes is None and grad_v is None):
         return None, None, None, None, None, None, None, None, None, None
-    if not ctx.save_h:
+    if ctx.save == SAVE_NOTHING:
         raise RuntimeError(
-            "integrate_fire: backward needs h, which the forward saves only when called with grad mode on "
-            "and an input that requires grad (save_h=True)"
+            "integrate_fire: backward needs what the forward saves only when called with grad mode on "
+            "and an input that requires grad (save != 0)"
         )
     grad_x, grad_v_init = _integrate_fire_backward_op(
-        grad_spikes, grad_v, h, threshold, *ctx.options, ctx.x_dtype, need_grad_x, need_grad_v_init
+        grad_spikes, grad_v, h, x_seq, v_init, ctx.v_frac, threshold, *ctx.options, ctx.x_dtype, need_grad_x,
+        need_grad_v_init,
     )
     return (grad_x if need_grad_x else None, None, grad_v_init if need_grad_v_init else None,
             None, None, None, None, None, None, None)
@@ -469,12 +514,15 @@ def integrate_fire(x_seq, threshold=1.0, *, v_init=0.5, reset="subtract", amplit
         v_tensor, v_frac = v_init.to(torch.float32), 0.0
     else:
         v_tensor, v_frac = None, v_init
-    save_h = torch.is_grad_enabled() and (
-        x_seq.requires_grad or (v_tensor is not None and v_tensor.requires_grad)
-    )
+    save = SAVE_NOTHING
+    if torch.is_grad_enabled() and (x_seq.requires_grad or (v_tensor is not None and v_tensor.requires_grad)):
+        # keep the smaller of h (float32, T x N) and x_seq: x_seq when it is 16-bit or one step
+        # repeated over T (stride 0: N elements), and backward recomputes h from it
+        cheaper_x = x_seq.element_size() < 4 or (x_seq.shape[0] > 1 and x_seq.stride(0) == 0)
+        save = SAVE_X if cheaper_x else SAVE_H
     spikes, counts, v_final, _ = _integrate_fire_op(
         x_seq, threshold, v_tensor, v_frac, RESET_CODES[reset], amplitude, SURROGATE_CODES[surrogate], alpha,
-        detach_reset, save_h,
+        detach_reset, save,
     )
     if return_v:
         return spikes, counts, v_final
