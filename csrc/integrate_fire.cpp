@@ -9,6 +9,8 @@
 // Backward walks t from T-1 down to 0 with the incoming grad of v per neuron:
 //   sg = surrogate(h - theta);  grad_s = grad_spikes[t] * amp  (- theta * gv | - h * gv  unless detach)
 //   gh = grad_s * sg + gv * (1 | 1 - s);  grad_x[t] = gh;  gv = gh;   grad_v_init = gv at the end.
+// h is either the forward's saved [T, N] or, when the caller kept x instead, recomputed per block
+// by the forward's own loop into a per-thread scratch of T x kBlock floats (no [T, N] buffer).
 #include <pybind11/pybind11.h>
 
 #include <cmath>
