@@ -489,8 +489,10 @@ def integrate_fire(x_seq, threshold=1.0, *, v_init=0.5, reset="subtract", amplit
         counts int32 and v_final float32 of shape x_seq.shape[1:].
 
     Backward is BPTT over all T steps in one reverse pass; gradients flow to x_seq, to a
-    v_init tensor, from spikes and from v_final. The forward keeps h = v + x[t] (float32,
-    [T, ...]) for it, and only when grad mode is on and x_seq or v_init requires grad.
+    v_init tensor, from spikes and from v_final. For it the forward keeps, only when grad mode
+    is on and x_seq or v_init requires grad, the smaller of h = v + x[t] (float32, [T, ...]) and
+    x_seq itself (16-bit x_seq, or one step repeated over T with ``expand``), from which backward
+    recomputes h exactly. Outputs keep x_seq's per-step memory layout (e.g. channels-last).
     """
     check_float_tensor("x_seq", x_seq)
     if x_seq.dim() < 2:
