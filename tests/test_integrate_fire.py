@@ -459,6 +459,32 @@ def test_forward_saves_only_what_backward_needs(monkeypatch):
     assert h.numel() == 0
 
 
+class _CountingKernel:
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches += 1
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+@requires_triton
+def test_triton_one_launch_each_way(monkeypatch):
+    """All T steps in one forward launch and one backward launch (h saved or recomputed)."""
+    forward = _CountingKernel(triton_kernels._integrate_fire_forward_kernel)
+    backward = _CountingKernel(triton_kernels._integrate_fire_backward_kernel)
+    monkeypatch.setattr(triton_kernels, "_integrate_fire_forward_kernel", forward)
+    monkeypatch.setattr(triton_kernels, "_integrate_fire_backward_kernel", backward)
+    with na_kernels.use_backend("triton"):
+        for dtype in (torch.float32, torch.float16):  # saves h / saves x and recomputes
+            x = torch.randn(7, 2, 600, device=TRITON_DEVICE).to(dtype).requires_grad_()
+            spikes, counts, v = na_kernels.integrate_fire(x, 1.0, return_v=True)
+            torch.autograd.grad(spikes.float().sum() + v.sum(), (x,))
+    assert forward.launches == 2 and backward.launches == 2
+
+
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.id != "triton"])
 def test_big_backward(backend, device):
     x = (torch.randn(3, 2**20 + 3) + 0.3).requires_grad_()
