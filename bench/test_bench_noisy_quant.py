@@ -60,7 +60,7 @@ def test_noisy_quant(benchmark, copy_bandwidth, fresh_compiler, mode, size, dtyp
 
     run_case(
         benchmark, fn, group=f"noisy_quant {mode} {size} {dtype}", impl=impl, copy_bandwidth=copy_bandwidth,
-        bytes_moved=bytes_moved, grad_to_none=(x, lam) if backward else (),
+        bytes_moved=bytes_moved, grad_to_none=(x, lam) if backward else (), warmup=2 if impl == "compile" else 1,
         info={"op": "noisy_quant", "mode": mode, "size": size, "shape": list(shape), "dtype": dtype,
               "numel": numel, "p": P, "noise": "uniform", "backend": _backend_name(impl)},
     )
