@@ -302,6 +302,10 @@ class BatchLoader:
         self.data, self.batch_size, self.shuffle, self.augment = data, batch_size, shuffle, augment
         self.drop_last, self.device, self.seed = drop_last, torch.device(device), seed
         self.rank, self.world_size, self.epoch = rank, world_size, 0
+        # on a GPU the uint8 images live there (CIFAR: 150 MB): batches are gathered and
+        # augmented on the device; the random indices and offsets still come from CPU generators
+        self._images = data.images.to(self.device) if self.device.type == "cuda" else data.images
+        self._labels = data.labels.to(self.device) if self.device.type == "cuda" else data.labels
         self._mean = torch.tensor(data.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self._std = torch.tensor(data.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
 
@@ -333,8 +337,9 @@ class BatchLoader:
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 4099 + self.rank + 7)
         for b in range(len(self)):
             sel = idx[b * self.batch_size: (b + 1) * self.batch_size]
-            x = self.data.images[sel]
-            y = self.data.labels[sel]
+            sel = sel.to(self._images.device)
+            x = self._images[sel]
+            y = self._labels[sel]
             if self.augment:
                 x = self._augment(x, g)
             x = x.to(self.device, non_blocking=True).float()
@@ -346,13 +351,14 @@ class BatchLoader:
         pad = self.data.crop_padding
         if pad > 0:
             xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-            oy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
-            ox = torch.randint(0, 2 * pad + 1, (n,), generator=g)
-            rows = (oy[:, None] + torch.arange(h)[None, :])  # [n, h]
-            cols = (ox[:, None] + torch.arange(w)[None, :])  # [n, w]
-            nidx = torch.arange(n)[:, None, None]
+            dev = x.device
+            oy = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(dev)
+            ox = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(dev)
+            rows = (oy[:, None] + torch.arange(h, device=dev)[None, :])  # [n, h]
+            cols = (ox[:, None] + torch.arange(w, device=dev)[None, :])  # [n, w]
+            nidx = torch.arange(n, device=dev)[:, None, None]
             x = xp.permute(0, 2, 3, 1)[nidx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
         if self.data.flip:
-            f = torch.rand(n, generator=g) < 0.5
+            f = (torch.rand(n, generator=g) < 0.5).to(x.device)
             x = torch.where(f[:, None, None, None], x.flip(-1), x)
         return x.contiguous()
