@@ -214,13 +214,15 @@ def _init_distributed(device: torch.device) -> Tuple[int, int]:
 
 
 def _pick_device(device: Optional[str]) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        _, _, local_rank = dist_info()
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+    """``device`` as given (``cuda`` without an index: this process's LOCAL_RANK GPU);
+    default: the LOCAL_RANK GPU if there is one, else the CPU."""
+    dev = torch.device(device) if device is not None else (
+        torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    if dev.type == "cuda":
+        if dev.index is None:
+            dev = torch.device("cuda", dist_info()[2])
+        torch.cuda.set_device(dev)
+    return dev
 
 
 def _autocast(device: torch.device, amp: bool):
