@@ -16,7 +16,6 @@ scratch buffer, in the same launch). The per-neuron arrays (counts, v_final, v_i
 """
 import math
 
-import torch
 import triton
 import triton.language as tl
 
