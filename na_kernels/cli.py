@@ -205,6 +205,11 @@ def _demo(args, t0: float, show: bool) -> int:
     print(f"rate = spikes per neuron per step (T={max(Ts)}); energy = estimated SNN/ANN energy per image at T={energy_T} "
           "(0.9 pJ/AC, 4.6 pJ/MAC)")
     print(table)
+    for r in results:
+        r["first_T_within_1pt"] = next((T for T in Ts if r["snn"]["per_T"][T]["acc"] >= r["ann_acc"] - 0.01), None)
+    print("first T at which the SNN is within 1 point of its ANN: " + ", ".join(
+        f"{r['name']} T={r['first_T_within_1pt'] or '>' + str(max(Ts))}" for r in results))
+    print(f"(one test image = {100 / len(test):.2f} points)")
     os.makedirs(args.out, exist_ok=True)
     report = {
         "command": "na-kernels demo", "version": __version__, "seed": args.seed, "quick": bool(args.quick),
