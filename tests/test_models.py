@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from na_kernels.models import MODELS, build_model
+from na_kernels.models import build_model
 from na_kernels.nn import NoisyQuant, replace_activations, to_snn
 
 # parameters with 10 classes (CIFAR stems); ReLU modules = activation sites
