@@ -306,9 +306,6 @@ def cmd_convert(args) -> int:
             json.dump({"checkpoint": args.checkpoint, "config": cfg, "epoch": state["epoch"], "T": args.T,
                        "ann_acc": ann_acc, "snn_acc_every_t": acc, "statistics": stats}, f, indent=2, default=str)
         print(f"report: {args.report}")
-    if args.save:
-        torch.save(snn.cpu(), args.save)
-        print(f"SNN module: {args.save} (torch.load(path, weights_only=False))")
     return 0
 
 
@@ -381,7 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, helptext in (("evaluate", "test accuracy of a checkpoint (the quantized ANN, noise off)"),
                            ("convert", "convert a checkpoint to an SNN; accuracy at every t <= T, spikes, energy")):
-        c = sub.add_parser(name, help=helptext, description=helptext)
+        description = helptext
+        if name == "convert":
+            description += (". Conversion is deterministic and takes a second, so the checkpoint is the artifact; "
+                            "in Python: na_kernels.nn.to_snn(na_kernels.train.network_from_checkpoint("
+                            "na_kernels.train.load_checkpoint(path)), T)")
+        c = sub.add_parser(name, help=helptext, description=description)
         c.add_argument("--checkpoint", required=True, help="a checkpoint written by na-kernels train")
         c.add_argument("--data-dir", default=None, help="dataset folder (default: the one it was trained on)")
         c.add_argument("--batch-size", type=_positive_int, default=256)
@@ -394,7 +396,6 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--T", type=_positive_int, default=32, help="time steps (default 32)")
             c.add_argument("--chunk", type=_positive_int, default=None, help="steps per kernel call (memory)")
             c.add_argument("--report", default=None, help="write a JSON report here")
-            c.add_argument("--save", default=None, help="torch.save the SNN module here")
             c.set_defaults(func=cmd_convert)
     return parser
 
