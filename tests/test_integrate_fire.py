@@ -337,7 +337,10 @@ def _grad_case(backend, device, dtype, reset, surrogate, detach_reset, amplitude
 @pytest.mark.parametrize("reset", RESETS)
 @pytest.mark.parametrize("detach_reset", [False, True])
 @pytest.mark.parametrize("surrogate", SURROGATES)
-def test_gradients_match_autograd_through_reference(backend, device, reset, detach_reset, surrogate):
+@pytest.mark.parametrize("save", ["h", "x"])
+def test_gradients_match_autograd_through_reference(backend, device, reset, detach_reset, surrogate, save,
+                                                    monkeypatch):
+    monkeypatch.setattr(ops, "_choose_save", lambda x_seq: ops.SAVE_H if save == "h" else ops.SAVE_X)
     got, want = _grad_case(backend, device, torch.float32, reset, surrogate, detach_reset, "threshold")
     for g, w in zip(got, want):
         assert g.dtype == w.dtype
@@ -432,7 +435,8 @@ def test_recompute_equals_saved_h(backend, device):
 
 
 def test_forward_saves_only_what_backward_needs(monkeypatch):
-    """Nothing in inference; h for fp32 input; x (no extra write) for 16-bit or stride-0 input."""
+    """Nothing in inference; x_seq (no extra write) on CPU, for 16-bit and for stride-0 input;
+    h for fp32 input on CUDA."""
     seen = []
     original = ops._integrate_fire_op
 
@@ -451,7 +455,12 @@ def test_forward_saves_only_what_backward_needs(monkeypatch):
     na_kernels.integrate_fire(x.detach().bfloat16().requires_grad_(), 1.0)
     na_kernels.integrate_fire(x[0].detach().requires_grad_().expand(4, 3), 1.0)
     na_kernels.integrate_fire(x[:1].detach().requires_grad_(), 1.0)  # T = 1: stride 0 is no saving
-    assert seen == [ops.SAVE_NOTHING, ops.SAVE_H, ops.SAVE_NOTHING, ops.SAVE_H, ops.SAVE_X, ops.SAVE_X, ops.SAVE_H]
+    # CPU tensors keep x (see _choose_save); CUDA fp32 keeps h, checked below without a GPU
+    assert seen == [ops.SAVE_NOTHING, ops.SAVE_X, ops.SAVE_NOTHING, ops.SAVE_X, ops.SAVE_X, ops.SAVE_X, ops.SAVE_X]
+    cuda_like = dict(device=torch.device("cuda"), shape=(4, 3), element_size=lambda: 4, stride=lambda dim: 3)
+    assert ops._choose_save(types.SimpleNamespace(**cuda_like)) == ops.SAVE_H
+    assert ops._choose_save(types.SimpleNamespace(**{**cuda_like, "element_size": lambda: 2})) == ops.SAVE_X
+    assert ops._choose_save(types.SimpleNamespace(**{**cuda_like, "stride": lambda dim: 0})) == ops.SAVE_X
     # and in inference the forward writes no h
     with torch.no_grad():
         *_, h = ops._integrate_fire_op(x, torch.ones(1), None, 0.5, 0, None, 0, 4.0, False, ops.SAVE_NOTHING)
