@@ -3,10 +3,12 @@ per-block partial sums of grad_lam. Same arithmetic, in the same order, as
 ``na_kernels/reference/noisy_quant.py``; the noise is ``tl.rand``/``tl.randn`` of
 (seed, flat index), regenerated in backward instead of stored.
 
-x is viewed as rows of ``inner`` elements: row r belongs to channel ``r % channels``
-(a per-channel lam along dim 1; one row and one channel for a scalar lam). Each program
-handles BLOCK elements of one row, so the channel is a per-program scalar and the
-grad_lam partial sums never straddle two channels.
+x is viewed as a [rows, inner] matrix: row r belongs to channel ``r % channels`` (a
+per-channel lam along dim 1; one row and one channel for a scalar lam). Each program
+handles a [BLOCK_R, BLOCK_C] tile: whole short rows (a per-channel lam after a Linear layer
+or on a 4x4 feature map) or a slice of one long row. Backward writes one grad_lam partial
+sum per (row, column block), so a sum never straddles two channels and the final reduction
+is deterministic.
 """
 import torch
 import triton
@@ -16,11 +18,14 @@ NO_NOISE, UNIFORM, GAUSSIAN = 0, 1, 2
 
 
 @triton.jit
-def _block_offsets(inner, blocks_per_row, BLOCK: tl.constexpr):
+def _tile(rows, inner, channels, blocks_per_row, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(row indices [BLOCK_R], flat offsets [BLOCK_R, BLOCK_C], mask, channel of each row)."""
     pid = tl.program_id(0)
-    row = pid // blocks_per_row
-    col = (pid % blocks_per_row).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    return row, row.to(tl.int64) * inner + col, col < inner
+    row = (pid // blocks_per_row) * BLOCK_R + tl.arange(0, BLOCK_R)
+    col = (pid % blocks_per_row).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    offsets = row.to(tl.int64)[:, None] * inner + col[None, :]
+    mask = (row < rows)[:, None] & (col < inner)[None, :]
+    return row, offsets, mask, row % channels
 
 
 @triton.jit
@@ -35,11 +40,11 @@ def _shifted_z(x, inv_step, seed_ptr, offsets, scale, shift, NOISE: tl.constexpr
 
 @triton.jit
 def _noisy_quant_forward_kernel(
-    x_ptr, y_ptr, lam_ptr, seed_ptr, inner, channels, blocks_per_row, p, scale, shift,
-    NOISE: tl.constexpr, BLOCK: tl.constexpr,
+    x_ptr, y_ptr, lam_ptr, seed_ptr, rows, inner, channels, blocks_per_row, p, scale, shift,
+    NOISE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    row, offsets, mask = _block_offsets(inner, blocks_per_row, BLOCK)
-    lam = tl.load(lam_ptr + row % channels)
+    row, offsets, mask, channel = _tile(rows, inner, channels, blocks_per_row, BLOCK_R, BLOCK_C)
+    lam = tl.load(lam_ptr + channel, mask=row < rows, other=1.0)[:, None]
     inv_step = tl.div_rn(p, lam)
     x = tl.load(x_ptr + offsets, mask=mask).to(tl.float32)
     q_raw = tl.floor(_shifted_z(x, inv_step, seed_ptr, offsets, scale, shift, NOISE))
@@ -50,11 +55,12 @@ def _noisy_quant_forward_kernel(
 
 @triton.jit
 def _noisy_quant_backward_kernel(
-    grad_y_ptr, x_ptr, grad_x_ptr, partial_ptr, lam_ptr, seed_ptr, inner, channels, blocks_per_row,
-    p, scale, shift, NOISE: tl.constexpr, NEED_GRAD_LAM: tl.constexpr, BLOCK: tl.constexpr,
+    grad_y_ptr, x_ptr, grad_x_ptr, partial_ptr, lam_ptr, seed_ptr, rows, inner, channels, blocks_per_row,
+    p, scale, shift, NOISE: tl.constexpr, NEED_GRAD_LAM: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
-    row, offsets, mask = _block_offsets(inner, blocks_per_row, BLOCK)
-    lam = tl.load(lam_ptr + row % channels)
+    row, offsets, mask, channel = _tile(rows, inner, channels, blocks_per_row, BLOCK_R, BLOCK_C)
+    lam = tl.load(lam_ptr + channel, mask=row < rows, other=1.0)[:, None]
     inv_step = tl.div_rn(p, lam)
     x = tl.load(x_ptr + offsets, mask=mask).to(tl.float32)
     grad_y = tl.load(grad_y_ptr + offsets, mask=mask).to(tl.float32)
@@ -63,15 +69,20 @@ def _noisy_quant_backward_kernel(
     tl.store(grad_x_ptr + offsets, tl.where(inside, grad_y, 0.0).to(grad_x_ptr.dtype.element_ty), mask=mask)
     if NEED_GRAD_LAM:
         g = tl.where(inside, tl.div_rn(q_raw, p) - tl.div_rn(x, lam), tl.where(q_raw > p, 1.0, 0.0))
-        contribution = tl.where(mask, grad_y * g, 0.0)
-        tl.store(partial_ptr + tl.program_id(0), tl.sum(contribution, axis=0))
+        row_sums = tl.sum(tl.where(mask, grad_y * g, 0.0), axis=1)
+        column_block = tl.program_id(0) % blocks_per_row
+        tl.store(partial_ptr + row.to(tl.int64) * blocks_per_row + column_block, row_sums, mask=row < rows)
 
 
-def _launch_geometry(numel, inner):
-    block = min(1024, triton.next_power_of_2(max(inner, 16)))
-    blocks_per_row = triton.cdiv(inner, block)
-    rows = numel // inner
-    return block, blocks_per_row, rows * blocks_per_row
+TILE = 1024  # elements per program
+
+
+def _launch_geometry(rows, inner):
+    """(BLOCK_R, BLOCK_C, blocks per row, programs) for a [rows, inner] view."""
+    block_c = min(TILE, triton.next_power_of_2(inner))
+    block_r = min(TILE // block_c, triton.next_power_of_2(rows))
+    blocks_per_row = triton.cdiv(inner, block_c)
+    return block_r, block_c, blocks_per_row, triton.cdiv(rows, block_r) * blocks_per_row
 
 
 def noisy_quant_forward(x, lam, seed, p, noise_kind, scale, shift, inner):
@@ -79,23 +90,26 @@ def noisy_quant_forward(x, lam, seed, p, noise_kind, scale, shift, inner):
     y = torch.empty_like(x)
     if x.numel() == 0:
         return y
-    block, blocks_per_row, programs = _launch_geometry(x.numel(), inner)
+    rows = x.numel() // inner
+    block_r, block_c, blocks_per_row, programs = _launch_geometry(rows, inner)
     _noisy_quant_forward_kernel[(programs,)](
-        x, y, lam, seed, inner, lam.numel(), blocks_per_row, float(p), scale, shift,
-        NOISE=noise_kind, BLOCK=block, num_warps=4, enable_fp_fusion=False,
+        x, y, lam, seed, rows, inner, lam.numel(), blocks_per_row, float(p), scale, shift,
+        NOISE=noise_kind, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4, enable_fp_fusion=False,
     )
     return y
 
 
 def noisy_quant_backward(grad_y, x, lam, seed, p, noise_kind, scale, shift, inner, need_grad_lam):
-    """(grad_x, per-program partial sums of grad_lam [programs] float32, or None)."""
+    """(grad_x, grad_lam partial sums [rows, blocks per row] float32; None when not needed or empty)."""
     grad_x = torch.empty_like(x)
     if x.numel() == 0:
-        return grad_x, (x.new_zeros(0, dtype=torch.float32) if need_grad_lam else None)
-    block, blocks_per_row, programs = _launch_geometry(x.numel(), inner)
-    partial = torch.empty(programs if need_grad_lam else 1, dtype=torch.float32, device=x.device)
+        return grad_x, None
+    rows = x.numel() // inner
+    block_r, block_c, blocks_per_row, programs = _launch_geometry(rows, inner)
+    partial = torch.empty((rows, blocks_per_row) if need_grad_lam else (1, 1), dtype=torch.float32, device=x.device)
     _noisy_quant_backward_kernel[(programs,)](
-        grad_y, x, grad_x, partial, lam, seed, inner, lam.numel(), blocks_per_row, float(p), scale, shift,
-        NOISE=noise_kind, NEED_GRAD_LAM=need_grad_lam, BLOCK=block, num_warps=4, enable_fp_fusion=False,
+        grad_y, x, grad_x, partial, lam, seed, rows, inner, lam.numel(), blocks_per_row, float(p), scale, shift,
+        NOISE=noise_kind, NEED_GRAD_LAM=need_grad_lam, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4,
+        enable_fp_fusion=False,
     )
     return grad_x, (partial if need_grad_lam else None)

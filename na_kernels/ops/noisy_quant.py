@@ -109,9 +109,11 @@ def _backward_triton(grad_y, x, lam, seed, p, noise_kind, scale, shift, need_gra
     )
     if not need_grad_lam:
         return grad_x, x.new_zeros(0, dtype=torch.float32)
-    # partial sums: [outer, channels, blocks per row] -> per channel, accumulated in float64
-    grad_lam = partial.to(torch.float64).reshape(-1, channels, max(partial.numel(), 1) // max(x.numel() // inner, 1))
-    return grad_x, grad_lam.sum(dim=(0, 2)).to(torch.float32)
+    if x.numel() == 0:
+        return grad_x, x.new_zeros(channels, dtype=torch.float32)
+    # partial sums [rows = outer * channels, blocks per row] -> per channel, in float64
+    grad_lam = partial.to(torch.float64).reshape(-1, channels, partial.shape[1]).sum(dim=(0, 2))
+    return grad_x, grad_lam.to(torch.float32)
 
 
 def _backward_cpp(grad_y, x, lam, seed, p, noise_kind, scale, shift, need_grad_lam):
