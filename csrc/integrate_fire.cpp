@@ -11,6 +11,12 @@
 //   gh = grad_s * sg + gv * (1 | 1 - s);  grad_x[t] = gh;  gv = gh;   grad_v_init = gv at the end.
 // h is either the forward's saved [T, N] or, when the caller kept x instead, recomputed per block
 // by the forward's own loop into a per-thread scratch of T x kBlock floats (no [T, N] buffer).
+// GCC keeps an ordered float compare (h >= theta) out of vectorized loops while it must preserve
+// FP traps (-ftrapping-math, the default): no if-conversion, no SIMD. Nothing here reads the FP
+// exception flags, and the option changes no rounded result, so it is off for this file only.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include <pybind11/pybind11.h>
 
 #include <cmath>
