@@ -1,5 +1,4 @@
 """Argument checks shared by the ops: each error names the argument and what is accepted."""
-import math
 import numbers
 
 import torch
@@ -26,7 +25,7 @@ def check_real(name, value, *, minimum=None, strictly_positive=False):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     value = float(value)
-    if not math.isfinite(value):
+    if not value - value == 0:  # not finite; math.isfinite would break a dynamic-shape graph
         raise ValueError(f"{name} must be finite, got {value}")
     if strictly_positive and value <= 0:
         raise ValueError(f"{name} must be > 0, got {value}")

@@ -370,6 +370,14 @@ def test_torch_compile_fullgraph_no_graph_breaks():
     torch.testing.assert_close(compiled_grad, lam.grad)
 
 
+def test_torch_compile_dynamic_shapes():
+    f = torch.compile(lambda x: na_kernels.noisy_quant(x, 3, 1.0, scale=0.5, seed=2), fullgraph=True, dynamic=True,
+                      backend="aot_eager")
+    for rows in (5, 7):
+        x = torch.randn(rows, 3)
+        assert torch.equal(f(x), na_kernels.noisy_quant(x, 3, 1.0, scale=0.5, seed=2))
+
+
 def test_torch_compile_inductor_runs():
     torch._dynamo.reset()
     f = torch.compile(lambda x: na_kernels.noisy_quant(x, 3, 1.0, seed=4), fullgraph=True)
