@@ -5,6 +5,7 @@ namespace na {
 void bind_noisy_quant(pybind11::module_& m);
 void bind_integrate_fire(pybind11::module_& m);
 void bind_philox(pybind11::module_& m);
+void bind_float_convert(pybind11::module_& m);
 }
 
 PYBIND11_MODULE(_C, m) {
@@ -12,4 +13,5 @@ PYBIND11_MODULE(_C, m) {
   na::bind_noisy_quant(m);
   na::bind_integrate_fire(m);
   na::bind_philox(m);
+  na::bind_float_convert(m);
 }

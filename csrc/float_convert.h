@@ -13,38 +13,40 @@ enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 inline uint32_t float_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
 inline float bits_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 
+// The conversions are branch-free (selects only) so loops over them vectorise.
 inline float half_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exponent = (h >> 10) & 0x1fu;
-  const uint32_t mantissa = h & 0x3ffu;
-  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24, exact in float32
-    const float magnitude = static_cast<float>(mantissa) * 5.9604644775390625e-8f;
-    return bits_float(float_bits(magnitude) | sign);
-  }
-  if (exponent == 31) return bits_float(sign | 0x7f800000u | (mantissa << 13));  // inf, NaN
-  return bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13));
+  const uint32_t rest = h & 0x7fffu;
+  const uint32_t normal = (rest << 13) + 0x38000000u;             // exponent rebiased by 127 - 15
+  const uint32_t inf_nan = (rest << 13) | 0x7f800000u;
+  const float subnormal = static_cast<float>(rest) * 5.9604644775390625e-8f;  // rest * 2^-24, exact
+  uint32_t bits = rest >= 0x7c00u ? inf_nan : normal;
+  bits = rest < 0x400u ? float_bits(subnormal) : bits;
+  return bits_float(bits | sign);
 }
 
 inline uint16_t float_to_half(float f) {
   const uint32_t x = float_bits(f);
-  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+  const uint32_t sign = (x >> 16) & 0x8000u;
   const uint32_t magnitude = x & 0x7fffffffu;
-  if (magnitude > 0x7f800000u) return sign | 0x7e00u;   // NaN
-  if (magnitude >= 0x477ff000u) return sign | 0x7c00u;  // >= 65520 rounds to inf
-  if (magnitude < 0x38800000u) {                        // below 2^-14: half subnormal
-    const float scaled = std::fabs(f) * 16777216.0f;    // exact: times 2^24
-    return sign | static_cast<uint16_t>(std::nearbyint(scaled));  // 1024 encodes 2^-14
-  }
-  const uint32_t rounded = magnitude + 0xfffu + ((magnitude >> 13) & 1u);
-  return sign | static_cast<uint16_t>((rounded - 0x38000000u) >> 13);
+  // |f| < 2^-14 (a half subnormal): adding 0.5f makes the float's ulp 2^-24, so the float
+  // addition itself rounds to the nearest even multiple of 2^-24; 1024 encodes 2^-14.
+  const uint32_t subnormal = float_bits(bits_float(magnitude) + 0.5f) - 0x3f000000u;
+  // normal: rebias the exponent (-112 << 23), round the 13 dropped bits to nearest even;
+  // a carry into the exponent is correct, up to 65520 and above rounding to inf (0x7c00)
+  const uint32_t normal = (magnitude + 0xc8000fffu + ((magnitude >> 13) & 1u)) >> 13;
+  const uint32_t inf_nan = magnitude > 0x7f800000u ? 0x7e00u : 0x7c00u;
+  uint32_t h = magnitude < 0x38800000u ? subnormal : normal;
+  h = magnitude >= 0x47800000u ? inf_nan : h;
+  return static_cast<uint16_t>(sign | h);
 }
 
 inline float bfloat16_to_float(uint16_t b) { return bits_float(static_cast<uint32_t>(b) << 16); }
 
 inline uint16_t float_to_bfloat16(float f) {
-  if (std::isnan(f)) return 0x7fc0u;
   const uint32_t x = float_bits(f);
-  return static_cast<uint16_t>((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+  const uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;  // nearest even
+  return static_cast<uint16_t>((x & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : rounded);  // NaN -> quiet NaN
 }
 
 template <int D> struct Storage;
