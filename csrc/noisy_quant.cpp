@@ -112,12 +112,12 @@ NA_TARGET_CLONES void backward_impl(const QuantParams& k, const void* grad_y_ptr
       const int64_t chunk_end = std::min(k.n, (chunk + 1) * kChunk);
       for_each_segment(k, chunk * kChunk, chunk_end, [&](int64_t begin, int64_t end, int64_t c) {
         const float inv_step = k.inv_step[c], lam = k.lam[c], p = k.p, shift = k.shift;
-        float eps[kBatch];
+        float eps[kBatch], contribution[kBatch];
         double sum = 0.0;
         for (int64_t s = begin; s < end; s += kBatch) {
           const int64_t count = std::min(kBatch, end - s);
           if (NOISE != kNoNoise) scaled_noise(k, s, count, eps);
-          for (int64_t j = 0; j < count; ++j) {
+          for (int64_t j = 0; j < count; ++j) {  // branch-free so it vectorises
             const float xi = S::load(x, s + j);
             float z = xi * inv_step;
             if (NOISE != kNoNoise) z = z + eps[j];
@@ -125,10 +125,15 @@ NA_TARGET_CLONES void backward_impl(const QuantParams& k, const void* grad_y_ptr
             const bool inside = q_raw >= 0.0f && q_raw <= p;
             const float gy = S::load(grad_y, s + j);
             S::store(grad_x, s + j, inside ? gy : 0.0f);
-            if (mine) {
-              const float g = inside ? q_raw / p - xi / lam : (q_raw > p ? 1.0f : 0.0f);
-              sum += static_cast<double>(gy * g);
-            }
+            const float g = inside ? q_raw / p - xi / lam : (q_raw > p ? 1.0f : 0.0f);
+            contribution[j] = gy * g;
+          }
+          if (mine) {
+            // float sum per batch (vectorised, reassociated), float64 across batches
+            float batch_sum = 0.0f;
+#pragma omp simd reduction(+ : batch_sum)
+            for (int64_t j = 0; j < count; ++j) batch_sum += contribution[j];
+            sum += static_cast<double>(batch_sum);
           }
         }
         if (mine) mine[c] += sum;
