@@ -37,6 +37,15 @@ def _seed_and_restore_backend():
     na_kernels.set_backend(previous)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models: more threads only spin on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def poison_like(tensor):
     """A tensor of the same shape/dtype filled with NaN: unwritten outputs show up."""
     return torch.full_like(tensor, float("nan"))

@@ -10,12 +10,7 @@ import torch
 from na_kernels.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: more threads only spin on a shared machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_demo_quick_end_to_end_accuracy_floor(tmp_path, capsys):

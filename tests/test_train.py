@@ -11,12 +11,7 @@ from na_kernels.nn import NoisyQuant
 from na_kernels.train import (CheckpointError, TrainConfig, build_network, epoch_seed, fit, load_checkpoint,
                               make_optimizer, network_from_checkpoint)
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: more threads only spin on a shared machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -36,6 +36,7 @@ from .noisy_quant import NoisyQuant
 from .replace import (
     UNCONVERTIBLE_MODULES,
     describe_call,
+    free_submodule_name,
     is_relu_call,
     is_unconvertible_call,
     site_name,
@@ -317,16 +318,6 @@ def _call_counts(graph):
     return counts
 
 
-def _unique_target(gm, base):
-    candidate, index = base, 1
-    while True:
-        try:
-            gm.get_submodule(candidate)
-        except AttributeError:
-            return candidate
-        candidate, index = f"{base}_{index}", index + 1
-
-
 def fold_batchnorm_graph(gm: fx.GraphModule) -> List[str]:
     """Fold, in place, each BatchNorm whose input is a conv/linear used only by it.
 
@@ -359,7 +350,7 @@ def fold_batchnorm_graph(gm: fx.GraphModule) -> List[str]:
         if calls[previous.target] == 1:
             gm.add_submodule(previous.target, fused)
         else:  # the layer is called elsewhere too: this call site gets its own folded copy
-            target = _unique_target(gm, f"{previous.target}_bnfold")
+            target = free_submodule_name(gm, f"{previous.target}_bnfold")
             gm.add_submodule(target, fused)
             previous.target = target
         node.replace_all_uses_with(previous)
@@ -498,7 +489,7 @@ def to_snn(model: nn.Module, T: int, chunk: Optional[int] = None, *, fold_bn: bo
     if not pending:
         raise ValueError("to_snn found no NoisyQuant activation in the model: run replace_activations first")
     for node, quant, index in pending:
-        target = node.target if index == 0 else _unique_target(gm, f"{node.target}_call{index + 1}")
+        target = node.target if index == 0 else free_submodule_name(gm, f"{node.target}_call{index + 1}")
         layer = IFLayer(target, quant.lam, quant.p)
         node.target = target
         if_nodes[node] = target
@@ -518,7 +509,7 @@ def to_snn(model: nn.Module, T: int, chunk: Optional[int] = None, *, fold_bn: bo
 
     def add_repeat(after):
         nonlocal repeat_count
-        target = _unique_target(gm, f"time_repeat_{repeat_count}")
+        target = free_submodule_name(gm, f"time_repeat_{repeat_count}")
         repeat_count += 1
         gm.add_submodule(target, TimeRepeat())
         with graph.inserting_after(after):
@@ -554,7 +545,7 @@ def to_snn(model: nn.Module, T: int, chunk: Optional[int] = None, *, fold_bn: bo
         name = node.target if calls == 0 else f"{node.target}_call{calls + 1}"
         sources = _upstream_if_layers(node, if_nodes, synaptic_set)
         meter = SynapseMeter(name, layer, sources, spike_driven=bool(sources))
-        target = _unique_target(gm, f"synapse_meter_{index}")
+        target = free_submodule_name(gm, f"synapse_meter_{index}")
         gm.add_submodule(target, meter)
         with graph.inserting_before(node):
             measured = graph.call_module(target, (node.args[0],))

@@ -256,7 +256,7 @@ def replace_activations(
             for node in rewrite:
                 owner = node_owner(node)
                 target = f"{owner}.{node.name}" if owner else node.name
-                target = _free_name(graph_module, target)
+                target = free_submodule_name(graph_module, target)
                 graph_module.add_submodule(target, make())
                 with graph_module.graph.inserting_before(node):
                     new = graph_module.graph.call_module(target, (node.args[0],))
@@ -279,7 +279,8 @@ def replace_activations(
     return result, report
 
 
-def _free_name(graph_module, target):
+def free_submodule_name(graph_module, target):
+    """``target``, or ``target_1``, ``target_2``, ... : the first name no submodule has yet."""
     candidate, index = target, 1
     while True:
         try:
