@@ -64,7 +64,8 @@ def pytest_report_header(config):
     threads = torch.get_num_threads()
     return [
         f"na_kernels bench: device={describe_device()} sizes={SIZE_NAME} torch={torch.__version__} "
-        f"threads={threads}" + (f" triton={_triton_version()}" if IS_CUDA else ""),
+        f"threads={threads}" + (f" triton={_triton_version()}" if IS_CUDA else "")
+        + (f" malloc={_malloc_env()}" if not IS_CUDA else ""),
     ]
 
 
@@ -80,7 +81,12 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "cpu_count": os.cpu_count(),
         "load_average": _load_average(),
         "copy_bandwidth": _SESSION["copy"],
+        "malloc_env": _malloc_env(),
     }
+
+
+def _malloc_env():
+    return {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -115,6 +121,6 @@ def _as_record(meta):
 def _machine_summary():
     return {"device": DEVICE, "device_name": describe_device(), "sizes": SIZE_NAME,
             "threads": torch.get_num_threads(), "copy_bandwidth": _SESSION["copy"],
-            "load_average": _load_average(), "torch": torch.__version__}
+            "load_average": _load_average(), "torch": torch.__version__, "malloc_env": _malloc_env()}
 
 

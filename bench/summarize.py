@@ -88,6 +88,10 @@ def render(records, machine_info=None):
         )
     if copy:
         lines.append(f"Copy bandwidth: {copy['gbps']:.1f} GB/s ({copy.get('method')}).")
+    if info.get("device") == "cpu":
+        malloc = info.get("malloc_env")
+        lines.append(f"glibc malloc: {malloc} (freed memory kept in the process)." if malloc else
+                     "glibc malloc: defaults (fresh outputs may page-fault on every call).")
     if lines:
         lines.append("")
 
