@@ -124,7 +124,8 @@ NA_TARGET_CLONES void backward_impl(const QuantParams& k, const void* grad_y_ptr
             const float q_raw = floor_exact(z + shift);
             const bool inside = q_raw >= 0.0f && q_raw <= p;
             const float gy = S::load(grad_y, s + j);
-            S::store(grad_x, s + j, inside ? gy : 0.0f);
+            // grad_y or zero, as stored bits: no float -> 16-bit conversion needed
+            grad_x[s + j] = inside ? grad_y[s + j] : typename S::type(0);
             const float g = inside ? q_raw / p - xi / lam : (q_raw > p ? 1.0f : 0.0f);
             contribution[j] = gy * g;
           }
