@@ -47,5 +47,11 @@ def extension():
     return _C
 
 
-def num_threads():
-    return max(1, torch.get_num_threads())
+# Below this many elements a kernel runs on the calling thread: starting an OpenMP team costs
+# more than the work (and much more on a busy machine), as ATen's grain size also reflects.
+SERIAL_ELEMENTS = 32768
+
+
+def num_threads(elements):
+    """Threads for a kernel over ``elements`` elements: torch.get_num_threads(), or 1 when small."""
+    return 1 if elements < SERIAL_ELEMENTS else max(1, torch.get_num_threads())

@@ -207,7 +207,7 @@ def _forward_cpp(x_seq, threshold, v_init, v_frac, reset, amplitude, save_h):
         x_seq.data_ptr(), x_seq.stride(0), spikes.data_ptr(), counts.data_ptr(), v_final.data_ptr(),
         h.data_ptr() if save_h else 0, cpu.DTYPE_CODES[x_seq.dtype], steps, layout.neurons, layout.inner,
         theta.numel(), theta.data_ptr(), 0 if v0 is None else v0.data_ptr(), v_frac, reset, amplitude is None,
-        0.0 if amplitude is None else amplitude, cpu.num_threads(),
+        0.0 if amplitude is None else amplitude, cpu.num_threads(steps * layout.neurons),
     )
     return spikes, counts, v_final, h
 
@@ -332,7 +332,7 @@ def _backward_cpp(grad_spikes, grad_v, h, x_seq, v_init, v_frac, threshold, rese
         grad_x.data_ptr() if need_grad_x else 0, grad_v_init.data_ptr() if need_grad_v_init else 0,
         cpu.DTYPE_CODES[x_dtype], source.shape[0], layout.neurons, layout.inner, theta.numel(), theta.data_ptr(),
         reset, amplitude is None, 0.0 if amplitude is None else amplitude, surrogate, alpha, detach_reset,
-        cpu.num_threads(),
+        cpu.num_threads(source.shape[0] * layout.neurons),
     )
     return grad_x, grad_v_init
 

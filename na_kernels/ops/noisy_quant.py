@@ -65,7 +65,7 @@ def _forward_cpp(x, lam, seed, p, noise_kind, scale, shift):
     inner, channels = _geometry(x, lam32)
     cpu.extension().noisy_quant_forward(
         x.data_ptr(), y.data_ptr(), cpu.DTYPE_CODES[x.dtype], x.numel(), inner, channels, lam32.data_ptr(),
-        _cpu_seed(seed), p, noise_kind, scale, shift, cpu.num_threads(),
+        _cpu_seed(seed), p, noise_kind, scale, shift, cpu.num_threads(x.numel()),
     )
     return y
 
@@ -126,7 +126,7 @@ def _backward_cpp(grad_y, x, lam, seed, p, noise_kind, scale, shift, need_grad_l
     cpu.extension().noisy_quant_backward(
         grad_y.data_ptr(), x.data_ptr(), grad_x.data_ptr(), cpu.DTYPE_CODES[x.dtype], x.numel(), inner, channels,
         lam32.data_ptr(), _cpu_seed(seed), p, noise_kind, scale, shift,
-        grad_lam.data_ptr() if need_grad_lam else 0, cpu.num_threads(),
+        grad_lam.data_ptr() if need_grad_lam else 0, cpu.num_threads(x.numel()),
     )
     return grad_x, grad_lam.to(torch.float32)
 
