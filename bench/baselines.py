@@ -84,7 +84,7 @@ def spikingjelly_missing_reason():
     try:
         import spikingjelly  # noqa: F401
     except ImportError as error:
-        return f"SpikingJelly is not installed ({error}); pip install 'na_kernels[snn-peers]' to compare against it"
+        return f"SpikingJelly is not installed ({error}); `pip install spikingjelly --no-deps loguru tqdm` to compare against it"
     return None
 
 
