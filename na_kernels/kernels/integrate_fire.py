@@ -67,11 +67,11 @@ def _integrate_fire_forward_kernel(
 @triton.jit
 def _surrogate(u, alpha, atan_scale, half_alpha, half_width, SURROGATE: tl.constexpr):
     if SURROGATE == 0:  # sigmoid: alpha * sig * (1 - sig), sig = sigmoid(alpha u)
-        sig = 1.0 / (1.0 + tl.exp(-(u * alpha)))
+        sig = tl.div_rn(1.0, 1.0 + tl.exp(-(u * alpha)))  # div_rn: IEEE division on GPUs too
         sg = alpha * sig * (1.0 - sig)
     elif SURROGATE == 1:  # atan: alpha / 2 / (1 + (pi/2 alpha u)^2)
         w = atan_scale * u
-        sg = half_alpha / (1.0 + w * w)
+        sg = tl.div_rn(half_alpha, 1.0 + w * w)
     elif SURROGATE == 2:  # triangle: alpha * max(0, 1 - alpha |u|); NaN stays NaN
         r = 1.0 - alpha * tl.abs(u)
         sg = alpha * tl.where(r < 0.0, 0.0, r)
