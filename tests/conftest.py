@@ -46,6 +46,28 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def compile_triton_for_sm90(script):
+    """Run ``script`` (which calls triton.compile for an sm_90 target and prints "compiled") in a
+    process without TRITON_INTERPRET: GPU-only compile errors show up on a machine with no GPU."""
+    import shutil
+    import subprocess
+    import sys
+
+    if HAS_CUDA:
+        pytest.skip("the CUDA tests run the kernels natively")
+    try:
+        from triton.backends.nvidia import compiler
+    except ImportError:
+        pytest.skip("triton has no NVIDIA backend")
+    bin_dir = os.path.join(os.path.dirname(compiler.__file__), "bin")
+    if not (os.path.exists(os.path.join(bin_dir, "ptxas")) or shutil.which("ptxas")):
+        pytest.skip("no ptxas")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "0"
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-4000:]
+
+
 def poison_like(tensor):
     """A tensor of the same shape/dtype filled with NaN: unwritten outputs show up."""
     return torch.full_like(tensor, float("nan"))

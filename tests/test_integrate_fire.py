@@ -16,7 +16,7 @@ from na_kernels.kernels import integrate_fire as triton_kernels
 from na_kernels.ops import integrate_fire as ops
 from na_kernels.reference import integrate_fire as ref
 
-from conftest import HAS_CUDA, TRITON_DEVICE, requires_triton
+from conftest import HAS_CUDA, TRITON_DEVICE, compile_triton_for_sm90, requires_triton
 
 SURROGATES = ("sigmoid", "atan", "triangle", "rectangle")
 RESETS = ("subtract", "zero")
@@ -661,24 +661,7 @@ print("compiled")
 def test_triton_kernels_compile_for_cuda():
     """Without a GPU the interpreter runs the kernels as Python; this compiles them for sm_90
     (Triton's own PTX and cubin path, bundled ptxas) so GPU-only type errors show up anyway."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-
-    if HAS_CUDA:
-        pytest.skip("the CUDA tests run the kernels natively")
-    try:
-        from triton.backends.nvidia import compiler  # noqa: F401
-    except ImportError:
-        pytest.skip("triton has no NVIDIA backend")
-    bin_dir = os.path.join(os.path.dirname(compiler.__file__), "bin")
-    if not (os.path.exists(os.path.join(bin_dir, "ptxas")) or shutil.which("ptxas")):
-        pytest.skip("no ptxas")
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "0"
-    result = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-4000:]
+    compile_triton_for_sm90(_AOT_SCRIPT)
 
 
 # --------------------------------------------------------------------------- bad input

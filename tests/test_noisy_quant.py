@@ -12,7 +12,7 @@ from na_kernels import cpu
 from na_kernels.reference import noisy_quant as reference
 from na_kernels.reference import philox
 
-from conftest import HAS_CUDA, TRITON_DEVICE, requires_triton
+from conftest import HAS_CUDA, TRITON_DEVICE, compile_triton_for_sm90, requires_triton
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 NOISES = [None, "uniform", "gaussian"]
@@ -274,6 +274,35 @@ def test_triton_beyond_int32_indexing_on_gpu():
     z = x_tail.float() * torch.div(torch.tensor(7.0), torch.tensor(1.3)) + eps
     q = torch.clamp(torch.floor(z + 0.5), 0, 7)
     assert torch.equal(y_tail, ((q / 7) * torch.tensor(1.3)).to(torch.float16))
+
+
+_AOT_SCRIPT = r"""
+import triton
+from triton.compiler import ASTSource
+from triton.backends.compiler import GPUTarget
+from na_kernels.kernels import noisy_quant as k
+
+target = GPUTarget("cuda", 90, 32)
+common = {"lam_ptr": "*fp32", "seed_ptr": "*i64", "rows": "i32", "inner": "i64", "channels": "i32",
+          "blocks_per_row": "i32", "p": "fp32", "scale": "fp32", "shift": "fp32", "NOISE": "constexpr",
+          "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"}
+for dt in ("fp32", "bf16", "fp16"):
+    for noise, (block_r, block_c) in zip((0, 1, 2), ((1, 1024), (64, 16), (1024, 1))):
+        tiles = {"NOISE": noise, "BLOCK_R": block_r, "BLOCK_C": block_c}
+        sig = {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}", **common}
+        triton.compile(ASTSource(k._noisy_quant_forward_kernel, sig, tiles), target=target)
+        sig = {"grad_y_ptr": f"*{dt}", "x_ptr": f"*{dt}", "grad_x_ptr": f"*{dt}", "partial_ptr": "*fp32", **common,
+               "NEED_GRAD_LAM": "constexpr"}
+        triton.compile(ASTSource(k._noisy_quant_backward_kernel, sig, {**tiles, "NEED_GRAD_LAM": noise != 0}),
+                       target=target)
+print("compiled")
+"""
+
+
+@requires_triton
+def test_triton_kernels_compile_for_cuda():
+    """The interpreter runs the kernels as Python: compile them for sm_90 too (GPU-only errors)."""
+    compile_triton_for_sm90(_AOT_SCRIPT)
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
