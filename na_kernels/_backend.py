@@ -9,7 +9,6 @@ Forcing "triton" for CPU tensors runs Triton's interpreter and needs
 import contextlib
 import os
 
-import torch
 
 BACKENDS = ("auto", "triton", "cpu", "reference")
 
