@@ -261,17 +261,18 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _test_data(state, args) -> ImageData:
+def _checkpoint_model_and_test_data(args):
+    """(checkpoint state, its network on the chosen device, the device, the test split)."""
+    state = load_checkpoint(args.checkpoint)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = network_from_checkpoint(state).to(device)
     cfg = state["config"]
-    return load_dataset(cfg["dataset"], args.data_dir or cfg.get("data_dir"), train=False)
+    test = load_dataset(cfg["dataset"], args.data_dir or cfg.get("data_dir"), train=False)
+    return state, model, device, test
 
 
 def cmd_evaluate(args) -> int:
-    state = load_checkpoint(args.checkpoint)
-    model = network_from_checkpoint(state)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model.to(device)
-    test = _test_data(state, args)
+    state, model, device, test = _checkpoint_model_and_test_data(args)
     acc = evaluate(model, BatchLoader(test, args.batch_size, device=device), amp=not args.no_amp,
                    show_progress=not args.no_progress)
     cfg = state["config"]
@@ -283,11 +284,7 @@ def cmd_evaluate(args) -> int:
 def cmd_convert(args) -> int:
     from .nn import to_snn
 
-    state = load_checkpoint(args.checkpoint)
-    model = network_from_checkpoint(state)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model.to(device)
-    test = _test_data(state, args)
+    state, model, device, test = _checkpoint_model_and_test_data(args)
     loader = BatchLoader(test, args.batch_size, device=device)
     ann_acc = evaluate(model, loader, amp=False, show_progress=False)
     snn = to_snn(model, args.T, chunk=args.chunk).to(device)
