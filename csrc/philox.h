@@ -1,14 +1,16 @@
 // Philox4x32-10 exactly as Triton's tl.rand / tl.randn define it for an int64 offset i:
 // counter (lo32(i), hi32(i), 0, 0), key (lo32(seed), hi32(seed)); ten rounds.
-// philox_words() fills a batch of consecutive offsets, sixteen at a time with AVX2 where the
-// CPU has it (checked at run time), so the build needs no -march flag.
+// philox_words() fills a batch of consecutive offsets, thirty-two at a time with AVX-512 or
+// sixteen with AVX2 where the CPU has them (checked at run time), so the build needs no -march flag.
 #pragma once
 #include <cmath>
 #include <cstdint>
 
+#include "simd_level.h"
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-#define NA_PHILOX_AVX2 1
+#define NA_X86_SIMD 1
 #endif
 
 namespace na {
@@ -54,7 +56,7 @@ inline float words_to_normal(uint32_t w0, uint32_t w1) {
   return radius * static_cast<float>(std::cos(static_cast<double>(theta)));
 }
 
-#ifdef NA_PHILOX_AVX2
+#ifdef NA_X86_SIMD
 // (hi32, lo32) of a * b for eight uint32 lanes
 __attribute__((target("avx2"))) inline void mul_hi_lo_avx2(__m256i a, __m256i b, __m256i& hi, __m256i& lo) {
   const __m256i even = _mm256_mul_epu32(a, b);
@@ -119,17 +121,92 @@ __attribute__((target("avx2"))) inline void philox_words_avx2(uint64_t seed, uin
   }
 }
 
-inline bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2");
-  return has;
+// AVX-512: each uint32 of the state sits in the low half of a 64-bit lane, so one vpmuludq
+// gives the whole 64-bit product (lo32 in place, hi32 one shift away) and the upper halves
+// are don't-care bits that vpmuludq ignores; the two XORs of a round are one vpternlogd.
+// Four groups of eight lanes per call keep the multiplier busy past its latency.
+struct PhiloxKeysAvx512 {
+  __m512i key0[10], key1[10];  // the round keys, broadcast
+};
+
+__attribute__((target("avx512f"))) inline PhiloxKeysAvx512 philox_keys_avx512(uint64_t seed) {
+  PhiloxKeysAvx512 keys;
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    keys.key0[round] = _mm512_set1_epi32(static_cast<int>(k0));
+    keys.key1[round] = _mm512_set1_epi32(static_cast<int>(k1));
+    k0 += kPhiloxKeyA;
+    k1 += kPhiloxKeyB;
+  }
+  return keys;
 }
+
+// Words 0 (and 1, where w1 is not null) of offsets first .. first+31, as two vectors of
+// sixteen consecutive offsets each.
+__attribute__((target("avx512f"))) inline void philox32_avx512(const PhiloxKeysAvx512& keys, uint64_t first,
+                                                              __m512i w0[2], __m512i* w1) {
+  constexpr int kGroups = 4;
+  const __m512i round_a = _mm512_set1_epi64(kPhiloxRoundA);
+  const __m512i round_b = _mm512_set1_epi64(kPhiloxRoundB);
+  __m512i c0[kGroups], c1[kGroups], c2[kGroups], c3[kGroups];
+  for (int g = 0; g < kGroups; ++g) {
+    // the full 64-bit offset: its low half is counter word 0, its high half word 1
+    const __m512i offset = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(first + 8 * g)),
+                                            _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7));
+    // round 0 with c2 = c3 = 0: the product with c2 is zero
+    const __m512i product_a = _mm512_mul_epu32(offset, round_a);
+    c0[g] = _mm512_xor_si512(_mm512_srli_epi64(offset, 32), keys.key0[0]);
+    c1[g] = _mm512_setzero_si512();
+    c2[g] = _mm512_xor_si512(_mm512_srli_epi64(product_a, 32), keys.key1[0]);
+    c3[g] = product_a;
+  }
+  for (int round = 1; round < 9; ++round) {
+    for (int g = 0; g < kGroups; ++g) {
+      const __m512i product_b = _mm512_mul_epu32(c2[g], round_b);
+      const __m512i product_a = _mm512_mul_epu32(c0[g], round_a);
+      c0[g] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(product_b, 32), c1[g], keys.key0[round], 0x96);
+      c2[g] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(product_a, 32), c3[g], keys.key1[round], 0x96);
+      c1[g] = product_b;
+      c3[g] = product_a;
+    }
+  }
+  for (int g = 0; g < kGroups; ++g) {  // round 9: words 2 and 3 are never used
+    const __m512i product_b = _mm512_mul_epu32(c2[g], round_b);
+    c0[g] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(product_b, 32), c1[g], keys.key0[9], 0x96);
+    c1[g] = product_b;
+  }
+  // low halves of two vectors of eight 64-bit lanes -> sixteen consecutive uint32
+  const __m512i low_halves = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (int half = 0; half < 2; ++half) {
+    w0[half] = _mm512_permutex2var_epi32(c0[2 * half], low_halves, c0[2 * half + 1]);
+    if (w1) w1[half] = _mm512_permutex2var_epi32(c1[2 * half], low_halves, c1[2 * half + 1]);
+  }
+}
+
+// count: a multiple of 32; w1 may be null.
+__attribute__((target("avx512f"))) inline void philox_words_avx512(uint64_t seed, uint64_t first, int64_t count,
+                                                                  uint32_t* w0, uint32_t* w1) {
+  const PhiloxKeysAvx512 keys = philox_keys_avx512(seed);
+  for (int64_t b = 0; b < count; b += 32) {
+    __m512i word0[2], word1[2];
+    philox32_avx512(keys, first + static_cast<uint64_t>(b), word0, w1 ? word1 : nullptr);
+    for (int half = 0; half < 2; ++half) {
+      _mm512_storeu_si512(w0 + b + 16 * half, word0[half]);
+      if (w1) _mm512_storeu_si512(w1 + b + 16 * half, word1[half]);
+    }
+  }
+}
+
 #endif
 
 // First (and, where w1 is not null, second) Philox word for offsets first .. first+count-1.
 inline void philox_words(uint64_t seed, uint64_t first, int64_t count, uint32_t* w0, uint32_t* w1) {
   int64_t done = 0;
-#ifdef NA_PHILOX_AVX2
-  if (cpu_has_avx2()) {
+#ifdef NA_X86_SIMD
+  if (cpu_has_avx512()) {
+    done = count & ~static_cast<int64_t>(31);
+    philox_words_avx512(seed, first, done, w0, w1);
+  } else if (cpu_has_avx2()) {
     done = count & ~static_cast<int64_t>(15);
     philox_words_avx2(seed, first, done, w0, w1);
   }

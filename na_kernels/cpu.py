@@ -4,6 +4,7 @@ The extension is built by ``pip install .`` with pybind11 and no torch headers; 
 tensors as (address, element count, dtype code). Where it is missing, ops on CPU tensors
 fall back to the PyTorch reference and warn once, saying why.
 """
+import contextlib
 import warnings
 
 import torch
@@ -55,3 +56,31 @@ SERIAL_ELEMENTS = 32768
 def num_threads(elements):
     """Threads for a kernel over ``elements`` elements: torch.get_num_threads(), or 1 when small."""
     return 1 if elements < SERIAL_ELEMENTS else max(1, torch.get_num_threads())
+
+
+SIMD_LEVELS = ("generic", "avx2", "avx512")
+
+
+def simd_level():
+    """The explicit-SIMD kernels the C++ ops use here: "avx512", "avx2" or "generic"."""
+    return SIMD_LEVELS[extension().simd_level()]
+
+
+def detected_simd_level():
+    """The best explicit-SIMD level this CPU supports (what ``simd_level`` is without a limit)."""
+    return SIMD_LEVELS[extension().detected_simd_level()]
+
+
+@contextlib.contextmanager
+def limit_simd(level):
+    """Run the C++ kernels no higher than ``level`` ("generic", "avx2", "avx512") inside the block.
+
+    Tests use it to check every kernel path on one machine; it changes speed, never results.
+    """
+    if level not in SIMD_LEVELS:
+        raise ValueError(f"level must be one of {SIMD_LEVELS}, got {level!r}")
+    extension().set_simd_limit(SIMD_LEVELS.index(level))
+    try:
+        yield
+    finally:
+        extension().set_simd_limit(len(SIMD_LEVELS) - 1)

@@ -46,6 +46,20 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(params=["generic", "avx2", "avx512"])
+def simd_level(request):
+    """Each explicit-SIMD path of the C++ kernels this CPU can run (the others are skipped)."""
+    from na_kernels import cpu
+
+    if not cpu.available():
+        pytest.skip("C++ extension not built")
+    if cpu.SIMD_LEVELS.index(request.param) > cpu.SIMD_LEVELS.index(cpu.detected_simd_level()):
+        pytest.skip(f"this CPU has no {request.param}")
+    with cpu.limit_simd(request.param):
+        assert cpu.simd_level() == request.param
+        yield request.param
+
+
 def compile_triton_for_sm90(script):
     """Run ``script`` (which calls triton.compile for an sm_90 target and prints "compiled") in a
     process without TRITON_INTERPRET: GPU-only compile errors show up on a machine with no GPU."""

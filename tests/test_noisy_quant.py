@@ -70,7 +70,7 @@ def test_reference_philox_matches_known_answer():
 @requires_cpp
 @pytest.mark.parametrize("first", [0, 5, 2**31 - 7, 2**32 - 21, 3 * 2**32 + 1])
 @pytest.mark.parametrize("seed", [0, 987654321, -3, 2**62 + 17])
-def test_cpp_philox_matches_reference(first, seed):
+def test_cpp_philox_matches_reference(first, seed, simd_level):
     count = 1003  # not a multiple of the vector width
     w0 = torch.empty(count, dtype=torch.int32)
     w1 = torch.empty(count, dtype=torch.int32)
@@ -204,7 +204,7 @@ def assert_matches_reference(backend, x, p, lam, noise, seed, *, grad_lam_rtol=1
 @pytest.mark.parametrize("noise", NOISES)
 @pytest.mark.parametrize("lam_kind", ["scalar", "one", "per_channel"])
 @pytest.mark.parametrize("shape", [(0,), (1,), (1023,), (3, 5, 7), (2, 3, 4, 5), (5, 3)])
-def test_cpp_matches_reference(shape, lam_kind, noise, dtype):
+def test_cpp_matches_reference(shape, lam_kind, noise, dtype, simd_level):
     x = make_input(shape, dtype)
     if lam_kind == "per_channel" and len(shape) < 2:
         pytest.skip("per-channel lam needs a channel dim")
@@ -214,9 +214,36 @@ def test_cpp_matches_reference(shape, lam_kind, noise, dtype):
 @requires_cpp
 @pytest.mark.usefixtures("poisoned_allocations")
 @pytest.mark.parametrize("lam_kind", ["scalar", "per_channel"])
-def test_cpp_large_and_odd_size(lam_kind):
+def test_cpp_large_and_odd_size(lam_kind, simd_level):
     x = make_input((1, 2**20 + 3), torch.float32) if lam_kind == "scalar" else make_input((3, 7, 49931), torch.float32)
     assert_matches_reference("cpu", x, 3, make_lam(lam_kind, x), "uniform", seed=1)
+
+
+@requires_cpp
+@pytest.mark.usefixtures("poisoned_allocations")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("noise", NOISES)
+@pytest.mark.parametrize(
+    "shape, lam_kind",
+    # around the vector widths (16 lanes, 32 per Philox call) with a scalar lam, and per-channel
+    # rows long enough for the vector path (64 and more), ending inside a vector
+    [((15,), "scalar"), ((16,), "scalar"), ((17,), "scalar"), ((31,), "scalar"), ((33,), "scalar"),
+     ((250,), "one"), ((2, 3, 64), "per_channel"), ((1, 2, 67), "per_channel"), ((2, 2, 130), "per_channel")],
+)
+def test_cpp_vector_tails_match_reference(shape, lam_kind, noise, dtype, simd_level):
+    x = make_input(shape, dtype)
+    assert_matches_reference("cpu", x, 7, make_lam(lam_kind, x), noise, seed=2**33 - 9)
+
+
+@requires_cpp
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cpp_rounding_to_16_bit_matches_reference(dtype, simd_level):
+    # float16: lam = 3e-5 puts every output level in float16's subnormal range; bfloat16: lam
+    # with a long mantissa so that (q / p) * lam needs rounding at every level
+    lam = torch.tensor(3e-5 if dtype == torch.float16 else 1.2345678, requires_grad=True)
+    x = (torch.randn(4099) * lam.item()).to(dtype)
+    for noise in (None, "uniform"):
+        assert_matches_reference("cpu", x, 15, lam, noise, seed=77, grad_lam_rtol=1e-4)
 
 
 @requires_cpp
