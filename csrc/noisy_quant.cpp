@@ -5,9 +5,9 @@
 // with inv_step = p / lam, c = (i / inner) % channels (channels == 1 for a scalar lam) and eps
 // a pure function of (seed, i). Backward regenerates eps from the seed.
 // Work is split into chunks (OpenMP), chunks into segments of one channel. Where the CPU has
-// AVX-512 (and the noise is uniform or none), segments run sixteen lanes at a time with the
-// Philox words of 32 offsets made in registers; otherwise in batches whose Philox words are
-// generated together (AVX2 where available) by loops the compiler vectorises.
+// AVX-512, segments run sixteen lanes at a time with the noise of 32 offsets made in
+// registers; otherwise in batches whose Philox words are generated together (AVX2 where
+// available) by loops the compiler vectorises.
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
@@ -19,14 +19,14 @@
 
 #include "avx512.h"
 #include "float_convert.h"
+#include "noise.h"
 #include "parallel.h"
 #include "philox.h"
 
 namespace na {
 namespace {
 
-enum NoiseKind : int { kNoNoise = 0, kUniform = 1, kGaussian = 2 };
-constexpr int64_t kBatch = 256;  // a multiple of 16 (philox_words' vector width)
+constexpr int64_t kBatch = kNoiseBatch;
 
 struct QuantParams {
   int64_t n, inner, channels;
@@ -45,17 +45,6 @@ inline float floor_exact(float z) {
   return std::fabs(z) < 8388608.0f ? t : z;  // |z| >= 2^23 (or inf, NaN) is already integral
 }
 
-// eps (times scale) for offsets [first, first + count), count <= kBatch
-inline void scaled_noise(const QuantParams& k, int64_t first, int64_t count, float* eps) {
-  uint32_t w0[kBatch], w1[kBatch];
-  philox_words(k.seed, static_cast<uint64_t>(first), count, w0, k.noise == kGaussian ? w1 : nullptr);
-  if (k.noise == kUniform) {
-    for (int64_t j = 0; j < count; ++j) eps[j] = k.scale * (uint_to_uniform_float(w0[j]) - 0.5f);
-  } else {
-    for (int64_t j = 0; j < count; ++j) eps[j] = k.scale * words_to_normal(w0[j], w1[j]);
-  }
-}
-
 // Runs segment(begin, end, c) over [begin, end) split at channel boundaries.
 template <typename Segment>
 inline void for_each_segment(const QuantParams& k, int64_t begin, int64_t end, Segment&& segment) {
@@ -72,13 +61,11 @@ inline void for_each_segment(const QuantParams& k, int64_t begin, int64_t end, S
 }
 
 #ifdef NA_HAVE_AVX512
-// The same arithmetic, sixteen lanes at a time, with the uniform noise of 32 offsets made in
-// registers (philox32_avx512) instead of a buffer. Gaussian noise stays on the scalar path.
+// The same arithmetic, sixteen lanes at a time, with the noise of 32 offsets made in
+// registers (noise.h) instead of a buffer.
 
 // AVX-512 pays where segments are long: a scalar lam, or per-channel rows of 64 and more
-inline bool use_avx512(const QuantParams& k) {
-  return cpu_has_avx512() && k.noise != kGaussian && (k.channels == 1 || k.inner >= 64);
-}
+inline bool use_avx512(const QuantParams& k) { return cpu_has_avx512() && (k.channels == 1 || k.inner >= 64); }
 
 struct QuantVectors {
   __m512 inv_step, lam, p, shift, scale;
@@ -87,19 +74,6 @@ struct QuantVectors {
 NA_AVX512 inline QuantVectors quant_vectors(const QuantParams& k, int64_t c) {
   return {_mm512_set1_ps(k.inv_step[c]), _mm512_set1_ps(k.lam[c]), _mm512_set1_ps(k.p), _mm512_set1_ps(k.shift),
           _mm512_set1_ps(k.scale)};
-}
-
-// scale * (u - 0.5) for the offsets first .. first+31 (zero without noise)
-template <int NOISE>
-NA_AVX512 inline void noise32(const PhiloxKeysAvx512& keys, uint64_t first, const QuantVectors& v, __m512 eps[2]) {
-  if (NOISE == kNoNoise) {
-    eps[0] = eps[1] = _mm512_setzero_ps();
-    return;
-  }
-  __m512i words[2];
-  philox32_avx512(keys, first, words, nullptr);
-  for (int half = 0; half < 2; ++half)
-    eps[half] = _mm512_mul_ps(v.scale, _mm512_sub_ps(uniform_float_avx512(words[half]), _mm512_set1_ps(0.5f)));
 }
 
 // q_raw = floor(x * inv_step (+ eps) + shift)
@@ -132,7 +106,7 @@ NA_AVX512 void forward_segment_avx512(const QuantParams& k, const PhiloxKeysAvx5
   const __m512 zero = _mm512_setzero_ps();
   for (int64_t s = begin; s < end; s += 32) {
     __m512 eps[2];
-    noise32<NOISE>(keys, static_cast<uint64_t>(s), v, eps);
+    scaled_noise32_avx512<NOISE>(keys, static_cast<uint64_t>(s), v.scale, eps);
     for (int half = 0; half < 2; ++half) {
       const int64_t at = s + 16 * half;
       const __mmask16 m = lanes_left(end - at);
@@ -185,7 +159,7 @@ NA_AVX512 double backward_segment_avx512(const QuantParams& k, const PhiloxKeysA
   double sum = 0.0;
   for (int64_t s = begin; s < end; s += 32) {
     __m512 eps[2];
-    noise32<NOISE>(keys, static_cast<uint64_t>(s), v, eps);
+    scaled_noise32_avx512<NOISE>(keys, static_cast<uint64_t>(s), v.scale, eps);
     for (int half = 0; half < 2; ++half) {
       const int64_t at = s + 16 * half;
       const __mmask16 m = lanes_left(end - at);
@@ -249,7 +223,7 @@ NA_TARGET_CLONES void forward_impl(const QuantParams& k, const void* x_ptr, void
       float eps[kBatch];
       for (int64_t s = begin; s < end; s += kBatch) {
         const int64_t count = std::min(kBatch, end - s);
-        if (NOISE != kNoNoise) scaled_noise(k, s, count, eps);
+        if (NOISE != kNoNoise) scaled_noise_batch(NOISE, k.seed, k.scale, static_cast<uint64_t>(s), count, eps);
         for (int64_t j = 0; j < count; ++j) {
           float z = S::load(x, s + j) * inv_step;
           if (NOISE != kNoNoise) z = z + eps[j];
@@ -283,7 +257,7 @@ NA_TARGET_CLONES void backward_impl(const QuantParams& k, const void* grad_y_ptr
         double sum = 0.0;
         for (int64_t s = begin; s < end; s += kBatch) {
           const int64_t count = std::min(kBatch, end - s);
-          if (NOISE != kNoNoise) scaled_noise(k, s, count, eps);
+          if (NOISE != kNoNoise) scaled_noise_batch(NOISE, k.seed, k.scale, static_cast<uint64_t>(s), count, eps);
           for (int64_t j = 0; j < count; ++j) {  // branch-free so it vectorises
             const float xi = S::load(x, s + j);
             float z = xi * inv_step;
@@ -351,7 +325,7 @@ void noisy_quant_forward(uintptr_t x, uintptr_t y, int dtype, int64_t n, int64_t
   dispatch(dtype, noise, [&](auto dtype_tag, auto noise_tag) {
     constexpr int D = decltype(dtype_tag)::value, NOISE = decltype(noise_tag)::value;
 #ifdef NA_HAVE_AVX512
-    if (use_avx512(k)) return forward_avx512<D, NOISE == kGaussian ? kNoNoise : NOISE>(k, xp, yp, threads);
+    if (use_avx512(k)) return forward_avx512<D, NOISE>(k, xp, yp, threads);
 #endif
     forward_impl<D, NOISE>(k, xp, yp, threads);
   });
@@ -373,7 +347,7 @@ void noisy_quant_backward(uintptr_t grad_y, uintptr_t x, uintptr_t grad_x, int d
     constexpr int D = decltype(dtype_tag)::value, NOISE = decltype(noise_tag)::value;
 #ifdef NA_HAVE_AVX512
     if (use_avx512(k))
-      return backward_avx512<D, NOISE == kGaussian ? kNoNoise : NOISE>(k, gyp, xp, gxp, partial_ptr, threads);
+      return backward_avx512<D, NOISE>(k, gyp, xp, gxp, partial_ptr, threads);
 #endif
     backward_impl<D, NOISE>(k, gyp, xp, gxp, partial_ptr, threads);
   });

@@ -81,6 +81,21 @@ def test_cpp_philox_matches_reference(first, seed, simd_level):
     assert torch.equal(w1.to(torch.int64) & 0xFFFFFFFF, ref[1])
 
 
+@requires_cpp
+@pytest.mark.parametrize("kind", ["uniform", "gaussian"])
+@pytest.mark.parametrize("first, seed", [(0, 3), (2**32 - 1000, -9), (5 * 2**32 + 7, 2**50 + 1)])
+def test_cpp_noise_matches_reference(kind, first, seed, simd_level):
+    # the noise itself, not only outputs it moves across a rounding step: bit for bit, gaussian
+    # included (its float64 log and cos round to the same float32 as torch's)
+    count = 2**17 + 21
+    got = torch.empty(count, dtype=torch.float32)
+    cpu.extension().noise_fill(seed & (2**64 - 1), first, count, {"uniform": 1, "gaussian": 2}[kind], 1.0,
+                               got.data_ptr())
+    offsets = torch.arange(first, first + count, dtype=torch.int64)
+    ref = philox.uniform(torch.tensor(seed), offsets) - 0.5 if kind == "uniform" else philox.normal(torch.tensor(seed), offsets)
+    assert torch.equal(got, ref), f"{(got != ref).sum()} of {count} differ"
+
+
 @requires_triton
 @pytest.mark.parametrize("first", [0, 2**32 - 100, 7 * 2**32 + 3])
 @pytest.mark.parametrize("seed", [0, 12345, -5, 2**40 + 7])
