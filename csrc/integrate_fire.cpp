@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <stdexcept>
 #include <vector>
@@ -273,12 +274,20 @@ void avx512_forward(const IFParams& k, const void* xp, void* sp, int32_t* cp, fl
   }
 }
 
-inline bool cpu_has_avx512_forward() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  return has;
-}
 #endif  // NA_IF_AVX512
+
+// Whether the forward takes the AVX-512 path: where the CPU has it, unless NA_KERNELS_NO_AVX512 is
+// set (the tests compare both paths bit for bit on one machine).
+bool use_avx512_forward() {
+#ifdef NA_IF_AVX512
+  static const bool use = !std::getenv("NA_KERNELS_NO_AVX512") && __builtin_cpu_supports("avx512f") &&
+                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512dq");
+  return use;
+#else
+  return false;
+#endif
+}
 
 struct SurrogateParams {
   int kind;
@@ -369,7 +378,7 @@ template <int D>
 void forward_dispatch(const IFParams& k, const void* xp, void* sp, int32_t* cp, float* vp, float* hp,
                       const float* v0p, float v_frac, int threads) {
 #ifdef NA_IF_AVX512
-  if (cpu_has_avx512_forward()) return avx512_forward<D>(k, xp, sp, cp, vp, hp, v0p, v_frac, threads);
+  if (use_avx512_forward()) return avx512_forward<D>(k, xp, sp, cp, vp, hp, v0p, v_frac, threads);
 #endif
   if (k.reset == kSubtract) {
     if (hp) forward_impl<D, kSubtract, true>(k, xp, sp, cp, vp, hp, v0p, v_frac, threads);
@@ -480,6 +489,8 @@ void bind_integrate_fire(pybind11::module_& m) {
   namespace py = pybind11;
   m.def("integrate_fire_forward", &integrate_fire_forward, py::call_guard<py::gil_scoped_release>(),
         "multi-step integrate-and-fire forward on raw pointers (see csrc/integrate_fire.cpp)");
+  m.def("integrate_fire_forward_isa", []() { return use_avx512_forward() ? "avx512" : "generic"; },
+        "the instruction set integrate_fire_forward uses on this machine");
   m.def("integrate_fire_backward", &integrate_fire_backward, py::call_guard<py::gil_scoped_release>(),
         "integrate-and-fire surrogate-gradient BPTT on raw pointers");
 }
