@@ -11,6 +11,8 @@
 //   gh = grad_s * sg + gv * (1 | 1 - s);  grad_x[t] = gh;  gv = gh;   grad_v_init = gv at the end.
 // h is either the forward's saved [T, N] or, when the caller kept x instead, recomputed per block
 // by the forward's own loop into a per-thread scratch of T x kBlock floats (no [T, N] buffer).
+// Where the CPU has AVX-512 (checked at run time; the build needs no -march flag) the forward
+// takes avx512_forward instead: same operations, v and the count in registers (see there).
 // GCC keeps an ordered float compare (h >= theta) out of vectorized loops while it must preserve
 // FP traps (-ftrapping-math, the default): no if-conversion, no SIMD. Nothing here reads the FP
 // exception flags, and the option changes no rounded result, so it is off for this file only.
@@ -167,8 +169,8 @@ void fill_by_channel(const T* per_channel, int64_t inner, int64_t channels, int6
   }
 }
 
+// the forward's arguments, typed
 template <int D> struct Avx512Forward {
-  using IO = Avx512IO<D>;
   using T = typename Storage<D>::type;
   const IFParams& k;
   const T* x;
@@ -224,18 +226,17 @@ NA_AVX512 void avx512_forward_impl(const Avx512Forward<D>& f, int threads) {
   // vectors per tile; measured: 1 or 2 move x and the spikes fastest at T = 8, 4 and 8 are slower
   constexpr int kTile = 2;
   const IFParams& k = f.k;
-  // per channel: theta and the spike (in the storage type) for s = 0 and s = 1, as forward_impl's s * amp
-  std::vector<float> amp_c(k.channels);
+  // per channel: the spike (in the storage type) for s = 0 and s = 1, as forward_impl's s * amp
   std::vector<T> off_c(k.channels), on_c(k.channels);
   for (int64_t c = 0; c < k.channels; ++c) {
-    amp_c[c] = k.amp_is_theta ? k.theta[c] : k.amp;
-    Storage<D>::store(off_c.data(), c, 0.0f * amp_c[c]);
-    Storage<D>::store(on_c.data(), c, 1.0f * amp_c[c]);
+    const float amp = k.amp_is_theta ? k.theta[c] : k.amp;
+    Storage<D>::store(off_c.data(), c, 0.0f * amp);
+    Storage<D>::store(on_c.data(), c, 1.0f * amp);
   }
   const int64_t blocks = block_count(k.neurons);
 #pragma omp parallel num_threads(threads)
   {
-    auto tab = std::make_unique<ChunkTables<D>>();
+    auto tab = std::make_unique<ChunkTables<D>>();  // zeroed: lanes past a chunk's end are read, never used
     bool filled = false;
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
@@ -274,6 +275,7 @@ void avx512_forward(const IFParams& k, const void* xp, void* sp, int32_t* cp, fl
   }
 }
 
+#undef NA_AVX512
 #endif  // NA_IF_AVX512
 
 // Whether the forward takes the AVX-512 path: where the CPU has it, unless NA_KERNELS_NO_AVX512 is
