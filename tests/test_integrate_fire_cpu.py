@@ -1,0 +1,149 @@
+"""integrate_fire forward of the C++ kernels, bit for bit: the AVX-512 path (where the CPU has it)
+against the reference, and against the generic loop (NA_KERNELS_NO_AVX512=1, in a subprocess).
+
+The cases reach what the vector path handles on its own: sizes around multiples of 16 (a zmm of
+neurons), of a tile and of the 1024-neuron work item, T = 1, per-channel theta with the channel
+changing inside a vector, 16-bit spikes for both amplitudes (a negative one stores -0 bits when
+the neuron is silent), stride-0 and strided steps, v_init tensors, both resets, saved h and
+non-finite or subnormal thresholds.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import na_kernels
+from na_kernels import cpu
+from na_kernels.ops import integrate_fire as ops
+from na_kernels.reference import integrate_fire as ref
+
+pytestmark = pytest.mark.skipif(not cpu.available() or not hasattr(cpu._C, "integrate_fire_forward_isa"),
+                                reason="C++ extension with integrate_fire not built")
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+SIZES = (1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 1023, 1024, 1025, 1040, 2048 + 47)
+# What the public API refuses (<= 0, inf, NaN) still reaches the kernel through the op. Non-finite
+# theta is compared between the two C++ paths only: the reference tests h - theta >= 0 (h >= theta
+# for a finite theta only), and torch's vectorized bfloat16 conversion writes NaN as 0xffff.
+ODD_THETA = (0.5, -0.25, 0.0, 1e-40, 3e38, 1e-30)
+NON_FINITE_THETA = (float("inf"), -float("inf"), float("nan"))
+
+
+def _x(gen, shape, dtype):
+    return (torch.randn(shape, generator=gen) * 0.7 + 0.3).to(dtype)
+
+
+def _cases(non_finite_theta=False):
+    """(name, x_seq, threshold, keyword arguments) with a fixed seed: the subprocess rebuilds them."""
+    gen = torch.Generator().manual_seed(1234)
+    cases = []
+    for dtype in DTYPES:
+        tag = str(dtype).split(".")[1]
+        for n in SIZES:
+            for steps in (1, 8):
+                cases.append((f"{tag}-n{n}-t{steps}", _x(gen, (steps, n), dtype), 0.75, {}))
+        # per channel along dim 2: inner 21 (the channel changes inside a vector), 1, 32, and steps of
+        # more than one work item whose boundaries fall inside a channel's run (inner 100, inner 1)
+        for shape in ((5, 2, 7, 3, 7), (6, 3, 37), (3, 2, 3, 32), (3, 4, 7, 100), (2, 40, 37)):
+            theta = torch.rand(shape[2], generator=gen) + 0.25
+            for reset in ("subtract", "zero"):
+                for amplitude in ("threshold", 1.0, -0.5):  # -0.5: only through the op
+                    name = f"{tag}-channels{shape}-{reset}-amp{amplitude}"
+                    cases.append((name, _x(gen, shape, dtype), theta, dict(reset=reset, amplitude=amplitude)))
+        v0 = torch.randn(4, 77, generator=gen)
+        cases.append((f"{tag}-v0", _x(gen, (5, 4, 77), dtype), torch.rand(77, generator=gen) + 0.5, dict(v_init=v0)))
+        cases.append((f"{tag}-vfrac", _x(gen, (5, 300), dtype), 1.5, dict(v_init=0.25, reset="zero")))
+        repeated = _x(gen, (3, 5, 40), dtype)[0].expand(9, 5, 40)  # stride 0 between steps
+        cases.append((f"{tag}-repeated", repeated, torch.rand(40, generator=gen) + 0.5, {}))
+        strided = _x(gen, (10, 2, 3, 50), dtype)[::2]  # steps 2N apart, each dense
+        cases.append((f"{tag}-strided", strided, torch.rand(3, generator=gen) + 0.5, dict(reset="zero")))
+        odd = torch.tensor(ODD_THETA + (NON_FINITE_THETA if non_finite_theta else ()))
+        for amplitude in ("threshold", 1.0):
+            cases.append((f"{tag}-odd-theta-amp{amplitude}", _x(gen, (4, 2, len(odd), 19), dtype), odd,
+                          dict(amplitude=amplitude)))
+    return cases
+
+
+def _forward(x, threshold, kwargs):
+    """(spikes, counts, v_final) from the op's CPU kernel, with the reference's keyword arguments."""
+    v_init = kwargs.get("v_init", 0.5)
+    v0, v_frac = (v_init, 0.0) if isinstance(v_init, torch.Tensor) else (None, v_init)
+    amplitude = kwargs.get("amplitude", "threshold")
+    with na_kernels.use_backend("cpu"):
+        out = ops._integrate_fire_op(x, torch.as_tensor(threshold, dtype=torch.float32).reshape(-1), v0, v_frac,
+                                     ref.RESETS.index(kwargs.get("reset", "subtract")),
+                                     None if amplitude == "threshold" else amplitude, 0, 4.0, False, ops.SAVE_NOTHING)
+    return out[:3]
+
+
+def _bits(t):
+    """The tensor's bits as integers: equal means identical, NaN payloads and signed zeros included."""
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return t.contiguous().view(torch.int16)
+    if t.dtype == torch.float32:
+        return t.contiguous().view(torch.int32)
+    return t
+
+
+def _assert_bits_equal(got, want, name):
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape, name
+        assert torch.equal(_bits(g), _bits(w)), name
+
+
+def test_forward_matches_reference_bit_for_bit():
+    for name, x, threshold, kwargs in _cases():
+        want = ref.integrate_fire(x, threshold, **kwargs)
+        _assert_bits_equal(_forward(x, threshold, kwargs), want, name)
+
+
+@pytest.mark.parametrize("reset", [0, 1])
+@pytest.mark.parametrize("n", [17, 1040])
+def test_saved_h_matches_reference(reset, n):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 2, 3, n, generator=gen)
+    theta = torch.rand(3, generator=gen) + 0.5
+    with na_kernels.use_backend("cpu"):
+        *_, h = ops._integrate_fire_op(x, theta, None, 0.5, reset, None, 0, 4.0, False, ops.SAVE_H)
+    want = ref.integrate_fire(x, theta, reset=ref.RESETS[reset], return_h=True)[3]
+    _assert_bits_equal((h,), (want,), f"h reset={reset} n={n}")
+
+
+def test_public_api_takes_the_same_path():
+    gen = torch.Generator().manual_seed(7)
+    for dtype in DTYPES:
+        x = _x(gen, (8, 2, 5, 33), dtype)
+        theta = torch.rand(5, generator=gen) + 0.5
+        with na_kernels.use_backend("cpu"):
+            got = na_kernels.integrate_fire(x, theta, reset="zero", amplitude=1.0, return_v=True)
+        _assert_bits_equal(got, ref.integrate_fire(x, theta, reset="zero", amplitude=1.0), str(dtype))
+
+
+def test_empty_step():
+    for dtype in DTYPES:
+        spikes, counts, v = _forward(torch.empty(3, 0, dtype=dtype), 1.0, {})
+        assert spikes.shape == (3, 0) and counts.shape == (0,) and v.shape == (0,)
+
+
+def _dump(path):
+    """Run in the subprocess: every case's outputs through the C++ backend, saved to path."""
+    torch.save({"isa": cpu._C.integrate_fire_forward_isa(),
+                "outputs": [_forward(x, threshold, kwargs) for _, x, threshold, kwargs in _cases(True)]}, path)
+
+
+def test_avx512_path_equals_generic_loop(tmp_path):
+    if cpu._C.integrate_fire_forward_isa() != "avx512":
+        pytest.skip("this CPU (or NA_KERNELS_NO_AVX512) runs the generic loop only")
+    path = tmp_path / "generic.pt"
+    script = f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); " \
+             f"import test_integrate_fire_cpu as t; t._dump({str(path)!r})"
+    env = dict(os.environ, NA_KERNELS_NO_AVX512="1")
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=600)
+    generic = torch.load(path)
+    assert generic["isa"] == "generic"
+    cases = _cases(True)
+    assert len(generic["outputs"]) == len(cases)
+    for (name, x, threshold, kwargs), want in zip(cases, generic["outputs"]):
+        _assert_bits_equal(_forward(x, threshold, kwargs), want, name)
