@@ -25,7 +25,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
-#include <memory>
 #include <stdexcept>
 #include <vector>
 
@@ -151,23 +150,72 @@ template <> struct Avx512IO<kFloat32> : Avx512F32 {};
 template <> struct Avx512IO<kFloat16> : Avx512F16 {};
 template <> struct Avx512IO<kBFloat16> : Avx512BF16 {};
 
-// Per-neuron constants of one chunk [begin, begin + len): theta and the spike for s = 0 / 1.
-template <int D> struct ChunkTables {
-  using T = typename Storage<D>::type;
-  alignas(64) float theta[kBlock];
-  alignas(64) T off[kBlock], on[kBlock];
-};
-
-// out[j] = per_channel[c(begin + j)] for j < len, written as runs of equal channel
+// out[j] = per_channel[c(begin + j)] for j < len, written as runs of equal channel (or, for inner 1,
+// as copies of the channel table)
 template <class T>
 void fill_by_channel(const T* per_channel, int64_t inner, int64_t channels, int64_t begin, int64_t len, T* out) {
   int64_t c = (begin / inner) % channels, run = inner - begin % inner;
+  if (inner == 1) {
+    for (int64_t j = 0; j < len; c = 0) {
+      const int64_t r = channels - c < len - j ? channels - c : len - j;
+      std::copy_n(per_channel + c, r, out + j);
+      j += r;
+    }
+    return;
+  }
   for (int64_t j = 0; j < len; run = inner, c = c + 1 == channels ? 0 : c + 1) {
     const int64_t r = run < len - j ? run : len - j;
     std::fill_n(out + j, r, per_channel[c]);
     j += r;
   }
 }
+
+// Per neuron: theta and the spike (in the storage type) for s = 0 and s = 1, as forward_impl's
+// s * amp. The channel pattern repeats every channels * inner neurons (every neuron for one
+// channel): where that period is short, one table of a period and a chunk, filled once, serves
+// every chunk at an offset; otherwise each thread fills its own chunk's worth per chunk.
+template <int D> class NeuronTables {
+ public:
+  using T = typename Storage<D>::type;
+  static constexpr int64_t kMaxPeriod = 1 << 15;
+
+  // shareable: fill the periodic table where the period is short (else fill() per chunk)
+  NeuronTables(const IFParams& k, bool shareable) : k_(k), off_c_(k.channels), on_c_(k.channels) {
+    for (int64_t c = 0; c < k.channels; ++c) {
+      const float amp = k.amp_is_theta ? k.theta[c] : k.amp;
+      Storage<D>::store(off_c_.data(), c, 0.0f * amp);
+      Storage<D>::store(on_c_.data(), c, 1.0f * amp);
+    }
+    const int64_t period = k.channels == 1 ? 1 : k.channels * k.inner;
+    if (shareable && period <= kMaxPeriod && period <= k.neurons) {
+      period_ = period;
+      fill(0, period + kBlock);
+    }
+  }
+  bool periodic() const { return period_ > 0; }
+  // where the chunk from neuron `begin` starts in the tables
+  int64_t offset(int64_t begin) const { return periodic() ? begin % period_ : 0; }
+  // the tables of neurons [begin, begin + len), from index 0
+  void fill(int64_t begin, int64_t len) {
+    resize(len + 16);  // slack: lanes past a chunk's end are loaded, never used
+    fill_by_channel(k_.theta, k_.inner, k_.channels, begin, len, theta.data());
+    fill_by_channel(off_c_.data(), k_.inner, k_.channels, begin, len, off.data());
+    fill_by_channel(on_c_.data(), k_.inner, k_.channels, begin, len, on.data());
+  }
+  std::vector<float> theta;
+  std::vector<T> off, on;
+
+ private:
+  void resize(int64_t size) {
+    if (static_cast<int64_t>(theta.size()) >= size) return;
+    theta.resize(size);
+    off.resize(size);
+    on.resize(size);
+  }
+  const IFParams& k_;
+  std::vector<T> off_c_, on_c_;
+  int64_t period_ = 0;
+};
 
 // the forward's arguments, typed
 template <int D> struct Avx512Forward {
@@ -182,10 +230,11 @@ template <int D> struct Avx512Forward {
   float v_frac;
 };
 
-// W vectors of neurons from n (table index j) over all steps; the last vector's lanes are `last`.
+// W vectors of neurons from n over all steps, their theta and spike values at theta, off, on;
+// the last vector's lanes are `last`.
 template <int D, int R, bool SAVE_H, int W>
-NA_AVX512 inline void avx512_tile(const Avx512Forward<D>& f, const ChunkTables<D>& tab, int64_t n, int64_t j,
-                                  __mmask16 last) {
+NA_AVX512 inline void avx512_tile(const Avx512Forward<D>& f, const float* theta, const typename Storage<D>::type* off_bits,
+                                  const typename Storage<D>::type* on_bits, int64_t n, __mmask16 last) {
   using IO = Avx512IO<D>;
   const __m512 one = _mm512_set1_ps(1.0f);
   const __m512i one_i = _mm512_set1_epi32(1);
@@ -195,9 +244,9 @@ NA_AVX512 inline void avx512_tile(const Avx512Forward<D>& f, const ChunkTables<D
   __mmask16 m[W];
   for (int w = 0; w < W; ++w) {
     m[w] = w == W - 1 ? last : static_cast<__mmask16>(0xFFFF);
-    th[w] = _mm512_load_ps(tab.theta + j + 16 * w);
-    off[w] = IO::load_bits(tab.off + j + 16 * w);
-    on[w] = IO::load_bits(tab.on + j + 16 * w);
+    th[w] = _mm512_loadu_ps(theta + 16 * w);
+    off[w] = IO::load_bits(off_bits + 16 * w);
+    on[w] = IO::load_bits(on_bits + 16 * w);
     v[w] = f.v0 ? _mm512_maskz_loadu_ps(m[w], f.v0 + n + 16 * w) : _mm512_mul_ps(_mm512_set1_ps(f.v_frac), th[w]);
     count[w] = _mm512_setzero_si512();
   }
@@ -226,36 +275,28 @@ NA_AVX512 void avx512_forward_impl(const Avx512Forward<D>& f, int threads) {
   // vectors per tile; measured: 1 or 2 move x and the spikes fastest at T = 8, 4 and 8 are slower
   constexpr int kTile = 2;
   const IFParams& k = f.k;
-  // per channel: the spike (in the storage type) for s = 0 and s = 1, as forward_impl's s * amp
-  std::vector<T> off_c(k.channels), on_c(k.channels);
-  for (int64_t c = 0; c < k.channels; ++c) {
-    const float amp = k.amp_is_theta ? k.theta[c] : k.amp;
-    Storage<D>::store(off_c.data(), c, 0.0f * amp);
-    Storage<D>::store(on_c.data(), c, 1.0f * amp);
-  }
+  const NeuronTables<D> shared(k, true);
   const int64_t blocks = block_count(k.neurons);
 #pragma omp parallel num_threads(threads)
   {
-    auto tab = std::make_unique<ChunkTables<D>>();  // zeroed: lanes past a chunk's end are read, never used
-    bool filled = false;
+    NeuronTables<D> own(k, false);  // filled per chunk where the period is long
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t begin = b * kBlock;
       const int64_t len = begin + kBlock < k.neurons ? kBlock : k.neurons - begin;
-      if (k.channels > 1 || !filled) {  // one channel: the same tables for every chunk
-        const int64_t fill = k.channels > 1 ? len : kBlock;
-        fill_by_channel(k.theta, k.inner, k.channels, begin, fill, tab->theta);
-        fill_by_channel(off_c.data(), k.inner, k.channels, begin, fill, tab->off);
-        fill_by_channel(on_c.data(), k.inner, k.channels, begin, fill, tab->on);
-        filled = true;
-      }
+      if (!shared.periodic()) own.fill(begin, len);
+      const NeuronTables<D>& tab = shared.periodic() ? shared : own;
+      const int64_t at = tab.offset(begin);
+      const float* theta = tab.theta.data() + at;
+      const T* off = tab.off.data() + at;
+      const T* on = tab.on.data() + at;
       int64_t j = 0;
       for (; j + 16 * kTile <= len; j += 16 * kTile)
-        avx512_tile<D, R, SAVE_H, kTile>(f, *tab, begin + j, j, static_cast<__mmask16>(0xFFFF));
+        avx512_tile<D, R, SAVE_H, kTile>(f, theta + j, off + j, on + j, begin + j, static_cast<__mmask16>(0xFFFF));
       for (; j < len; j += 16) {
         const int64_t rest = len - j;
         const __mmask16 last = rest >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << rest) - 1);
-        avx512_tile<D, R, SAVE_H, 1>(f, *tab, begin + j, j, last);
+        avx512_tile<D, R, SAVE_H, 1>(f, theta + j, off + j, on + j, begin + j, last);
       }
     }
   }

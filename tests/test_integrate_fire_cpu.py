@@ -3,7 +3,7 @@ against the reference, and against the generic loop (NA_KERNELS_NO_AVX512=1, in 
 
 The cases reach what the vector path handles on its own: sizes around multiples of 16 (a zmm of
 neurons), of a tile and of the 1024-neuron work item, T = 1, per-channel theta with the channel
-changing inside a vector, 16-bit spikes for both amplitudes (a negative one stores -0 bits when
+changing inside a vector and channel patterns shorter and longer than the shared table, 16-bit spikes for both amplitudes (a negative one stores -0 bits when
 the neuron is silent), stride-0 and strided steps, v_init tensors, both resets, saved h and
 non-finite or subnormal thresholds.
 """
@@ -52,6 +52,10 @@ def _cases(non_finite_theta=False):
                 for amplitude in ("threshold", 1.0, -0.5):  # -0.5: only through the op
                     name = f"{tag}-channels{shape}-{reset}-amp{amplitude}"
                     cases.append((name, _x(gen, shape, dtype), theta, dict(reset=reset, amplitude=amplitude)))
+        # channel patterns longer than the kernel's shared table (2^15 neurons): tables per work item
+        for shape in ((2, 2, 3, 11001), (2, 2, 40000)):
+            theta = torch.rand(shape[2], generator=gen) + 0.25
+            cases.append((f"{tag}-long-period{shape}", _x(gen, shape, dtype), theta, {}))
         v0 = torch.randn(4, 77, generator=gen)
         cases.append((f"{tag}-v0", _x(gen, (5, 4, 77), dtype), torch.rand(77, generator=gen) + 0.5, dict(v_init=v0)))
         cases.append((f"{tag}-vfrac", _x(gen, (5, 300), dtype), 1.5, dict(v_init=0.25, reset="zero")))
