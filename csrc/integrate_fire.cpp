@@ -24,17 +24,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <stdexcept>
 #include <vector>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define NA_IF_AVX512 1
-#endif
-
+#include "avx512.h"
 #include "float_convert.h"
 #include "parallel.h"
+#include "simd_level.h"
+#include "vector_math.h"
 
 namespace na {
 namespace {
@@ -108,14 +105,12 @@ void forward_impl(const IFParams& k, const void* x_ptr, void* spikes_ptr, int32_
   }
 }
 
-#ifdef NA_IF_AVX512
+#ifdef NA_HAVE_AVX512
 // AVX-512 forward: 16 neurons per zmm, a tile of W zmms keeps v and the count in registers over
 // all T steps (t inside), so only x and the spikes move. The spike of a lane is a select between
 // two precomputed values, s * amp for s = 0 and s = 1, already in the storage type: no float ->
 // 16-bit conversion per step. theta and the two spike values come per neuron from the thread's
 // chunk tables below; v and the count use the same float operations as forward_impl (same bits).
-#define NA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-
 // Loads 16 x as float32 (exact for all three types) and stores 16 spikes selected by `fired`.
 // The zero-masked conversions cost nothing extra; GCC 12 warns about the unmasked ones' undefined
 // pass-through operand (its bug 105593).
@@ -316,21 +311,7 @@ void avx512_forward(const IFParams& k, const void* xp, void* sp, int32_t* cp, fl
   }
 }
 
-#undef NA_AVX512
-#endif  // NA_IF_AVX512
-
-// Whether the forward takes the AVX-512 path: where the CPU has it, unless NA_KERNELS_NO_AVX512 is
-// set (the tests compare both paths bit for bit on one machine).
-bool use_avx512_forward() {
-#ifdef NA_IF_AVX512
-  static const bool use = !std::getenv("NA_KERNELS_NO_AVX512") && __builtin_cpu_supports("avx512f") &&
-                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-                          __builtin_cpu_supports("avx512dq");
-  return use;
-#else
-  return false;
-#endif
-}
+#endif  // NA_HAVE_AVX512
 
 struct SurrogateParams {
   int kind;
@@ -417,11 +398,135 @@ void backward_impl(const IFParams& k, const SurrogateParams& g, const void* grad
   }
 }
 
+#ifdef NA_HAVE_AVX512
+// AVX-512 backward: the scalar backward's operations on tiles of W vectors of 16 neurons, the
+// grad of v in registers over all steps (t from T-1 down to 0). With recompute, the tile's h of
+// every step is first rebuilt by the forward's operations into a per-thread scratch of T x 16W.
+template <int D> struct Avx512Backward {
+  using T = typename Storage<D>::type;
+  const IFParams& k;
+  const SurrogateParams& g;
+  const T* grad_spikes;  // or null: zero
+  const float* grad_v;   // or null: zero
+  const float* h_in;     // saved h, or null: recompute from k.recompute_x
+  T* grad_x;             // or null: not wanted
+  float* grad_v_init;    // or null: not wanted
+};
+
+template <int SG>
+NA_AVX512 inline __m512 surrogate_grad_avx512(const SurrogateParams& g, __m512 u) {
+  const __m512 one = _mm512_set1_ps(1.0f), alpha = _mm512_set1_ps(g.alpha);
+  if (SG == kSigmoid) {
+    const __m512 minus_alpha_u = _mm512_xor_ps(_mm512_mul_ps(u, alpha), _mm512_set1_ps(-0.0f));
+    const __m512 sig = _mm512_div_ps(one, _mm512_add_ps(one, exp_ps_avx512(minus_alpha_u)));
+    return _mm512_mul_ps(_mm512_mul_ps(alpha, sig), _mm512_sub_ps(one, sig));
+  } else if (SG == kAtan) {
+    const __m512 w = _mm512_mul_ps(_mm512_set1_ps(g.atan_scale), u);
+    return _mm512_div_ps(_mm512_set1_ps(g.half_alpha), _mm512_add_ps(one, _mm512_mul_ps(w, w)));
+  }
+  const __m512 magnitude = _mm512_abs_ps(u);
+  if (SG == kTriangle) {
+    const __m512 r = _mm512_sub_ps(one, _mm512_mul_ps(alpha, magnitude));
+    const __m512 zero = _mm512_setzero_ps();
+    return _mm512_mul_ps(alpha, _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(r, zero, _CMP_LT_OQ), zero));
+  }
+  const __mmask16 inside = _mm512_cmp_ps_mask(magnitude, _mm512_set1_ps(g.half_width), _CMP_LT_OQ);
+  return _mm512_mul_ps(alpha, _mm512_maskz_mov_ps(inside, one));
+}
+
+template <int D, int R, int SG, bool DETACH, int W>
+NA_AVX512 inline void avx512_backward_tile(const Avx512Backward<D>& f, const float* theta, const float* amp,
+                                           int64_t n, __mmask16 last, float* scratch) {
+  using IO = Avx512Storage<D>;
+  const IFParams& k = f.k;
+  const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+  __m512 th[W], am[W], gv[W];
+  __mmask16 m[W];
+  for (int w = 0; w < W; ++w) {
+    m[w] = w == W - 1 ? last : static_cast<__mmask16>(0xFFFF);
+    th[w] = _mm512_loadu_ps(theta + 16 * w);
+    am[w] = _mm512_loadu_ps(amp + 16 * w);
+    gv[w] = f.grad_v ? _mm512_maskz_loadu_ps(m[w], f.grad_v + n + 16 * w) : zero;
+  }
+  if (!f.h_in) {  // the forward's operations, keeping h
+    const auto* x = static_cast<const typename IO::type*>(k.recompute_x);
+    __m512 v[W];
+    for (int w = 0; w < W; ++w)
+      v[w] = k.v0 ? _mm512_maskz_loadu_ps(m[w], k.v0 + n + 16 * w) : _mm512_mul_ps(_mm512_set1_ps(k.v_frac), th[w]);
+    for (int64_t t = 0; t < k.steps; ++t) {
+      for (int w = 0; w < W; ++w) {
+        const __m512 h = _mm512_add_ps(v[w], IO::load(x + t * k.x_step + n + 16 * w, m[w]));
+        const __m512 s = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(h, th[w], _CMP_GE_OQ), one);
+        v[w] = R == kSubtract ? _mm512_sub_ps(h, _mm512_mul_ps(s, th[w])) : _mm512_mul_ps(h, _mm512_sub_ps(one, s));
+        _mm512_storeu_ps(scratch + (t * W + w) * 16, h);
+      }
+    }
+  }
+  for (int64_t t = k.steps - 1; t >= 0; --t) {
+    const int64_t base = t * k.neurons + n;
+    for (int w = 0; w < W; ++w) {
+      const __m512 h = f.h_in ? _mm512_maskz_loadu_ps(m[w], f.h_in + base + 16 * w)
+                              : _mm512_loadu_ps(scratch + (t * W + w) * 16);
+      const __m512 u = _mm512_sub_ps(h, th[w]);
+      const __m512 sg = surrogate_grad_avx512<SG>(f.g, u);
+      __m512 gs = f.grad_spikes ? _mm512_mul_ps(IO::load(f.grad_spikes + base + 16 * w, m[w]), am[w]) : zero;
+      __m512 gh;
+      if (R == kSubtract) {
+        if (!DETACH) gs = _mm512_sub_ps(gs, _mm512_mul_ps(th[w], gv[w]));
+        gh = _mm512_add_ps(_mm512_mul_ps(gs, sg), gv[w]);
+      } else {
+        const __m512 not_fired = _mm512_sub_ps(one, _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(u, zero, _CMP_GE_OQ), one));
+        if (!DETACH) gs = _mm512_sub_ps(gs, _mm512_mul_ps(h, gv[w]));
+        gh = _mm512_add_ps(_mm512_mul_ps(gs, sg), _mm512_mul_ps(gv[w], not_fired));
+      }
+      if (f.grad_x) IO::store(f.grad_x + base + 16 * w, m[w], gh);
+      gv[w] = gh;
+    }
+  }
+  if (f.grad_v_init)
+    for (int w = 0; w < W; ++w) _mm512_mask_storeu_ps(f.grad_v_init + n + 16 * w, m[w], gv[w]);
+}
+
+template <int D, int R, int SG, bool DETACH>
+NA_AVX512 void avx512_backward_impl(const Avx512Backward<D>& f, int threads) {
+  constexpr int kTile = 2;
+  const IFParams& k = f.k;
+  std::vector<float> amp_c(k.channels);
+  for (int64_t c = 0; c < k.channels; ++c) amp_c[c] = k.amp_is_theta ? k.theta[c] : k.amp;
+  const int64_t blocks = block_count(k.neurons);
+#pragma omp parallel num_threads(threads)
+  {
+    // theta and amplitude per neuron of a block (+ one vector of slack: lanes past the end are read)
+    std::vector<float> theta(kBlock + 16, 0.0f), amp(kBlock + 16, 0.0f);
+    std::vector<float> scratch(f.h_in ? 0 : static_cast<size_t>(k.steps * 16 * kTile));
+    bool filled = false;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t begin = b * kBlock;
+      const int64_t len = begin + kBlock < k.neurons ? kBlock : k.neurons - begin;
+      if (k.channels > 1 || !filled) {  // one channel: the same tables for every block
+        const int64_t fill = k.channels > 1 ? len : kBlock;
+        fill_by_channel(k.theta, k.inner, k.channels, begin, fill, theta.data());
+        fill_by_channel(amp_c.data(), k.inner, k.channels, begin, fill, amp.data());
+        filled = true;
+      }
+      int64_t j = 0;
+      for (; j + 16 * kTile <= len; j += 16 * kTile)
+        avx512_backward_tile<D, R, SG, DETACH, kTile>(f, theta.data() + j, amp.data() + j, begin + j,
+                                                      static_cast<__mmask16>(0xFFFF), scratch.data());
+      for (; j < len; j += 16)
+        avx512_backward_tile<D, R, SG, DETACH, 1>(f, theta.data() + j, amp.data() + j, begin + j,
+                                                  first_lanes(len - j), scratch.data());
+    }
+  }
+}
+#endif  // NA_HAVE_AVX512
+
 template <int D>
 void forward_dispatch(const IFParams& k, const void* xp, void* sp, int32_t* cp, float* vp, float* hp,
                       const float* v0p, float v_frac, int threads) {
-#ifdef NA_IF_AVX512
-  if (use_avx512_forward()) return avx512_forward<D>(k, xp, sp, cp, vp, hp, v0p, v_frac, threads);
+#ifdef NA_HAVE_AVX512
+  if (cpu_has_avx512()) return avx512_forward<D>(k, xp, sp, cp, vp, hp, v0p, v_frac, threads);
 #endif
   if (k.reset == kSubtract) {
     if (hp) forward_impl<D, kSubtract, true>(k, xp, sp, cp, vp, hp, v0p, v_frac, threads);
@@ -435,6 +540,15 @@ void forward_dispatch(const IFParams& k, const void* xp, void* sp, int32_t* cp, 
 template <int D, int R, int SG>
 void backward_detach(const IFParams& k, const SurrogateParams& g, bool detach, const void* gsp, const float* gvp,
                      const float* hp, void* gxp, float* gvip, int threads) {
+#ifdef NA_HAVE_AVX512
+  if (cpu_has_avx512()) {
+    using T = typename Storage<D>::type;
+    const Avx512Backward<D> f{k, g, static_cast<const T*>(gsp), gvp, hp, static_cast<T*>(gxp), gvip};
+    if (detach) avx512_backward_impl<D, R, SG, true>(f, threads);
+    else avx512_backward_impl<D, R, SG, false>(f, threads);
+    return;
+  }
+#endif
   if (detach) backward_impl<D, R, SG, true>(k, g, gsp, gvp, hp, gxp, gvip, threads);
   else backward_impl<D, R, SG, false>(k, g, gsp, gvp, hp, gxp, gvip, threads);
 }
@@ -532,8 +646,6 @@ void bind_integrate_fire(pybind11::module_& m) {
   namespace py = pybind11;
   m.def("integrate_fire_forward", &integrate_fire_forward, py::call_guard<py::gil_scoped_release>(),
         "multi-step integrate-and-fire forward on raw pointers (see csrc/integrate_fire.cpp)");
-  m.def("integrate_fire_forward_isa", []() { return use_avx512_forward() ? "avx512" : "generic"; },
-        "the instruction set integrate_fire_forward uses on this machine");
   m.def("integrate_fire_backward", &integrate_fire_backward, py::call_guard<py::gil_scoped_release>(),
         "integrate-and-fire surrogate-gradient BPTT on raw pointers");
 }

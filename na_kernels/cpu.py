@@ -77,10 +77,17 @@ def limit_simd(level):
 
     Tests use it to check every kernel path on one machine; it changes speed, never results.
     """
+    global _simd_limit
     if level not in SIMD_LEVELS:
         raise ValueError(f"level must be one of {SIMD_LEVELS}, got {level!r}")
-    extension().set_simd_limit(SIMD_LEVELS.index(level))
+    previous = _simd_limit
+    _simd_limit = SIMD_LEVELS.index(level)
+    extension().set_simd_limit(_simd_limit)
     try:
         yield
     finally:
-        extension().set_simd_limit(len(SIMD_LEVELS) - 1)
+        _simd_limit = previous
+        extension().set_simd_limit(previous)
+
+
+_simd_limit = len(SIMD_LEVELS) - 1  # what limit_simd last set (the extension starts unlimited)

@@ -1,5 +1,6 @@
-"""integrate_fire forward of the C++ kernels, bit for bit: the AVX-512 path (where the CPU has it)
-against the reference, and against the generic loop (NA_KERNELS_NO_AVX512=1, in a subprocess).
+"""integrate_fire of the C++ kernels on every SIMD path this CPU has (the ``simd_level`` fixture):
+the forward bit for bit against the reference and against the generic loop, the backward against
+the reference's closed form (bit for bit but for the sigmoid surrogate's exp).
 
 The cases reach what the vector path handles on its own: sizes around multiples of 16 (a zmm of
 neurons), of a tile and of the 1024-neuron work item, T = 1, per-channel theta with the channel
@@ -7,9 +8,7 @@ changing inside a vector and channel patterns shorter and longer than the shared
 the neuron is silent), stride-0 and strided steps, v_init tensors, both resets, saved h and
 non-finite or subnormal thresholds.
 """
-import os
-import subprocess
-import sys
+import itertools
 
 import pytest
 import torch
@@ -19,8 +18,7 @@ from na_kernels import cpu
 from na_kernels.ops import integrate_fire as ops
 from na_kernels.reference import integrate_fire as ref
 
-pytestmark = pytest.mark.skipif(not cpu.available() or not hasattr(cpu._C, "integrate_fire_forward_isa"),
-                                reason="C++ extension with integrate_fire not built")
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="C++ extension not built")
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SIZES = (1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 1023, 1024, 1025, 1040, 2048 + 47)
@@ -36,7 +34,7 @@ def _x(gen, shape, dtype):
 
 
 def _cases(non_finite_theta=False):
-    """(name, x_seq, threshold, keyword arguments) with a fixed seed: the subprocess rebuilds them."""
+    """(name, x_seq, threshold, keyword arguments), the same for every call (a fixed seed)."""
     gen = torch.Generator().manual_seed(1234)
     cases = []
     for dtype in DTYPES:
@@ -97,7 +95,7 @@ def _assert_bits_equal(got, want, name):
         assert torch.equal(_bits(g), _bits(w)), name
 
 
-def test_forward_matches_reference_bit_for_bit():
+def test_forward_matches_reference_bit_for_bit(simd_level):
     for name, x, threshold, kwargs in _cases():
         want = ref.integrate_fire(x, threshold, **kwargs)
         _assert_bits_equal(_forward(x, threshold, kwargs), want, name)
@@ -105,7 +103,7 @@ def test_forward_matches_reference_bit_for_bit():
 
 @pytest.mark.parametrize("reset", [0, 1])
 @pytest.mark.parametrize("n", [17, 1040])
-def test_saved_h_matches_reference(reset, n):
+def test_saved_h_matches_reference(reset, n, simd_level):
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(6, 2, 3, n, generator=gen)
     theta = torch.rand(3, generator=gen) + 0.5
@@ -115,7 +113,7 @@ def test_saved_h_matches_reference(reset, n):
     _assert_bits_equal((h,), (want,), f"h reset={reset} n={n}")
 
 
-def test_public_api_takes_the_same_path():
+def test_public_api_takes_the_same_path(simd_level):
     gen = torch.Generator().manual_seed(7)
     for dtype in DTYPES:
         x = _x(gen, (8, 2, 5, 33), dtype)
@@ -125,29 +123,45 @@ def test_public_api_takes_the_same_path():
         _assert_bits_equal(got, ref.integrate_fire(x, theta, reset="zero", amplitude=1.0), str(dtype))
 
 
-def test_empty_step():
+def test_empty_step(simd_level):
     for dtype in DTYPES:
         spikes, counts, v = _forward(torch.empty(3, 0, dtype=dtype), 1.0, {})
         assert spikes.shape == (3, 0) and counts.shape == (0,) and v.shape == (0,)
 
 
-def _dump(path):
-    """Run in the subprocess: every case's outputs through the C++ backend, saved to path."""
-    torch.save({"isa": cpu._C.integrate_fire_forward_isa(),
-                "outputs": [_forward(x, threshold, kwargs) for _, x, threshold, kwargs in _cases(True)]}, path)
-
-
-def test_avx512_path_equals_generic_loop(tmp_path):
-    if cpu._C.integrate_fire_forward_isa() != "avx512":
-        pytest.skip("this CPU (or NA_KERNELS_NO_AVX512) runs the generic loop only")
-    path = tmp_path / "generic.pt"
-    script = f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); " \
-             f"import test_integrate_fire_cpu as t; t._dump({str(path)!r})"
-    env = dict(os.environ, NA_KERNELS_NO_AVX512="1")
-    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=600)
-    generic = torch.load(path)
-    assert generic["isa"] == "generic"
-    cases = _cases(True)
-    assert len(generic["outputs"]) == len(cases)
-    for (name, x, threshold, kwargs), want in zip(cases, generic["outputs"]):
+def test_vector_paths_equal_generic_loop(simd_level):
+    if simd_level == "generic":
+        pytest.skip("the generic loop itself")
+    cases = _cases(non_finite_theta=True)
+    with cpu.limit_simd("generic"):
+        generic = [_forward(x, threshold, kwargs) for _, x, threshold, kwargs in cases]
+    for (name, x, threshold, kwargs), want in zip(cases, generic):
         _assert_bits_equal(_forward(x, threshold, kwargs), want, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_matches_closed_form_reference(dtype, simd_level):
+    """Sizes around a vector, a tile and a work item; per-channel theta; saved h and h recomputed
+    from x (the same bits); every surrogate, reset, detach_reset and both amplitudes."""
+    gen = torch.Generator().manual_seed(11)
+    for n in (1, 17, 32, 33, 1025, 2048 + 47):
+        x = _x(gen, (5, 2, 3, n), dtype)
+        theta = torch.rand(3, generator=gen) + 0.5
+        v0 = torch.randn(2, 3, n, generator=gen)
+        grad_spikes = torch.randn(x.shape, generator=gen).to(dtype)
+        grad_v = torch.randn(x.shape[1:], generator=gen)
+        for reset in (0, 1):
+            h = ref.integrate_fire(x, theta, v_init=v0, reset=ref.RESETS[reset], return_h=True)[3]
+            for surrogate, detach, amplitude in itertools.product(range(4), (False, True), (None, 0.75)):
+                options = (theta, reset, amplitude, surrogate, 3.0, detach, dtype, True, True)
+                want = ops._backward_reference(grad_spikes, grad_v, h, None, None, 0.0, *options)
+                got = ops._backward_cpp(grad_spikes, grad_v, h, None, None, 0.0, *options)
+                recomputed = ops._backward_cpp(grad_spikes, grad_v, None, x, v0, 0.0, *options)
+                case = f"n={n} reset={reset} surrogate={surrogate} detach={detach} amplitude={amplitude}"
+                for g, r, w in zip(got, recomputed, want, strict=True):
+                    _assert_bits_equal((g,), (r,), case)
+                    if surrogate == 0:  # exp: within an ulp of the C library's
+                        tol = 1e-5 if dtype == torch.float32 else 1e-2
+                        torch.testing.assert_close(g, w, rtol=tol, atol=tol, msg=case)
+                    else:
+                        _assert_bits_equal((g,), (w,), case)
