@@ -80,7 +80,10 @@ def describe_device():
                     break
     except OSError:
         pass
-    return f"{name} ({torch.get_num_threads()} threads of {os.cpu_count()} CPUs)"
+    from na_kernels import cpu
+
+    simd = f", C++ kernels: {cpu.simd_level()}" if cpu.available() else ", C++ kernels not built"
+    return f"{name} ({torch.get_num_threads()} threads of {os.cpu_count()} CPUs{simd})"
 
 
 def _triton_version():

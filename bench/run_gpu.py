@@ -41,7 +41,8 @@ def machine_slug(device):
             with open("/proc/cpuinfo") as f:
                 for line in f:
                     if line.startswith("model name"):
-                        name = "cpu-" + line.split(":", 1)[1].strip()
+                        model = line.split(":", 1)[1].strip()  # e.g. "Intel(R) Xeon(R) Processor"
+                        name = "cpu-" + re.sub(r"\((r|tm)\)|\s(processor|cpu @.*)$", "", model, flags=re.IGNORECASE)
                         break
         except OSError:
             pass
