@@ -78,6 +78,8 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{machine_slug(device)}-{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}"
+    if os.environ.get("NA_KERNELS_SIMD"):  # a capped SIMD level is a different configuration
+        stem += f"-simd-{os.environ['NA_KERNELS_SIMD'].strip().lower()}"
 
     test_line = "Test suite: not run (--skip-tests)."
     if not args.skip_tests:

@@ -5,6 +5,7 @@ tensors as (address, element count, dtype code). Where it is missing, ops on CPU
 fall back to the PyTorch reference and warn once, saying why.
 """
 import contextlib
+import os
 import warnings
 
 import torch
@@ -90,4 +91,17 @@ def limit_simd(level):
         extension().set_simd_limit(previous)
 
 
-_simd_limit = len(SIMD_LEVELS) - 1  # what limit_simd last set (the extension starts unlimited)
+def _limit_from_environment():
+    """``NA_KERNELS_SIMD=generic|avx2|avx512`` caps the level for the whole process (e.g. to see
+    how a CPU without AVX-512 would do); unset, the kernels use the best the CPU has."""
+    level = os.environ.get("NA_KERNELS_SIMD", "").strip().lower()
+    if not level:
+        return len(SIMD_LEVELS) - 1
+    if level not in SIMD_LEVELS:
+        raise ValueError(f"NA_KERNELS_SIMD must be one of {SIMD_LEVELS}, got {level!r}")
+    if _C is not None:
+        _C.set_simd_limit(SIMD_LEVELS.index(level))
+    return SIMD_LEVELS.index(level)
+
+
+_simd_limit = _limit_from_environment()  # what limit_simd (or NA_KERNELS_SIMD) last set

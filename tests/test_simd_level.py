@@ -1,0 +1,45 @@
+"""Choosing the C++ kernels' SIMD path: limit_simd (tests, nested), NA_KERNELS_SIMD (a process)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from na_kernels import cpu
+
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="C++ extension not built")
+
+
+def test_limit_simd_caps_and_restores_nested_levels():
+    best = cpu.detected_simd_level()
+    assert cpu.simd_level() == best
+    with cpu.limit_simd("avx2"):
+        assert cpu.simd_level() == ("avx2" if best != "generic" else "generic")
+        with cpu.limit_simd("generic"):
+            assert cpu.simd_level() == "generic"
+        assert cpu.simd_level() == ("avx2" if best != "generic" else "generic")
+    assert cpu.simd_level() == best
+
+
+def test_limit_simd_rejects_unknown_level():
+    with pytest.raises(ValueError, match="level must be one of"):
+        with cpu.limit_simd("sse9"):
+            pass
+    assert cpu.simd_level() == cpu.detected_simd_level()
+
+
+def _level_in_subprocess(value):
+    env = dict(os.environ, NA_KERNELS_SIMD=value)
+    return subprocess.run([sys.executable, "-c", "from na_kernels import cpu; print(cpu.simd_level())"], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_environment_variable_caps_the_process():
+    result = _level_in_subprocess("generic")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "generic"
+
+
+def test_environment_variable_rejects_unknown_level():
+    result = _level_in_subprocess("avx1024")
+    assert result.returncode != 0 and "NA_KERNELS_SIMD must be one of" in result.stderr
