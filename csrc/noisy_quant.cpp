@@ -45,19 +45,15 @@ inline float floor_exact(float z) {
   return std::fabs(z) < 8388608.0f ? t : z;  // |z| >= 2^23 (or inf, NaN) is already integral
 }
 
-// Runs segment(begin, end, c) over [begin, end) split at channel boundaries.
-template <typename Segment>
-inline void for_each_segment(const QuantParams& k, int64_t begin, int64_t end, Segment&& segment) {
+// The segment of one channel that starts at `begin`: its end (at most `end`) and channel.
+inline int64_t segment_end(const QuantParams& k, int64_t begin, int64_t end, int64_t& channel) {
   if (k.channels == 1) {
-    segment(begin, end, 0);
-    return;
+    channel = 0;
+    return end;
   }
-  while (begin < end) {
-    const int64_t row = begin / k.inner;
-    const int64_t row_end = std::min(end, (row + 1) * k.inner);
-    segment(begin, row_end, row % k.channels);
-    begin = row_end;
-  }
+  const int64_t row = begin / k.inner;
+  channel = row % k.channels;
+  return std::min(end, (row + 1) * k.inner);
 }
 
 #ifdef NA_HAVE_AVX512
@@ -85,17 +81,6 @@ NA_AVX512 inline __m512 quant_raw(__m512 x, __m512 eps, const QuantVectors& v) {
 }
 
 NA_AVX512 inline __mmask16 lanes_left(int64_t count) { return count <= 0 ? 0 : first_lanes(count); }
-
-// The segment of one channel that starts at `begin`: its end (at most `end`) and channel.
-inline int64_t segment_end(const QuantParams& k, int64_t begin, int64_t end, int64_t& channel) {
-  if (k.channels == 1) {
-    channel = 0;
-    return end;
-  }
-  const int64_t row = begin / k.inner;
-  channel = row % k.channels;
-  return std::min(end, (row + 1) * k.inner);
-}
 
 template <int D, int NOISE>
 NA_AVX512 void forward_segment_avx512(const QuantParams& k, const PhiloxKeysAvx512& keys,
@@ -218,7 +203,8 @@ NA_TARGET_CLONES void forward_impl(const QuantParams& k, const void* x_ptr, void
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
     const int64_t chunk_end = std::min(k.n, (chunk + 1) * kChunk);
-    for_each_segment(k, chunk * kChunk, chunk_end, [&](int64_t begin, int64_t end, int64_t c) {
+    for (int64_t begin = chunk * kChunk, c = 0, end; begin < chunk_end; begin = end) {
+        end = segment_end(k, begin, chunk_end, c);
       const float inv_step = k.inv_step[c], lam = k.lam[c], p = k.p, shift = k.shift;
       float eps[kBatch];
       for (int64_t s = begin; s < end; s += kBatch) {
@@ -232,7 +218,7 @@ NA_TARGET_CLONES void forward_impl(const QuantParams& k, const void* x_ptr, void
           S::store(y, s + j, (q / p) * lam);
         }
       }
-    });
+    }
   }
 }
 
@@ -251,7 +237,8 @@ NA_TARGET_CLONES void backward_impl(const QuantParams& k, const void* grad_y_ptr
 #pragma omp for schedule(static)
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
       const int64_t chunk_end = std::min(k.n, (chunk + 1) * kChunk);
-      for_each_segment(k, chunk * kChunk, chunk_end, [&](int64_t begin, int64_t end, int64_t c) {
+      for (int64_t begin = chunk * kChunk, c = 0, end; begin < chunk_end; begin = end) {
+        end = segment_end(k, begin, chunk_end, c);
         const float inv_step = k.inv_step[c], lam = k.lam[c], p = k.p, shift = k.shift;
         float eps[kBatch], contribution[kBatch];
         double sum = 0.0;
@@ -279,7 +266,7 @@ NA_TARGET_CLONES void backward_impl(const QuantParams& k, const void* grad_y_ptr
           }
         }
         if (mine) mine[c] += sum;
-      });
+      }
     }
   }
 }
