@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "avx512.h"
@@ -111,39 +112,24 @@ void forward_impl(const IFParams& k, const void* x_ptr, void* spikes_ptr, int32_
 // two precomputed values, s * amp for s = 0 and s = 1, already in the storage type: no float ->
 // 16-bit conversion per step. theta and the two spike values come per neuron from the thread's
 // chunk tables below; v and the count use the same float operations as forward_impl (same bits).
-// Loads 16 x as float32 (exact for all three types) and stores 16 spikes selected by `fired`.
-// The zero-masked conversions cost nothing extra; GCC 12 warns about the unmasked ones' undefined
-// pass-through operand (its bug 105593).
-struct Avx512F32 {
-  using type = float;
+// Spikes as stored bits: sixteen lanes selected by `fired` from two precomputed vectors (loads
+// of x are avx512.h's Avx512Storage<D>::load, exact for all three types).
+struct SpikeBits32 {
   using bits = __m512;
-  NA_AVX512 static __m512 load(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
   NA_AVX512 static bits load_bits(const float* p) { return _mm512_loadu_ps(p); }
-  NA_AVX512 static void store(float* p, __mmask16 m, __mmask16 fired, bits off, bits on) {
+  NA_AVX512 static void store_spikes(float* p, __mmask16 m, __mmask16 fired, bits off, bits on) {
     _mm512_mask_storeu_ps(p, m, _mm512_mask_blend_ps(fired, off, on));
   }
 };
-struct Avx512Half16 {  // bits of 16-bit spikes, shared by bfloat16 and float16
-  using type = uint16_t;
+struct SpikeBits16 {  // bfloat16 and float16 alike
   using bits = __m256i;
   NA_AVX512 static bits load_bits(const uint16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-  NA_AVX512 static void store(uint16_t* p, __mmask16 m, __mmask16 fired, bits off, bits on) {
+  NA_AVX512 static void store_spikes(uint16_t* p, __mmask16 m, __mmask16 fired, bits off, bits on) {
     _mm256_mask_storeu_epi16(p, m, _mm256_mask_blend_epi16(fired, off, on));
   }
-  NA_AVX512 static __m256i load16(const uint16_t* p, __mmask16 m) { return _mm256_maskz_loadu_epi16(m, p); }
 };
-struct Avx512BF16 : Avx512Half16 {
-  NA_AVX512 static __m512 load(const uint16_t* p, __mmask16 m) {  // bfloat16 is the top half of a float32
-    return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(m, _mm512_maskz_cvtepu16_epi32(m, load16(p, m)), 16));
-  }
-};
-struct Avx512F16 : Avx512Half16 {
-  NA_AVX512 static __m512 load(const uint16_t* p, __mmask16 m) { return _mm512_maskz_cvtph_ps(m, load16(p, m)); }
-};
-template <int D> struct Avx512IO;
-template <> struct Avx512IO<kFloat32> : Avx512F32 {};
-template <> struct Avx512IO<kFloat16> : Avx512F16 {};
-template <> struct Avx512IO<kBFloat16> : Avx512BF16 {};
+template <int D>
+struct Avx512IO : Avx512Storage<D>, std::conditional_t<D == kFloat32, SpikeBits32, SpikeBits16> {};
 
 // out[j] = per_channel[c(begin + j)] for j < len, written as runs of equal channel (or, for inner 1,
 // as copies of the channel table)
@@ -253,7 +239,7 @@ NA_AVX512 inline void avx512_tile(const Avx512Forward<D>& f, const float* theta,
       const __mmask16 fired = _mm512_cmp_ps_mask(h, th[w], _CMP_GE_OQ);
       const __m512 s = _mm512_maskz_mov_ps(fired, one);
       v[w] = R == kSubtract ? _mm512_sub_ps(h, _mm512_mul_ps(s, th[w])) : _mm512_mul_ps(h, _mm512_sub_ps(one, s));
-      IO::store(f.spikes + base + 16 * w, m[w], fired, off[w], on[w]);
+      IO::store_spikes(f.spikes + base + 16 * w, m[w], fired, off[w], on[w]);
       count[w] = _mm512_mask_add_epi32(count[w], fired, count[w], one_i);
       if (SAVE_H) _mm512_mask_storeu_ps(f.h_out + base + 16 * w, m[w], h);
     }
