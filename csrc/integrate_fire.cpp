@@ -11,8 +11,9 @@
 //   gh = grad_s * sg + gv * (1 | 1 - s);  grad_x[t] = gh;  gv = gh;   grad_v_init = gv at the end.
 // h is either the forward's saved [T, N] or, when the caller kept x instead, recomputed per block
 // by the forward's own loop into a per-thread scratch of T x kBlock floats (no [T, N] buffer).
-// Where the CPU has AVX-512 (checked at run time; the build needs no -march flag) the forward
-// takes avx512_forward instead: same operations, v and the count in registers (see there).
+// Where the CPU has AVX-512 (checked at run time; the build needs no -march flag) forward and
+// backward take avx512_forward / avx512_backward_impl instead: the same operations with the
+// per-neuron state (v and the count; the grad of v) in registers across all T (see there).
 // GCC keeps an ordered float compare (h >= theta) out of vectorized loops while it must preserve
 // FP traps (-ftrapping-math, the default): no if-conversion, no SIMD. Nothing here reads the FP
 // exception flags, and the option changes no rounded result, so it is off for this file only.
