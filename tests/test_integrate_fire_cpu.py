@@ -3,10 +3,11 @@ the forward bit for bit against the reference and against the generic loop, the 
 the reference's closed form (bit for bit but for the sigmoid surrogate's exp).
 
 The cases reach what the vector path handles on its own: sizes around multiples of 16 (a zmm of
-neurons), of a tile and of the 1024-neuron work item, T = 1, per-channel theta with the channel
-changing inside a vector and channel patterns shorter and longer than the shared table, 16-bit spikes for both amplitudes (a negative one stores -0 bits when
-the neuron is silent), stride-0 and strided steps, v_init tensors, both resets, saved h and
-non-finite or subnormal thresholds.
+neurons), of a tile (32 neurons; 64 for 16-bit inputs from T = 16) and of the 1024-neuron work
+item, T = 1, per-channel theta with the channel changing inside a vector and channel patterns
+shorter and longer than the shared table, 16-bit spikes for both amplitudes (a negative one
+stores -0 bits when the neuron is silent), stride-0 and strided steps, v_init tensors, both
+resets, saved h and non-finite or subnormal thresholds.
 """
 import itertools
 
@@ -42,6 +43,8 @@ def _cases(non_finite_theta=False):
         for n in SIZES:
             for steps in (1, 8):
                 cases.append((f"{tag}-n{n}-t{steps}", _x(gen, (steps, n), dtype), 0.75, {}))
+        for n in (63, 64, 65, 127, 1040):  # from T = 16 on, 16-bit inputs take tiles of 64 neurons
+            cases.append((f"{tag}-n{n}-t17", _x(gen, (17, n), dtype), 0.75, {}))
         # per channel along dim 2: inner 21 (the channel changes inside a vector), 1, 32, and steps of
         # more than one work item whose boundaries fall inside a channel's run (inner 100, inner 1)
         for shape in ((5, 2, 7, 3, 7), (6, 3, 37), (3, 2, 3, 32), (3, 4, 7, 100), (2, 40, 37)):
