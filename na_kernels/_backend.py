@@ -9,6 +9,8 @@ Forcing "triton" for CPU tensors runs Triton's interpreter and needs
 import contextlib
 import os
 
+from . import cpu
+
 
 BACKENDS = ("auto", "triton", "cpu", "reference")
 
@@ -52,8 +54,6 @@ def triton_interpreter_enabled():
 
 def resolve(device):
     """The backend that runs for a tensor on ``device``."""
-    from . import cpu
-
     name = get_backend()
     if name == "auto":
         if device.type == "cuda":

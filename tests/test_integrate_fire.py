@@ -438,13 +438,16 @@ def test_forward_saves_only_what_backward_needs(monkeypatch):
     """Nothing in inference; x_seq (no extra write) on CPU, for 16-bit and for stride-0 input;
     h for fp32 input on CUDA."""
     seen = []
-    original = ops._integrate_fire_op
 
-    def spy(*args):
-        seen.append(args[-1])
-        return original(*args)
+    def spy(original):
+        def call(*args):
+            seen.append(args[-1])
+            return original(*args)
+        return call
 
-    monkeypatch.setattr(ops, "_integrate_fire_op", spy)
+    # the op (compile, modes, ...) and the eager fast path that bypasses it get the same `save`
+    monkeypatch.setattr(ops, "_integrate_fire_op", spy(ops._integrate_fire_op))
+    monkeypatch.setattr(ops, "_integrate_fire_eager", spy(ops._integrate_fire_eager))
     x = torch.randn(4, 3)
     v0 = torch.zeros(3, requires_grad=True)
     na_kernels.integrate_fire(x, 1.0)

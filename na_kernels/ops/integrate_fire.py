@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, cpu
+from . import _eager
 from .._validation import check_choice, check_float_tensor, positive_parameter_tensor
 from ..reference import integrate_fire as reference
 
@@ -64,10 +65,11 @@ class _Layout:
     def of_input(x_seq: Tensor, channels: int):
         """(layout, read_in_place) for x_seq."""
         step_shape = tuple(x_seq.shape[1:])
-        if x_seq[0].is_contiguous():
+        step_strides = tuple(x_seq.stride()[1:])
+        if _is_contiguous(step_shape, step_strides):  # x_seq[0].is_contiguous(), without making the view
             return _Layout(step_shape, _contiguous_strides(step_shape), channels), True
-        if _is_dense(step_shape, tuple(x_seq.stride()[1:])):
-            return _Layout(step_shape, tuple(x_seq.stride()[1:]), channels), True
+        if _is_dense(step_shape, step_strides):
+            return _Layout(step_shape, step_strides, channels), True
         return _Layout(step_shape, _contiguous_strides(step_shape), channels), False
 
     @staticmethod
@@ -98,6 +100,19 @@ def _contiguous_strides(shape):
     return tuple(reversed(strides))
 
 
+def _is_contiguous(shape, strides) -> bool:
+    """Tensor.is_contiguous() of a tensor of (shape, strides): row-major, ignoring size-1 dims."""
+    if 0 in shape:
+        return True
+    expected = 1
+    for size, stride in zip(reversed(shape), reversed(strides)):
+        if size != 1:
+            if stride != expected:
+                return False
+            expected *= size
+    return True
+
+
 def _is_dense(shape, strides) -> bool:
     """True when the elements of a tensor of (shape, strides) fill a block of memory without gaps
     or overlap, in some order of the dims."""
@@ -119,6 +134,8 @@ def _restride(t: Tensor, strides) -> Tensor:
 
 
 def _theta32(threshold: Tensor) -> Tensor:
+    if threshold.dtype == torch.float32 and threshold.dim() == 1 and threshold.is_contiguous():
+        return threshold.detach()  # what the line below gives for it, in one call instead of four
     return threshold.detach().reshape(-1).to(torch.float32).contiguous()
 
 
@@ -397,15 +414,44 @@ def _backward(ctx, grad_spikes, grad_counts, grad_v, grad_h):
             "integrate_fire: backward needs what the forward saves only when called with grad mode on "
             "and an input that requires grad (save != 0)"
         )
-    grad_x, grad_v_init = _integrate_fire_backward_op(
-        grad_spikes, grad_v, h, x_seq, v_init, ctx.v_frac, threshold, *ctx.options, ctx.x_dtype, need_grad_x,
-        need_grad_v_init,
-    )
+    args = (grad_spikes, grad_v, h, x_seq, v_init, ctx.v_frac, threshold, *ctx.options, ctx.x_dtype, need_grad_x,
+            need_grad_v_init)
+    if _eager.backward_ok(ctx, grad_spikes, grad_v):  # the forward bypassed the op (_IntegrateFireEager)
+        source = x_seq if h is None else h
+        grad_x, grad_v_init = _BACKWARD[_backend.resolve(source.device)](*args)
+    else:
+        grad_x, grad_v_init = _integrate_fire_backward_op(*args)
     return (grad_x if need_grad_x else None, None, grad_v_init if need_grad_v_init else None,
             None, None, None, None, None, None, None)
 
 
 torch.library.register_autograd("na_kernels::integrate_fire", _backward, setup_context=_setup_context)
+
+
+class _IntegrateFireEager(torch.autograd.Function):
+    """The op's autograd in plain eager mode without the dispatcher: the same kernels, the same
+    setup_context and backward (which then calls the backward kernels directly as well)."""
+
+    @staticmethod
+    def forward(ctx, x_seq, threshold, v_init, v_frac, reset, amplitude, surrogate, alpha, detach_reset, save):
+        inputs = (x_seq, threshold, v_init, v_frac, reset, amplitude, surrogate, alpha, detach_reset, save)
+        output = _integrate_fire_device(*inputs)
+        _setup_context(ctx, inputs, output)
+        ctx.eager_fast = True
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_spikes, grad_counts, grad_v, grad_h):
+        return _backward(ctx, grad_spikes, grad_counts, grad_v, grad_h)
+
+
+def _integrate_fire_eager(x_seq, threshold, v_init, v_frac, reset, amplitude, surrogate, alpha, detach_reset, save):
+    """_integrate_fire_op for plain eager calls (see _eager): the kernel directly, or through
+    _IntegrateFireEager when a gradient is needed."""
+    args = (x_seq, threshold, v_init, v_frac, reset, amplitude, surrogate, alpha, detach_reset, save)
+    if torch.is_grad_enabled() and (x_seq.requires_grad or (v_init is not None and v_init.requires_grad)):
+        return _IntegrateFireEager.apply(*args)
+    return _integrate_fire_device(*args)
 
 
 # ------------------------------------------------------------------------ public function
@@ -537,7 +583,8 @@ def integrate_fire(x_seq, threshold=1.0, *, v_init=0.5, reset="subtract", amplit
     save = SAVE_NOTHING
     if torch.is_grad_enabled() and (x_seq.requires_grad or (v_tensor is not None and v_tensor.requires_grad)):
         save = _choose_save(x_seq)
-    spikes, counts, v_final, _ = _integrate_fire_op(
+    op = _integrate_fire_eager if _eager.forward_ok(x_seq, threshold, v_tensor) else _integrate_fire_op
+    spikes, counts, v_final, _ = op(
         x_seq, threshold, v_tensor, v_frac, RESET_CODES[reset], amplitude, SURROGATE_CODES[surrogate], alpha,
         detach_reset, save,
     )

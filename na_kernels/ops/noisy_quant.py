@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend, cpu
+from . import _eager
 from .._validation import check_choice, check_float_tensor, check_real, positive_parameter_tensor
 from ..reference import noisy_quant as reference
 
@@ -31,6 +32,8 @@ def _geometry(x: Tensor, lam: Tensor) -> Tuple[int, int]:
 
 
 def _lam32(lam: Tensor) -> Tensor:
+    if lam.dtype == torch.float32 and lam.dim() == 1 and lam.is_contiguous():
+        return lam.detach()  # what the line below gives for it, in one call instead of four
     return lam.detach().reshape(-1).to(torch.float32).contiguous()
 
 
@@ -167,12 +170,40 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_y):
     x, lam, seed = ctx.saved_tensors
     need_grad_lam = ctx.needs_input_grad[1]
-    grad_x, grad_lam = _noisy_quant_backward_op(grad_y.to(x.dtype), x, lam, seed, *ctx.options, need_grad_lam)
+    args = (grad_y.to(x.dtype), x, lam, seed, *ctx.options, need_grad_lam)
+    if _eager.backward_ok(ctx, grad_y):  # the forward bypassed the op (_NoisyQuantEager): so may this
+        grad_x, grad_lam = _BACKWARD[_backend.resolve(x.device)](*args)
+    else:
+        grad_x, grad_lam = _noisy_quant_backward_op(*args)
     grad_lam = grad_lam.reshape(lam.shape).to(lam.dtype) if need_grad_lam else None
     return (grad_x if ctx.needs_input_grad[0] else None), grad_lam, None, None, None, None, None
 
 
 torch.library.register_autograd("na_kernels::noisy_quant", _backward, setup_context=_setup_context)
+
+
+class _NoisyQuantEager(torch.autograd.Function):
+    """The op's autograd in plain eager mode without the dispatcher: the same kernels, the same
+    setup_context and backward (which then calls the backward kernels directly as well)."""
+
+    @staticmethod
+    def forward(ctx, x, lam, seed, p, noise_kind, scale, shift):
+        y = _FORWARD[_backend.resolve(x.device)](x, lam, seed, p, noise_kind, scale, shift)
+        _setup_context(ctx, (x, lam, seed, p, noise_kind, scale, shift), y)
+        ctx.eager_fast = True
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        return _backward(ctx, grad_y)
+
+
+def _noisy_quant_eager(x, lam, seed, p, noise_kind, scale, shift):
+    """_noisy_quant_op for plain eager calls (see _eager): the kernel directly, or through
+    _NoisyQuantEager when a gradient is needed."""
+    if torch.is_grad_enabled() and (x.requires_grad or lam.requires_grad):
+        return _NoisyQuantEager.apply(x, lam, seed, p, noise_kind, scale, shift)
+    return _FORWARD[_backend.resolve(x.device)](x, lam, seed, p, noise_kind, scale, shift)
 
 
 # ------------------------------------------------------------------------ public function
@@ -234,4 +265,6 @@ def noisy_quant(x, p, lam=1.0, *, noise="uniform", scale=1.0, shift=0.5, seed=No
         lam = torch.full((1,), lam, dtype=torch.float32, device=x.device)
     noise_kind = NOISE_CODES[noise]
     seed_t = _seed_tensor(seed, x.device) if noise_kind else torch.zeros(1, dtype=torch.int64, device=x.device)
+    if _eager.forward_ok(x, lam, seed_t):
+        return _noisy_quant_eager(x, lam, seed_t, p, noise_kind, scale, shift)
     return _noisy_quant_op(x, lam, seed_t, p, noise_kind, scale, shift)

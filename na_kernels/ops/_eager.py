@@ -1,0 +1,46 @@
+"""When a public call may skip the torch.library op and call the backend kernels directly.
+
+Going through the custom op costs ~50-100 us of Python and dispatcher work per call (its
+autograd wrapper, redispatch, the backend kernel lookup), more than the kernel itself on small
+tensors. In plain eager mode the public functions call the same per-backend kernels directly
+(an ``autograd.Function`` with the op's own setup_context / backward when a gradient is needed);
+everything else goes through the op, so torch.compile, torch.export, make_fx, FakeTensor,
+functorch transforms, torch-function / dispatch modes, tracing, forward AD and autocast see
+exactly the registered op.
+"""
+import torch
+from torch.autograd import forward_ad
+
+_C = torch._C
+_is_compiling = torch.compiler.is_compiling
+_is_wrapped = _C._functorch.is_functorch_wrapped_tensor
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _no_mode_active():
+    return not (
+        _is_compiling()
+        or _C._len_torch_function_stack()
+        or _C._len_torch_dispatch_stack()
+        or _C._functorch.peek_interpreter_stack() is not None
+        or _C._get_tracing_state() is not None
+        or forward_ad._current_level >= 0
+    )
+
+
+def forward_ok(*tensors):
+    """True when a forward call with these tensor arguments (None allowed) may bypass the op:
+    plain eager mode, no autocast, and every tensor a plain CPU or CUDA torch.Tensor/Parameter
+    (meta, FakeTensor, functorch-wrapped and other subclasses go through the op)."""
+    if not _no_mode_active() or _C._is_any_autocast_enabled():
+        return False
+    for t in tensors:
+        if t is not None and (type(t) not in _PLAIN or not (t.is_cpu or t.is_cuda) or _is_wrapped(t)):
+            return False
+    return True
+
+
+def backward_ok(ctx, *tensors):
+    """True when backward of a forward that bypassed the op (``ctx.eager_fast``) may call the
+    backward kernels directly: the same checks, and no double backward (create_graph)."""
+    return getattr(ctx, "eager_fast", False) and not _C.is_grad_enabled() and forward_ok(*tensors)

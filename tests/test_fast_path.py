@@ -1,0 +1,327 @@
+"""The eager fast path (ops/_eager.py): plain eager calls skip the torch.library ops and call the
+same kernels directly; every other caller (torch.compile, FakeTensor, meta, functorch, modes,
+autocast) still gets the op. Both paths must give bit-identical outputs and gradients.
+
+"fast" below runs with the custom ops replaced by functions that raise (so the fast path must
+have been taken, forward and backward); "op" runs with the fast path switched off (its check
+answers False) and its entry points replaced by functions that raise; "no fast" keeps the real
+check and only makes the fast path's entry points raise (so the check itself must send the call
+to the op).
+"""
+import contextlib
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import na_kernels
+from na_kernels import cpu
+from na_kernels.ops import _eager
+from na_kernels.ops import integrate_fire as if_ops
+from na_kernels.ops import noisy_quant as nq_ops
+
+from conftest import TRITON_DEVICE, requires_triton
+
+BACKENDS = [
+    pytest.param("reference", "cpu", id="reference"),
+    pytest.param("cpu", "cpu", id="cpp", marks=pytest.mark.skipif(not cpu.available(), reason="no C++ extension")),
+    pytest.param("triton", TRITON_DEVICE, id="triton", marks=requires_triton),
+]
+
+_OPS = [(nq_ops, "_noisy_quant_op"), (nq_ops, "_noisy_quant_backward_op"),
+        (if_ops, "_integrate_fire_op"), (if_ops, "_integrate_fire_backward_op")]
+_FAST = [(nq_ops, "_noisy_quant_eager"), (if_ops, "_integrate_fire_eager"),
+         (nq_ops._NoisyQuantEager, "apply"), (if_ops._IntegrateFireEager, "apply")]
+
+
+def _raiser(name):
+    def call(*args, **kwargs):
+        raise AssertionError(f"{name} called")
+    return call
+
+
+@contextlib.contextmanager
+def _path(kind):
+    with pytest.MonkeyPatch.context() as mp:
+        if kind == "fast":
+            for owner, name in _OPS:
+                mp.setattr(owner, name, _raiser(name))
+        else:
+            if kind == "op":
+                mp.setattr(_eager, "forward_ok", lambda *tensors: False)
+            for owner, name in _FAST:
+                mp.setattr(owner, name, _raiser(name))
+        yield
+
+
+def _assert_identical(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        if w is None:
+            assert g is None
+            continue
+        assert g.dtype == w.dtype and g.shape == w.shape and g.stride() == w.stride()
+        assert torch.equal(g, w) or (torch.isnan(w).any() and torch.equal(g.isnan(), w.isnan())
+                                     and torch.equal(g.nan_to_num(), w.nan_to_num()))
+
+
+def _both_paths(run):
+    """run() under each path, torch re-seeded before each (seed=None draws from the generator)."""
+    results = {}
+    for kind in ("op", "fast"):
+        torch.manual_seed(99)
+        with _path(kind):
+            results[kind] = run()
+    _assert_identical(results["fast"], results["op"])
+    return results["fast"]
+
+
+# --------------------------------------------------------------------------- noisy_quant
+
+
+def _nq_lam(kind, channels, device):
+    if kind == "float":
+        return 1.3
+    if kind == "scalar":
+        return torch.tensor(1.3, device=device)
+    if kind == "bf16 [1]":
+        return torch.tensor([1.25], device=device, dtype=torch.bfloat16)
+    return torch.nn.Parameter(torch.rand(channels, device=device) + 0.5)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("noise", ["uniform", "gaussian", None])
+@pytest.mark.parametrize("lam_kind", ["float", "scalar", "bf16 [1]", "per-channel"])
+@pytest.mark.parametrize("grad", ["none", "x", "lam", "both", "no_grad mode"])
+def test_noisy_quant_paths_identical(backend, device, noise, lam_kind, grad):
+    dtypes = (torch.float32, torch.float16) if backend == "triton" and device == "cpu" else (torch.float32,
+                                                                                            torch.bfloat16)
+    for dtype in dtypes:
+        base = (torch.randn(3, 5, 7, device=device) * 1.5 + 0.5).to(dtype)
+        base[0, 0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+        grad_y = torch.randn(3, 5, 7, device=device).to(dtype)
+        for seed in (None, 17):
+            def run():
+                x = base.clone().requires_grad_(grad in ("x", "both", "no_grad mode"))
+                lam = _nq_lam(lam_kind, 5, device)
+                if isinstance(lam, torch.Tensor):
+                    lam = lam.detach().requires_grad_(grad in ("lam", "both", "no_grad mode"))
+                with na_kernels.use_backend(backend), torch.set_grad_enabled(grad != "no_grad mode"):
+                    y = na_kernels.noisy_quant(x, 3, lam, noise=noise, scale=0.7, seed=seed)
+                    inputs = [t for t in (x, lam) if isinstance(t, torch.Tensor) and t.requires_grad]
+                    if not y.requires_grad:
+                        return (y,)
+                    return (y, *torch.autograd.grad(y, inputs, grad_y))
+
+            out = _both_paths(run)
+            assert len(out) == {"none": 1, "x": 2, "lam": 1 + (lam_kind != "float"),
+                                "both": 2 + (lam_kind != "float"), "no_grad mode": 1}[grad]
+
+
+def test_noisy_quant_seed_none_draws_once_per_call_on_both_paths():
+    x = torch.rand(100)
+    results = []
+    for kind in ("op", "fast"):
+        torch.manual_seed(3)
+        with _path(kind):
+            results.append((na_kernels.noisy_quant(x, 3), na_kernels.noisy_quant(x, 3), torch.rand(1)))
+    _assert_identical(results[0], results[1])
+    assert not torch.equal(results[0][0], results[0][1])
+
+
+# ------------------------------------------------------------------------ integrate_fire
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("threshold_kind", ["float", "scalar", "per-channel"])
+@pytest.mark.parametrize("v_kind", ["float", "tensor"])
+@pytest.mark.parametrize("grad", ["none", "x", "v", "both"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_integrate_fire_paths_identical(backend, device, threshold_kind, v_kind, grad, layout):
+    dtypes = (torch.float32, torch.float16) if backend == "triton" and device == "cpu" else (torch.float32,
+                                                                                            torch.bfloat16)
+    threshold = {"float": 0.9, "scalar": torch.tensor(0.9, device=device),
+                 "per-channel": torch.rand(3, device=device) + 0.5}[threshold_kind]
+    for dtype in dtypes:
+        base = (torch.rand(4, 2, 3, 2, 5, device=device) * 1.2).to(dtype)
+        if layout == "channels_last":
+            base = base.reshape(8, 3, 2, 5).contiguous(memory_format=torch.channels_last).reshape(4, 2, 3, 2, 5)
+            assert not base.is_contiguous()
+        grad_spikes = torch.randn(base.shape, device=device).to(dtype)
+        grad_v = torch.randn(base.shape[1:], device=device)
+        for options in (dict(), dict(reset="zero", amplitude=1.0, surrogate="atan", alpha=2.0, detach_reset=True)):
+            def run():
+                x = base.clone().requires_grad_(grad in ("x", "both"))
+                v_init = 0.25
+                if v_kind == "tensor":
+                    v_init = (torch.rand(base.shape[1:], device=device) * 0.5).requires_grad_(grad in ("v", "both"))
+                elif grad == "v":
+                    return ()  # nothing to differentiate
+                with na_kernels.use_backend(backend):
+                    spikes, counts, v_final = na_kernels.integrate_fire(x, threshold, v_init=v_init, return_v=True,
+                                                                        **options)
+                    out = (spikes, counts, v_final)
+                    if not spikes.requires_grad:
+                        return out
+                    inputs = [t for t in (x, v_init) if isinstance(t, torch.Tensor) and t.requires_grad]
+                    grads = torch.autograd.grad((spikes, v_final), inputs, (grad_spikes, grad_v))
+                    # and from the spikes alone (grad of v_final None in backward)
+                    spikes2, _ = na_kernels.integrate_fire(x, threshold, v_init=v_init, **options)
+                    grads2 = torch.autograd.grad(spikes2, inputs, grad_spikes)
+                    return (*out, *grads, *grads2)
+
+            _both_paths(run)
+
+
+# ---------------------------------------------- the fast path is taken exactly in plain eager
+
+
+def _nq_call(x):
+    return na_kernels.noisy_quant(x, 3, 1.0, seed=5)
+
+
+def _if_call(x):
+    return na_kernels.integrate_fire(x, 1.0, return_v=True)
+
+
+@pytest.mark.parametrize("call", [_nq_call, _if_call], ids=["noisy_quant", "integrate_fire"])
+def test_eager_calls_bypass_the_op(call):
+    x = torch.rand(4, 3, 2, requires_grad=True)
+    with _path("fast"):
+        with torch.no_grad():
+            call(x)
+        with torch.inference_mode():
+            call(x.detach())
+        out = call(x)
+        first = out[0] if isinstance(out, tuple) else out
+        first.sum().backward()
+        assert x.grad is not None
+        call(torch.nn.Parameter(x.detach().clone()))[0].sum().backward()
+
+
+def _graph_targets(fn, *args):
+    targets = []
+
+    def backend(gm, example_inputs):
+        targets.extend(node.target for node in gm.graph.nodes if node.op == "call_function")
+        return gm.forward
+
+    torch._dynamo.reset()
+    out = torch.compile(fn, fullgraph=True, backend=backend)(*args)
+    torch._dynamo.reset()
+    return out, targets
+
+
+def test_compile_uses_the_op_with_fast_path_disabled():
+    x = torch.rand(4, 3, 2)
+    with _path("no fast"):  # the fast path raises: torch.compile must not reach it
+        out, targets = _graph_targets(_nq_call, x)
+        assert torch.ops.na_kernels.noisy_quant.default in targets
+        out_if, targets_if = _graph_targets(_if_call, x)
+        assert torch.ops.na_kernels.integrate_fire.default in targets_if
+    assert torch.equal(out, _nq_call(x))
+    for g, w in zip(out_if, _if_call(x)):
+        assert torch.equal(g, w)
+
+
+def test_compile_with_grad_uses_the_ops_forward_and_backward():
+    x = torch.rand(4, 3, 2, requires_grad=True)
+    lam = torch.tensor(1.2, requires_grad=True)
+    f = torch.compile(lambda x, lam: na_kernels.noisy_quant(x, 3, lam, seed=5).sum()
+                      + na_kernels.integrate_fire(x, 1.0)[0].sum(), fullgraph=True, backend="aot_eager")
+    torch._dynamo.reset()
+    with _path("no fast"):
+        f(x, lam).backward()
+    torch._dynamo.reset()
+    got = (x.grad.clone(), lam.grad.clone())
+    x.grad = lam.grad = None
+    (na_kernels.noisy_quant(x, 3, lam, seed=5).sum() + na_kernels.integrate_fire(x, 1.0)[0].sum()).backward()
+    assert torch.equal(got[0], x.grad) and torch.equal(got[1], lam.grad)
+
+
+def test_fake_meta_vmap_and_autocast_use_the_op():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with _path("no fast"):
+        with FakeTensorMode():
+            xf = torch.empty(4, 3, 2)
+            assert _nq_call(xf).shape == (4, 3, 2)
+            assert _if_call(xf)[0].shape == (4, 3, 2)
+            assert na_kernels.noisy_quant(xf, 3, 1.0).shape == (4, 3, 2)  # seed None: fake randint
+        xm = torch.empty(4, 3, 2, device="meta")
+        assert _nq_call(xm).device.type == "meta"
+        assert _if_call(xm)[2].shape == (3, 2)
+        x = torch.rand(4, 3, 2)
+        batched = torch.func.vmap(lambda row: na_kernels.noisy_quant(row, 3, 1.0, noise=None))(x)
+        batched_if = torch.func.vmap(lambda row: na_kernels.integrate_fire(row, 1.0)[0])(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = torch.nn.functional.linear(x, torch.randn(2, 2))
+            assert _nq_call(h).dtype == torch.bfloat16
+            assert _if_call(h)[0].dtype == torch.bfloat16
+    assert torch.equal(batched, na_kernels.noisy_quant(x, 3, 1.0, noise=None))
+    for i in range(4):
+        assert torch.equal(batched_if[i], na_kernels.integrate_fire(x[i], 1.0)[0])
+
+
+def test_modes_see_the_op():
+    class Recording(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    class PassThrough(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    x = torch.rand(4, 3, 2, requires_grad=True)
+    with Recording() as mode:
+        _nq_call(x).sum().backward()
+        _if_call(x)[0].sum().backward()
+    for op in ("noisy_quant", "noisy_quant_backward", "integrate_fire", "integrate_fire_backward"):
+        assert getattr(torch.ops.na_kernels, op).default in mode.seen, op
+    with _path("no fast"), PassThrough():
+        _nq_call(x)
+        _if_call(x)
+
+
+def test_functorch_wrapped_inputs_use_the_op():
+    x = torch.rand(4, 3, 2)
+    with _path("no fast"):
+        # grad transforms of the op raise the op's own error (autograd.Function under functorch):
+        # what matters here is that the op, not the fast path, is what raised
+        with pytest.raises(RuntimeError, match="setup_context"):
+            torch.func.grad(lambda x: _nq_call(x).sum())(x)
+        with pytest.raises(RuntimeError, match="setup_context"):
+            torch.func.grad(lambda x: _if_call(x)[0].sum())(x)
+
+
+def test_tensor_subclass_uses_the_op():
+    class Subclass(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    x = torch.rand(4, 3, 2)
+    with _path("no fast"):
+        y = _nq_call(x.as_subclass(Subclass))
+        spikes = _if_call(x.as_subclass(Subclass))[0]
+    assert torch.equal(y.as_subclass(torch.Tensor), _nq_call(x))
+    assert torch.equal(spikes.as_subclass(torch.Tensor), _if_call(x)[0])
+
+
+@pytest.mark.parametrize("call", [_nq_call, _if_call], ids=["noisy_quant", "integrate_fire"])
+def test_create_graph_backward_uses_the_backward_op(call):
+    """Double backward: the backward op (which has no autograd formula, on either path) records
+    itself in the graph; the fast backward kernels are used only when no graph is built."""
+    x = torch.rand(4, 3, 2, requires_grad=True)
+    with pytest.MonkeyPatch.context() as mp:
+        for owner, name in _OPS[::2]:  # the forward ops raise: the forward takes the fast path
+            mp.setattr(owner, name, _raiser(name))
+        out = call(x)
+        grad, = torch.autograd.grad((out[0] if isinstance(out, tuple) else out).sum(), x, create_graph=True)
+    assert "_backward_default" in type(grad.grad_fn).__name__
