@@ -1,4 +1,5 @@
 """Argument checks shared by the ops: each error names the argument and what is accepted."""
+import math
 import numbers
 
 import torch
@@ -63,8 +64,12 @@ def positive_parameter_tensor(name, value, like, channel_dim, description):
                 )
         if value.device.type == "cpu" and not torch.compiler.is_compiling():
             # Data check on CPU only: on CUDA it would cost a host sync per call.
-            bad = ~torch.isfinite(value) | (value <= 0)
-            if bool(bad.any()):
+            # one reduction (or one read for a scalar): NaN fails "> 0", inf fails "< inf"
+            if value.numel() == 1:
+                smallest = largest = value.detach().reshape(()).item()
+            else:
+                smallest, largest = (v.item() for v in torch.aminmax(value.detach()))
+            if not (smallest > 0 and largest < math.inf):
                 raise ValueError(f"{name} must be finite and > 0, got {value.detach().flatten()[:8].tolist()}")
         return value
     value = check_real(name, value, strictly_positive=True)
