@@ -28,18 +28,20 @@ def test_limit_simd_rejects_unknown_level():
     assert cpu.simd_level() == cpu.detected_simd_level()
 
 
-def _level_in_subprocess(value):
+def _level_in_subprocess(value, directory):
+    # run elsewhere than the repository root: there `import na_kernels` would find the source tree,
+    # which has no built extension when the package was installed non-editable (as in CI)
     env = dict(os.environ, NA_KERNELS_SIMD=value)
     return subprocess.run([sys.executable, "-c", "from na_kernels import cpu; print(cpu.simd_level())"], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          cwd=directory, capture_output=True, text=True, timeout=300)
 
 
-def test_environment_variable_caps_the_process():
-    result = _level_in_subprocess("generic")
+def test_environment_variable_caps_the_process(tmp_path):
+    result = _level_in_subprocess("generic", tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "generic"
 
 
-def test_environment_variable_rejects_unknown_level():
-    result = _level_in_subprocess("avx1024")
+def test_environment_variable_rejects_unknown_level(tmp_path):
+    result = _level_in_subprocess("avx1024", tmp_path)
     assert result.returncode != 0 and "NA_KERNELS_SIMD must be one of" in result.stderr
