@@ -200,7 +200,7 @@ template <int D> class NeuronTables {
 };
 
 // the forward's arguments, typed
-template <int D> struct Avx512Forward {
+template <int D> struct SimdForward {
   using T = typename Storage<D>::type;
   const IFParams& k;
   const T* x;
@@ -215,7 +215,7 @@ template <int D> struct Avx512Forward {
 // W vectors of neurons from n over all steps, their theta and spike values at theta, off, on;
 // the last vector's lanes are `last`.
 template <int D, int R, bool SAVE_H, int W>
-NA_AVX512 inline void avx512_tile(const Avx512Forward<D>& f, const float* theta, const typename Storage<D>::type* off_bits,
+NA_AVX512 inline void avx512_tile(const SimdForward<D>& f, const float* theta, const typename Storage<D>::type* off_bits,
                                   const typename Storage<D>::type* on_bits, int64_t n, __mmask16 last) {
   using IO = Avx512IO<D>;
   const __m512 one = _mm512_set1_ps(1.0f);
@@ -252,7 +252,7 @@ NA_AVX512 inline void avx512_tile(const Avx512Forward<D>& f, const float* theta,
 }
 
 template <int D, int R, bool SAVE_H>
-NA_AVX512 void avx512_forward_impl(const Avx512Forward<D>& f, int threads) {
+NA_AVX512 void avx512_forward_impl(const SimdForward<D>& f, int threads) {
   using T = typename Storage<D>::type;
   // vectors per tile; measured: 1 or 2 move x and the spikes fastest at T = 8, 4 and 8 are slower;
   // 16-bit inputs from T = 16 on gain from 4 (128 bytes of each step's row, as 2 for float32):
@@ -294,13 +294,150 @@ template <int D>
 void avx512_forward(const IFParams& k, const void* xp, void* sp, int32_t* cp, float* vp, float* hp,
                     const float* v0p, float v_frac, int threads) {
   using T = typename Storage<D>::type;
-  const Avx512Forward<D> f{k, static_cast<const T*>(xp), static_cast<T*>(sp), cp, vp, hp, v0p, v_frac};
+  const SimdForward<D> f{k, static_cast<const T*>(xp), static_cast<T*>(sp), cp, vp, hp, v0p, v_frac};
   if (k.reset == kSubtract) {
     if (hp) avx512_forward_impl<D, kSubtract, true>(f, threads);
     else avx512_forward_impl<D, kSubtract, false>(f, threads);
   } else {
     if (hp) avx512_forward_impl<D, kZero, true>(f, threads);
     else avx512_forward_impl<D, kZero, false>(f, threads);
+  }
+}
+
+// AVX2 forward (CPUs without AVX-512): avx512_tile's scheme on 8 neurons per ymm. With no mask
+// registers, `fired` is a vector of all-ones / zero lanes: the count subtracts it, the spikes are a
+// blend of the two precomputed bit patterns (for 16-bit storage the mask is first packed to 16-bit
+// lanes), and a work item's last len % 8 neurons go through avx2_tail (forward_impl's scalar steps).
+#define NA_AVX2 __attribute__((target("avx2,f16c")))
+
+inline bool cpu_has_f16c() {
+  static const bool has = __builtin_cpu_supports("f16c");
+  return has;
+}
+
+template <int D> struct Avx2IO;
+template <> struct Avx2IO<kFloat32> {
+  using bits = __m256;
+  NA_AVX2 static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
+  NA_AVX2 static bits load_bits(const float* p) { return _mm256_loadu_ps(p); }
+  NA_AVX2 static void store_spikes(float* p, __m256 fired, bits off, bits on) {
+    _mm256_storeu_ps(p, _mm256_blendv_ps(off, on, fired));
+  }
+};
+struct Avx2Bits16 {  // bfloat16 and float16 alike
+  using bits = __m128i;
+  NA_AVX2 static bits load_bits(const uint16_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+  NA_AVX2 static void store_spikes(uint16_t* p, __m256 fired, bits off, bits on) {
+    const __m256i m = _mm256_castps_si256(fired);  // lanes -1 or 0: packed with signed saturation to 16 bits
+    const __m128i m16 = _mm_packs_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm_blendv_epi8(off, on, m16));
+  }
+};
+template <> struct Avx2IO<kBFloat16> : Avx2Bits16 {
+  NA_AVX2 static __m256 load(const uint16_t* p) {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16));
+  }
+};
+template <> struct Avx2IO<kFloat16> : Avx2Bits16 {
+  // vcvtph2ps: exact (see Avx512Storage<kFloat16>::load)
+  NA_AVX2 static __m256 load(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+};
+
+// W vectors of 8 neurons from n, all full, over all steps (as avx512_tile)
+template <int D, int R, bool SAVE_H, int W>
+NA_AVX2 inline void avx2_tile(const SimdForward<D>& f, const float* theta, const typename Storage<D>::type* off_bits,
+                              const typename Storage<D>::type* on_bits, int64_t n) {
+  using IO = Avx2IO<D>;
+  const __m256 one = _mm256_set1_ps(1.0f);
+  __m256 v[W], th[W];
+  __m256i count[W];
+  typename IO::bits off[W], on[W];
+  for (int w = 0; w < W; ++w) {
+    th[w] = _mm256_loadu_ps(theta + 8 * w);
+    off[w] = IO::load_bits(off_bits + 8 * w);
+    on[w] = IO::load_bits(on_bits + 8 * w);
+    v[w] = f.v0 ? _mm256_loadu_ps(f.v0 + n + 8 * w) : _mm256_mul_ps(_mm256_set1_ps(f.v_frac), th[w]);
+    count[w] = _mm256_setzero_si256();
+  }
+  for (int64_t t = 0; t < f.k.steps; ++t) {
+    const auto* x_t = f.x + t * f.k.x_step + n;
+    const int64_t base = t * f.k.neurons + n;
+    for (int w = 0; w < W; ++w) {
+      const __m256 h = _mm256_add_ps(v[w], IO::load(x_t + 8 * w));
+      const __m256 fired = _mm256_cmp_ps(h, th[w], _CMP_GE_OQ);
+      const __m256 s = _mm256_and_ps(fired, one);
+      v[w] = R == kSubtract ? _mm256_sub_ps(h, _mm256_mul_ps(s, th[w])) : _mm256_mul_ps(h, _mm256_sub_ps(one, s));
+      IO::store_spikes(f.spikes + base + 8 * w, fired, off[w], on[w]);
+      count[w] = _mm256_sub_epi32(count[w], _mm256_castps_si256(fired));
+      if (SAVE_H) _mm256_storeu_ps(f.h_out + base + 8 * w, h);
+    }
+  }
+  for (int w = 0; w < W; ++w) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(f.counts + n + 8 * w), count[w]);
+    _mm256_storeu_ps(f.v_final + n + 8 * w, v[w]);
+  }
+}
+
+// one neuron n over all steps, forward_impl's operations
+template <int D, int R, bool SAVE_H>
+void avx2_tail(const SimdForward<D>& f, float theta, typename Storage<D>::type off, typename Storage<D>::type on,
+               int64_t n) {
+  float v = f.v0 ? f.v0[n] : f.v_frac * theta;
+  int32_t count = 0;
+  for (int64_t t = 0; t < f.k.steps; ++t) {
+    const float h = v + Storage<D>::load(f.x + t * f.k.x_step, n);
+    const bool fired = h >= theta;
+    const float s = fired ? 1.0f : 0.0f;
+    v = R == kSubtract ? h - s * theta : h * (1.0f - s);
+    f.spikes[t * f.k.neurons + n] = fired ? on : off;
+    count += fired ? 1 : 0;
+    if (SAVE_H) f.h_out[t * f.k.neurons + n] = h;
+  }
+  f.counts[n] = count;
+  f.v_final[n] = v;
+}
+
+template <int D, int R, bool SAVE_H>
+NA_AVX2 void avx2_forward_impl(const SimdForward<D>& f, int threads) {
+  using T = typename Storage<D>::type;
+  constexpr int kTile = 2;  // vectors per tile
+  const IFParams& k = f.k;
+  const NeuronTables<D> shared(k, true);
+  const int64_t blocks = block_count(k.neurons);
+#pragma omp parallel num_threads(threads)
+  {
+    NeuronTables<D> own(k, false);  // filled per chunk where the period is long
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t begin = b * kBlock;
+      const int64_t len = begin + kBlock < k.neurons ? kBlock : k.neurons - begin;
+      if (!shared.periodic()) own.fill(begin, len);
+      const NeuronTables<D>& tab = shared.periodic() ? shared : own;
+      const int64_t at = tab.offset(begin);
+      const float* theta = tab.theta.data() + at;
+      const T* off = tab.off.data() + at;
+      const T* on = tab.on.data() + at;
+      int64_t j = 0;
+      for (; j + 8 * kTile <= len; j += 8 * kTile)
+        avx2_tile<D, R, SAVE_H, kTile>(f, theta + j, off + j, on + j, begin + j);
+      for (; j + 8 <= len; j += 8) avx2_tile<D, R, SAVE_H, 1>(f, theta + j, off + j, on + j, begin + j);
+      for (; j < len; ++j) avx2_tail<D, R, SAVE_H>(f, theta[j], off[j], on[j], begin + j);
+    }
+  }
+}
+
+template <int D>
+void avx2_forward(const IFParams& k, const void* xp, void* sp, int32_t* cp, float* vp, float* hp, const float* v0p,
+                  float v_frac, int threads) {
+  using T = typename Storage<D>::type;
+  const SimdForward<D> f{k, static_cast<const T*>(xp), static_cast<T*>(sp), cp, vp, hp, v0p, v_frac};
+  if (k.reset == kSubtract) {
+    if (hp) avx2_forward_impl<D, kSubtract, true>(f, threads);
+    else avx2_forward_impl<D, kSubtract, false>(f, threads);
+  } else {
+    if (hp) avx2_forward_impl<D, kZero, true>(f, threads);
+    else avx2_forward_impl<D, kZero, false>(f, threads);
   }
 }
 
@@ -520,6 +657,7 @@ void forward_dispatch(const IFParams& k, const void* xp, void* sp, int32_t* cp, 
                       const float* v0p, float v_frac, int threads) {
 #ifdef NA_HAVE_AVX512
   if (cpu_has_avx512()) return avx512_forward<D>(k, xp, sp, cp, vp, hp, v0p, v_frac, threads);
+  if (cpu_has_avx2() && cpu_has_f16c()) return avx2_forward<D>(k, xp, sp, cp, vp, hp, v0p, v_frac, threads);
 #endif
   if (k.reset == kSubtract) {
     if (hp) forward_impl<D, kSubtract, true>(k, xp, sp, cp, vp, hp, v0p, v_frac, threads);

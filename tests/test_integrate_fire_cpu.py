@@ -22,7 +22,7 @@ from na_kernels.reference import integrate_fire as ref
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="C++ extension not built")
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-SIZES = (1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 1023, 1024, 1025, 1040, 2048 + 47)
+SIZES = (1, 7, 8, 9, 15, 16, 17, 23, 24, 25, 31, 32, 33, 63, 64, 65, 1023, 1024, 1025, 1040, 2048 + 47)
 # What the public API refuses (<= 0, inf, NaN) still reaches the kernel through the op. Non-finite
 # theta is compared between the two C++ paths only: the reference tests h - theta >= 0 (h >= theta
 # for a finite theta only), and torch's vectorized bfloat16 conversion writes NaN as 0xffff.
@@ -105,7 +105,7 @@ def test_forward_matches_reference_bit_for_bit(simd_level):
 
 
 @pytest.mark.parametrize("reset", [0, 1])
-@pytest.mark.parametrize("n", [17, 1040])
+@pytest.mark.parametrize("n", [17, 21, 1040])
 def test_saved_h_matches_reference(reset, n, simd_level):
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(6, 2, 3, n, generator=gen)
