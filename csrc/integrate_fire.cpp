@@ -315,22 +315,36 @@ inline bool cpu_has_f16c() {
   return has;
 }
 
+// Spikes as stored bits: G vectors' worth (8 neurons each) selected by their `fired` lanes from two
+// precomputed registers of bits. 16-bit storage packs two vectors' masks into one register (G = 2).
 template <int D> struct Avx2IO;
 template <> struct Avx2IO<kFloat32> {
   using bits = __m256;
+  static constexpr int kGroup = 1;
   NA_AVX2 static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
-  NA_AVX2 static bits load_bits(const float* p) { return _mm256_loadu_ps(p); }
-  NA_AVX2 static void store_spikes(float* p, __m256 fired, bits off, bits on) {
-    _mm256_storeu_ps(p, _mm256_blendv_ps(off, on, fired));
+  template <int G> NA_AVX2 static bits load_bits(const float* p) { return _mm256_loadu_ps(p); }
+  template <int G> NA_AVX2 static void store_spikes(float* p, const __m256* fired, bits off, bits on) {
+    _mm256_storeu_ps(p, _mm256_blendv_ps(off, on, fired[0]));
   }
 };
-struct Avx2Bits16 {  // bfloat16 and float16 alike
-  using bits = __m128i;
-  NA_AVX2 static bits load_bits(const uint16_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
-  NA_AVX2 static void store_spikes(uint16_t* p, __m256 fired, bits off, bits on) {
-    const __m256i m = _mm256_castps_si256(fired);  // lanes -1 or 0: packed with signed saturation to 16 bits
-    const __m128i m16 = _mm_packs_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm_blendv_epi8(off, on, m16));
+struct Avx2Bits16 {  // bfloat16 and float16 alike: G = 1 uses the low half
+  using bits = __m256i;
+  static constexpr int kGroup = 2;
+  template <int G> NA_AVX2 static bits load_bits(const uint16_t* p) {
+    return G == 2 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+                  : _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  // fired lanes are -1 or 0: packed with signed saturation to 16 bits they stay -1 or 0
+  template <int G> NA_AVX2 static void store_spikes(uint16_t* p, const __m256* fired, bits off, bits on) {
+    const __m256i m0 = _mm256_castps_si256(fired[0]);
+    if (G == 2) {  // packs works per 128-bit lane: neurons 0-3, 8-11 | 4-7, 12-15, put in order by permute
+      const __m256i m = _mm256_permute4x64_epi64(_mm256_packs_epi32(m0, _mm256_castps_si256(fired[G - 1])), 0xD8);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm256_blendv_epi8(off, on, m));
+    } else {
+      const __m128i m = _mm_packs_epi32(_mm256_castsi256_si128(m0), _mm256_extracti128_si256(m0, 1));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                       _mm_blendv_epi8(_mm256_castsi256_si128(off), _mm256_castsi256_si128(on), m));
+    }
   }
 };
 template <> struct Avx2IO<kBFloat16> : Avx2Bits16 {
@@ -349,29 +363,34 @@ template <int D, int R, bool SAVE_H, int W>
 NA_AVX2 inline void avx2_tile(const SimdForward<D>& f, const float* theta, const typename Storage<D>::type* off_bits,
                               const typename Storage<D>::type* on_bits, int64_t n) {
   using IO = Avx2IO<D>;
+  constexpr int G = W % IO::kGroup == 0 ? IO::kGroup : 1;  // vectors per register of spike bits
   const __m256 one = _mm256_set1_ps(1.0f);
   __m256 v[W], th[W];
   __m256i count[W];
-  typename IO::bits off[W], on[W];
+  typename IO::bits off[W / G], on[W / G];
+  for (int g = 0; g < W / G; ++g) {
+    off[g] = IO::template load_bits<G>(off_bits + 8 * G * g);
+    on[g] = IO::template load_bits<G>(on_bits + 8 * G * g);
+  }
   for (int w = 0; w < W; ++w) {
     th[w] = _mm256_loadu_ps(theta + 8 * w);
-    off[w] = IO::load_bits(off_bits + 8 * w);
-    on[w] = IO::load_bits(on_bits + 8 * w);
     v[w] = f.v0 ? _mm256_loadu_ps(f.v0 + n + 8 * w) : _mm256_mul_ps(_mm256_set1_ps(f.v_frac), th[w]);
     count[w] = _mm256_setzero_si256();
   }
   for (int64_t t = 0; t < f.k.steps; ++t) {
     const auto* x_t = f.x + t * f.k.x_step + n;
     const int64_t base = t * f.k.neurons + n;
+    __m256 fired[W];
     for (int w = 0; w < W; ++w) {
       const __m256 h = _mm256_add_ps(v[w], IO::load(x_t + 8 * w));
-      const __m256 fired = _mm256_cmp_ps(h, th[w], _CMP_GE_OQ);
-      const __m256 s = _mm256_and_ps(fired, one);
+      fired[w] = _mm256_cmp_ps(h, th[w], _CMP_GE_OQ);
+      const __m256 s = _mm256_and_ps(fired[w], one);
       v[w] = R == kSubtract ? _mm256_sub_ps(h, _mm256_mul_ps(s, th[w])) : _mm256_mul_ps(h, _mm256_sub_ps(one, s));
-      IO::store_spikes(f.spikes + base + 8 * w, fired, off[w], on[w]);
-      count[w] = _mm256_sub_epi32(count[w], _mm256_castps_si256(fired));
+      count[w] = _mm256_sub_epi32(count[w], _mm256_castps_si256(fired[w]));
       if (SAVE_H) _mm256_storeu_ps(f.h_out + base + 8 * w, h);
     }
+    for (int g = 0; g < W / G; ++g)
+      IO::template store_spikes<G>(f.spikes + base + 8 * G * g, fired + G * g, off[g], on[g]);
   }
   for (int w = 0; w < W; ++w) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(f.counts + n + 8 * w), count[w]);
@@ -401,7 +420,7 @@ void avx2_tail(const SimdForward<D>& f, float theta, typename Storage<D>::type o
 template <int D, int R, bool SAVE_H>
 NA_AVX2 void avx2_forward_impl(const SimdForward<D>& f, int threads) {
   using T = typename Storage<D>::type;
-  constexpr int kTile = 2;  // vectors per tile
+  constexpr int kTile = 4;  // vectors per tile
   const IFParams& k = f.k;
   const NeuronTables<D> shared(k, true);
   const int64_t blocks = block_count(k.neurons);
