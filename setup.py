@@ -51,6 +51,7 @@ if Pybind11Extension is not None and not os.environ.get("NA_KERNELS_NO_EXTENSION
         Pybind11Extension(
             "na_kernels._C",
             sorted(glob.glob("csrc/*.cpp")),
+            depends=sorted(glob.glob("csrc/*.h")),  # a header edit rebuilds too
             include_dirs=["csrc"],
             extra_compile_args=COMMON_FLAGS,
             cxx_std=17,

@@ -7,11 +7,6 @@
 
 #ifdef NA_X86_SIMD
 #define NA_HAVE_AVX512 1
-// GCC 12's own avx512fintrin.h (its _mm512_undefined_* idiom) trips this warning wherever
-// its intrinsics inline: a known false positive.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
 #define NA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 
 namespace na {

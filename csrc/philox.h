@@ -57,6 +57,11 @@ inline float words_to_normal(uint32_t w0, uint32_t w1) {
 }
 
 #ifdef NA_X86_SIMD
+// GCC 12's own avx512fintrin.h (its _mm512_undefined_* idiom) trips this warning wherever
+// its intrinsics inline: a known false positive.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 // (hi32, lo32) of a * b for eight uint32 lanes
 __attribute__((target("avx2"))) inline void mul_hi_lo_avx2(__m256i a, __m256i b, __m256i& hi, __m256i& lo) {
   const __m256i even = _mm256_mul_epu32(a, b);
