@@ -200,6 +200,21 @@ template <int D> class NeuronTables {
   int64_t period_ = 0;
 };
 
+// theta and the two spike values of the neurons of the work item [begin, begin + len): from the
+// shared periodic tables, or from the thread's own, filled for this work item
+template <int D> struct BlockTables {
+  const float* theta;
+  const typename Storage<D>::type *off, *on;
+};
+
+template <int D>
+BlockTables<D> block_tables(const NeuronTables<D>& shared, NeuronTables<D>& own, int64_t begin, int64_t len) {
+  if (!shared.periodic()) own.fill(begin, len);
+  const NeuronTables<D>& tab = shared.periodic() ? shared : own;
+  const int64_t at = tab.offset(begin);
+  return {tab.theta.data() + at, tab.off.data() + at, tab.on.data() + at};
+}
+
 // the forward's arguments, typed
 template <int D> struct SimdForward {
   using T = typename Storage<D>::type;
@@ -270,12 +285,10 @@ NA_AVX512 void avx512_forward_impl(const SimdForward<D>& f, int threads) {
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t begin = b * kBlock;
       const int64_t len = begin + kBlock < k.neurons ? kBlock : k.neurons - begin;
-      if (!shared.periodic()) own.fill(begin, len);
-      const NeuronTables<D>& tab = shared.periodic() ? shared : own;
-      const int64_t at = tab.offset(begin);
-      const float* theta = tab.theta.data() + at;
-      const T* off = tab.off.data() + at;
-      const T* on = tab.on.data() + at;
+      const BlockTables<D> tab = block_tables(shared, own, begin, len);
+      const float* theta = tab.theta;
+      const T* off = tab.off;
+      const T* on = tab.on;
       int64_t j = 0;
       if (wide_tiles)
         for (; j + 32 * kTile <= len; j += 32 * kTile)
@@ -433,12 +446,10 @@ NA_AVX2 void avx2_forward_impl(const SimdForward<D>& f, int threads) {
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t begin = b * kBlock;
       const int64_t len = begin + kBlock < k.neurons ? kBlock : k.neurons - begin;
-      if (!shared.periodic()) own.fill(begin, len);
-      const NeuronTables<D>& tab = shared.periodic() ? shared : own;
-      const int64_t at = tab.offset(begin);
-      const float* theta = tab.theta.data() + at;
-      const T* off = tab.off.data() + at;
-      const T* on = tab.on.data() + at;
+      const BlockTables<D> tab = block_tables(shared, own, begin, len);
+      const float* theta = tab.theta;
+      const T* off = tab.off;
+      const T* on = tab.on;
       int64_t j = 0;
       for (; j + 8 * kTile <= len; j += 8 * kTile)
         avx2_tile<D, R, SAVE_H, kTile>(f, theta + j, off + j, on + j, begin + j);
