@@ -50,8 +50,8 @@ if Pybind11Extension is not None and not os.environ.get("NA_KERNELS_NO_EXTENSION
     ext_modules.append(
         Pybind11Extension(
             "na_kernels._C",
-            sorted(glob.glob("csrc/*.cpp")),
-            depends=sorted(glob.glob("csrc/*.h")),  # a header edit rebuilds too
+            sorted(glob.glob("csrc/**/*.cpp", recursive=True)),
+            depends=sorted(glob.glob("csrc/**/*.h", recursive=True)),  # a header edit rebuilds too
             include_dirs=["csrc"],
             extra_compile_args=COMMON_FLAGS,
             cxx_std=17,

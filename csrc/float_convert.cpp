@@ -37,8 +37,9 @@ void convert_to_float(int dtype, uintptr_t src, uintptr_t dst, int64_t count) {
 }  // namespace
 
 void bind_float_convert(pybind11::module_& m) {
-  m.def("convert_from_float", &convert_from_float, "float32 -> float16/bfloat16 (round to nearest even)");
-  m.def("convert_to_float", &convert_to_float, "float16/bfloat16 -> float32");
+  namespace py = pybind11;
+  m.def("convert_from_float", &convert_from_float, py::kw_only(), py::arg("dtype"), py::arg("src"), py::arg("dst"), py::arg("count"), "float32 -> float16/bfloat16 (round to nearest even)");
+  m.def("convert_to_float", &convert_to_float, py::kw_only(), py::arg("dtype"), py::arg("src"), py::arg("dst"), py::arg("count"), "float16/bfloat16 -> float32");
 }
 
 }  // namespace na

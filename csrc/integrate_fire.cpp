@@ -808,8 +808,10 @@ void integrate_fire_backward(uintptr_t grad_spikes, uintptr_t grad_v, uintptr_t 
 void bind_integrate_fire(pybind11::module_& m) {
   namespace py = pybind11;
   m.def("integrate_fire_forward", &integrate_fire_forward, py::call_guard<py::gil_scoped_release>(),
+        py::kw_only(), py::arg("x"), py::arg("x_step"), py::arg("spikes"), py::arg("counts"), py::arg("v_final"), py::arg("h"), py::arg("dtype"), py::arg("steps"), py::arg("neurons"), py::arg("channel_stride"), py::arg("channels"), py::arg("theta"), py::arg("v0"), py::arg("v_frac"), py::arg("reset"), py::arg("amp_is_theta"), py::arg("amp"), py::arg("threads"),
         "multi-step integrate-and-fire forward on raw pointers (see csrc/integrate_fire.cpp)");
   m.def("integrate_fire_backward", &integrate_fire_backward, py::call_guard<py::gil_scoped_release>(),
+        py::kw_only(), py::arg("grad_spikes"), py::arg("grad_v"), py::arg("h"), py::arg("x"), py::arg("x_step"), py::arg("v0"), py::arg("v_frac"), py::arg("grad_x"), py::arg("grad_v_init"), py::arg("dtype"), py::arg("steps"), py::arg("neurons"), py::arg("channel_stride"), py::arg("channels"), py::arg("theta"), py::arg("reset"), py::arg("amp_is_theta"), py::arg("amp"), py::arg("surrogate"), py::arg("alpha"), py::arg("detach_reset"), py::arg("threads"),
         "integrate-and-fire surrogate-gradient BPTT on raw pointers");
 }
 

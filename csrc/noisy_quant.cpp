@@ -350,8 +350,10 @@ void noisy_quant_backward(uintptr_t grad_y, uintptr_t x, uintptr_t grad_x, int d
 void bind_noisy_quant(pybind11::module_& m) {
   namespace py = pybind11;
   m.def("noisy_quant_forward", &noisy_quant_forward, py::call_guard<py::gil_scoped_release>(),
+        py::kw_only(), py::arg("x"), py::arg("y"), py::arg("dtype"), py::arg("numel"), py::arg("channel_stride"), py::arg("channels"), py::arg("lam"), py::arg("seed"), py::arg("p"), py::arg("noise"), py::arg("scale"), py::arg("shift"), py::arg("threads"),
         "noisy_quant forward on raw pointers (see csrc/noisy_quant.cpp)");
   m.def("noisy_quant_backward", &noisy_quant_backward, py::call_guard<py::gil_scoped_release>(),
+        py::kw_only(), py::arg("grad_y"), py::arg("x"), py::arg("grad_x"), py::arg("dtype"), py::arg("numel"), py::arg("channel_stride"), py::arg("channels"), py::arg("lam"), py::arg("seed"), py::arg("p"), py::arg("noise"), py::arg("scale"), py::arg("shift"), py::arg("grad_lam"), py::arg("threads"),
         "noisy_quant straight-through backward on raw pointers");
 }
 

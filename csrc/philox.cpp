@@ -50,8 +50,9 @@ void noise_fill(uint64_t seed, uint64_t first, int64_t count, int kind, float sc
 }  // namespace
 
 void bind_philox(pybind11::module_& m) {
-  m.def("philox_fill", &philox_fill, "Philox4x32-10 words 0 and 1 for offsets first .. first+count-1");
-  m.def("noise_fill", &noise_fill, "noisy_quant's scale * eps for offsets first .. first+count-1");
+  namespace py = pybind11;
+  m.def("philox_fill", &philox_fill, py::kw_only(), py::arg("seed"), py::arg("first"), py::arg("count"), py::arg("w0"), py::arg("w1"), "Philox4x32-10 words 0 and 1 for offsets first .. first+count-1");
+  m.def("noise_fill", &noise_fill, py::kw_only(), py::arg("seed"), py::arg("first"), py::arg("count"), py::arg("noise"), py::arg("scale"), py::arg("out"), "noisy_quant's scale * eps for offsets first .. first+count-1");
 }
 
 }  // namespace na

@@ -74,7 +74,7 @@ def test_cpp_philox_matches_reference(first, seed, simd_level):
     count = 1003  # not a multiple of the vector width
     w0 = torch.empty(count, dtype=torch.int32)
     w1 = torch.empty(count, dtype=torch.int32)
-    cpu.extension().philox_fill(seed & (2**64 - 1), first, count, w0.data_ptr(), w1.data_ptr())
+    cpu.extension().philox_fill(seed=seed & (2**64 - 1), first=first, count=count, w0=w0.data_ptr(), w1=w1.data_ptr())
     offsets = torch.arange(first, first + count, dtype=torch.int64)
     ref = philox.philox4x32(torch.tensor(seed), offsets & 0xFFFFFFFF, offsets >> 32)
     assert torch.equal(w0.to(torch.int64) & 0xFFFFFFFF, ref[0])
@@ -89,8 +89,8 @@ def test_cpp_noise_matches_reference(kind, first, seed, simd_level):
     # included (its float64 log and cos round to the same float32 as torch's)
     count = 2**17 + 21
     got = torch.empty(count, dtype=torch.float32)
-    cpu.extension().noise_fill(seed & (2**64 - 1), first, count, {"uniform": 1, "gaussian": 2}[kind], 1.0,
-                               got.data_ptr())
+    cpu.extension().noise_fill(seed=seed & (2**64 - 1), first=first, count=count,
+                               noise={"uniform": 1, "gaussian": 2}[kind], scale=1.0, out=got.data_ptr())
     offsets = torch.arange(first, first + count, dtype=torch.int64)
     ref = philox.uniform(torch.tensor(seed), offsets) - 0.5 if kind == "uniform" else philox.normal(torch.tensor(seed), offsets)
     assert torch.equal(got, ref), f"{(got != ref).sum()} of {count} differ"

@@ -221,10 +221,11 @@ def _forward_cpp(x_seq, threshold, v_init, v_frac, reset, amplitude, save_h):
     v_final = layout.empty_step(torch.float32, x_seq.device)
     h = layout.empty_seq(steps, torch.float32, x_seq.device) if save_h else _empty_h(x_seq)
     cpu.extension().integrate_fire_forward(
-        x_seq.data_ptr(), x_seq.stride(0), spikes.data_ptr(), counts.data_ptr(), v_final.data_ptr(),
-        h.data_ptr() if save_h else 0, cpu.DTYPE_CODES[x_seq.dtype], steps, layout.neurons, layout.inner,
-        theta.numel(), theta.data_ptr(), 0 if v0 is None else v0.data_ptr(), v_frac, reset, amplitude is None,
-        0.0 if amplitude is None else amplitude, cpu.num_threads(steps * layout.neurons),
+        x=x_seq.data_ptr(), x_step=x_seq.stride(0), spikes=spikes.data_ptr(), counts=counts.data_ptr(),
+        v_final=v_final.data_ptr(), h=h.data_ptr() if save_h else 0, dtype=cpu.DTYPE_CODES[x_seq.dtype], steps=steps,
+        neurons=layout.neurons, channel_stride=layout.inner, channels=theta.numel(), theta=theta.data_ptr(),
+        v0=0 if v0 is None else v0.data_ptr(), v_frac=v_frac, reset=reset, amp_is_theta=amplitude is None,
+        amp=0.0 if amplitude is None else amplitude, threads=cpu.num_threads(steps * layout.neurons),
     )
     return spikes, counts, v_final, h
 
@@ -343,13 +344,15 @@ def _backward_cpp(grad_spikes, grad_v, h, x_seq, v_init, v_frac, threshold, rese
     if layout.neurons == 0 or not (need_grad_x or need_grad_v_init):
         return grad_x, grad_v_init
     cpu.extension().integrate_fire_backward(
-        0 if grad_spikes is None else grad_spikes.data_ptr(), 0 if grad_v is None else grad_v.data_ptr(),
-        0 if h is None else h.data_ptr(), 0 if h is not None else x_seq.data_ptr(),
-        0 if h is not None else x_seq.stride(0), 0 if v0 is None else v0.data_ptr(), v_frac,
-        grad_x.data_ptr() if need_grad_x else 0, grad_v_init.data_ptr() if need_grad_v_init else 0,
-        cpu.DTYPE_CODES[x_dtype], source.shape[0], layout.neurons, layout.inner, theta.numel(), theta.data_ptr(),
-        reset, amplitude is None, 0.0 if amplitude is None else amplitude, surrogate, alpha, detach_reset,
-        cpu.num_threads(source.shape[0] * layout.neurons),
+        grad_spikes=0 if grad_spikes is None else grad_spikes.data_ptr(),
+        grad_v=0 if grad_v is None else grad_v.data_ptr(), h=0 if h is None else h.data_ptr(),
+        x=0 if h is not None else x_seq.data_ptr(), x_step=0 if h is not None else x_seq.stride(0),
+        v0=0 if v0 is None else v0.data_ptr(), v_frac=v_frac, grad_x=grad_x.data_ptr() if need_grad_x else 0,
+        grad_v_init=grad_v_init.data_ptr() if need_grad_v_init else 0, dtype=cpu.DTYPE_CODES[x_dtype],
+        steps=source.shape[0], neurons=layout.neurons, channel_stride=layout.inner, channels=theta.numel(),
+        theta=theta.data_ptr(), reset=reset, amp_is_theta=amplitude is None,
+        amp=0.0 if amplitude is None else amplitude, surrogate=surrogate, alpha=alpha, detach_reset=detach_reset,
+        threads=cpu.num_threads(source.shape[0] * layout.neurons),
     )
     return grad_x, grad_v_init
 

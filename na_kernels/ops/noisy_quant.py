@@ -67,8 +67,9 @@ def _forward_cpp(x, lam, seed, p, noise_kind, scale, shift):
     lam32 = _lam32(lam)
     inner, channels = _geometry(x, lam32)
     cpu.extension().noisy_quant_forward(
-        x.data_ptr(), y.data_ptr(), cpu.DTYPE_CODES[x.dtype], x.numel(), inner, channels, lam32.data_ptr(),
-        _cpu_seed(seed), p, noise_kind, scale, shift, cpu.num_threads(x.numel()),
+        x=x.data_ptr(), y=y.data_ptr(), dtype=cpu.DTYPE_CODES[x.dtype], numel=x.numel(), channel_stride=inner,
+        channels=channels, lam=lam32.data_ptr(), seed=_cpu_seed(seed), p=p, noise=noise_kind, scale=scale,
+        shift=shift, threads=cpu.num_threads(x.numel()),
     )
     return y
 
@@ -127,9 +128,10 @@ def _backward_cpp(grad_y, x, lam, seed, p, noise_kind, scale, shift, need_grad_l
     inner, channels = _geometry(x, lam32)
     grad_lam = torch.zeros(channels if need_grad_lam else 0, dtype=torch.float64)
     cpu.extension().noisy_quant_backward(
-        grad_y.data_ptr(), x.data_ptr(), grad_x.data_ptr(), cpu.DTYPE_CODES[x.dtype], x.numel(), inner, channels,
-        lam32.data_ptr(), _cpu_seed(seed), p, noise_kind, scale, shift,
-        grad_lam.data_ptr() if need_grad_lam else 0, cpu.num_threads(x.numel()),
+        grad_y=grad_y.data_ptr(), x=x.data_ptr(), grad_x=grad_x.data_ptr(), dtype=cpu.DTYPE_CODES[x.dtype],
+        numel=x.numel(), channel_stride=inner, channels=channels, lam=lam32.data_ptr(), seed=_cpu_seed(seed), p=p,
+        noise=noise_kind, scale=scale, shift=shift, grad_lam=grad_lam.data_ptr() if need_grad_lam else 0,
+        threads=cpu.num_threads(x.numel()),
     )
     return grad_x, grad_lam.to(torch.float32)
 

@@ -11,7 +11,7 @@ import warnings
 import torch
 
 try:
-    from . import _C
+    from .. import _C
     _LOAD_ERROR = None
 except ImportError as error:  # not built: no compiler at install time, or a source checkout
     _C = None
