@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from na_kernels.nn import NoisyQuant, fold_batchnorm, replace_activations, to_snn
-from na_kernels.nn.replace import trace
+from na_kernels.nn.fx_utils import trace
 from nn_models import BasicBlock, SmallCNN, TinyResNet, randomize_batchnorm
 
 
@@ -247,8 +247,11 @@ def test_conversion_errors_are_clear():
     for bad in (0, -1):
         with pytest.raises(ValueError, match="T must"):
             to_snn(model, T=bad)
-    with pytest.raises(TypeError, match="T must"):
+    with pytest.raises(ValueError, match="T must"):  # the shared rule: an integral number >= 1
         to_snn(model, T=2.5)
+    with pytest.raises(TypeError, match="T must"):
+        to_snn(model, T="4")
+    assert to_snn(model, T=4.0).T == 4
     with pytest.raises(ValueError, match="chunk must"):
         to_snn(model, T=4, chunk=0)
     with pytest.raises(ValueError, match="T must"):

@@ -18,7 +18,7 @@ import numbers
 
 import torch
 
-from .convert import check_time_steps
+from .._validation import check_time_steps
 
 
 def _inputs(batch):

@@ -13,28 +13,22 @@ import fnmatch
 import warnings
 from typing import Iterable, List, Tuple
 
-import torch
-from torch import fx, nn
-from torch.nn import functional as F
+from torch import nn
 
+from .fx_utils import (
+    UNCONVERTIBLE_MODULES,
+    describe_call,
+    free_submodule_name,
+    is_relu_call,
+    is_unconvertible_call,
+    set_submodule,
+    site_name,
+    trace,
+)
 from .noisy_quant import NoisyQuant
 
-# Activation modules with no IF-neuron equivalent (checked with isinstance, after nn.ReLU).
-UNCONVERTIBLE_MODULES = (
-    nn.ReLU6, nn.Hardtanh, nn.GELU, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.SiLU,
-    nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Threshold, nn.GLU,
-    nn.LogSigmoid, nn.Softsign, nn.Tanhshrink, nn.Hardshrink, nn.Softshrink,
-)
-RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_, F.relu_, torch.nn.functional.relu)
-RELU_METHODS = ("relu", "relu_")
-UNCONVERTIBLE_FUNCTIONS = (
-    F.relu6, F.hardtanh, F.hardtanh_, F.gelu, F.leaky_relu, F.leaky_relu_, F.prelu, F.rrelu, F.elu, F.elu_, F.selu,
-    F.celu, F.silu, F.mish, F.hardswish, F.hardsigmoid, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.softplus,
-    F.threshold, F.glu, F.logsigmoid, F.softsign, F.tanhshrink, F.hardshrink, F.softshrink,
-)
 # torch.nn modules (fx leaves) whose forward calls ``self.activation``, a function by default
 FUNCTIONAL_ACTIVATION_HOLDERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
-UNCONVERTIBLE_METHODS = ("relu6", "sigmoid", "sigmoid_", "tanh", "tanh_", "hardtanh", "hardtanh_")
 
 
 class UnconvertibleActivationError(ValueError):
@@ -69,81 +63,12 @@ class ReplacementReport:
         return "\n".join(lines)
 
 
-class ActivationTracer(fx.Tracer):
-    """fx tracer that keeps NoisyQuant (and any ``leaf_types``) as opaque leaf modules."""
-
-    def __init__(self, leaf_types=()):
-        super().__init__()
-        self.leaf_types = (NoisyQuant,) + tuple(leaf_types)
-
-    def is_leaf_module(self, m, module_qualified_name):
-        if isinstance(m, self.leaf_types):
-            return True
-        return super().is_leaf_module(m, module_qualified_name)
-
-
-def trace(model: nn.Module, leaf_types=()) -> fx.GraphModule:
-    """Symbolically trace ``model`` with NoisyQuant kept as a leaf; clear error on failure."""
-    tracer = ActivationTracer(leaf_types)
-    try:
-        graph = tracer.trace(model)
-    except Exception as error:  # fx raises many types (TraceError, TypeError, ...)
-        raise RuntimeError(
-            f"torch.fx could not trace {type(model).__name__}.forward ({type(error).__name__}: {error}). "
-            "Conversion needs a traceable forward (no data-dependent Python control flow); move such code "
-            "into a leaf module or make it traceable"
-        ) from error
-    name = model.__class__.__name__ if isinstance(model, nn.Module) else "GraphModule"
-    return fx.GraphModule(tracer.root, graph, name)
-
-
-def node_owner(node: fx.Node) -> str:
-    """Qualified name of the module whose forward made a call_function/call_method node."""
-    stack = node.meta.get("nn_module_stack")
-    if stack:
-        path = list(stack.values())[-1]
-        path = path[0] if isinstance(path, tuple) else path
-        return str(path)
-    return ""
-
-
-def site_name(node: fx.Node) -> str:
-    owner = node_owner(node)
-    return f"{owner}.{node.name}" if owner else node.name
-
-
-def describe_call(node: fx.Node) -> str:
-    if node.op == "call_method":
-        return f"Tensor.{node.target}()"
-    module = getattr(node.target, "__module__", "") or ""
-    prefix = "F" if module.endswith("functional") else "torch"
-    return f"{prefix}.{getattr(node.target, '__name__', node.target)}()"
-
-
-def is_relu_call(node: fx.Node) -> bool:
-    if node.op == "call_function":
-        return node.target in RELU_FUNCTIONS
-    return node.op == "call_method" and node.target in RELU_METHODS
-
-
-def is_unconvertible_call(node: fx.Node) -> bool:
-    if node.op == "call_function":
-        return node.target in UNCONVERTIBLE_FUNCTIONS
-    return node.op == "call_method" and node.target in UNCONVERTIBLE_METHODS
-
-
 def _matches(name: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
 def _has_own_forward(module: nn.Module) -> bool:
     return type(module).forward is not nn.ReLU.forward
-
-
-def _set_submodule(model: nn.Module, name: str, new: nn.Module):
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 def _avgpool_for(pool: nn.MaxPool2d, name: str) -> nn.AvgPool2d:
@@ -198,102 +123,108 @@ def replace_activations(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    skip = tuple(skip) if not isinstance(skip, str) else (skip,)
 
     def make():
         return NoisyQuant(p, lam=lam, noise=noise, scale=scale, per_channel=per_channel)
 
     make()  # validate the arguments before touching the model
-    report = ReplacementReport()
-    problems = []
+    sites = _Sites(skip, allow_unconvertible)
+    _swap_modules(model, make, sites, maxpool_to_avgpool)
+    result = model
+    if trace_functional:
+        result = _rewrite_calls(model, make, sites)
+    else:
+        sites.report.functional_checked = False
+        warnings.warn("replace_activations(trace_functional=False): F.relu / torch.relu calls were not looked for")
+    sites.raise_problems()
+    for name, kind, why in sites.report.left:
+        if "allowed" in why:
+            warnings.warn(f"replace_activations left {name} ({kind}) unconverted: allow_unconvertible=True")
+    return result, sites.report
 
-    def unconvertible(name, kind):
-        if _matches(name, skip):
-            report.left.append((name, kind, "skipped by the caller"))
-        elif allow_unconvertible:
-            report.left.append((name, kind, "unconvertible, allowed by the caller"))
+
+class _Sites:
+    """The caller's skip patterns and allowance, the report, and the unconvertible sites found."""
+
+    def __init__(self, skip, allow_unconvertible):
+        self.skip = tuple(skip) if not isinstance(skip, str) else (skip,)
+        self.allow_unconvertible = allow_unconvertible
+        self.report = ReplacementReport()
+        self.problems = []
+
+    def skipped(self, name, kind) -> bool:
+        """Whether the caller skips ``name`` (then it is recorded as left)."""
+        if not _matches(name, self.skip):
+            return False
+        self.report.left.append((name, kind, "skipped by the caller"))
+        return True
+
+    def unconvertible(self, name, kind):
+        if self.skipped(name, kind):
+            return
+        if self.allow_unconvertible:
+            self.report.left.append((name, kind, "unconvertible, allowed by the caller"))
         else:
-            problems.append(f"{name}: {kind}")
+            self.problems.append(f"{name}: {kind}")
 
+    def raise_problems(self):
+        if self.problems:
+            listing = "\n  ".join(self.problems)
+            raise UnconvertibleActivationError(
+                f"{len(self.problems)} activation(s) cannot be converted to IF neurons:\n  {listing}\n"
+                "Replace them in the model (NoisyQuant is a ReLU), or leave them with "
+                "skip=[names] / allow_unconvertible=True"
+            )
+
+
+def _swap_modules(model, make, sites, maxpool_to_avgpool):
+    """Swap, in place, each ``nn.ReLU`` module for ``make()`` (and MaxPool2d for AvgPool2d when asked)."""
     for name, module in list(model.named_modules()):
         if not name:
             continue
         kind = type(module).__name__
         if isinstance(module, nn.ReLU):
             if type(module) is not nn.ReLU and _has_own_forward(module):
-                unconvertible(name, f"{kind} (a ReLU subclass with its own forward)")
-            elif _matches(name, skip):
-                report.left.append((name, kind, "skipped by the caller"))
-            else:
-                _set_submodule(model, name, make())
-                report.replaced.append((name, kind))
+                sites.unconvertible(name, f"{kind} (a ReLU subclass with its own forward)")
+            elif not sites.skipped(name, kind):
+                set_submodule(model, name, make())
+                sites.report.replaced.append((name, kind))
         elif isinstance(module, UNCONVERTIBLE_MODULES):
-            unconvertible(name, kind)
+            sites.unconvertible(name, kind)
         elif isinstance(module, FUNCTIONAL_ACTIVATION_HOLDERS) and not isinstance(module.activation, nn.Module):
             # torch.nn leaves that call an activation function internally: fx cannot see into them
             function = getattr(module.activation, "__name__", repr(module.activation))
-            unconvertible(name, f"{kind} (calls {function} internally)")
-        elif isinstance(module, nn.MaxPool2d) and maxpool_to_avgpool and not _matches(name, skip):
-            _set_submodule(model, name, _avgpool_for(module, name))
-            report.pooling.append(name)
-
-    result = model
-    if trace_functional:
-        graph_module = trace(model)
-        rewrite = []
-        for node in graph_module.graph.nodes:
-            if is_relu_call(node):
-                name = site_name(node)
-                if _matches(name, skip):
-                    report.left.append((name, describe_call(node), "skipped by the caller"))
-                else:
-                    rewrite.append(node)
-            elif is_unconvertible_call(node):
-                unconvertible(site_name(node), describe_call(node))
-        if problems:
-            _raise(problems)
-        if rewrite:
-            for node in rewrite:
-                owner = node_owner(node)
-                target = f"{owner}.{node.name}" if owner else node.name
-                target = free_submodule_name(graph_module, target)
-                graph_module.add_submodule(target, make())
-                with graph_module.graph.inserting_before(node):
-                    new = graph_module.graph.call_module(target, (node.args[0],))
-                new.meta = dict(node.meta)
-                node.replace_all_uses_with(new)
-                graph_module.graph.erase_node(node)
-                report.replaced.append((target, describe_call(node)))
-            graph_module.graph.lint()
-            graph_module.recompile()
-            graph_module.train(model.training)
-            result = graph_module
-    else:
-        report.functional_checked = False
-        warnings.warn("replace_activations(trace_functional=False): F.relu / torch.relu calls were not looked for")
-    if problems:
-        _raise(problems)
-    for name, kind, why in report.left:
-        if "allowed" in why:
-            warnings.warn(f"replace_activations left {name} ({kind}) unconverted: allow_unconvertible=True")
-    return result, report
+            sites.unconvertible(name, f"{kind} (calls {function} internally)")
+        elif isinstance(module, nn.MaxPool2d) and maxpool_to_avgpool and not _matches(name, sites.skip):
+            set_submodule(model, name, _avgpool_for(module, name))
+            sites.report.pooling.append(name)
 
 
-def free_submodule_name(graph_module, target):
-    """``target``, or ``target_1``, ``target_2``, ... : the first name no submodule has yet."""
-    candidate, index = target, 1
-    while True:
-        try:
-            graph_module.get_submodule(candidate)
-        except AttributeError:
-            return candidate
-        candidate, index = f"{target}_{index}", index + 1
+def _rewrite_calls(model, make, sites):
+    """Trace ``model`` and turn each ReLU call into a call of a new ``make()`` submodule.
 
-
-def _raise(problems):
-    listing = "\n  ".join(problems)
-    raise UnconvertibleActivationError(
-        f"{len(problems)} activation(s) cannot be converted to IF neurons:\n  {listing}\n"
-        "Replace them in the model (NoisyQuant is a ReLU), or leave them with "
-        "skip=[names] / allow_unconvertible=True"
-    )
+    Returns ``model`` itself when there is no call to rewrite, else the rewritten GraphModule."""
+    graph_module = trace(model)
+    rewrite = []
+    for node in graph_module.graph.nodes:
+        if is_relu_call(node):
+            if not sites.skipped(site_name(node), describe_call(node)):
+                rewrite.append(node)
+        elif is_unconvertible_call(node):
+            sites.unconvertible(site_name(node), describe_call(node))
+    sites.raise_problems()
+    if not rewrite:
+        return model
+    for node in rewrite:
+        target = free_submodule_name(graph_module, site_name(node))
+        graph_module.add_submodule(target, make())
+        with graph_module.graph.inserting_before(node):
+            new = graph_module.graph.call_module(target, (node.args[0],))
+        new.meta = dict(node.meta)
+        node.replace_all_uses_with(new)
+        graph_module.graph.erase_node(node)
+        sites.report.replaced.append((target, describe_call(node)))
+    graph_module.graph.lint()
+    graph_module.recompile()
+    graph_module.train(model.training)
+    return graph_module

@@ -16,7 +16,91 @@ Counted over every ``snn(x)`` call since ``snn.reset_statistics()``:
   counted (not pooling, additions, the neurons' own updates or memory traffic).
 """
 import math
-import numbers
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .._validation import check_real
+from .fx_utils import CONV_TYPES
+
+
+class SynapseMeter(nn.Module):
+    """Identity observer before a conv/linear layer of the SNN: counts its operations.
+
+    Spike-driven layers (fed by IF layers through stateless ops) cost one accumulate (AC) per
+    synapse an event reaches: ``SOPs = sum over nonzero inputs of their fan-out``, computed
+    exactly as ``sum(conv(nonzero_indicator, ones))`` (``nnz * out_features`` for linear).
+    Analog layers (fed by the input only) cost their multiply-accumulates (MACs) per row run.
+    ``macs_per_sample`` is the layer's MAC count in the ANN.
+    """
+
+    def __init__(self, name: str, layer: nn.Module, sources, spike_driven: bool):
+        super().__init__()
+        self.name = name
+        self.layer_type = type(layer).__name__
+        self.sources = tuple(sources)
+        self.spike_driven = bool(spike_driven)
+        if isinstance(layer, CONV_TYPES):
+            self.dims = len(layer.kernel_size)
+            self.geometry = dict(
+                stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups
+            )
+            self.weight_shape = tuple(layer.weight.shape)
+            self.out_features = None
+        else:
+            self.dims = 0
+            self.weight_shape = tuple(layer.weight.shape)
+            self.out_features = layer.out_features
+        self.record = True
+        self._ones = None
+        self.reset_statistics()
+
+    def reset_statistics(self):
+        self.sops = None
+        self.macs = 0
+        self.rows = 0
+        self.macs_per_sample = 0
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_ones"] = None
+        if isinstance(state.get("sops"), torch.Tensor):
+            state["sops"] = state["sops"].cpu()
+        return state
+
+    def forward(self, x):
+        if self.record and isinstance(x, torch.Tensor):
+            self._measure(x)
+        return x
+
+    @torch.no_grad()
+    def _measure(self, x):
+        rows = x.shape[0]
+        if self.dims:
+            # SOPs = sum_i [x_i != 0] * fanout_i. With W = ones, conv(indicator, W) summed over
+            # its outputs is exactly that; all output channels of a group see the same window,
+            # so it equals out_channels/groups * sum(conv(indicator summed over rows and
+            # channels, ones[1, 1, *kernel])) -- one single-channel conv, in float64 (exact).
+            indicator = (x != 0).sum(dim=(0, 1), dtype=torch.float64).reshape((1, 1) + tuple(x.shape[2:]))
+            if self._ones is None or self._ones.device != x.device:
+                self._ones = torch.ones((1, 1) + self.weight_shape[2:], dtype=torch.float64, device=x.device)
+            conv = (F.conv1d, F.conv2d, F.conv3d)[self.dims - 1]
+            geometry = dict(self.geometry, groups=1)
+            fan = conv(indicator, self._ones, None, **geometry)
+            out_channels, fan_in = self.weight_shape[0], math.prod(self.weight_shape[1:])
+            sops = fan.sum() * (out_channels // self.geometry["groups"])
+            per_row = fan[0, 0].numel() * out_channels * fan_in
+        else:
+            sops = (x != 0).sum(dtype=torch.float64) * self.out_features
+            per_row = (x[0].numel() if rows else 0) * self.out_features
+        self.sops = sops if self.sops is None else self.sops.to(sops.device) + sops
+        self.macs += per_row * rows
+        self.rows += rows
+        self.macs_per_sample = per_row
+
+
+# ---------------------------------------------------------------------------------- statistics
 
 
 def _number(value):
@@ -28,9 +112,7 @@ def _number(value):
 
 
 def _check_energy(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite real >= 0 (joules), got {value!r}")
-    return float(value)
+    return check_real(name, value, minimum=0.0, accepted="a finite real >= 0 (joules)")
 
 
 def collect_statistics(snn, energy_per_ac: float = 0.9e-12, energy_per_mac: float = 4.6e-12) -> dict:

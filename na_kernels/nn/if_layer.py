@@ -1,0 +1,143 @@
+"""IFLayer: the integrate-and-fire neurons that replace one NoisyQuant call site in an SNN."""
+import torch
+from torch import nn
+
+from ..ops.integrate_fire import integrate_fire
+from ..ops.noisy_quant import noisy_quant
+
+V_INIT = 0.5  # the initial membrane potential v_init, as a fraction of the threshold θ
+
+
+class IFLayer(nn.Module):
+    """Integrate-and-fire neurons replacing one NoisyQuant call site.
+
+    Per neuron, over the T steps of one run (``integrate_fire``, subtractive reset)::
+
+        v = v_init * θ;  h = v + x[t];  s = [h >= θ];  v = h - s*θ;  out[t] = s * a
+
+    with threshold θ and amplitude a = λ (θ = λ until ``calibrate_thresholds`` changes θ),
+    both scalars or per-channel ([C], channel = dim 1 of a step).
+
+    Input: ``[T*B, C, ...]`` (time-major), or ``[B, C, ...]`` when the input is the same at
+    every step (``input_is_constant``); output ``[T*B, C, ...]`` in the input's dtype.
+    In "ann" mode the layer is the quantized ANN activation ``noisy_quant(x, p, λ, noise=None)``.
+
+    Statistics of the runs since the last reset: ``spikes`` (total), ``neuron_steps``
+    (neurons x samples x steps), ``channel_spikes`` ([C]), ``neurons`` (per sample).
+    """
+
+    def __init__(self, name: str, lam: torch.Tensor, p: int, *, input_is_constant: bool = False):
+        super().__init__()
+        lam = lam.detach().to(torch.float32).clone()
+        self.name = name
+        self.p = int(p)
+        self.register_buffer("threshold", lam.clone())
+        self.register_buffer("amplitude", lam.clone())
+        self.input_is_constant = input_is_constant
+        self.time_steps = 1
+        self.mode = "snn"
+        self.carry_state = False
+        self.v = None
+        self.record = True
+        self.record_ann_levels = False
+        self.reset_statistics()
+
+    @property
+    def per_channel(self) -> bool:
+        return self.threshold.dim() == 1
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether θ differs from the amplitude λ (then spikes are emitted as 1 and scaled by λ).
+
+        Cached on the buffers' identity and version counters: no host sync per forward."""
+        key = (id(self.threshold), self.threshold._version, id(self.amplitude), self.amplitude._version)
+        if getattr(self, "_calibrated_key", None) != key:
+            self._calibrated_key = key
+            self._calibrated = self.threshold.shape != self.amplitude.shape or not torch.equal(
+                self.threshold, self.amplitude
+            )
+        return self._calibrated
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        # calibrated thresholds are per-channel: take the checkpoint's shape
+        for name in ("threshold", "amplitude"):
+            value = state_dict.get(prefix + name)
+            if isinstance(value, torch.Tensor) and value.shape != getattr(self, name).shape:
+                setattr(self, name, torch.empty_like(value, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def reset_statistics(self):
+        self.spikes = None
+        self.neuron_steps = 0
+        self.neurons = 0
+        self.channel_spikes = None
+        self.channel_neuron_steps = 0
+        self.ann_channel_levels = None
+
+    def reset_state(self):
+        self.v = None
+
+    def __getstate__(self):
+        # torch.save(snn) on a GPU machine must load on a CPU-only one: statistics go to the CPU
+        state = self.__dict__.copy()
+        for key in ("spikes", "channel_spikes", "ann_channel_levels"):
+            if isinstance(state.get(key), torch.Tensor):
+                state[key] = state[key].cpu()
+        state["v"] = None
+        return state
+
+    def extra_repr(self):
+        shape = "per-channel[%d]" % self.threshold.numel() if self.per_channel else f"{self.threshold.item():.4g}"
+        return f"name={self.name!r}, threshold={shape}, v_init={V_INIT}, reset=subtract, p={self.p}"
+
+    def _channel_view(self, tensor, ndim):
+        return tensor.reshape((1, -1) + (1,) * (ndim - 2)) if tensor.dim() == 1 else tensor
+
+    def forward(self, x):
+        if self.mode == "ann":
+            y = noisy_quant(x, self.p, self.amplitude, noise=None)
+            if self.record_ann_levels:
+                self._record_levels(y, x.dim())
+            return y
+        T = self.time_steps
+        if self.input_is_constant:
+            x_seq = x.unsqueeze(0).expand((T,) + tuple(x.shape))
+        else:
+            if x.shape[0] % T:
+                raise RuntimeError(f"{self.name}: input batch {x.shape[0]} is not a multiple of T = {T}")
+            x_seq = x.reshape((T, x.shape[0] // T) + tuple(x.shape[1:]))
+        calibrated = self.calibrated
+        v_init = self.v if self.v is not None else V_INIT
+        spikes, counts, v_final = integrate_fire(
+            x_seq, self.threshold, v_init=v_init, amplitude=1.0 if calibrated else "threshold", return_v=True
+        )
+        if calibrated:
+            spikes = spikes * self._channel_view(self.amplitude, spikes.dim() - 1).to(spikes.dtype)
+        if self.carry_state:  # kept in the graph: gradients flow across chunks
+            self.v = v_final
+        if self.record:
+            self._record_counts(counts, T)
+        return spikes.reshape((-1,) + tuple(spikes.shape[2:]))
+
+    @torch.no_grad()
+    def _record_counts(self, counts, T):
+        total = counts.sum(dtype=torch.int64)
+        self.spikes = total if self.spikes is None else self.spikes.to(total.device) + total
+        per_sample = counts[0].numel() if counts.dim() > 0 and counts.shape[0] else 0
+        self.neurons = per_sample
+        self.neuron_steps += counts.numel() * T
+        if counts.dim() >= 2:
+            channel = counts.transpose(0, 1).reshape(counts.shape[1], -1).sum(1, dtype=torch.int64)
+            if self.channel_spikes is not None:
+                channel = self.channel_spikes.to(channel.device) + channel
+            self.channel_spikes = channel
+            self.channel_neuron_steps += (counts.numel() // counts.shape[1]) * T
+
+    @torch.no_grad()
+    def _record_levels(self, y, ndim):
+        levels = y.to(torch.float32) / self._channel_view(self.amplitude, ndim) * self.p  # q in 0..p
+        channel = levels.transpose(0, 1).reshape(levels.shape[1], -1).sum(1, dtype=torch.float64)
+        self.ann_channel_levels = (
+            channel if self.ann_channel_levels is None else self.ann_channel_levels.to(channel.device) + channel
+        )

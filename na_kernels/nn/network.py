@@ -1,0 +1,151 @@
+"""SpikingNetwork: a converted network run for T steps at once, with per-step outputs.
+
+- the input is the same at every step; layers that only depend on the input (the stem before
+  the first IF layer) run once on the ``[B, ...]`` batch;
+- every later stateless layer (conv, linear, pooling, flatten, dropout in eval, residual
+  additions, concatenation) sees a ``[T*B, ...]`` batch, time-major; a ``TimeRepeat`` turns
+  a ``[B, ...]`` value into ``[T*B, ...]`` where it meets one that varies over the steps;
+- each ``IFLayer`` reshapes its input to ``[T, B, ...]`` and calls ``integrate_fire`` once
+  over all T steps;
+- the output ``[T, B, ...]`` holds at step t the mean of the last layer's outputs over steps
+  1..t, so ``out[t-1]`` is the SNN's prediction after t steps;
+- ``chunk=c`` processes the T steps c at a time, carrying each IF layer's membrane potential
+  from one chunk to the next, so memory is that of a c-step run (under no_grad; with autograd
+  the potentials stay in the graph and gradients flow across chunks).
+"""
+from typing import Dict, Optional
+
+import torch
+from torch import fx, nn
+
+from .._validation import check_time_steps
+from .if_layer import IFLayer
+from .stats import SynapseMeter, collect_statistics, format_statistics
+
+
+class TimeRepeat(nn.Module):
+    """``[B, ...] -> [T*B, ...]``: a value that is the same at every step, repeated time-major
+    where it meets a value that varies over the steps. Non-tensors pass through unchanged."""
+
+    def __init__(self):
+        super().__init__()
+        self.time_steps = 1
+
+    def forward(self, x):
+        if not isinstance(x, torch.Tensor) or self.time_steps == 1 or x.dim() == 0:
+            return x
+        return x.unsqueeze(0).expand((self.time_steps,) + tuple(x.shape)).reshape((-1,) + tuple(x.shape[1:]))
+
+
+class SpikingNetwork(nn.Module):
+    """A converted network run in multi-step mode. Build it with ``to_snn``.
+
+    ``forward(x, T=None, chunk=None)``: x ``[B, ...]`` (the ANN's input) ->
+    ``[T, B, ...]`` with ``out[t-1] = (1/t) * sum_{s<=t} f_s(x)``, ``f_s`` the last layer's
+    output at step s. ``ann(x)`` runs the same converted graph as the quantized ANN (noise
+    off, IF layers replaced by ``noisy_quant(x, p, λ, noise=None)``) -> ``[B, ...]``.
+
+    Attributes:
+        network: the converted ``torch.fx.GraphModule`` (``[T*B, ...]`` batches inside).
+        if_layers: name -> ``IFLayer``, in execution order.
+        synapses: name -> ``SynapseMeter``, one per conv/linear call, in execution order.
+        T, chunk: the defaults for ``forward``.
+        conversion_report: what ``to_snn`` did: ``if_layers``, ``folded_batchnorm``,
+            ``unfolded_batchnorm`` (left as per-channel affine maps), ``stem_runs_once`` (False
+            when batch-size arithmetic forced repeating the input), ``synapses``.
+    """
+
+    def __init__(self, network: fx.GraphModule, T: int, chunk: Optional[int] = None):
+        super().__init__()
+        self.network = network
+        self.T = check_time_steps("T", T)
+        self.chunk = check_time_steps("chunk", chunk, allow_none=True)
+        self.samples = 0
+        self.sample_steps = 0
+        self.conversion_report = {}
+
+    @property
+    def if_layers(self) -> Dict[str, IFLayer]:
+        return {m.name: m for m in self.network.modules() if isinstance(m, IFLayer)}
+
+    @property
+    def synapses(self) -> Dict[str, SynapseMeter]:
+        return {m.name: m for m in self.network.modules() if isinstance(m, SynapseMeter)}
+
+    def _time_modules(self):
+        return [m for m in self.network.modules() if isinstance(m, (IFLayer, TimeRepeat))]
+
+    def _set(self, **values):
+        for module in self._time_modules():
+            for key, value in values.items():
+                if hasattr(module, key):
+                    setattr(module, key, value)
+
+    def forward(self, *inputs, T: Optional[int] = None, chunk: Optional[int] = None):
+        T = self.T if T is None else check_time_steps("T", T)
+        chunk = (self.chunk if chunk is None else check_time_steps("chunk", chunk)) or T
+        chunk = min(chunk, T)
+        outputs, running, batch = [], None, None
+        self._set(mode="snn", carry_state=chunk < T)
+        try:
+            for start in range(0, T, chunk):
+                steps = min(chunk, T - start)
+                self._set(time_steps=steps)
+                out = self.network(*inputs)
+                if not isinstance(out, torch.Tensor):
+                    raise TypeError(f"SpikingNetwork supports a single tensor output, got {type(out).__name__}")
+                per_step = out.reshape((steps, -1) + tuple(out.shape[1:]))
+                batch = per_step.shape[1]
+                summed = per_step.to(torch.float32).cumsum(0)
+                if running is not None:
+                    summed = summed + running
+                running = summed[-1]
+                count = torch.arange(start + 1, start + steps + 1, device=out.device, dtype=torch.float32)
+                outputs.append((summed / count.reshape((-1,) + (1,) * (summed.dim() - 1))).to(out.dtype))
+        finally:
+            self._set(carry_state=False, v=None, time_steps=1)
+        if any(layer.record for layer in self.if_layers.values()):
+            self.samples += batch
+            self.sample_steps += batch * T
+        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+    def ann(self, *inputs):
+        """The quantized ANN on the same converted graph: ``[B, ...]`` (no noise, no statistics)."""
+        previous = {m: m.record for m in self.network.modules() if hasattr(m, "record")}
+        self._set(mode="ann", time_steps=1)
+        for module in previous:
+            module.record = False
+        try:
+            return self.network(*inputs)
+        finally:
+            self._set(mode="snn")
+            for module, flag in previous.items():
+                module.record = flag
+
+    def reset_statistics(self):
+        """Forget the counts of earlier runs."""
+        self.samples = 0
+        self.sample_steps = 0
+        for module in self.network.modules():
+            if isinstance(module, (IFLayer, SynapseMeter)):
+                module.reset_statistics()
+
+    def record_statistics(self, flag: bool = True):
+        """Turn the per-layer spike / operation counting on or off (on by default)."""
+        for module in self.network.modules():
+            if isinstance(module, (IFLayer, SynapseMeter)):
+                module.record = bool(flag)
+
+    def statistics(self, energy_per_ac: float = 0.9e-12, energy_per_mac: float = 4.6e-12) -> dict:
+        """Spike statistics and an energy estimate of the runs since the last reset.
+
+        See ``na_kernels.nn.stats.collect_statistics`` for the keys.
+        """
+        return collect_statistics(self, energy_per_ac=energy_per_ac, energy_per_mac=energy_per_mac)
+
+    def statistics_table(self, energy_per_ac: float = 0.9e-12, energy_per_mac: float = 4.6e-12) -> str:
+        """``statistics()`` as a printable table."""
+        return format_statistics(self.statistics(energy_per_ac, energy_per_mac))
+
+    def extra_repr(self):
+        return f"T={self.T}, chunk={self.chunk}, if_layers={len(self.if_layers)}"
