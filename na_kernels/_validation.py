@@ -136,3 +136,22 @@ def positive_parameter_tensor(name, value, like, channel_dim, description):
         if not (smallest > 0 and largest < math.inf):
             raise ValueError(f"{name} must be finite and > 0, got {value.detach().flatten()[:8].tolist()}")
     return value
+
+
+def check_greater(name, value, bound, accepted=None):
+    """A finite real (not a bool) strictly greater than ``bound``, as a float."""
+    accepted = accepted or f"a finite real > {bound}"
+    value = check_real(name, value, accepted=accepted)
+    if not value > bound:
+        raise ValueError(f"{name} must be {accepted}, got {value}")
+    return value
+
+
+def check_clip_level(lam, *, min_lam, name="lam"):
+    """NoisyQuant's initial clip level λ: a finite real > min_lam, or "auto" (set from data)."""
+    accepted = f'a finite float > min_lam ({min_lam}) or "auto"'
+    if isinstance(lam, str):
+        if lam != "auto":
+            raise ValueError(f"{name} must be {accepted}, got {lam!r}")
+        return lam
+    return check_greater(name, lam, min_lam, accepted=accepted)

@@ -140,6 +140,18 @@ def test_bad_arguments_raise(kwargs, match):
         NoisyQuant(**kwargs)
 
 
+def test_arguments_follow_the_shared_rules():
+    # p is an integral number >= 1 as in the op; "none" and None both mean QCFS
+    assert NoisyQuant(3.0).p == 3 and type(NoisyQuant(3.0).p) is int
+    assert NoisyQuant(3, noise="none").noise is None and NoisyQuant(3, noise=None).noise is None
+    with pytest.raises(ValueError, match="p must be an int >= 1"):
+        NoisyQuant(2.5)
+    with pytest.raises(TypeError, match="p must"):
+        NoisyQuant(True)
+    x = torch.randn(4, 6)
+    torch.testing.assert_close(NoisyQuant(3.0, lam=2.0).eval()(x), na_kernels.noisy_quant(x, 3.0, 2.0, noise=None))
+
+
 def test_per_channel_mismatch_raises():
     module = NoisyQuant(3, per_channel=True, channels=4)
     with pytest.raises(ValueError, match="4 channels"):

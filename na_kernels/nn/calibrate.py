@@ -14,11 +14,9 @@ amplitude stays λ: matched counts then give the ANN's activation ``q*λ/p``. Th
 iteration with the smallest total relative count error ``sum_c |n_c - target_c| / sum_c target_c``
 (over all layers) are kept, so calibration never makes that error worse on these batches.
 """
-import numbers
-
 import torch
 
-from .._validation import check_time_steps
+from .._validation import check_greater, check_int, check_real, check_time_steps
 
 
 def _inputs(batch):
@@ -50,52 +48,21 @@ def calibrate_thresholds(
         The SNN's statistics are reset afterwards.
     """
     T = snn.T if T is None else check_time_steps("T", T)
-    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 0:
-        raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")
-    if isinstance(step_size, bool) or not isinstance(step_size, numbers.Real) or not 0 < step_size <= 1:
-        raise ValueError(f"step_size must be a real in (0, 1], got {step_size!r}")
-    if isinstance(max_ratio, bool) or not isinstance(max_ratio, numbers.Real) or not max_ratio > 1:
-        raise ValueError(f"max_ratio must be a real > 1, got {max_ratio!r}")
+    iterations = check_int("iterations", iterations, minimum=0)
+    step_size = check_real("step_size", step_size, strictly_positive=True, maximum=1.0, accepted="a real in (0, 1]")
+    max_ratio = check_greater("max_ratio", max_ratio, 1.0, accepted="a real > 1")
     batches = [_inputs(batch) for batch in batches]
     if not batches:
         raise ValueError("calibrate_thresholds needs at least one batch")
     layers = snn.if_layers
     recording = {name: layer.record for name, layer in layers.items()}
 
-    # targets from the quantized ANN
-    for layer in layers.values():
-        layer.ann_channel_levels = None
-        layer.record_ann_levels = True
-    try:
-        for inputs in batches:
-            snn.ann(*inputs)
-    finally:
-        for layer in layers.values():
-            layer.record_ann_levels = False
-    targets = {}
-    for name, layer in layers.items():
-        if layer.ann_channel_levels is not None:
-            targets[name] = layer.ann_channel_levels * (T / layer.p)
-            layer.ann_channel_levels = None
-
-    def measure():
-        snn.reset_statistics()
-        snn.record_statistics(True)
-        for inputs in batches:
-            snn(*inputs, T=T)
-        counts = {name: layers[name].channel_spikes.to(torch.float64) for name in targets}
-        per_layer = {
-            name: float((counts[name] - targets[name]).abs().sum() / targets[name].sum().clamp_min(1.0))
-            for name in targets
-        }
-        mismatch = sum((counts[n] - targets[n]).abs().sum() for n in targets)
-        total = float(mismatch / sum(targets[n].sum() for n in targets).clamp_min(1.0))
-        return counts, per_layer, total
+    targets = _ann_targets(snn, batches, T)
 
     history, snapshots, per_layer_history = [], [], []
     try:
         for iteration in range(iterations + 1):
-            counts, per_layer, total = measure()
+            counts, per_layer, total = _count_errors(snn, batches, T, targets)
             history.append(total)
             per_layer_history.append(per_layer)
             snapshots.append({name: layers[name].threshold.clone() for name in targets})
@@ -119,3 +86,41 @@ def calibrate_thresholds(
         best_iteration=best,
         layers={name: dict(before=per_layer_history[0][name], after=per_layer_history[best][name]) for name in targets},
     )
+
+
+def _ann_targets(snn, batches, T):
+    """Per IF layer, ``target_c = sum q_c * T / p`` of the quantized ANN over ``batches`` ([C], float64)."""
+    layers = snn.if_layers
+    for layer in layers.values():
+        layer.ann_channel_levels = None
+        layer.record_ann_levels = True
+    try:
+        for inputs in batches:
+            snn.ann(*inputs)
+    finally:
+        for layer in layers.values():
+            layer.record_ann_levels = False
+    targets = {}
+    for name, layer in layers.items():
+        if layer.ann_channel_levels is not None:
+            targets[name] = layer.ann_channel_levels * (T / layer.p)
+            layer.ann_channel_levels = None
+    return targets
+
+
+def _count_errors(snn, batches, T, targets):
+    """One T-step SNN run over ``batches``: ``(counts n_c per layer, relative count error per
+    layer, total relative count error sum |n_c - target_c| / sum target_c)``."""
+    layers = snn.if_layers
+    snn.reset_statistics()
+    snn.record_statistics(True)
+    for inputs in batches:
+        snn(*inputs, T=T)
+    counts = {name: layers[name].channel_spikes.to(torch.float64) for name in targets}
+    per_layer = {
+        name: float((counts[name] - targets[name]).abs().sum() / targets[name].sum().clamp_min(1.0))
+        for name in targets
+    }
+    mismatch = sum((counts[n] - targets[n]).abs().sum() for n in targets)
+    total = float(mismatch / sum(targets[n].sum() for n in targets).clamp_min(1.0))
+    return counts, per_layer, total

@@ -13,15 +13,14 @@ negative, its issue #10). For λ of a few units and more softplus is the identit
 precision and its slope is ~1, so training behaves as with a plain parameter there.
 """
 import math
-import numbers
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._validation import check_clip_level, check_int, check_levels, check_noise, check_noise_scale, check_positive
 from ..ops.noisy_quant import noisy_quant
 
-NOISE_KINDS = (None, "uniform", "gaussian")
 AUTO_PERCENTILE = 99.9
 _MAX_QUANTILE_ELEMENTS = 1 << 22  # torch.quantile refuses inputs above 2**24 elements
 
@@ -45,18 +44,19 @@ class NoisyQuant(nn.Module):
 
     Forward (x of any shape, dim 1 the channel dim where ``per_channel``):
     ``y = clamp(floor(x*p/λ + scale*ε + 0.5), 0, p) * λ/p``; ``y`` has x's shape and dtype.
-    Backward: straight-through (DESIGN.md): ``grad_x = grad_y * [0 <= q_raw <= p]``, and λ
+    Backward: straight-through (docs/design.md): ``grad_x = grad_y * [0 <= q_raw <= p]``, and λ
     receives ``sum(grad_y * g)`` through ``λ = softplus(raw_lam) + min_lam``.
 
     Args:
-        p: quantization levels, int >= 1 (3, 7, 15 for 2, 3, 4 bits; 1 for the single-step
-            T = 1 strategy with ``noise="gaussian"``). After conversion an SNN with T = p
-            steps reproduces a one-layer quantized net exactly.
+        p: quantization levels, an integral number >= 1 (3, 7, 15 for 2, 3, 4 bits; 1 for the
+            single-step T = 1 strategy with ``noise="gaussian"``). After conversion an SNN with
+            T = p steps reproduces a one-layer quantized net exactly.
         lam: initial clip level λ > 0 (float), or ``"auto"``: λ is set on the first forward in
             training mode to the 99.9th percentile of relu(x) (per channel where
             ``per_channel``), averaged over ranks under ``torch.distributed``.
-        noise: ``"uniform"`` (Noise Adaptor), ``"gaussian"`` or ``None``/``"none"`` (QCFS). Applied only
-            in training mode; eval mode is always the deterministic quantizer.
+        noise: ``"uniform"`` (Noise Adaptor), ``"gaussian"`` or ``None``/``"none"`` (QCFS), kept
+            as ``None``, ``"uniform"`` or ``"gaussian"``. Applied only in training mode; eval
+            mode is always the deterministic quantizer.
         scale: noise amplitude in quantization steps, >= 0.
         per_channel: one λ per channel (dim 1 of x) instead of one per layer.
         channels: number of channels when ``per_channel``; if None it is taken from the first
@@ -70,34 +70,19 @@ class NoisyQuant(nn.Module):
 
     def __init__(self, p, lam=8.0, noise="uniform", scale=1.0, per_channel=False, channels=None, *, min_lam=1e-3):
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, numbers.Integral) or p < 1:
-            raise ValueError(f"p must be an int >= 1 (the number of quantization levels), got {p!r}")
-        if noise == "none":  # the spelling a command line gives
-            noise = None
-        if noise not in NOISE_KINDS:
-            raise ValueError(f"noise must be one of {NOISE_KINDS}, got {noise!r}")
-        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale < 0:
-            raise ValueError(f"scale must be a finite real >= 0 (noise amplitude in quantization steps), got {scale!r}")
-        if isinstance(min_lam, bool) or not isinstance(min_lam, numbers.Real) or not min_lam > 0:
-            raise ValueError(f"min_lam must be a real > 0, got {min_lam!r}")
+        self.p = check_levels(p)
+        self.noise = check_noise(noise).public  # None (QCFS), "uniform" or "gaussian"
+        self.scale = check_noise_scale(scale)
+        self.min_lam = check_positive("min_lam", min_lam, accepted="a real > 0")
         if channels is not None:
             if not per_channel:
                 raise ValueError("channels is only meaningful with per_channel=True")
-            if isinstance(channels, bool) or not isinstance(channels, numbers.Integral) or channels < 1:
-                raise ValueError(f"channels must be an int >= 1, got {channels!r}")
-        auto = isinstance(lam, str)
-        if auto and lam != "auto":
-            raise ValueError(f'lam must be a positive float or "auto", got {lam!r}')
-        if not auto:
-            if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not math.isfinite(lam) or lam <= min_lam:
-                raise ValueError(f"lam must be a finite float > min_lam ({min_lam}) or \"auto\", got {lam!r}")
-        self.p = int(p)
-        self.noise = noise
-        self.scale = float(scale)
+            channels = check_int("channels", channels, minimum=1)
+        lam = check_clip_level(lam, min_lam=self.min_lam)
+        auto = lam == "auto"
         self.per_channel = bool(per_channel)
-        self.min_lam = float(min_lam)
-        initial = 8.0 if auto else float(lam)
-        shape = () if not per_channel else ((int(channels),) if channels is not None else (0,))
+        initial = 8.0 if auto else lam
+        shape = () if not per_channel else ((channels,) if channels is not None else (0,))
         raw = _inverse_softplus(torch.full(shape, initial - self.min_lam))
         self.raw_lam = nn.Parameter(raw)
         # persistent so a loaded state dict carries whether "auto" has happened
