@@ -155,3 +155,56 @@ def check_clip_level(lam, *, min_lam, name="lam"):
             raise ValueError(f"{name} must be {accepted}, got {lam!r}")
         return lam
     return check_greater(name, lam, min_lam, accepted=accepted)
+
+
+def check_seed(seed, name="seed"):
+    """A noise seed: None (drawn later), an int that fits in 64 bits (returned as the int64 of the
+    same bits: 2**64 - 1 and -1 are one seed), or a 1-element int64 tensor (returned as is)."""
+    accepted = f"{name} must be None, an int or a 1-element int64 tensor"
+    if seed is None:
+        return None
+    if isinstance(seed, torch.Tensor):
+        if seed.dtype != torch.int64 or seed.numel() != 1:
+            raise TypeError(f"{accepted}, got {seed.dtype} of shape {tuple(seed.shape)}")
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{accepted}, got {seed!r}")
+    seed = int(seed)
+    if not -(2**63) <= seed < 2**64:
+        raise ValueError(f"{name} must fit in 64 bits, got {seed}")
+    return seed - 2**64 if seed >= 2**63 else seed
+
+
+def check_sequence(name, x_seq):
+    """A float32/float16/bfloat16 tensor [T, ...], time first: rank >= 2 and T >= 1."""
+    check_float_tensor(name, x_seq)
+    if x_seq.dim() < 2:
+        raise ValueError(f"{name} must be [T, ...] with rank >= 2 (time first), got shape {tuple(x_seq.shape)}")
+    if x_seq.shape[0] == 0:
+        raise ValueError(f"{name} must have T >= 1 time steps (dim 0), got shape {tuple(x_seq.shape)}")
+    return x_seq
+
+
+def check_amplitude(amplitude, name="amplitude"):
+    """A spike amplitude: "threshold" (returned as None) or a positive finite number (a float)."""
+    accepted = "'threshold' or a positive finite number"
+    if isinstance(amplitude, str):
+        if amplitude != "threshold":
+            raise ValueError(f"{name} must be {accepted}, got {amplitude!r}")
+        return None
+    return check_positive(name, amplitude, accepted=accepted)
+
+
+def check_initial_potential(v_init, like, name="v_init"):
+    """An initial membrane potential: a number (a fraction of the threshold; a float), or a float
+    tensor of potentials (float64 included) with the per-step shape like.shape[1:], on like's device."""
+    if isinstance(v_init, torch.Tensor):
+        if v_init.dtype not in FLOAT_DTYPES + (torch.float64,):
+            raise TypeError(f"{name} must be a number or a float tensor of potentials, got {v_init.dtype}")
+        if v_init.device != like.device:
+            raise ValueError(f"{name} must be on {like.device} like the input, got {v_init.device}")
+        if tuple(v_init.shape) != tuple(like.shape[1:]):
+            raise ValueError(f"{name} tensor must have the per-step shape {tuple(like.shape[1:])}, "
+                             f"got {tuple(v_init.shape)}")
+        return v_init
+    return check_real(name, v_init, accepted="a number (a fraction of the threshold) or a tensor of potentials")
