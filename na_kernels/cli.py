@@ -22,11 +22,13 @@ import torch
 from . import __version__
 from .datasets import DATASETS, BatchLoader, DatasetError, ImageData, digits_split, load_dataset
 from .models import MODELS
-from .train import (NOISES, CheckpointError, TrainConfig, build_network, evaluate, evaluate_snn, fit, load_checkpoint,
-                    make_optimizer, make_scheduler, network_from_checkpoint, progress)
+from ._spec import Noise
+from ._validation import check_int, check_levels, check_positive, check_time_steps
+from .train import (CheckpointError, TrainConfig, build_network, evaluate, evaluate_snn, fit, load_checkpoint,
+                    make_optimizer, make_scheduler, network_from_checkpoint, train_epoch)
 
 DEMO_TS = (1, 2, 4, 8, 16, 32)
-DEMO_VARIANTS = (("NoisyQuant (uniform noise)", "uniform"), ("QCFS (no noise)", "none"))
+DEMO_VARIANTS = (("NoisyQuant (uniform noise)", Noise.UNIFORM.label), ("QCFS (no noise)", Noise.NONE.label))
 
 
 def _err(msg: str) -> None:
@@ -43,39 +45,19 @@ def _pct(x: Optional[float]) -> str:
 
 
 def _demo_train(name: str, noise: str, train: ImageData, args, show: bool) -> Dict[str, Any]:
-    torch.manual_seed(args.seed)  # same initial weights and data order for both variants
+    """Train the demo CNN with ``noise``: the same initial weights and data order for every variant."""
+    torch.manual_seed(args.seed)
     model = build_network("digits_cnn", train.num_classes, train.in_channels, args.p, noise, args.lam)
     loader = BatchLoader(train, args.batch_size, shuffle=True, augment=True, drop_last=True, seed=args.seed)
     optimizer = make_optimizer(model, args.lr, 0.9, 5e-4)
     scheduler = make_scheduler(optimizer, args.epochs * len(loader))
     history = []
-
-    def steps():
-        for epoch in range(args.epochs):
-            loader.set_epoch(epoch)
-            torch.manual_seed(args.seed * 7919 + epoch)  # the noise stream of this epoch
-            for batch in loader:
-                yield epoch, batch
-
-    model.train()
-    bar = progress(steps(), total=args.epochs * len(loader), desc=f"train {name}", enabled=show)
-    loss_sum, correct, count, current = 0.0, 0, 0, 0
-    for epoch, (x, y) in bar:
-        if epoch != current:
-            history.append({"epoch": current + 1, "train_loss": loss_sum / count, "train_acc": correct / count})
-            loss_sum, correct, count, current = 0.0, 0, 0, epoch
-        logits = model(x)
-        loss = torch.nn.functional.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        loss_sum += loss.item() * y.numel()
-        correct += int((logits.argmax(1) == y).sum())
-        count += y.numel()
-        bar.set_postfix_str(f"epoch {epoch + 1} loss {loss_sum / count:.3f}")
-    if count:
-        history.append({"epoch": current + 1, "train_loss": loss_sum / count, "train_acc": correct / count})
+    for epoch in range(args.epochs):
+        loader.set_epoch(epoch)
+        torch.manual_seed(args.seed * 7919 + epoch)  # the noise stream of this epoch
+        stats = train_epoch(model, loader, optimizer, scheduler, amp=False,
+                            desc=f"train {name} {epoch + 1}/{args.epochs}", show_progress=show)
+        history.append({"epoch": epoch + 1, "train_loss": stats["loss"], "train_acc": stats["acc"]})
     return {"model": model.eval(), "history": history}
 
 
@@ -90,12 +72,7 @@ def _snn_eval(model, test: ImageData, Ts: Sequence[int], batch_size: int, show: 
     curve: List[float] = []
     for T in Ts:
         snn.reset_statistics()
-        correct = torch.zeros(T, dtype=torch.float64)
-        for x, y in progress(loader, desc=f"{desc} T={T}", enabled=show):
-            with torch.no_grad():
-                out = snn(x, T=T)
-            correct += (out.argmax(-1) == y.unsqueeze(0)).sum(1).double()
-        acc = (correct / len(test)).tolist()
+        acc = evaluate_snn(snn, loader, T=T, desc=f"{desc} T={T}", show_progress=show)
         st = snn.statistics()
         per_T[T] = {"acc": acc[-1], "firing_rate": st["total"]["firing_rate"],
                     "sops_per_sample": st["total"]["sops_per_sample"], "energy_ratio": st["energy"]["ratio"],
@@ -311,11 +288,35 @@ def cmd_convert(args) -> int:
 # ----------------------------------------------------------------------------------------
 
 
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+def _checked(check):
+    """An argparse type: the text as a number (int, else float), checked by a ``_validation`` rule."""
+
+    def parse(text: str):
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        try:
+            return check(value)
+        except (TypeError, ValueError) as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
+
+def _count(name: str, minimum: int = 1):
+    return _checked(lambda value: check_int(name, value, minimum=minimum))
+
+
+_levels = _checked(check_levels)
+_lam = _checked(lambda value: check_positive("lam", value))
+
+
+def _steps(name: str):
+    return _checked(lambda value: check_time_steps(name, value))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -332,14 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "(default: ./na_kernels_demo)")
     d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     d.add_argument("--quick", action="store_true", help="a few seconds: 3 epochs, 200 test images")
-    d.add_argument("--p", type=_positive_int, default=3, help="activation levels (default 3 = 2-bit)")
-    d.add_argument("--lam", type=float, default=2.0, help="initial clip λ (default 2.0)")
-    d.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (default 15, quick 3)")
-    d.add_argument("--batch-size", type=_positive_int, default=32)
-    d.add_argument("--eval-batch-size", type=_positive_int, default=128)
+    d.add_argument("--p", type=_levels, default=3, help="activation levels (default 3 = 2-bit)")
+    d.add_argument("--lam", type=_lam, default=2.0, help="initial clip λ (default 2.0)")
+    d.add_argument("--epochs", type=_count("epochs"), default=None, help="training epochs (default 15, quick 3)")
+    d.add_argument("--batch-size", type=_count("batch_size"), default=32)
+    d.add_argument("--eval-batch-size", type=_count("eval_batch_size"), default=128)
     d.add_argument("--lr", type=float, default=0.05)
-    d.add_argument("--test-limit", type=_positive_int, default=None, help=argparse.SUPPRESS)
-    d.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (default 1)")
+    d.add_argument("--test-limit", type=_count("test_limit"), default=None, help=argparse.SUPPRESS)
+    d.add_argument("--threads", type=_count("threads"), default=1, help="torch CPU threads (default 1)")
     d.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
@@ -351,25 +352,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", choices=DATASETS, required=True)
     t.add_argument("--data-dir", default=None, help="folder with the dataset files (not needed for digits)")
     t.add_argument("--arch", choices=sorted(MODELS), default="resnet20")
-    t.add_argument("--p", type=_positive_int, default=3, help="activation levels: 3, 7, 15 = 2, 3, 4 bit")
-    t.add_argument("--noise", choices=NOISES, default="uniform", help="'none' = QCFS")
-    t.add_argument("--lam", type=float, default=8.0, help="initial clip λ of every activation (default 8)")
-    t.add_argument("--epochs", type=_positive_int, default=300)
-    t.add_argument("--batch-size", type=_positive_int, default=128, help="per process (default 128)")
+    t.add_argument("--p", type=_levels, default=3, help="activation levels: 3, 7, 15 = 2, 3, 4 bit")
+    t.add_argument("--noise", choices=Noise.labels(), default="uniform", help="'none' = QCFS")
+    t.add_argument("--lam", type=_lam, default=8.0, help="initial clip λ of every activation (default 8)")
+    t.add_argument("--epochs", type=_count("epochs"), default=300)
+    t.add_argument("--batch-size", type=_count("batch_size"), default=128, help="per process (default 128)")
     t.add_argument("--lr", type=float, default=0.1)
     t.add_argument("--momentum", type=float, default=0.9)
     t.add_argument("--weight-decay", type=float, default=5e-4)
-    t.add_argument("--warmup-epochs", type=int, default=0)
+    t.add_argument("--warmup-epochs", type=_count("warmup_epochs", 0), default=0)
     t.add_argument("--no-augment", action="store_true", help="no random crop / flip")
     t.add_argument("--no-amp", action="store_true", help="no bf16 autocast on GPU")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="runs/na_kernels", help="checkpoint folder (last.pt is written every epoch)")
     t.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from a checkpoint (default: <out>/last.pt)")
-    t.add_argument("--stop-after", type=_positive_int, default=None,
+    t.add_argument("--stop-after", type=_count("stop_after"), default=None,
                    help="stop after this epoch (the schedule still spans --epochs; continue with --resume)")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    t.add_argument("--max-steps-per-epoch", type=_positive_int, default=None, help=argparse.SUPPRESS)
+    t.add_argument("--max-steps-per-epoch", type=_count("max_steps_per_epoch"), default=None, help=argparse.SUPPRESS)
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -383,15 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=helptext, description=description)
         c.add_argument("--checkpoint", required=True, help="a checkpoint written by na-kernels train")
         c.add_argument("--data-dir", default=None, help="dataset folder (default: the one it was trained on)")
-        c.add_argument("--batch-size", type=_positive_int, default=256)
+        c.add_argument("--batch-size", type=_count("batch_size"), default=256)
         c.add_argument("--device", default=None)
         c.add_argument("--no-progress", action="store_true")
         if name == "evaluate":
             c.add_argument("--no-amp", action="store_true")
             c.set_defaults(func=cmd_evaluate)
         else:
-            c.add_argument("--T", type=_positive_int, default=32, help="time steps (default 32)")
-            c.add_argument("--chunk", type=_positive_int, default=None, help="steps per kernel call (memory)")
+            c.add_argument("--T", type=_steps("T"), default=32, help="time steps (default 32)")
+            c.add_argument("--chunk", type=_steps("chunk"), default=None, help="steps per kernel call (memory)")
             c.add_argument("--report", default=None, help="write a JSON report here")
             c.set_defaults(func=cmd_convert)
     return parser

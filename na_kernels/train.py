@@ -31,6 +31,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ._validation import (check_bool, check_int, check_levels, check_noise, check_optional_int, check_positive,
+                          check_real)
 from .datasets import BatchLoader, ImageData, load_dataset
 from .models import build_model
 
@@ -50,16 +52,16 @@ __all__ = [
     "dist_info",
 ]
 
-NOISES = ("uniform", "gaussian", "none")
-
-
 @dataclass
 class TrainConfig:
+    """A training run: the published recipe as defaults, plus p and noise. Checked on creation
+    with the rules of ``na_kernels._validation`` (``noise=None`` is stored as ``"none"``)."""
+
     dataset: str = "cifar10"
     data_dir: Optional[str] = None
     arch: str = "resnet20"
     p: int = 3  # quantization levels (3, 7, 15: 2-, 3-, 4-bit)
-    noise: str = "uniform"  # "uniform" (Noise Adaptor), "gaussian", "none" (QCFS)
+    noise: Optional[str] = "uniform"  # "uniform" (Noise Adaptor), "gaussian", "none" or None (QCFS)
     lam: float = 8.0  # initial clip λ of every activation
     epochs: int = 300
     batch_size: int = 128  # per process
@@ -76,6 +78,21 @@ class TrainConfig:
     progress: bool = True
     max_steps_per_epoch: Optional[int] = None  # for smoke tests
     stop_after: Optional[int] = None  # stop after this epoch (split a run into jobs; --resume continues)
+
+    def __post_init__(self):
+        self.p = check_levels(self.p)
+        self.noise = check_noise(self.noise).label
+        self.lam = check_positive("lam", self.lam)
+        self.epochs = check_int("epochs", self.epochs, minimum=1)
+        self.batch_size = check_int("batch_size", self.batch_size, minimum=1)
+        self.lr = check_positive("lr", self.lr)
+        self.momentum = check_real("momentum", self.momentum, minimum=0.0)
+        self.weight_decay = check_real("weight_decay", self.weight_decay, minimum=0.0)
+        self.warmup_epochs = check_int("warmup_epochs", self.warmup_epochs, minimum=0)
+        for flag in ("augment", "amp", "progress"):
+            check_bool(flag, getattr(self, flag))
+        self.max_steps_per_epoch = check_optional_int("max_steps_per_epoch", self.max_steps_per_epoch, minimum=1)
+        self.stop_after = check_optional_int("stop_after", self.stop_after, minimum=1)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -150,18 +167,11 @@ class _Silent:
 # ----------------------------------------------------------------------------------------
 
 
-def _noise_arg(noise: str) -> Optional[str]:
-    if noise not in NOISES:
-        raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
-    return None if noise == "none" else noise
-
-
-def build_network(arch: str, num_classes: int, in_channels: int, p: int, noise: str, lam: float = 8.0) -> nn.Module:
-    """``arch`` with every activation a :class:`na_kernels.nn.NoisyQuant` (p levels, clip λ)."""
+def build_network(arch: str, num_classes: int, in_channels: int, p: int, noise, lam: float = 8.0) -> nn.Module:
+    """``arch`` with every activation a :class:`na_kernels.nn.NoisyQuant` (p levels, clip λ, noise)."""
     from .nn import NoisyQuant
 
-    noise_arg = _noise_arg(noise)
-    return build_model(arch, num_classes, in_channels, act=lambda: NoisyQuant(p, lam=lam, noise=noise_arg))
+    return build_model(arch, num_classes, in_channels, act=lambda: NoisyQuant(p, lam=lam, noise=noise))
 
 
 def _is_no_decay(name: str, param: torch.Tensor) -> bool:
@@ -170,6 +180,7 @@ def _is_no_decay(name: str, param: torch.Tensor) -> bool:
 
 
 def make_optimizer(model: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4) -> torch.optim.SGD:
+    """SGD with ``weight_decay`` on the weights and none on biases, BatchNorm affines and λ."""
     decay = [p for n, p in model.named_parameters() if p.requires_grad and not _is_no_decay(n, p)]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and _is_no_decay(n, p)]
     return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
@@ -297,13 +308,16 @@ def evaluate(model: nn.Module, loader: BatchLoader, *, amp: bool = True, desc: s
 
 
 @torch.no_grad()
-def evaluate_snn(snn: nn.Module, loader: BatchLoader, *, desc: str = "snn", show_progress: bool = True) -> List[float]:
+def evaluate_snn(snn: nn.Module, loader: BatchLoader, *, T: Optional[int] = None, desc: str = "snn",
+                 show_progress: bool = True) -> List[float]:
     """Accuracy at every time step: ``acc[t-1]`` is the accuracy of the mean output over
-    steps 1..t. ``snn(x)`` must return ``[T, B, K]`` per-step running-mean outputs."""
+    steps 1..t (summed over DDP ranks). ``snn(x)`` (``snn(x, T=T)`` when T is given) must
+    return ``[T, B, K]`` per-step running-mean outputs."""
     snn.eval()
+    run = {} if T is None else {"T": T}
     correct, total = None, 0
     for x, y in progress(loader, desc=desc, enabled=show_progress):
-        out = snn(x)
+        out = snn(x, **run)
         if out.dim() != 3:
             raise ValueError(f"the SNN must return [T, B, K]; got shape {tuple(out.shape)}")
         hits = (out.argmax(-1) == y.unsqueeze(0)).sum(1).double()  # [T]
@@ -347,6 +361,7 @@ class CheckpointError(RuntimeError):
 
 
 def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
+    """The dict ``save_checkpoint`` wrote; CheckpointError if missing or not a na_kernels checkpoint."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:

@@ -5,7 +5,7 @@ digits that ship with na_kernels. The only na_kernels line is `replace_activatio
 it swaps every nn.ReLU for a NoisyQuant activation (p quantization levels, a trainable
 clip λ per layer, uniform noise in training). Everything else is unchanged.
 
-    python python/train_noisyquant.py                 # p=3 (2-bit), 10 epochs, ~20 s on a CPU
+    python python/train_noisyquant.py                 # p=3 (2-bit), 10 epochs
     python python/train_noisyquant.py --noise none    # the QCFS baseline, for comparison
     python python/convert_snn.py                      # then: convert and run as an SNN
 """
@@ -54,7 +54,7 @@ def main():
     model = make_model()
 
     # ---- the one-line change -------------------------------------------------------
-    model, report = replace_activations(model, p=args.p, noise=None if args.noise == "none" else args.noise, lam=2.0)
+    model, report = replace_activations(model, p=args.p, noise=args.noise, lam=2.0)
     # ---------------------------------------------------------------------------------
     print(report)
 

@@ -115,3 +115,17 @@ def test_progress_falls_back_to_a_plain_stderr_line(monkeypatch, capsys):
     assert "work: 5/5" in err
     assert list(progress(range(3), desc="quiet", enabled=False)) == [0, 1, 2]
     assert capsys.readouterr().err == ""
+
+
+def test_options_follow_the_shared_argument_rules(capsys):
+    from na_kernels.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--dataset", "digits", "--p", "3.0", "--noise", "none"])
+    assert args.p == 3 and type(args.p) is int and args.noise == "none"
+    assert parser.parse_args(["convert", "--checkpoint", "c.pt", "--T", "8"]).T == 8
+    for bad, message in ((["--p", "2.5"], "p must be an int >= 1"), (["--noise", "laplace"], "invalid choice"),
+                         (["--epochs", "0"], "epochs must be an int >= 1"), (["--lam", "-1"], "lam must be > 0")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["train", "--dataset", "digits", *bad])
+        assert message in capsys.readouterr().err

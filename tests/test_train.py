@@ -146,3 +146,17 @@ def test_ddp_two_processes_gloo_keep_weights_and_lambda_equal(tmp_path):
     assert not torch.equal(r0["probe"], r1["probe"])
     # rank 0 wrote the checkpoint, which records the world size
     assert load_checkpoint(str(tmp_path / "run" / "last.pt"))["meta"]["world_size"] == 2
+
+
+def test_config_follows_the_shared_argument_rules(tmp_path):
+    cfg = tiny_cfg(tmp_path, p=3.0, noise=None)
+    assert cfg.p == 3 and type(cfg.p) is int and cfg.noise == "none"
+    assert tiny_cfg(tmp_path, noise="none").to_dict() == cfg.to_dict()
+    with pytest.raises(ValueError, match="p must be an int >= 1"):
+        tiny_cfg(tmp_path, p=2.5)
+    with pytest.raises(ValueError, match="noise must be one of"):
+        tiny_cfg(tmp_path, noise="laplace")
+    with pytest.raises(ValueError, match="epochs must"):
+        tiny_cfg(tmp_path, epochs=0)
+    qcfs = build_network("digits_cnn", 10, 1, p=3.0, noise="none")
+    assert all(m.noise is None and m.p == 3 for m in qcfs.modules() if isinstance(m, NoisyQuant))
