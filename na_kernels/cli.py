@@ -136,6 +136,7 @@ def _demo_plot(results, path: str, Ts: Sequence[int]) -> Optional[str]:
 
 
 def cmd_demo(args) -> int:
+    """``na-kernels demo``: NoisyQuant vs QCFS on the bundled digits, ANN vs SNN at T = 1..32."""
     t0 = time.time()
     if args.quick:
         args.epochs = args.epochs or 3
@@ -221,6 +222,7 @@ def _demo(args, t0: float, show: bool) -> int:
 
 
 def cmd_train(args) -> int:
+    """``na-kernels train``: :func:`na_kernels.train.fit` with the options as a TrainConfig."""
     resume = args.resume
     if resume == "auto":
         resume = os.path.join(args.out, "last.pt")
@@ -249,6 +251,7 @@ def _checkpoint_model_and_test_data(args):
 
 
 def cmd_evaluate(args) -> int:
+    """``na-kernels evaluate``: test accuracy of a checkpoint's quantized ANN (noise off)."""
     state, model, device, test = _checkpoint_model_and_test_data(args)
     acc = evaluate(model, BatchLoader(test, args.batch_size, device=device), amp=not args.no_amp,
                    show_progress=not args.no_progress)
@@ -259,6 +262,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_convert(args) -> int:
+    """``na-kernels convert``: a checkpoint as an SNN: accuracy at every t <= T, spikes, energy."""
     from .nn import to_snn
 
     state, model, device, test = _checkpoint_model_and_test_data(args)
@@ -320,6 +324,7 @@ def _steps(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``na-kernels`` argument parser (options checked with the rules of ``_validation``)."""
     parser = argparse.ArgumentParser(prog="na-kernels", description=(
         "Noise-injected low-bit ANN training and ANN-to-SNN conversion with fused kernels."))
     parser.add_argument("--version", action="version", version=f"na_kernels {__version__}")
@@ -399,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``na-kernels`` with ``argv``; returns the exit status (2 for a data or checkpoint error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -82,6 +82,8 @@ class VGG(nn.Module):
 
 
 class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with a residual: ``act(bn2(conv2(act(bn1(conv1(x))))) + shortcut(x))``."""
+
     expansion = 1
 
     def __init__(self, cin: int, planes: int, stride: int = 1, act: ActFactory = nn.ReLU):
@@ -92,10 +94,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu2 = act()
-        self.downsample: Optional[nn.Module] = None
-        if stride != 1 or cin != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, planes, 1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(planes))
+        self.downsample = _shortcut(cin, planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -104,7 +103,16 @@ class BasicBlock(nn.Module):
         return self.relu2(out + identity)
 
 
+def _shortcut(cin: int, cout: int, stride: int) -> Optional[nn.Module]:
+    """The residual branch's projection (1x1 conv + BN) where the shape changes, else None (identity)."""
+    if stride == 1 and cin == cout:
+        return None
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+
+
 class Bottleneck(nn.Module):
+    """1x1, 3x3, 1x1 conv-BN layers (planes, planes, 4 * planes) with a residual, as in ResNet-50+."""
+
     expansion = 4
 
     def __init__(self, cin: int, planes: int, stride: int = 1, act: ActFactory = nn.ReLU):
@@ -119,10 +127,7 @@ class Bottleneck(nn.Module):
         self.conv3 = nn.Conv2d(planes, out_c, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_c)
         self.relu3 = act()
-        self.downsample: Optional[nn.Module] = None
-        if stride != 1 or cin != out_c:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, out_c, 1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(out_c))
+        self.downsample = _shortcut(cin, out_c, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -184,34 +189,42 @@ def _init(model: nn.Module) -> None:
 
 
 def digits_cnn(num_classes=10, in_channels=1, act=nn.ReLU):
+    """The demo's :class:`DigitsCNN` for 8x8 images."""
     return DigitsCNN(num_classes, in_channels, act=act)
 
 
 def vgg16(num_classes=10, in_channels=3, act=nn.ReLU):
+    """VGG-16 for 32x32 inputs (13 conv layers, 3 linear)."""
     return VGG(_VGG_CFG["vgg16"], num_classes, in_channels, act)
 
 
 def resnet18(num_classes=10, in_channels=3, act=nn.ReLU):
+    """Resnet-18 with a CIFAR stem: [2, 2, 2, 2] basic blocks per stage."""
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels, act)
 
 
 def resnet20(num_classes=10, in_channels=3, act=nn.ReLU):
+    """The CIFAR ResNet-20 (:class:`CifarResNet`)."""
     return CifarResNet(20, num_classes, in_channels, act)
 
 
 def resnet34(num_classes=10, in_channels=3, act=nn.ReLU):
+    """Resnet-34 with a CIFAR stem: [3, 4, 6, 3] basic blocks per stage."""
     return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, in_channels, act)
 
 
 def resnet50(num_classes=10, in_channels=3, act=nn.ReLU):
+    """Resnet-50 with a CIFAR stem: [3, 4, 6, 3] bottleneck blocks per stage."""
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, act)
 
 
 def resnet101(num_classes=10, in_channels=3, act=nn.ReLU):
+    """Resnet-101 with a CIFAR stem: [3, 4, 23, 3] bottleneck blocks per stage."""
     return ResNet(Bottleneck, [3, 4, 23, 3], num_classes, in_channels, act)
 
 
 def resnet152(num_classes=10, in_channels=3, act=nn.ReLU):
+    """Resnet-152 with a CIFAR stem: [3, 8, 36, 3] bottleneck blocks per stage."""
     return ResNet(Bottleneck, [3, 8, 36, 3], num_classes, in_channels, act)
 
 

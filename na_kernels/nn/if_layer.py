@@ -15,8 +15,9 @@ class IFLayer(nn.Module):
 
         v = v_init * θ;  h = v + x[t];  s = [h >= θ];  v = h - s*θ;  out[t] = s * a
 
-    with threshold θ and amplitude a = λ (θ = λ until ``calibrate_thresholds`` changes θ),
-    both scalars or per-channel ([C], channel = dim 1 of a step).
+    with ``v_init = 0.5`` (``V_INIT``; in a chunked run, the potential the previous chunk left),
+    threshold θ and amplitude a = λ (θ = λ until ``calibrate_thresholds`` changes θ), both
+    scalars or per-channel ([C], channel = dim 1 of a step).
 
     Input: ``[T*B, C, ...]`` (time-major), or ``[B, C, ...]`` when the input is the same at
     every step (``input_is_constant``); output ``[T*B, C, ...]`` in the input's dtype.
@@ -44,6 +45,7 @@ class IFLayer(nn.Module):
 
     @property
     def per_channel(self) -> bool:
+        """Whether θ is per channel ([C]) rather than one scalar."""
         return self.threshold.dim() == 1
 
     @property
@@ -68,6 +70,7 @@ class IFLayer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def reset_statistics(self):
+        """Forget the spike counts of earlier runs."""
         self.spikes = None
         self.neuron_steps = 0
         self.neurons = 0
@@ -76,6 +79,7 @@ class IFLayer(nn.Module):
         self.ann_channel_levels = None
 
     def reset_state(self):
+        """Forget the membrane potential carried between chunks (the next run starts at v_init)."""
         self.v = None
 
     def __getstate__(self):
@@ -95,6 +99,7 @@ class IFLayer(nn.Module):
         return tensor.reshape((1, -1) + (1,) * (ndim - 2)) if tensor.dim() == 1 else tensor
 
     def forward(self, x):
+        """``[T*B, C, ...]`` (or ``[B, C, ...]`` with ``input_is_constant``) -> spikes ``[T*B, C, ...]``."""
         if self.mode == "ann":
             y = noisy_quant(x, self.p, self.amplitude, noise=None)
             if self.record_ann_levels:

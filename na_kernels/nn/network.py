@@ -32,6 +32,7 @@ class TimeRepeat(nn.Module):
         self.time_steps = 1
 
     def forward(self, x):
+        """``[B, ...]`` -> ``[T*B, ...]`` (T = ``time_steps``), step-major."""
         if not isinstance(x, torch.Tensor) or self.time_steps == 1 or x.dim() == 0:
             return x
         return x.unsqueeze(0).expand((self.time_steps,) + tuple(x.shape)).reshape((-1,) + tuple(x.shape[1:]))
@@ -66,10 +67,12 @@ class SpikingNetwork(nn.Module):
 
     @property
     def if_layers(self) -> Dict[str, IFLayer]:
+        """Name -> IFLayer, in execution order."""
         return {m.name: m for m in self.network.modules() if isinstance(m, IFLayer)}
 
     @property
     def synapses(self) -> Dict[str, SynapseMeter]:
+        """Name -> SynapseMeter (one per conv/linear call), in execution order."""
         return {m.name: m for m in self.network.modules() if isinstance(m, SynapseMeter)}
 
     def _time_modules(self):
@@ -82,6 +85,8 @@ class SpikingNetwork(nn.Module):
                     setattr(module, key, value)
 
     def forward(self, *inputs, T: Optional[int] = None, chunk: Optional[int] = None):
+        """x ``[B, ...]`` -> ``[T, B, ...]``, ``out[t-1] = (1/t) * sum_{s<=t} f_s(x)``; T and chunk
+        default to ``self.T`` / ``self.chunk`` (ints >= 1; chunk None: all T steps at once)."""
         T = self.T if T is None else check_time_steps("T", T)
         chunk = (self.chunk if chunk is None else check_time_steps("chunk", chunk)) or T
         chunk = min(chunk, T)

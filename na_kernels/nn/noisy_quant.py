@@ -145,6 +145,7 @@ class NoisyQuant(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``clamp(floor(x*p/λ + scale*ε + 0.5), 0, p) * λ/p``, x's shape and dtype (ε only in training)."""
         if self.per_channel:
             if x.dim() < 2:
                 raise ValueError(

@@ -57,6 +57,7 @@ class SynapseMeter(nn.Module):
         self.reset_statistics()
 
     def reset_statistics(self):
+        """Forget the operation counts of earlier runs."""
         self.sops = None
         self.macs = 0
         self.rows = 0
@@ -70,6 +71,7 @@ class SynapseMeter(nn.Module):
         return state
 
     def forward(self, x):
+        """The identity on ``x`` (``[rows, C, ...]``); counts its SOPs / MACs while ``record``."""
         if self.record and isinstance(x, torch.Tensor):
             self._measure(x)
         return x
