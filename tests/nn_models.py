@@ -1,7 +1,12 @@
-"""Small test networks for the model-layer tests (torchvision is not a test dependency)."""
+"""Small test networks and helpers for the model-layer tests (torchvision is not a test dependency)."""
+import copy
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from na_kernels.nn import NoisyQuant, replace_activations
+from na_kernels.nn.fx_utils import trace
 
 
 class BasicBlock(nn.Module):
@@ -76,3 +81,34 @@ def randomize_batchnorm(model, generator=None):
                 module.weight.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
                 module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
     return model
+
+
+class Clip(nn.Module):
+    """clamp(x, 0, λ): the function an IF neuron's rate computes as T grows."""
+
+    def __init__(self, lam):
+        super().__init__()
+        self.register_buffer("lam", lam.detach().clone())
+
+    def forward(self, x):
+        lam = self.lam.reshape((1, -1) + (1,) * (x.dim() - 2)) if self.lam.dim() else self.lam
+        return torch.minimum(x.clamp_min(0), lam)
+
+
+def clipped_ann(model):
+    gm = trace(copy.deepcopy(model))
+    for name, module in list(gm.named_modules()):
+        if isinstance(module, NoisyQuant):
+            gm.add_submodule(name, Clip(module.lam))
+    return gm.eval()
+
+
+def prepared(model_class, p=4, noise=None, per_channel=False, batch=None):
+    model = randomize_batchnorm(model_class())
+    model, _ = replace_activations(model, p=p, noise=noise, lam="auto", per_channel=per_channel)
+    model.train()(batch if batch is not None else torch.randn(16, 3, 16, 16))  # "auto" λ from this batch
+    return model.eval()
+
+
+def relative_error(a, b):
+    return ((a - b).norm() / b.norm()).item()

@@ -1,0 +1,60 @@
+"""calibrate_thresholds: counts matched to the quantized ANN, never worse, arguments, state dict."""
+import pytest
+import torch
+from torch import nn
+
+from na_kernels.nn import NoisyQuant, calibrate_thresholds, to_snn
+from nn_models import SmallCNN, TinyResNet, prepared, relative_error
+
+
+def test_calibration_matches_counts_and_reduces_the_output_error():
+    torch.manual_seed(0)
+    model = prepared(TinyResNet)
+    x = torch.randn(8, 3, 12, 12)
+    snn = to_snn(model, T=16)
+    with torch.no_grad():
+        ann = snn.ann(x)
+        before = relative_error(snn(x)[-1], ann)
+    report = calibrate_thresholds(snn, [x, (x, torch.zeros(8))], iterations=6)
+    assert report["T"] == 16 and len(report["errors"]) == 7
+    assert min(report["errors"]) == report["errors"][report["best_iteration"]]
+    assert report["errors"][report["best_iteration"]] < 0.5 * report["errors"][0]
+    for layer in snn.if_layers.values():
+        assert layer.threshold.dim() == 1 and torch.all(layer.threshold > 0)
+        assert layer.amplitude.dim() == 0  # the spike amplitude stays λ
+    with torch.no_grad():
+        after = relative_error(snn(x)[-1], ann)
+    assert after < before
+    assert snn.statistics()["samples"] == 8  # calibration runs were not counted
+
+
+def test_calibration_never_worsens_the_count_error():
+    model = prepared(SmallCNN)
+    snn = to_snn(model, T=4)
+    report = calibrate_thresholds(snn, [torch.randn(8, 3, 16, 16)], iterations=2)
+    assert report["errors"][report["best_iteration"]] <= report["errors"][0]
+
+
+def test_calibration_bad_arguments():
+    snn = to_snn(nn.Sequential(nn.Linear(2, 2), NoisyQuant(3)), T=2)
+    with pytest.raises(ValueError, match="at least one batch"):
+        calibrate_thresholds(snn, [])
+    with pytest.raises(ValueError, match="iterations"):
+        calibrate_thresholds(snn, [torch.randn(2, 2)], iterations=-1)
+    with pytest.raises(ValueError, match="step_size"):
+        calibrate_thresholds(snn, [torch.randn(2, 2)], step_size=0)
+    with pytest.raises(TypeError, match="batches"):
+        calibrate_thresholds(snn, ["images"])
+
+
+def test_calibrated_thresholds_round_trip_through_the_state_dict():
+    model = prepared(SmallCNN)
+    x = torch.randn(4, 3, 16, 16)
+    snn = to_snn(model, T=8)
+    calibrate_thresholds(snn, [x], iterations=2)
+    fresh = to_snn(model, T=8)
+    fresh.load_state_dict(snn.state_dict())
+    for name, layer in fresh.if_layers.items():
+        torch.testing.assert_close(layer.threshold, snn.if_layers[name].threshold)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), snn(x))

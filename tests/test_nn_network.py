@@ -1,0 +1,80 @@
+"""SpikingNetwork: chunked runs, state dicts, gradients, dtypes, pickling."""
+import io
+
+import torch
+from torch import nn
+
+from na_kernels.nn import NoisyQuant, replace_activations, to_snn
+from nn_models import SmallCNN, TinyResNet, prepared, randomize_batchnorm
+
+
+def test_chunked_equals_unchunked():
+    model = prepared(TinyResNet)
+    x = torch.randn(4, 3, 16, 16)
+    whole = to_snn(model, T=12)
+    chunked = to_snn(model, T=12, chunk=5)
+    with torch.no_grad():
+        a = whole(x)
+        b = chunked(x)
+        c = whole(x, chunk=4)
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-6)
+    for name, layer in whole.if_layers.items():
+        assert int(layer.spikes) == 2 * int(chunked.if_layers[name].spikes)  # whole ran twice
+
+
+def test_snn_state_dict_round_trip():
+    model = prepared(SmallCNN, per_channel=True)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    fresh, _ = replace_activations(randomize_batchnorm(SmallCNN()), p=4, noise=None, lam="auto", per_channel=True)
+    fresh.load_state_dict(torch.load(buffer))
+    x = torch.randn(2, 3, 16, 16)
+    a, b = to_snn(model, T=4), to_snn(fresh.eval(), T=4)
+    with torch.no_grad():
+        torch.testing.assert_close(b(x), a(x))
+    c = to_snn(fresh.eval(), T=4)
+    c.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(c(x), a(x))
+
+
+def test_gradients_flow_through_the_snn():
+    model = nn.Sequential(nn.Linear(4, 8), NoisyQuant(3, lam=1.0), nn.Linear(8, 2)).eval()
+    snn = to_snn(model, T=4)
+    snn(torch.randn(3, 4))[-1].sum().backward()
+    assert snn.network.get_submodule("0").weight.grad is not None
+
+
+def test_bf16_snn_runs():
+    model = prepared(SmallCNN)
+    snn = to_snn(model, T=4).to(torch.bfloat16)
+    with torch.no_grad():
+        out = snn(torch.randn(2, 3, 16, 16, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_chunked_gradients_equal_unchunked():
+    model = nn.Sequential(nn.Linear(4, 8), NoisyQuant(3, lam=1.0), nn.Linear(8, 8), NoisyQuant(3, lam=1.0), nn.Linear(8, 2)).eval()
+    x = torch.randn(3, 4)
+    grads = []
+    for chunk in (None, 2):
+        snn = to_snn(model, T=6, chunk=chunk)
+        snn(x)[-1].square().sum().backward()
+        grads.append(snn.network.get_submodule("0").weight.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-6)
+
+
+def test_pickled_snn_loads_and_runs(tmp_path):
+    snn = to_snn(prepared(SmallCNN), T=4)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = snn(x)
+    path = tmp_path / "snn.pt"
+    torch.save(snn, path)
+    loaded = torch.load(path, weights_only=False)
+    assert loaded.statistics()["total"]["spikes"] == snn.statistics()["total"]["spikes"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected)
+    assert loaded.statistics()["total"]["spikes"] == 2 * snn.statistics()["total"]["spikes"]
