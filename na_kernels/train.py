@@ -386,6 +386,19 @@ def network_from_checkpoint(state: Dict[str, Any]) -> nn.Module:
 # ----------------------------------------------------------------------------------------
 
 
+def _resume(cfg: TrainConfig, model: nn.Module, optimizer, scheduler, device) -> Tuple[int, List[Dict[str, Any]]]:
+    """Load ``cfg.resume`` into the model, optimizer and schedule; ``(epochs done, history)``."""
+    state = load_checkpoint(cfg.resume, map_location=device)
+    for key in ("arch", "p", "noise", "dataset"):
+        if state["config"].get(key) != getattr(cfg, key):
+            raise CheckpointError(f"--resume {cfg.resume}: checkpoint has {key}={state['config'].get(key)!r}, "
+                                  f"this run has {getattr(cfg, key)!r}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return int(state["epoch"]), list(state["history"])
+
+
 def fit(cfg: TrainConfig, train_data: Optional[ImageData] = None, test_data: Optional[ImageData] = None,
         log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Train ``cfg.arch`` on ``cfg.dataset`` with the recipe in ``cfg``; returns a summary.
@@ -417,15 +430,7 @@ def fit(cfg: TrainConfig, train_data: Optional[ImageData] = None, test_data: Opt
 
     start_epoch, history = 0, []
     if cfg.resume:
-        state = load_checkpoint(cfg.resume, map_location=device)
-        for key in ("arch", "p", "noise", "dataset"):
-            if state["config"].get(key) != getattr(cfg, key):
-                raise CheckpointError(f"--resume {cfg.resume}: checkpoint has {key}={state['config'].get(key)!r}, "
-                                 f"this run has {getattr(cfg, key)!r}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = int(state["epoch"]), list(state["history"])
+        start_epoch, history = _resume(cfg, model, optimizer, scheduler, device)
         say(f"resumed from {cfg.resume} after epoch {start_epoch}")
 
     net = model
