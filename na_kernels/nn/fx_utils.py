@@ -35,21 +35,16 @@ UNCONVERTIBLE_METHODS = ("relu6", "sigmoid", "sigmoid_", "tanh", "tanh_", "hardt
 
 
 class ActivationTracer(fx.Tracer):
-    """fx tracer that keeps NoisyQuant (and any ``leaf_types``) as opaque leaf modules."""
-
-    def __init__(self, leaf_types=()):
-        super().__init__()
-        self.leaf_types = (NoisyQuant,) + tuple(leaf_types)
+    """fx tracer that keeps NoisyQuant as an opaque leaf module."""
 
     def is_leaf_module(self, m, module_qualified_name):
-        if isinstance(m, self.leaf_types):
-            return True
-        return super().is_leaf_module(m, module_qualified_name)
+        """NoisyQuant and torch.nn's own modules are leaves."""
+        return isinstance(m, NoisyQuant) or super().is_leaf_module(m, module_qualified_name)
 
 
-def trace(model: nn.Module, leaf_types=()) -> fx.GraphModule:
+def trace(model: nn.Module) -> fx.GraphModule:
     """Symbolically trace ``model`` with NoisyQuant kept as a leaf; clear error on failure."""
-    tracer = ActivationTracer(leaf_types)
+    tracer = ActivationTracer()
     try:
         graph = tracer.trace(model)
     except Exception as error:  # fx raises many types (TraceError, TypeError, ...)
