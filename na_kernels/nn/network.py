@@ -45,6 +45,8 @@ class SpikingNetwork(nn.Module):
     ``[T, B, ...]`` with ``out[t-1] = (1/t) * sum_{s<=t} f_s(x)``, ``f_s`` the last layer's
     output at step s. ``ann(x)`` runs the same converted graph as the quantized ANN (noise
     off, IF layers replaced by ``noisy_quant(x, p, λ, noise=None)``) -> ``[B, ...]``.
+    ``statistics()`` / ``statistics_table()`` report the runs since ``reset_statistics()``.
+    It pickles: ``torch.save(snn, path)``, ``torch.load(path, weights_only=False)``.
 
     Attributes:
         network: the converted ``torch.fx.GraphModule`` (``[T*B, ...]`` batches inside).
