@@ -25,6 +25,8 @@ from typing import Iterator, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ._validation import check_int
+
 __all__ = [
     "DatasetError",
     "ImageData",
@@ -297,8 +299,7 @@ class BatchLoader:
 
     def __init__(self, data: ImageData, batch_size: int, *, shuffle: bool = False, augment: bool = False,
                  drop_last: bool = False, device="cpu", seed: int = 0, rank: int = 0, world_size: int = 1):
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+        batch_size = check_int("batch_size", batch_size, minimum=1)
         self.data, self.batch_size, self.shuffle, self.augment = data, batch_size, shuffle, augment
         self.drop_last, self.device, self.seed = drop_last, torch.device(device), seed
         self.rank, self.world_size, self.epoch = rank, world_size, 0
