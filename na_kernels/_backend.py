@@ -5,14 +5,21 @@
 ``na_kernels.use_backend(name)`` or the environment variable ``NA_KERNELS_BACKEND``.
 Forcing "triton" for CPU tensors runs Triton's interpreter and needs
 ``TRITON_INTERPRET=1`` set before triton is first imported.
+
+Each backend is a package with one module per op (``kernels/``: Triton, ``cpu/``: the C++
+extension, ``reference/``), and every such module has the op's ``forward`` and ``backward``
+with the same arguments (see ``na_kernels/ops``); ``implementation`` finds the one that runs.
 """
 import contextlib
+import importlib
 import os
 
 from . import cpu
 
 
 BACKENDS = ("auto", "triton", "cpu", "reference")
+_PACKAGES = {"triton": "kernels", "cpu": "cpu", "reference": "reference"}  # backend -> package of na_kernels
+_modules = {}  # (backend, op) -> its module, imported on first use (triton is optional)
 
 _forced = None  # set by set_backend / use_backend; None means "read the environment"
 
@@ -76,3 +83,12 @@ def resolve(device):
         raise ValueError(f"backend 'triton' runs CUDA tensors (or CPU ones when interpreted), got {device}")
     return name
 
+
+def implementation(op, device):
+    """The module with ``forward`` and ``backward`` of ``op`` ("noisy_quant", "integrate_fire") for a
+    tensor on ``device``: na_kernels.kernels.<op>, na_kernels.cpu.<op> or na_kernels.reference.<op>."""
+    key = (resolve(device), op)
+    module = _modules.get(key)
+    if module is None:
+        module = _modules[key] = importlib.import_module(f"na_kernels.{_PACKAGES[key[0]]}.{op}")
+    return module

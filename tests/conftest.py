@@ -27,6 +27,51 @@ requires_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not insta
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 
 
+def _cpp_available():
+    from na_kernels import cpu
+
+    return cpu.available()
+
+
+requires_cpp = pytest.mark.skipif(not _cpp_available(), reason="C++ extension not built")
+
+# Every backend of the ops, as (backend, device) test parameters: the C++ kernels and the reference
+# on CPU tensors, Triton on CUDA tensors (or on CPU tensors through its interpreter).
+BACKENDS = [
+    pytest.param("reference", "cpu", id="reference"),
+    pytest.param("cpu", "cpu", id="cpp", marks=requires_cpp),
+    pytest.param("triton", TRITON_DEVICE, id="triton", marks=requires_triton),
+]
+
+
+def interpreted(backend, device):
+    """True for Triton's interpreter (slow, and without bfloat16)."""
+    return backend == "triton" and device == "cpu"
+
+
+def float_dtypes(backend, device):
+    """The input dtypes a backend is tested with: all three, but no bfloat16 in the interpreter."""
+    if interpreted(backend, device):
+        return (torch.float32, torch.float16)
+    return (torch.float32, torch.float16, torch.bfloat16)
+
+
+def channels_last_seq(steps, batch, channels, height, width, device, dtype=torch.float32):
+    """[T, B, C, H, W] whose steps are channels-last in memory: what a channels-last network's
+    [T*B, C, H, W] activation looks like after ``reshape(T, B, ...)``."""
+    x = torch.randn(steps * batch, channels, height, width, device=device) * 0.8 + 0.3
+    x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    return x.reshape(steps, batch, channels, height, width)
+
+
+def assert_same_forward(got, want):
+    """Same number of tensors, each with the same dtype, shape and values."""
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        assert torch.equal(g, w), (g - w).abs().max() if g.is_floating_point() else (g != w).sum()
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_restore_backend():
     import na_kernels

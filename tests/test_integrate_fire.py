@@ -1,5 +1,7 @@
-"""integrate_fire: every backend against the reference loop, gradients against autograd through
-the reference loop, the conversion identity, chunking, sizes, torch.compile, opcheck, bad input.
+"""integrate_fire's contract on every backend: each against the reference loop, gradients against
+autograd through the reference loop and the closed-form BPTT, the conversion identity, chunking,
+sizes, layouts, what the forward saves, bad input. (compile, export, opcheck and the fast path:
+test_torch_integration.py.)
 
 The Triton kernels run natively on CUDA where there is a GPU, else through Triton's interpreter
 on CPU tensors (small sizes, fp32/fp16 only: the interpreter has no bf16).
@@ -11,40 +13,32 @@ import pytest
 import torch
 
 import na_kernels
-from na_kernels import cpu
-from na_kernels.kernels import integrate_fire as triton_kernels
+from na_kernels import _backend, _layout
+from na_kernels._spec import IntegrateFireArgs, Reset, Save, Surrogate
 from na_kernels.ops import integrate_fire as ops
 from na_kernels.reference import integrate_fire as ref
 
-from conftest import HAS_CUDA, TRITON_DEVICE, compile_triton_for_sm90, requires_triton
+from conftest import (BACKENDS, TRITON_DEVICE, assert_same_forward, channels_last_seq, compile_triton_for_sm90,
+                      float_dtypes, interpreted, requires_triton)
 
-SURROGATES = ("sigmoid", "atan", "triangle", "rectangle")
-RESETS = ("subtract", "zero")
-
-requires_cpp = pytest.mark.skipif(not cpu.available() or not hasattr(cpu._C, "integrate_fire_forward"),
-                                  reason="C++ extension with integrate_fire not built")
-
-# (backend, device, dtypes it is tested with)
-BACKENDS = [
-    pytest.param("reference", "cpu", id="reference"),
-    pytest.param("cpu", "cpu", id="cpp", marks=requires_cpp),
-    pytest.param("triton", TRITON_DEVICE, id="triton", marks=requires_triton),
-]
-
-
-def _dtypes(backend, device):
-    if backend == "triton" and device == "cpu":
-        return (torch.float32, torch.float16)  # the interpreter has no bf16
-    return (torch.float32, torch.float16, torch.bfloat16)
+SURROGATES = Surrogate.labels()
+RESETS = Reset.labels()
 
 
 def _small(backend, device, big, small):
     """A size for the interpreter (slow) or a real one elsewhere."""
-    return small if (backend == "triton" and device == "cpu") else big
+    return small if interpreted(backend, device) else big
+
+
+def _implementation(backend, device):
+    """The backend's integrate_fire module (forward, backward), as the op picks it."""
+    with na_kernels.use_backend(backend):
+        return _backend.implementation("integrate_fire", torch.device(device))
 
 
 class _PoisonedTorch(types.SimpleNamespace):
-    """Stands in for the ``torch`` module inside the kernel launchers: fresh outputs come back
+    """Stands in for the ``torch`` module in ``_layout`` (where every backend allocates the outputs
+    and their fake rules too): fresh outputs come back
     filled with NaN (float) or -7 (int), so an element a kernel forgets to write shows up."""
 
     def __getattr__(self, name):
@@ -66,7 +60,7 @@ class _PoisonedTorch(types.SimpleNamespace):
 
 @pytest.fixture
 def poisoned(monkeypatch):
-    monkeypatch.setattr(ops, "torch", _PoisonedTorch())  # every output is allocated there
+    monkeypatch.setattr(_layout, "torch", _PoisonedTorch())  # every output is allocated there
 
 
 def _threshold(kind, channels, device):
@@ -75,13 +69,6 @@ def _threshold(kind, channels, device):
     if kind == "scalar":
         return torch.tensor(1.25, device=device)
     return (torch.rand(channels, device=device) + 0.25)
-
-
-def _assert_same_forward(got, want):
-    assert len(got) == len(want)
-    for g, w in zip(got, want):
-        assert g.dtype == w.dtype and g.shape == w.shape
-        assert torch.equal(g, w), (g - w).abs().max() if g.is_floating_point() else (g != w).sum()
 
 
 # ------------------------------------------------------------------ the reference on its own
@@ -125,7 +112,7 @@ def test_surrogate_formulas(alpha):
 @pytest.mark.parametrize("threshold_kind", ["float", "scalar", "channel"])
 def test_forward_matches_reference_loop(backend, device, reset, threshold_kind, poisoned):
     steps = _small(backend, device, 9, 5)
-    for dtype in _dtypes(backend, device):
+    for dtype in float_dtypes(backend, device):
         x = (torch.randn(steps, 2, 3, 5, 7, device=device) * 0.8 + 0.3).to(dtype)
         threshold = _threshold(threshold_kind, 3, device)
         for v_init, amplitude in ((0.5, "threshold"), (torch.randn(2, 3, 5, 7, device=device), 1.0)):
@@ -133,7 +120,7 @@ def test_forward_matches_reference_loop(backend, device, reset, threshold_kind, 
             with na_kernels.use_backend(backend):
                 got = na_kernels.integrate_fire(x, threshold, v_init=v_init, reset=reset, amplitude=amplitude,
                                                 return_v=True)
-            _assert_same_forward(got, want)
+            assert_same_forward(got, want)
             assert got[1].dtype == torch.int32 and got[2].dtype == torch.float32 and got[0].dtype == dtype
 
 
@@ -155,7 +142,7 @@ def test_sizes_and_steps(backend, device, poisoned):
         want = ref.integrate_fire(x, 1.0)
         with na_kernels.use_backend(backend):
             got = na_kernels.integrate_fire(x, 1.0, return_v=True)
-        _assert_same_forward(got, want)
+        assert_same_forward(got, want)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -176,8 +163,8 @@ def test_empty_and_non_contiguous(backend, device):
             threshold = torch.rand(x.shape[2], device=device) + 0.5
             got = na_kernels.integrate_fire(x, threshold, return_v=True)
             want = na_kernels.integrate_fire(x.contiguous(), threshold, return_v=True)
-            _assert_same_forward(got, want)
-            _assert_same_forward(got, ref.integrate_fire(x, threshold))
+            assert_same_forward(got, want)
+            assert_same_forward(got, ref.integrate_fire(x, threshold))
         # an input repeated over T (what a converted network's first layer sees): gradient sums over T
         x0 = torch.randn(5, 8, 4, device=device, requires_grad=True)
         spikes, _, v = na_kernels.integrate_fire(x0.expand(6, 5, 8, 4), 1.0, return_v=True)
@@ -187,25 +174,17 @@ def test_empty_and_non_contiguous(backend, device):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def _channels_last_seq(steps, batch, channels, height, width, device, dtype=torch.float32):
-    """[T, B, C, H, W] whose steps are channels-last in memory: what a channels-last network's
-    [T*B, C, H, W] activation looks like after ``reshape(T, B, ...)``."""
-    x = torch.randn(steps * batch, channels, height, width, device=device) * 0.8 + 0.3
-    x = x.to(dtype).contiguous(memory_format=torch.channels_last)
-    return x.reshape(steps, batch, channels, height, width)
-
-
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_channels_last_in_place(backend, device, poisoned):
     """Channels-last steps are read in place and every output keeps their memory order."""
-    x = _channels_last_seq(_small(backend, device, 6, 3), 2, 5, 3, 4, device)
+    x = channels_last_seq(_small(backend, device, 6, 3), 2, 5, 3, 4, device)
     assert not x[0].is_contiguous()
     threshold = torch.rand(5, device=device) + 0.5
     v0 = torch.randn(2, 5, 3, 4, device=device)  # contiguous: put in the layout by the op
     want = ref.integrate_fire(x, threshold, v_init=v0)
     with na_kernels.use_backend(backend):
         got = na_kernels.integrate_fire(x, threshold, v_init=v0, return_v=True)
-    _assert_same_forward(got, want)
+    assert_same_forward(got, want)
     assert got[0].stride()[1:] == x.stride()[1:] and got[0].stride(0) == x[0].numel()
     assert got[1].stride() == x.stride()[1:] and got[2].stride() == x.stride()[1:]
     assert got[0].reshape(-1, 5, 3, 4).is_contiguous(memory_format=torch.channels_last)
@@ -250,7 +229,7 @@ def test_chunks_carrying_v_equal_one_call(backend, device):
             for split in (1, x.shape[0] // 2, x.shape[0] - 1):
                 s1, c1, v1 = na_kernels.integrate_fire(x[:split], threshold, reset=reset, return_v=True)
                 s2, c2, v2 = na_kernels.integrate_fire(x[split:], threshold, v_init=v1, reset=reset, return_v=True)
-                _assert_same_forward((torch.cat([s1, s2]), c1 + c2, v2), whole)
+                assert_same_forward((torch.cat([s1, s2]), c1 + c2, v2), whole)
         # and the gradient: v_final of the first chunk carries it back (grad_v in, grad_v_init out)
         x = x.clone().requires_grad_()
         grad_spikes = torch.randn(x.shape, device=device)
@@ -304,7 +283,7 @@ def test_conversion_identity(backend, device, threshold):
 
 
 def test_conversion_identity_matches_noisy_quant():
-    """DESIGN.md: IF with theta = lam, v0 = theta/2, T steps fires noisy_quant(x, T, lam, noise=None) * T / lam."""
+    """docs/design.md: IF with theta = lam, v0 = theta/2, T steps fires noisy_quant(x, T, lam, noise=None) * T / lam."""
     x = torch.randint(-200, 1300, (1000,)).to(torch.float32) / 1024
     for steps in (1, 2, 3, 4, 7, 8, 15, 16):
         _, counts = na_kernels.integrate_fire(x.expand(steps, -1), 1.0)
@@ -340,7 +319,7 @@ def _grad_case(backend, device, dtype, reset, surrogate, detach_reset, amplitude
 @pytest.mark.parametrize("save", ["h", "x"])
 def test_gradients_match_autograd_through_reference(backend, device, reset, detach_reset, surrogate, save,
                                                     monkeypatch):
-    monkeypatch.setattr(ops, "_choose_save", lambda x_seq: ops.SAVE_H if save == "h" else ops.SAVE_X)
+    monkeypatch.setattr(ops, "_choose_save", lambda x_seq: Save.H if save == "h" else Save.X)
     got, want = _grad_case(backend, device, torch.float32, reset, surrogate, detach_reset, "threshold")
     for g, w in zip(got, want):
         assert g.dtype == w.dtype
@@ -350,7 +329,7 @@ def test_gradients_match_autograd_through_reference(backend, device, reset, deta
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_gradients_low_precision_and_binary_amplitude(backend, device):
-    for dtype in _dtypes(backend, device):
+    for dtype in float_dtypes(backend, device):
         for reset, surrogate in (("subtract", "sigmoid"), ("zero", "triangle")):
             got, want = _grad_case(backend, device, dtype, reset, surrogate, False, 1.0, "scalar")
             tol = 1e-5 if dtype == torch.float32 else 2e-2
@@ -389,17 +368,23 @@ def test_backward_matches_closed_form_reference(backend, device):
     grad_spikes = torch.randn(x.shape, device=device)
     grad_v = torch.randn(x.shape[1:], device=device)
     theta32 = threshold.to(torch.float32)
-    for reset in (0, 1):
-        _, _, _, h = ref.integrate_fire(x, threshold, v_init=v0, reset=RESETS[reset], return_h=True)
-        for surrogate in range(4):
+    implementation = _implementation(backend, device)
+    reference = _implementation("reference", "cpu")
+    for reset in Reset:
+        _, _, _, h = ref.integrate_fire(x, threshold, v_init=v0, reset=reset, return_h=True)
+        for surrogate in Surrogate:
             for detach in (False, True):
-                options = (theta32, reset, None, surrogate, 3.0, detach, torch.float32, True, True)
-                want = ops._backward_reference(grad_spikes, grad_v, h, None, None, 0.0, *options)
-                got = ops._BACKWARD[backend](grad_spikes, grad_v, h, None, None, 0.0, *options)
-                recomputed = ops._BACKWARD[backend](grad_spikes, grad_v, None, x, v0, 0.0, *options)
+                def args(save):
+                    return IntegrateFireArgs(v_frac=0.0, reset=reset, amplitude=None, surrogate=surrogate, alpha=3.0,
+                                             detach_reset=detach, save=save)
+
+                options = (torch.float32, True, True)
+                want = reference.backward(grad_spikes, grad_v, h, None, None, theta32, args(Save.H), *options)
+                got = implementation.backward(grad_spikes, grad_v, h, None, None, theta32, args(Save.H), *options)
+                recomputed = implementation.backward(grad_spikes, grad_v, None, x, v0, theta32, args(Save.X), *options)
                 for g, r, w in zip(got, recomputed, want):
                     assert torch.equal(g, r), (reset, surrogate, detach, (g - r).abs().max())
-                    if surrogate == 0:  # exp differs by an ulp across math libraries
+                    if surrogate == Surrogate.SIGMOID:  # exp differs by an ulp across math libraries
                         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
                     else:
                         assert torch.equal(g, w), (reset, surrogate, detach, (g - w).abs().max())
@@ -412,7 +397,7 @@ def test_recompute_equals_saved_h(backend, device):
     cases = [
         torch.randn(steps, 3, 4, 7, device=device).to(torch.float16),
         torch.randn(3, 4, 7, device=device).expand(steps, 3, 4, 7),
-        _channels_last_seq(steps, 2, 4, 3, 5, device, torch.float16),
+        channels_last_seq(steps, 2, 4, 3, 5, device, torch.float16),
     ]
     if not (backend == "triton" and device == "cpu"):
         cases.append(torch.randn(steps, 3, 4, 7, device=device).to(torch.bfloat16))
@@ -422,14 +407,17 @@ def test_recompute_equals_saved_h(backend, device):
         v0 = torch.randn(x.shape[1:], device=device)
         grad_spikes = torch.randn(x.shape, device=device).to(x.dtype)
         grad_v = torch.randn(x.shape[1:], device=device)
+        forward_op, backward_op = ops.OP.forward_op, ops.OP.backward_op
         with na_kernels.use_backend(backend):
-            _, _, _, h = ops._integrate_fire_op(x, threshold, v0, 0.0, 0, None, 0, 4.0, False, ops.SAVE_H)
-            options = (theta32, 0, None, 1, 2.0, False, x.dtype, True, True)
-            want = ops._integrate_fire_backward_op(grad_spikes, grad_v, h, None, None, 0.0, *options)
-            got = ops._integrate_fire_backward_op(grad_spikes, grad_v, None, x, v0, 0.0, *options)
-            got_frac = ops._integrate_fire_backward_op(grad_spikes, grad_v, None, x, None, 0.25, *options)
-            _, _, _, h_frac = ops._integrate_fire_op(x, threshold, None, 0.25, 0, None, 0, 4.0, False, ops.SAVE_H)
-            want_frac = ops._integrate_fire_backward_op(grad_spikes, grad_v, h_frac, None, None, 0.0, *options)
+            _, _, _, h = forward_op(x, threshold, v0, 0.0, 0, None, 0, 4.0, False, Save.H)
+            # backward op: grad_spikes, grad_v, h, x_seq, v_init, threshold, the record's fields, x_dtype, needs
+            options = (0, None, 1, 2.0, False)
+            extras = (x.dtype, True, True)
+            want = backward_op(grad_spikes, grad_v, h, None, None, theta32, 0.0, *options, Save.H, *extras)
+            got = backward_op(grad_spikes, grad_v, None, x, v0, theta32, 0.0, *options, Save.X, *extras)
+            got_frac = backward_op(grad_spikes, grad_v, None, x, None, theta32, 0.25, *options, Save.X, *extras)
+            _, _, _, h_frac = forward_op(x, threshold, None, 0.25, 0, None, 0, 4.0, False, Save.H)
+            want_frac = backward_op(grad_spikes, grad_v, h_frac, None, None, theta32, 0.0, *options, Save.H, *extras)
         for g, w in zip(got + got_frac, want + want_frac):
             assert g.stride() == w.stride() and torch.equal(g, w)
 
@@ -441,13 +429,14 @@ def test_forward_saves_only_what_backward_needs(monkeypatch):
 
     def spy(original):
         def call(*args):
-            seen.append(args[-1])
+            seen.append(args[-1].save if isinstance(args[-1], IntegrateFireArgs) else args[-1])
             return original(*args)
         return call
 
-    # the op (compile, modes, ...) and the eager fast path that bypasses it get the same `save`
-    monkeypatch.setattr(ops, "_integrate_fire_op", spy(ops._integrate_fire_op))
-    monkeypatch.setattr(ops, "_integrate_fire_eager", spy(ops._integrate_fire_eager))
+    # the op (compile, modes, ...: the record flattened, save last) and the eager fast path that
+    # bypasses it (the record itself) get the same `save`
+    monkeypatch.setattr(ops.OP, "forward_op", spy(ops.OP.forward_op))
+    monkeypatch.setattr(ops.OP, "eager", spy(ops.OP.eager))
     x = torch.randn(4, 3)
     v0 = torch.zeros(3, requires_grad=True)
     na_kernels.integrate_fire(x, 1.0)
@@ -459,14 +448,14 @@ def test_forward_saves_only_what_backward_needs(monkeypatch):
     na_kernels.integrate_fire(x[0].detach().requires_grad_().expand(4, 3), 1.0)
     na_kernels.integrate_fire(x[:1].detach().requires_grad_(), 1.0)  # T = 1: stride 0 is no saving
     # CPU tensors keep x (see _choose_save); CUDA fp32 keeps h, checked below without a GPU
-    assert seen == [ops.SAVE_NOTHING, ops.SAVE_X, ops.SAVE_NOTHING, ops.SAVE_X, ops.SAVE_X, ops.SAVE_X, ops.SAVE_X]
+    assert seen == [Save.NOTHING, Save.X, Save.NOTHING, Save.X, Save.X, Save.X, Save.X]
     cuda_like = dict(device=torch.device("cuda"), shape=(4, 3), element_size=lambda: 4, stride=lambda dim: 3)
-    assert ops._choose_save(types.SimpleNamespace(**cuda_like)) == ops.SAVE_H
-    assert ops._choose_save(types.SimpleNamespace(**{**cuda_like, "element_size": lambda: 2})) == ops.SAVE_X
-    assert ops._choose_save(types.SimpleNamespace(**{**cuda_like, "stride": lambda dim: 0})) == ops.SAVE_X
+    assert ops._choose_save(types.SimpleNamespace(**cuda_like)) == Save.H
+    assert ops._choose_save(types.SimpleNamespace(**{**cuda_like, "element_size": lambda: 2})) == Save.X
+    assert ops._choose_save(types.SimpleNamespace(**{**cuda_like, "stride": lambda dim: 0})) == Save.X
     # and in inference the forward writes no h
     with torch.no_grad():
-        *_, h = ops._integrate_fire_op(x, torch.ones(1), None, 0.5, 0, None, 0, 4.0, False, ops.SAVE_NOTHING)
+        *_, h = ops.OP.forward_op(x, torch.ones(1), None, 0.5, 0, None, 0, 4.0, False, Save.NOTHING)
     assert h.numel() == 0
 
 
@@ -484,6 +473,8 @@ class _CountingKernel:
 @requires_triton
 def test_triton_one_launch_each_way(monkeypatch):
     """All T steps in one forward launch and one backward launch (h saved or recomputed)."""
+    from na_kernels.kernels import integrate_fire as triton_kernels
+
     forward = _CountingKernel(triton_kernels._integrate_fire_forward_kernel)
     backward = _CountingKernel(triton_kernels._integrate_fire_backward_kernel)
     monkeypatch.setattr(triton_kernels, "_integrate_fire_forward_kernel", forward)
@@ -507,123 +498,6 @@ def test_big_backward(backend, device):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-# ------------------------------------------------------------------ torch.compile, opcheck
-
-
-def _compiled_fn(x, threshold, v0):
-    spikes, counts, v = na_kernels.integrate_fire(x, threshold, v_init=v0, surrogate="triangle", return_v=True)
-    return spikes * 2, counts, v
-
-
-def test_torch_compile_fullgraph_no_graph_breaks():
-    x = torch.randn(5, 2, 3, 4, requires_grad=True)
-    threshold = torch.rand(3) + 0.5
-    v0 = torch.zeros(2, 3, 4, requires_grad=True)
-    explanation = torch._dynamo.explain(_compiled_fn)(x, threshold, v0)
-    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
-    # aot_eager: traces forward and backward through the fake rules; Inductor's own C++
-    # codegen is not what is under test here
-    compiled = torch.compile(_compiled_fn, fullgraph=True, backend="aot_eager")
-    got = compiled(x, threshold, v0)
-    want = _compiled_fn(x, threshold, v0)
-    _assert_same_forward(got, want)
-    g_got = torch.autograd.grad(got[0].sum() + got[2].sum(), (x, v0))
-    g_want = torch.autograd.grad(want[0].sum() + want[2].sum(), (x, v0))
-    for g, w in zip(g_got, g_want):
-        assert torch.equal(g, w)
-    with torch.no_grad():
-        _assert_same_forward(compiled(x, threshold, v0), want)
-    # channels-last steps: the fake rule promises the strides the kernel delivers
-    x_cl = _channels_last_seq(5, 2, 3, 2, 4, "cpu").requires_grad_()
-    got = compiled(x_cl, threshold, torch.zeros(2, 3, 2, 4))
-    want = _compiled_fn(x_cl, threshold, torch.zeros(2, 3, 2, 4))
-    _assert_same_forward(got, want)
-    assert got[0].stride() == want[0].stride() and got[2].stride() == want[2].stride()
-
-
-def test_torch_compile_dynamic_shapes():
-    """dynamic=True: symbolic shapes and strides (channels-last included), float arguments traced."""
-    def fn(x, threshold, v0):
-        spikes, counts, v = na_kernels.integrate_fire(x, threshold, v_init=v0, surrogate="atan", alpha=2.0,
-                                                      return_v=True)
-        spikes2, counts2 = na_kernels.integrate_fire(x, 1.0)
-        return spikes + spikes2, counts + counts2, v
-
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager", dynamic=True)
-    threshold = torch.rand(3) + 0.5
-    for steps, batch, width in ((4, 2, 5), (6, 3, 7), (2, 1, 9)):
-        for x in (torch.randn(steps, batch, 3, width), _channels_last_seq(steps, batch, 3, width, 2, "cpu")):
-            x = x.detach().requires_grad_()
-            v0 = torch.randn(x.shape[1:])
-            got, want = compiled(x, threshold, v0), fn(x, threshold, v0)
-            _assert_same_forward(got, want)
-            assert all(g.stride() == w.stride() for g, w in zip(got, want))
-            g_got = torch.autograd.grad(got[0].sum() + got[2].sum(), (x,))
-            g_want = torch.autograd.grad(want[0].sum() + want[2].sum(), (x,))
-            assert torch.equal(g_got[0], g_want[0])
-
-
-def test_torch_export():
-    class Layer(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.register_buffer("theta", torch.rand(3) + 0.5)
-
-        def forward(self, x):
-            return na_kernels.integrate_fire(x, self.theta, return_v=True)
-
-    layer = Layer()
-    x = torch.randn(4, 2, 3, 5)
-    program = torch.export.export(layer, (x,))
-    targets = [str(node.target) for node in program.graph.nodes if node.op == "call_function"]
-    assert "na_kernels.integrate_fire.default" in targets
-    _assert_same_forward(program.module()(x), layer(x))
-
-
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=requires_cpp),
-                                     pytest.param("triton", marks=requires_triton)])
-def test_opcheck(backend):
-    if backend == "triton" and HAS_CUDA:
-        pytest.skip("opcheck of the Triton path runs on CPU tensors through the interpreter")
-    theta = torch.ones(1)
-    x = torch.randn(4, 2, 3, 5)
-    with na_kernels.use_backend(backend):
-        cases = [
-            (x, theta, None, 0.5, 0, None, 0, 4.0, False, ops.SAVE_NOTHING),
-            (x.half(), torch.rand(3) + 0.5, None, 0.25, 1, 1.0, 2, 1.0, True, ops.SAVE_NOTHING),
-            (x.clone().requires_grad_(), theta, torch.randn(2, 3, 5, requires_grad=True), 0.0, 0, None, 1, 2.0,
-             False, ops.SAVE_H),
-            (x.clone().requires_grad_(), torch.rand(3) + 0.5, None, 0.5, 1, 1.0, 3, 4.0, True, ops.SAVE_H),
-            (x.half().requires_grad_(), torch.rand(3) + 0.5, torch.randn(2, 3, 5, requires_grad=True), 0.0, 0, None,
-             0, 4.0, False, ops.SAVE_X),
-            (x[:1].expand(4, 2, 3, 5).clone().requires_grad_(), theta, None, 0.5, 1, None, 2, 4.0, True, ops.SAVE_X),
-        ]
-        x_cl = _channels_last_seq(3, 2, 3, 2, 4, "cpu")
-        cases += [
-            (x_cl, torch.rand(3) + 0.5, None, 0.5, 0, None, 0, 4.0, False, ops.SAVE_NOTHING),
-            (x_cl.clone().requires_grad_(), torch.rand(3) + 0.5, torch.randn(2, 3, 2, 4, requires_grad=True), 0.0, 1,
-             None, 2, 4.0, False, ops.SAVE_H),
-            (x_cl.half().requires_grad_(), torch.rand(3) + 0.5, None, 0.5, 0, None, 1, 4.0, False, ops.SAVE_X),
-            # neither dense nor contiguous: copied
-            (x_cl[:, :, :, :1], theta, None, 0.5, 0, 1.0, 0, 4.0, False, ops.SAVE_NOTHING),
-        ]
-        for args in cases:
-            torch.library.opcheck(ops._integrate_fire_op, args)
-        h = ref.integrate_fire(x, 1.0, return_h=True)[3]
-        g, gv = torch.randn(x.shape), torch.randn(x.shape[1:])
-        backward_cases = [
-            (g, gv, h, None, None, 0.0, theta, 0, None, 0, 4.0, False, torch.float32, True, True),
-            (None, gv, h, None, None, 0.0, theta, 1, 1.0, 1, 2.0, True, torch.float32, True, False),
-            (g.half(), None, h, None, None, 0.0, theta, 0, None, 3, 4.0, False, torch.float16, False, True),
-            (g.half(), gv, None, x.half(), torch.randn(x.shape[1:]), 0.0, theta, 1, None, 2, 4.0, False, torch.float16,
-             True, True),
-            (torch.randn(x_cl.shape), None, None, x_cl, None, 0.5, torch.rand(3) + 0.5, 0, None, 0, 4.0, True,
-             torch.float32, True, True),
-        ]
-        for args in backward_cases:
-            torch.library.opcheck(ops._integrate_fire_backward_op, args)
-
-
 _AOT_SCRIPT = r"""
 import triton
 from triton.compiler import ASTSource
@@ -635,7 +509,7 @@ for dt in ("fp32", "bf16"):
     for reset_zero in (False, True):
         sig = {"x_ptr": f"*{dt}", "spikes_ptr": f"*{dt}", "counts_ptr": "*i32", "v_final_ptr": "*fp32",
                "h_ptr": "*fp32", "theta_ptr": "*fp32", "v0_ptr": "*fp32", "steps": "i32", "neurons": "i64",
-               "x_step": "i64", "inner": "i64", "channels": "i32", "v_frac": "fp32", "amp": "fp32",
+               "x_step": "i64", "channel_stride": "i64", "channels": "i32", "v_frac": "fp32", "amp": "fp32",
                "RESET_ZERO": "constexpr", "AMP_IS_THETA": "constexpr", "HAS_V0": "constexpr",
                "SAVE_H": "constexpr", "BLOCK": "constexpr"}
         constexprs = {"RESET_ZERO": reset_zero, "AMP_IS_THETA": reset_zero, "HAS_V0": reset_zero,
@@ -644,7 +518,7 @@ for dt in ("fp32", "bf16"):
         for surrogate in range(4):
             sig = {"grad_spikes_ptr": f"*{dt}", "grad_v_ptr": "*fp32", "h_ptr": "*fp32", "grad_x_ptr": f"*{dt}",
                    "grad_v_init_ptr": "*fp32", "theta_ptr": "*fp32", "x_ptr": f"*{dt}", "v0_ptr": "*fp32",
-                   "steps": "i32", "neurons": "i64", "x_step": "i64", "inner": "i64", "channels": "i32",
+                   "steps": "i32", "neurons": "i64", "x_step": "i64", "channel_stride": "i64", "channels": "i32",
                    "v_frac": "fp32", "amp": "fp32", "alpha": "fp32", "atan_scale": "fp32",
                    "half_alpha": "fp32", "half_width": "fp32", "RESET_ZERO": "constexpr",
                    "AMP_IS_THETA": "constexpr", "SURROGATE": "constexpr", "DETACH": "constexpr",

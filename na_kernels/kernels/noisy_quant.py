@@ -3,47 +3,54 @@ per-block partial sums of grad_lam. Same arithmetic, in the same order, as
 ``na_kernels/reference/noisy_quant.py``; the noise is ``tl.rand``/``tl.randn`` of
 (seed, flat index), regenerated in backward instead of stored.
 
-x is viewed as a [rows, inner] matrix: row r belongs to channel ``r % channels`` (a
-per-channel lam along dim 1; one row and one channel for a scalar lam). Each program
+x is viewed as a [rows, channel_stride] matrix: row r belongs to channel ``r % channels`` (a
+per-channel lam along dim 1; one row and one channel for a scalar lam; see ``na_kernels._layout``). Each program
 handles a [BLOCK_R, BLOCK_C] tile: whole short rows (a per-channel lam after a Linear layer
 or on a 4x4 feature map) or a slice of one long row. Backward writes one grad_lam partial
 sum per (row, column block), so a sum never straddles two channels and the final reduction
 is deterministic.
+
+``forward`` and ``backward`` at the end are this backend's adapter (the interface of
+``na_kernels.ops.noisy_quant``).
 """
 import torch
 import triton
 import triton.language as tl
 
-NO_NOISE, UNIFORM, GAUSSIAN = 0, 1, 2
+from .._layout import flat_channels
+from .._spec import Noise
+
+_UNIFORM = tl.constexpr(Noise.UNIFORM.value)
+_GAUSSIAN = tl.constexpr(Noise.GAUSSIAN.value)
 
 
 @triton.jit
-def _tile(rows, inner, channels, blocks_per_row, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def _tile(rows, channel_stride, channels, blocks_per_row, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """(row indices [BLOCK_R], flat offsets [BLOCK_R, BLOCK_C], mask, channel of each row)."""
     pid = tl.program_id(0)
     row = (pid // blocks_per_row) * BLOCK_R + tl.arange(0, BLOCK_R)
     col = (pid % blocks_per_row).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    offsets = row.to(tl.int64)[:, None] * inner + col[None, :]
-    mask = (row < rows)[:, None] & (col < inner)[None, :]
+    offsets = row.to(tl.int64)[:, None] * channel_stride + col[None, :]
+    mask = (row < rows)[:, None] & (col < channel_stride)[None, :]
     return row, offsets, mask, row % channels
 
 
 @triton.jit
 def _shifted_z(x, inv_step, seed_ptr, offsets, scale, shift, NOISE: tl.constexpr):
     z = x * inv_step
-    if NOISE == 1:
+    if NOISE == _UNIFORM:
         z = z + scale * (tl.rand(tl.load(seed_ptr), offsets) - 0.5)
-    elif NOISE == 2:
+    elif NOISE == _GAUSSIAN:
         z = z + scale * tl.randn(tl.load(seed_ptr), offsets)
     return z + shift
 
 
 @triton.jit
 def _noisy_quant_forward_kernel(
-    x_ptr, y_ptr, lam_ptr, seed_ptr, rows, inner, channels, blocks_per_row, p, scale, shift,
+    x_ptr, y_ptr, lam_ptr, seed_ptr, rows, channel_stride, channels, blocks_per_row, p, scale, shift,
     NOISE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    row, offsets, mask, channel = _tile(rows, inner, channels, blocks_per_row, BLOCK_R, BLOCK_C)
+    row, offsets, mask, channel = _tile(rows, channel_stride, channels, blocks_per_row, BLOCK_R, BLOCK_C)
     lam = tl.load(lam_ptr + channel, mask=row < rows, other=1.0)[:, None]
     inv_step = tl.div_rn(p, lam)
     x = tl.load(x_ptr + offsets, mask=mask).to(tl.float32)
@@ -55,11 +62,11 @@ def _noisy_quant_forward_kernel(
 
 @triton.jit
 def _noisy_quant_backward_kernel(
-    grad_y_ptr, x_ptr, grad_x_ptr, partial_ptr, lam_ptr, seed_ptr, rows, inner, channels, blocks_per_row,
+    grad_y_ptr, x_ptr, grad_x_ptr, partial_ptr, lam_ptr, seed_ptr, rows, channel_stride, channels, blocks_per_row,
     p, scale, shift, NOISE: tl.constexpr, NEED_GRAD_LAM: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    row, offsets, mask, channel = _tile(rows, inner, channels, blocks_per_row, BLOCK_R, BLOCK_C)
+    row, offsets, mask, channel = _tile(rows, channel_stride, channels, blocks_per_row, BLOCK_R, BLOCK_C)
     lam = tl.load(lam_ptr + channel, mask=row < rows, other=1.0)[:, None]
     inv_step = tl.div_rn(p, lam)
     x = tl.load(x_ptr + offsets, mask=mask).to(tl.float32)
@@ -77,39 +84,61 @@ def _noisy_quant_backward_kernel(
 TILE = 1024  # elements per program
 
 
-def _launch_geometry(rows, inner):
-    """(BLOCK_R, BLOCK_C, blocks per row, programs) for a [rows, inner] view."""
-    block_c = min(TILE, triton.next_power_of_2(inner))
+def _launch_geometry(rows, channel_stride):
+    """(BLOCK_R, BLOCK_C, blocks per row, programs) for a [rows, channel_stride] view."""
+    block_c = min(TILE, triton.next_power_of_2(channel_stride))
     block_r = min(TILE // block_c, triton.next_power_of_2(rows))
-    blocks_per_row = triton.cdiv(inner, block_c)
+    blocks_per_row = triton.cdiv(channel_stride, block_c)
     return block_r, block_c, blocks_per_row, triton.cdiv(rows, block_r) * blocks_per_row
 
 
-def noisy_quant_forward(x, lam, seed, p, noise_kind, scale, shift, inner):
-    """y for contiguous x viewed as rows of ``inner`` elements; lam: float32 [channels]."""
+def noisy_quant_forward(x, lam, seed, p, noise, scale, shift, channel_stride):
+    """y for contiguous x viewed as rows of ``channel_stride`` elements; lam: float32 [channels]."""
     y = torch.empty_like(x)
     if x.numel() == 0:
         return y
-    rows = x.numel() // inner
-    block_r, block_c, blocks_per_row, programs = _launch_geometry(rows, inner)
+    rows = x.numel() // channel_stride
+    block_r, block_c, blocks_per_row, programs = _launch_geometry(rows, channel_stride)
     _noisy_quant_forward_kernel[(programs,)](
-        x, y, lam, seed, rows, inner, lam.numel(), blocks_per_row, float(p), scale, shift,
-        NOISE=noise_kind, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4, enable_fp_fusion=False,
+        x, y, lam, seed, rows, channel_stride, lam.numel(), blocks_per_row, float(p), scale, shift,
+        NOISE=int(noise), BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4, enable_fp_fusion=False,
     )
     return y
 
 
-def noisy_quant_backward(grad_y, x, lam, seed, p, noise_kind, scale, shift, inner, need_grad_lam):
+def noisy_quant_backward(grad_y, x, lam, seed, p, noise, scale, shift, channel_stride, need_grad_lam):
     """(grad_x, grad_lam partial sums [rows, blocks per row] float32; None when not needed or empty)."""
     grad_x = torch.empty_like(x)
     if x.numel() == 0:
         return grad_x, None
-    rows = x.numel() // inner
-    block_r, block_c, blocks_per_row, programs = _launch_geometry(rows, inner)
+    rows = x.numel() // channel_stride
+    block_r, block_c, blocks_per_row, programs = _launch_geometry(rows, channel_stride)
     partial = torch.empty((rows, blocks_per_row) if need_grad_lam else (1, 1), dtype=torch.float32, device=x.device)
     _noisy_quant_backward_kernel[(programs,)](
-        grad_y, x, grad_x, partial, lam, seed, rows, inner, lam.numel(), blocks_per_row, float(p), scale, shift,
-        NOISE=noise_kind, NEED_GRAD_LAM=need_grad_lam, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4,
+        grad_y, x, grad_x, partial, lam, seed, rows, channel_stride, lam.numel(), blocks_per_row, float(p), scale,
+        shift,
+        NOISE=int(noise), NEED_GRAD_LAM=need_grad_lam, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4,
         enable_fp_fusion=False,
     )
     return grad_x, (partial if need_grad_lam else None)
+
+
+# ------------------------------------------------------------------------------ the adapter
+
+
+def forward(x, lam, seed, args):
+    x, lam32, channel_stride, _ = flat_channels(x, lam)
+    return noisy_quant_forward(x, lam32, seed, args.p, args.noise, args.scale, args.shift, channel_stride)
+
+
+def backward(grad_y, x, lam, seed, args, need_grad_lam):
+    x, lam32, channel_stride, channels = flat_channels(x, lam)
+    grad_x, partial = noisy_quant_backward(grad_y.contiguous(), x, lam32, seed, args.p, args.noise, args.scale,
+                                           args.shift, channel_stride, need_grad_lam)
+    if not need_grad_lam:
+        return grad_x, x.new_zeros(0, dtype=torch.float32)
+    if x.numel() == 0:
+        return grad_x, x.new_zeros(channels, dtype=torch.float32)
+    # partial sums [rows = outer * channels, blocks per row] -> per channel, in float64
+    grad_lam = partial.to(torch.float64).reshape(-1, channels, partial.shape[1]).sum(dim=(0, 2))
+    return grad_x, grad_lam.to(torch.float32)

@@ -1,4 +1,4 @@
-"""integrate_fire in plain PyTorch: the contract of DESIGN.md in code.
+"""integrate_fire in plain PyTorch: the contract of docs/design.md in code.
 
 Multi-step integrate-and-fire over ``x_seq`` of shape ``[T, ...]`` (time first), membrane
 potential in float32 whatever the input dtype::
@@ -27,14 +27,20 @@ Backward is the surrogate gradient of SpikingJelly: ``d s / d h := sg(h - theta)
 and ``detach_reset`` treats ``s`` in the reset term as a constant. ``integrate_fire`` below
 is differentiable (autograd gives BPTT); ``integrate_fire_backward`` is the same BPTT in
 closed form, one reverse pass over the saved ``h``, which the kernels follow operation by
-operation.
+operation. ``reset`` and ``surrogate`` are ``_spec`` members or their spellings.
+
+The last section is this backend's adapter: ``forward`` and ``backward`` as ``na_kernels.ops``
+calls every backend.
 """
 import math
 
 import torch
 
-SURROGATES = ("sigmoid", "atan", "triangle", "rectangle")
-RESETS = ("subtract", "zero")
+from .. import _layout
+from .._spec import Reset, Save, Surrogate
+
+SURROGATES = Surrogate.labels()
+RESETS = Reset.labels()
 
 
 def _float(value, device):
@@ -43,18 +49,17 @@ def _float(value, device):
 
 def surrogate_grad(u, surrogate, alpha):
     """sg(u): the surrogate derivative of heaviside at u (float32 tensor)."""
+    surrogate = Surrogate.parse("surrogate", surrogate)
     alpha_t = _float(alpha, u.device)
-    if surrogate == "sigmoid":
+    if surrogate is Surrogate.SIGMOID:
         sig = torch.sigmoid(u * alpha_t)
         return alpha_t * sig * (1.0 - sig)
-    if surrogate == "atan":
+    if surrogate is Surrogate.ATAN:
         w = _float(math.pi / 2 * alpha, u.device) * u
         return (alpha_t * 0.5) / (1.0 + w * w)
-    if surrogate == "triangle":
+    if surrogate is Surrogate.TRIANGLE:
         return alpha_t * torch.clamp(1.0 - alpha_t * u.abs(), min=0.0)
-    if surrogate == "rectangle":
-        return alpha_t * (u.abs() < _float(0.5 / alpha, u.device)).to(torch.float32)
-    raise ValueError(f"surrogate must be one of {SURROGATES}, got {surrogate!r}")
+    return alpha_t * (u.abs() < _float(0.5 / alpha, u.device)).to(torch.float32)  # RECTANGLE
 
 
 class _Heaviside(torch.autograd.Function):
@@ -94,6 +99,7 @@ def integrate_fire(x_seq, threshold=1.0, *, v_init=0.5, reset="subtract", amplit
     Returns ``(spikes, counts, v_final)`` (and ``h`` [T, ...] float32 with ``return_h``):
     spikes in x_seq's dtype, counts int32 and v_final float32 of the step shape.
     """
+    reset = Reset.parse("reset", reset)
     step_shape = tuple(x_seq.shape[1:])
     device = x_seq.device
     theta_b = threshold_view(threshold, step_shape, device)
@@ -105,12 +111,10 @@ def integrate_fire(x_seq, threshold=1.0, *, v_init=0.5, reset="subtract", amplit
         h = v + x_seq[t].to(torch.float32)
         s = _Heaviside.apply(h - theta_b, surrogate, alpha)
         s_reset = s.detach() if detach_reset else s
-        if reset == "subtract":
+        if reset is Reset.SUBTRACT:
             v = h - s_reset * theta_b
-        elif reset == "zero":
-            v = h * (1.0 - s_reset)
         else:
-            raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+            v = h * (1.0 - s_reset)
         spikes.append((s * amp).to(x_seq.dtype))
         counts = counts + s.detach().to(torch.int32)
         if return_h:
@@ -136,6 +140,7 @@ def integrate_fire_backward(grad_spikes, grad_v, h_seq, threshold, *, reset="sub
 
     grad_v_init is the grad_v left after step 0.
     """
+    reset = Reset.parse("reset", reset)
     with torch.no_grad():
         step_shape = tuple(h_seq.shape[1:])
         device = h_seq.device
@@ -151,7 +156,7 @@ def integrate_fire_backward(grad_spikes, grad_v, h_seq, threshold, *, reset="sub
                 gs = torch.zeros(step_shape, dtype=torch.float32, device=device)
             else:
                 gs = grad_spikes[t].to(torch.float32) * amp
-            if reset == "subtract":
+            if reset is Reset.SUBTRACT:
                 if not detach_reset:
                     gs = gs - theta_b * gv
                 gh = gs * sg + gv
@@ -163,3 +168,40 @@ def integrate_fire_backward(grad_spikes, grad_v, h_seq, threshold, *, reset="sub
             grad_x[t] = gh
             gv = gh
         return grad_x, gv
+
+
+# ------------------------------------------------------------ the backend interface (na_kernels.ops)
+
+
+def _threshold(threshold):
+    return threshold.detach().reshape(()) if threshold.numel() == 1 else threshold.detach().reshape(-1)
+
+
+def _amplitude(args):
+    return "threshold" if args.amplitude is None else args.amplitude
+
+
+def forward(x_seq, threshold, v_init, args):
+    """(spikes, counts, v_final, h) in the kernels' layout (``_layout.Layout``); h only with Save.H."""
+    layout = _layout.Layout.of_input(x_seq, threshold.numel())
+    save_h = args.save == Save.H
+    with torch.no_grad():
+        out = integrate_fire(x_seq, _threshold(threshold), v_init=args.v_frac if v_init is None else v_init,
+                             reset=args.reset, amplitude=_amplitude(args), return_h=save_h)
+    h = layout.as_seq(out[3]) if save_h else torch.empty(0, dtype=torch.float32, device=x_seq.device)
+    return layout.as_seq(out[0]), layout.as_step(out[1]), layout.as_step(out[2]), h
+
+
+def backward(grad_spikes, grad_v, h, x_seq, v_init, threshold, args, x_dtype, need_grad_x, need_grad_v_init):
+    """(grad_x, grad_v_init) in the layout, from the saved h or from h recomputed from x_seq."""
+    layout = _layout.backward_layout(h, x_seq, threshold)
+    if h is None:
+        with torch.no_grad():
+            h = integrate_fire(x_seq, _threshold(threshold), v_init=args.v_frac if v_init is None else v_init,
+                               reset=args.reset, return_h=True)[3]
+    grad_x, grad_v_init = integrate_fire_backward(
+        grad_spikes, grad_v, h, _threshold(threshold), reset=args.reset, amplitude=_amplitude(args),
+        surrogate=args.surrogate, alpha=args.alpha, detach_reset=args.detach_reset)
+    empty_x, empty_v = _layout.backward_outputs(layout, h.shape[0], x_dtype, h.device, False, False)
+    return (layout.as_seq(grad_x.to(x_dtype)) if need_grad_x else empty_x,
+            layout.as_step(grad_v_init) if need_grad_v_init else empty_v)

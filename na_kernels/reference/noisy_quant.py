@@ -1,4 +1,4 @@
-"""noisy_quant in plain PyTorch: the contract of DESIGN.md in code.
+"""noisy_quant in plain PyTorch: the contract of docs/design.md in code.
 
     z     = x * (p / lam)  (+ scale * eps)
     q_raw = floor(z + shift)
@@ -9,13 +9,19 @@ All arithmetic is float32, one IEEE-rounded operation at a time and in this orde
 the C++ and Triton kernels (which do the same) agree with it bit for bit. ``lam`` is a
 scalar or a per-channel vector along dim 1. ``eps`` is a pure function of (seed, flat
 row-major element index): ``U(-0.5, 0.5)`` as ``tl.rand - 0.5`` or ``N(0, 1)`` as
-``tl.randn`` (see ``philox.py``).
+``tl.randn`` (see ``philox.py``). The noise kind is a ``_spec.Noise`` or its spelling.
+
+The last section is this backend's adapter: ``forward`` and ``backward`` as ``na_kernels.ops``
+calls every backend.
 """
 import torch
 
+from .._spec import Noise
 from . import philox
 
-NOISE_KINDS = {None: 0, "uniform": 1, "gaussian": 2}
+
+def _noise_kind(kind):
+    return Noise(kind) if type(kind) is int else Noise.parse("noise", kind)
 
 
 def _float(value, device):
@@ -38,12 +44,13 @@ def noise(x_shape, seed, kind, device):
     for size in x_shape:
         numel *= size
     offsets = torch.arange(numel, dtype=torch.int64, device=device)
-    if kind in ("uniform", 1):
+    kind = _noise_kind(kind)
+    if kind is Noise.UNIFORM:
         eps = philox.uniform(seed, offsets) - _float(0.5, device)
-    elif kind in ("gaussian", 2):
+    elif kind is Noise.GAUSSIAN:
         eps = philox.normal(seed, offsets)
     else:
-        raise ValueError(f"noise must be None, 'uniform' or 'gaussian', got {kind!r}")
+        raise ValueError(f"noise must be 'uniform' or 'gaussian' to draw noise, got {kind!r}")
     return eps.reshape(x_shape)
 
 
@@ -52,7 +59,7 @@ def quantize_raw(x, lam, p, *, noise_kind=1, scale=1.0, shift=0.5, seed=0):
     device = x.device
     lam_b = lam_view(lam, x)
     z = x.to(torch.float32) * torch.div(_float(p, device), lam_b)
-    if NOISE_KINDS.get(noise_kind, noise_kind) != 0:
+    if _noise_kind(noise_kind) is not Noise.NONE:
         eps = noise(x.shape, seed, noise_kind, device)
         z = z + _float(scale, device) * eps
     return z + _float(shift, device), lam_b
@@ -60,7 +67,7 @@ def quantize_raw(x, lam, p, *, noise_kind=1, scale=1.0, shift=0.5, seed=0):
 
 def noisy_quant(x, p, lam=1.0, *, noise="uniform", scale=1.0, shift=0.5, seed=0):
     """Forward of the contract, differentiable: autograd gives the straight-through
-    estimator of DESIGN.md (d floor/dz := 1, clamp passes the gradient on [0, p]).
+    estimator of docs/design.md (d floor/dz := 1, clamp passes the gradient on [0, p]).
 
     x: any shape, float dtype; lam: float, scalar tensor or [C] (dim 1 of x);
     seed: int or 1-element int64 tensor. Returns y with x's shape and dtype.
@@ -97,3 +104,22 @@ def noisy_quant_backward(grad_y, x, lam, p, *, noise="uniform", scale=1.0, shift
             dims = [d for d in range(x.dim()) if d != 1]
             grad_lam = contribution.sum(dim=dims) if dims else contribution
         return grad_x, grad_lam.to(lam_t.dtype if lam_t.is_floating_point() else torch.float32)
+
+
+# ------------------------------------------------------------ the backend interface (na_kernels.ops)
+
+
+def _lam(lam):
+    return lam.detach().reshape(()) if lam.numel() == 1 else lam.detach().reshape(-1)
+
+
+def forward(x, lam, seed, args):
+    y = noisy_quant(x, args.p, _lam(lam), noise=args.noise, scale=args.scale, shift=args.shift, seed=seed)
+    return y.contiguous()
+
+
+def backward(grad_y, x, lam, seed, args, need_grad_lam):
+    grad_x, grad_lam = noisy_quant_backward(grad_y, x, _lam(lam), args.p, noise=args.noise, scale=args.scale,
+                                            shift=args.shift, seed=seed)
+    grad_lam = grad_lam.reshape(-1).to(torch.float32) if need_grad_lam else x.new_zeros(0, dtype=torch.float32)
+    return grad_x.contiguous(), grad_lam

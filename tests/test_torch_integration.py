@@ -1,6 +1,11 @@
-"""The eager fast path (ops/_eager.py): plain eager calls skip the torch.library ops and call the
-same kernels directly; every other caller (torch.compile, FakeTensor, meta, functorch, modes,
-autocast) still gets the op. Both paths must give bit-identical outputs and gradients.
+"""The ops inside torch: torch.compile (no graph breaks, dynamic shapes, Inductor), torch.export,
+opcheck of the custom ops, autocast, and the eager fast path.
+
+The fast path (ops/_eager.py, ops/_registration.py): plain eager calls skip the torch.library ops
+and call the same kernels directly; every other caller (torch.compile, FakeTensor, meta,
+functorch, modes, autocast) still gets the op. Both paths must give bit-identical outputs and
+gradients.
+
 
 "fast" below runs with the custom ops replaced by functions that raise (so the fast path must
 have been taken, forward and backward); "op" runs with the fast path switched off (its check
@@ -16,23 +21,213 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import na_kernels
-from na_kernels import cpu
+from na_kernels._spec import Save
 from na_kernels.ops import _eager
 from na_kernels.ops import integrate_fire as if_ops
 from na_kernels.ops import noisy_quant as nq_ops
+from na_kernels.reference import integrate_fire as ref
 
-from conftest import TRITON_DEVICE, requires_triton
+from conftest import (BACKENDS, HAS_CUDA, assert_same_forward, channels_last_seq, interpreted, requires_cpp,
+                      requires_triton)
 
-BACKENDS = [
-    pytest.param("reference", "cpu", id="reference"),
-    pytest.param("cpu", "cpu", id="cpp", marks=pytest.mark.skipif(not cpu.available(), reason="no C++ extension")),
-    pytest.param("triton", TRITON_DEVICE, id="triton", marks=requires_triton),
-]
 
-_OPS = [(nq_ops, "_noisy_quant_op"), (nq_ops, "_noisy_quant_backward_op"),
-        (if_ops, "_integrate_fire_op"), (if_ops, "_integrate_fire_backward_op")]
-_FAST = [(nq_ops, "_noisy_quant_eager"), (if_ops, "_integrate_fire_eager"),
-         (nq_ops._NoisyQuantEager, "apply"), (if_ops._IntegrateFireEager, "apply")]
+# --------------------------------------------------------------------------- noisy_quant
+
+
+def test_noisy_quant_torch_compile_fullgraph_no_graph_breaks():
+    def f(x, lam):
+        return na_kernels.noisy_quant(x * 2, 7, lam, noise="uniform").sum()
+
+    x = torch.randn(4, 3, 8)
+    lam = torch.tensor(1.5, requires_grad=True)
+    explanation = torch._dynamo.explain(f)(x, lam)
+    assert explanation.graph_break_count == 0
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.manual_seed(0)
+    loss = compiled(x, lam)
+    loss.backward()
+    compiled_grad = lam.grad.clone()
+    lam.grad = None
+    torch.manual_seed(0)
+    eager = f(x, lam)
+    eager.backward()
+    torch.testing.assert_close(loss, eager)
+    torch.testing.assert_close(compiled_grad, lam.grad)
+
+
+def test_noisy_quant_torch_compile_dynamic_shapes():
+    f = torch.compile(lambda x: na_kernels.noisy_quant(x, 3, 1.0, scale=0.5, seed=2), fullgraph=True, dynamic=True,
+                      backend="aot_eager")
+    for rows in (5, 7):
+        x = torch.randn(rows, 3)
+        assert torch.equal(f(x), na_kernels.noisy_quant(x, 3, 1.0, scale=0.5, seed=2))
+
+
+def test_noisy_quant_torch_compile_inductor_runs():
+    torch._dynamo.reset()
+    f = torch.compile(lambda x: na_kernels.noisy_quant(x, 3, 1.0, seed=4), fullgraph=True)
+    x = torch.randn(2, 3, 4)
+    assert torch.equal(f(x), na_kernels.noisy_quant(x, 3, 1.0, seed=4))
+
+
+def test_noisy_quant_torch_export():
+    class Model(torch.nn.Module):
+        def forward(self, x):
+            return na_kernels.noisy_quant(x, 3, 1.0, noise=None)
+
+    x = torch.randn(2, 3)
+    program = torch.export.export(Model(), (x,))
+    assert torch.equal(program.module()(x), Model()(x))
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=requires_cpp)])
+def test_noisy_quant_opcheck(backend):
+    x = torch.randn(3, 4, 5)
+    seed = torch.tensor([11])
+    with na_kernels.use_backend(backend):
+        for lam in (torch.tensor([1.3]), torch.rand(4) + 0.5):
+            torch.library.opcheck(
+                torch.ops.na_kernels.noisy_quant.default, (x, lam.requires_grad_(), seed, 7, 1, 1.0, 0.5)
+            )
+            torch.library.opcheck(
+                torch.ops.na_kernels.noisy_quant_backward.default,
+                (torch.randn(3, 4, 5), x, lam.detach(), seed, 7, 1, 1.0, 0.5, True),
+            )
+
+
+def test_noisy_quant_autocast_bfloat16_input():
+    x = torch.randn(2, 3, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = torch.nn.functional.linear(x, torch.randn(5, 4))
+        y = na_kernels.noisy_quant(h, 3, 1.0, seed=0)
+    assert y.dtype == torch.bfloat16 and y.shape == h.shape
+
+
+# ------------------------------------------------------------------------ integrate_fire
+
+
+def _if_compiled_fn(x, threshold, v0):
+    spikes, counts, v = na_kernels.integrate_fire(x, threshold, v_init=v0, surrogate="triangle", return_v=True)
+    return spikes * 2, counts, v
+
+
+def test_integrate_fire_torch_compile_fullgraph_no_graph_breaks():
+    x = torch.randn(5, 2, 3, 4, requires_grad=True)
+    threshold = torch.rand(3) + 0.5
+    v0 = torch.zeros(2, 3, 4, requires_grad=True)
+    explanation = torch._dynamo.explain(_if_compiled_fn)(x, threshold, v0)
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    # aot_eager: traces forward and backward through the fake rules; Inductor's own C++
+    # codegen is not what is under test here
+    compiled = torch.compile(_if_compiled_fn, fullgraph=True, backend="aot_eager")
+    got = compiled(x, threshold, v0)
+    want = _if_compiled_fn(x, threshold, v0)
+    assert_same_forward(got, want)
+    g_got = torch.autograd.grad(got[0].sum() + got[2].sum(), (x, v0))
+    g_want = torch.autograd.grad(want[0].sum() + want[2].sum(), (x, v0))
+    for g, w in zip(g_got, g_want):
+        assert torch.equal(g, w)
+    with torch.no_grad():
+        assert_same_forward(compiled(x, threshold, v0), want)
+    # channels-last steps: the fake rule promises the strides the kernel delivers
+    x_cl = channels_last_seq(5, 2, 3, 2, 4, "cpu").requires_grad_()
+    got = compiled(x_cl, threshold, torch.zeros(2, 3, 2, 4))
+    want = _if_compiled_fn(x_cl, threshold, torch.zeros(2, 3, 2, 4))
+    assert_same_forward(got, want)
+    assert got[0].stride() == want[0].stride() and got[2].stride() == want[2].stride()
+
+
+def test_integrate_fire_torch_compile_dynamic_shapes():
+    """dynamic=True: symbolic shapes and strides (channels-last included), float arguments traced."""
+    def fn(x, threshold, v0):
+        spikes, counts, v = na_kernels.integrate_fire(x, threshold, v_init=v0, surrogate="atan", alpha=2.0,
+                                                      return_v=True)
+        spikes2, counts2 = na_kernels.integrate_fire(x, 1.0)
+        return spikes + spikes2, counts + counts2, v
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager", dynamic=True)
+    threshold = torch.rand(3) + 0.5
+    for steps, batch, width in ((4, 2, 5), (6, 3, 7), (2, 1, 9)):
+        for x in (torch.randn(steps, batch, 3, width), channels_last_seq(steps, batch, 3, width, 2, "cpu")):
+            x = x.detach().requires_grad_()
+            v0 = torch.randn(x.shape[1:])
+            got, want = compiled(x, threshold, v0), fn(x, threshold, v0)
+            assert_same_forward(got, want)
+            assert all(g.stride() == w.stride() for g, w in zip(got, want))
+            g_got = torch.autograd.grad(got[0].sum() + got[2].sum(), (x,))
+            g_want = torch.autograd.grad(want[0].sum() + want[2].sum(), (x,))
+            assert torch.equal(g_got[0], g_want[0])
+
+
+def test_integrate_fire_torch_export():
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("theta", torch.rand(3) + 0.5)
+
+        def forward(self, x):
+            return na_kernels.integrate_fire(x, self.theta, return_v=True)
+
+    layer = Layer()
+    x = torch.randn(4, 2, 3, 5)
+    program = torch.export.export(layer, (x,))
+    targets = [str(node.target) for node in program.graph.nodes if node.op == "call_function"]
+    assert "na_kernels.integrate_fire.default" in targets
+    assert_same_forward(program.module()(x), layer(x))
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=requires_cpp),
+                                     pytest.param("triton", marks=requires_triton)])
+def test_integrate_fire_opcheck(backend):
+    if backend == "triton" and HAS_CUDA:
+        pytest.skip("opcheck of the Triton path runs on CPU tensors through the interpreter")
+    theta = torch.ones(1)
+    x = torch.randn(4, 2, 3, 5)
+    with na_kernels.use_backend(backend):
+        cases = [
+            (x, theta, None, 0.5, 0, None, 0, 4.0, False, Save.NOTHING),
+            (x.half(), torch.rand(3) + 0.5, None, 0.25, 1, 1.0, 2, 1.0, True, Save.NOTHING),
+            (x.clone().requires_grad_(), theta, torch.randn(2, 3, 5, requires_grad=True), 0.0, 0, None, 1, 2.0,
+             False, Save.H),
+            (x.clone().requires_grad_(), torch.rand(3) + 0.5, None, 0.5, 1, 1.0, 3, 4.0, True, Save.H),
+            (x.half().requires_grad_(), torch.rand(3) + 0.5, torch.randn(2, 3, 5, requires_grad=True), 0.0, 0, None,
+             0, 4.0, False, Save.X),
+            (x[:1].expand(4, 2, 3, 5).clone().requires_grad_(), theta, None, 0.5, 1, None, 2, 4.0, True, Save.X),
+        ]
+        x_cl = channels_last_seq(3, 2, 3, 2, 4, "cpu")
+        cases += [
+            (x_cl, torch.rand(3) + 0.5, None, 0.5, 0, None, 0, 4.0, False, Save.NOTHING),
+            (x_cl.clone().requires_grad_(), torch.rand(3) + 0.5, torch.randn(2, 3, 2, 4, requires_grad=True), 0.0, 1,
+             None, 2, 4.0, False, Save.H),
+            (x_cl.half().requires_grad_(), torch.rand(3) + 0.5, None, 0.5, 0, None, 1, 4.0, False, Save.X),
+            # neither dense nor contiguous: copied
+            (x_cl[:, :, :, :1], theta, None, 0.5, 0, 1.0, 0, 4.0, False, Save.NOTHING),
+        ]
+        for args in cases:
+            torch.library.opcheck(if_ops.OP.forward_op, args)
+        h = ref.integrate_fire(x, 1.0, return_h=True)[3]
+        g, gv = torch.randn(x.shape), torch.randn(x.shape[1:])
+        # grad_spikes, grad_v, h, x_seq, v_init, threshold, the record's fields, x_dtype, need_grad_x, need_grad_v_init
+        backward_cases = [
+            (g, gv, h, None, None, theta, 0.0, 0, None, 0, 4.0, False, Save.H, torch.float32, True, True),
+            (None, gv, h, None, None, theta, 0.0, 1, 1.0, 1, 2.0, True, Save.H, torch.float32, True, False),
+            (g.half(), None, h, None, None, theta, 0.0, 0, None, 3, 4.0, False, Save.H, torch.float16, False, True),
+            (g.half(), gv, None, x.half(), torch.randn(x.shape[1:]), theta, 0.0, 1, None, 2, 4.0, False, Save.X,
+             torch.float16, True, True),
+            (torch.randn(x_cl.shape), None, None, x_cl, None, torch.rand(3) + 0.5, 0.5, 0, None, 0, 4.0, True, Save.X,
+             torch.float32, True, True),
+        ]
+        for args in backward_cases:
+            torch.library.opcheck(if_ops.OP.backward_op, args)
+
+
+# ---------------------------------------------------- the eager fast path against the op
+
+
+_OPS = [(nq_ops.OP, "forward_op"), (nq_ops.OP, "backward_op"), (if_ops.OP, "forward_op"), (if_ops.OP, "backward_op")]
+
+
+_FAST = [(nq_ops.OP, "eager"), (if_ops.OP, "eager"), (nq_ops.OP.function, "apply"), (if_ops.OP.function, "apply")]
 
 
 def _raiser(name):
@@ -77,9 +272,6 @@ def _both_paths(run):
     return results["fast"]
 
 
-# --------------------------------------------------------------------------- noisy_quant
-
-
 def _nq_lam(kind, channels, device):
     if kind == "float":
         return 1.3
@@ -95,8 +287,7 @@ def _nq_lam(kind, channels, device):
 @pytest.mark.parametrize("lam_kind", ["float", "scalar", "bf16 [1]", "per-channel"])
 @pytest.mark.parametrize("grad", ["none", "x", "lam", "both", "no_grad mode"])
 def test_noisy_quant_paths_identical(backend, device, noise, lam_kind, grad):
-    dtypes = (torch.float32, torch.float16) if backend == "triton" and device == "cpu" else (torch.float32,
-                                                                                            torch.bfloat16)
+    dtypes = (torch.float32, torch.float16) if interpreted(backend, device) else (torch.float32, torch.bfloat16)
     for dtype in dtypes:
         base = (torch.randn(3, 5, 7, device=device) * 1.5 + 0.5).to(dtype)
         base[0, 0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
@@ -130,17 +321,13 @@ def test_noisy_quant_seed_none_draws_once_per_call_on_both_paths():
     assert not torch.equal(results[0][0], results[0][1])
 
 
-# ------------------------------------------------------------------------ integrate_fire
-
-
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("threshold_kind", ["float", "scalar", "per-channel"])
 @pytest.mark.parametrize("v_kind", ["float", "tensor"])
 @pytest.mark.parametrize("grad", ["none", "x", "v", "both"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_integrate_fire_paths_identical(backend, device, threshold_kind, v_kind, grad, layout):
-    dtypes = (torch.float32, torch.float16) if backend == "triton" and device == "cpu" else (torch.float32,
-                                                                                            torch.bfloat16)
+    dtypes = (torch.float32, torch.float16) if interpreted(backend, device) else (torch.float32, torch.bfloat16)
     threshold = {"float": 0.9, "scalar": torch.tensor(0.9, device=device),
                  "per-channel": torch.rand(3, device=device) + 0.5}[threshold_kind]
     for dtype in dtypes:
@@ -172,9 +359,6 @@ def test_integrate_fire_paths_identical(backend, device, threshold_kind, v_kind,
                     return (*out, *grads, *grads2)
 
             _both_paths(run)
-
-
-# ---------------------------------------------- the fast path is taken exactly in plain eager
 
 
 def _nq_call(x):
