@@ -1,1 +1,2 @@
-"""Triton kernels and their launchers, one file per op (imported lazily: triton is optional)."""
+"""The Triton backend: one module per op with its kernels, their launchers and the op's
+``forward`` / ``backward`` adapter (imported lazily: triton is optional)."""

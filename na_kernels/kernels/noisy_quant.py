@@ -46,15 +46,24 @@ def _shifted_z(x, inv_step, seed_ptr, offsets, scale, shift, NOISE: tl.constexpr
 
 
 @triton.jit
-def _noisy_quant_forward_kernel(
-    x_ptr, y_ptr, lam_ptr, seed_ptr, rows, channel_stride, channels, blocks_per_row, p, scale, shift,
-    NOISE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-):
+def _quantize_tile(x_ptr, lam_ptr, seed_ptr, rows, channel_stride, channels, blocks_per_row, p, scale, shift,
+                   NOISE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's tile: (rows, offsets, mask, lam [BLOCK_R, 1], x float32, q_raw = floor(z + shift))."""
     row, offsets, mask, channel = _tile(rows, channel_stride, channels, blocks_per_row, BLOCK_R, BLOCK_C)
     lam = tl.load(lam_ptr + channel, mask=row < rows, other=1.0)[:, None]
     inv_step = tl.div_rn(p, lam)
     x = tl.load(x_ptr + offsets, mask=mask).to(tl.float32)
     q_raw = tl.floor(_shifted_z(x, inv_step, seed_ptr, offsets, scale, shift, NOISE))
+    return row, offsets, mask, lam, x, q_raw
+
+
+@triton.jit
+def _noisy_quant_forward_kernel(
+    x_ptr, y_ptr, lam_ptr, seed_ptr, rows, channel_stride, channels, blocks_per_row, p, scale, shift,
+    NOISE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    row, offsets, mask, lam, x, q_raw = _quantize_tile(x_ptr, lam_ptr, seed_ptr, rows, channel_stride, channels,
+                                                       blocks_per_row, p, scale, shift, NOISE, BLOCK_R, BLOCK_C)
     q = tl.where(q_raw < 0.0, 0.0, tl.where(q_raw > p, p, q_raw))  # NaN stays NaN
     y = tl.div_rn(q, p) * lam
     tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -66,12 +75,9 @@ def _noisy_quant_backward_kernel(
     p, scale, shift, NOISE: tl.constexpr, NEED_GRAD_LAM: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    row, offsets, mask, channel = _tile(rows, channel_stride, channels, blocks_per_row, BLOCK_R, BLOCK_C)
-    lam = tl.load(lam_ptr + channel, mask=row < rows, other=1.0)[:, None]
-    inv_step = tl.div_rn(p, lam)
-    x = tl.load(x_ptr + offsets, mask=mask).to(tl.float32)
+    row, offsets, mask, lam, x, q_raw = _quantize_tile(x_ptr, lam_ptr, seed_ptr, rows, channel_stride, channels,
+                                                       blocks_per_row, p, scale, shift, NOISE, BLOCK_R, BLOCK_C)
     grad_y = tl.load(grad_y_ptr + offsets, mask=mask).to(tl.float32)
-    q_raw = tl.floor(_shifted_z(x, inv_step, seed_ptr, offsets, scale, shift, NOISE))
     inside = (q_raw >= 0.0) & (q_raw <= p)
     tl.store(grad_x_ptr + offsets, tl.where(inside, grad_y, 0.0).to(grad_x_ptr.dtype.element_ty), mask=mask)
     if NEED_GRAD_LAM:

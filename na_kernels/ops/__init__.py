@@ -1,1 +1,2 @@
-"""Public ops: argument checks, torch.library registration, autograd, backend dispatch."""
+"""Public ops: argument checks, the torch.library registration (``_registration``), autograd and
+the eager fast path (``_eager``); the kernels are the backends' (``na_kernels._backend``)."""

@@ -1,9 +1,10 @@
 """When a public call may skip the torch.library op and call the backend kernels directly.
 
-Going through the custom op costs ~50-100 us of Python and dispatcher work per call (its
-autograd wrapper, redispatch, the backend kernel lookup), more than the kernel itself on small
-tensors. In plain eager mode the public functions call the same per-backend kernels directly
-(an ``autograd.Function`` with the op's own setup_context / backward when a gradient is needed);
+Going through the custom op costs Python and dispatcher work on every call (its autograd
+wrapper, redispatch, the backend kernel lookup), more than the kernel itself on small tensors.
+In plain eager mode the public functions call the same per-backend kernels directly (an
+``autograd.Function`` with the op's own setup_context / backward when a gradient is needed;
+both made by ``_registration.Op``);
 everything else goes through the op, so torch.compile, torch.export, make_fx, FakeTensor,
 functorch transforms, torch-function / dispatch modes, tracing, forward AD and autocast see
 exactly the registered op.
