@@ -6,12 +6,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "simd_level.h"
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define NA_X86_SIMD 1
-#endif
+#include "common/simd.h"
 
 namespace na {
 
@@ -57,20 +52,15 @@ inline float words_to_normal(uint32_t w0, uint32_t w1) {
 }
 
 #ifdef NA_X86_SIMD
-// GCC 12's own avx512fintrin.h (its _mm512_undefined_* idiom) trips this warning wherever
-// its intrinsics inline: a known false positive.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
 // (hi32, lo32) of a * b for eight uint32 lanes
-__attribute__((target("avx2"))) inline void mul_hi_lo_avx2(__m256i a, __m256i b, __m256i& hi, __m256i& lo) {
+NA_AVX2 inline void mul_hi_lo_avx2(__m256i a, __m256i b, __m256i& hi, __m256i& lo) {
   const __m256i even = _mm256_mul_epu32(a, b);
   const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), b);
   lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
   hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
 }
 
-__attribute__((target("avx2"))) inline __m256i offsets_lo_avx2(uint64_t start, __m256i& hi) {
+NA_AVX2 inline __m256i offsets_lo_avx2(uint64_t start, __m256i& hi) {
   // lo32 of consecutive offsets may wrap past 2^32 inside a group of eight: build lanes exactly
   if (static_cast<uint32_t>(start) <= 0xFFFFFFFFu - 7u) {
     hi = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(start >> 32)));
@@ -88,7 +78,7 @@ __attribute__((target("avx2"))) inline __m256i offsets_lo_avx2(uint64_t start, _
 
 // count: a multiple of 16; w1 may be null. Two independent groups of eight lanes per
 // iteration hide the multiply latency.
-__attribute__((target("avx2"))) inline void philox_words_avx2(uint64_t seed, uint64_t first, int64_t count,
+NA_AVX2 inline void philox_words_avx2(uint64_t seed, uint64_t first, int64_t count,
                                                              uint32_t* w0, uint32_t* w1) {
   const __m256i round_a = _mm256_set1_epi32(static_cast<int>(kPhiloxRoundA));
   const __m256i round_b = _mm256_set1_epi32(static_cast<int>(kPhiloxRoundB));
@@ -134,7 +124,7 @@ struct PhiloxKeysAvx512 {
   __m512i key0[10], key1[10];  // the round keys, broadcast
 };
 
-__attribute__((target("avx512f"))) inline PhiloxKeysAvx512 philox_keys_avx512(uint64_t seed) {
+NA_AVX512 inline PhiloxKeysAvx512 philox_keys_avx512(uint64_t seed) {
   PhiloxKeysAvx512 keys;
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int round = 0; round < 10; ++round) {
@@ -148,37 +138,37 @@ __attribute__((target("avx512f"))) inline PhiloxKeysAvx512 philox_keys_avx512(ui
 
 // Words 0 (and 1, where w1 is not null) of offsets first .. first+31, as two vectors of
 // sixteen consecutive offsets each.
-__attribute__((target("avx512f"))) inline void philox32_avx512(const PhiloxKeysAvx512& keys, uint64_t first,
+NA_AVX512 inline void philox32_avx512(const PhiloxKeysAvx512& keys, uint64_t first,
                                                               __m512i w0[2], __m512i* w1) {
   constexpr int kGroups = 4;
   const __m512i round_a = _mm512_set1_epi64(kPhiloxRoundA);
   const __m512i round_b = _mm512_set1_epi64(kPhiloxRoundB);
   __m512i c0[kGroups], c1[kGroups], c2[kGroups], c3[kGroups];
-  for (int g = 0; g < kGroups; ++g) {
+  for (int group = 0; group < kGroups; ++group) {
     // the full 64-bit offset: its low half is counter word 0, its high half word 1
-    const __m512i offset = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(first + 8 * g)),
+    const __m512i offset = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(first + 8 * group)),
                                             _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7));
     // round 0 with c2 = c3 = 0: the product with c2 is zero
     const __m512i product_a = _mm512_mul_epu32(offset, round_a);
-    c0[g] = _mm512_xor_si512(_mm512_srli_epi64(offset, 32), keys.key0[0]);
-    c1[g] = _mm512_setzero_si512();
-    c2[g] = _mm512_xor_si512(_mm512_srli_epi64(product_a, 32), keys.key1[0]);
-    c3[g] = product_a;
+    c0[group] = _mm512_xor_si512(_mm512_srli_epi64(offset, 32), keys.key0[0]);
+    c1[group] = _mm512_setzero_si512();
+    c2[group] = _mm512_xor_si512(_mm512_srli_epi64(product_a, 32), keys.key1[0]);
+    c3[group] = product_a;
   }
   for (int round = 1; round < 9; ++round) {
-    for (int g = 0; g < kGroups; ++g) {
-      const __m512i product_b = _mm512_mul_epu32(c2[g], round_b);
-      const __m512i product_a = _mm512_mul_epu32(c0[g], round_a);
-      c0[g] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(product_b, 32), c1[g], keys.key0[round], 0x96);
-      c2[g] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(product_a, 32), c3[g], keys.key1[round], 0x96);
-      c1[g] = product_b;
-      c3[g] = product_a;
+    for (int group = 0; group < kGroups; ++group) {
+      const __m512i product_b = _mm512_mul_epu32(c2[group], round_b);
+      const __m512i product_a = _mm512_mul_epu32(c0[group], round_a);
+      c0[group] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(product_b, 32), c1[group], keys.key0[round], 0x96);
+      c2[group] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(product_a, 32), c3[group], keys.key1[round], 0x96);
+      c1[group] = product_b;
+      c3[group] = product_a;
     }
   }
-  for (int g = 0; g < kGroups; ++g) {  // round 9: words 2 and 3 are never used
-    const __m512i product_b = _mm512_mul_epu32(c2[g], round_b);
-    c0[g] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(product_b, 32), c1[g], keys.key0[9], 0x96);
-    c1[g] = product_b;
+  for (int group = 0; group < kGroups; ++group) {  // round 9: words 2 and 3 are never used
+    const __m512i product_b = _mm512_mul_epu32(c2[group], round_b);
+    c0[group] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(product_b, 32), c1[group], keys.key0[9], 0x96);
+    c1[group] = product_b;
   }
   // low halves of two vectors of eight 64-bit lanes -> sixteen consecutive uint32
   const __m512i low_halves = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -189,7 +179,7 @@ __attribute__((target("avx512f"))) inline void philox32_avx512(const PhiloxKeysA
 }
 
 // count: a multiple of 32; w1 may be null.
-__attribute__((target("avx512f"))) inline void philox_words_avx512(uint64_t seed, uint64_t first, int64_t count,
+NA_AVX512 inline void philox_words_avx512(uint64_t seed, uint64_t first, int64_t count,
                                                                   uint32_t* w0, uint32_t* w1) {
   const PhiloxKeysAvx512 keys = philox_keys_avx512(seed);
   for (int64_t b = 0; b < count; b += 32) {

@@ -1,14 +1,13 @@
 // float32 <-> float16 / bfloat16 conversions without torch headers, rounding to nearest
-// even exactly as torch does, plus typed load/store by dtype code.
+// even exactly as torch does, and Storage<D>: one element of dtype D loaded as / stored from float.
 #pragma once
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
-namespace na {
+#include "common/spec.h"
 
-// dtype codes shared with na_kernels/cpu.py
-enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+namespace na {
 
 inline uint32_t float_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
 inline float bits_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
@@ -49,21 +48,24 @@ inline uint16_t float_to_bfloat16(float f) {
   return static_cast<uint16_t>((x & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : rounded);  // NaN -> quiet NaN
 }
 
-template <int D> struct Storage;
-template <> struct Storage<kFloat32> {
+template <DType D> struct Storage;
+template <> struct Storage<DType::FLOAT32> {
   using type = float;
   static float load(const float* p, int64_t i) { return p[i]; }
   static void store(float* p, int64_t i, float v) { p[i] = v; }
 };
-template <> struct Storage<kFloat16> {
+template <> struct Storage<DType::FLOAT16> {
   using type = uint16_t;
   static float load(const uint16_t* p, int64_t i) { return half_to_float(p[i]); }
   static void store(uint16_t* p, int64_t i, float v) { p[i] = float_to_half(v); }
 };
-template <> struct Storage<kBFloat16> {
+template <> struct Storage<DType::BFLOAT16> {
   using type = uint16_t;
   static float load(const uint16_t* p, int64_t i) { return bfloat16_to_float(p[i]); }
   static void store(uint16_t* p, int64_t i, float v) { p[i] = float_to_bfloat16(v); }
 };
+
+// the C++ type of one stored element of D
+template <DType D> using StorageType = typename Storage<D>::type;
 
 }  // namespace na

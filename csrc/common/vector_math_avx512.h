@@ -8,9 +8,9 @@
 #pragma once
 #include <initializer_list>
 
-#include "avx512.h"
+#include "common/simd.h"
 
-#ifdef NA_HAVE_AVX512
+#ifdef NA_X86_SIMD
 namespace na {
 
 NA_AVX512 inline __m512d polynomial(__m512d z, std::initializer_list<double> coefficients_high_to_low) {
@@ -97,24 +97,6 @@ NA_AVX512 inline __m512 exp_ps_avx512(__m512 x) {
   const __m512 exp_r = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, _mm512_mul_ps(r, r)), r), _mm512_set1_ps(1.0f));
   const __m512 result = _mm512_scalef_ps(exp_r, n);
   return _mm512_mask_mov_ps(result, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
-}
-
-// Triton's pair_uniform_to_normal on sixteen pairs of Philox words, log and cos in float64
-// rounded once (as words_to_normal in philox.h)
-NA_AVX512 inline __m512 normal_from_words_avx512(__m512i word0, __m512i word1) {
-  const __m512 u1 = _mm512_max_ps(uniform_float_avx512(word0), _mm512_set1_ps(1.0e-7f));
-  const __m512 theta = _mm512_mul_ps(_mm512_set1_ps(6.283185307179586f), uniform_float_avx512(word1));
-  __m256 log_u1[2], cos_theta[2];
-  for (int half = 0; half < 2; ++half) {
-    const __m256 u1_half = half ? _mm512_extractf32x8_ps(u1, 1) : _mm512_castps512_ps256(u1);
-    const __m256 theta_half = half ? _mm512_extractf32x8_ps(theta, 1) : _mm512_castps512_ps256(theta);
-    log_u1[half] = _mm512_cvtpd_ps(log_pd_avx512(_mm512_cvtps_pd(u1_half)));
-    cos_theta[half] = _mm512_cvtpd_ps(cos_pd_avx512(_mm512_cvtps_pd(theta_half)));
-  }
-  const __m512 log_all = _mm512_insertf32x8(_mm512_castps256_ps512(log_u1[0]), log_u1[1], 1);
-  const __m512 cos_all = _mm512_insertf32x8(_mm512_castps256_ps512(cos_theta[0]), cos_theta[1], 1);
-  const __m512 radius = _mm512_sqrt_ps(_mm512_mul_ps(_mm512_set1_ps(-2.0f), log_all));
-  return _mm512_mul_ps(radius, cos_all);
 }
 
 }  // namespace na

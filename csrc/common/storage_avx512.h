@@ -1,19 +1,15 @@
-// Sixteen-lane float32 loads and stores of float32 / float16 / bfloat16 storage for the
-// AVX-512 kernels, rounding exactly as float_convert.h (and torch) do. Functions carry
-// NA_AVX512 so the build needs no -march flag; callers check cpu_has_avx512() first.
+// Avx512Storage<D>: sixteen-lane float32 loads and stores of float32 / float16 / bfloat16
+// storage for the AVX-512 kernels, rounding exactly as float_convert.h (and torch) do.
 #pragma once
-#include "float_convert.h"
-#include "philox.h"
+#include "common/float_convert.h"
+#include "common/simd.h"
 
 #ifdef NA_X86_SIMD
-#define NA_HAVE_AVX512 1
-#define NA_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-
 namespace na {
 
-template <int D> struct Avx512Storage;
+template <DType D> struct Avx512Storage;
 
-template <> struct Avx512Storage<kFloat32> {
+template <> struct Avx512Storage<DType::FLOAT32> {
   using type = float;
   NA_AVX512 static __m512 load(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
   NA_AVX512 static void store(float* p, __mmask16 m, __m512 v) { _mm512_mask_storeu_ps(p, m, v); }
@@ -23,7 +19,7 @@ template <> struct Avx512Storage<kFloat32> {
   }
 };
 
-template <> struct Avx512Storage<kBFloat16> {
+template <> struct Avx512Storage<DType::BFLOAT16> {
   using type = uint16_t;
   NA_AVX512 static __m512 load(const uint16_t* p, __mmask16 m) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
@@ -42,7 +38,7 @@ template <> struct Avx512Storage<kBFloat16> {
   }
 };
 
-template <> struct Avx512Storage<kFloat16> {
+template <> struct Avx512Storage<DType::FLOAT16> {
   using type = uint16_t;
   // vcvtph2ps is exact for every half (subnormals included) except that it quiets signalling
   // NaNs, which the first arithmetic on them does anyway
@@ -62,17 +58,6 @@ template <> struct Avx512Storage<kFloat16> {
     _mm256_mask_storeu_epi16(to, m, _mm256_maskz_loadu_epi16(m & keep, from));
   }
 };
-
-// lanes [0, count) of sixteen, count <= 16
-NA_AVX512 inline __mmask16 first_lanes(int64_t count) {
-  return count >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << count) - 1u);
-}
-
-// Triton's uint_to_uniform_float on sixteen words: [0, 1) as float32
-NA_AVX512 inline __m512 uniform_float_avx512(__m512i word) {
-  const __m512i value = _mm512_xor_si512(word, _mm512_srai_epi32(word, 31));  // x < 0 ? ~x : x
-  return _mm512_mul_ps(_mm512_cvtepi32_ps(value), _mm512_set1_ps(4.6566127342e-10f));
-}
 
 }  // namespace na
 #endif

@@ -1,0 +1,27 @@
+// Avx2Lanes: ScalarLanes' operations (common/lanes.h) on eight floats in a ymm. AVX2 has no
+// mask registers: a Mask is a vector of all-ones / zero lanes.
+#pragma once
+#include "common/lanes.h"
+
+#ifdef NA_X86_SIMD
+namespace na {
+
+struct Avx2Lanes {
+  using Vec = __m256;
+  using Mask = __m256;
+  using Count = __m256i;
+  static constexpr int kWidth = 8;
+
+  NA_AVX2 static Vec set1(float value) { return _mm256_set1_ps(value); }
+  NA_AVX2 static Vec add(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+  NA_AVX2 static Vec sub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
+  NA_AVX2 static Vec mul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
+  NA_AVX2 static Mask ge(Vec a, Vec b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
+  NA_AVX2 static Vec one_where(Mask mask) { return _mm256_and_ps(mask, _mm256_set1_ps(1.0f)); }
+  NA_AVX2 static Count count_zero() { return _mm256_setzero_si256(); }
+  // mask lanes are -1 where set
+  NA_AVX2 static Count count_where(Count count, Mask mask) { return _mm256_sub_epi32(count, _mm256_castps_si256(mask)); }
+};
+
+}  // namespace na
+#endif

@@ -1,0 +1,78 @@
+// The vector forward's tile: W vectors of neurons over all T steps, v and the count in
+// registers (t inside), so only x, the spikes (and h) move. A lane's spike is a select between
+// two precomputed values, s * amp for s = 0 and s = 1, already in the storage type: no float ->
+// 16-bit conversion per step. theta and the two spike values come from the work item's tables
+// (thresholds.h); v and the count use integrate_and_fire, the generic forward's update (same bits).
+// Io is an ISA's loads and stores for one dtype (forward_avx2.cpp, forward_avx512.cpp):
+//   L, T                 the lanes and the storage type
+//   Part, all_lanes()    which lanes of a vector hold neurons (AVX-512: a mask; AVX2: always all)
+//   load_x(x, part)      x as float32; load(p) / load(p, part) / store(p, part, v) of float32
+//   store_counts(p, part, count)
+//   SpikeBits<W>         the two spike bit patterns of W vectors: SpikeBits(silent, fired),
+//                        store(spikes, fired masks[W], parts[W])
+#pragma once
+#include <cstdint>
+
+#include "common/float_convert.h"
+#include "integrate_fire/integrate_fire.h"
+#include "integrate_fire/thresholds.h"
+
+namespace na {
+namespace integrate_fire {
+
+// the neurons [n, n + W * lanes): theta, silent and fired point at their table entries; the
+// last vector's lanes are `last`
+template <class Io, Reset R, bool SAVE_H, int W>
+NA_INLINE void forward_tile(const ForwardArgs& args, const typename Io::T* x, typename Io::T* spikes,
+                            const float* theta, const typename Io::T* silent, const typename Io::T* fired,
+                            int64_t n, typename Io::Part last) {
+  using L = typename Io::L;
+  constexpr int kLanes = L::kWidth;
+  const Layer& layer = args.layer;
+  typename L::Vec v[W], threshold[W];
+  typename L::Count fired_count[W];
+  typename Io::Part part[W];
+  const typename Io::template SpikeBits<W> spike_bits(silent, fired);
+  for (int w = 0; w < W; ++w) {
+    part[w] = w == W - 1 ? last : Io::all_lanes();
+    threshold[w] = Io::load(theta + kLanes * w);
+    v[w] = args.v0 ? Io::load(args.v0 + n + kLanes * w, part[w]) : L::mul(L::set1(args.v_frac), threshold[w]);
+    fired_count[w] = L::count_zero();
+  }
+  for (int64_t t = 0; t < layer.steps; ++t) {
+    const typename Io::T* x_t = x + t * layer.x_step + n;
+    const int64_t row = t * layer.neurons + n;
+    typename L::Mask fired_now[W];
+    for (int w = 0; w < W; ++w) {
+      const Fire<L> step = integrate_and_fire<L, R>(v[w], Io::load_x(x_t + kLanes * w, part[w]), threshold[w]);
+      fired_now[w] = step.fired;
+      fired_count[w] = L::count_where(fired_count[w], step.fired);
+      if (SAVE_H) Io::store(args.h + row + kLanes * w, part[w], step.h);
+    }
+    spike_bits.store(spikes + row, fired_now, part);
+  }
+  for (int w = 0; w < W; ++w) {
+    Io::store_counts(args.counts + n + kLanes * w, part[w], fired_count[w]);
+    Io::store(args.v_final + n + kLanes * w, part[w], v[w]);
+  }
+}
+
+// The vector forward over work items, with their spike tables; WorkItems::run<D, R, SAVE_H>(args,
+// tables, item) is an ISA's tiling of one work item.
+template <class WorkItems> void forward_by_work_items(const ForwardArgs& args) {
+  const Layer& layer = args.layer;
+  with_forward_variant(args, [&](auto dtype, auto reset, auto save_h) {
+    constexpr DType D = decltype(dtype)::value;
+    const SpikeTables<D> shared(layer, true);
+    for_each_work_item(
+        layer.neurons, kWorkItemNeurons, layer.threads,
+        [&] { return SpikeTables<D>(layer, false); },  // filled per work item where the period is long
+        [&](const WorkItem& item, SpikeTables<D>& own) {
+          WorkItems::template run<D, decltype(reset)::value, decltype(save_h)::value>(
+              args, spike_tables(shared, own, item), item);
+        });
+  });
+}
+
+}  // namespace integrate_fire
+}  // namespace na
