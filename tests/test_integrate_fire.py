@@ -502,6 +502,7 @@ _AOT_SCRIPT = r"""
 import triton
 from triton.compiler import ASTSource
 from triton.backends.compiler import GPUTarget
+from na_kernels._spec import Surrogate
 from na_kernels.kernels import integrate_fire as k
 
 target = GPUTarget("cuda", 90, 32)
@@ -515,7 +516,7 @@ for dt in ("fp32", "bf16"):
         constexprs = {"RESET_ZERO": reset_zero, "AMP_IS_THETA": reset_zero, "HAS_V0": reset_zero,
                       "SAVE_H": not reset_zero, "BLOCK": 512}
         triton.compile(ASTSource(k._integrate_fire_forward_kernel, sig, constexprs), target=target)
-        for surrogate in range(4):
+        for surrogate in map(int, Surrogate):
             sig = {"grad_spikes_ptr": f"*{dt}", "grad_v_ptr": "*fp32", "h_ptr": "*fp32", "grad_x_ptr": f"*{dt}",
                    "grad_v_init_ptr": "*fp32", "theta_ptr": "*fp32", "x_ptr": f"*{dt}", "v0_ptr": "*fp32",
                    "steps": "i32", "neurons": "i64", "x_step": "i64", "channel_stride": "i64", "channels": "i32",

@@ -74,7 +74,8 @@ def _backward(ctx, run, grad_spikes, grad_counts, grad_v, grad_h):
 
 OP = Op("integrate_fire", IntegrateFireArgs, inputs="Tensor x_seq, Tensor threshold, Tensor? v_init",
         outputs="(Tensor, Tensor, Tensor, Tensor)",
-        backward_inputs="Tensor? grad_spikes, Tensor? grad_v, Tensor? h, Tensor? x_seq, Tensor? v_init, Tensor threshold",
+        backward_inputs=("Tensor? grad_spikes, Tensor? grad_v, Tensor? h, Tensor? x_seq, Tensor? v_init, "
+                         "Tensor threshold"),
         backward_extras="ScalarType x_dtype, bool need_grad_x, bool need_grad_v_init",
         backward_outputs="(Tensor, Tensor)", fake=_fake, fake_backward=_fake_backward, save=_save,
         backward=_backward)

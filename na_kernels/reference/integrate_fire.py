@@ -173,10 +173,6 @@ def integrate_fire_backward(grad_spikes, grad_v, h_seq, threshold, *, reset="sub
 # ------------------------------------------------------------ the backend interface (na_kernels.ops)
 
 
-def _threshold(threshold):
-    return threshold.detach().reshape(()) if threshold.numel() == 1 else threshold.detach().reshape(-1)
-
-
 def _amplitude(args):
     return "threshold" if args.amplitude is None else args.amplitude
 
@@ -186,7 +182,7 @@ def forward(x_seq, threshold, v_init, args):
     layout = _layout.Layout.of_input(x_seq, threshold.numel())
     save_h = args.save == Save.H
     with torch.no_grad():
-        out = integrate_fire(x_seq, _threshold(threshold), v_init=args.v_frac if v_init is None else v_init,
+        out = integrate_fire(x_seq, threshold.detach(), v_init=args.v_frac if v_init is None else v_init,
                              reset=args.reset, amplitude=_amplitude(args), return_h=save_h)
     h = layout.as_seq(out[3]) if save_h else torch.empty(0, dtype=torch.float32, device=x_seq.device)
     return layout.as_seq(out[0]), layout.as_step(out[1]), layout.as_step(out[2]), h
@@ -197,10 +193,10 @@ def backward(grad_spikes, grad_v, h, x_seq, v_init, threshold, args, x_dtype, ne
     layout = _layout.backward_layout(h, x_seq, threshold)
     if h is None:
         with torch.no_grad():
-            h = integrate_fire(x_seq, _threshold(threshold), v_init=args.v_frac if v_init is None else v_init,
+            h = integrate_fire(x_seq, threshold.detach(), v_init=args.v_frac if v_init is None else v_init,
                                reset=args.reset, return_h=True)[3]
     grad_x, grad_v_init = integrate_fire_backward(
-        grad_spikes, grad_v, h, _threshold(threshold), reset=args.reset, amplitude=_amplitude(args),
+        grad_spikes, grad_v, h, threshold.detach(), reset=args.reset, amplitude=_amplitude(args),
         surrogate=args.surrogate, alpha=args.alpha, detach_reset=args.detach_reset)
     empty_x, empty_v = _layout.backward_outputs(layout, h.shape[0], x_dtype, h.device, False, False)
     return (layout.as_seq(grad_x.to(x_dtype)) if need_grad_x else empty_x,

@@ -109,17 +109,13 @@ def noisy_quant_backward(grad_y, x, lam, p, *, noise="uniform", scale=1.0, shift
 # ------------------------------------------------------------ the backend interface (na_kernels.ops)
 
 
-def _lam(lam):
-    return lam.detach().reshape(()) if lam.numel() == 1 else lam.detach().reshape(-1)
-
-
 def forward(x, lam, seed, args):
-    y = noisy_quant(x, args.p, _lam(lam), noise=args.noise, scale=args.scale, shift=args.shift, seed=seed)
+    y = noisy_quant(x, args.p, lam.detach(), noise=args.noise, scale=args.scale, shift=args.shift, seed=seed)
     return y.contiguous()
 
 
 def backward(grad_y, x, lam, seed, args, need_grad_lam):
-    grad_x, grad_lam = noisy_quant_backward(grad_y, x, _lam(lam), args.p, noise=args.noise, scale=args.scale,
+    grad_x, grad_lam = noisy_quant_backward(grad_y, x, lam.detach(), args.p, noise=args.noise, scale=args.scale,
                                             shift=args.shift, seed=seed)
     grad_lam = grad_lam.reshape(-1).to(torch.float32) if need_grad_lam else x.new_zeros(0, dtype=torch.float32)
     return grad_x.contiguous(), grad_lam
