@@ -21,7 +21,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import na_kernels
-from na_kernels._spec import Save
+from na_kernels._spec import IntegrateFireArgs, Noise, NoisyQuantArgs, Reset, Save, Surrogate
 from na_kernels.ops import _eager
 from na_kernels.ops import integrate_fire as if_ops
 from na_kernels.ops import noisy_quant as nq_ops
@@ -29,6 +29,37 @@ from na_kernels.reference import integrate_fire as ref
 
 from conftest import (BACKENDS, HAS_CUDA, assert_same_forward, channels_last_seq, interpreted, requires_cpp,
                       requires_triton)
+
+
+# ------------------------------------------------------------------------------ the schemas
+
+
+def test_schemas_are_the_tensors_then_the_records_fields():
+    """The four ops keep their names; a record's fields follow the tensors, flattened to
+    ints / floats / bools (an enum is its int), then the backward's own arguments."""
+    schemas = {op: str(getattr(torch.ops.na_kernels, op).default._schema) for op in
+               ("noisy_quant", "noisy_quant_backward", "integrate_fire", "integrate_fire_backward")}
+    assert schemas["noisy_quant"] == (
+        "na_kernels::noisy_quant(Tensor x, Tensor lam, Tensor seed, int p, int noise, float scale, float shift)"
+        " -> Tensor")
+    assert schemas["noisy_quant_backward"] == (
+        "na_kernels::noisy_quant_backward(Tensor grad_y, Tensor x, Tensor lam, Tensor seed, int p, int noise, "
+        "float scale, float shift, bool need_grad_lam) -> (Tensor, Tensor)")
+    fields = ("float v_frac, int reset, float? amplitude, int surrogate, float alpha, bool detach_reset, "
+              "int save")
+    assert schemas["integrate_fire"] == (
+        f"na_kernels::integrate_fire(Tensor x_seq, Tensor threshold, Tensor? v_init, {fields}) "
+        "-> (Tensor, Tensor, Tensor, Tensor)")
+    assert schemas["integrate_fire_backward"] == (
+        "na_kernels::integrate_fire_backward(Tensor? grad_spikes, Tensor? grad_v, Tensor? h, Tensor? x_seq, "
+        f"Tensor? v_init, Tensor threshold, {fields}, ScalarType x_dtype, bool need_grad_x, "
+        "bool need_grad_v_init) -> (Tensor, Tensor)")
+    records = ((nq_ops.OP, NoisyQuantArgs(7, Noise.GAUSSIAN, 0.5, 0.25)),
+               (if_ops.OP, IntegrateFireArgs(0.25, Reset.ZERO, None, Surrogate.ATAN, 2.0, True, Save.X)))
+    for op, args in records:
+        flat = op.record.flatten(args)
+        assert all(type(value) in (int, float, bool, type(None)) for value in flat)
+        assert op.record.rebuild(flat) == args
 
 
 # --------------------------------------------------------------------------- noisy_quant
