@@ -102,7 +102,7 @@ class Op:
             f"na_kernels::{name}_backward", self._backward_reference, mutates_args=(),
             schema=f"({backward_inputs}, {fields}, {backward_extras}) -> {backward_outputs}")
         self.backward_op.register_kernel(("cpu", "cuda"))(self._backward_device)
-        self.backward_op.register_fake(lambda *flat: self._call(fake_backward, flat))
+        self.backward_op.register_fake(lambda *flat: self._call(fake_backward, flat, self._backward_inputs))
 
         self.function = _eager_function(self)
 
@@ -134,8 +134,9 @@ class Op:
         fields = len(self.record.names)
         return tuple(flat[:count]), self.record.rebuild(flat[count:count + fields]), tuple(flat[count + fields:])
 
-    def _call(self, function, flat, count=None):
-        tensors, args, extras = self._split(flat, self._backward_inputs if count is None else count)
+    def _call(self, function, flat, count):
+        """function(*tensors, args, *extras) of schema arguments whose first ``count`` are the tensors."""
+        tensors, args, extras = self._split(flat, count)
         return function(*tensors, args, *extras)
 
     def _forward_reference(self, *flat):
@@ -145,10 +146,10 @@ class Op:
         return self._call(self.implementation(flat[:self._inputs]).forward, flat, self._inputs)
 
     def _backward_reference(self, *flat):
-        return self._call(self._reference.backward, flat)
+        return self._call(self._reference.backward, flat, self._backward_inputs)
 
     def _backward_device(self, *flat):
-        return self._call(self.implementation(flat[:self._backward_inputs]).backward, flat)
+        return self._call(self.implementation(flat[:self._backward_inputs]).backward, flat, self._backward_inputs)
 
     # ------------------------------------------------------------------------------ autograd
 
