@@ -59,8 +59,9 @@ NA_AVX512 inline void backward_tile(const BackwardArgs& args, const float* theta
                      : _mm512_mul_ps(_mm512_set1_ps(args.v_frac), threshold[w]);
     for (int64_t t = 0; t < layer.steps; ++t)
       for (int w = 0; w < W; ++w) {
-        const __m512 x_t = S::load(x + t * layer.x_step + n + 16 * w, part[w]);
-        _mm512_storeu_ps(h_scratch + (t * W + w) * 16, integrate_and_fire<L, R>(v[w], x_t, threshold[w]).h);
+        __m512 h;
+        integrate_and_fire<L, R>(v[w], S::load(x + t * layer.x_step + n + 16 * w, part[w]), threshold[w], h);
+        _mm512_storeu_ps(h_scratch + (t * W + w) * 16, h);
       }
   }
   for (int64_t t = layer.steps - 1; t >= 0; --t) {

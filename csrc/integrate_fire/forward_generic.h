@@ -31,10 +31,11 @@ template <DType D, Reset R, bool SAVE_H> void forward_neurons_generic(const Forw
     const int64_t row = t * layer.neurons + begin;
     const StorageType<D>* x_t = x + t * layer.x_step + begin;
     for (int64_t j = 0; j < count; ++j) {
-      const Fire<ScalarLanes> step = integrate_and_fire<ScalarLanes, R>(v[j], S::load(x_t, j), theta[j]);
-      S::store(spikes, row + j, ScalarLanes::one_where(step.fired) * amp[j]);
-      fired_count[j] = ScalarLanes::count_where(fired_count[j], step.fired);
-      if (SAVE_H) h_out[row + j] = step.h;
+      float h;
+      const bool fired = integrate_and_fire<ScalarLanes, R>(v[j], S::load(x_t, j), theta[j], h);
+      S::store(spikes, row + j, ScalarLanes::one_where(fired) * amp[j]);
+      fired_count[j] = ScalarLanes::count_where(fired_count[j], fired);
+      if (SAVE_H) h_out[row + j] = h;
     }
   }
   for (int64_t j = 0; j < count; ++j) {

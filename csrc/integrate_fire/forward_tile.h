@@ -44,10 +44,10 @@ NA_INLINE void forward_tile(const ForwardArgs& args, const typename Io::T* x, ty
     const int64_t row = t * layer.neurons + n;
     typename L::Mask fired_now[W];
     for (int w = 0; w < W; ++w) {
-      const Fire<L> step = integrate_and_fire<L, R>(v[w], Io::load_x(x_t + kLanes * w, part[w]), threshold[w]);
-      fired_now[w] = step.fired;
-      fired_count[w] = L::count_where(fired_count[w], step.fired);
-      if (SAVE_H) Io::store(args.h + row + kLanes * w, part[w], step.h);
+      typename L::Vec h;
+      fired_now[w] = integrate_and_fire<L, R>(v[w], Io::load_x(x_t + kLanes * w, part[w]), threshold[w], h);
+      fired_count[w] = L::count_where(fired_count[w], fired_now[w]);
+      if (SAVE_H) Io::store(args.h + row + kLanes * w, part[w], h);
     }
     spike_bits.store(spikes + row, fired_now, part);
   }

@@ -26,7 +26,11 @@ void recompute_h(const BackwardArgs& args, const WorkItem& item, const float* th
   for (int64_t t = 0; t < layer.steps; ++t) {
     const StorageType<D>* x_t = x + t * layer.x_step + begin;
     float* h_t = h_steps + t * count;
-    for (int64_t j = 0; j < count; ++j) h_t[j] = integrate_and_fire<L, R>(v[j], Storage<D>::load(x_t, j), theta[j]).h;
+    for (int64_t j = 0; j < count; ++j) {
+      float h;
+      integrate_and_fire<L, R>(v[j], Storage<D>::load(x_t, j), theta[j], h);
+      h_t[j] = h;
+    }
   }
 }
 
@@ -36,6 +40,7 @@ void backward_work_item(const BackwardArgs& args, const WorkItem& item, std::vec
   const Layer& layer = args.layer;
   const auto* grad_spikes = static_cast<const StorageType<D>*>(args.grad_spikes);
   auto* grad_x = static_cast<StorageType<D>*>(args.grad_x);
+  const SurrogateParams params = args.surrogate_params;  // a local: stores to grad_x cannot change it
   const int64_t begin = item.begin, count = item.size();
   float grad_v[kWorkItemNeurons], theta[kWorkItemNeurons], amp[kWorkItemNeurons];
   neuron_thresholds(layer, begin, count, theta, amp);
@@ -46,7 +51,7 @@ void backward_work_item(const BackwardArgs& args, const WorkItem& item, std::vec
     const float* h_t = args.x ? h_scratch.data() + t * count : args.h + row;
     for (int64_t j = 0; j < count; ++j) {
       const float grad_spike = grad_spikes ? S::load(grad_spikes, row + j) * amp[j] : 0.0f;
-      const float grad_h = backward_step<L, R, SG, DETACH>(args.surrogate_params, h_t[j], theta[j], grad_spike, grad_v[j]);
+      const float grad_h = backward_step<L, R, SG, DETACH>(params, h_t[j], theta[j], grad_spike, grad_v[j]);
       if (grad_x) S::store(grad_x, row + j, grad_h);
       grad_v[j] = grad_h;
     }

@@ -96,19 +96,15 @@ template <class Body> void with_backward_variant(const BackwardArgs& args, Body&
 
 // ---- the arithmetic on lanes L, written once for every ISA
 
-template <class L> struct Fire {
-  typename L::Vec h;      // the charged potential v + x
-  typename L::Mask fired;  // h >= theta
-};
-
-// One step: charge, fire, reset; v is updated in place.
+// One step: charge (h = v + x), fire (the mask returned: h >= theta), reset v in place.
 template <class L, Reset R>
-NA_INLINE Fire<L> integrate_and_fire(typename L::Vec& v, typename L::Vec x, typename L::Vec theta) {
-  const typename L::Vec h = L::add(v, x);
+NA_INLINE typename L::Mask integrate_and_fire(typename L::Vec& v, typename L::Vec x, typename L::Vec theta,
+                                              typename L::Vec& h) {
+  h = L::add(v, x);
   const typename L::Mask fired = L::ge(h, theta);
   const typename L::Vec s = L::one_where(fired);
   v = R == Reset::SUBTRACT ? L::sub(h, L::mul(s, theta)) : L::mul(h, L::sub(L::set1(1.0f), s));
-  return {h, fired};
+  return fired;
 }
 
 // d s / d h at u = h - theta

@@ -16,6 +16,10 @@ namespace integrate_fire {
 template <class T>
 void fill_by_channel(const T* per_channel, const Layer& layer, int64_t begin, int64_t count, T* out) {
   const int64_t stride = layer.channel_stride, channels = layer.channels;
+  if (channels == 1) {
+    std::fill_n(out, count, per_channel[0]);
+    return;
+  }
   int64_t channel = (begin / stride) % channels, run = stride - begin % stride;
   if (stride == 1) {
     for (int64_t j = 0; j < count; channel = 0) {

@@ -10,6 +10,8 @@ import warnings
 
 import torch
 
+from .._spec import DType, SimdLevel
+
 try:
     from .. import _C
     _LOAD_ERROR = None
@@ -17,8 +19,8 @@ except ImportError as error:  # not built: no compiler at install time, or a sou
     _C = None
     _LOAD_ERROR = error
 
-# dtype codes understood by csrc/ (see csrc/float_convert.h)
-DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+# dtype codes understood by csrc/ (csrc/common/spec.h mirrors _spec.DType)
+DTYPE_CODES = {member.torch_dtype: member.value for member in DType}
 
 _warned = False
 
@@ -59,7 +61,7 @@ def num_threads(elements):
     return 1 if elements < SERIAL_ELEMENTS else max(1, torch.get_num_threads())
 
 
-SIMD_LEVELS = ("generic", "avx2", "avx512")
+SIMD_LEVELS = SimdLevel.labels()  # ("generic", "avx2", "avx512"), indexed by the SimdLevel value
 
 
 def simd_level():
