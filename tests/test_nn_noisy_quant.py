@@ -1,4 +1,5 @@
 """NoisyQuant, the drop-in activation module: formula, λ positivity, "auto", state dict, repr."""
+import gc
 import io
 
 import pytest
@@ -187,6 +188,7 @@ def test_auto_lambda_is_averaged_over_ranks_under_distributed(tmp_path):
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    ddp = None
     try:
         model = nn.Sequential(nn.Linear(4, 8), NoisyQuant(3, lam="auto"))
         ddp = nn.parallel.DistributedDataParallel(model)
@@ -196,4 +198,8 @@ def test_auto_lambda_is_averaged_over_ranks_under_distributed(tmp_path):
         torch.testing.assert_close(model[1].lam.detach(), expected, rtol=1e-4, atol=1e-4)
         assert model[1].raw_lam.grad is not None
     finally:
+        # DDP's reducer holds the process group: freed after destroy_process_group (when this frame
+        # goes), ~ProcessGroupGloo can block forever joining its worker threads
+        del ddp
+        gc.collect()
         dist.destroy_process_group()
