@@ -87,7 +87,7 @@ def flat_channels(x: torch.Tensor, parameter: torch.Tensor):
     x = x.contiguous()
     parameter = channel_vector(parameter)
     channels = parameter.numel()
-    return x, parameter, channel_stride(x.shape, contiguous_strides(x.shape), channels), channels
+    return x, parameter, channel_stride(x.shape, x.stride(), channels), channels
 
 
 # ------------------------------------------------------------------ integrate_fire's layout

@@ -16,6 +16,9 @@ from typing import Optional
 import torch
 
 
+_LABELS = {}  # enum class -> {label: member}, filled on first parse
+
+
 class Vocabulary(enum.IntEnum):
     """An enum whose members users spell as their lower-case names."""
 
@@ -33,11 +36,13 @@ class Vocabulary(enum.IntEnum):
         """The member named by ``value`` (a member or its label); ValueError otherwise."""
         if isinstance(value, cls):
             return value
-        if isinstance(value, str):
-            for member in cls:
-                if member.label == value:
-                    return member
-        raise ValueError(f"{argument} must be one of {cls._accepted()}, got {value!r}")
+        table = _LABELS.get(cls)
+        if table is None:
+            table = _LABELS[cls] = {member.label: member for member in cls}
+        member = table.get(value) if isinstance(value, str) else None
+        if member is None:
+            raise ValueError(f"{argument} must be one of {cls._accepted()}, got {value!r}")
+        return member
 
     @classmethod
     def _accepted(cls):

@@ -35,7 +35,7 @@ def check_bool(name, value):
 
 def check_real(name, value, *, minimum=None, strictly_positive=False, maximum=None, accepted="a real number"):
     """A finite real number (not a bool) as a float, optionally bounded."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if type(value) is not float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be {accepted}, got {value!r}")
     value = float(value)
     if not (value - value == 0):
@@ -51,6 +51,8 @@ def check_real(name, value, *, minimum=None, strictly_positive=False, maximum=No
 
 def check_int(name, value, *, minimum, meaning=""):
     """An integral number (an int, or a float such as 3.0 with an integral value; not a bool) >= minimum."""
+    if type(value) is int and value >= minimum:
+        return value
     what = f"an int >= {minimum}" + (f" ({meaning})" if meaning else "")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be {what}, got {value!r}")

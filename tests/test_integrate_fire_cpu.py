@@ -9,6 +9,7 @@ shorter and longer than the shared table, 16-bit spikes for both amplitudes (a n
 stores -0 bits when the neuron is silent), stride-0 and strided steps, v_init tensors, both
 resets, saved h and non-finite or subnormal thresholds.
 """
+import dataclasses
 import itertools
 
 import pytest
@@ -16,7 +17,8 @@ import torch
 
 import na_kernels
 from na_kernels import cpu
-from na_kernels.ops import integrate_fire as ops
+from na_kernels._spec import IntegrateFireArgs, Reset, Save, Surrogate
+from na_kernels.cpu import integrate_fire as cpu_backend
 from na_kernels.reference import integrate_fire as ref
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="C++ extension not built")
@@ -71,16 +73,20 @@ def _cases(non_finite_theta=False):
     return cases
 
 
-def _forward(x, threshold, kwargs):
-    """(spikes, counts, v_final) from the op's CPU kernel, with the reference's keyword arguments."""
+def _args(*, v_frac=0.5, reset=Reset.SUBTRACT, amplitude=None, surrogate=Surrogate.SIGMOID, alpha=4.0,
+          detach_reset=False, save=Save.NOTHING):
+    return IntegrateFireArgs(v_frac=v_frac, reset=Reset(reset), amplitude=amplitude, surrogate=Surrogate(surrogate),
+                             alpha=alpha, detach_reset=detach_reset, save=save)
+
+
+def _forward(x, threshold, kwargs, save=Save.NOTHING):
+    """(spikes, counts, v_final, h) from the C++ backend, with the reference's keyword arguments."""
     v_init = kwargs.get("v_init", 0.5)
     v0, v_frac = (v_init, 0.0) if isinstance(v_init, torch.Tensor) else (None, v_init)
     amplitude = kwargs.get("amplitude", "threshold")
-    with na_kernels.use_backend("cpu"):
-        out = ops._integrate_fire_op(x, torch.as_tensor(threshold, dtype=torch.float32).reshape(-1), v0, v_frac,
-                                     ref.RESETS.index(kwargs.get("reset", "subtract")),
-                                     None if amplitude == "threshold" else amplitude, 0, 4.0, False, ops.SAVE_NOTHING)
-    return out[:3]
+    args = _args(v_frac=v_frac, reset=Reset.parse("reset", kwargs.get("reset", "subtract")),
+                 amplitude=None if amplitude == "threshold" else amplitude, save=save)
+    return cpu_backend.forward(x, torch.as_tensor(threshold, dtype=torch.float32).reshape(-1), v0, args)
 
 
 def _bits(t):
@@ -101,7 +107,7 @@ def _assert_bits_equal(got, want, name):
 def test_forward_matches_reference_bit_for_bit(simd_level):
     for name, x, threshold, kwargs in _cases():
         want = ref.integrate_fire(x, threshold, **kwargs)
-        _assert_bits_equal(_forward(x, threshold, kwargs), want, name)
+        _assert_bits_equal(_forward(x, threshold, kwargs)[:3], want, name)
 
 
 @pytest.mark.parametrize("reset", [0, 1])
@@ -110,9 +116,8 @@ def test_saved_h_matches_reference(reset, n, simd_level):
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(6, 2, 3, n, generator=gen)
     theta = torch.rand(3, generator=gen) + 0.5
-    with na_kernels.use_backend("cpu"):
-        *_, h = ops._integrate_fire_op(x, theta, None, 0.5, reset, None, 0, 4.0, False, ops.SAVE_H)
-    want = ref.integrate_fire(x, theta, reset=ref.RESETS[reset], return_h=True)[3]
+    *_, h = _forward(x, theta, dict(reset=Reset(reset).label), save=Save.H)
+    want = ref.integrate_fire(x, theta, reset=Reset(reset), return_h=True)[3]
     _assert_bits_equal((h,), (want,), f"h reset={reset} n={n}")
 
 
@@ -128,7 +133,7 @@ def test_public_api_takes_the_same_path(simd_level):
 
 def test_empty_step(simd_level):
     for dtype in DTYPES:
-        spikes, counts, v = _forward(torch.empty(3, 0, dtype=dtype), 1.0, {})
+        spikes, counts, v, _ = _forward(torch.empty(3, 0, dtype=dtype), 1.0, {})
         assert spikes.shape == (3, 0) and counts.shape == (0,) and v.shape == (0,)
 
 
@@ -137,9 +142,9 @@ def test_vector_paths_equal_generic_loop(simd_level):
         pytest.skip("the generic loop itself")
     cases = _cases(non_finite_theta=True)
     with cpu.limit_simd("generic"):
-        generic = [_forward(x, threshold, kwargs) for _, x, threshold, kwargs in cases]
+        generic = [_forward(x, threshold, kwargs)[:3] for _, x, threshold, kwargs in cases]
     for (name, x, threshold, kwargs), want in zip(cases, generic):
-        _assert_bits_equal(_forward(x, threshold, kwargs), want, name)
+        _assert_bits_equal(_forward(x, threshold, kwargs)[:3], want, name)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -154,12 +159,14 @@ def test_backward_matches_closed_form_reference(dtype, simd_level):
         grad_spikes = torch.randn(x.shape, generator=gen).to(dtype)
         grad_v = torch.randn(x.shape[1:], generator=gen)
         for reset in (0, 1):
-            h = ref.integrate_fire(x, theta, v_init=v0, reset=ref.RESETS[reset], return_h=True)[3]
-            for surrogate, detach, amplitude in itertools.product(range(4), (False, True), (None, 0.75)):
-                options = (theta, reset, amplitude, surrogate, 3.0, detach, dtype, True, True)
-                want = ops._backward_reference(grad_spikes, grad_v, h, None, None, 0.0, *options)
-                got = ops._backward_cpp(grad_spikes, grad_v, h, None, None, 0.0, *options)
-                recomputed = ops._backward_cpp(grad_spikes, grad_v, None, x, v0, 0.0, *options)
+            h = ref.integrate_fire(x, theta, v_init=v0, reset=Reset(reset), return_h=True)[3]
+            for surrogate, detach, amplitude in itertools.product(Surrogate, (False, True), (None, 0.75)):
+                saved = _args(v_frac=0.0, reset=reset, amplitude=amplitude, surrogate=surrogate, alpha=3.0,
+                              detach_reset=detach, save=Save.H)
+                kept_x = dataclasses.replace(saved, save=Save.X)
+                want = ref.backward(grad_spikes, grad_v, h, None, None, theta, saved, dtype, True, True)
+                got = cpu_backend.backward(grad_spikes, grad_v, h, None, None, theta, saved, dtype, True, True)
+                recomputed = cpu_backend.backward(grad_spikes, grad_v, None, x, v0, theta, kept_x, dtype, True, True)
                 case = f"n={n} reset={reset} surrogate={surrogate} detach={detach} amplitude={amplitude}"
                 for g, r, w in zip(got, recomputed, want, strict=True):
                     _assert_bits_equal((g,), (r,), case)

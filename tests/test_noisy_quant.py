@@ -9,13 +9,14 @@ import torch
 
 import na_kernels
 from na_kernels import cpu
+from na_kernels._spec import Noise
 from na_kernels.reference import noisy_quant as reference
 from na_kernels.reference import philox
 
 from conftest import BACKENDS, HAS_CUDA, TRITON_DEVICE, compile_triton_for_sm90, requires_cpp, requires_triton
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-NOISES = [None, "uniform", "gaussian"]
+NOISES = [kind.public for kind in Noise]  # None, "uniform", "gaussian"
 
 
 def make_input(shape, dtype, device="cpu", scale=2.0):

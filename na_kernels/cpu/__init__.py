@@ -51,6 +51,12 @@ def extension():
     return _C
 
 
+def code(member) -> int:
+    """A vocabulary member (``_spec``) as the plain int the extension's entry points take
+    (pybind converts an IntEnum argument more slowly than an int)."""
+    return int(member)
+
+
 # Below this many elements a kernel runs on the calling thread: starting an OpenMP team costs
 # more than the work (and much more on a busy machine), as ATen's grain size also reflects.
 SERIAL_ELEMENTS = 32768

@@ -21,9 +21,9 @@ def forward(x_seq, threshold, v_init, args):
     steps = x_seq.shape[0]
     cpu.extension().integrate_fire_forward(
         x=x_seq.data_ptr(), x_step=x_seq.stride(0), spikes=spikes.data_ptr(), counts=counts.data_ptr(),
-        v_final=v_final.data_ptr(), h=h.data_ptr() if save_h else 0, dtype=DType.of(x_seq.dtype), steps=steps,
-        neurons=layout.neurons, channel_stride=layout.channel_stride, channels=theta.numel(), theta=theta.data_ptr(),
-        v0=_pointer(v0), v_frac=args.v_frac, reset=args.reset, **_amplitude(args),
+        v_final=v_final.data_ptr(), h=h.data_ptr() if save_h else 0, dtype=cpu.code(DType.of(x_seq.dtype)),
+        steps=steps, neurons=layout.neurons, channel_stride=layout.channel_stride, channels=theta.numel(),
+        theta=theta.data_ptr(), v0=_pointer(v0), v_frac=args.v_frac, reset=cpu.code(args.reset), **_amplitude(args),
         threads=cpu.num_threads(steps * layout.neurons),
     )
     return spikes, counts, v_final, h
@@ -42,9 +42,9 @@ def backward(grad_spikes, grad_v, h, x_seq, v_init, threshold, args, x_dtype, ne
         grad_spikes=_pointer(grad_spikes), grad_v=_pointer(grad_v), h=_pointer(h),
         x=0 if h is not None else x_seq.data_ptr(), x_step=0 if h is not None else x_seq.stride(0),
         v0=_pointer(v0), v_frac=args.v_frac, grad_x=grad_x.data_ptr() if need_grad_x else 0,
-        grad_v_init=grad_v_init.data_ptr() if need_grad_v_init else 0, dtype=DType.of(x_dtype),
+        grad_v_init=grad_v_init.data_ptr() if need_grad_v_init else 0, dtype=cpu.code(DType.of(x_dtype)),
         steps=steps, neurons=layout.neurons, channel_stride=layout.channel_stride, channels=theta.numel(),
-        theta=theta.data_ptr(), reset=args.reset, **_amplitude(args), surrogate=args.surrogate, alpha=args.alpha,
-        detach_reset=args.detach_reset, threads=cpu.num_threads(steps * layout.neurons),
+        theta=theta.data_ptr(), reset=cpu.code(args.reset), **_amplitude(args), surrogate=cpu.code(args.surrogate),
+        alpha=args.alpha, detach_reset=args.detach_reset, threads=cpu.num_threads(steps * layout.neurons),
     )
     return grad_x, grad_v_init

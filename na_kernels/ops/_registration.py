@@ -71,7 +71,8 @@ class Op:
 
     name:      "noisy_quant" registers na_kernels::noisy_quant and na_kernels::noisy_quant_backward.
     record:    the argument record's dataclass.
-    inputs, outputs: the forward's tensor parameters and returns, in schema syntax.
+    inputs, outputs: the forward's tensor parameters (the first is never None: its device picks the
+               backend) and returns, in schema syntax.
     backward_inputs, backward_extras, backward_outputs: the backward op's tensor parameters, its
                parameters after the record's fields, and its returns.
     fake(*tensors, args), fake_backward(*backward_tensors, args, *extras): the fake rules.
@@ -110,18 +111,16 @@ class Op:
 
     def __call__(self, *inputs):
         """The op on (*tensors, args): the backend directly in plain eager mode, else the custom op."""
-        tensors, args = inputs[:-1], inputs[-1]
-        if _eager.forward_ok(*tensors):
+        if _eager.forward_ok(*inputs[:-1]):
             return self.eager(*inputs)
-        return self.forward_op(*tensors, *self.record.flatten(args))
+        return self.forward_op(*inputs[:-1], *self.record.flatten(inputs[-1]))
 
     def eager(self, *inputs):
         """The custom op's work for a plain eager call: the kernel directly, or through the
         autograd.Function when a gradient is needed."""
-        tensors, args = inputs[:-1], inputs[-1]
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs[:-1]):
             return self.function.apply(*inputs)
-        return self.implementation(tensors).forward(*inputs)
+        return _backend.implementation(self.name, inputs[0].device).forward(*inputs)
 
     def implementation(self, tensors):
         """The backend module for these tensors (all on one device; None entries skipped)."""

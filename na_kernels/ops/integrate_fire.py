@@ -22,7 +22,6 @@ with ``threshold`` float [1] or [C], ``v_init`` a float32 tensor of the step sha
 x_seq and v_init (h recomputed), None grads are zero, and an output not needed comes back empty.
 Every output is in x_seq's per-step layout (``_layout.Layout``).
 """
-import importlib
 
 import torch
 
@@ -167,24 +166,3 @@ def integrate_fire(x_seq, threshold=1.0, *, v_init=0.5, reset="subtract", amplit
     if return_v:
         return spikes, counts, v_final
     return spikes, counts
-
-
-# --------------------------------------------------------------------------------------------
-# Old names that tests/test_integrate_fire_cpu.py (not this layer's file) still calls: remove them
-# once it calls OP.forward_op and na_kernels.{cpu,reference}.integrate_fire.backward directly.
-_integrate_fire_op = OP.forward_op
-SAVE_NOTHING, SAVE_H = Save.NOTHING, Save.H
-
-
-def _old_backward(backend):
-    def backward(grad_spikes, grad_v, h, x_seq, v_init, v_frac, threshold, reset, amplitude, surrogate, alpha,
-                 detach_reset, x_dtype, need_grad_x, need_grad_v_init):
-        args = OP.record.rebuild((v_frac, reset, amplitude, surrogate, alpha, detach_reset,
-                                  Save.X if h is None else Save.H))
-        module = importlib.import_module(f"na_kernels.{backend}.integrate_fire")
-        return module.backward(grad_spikes, grad_v, h, x_seq, v_init, threshold, args, x_dtype, need_grad_x,
-                               need_grad_v_init)
-    return backward
-
-
-_backward_reference, _backward_cpp = _old_backward("reference"), _old_backward("cpu")
