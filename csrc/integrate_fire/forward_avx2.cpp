@@ -4,11 +4,12 @@
 // spikes are a blend of the two precomputed bit patterns, for 16-bit storage with two vectors'
 // masks packed to 16-bit lanes first.
 #include <cstdint>
+#include <type_traits>
 
 #include "common/lanes_avx2.h"
-#include "integrate_fire/forward_generic.h"
 #include "integrate_fire/forward_tile.h"
 #include "integrate_fire/integrate_fire.h"
+#include "integrate_fire/storage_avx2.h"
 #include "integrate_fire/thresholds.h"
 
 #ifdef NA_X86_SIMD
@@ -64,11 +65,13 @@ template <int W> struct SpikeBits16 {
   }
 };
 
-template <DType D> struct Avx2ForwardIo;
-
 struct Avx2ForwardIoCommon {
   using L = Avx2Lanes;
   using Part = AllLanes;
+  static constexpr int kTile = 4;       // vectors per tile, at T = 8 and 32: 4 beats 1, 2 and 8
+  static constexpr int kWideTile = 0;   // none
+  static constexpr bool kMaskedTail = false;
+  static bool wide_tiles(const Layer&) { return false; }
   NA_AVX2 static Part all_lanes() { return {}; }
   NA_AVX2 static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
   NA_AVX2 static __m256 load(const float* p, Part) { return _mm256_loadu_ps(p); }
@@ -78,51 +81,18 @@ struct Avx2ForwardIoCommon {
   }
 };
 
-template <> struct Avx2ForwardIo<DType::FLOAT32> : Avx2ForwardIoCommon {
-  using T = float;
-  template <int W> using SpikeBits = SpikeBits32<W>;
-  NA_AVX2 static __m256 load_x(const float* x, Part) { return _mm256_loadu_ps(x); }
+template <DType D> struct Avx2ForwardIo : Avx2ForwardIoCommon {
+  using T = StorageType<D>;
+  template <int W> using SpikeBits = std::conditional_t<D == DType::FLOAT32, SpikeBits32<W>, SpikeBits16<W>>;
+  NA_AVX2 static __m256 load_x(const T* x, Part) { return Avx2Storage<D>::load(x); }
 };
-template <> struct Avx2ForwardIo<DType::BFLOAT16> : Avx2ForwardIoCommon {
-  using T = uint16_t;
-  template <int W> using SpikeBits = SpikeBits16<W>;
-  NA_AVX2 static __m256 load_x(const uint16_t* x, Part) {
-    const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
-  }
-};
-template <> struct Avx2ForwardIo<DType::FLOAT16> : Avx2ForwardIoCommon {
-  using T = uint16_t;
-  template <int W> using SpikeBits = SpikeBits16<W>;
-  // vcvtph2ps: exact (see Avx512Storage<DType::FLOAT16>::load)
-  NA_AVX2 static __m256 load_x(const uint16_t* x, Part) {
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
-  }
-};
-
-// vectors per tile, at T = 8 and 32: 4 beats 1, 2 and 8
-constexpr int kTile = 4;
 
 struct WorkItems {
   template <DType D, Reset R, bool SAVE_H>
-  NA_AVX2 static void run(const ForwardArgs& args, const WorkItemSpikeTables<D>& tables, const WorkItem& item);
+  NA_AVX2 static void run(const ForwardArgs& args, const WorkItemSpikeTables<D>& tables, const WorkItem& item) {
+    forward_work_item<Avx2ForwardIo<D>, D, R, SAVE_H>(args, tables, item);
+  }
 };
-
-template <DType D, Reset R, bool SAVE_H>
-NA_AVX2 void WorkItems::run(const ForwardArgs& args, const WorkItemSpikeTables<D>& tables, const WorkItem& item) {
-  using Io = Avx2ForwardIo<D>;
-  const auto* x = static_cast<const StorageType<D>*>(args.x);
-  auto* spikes = static_cast<StorageType<D>*>(args.spikes);
-  const int64_t count = item.size();
-  int64_t j = 0;
-  for (; j + 8 * kTile <= count; j += 8 * kTile)
-    forward_tile<Io, R, SAVE_H, kTile>(args, x, spikes, tables.theta + j, tables.silent + j, tables.fired + j,
-                                       item.begin + j, AllLanes{});
-  for (; j + 8 <= count; j += 8)
-    forward_tile<Io, R, SAVE_H, 1>(args, x, spikes, tables.theta + j, tables.silent + j, tables.fired + j,
-                                   item.begin + j, AllLanes{});
-  if (j < count) forward_neurons_generic<D, R, SAVE_H>(args, WorkItem{item.begin + j, item.end});
-}
 
 }  // namespace
 

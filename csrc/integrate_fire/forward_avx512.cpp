@@ -49,6 +49,12 @@ template <DType D> struct Avx512ForwardIo {
   using L = Avx512Lanes;
   using T = StorageType<D>;
   using Part = __mmask16;
+  // Vectors per tile: 1 or 2 move x and the spikes fastest at T = 8, 4 and 8 are slower; 16-bit
+  // inputs from T = 16 on gain from tiles of 4 (128 bytes of each step's row, as 2 for float32).
+  static constexpr int kTile = 2, kWideTile = 4;
+  static constexpr bool kMaskedTail = true;
+  static bool wide_tiles(const Layer& layer) { return sizeof(T) == 2 && layer.steps >= 16; }
+  NA_AVX512 static Part first_lanes(int64_t count) { return na::first_lanes(count); }
   template <int W> using SpikeBits = std::conditional_t<D == DType::FLOAT32, SpikeBits32<W>, SpikeBits16<W>>;
   NA_AVX512 static Part all_lanes() { return static_cast<__mmask16>(0xFFFF); }
   NA_AVX512 static __m512 load_x(const T* x, Part part) { return Avx512Storage<D>::load(x, part); }
@@ -58,35 +64,12 @@ template <DType D> struct Avx512ForwardIo {
   NA_AVX512 static void store_counts(int32_t* p, Part part, __m512i count) { _mm512_mask_storeu_epi32(p, part, count); }
 };
 
-// Vectors per tile: 1 or 2 move x and the spikes fastest at T = 8, 4 and 8 are slower; 16-bit
-// inputs from T = 16 on gain from tiles of 4 (128 bytes of each step's row, as 2 for float32).
-constexpr int kTile = 2;
-
 struct WorkItems {
   template <DType D, Reset R, bool SAVE_H>
-  NA_AVX512 static void run(const ForwardArgs& args, const WorkItemSpikeTables<D>& tables, const WorkItem& item);
+  NA_AVX512 static void run(const ForwardArgs& args, const WorkItemSpikeTables<D>& tables, const WorkItem& item) {
+    forward_work_item<Avx512ForwardIo<D>, D, R, SAVE_H>(args, tables, item);
+  }
 };
-
-template <DType D, Reset R, bool SAVE_H>
-NA_AVX512 void WorkItems::run(const ForwardArgs& args, const WorkItemSpikeTables<D>& tables, const WorkItem& item) {
-  using Io = Avx512ForwardIo<D>;
-  const auto* x = static_cast<const StorageType<D>*>(args.x);
-  auto* spikes = static_cast<StorageType<D>*>(args.spikes);
-  const bool wide_tiles = sizeof(StorageType<D>) == 2 && args.layer.steps >= 16;
-  const int64_t count = item.size();
-  const __mmask16 all = Io::all_lanes();
-  int64_t j = 0;
-  if (wide_tiles)
-    for (; j + 32 * kTile <= count; j += 32 * kTile)
-      forward_tile<Io, R, SAVE_H, 2 * kTile>(args, x, spikes, tables.theta + j, tables.silent + j, tables.fired + j,
-                                             item.begin + j, all);
-  for (; j + 16 * kTile <= count; j += 16 * kTile)
-    forward_tile<Io, R, SAVE_H, kTile>(args, x, spikes, tables.theta + j, tables.silent + j, tables.fired + j,
-                                       item.begin + j, all);
-  for (; j < count; j += 16)
-    forward_tile<Io, R, SAVE_H, 1>(args, x, spikes, tables.theta + j, tables.silent + j, tables.fired + j,
-                                   item.begin + j, first_lanes(count - j));
-}
 
 }  // namespace
 

@@ -10,10 +10,16 @@
 //   store_counts(p, part, count)
 //   SpikeBits<W>         the two spike bit patterns of W vectors: SpikeBits(silent, fired),
 //                        store(spikes, fired masks[W], parts[W])
+// and the ISA's tiling of a work item (forward_work_item):
+//   kTile                vectors per tile
+//   kWideTile, wide_tiles(layer)  vectors per wide tile (0: none), taken where wide_tiles says
+//   kMaskedTail          the last count % lanes neurons as a masked vector (first_lanes(count)),
+//                        else by the generic loops (forward_generic.h)
 #pragma once
 #include <cstdint>
 
 #include "common/float_convert.h"
+#include "integrate_fire/forward_generic.h"
 #include "integrate_fire/integrate_fire.h"
 #include "integrate_fire/thresholds.h"
 
@@ -57,8 +63,36 @@ NA_INLINE void forward_tile(const ForwardArgs& args, const typename Io::T* x, ty
   }
 }
 
+// the tile of W vectors from a work item's neuron j
+template <class Io, Reset R, bool SAVE_H, int W, DType D>
+NA_INLINE void forward_tile_at(const ForwardArgs& args, const WorkItemSpikeTables<D>& tables, int64_t begin, int64_t j,
+                               typename Io::Part last) {
+  forward_tile<Io, R, SAVE_H, W>(args, static_cast<const StorageType<D>*>(args.x), static_cast<StorageType<D>*>(args.spikes),
+                                 tables.theta + j, tables.silent + j, tables.fired + j, begin + j, last);
+}
+
+// one work item: wide tiles (where the ISA takes them), tiles, single vectors, then the tail
+template <class Io, DType D, Reset R, bool SAVE_H>
+NA_INLINE void forward_work_item(const ForwardArgs& args, const WorkItemSpikeTables<D>& tables, const WorkItem& item) {
+  constexpr int kLanes = Io::L::kWidth, kTile = Io::kTile, kWideTile = Io::kWideTile;
+  const int64_t count = item.size();
+  int64_t j = 0;
+  if constexpr (kWideTile > 0)
+    if (Io::wide_tiles(args.layer))
+      for (; j + kLanes * kWideTile <= count; j += kLanes * kWideTile)
+        forward_tile_at<Io, R, SAVE_H, kWideTile>(args, tables, item.begin, j, Io::all_lanes());
+  for (; j + kLanes * kTile <= count; j += kLanes * kTile)
+    forward_tile_at<Io, R, SAVE_H, kTile>(args, tables, item.begin, j, Io::all_lanes());
+  for (; j + kLanes <= count; j += kLanes) forward_tile_at<Io, R, SAVE_H, 1>(args, tables, item.begin, j, Io::all_lanes());
+  if (j == count) return;
+  if constexpr (Io::kMaskedTail)
+    forward_tile_at<Io, R, SAVE_H, 1>(args, tables, item.begin, j, Io::first_lanes(count - j));
+  else
+    forward_neurons_generic<D, R, SAVE_H>(args, WorkItem{item.begin + j, item.end});
+}
+
 // The vector forward over work items, with their spike tables; WorkItems::run<D, R, SAVE_H>(args,
-// tables, item) is an ISA's tiling of one work item.
+// tables, item) is an ISA's forward_work_item (the function that carries its target attribute).
 template <class WorkItems> void forward_by_work_items(const ForwardArgs& args) {
   const Layer& layer = args.layer;
   with_forward_variant(args, [&](auto dtype, auto reset, auto save_h) {

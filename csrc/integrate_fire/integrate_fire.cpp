@@ -74,6 +74,7 @@ void integrate_fire_backward(uintptr_t grad_spikes, uintptr_t grad_v, uintptr_t 
   if (neurons == 0) return;
 #ifdef NA_X86_SIMD
   if (cpu_has_avx512()) return backward_avx512(args);
+  if (cpu_has_avx2() && cpu_has_f16c()) return backward_avx2(args);
 #endif
   backward_generic(args);
 }

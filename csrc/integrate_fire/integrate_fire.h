@@ -13,8 +13,8 @@
 // item by the forward's update (no [T, N] buffer).
 // Work items are runs of kWorkItemNeurons neurons walked over all T, so the inner loops stream
 // contiguous memory. The kernels: generic.cpp (loops over a work item's state arrays, which the
-// compiler vectorises), forward_avx2.cpp, forward_avx512.cpp and backward_avx512.cpp (tiles of
-// vectors whose state stays in registers over all T).
+// compiler vectorises), forward_avx2.cpp, forward_avx512.cpp (forward_tile.h), backward_avx2.cpp and
+// backward_avx512.cpp (backward_tile.h): tiles of vectors whose state stays in registers over all T.
 #pragma once
 #include <cstdint>
 
@@ -150,6 +150,7 @@ void forward_generic(const ForwardArgs& args);
 void backward_generic(const BackwardArgs& args);
 void forward_avx2(const ForwardArgs& args);
 void forward_avx512(const ForwardArgs& args);
+void backward_avx2(const BackwardArgs& args);
 void backward_avx512(const BackwardArgs& args);
 
 }  // namespace integrate_fire
