@@ -1,9 +1,11 @@
 """integrate_fire of the C++ kernels on every SIMD path this CPU has (the ``simd_level`` fixture):
 the forward bit for bit against the reference and against the generic loop, the backward against
-the reference's closed form (bit for bit but for the sigmoid surrogate's exp).
+the reference's closed form (bit for bit but for the sigmoid surrogate's exp), and the vector
+backwards against the generic one (the AVX2 and AVX-512 sigmoids against each other: their exps
+are the same operations).
 
-The cases reach what the vector path handles on its own: sizes around multiples of 16 (a zmm of
-neurons), of a tile (32 neurons; 64 for 16-bit inputs from T = 16) and of the 1024-neuron work
+The cases reach what the vector path handles on its own: sizes around multiples of 8 and 16 (a ymm
+and a zmm of neurons), of a tile (32 neurons; 64 for 16-bit inputs from T = 16) and of the 1024-neuron work
 item, T = 1, per-channel theta with the channel changing inside a vector and channel patterns
 shorter and longer than the shared table, 16-bit spikes for both amplitudes (a negative one
 stores -0 bits when the neuron is silent), stride-0 and strided steps, v_init tensors, both
@@ -152,7 +154,7 @@ def test_backward_matches_closed_form_reference(dtype, simd_level):
     """Sizes around a vector, a tile and a work item; per-channel theta; saved h and h recomputed
     from x (the same bits); every surrogate, reset, detach_reset and both amplitudes."""
     gen = torch.Generator().manual_seed(11)
-    for n in (1, 17, 32, 33, 1025, 2048 + 47):
+    for n in (1, 7, 8, 9, 15, 16, 17, 24, 31, 32, 33, 1025, 2048 + 47):
         x = _x(gen, (5, 2, 3, n), dtype)
         theta = torch.rand(3, generator=gen) + 0.5
         v0 = torch.randn(2, 3, n, generator=gen)
@@ -175,3 +177,103 @@ def test_backward_matches_closed_form_reference(dtype, simd_level):
                         torch.testing.assert_close(g, w, rtol=tol, atol=tol, msg=case)
                     else:
                         _assert_bits_equal((g,), (w,), case)
+
+
+_BACKWARD_VARIANTS = tuple(itertools.product(Surrogate, (False, True)))
+
+
+def _backward_cases():
+    """(name, x, theta, kwargs, surrogate, detach, grad_spikes, grad_v) over _cases() (non-finite
+    thresholds included), each case with one surrogate and detach_reset in turn."""
+    gen = torch.Generator().manual_seed(21)
+    out = []
+    for i, (name, x, threshold, kwargs) in enumerate(_cases(non_finite_theta=True)):
+        surrogate, detach = _BACKWARD_VARIANTS[i % len(_BACKWARD_VARIANTS)]
+        grad_spikes = torch.randn(x.shape, generator=gen).to(x.dtype)
+        grad_v = torch.randn(x.shape[1:], generator=gen)
+        out.append((name, x, threshold, kwargs, surrogate, detach, grad_spikes, grad_v))
+    return out
+
+
+def _backward(case):
+    """(grad_x, grad_v_init) with saved h, then with h recomputed from x, on the current SIMD level."""
+    name, x, threshold, kwargs, surrogate, detach, grad_spikes, grad_v = case
+    *_, h = _forward(x, threshold, kwargs, save=Save.H)
+    v_init = kwargs.get("v_init", 0.5)
+    v0, v_frac = (v_init, 0.0) if isinstance(v_init, torch.Tensor) else (None, v_init)
+    amplitude = kwargs.get("amplitude", "threshold")
+    saved = _args(v_frac=v_frac, reset=Reset.parse("reset", kwargs.get("reset", "subtract")),
+                  amplitude=None if amplitude == "threshold" else amplitude, surrogate=surrogate, alpha=3.0,
+                  detach_reset=detach, save=Save.H)
+    theta = torch.as_tensor(threshold, dtype=torch.float32).reshape(-1)
+    got = cpu_backend.backward(grad_spikes, grad_v, h, None, None, theta, saved, x.dtype, True, True)
+    kept_x = dataclasses.replace(saved, save=Save.X)
+    recomputed = cpu_backend.backward(grad_spikes, grad_v, None, x, v0, theta, kept_x, x.dtype, True, True)
+    return (*got, *recomputed)
+
+
+def test_vector_backwards_equal_generic_backward(simd_level):
+    """Bit for bit on a wide case set (sizes around 8, 16, a tile and a work item, channels, v0,
+    stride-0 and strided steps, odd and non-finite thresholds, every surrogate and detach_reset),
+    but for the sigmoid, whose vector exp is not the C library's: within an ulp there."""
+    if simd_level == "generic":
+        pytest.skip("the generic backward itself")
+    cases = _backward_cases()
+    with cpu.limit_simd("generic"):
+        generic = [_backward(case) for case in cases]
+    for case, want in zip(cases, generic):
+        got = _backward(case)
+        name = f"{case[0]} surrogate={case[4]} detach={case[5]}"
+        if case[4] == Surrogate.SIGMOID:
+            tol = 1e-5 if case[1].dtype == torch.float32 else 1e-2
+            for g, w in zip(got, want, strict=True):
+                torch.testing.assert_close(g, w, rtol=tol, atol=tol, equal_nan=True, msg=name)
+        else:
+            _assert_bits_equal(got, want, name)
+
+
+@pytest.mark.skipif(cpu.available() and cpu.detected_simd_level() != "avx512", reason="needs AVX-512 to compare")
+def test_avx2_backward_equals_avx512_backward():
+    """The AVX2 backward is the AVX-512 one on 8 lanes, its exp the twin of exp_ps_avx512: the same
+    bits for every case, the sigmoid's included but for the last N % 8 neurons (the generic step's
+    exp, from the C library); and the sigmoid's exp is not the generic one's on
+    this set, so the avx2 level is seen to take the vector kernel."""
+    cases = [case for case in _backward_cases() if case[4] == Surrogate.SIGMOID] + _backward_cases()[:40]
+    results = {}
+    for level in ("generic", "avx2", "avx512"):
+        with cpu.limit_simd(level):
+            results[level] = [_backward(case) for case in cases]
+    differs_from_generic = False
+    for case, avx2, avx512, generic in zip(cases, results["avx2"], results["avx512"], results["generic"]):
+        name = f"{case[0]} surrogate={case[4]} detach={case[5]}"
+        if case[4] != Surrogate.SIGMOID:
+            _assert_bits_equal(avx2, avx512, name)
+            continue
+        # the last N % 8 neurons take the generic step (the C library's exp): within an ulp there
+        neurons = case[1][0].numel()
+        vectors = neurons - neurons % 8
+        for a, b in zip(avx2, avx512, strict=True):
+            a, b = a.reshape(-1, neurons), b.reshape(-1, neurons)
+            _assert_bits_equal((a[:, :vectors],), (b[:, :vectors],), name)
+            tol = 1e-5 if a.dtype == torch.float32 else 1e-2
+            torch.testing.assert_close(a[:, vectors:], b[:, vectors:], rtol=tol, atol=tol, equal_nan=True, msg=name)
+        differs_from_generic |= any(not torch.equal(_bits(a), _bits(g)) for a, g in zip(avx2, generic))
+    assert differs_from_generic, "the avx2 level gave the generic backward's bits everywhere"
+
+
+@pytest.mark.parametrize("steps", [1, 3, 64])
+@pytest.mark.parametrize("n", [1, 2, 7, 9, 40])
+def test_backward_few_neurons_many_steps(steps, n, simd_level):
+    """Recompute scratch sized by the neurons (not T x a work item): small N, every level, the
+    generic tail of the AVX2 path included, against the closed form."""
+    gen = torch.Generator().manual_seed(n * 100 + steps)
+    x = _x(gen, (steps, n), torch.float32)
+    grad_spikes = torch.randn(x.shape, generator=gen)
+    grad_v = torch.randn(n, generator=gen)
+    h = ref.integrate_fire(x, 0.75, return_h=True)[3]
+    args = _args(surrogate=Surrogate.ATAN, save=Save.X)
+    theta = torch.tensor([0.75])
+    want = ref.backward(grad_spikes, grad_v, h, None, None, theta, dataclasses.replace(args, save=Save.H),
+                        torch.float32, True, True)
+    got = cpu_backend.backward(grad_spikes, grad_v, None, x, None, theta, args, torch.float32, True, True)
+    _assert_bits_equal(got, want, f"n={n} steps={steps}")
