@@ -65,8 +65,9 @@ def pytest_report_header(config):
     return [
         f"na_kernels bench: device={describe_device()} sizes={SIZE_NAME} torch={torch.__version__} "
         f"threads={threads}" + (f" triton={_triton_version()}" if IS_CUDA else "")
-        + (f" malloc={_malloc_env()}" if not IS_CUDA else ""),
-    ]
+        + f" malloc={_malloc_env() or 'defaults'}",
+    ] + ([f"na_kernels bench: TUNED allocator ({' '.join(f'{k}={v}' for k, v in _malloc_env().items())}): "
+          "not a plain process; see bench/README.md, 'malloc'"] if _malloc_env() else [])
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -101,15 +102,59 @@ def pytest_sessionfinish(session, exitstatus):
     yield
 
 
-def pytest_terminal_summary(terminalreporter):
-    bs = getattr(terminalreporter.config, "_benchmarksession", None)
+# pytest-benchmark's own tables: hidden unless asked for (they come first in its output, sorted
+# by min, and run to pages). What is shown instead is summarize.py's table, last in the output.
+FULL_TABLES_ENV = "NA_BENCH_FULL_TABLES"
+MEDIAN_COLUMNS = ["median", "iqr", "min", "max", "rounds", "iterations"]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bench-full-tables", action="store_true", default=False,
+                     help=f"na_kernels bench: also print pytest-benchmark's own tables (or {FULL_TABLES_ENV}=1)")
+
+
+def _full_tables(config):
+    if os.environ.get(FULL_TABLES_ENV, "0") not in ("", "0") or config.getoption("bench_full_tables", False):
+        return True
+    # a user who asks pytest-benchmark for something its tables show gets them
+    asked = ("benchmark_columns", "benchmark_compare", "benchmark_histogram", "benchmark_cprofile",
+             "benchmark_verbose")
+    return any(config.getoption(name, None) for name in asked)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_terminal_summary(terminalreporter, config):
+    """Around pytest-benchmark's hook: its tables hidden unless asked (median columns first when
+    shown), then the short summary, the last thing before pytest's closing line."""
+    bs = getattr(config, "_benchmarksession", None)
+    if bs is not None:
+        if not _full_tables(config):
+            bs.quiet = True  # its tables and cProfile are not printed; the regression checks still run
+        elif not config.getoption("benchmark_columns", None):
+            bs.columns = MEDIAN_COLUMNS
+    yield
+    try:
+        _print_summary(terminalreporter)
+    except Exception as error:  # a summary bug must not lose the run
+        terminalreporter.write_line(f"na_kernels bench: could not print the summary: {error!r}")
+
+
+def _print_summary(terminalreporter):
+    config = terminalreporter.config
+    bs = getattr(config, "_benchmarksession", None)
     if bs is None:
         return
     records = [_as_record(meta) for meta in bs.benchmarks if meta]
-    if not records:
+    if not records or not any(r["stats"]["median"] for r in records):
         return
-    terminalreporter.write_sep("=", "na_kernels benchmark summary (time = median)")
-    terminalreporter.write_line(summarize.render(records, {"na_bench": _machine_summary()}))
+    write = terminalreporter.write_line
+    terminalreporter.write_sep("=", "na_kernels benchmark summary (medians, all measured in this run)")
+    write(summarize.render(records, {"na_bench": _machine_summary()}, alternative_times=False))
+    write("")
+    if not _full_tables(config):
+        write(f"pytest-benchmark's full tables: {FULL_TABLES_ENV}=1 (or --bench-full-tables); "
+              "all numbers: --benchmark-json=out.json, then python bench/summarize.py out.json.")
+    write("Columns, allocator note: bench/README.md.")
 
 
 def _as_record(meta):
@@ -120,7 +165,7 @@ def _as_record(meta):
 
 def _machine_summary():
     return {"device": DEVICE, "device_name": describe_device(), "sizes": SIZE_NAME,
-            "threads": torch.get_num_threads(), "copy_bandwidth": _SESSION["copy"],
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "copy_bandwidth": _SESSION["copy"],
             "load_average": _load_average(), "torch": torch.__version__, "malloc_env": _malloc_env()}
 
 

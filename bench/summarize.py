@@ -2,15 +2,17 @@
 
     python bench/summarize.py bench/results/<machine>-<date>.json [-o summary.md]
 
-For every case (a pytest-benchmark group: op, mode, size, dtype) one row: the na_kernels
-median time, its effective GB/s (the fused-kernel byte model in extra_info["bytes_moved"]),
-its fraction of the copy bandwidth measured in the same run, and its speedup against each
-alternative measured in the same run (alternative's median / na_kernels' median; > 1 means
-na_kernels is faster). Then each alternative's time, and the issue's targets, met or missed.
+For every case (a pytest-benchmark group: op, mode, size, dtype) one row: the op, the case, the
+na_kernels median time, its effective GB/s (the fused-kernel byte model in
+extra_info["bytes_moved"]), its fraction of the copy bandwidth measured in the same run, and its
+ratio to each alternative measured in the same run (alternative's median / na_kernels' median;
+> 1 means na_kernels is faster); in the files, each alternative's median time too. Above the
+table: the device, the copy bandwidth and the allocator setting of the run; after it, the
+project's internal targets, met or missed.
 
 Time: extra_info["time_s"] where the suite recorded one (on CUDA: triton do_bench median),
 else pytest-benchmark's median. The conftest imports this module to print the same summary
-at the end of ``pytest bench/ --benchmark-only``.
+at the end of ``pytest bench/ --benchmark-only`` (without the alternatives' time columns).
 """
 import argparse
 import json
@@ -73,7 +75,30 @@ def _case_key(case):
     return [int(p) if p.isdigit() else p for p in parts]
 
 
-def render(records, machine_info=None):
+def malloc_line(info):
+    """How glibc malloc was set up in the measured process (CPU timings depend on it)."""
+    if "malloc_env" not in info:
+        return "Allocator: not recorded in this file."
+    malloc = info.get("malloc_env")
+    if malloc:
+        settings = " ".join(f"{k}={v}" for k, v in sorted(malloc.items()))
+        return (f"Allocator: TUNED glibc malloc ({settings}): not a plain process, so not what "
+                f"`pytest bench/ --benchmark-only` prints by default (bench/README.md, 'malloc').")
+    return "Allocator: glibc malloc defaults (a plain process, as `pytest bench/ --benchmark-only` runs)."
+
+
+def _split_case(case):
+    """("integrate_fire", "fwd T=8 N=2^19 fp32") from the group name (op = its first word)."""
+    op, _, rest = case.partition(" ")
+    return op, rest
+
+
+def render(records, machine_info=None, alternative_times=True):
+    """The markdown summary: one row per case (medians), then the project's internal targets.
+
+    alternative_times: also one column per alternative with its median time (the files that
+    run_gpu.py and main() write); the terminal summary of the suite leaves them out.
+    """
     records = list(records)
     add_speedups(records)
     cases = _by_case(records)
@@ -86,18 +111,21 @@ def render(records, machine_info=None):
             f"{info.get('threads')} threads, torch {info.get('torch')}); load average at the end "
             f"{info.get('load_average')}."
         )
+    load, cores = info.get("load_average"), info.get("cpu_count")
+    if info.get("device") == "cpu" and load and cores and load[0] >= 0.75 * cores:
+        lines.append(f"WARNING: load average {load[0]} on {cores} CPUs: other processes shared the cores, "
+                     "so times and ratios are unreliable; rerun on a quiet machine.")
     if copy:
         lines.append(f"Copy bandwidth: {copy['gbps']:.1f} GB/s ({copy.get('method')}).")
-    if info.get("device") == "cpu":
-        malloc = info.get("malloc_env")
-        lines.append(f"glibc malloc: {malloc} (freed memory kept in the process)." if malloc else
-                     "glibc malloc: defaults (fresh outputs may page-fault on every call).")
+    if info:
+        lines.append(malloc_line(info))
     if lines:
         lines.append("")
 
     present = [impl for impl in ALTERNATIVES if any(impl in impls for impls in cases.values())]
-    header = ["case", "na_kernels", "GB/s", "% copy"] + [f"× vs {IMPL_TITLES[i]}" for i in present] + \
-             [f"{IMPL_TITLES[i]}" for i in present]
+    header = ["op", "case", "time", "GB/s", "% copy"] + [f"× vs {IMPL_TITLES[i]}" for i in present]
+    if alternative_times:
+        header += [f"{IMPL_TITLES[i]} time" for i in present]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for case in sorted(cases, key=_case_key):
@@ -107,18 +135,29 @@ def render(records, machine_info=None):
         ours_time = case_time(ours) if ours else None
         throughput = [f"{k[:-6]}/s {v:,.1f}" for k, v in extra.items() if k.endswith("_per_s")]
         cell = _fmt_time(ours_time) + (f" ({throughput[0]})" if throughput else "")
-        row = [case, cell, _fmt(extra.get("gbps"), "{:.2f}"),
+        row = [*_split_case(case), cell, _fmt(extra.get("gbps"), "{:.2f}"),
                _fmt(None if extra.get("fraction_of_copy_bandwidth") is None
                     else 100 * extra["fraction_of_copy_bandwidth"], "{:.0f} %")]
         for impl in present:
             other = case_time(impls[impl]) if impl in impls else None
             row.append(_fmt(other / ours_time if other and ours_time else None, "{:.2f}×"))
-        for impl in present:
-            row.append(_fmt_time(case_time(impls[impl])) if impl in impls else "–")
+        if alternative_times:
+            for impl in present:
+                row.append(_fmt_time(case_time(impls[impl])) if impl in impls else "–")
         lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    lines.append(LEGEND)
     lines.append("")
     lines.extend(targets(cases, info.get("device", "cpu")))
     return "\n".join(lines)
+
+
+LEGEND = "\n".join((
+    "time: na_kernels' median per call. GB/s: the fewest bytes a fused kernel must move / time.",
+    "% copy: GB/s / the copy bandwidth above (past 100 % when the data stay in cache).",
+    "× vs X: X's median / na_kernels' median, both from this run (> 1: na_kernels is faster);",
+    "–: not measured (not installed, skipped or deselected).",
+))
 
 
 def _ratio(impls, other):
@@ -146,7 +185,8 @@ def _check(label, value, goal, kind):
 
 def targets(cases, device):
     """The issue's targets, checked against the cases of this run."""
-    out = [f"Targets ({'GPU' if device == 'cuda' else 'CPU'}):"]
+    out = [f"Project targets (internal, {'GPU' if device == 'cuda' else 'CPU'}; goals of the issue tracker, "
+           f"checked against this run):"]
     for case in sorted(cases, key=_case_key):
         impls, extra = cases[case], (cases[case].get(OURS) or {}).get("extra_info", {})
         op, mode = extra.get("op"), extra.get("mode")
