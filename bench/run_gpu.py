@@ -2,9 +2,15 @@
 
     python bench/run_gpu.py                    # on a machine with a GPU
     python bench/run_gpu.py --allow-cpu --skip-tests   # the CPU table (shrunk sizes)
+    python bench/run_gpu.py --allow-cpu --skip-tests --malloc-tuning   # glibc told to keep freed memory
+
+The benchmark runs in a plain process, with the environment it is given, exactly as
+``pytest bench/ --benchmark-only`` does: those are the numbers to quote. ``--malloc-tuning``
+sets MALLOC_TUNING below for the benchmark process (a configuration a user has to choose; see
+bench/README.md, "malloc"), and its files get ``-malloc-tuned`` in their names and say so.
 
 Writes, under --out (default bench/results/):
-    <machine>-<date>.json         pytest-benchmark JSON (extra_info: bytes, GB/s, % copy, speedups)
+    <machine>-<date>[-simd-<level>][-malloc-tuned].json         pytest-benchmark JSON (extra_info: bytes, GB/s, % copy, speedups)
     <machine>-<date>.md           the markdown summary (bench/summarize.py) + the test outcome
     <machine>-<date>-tests.txt    the test suite's output (unless --skip-tests)
 where <machine> is the GPU's name (e.g. nvidia-h100-80gb-hbm3) or cpu-<model>-<threads>t and
@@ -15,17 +21,19 @@ import argparse
 import datetime
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-# CPU runs: glibc serves every allocation from the heap and never gives freed memory back, so
+# Only with --malloc-tuning (never by default): glibc serves every allocation from the heap and never gives freed memory back, so
 # a tensor allocated again after it was freed reuses pages instead of faulting fresh ones in.
 # Without it, an output of the size of the last freed block is mmapped anew on every call (the
 # dynamic mmap threshold equals that size) and its page faults -- about 1 ms per MiB on the
 # 2-core VM this was tuned on, more than the copy itself -- land in whichever case runs then.
-# It applies to every implementation alike (PyTorch's caching allocator does the same on CUDA).
+# It applies to every implementation alike (PyTorch's caching allocator does the same on CUDA),
+# but a user's process does not have it unless they set it, so a tuned run is labelled as such.
 MALLOC_TUNING = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 36)}
 ROOT = BENCH.parent
 
@@ -56,8 +64,12 @@ def main(argv=None):
     parser.add_argument("--allow-cpu", action="store_true", help="run on the CPU when there is no GPU")
     parser.add_argument("--skip-tests", action="store_true", help="benchmark only")
     parser.add_argument("--sizes", choices=("full", "cpu", "tiny"), help="size table (default: full on CUDA, cpu on CPU)")
+    parser.add_argument("--malloc-tuning", action="store_true",
+                        help="set MALLOC_MMAP_MAX_=0 and a huge MALLOC_TRIM_THRESHOLD_ for the benchmark (glibc keeps "
+                             "freed memory); not what a plain `pytest bench/ --benchmark-only` measures; the output "
+                             "files are named and labelled -malloc-tuned")
     parser.add_argument("--no-malloc-tuning", action="store_true",
-                        help="CPU: leave glibc malloc as it is (see MALLOC_TUNING)")
+                        help="accepted for old command lines: a plain process is the default now")
     parser.add_argument("pytest_args", nargs="*", help="extra arguments for the benchmark pytest run (after --)")
     args = parser.parse_args(argv)
 
@@ -72,14 +84,21 @@ def main(argv=None):
     env["NA_BENCH_DEVICE"] = device
     if args.sizes:
         env["NA_BENCH_SIZES"] = args.sizes
-    if device == "cpu" and not args.no_malloc_tuning:
-        for key, value in MALLOC_TUNING.items():
-            env.setdefault(key, value)
+    if args.malloc_tuning and args.no_malloc_tuning:
+        sys.exit("run_gpu.py: --malloc-tuning and --no-malloc-tuning contradict each other")
+    if args.malloc_tuning:
+        env.update(MALLOC_TUNING)
+    tuned = {k: v for k, v in env.items() if k.startswith("MALLOC_")}
+    if tuned and not args.malloc_tuning:
+        print(f"run_gpu.py: note: glibc settings inherited from the environment ({tuned}): the files are "
+              "labelled -malloc-tuned; unset them for a plain run", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{machine_slug(device)}-{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}"
     if os.environ.get("NA_KERNELS_SIMD"):  # a capped SIMD level is a different configuration
         stem += f"-simd-{os.environ['NA_KERNELS_SIMD'].strip().lower()}"
+    if tuned:  # not a plain process: never mistaken for the numbers a user's run prints
+        stem += "-malloc-tuned"
 
     test_line = "Test suite: not run (--skip-tests)."
     if not args.skip_tests:
@@ -109,10 +128,24 @@ def main(argv=None):
     text = summarize.render(data.get("benchmarks", []), data.get("machine_info"))
     md_path = out / f"{stem}.md"
     commit = (data.get("commit_info") or {}).get("id", "")
+    given, shown = list(argv if argv is not None else sys.argv[1:]), []
+    while given:  # the command line as run, less the output folder
+        arg = given.pop(0)
+        if arg == "--out" and given:
+            given.pop(0)
+        elif not arg.startswith("--out="):
+            shown.append(arg)
+    shown = shlex.join(shown)
+    if tuned:
+        settings = " ".join(f"{k}={v}" for k, v in sorted(tuned.items()))
+        process = (f"**Tuned allocator ({settings})**: not a plain process; a plain "
+                   "`pytest bench/ --benchmark-only` does not measure these numbers (bench/README.md, \"malloc\").")
+    else:
+        process = "Plain process (glibc malloc defaults), as `pytest bench/ --benchmark-only` runs."
     md_path.write_text(
         f"# na_kernels benchmarks — {stem}\n\n"
         f"Run {data.get('datetime', '')} at commit {commit[:12]}: "
-        f"`python bench/run_gpu.py{' --allow-cpu' if device == 'cpu' else ''}`.\n\n"
+        f"`python bench/run_gpu.py{(' ' + shown) if shown else ''}`. {process}\n\n"
         f"{test_line}\n\n{text}\n"
     )
     print(f"run_gpu.py: wrote {json_path} and {md_path} (benchmark exit code {bench.returncode})")

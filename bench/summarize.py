@@ -111,10 +111,11 @@ def render(records, machine_info=None, alternative_times=True):
             f"{info.get('threads')} threads, torch {info.get('torch')}); load average at the end "
             f"{info.get('load_average')}."
         )
-    load, cores = info.get("load_average"), info.get("cpu_count")
-    if info.get("device") == "cpu" and load and cores and load[0] >= 0.75 * cores:
-        lines.append(f"WARNING: load average {load[0]} on {cores} CPUs: other processes shared the cores, "
-                     "so times and ratios are unreliable; rerun on a quiet machine.")
+    load, threads = info.get("load_average"), info.get("threads")
+    # the suite's own threads count in the load average: more than one core beyond them is others'
+    if info.get("device") == "cpu" and load and threads and load[0] > threads + 1:
+        lines.append(f"WARNING: load average {load[0]} with {threads} benchmark threads: other processes "
+                     "shared the cores, so times and ratios are unreliable; rerun on a quiet machine.")
     if copy:
         lines.append(f"Copy bandwidth: {copy['gbps']:.1f} GB/s ({copy.get('method')}).")
     if info:
