@@ -15,7 +15,12 @@
   torch.compile, SpikingJelly) is its own benchmark in one pytest-benchmark group. At session
   end, before pytest-benchmark writes its JSON, a hook adds ``speedup_vs_<impl>`` (that
   implementation's time / na_kernels' time) to na_kernels' ``extra_info`` of every group,
-  and prints a markdown summary (``bench/summarize.py`` makes the same from the JSON).
+  and prints a short markdown summary (``bench/summarize.py`` makes the same from the JSON): op,
+  case, median time, GB/s, % copy, the ratio to each alternative, then the project's internal
+  targets. It is the last thing printed; pytest-benchmark's own tables are hidden unless
+  ``NA_BENCH_FULL_TABLES=1`` or ``--bench-full-tables`` (then they come first, median columns).
+- Allocator: the process is taken as it is (no malloc tuning here); the header and the summary
+  say whether ``MALLOC_*`` variables were set (bench/README.md, "malloc").
 - Never under Triton's interpreter: a run with ``TRITON_INTERPRET`` set is refused.
 """
 import os
