@@ -71,6 +71,8 @@ struct Avx2ForwardIoCommon {
   static constexpr int kTile = 4;       // vectors per tile, at T = 8 and 32: 4 beats 1, 2 and 8
   static constexpr int kWideTile = 0;   // none
   static constexpr bool kMaskedTail = false;
+  static constexpr bool kStreams = false;  // no non-temporal spike stores (ForwardArgs::stream_spikes)
+  static void stream_fence() {}
   static bool wide_tiles(const Layer&) { return false; }
   NA_AVX2 static Part all_lanes() { return {}; }
   NA_AVX2 static __m256 load(const float* p) { return _mm256_loadu_ps(p); }

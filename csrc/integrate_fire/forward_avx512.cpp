@@ -28,6 +28,10 @@ template <int W> struct SpikeBits32 {
     for (int w = 0; w < W; ++w)
       _mm512_mask_storeu_ps(spikes + 16 * w, part[w], _mm512_mask_blend_ps(fired_now[w], silent[w], fired[w]));
   }
+  // all lanes, spikes 64-byte aligned
+  NA_AVX512 void stream(float* spikes, const __mmask16* fired_now) const {
+    for (int w = 0; w < W; ++w) _mm512_stream_ps(spikes + 16 * w, _mm512_mask_blend_ps(fired_now[w], silent[w], fired[w]));
+  }
 };
 
 // the spike bits of W vectors of 16-bit storage (bfloat16 and float16 alike)
@@ -43,6 +47,12 @@ template <int W> struct SpikeBits16 {
     for (int w = 0; w < W; ++w)
       _mm256_mask_storeu_epi16(spikes + 16 * w, part[w], _mm256_mask_blend_epi16(fired_now[w], silent[w], fired[w]));
   }
+  // all lanes, spikes 32-byte aligned
+  NA_AVX512 void stream(uint16_t* spikes, const __mmask16* fired_now) const {
+    for (int w = 0; w < W; ++w)
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(spikes + 16 * w),
+                          _mm256_mask_blend_epi16(fired_now[w], silent[w], fired[w]));
+  }
 };
 
 template <DType D> struct Avx512ForwardIo {
@@ -53,6 +63,8 @@ template <DType D> struct Avx512ForwardIo {
   // inputs from T = 16 on gain from tiles of 4 (128 bytes of each step's row, as 2 for float32).
   static constexpr int kTile = 2, kWideTile = 4;
   static constexpr bool kMaskedTail = true;
+  static constexpr bool kStreams = true;  // SpikeBits::stream; stream_fence() orders those stores
+  NA_AVX512 static void stream_fence() { _mm_sfence(); }
   static bool wide_tiles(const Layer& layer) { return sizeof(T) == 2 && layer.steps >= 16; }
   NA_AVX512 static Part first_lanes(int64_t count) { return na::first_lanes(count); }
   template <int W> using SpikeBits = std::conditional_t<D == DType::FLOAT32, SpikeBits32<W>, SpikeBits16<W>>;

@@ -16,6 +16,7 @@
 //   kMaskedTail          the last count % lanes neurons as a masked vector (first_lanes(count)),
 //                        else by the generic loops (forward_generic.h)
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "common/float_convert.h"
@@ -28,7 +29,7 @@ namespace integrate_fire {
 
 // the neurons [n, n + W * lanes): theta, silent and fired point at their table entries; the
 // last vector's lanes are `last`
-template <class Io, Reset R, bool SAVE_H, int W>
+template <class Io, Reset R, bool SAVE_H, int W, bool STREAM = false>
 NA_INLINE void forward_tile(const ForwardArgs& args, const typename Io::T* x, typename Io::T* spikes,
                             const float* theta, const typename Io::T* silent, const typename Io::T* fired,
                             int64_t n, typename Io::Part last) {
@@ -55,7 +56,10 @@ NA_INLINE void forward_tile(const ForwardArgs& args, const typename Io::T* x, ty
       fired_count[w] = L::count_where(fired_count[w], fired_now[w]);
       if (SAVE_H) Io::store(args.h + row + kLanes * w, part[w], h);
     }
-    spike_bits.store(spikes + row, fired_now, part);
+    if constexpr (STREAM)
+      spike_bits.stream(spikes + row, fired_now);
+    else
+      spike_bits.store(spikes + row, fired_now, part);
   }
   for (int w = 0; w < W; ++w) {
     Io::store_counts(args.counts + n + kLanes * w, part[w], fired_count[w]);
@@ -64,10 +68,10 @@ NA_INLINE void forward_tile(const ForwardArgs& args, const typename Io::T* x, ty
 }
 
 // the tile of W vectors from a work item's neuron j
-template <class Io, Reset R, bool SAVE_H, int W, DType D>
+template <class Io, Reset R, bool SAVE_H, int W, DType D, bool STREAM = false>
 NA_INLINE void forward_tile_at(const ForwardArgs& args, const WorkItemSpikeTables<D>& tables, int64_t begin, int64_t j,
                                typename Io::Part last) {
-  forward_tile<Io, R, SAVE_H, W>(args, static_cast<const StorageType<D>*>(args.x), static_cast<StorageType<D>*>(args.spikes),
+  forward_tile<Io, R, SAVE_H, W, STREAM>(args, static_cast<const StorageType<D>*>(args.x), static_cast<StorageType<D>*>(args.spikes),
                                  tables.theta + j, tables.silent + j, tables.fired + j, begin + j, last);
 }
 
@@ -77,6 +81,12 @@ NA_INLINE void forward_work_item(const ForwardArgs& args, const WorkItemSpikeTab
   constexpr int kLanes = Io::L::kWidth, kTile = Io::kTile, kWideTile = Io::kWideTile;
   const int64_t count = item.size();
   int64_t j = 0;
+  if constexpr (Io::kStreams)
+    if (args.stream_spikes) {  // whole tiles streamed (rows aligned: see ForwardArgs), the rest as below
+      for (; j + kLanes * kTile <= count; j += kLanes * kTile)
+        forward_tile_at<Io, R, SAVE_H, kTile, D, true>(args, tables, item.begin, j, Io::all_lanes());
+      Io::stream_fence();
+    }
   if constexpr (kWideTile > 0)
     if (Io::wide_tiles(args.layer))
       for (; j + kLanes * kWideTile <= count; j += kLanes * kWideTile)
@@ -91,6 +101,26 @@ NA_INLINE void forward_work_item(const ForwardArgs& args, const WorkItemSpikeTab
     forward_neurons_generic<D, R, SAVE_H>(args, WorkItem{item.begin + j, item.end});
 }
 
+// body(WorkItem, State&) over the work items of kWorkItemNeurons covering [0, neurons), as
+// common/parallel.h's for_each_work_item but handed out in runs of kForwardRun items as threads
+// come free (schedule dynamic): on a shared machine one preempted thread then no longer holds
+// back the others' finish; each work item is independent, so the results do not change.
+constexpr int64_t kForwardRun = 8;
+template <class MakeState, class Body>
+void for_each_forward_work_item(int64_t neurons, int threads, MakeState&& make_state, Body&& body) {
+  const int64_t items = (neurons + kWorkItemNeurons - 1) / kWorkItemNeurons;
+  const int64_t runs = (items + kForwardRun - 1) / kForwardRun;
+  if (threads > runs) threads = static_cast<int>(runs > 0 ? runs : 1);
+#pragma omp parallel num_threads(threads)
+  {
+    auto state = make_state();
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t run = 0; run < runs; ++run)
+      for (int64_t item = run * kForwardRun; item < std::min(items, (run + 1) * kForwardRun); ++item)
+        body(WorkItem{item * kWorkItemNeurons, std::min(neurons, (item + 1) * kWorkItemNeurons)}, state);
+  }
+}
+
 // The vector forward over work items, with their spike tables; WorkItems::run<D, R, SAVE_H>(args,
 // tables, item) is an ISA's forward_work_item (the function that carries its target attribute).
 template <class WorkItems> void forward_by_work_items(const ForwardArgs& args) {
@@ -98,8 +128,8 @@ template <class WorkItems> void forward_by_work_items(const ForwardArgs& args) {
   with_forward_variant(args, [&](auto dtype, auto reset, auto save_h) {
     constexpr DType D = decltype(dtype)::value;
     const SpikeTables<D> shared(layer, true);
-    for_each_work_item(
-        layer.neurons, kWorkItemNeurons, layer.threads,
+    for_each_forward_work_item(
+        layer.neurons, layer.threads,
         [&] { return SpikeTables<D>(layer, false); },  // filled per work item where the period is long
         [&](const WorkItem& item, SpikeTables<D>& own) {
           WorkItems::template run<D, decltype(reset)::value, decltype(save_h)::value>(

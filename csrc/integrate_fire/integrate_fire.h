@@ -53,6 +53,9 @@ struct ForwardArgs {
   float* h;
   const float* v0;
   float v_frac;
+  // spikes far larger than the cache, every row 64-byte aligned: the vector forwards that can
+  // store whole vectors of spikes with non-temporal stores (no read of the lines first)
+  bool stream_spikes = false;
 };
 
 // The surrogate's constants, each rounded to float32 as the reference rounds it.
