@@ -13,6 +13,11 @@ from na_kernels._spec import Noise
 from na_kernels.reference import noisy_quant as reference
 from na_kernels.reference import philox
 
+try:
+    from na_kernels.kernels import noisy_quant as triton_kernels
+except ImportError:  # no triton
+    triton_kernels = None
+
 from conftest import BACKENDS, HAS_CUDA, TRITON_DEVICE, compile_triton_for_sm90, requires_cpp, requires_triton
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -129,7 +134,7 @@ def assert_matches_reference(backend, x, p, lam, noise, seed, *, grad_lam_rtol=1
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("noise", NOISES)
 @pytest.mark.parametrize("lam_kind", ["scalar", "one", "per_channel"])
-@pytest.mark.parametrize("shape", [(0,), (1,), (1023,), (3, 5, 7), (2, 3, 4, 5), (5, 3)])
+@pytest.mark.parametrize("shape", [(0,), (1,), (1023,), (3, 5, 7), (2, 3, 4, 5), (5, 3), (2, 3, 7, 7)])
 def test_cpp_matches_reference(shape, lam_kind, noise, dtype, simd_level):
     x = make_input(shape, dtype)
     if lam_kind == "per_channel" and len(shape) < 2:
@@ -194,7 +199,7 @@ def test_cpp_same_result_for_any_thread_count():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("noise", NOISES)
 @pytest.mark.parametrize("lam_kind", ["scalar", "per_channel"])
-@pytest.mark.parametrize("shape", [(0, 3), (1, 1), (1, 1023), (3, 5, 7), (2, 3, 4, 5)])
+@pytest.mark.parametrize("shape", [(0, 3), (1, 1), (1, 1023), (3, 5, 7), (2, 3, 4, 5), (2, 3, 7, 7)])
 def test_triton_matches_reference(shape, lam_kind, noise, dtype):
     x = make_input(shape, dtype, device=TRITON_DEVICE)
     assert_matches_reference("triton", x, 7, make_lam(lam_kind, x), noise, seed=77)
@@ -223,10 +228,88 @@ def test_triton_beyond_int32_indexing_on_gpu():
     with na_kernels.use_backend("triton"):
         y_tail = na_kernels.noisy_quant(x, 7, 1.3, noise="uniform", seed=8)[-tail:].cpu()
     del x
-    eps = philox.uniform(torch.tensor(8), torch.arange(n - tail, n, dtype=torch.int64)) - 0.5
+    eps = philox.noise_range(torch.tensor(8), n - tail, tail, "uniform")
     z = x_tail.float() * torch.div(torch.tensor(7.0), torch.tensor(1.3)) + eps
     q = torch.clamp(torch.floor(z + 0.5), 0, 7)
     assert torch.equal(y_tail, ((q / 7) * torch.tensor(1.3)).to(torch.float16))
+
+
+@requires_triton
+@pytest.mark.parametrize("noise", ["uniform", "gaussian"])
+@pytest.mark.parametrize(
+    "rows, channel_stride",
+    # whole blocks (rows of a multiple of 4 elements, or one row), and rows that start inside a
+    # block: 7x7 maps, odd lengths, rows of 1 to 3 elements, a row longer than one tile
+    [(1, 1023), (6, 20), (2, 2052), (6, 49), (3, 7), (5, 3), (7, 1), (4, 2), (3, 1029)],
+)
+def test_triton_noise_is_the_reference_noise_on_every_tiling(rows, channel_stride, noise):
+    """The kernels' noise itself, read back tile by tile: element i gets output i % 4 of block i // 4
+    whichever path (whole blocks or per element) the tiling takes."""
+    import triton
+    import triton.language as tl
+
+    k = triton_kernels
+    @triton.jit
+    def noise_kernel(seed_ptr, out_ptr, rows, channel_stride, blocks_per_row, first, NOISE: tl.constexpr,
+                     WHOLE_BLOCKS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+        row, col_start, offsets, mask, _ = triton_kernels._tile(rows, channel_stride, 1, blocks_per_row, BLOCK_R, BLOCK_C)
+        eps = triton_kernels._noise(seed_ptr, row, col_start, offsets + first, channel_stride, NOISE, WHOLE_BLOCKS, BLOCK_R,
+                       BLOCK_C)
+        tl.store(out_ptr + offsets, eps, mask=mask)
+
+    kind = Noise.parse("noise", noise)
+    seed = 2**40 + 3
+    expected = philox.noise_range(torch.tensor(seed), 0, rows * channel_stride, noise)
+    block_r, block_c, blocks_per_row, programs = k._launch_geometry(rows, channel_stride)
+    results = []
+    for whole in sorted({k.whole_blocks(rows, channel_stride, block_c), False}):
+        out = torch.full((rows * channel_stride,), float("nan"), device=TRITON_DEVICE)
+        noise_kernel[(programs,)](torch.tensor([seed], device=TRITON_DEVICE), out, rows, channel_stride,
+                                  blocks_per_row, 0, NOISE=int(kind), WHOLE_BLOCKS=whole, BLOCK_R=block_r,
+                                  BLOCK_C=block_c)
+        out = out.cpu()
+        if noise == "uniform":
+            assert torch.equal(out, expected)
+        else:  # Triton's float32 log/cos/sin: within 4 ulp of the reference
+            magnitude = expected.abs()
+            ulp = torch.nextafter(magnitude, torch.tensor(float("inf"))) - magnitude
+            assert ((out - expected).abs() <= 4 * ulp).all()
+        results.append(out)
+    # the fast path and the per-element path give the same noise bit for bit
+    assert all(torch.equal(r, results[0]) for r in results)
+
+
+@pytest.mark.parametrize("noise", ["uniform", "gaussian"])
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_noise_independent_of_shape_and_lam_layout(backend, device, noise):
+    """[2, 3, 7, 7] with a per-channel lam (rows of 49: a row starts inside a Philox block) and the
+    same data flattened with a scalar lam (whole blocks) draw the same noise per flat index."""
+    x = make_input((2, 3, 7, 7), torch.float32, device=device)
+    lam_value = 1.7
+    per_channel = torch.full((3,), lam_value, device=device)
+    # a fine grid and a large scale: y resolves the noise to 1/64 of a step
+    p, scale = 255, 64.0
+    with na_kernels.use_backend(backend):
+        y_channels = na_kernels.noisy_quant(x * 30, p, per_channel, noise=noise, scale=scale, seed=2**35 + 1)
+        y_flat = na_kernels.noisy_quant((x * 30).reshape(-1), p, torch.tensor(lam_value, device=device),
+                                        noise=noise, scale=scale, seed=2**35 + 1)
+        y_rows = na_kernels.noisy_quant((x * 30).reshape(6, 49), p, lam_value, noise=noise, scale=scale,
+                                        seed=2**35 + 1)
+    assert torch.equal(y_channels.reshape(-1), y_flat)
+    assert torch.equal(y_rows.reshape(-1), y_flat)
+    assert (y_flat > 0).any() and (y_flat < lam_value).any()
+
+
+@requires_triton
+@pytest.mark.parametrize("lam_kind", ["scalar", "per_channel"])
+def test_triton_grad_lam_deterministic(lam_kind):
+    x = make_input((2, 3, 7, 7), torch.float32, device=TRITON_DEVICE)
+    lam = make_lam(lam_kind, x)
+    grad_y = torch.randn(x.shape, device=TRITON_DEVICE)
+    first = run("triton", x, 7, lam, "gaussian", 12, grad_y)
+    for _ in range(2):
+        again = run("triton", x, 7, lam, "gaussian", 12, grad_y)
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
 _AOT_SCRIPT = r"""
@@ -238,10 +321,11 @@ from na_kernels.kernels import noisy_quant as k
 target = GPUTarget("cuda", 90, 32)
 common = {"lam_ptr": "*fp32", "seed_ptr": "*i64", "rows": "i32", "channel_stride": "i64", "channels": "i32",
           "blocks_per_row": "i32", "p": "fp32", "scale": "fp32", "shift": "fp32", "NOISE": "constexpr",
-          "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"}
+          "WHOLE_BLOCKS": "constexpr", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"}
 for dt in ("fp32", "bf16", "fp16"):
-    for noise, (block_r, block_c) in zip((0, 1, 2), ((1, 1024), (64, 16), (1024, 1))):
-        tiles = {"NOISE": noise, "BLOCK_R": block_r, "BLOCK_C": block_c}
+    for noise, whole, (block_r, block_c) in [(0, True, (1, 1024)), (1, True, (64, 16)), (1, False, (16, 64)),
+                                             (2, True, (1, 1024)), (2, False, (1024, 1))]:
+        tiles = {"NOISE": noise, "WHOLE_BLOCKS": whole, "BLOCK_R": block_r, "BLOCK_C": block_c}
         sig = {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}", **common}
         triton.compile(ASTSource(k._noisy_quant_forward_kernel, sig, tiles), target=target)
         sig = {"grad_y_ptr": f"*{dt}", "x_ptr": f"*{dt}", "grad_x_ptr": f"*{dt}", "partial_ptr": "*fp32", **common,

@@ -23,6 +23,7 @@ struct Avx2Lanes {
   NA_AVX2 static Vec abs(Vec a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
   NA_AVX2 static Vec neg(Vec a) { return _mm256_xor_ps(a, _mm256_set1_ps(-0.0f)); }
   NA_AVX2 static Vec exp(Vec a) { return exp_ps_avx2(a); }
+  // exact for every float, -0.0, inf and NaN included, as ScalarLanes::floor
   NA_AVX2 static Vec floor(Vec z) { return _mm256_round_ps(z, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
   NA_AVX2 static Mask ge(Vec a, Vec b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
   NA_AVX2 static Mask gt(Vec a, Vec b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }

@@ -1,6 +1,6 @@
-// Exposes the Philox stream of noise/philox.h and the noise of noise/noise.h so tests can
-// compare them with Triton's tl.rand / tl.randn and the PyTorch reference at any offset
-// (including across 2^32).
+// Exposes the Philox blocks of noise/philox.h and the noise of noise/noise.h so tests can
+// compare them with Triton's tl.randint4x / tl.rand4x / tl.randn4x and the PyTorch reference
+// at any index (including across 2^32 and from indices that are not multiples of 4).
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
@@ -14,53 +14,86 @@
 namespace na {
 
 namespace {
-// w0, w1: addresses of `count` uint32 each (w1 may be 0)
-void philox_fill(uint64_t seed, uint64_t first, int64_t count, uintptr_t w0, uintptr_t w1) {
+// out: address of `count` blocks of four uint32 (int32 [count, 4]) for counters first ..
+void philox_fill(uint64_t seed, uint64_t first, int64_t count, uintptr_t out) {
   require(count >= 0, "count", "must be >= 0");
-  philox_words(seed, first, count, address_of<uint32_t>(w0), address_of<uint32_t>(w1));
+  philox_blocks(seed, first, count, address_of<uint32_t>(out));
 }
 
 #ifdef NA_X86_SIMD
+// elements [first, first + count) with first a multiple of 4; returns how many were done
 template <Noise NOISE>
 NA_AVX512 int64_t noise_fill_avx512(uint64_t seed, uint64_t first, int64_t count, float scale, float* out) {
   const PhiloxKeysAvx512 keys = philox_keys_avx512(seed);
+  const __m512 scale_lanes = _mm512_set1_ps(scale);
   int64_t done = 0;
+  for (; done + 128 <= count; done += 128) {
+    __m512 eps[8];
+    scaled_noise_avx512<NOISE, 4>(keys, first + static_cast<uint64_t>(done), scale_lanes, eps);
+    for (int v = 0; v < 8; ++v) _mm512_storeu_ps(out + done + 16 * v, eps[v]);
+  }
   for (; done + 32 <= count; done += 32) {
     __m512 eps[2];
-    scaled_noise32_avx512<NOISE>(keys, first + static_cast<uint64_t>(done), _mm512_set1_ps(scale), eps);
-    _mm512_storeu_ps(out + done, eps[0]);
-    _mm512_storeu_ps(out + done + 16, eps[1]);
+    scaled_noise_avx512<NOISE, 1>(keys, first + static_cast<uint64_t>(done), scale_lanes, eps);
+    for (int v = 0; v < 2; ++v) _mm512_storeu_ps(out + done + 16 * v, eps[v]);
+  }
+  return done;
+}
+
+template <Noise NOISE>
+NA_AVX2 int64_t noise_fill_avx2(uint64_t seed, uint64_t first, int64_t count, float scale, float* out) {
+  const PhiloxKeysAvx2 keys = philox_keys_avx2(seed);
+  const __m256 scale_lanes = _mm256_set1_ps(scale);
+  int64_t done = 0;
+  for (; done + 64 <= count; done += 64) {
+    __m256 eps[8];
+    scaled_noise64_avx2<NOISE>(keys, first + static_cast<uint64_t>(done), scale_lanes, eps);
+    for (int v = 0; v < 8; ++v) _mm256_storeu_ps(out + done + 8 * v, eps[v]);
   }
   return done;
 }
 #endif
 
+template <Noise NOISE> int64_t noise_fill_vector(uint64_t seed, uint64_t first, int64_t count, float scale, float* out) {
+#ifdef NA_X86_SIMD
+  if (cpu_has_avx512()) return noise_fill_avx512<NOISE>(seed, first, count, scale, out);
+  if (cpu_has_avx2()) return noise_fill_avx2<NOISE>(seed, first, count, scale, out);
+#endif
+  return 0;
+}
+
+void noise_batches(Noise kind, uint64_t seed, uint64_t first, int64_t count, float scale, float* out) {
+  for (int64_t done = 0; done < count; done += kNoiseBatch)
+    scaled_noise_batch(kind, seed, scale, first + static_cast<uint64_t>(done), std::min(kNoiseBatch, count - done),
+                       out + done);
+}
+
 // out: address of `count` floats; scale * eps of the given kind (UNIFORM or GAUSSIAN) for
-// offsets first .. first+count-1, by the path noisy_quant takes on this CPU
+// elements first .. first+count-1, by the paths noisy_quant takes at the current SIMD level:
+// the buffer form up to the first multiple of 4 and after the last whole vector, registers between
 void noise_fill(uint64_t seed, uint64_t first, int64_t count, int noise, float scale, uintptr_t out_address) {
   const Noise kind = member<Noise>(noise, "noise");
   require(kind != Noise::NONE, "noise", "must be UNIFORM or GAUSSIAN");
   require(count >= 0, "count", "must be >= 0");
   float* out = address_of<float>(out_address);
-  int64_t done = 0;
-#ifdef NA_X86_SIMD
-  if (cpu_has_avx512())
-    done = kind == Noise::UNIFORM ? noise_fill_avx512<Noise::UNIFORM>(seed, first, count, scale, out)
-                                  : noise_fill_avx512<Noise::GAUSSIAN>(seed, first, count, scale, out);
-#endif
-  for (; done < count; done += kNoiseBatch) {
-    const int64_t batch = std::min(kNoiseBatch, count - done);
-    scaled_noise_batch(kind, seed, scale, first + static_cast<uint64_t>(done), batch, out + done);
-  }
+  const int64_t head = std::min<int64_t>(count, static_cast<int64_t>((4u - (first & 3u)) & 3u));
+  noise_batches(kind, seed, first, head, scale, out);
+  const uint64_t aligned = first + static_cast<uint64_t>(head);
+  const int64_t vector_done =
+      kind == Noise::UNIFORM ? noise_fill_vector<Noise::UNIFORM>(seed, aligned, count - head, scale, out + head)
+                             : noise_fill_vector<Noise::GAUSSIAN>(seed, aligned, count - head, scale, out + head);
+  const int64_t done = head + vector_done;
+  noise_batches(kind, seed, first + static_cast<uint64_t>(done), count - done, scale, out + done);
 }
 }  // namespace
 
 void bind_noise(pybind11::module_& m) {
   namespace py = pybind11;
-  m.def("philox_fill", &philox_fill, py::kw_only(), py::arg("seed"), py::arg("first"), py::arg("count"), py::arg("w0"),
-        py::arg("w1"), "Philox4x32-10 words 0 and 1 for offsets first .. first+count-1");
+  m.def("philox_fill", &philox_fill, py::kw_only(), py::arg("seed"), py::arg("first"), py::arg("count"), py::arg("out"),
+        "Philox4x32-10 blocks (four words each, int32 [count, 4]) for counters first .. first+count-1");
   m.def("noise_fill", &noise_fill, py::kw_only(), py::arg("seed"), py::arg("first"), py::arg("count"),
-        py::arg("noise"), py::arg("scale"), py::arg("out"), "noisy_quant's scale * eps for offsets first .. first+count-1");
+        py::arg("noise"), py::arg("scale"), py::arg("out"),
+        "noisy_quant's scale * eps for element indices first .. first+count-1");
 }
 
 }  // namespace na

@@ -33,13 +33,18 @@ Quantizer make_quantizer(int dtype, int64_t numel, int64_t channel_stride, int64
                    seed, levels, scale, shift, threads};
 }
 
-// AVX-512 pays where channel runs are long: a scalar lam, or per-channel rows of 64 and more
-bool use_avx512(const Quantizer& q) {
+// The explicit-SIMD kernels pay where channel runs are long: a scalar lam, or per-channel rows
+// of 64 and more; float16 on AVX2 needs F16C.
+enum class Kernel { GENERIC, AVX2, AVX512 };
+
+Kernel kernel_for(const Quantizer& q) {
 #ifdef NA_X86_SIMD
-  return cpu_has_avx512() && (q.channels == 1 || q.channel_stride >= 64);
-#else
-  return false;
+  if (q.channels == 1 || q.channel_stride >= 64) {
+    if (cpu_has_avx512()) return Kernel::AVX512;
+    if (cpu_has_avx2() && (q.dtype != DType::FLOAT16 || cpu_has_f16c())) return Kernel::AVX2;
+  }
 #endif
+  return Kernel::GENERIC;
 }
 
 void noisy_quant_forward(uintptr_t x, uintptr_t y, int dtype, int64_t numel, int64_t channel_stride,
@@ -49,10 +54,11 @@ void noisy_quant_forward(uintptr_t x, uintptr_t y, int dtype, int64_t numel, int
   const ForwardArgs args{
       make_quantizer(dtype, numel, channel_stride, channels, lam, seed, p, noise, scale, shift, threads, inv_step),
       address_of<const void>(x), address_of<void>(y)};
-  if (use_avx512(args.quantizer))
-    forward_avx512(args);
-  else
-    forward_generic(args);
+  switch (kernel_for(args.quantizer)) {
+    case Kernel::AVX512: forward_avx512(args); break;
+    case Kernel::AVX2: forward_avx2(args); break;
+    default: forward_generic(args);
+  }
 }
 
 // grad_lam: address of `channels` float64 sums, or 0 to skip the lam gradient.
@@ -66,10 +72,11 @@ void noisy_quant_backward(uintptr_t grad_y, uintptr_t x, uintptr_t grad_x, int d
   std::vector<double> partial(grad_lam_sums ? static_cast<size_t>(threads * channels) : 0, 0.0);
   const BackwardArgs args{q, address_of<const void>(grad_y), address_of<const void>(x), address_of<void>(grad_x),
                           grad_lam_sums ? partial.data() : nullptr};
-  if (use_avx512(q))
-    backward_avx512(args);
-  else
-    backward_generic(args);
+  switch (kernel_for(q)) {
+    case Kernel::AVX512: backward_avx512(args); break;
+    case Kernel::AVX2: backward_avx2(args); break;
+    default: backward_generic(args);
+  }
   if (grad_lam_sums) {  // the threads' partial sums, in thread order
     for (int64_t c = 0; c < channels; ++c) grad_lam_sums[c] = 0.0;
     for (int t = 0; t < threads; ++t)

@@ -5,8 +5,8 @@
 // with inv_step = p / lam, c = (i / channel_stride) % channels (channels == 1 for a scalar lam)
 // and eps a pure function of (seed, i) (noise/noise.h); backward regenerates eps from the seed.
 // Work items of kWorkItemElements split into runs of one channel (ChannelRuns). The kernels:
-// generic.cpp (loops the compiler vectorises, noise in batches) and avx512.cpp (sixteen lanes
-// at a time, the noise of 32 offsets made in registers).
+// generic.cpp (loops the compiler vectorises, noise in batches), avx2.cpp (eight lanes at a
+// time, the noise of 64 elements in registers) and avx512.cpp (sixteen lanes, 128 elements).
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -122,9 +122,11 @@ NA_INLINE typename L::Vec lam_gradient(typename L::Vec q_raw, typename L::Vec x,
   return L::select(inside, L::sub(L::div(q_raw, c.p), L::div(x, c.lam)), L::one_where(L::gt(q_raw, c.p)));
 }
 
-// the kernels of generic.cpp and avx512.cpp
+// the kernels of generic.cpp, avx2.cpp and avx512.cpp
 void forward_generic(const ForwardArgs& args);
 void backward_generic(const BackwardArgs& args);
+void forward_avx2(const ForwardArgs& args);
+void backward_avx2(const BackwardArgs& args);
 void forward_avx512(const ForwardArgs& args);
 void backward_avx512(const BackwardArgs& args);
 

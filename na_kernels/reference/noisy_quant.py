@@ -8,8 +8,9 @@
 All arithmetic is float32, one IEEE-rounded operation at a time and in this order, so
 the C++ and Triton kernels (which do the same) agree with it bit for bit. ``lam`` is a
 scalar or a per-channel vector along dim 1. ``eps`` is a pure function of (seed, flat
-row-major element index): ``U(-0.5, 0.5)`` as ``tl.rand - 0.5`` or ``N(0, 1)`` as
-``tl.randn`` (see ``philox.py``). The noise kind is a ``_spec.Noise`` or its spelling.
+row-major element index) ``i``: output ``i % 4`` of the Philox block for counter
+``i // 4``, ``U(-0.5, 0.5)`` as ``tl.rand4x - 0.5`` or ``N(0, 1)`` as ``tl.randn4x`` (see
+``philox.py``). The noise kind is a ``_spec.Noise`` or its spelling.
 
 The last section is this backend's adapter: ``forward`` and ``backward`` as ``na_kernels.ops``
 calls every backend.
@@ -43,14 +44,10 @@ def noise(x_shape, seed, kind, device):
     numel = 1
     for size in x_shape:
         numel *= size
-    offsets = torch.arange(numel, dtype=torch.int64, device=device)
     kind = _noise_kind(kind)
-    if kind is Noise.UNIFORM:
-        eps = philox.uniform(seed, offsets) - _float(0.5, device)
-    elif kind is Noise.GAUSSIAN:
-        eps = philox.normal(seed, offsets)
-    else:
+    if kind is Noise.NONE:
         raise ValueError(f"noise must be 'uniform' or 'gaussian' to draw noise, got {kind!r}")
+    eps = philox.noise_range(seed, 0, numel, kind.label, device)
     return eps.reshape(x_shape)
 
 

@@ -1,9 +1,11 @@
 """Philox4x32-10 in plain PyTorch: the noise stream of every backend.
 
-It reproduces ``tl.rand(seed, i)`` and ``tl.randn(seed, i)`` of Triton (3.x) for int64
-offsets ``i``: counter ``(lo32(i), hi32(i), 0, 0)``, key ``(lo32(seed), hi32(seed))``,
-ten rounds, then the first word (and the second, for randn's Box-Muller) mapped to
-float32. uint32 arithmetic is emulated in int64 tensors so it runs on any device.
+It reproduces Triton's (3.x) ``tl.randint4x``, ``tl.rand4x`` and ``tl.randn4x`` for int64
+offsets: counter ``(lo32(offset), hi32(offset), 0, 0)``, key ``(lo32(seed), hi32(seed))``, ten
+rounds, then each of the four words mapped to float32 (``rand4x``), and Box-Muller on the pairs
+(u1, u2) and (u3, u4) (``randn4x``). The noise of flat element ``i`` is output ``i % 4`` of the
+block for counter ``i // 4`` (``uniform_noise``, ``gaussian_noise``, ``noise_range``).
+uint32 arithmetic is emulated in int64 tensors so it runs on any device.
 """
 import torch
 
@@ -53,7 +55,7 @@ def philox4x32(seed, counter_lo, counter_hi, rounds=ROUNDS):
 def _uint_to_uniform_float(word):
     signed = torch.where(word >= 2**31, word - 2**32, word)
     non_negative = torch.where(signed < 0, -signed - 1, signed)
-    return non_negative.to(torch.float32) * torch.tensor(UNIFORM_SCALE, dtype=torch.float32)
+    return non_negative.to(torch.float32) * torch.tensor(UNIFORM_SCALE, dtype=torch.float32, device=word.device)
 
 
 def _counters(offsets):
@@ -61,23 +63,82 @@ def _counters(offsets):
     return offsets & MASK32, (offsets >> 32) & MASK32
 
 
-def uniform(seed, offsets):
-    """``tl.rand(seed, offsets)``: float32 in [0, 1), one per int64 offset."""
-    c0, _, _, _ = philox4x32(seed, *_counters(offsets))
-    return _uint_to_uniform_float(c0)
+def randint4x(seed, offsets):
+    """``tl.randint4x(seed, offsets)``: the four Philox words (uint32 values in int64 tensors)."""
+    return philox4x32(seed, *_counters(offsets))
 
 
-def normal(seed, offsets):
-    """``tl.randn(seed, offsets)``: float32 N(0, 1) by Box-Muller on the first two words."""
-    c0, c1, _, _ = philox4x32(seed, *_counters(offsets))
-    u1 = torch.clamp_min(_uint_to_uniform_float(c0), 1.0e-7)
-    u2 = _uint_to_uniform_float(c1)
-    theta = torch.tensor(6.283185307179586, dtype=torch.float32) * u2
-    # log and cos are evaluated in float64 and rounded once, so the result does not depend on
-    # the float32 math library (the C++ kernel does the same and agrees bit for bit);
-    # Triton's own log/cos differ from these by at most a few ulp.
+def rand4x(seed, offsets):
+    """``tl.rand4x(seed, offsets)``: four float32 tensors in [0, 1), one value each per int64 offset."""
+    return tuple(_uint_to_uniform_float(w) for w in randint4x(seed, offsets))
+
+
+def _box_muller(u1, u2):
+    """Triton's ``pair_uniform_to_normal`` in float32, with log, cos and sin evaluated in float64
+    and rounded once, so the result does not depend on a float32 math library (the C++ kernel does
+    the same and agrees bit for bit; Triton's own float32 log/cos/sin differ by at most a few ulp)."""
+    f32 = dict(dtype=torch.float32, device=u1.device)
+    u1 = torch.clamp_min(u1, torch.tensor(1.0e-7, **f32))
+    theta = torch.tensor(6.283185307179586, **f32) * u2
     log_u1 = torch.log(u1.to(torch.float64)).to(torch.float32)
     # float32 sqrt, correctly rounded: through float64, since torch's float32 sqrt on CPU is not
     # always (its AVX-512 kernel is within 0.5001 ulp: 0.6 % of these results differ by one ulp)
-    radius = torch.sqrt((torch.tensor(-2.0, dtype=torch.float32) * log_u1).to(torch.float64)).to(torch.float32)
-    return radius * torch.cos(theta.to(torch.float64)).to(torch.float32)
+    radius = torch.sqrt((torch.tensor(-2.0, **f32) * log_u1).to(torch.float64)).to(torch.float32)
+    theta64 = theta.to(torch.float64)
+    return radius * torch.cos(theta64).to(torch.float32), radius * torch.sin(theta64).to(torch.float32)
+
+
+def randn4x(seed, offsets):
+    """``tl.randn4x(seed, offsets)``: four float32 N(0, 1) tensors, in Triton's order
+    (r12 cos θ12, r12 sin θ12, r34 cos θ34, r34 sin θ34)."""
+    u1, u2, u3, u4 = rand4x(seed, offsets)
+    n0, n1 = _box_muller(u1, u2)
+    n2, n3 = _box_muller(u3, u4)
+    return n0, n1, n2, n3
+
+
+def _blocks(kind):
+    kind = getattr(kind, "label", kind)  # a _spec.Noise or its label
+    if kind == "uniform":
+        return rand4x
+    if kind == "gaussian":
+        return randn4x
+    raise ValueError(f"kind must be 'uniform' or 'gaussian', got {kind!r}")
+
+
+def _finish(kind, values):
+    # float32 - 0.5, one rounding (the scalar is exact in float32)
+    return values - 0.5 if getattr(kind, "label", kind) == "uniform" else values
+
+
+def element_noise(seed, indices, kind):
+    """eps of each flat element index (any int64 tensor, any order): output ``i % 4`` of the block
+    for counter ``i // 4``; ``U(-0.5, 0.5)`` as ``rand4x - 0.5`` or ``N(0, 1)`` as ``randn4x``."""
+    indices = torch.as_tensor(indices).to(torch.int64)
+    words = torch.stack(_blocks(kind)(seed, indices >> 2), dim=-1)
+    values = torch.gather(words, -1, (indices & 3).unsqueeze(-1)).squeeze(-1)
+    return _finish(kind, values)
+
+
+def noise_range(seed, first, count, kind, device="cpu"):
+    """eps for the element indices ``first .. first + count - 1`` (float32 [count]): each block
+    computed once; the same values as ``element_noise`` on those indices."""
+    first, count = int(first), int(count)
+    if count == 0:
+        return torch.empty(0, dtype=torch.float32, device=device)
+    block_first = first // 4
+    block_last = (first + count - 1) // 4
+    counters = torch.arange(block_first, block_last + 1, dtype=torch.int64, device=device)
+    values = torch.stack(_blocks(kind)(seed, counters), dim=-1).reshape(-1)
+    start = first - 4 * block_first
+    return _finish(kind, values[start:start + count])
+
+
+def uniform_noise(seed, indices):
+    """``rand4x(seed, i // 4)[i % 4] - 0.5`` for each element index ``i``: U(-0.5, 0.5), float32."""
+    return element_noise(seed, indices, "uniform")
+
+
+def gaussian_noise(seed, indices):
+    """``randn4x(seed, i // 4)[i % 4]`` for each element index ``i``: N(0, 1), float32."""
+    return element_noise(seed, indices, "gaussian")
