@@ -53,8 +53,8 @@ class Noise(Vocabulary):
     """The noise inside noisy_quant's quantizer. ``None`` and ``"none"`` both mean NONE (QCFS)."""
 
     NONE = 0
-    UNIFORM = 1      # eps ~ U(-0.5, 0.5): Triton's tl.rand - 0.5
-    GAUSSIAN = 2     # eps ~ N(0, 1): Triton's tl.randn
+    UNIFORM = 1      # eps ~ U(-0.5, 0.5): Triton's tl.rand4x - 0.5, four elements per Philox block
+    GAUSSIAN = 2     # eps ~ N(0, 1): Triton's tl.randn4x
 
     @classmethod
     def parse(cls, argument: str, value):
