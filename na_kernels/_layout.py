@@ -128,11 +128,11 @@ class Layout:
     def seq_strides(self):
         return (max(self.neurons, 1),) + self.step_strides
 
-    def empty_seq(self, steps, dtype, device, empty_strided=torch.empty_strided):
-        return empty_strided((steps,) + self.step_shape, self.seq_strides(), dtype=dtype, device=device)
+    def empty_seq(self, steps, dtype, device):
+        return torch.empty_strided((steps,) + self.step_shape, self.seq_strides(), dtype=dtype, device=device)
 
-    def empty_step(self, dtype, device, empty_strided=torch.empty_strided):
-        return empty_strided(self.step_shape, self.step_strides, dtype=dtype, device=device)
+    def empty_step(self, dtype, device):
+        return torch.empty_strided(self.step_shape, self.step_strides, dtype=dtype, device=device)
 
     def as_seq(self, t: torch.Tensor) -> torch.Tensor:
         return restride(t, self.seq_strides())
@@ -145,72 +145,12 @@ def _nothing(dtype, device):
     return torch.empty(0, dtype=dtype, device=device)
 
 
-def forward_outputs(layout: Layout, x_seq, save_h: bool, empty_strided=torch.empty_strided):
-    """integrate_fire's (spikes, counts, v_final, h) in the layout; h empty unless save_h.
-    ``empty_strided`` allocates each (torch.empty_strided's signature; the CPU backend passes
-    ``ReusedBlocks.empty_strided``)."""
+def forward_outputs(layout: Layout, x_seq, save_h: bool):
+    """integrate_fire's (spikes, counts, v_final, h) in the layout; h empty unless save_h."""
     steps, device = x_seq.shape[0], x_seq.device
-    return (layout.empty_seq(steps, x_seq.dtype, device, empty_strided),
-            layout.empty_step(torch.int32, device, empty_strided),
-            layout.empty_step(torch.float32, device, empty_strided),
-            layout.empty_seq(steps, torch.float32, device, empty_strided) if save_h else _nothing(torch.float32, device))
-
-
-def storage_elements(shape, strides) -> int:
-    """Elements of storage a tensor of (shape, strides) spans from its first element (0 if empty)."""
-    if 0 in shape:
-        return 0
-    return 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
-
-
-class ReusedBlocks:
-    """Fresh output tensors on the CPU whose memory, when large, is a block an earlier output
-    used and nobody holds any more.
-
-    A large fresh allocation is often fresh memory from the OS (glibc maps blocks from 32 MiB on,
-    smaller ones above its moving threshold, and unmaps or trims them when freed), so the first
-    write to each page faults and the OS zeroes it: for an op that writes T x N once, that
-    doubles the bytes written. Here each large block is a uint8
-    tensor held in a short LRU list; an output is a new tensor set onto a block whose storage
-    no tensor or storage object outside this list references (its use count is the list's
-    own, plus the one of the storage object that asks), that is not in shared memory (another
-    process may map it) and has the size wanted. So an output never aliases anything live, as
-    with torch.empty; what changes is that up to ``max_bytes`` (``max_blocks`` blocks) of freed
-    outputs stay mapped.
-    """
-
-    def __init__(self, min_bytes=1 << 20, max_blocks=16, max_bytes=512 << 20):
-        import threading
-
-        self.min_bytes, self.max_blocks, self.max_bytes = min_bytes, max_blocks, max_bytes
-        self._blocks = []  # (bytes when made, uint8 tensor), least recently used first
-        self._lock = threading.Lock()
-        self._use_count = getattr(torch._C, "_storage_Use_Count", None)
-
-    def _idle(self, block, nbytes):
-        storage = block.untyped_storage()
-        return (storage.nbytes() == nbytes and not storage.is_shared()
-                and self._use_count(storage._cdata) == 2)  # the block and `storage`
-
-    def _block(self, nbytes):
-        with self._lock:
-            for i, (made, block) in enumerate(self._blocks):
-                if made == nbytes and self._idle(block, nbytes):
-                    self._blocks.append(self._blocks.pop(i))
-                    return block
-            block = torch.empty(nbytes, dtype=torch.uint8)
-            self._blocks.append((nbytes, block))
-            total = sum(made for made, _ in self._blocks)
-            while len(self._blocks) > self.max_blocks or (total > self.max_bytes and len(self._blocks) > 1):
-                total -= self._blocks.pop(0)[0]  # forgotten, freed with its last user
-            return block
-
-    def empty_strided(self, shape, strides, dtype, device):
-        nbytes = storage_elements(shape, strides) * dtype.itemsize
-        if (nbytes < self.min_bytes or nbytes > self.max_bytes or self._use_count is None
-                or torch.device(device).type != "cpu"):
-            return torch.empty_strided(shape, strides, dtype=dtype, device=device)
-        return torch.empty(0, dtype=dtype).set_(self._block(nbytes).untyped_storage(), 0, shape, strides)
+    return (layout.empty_seq(steps, x_seq.dtype, device), layout.empty_step(torch.int32, device),
+            layout.empty_step(torch.float32, device),
+            layout.empty_seq(steps, torch.float32, device) if save_h else _nothing(torch.float32, device))
 
 
 def forward_operands(x_seq, threshold, v_init):

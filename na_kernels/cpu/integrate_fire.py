@@ -14,13 +14,10 @@ def _amplitude(args):
     return dict(amp_is_theta=args.amplitude is None, amp=0.0 if args.amplitude is None else args.amplitude)
 
 
-_OUTPUTS = _layout.ReusedBlocks()  # the forward's large outputs: memory already mapped, when free
-
-
 def forward(x_seq, threshold, v_init, args):
     x_seq, theta, v0, layout = _layout.forward_operands(x_seq, threshold, v_init)
     save_h = args.save == Save.H
-    spikes, counts, v_final, h = _layout.forward_outputs(layout, x_seq, save_h, _OUTPUTS.empty_strided)
+    spikes, counts, v_final, h = _layout.forward_outputs(layout, x_seq, save_h)
     steps = x_seq.shape[0]
     cpu.extension().integrate_fire_forward(
         x=x_seq.data_ptr(), x_step=x_seq.stride(0), spikes=spikes.data_ptr(), counts=counts.data_ptr(),
