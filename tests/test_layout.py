@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch._prims_common import is_non_overlapping_and_dense_or_false as is_non_overlapping_and_dense
 
+import na_kernels
 from na_kernels import _layout
 from na_kernels._layout import Layout
 
@@ -150,3 +151,21 @@ def test_integrate_fire_outputs_share_the_layout():
     assert _layout.forward_outputs(layout, x_seq, False)[3].numel() == 0
     grad_x, grad_v_init = _layout.backward_outputs(layout, 4, torch.bfloat16, x_seq.device, True, False)
     assert grad_x.dtype == torch.bfloat16 and grad_x.stride() == spikes.stride() and grad_v_init.numel() == 0
+
+
+# ------------------------------------------------------------------- fresh forward outputs
+
+
+def test_forward_outputs_are_exact_and_independent_across_calls():
+    x = torch.randn(8, 2**15)
+    with na_kernels.use_backend("cpu"):
+        first = [t.clone() for t in na_kernels.integrate_fire(x, 1.0, return_v=True)]
+        kept = na_kernels.integrate_fire(x, 1.0, return_v=True)
+        for _ in range(3):
+            again = na_kernels.integrate_fire(x * 0.5, 1.0, return_v=True)
+    for got, want in zip(kept, first):
+        assert torch.equal(got, want)  # a live output is never written by a later call
+    with na_kernels.use_backend("reference"):
+        want = na_kernels.integrate_fire(x * 0.5, 1.0, return_v=True)
+    for got, ref in zip(again, want):
+        assert torch.equal(got, ref)
