@@ -6,7 +6,7 @@
 #include "common/lanes_avx2.h"
 #include "integrate_fire/backward_tile.h"
 #include "integrate_fire/integrate_fire.h"
-#include "integrate_fire/storage_avx2.h"
+#include "common/storage_avx2.h"
 
 #ifdef NA_X86_SIMD
 namespace na {
