@@ -126,50 +126,30 @@ template <DType D, Noise NOISE> struct BackwardBody {
   }
 };
 
-template <DType D, Noise NOISE>
-NA_AVX2 void forward_work_item(const ForwardArgs& args, const PhiloxKeysAvx2& keys, WorkItem item) {
-  ForwardBody<D, NOISE> body{static_cast<const StorageType<D>*>(args.x), static_cast<StorageType<D>*>(args.y)};
-  drive<NOISE>(args.quantizer, keys, item, body);
-}
+// the ISA's work items for run_simd_forward / run_simd_backward (noisy_quant.h)
+struct Kernels {
+  using Keys = PhiloxKeysAvx2;
+  static Keys keys(uint64_t seed) { return philox_keys_avx2(seed); }
 
-template <DType D, Noise NOISE>
-NA_AVX2 void backward_work_item(const BackwardArgs& args, const PhiloxKeysAvx2& keys, WorkItem item, double* grad_lam) {
-  BackwardBody<D, NOISE> body{static_cast<const StorageType<D>*>(args.grad_y), static_cast<const StorageType<D>*>(args.x),
-                              static_cast<StorageType<D>*>(args.grad_x), grad_lam, _mm256_setzero_ps(), 0.0, 0};
-  drive<NOISE>(args.quantizer, keys, item, body);
-}
+  template <DType D, Noise NOISE> NA_AVX2 static void forward(const ForwardArgs& args, const Keys& keys, WorkItem item) {
+    ForwardBody<D, NOISE> body{static_cast<const StorageType<D>*>(args.x), static_cast<StorageType<D>*>(args.y)};
+    drive<NOISE>(args.quantizer, keys, item, body);
+  }
+
+  template <DType D, Noise NOISE>
+  NA_AVX2 static void backward(const BackwardArgs& args, const Keys& keys, WorkItem item, double* grad_lam) {
+    BackwardBody<D, NOISE> body{static_cast<const StorageType<D>*>(args.grad_y),
+                                static_cast<const StorageType<D>*>(args.x), static_cast<StorageType<D>*>(args.grad_x),
+                                grad_lam, L::zero(), 0.0, 0};
+    drive<NOISE>(args.quantizer, keys, item, body);
+  }
+};
 
 }  // namespace
 
-void forward_avx2(const ForwardArgs& args) {
-  const Quantizer& q = args.quantizer;
-  with_quantizer_variant(q, [&](auto dtype, auto noise) {
-    for_each_work_item(
-        q.numel, kWorkItemElements, q.threads, [&] { return philox_keys_avx2(q.seed); },
-        [&](const WorkItem& item, const PhiloxKeysAvx2& keys) {
-          forward_work_item<decltype(dtype)::value, decltype(noise)::value>(args, keys, item);
-        });
-  });
-}
+void forward_avx2(const ForwardArgs& args) { run_simd_forward<Kernels>(args); }
 
-void backward_avx2(const BackwardArgs& args) {
-  const Quantizer& q = args.quantizer;
-  struct PerThread {
-    PhiloxKeysAvx2 keys;
-    double* grad_lam;
-  };
-  with_quantizer_variant(q, [&](auto dtype, auto noise) {
-    for_each_work_item(
-        q.numel, kWorkItemElements, q.threads,
-        [&] {
-          return PerThread{philox_keys_avx2(q.seed),
-                           args.grad_lam_partial ? args.grad_lam_partial + thread_index() * q.channels : nullptr};
-        },
-        [&](const WorkItem& item, const PerThread& state) {
-          backward_work_item<decltype(dtype)::value, decltype(noise)::value>(args, state.keys, item, state.grad_lam);
-        });
-  });
-}
+void backward_avx2(const BackwardArgs& args) { run_simd_backward<Kernels>(args); }
 
 }  // namespace noisy_quant
 }  // namespace na

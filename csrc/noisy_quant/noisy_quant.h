@@ -49,6 +49,40 @@ struct BackwardArgs {
 // body(dtype tag, noise tag): the kernel variant for the arguments
 template <class Body> void with_quantizer_variant(const Quantizer& q, Body&& body) { dispatch(body, q.dtype, q.noise); }
 
+// The threads and work items of a SIMD kernel (AVX2, AVX-512). Kernels supplies Keys, keys(seed)
+// and its ISA's target-attributed forward<D, NOISE>(args, keys, item) and
+// backward<D, NOISE>(args, keys, item, grad_lam partial sums of this thread, or null).
+template <class Kernels> void run_simd_forward(const ForwardArgs& args) {
+  const Quantizer& q = args.quantizer;
+  with_quantizer_variant(q, [&](auto dtype, auto noise) {
+    for_each_work_item(
+        q.numel, kWorkItemElements, q.threads, [&] { return Kernels::keys(q.seed); },
+        [&](const WorkItem& item, const typename Kernels::Keys& keys) {
+          Kernels::template forward<decltype(dtype)::value, decltype(noise)::value>(args, keys, item);
+        });
+  });
+}
+
+template <class Kernels> void run_simd_backward(const BackwardArgs& args) {
+  const Quantizer& q = args.quantizer;
+  struct PerThread {
+    typename Kernels::Keys keys;
+    double* grad_lam;
+  };
+  with_quantizer_variant(q, [&](auto dtype, auto noise) {
+    for_each_work_item(
+        q.numel, kWorkItemElements, q.threads,
+        [&] {
+          return PerThread{Kernels::keys(q.seed),
+                           args.grad_lam_partial ? args.grad_lam_partial + thread_index() * q.channels : nullptr};
+        },
+        [&](const WorkItem& item, const PerThread& state) {
+          Kernels::template backward<decltype(dtype)::value, decltype(noise)::value>(args, state.keys, item,
+                                                                                     state.grad_lam);
+        });
+  });
+}
+
 // [begin, end) of one channel inside a work item
 struct ChannelRun {
   int64_t begin, end, channel;
