@@ -3,11 +3,9 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
 
 #include "common/arguments.h"
+#include "common/memory.h"
 #include "common/simd.h"
 #include "integrate_fire/integrate_fire.h"
 
@@ -15,27 +13,9 @@ namespace na {
 namespace integrate_fire {
 namespace {
 
-// Outputs are fresh tensors: a large one is fresh anonymous memory (glibc maps it with mmap),
-// and the kernel's first write to each 4 KiB page traps to the OS, which zeroes it. Asking for
-// transparent huge pages on the whole 2 MiB blocks inside an output (a hint, as torch's
-// THP_MEM_ALLOC_ENABLE gives: the contents are not touched) makes that one fault per 2 MiB.
-// Pages already mapped (memory the allocator reuses) are unaffected.
-constexpr int64_t kHugePage = int64_t{1} << 21;
-constexpr int64_t kAdviseFromBytes = 2 * kHugePage;
 // spikes from this size on (half the last-level cache of the machines this was tuned on) are
 // stored around the cache (ForwardArgs::stream_spikes)
 constexpr int64_t kStreamFromBytes = int64_t{16} << 20;
-
-void advise_huge_pages(void* p, int64_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (p == nullptr || bytes < kAdviseFromBytes) return;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHugePage - 1) & ~static_cast<uintptr_t>(kHugePage - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~static_cast<uintptr_t>(kHugePage - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // a hint: errors ignored
-#else
-  (void)p, (void)bytes;
-#endif
-}
 
 Layer make_layer(int64_t steps, int64_t neurons, int64_t channel_stride, int64_t channels, int64_t x_step,
                  uintptr_t theta, bool amp_is_theta, float amp, int threads) {
@@ -66,11 +46,11 @@ void integrate_fire_forward(uintptr_t x, int64_t x_step, uintptr_t spikes, uintp
                          v_frac};
   if (neurons == 0) return;
   const int64_t elements = steps * neurons;
-  advise_huge_pages(args.spikes, elements * (args.dtype == DType::FLOAT32 ? 4 : 2));
+  advise_huge_pages(args.spikes, elements * element_bytes(args.dtype));
   advise_huge_pages(args.h, elements * 4);
   advise_huge_pages(args.counts, neurons * 4);
   advise_huge_pages(args.v_final, neurons * 4);
-  const int64_t spike_row_bytes = neurons * (args.dtype == DType::FLOAT32 ? 4 : 2);
+  const int64_t spike_row_bytes = neurons * element_bytes(args.dtype);
   args.stream_spikes = steps * spike_row_bytes >= kStreamFromBytes && spike_row_bytes % 64 == 0 && spikes % 64 == 0;
 #ifdef NA_X86_SIMD
   if (cpu_has_avx512()) return forward_avx512(args);
@@ -104,7 +84,7 @@ void integrate_fire_backward(uintptr_t grad_spikes, uintptr_t grad_v, uintptr_t 
                           address_of<void>(grad_x),
                           address_of<float>(grad_v_init)};
   if (neurons == 0) return;
-  advise_huge_pages(args.grad_x, steps * neurons * (args.dtype == DType::FLOAT32 ? 4 : 2));
+  advise_huge_pages(args.grad_x, steps * neurons * element_bytes(args.dtype));
   advise_huge_pages(args.grad_v_init, neurons * 4);
 #ifdef NA_X86_SIMD
   if (cpu_has_avx512()) return backward_avx512(args);
