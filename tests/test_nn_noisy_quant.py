@@ -203,3 +203,12 @@ def test_auto_lambda_is_averaged_over_ranks_under_distributed(tmp_path):
         del ddp
         gc.collect()
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("initial", [8.0, "auto"])
+def test_lam_set_before_the_first_forward_of_a_per_channel_module_is_kept(initial):
+    module = NoisyQuant(3, lam=initial, per_channel=True)
+    module.lam = 2.0  # channels not known yet
+    module.eval()(torch.ones(1, 4))
+    torch.testing.assert_close(module.lam.detach(), torch.full((4,), 2.0), rtol=1e-6, atol=0)
+    assert not module.auto_pending

@@ -445,6 +445,8 @@ def test_noise_none_is_qcfs():
         (dict(seed=1.5), TypeError, "seed must be None, an int"),
         (dict(seed=torch.tensor([1.0])), TypeError, "seed must be None, an int"),
         (dict(seed=2**64), ValueError, "seed must fit in 64 bits"),
+        (dict(seed="junk", noise=None), TypeError, "seed must be None, an int"),  # checked without noise too
+        (dict(seed=1.5, noise="none"), TypeError, "seed must be None, an int"),
     ],
 )
 def test_bad_input(kwargs, error, match):

@@ -102,9 +102,12 @@ class NoisyQuant(nn.Module):
         if not bool(torch.all(torch.isfinite(value) & (value > self.min_lam))):
             raise ValueError(f"lam must be finite and > min_lam ({self.min_lam}), got {value}")
         with torch.no_grad():
-            if self.per_channel and value.dim() == 1 and value.numel() != self.raw_lam.numel():
-                self.raw_lam.data = torch.empty_like(value)
-            self.raw_lam.copy_(_inverse_softplus(value - self.min_lam).expand_as(self.raw_lam))
+            if self.per_channel and self.raw_lam.numel() == 0 and value.numel() == 1:
+                self._initial_lam = float(value)  # channels not known yet: fills every channel when they are
+            else:
+                if self.per_channel and value.dim() == 1 and value.numel() != self.raw_lam.numel():
+                    self.raw_lam.data = torch.empty_like(value)
+                self.raw_lam.copy_(_inverse_softplus(value - self.min_lam).expand_as(self.raw_lam))
             self.lam_initialized.fill_(True)
         self._auto_pending = False
 

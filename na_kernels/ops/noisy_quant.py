@@ -47,7 +47,7 @@ OP = Op("noisy_quant", NoisyQuantArgs, inputs="Tensor x, Tensor lam, Tensor seed
 
 
 def _seed_tensor(seed, device):
-    seed = check_seed(seed)
+    """The noise seed as a 1-element int64 tensor on ``device`` (``seed`` checked by check_seed)."""
     if seed is None:
         # drawn from torch's generator for this device: torch.manual_seed reproduces runs
         return torch.randint(0, 2**63 - 1, (1,), dtype=torch.int64, device=device)
@@ -85,6 +85,7 @@ def noisy_quant(x, p, lam=1.0, *, noise="uniform", scale=1.0, shift=0.5, seed=No
                           shift=check_real("shift", shift))
     if isinstance(lam, float):
         lam = torch.full((1,), lam, dtype=torch.float32, device=x.device)
+    seed = check_seed(seed)  # also without noise: a bad seed is an error whatever the noise
     if args.noise is Noise.NONE:
         seed_t = torch.zeros(1, dtype=torch.int64, device=x.device)
     else:
