@@ -58,3 +58,18 @@ def test_calibrated_thresholds_round_trip_through_the_state_dict():
         torch.testing.assert_close(layer.threshold, snn.if_layers[name].threshold)
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), snn(x))
+
+
+def test_bad_batch_leaves_thresholds_as_they_were():
+    model = nn.Sequential(nn.Linear(4, 8), NoisyQuant(3, lam=1.0, per_channel=True, channels=8), nn.Linear(8, 2)).eval()
+    snn = to_snn(model, T=4)
+    x = torch.randn(16, 4)
+    before = snn(x)
+    thresholds = {name: layer.threshold.clone() for name, layer in snn.if_layers.items()}
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="calibration batch 1 contains NaN or inf"):
+        calibrate_thresholds(snn, [x, bad])
+    for name, layer in snn.if_layers.items():
+        assert torch.equal(layer.threshold, thresholds[name])
+    assert torch.equal(snn(x), before)

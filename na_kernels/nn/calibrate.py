@@ -54,8 +54,13 @@ def calibrate_thresholds(
     batches = [_inputs(batch) for batch in batches]
     if not batches:
         raise ValueError("calibrate_thresholds needs at least one batch")
+    for index, inputs in enumerate(batches):  # before anything changes: bad input loses nothing
+        for tensor in inputs:
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"calibration batch {index} contains NaN or inf: thresholds left as they were")
     layers = snn.if_layers
     recording = {name: layer.record for name, layer in layers.items()}
+    original = {name: layer.threshold.clone() for name, layer in layers.items()}
 
     targets = _ann_targets(snn, batches, T)
 
@@ -76,6 +81,10 @@ def calibrate_thresholds(
         best = min(range(len(history)), key=history.__getitem__)
         for name, threshold in snapshots[best].items():
             layers[name].threshold = threshold
+    except BaseException:
+        for name, threshold in original.items():  # an error part-way leaves the thresholds as they were
+            layers[name].threshold = threshold
+        raise
     finally:
         snn.reset_statistics()
         for name, flag in recording.items():
