@@ -25,7 +25,7 @@ def test_limit_simd_rejects_unknown_level():
     with pytest.raises(ValueError, match="level must be one of"):
         with cpu.limit_simd("sse9"):
             pass
-    assert cpu.simd_level() == cpu.detected_simd_level()
+    assert cpu.simd_level() == before
 
 
 def _level_in_subprocess(value, directory):
@@ -45,3 +45,20 @@ def test_environment_variable_caps_the_process(tmp_path):
 def test_environment_variable_rejects_unknown_level(tmp_path):
     result = _level_in_subprocess("avx1024", tmp_path)
     assert result.returncode != 0 and "NA_KERNELS_SIMD must be one of" in result.stderr
+
+
+def test_limit_simd_is_process_wide():
+    """Documented behaviour: the cap applies to kernels called from any thread while the block runs."""
+    import threading
+
+    from na_kernels import cpu
+
+    if not cpu.available():
+        pytest.skip("C++ extension not built")
+    seen, before = [], cpu.simd_level()
+    with cpu.limit_simd("generic"):
+        worker = threading.Thread(target=lambda: seen.append(cpu.simd_level()))
+        worker.start()
+        worker.join()
+    assert seen == ["generic"]
+    assert cpu.simd_level() == before

@@ -85,6 +85,9 @@ def limit_simd(level):
     """Run the C++ kernels no higher than ``level`` ("generic", "avx2", "avx512") inside the block.
 
     Tests use it to check every kernel path on one machine; it changes speed, never results.
+    The limit is process-wide, like ``NA_KERNELS_SIMD``: while the block runs, C++ kernels called
+    from every thread use it, and blocks entered from several threads at once restore each
+    other's previous level in whatever order they exit. Use it from one thread at a time.
     """
     global _simd_limit
     if level not in SIMD_LEVELS:
