@@ -25,7 +25,7 @@ def test_limit_simd_rejects_unknown_level():
     with pytest.raises(ValueError, match="level must be one of"):
         with cpu.limit_simd("sse9"):
             pass
-    assert cpu.simd_level() == before
+    assert cpu.simd_level() == cpu.detected_simd_level()
 
 
 def _level_in_subprocess(value, directory):
