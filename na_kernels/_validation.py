@@ -116,7 +116,7 @@ def positive_parameter_tensor(name, value, like, channel_dim, description):
     """
     if not isinstance(value, torch.Tensor):
         return check_positive(name, value, accepted="a positive finite number or a tensor")
-    if value.dtype not in FLOAT_DTYPES:
+    if value.dtype not in FLOAT_DTYPES + (torch.float64,):  # float64 as for v_init: read as float32
         raise TypeError(f"{name} must be a float tensor, got {value.dtype}")
     if value.device != like.device:
         raise ValueError(f"{name} must be on {like.device} like the input, got {value.device}")

@@ -620,3 +620,15 @@ def test_matches_spikingjelly_ifnode(backend, device, surrogate_name, reset):
         (got_grad,) = torch.autograd.grad((got * torch.arange(16.0)).sum() + got_v.sum(), (x,))
         assert torch.equal(got, want) and torch.equal(got_v, node.v)
         torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_float64_threshold_is_read_as_float32(backend, device):
+    """The same rule as noisy_quant's lam (and v_init): a float64 threshold is read as float32."""
+    x = torch.randn(6, 2, 3, 5, device=device)
+    theta = torch.tensor([0.5, 1.25, 2.0], dtype=torch.float64, device=device)
+    with na_kernels.use_backend(backend):
+        got = na_kernels.integrate_fire(x, theta, return_v=True)
+        want = na_kernels.integrate_fire(x, theta.float(), return_v=True)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)

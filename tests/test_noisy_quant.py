@@ -483,3 +483,20 @@ def test_missing_extension_falls_back_with_one_warning(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         na_kernels.noisy_quant(x, 3, seed=1)  # warned once only
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_float64_lam_is_read_as_float32(backend, device):
+    """One rule for parameter tensors: float64 is accepted (as integrate_fire's v_init is) and
+    read as float32; its gradient comes back in float64."""
+    x = torch.randn(2, 3, 5, device=device)
+    lam64 = torch.tensor([0.5, 1.25, 2.0], dtype=torch.float64, device=device, requires_grad=True)
+    lam32 = lam64.detach().float().requires_grad_()
+    with na_kernels.use_backend(backend):
+        y64 = na_kernels.noisy_quant(x, 3, lam64, seed=7)
+        y32 = na_kernels.noisy_quant(x, 3, lam32, seed=7)
+        y64.sum().backward()
+        y32.sum().backward()
+    assert torch.equal(y64, y32)
+    assert lam64.grad.dtype == torch.float64
+    assert torch.equal(lam64.grad.float(), lam32.grad)
