@@ -17,6 +17,9 @@ import torch
 
 from ._spec import FLOAT_DTYPES, Noise, Reset, Surrogate
 
+# parameter tensors (lam, threshold, v_init) may also be float64: the kernels read them as float32
+PARAMETER_DTYPES = FLOAT_DTYPES + (torch.float64,)
+
 
 def check_float_tensor(name, tensor):
     """A float32/float16/bfloat16 torch.Tensor."""
@@ -101,12 +104,6 @@ def check_positive(name, value, accepted="a positive finite number"):
     return check_real(name, value, strictly_positive=True, accepted=accepted)
 
 
-def check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-    return value
-
-
 def positive_parameter_tensor(name, value, like, channel_dim, description):
     """A positive finite float, or a tensor: a scalar or per-channel along ``channel_dim`` of ``like``.
 
@@ -116,7 +113,7 @@ def positive_parameter_tensor(name, value, like, channel_dim, description):
     """
     if not isinstance(value, torch.Tensor):
         return check_positive(name, value, accepted="a positive finite number or a tensor")
-    if value.dtype not in FLOAT_DTYPES + (torch.float64,):  # float64 as for v_init: read as float32
+    if value.dtype not in PARAMETER_DTYPES:
         raise TypeError(f"{name} must be a float tensor, got {value.dtype}")
     if value.device != like.device:
         raise ValueError(f"{name} must be on {like.device} like the input, got {value.device}")
@@ -201,7 +198,7 @@ def check_initial_potential(v_init, like, name="v_init"):
     """An initial membrane potential: a number (a fraction of the threshold; a float), or a float
     tensor of potentials (float64 included) with the per-step shape like.shape[1:], on like's device."""
     if isinstance(v_init, torch.Tensor):
-        if v_init.dtype not in FLOAT_DTYPES + (torch.float64,):
+        if v_init.dtype not in PARAMETER_DTYPES:
             raise TypeError(f"{name} must be a number or a float tensor of potentials, got {v_init.dtype}")
         if v_init.device != like.device:
             raise ValueError(f"{name} must be on {like.device} like the input, got {v_init.device}")

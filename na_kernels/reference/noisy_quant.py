@@ -17,6 +17,7 @@ calls every backend.
 """
 import torch
 
+from .._layout import numel
 from .._spec import Noise
 from . import philox
 
@@ -41,13 +42,10 @@ def lam_view(lam, x):
 
 def noise(x_shape, seed, kind, device):
     """eps for every element of a tensor of ``x_shape`` (float32, same shape)."""
-    numel = 1
-    for size in x_shape:
-        numel *= size
     kind = _noise_kind(kind)
     if kind is Noise.NONE:
         raise ValueError(f"noise must be 'uniform' or 'gaussian' to draw noise, got {kind!r}")
-    eps = philox.noise_range(seed, 0, numel, kind.label, device)
+    eps = philox.noise_range(seed, 0, numel(x_shape), kind, device)
     return eps.reshape(x_shape)
 
 

@@ -4,10 +4,12 @@ It reproduces Triton's (3.x) ``tl.randint4x``, ``tl.rand4x`` and ``tl.randn4x`` 
 offsets: counter ``(lo32(offset), hi32(offset), 0, 0)``, key ``(lo32(seed), hi32(seed))``, ten
 rounds, then each of the four words mapped to float32 (``rand4x``), and Box-Muller on the pairs
 (u1, u2) and (u3, u4) (``randn4x``). The noise of flat element ``i`` is output ``i % 4`` of the
-block for counter ``i // 4`` (``uniform_noise``, ``gaussian_noise``, ``noise_range``).
+block for counter ``i // 4`` (``element_noise``, ``noise_range``).
 uint32 arithmetic is emulated in int64 tensors so it runs on any device.
 """
 import torch
+
+from .._spec import Noise
 
 MASK32 = 0xFFFFFFFF
 KEY_A = 0x9E3779B9
@@ -97,25 +99,25 @@ def randn4x(seed, offsets):
     return n0, n1, n2, n3
 
 
-def _blocks(kind):
-    kind = getattr(kind, "label", kind)  # a _spec.Noise or its label
-    if kind == "uniform":
-        return rand4x
-    if kind == "gaussian":
-        return randn4x
-    raise ValueError(f"kind must be 'uniform' or 'gaussian', got {kind!r}")
+def _noise_blocks(kind):
+    """(Noise, the block function) for a noise kind (a Noise or its label), NONE refused."""
+    kind = Noise.parse("kind", kind)
+    if kind is Noise.NONE:
+        raise ValueError(f"kind must be 'uniform' or 'gaussian', got {kind.label!r}")
+    return kind, rand4x if kind is Noise.UNIFORM else randn4x
 
 
 def _finish(kind, values):
     # float32 - 0.5, one rounding (the scalar is exact in float32)
-    return values - 0.5 if getattr(kind, "label", kind) == "uniform" else values
+    return values - 0.5 if kind is Noise.UNIFORM else values
 
 
 def element_noise(seed, indices, kind):
     """eps of each flat element index (any int64 tensor, any order): output ``i % 4`` of the block
     for counter ``i // 4``; ``U(-0.5, 0.5)`` as ``rand4x - 0.5`` or ``N(0, 1)`` as ``randn4x``."""
+    kind, blocks = _noise_blocks(kind)
     indices = torch.as_tensor(indices).to(torch.int64)
-    words = torch.stack(_blocks(kind)(seed, indices >> 2), dim=-1)
+    words = torch.stack(blocks(seed, indices >> 2), dim=-1)
     values = torch.gather(words, -1, (indices & 3).unsqueeze(-1)).squeeze(-1)
     return _finish(kind, values)
 
@@ -123,22 +125,13 @@ def element_noise(seed, indices, kind):
 def noise_range(seed, first, count, kind, device="cpu"):
     """eps for the element indices ``first .. first + count - 1`` (float32 [count]): each block
     computed once; the same values as ``element_noise`` on those indices."""
+    kind, blocks = _noise_blocks(kind)
     first, count = int(first), int(count)
     if count == 0:
         return torch.empty(0, dtype=torch.float32, device=device)
     block_first = first // 4
     block_last = (first + count - 1) // 4
     counters = torch.arange(block_first, block_last + 1, dtype=torch.int64, device=device)
-    values = torch.stack(_blocks(kind)(seed, counters), dim=-1).reshape(-1)
+    values = torch.stack(blocks(seed, counters), dim=-1).reshape(-1)
     start = first - 4 * block_first
     return _finish(kind, values[start:start + count])
-
-
-def uniform_noise(seed, indices):
-    """``rand4x(seed, i // 4)[i % 4] - 0.5`` for each element index ``i``: U(-0.5, 0.5), float32."""
-    return element_noise(seed, indices, "uniform")
-
-
-def gaussian_noise(seed, indices):
-    """``randn4x(seed, i // 4)[i % 4]`` for each element index ``i``: N(0, 1), float32."""
-    return element_noise(seed, indices, "gaussian")
