@@ -431,7 +431,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or does not match the run."""
 
 
-_WRITTEN_BY = "a checkpoint written by `na-kernels train` (last.pt or best.pt)"
+_WRITTEN_BY = "a last.pt or best.pt written by `na-kernels train`"
 # what network_from_checkpoint and --resume read: key -> (type, the keys it must hold)
 _CHECKPOINT_KEYS = {"model": (dict, ()), "epoch": (int, ()), "config": (dict, ("arch", "p", "noise", "lam", "dataset")),
                     "meta": (dict, ("num_classes", "in_channels"))}
@@ -464,12 +464,12 @@ def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
     for key, (kind, inner) in _CHECKPOINT_KEYS.items():
         if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
             what = "has no" if key not in state else f"has a {type(state[key]).__name__} as its"
-            raise CheckpointError(f"{path} {what} '{key}' ({kind.__name__} expected): it is damaged or was not "
-                                  f"written by na-kernels train; pass {_WRITTEN_BY}")
+            raise CheckpointError(f"{path} {what} '{key}' ({kind.__name__} expected): the file is damaged or "
+                                  f"from another program; pass {_WRITTEN_BY}")
         missing = [k for k in inner if k not in state[key]]
         if missing:
-            raise CheckpointError(f"{path}: its '{key}' lacks {', '.join(map(repr, missing))}: it is damaged or "
-                                  f"was not written by na-kernels train; pass {_WRITTEN_BY}")
+            raise CheckpointError(f"{path}: its '{key}' lacks {', '.join(map(repr, missing))}: the file is damaged "
+                                  f"or from another program; pass {_WRITTEN_BY}")
     state["path"] = path
     return state
 

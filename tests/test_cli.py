@@ -282,6 +282,7 @@ BAD_INPUTS = [  # (id, argv from the fixture's paths, what the error line must s
                                                     str(p["file"] / "r.json"))(p), "cannot be created"),
     ("resume-no-weights", lambda p: _train("--resume", str(p["nomodel"]))(p), "has no 'model'"),
     ("resume-no-optimizer", lambda p: _train("--resume", str(p["noopt"]))(p), "holds no optimizer state"),
+    ("arch-unknown", _train("--arch", "resnet9000"), "argument --arch: invalid choice: 'resnet9000'"),
     ("mnist-arch-digits_cnn", _mnist("mnist_good", "--arch", "digits_cnn"),
      "arch 'digits_cnn' takes 8x8 images but dataset 'mnist' has 32x32; choose an arch for 32x32 images"),
     ("digits-arch-vgg16", lambda p: ["train", *TINY, "--arch", "vgg16", "--out", str(p["root"] / "o")],
