@@ -449,8 +449,9 @@ def _first_line(error: BaseException) -> str:
 
 
 def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
-    """The dict ``save_checkpoint`` wrote; CheckpointError (one line) if it is missing, unreadable,
-    not a na_kernels checkpoint, or lacks what a network is rebuilt from."""
+    """The dict ``save_checkpoint`` wrote, plus ``"path"`` (where it was read, for error messages);
+    CheckpointError (one line) if it is missing, unreadable, not a na_kernels checkpoint, or lacks
+    what a network is rebuilt from (``model``, ``epoch``, ``config``, ``meta``)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}" + (" (a folder; pass the last.pt or best.pt in it)"
                                                                  if os.path.isdir(path) else ""))
