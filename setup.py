@@ -5,9 +5,15 @@ installs, and na_kernels falls back to the PyTorch reference on the CPU with a w
 """
 import glob
 import os
+import sys
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+
+try:
+    from setuptools.modified import newer_group
+except ImportError:  # setuptools < 69
+    from distutils.dep_util import newer_group
 
 try:
     from pybind11.setup_helpers import Pybind11Extension
@@ -31,6 +37,10 @@ class OptionalBuildExt(build_ext):
         if os.environ.get("NA_KERNELS_NO_OPENMP"):
             attempts = attempts[1:]
         last_error = None
+        # the compile is silent for about a minute: say so first (pip shows it with -v);
+        # nothing when build_ext would skip an up-to-date extension
+        if self.force or newer_group(list(ext.sources) + list(ext.depends or []), self.get_ext_fullpath(ext.name)):
+            print("na_kernels: building the C++ kernels (about a minute)...", file=sys.stderr, flush=True)
         for compile_flags, link_flags in attempts:
             ext.extra_compile_args = base_compile + compile_flags
             ext.extra_link_args = base_link + link_flags

@@ -11,6 +11,7 @@ Run ``na-kernels <command> --help`` for the options.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -23,9 +24,10 @@ from . import __version__
 from .datasets import DATASETS, BatchLoader, DatasetError, ImageData, digits_split, load_dataset
 from .models import MODELS
 from ._spec import Noise
-from ._validation import check_int, check_levels, check_positive, check_time_steps
-from .train import (CheckpointError, TrainConfig, build_network, evaluate, evaluate_snn, fit, load_checkpoint,
-                    make_optimizer, make_scheduler, network_from_checkpoint, train_epoch)
+from ._validation import check_clip_level, check_int, check_levels, check_positive, check_real, check_time_steps
+from .train import (_MIN_LAM, CheckpointError, ConfigError, TrainConfig, build_network, check_output_path,
+                    check_run_seed, evaluate, evaluate_snn, fit, load_checkpoint, make_optimizer, make_scheduler,
+                    network_from_checkpoint, parse_device, train_epoch)
 
 DEMO_TS = (1, 2, 4, 8, 16, 32)
 DEMO_VARIANTS = (("NoisyQuant (uniform noise)", Noise.UNIFORM.label), ("QCFS (no noise)", Noise.NONE.label))
@@ -226,15 +228,22 @@ def cmd_train(args) -> int:
     resume = args.resume
     if resume == "auto":
         resume = os.path.join(args.out, "last.pt")
-    cfg = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, arch=args.arch, p=args.p, noise=args.noise,
-                      lam=args.lam, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      momentum=args.momentum, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-                      augment=not args.no_augment, amp=not args.no_amp, seed=args.seed, out=args.out,
-                      resume=resume, device=args.device, progress=not args.no_progress,
-                      max_steps_per_epoch=args.max_steps_per_epoch, stop_after=args.stop_after)
+    try:  # each option is checked by its argparse type; what is left are rules between options
+        cfg = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, arch=args.arch, p=args.p, noise=args.noise,
+                          lam=args.lam, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                          momentum=args.momentum, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+                          augment=not args.no_augment, amp=not args.no_amp, seed=args.seed, out=args.out,
+                          resume=resume, device=args.device, progress=not args.no_progress,
+                          max_steps_per_epoch=args.max_steps_per_epoch, stop_after=args.stop_after,
+                          overwrite=args.overwrite)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
     summary = fit(cfg)
     if summary["rank"] == 0 and summary["history"]:
         print(f"final test accuracy {100 * summary['test_acc']:.2f}%  checkpoint: {summary['checkpoint']}")
+        best = summary["best"]
+        print(f"best test accuracy {100 * best['test_acc']:.2f}% (epoch {best['epoch']}): {best['checkpoint']}; "
+              f"metrics: {os.path.join(args.out, 'metrics.json')}")
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return 0
@@ -243,7 +252,7 @@ def cmd_train(args) -> int:
 def _checkpoint_model_and_test_data(args):
     """(checkpoint state, its network on the chosen device, the device, the test split)."""
     state = load_checkpoint(args.checkpoint)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(parse_device(args.device) or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = network_from_checkpoint(state).to(device)
     cfg = state["config"]
     test = load_dataset(cfg["dataset"], args.data_dir or cfg.get("data_dir"), train=False)
@@ -292,17 +301,22 @@ def cmd_convert(args) -> int:
 # ----------------------------------------------------------------------------------------
 
 
-def _checked(check):
-    """An argparse type: the text as a number (int, else float), checked by a ``_validation`` rule."""
+def _checked(check, words: Sequence[str] = ()):
+    """An argparse type: the text as a number (int, else float), checked by a ``_validation`` rule
+    (``words``: texts passed to the rule as they are, e.g. "auto")."""
 
     def parse(text: str):
-        try:
-            value = int(text)
-        except ValueError:
+        if text in words:
+            value: Any = text
+        else:
             try:
-                value = float(text)
+                value = int(text)
             except ValueError:
-                raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+                try:
+                    value = float(text)
+                except ValueError:
+                    also = "".join(f" or {w!r}" for w in words)
+                    raise argparse.ArgumentTypeError(f"not a number{also}: {text!r}") from None
         try:
             return check(value)
         except (TypeError, ValueError) as error:
@@ -315,20 +329,68 @@ def _count(name: str, minimum: int = 1):
     return _checked(lambda value: check_int(name, value, minimum=minimum))
 
 
+def _positive(name: str):
+    return _checked(lambda value: check_positive(name, value))
+
+
+def _real(name: str, minimum: float):
+    return _checked(lambda value: check_real(name, value, minimum=minimum))
+
+
+def _as_is(check):
+    """An argparse type for a text option, checked by ``check`` (its ValueError as the message)."""
+
+    def parse(text: str):
+        try:
+            return check(text)
+        except (TypeError, ValueError) as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
+
 _levels = _checked(check_levels)
-_lam = _checked(lambda value: check_positive("lam", value))
+# NoisyQuant's initial λ: a number above its floor, or "auto" (the 99.9th percentile of the first batch)
+_lam = _checked(lambda value: check_clip_level(value, min_lam=_MIN_LAM), words=("auto",))
+_device = _as_is(lambda text: parse_device(text, ""))
 
 
 def _steps(name: str):
     return _checked(lambda value: check_time_steps(name, value))
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless the help already states it (or the
+    default is nothing to show: a flag's False, an option's None)."""
+
+    def _get_help_string(self, action):
+        help = action.help or ""
+        if ("default" in help or not action.option_strings or action.default is argparse.SUPPRESS
+                or action.default is None or action.default is False or isinstance(action, argparse._VersionAction)):
+            return help
+        return (help + " " if help else "") + "(default: %(default)s)"
+
+    def _format_action(self, action):
+        if not action.help and self._get_help_string(action):  # an option without help: still show its default
+            action = copy.copy(action)
+            action.help = self._get_help_string(action)
+        return super()._format_action(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """The CLI's parsers: defaults in every help text."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``na-kernels`` argument parser (options checked with the rules of ``_validation``)."""
-    parser = argparse.ArgumentParser(prog="na-kernels", description=(
+    parser = _Parser(prog="na-kernels", description=(
         "Noise-injected low-bit ANN training and ANN-to-SNN conversion with fused kernels."))
     parser.add_argument("--version", action="version", version=f"na_kernels {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="command")
+    sub = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
 
     d = sub.add_parser("demo", help="offline demo on the bundled 8x8 digits: NoisyQuant vs QCFS, ANN vs SNN",
                        description="Train the same small CNN twice on the bundled 8x8 UCI digits (NoisyQuant "
@@ -354,29 +416,38 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train with the published recipe (SGD momentum 0.9, lr 0.1, weight decay "
                                    "5e-4, cosine schedule, random crop + flip). Launch with torchrun for "
                                    "DistributedDataParallel (one process per GPU; each rank its own noise).")
-    t.add_argument("--dataset", choices=DATASETS, required=True)
+    t.add_argument("--dataset", choices=DATASETS, required=True, help="the dataset (digits is bundled)")
     t.add_argument("--data-dir", default=None, help="folder with the dataset files (not needed for digits)")
-    t.add_argument("--arch", choices=sorted(MODELS), default="resnet20")
+    t.add_argument("--arch", choices=sorted(MODELS), default="resnet20", help="the network")
     t.add_argument("--p", type=_levels, default=3, help="activation levels: 3, 7, 15 = 2, 3, 4 bit")
     t.add_argument("--noise", choices=Noise.labels(), default="uniform", help="'none' = QCFS")
-    t.add_argument("--lam", type=_lam, default=8.0, help="initial clip λ of every activation (default 8)")
-    t.add_argument("--epochs", type=_count("epochs"), default=300)
-    t.add_argument("--batch-size", type=_count("batch_size"), default=128, help="per process (default 128)")
-    t.add_argument("--lr", type=float, default=0.1)
-    t.add_argument("--momentum", type=float, default=0.9)
-    t.add_argument("--weight-decay", type=float, default=5e-4)
-    t.add_argument("--warmup-epochs", type=_count("warmup_epochs", 0), default=0)
+    t.add_argument("--lam", type=_lam, default="auto",
+                   help="initial clip λ of every activation: a number, or 'auto': each λ is set to the 99.9th "
+                        "percentile of its first training batch (default: auto; a fixed λ = 8 stays "
+                        "near chance for the first epochs at p = 3)")
+    t.add_argument("--epochs", type=_count("epochs"), default=300, help="training epochs (the cosine schedule's length)")
+    t.add_argument("--batch-size", type=_count("batch_size"), default=128, help="images per step, per process")
+    t.add_argument("--lr", type=_positive("lr"), default=0.1, help="peak SGD learning rate")
+    t.add_argument("--momentum", type=_real("momentum", 0.0), default=0.9, help="SGD momentum")
+    t.add_argument("--weight-decay", type=_real("weight_decay", 0.0), default=5e-4,
+                   help="L2 weight decay (not on biases, BatchNorm and λ)")
+    t.add_argument("--warmup-epochs", type=_count("warmup_epochs", 0), default=0, help="linear warmup epochs")
     t.add_argument("--no-augment", action="store_true", help="no random crop / flip")
     t.add_argument("--no-amp", action="store_true", help="no bf16 autocast on GPU")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", default="runs/na_kernels", help="checkpoint folder (last.pt is written every epoch)")
+    t.add_argument("--seed", type=_checked(check_run_seed), default=0,
+                   help="random seed (weights, data order, noise), 0 .. 2**32 - 1")
+    t.add_argument("--out", default="runs/na_kernels",
+                   help="folder for last.pt (every epoch), best.pt (best test accuracy so far; selected on the "
+                        "test split) and metrics.json (loss, accuracy, lr per epoch)")
     t.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="continue from a checkpoint (default: <out>/last.pt)")
+                   help="continue from a checkpoint (without a path: <out>/last.pt)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start over in an --out that already holds a run (else that is refused)")
     t.add_argument("--stop-after", type=_count("stop_after"), default=None,
                    help="stop after this epoch (the schedule still spans --epochs; continue with --resume)")
-    t.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    t.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     t.add_argument("--max-steps-per-epoch", type=_count("max_steps_per_epoch"), default=None, help=argparse.SUPPRESS)
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
     for name, helptext in (("evaluate", "test accuracy of a checkpoint (the quantized ANN, noise off)"),
@@ -389,22 +460,25 @@ def build_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=helptext, description=description)
         c.add_argument("--checkpoint", required=True, help="a checkpoint written by na-kernels train")
         c.add_argument("--data-dir", default=None, help="dataset folder (default: the one it was trained on)")
-        c.add_argument("--batch-size", type=_count("batch_size"), default=256)
-        c.add_argument("--device", default=None)
-        c.add_argument("--no-progress", action="store_true")
+        c.add_argument("--batch-size", type=_count("batch_size"), default=256, help="images per batch")
+        c.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+        c.add_argument("--no-progress", action="store_true", help="no progress bars")
         if name == "evaluate":
-            c.add_argument("--no-amp", action="store_true")
+            c.add_argument("--no-amp", action="store_true", help="no bf16 autocast on GPU")
             c.set_defaults(func=cmd_evaluate)
         else:
-            c.add_argument("--T", type=_steps("T"), default=32, help="time steps (default 32)")
-            c.add_argument("--chunk", type=_steps("chunk"), default=None, help="steps per kernel call (memory)")
-            c.add_argument("--report", default=None, help="write a JSON report here")
+            c.add_argument("--T", type=_steps("T"), default=32, help="time steps")
+            c.add_argument("--chunk", type=_steps("chunk"), default=None,
+                           help="steps per kernel call (less memory; default: all T at once)")
+            c.add_argument("--report", type=_as_is(lambda text: check_output_path(text, "", folder=False)),
+                           default=None, help="write a JSON report to this file")
             c.set_defaults(func=cmd_convert)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run ``na-kernels`` with ``argv``; returns the exit status (2 for a data or checkpoint error)."""
+    """Run ``na-kernels`` with ``argv``; returns the exit status (2 for a bad option, data, checkpoint or
+    run setting: one ``na-kernels: error: ...`` line on stderr)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -412,7 +486,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (DatasetError, CheckpointError) as e:
+    except (DatasetError, CheckpointError, ConfigError) as e:
         _err(str(e))
         return 2
     except KeyboardInterrupt:

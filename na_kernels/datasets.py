@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import pickle
 import struct
@@ -139,8 +140,11 @@ def digits_split(data: Optional[ImageData] = None, test_fraction: float = 0.3) -
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def read_idx(path: str) -> np.ndarray:
-    """Read an idx file (``.gz`` or not): magic ``00 00 <dtype> <ndim>``, big-endian dims, data."""
+def read_idx(path: str, magic: Optional[int] = None, what: str = "") -> np.ndarray:
+    """Read an idx file (``.gz`` or not): magic ``00 00 <dtype> <ndim>``, big-endian dims, data.
+
+    ``magic``: the one magic number the file must have (e.g. ``0x00000803`` for MNIST images:
+    uint8, 3 dims), with ``what`` naming the file's role in the error."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -150,21 +154,29 @@ def read_idx(path: str) -> np.ndarray:
         raise DatasetError(f"file not found: {path}") from e
     except (OSError, EOFError) as e:
         raise DatasetError(f"could not read {path}: {e}") from e
+    found = f"0x{raw[:4].hex():0>8}" if len(raw) >= 4 else f"{len(raw)} byte(s)"
+    if magic is not None and (len(raw) < 4 or int.from_bytes(raw[:4], "big") != magic):
+        raise DatasetError(f"{path}: bad magic number {found}, expected 0x{magic:08x}"
+                           f"{' (' + what + ')' if what else ''}: not that idx file, or damaged; "
+                           "download it again")
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DatasetError(f"{path} is not an idx file (bad magic number {raw[:4].hex() or 'empty'})")
+        raise DatasetError(f"{path} is not an idx file (bad magic number {found}, expected 0x0000<type><ndim> "
+                           f"with type one of {', '.join(f'{k:02x}' for k in _IDX_DTYPES)}); download it again")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DatasetError(f"{path}: truncated idx header")
     dims = struct.unpack(">" + "I" * ndim, raw[4:header])
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    count = int(np.prod(dims)) if ndim else 1
+    count = math.prod(dims)  # Python ints: a damaged header cannot overflow
     if len(raw) - header != count * dtype.itemsize:
         raise DatasetError(f"{path}: idx header says {dims} ({count * dtype.itemsize} bytes of data) "
                            f"but the file holds {len(raw) - header} bytes (truncated or corrupt)")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
 
 
+# idx magic numbers: 0x08 = uint8, then the number of dims
+_MNIST_MAGIC = {"images": 0x00000803, "labels": 0x00000801}
 _MNIST_FILES = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -188,9 +200,12 @@ def load_mnist(data_dir: str, train: bool = True) -> ImageData:
     img_name, lbl_name = _MNIST_FILES[train]
     img_path = _find(base, [img_name, img_name + ".gz"], "MNIST images")
     lbl_path = _find(base, [lbl_name, lbl_name + ".gz"], "MNIST labels")
-    images, labels = read_idx(img_path), read_idx(lbl_path)
-    if images.ndim != 3 or images.dtype != np.uint8:
+    images = read_idx(img_path, _MNIST_MAGIC["images"], "MNIST images: uint8, 3 dims")
+    labels = read_idx(lbl_path, _MNIST_MAGIC["labels"], "MNIST labels: uint8, 1 dim")
+    if images.ndim != 3 or images.dtype != np.uint8 or images.shape[1:] != (28, 28):
         raise DatasetError(f"{img_path}: expected uint8 images [N, 28, 28], got {images.dtype} {images.shape}")
+    if images.shape[0] == 0:
+        raise DatasetError(f"{img_path} holds 0 images: the file is damaged or a placeholder; download it again")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
         raise DatasetError(f"{lbl_path}: expected {images.shape[0]} labels, got shape {labels.shape}")
     if labels.size and labels.max() > 9:
@@ -226,6 +241,20 @@ def _unpickle(path: str) -> dict:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
+def _integer_labels(labels, path: str, key: str) -> np.ndarray:
+    """CIFAR labels as int64 [N]: a DatasetError unless they are integers (not floats, text or None)."""
+    try:
+        array = np.asarray(labels)
+    except (TypeError, ValueError) as e:
+        raise DatasetError(f"{path}: '{key}' is not a list of integer labels ({e})") from None
+    if array.size and (array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer)):
+        first = array.ravel()[0]
+        example = first if array.dtype == object else first.item()
+        raise DatasetError(f"{path}: '{key}' must hold integer class labels, got {array.dtype} values "
+                           f"(e.g. {example!r}): the file is damaged or not a CIFAR batch; download it again")
+    return array.astype(np.int64)
+
+
 def load_cifar(data_dir: str, num_classes: int = 10, train: bool = True) -> ImageData:
     """CIFAR-10 (``cifar-10-batches-py/data_batch_1..5``, ``test_batch``) or CIFAR-100
     (``cifar-100-python/train``, ``test``) from ``data_dir`` or its subfolder of that name."""
@@ -246,12 +275,14 @@ def load_cifar(data_dir: str, num_classes: int = 10, train: bool = True) -> Imag
         if "data" not in batch or key.decode() not in batch:
             raise DatasetError(f"{path}: expected keys 'data' and '{key.decode()}', got {sorted(batch)}")
         data = np.asarray(batch["data"])
-        labels = np.asarray(batch[key.decode()], dtype=np.int64)
+        labels = _integer_labels(batch[key.decode()], path, key.decode())
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
             raise DatasetError(f"{path}: expected uint8 data [N, 3072] and N labels, "
                                f"got {data.dtype} {data.shape} and {labels.shape}")
-        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-            raise DatasetError(f"{path}: labels must be 0..{num_classes - 1}")
+        if data.shape[0] == 0:
+            raise DatasetError(f"{path} holds 0 images: the file is damaged; download the dataset again")
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise DatasetError(f"{path}: labels must be 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
         xs.append(data.reshape(-1, 3, 32, 32))
         ys.append(labels)
     x = torch.from_numpy(np.concatenate(xs))

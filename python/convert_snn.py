@@ -20,7 +20,8 @@ from train_noisyquant import digits_tensors, make_model  # noqa: E402  the same 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="digits_noisyquant.pt")
+    parser.add_argument("--checkpoint", default=os.path.join("runs", "digits_noisyquant.pt"),
+                        help="the weights train_noisyquant.py saved (default: runs/digits_noisyquant.pt)")
     parser.add_argument("--T", type=int, default=32, help="time steps")
     args = parser.parse_args()
     if not os.path.isfile(args.checkpoint):

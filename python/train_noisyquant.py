@@ -10,6 +10,7 @@ clip λ per layer, uniform noise in training). Everything else is unchanged.
     python python/convert_snn.py                      # then: convert and run as an SNN
 """
 import argparse
+import os
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +46,8 @@ def main():
     parser.add_argument("--noise", default="uniform", choices=["uniform", "gaussian", "none"])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="digits_noisyquant.pt")
+    parser.add_argument("--out", default=os.path.join("runs", "digits_noisyquant.pt"),
+                        help="where to save the trained weights (default: runs/digits_noisyquant.pt)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
 
@@ -74,6 +76,7 @@ def main():
             acc = (model(x_test).argmax(1) == y_test).float().mean().item()
         print(f"epoch {epoch + 1}/{args.epochs}  loss {loss.item():.3f}  test accuracy {100 * acc:.1f}%")
 
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     torch.save({"state_dict": model.state_dict(), "p": args.p, "noise": args.noise}, args.out)
     print(f"saved {args.out}; next: python python/convert_snn.py --checkpoint {args.out}")
 

@@ -2,6 +2,7 @@
 import gzip
 import os
 import pickle
+import re
 import struct
 
 import numpy as np
@@ -146,8 +147,10 @@ def test_mnist_corrupt_files(tmp_path):
     with pytest.raises(DatasetError, match="could not read"):
         load_mnist(str(tmp_path))
     path.write_bytes(b"PK\x03\x04" + raw[4:])  # wrong magic
-    with pytest.raises(DatasetError, match="not an idx file"):
+    with pytest.raises(DatasetError, match="bad magic number 0x504b0304, expected 0x00000803"):
         load_mnist(str(tmp_path))
+    with pytest.raises(DatasetError, match="not an idx file"):  # read_idx without an expected magic
+        read_idx(str(path))
     write_idx(str(path), np.zeros((12, 28, 28), np.uint8))
     write_idx(str(tmp_path / "train-labels-idx1-ubyte"), np.zeros((11,), np.uint8))  # count mismatch
     with pytest.raises(DatasetError, match="expected 12 labels"):
@@ -244,3 +247,56 @@ def test_random_crop_is_a_shifted_window():
     windows = [padded[i:i + 4, j:j + 4] for i in range(3) for j in range(3)]
     for k in range(8):
         assert any(torch.equal(x[k, 0], w) for w in windows)
+
+
+def test_mnist_bad_magic_names_file_and_expected_magic(tmp_path):
+    make_mnist(str(tmp_path))
+    images, labels = tmp_path / "train-images-idx3-ubyte", tmp_path / "train-labels-idx1-ubyte"
+    a, b = images.read_bytes(), labels.read_bytes()
+    images.write_bytes(b), labels.write_bytes(a)  # swapped: each a valid idx file, of the other kind
+    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte: bad magic number 0x00000801, expected "
+                                           r"0x00000803 \(MNIST images: uint8, 3 dims\)"):
+        load_mnist(str(tmp_path))
+    images.write_bytes(a)
+    with pytest.raises(DatasetError, match=r"train-labels-idx1-ubyte: bad magic number 0x00000803, expected "
+                                           r"0x00000801 \(MNIST labels"):
+        load_mnist(str(tmp_path))
+    labels.write_bytes(b"\x00\x00")
+    with pytest.raises(DatasetError, match="bad magic number 2 byte"):
+        load_mnist(str(tmp_path))
+
+
+def test_mnist_header_overflow_and_no_images(tmp_path):
+    make_mnist(str(tmp_path))
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">III", 2**32 - 1, 2**32 - 1, 2**31) + bytes(10))
+    with pytest.raises(DatasetError, match=rf"\({(2**32 - 1)**2 * 2**31} bytes of data\) but the file holds 10"):
+        load_mnist(str(tmp_path))
+    write_idx(str(path), np.zeros((0, 28, 28), np.uint8))
+    write_idx(str(tmp_path / "train-labels-idx1-ubyte"), np.zeros((0,), np.uint8))
+    with pytest.raises(DatasetError, match="holds 0 images"):
+        load_mnist(str(tmp_path))
+    write_idx(str(path), np.zeros((12, 14, 14), np.uint8))
+    with pytest.raises(DatasetError, match=r"expected uint8 images \[N, 28, 28\]"):
+        load_mnist(str(tmp_path))
+
+
+@pytest.mark.parametrize("labels,shown", [(["cat"] * 6, "<U3 values (e.g. 'cat')"), ([0.0] * 6, "float64"),
+                                          ([None] * 6, "object values (e.g. None)"), ([True] * 6, "bool")])
+def test_cifar_labels_must_be_integers(tmp_path, labels, shown):
+    base, _ = make_cifar(str(tmp_path))
+    with open(os.path.join(base, "data_batch_1"), "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    batch[b"labels"] = labels
+    with open(os.path.join(base, "data_batch_1"), "wb") as f:
+        pickle.dump(batch, f)
+    with pytest.raises(DatasetError, match="data_batch_1: 'labels' must hold integer class labels, got " + re.escape(shown)):
+        load_cifar(str(tmp_path))
+
+
+def test_cifar_without_images(tmp_path):
+    base, _ = make_cifar(str(tmp_path))
+    with open(os.path.join(base, "test_batch"), "wb") as f:
+        pickle.dump({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, f)
+    with pytest.raises(DatasetError, match="test_batch holds 0 images"):
+        load_cifar(str(tmp_path), train=False)

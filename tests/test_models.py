@@ -71,3 +71,26 @@ def test_replace_activations_then_convert(arch):
     assert len(snn.if_layers) == relus
     # after 16 steps the SNN's mean output is close to the quantized ANN's logits
     assert float((out[-1] - ann).abs().mean()) <= 0.5 * float(ann.abs().mean()) + 1e-6
+
+
+def test_image_size_rules_match_what_each_arch_can_run():
+    from na_kernels.models import IMAGE_SIZES, MODELS, check_image_size
+
+    assert set(IMAGE_SIZES) == set(MODELS)
+    for arch in ("digits_cnn", "vgg16", "resnet20"):
+        model = build_model(arch, 10, in_channels=1).eval()
+        for size in (8, 32):
+            fits = IMAGE_SIZES[arch] in (None, size)
+            try:
+                model(torch.zeros(1, 1, size, size))
+                ran = True
+            except RuntimeError:
+                ran = False
+            assert ran == fits, (arch, size)
+            if fits:
+                check_image_size(arch, size)
+            else:
+                with pytest.raises(ValueError, match=f"arch '{arch}' takes {IMAGE_SIZES[arch]}x"):
+                    check_image_size(arch, size, "mnist")
+    with pytest.raises(ValueError, match="unknown architecture 'nope'"):
+        check_image_size("nope", 32)

@@ -160,3 +160,87 @@ def test_config_follows_the_shared_argument_rules(tmp_path):
         tiny_cfg(tmp_path, epochs=0)
     qcfs = build_network("digits_cnn", 10, 1, p=3.0, noise="none")
     assert all(m.noise is None and m.p == 3 for m in qcfs.modules() if isinstance(m, NoisyQuant))
+
+
+def test_config_lam_auto_and_lam_floor(tmp_path):
+    assert tiny_cfg(tmp_path, lam="auto").lam == "auto"
+    with pytest.raises(ValueError, match=r"lam must be a finite float > min_lam \(0.001\)"):
+        tiny_cfg(tmp_path, lam=1e-4)  # positive, but below NoisyQuant's floor: refused before any network
+    with pytest.raises(TypeError, match="overwrite must be True or False"):
+        tiny_cfg(tmp_path, overwrite="yes")
+
+
+def test_fit_refuses_an_existing_run_and_bad_settings_before_training(tmp_path):
+    from na_kernels.train import ConfigError
+
+    tr, te = tiny_data(64, 16)
+    fit(tiny_cfg(tmp_path, epochs=1), tr, te, log=quiet)
+    before = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        fit(tiny_cfg(tmp_path, epochs=1, seed=3), tr, te, log=quiet)
+    assert (tmp_path / "last.pt").read_bytes() == before
+    fit(tiny_cfg(tmp_path, epochs=1, seed=3, overwrite=True), tr, te, log=quiet)
+    assert (tmp_path / "last.pt").read_bytes() != before
+    (tmp_path / "file").write_text("x")
+    for cfg, message in ((tiny_cfg(tmp_path / "file"), "is a file, not a folder"),
+                         (tiny_cfg(tmp_path / "new", batch_size=65), "use a batch size of at most 64"),
+                         (tiny_cfg(tmp_path / "new", arch="vgg16"), "takes 32x32 images"),
+                         (tiny_cfg(tmp_path / "new", device="tpu"), "'tpu' is not a device")):
+        with pytest.raises(ConfigError, match=message):
+            fit(cfg, tr, te, log=quiet)
+    assert not (tmp_path / "new").exists() or not os.listdir(tmp_path / "new")
+
+
+def test_best_checkpoint_follows_the_best_test_accuracy_across_resume(tmp_path):
+    import json
+
+    tr, te = tiny_data(96, 40)
+    fit(tiny_cfg(tmp_path, epochs=4, stop_after=2), tr, te, log=quiet)
+    summary = fit(tiny_cfg(tmp_path, epochs=4, resume=str(tmp_path / "last.pt")), tr, te, log=quiet)
+    accs = [h["test_acc"] for h in summary["history"]]
+    best = accs.index(max(accs)) + 1
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert [e["test_acc"] for e in metrics["epochs"]] == accs and len(accs) == 4
+    assert metrics["best"]["epoch"] == best == summary["best"]["epoch"]
+    assert load_checkpoint(str(tmp_path / "best.pt"))["epoch"] == best
+
+
+def test_checkpoint_errors_are_one_line_and_name_what_is_missing(tmp_path):
+    tr, te = tiny_data(64, 16)
+    fit(tiny_cfg(tmp_path, epochs=1), tr, te, log=quiet)
+    good = torch.load(tmp_path / "last.pt", weights_only=True)
+    for key in ("model", "config", "meta", "epoch"):
+        torch.save({k: v for k, v in good.items() if k != key}, tmp_path / "x.pt")
+        with pytest.raises(CheckpointError, match=f"has no '{key}'"):
+            load_checkpoint(str(tmp_path / "x.pt"))
+    torch.save({**good, "meta": {"num_classes": 10}}, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="its 'meta' lacks 'in_channels'"):
+        load_checkpoint(str(tmp_path / "x.pt"))
+    weights = dict(good["model"])
+    weights["classifier.3.weight"] = weights["classifier.3.weight"][:5]
+    torch.save({**good, "model": weights}, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match=r"1 of another shape \(e.g. classifier.3.weight: \(5, 128\) vs "
+                                              r"\(10, 128\)\)"):
+        network_from_checkpoint(load_checkpoint(str(tmp_path / "x.pt")))
+    for junk in (b"junk" * 10, b"not a checkpoint " * 8, good["model"]["classifier.3.weight"]):
+        if isinstance(junk, bytes):
+            (tmp_path / "junk.pt").write_bytes(junk)
+        else:
+            torch.save({"x": torch.nn.Linear(1, 1)}, tmp_path / "junk.pt")  # a pickled module: torch's advice
+        with pytest.raises(CheckpointError, match=r"junk.pt is not a readable na_kernels checkpoint \(\w+: ") as e:
+            load_checkpoint(str(tmp_path / "junk.pt"))
+        assert "\n" not in str(e.value) and "weights_only" not in str(e.value) and "\x1b" not in str(e.value)
+    with pytest.raises(CheckpointError, match="a folder; pass the last.pt or best.pt in it"):
+        load_checkpoint(str(tmp_path))
+
+
+def test_parse_device_names_what_is_available():
+    from na_kernels.train import ConfigError, parse_device
+
+    assert parse_device(None) is None and parse_device("cpu") == "cpu"
+    for bad, message in (("tpu", "is not a device"), ("meta", "runs on cpu or cuda"), ("cuda:99", "cuda:99")):
+        with pytest.raises(ConfigError, match=message):
+            parse_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU is available here"):
+            parse_device("cuda")

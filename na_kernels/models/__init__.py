@@ -17,7 +17,7 @@ from torch import nn
 
 __all__ = ["MODELS", "build_model", "DigitsCNN", "VGG", "ResNet", "CifarResNet", "BasicBlock",
            "Bottleneck", "vgg16", "resnet18", "resnet20", "resnet34", "resnet50", "resnet101",
-           "resnet152", "digits_cnn"]
+           "resnet152", "digits_cnn", "IMAGE_SIZES", "check_image_size"]
 
 ActFactory = Callable[[], nn.Module]
 
@@ -240,10 +240,30 @@ MODELS: Dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# The image side each architecture takes: a classifier sized for one input (DigitsCNN's
+# 256 -> 128 linear layer after two pools of 8x8, VGG's 512 -> 4096 after five pools of 32x32);
+# None: any size (the ResNets end in a global average pool).
+IMAGE_SIZES: Dict[str, Optional[int]] = {"digits_cnn": 8, "vgg16": 32, "resnet18": None, "resnet20": None,
+                                         "resnet34": None, "resnet50": None, "resnet101": None, "resnet152": None}
+
+
+def check_image_size(arch: str, size: int, dataset: str = "") -> None:
+    """ValueError unless ``arch`` takes square images of side ``size`` (see :data:`IMAGE_SIZES`)."""
+    arch = _known(arch)
+    need = IMAGE_SIZES[arch]
+    if need is not None and need != size:
+        fits = sorted(a for a, s in IMAGE_SIZES.items() if s is None or s == size)
+        data = f"dataset {dataset!r} has" if dataset else "the images are"
+        raise ValueError(f"arch {arch!r} takes {need}x{need} images but {data} {size}x{size}; "
+                         f"choose an arch for {size}x{size} images: {', '.join(fits)}")
+
+
+def _known(arch: str) -> str:
+    if not isinstance(arch, str) or arch.lower() not in MODELS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(MODELS)}")
+    return arch.lower()
+
+
 def build_model(arch: str, num_classes: int = 10, in_channels: int = 3, act: ActFactory = nn.ReLU) -> nn.Module:
     """Build ``arch`` (one of :data:`MODELS`) with ``act()`` as every activation."""
-    try:
-        fn = MODELS[arch.lower()]
-    except KeyError:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(MODELS)}") from None
-    return fn(num_classes=num_classes, in_channels=in_channels, act=act)
+    return MODELS[_known(arch)](num_classes=num_classes, in_channels=in_channels, act=act)
