@@ -22,6 +22,7 @@ from .convert import to_snn
 from .if_layer import IFLayer
 from .network import SpikingNetwork, TimeRepeat
 from .noisy_quant import NoisyQuant
+from .serialize import SerializationError, load_snn, save_snn
 from .replace import ReplacementReport, UnconvertibleActivationError, replace_activations
 from .stats import SynapseMeter, collect_statistics, format_statistics
 
@@ -29,4 +30,5 @@ __all__ = [
     "NoisyQuant", "replace_activations", "ReplacementReport", "UnconvertibleActivationError", "to_snn",
     "SpikingNetwork", "IFLayer", "SynapseMeter", "TimeRepeat", "fold_batchnorm", "calibrate_thresholds",
     "collect_statistics", "format_statistics",
+    "save_snn", "load_snn", "SerializationError",
 ]
