@@ -20,6 +20,7 @@ from .batchnorm import fold_batchnorm
 from .calibrate import calibrate_thresholds
 from .convert import to_snn
 from .if_layer import IFLayer
+from .if_node import IFNode
 from .network import SpikingNetwork, TimeRepeat
 from .noisy_quant import NoisyQuant
 from .serialize import SerializationError, load_snn, save_snn
@@ -30,5 +31,5 @@ __all__ = [
     "NoisyQuant", "replace_activations", "ReplacementReport", "UnconvertibleActivationError", "to_snn",
     "SpikingNetwork", "IFLayer", "SynapseMeter", "TimeRepeat", "fold_batchnorm", "calibrate_thresholds",
     "collect_statistics", "format_statistics",
-    "save_snn", "load_snn", "SerializationError",
+    "save_snn", "load_snn", "SerializationError", "IFNode",
 ]
