@@ -181,3 +181,19 @@ def test_forged_function_refused(tmp_path):
     torch.save(record, path)
     with pytest.raises(SerializationError, match="'torch:load'"):
         load_snn(path)
+
+
+def test_forged_references_refused(tmp_path):
+    """get_attr may only read saved tensors, getattr only tensor metadata: nothing else of the module."""
+    record = snn_record(to_snn(prepared(SmallCNN), T=2))
+    placeholder = record["graph"][0]["name"]
+    record["graph"].insert(1, dict(op="get_attr", name="code", target="_code", args=(), kwargs={"__dict__": []}))
+    path = tmp_path / "forged.snn"
+    torch.save(record, path)
+    with pytest.raises(SerializationError, match="'_code', not a saved parameter or buffer"):
+        load_snn(path)
+    record["graph"][1] = dict(op="call_function", name="peek", target="builtins:getattr",
+                              args=({"__node__": placeholder}, "__class__"), kwargs={"__dict__": []})
+    torch.save(record, path)
+    with pytest.raises(SerializationError, match="reads an attribute outside"):
+        load_snn(path)

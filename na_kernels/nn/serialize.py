@@ -64,6 +64,8 @@ ALLOWED_FUNCTIONS = {
         "batch_norm", "layer_norm", "group_norm", "softmax", "log_softmax",
     ),
 }
+# attribute names getattr(value, name) may read in a graph (tensor metadata only)
+ALLOWED_GETATTR = ("shape", "ndim", "dtype", "device", "T", "mT", "real")
 _FUNCTION_MODULES = {"_operator": operator, "builtins": builtins, "math": math, "torch": torch,
                      "torch.nn.functional": F}
 _MODULE_BASE_KEYS = frozenset(nn.Module().__dict__)
@@ -187,6 +189,11 @@ def _function_name(target, where):
     )
 
 
+def _check_getattr(spelled, args, where):
+    if spelled == "builtins:getattr" and (len(args) != 2 or args[1] not in ALLOWED_GETATTR):
+        raise SerializationError(f"{where}: getattr{tuple(args)!r:.80} reads an attribute outside {ALLOWED_GETATTR}")
+
+
 def _resolve_function(spelled):
     module, _, name = spelled.partition(":")
     if module not in ALLOWED_FUNCTIONS or name not in ALLOWED_FUNCTIONS[module]:
@@ -225,6 +232,7 @@ def _describe_graph(graph: fx.Graph):
         where = f"fx node {node.name!r}"
         if node.op == "call_function":
             target = _function_name(node.target, where)
+            _check_getattr(target, node.args, where)
         elif node.op == "call_method":
             if node.target.startswith("_") or not hasattr(torch.Tensor, node.target):
                 raise SerializationError(f"{where}: Tensor.{node.target} is not a public torch.Tensor method")
@@ -309,6 +317,22 @@ def _na_version():
     return __version__
 
 
+def _check_reference(root, entry, where):
+    """get_attr must name a saved parameter or buffer, call_module a saved module (nothing else of the root)."""
+    owner_name, _, leaf = entry["target"].rpartition(".")
+    try:
+        owner = root.get_submodule(owner_name) if owner_name else root
+    except AttributeError:
+        owner = None
+    if entry["op"] == "call_module":
+        ok = owner is not None and isinstance(owner._modules.get(leaf), nn.Module)
+    else:
+        ok = owner is not None and (leaf in owner._parameters or leaf in owner._buffers)
+    if not ok:
+        what = "a saved module" if entry["op"] == "call_module" else "a saved parameter or buffer"
+        raise SerializationError(f"{where}: fx node {entry['name']!r} refers to {entry['target']!r}, not {what}")
+
+
 def snn_from_record(record, where="the record"):
     """Rebuild the ``SpikingNetwork`` a ``snn_record`` describes."""
     from .network import SpikingNetwork
@@ -334,6 +358,10 @@ def snn_from_record(record, where="the record"):
             raise SerializationError(f"{where}: fx node {entry['name']!r} has an unknown op {entry['op']!r}")
         args = _decode(entry["args"], nodes)
         kwargs = _decode(entry["kwargs"], nodes)
+        if entry["op"] == "call_function":
+            _check_getattr(entry["target"], args, f"{where}: fx node {entry['name']!r}")
+        if entry["op"] in ("get_attr", "call_module"):
+            _check_reference(root, entry, where)
         if entry["op"] == "output":
             nodes[entry["name"]] = graph.output(args[0])
         else:
