@@ -149,3 +149,10 @@ def test_multiplication_raises_naming_the_node():
     torch.manual_seed(0)
     with pytest.raises(NIRExportError, match=r"fx node 'mul' \(torch.mul\(\)\) has no NIR equivalent"):
         to_nir(to_snn(prepared(_Gain, p=3), T=2), (3, 16, 16))
+
+
+def test_from_nir_refuses_other_if_semantics():
+    graph = to_nir(_snn(SmallCNN, calibrate=False, T=2), (3, 16, 16))
+    graph.nodes["features_2"].metadata["reset"] = "zero"
+    with pytest.raises(NIRExportError, match=r"IF node 'features_2' has reset/v_init/firing \('zero'"):
+        from_nir(graph)

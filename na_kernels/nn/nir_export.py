@@ -203,6 +203,7 @@ class _Exporter:
 
     # ------------------------------------------------------------------ modules
     def module(self, node, module):
+        from .if_layer import V_INIT
         nir = self.nir
         if isinstance(module, self.identity_types):
             return self.value(node, node.args[0])
@@ -213,7 +214,7 @@ class _Exporter:
         if isinstance(module, self.if_type):
             terms = self.materialize(self.value(node, node.args[0]), shape_in)
             theta = _per_channel(module.threshold, shape_out)
-            meta.update(reset="subtract", v_init=0.5, firing=">=", p=int(module.p),
+            meta.update(reset="subtract", v_init=float(V_INIT), firing=">=", p=int(module.p),
                         threshold=module.threshold.detach().cpu().reshape(-1).numpy().copy(),
                         amplitude=module.amplitude.detach().cpu().reshape(-1).numpy().copy(),
                         threshold_dims=module.threshold.dim(), amplitude_dims=module.amplitude.dim(),
@@ -417,7 +418,7 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None):
     guess: see the module docstring) or a node type it does not use.
     """
     from .convert import _add_synapse_meters, _add_time_repetition, _wrap
-    from .if_layer import IFLayer
+    from .if_layer import V_INIT, IFLayer
     nir = _nir()
     if not isinstance(graph, nir.NIRGraph):
         graph = nir.read(graph)
@@ -514,8 +515,13 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None):
             values[name] = summed(name)  # our IF layers emit their amplitude themselves
         elif isinstance(node, nir.IF):
             m = node.metadata
-            if _text(m.get("reset", "")) != "subtract":
-                raise NIRExportError(f"from_nir: IF node {name!r} lacks na_kernels' metadata (reset, amplitude, p)")
+            if "amplitude" not in m or "p" not in m:
+                raise NIRExportError(f"from_nir: IF node {name!r} lacks na_kernels' metadata (amplitude, p)")
+            semantics = (_text(m.get("reset", "")), float(m.get("v_init", -1)), _text(m.get("firing", "")))
+            if semantics != ("subtract", float(V_INIT), ">="):
+                raise NIRExportError(
+                    f"from_nir: IF node {name!r} has reset/v_init/firing {semantics}; IFLayer is "
+                    f"('subtract', {V_INIT}, '>=') and cannot rebuild another neuron")
             def per_layer(key):  # 1-d in the file (HDF5 cannot compress 0-d arrays); 0-d for a scalar
                 tensor = torch.as_tensor(np.asarray(m[key]).copy(), dtype=torch.float32).reshape(-1)
                 return tensor.reshape(()) if int(m[key + "_dims"]) == 0 else tensor
