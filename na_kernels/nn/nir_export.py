@@ -26,9 +26,14 @@ step). NIR documents that no backend should rely on metadata, and since nir 1.0.
 that resets to 0 instead of subtracting θ, starts at 0 instead of θ/2, fires on ``>`` and runs
 for the T it chooses (SpikingJelly 2.0 imports a hard-reset IFNode with one uniform threshold,
 snnTorch 1.0 a leaky neuron, sinabs a subtractive multi-spike neuron, Norse a hard reset to 0):
-the same file is a different network there, close to ours only where hard and soft reset agree
-(a neuron that never receives more than about 2θ between spikes, T ≫ p). ``from_nir`` reads our
-metadata and rebuilds the network exactly: identical spikes and outputs.
+the same file is a different network there (a hard reset drops the excess ``h - θ`` that a
+soft reset keeps, so spike counts differ whenever a neuron fires above θ). ``from_nir`` reads our
+metadata and rebuilds the network exactly: identical spikes and outputs. The IF nodes have
+``r = 1`` for a time step dt = 1 (``v += input`` per step; graph metadata ``dt = 1``):
+SpikingJelly 2.0's importer (``nir_exchange.from_nir``, read in its source, not run here: it
+needs nirtorch) wants ``r = 1/dt``, so pass it ``dt=1``; it also requires one uniform
+``v_threshold`` per IF node and raises on per-channel (calibrated) thresholds, and builds a
+hard-reset ``IFNode`` with ``v_reset`` = 0.
 
 Operations NIR has no node for raise ``NIRExportError`` naming the fx node: max pooling,
 concatenation, multiplication, BatchNorm left unfolded, a function or module the exporter does
@@ -193,7 +198,7 @@ class _Exporter:
         from .if_layer import V_INIT
         return {
             "producer": "na_kernels", "format": FORMAT, "format_version": FORMAT_VERSION,
-            "na_kernels_version": __version__, "T": int(self.snn.T), "chunk": int(self.snn.chunk or 0),
+            "na_kernels_version": __version__, "T": int(self.snn.T), "chunk": int(self.snn.chunk or 0), "dt": 1.0,
             "reset": "subtract", "v_init": float(V_INIT), "firing": ">=",
             "readout": "output[t] = mean of the Output values over steps 1..t; the Input is the same at every step",
             "note": ("IF nodes reset by subtracting v_threshold (soft reset), start at v_init * v_threshold and "
