@@ -155,6 +155,8 @@ def _decode(value, nodes=None):
     if not isinstance(value, dict):
         return value
     if "__node__" in value:
+        if nodes is None or value["__node__"] not in nodes:
+            raise SerializationError(f"the file refers to fx node {value['__node__']!r} before or outside the graph")
         return nodes[value["__node__"]]
     if "__size__" in value:
         return torch.Size(value["__size__"])
@@ -287,6 +289,8 @@ def _build_module(record):
     module = cls.__new__(cls)
     nn.Module.__init__(module)
     for key, value in record["attributes"].items():
+        if key in _MODULE_BASE_KEYS:
+            raise SerializationError(f"module {record['name']!r}: the file overrides nn.Module's own {key!r}")
         module.__dict__[key] = _decode(value)
     for key, (tensor, requires_grad) in record["parameters"].items():
         module.register_parameter(key, nn.Parameter(tensor, requires_grad=requires_grad))
