@@ -73,8 +73,9 @@ class IFNode(nn.Module):
             with ``alpha`` (default SpikingJelly's: 4, 2, 1, 1), or a SpikingJelly surrogate object
             ``Sigmoid``/``ATan``/``Rect`` (its ``alpha`` is used).
         detach_reset: treat the spike in the reset term as a constant in backward.
-        step_mode: ``"m"``: x is ``[T, N, ...]``, all T steps in one kernel call; ``"s"``: x is
-            one step ``[N, ...]`` (a kernel call with T = 1, the state carried as in "m").
+        step_mode: ``"m"`` (the default here; SpikingJelly's is ``"s"``): x is ``[T, N, ...]``, all
+            T steps in one kernel call; ``"s"``: x is one step ``[N, ...]`` (a kernel call with
+            T = 1, the state carried as in "m"). ``functional.set_step_mode`` may set it.
         store_v_seq: also keep ``v_seq`` ``[T, N, ...]``, the potential after each step's reset
             (float32; recomputed from the spikes with the kernel's operations, bit for bit; in
             "s" mode appended step by step until ``reset()``).
