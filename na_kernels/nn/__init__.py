@@ -20,8 +20,11 @@ from .batchnorm import fold_batchnorm
 from .calibrate import calibrate_thresholds
 from .convert import to_snn
 from .if_layer import IFLayer
+from .if_node import IFNode
 from .network import SpikingNetwork, TimeRepeat
+from .nir_export import NIRExportError, from_nir, to_nir
 from .noisy_quant import NoisyQuant
+from .serialize import SerializationError, load_snn, save_snn
 from .replace import ReplacementReport, UnconvertibleActivationError, replace_activations
 from .stats import SynapseMeter, collect_statistics, format_statistics
 
@@ -29,4 +32,5 @@ __all__ = [
     "NoisyQuant", "replace_activations", "ReplacementReport", "UnconvertibleActivationError", "to_snn",
     "SpikingNetwork", "IFLayer", "SynapseMeter", "TimeRepeat", "fold_batchnorm", "calibrate_thresholds",
     "collect_statistics", "format_statistics",
+    "save_snn", "load_snn", "SerializationError", "IFNode", "to_nir", "from_nir", "NIRExportError",
 ]

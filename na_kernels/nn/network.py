@@ -156,3 +156,9 @@ class SpikingNetwork(nn.Module):
 
     def extra_repr(self):
         return f"T={self.T}, chunk={self.chunk}, if_layers={len(self.if_layers)}"
+
+    def save(self, path) -> None:
+        """Write this network to ``path`` for ``na_kernels.nn.load_snn`` (no model code needed to
+        load it; tensors and plain data only, read with ``weights_only=True``)."""
+        from .serialize import save_snn
+        save_snn(self, path)
