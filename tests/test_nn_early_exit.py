@@ -246,3 +246,43 @@ def test_output_not_class_scores_is_refused():
 def test_result_concatenate_needs_parts():
     with pytest.raises(ValueError, match="at least one"):
         EarlyExitResult.concatenate([])
+
+
+def test_convert_command_prints_the_tradeoff(tmp_path, capsys):
+    import json
+
+    from na_kernels.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--arch", "digits_cnn", "--p", "3", "--lam", "2", "--lr", "0.05",
+                 "--batch-size", "64", "--epochs", "1", "--out", str(run), "--no-progress", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    report = tmp_path / "convert.json"
+    assert main(["convert", "--checkpoint", str(run / "last.pt"), "--T", "6", "--exit-confidence", "0.5", "0.9",
+                 "--exit-min-steps", "2", "--report", str(report), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "Early exit" in text and "p1 >= 0.5, min 2 steps" in text and "p1 >= 0.9, min 2 steps" in text
+    assert "fixed T for same acc" in text
+    rows = json.loads(report.read_text())["early_exit"]
+    assert [row["confidence"] for row in rows] == [0.5, 0.9] and all(row["min_steps"] == 2 for row in rows)
+    assert all(2 <= row["mean_exit_step"] <= 6 and sum(row["exit_histogram"]) == row["samples"] for row in rows)
+
+
+def test_convert_exit_options_are_checked(capsys):
+    from na_kernels.cli import _exit_rules, build_parser
+
+    parser = build_parser()
+    base = ["convert", "--checkpoint", "c.pt", "--T", "8"]
+    args = parser.parse_args(base + ["--exit-confidence", "0.8", "0.9", "--exit-margin", "0.5"])
+    assert [(r.confidence, r.margin) for r in _exit_rules(args)] == [(0.8, 0.5), (0.9, 0.5)]
+    assert _exit_rules(parser.parse_args(base)) == []
+    for bad, message in ((["--exit-confidence", "1.5"], "confidence must be <= 1"),
+                         (["--exit-margin", "0"], "margin must be > 0"),
+                         (["--exit-min-steps", "0"], "exit_min_steps must be an int >= 1")):
+        with pytest.raises(SystemExit):
+            parser.parse_args(base + bad)
+        assert message in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"--exit-min-steps \(9\) must be <= --T \(8\)"):
+        _exit_rules(parser.parse_args(base + ["--exit-confidence", "0.9", "--exit-min-steps", "9"]))
+    with pytest.raises(ValueError, match="--exit-min-steps needs --exit-confidence"):
+        _exit_rules(parser.parse_args(base + ["--exit-min-steps", "2"]))
