@@ -25,7 +25,6 @@ load average printed at the top and the bottom, and rerun on a quiet machine.
 """
 import argparse
 import json
-import math
 import os
 import statistics
 import sys

@@ -198,10 +198,6 @@ def test_score_exits_post_hoc():
     assert score_exits(outputs, ExitRule(margin=0.98)).tolist() == [3, 1]  # T ends it
 
 
-def _bad(match, **kwargs):
-    return pytest.raises(ValueError, match=match)
-
-
 @pytest.mark.parametrize("kwargs, match", [
     (dict(confidence=0.0), "confidence must be > 0"),
     (dict(confidence=1.5), "confidence must be <= 1"),
