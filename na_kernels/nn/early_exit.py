@@ -11,10 +11,15 @@ from the batch: their rows of the input and of every IF layer's potential are dr
 (``index_select`` on dim 0), so the next chunk runs on the remaining samples only.
 
 Samples are independent in eval mode, so each sample's output at its exit step equals the
-fixed-T run's ``out[exit_step - 1]`` for that sample (up to the float rounding of a conv/linear
-run on a smaller batch; bitwise on the C++ backend in the tests). Because the rule is checked at
-every step of a chunk, the exit steps and predictions do not depend on ``chunk``: a larger chunk
-only runs some samples for a few steps past their exit (``steps_run``), with fewer calls.
+fixed-T run's ``out[exit_step - 1]`` for that sample: the readout is computed the same way and
+the IF kernels are exact per neuron, so the only difference is a conv/linear layer run on a
+batch of another size summing its products in another order (oneDNN picks its kernel by batch
+size: on the CPU, one sample of the demo's model alone in a chunk came out 1 ulp off; the tests'
+network matches bitwise). A spike can flip only if that rounding crosses a threshold.
+
+Because the rule is checked at every step of a chunk, the exit steps and predictions do not
+depend on ``chunk``: a larger chunk only runs some samples for a few steps past their exit
+(``steps_run``), with fewer network calls.
 
 Statistics (spikes, SOPs, energy) count what ran: each sample's ``steps_run`` steps, and the
 stem (the layers before the first IF layer, analog MACs) once per chunk a sample took part in.
