@@ -101,17 +101,22 @@ def test_exits_do_not_depend_on_the_chunk(trained):
 def test_finished_samples_leave_the_batch(trained, chunk):
     snn, x, _ = trained
     rule = _mixed_rule(_fixed(snn, x))
-    rows = []
-    stem = next(iter(snn.synapses.values()))  # sees the input x itself: one row per sample
-    handle = stem.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    rows = {}
+    for meter in snn.synapses.values():  # the stem's rows (one per sample) and the first spike-driven layer's
+        meter.register_forward_pre_hook(lambda module, args: rows.setdefault(module.spike_driven, []).append(
+            args[0].shape[0]))
     try:
         result = snn.run_early_exit(x, rule, chunk=chunk)
     finally:
-        handle.remove()
+        for meter in snn.synapses.values():
+            meter._forward_pre_hooks.clear()
     starts = range(0, T_MAX, chunk)
-    expected = [int((result.steps_run > start).sum()) for start in starts]
-    expected = [n for n in expected if n]
-    assert rows == expected and rows[0] == x.shape[0] and rows[-1] < rows[0]
+    alive = [int((result.steps_run > start).sum()) for start in starts]
+    assert alive[0] == x.shape[0] and 0 < alive[-1] < alive[0]
+    expected = [min(chunk, T_MAX - start) * n for start, n in zip(starts, alive)]  # [steps * B', ...] rows
+    per_call = sum(meter.spike_driven for meter in snn.synapses.values())
+    assert rows[True][::per_call] == expected
+    assert rows[False] == [x.shape[0]]  # the stem ran once, on the whole batch
     assert all(layer.v is None for layer in snn.if_layers.values())  # no state left behind
     torch.testing.assert_close(_fixed(snn, x), _fixed(snn, x), rtol=0, atol=0)
 
@@ -135,13 +140,12 @@ def test_statistics_count_only_the_steps_run(trained):
             snn(x[result.steps_run == steps], T=steps)
     for name, layer in snn.if_layers.items():
         assert int(layer.spikes) == run[name][0], name
-    chunks_run = int(((result.steps_run + chunk - 1) // chunk).sum())
     for name, meter in snn.synapses.items():
         sops, macs, per_sample, spike_driven = meters[name]
         if spike_driven:
-            assert sops == float(meter.sops), name
-        else:  # the stem runs once per chunk a sample takes part in
-            assert macs == per_sample * chunks_run, name
+            assert sops == float(meter.sops) and sops > 0, name
+        else:  # the stem runs once per sample, as in the fixed-T runs
+            assert macs == meter.macs == per_sample * x.shape[0], name
 
     stats = result.statistics
     assert stats["samples"] == x.shape[0] and stats["sample_steps"] == int(result.steps_run.sum())
@@ -282,3 +286,60 @@ def test_convert_exit_options_are_checked(capsys):
         _exit_rules(parser.parse_args(base + ["--exit-confidence", "0.9", "--exit-min-steps", "9"]))
     with pytest.raises(ValueError, match="--exit-min-steps needs --exit-confidence"):
         _exit_rules(parser.parse_args(base + ["--exit-min-steps", "2"]))
+
+
+def test_split_stem_computes_the_same_graph():
+    from na_kernels.nn.early_exit import split_stem
+    from nn_models import TinyResNet, prepared
+
+    torch.manual_seed(0)
+    snn = to_snn(prepared(TinyResNet), 3)
+    stem, body = split_stem(snn.network)
+    assert stem is not None and split_stem(snn.network) == (stem, body)  # cached
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        whole = snn(x)
+        snn._set(time_steps=3)
+        try:
+            parts = body(x, *stem(x))
+        finally:
+            snn._set(time_steps=1)
+    torch.testing.assert_close(parts.reshape(3, 4, -1).cumsum(0) / torch.arange(1, 4).reshape(3, 1, 1), whole,
+                               rtol=0, atol=0)
+    rule = ExitRule(confidence=0.5)
+    result = snn.run_early_exit(x, rule)
+    assert torch.equal(result.exit_steps, score_exits(whole, rule))
+
+
+class _RepeatsItsInput(nn.Module):
+    """Batch-size arithmetic on the input meets spikes: the converter repeats the input itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.act = NoisyQuant(3, lam=1.0)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv(x)).reshape(x.size(0), -1))
+
+
+def test_early_exit_when_the_stem_cannot_be_cut():
+    from na_kernels.nn.early_exit import split_stem
+
+    torch.manual_seed(0)
+    snn = to_snn(_RepeatsItsInput().eval(), 6)
+    assert not snn.conversion_report["stem_runs_once"] and split_stem(snn.network) == (None, None)
+    x = torch.randn(32, 1, 8, 8)
+    fixed = _fixed_T(snn, x, 6)
+    rule = ExitRule(confidence=float(torch.softmax(fixed[1], -1).amax(-1).median()))
+    result = snn.run_early_exit(x, rule, chunk=2)
+    assert (result.exit_steps < 6).any() and (result.exit_steps > 1).any()
+    assert torch.equal(result.exit_steps, score_exits(fixed, rule))
+    torch.testing.assert_close(result.outputs, fixed[result.exit_steps - 1, torch.arange(32)], rtol=0,
+                               atol=_tolerance(fixed))
+
+
+def _fixed_T(snn, x, T):
+    with torch.no_grad():
+        return snn(x, T=T)

@@ -7,8 +7,10 @@ After each chunk it evaluates the rule at every step of the chunk on each remain
 running output, the fixed-T readout ``out[t-1] = (1/t) * sum_{s<=t} f_s(x)`` computed exactly as
 ``SpikingNetwork.forward`` computes it. A sample exits at the first step t >= ``min_steps`` where
 the rule holds (at ``T_max`` at the latest); the samples that exited in a chunk are then removed
-from the batch: their rows of the input and of every IF layer's potential are dropped
-(``index_select`` on dim 0), so the next chunk runs on the remaining samples only.
+from the batch: their rows of the input, of the stem's outputs and of every IF layer's
+potential are dropped (``index_select`` on dim 0), so the next chunk runs on the remaining
+samples only. The stem (the layers that see the input only) runs once per sample, as in the
+fixed-T run: ``split_stem`` cuts the graph where its values meet the steps.
 
 Samples are independent in eval mode, so each sample's output at its exit step equals the
 fixed-T run's ``out[exit_step - 1]`` for that sample: the readout is computed the same way and
@@ -22,15 +24,17 @@ depend on ``chunk``: a larger chunk only runs some samples for a few steps past 
 (``steps_run``), with fewer network calls.
 
 Statistics (spikes, SOPs, energy) count what ran: each sample's ``steps_run`` steps, and the
-stem (the layers before the first IF layer, analog MACs) once per chunk a sample took part in.
+stem (analog MACs) once per sample.
 ``score_exits(outputs, rule)`` scores a fixed-T run's ``[T, B, K]`` outputs post hoc with the
 same rule (what the early exit returns, without its savings).
 """
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
+from torch import fx
 
 from .._validation import check_int, check_positive, check_real, check_time_steps
 from .stats import collect_statistics
@@ -263,6 +267,55 @@ def compact(snn, keep: torch.Tensor) -> None:
             layer.v = layer.v.index_select(0, keep)
 
 
+_SPLITS = weakref.WeakKeyDictionary()  # network -> (graph, stem, body) or (graph, None, None)
+
+
+def split_stem(network: fx.GraphModule):
+    """``(stem, body)``: the converted graph cut where its ``[B, ...]`` values (the same at
+    every step: the stem) meet the steps, i.e. at the inputs of its ``TimeRepeat`` modules and
+    of the IF layers with ``input_is_constant``. ``stem(x)`` returns those values as a tuple;
+    ``body(x, *values)`` is the rest of the graph (``body(x, *stem(x)) == network(x)``), so a
+    chunked run computes the stem once. Both share the network's modules. ``(None, None)`` when
+    nothing can be cut (the input itself is repeated). Cached per network."""
+    from .if_layer import IFLayer
+    from .network import TimeRepeat
+
+    cached = _SPLITS.get(network)
+    if cached is not None and cached[0] is network.graph:
+        return cached[1:]
+    graph = network.graph
+    boundaries = []
+    for node in graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = network.get_submodule(node.target)
+        if isinstance(module, TimeRepeat) or (isinstance(module, IFLayer) and module.input_is_constant):
+            source = node.args[0]
+            if isinstance(source, fx.Node) and source.op != "placeholder" and source not in boundaries:
+                boundaries.append(source)
+    stem = body = None
+    if boundaries:
+        stem_graph, values = fx.Graph(), {}
+        stem_graph.graph_copy(graph, values)
+        stem_graph.output(tuple(values[node] for node in boundaries))
+        body_graph, values = fx.Graph(), {}
+        result = body_graph.graph_copy(graph, values)
+        last_input = [n for n in body_graph.nodes if n.op == "placeholder"][-1]
+        for index, node in enumerate(reversed(boundaries)):
+            with body_graph.inserting_after(last_input):
+                value = body_graph.placeholder(f"stem_{len(boundaries) - 1 - index}")
+            values[node].replace_all_uses_with(value)
+        body_graph.output(result)
+        stem, body = fx.GraphModule(network, stem_graph), fx.GraphModule(network, body_graph)
+        for part in (stem, body):
+            part.graph.eliminate_dead_code()
+            part.graph.lint()
+            part.recompile()
+            part.delete_all_unused_submodules()  # only the part's own references: the network keeps its modules
+    _SPLITS[network] = (graph, stem, body)
+    return stem, body
+
+
 def _per_step_output(out, steps, batch):
     """The network's chunk output ``[steps*B, K]`` as ``[steps, B, K]``; ValueError otherwise."""
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != steps * batch or out.shape[1] < 2:
@@ -287,10 +340,12 @@ def _run_batch(snn, x, rule: ExitRule, T_max: int, chunk: int):
     t = 0
     snn._set(mode="snn", carry_state=True)
     try:
+        stem, body = split_stem(snn.network)
+        inputs = (x,) + tuple(stem(x)) if stem is not None else (x,)  # the stem runs once per sample
         while t < T_max and alive.numel():
             steps = min(chunk, T_max - t)
             snn._set(time_steps=steps)
-            out = snn.network(x)
+            out = body(*inputs) if body is not None else snn.network(*inputs)
             per_step = _per_step_output(out, steps, alive.numel()).to(torch.float32)
             if outputs is None:
                 outputs = torch.empty((batch, per_step.shape[2]), dtype=out.dtype, device=device)
@@ -316,7 +371,7 @@ def _run_batch(snn, x, rule: ExitRule, T_max: int, chunk: int):
                 keep = (~done).nonzero().squeeze(1)
                 if keep.numel():
                     alive = alive.index_select(0, keep)
-                    x = x.index_select(0, keep)
+                    inputs = tuple(value.index_select(0, keep) for value in inputs)
                     history = history.index_select(1, keep)
                     compact(snn, keep)
                 else:
