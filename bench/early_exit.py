@@ -17,9 +17,10 @@ dataset:
 4. wall time over the test set in batches of --batch (default 256), statistics off, fixed T
    against the kept rule at each --chunks value; rounds interleaved (fixed, adaptive, fixed, ...)
    so that load from other processes falls on both alike; medians;
-5. compaction: one chunk of the network on --batch samples (membrane potentials carried) against
-   the compaction that follows it (every IF layer's potential and the input index_select-ed to
-   half of the samples), medians.
+5. compaction: one chunk of the network on --batch samples (membrane potentials carried, the
+   stem cut off as the early exit runs it) against the compaction that follows it (every IF
+   layer's potential, the input and the stem's outputs index_select-ed to half of the samples),
+   medians.
 Then the targets, met or missed. On a shared machine the times move a lot: quote them with the
 load average printed at the top and the bottom, and rerun on a quiet machine.
 """
@@ -34,7 +35,7 @@ import torch
 
 from na_kernels.datasets import BatchLoader, digits_split, load_dataset
 from na_kernels.nn import ExitRule, exit_tradeoff, format_tradeoff, run_early_exit, to_snn
-from na_kernels.nn.early_exit import compact
+from na_kernels.nn.early_exit import compact, split_stem
 
 DEFAULT_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 
@@ -124,32 +125,41 @@ def adaptive_run(snn, batches, rule, T, chunk):
     return run
 
 
-def compaction_share(snn, x, chunk, device, rounds):
-    """(chunk seconds, compaction seconds) at batch x.shape[0]: one network call of ``chunk``
-    steps with the potentials carried, and the compaction to half the samples after it."""
+def chunk_and_compaction(snn, x, chunk):
+    """(one_chunk, compaction) callables at batch x.shape[0], as ``run_early_exit`` runs them:
+    the network body (stem cut off) for ``chunk`` steps with the potentials carried, and the
+    compaction after it to half of the samples (every IF layer's potential, the input and the
+    stem's outputs index_select-ed). Call one_chunk first; reset the network's state after."""
+    stem, body = split_stem(snn.network)
+    with torch.no_grad():
+        inputs = (x,) + tuple(stem(x)) if stem is not None else (x,)
+    network = body if body is not None else snn.network
     keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[: x.shape[0] // 2]
     keep = keep.sort().values.to(x.device)
+    state = {}
 
     def one_chunk():
         snn._set(mode="snn", carry_state=True, time_steps=chunk, v=None)
         with torch.no_grad():
-            snn.network(x)
-
-    state = {}
-
-    def prepare():  # potentials of a full batch, as after a chunk
-        one_chunk()
+            network(*inputs)
         state["v"] = {name: layer.v for name, layer in snn.if_layers.items()}
 
     def compaction():
         for name, layer in snn.if_layers.items():
             layer.v = state["v"][name]
-        x.index_select(0, keep)
+        for value in inputs:
+            value.index_select(0, keep)
         compact(snn, keep)
+
+    return one_chunk, compaction
+
+
+def compaction_share(snn, x, chunk, device, rounds):
+    """(chunk seconds, compaction seconds) at batch x.shape[0] (see ``chunk_and_compaction``)."""
+    one_chunk, compaction = chunk_and_compaction(snn, x, chunk)
 
     try:
         chunk_s = interleaved([one_chunk], device, rounds)[0]
-        prepare()
         compaction_s = interleaved([compaction], device, rounds)[0]
     finally:
         snn._set(carry_state=False, v=None, time_steps=1)
@@ -230,7 +240,8 @@ def report(result, description):
             ratio = f"  ({w['vs_fixed']:.2f}x fixed)" if "vs_fixed" in w else ""
             lines.append(f"  {w['run']:<40} {_ms(w['seconds']):>10}  {w['images_per_s']:9.0f} images/s{ratio}")
         lines.append("")
-    lines.append("Compaction between chunks (every IF layer's potential + the input, to half the batch):")
+    lines.append("Compaction between chunks (every IF layer's potential, the input and the stem's outputs, "
+                 "to half the batch):")
     for c in result["compaction"]:
         lines.append(f"  chunk {c['chunk']}: one chunk at batch {c['batch']} {_ms(c['chunk_s'])}, compaction "
                      f"{_ms(c['compaction_s'])} = {100 * c['fraction']:.1f} % of it")

@@ -3,8 +3,8 @@ uniform noise; trained once per session by the demo's own training function, or 
 ``NA_BENCH_EXIT_MODEL``, a torch.save'd model): the held-out digits (539 images) in batches of
 256 at T = 8, fixed T against the early exit at the confidence threshold ``bench/early_exit.py``
 keeps (the smallest mean exit step within 0.2 points of the fixed-T accuracy), chunk 1 and 2;
-and the compaction between two chunks (every IF layer's potential and the input, to half of a
-batch of 256) on its own. Statistics off. ``python bench/early_exit.py`` prints the same with
+and the compaction between two chunks (every IF layer's potential, the input and the stem's
+outputs, to half of a batch of 256) on its own. Statistics off. ``python bench/early_exit.py`` prints the same with
 the targets; the numbers here are images/s (extra_info["images_per_s"]) and, for the early-exit
 cases, ``vs_fixed`` is not computed (each case is its own group): compare the two rows.
 """
@@ -66,26 +66,14 @@ def test_early_exit(benchmark, copy_bandwidth, setup, chunk):
 
 @pytest.mark.parametrize("chunk", [1, 2])
 def test_compaction(benchmark, copy_bandwidth, setup, chunk):
-    from na_kernels.nn.early_exit import compact
-
     snn = setup["snn"]
     x = setup["batches"][0][0]
-    keep = torch.arange(0, x.shape[0], 2, device=x.device)
-    snn._set(mode="snn", carry_state=True, time_steps=chunk, v=None)
+    one_chunk, compaction = bench_exit.chunk_and_compaction(snn, x, chunk)
     try:
-        with torch.no_grad():
-            snn.network(x)
-        state = {name: layer.v for name, layer in snn.if_layers.items()}
-
-        def compaction():
-            for name, layer in snn.if_layers.items():
-                layer.v = state[name]
-            x.index_select(0, keep)
-            compact(snn, keep)
-
+        one_chunk()
+        moved = sum(v.numel() * v.element_size() for v in (layer.v for layer in snn.if_layers.values()))
         run_case(benchmark, compaction, group=f"early_exit compaction after a chunk of {chunk} at batch {x.shape[0]}",
-                 impl="na_kernels", copy_bandwidth=copy_bandwidth,
-                 bytes_moved=sum(2 * v.numel() // 2 * v.element_size() for v in state.values()),
+                 impl="na_kernels", copy_bandwidth=copy_bandwidth, bytes_moved=moved,  # half read, half written
                  info={"op": "early_exit_compaction", "mode": "compaction", "chunk": chunk, "batch": x.shape[0]})
     finally:
         snn._set(carry_state=False, v=None, time_steps=1)
