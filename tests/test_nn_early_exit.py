@@ -343,3 +343,10 @@ def test_early_exit_when_the_stem_cannot_be_cut():
 def _fixed_T(snn, x, T):
     with torch.no_grad():
         return snn(x, T=T)
+
+
+def test_score_exits_bad_outputs():
+    with pytest.raises(ValueError, match=r"outputs must be a \[T, B, K\] tensor"):
+        score_exits(torch.zeros(4, 3), 0.9)
+    with pytest.raises(ValueError, match="K >= 2 classes"):
+        score_exits(torch.zeros(4, 3, 1), 0.9)

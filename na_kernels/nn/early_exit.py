@@ -185,8 +185,9 @@ class EarlyExitResult:
             f"{accuracy}mean exit step {self.mean_exit_step:.3g} (steps run {self.mean_steps_run:.3g}), "
             f"{100 * early:.1f} % stopped before T_max",
         ]
-        steps = [str(t) for t in range(1, self.T_max + 1)]
-        counts = [str(n) for n in self.exit_histogram]
+        shown = [(t, n) for t, n in enumerate(self.exit_histogram, 1) if n or self.T_max <= 16]  # long T: nonzero only
+        steps = [str(t) for t, _ in shown]
+        counts = [str(n) for _, n in shown]
         widths = [max(len(a), len(b)) for a, b in zip(steps, counts)]
         lines.append("exit step  " + " ".join(s.rjust(w) for s, w in zip(steps, widths)))
         lines.append("samples    " + " ".join(c.rjust(w) for c, w in zip(counts, widths)))
@@ -222,6 +223,8 @@ def score_exits(outputs: torch.Tensor, rule: RuleLike) -> torch.Tensor:
     if not isinstance(outputs, torch.Tensor) or outputs.dim() != 3:
         raise ValueError(f"outputs must be a [T, B, K] tensor (snn(x) of a classifier), got "
                          f"{tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__}")
+    if outputs.shape[2] < 2:
+        raise ValueError(f"outputs must have K >= 2 classes (dim 2), got shape {tuple(outputs.shape)}")
     T = outputs.shape[0]
     ok = rule.holds(outputs)
     ok[: min(rule.min_steps, T) - 1] = False
