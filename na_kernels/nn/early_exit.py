@@ -393,7 +393,8 @@ def _statistics(snn):
 
 def run_early_exit(snn, x: torch.Tensor, rule: RuleLike, *, T_max: Optional[int] = None, chunk: int = 1,
                    labels: Optional[torch.Tensor] = None) -> EarlyExitResult:
-    """Run ``snn`` on the batch x ``[B, ...]`` with per-sample early exit (see the module doc).
+    """Run ``snn`` on the batch x ``[B, ...]`` with per-sample early exit (see the module doc),
+    under ``torch.no_grad`` (inference: the exits are not differentiable).
 
     Args:
         snn: a ``SpikingNetwork`` whose output is ``[B, K]`` class scores per step.
