@@ -350,3 +350,18 @@ def test_score_exits_bad_outputs():
         score_exits(torch.zeros(4, 3), 0.9)
     with pytest.raises(ValueError, match="K >= 2 classes"):
         score_exits(torch.zeros(4, 3, 1), 0.9)
+
+
+def test_split_cache_does_not_keep_the_network_alive():
+    import gc
+    import weakref
+
+    from na_kernels.nn.early_exit import _SPLITS, split_stem
+
+    snn = to_snn(nn.Sequential(nn.Linear(4, 8), NoisyQuant(3, lam=1.0), nn.Linear(8, 3)).eval(), 4)
+    stem, _ = split_stem(snn.network)
+    assert stem is not None and snn.network in _SPLITS
+    network = weakref.ref(snn.network)
+    del snn, stem
+    gc.collect()
+    assert network() is None

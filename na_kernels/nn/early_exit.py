@@ -270,7 +270,7 @@ def compact(snn, keep: torch.Tensor) -> None:
             layer.v = layer.v.index_select(0, keep)
 
 
-_SPLITS = weakref.WeakKeyDictionary()  # network -> (graph, stem, body) or (graph, None, None)
+_SPLITS = weakref.WeakKeyDictionary()  # network -> (weakref to its graph, stem, body); (.., None, None): no cut
 
 
 def split_stem(network: fx.GraphModule):
@@ -284,7 +284,7 @@ def split_stem(network: fx.GraphModule):
     from .network import TimeRepeat
 
     cached = _SPLITS.get(network)
-    if cached is not None and cached[0] is network.graph:
+    if cached is not None and cached[0]() is network.graph:
         return cached[1:]
     graph = network.graph
     boundaries = []
@@ -315,7 +315,7 @@ def split_stem(network: fx.GraphModule):
             part.graph.lint()
             part.recompile()
             part.delete_all_unused_submodules()  # only the part's own references: the network keeps its modules
-    _SPLITS[network] = (graph, stem, body)
+    _SPLITS[network] = (weakref.ref(graph), stem, body)  # the graph refers to the network: no strong ref
     return stem, body
 
 
