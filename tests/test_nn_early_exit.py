@@ -39,9 +39,9 @@ def trained():
         torch.set_num_threads(threads)
 
 
-def _fixed(snn, x):
+def _fixed(snn, x, T=T_MAX):
     with torch.no_grad():
-        return snn(x, T=T_MAX)
+        return snn(x, T=T)
 
 
 def _mixed_rule(fixed):
@@ -331,18 +331,13 @@ def test_early_exit_when_the_stem_cannot_be_cut():
     snn = to_snn(_RepeatsItsInput().eval(), 6)
     assert not snn.conversion_report["stem_runs_once"] and split_stem(snn.network) == (None, None)
     x = torch.randn(32, 1, 8, 8)
-    fixed = _fixed_T(snn, x, 6)
+    fixed = _fixed(snn, x, 6)
     rule = ExitRule(confidence=float(torch.softmax(fixed[1], -1).amax(-1).median()))
     result = snn.run_early_exit(x, rule, chunk=2)
     assert (result.exit_steps < 6).any() and (result.exit_steps > 1).any()
     assert torch.equal(result.exit_steps, score_exits(fixed, rule))
     torch.testing.assert_close(result.outputs, fixed[result.exit_steps - 1, torch.arange(32)], rtol=0,
                                atol=_tolerance(fixed))
-
-
-def _fixed_T(snn, x, T):
-    with torch.no_grad():
-        return snn(x, T=T)
 
 
 def test_score_exits_bad_outputs():
