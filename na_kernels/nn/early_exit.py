@@ -265,9 +265,21 @@ def _check_steps(snn, rule, T_max, chunk):
 def compact(snn, keep: torch.Tensor) -> None:
     """Keep only the rows ``keep`` (int64 [B'] indices into the current batch) of every IF
     layer's carried membrane potential ``[B, C, ...]``: the samples not in ``keep`` leave."""
-    for layer in snn.if_layers.values():
+    _compact_layers(snn.if_layers.values(), keep)
+
+
+def _compact_layers(layers, keep):
+    for layer in layers:
         if layer.v is not None:
             layer.v = layer.v.index_select(0, keep)
+
+
+def _set_on(modules, **values):
+    """``SpikingNetwork._set`` on a list of its time modules found once (not per chunk)."""
+    for module in modules:
+        for key, value in values.items():
+            if hasattr(module, key):
+                setattr(module, key, value)
 
 
 _SPLITS = weakref.WeakKeyDictionary()  # network -> (weakref to its graph, stem, body); (.., None, None): no cut
@@ -341,13 +353,15 @@ def _run_batch(snn, x, rule: ExitRule, T_max: int, chunk: int):
     outputs = None
     history = None  # float32 [t, B', K]: the per-step outputs f_s of the samples still running
     t = 0
-    snn._set(mode="snn", carry_state=True)
+    time_modules = snn._time_modules()
+    layers = list(snn.if_layers.values())
+    _set_on(time_modules, mode="snn", carry_state=True)
     try:
         stem, body = split_stem(snn.network)
         inputs = (x,) + tuple(stem(x)) if stem is not None else (x,)  # the stem runs once per sample
         while t < T_max and alive.numel():
             steps = min(chunk, T_max - t)
-            snn._set(time_steps=steps)
+            _set_on(time_modules, time_steps=steps)
             out = body(*inputs) if body is not None else snn.network(*inputs)
             per_step = _per_step_output(out, steps, alive.numel()).to(torch.float32)
             if outputs is None:
@@ -376,12 +390,12 @@ def _run_batch(snn, x, rule: ExitRule, T_max: int, chunk: int):
                     alive = alive.index_select(0, keep)
                     inputs = tuple(value.index_select(0, keep) for value in inputs)
                     history = history.index_select(1, keep)
-                    compact(snn, keep)
+                    _compact_layers(layers, keep)
                 else:
                     alive = keep
     finally:
-        snn._set(carry_state=False, v=None, time_steps=1)
-    if any(layer.record for layer in snn.if_layers.values()):
+        _set_on(time_modules, carry_state=False, v=None, time_steps=1)
+    if any(layer.record for layer in layers):
         snn.samples += batch
         snn.sample_steps += int(steps_run.sum())
     return outputs.cpu(), exit_steps.cpu(), steps_run.cpu()
