@@ -274,6 +274,7 @@ def cmd_convert(args) -> int:
     """``na-kernels convert``: a checkpoint as an SNN: accuracy at every t <= T, spikes, energy."""
     from .nn import to_snn
 
+    exit_rules = _exit_rules(args)
     state, model, device, test = _checkpoint_model_and_test_data(args)
     loader = BatchLoader(test, args.batch_size, device=device)
     ann_acc = evaluate(model, loader, amp=False, show_progress=False)
@@ -287,13 +288,47 @@ def cmd_convert(args) -> int:
     print("T:    " + "  ".join(f"{t:>6d}" for t in shown))
     print("SNN:  " + "  ".join(f"{100 * acc[t - 1]:5.2f}%" for t in shown))
     print(snn.statistics_table())
+    early_exit = _convert_early_exit(args, snn, loader, acc, exit_rules)
     if args.report:
         os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
         with open(args.report, "w") as f:
             json.dump({"checkpoint": args.checkpoint, "config": cfg, "epoch": state["epoch"], "T": args.T,
-                       "ann_acc": ann_acc, "snn_acc_every_t": acc, "statistics": stats}, f, indent=2, default=str)
+                       "ann_acc": ann_acc, "snn_acc_every_t": acc, "statistics": stats, "early_exit": early_exit},
+                      f, indent=2, default=str)
         print(f"report: {args.report}")
     return 0
+
+
+def _exit_rules(args) -> list:
+    """The early-exit rules of ``convert``'s --exit-* options: one per confidence x margin given
+    (an empty list without --exit-confidence / --exit-margin)."""
+    from .nn import ExitRule
+
+    confidences, margins = args.exit_confidence or [None], args.exit_margin or [None]
+    if args.exit_confidence is None and args.exit_margin is None:
+        if args.exit_min_steps is not None:
+            raise ConfigError("--exit-min-steps needs --exit-confidence and/or --exit-margin")
+        return []
+    min_steps = args.exit_min_steps or 1
+    if min_steps > args.T:
+        raise ConfigError(f"--exit-min-steps ({min_steps}) must be <= --T ({args.T})")
+    return [ExitRule(confidence=c, margin=m, min_steps=min_steps) for c in confidences for m in margins]
+
+
+def _convert_early_exit(args, snn, loader, acc, rules) -> Optional[list]:
+    """``convert`` with --exit-*: one early-exit run per rule over the test set (T_max = --T,
+    chunk = --chunk or 1), printed as the accuracy / mean-exit-step table next to the fixed-T
+    curve ``acc``; returns the rows (None without rules)."""
+    from .nn import exit_tradeoff, format_tradeoff
+
+    if not rules:
+        return None
+    rows = exit_tradeoff(snn, loader, rules, T_max=args.T, chunk=args.chunk or 1,
+                         show_progress=not args.no_progress)
+    print(f"\nEarly exit (per sample, T_max = {args.T}; energy over the steps actually run), "
+          f"against the fixed-T run:")
+    print(format_tradeoff(rows, acc))
+    return rows
 
 
 # ----------------------------------------------------------------------------------------
@@ -384,6 +419,16 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
+def _exit_probability(name: str):
+    """An argparse type for an ExitRule threshold (``confidence`` / ``margin``), checked by ExitRule."""
+
+    def check(value):
+        from .nn import ExitRule
+
+        return getattr(ExitRule(**{name: value}), name)
+
+    return _checked(check)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``na-kernels`` argument parser (options checked with the rules of ``_validation``)."""
@@ -472,6 +517,14 @@ def build_parser() -> argparse.ArgumentParser:
                            help="steps per kernel call (less memory; default: all T at once)")
             c.add_argument("--report", type=_as_is(lambda text: check_output_path(text, "", folder=False)),
                            default=None, help="write a JSON report to this file")
+            c.add_argument("--exit-confidence", type=_exit_probability("confidence"), nargs="+", default=None,
+                           metavar="C", help="per-sample early exit when the top softmax probability of the "
+                                             "mean logits reaches C; several values: a sweep")
+            c.add_argument("--exit-margin", type=_exit_probability("margin"), nargs="+", default=None,
+                           metavar="M", help="early exit when the top-two probability margin reaches M "
+                                             "(with --exit-confidence: both must hold; one row per pair)")
+            c.add_argument("--exit-min-steps", type=_steps("exit_min_steps"), default=None,
+                           help="no early exit before this step (default: 1)")
             c.set_defaults(func=cmd_convert)
     return parser
 

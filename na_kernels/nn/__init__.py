@@ -14,11 +14,17 @@ Each public name's docstring carries its formula, arguments and shapes; the desi
 ``docs/design.md``. Modules: ``noisy_quant`` (NoisyQuant), ``replace`` (replace_activations),
 ``convert`` (to_snn), ``if_layer`` (IFLayer), ``network`` (SpikingNetwork, TimeRepeat),
 ``batchnorm`` (fold_batchnorm), ``stats`` (SynapseMeter, collect_statistics,
-format_statistics), ``calibrate`` (calibrate_thresholds), ``fx_utils`` (torch.fx helpers).
+format_statistics), ``calibrate`` (calibrate_thresholds), ``early_exit`` (ExitRule,
+run_early_exit = ``SpikingNetwork.run_early_exit``, evaluate_early_exit, exit_tradeoff,
+format_tradeoff, score_exits: per-sample early exit), ``serialize`` (save_snn, load_snn),
+``nir_export`` (to_nir, from_nir), ``if_node`` (IFNode: a SpikingJelly-style IF module on the
+fused kernel), ``fx_utils`` (torch.fx helpers).
 """
 from .batchnorm import fold_batchnorm
 from .calibrate import calibrate_thresholds
 from .convert import to_snn
+from .early_exit import (EarlyExitResult, ExitRule, evaluate_early_exit, exit_tradeoff, format_tradeoff, run_early_exit,
+                         score_exits)
 from .if_layer import IFLayer
 from .if_node import IFNode
 from .network import SpikingNetwork, TimeRepeat
@@ -33,4 +39,6 @@ __all__ = [
     "SpikingNetwork", "IFLayer", "SynapseMeter", "TimeRepeat", "fold_batchnorm", "calibrate_thresholds",
     "collect_statistics", "format_statistics",
     "save_snn", "load_snn", "SerializationError", "IFNode", "to_nir", "from_nir", "NIRExportError",
+    "ExitRule", "EarlyExitResult", "evaluate_early_exit", "exit_tradeoff", "format_tradeoff", "run_early_exit",
+    "score_exits",
 ]

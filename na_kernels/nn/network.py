@@ -162,3 +162,13 @@ class SpikingNetwork(nn.Module):
         load it; tensors and plain data only, read with ``weights_only=True``)."""
         from .serialize import save_snn
         save_snn(self, path)
+
+    def run_early_exit(self, x, rule, *, T_max: Optional[int] = None, chunk: int = 1, labels=None):
+        """Per-sample early exit on x ``[B, ...]``: the steps run ``chunk`` at a time, each sample
+        stops at the first step t >= ``rule.min_steps`` where ``rule`` holds on its running output
+        ``out[t-1]`` (at ``T_max``, default ``self.T``, at the latest) and leaves the batch.
+        ``rule``: an ``ExitRule`` or a confidence threshold c (top softmax probability >= c).
+        Returns an ``EarlyExitResult`` (see ``na_kernels.nn.early_exit.run_early_exit``)."""
+        from .early_exit import run_early_exit
+
+        return run_early_exit(self, x, rule, T_max=T_max, chunk=chunk, labels=labels)
