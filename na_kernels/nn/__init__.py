@@ -20,6 +20,7 @@ from .batchnorm import fold_batchnorm
 from .calibrate import calibrate_thresholds
 from .convert import to_snn
 from .if_layer import IFLayer
+from .limit import ClippedActivation, ClippedNetwork, clipped_network
 from .network import SpikingNetwork, TimeRepeat
 from .noisy_quant import NoisyQuant
 from .replace import ReplacementReport, UnconvertibleActivationError, replace_activations
@@ -29,4 +30,5 @@ __all__ = [
     "NoisyQuant", "replace_activations", "ReplacementReport", "UnconvertibleActivationError", "to_snn",
     "SpikingNetwork", "IFLayer", "SynapseMeter", "TimeRepeat", "fold_batchnorm", "calibrate_thresholds",
     "collect_statistics", "format_statistics",
+    "clipped_network", "ClippedNetwork", "ClippedActivation",  # limit: the SNN's T -> infinity limit
 ]
