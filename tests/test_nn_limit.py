@@ -21,6 +21,8 @@ def trained():
     xtr, ytr = _flat(train)
     xte, yte = _flat(test)
     models = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before the one_thread fixture
     for noise in ("uniform", None):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(64, 64), nn.BatchNorm1d(64), NoisyQuant(3, lam=2.0, noise=noise),
@@ -35,6 +37,7 @@ def trained():
                 loss.backward()
                 optimizer.step()
         models[noise] = model.eval()
+    torch.set_num_threads(threads)
     return models, xte, yte
 
 
