@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="offline demo on the bundled 8x8 digits: NoisyQuant vs QCFS, ANN vs SNN",
                        description="Train the same small CNN twice on the bundled 8x8 UCI digits (NoisyQuant "
                                    "uniform noise, and no noise = QCFS) at the same p, convert both to SNNs and "
-                                   "report accuracy at T = 1..32, firing rate and estimated energy.")
+                                   "report the ANN, its clipped network (the SNN's T -> infinity limit) and the "
+                                   "SNN at T = 1..64, firing rate and estimated energy.")
     d.add_argument("--out", default="na_kernels_demo", help="folder for the JSON report and the plot "
                                                             "(default: ./na_kernels_demo)")
     d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -1,4 +1,5 @@
-"""``na-kernels demo``: NoisyQuant vs QCFS on the bundled 8x8 digits, ANN vs SNN at T = 1..32.
+"""``na-kernels demo``: NoisyQuant vs QCFS on the bundled 8x8 digits: per model the ANN, the
+clipped network (the SNN's T -> infinity limit) and the SNN at T = 1..64.
 
 The command line wiring is in ``na_kernels.cli``; this module trains, converts, evaluates,
 prints the table and draws the plot.
@@ -17,7 +18,7 @@ from ._spec import Noise
 from .datasets import BatchLoader, ImageData, digits_split
 from .train import build_network, evaluate, evaluate_snn, make_optimizer, make_scheduler, train_epoch
 
-DEMO_TS = (1, 2, 4, 8, 16, 32)
+DEMO_TS = (1, 2, 4, 8, 16, 32, 64)
 DEMO_VARIANTS = (("NoisyQuant (uniform noise)", Noise.UNIFORM.label), ("QCFS (no noise)", Noise.NONE.label))
 
 
@@ -66,11 +67,19 @@ def _snn_eval(model, test: ImageData, Ts: Sequence[int], batch_size: int, show: 
     return {"per_T": per_T, "curve": curve}
 
 
+def _limit_eval(model, test: ImageData) -> float:
+    """Test accuracy of ``model``'s clipped network (every NoisyQuant site clamp(x, 0, λ)), evaluated like the ANN."""
+    from .nn import clipped_network
+
+    return evaluate(clipped_network(model), BatchLoader(test, 256), amp=False, show_progress=False)
+
+
 def _demo_table(results: List[Dict[str, Any]], Ts: Sequence[int], energy_T: int) -> str:
-    head = ["model", "ANN"] + [f"T={T}" for T in Ts] + ["rate", f"energy@T={energy_T}"]
+    head = ["model", "ANN", "limit"] + [f"T={T}" for T in Ts] + ["rate", f"energy@T={energy_T}"]
     rows = []
     for r in results:
-        rows.append([r["name"], _pct(r["ann_acc"])] + [_pct(r["snn"]["per_T"][T]["acc"]) for T in Ts]
+        rows.append([r["name"], _pct(r["ann_acc"]), _pct(r["limit_acc"])]
+                    + [_pct(r["snn"]["per_T"][T]["acc"]) for T in Ts]
                     + [f"{r['snn']['per_T'][max(Ts)]['firing_rate']:.3f}",
                        f"{r['snn']['per_T'][energy_T]['energy_ratio']:.2f}x ANN"])
     widths = [max(len(str(row[i])) for row in [head] + rows) for i in range(len(head))]
@@ -80,7 +89,7 @@ def _demo_table(results: List[Dict[str, Any]], Ts: Sequence[int], energy_T: int)
     return "\n".join(lines)
 
 
-def _demo_plot(results, path: str, Ts: Sequence[int]) -> Optional[str]:
+def _demo_plot(results, path: str, Ts: Sequence[int], p: int) -> Optional[str]:
     try:
         import matplotlib
 
@@ -94,12 +103,14 @@ def _demo_plot(results, path: str, Ts: Sequence[int]) -> Optional[str]:
         t = list(range(1, len(curve) + 1))
         ax.plot(t, [100 * a for a in curve], color=color, label=f"{r['name']}: SNN")
         ax.axhline(100 * r["ann_acc"], color=color, linestyle="--", linewidth=1, label=f"{r['name']}: ANN")
+        ax.axhline(100 * r["limit_acc"], color=color, linestyle=":", linewidth=1.5,
+                   label=f"{r['name']}: limit (clipped network)")
         ax2.plot(Ts, [r["snn"]["per_T"][T]["energy_ratio"] for T in Ts], "o-", color=color, label=r["name"])
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(Ts), [str(T) for T in Ts])
     ax.set_xlabel("time steps T")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("SNN accuracy vs time steps (8x8 digits)")
+    ax.set_title(f"SNN accuracy vs time steps (8x8 digits, p = {p})")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax2.set_xscale("log", base=2)
@@ -150,16 +161,18 @@ def _demo(args, t0: float, show: bool) -> int:
         model = trained["model"]
         t_train = time.time() - t1
         ann_acc = evaluate(model, BatchLoader(test, 256), amp=False, show_progress=False)
+        limit_acc = _limit_eval(model, test)
         t2 = time.time()
         snn = _snn_eval(model, test, Ts, args.eval_batch_size, show, f"SNN {name}")
         lams = [float(m.lam.detach()) for m in model.modules() if hasattr(m, "raw_lam")]
-        results.append({"name": name, "noise": noise, "ann_acc": ann_acc, "snn": snn, "lambda": lams,
+        results.append({"name": name, "noise": noise, "ann_acc": ann_acc, "limit_acc": limit_acc, "snn": snn, "lambda": lams,
                         "history": trained["history"], "train_s": t_train, "snn_eval_s": time.time() - t2})
 
     table = _demo_table(results, Ts, energy_T)
     elapsed = time.time() - t0
     print()
-    print("Test accuracy (%) of the ANN and of the converted SNN after T time steps;")
+    print("Test accuracy (%) of the ANN, of its clipped network (limit: every activation clamp(x, 0, λ), "
+          "the SNN's T -> infinity limit) and of the converted SNN after T time steps;")
     print(f"rate = spikes per neuron per step (T={max(Ts)}); energy = estimated SNN/ANN energy per image at T={energy_T} "
           "(0.9 pJ/AC, 4.6 pJ/MAC)")
     print(table)
@@ -167,6 +180,13 @@ def _demo(args, t0: float, show: bool) -> int:
         r["first_T_within_1pt"] = next((T for T in Ts if r["snn"]["per_T"][T]["acc"] >= r["ann_acc"] - 0.01), None)
     print("first T at which the SNN is within 1 point of its ANN: " + ", ".join(
         f"{r['name']} T={r['first_T_within_1pt'] or '>' + str(max(Ts))}" for r in results))
+    for r in results:
+        accs = {T: r["snn"]["per_T"][T]["acc"] for T in Ts}
+        r["peak_T"] = max(Ts, key=lambda T: (accs[T], -T))
+        r["snn_minus_limit_at_max_T"] = accs[max(Ts)] - r["limit_acc"]
+        print(f"{r['name']}: SNN best {_pct(accs[r['peak_T']]).strip()} at T={r['peak_T']}, "
+              f"{_pct(accs[max(Ts)]).strip()} at T={max(Ts)}; its limit {_pct(r['limit_acc']).strip()}, "
+              f"ANN {_pct(r['ann_acc']).strip()}")
     print(f"(one test image = {100 / len(test):.2f} points)")
     os.makedirs(args.out, exist_ok=True)
     report = {
@@ -182,7 +202,7 @@ def _demo(args, t0: float, show: bool) -> int:
         "torch_threads": torch.get_num_threads(),
     }
     json_path = os.path.join(args.out, "demo_report.json")
-    png = None if args.no_plot else _demo_plot(results, os.path.join(args.out, "demo_accuracy_vs_T.png"), Ts)
+    png = None if args.no_plot else _demo_plot(results, os.path.join(args.out, "demo_accuracy_vs_T.png"), Ts, args.p)
     report["plot"] = png
     report["elapsed_s"] = elapsed = time.time() - t0  # training, evaluation, plot
     with open(json_path, "w") as f:
