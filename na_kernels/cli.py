@@ -66,29 +66,35 @@ def _checkpoint_model_and_test_data(args):
 
 
 def cmd_evaluate(args) -> int:
-    """``na-kernels evaluate``: test accuracy of a checkpoint's quantized ANN (noise off)."""
+    """``na-kernels evaluate``: test accuracy of a checkpoint's quantized ANN (noise off) and of its clipped network."""
+    from .nn import clipped_network
+
     state, model, device, test = _checkpoint_model_and_test_data(args)
     acc = evaluate(model, BatchLoader(test, args.batch_size, device=device), amp=not args.no_amp,
                    show_progress=not args.no_progress)
+    limit_acc = evaluate(clipped_network(model), BatchLoader(test, args.batch_size, device=device),
+                         amp=not args.no_amp, show_progress=False)
     cfg = state["config"]
     print(f"{cfg['arch']} p={cfg['p']} noise={cfg['noise']} epoch {state['epoch']}: "
-          f"{cfg['dataset']} test accuracy (quantized ANN, no noise) {100 * acc:.2f}% on {len(test)} images")
+          f"{cfg['dataset']} test accuracy (quantized ANN, no noise) {100 * acc:.2f}% on {len(test)} images; "
+          f"its clipped network (the SNN's T -> infinity limit) {100 * limit_acc:.2f}%")
     return 0
 
 
 def cmd_convert(args) -> int:
     """``na-kernels convert``: a checkpoint as an SNN: accuracy at every t <= T, spikes, energy."""
-    from .nn import to_snn
+    from .nn import clipped_network, to_snn
 
     state, model, device, test = _checkpoint_model_and_test_data(args)
     loader = BatchLoader(test, args.batch_size, device=device)
     ann_acc = evaluate(model, loader, amp=False, show_progress=False)
+    limit_acc = evaluate(clipped_network(model), loader, amp=False, show_progress=False)
     snn = to_snn(model, args.T, chunk=args.chunk).to(device)
     acc = evaluate_snn(snn, loader, desc=f"SNN T={args.T}", show_progress=not args.no_progress)
     stats = snn.statistics()
     cfg = state["config"]
     print(f"{cfg['arch']} p={cfg['p']} noise={cfg['noise']} on {cfg['dataset']} ({len(test)} test images): "
-          f"ANN {100 * ann_acc:.2f}%")
+          f"ANN {100 * ann_acc:.2f}%, clipped network (the SNN's T -> infinity limit) {100 * limit_acc:.2f}%")
     shown = sorted({t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if t <= args.T} | {args.T})
     print("T:    " + "  ".join(f"{t:>6d}" for t in shown))
     print("SNN:  " + "  ".join(f"{100 * acc[t - 1]:5.2f}%" for t in shown))
@@ -97,7 +103,8 @@ def cmd_convert(args) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
         with open(args.report, "w") as f:
             json.dump({"checkpoint": args.checkpoint, "config": cfg, "epoch": state["epoch"], "T": args.T,
-                       "ann_acc": ann_acc, "snn_acc_every_t": acc, "statistics": stats}, f, indent=2, default=str)
+                       "ann_acc": ann_acc, "limit_acc": limit_acc, "snn_acc_every_t": acc, "statistics": stats},
+                      f, indent=2, default=str)
         print(f"report: {args.report}")
     return 0
 

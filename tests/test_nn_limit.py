@@ -104,3 +104,28 @@ def test_clipped_network_bad_input():
         clipped_network("model")
     with pytest.raises(ValueError, match="no NoisyQuant"):
         clipped_network(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_cli_evaluate_and_convert_print_the_limit(tmp_path, capsys):
+    import json
+
+    from na_kernels.cli import main
+    from na_kernels.datasets import BatchLoader
+    from na_kernels.train import evaluate, load_checkpoint, network_from_checkpoint
+
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--arch", "digits_cnn", "--p", "3", "--lam", "2", "--lr", "0.05",
+                 "--batch-size", "64", "--epochs", "1", "--out", str(run), "--no-progress", "--device", "cpu"]) == 0
+    ckpt = str(run / "last.pt")
+    model = network_from_checkpoint(load_checkpoint(ckpt))
+    _, test = digits_split()
+    expected = evaluate(clipped_network(model), BatchLoader(test, 256), amp=False, show_progress=False)
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", ckpt, "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert f"its clipped network (the SNN's T -> infinity limit) {100 * expected:.2f}%" in text
+    report = tmp_path / "convert.json"
+    assert main(["convert", "--checkpoint", ckpt, "--T", "4", "--report", str(report), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert f"clipped network (the SNN's T -> infinity limit) {100 * expected:.2f}%" in text
+    assert json.loads(report.read_text())["limit_acc"] == expected
