@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import na_kernels
+from conftest import BACKENDS
 from na_kernels._spec import DEFAULT_NOISE_SCALE, Noise
 from na_kernels.nn import NoisyQuant, replace_activations
 
@@ -13,10 +14,10 @@ def test_default_scale_table():
     assert Noise.GAUSSIAN.default_scale == 0.3
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("noise", ["uniform", "gaussian"])
-def test_op_default_scale_is_the_kinds_and_explicit_scale_wins(backend, noise):
-    x = torch.randn(4, 3, 17, 5) * 2
+def test_op_default_scale_is_the_kinds_and_explicit_scale_wins(backend, device, noise):
+    x = (torch.randn(2, 3, 7, 5) * 2).to(device)
     default = DEFAULT_NOISE_SCALE[Noise.parse("noise", noise)]
     with na_kernels.use_backend(backend):
         y_default = na_kernels.noisy_quant(x, 3, 1.5, noise=noise, seed=11)
