@@ -55,3 +55,28 @@ def test_module_and_replace_activations_default_and_explicit_scale():
     assert model[1].scale == 0.5
     with pytest.raises(ValueError, match="scale must be >= 0"):
         NoisyQuant(1, noise="gaussian", scale=-1.0)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_single_step_gaussian_trains_by_default_like_uniform():
+    """noise="gaussian", p = 1 (the T = 1 strategy) with the default scale trains the demo CNN about as
+    well as uniform noise (σ = 1.0, the old default, stays near chance: 8-14 % after 3 epochs)."""
+    from argparse import Namespace
+
+    from na_kernels.datasets import BatchLoader, digits_split
+    from na_kernels.demo import _demo_train
+    from na_kernels.nn import to_snn
+    from na_kernels.train import evaluate_snn
+
+    train, test = digits_split()
+    args = Namespace(seed=0, p=1, lam=2.0, batch_size=32, lr=0.05, epochs=3)
+    acc = {}
+    for noise in ("gaussian", "uniform"):
+        model = _demo_train(noise, noise, train, args, show=False)["model"]
+        assert all(m.scale == DEFAULT_NOISE_SCALE[Noise.parse("noise", noise)]
+                   for m in model.modules() if isinstance(m, NoisyQuant))
+        acc[noise] = evaluate_snn(to_snn(model, 8), BatchLoader(test, 256), show_progress=False)
+    for T in (1, 8):
+        assert acc["gaussian"][T - 1] >= 0.85, acc["gaussian"][T - 1]
+        # 3 epochs (the measured 15-epoch gap is under a point, docs/design.md): within 3 points
+        assert acc["gaussian"][T - 1] >= acc["uniform"][T - 1] - 0.03, (T, acc)
