@@ -4,10 +4,11 @@ Trains the demo's DigitsCNN on the bundled 8x8 digits for every combination of t
 and prints one line per run: ANN, the clipped network (the SNN's T -> infinity limit) and the
 SNN at T = 1, 2, 4, ..., 64 (test accuracy, %, on the 539 held-out images). Lines are also
 appended to ``--out`` as JSON. One torch thread per run; run it under ``nice`` on a shared
-machine. Examples (the ones the README and docs/design.md quote):
+machine. The runs behind README and docs/design.md are listed, with their commands, in
+bench/results/issue14/README.md; for example
 
-    python bench/demo_sweep.py --p 1 3 --noise uniform none --seeds 0 1 2
-    python bench/demo_sweep.py --p 1 3 --noise gaussian --scale 0.1 0.2 0.3 0.5 1.0 --seeds 0 1 2
+    python bench/demo_sweep.py --p 3 --noise uniform none --seeds 0 1 2 3 4 5 6 7 8 9
+    python bench/demo_sweep.py --p 1 --noise gaussian --scale 0.1 0.2 0.3 0.5 1.0 --seeds 0 1 2
 """
 import argparse
 import itertools

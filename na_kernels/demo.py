@@ -128,7 +128,7 @@ def _demo_plot(results, path: str, Ts: Sequence[int], p: int) -> Optional[str]:
 
 
 def cmd_demo(args) -> int:
-    """``na-kernels demo``: NoisyQuant vs QCFS on the bundled digits, ANN vs SNN at T = 1..32."""
+    """``na-kernels demo``: NoisyQuant vs QCFS on the bundled digits: ANN, clipped limit, SNN at T = 1..64."""
     t0 = time.time()
     if args.quick:
         args.epochs = args.epochs or 3
