@@ -32,6 +32,8 @@ class ClippedActivation(nn.Module):
         self.name = name
         self.register_buffer("threshold", threshold.detach().to(torch.float32).clone())
         self.register_buffer("amplitude", amplitude.detach().to(torch.float32).clone())
+        # decided once here, not per forward (no host sync, no graph break under torch.compile)
+        self.calibrated = self.threshold.shape != self.amplitude.shape or not torch.equal(self.threshold, self.amplitude)
 
     def _view(self, tensor, x):
         if tensor.dim() == 1:
@@ -42,7 +44,7 @@ class ClippedActivation(nn.Module):
         """``clamp(x, 0, θ) * (a/θ)`` in float32, returned in x's dtype."""
         theta = self._view(self.threshold, x)
         y = torch.minimum(x.to(torch.float32).clamp_min(0), theta)
-        if self.threshold.shape != self.amplitude.shape or not torch.equal(self.threshold, self.amplitude):
+        if self.calibrated:
             y = y * (self._view(self.amplitude, x) / theta)
         return y.to(x.dtype)
 
