@@ -1,7 +1,9 @@
 """na-kernels demo (na_kernels.demo): the quick demo end to end, the shape of its result, reproducibility."""
+import io
 import json
 import re
 import sys
+from contextlib import redirect_stdout
 
 import pytest
 import torch
@@ -33,9 +35,6 @@ def quick(tmp_path_factory):
     torch.set_num_threads(1)
     mp = pytest.MonkeyPatch()
     mp.setattr(demo, "_demo_train", capture)
-    import io
-    from contextlib import redirect_stdout
-
     text = io.StringIO()
     try:
         with redirect_stdout(text):
@@ -75,7 +74,7 @@ def test_quick_demo_table_and_report_shape(quick):
     noisy = report["results"][0]
     # with noise the SNN converges to its limit: at T = 64 within 1 point (2 of 200 test images)
     assert abs(noisy["snn"]["per_T"]["64"]["acc"] - noisy["limit_acc"]) <= 0.01 + 1e-9
-    assert f"SNN best" in text and "its limit" in text
+    assert "SNN best" in text and "its limit" in text
     try:
         import matplotlib  # noqa: F401
 
