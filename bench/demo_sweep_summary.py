@@ -17,7 +17,8 @@ T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 
 
 
 def key(row):
-    return f"p={row['p']} noise={row['noise']} scale={row['scale']} lam={row['lam']} opt={row['opt']} ep={row['epochs']}"
+    return (f"p={row['p']} noise={row['noise']} scale={row['scale']} lam={row['lam']} opt={row['opt']} "
+            f"ep={row['epochs']}")
 
 
 def values(row):
@@ -65,7 +66,8 @@ def main(argv=None):
             d = [100 * (groups[ka][s][c] - groups[kb][s][c]) for s in seeds]
             mean = statistics.mean(d)
             half = T95.get(len(d) - 1, 1.96) * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
-            print(f"   {c:6s} {mean:+5.2f}  [{mean - half:+5.2f}, {mean + half:+5.2f}]  " + " ".join(f"{x:+.1f}" for x in d))
+            print(f"   {c:6s} {mean:+5.2f}  [{mean - half:+5.2f}, {mean + half:+5.2f}]  "
+                  + " ".join(f"{x:+.1f}" for x in d))
     return 0
 
 

@@ -165,7 +165,8 @@ def _demo(args, t0: float, show: bool) -> int:
         t2 = time.time()
         snn = _snn_eval(model, test, Ts, args.eval_batch_size, show, f"SNN {name}")
         lams = [float(m.lam.detach()) for m in model.modules() if hasattr(m, "raw_lam")]
-        results.append({"name": name, "noise": noise, "ann_acc": ann_acc, "limit_acc": limit_acc, "snn": snn, "lambda": lams,
+        results.append({"name": name, "noise": noise, "ann_acc": ann_acc, "limit_acc": limit_acc, "snn": snn,
+                        "lambda": lams,
                         "history": trained["history"], "train_s": t_train, "snn_eval_s": time.time() - t2})
 
     table = _demo_table(results, Ts, energy_T)

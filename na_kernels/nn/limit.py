@@ -33,7 +33,8 @@ class ClippedActivation(nn.Module):
         self.register_buffer("threshold", threshold.detach().to(torch.float32).clone())
         self.register_buffer("amplitude", amplitude.detach().to(torch.float32).clone())
         # decided once here, not per forward (no host sync, no graph break under torch.compile)
-        self.calibrated = self.threshold.shape != self.amplitude.shape or not torch.equal(self.threshold, self.amplitude)
+        self.calibrated = (self.threshold.shape != self.amplitude.shape
+                           or not torch.equal(self.threshold, self.amplitude))
 
     def _view(self, tensor, x):
         if tensor.dim() == 1:
