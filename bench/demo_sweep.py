@@ -17,6 +17,7 @@ import sys
 import time
 
 import torch
+from torch import nn
 
 from na_kernels.datasets import BatchLoader, digits_split
 from na_kernels.models import build_model
@@ -26,12 +27,27 @@ from na_kernels.train import evaluate, evaluate_snn, make_optimizer, make_schedu
 TS = (1, 2, 4, 8, 16, 32, 64)
 
 
-def run(train, test, *, p, noise, scale, seed, epochs, lam, lr, opt, batch_size=32):
-    """Train one DigitsCNN; its ANN, clipped-network and SNN (T in TS) test accuracies."""
+def deeper_digits_cnn(num_classes, in_channels, act, convs_per_stage, width=32):
+    """DigitsCNN with ``convs_per_stage`` 3x3 conv-BN-act layers per stage instead of 2."""
+    layers, c = [], in_channels
+    for stage in range(2):
+        for _ in range(convs_per_stage):
+            layers += [nn.Conv2d(c, width * (stage + 1), 3, padding=1, bias=False),
+                       nn.BatchNorm2d(width * (stage + 1)), act()]
+            c = width * (stage + 1)
+        layers.append(nn.AvgPool2d(2))
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * 4, 128), act(), nn.Linear(128, num_classes))
+
+
+def run(train, test, *, p, noise, scale, seed, epochs, lam, lr, opt, convs_per_stage=2, batch_size=32):
+    """Train one DigitsCNN (or a deeper one); its ANN, clipped-network and SNN (T in TS) test accuracies."""
     torch.manual_seed(seed)
     scale_kw = {} if scale is None else {"scale": scale}  # None: NoisyQuant's default
-    model = build_model("digits_cnn", train.num_classes, train.in_channels,
-                        act=lambda: NoisyQuant(p, lam=lam, noise=noise, **scale_kw))
+    act = lambda: NoisyQuant(p, lam=lam, noise=noise, **scale_kw)  # noqa: E731
+    if convs_per_stage == 2:
+        model = build_model("digits_cnn", train.num_classes, train.in_channels, act=act)
+    else:
+        model = deeper_digits_cnn(train.num_classes, train.in_channels, act, convs_per_stage)
     loader = BatchLoader(train, batch_size, shuffle=True, augment=True, drop_last=True, seed=seed)
     if opt == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr)
@@ -61,6 +77,7 @@ def main(argv=None):
                     help='initial λ (a float or "auto")')
     ap.add_argument("--lr", type=float, default=None, help="default 0.05 (sgd), 0.003 (adam)")
     ap.add_argument("--opt", choices=("sgd", "adam"), default="sgd")
+    ap.add_argument("--convs-per-stage", type=int, default=2, help="2 = the demo's DigitsCNN; more = deeper")
     ap.add_argument("--out", default=None, help="append one JSON line per run here")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -69,8 +86,10 @@ def main(argv=None):
     print("p noise    scale  ep  lam seed |  ANN limit | " + " ".join(f"T={T:<3d}" for T in TS) + " | s", flush=True)
     for p, noise, scale, epochs, lam, seed in itertools.product(a.p, a.noise, a.scale, a.epochs, a.lam, a.seeds):
         t0 = time.time()
-        r = run(train, test, p=p, noise=noise, scale=scale, seed=seed, epochs=epochs, lam=lam, lr=lr, opt=a.opt)
-        row = dict(p=p, noise=noise, scale=scale, epochs=epochs, lam=lam, seed=seed, opt=a.opt, lr=lr, **r,
+        r = run(train, test, p=p, noise=noise, scale=scale, seed=seed, epochs=epochs, lam=lam, lr=lr, opt=a.opt,
+                convs_per_stage=a.convs_per_stage)
+        row = dict(p=p, noise=noise, scale=scale, epochs=epochs, lam=lam, seed=seed, opt=a.opt, lr=lr,
+                   convs_per_stage=a.convs_per_stage, **r,
                    seconds=round(time.time() - t0, 1))
         print(f"{p} {noise:8s} {str(scale):5s} {epochs:3d} {lam!s:>4} {seed:4d} | {100 * r['ann']:5.1f} "
               f"{100 * r['limit']:5.1f} | " + " ".join(f"{100 * r['snn'][T]:5.1f}" for T in TS)
