@@ -1,7 +1,7 @@
 """na_kernels: fused kernels for noise-injected low-bit ANN training and ANN-to-SNN conversion.
 
 Public API (each function's docstring documents it; docs/design.md the design):
-    noisy_quant(x, p, lam=1.0, *, noise="uniform", scale=1.0, shift=0.5, seed=None)
+    noisy_quant(x, p, lam=1.0, *, noise="uniform", scale=None, shift=0.5, seed=None)
         noise-injected quantize-clip activation, straight-through backward (grad of lam too)
     integrate_fire(x_seq, threshold=1.0, *, v_init=0.5, reset="subtract", amplitude="threshold",
                    surrogate="sigmoid", alpha=4.0, detach_reset=False, return_v=False)

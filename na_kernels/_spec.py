@@ -71,6 +71,17 @@ class Noise(Vocabulary):
         """The value the public API uses for this kind: None for NONE, else the label."""
         return None if self is Noise.NONE else self.label
 
+    @property
+    def default_scale(self) -> float:
+        """The noise amplitude in quantization steps that ``scale=None`` means (``DEFAULT_NOISE_SCALE``)."""
+        return DEFAULT_NOISE_SCALE[self]
+
+
+# scale=None per noise kind, in quantization steps, chosen by measurement (docs/design.md,
+# "The default noise scale"): uniform 1.0 is U(-0.5, 0.5) of a step, E[noisy_quant] = clamp
+# (Theorem 1); gaussian 0.3 is about the uniform noise's standard deviation (1/sqrt(12)).
+DEFAULT_NOISE_SCALE = {Noise.NONE: 0.0, Noise.UNIFORM: 1.0, Noise.GAUSSIAN: 0.3}
+
 
 class Reset(Vocabulary):
     """integrate_fire's reset after a spike."""

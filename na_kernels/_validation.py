@@ -100,6 +100,12 @@ def check_noise_scale(scale, name="scale"):
     return check_real(name, scale, minimum=0.0, accepted="a finite real >= 0 (noise amplitude in quantization steps)")
 
 
+def resolve_noise_scale(scale, noise, name="scale"):
+    """``scale`` checked by ``check_noise_scale``, or, for None, the default of ``noise`` (a
+    ``Noise``): ``_spec.DEFAULT_NOISE_SCALE``. An explicit scale always wins."""
+    return noise.default_scale if scale is None else check_noise_scale(scale, name)
+
+
 def check_positive(name, value, accepted="a positive finite number"):
     return check_real(name, value, strictly_positive=True, accepted=accepted)
 

@@ -15,207 +15,22 @@ import copy
 import json
 import os
 import sys
-import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
 from . import __version__
-from .datasets import DATASETS, BatchLoader, DatasetError, ImageData, digits_split, load_dataset
+from .datasets import DATASETS, BatchLoader, DatasetError, load_dataset
 from .models import MODELS
 from ._spec import Noise
+from .demo import cmd_demo
 from ._validation import check_clip_level, check_int, check_levels, check_positive, check_real, check_time_steps
-from .train import (_MIN_LAM, CheckpointError, ConfigError, TrainConfig, build_network, check_output_path,
-                    check_run_seed, evaluate, evaluate_snn, fit, load_checkpoint, make_optimizer, make_scheduler,
-                    network_from_checkpoint, parse_device, train_epoch)
-
-DEMO_TS = (1, 2, 4, 8, 16, 32)
-DEMO_VARIANTS = (("NoisyQuant (uniform noise)", Noise.UNIFORM.label), ("QCFS (no noise)", Noise.NONE.label))
+from .train import (_MIN_LAM, CheckpointError, ConfigError, TrainConfig, check_output_path, check_run_seed,
+                    evaluate, evaluate_snn, fit, load_checkpoint, network_from_checkpoint, parse_device)
 
 
 def _err(msg: str) -> None:
     print(f"na-kernels: error: {msg}", file=sys.stderr)
-
-
-def _pct(x: Optional[float]) -> str:
-    return "  -  " if x is None else f"{100 * x:5.1f}"
-
-
-# ----------------------------------------------------------------------------------------
-# demo
-# ----------------------------------------------------------------------------------------
-
-
-def _demo_train(name: str, noise: str, train: ImageData, args, show: bool) -> Dict[str, Any]:
-    """Train the demo CNN with ``noise``: the same initial weights and data order for every variant."""
-    torch.manual_seed(args.seed)
-    model = build_network("digits_cnn", train.num_classes, train.in_channels, args.p, noise, args.lam)
-    loader = BatchLoader(train, args.batch_size, shuffle=True, augment=True, drop_last=True, seed=args.seed)
-    optimizer = make_optimizer(model, args.lr, 0.9, 5e-4)
-    scheduler = make_scheduler(optimizer, args.epochs * len(loader))
-    history = []
-    for epoch in range(args.epochs):
-        loader.set_epoch(epoch)
-        torch.manual_seed(args.seed * 7919 + epoch)  # the noise stream of this epoch
-        stats = train_epoch(model, loader, optimizer, scheduler, amp=False,
-                            desc=f"train {name} {epoch + 1}/{args.epochs}", show_progress=show)
-        history.append({"epoch": epoch + 1, "train_loss": stats["loss"], "train_acc": stats["acc"]})
-    return {"model": model.eval(), "history": history}
-
-
-def _snn_eval(model, test: ImageData, Ts: Sequence[int], batch_size: int, show: bool, desc: str) -> Dict[str, Any]:
-    """Run the converted network once per T in Ts (statistics per T); the largest T's run
-    gives the accuracy at every t <= T (the running mean at t is a t-step run)."""
-    from .nn import to_snn
-
-    snn = to_snn(model, max(Ts))
-    loader = BatchLoader(test, batch_size)
-    per_T = {}
-    curve: List[float] = []
-    for T in Ts:
-        snn.reset_statistics()
-        acc = evaluate_snn(snn, loader, T=T, desc=f"{desc} T={T}", show_progress=show)
-        st = snn.statistics()
-        per_T[T] = {"acc": acc[-1], "firing_rate": st["total"]["firing_rate"],
-                    "sops_per_sample": st["total"]["sops_per_sample"], "energy_ratio": st["energy"]["ratio"],
-                    "snn_j_per_sample": st["energy"]["snn_j_per_sample"],
-                    "ann_j_per_sample": st["energy"]["ann_j_per_sample"],
-                    "layers": [{k: l[k] for k in ("name", "neurons", "firing_rate", "sops_per_sample")}
-                               for l in st["if_layers"]]}
-        if T == max(Ts):
-            curve = acc
-    return {"per_T": per_T, "curve": curve}
-
-
-def _demo_table(results: List[Dict[str, Any]], Ts: Sequence[int], energy_T: int) -> str:
-    head = ["model", "ANN"] + [f"T={T}" for T in Ts] + ["rate", f"energy@T={energy_T}"]
-    rows = []
-    for r in results:
-        rows.append([r["name"], _pct(r["ann_acc"])] + [_pct(r["snn"]["per_T"][T]["acc"]) for T in Ts]
-                    + [f"{r['snn']['per_T'][max(Ts)]['firing_rate']:.3f}",
-                       f"{r['snn']['per_T'][energy_T]['energy_ratio']:.2f}x ANN"])
-    widths = [max(len(str(row[i])) for row in [head] + rows) for i in range(len(head))]
-    fmt = lambda row: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
-                                for i, (c, w) in enumerate(zip(row, widths)))
-    lines = [fmt(head), "-" * len(fmt(head))] + [fmt(row) for row in rows]
-    return "\n".join(lines)
-
-
-def _demo_plot(results, path: str, Ts: Sequence[int]) -> Optional[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for r, color in zip(results, ("tab:blue", "tab:orange")):
-        curve = r["snn"]["curve"]
-        t = list(range(1, len(curve) + 1))
-        ax.plot(t, [100 * a for a in curve], color=color, label=f"{r['name']}: SNN")
-        ax.axhline(100 * r["ann_acc"], color=color, linestyle="--", linewidth=1, label=f"{r['name']}: ANN")
-        ax2.plot(Ts, [r["snn"]["per_T"][T]["energy_ratio"] for T in Ts], "o-", color=color, label=r["name"])
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(list(Ts), [str(T) for T in Ts])
-    ax.set_xlabel("time steps T")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("SNN accuracy vs time steps (8x8 digits)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    ax2.set_xscale("log", base=2)
-    ax2.set_xticks(list(Ts), [str(T) for T in Ts])
-    ax2.axhline(1.0, color="gray", linestyle=":", linewidth=1)
-    ax2.set_xlabel("time steps T")
-    ax2.set_ylabel("energy, SNN / ANN")
-    ax2.set_title("estimated energy per image")
-    ax2.grid(True, alpha=0.3)
-    ax2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def cmd_demo(args) -> int:
-    """``na-kernels demo``: NoisyQuant vs QCFS on the bundled digits, ANN vs SNN at T = 1..32."""
-    t0 = time.time()
-    if args.quick:
-        args.epochs = args.epochs or 3
-        args.test_limit = args.test_limit or 200
-    args.epochs = args.epochs or 15
-    show = not args.no_progress
-    # 8x8 images are too small to gain much from more threads, and extra threads spin-wait
-    # badly on a busy machine: the demo runs on `--threads` (default 1) threads
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        return _demo(args, t0, show)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _demo(args, t0: float, show: bool) -> int:
-    Ts = DEMO_TS
-    energy_T = 4
-    train, test = digits_split()
-    if args.test_limit:
-        test = test.subset(torch.arange(min(args.test_limit, len(test))))
-    print(f"na-kernels demo: UCI 8x8 handwritten digits (bundled), {len(train)} train / {len(test)} held-out test "
-          f"images; small CNN (4 conv + 1 hidden linear layer), p = {args.p} activation levels, "
-          f"{args.epochs} epochs, seed {args.seed}{' (quick)' if args.quick else ''}", flush=True)
-    results = []
-    for name, noise in DEMO_VARIANTS:
-        t1 = time.time()
-        trained = _demo_train(name, noise, train, args, show)
-        model = trained["model"]
-        t_train = time.time() - t1
-        ann_acc = evaluate(model, BatchLoader(test, 256), amp=False, show_progress=False)
-        t2 = time.time()
-        snn = _snn_eval(model, test, Ts, args.eval_batch_size, show, f"SNN {name}")
-        lams = [float(m.lam.detach()) for m in model.modules() if hasattr(m, "raw_lam")]
-        results.append({"name": name, "noise": noise, "ann_acc": ann_acc, "snn": snn, "lambda": lams,
-                        "history": trained["history"], "train_s": t_train, "snn_eval_s": time.time() - t2})
-
-    table = _demo_table(results, Ts, energy_T)
-    elapsed = time.time() - t0
-    print()
-    print("Test accuracy (%) of the ANN and of the converted SNN after T time steps;")
-    print(f"rate = spikes per neuron per step (T={max(Ts)}); energy = estimated SNN/ANN energy per image at T={energy_T} "
-          "(0.9 pJ/AC, 4.6 pJ/MAC)")
-    print(table)
-    for r in results:
-        r["first_T_within_1pt"] = next((T for T in Ts if r["snn"]["per_T"][T]["acc"] >= r["ann_acc"] - 0.01), None)
-    print("first T at which the SNN is within 1 point of its ANN: " + ", ".join(
-        f"{r['name']} T={r['first_T_within_1pt'] or '>' + str(max(Ts))}" for r in results))
-    print(f"(one test image = {100 / len(test):.2f} points)")
-    os.makedirs(args.out, exist_ok=True)
-    report = {
-        "command": "na-kernels demo", "version": __version__, "seed": args.seed, "quick": bool(args.quick),
-        "dataset": {"name": "UCI optical recognition of handwritten digits (8x8)", "train": len(train),
-                    "test": len(test), "licence": "CC BY 4.0, see na_kernels/data/DIGITS_LICENSE.txt"},
-        "model": "DigitsCNN", "p": args.p, "lam_init": args.lam, "epochs": args.epochs, "batch_size": args.batch_size,
-        "lr": args.lr, "momentum": 0.9, "weight_decay": 5e-4, "T": list(Ts), "energy_T": energy_T,
-        "results": [{k: (v if k != "snn" else {"per_T": {str(T): d for T, d in v["per_T"].items()},
-                                               "acc_every_t": v["curve"]})
-                     for k, v in r.items()} for r in results],
-        "table": table, "elapsed_s": elapsed,
-        "torch_threads": torch.get_num_threads(),
-    }
-    json_path = os.path.join(args.out, "demo_report.json")
-    png = None if args.no_plot else _demo_plot(results, os.path.join(args.out, "demo_accuracy_vs_T.png"), Ts)
-    report["plot"] = png
-    report["elapsed_s"] = elapsed = time.time() - t0  # training, evaluation, plot
-    with open(json_path, "w") as f:
-        json.dump(report, f, indent=2)
-    print()
-    if png:
-        print(f"plot:   {png}")
-    elif not args.no_plot:
-        print("plot:   skipped, matplotlib is not installed (pip install 'na_kernels[plot]')")
-    print(f"report: {json_path}")
-    print(f"done in {elapsed:.0f} s")
-    return 0
 
 
 # ----------------------------------------------------------------------------------------
@@ -260,30 +75,36 @@ def _checkpoint_model_and_test_data(args):
 
 
 def cmd_evaluate(args) -> int:
-    """``na-kernels evaluate``: test accuracy of a checkpoint's quantized ANN (noise off)."""
+    """``na-kernels evaluate``: test accuracy of a checkpoint's quantized ANN (noise off) and of its clipped network."""
+    from .nn import clipped_network
+
     state, model, device, test = _checkpoint_model_and_test_data(args)
     acc = evaluate(model, BatchLoader(test, args.batch_size, device=device), amp=not args.no_amp,
                    show_progress=not args.no_progress)
+    limit_acc = evaluate(clipped_network(model), BatchLoader(test, args.batch_size, device=device),
+                         amp=not args.no_amp, show_progress=False)
     cfg = state["config"]
     print(f"{cfg['arch']} p={cfg['p']} noise={cfg['noise']} epoch {state['epoch']}: "
-          f"{cfg['dataset']} test accuracy (quantized ANN, no noise) {100 * acc:.2f}% on {len(test)} images")
+          f"{cfg['dataset']} test accuracy (quantized ANN, no noise) {100 * acc:.2f}% on {len(test)} images; "
+          f"its clipped network (the SNN's T -> infinity limit) {100 * limit_acc:.2f}%")
     return 0
 
 
 def cmd_convert(args) -> int:
     """``na-kernels convert``: a checkpoint as an SNN: accuracy at every t <= T, spikes, energy."""
-    from .nn import to_snn
+    from .nn import clipped_network, to_snn
 
     exit_rules = _exit_rules(args)
     state, model, device, test = _checkpoint_model_and_test_data(args)
     loader = BatchLoader(test, args.batch_size, device=device)
     ann_acc = evaluate(model, loader, amp=False, show_progress=False)
+    limit_acc = evaluate(clipped_network(model), loader, amp=False, show_progress=False)
     snn = to_snn(model, args.T, chunk=args.chunk).to(device)
     acc = evaluate_snn(snn, loader, desc=f"SNN T={args.T}", show_progress=not args.no_progress)
     stats = snn.statistics()
     cfg = state["config"]
     print(f"{cfg['arch']} p={cfg['p']} noise={cfg['noise']} on {cfg['dataset']} ({len(test)} test images): "
-          f"ANN {100 * ann_acc:.2f}%")
+          f"ANN {100 * ann_acc:.2f}%, clipped network (the SNN's T -> infinity limit) {100 * limit_acc:.2f}%")
     shown = sorted({t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if t <= args.T} | {args.T})
     print("T:    " + "  ".join(f"{t:>6d}" for t in shown))
     print("SNN:  " + "  ".join(f"{100 * acc[t - 1]:5.2f}%" for t in shown))
@@ -293,7 +114,8 @@ def cmd_convert(args) -> int:
         os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
         with open(args.report, "w") as f:
             json.dump({"checkpoint": args.checkpoint, "config": cfg, "epoch": state["epoch"], "T": args.T,
-                       "ann_acc": ann_acc, "snn_acc_every_t": acc, "statistics": stats, "early_exit": early_exit},
+                       "ann_acc": ann_acc, "limit_acc": limit_acc, "snn_acc_every_t": acc, "statistics": stats,
+                       "early_exit": early_exit},
                       f, indent=2, default=str)
         print(f"report: {args.report}")
     return 0
@@ -440,17 +262,18 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="offline demo on the bundled 8x8 digits: NoisyQuant vs QCFS, ANN vs SNN",
                        description="Train the same small CNN twice on the bundled 8x8 UCI digits (NoisyQuant "
                                    "uniform noise, and no noise = QCFS) at the same p, convert both to SNNs and "
-                                   "report accuracy at T = 1..32, firing rate and estimated energy.")
+                                   "report the ANN, its clipped network (the SNN's T -> infinity limit) and the "
+                                   "SNN at T = 1..64, firing rate and estimated energy.")
     d.add_argument("--out", default="na_kernels_demo", help="folder for the JSON report and the plot "
                                                             "(default: ./na_kernels_demo)")
-    d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    d.add_argument("--seed", type=_checked(check_run_seed), default=0, help="random seed")
     d.add_argument("--quick", action="store_true", help="a few seconds: 3 epochs, 200 test images")
     d.add_argument("--p", type=_levels, default=3, help="activation levels (default 3 = 2-bit)")
     d.add_argument("--lam", type=_lam, default=2.0, help="initial clip λ (default 2.0)")
     d.add_argument("--epochs", type=_count("epochs"), default=None, help="training epochs (default 15, quick 3)")
-    d.add_argument("--batch-size", type=_count("batch_size"), default=32)
-    d.add_argument("--eval-batch-size", type=_count("eval_batch_size"), default=128)
-    d.add_argument("--lr", type=float, default=0.05)
+    d.add_argument("--batch-size", type=_count("batch_size"), default=32, help="training images per step")
+    d.add_argument("--eval-batch-size", type=_count("eval_batch_size"), default=128, help="images per SNN batch")
+    d.add_argument("--lr", type=_positive("lr"), default=0.05, help="SGD learning rate")
     d.add_argument("--test-limit", type=_count("test_limit"), default=None, help=argparse.SUPPRESS)
     d.add_argument("--threads", type=_count("threads"), default=1, help="torch CPU threads (default 1)")
     d.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")

@@ -1,4 +1,4 @@
-"""The na-kernels command line: the demo end to end, train -> evaluate -> convert, errors."""
+"""The na-kernels command line: train -> evaluate -> convert, errors (the demo: test_demo.py)."""
 import json
 import os
 import subprocess
@@ -10,52 +10,6 @@ from na_kernels.cli import main
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def test_demo_quick_end_to_end_accuracy_floor(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
-    text = capsys.readouterr().out
-    for header in ("ANN", "T=1", "T=2", "T=4", "T=8", "T=16", "T=32", "rate", "energy"):
-        assert header in text
-    assert "NoisyQuant (uniform noise)" in text and "QCFS (no noise)" in text
-    report = json.loads((out / "demo_report.json").read_text())
-    assert report["quick"] and report["T"] == [1, 2, 4, 8, 16, 32]
-    names = [r["noise"] for r in report["results"]]
-    assert names == ["uniform", "none"]
-    for r in report["results"]:
-        # floors for 3 epochs on the 8x8 digits (chance is 10 %); full demo reaches ~99 %
-        assert r["ann_acc"] >= 0.85, r["name"]
-        per_T = r["snn"]["per_T"]
-        assert per_T["1"]["acc"] >= 0.5, r["name"]
-        for T in ("4", "8", "16", "32"):
-            assert per_T[T]["acc"] >= 0.85, (r["name"], T)
-        curve = r["snn"]["acc_every_t"]
-        assert len(curve) == 32 and abs(curve[3] - per_T["4"]["acc"]) < 1e-12  # t-step run == prefix of 32
-        assert 0.0 < per_T["32"]["firing_rate"] < 1.0
-        ratios = [per_T[T]["energy_ratio"] for T in ("1", "2", "4", "8", "16", "32")]
-        assert ratios == sorted(ratios) and ratios[0] > 0  # energy grows with T
-        assert len(r["lambda"]) == 5 and all(l > 0 for l in r["lambda"])
-    try:
-        import matplotlib  # noqa: F401
-
-        assert (out / "demo_accuracy_vs_T.png").stat().st_size > 1000
-    except ImportError:
-        assert "matplotlib is not installed" in text
-
-
-def test_demo_seed_reproducible_and_runs_without_matplotlib(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    args = ["demo", "--epochs", "1", "--test-limit", "40", "--no-progress", "--seed", "3"]
-    assert main(args + ["--out", str(tmp_path / "a")]) == 0
-    assert "plot:   skipped, matplotlib is not installed" in capsys.readouterr().out
-    assert not (tmp_path / "a" / "demo_accuracy_vs_T.png").exists()
-    assert main(args + ["--out", str(tmp_path / "b")]) == 0
-    a = json.loads((tmp_path / "a" / "demo_report.json").read_text())
-    b = json.loads((tmp_path / "b" / "demo_report.json").read_text())
-    for ra, rb in zip(a["results"], b["results"]):
-        assert ra["ann_acc"] == rb["ann_acc"] and ra["snn"] == rb["snn"] and ra["lambda"] == rb["lambda"]
-        assert ra["history"] == rb["history"]
 
 
 def test_train_evaluate_convert_on_digits(tmp_path, capsys):

@@ -27,6 +27,8 @@ from .early_exit import (EarlyExitResult, ExitRule, evaluate_early_exit, exit_tr
                          score_exits)
 from .if_layer import IFLayer
 from .if_node import IFNode
+
+from .limit import ClippedActivation, ClippedNetwork, clipped_network
 from .network import SpikingNetwork, TimeRepeat
 from .nir_export import NIRExportError, from_nir, to_nir
 from .noisy_quant import NoisyQuant
@@ -41,4 +43,6 @@ __all__ = [
     "save_snn", "load_snn", "SerializationError", "IFNode", "to_nir", "from_nir", "NIRExportError",
     "ExitRule", "EarlyExitResult", "evaluate_early_exit", "exit_tradeoff", "format_tradeoff", "run_early_exit",
     "score_exits",
+
+    "clipped_network", "ClippedNetwork", "ClippedActivation",  # limit: the SNN's T -> infinity limit
 ]

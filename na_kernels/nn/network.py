@@ -154,6 +154,14 @@ class SpikingNetwork(nn.Module):
         """``statistics()`` as a printable table."""
         return format_statistics(self.statistics(energy_per_ac, energy_per_mac))
 
+    def clipped(self):
+        """This network's T → ∞ limit, every IF layer replaced by ``clamp(x, 0, θ) * a/θ``
+        (``clamp(x, 0, λ)`` uncalibrated): a ``ClippedNetwork``, ``[B, ...] -> [B, ...]``.
+        See ``na_kernels.nn.clipped_network``."""
+        from .limit import clipped_network
+
+        return clipped_network(self)
+
     def extra_repr(self):
         return f"T={self.T}, chunk={self.chunk}, if_layers={len(self.if_layers)}"
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._validation import check_clip_level, check_int, check_levels, check_noise, check_noise_scale, check_positive
+from .._validation import check_clip_level, check_int, check_levels, check_noise, check_positive, resolve_noise_scale
 from ..ops.noisy_quant import noisy_quant
 
 AUTO_PERCENTILE = 99.9
@@ -57,7 +57,8 @@ class NoisyQuant(nn.Module):
         noise: ``"uniform"`` (Noise Adaptor), ``"gaussian"`` or ``None``/``"none"`` (QCFS), kept
             as ``None``, ``"uniform"`` or ``"gaussian"``. Applied only in training mode; eval
             mode is always the deterministic quantizer.
-        scale: noise amplitude in quantization steps, >= 0.
+        scale: noise amplitude in quantization steps, >= 0; None: the noise kind's default
+            (uniform 1.0, gaussian 0.3: ``_spec.DEFAULT_NOISE_SCALE``, docs/design.md).
         per_channel: one λ per channel (dim 1 of x) instead of one per layer.
         channels: number of channels when ``per_channel``; if None it is taken from the first
             input (then create the optimizer / DDP wrapper after one forward, or pass it).
@@ -68,11 +69,11 @@ class NoisyQuant(nn.Module):
         raw_lam: the trainable parameter.
     """
 
-    def __init__(self, p, lam=8.0, noise="uniform", scale=1.0, per_channel=False, channels=None, *, min_lam=1e-3):
+    def __init__(self, p, lam=8.0, noise="uniform", scale=None, per_channel=False, channels=None, *, min_lam=1e-3):
         super().__init__()
         self.p = check_levels(p)
         self.noise = check_noise(noise).public  # None (QCFS), "uniform" or "gaussian"
-        self.scale = check_noise_scale(scale)
+        self.scale = resolve_noise_scale(scale, check_noise(noise))
         self.min_lam = check_positive("min_lam", min_lam, accepted="a real > 0")
         if channels is not None:
             if not per_channel:

@@ -87,7 +87,7 @@ def replace_activations(
     *,
     noise="uniform",
     lam=8.0,
-    scale: float = 1.0,
+    scale=None,
     per_channel: bool = False,
     maxpool_to_avgpool: bool = False,
     skip: Iterable[str] = (),

@@ -14,8 +14,8 @@ with ``lam`` a float32 or 16-bit tensor of one element or one per channel (dim 1
 import torch
 
 from .._spec import Noise, NoisyQuantArgs
-from .._validation import (check_float_tensor, check_levels, check_noise, check_noise_scale, check_real, check_seed,
-                           positive_parameter_tensor)
+from .._validation import (check_float_tensor, check_levels, check_noise, check_real, check_seed,
+                           positive_parameter_tensor, resolve_noise_scale)
 from ._registration import Op
 
 
@@ -56,7 +56,7 @@ def _seed_tensor(seed, device):
     return torch.full((1,), seed, dtype=torch.int64, device=device)
 
 
-def noisy_quant(x, p, lam=1.0, *, noise="uniform", scale=1.0, shift=0.5, seed=None):
+def noisy_quant(x, p, lam=1.0, *, noise="uniform", scale=None, shift=0.5, seed=None):
     """Noise-injected quantize-clip activation with a straight-through backward.
 
     ``y = clamp(floor(x * p / lam + scale * eps + shift), 0, p) * lam / p``, with
@@ -70,7 +70,8 @@ def noisy_quant(x, p, lam=1.0, *, noise="uniform", scale=1.0, shift=0.5, seed=No
             a tensor that requires grad receives ``sum(grad_y * g)`` with ``g = q/p - x/λ`` where
             ``0 <= q_raw <= p``, 1 above p and 0 below 0 (``q_raw`` the floor before the clamp).
         noise: "uniform", "gaussian", or None / "none".
-        scale: noise amplitude in quantization steps, >= 0.
+        scale: noise amplitude in quantization steps, >= 0; None: the noise kind's default
+            (``_spec.DEFAULT_NOISE_SCALE``: uniform 1.0, gaussian 0.3; docs/design.md).
         shift: added before the floor (0.5 makes E[y] = clamp(x, 0, λ) with uniform noise).
         seed: None (drawn from torch's generator for x's device), an int, or a
             1-element int64 tensor.
@@ -81,7 +82,8 @@ def noisy_quant(x, p, lam=1.0, *, noise="uniform", scale=1.0, shift=0.5, seed=No
     check_float_tensor("x", x)
     p = check_levels(p)
     lam = positive_parameter_tensor("lam", lam, x, 1, "x.shape[1]")
-    args = NoisyQuantArgs(p=p, noise=check_noise(noise), scale=check_noise_scale(scale),
+    noise = check_noise(noise)
+    args = NoisyQuantArgs(p=p, noise=noise, scale=resolve_noise_scale(scale, noise),
                           shift=check_real("shift", shift))
     if isinstance(lam, float):
         lam = torch.full((1,), lam, dtype=torch.float32, device=x.device)
