@@ -219,6 +219,57 @@ def test_non_finite_input(backend, device, reset):
     assert torch.isnan(got[2][0, 0]) and got[1][0, 0] == 0
 
 
+def test_zero_reset_gradient_with_inf_input_is_finite_as_autograd():
+    """Issue 12 item 3: +inf at the last step of a zero reset made h * gv = inf * 0 = NaN in the
+    closed form, and the NaN spread to every earlier step; autograd through the loop gives [0.961, 0]."""
+    for backend, device in (("reference", "cpu"), ("cpu", "cpu")):
+        x = torch.tensor([[0.6], [float("inf")]], requires_grad=True)
+        with na_kernels.use_backend(backend):
+            (grad,) = torch.autograd.grad(na_kernels.integrate_fire(x, 1.0, reset="zero")[0].sum(), (x,))
+        want_x = x.detach().clone().requires_grad_()
+        (want,) = torch.autograd.grad(ref.integrate_fire(want_x, 1.0, reset="zero")[0].sum(), (want_x,))
+        assert torch.isfinite(want).all() and want[0, 0] > 0.9
+        torch.testing.assert_close(grad, want, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("reset", RESETS)
+@pytest.mark.parametrize("detach_reset", [False, True])
+@pytest.mark.parametrize("save", ["h", "x"])
+def test_gradients_with_infinite_inputs_equal_autograd_where_finite(backend, device, reset, detach_reset, save,
+                                                                    monkeypatch):
+    """+-inf and NaN inputs at the last, a middle and the first step: wherever autograd through the
+    float32 loop gives a finite gradient, the kernels give the same; loss on the spikes alone
+    (v_final's gradient absent) and on spikes and v_final."""
+    monkeypatch.setattr(ops, "_choose_save", lambda x_seq: Save.H if save == "h" else Save.X)
+    steps = 5
+    torch.manual_seed(3)
+    x = torch.rand(steps, 2, 12, device=device) * 0.9
+    for neuron, (step, value) in enumerate([(steps - 1, "inf"), (steps - 1, "-inf"), (2, "inf"), (2, "-inf"),
+                                            (0, "inf"), (0, "-inf"), (steps - 1, "nan"), (1, "nan")]):
+        x[step, neuron % 2, neuron] = float(value)
+    grad_spikes = torch.randn(x.shape, device=device)
+    grad_v = torch.randn(x.shape[1:], device=device)
+    for surrogate in SURROGATES:
+        for with_v in (False, True):
+            def loss(spikes, v):
+                return (spikes * grad_spikes).sum() + ((v * grad_v).sum() if with_v else 0)
+
+            kwargs = dict(reset=reset, surrogate=surrogate, detach_reset=detach_reset)
+            want_x = x.clone().requires_grad_()
+            spikes, _, v = ref.integrate_fire(want_x, 1.0, **kwargs)
+            (want,) = torch.autograd.grad(loss(spikes, v), (want_x,))
+            got_x = x.clone().requires_grad_()
+            with na_kernels.use_backend(backend):
+                spikes, _, v = na_kernels.integrate_fire(got_x, 1.0, return_v=True, **kwargs)
+            (got,) = torch.autograd.grad(loss(spikes, v), (got_x,))
+            finite = torch.isfinite(want)
+            assert finite.sum() >= x.numel() // 2, (surrogate, with_v)
+            torch.testing.assert_close(got[finite], want[finite], rtol=1e-5, atol=1e-6)
+            if not with_v:  # +inf at the last step (neuron 0, the issue's case): finite at every step
+                assert torch.isfinite(got[:, 0, 0]).all() and torch.isfinite(want[:, 0, 0]).all()
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_chunks_carrying_v_equal_one_call(backend, device):
     x = torch.randn(_small(backend, device, 33, 10), 4, 6, device=device) * 0.6 + 0.2

@@ -144,7 +144,7 @@ def _integrate_fire_backward_kernel(
         if RESET_ZERO:
             not_fired = 1.0 - tl.where(u >= 0.0, 1.0, 0.0)
             if not DETACH:
-                gs = gs - h * gv
+                gs = tl.where(gv == 0.0, gs, gs - h * gv)  # no reset path where gv is 0 (h may be inf)
             gh = gs * sg + gv * not_fired
         else:
             if not DETACH:
