@@ -596,6 +596,45 @@ def test_triton_kernels_compile_for_cuda():
 # --------------------------------------------------------------------------- bad input
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(threshold=1e-50), "threshold must be > 0 in float32"),
+    (dict(threshold=1e-39), "threshold must be in \\[1.17549435e-38, 3.40282347e\\+38\\] as float32"),
+    (dict(threshold=1e39), "threshold must be finite in float32"),
+    (dict(threshold=torch.tensor(1e-39, dtype=torch.float64)), "threshold must be in"),
+    (dict(threshold=torch.tensor([1.0, 1e-39, 1.0])), "threshold must be in"),
+    (dict(threshold=torch.tensor(1e39, dtype=torch.float64)), "threshold must be finite and > 0 as float32"),
+    (dict(amplitude=1e39), "amplitude must be finite in float32"),
+    (dict(amplitude=1e-50), "amplitude must be > 0 in float32"),
+    (dict(alpha=1e39), "alpha must be finite in float32"),
+    (dict(alpha=1e-50), "alpha must be > 0 in float32"),
+    (dict(v_init=1e39), "v_init must be finite in float32"),
+    (dict(v_init=-1e39), "v_init must be finite in float32"),
+])
+def test_values_float32_cannot_represent_are_refused_on_every_backend(backend, device, kwargs, match):
+    """Issue 12 item 5: threshold 1e-50 became 0 (every neuron fired every step), amplitude 1e39
+    inf spikes, alpha 1e39 NaN gradients, v_init 1e39 inf on two backends and an error on the third:
+    one named ValueError, before dispatch, on every backend."""
+    x = torch.rand(3, 2, 3, device=device)
+    kwargs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+    threshold = kwargs.pop("threshold", 1.0)
+    with na_kernels.use_backend(backend), pytest.raises(ValueError, match=match):
+        na_kernels.integrate_fire(x, threshold, **kwargs)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_thresholds_at_the_ends_of_the_float32_range(backend, device):
+    """The smallest normal and the largest float32 threshold are accepted and fire as the loop says."""
+    for theta in (2.0**-126, float(torch.finfo(torch.float32).max)):
+        x = torch.tensor([0.0, 0.5, 1.0, -1.0]).expand(3, 4) * theta
+        want = ref.integrate_fire(x, theta)
+        with na_kernels.use_backend(backend):
+            got = na_kernels.integrate_fire(x.to(device), theta, return_v=True)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g.cpu(), w, rtol=0, atol=0)
+        assert got[1].tolist() == [0, 2, 3, 0]
+
+
 @pytest.mark.parametrize("call,error,words", [
     (lambda x: na_kernels.integrate_fire(x[:0]), ValueError, "T >= 1"),
     (lambda x: na_kernels.integrate_fire(x[0, 0, 0]), ValueError, "rank >= 2"),
