@@ -4,7 +4,7 @@ sizes, layouts, what the forward saves, bad input. (compile, export, opcheck and
 test_torch_integration.py.)
 
 The Triton kernels run natively on CUDA where there is a GPU, else through Triton's interpreter
-on CPU tensors (small sizes, fp32/fp16 only: the interpreter has no bf16).
+on CPU tensors (small sizes, fp32/fp16 here; bf16 through the interpreter: test_exactness_bf16.py).
 """
 import types
 from fractions import Fraction
