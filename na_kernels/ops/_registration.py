@@ -264,7 +264,7 @@ def _backward_function(op: Op):
             f"na_kernels.{op.name}: double backward (a gradient of its gradient: create_graph=True and "
             f"then another backward, torch.func.grad of grad, hessian, ...) is not supported; its backward "
             f"is a straight-through / surrogate-gradient formula with no derivative of its own. Take "
-            f"first-order gradients only, or use na_kernels.reference.{op.name} (plain PyTorch, "
+            f"first-order gradients only, or use na_kernels.reference.{op.name}.{op.name} (plain PyTorch, "
             f"differentiable by autograd) where second derivatives are needed.")
 
     return type(f"{_title(op)}Gradient", (torch.autograd.Function,), {
