@@ -156,11 +156,12 @@ def magnitude_bound(x32, theta, grad_spikes32, grad_v32, v_init=0.5, reset="subt
     s = (hs >= th_np)
     m_v = np.broadcast_to(np.abs(grad_v32.astype(np.float64)), step_shape).copy()
     m_x = np.empty(x32.shape, dtype=np.float64)
-    for t in range(x32.shape[0] - 1, -1, -1):
-        gs = np.abs(grad_spikes32[t].astype(np.float64)) * amp
-        if not detach_reset:
-            gs = gs + (th if reset == "subtract" else np.abs(hs[t].astype(np.float64))) * m_v
-        m = gs * sg[t] + m_v
-        m_x[t] = m
-        m_v = m
+    with np.errstate(over="ignore", invalid="ignore"):  # an inf bound accepts any result
+        for t in range(x32.shape[0] - 1, -1, -1):
+            gs = np.abs(grad_spikes32[t].astype(np.float64)) * amp
+            if not detach_reset:
+                gs = gs + (th if reset == "subtract" else np.abs(hs[t].astype(np.float64))) * m_v
+            m = gs * sg[t] + m_v
+            m_x[t] = m
+            m_v = m
     return m_x, m_v
