@@ -14,10 +14,8 @@ namespace na {
 namespace noisy_quant {
 namespace {
 
-// `inv_step` is storage for the per-channel p / lam; it must outlive the returned Quantizer.
 Quantizer make_quantizer(int dtype, int64_t numel, int64_t channel_stride, int64_t channels, uintptr_t lam,
-                         uint64_t seed, int64_t p, int noise, float scale, float shift, int threads,
-                         std::vector<float>& inv_step) {
+                         uint64_t seed, int64_t p, int noise, float scale, float shift, int threads) {
   const DType storage = member<DType>(dtype, "dtype");
   const Noise kind = member<Noise>(noise, "noise");
   require(numel >= 0, "numel", "must be >= 0");
@@ -27,11 +25,8 @@ Quantizer make_quantizer(int dtype, int64_t numel, int64_t channel_stride, int64
   require(threads >= 1, "threads", "must be >= 1");
   require(lam != 0, "lam", "must be the address of `channels` float32");
   const float* lam_per_channel = address_of<const float>(lam);
-  const float levels = static_cast<float>(p);
-  inv_step.resize(static_cast<size_t>(channels));
-  for (int64_t c = 0; c < channels; ++c) inv_step[c] = levels / lam_per_channel[c];
-  return Quantizer{storage, kind, numel, channel_stride, channels, lam_per_channel, inv_step.data(),
-                   seed, levels, scale, shift, threads};
+  return Quantizer{storage, kind, numel, channel_stride, channels, lam_per_channel, seed,
+                   static_cast<float>(p), scale, shift, threads};
 }
 
 // The explicit-SIMD kernels pay where channel runs are long: a scalar lam, or per-channel rows
@@ -51,9 +46,8 @@ Kernel kernel_for(const Quantizer& q) {
 void noisy_quant_forward(uintptr_t x, uintptr_t y, int dtype, int64_t numel, int64_t channel_stride,
                          int64_t channels, uintptr_t lam, uint64_t seed, int64_t p, int noise, float scale,
                          float shift, int threads) {
-  std::vector<float> inv_step;
   const ForwardArgs args{
-      make_quantizer(dtype, numel, channel_stride, channels, lam, seed, p, noise, scale, shift, threads, inv_step),
+      make_quantizer(dtype, numel, channel_stride, channels, lam, seed, p, noise, scale, shift, threads),
       address_of<const void>(x), address_of<void>(y)};
   advise_huge_pages(args.y, numel * element_bytes(args.quantizer.dtype));
   switch (kernel_for(args.quantizer)) {
@@ -67,9 +61,7 @@ void noisy_quant_forward(uintptr_t x, uintptr_t y, int dtype, int64_t numel, int
 void noisy_quant_backward(uintptr_t grad_y, uintptr_t x, uintptr_t grad_x, int dtype, int64_t numel,
                           int64_t channel_stride, int64_t channels, uintptr_t lam, uint64_t seed, int64_t p,
                           int noise, float scale, float shift, uintptr_t grad_lam, int threads) {
-  std::vector<float> inv_step;
-  const Quantizer q =
-      make_quantizer(dtype, numel, channel_stride, channels, lam, seed, p, noise, scale, shift, threads, inv_step);
+  const Quantizer q = make_quantizer(dtype, numel, channel_stride, channels, lam, seed, p, noise, scale, shift, threads);
   double* grad_lam_sums = address_of<double>(grad_lam);
   std::vector<double> partial(grad_lam_sums ? static_cast<size_t>(threads * channels) : 0, 0.0);
   const BackwardArgs args{q, address_of<const void>(grad_y), address_of<const void>(x), address_of<void>(grad_x),

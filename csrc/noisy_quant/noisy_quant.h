@@ -1,8 +1,8 @@
 // noisy_quant on the CPU, the parts every ISA shares. Per element i, in float32 and in the
 // reference's order (na_kernels/reference/noisy_quant.py):
-//   z = x * inv_step[c] (+ scale * eps);  q_raw = floor(z + shift);  q = clamp(q_raw, 0, p)
+//   z = (x * p) / lam[c] (+ scale * eps);  q_raw = floor(z + shift);  q = clamp(q_raw, 0, p)
 //   y = (q / p) * lam[c]
-// with inv_step = p / lam, c = (i / channel_stride) % channels (channels == 1 for a scalar lam)
+// with c = (i / channel_stride) % channels (channels == 1 for a scalar lam)
 // and eps a pure function of (seed, i) (noise/noise.h); backward regenerates eps from the seed.
 // Work items of kWorkItemElements split into runs of one channel (ChannelRuns). The kernels:
 // generic.cpp (loops the compiler vectorises, noise in batches), avx2.cpp (eight lanes at a
@@ -25,8 +25,7 @@ struct Quantizer {
   DType dtype;
   Noise noise;
   int64_t numel, channel_stride, channels;
-  const float* lam;       // per channel
-  const float* inv_step;  // p / lam per channel, IEEE division as in the reference
+  const float* lam;  // per channel
   uint64_t seed;
   float p, scale, shift;
   int threads;
@@ -122,16 +121,16 @@ class ChannelRuns {
 // ---- the quantizer on lanes L (common/lanes.h), written once for every ISA
 
 template <class L> struct ChannelConstants {
-  typename L::Vec inv_step, lam, p, shift, scale;
+  typename L::Vec lam, p, shift, scale;
   NA_INLINE ChannelConstants(const Quantizer& q, int64_t channel)
-      : inv_step(L::set1(q.inv_step[channel])), lam(L::set1(q.lam[channel])), p(L::set1(q.p)),
-        shift(L::set1(q.shift)), scale(L::set1(q.scale)) {}
+      : lam(L::set1(q.lam[channel])), p(L::set1(q.p)), shift(L::set1(q.shift)), scale(L::set1(q.scale)) {}
 };
 
-// q_raw = floor(x * inv_step (+ eps) + shift); eps already scaled
+// q_raw = floor((x * p) / lam (+ eps) + shift); eps already scaled. (x * p) / lam, not
+// x * (p / lam): a half-step tie stays exact wherever x * p is exact.
 template <class L, Noise NOISE>
 NA_INLINE typename L::Vec quantize_raw(typename L::Vec x, typename L::Vec eps, const ChannelConstants<L>& c) {
-  typename L::Vec z = L::mul(x, c.inv_step);
+  typename L::Vec z = L::div(L::mul(x, c.p), c.lam);
   if (NOISE != Noise::NONE) z = L::add(z, eps);
   return L::floor(L::add(z, c.shift));
 }

@@ -90,9 +90,9 @@ def _noise(seed_ptr, row, col_start, offsets, channel_stride, NOISE: tl.constexp
 
 
 @triton.jit
-def _shifted_z(x, inv_step, seed_ptr, row, col_start, offsets, channel_stride, scale, shift, NOISE: tl.constexpr,
+def _shifted_z(x, p, lam, seed_ptr, row, col_start, offsets, channel_stride, scale, shift, NOISE: tl.constexpr,
                WHOLE_BLOCKS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    z = x * inv_step
+    z = tl.div_rn(x * p, lam)  # (x * p) / lam, not x * (p / lam): exact ties stay exact
     if NOISE != _NONE:
         z = z + scale * _noise(seed_ptr, row, col_start, offsets, channel_stride, NOISE, WHOLE_BLOCKS, BLOCK_R,
                                BLOCK_C)
@@ -105,9 +105,8 @@ def _quantize_tile(x_ptr, lam_ptr, seed_ptr, rows, channel_stride, channels, blo
     """This program's tile: (rows, offsets, mask, lam [BLOCK_R, 1], x float32, q_raw = floor(z + shift))."""
     row, col_start, offsets, mask, channel = _tile(rows, channel_stride, channels, blocks_per_row, BLOCK_R, BLOCK_C)
     lam = tl.load(lam_ptr + channel, mask=row < rows, other=1.0)[:, None]
-    inv_step = tl.div_rn(p, lam)
     x = tl.load(x_ptr + offsets, mask=mask).to(tl.float32)
-    q_raw = tl.floor(_shifted_z(x, inv_step, seed_ptr, row, col_start, offsets, channel_stride, scale, shift, NOISE,
+    q_raw = tl.floor(_shifted_z(x, p, lam, seed_ptr, row, col_start, offsets, channel_stride, scale, shift, NOISE,
                                 WHOLE_BLOCKS, BLOCK_R, BLOCK_C))
     return row, offsets, mask, lam, x, q_raw
 

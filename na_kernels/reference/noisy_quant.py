@@ -1,6 +1,6 @@
 """noisy_quant in plain PyTorch: the contract of docs/design.md in code.
 
-    z     = x * (p / lam)  (+ scale * eps)
+    z     = (x * p) / lam  (+ scale * eps)
     q_raw = floor(z + shift)
     q     = clamp(q_raw, 0, p)
     y     = (q / p) * lam
@@ -53,7 +53,8 @@ def quantize_raw(x, lam, p, *, noise_kind=1, scale=1.0, shift=0.5, seed=0):
     """(z + shift, lam as broadcast view): everything before the floor, in float32."""
     device = x.device
     lam_b = lam_view(lam, x)
-    z = x.to(torch.float32) * torch.div(_float(p, device), lam_b)
+    # (x * p) / lam, not x * (p / lam): exact half-step ties stay exact wherever x * p is
+    z = torch.div(x.to(torch.float32) * _float(p, device), lam_b)
     if _noise_kind(noise_kind) is not Noise.NONE:
         eps = noise(x.shape, seed, noise_kind, device)
         z = z + _float(scale, device) * eps
