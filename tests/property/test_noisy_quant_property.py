@@ -203,3 +203,25 @@ def test_noisy_quant_triton_matches_oracle(backend, device, data):
     tiny = interpreted(backend, device)
     case = data.draw(cases(tiny=tiny, dtypes=float_dtypes(backend, device)), label="case")
     run_and_check(backend, device, case)
+
+
+# Found by this test on the code before issue 12's fix (z was x * (p / lam)): at x = 1.2499999
+# (float32), p = 1, lam = 2.5 the contract's (x * p) / lam is 0.49999997, level 0, and every backend
+# gave level 1. Kept as explicit examples, on every backend, with ties, noise and 16-bit inputs.
+TIE_CASES = [
+    dict(shape=(1023,), dtype=torch.float32, layout=("contiguous", None), p=1, lam=np.array([2.5], dtype=np.float32),
+         lam_form="float", per_channel=False, lam_grad=False, noise=None, scale=1.0, shift=0.5, seed=0,
+         seed_tensor=False, recipe=dict(seed=0, ties=0.3, grid=0.0, specials=0.0, non_finite=True)),
+    dict(shape=(2, 3, 8), dtype=torch.float16, layout=("permuted", (2, 0, 1)), p=20,
+         lam=np.array([1.0, 0.7, 2.5], dtype=np.float32), lam_form="tensor", per_channel=True, lam_grad=True,
+         noise="uniform", scale=0.0, shift=0.5, seed=2**63 - 1, seed_tensor=True,
+         recipe=dict(seed=7, ties=1.0, grid=0.0, specials=0.0, non_finite=False)),
+]
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS)
+@pytest.mark.parametrize("case", TIE_CASES, ids=["p1-lam2.5", "p20-per-channel-fp16"])
+def test_noisy_quant_half_step_ties(backend, device, case):
+    if case["dtype"] not in float_dtypes(backend, device):
+        pytest.skip(f"{case['dtype']} is not tested on this backend")
+    run_and_check(backend, device, case)
