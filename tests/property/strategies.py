@@ -14,9 +14,9 @@ LAYOUTS = ["contiguous", "permuted", "channels_last", "expanded", "sliced", "off
 
 
 @st.composite
-def shapes(draw, min_rank, max_rank, max_numel, big=False, first_dims=None):
+def shapes(draw, min_rank, max_rank, max_numel, big=0, first_dims=None):
     """A shape of rank min_rank..max_rank with at most max_numel elements (zero-size dims included);
-    with ``big``, one example in eight has one dim from BIG_DIMS. ``first_dims``: sizes for dim 0."""
+    with ``big`` = n > 0, one example in n has one dim from BIG_DIMS. ``first_dims``: sizes for dim 0."""
     rank = draw(st.integers(min_rank, max_rank))
     dims, budget = [], max_numel
     for d in range(rank):
@@ -24,7 +24,7 @@ def shapes(draw, min_rank, max_rank, max_numel, big=False, first_dims=None):
         size = draw(st.sampled_from([s for s in pool if s <= max(budget, 1)] or [1]))
         dims.append(size)
         budget //= max(size, 1)
-    if big and draw(st.integers(0, 7)) == 0:
+    if big and draw(st.integers(0, big - 1)) == 0:
         low = 0 if first_dims is None else 1  # never a long time axis
         if rank > low:
             at = draw(st.integers(low, rank - 1))
