@@ -144,7 +144,7 @@ def magnitude_bound(x32, theta, grad_spikes32, grad_v32, v_init=0.5, reset="subt
                     surrogate="sigmoid", alpha=4.0, detach_reset=False):
     """The reverse recursion on absolute values, M[t] >= |every term that forms grad_h[t]|, with
     the sigmoid's sg widened by alpha (its float32 ``1 - sig`` loses up to an ulp of 1 absolutely):
-    (M_x [T, ...], M_v [...]) as float64 arrays."""
+    (M_x [T, ...], M_v [...], the largest |grad_s| bound of any step) as float64 arrays and a float."""
     _, _, _, hs = forward(x32, theta, v_init, reset, amplitude)
     step_shape = x32.shape[1:]
     th_np = theta_broadcast(theta, step_shape)
@@ -156,12 +156,15 @@ def magnitude_bound(x32, theta, grad_spikes32, grad_v32, v_init=0.5, reset="subt
     s = (hs >= th_np)
     m_v = np.broadcast_to(np.abs(grad_v32.astype(np.float64)), step_shape).copy()
     m_x = np.empty(x32.shape, dtype=np.float64)
+    largest_gs = 0.0
     with np.errstate(over="ignore", invalid="ignore"):  # an inf bound accepts any result
         for t in range(x32.shape[0] - 1, -1, -1):
             gs = np.abs(grad_spikes32[t].astype(np.float64)) * amp
             if not detach_reset:
                 gs = gs + (th if reset == "subtract" else np.abs(hs[t].astype(np.float64))) * m_v
+            if gs.size:
+                largest_gs = max(largest_gs, float(np.max(gs)))
             m = gs * sg[t] + m_v
             m_x[t] = m
             m_v = m
-    return m_x, m_v
+    return m_x, m_v, largest_gs

@@ -18,11 +18,13 @@ grid and special values. Checked:
   float32 ``1 - sigmoid`` loses up to an ulp of 1 absolutely, so its sg is widened by alpha in M.
   The result is then rounded to x's dtype: the stored gradient must lie between the dtype roundings
   of want - tol and want + tol.
-  The backward is checked on examples whose inputs are finite (at least four in five): with an infinite h
-  the closed form and autograd disagree by design (issue 12, item 3, handled elsewhere).
+  The backward is checked on examples whose every h is finite and whose bounds (M and that of every
+  grad_s) stay below 2^100, so that no float32 intermediate can overflow; that is most examples, not those with huge or infinite
+  inputs: with an infinite h the closed form and autograd disagree by design (issue 12, item 3,
+  handled elsewhere).
 
-Examples per backend in the "ci" profile: 1000 for each backend; each C++ example runs at every SIMD
-level. Triton through the interpreter gets T <= 4 and at most 64 elements; on a GPU the full shapes.
+Examples per backend in the "ci" profile: 1250 for each backend (the backward checked on about 1100
+of them); each C++ example runs at every SIMD level. Triton through the interpreter gets T <= 4 and at most 64 elements; on a GPU the full shapes.
 """
 import contextlib
 
@@ -31,7 +33,7 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import na_kernels  # noqa: E402
@@ -136,14 +138,19 @@ def run_and_check(backend, device, case):
     x32 = to_f32(x)
     v_arg = to_f32(v_init) if isinstance(v_init, torch.Tensor) else v_np
     kw = dict(v_init=v_arg, reset=case["reset"], amplitude=case["amplitude"])
-    want_spikes, want_counts, want_v, _ = oracle.forward(x32, case["theta"], **kw)
+    want_spikes, want_counts, want_v, hs = oracle.forward(x32, case["theta"], **kw)
     want_spikes = round_to(want_spikes, case["dtype"])
-    backward = bool(np.isfinite(x32).all())
+    backward = bool(np.isfinite(hs).all())  # an infinite h: see the module docstring
     if backward:
         bkw = dict(kw, surrogate=case["surrogate"], alpha=case["alpha"], detach_reset=case["detach_reset"])
         gs32, gv32 = to_f32(grad_spikes), to_f32(grad_v)
         want_gx, want_gv = oracle.backward(x32, case["theta"], gs32, gv32, **bkw)
-        bound_x, bound_v = oracle.magnitude_bound(x32, case["theta"], gs32, gv32, **bkw)
+        bound_x, bound_v, largest_gs = oracle.magnitude_bound(x32, case["theta"], gs32, gv32, **bkw)
+        # near float32's range an intermediate (e.g. grad_s = grad_spike * amp - h * grad_v) overflows
+        # in float32, and inf * sg(u) = inf * 0 is NaN where float64 stays finite: float32's range, as
+        # autograd of the float32 loop gives too, not the rounding checked here
+        backward = bool(np.all(bound_x < 2.0**100) and np.all(bound_v < 2.0**100) and largest_gs < 2.0**100)
+    event("backward checked" if backward else "forward only")
     steps = case["shape"][0]
     with na_kernels.use_backend(backend):
         for level in simd_levels(backend):
@@ -160,8 +167,13 @@ def run_and_check(backend, device, case):
                     check_gradient("grad_v_init", gv, want_gv, bound_v, steps, torch.float32)
 
 
+# a quarter more examples than the profile's count: the backward is skipped on the examples with an
+# infinite h or near-overflow bounds (about one in eight), and still gets at least the profile's count
+EXAMPLES = settings.default.max_examples * 5 // 4
+
+
 @pytest.mark.parametrize("backend, device", BACKENDS)
-@settings(deadline=None)
+@settings(deadline=None, max_examples=EXAMPLES)
 @given(data=st.data())
 def test_integrate_fire_matches_oracle(backend, device, data):
     case = data.draw(cases(backend, tiny=interpreted(backend, device), dtypes=float_dtypes(backend, device)),
