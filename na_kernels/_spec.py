@@ -10,7 +10,7 @@ A user spells a member by its lower-case name (``noise="uniform"``, ``reset="zer
 ``ValueError`` naming the argument and the accepted spellings.
 """
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -140,6 +140,10 @@ class NoisyQuantArgs:
     scale: float      # noise amplitude in quantization steps, >= 0
     shift: float      # added before the floor
 
+    def for_trace(self):
+        """The record a torch.jit trace records (nothing in it depends on grad mode)."""
+        return self
+
 
 @dataclass(frozen=True)
 class IntegrateFireArgs:
@@ -152,3 +156,9 @@ class IntegrateFireArgs:
     alpha: float                  # the surrogate's sharpness, > 0
     detach_reset: bool
     save: Save                    # what forward keeps for backward
+
+    def for_trace(self):
+        """The record a torch.jit trace records: ``save`` X whatever the grad mode (jit.trace checks a
+        trace by tracing again under no_grad, where save would be NOTHING; X computes the same
+        forward, and a backward from it recomputes h)."""
+        return self if self.save is Save.X else replace(self, save=Save.X)

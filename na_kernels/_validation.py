@@ -12,6 +12,7 @@ break the graph ("torch.* op returned non-Tensor").
 """
 import math
 import numbers
+import struct
 
 import torch
 
@@ -19,6 +20,35 @@ from ._spec import FLOAT_DTYPES, Noise, Reset, Surrogate
 
 # parameter tensors (lam, threshold, v_init) may also be float64: the kernels read them as float32
 PARAMETER_DTYPES = FLOAT_DTYPES + (torch.float64,)
+
+# Every number reaches float32 arithmetic, so each must be representable there (issue 12): its
+# magnitude at most float32's largest finite value, and a value that must be > 0 at least one
+# that float32 does not round to 0 (values <= 2^-150 do).
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # 3.4028234663852886e38
+FLOAT32_SMALLEST_NORMAL = 2.0**-126  # 1.1754943508222875e-38
+_FLOAT32_ROUNDS_TO_ZERO = 2.0**-150
+# p is exact in float32 up to 2^24
+MAX_LEVELS = 2**24
+# The range of a positive parameter tensor or number (lam, threshold), as float32 values:
+# - threshold: a positive normal float32, so theta/2 and h - theta keep full precision;
+# - lam: lam / p a normal float32 for every p <= 2^24 (lam >= 2^24 * 2^-126 = 2^-102), so every
+#   level q * lam / p has full precision, and x * p finite for every |x| <= 2 lam and p <= 2^24
+#   (2 * 2^102 * 2^24 = 2^127 < float32 max), so z = (x * p) / lam never overflows before it saturates.
+PARAMETER_RANGES = {
+    "lam": (2.0**-102, 2.0**102, "2^-102 to 2^102, so that lam / p is a normal float32 and x * p cannot overflow "
+                                 "for any p <= 2^24"),
+}
+_DEFAULT_PARAMETER_RANGE = (FLOAT32_SMALLEST_NORMAL, FLOAT32_MAX, "a positive normal float32")
+
+
+def parameter_range(name):
+    """(smallest, largest, why) of the float32 value of the positive parameter ``name`` (lam, threshold)."""
+    return PARAMETER_RANGES.get(name, _DEFAULT_PARAMETER_RANGE)
+
+
+def _float32(value):
+    """A Python float rounded to float32 and back (finite input within float32's range)."""
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 def check_float_tensor(name, tensor):
@@ -37,14 +67,20 @@ def check_bool(name, value):
 
 
 def check_real(name, value, *, minimum=None, strictly_positive=False, maximum=None, accepted="a real number"):
-    """A finite real number (not a bool) as a float, optionally bounded."""
+    """A real number (not a bool) finite in float32 (|value| <= 3.4028234663852886e38) as a float,
+    optionally bounded; strictly_positive also refuses values that float32 rounds to 0 (<= 2^-150)."""
     if type(value) is not float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
         raise TypeError(f"{name} must be {accepted}, got {value!r}")
     value = float(value)
     if not (value - value == 0):
         raise ValueError(f"{name} must be finite, got {value}")
+    if not abs(value) <= FLOAT32_MAX:
+        raise ValueError(f"{name} must be finite in float32, |{name}| <= {FLOAT32_MAX:.9g} (the kernels compute in "
+                         f"float32), got {value}")
     if strictly_positive and value <= 0:
         raise ValueError(f"{name} must be > 0, got {value}")
+    if strictly_positive and value <= _FLOAT32_ROUNDS_TO_ZERO:
+        raise ValueError(f"{name} must be > 0 in float32 (> 2^-150, which float32 rounds to 0), got {value}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
@@ -52,16 +88,18 @@ def check_real(name, value, *, minimum=None, strictly_positive=False, maximum=No
     return value
 
 
-def check_int(name, value, *, minimum, meaning=""):
-    """An integral number (an int, or a float such as 3.0 with an integral value; not a bool) >= minimum."""
-    if type(value) is int and value >= minimum:
+def check_int(name, value, *, minimum, maximum=None, meaning=""):
+    """An integral number (an int, or a float such as 3.0 with an integral value; not a bool) >= minimum
+    (and <= maximum when given)."""
+    if type(value) is int and value >= minimum and (maximum is None or value <= maximum):
         return value
-    what = f"an int >= {minimum}" + (f" ({meaning})" if meaning else "")
+    what = f"an int >= {minimum}" + ("" if maximum is None else f" and <= {maximum}") + (
+        f" ({meaning})" if meaning else "")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be {what}, got {value!r}")
     if not isinstance(value, numbers.Integral) and not (value - value == 0 and float(value).is_integer()):
         raise ValueError(f"{name} must be {what}, got {value}")
-    if value < minimum:
+    if value < minimum or (maximum is not None and value > maximum):
         raise ValueError(f"{name} must be {what}, got {value}")
     return int(value)
 
@@ -71,8 +109,9 @@ def check_optional_int(name, value, *, minimum, meaning=""):
 
 
 def check_levels(p, name="p"):
-    """The number of quantization levels p: an int >= 1 (3, 7, 15 for 2, 3, 4 bits)."""
-    return check_int(name, p, minimum=1, meaning="the number of quantization levels")
+    """The number of quantization levels p: an int in [1, 2^24] (3, 7, 15 for 2, 3, 4 bits; exact in float32)."""
+    return check_int(name, p, minimum=1, maximum=MAX_LEVELS,
+                     meaning="the number of quantization levels, exact in float32")
 
 
 def check_time_steps(name, value, *, allow_none=False):
@@ -104,15 +143,26 @@ def check_positive(name, value, accepted="a positive finite number"):
     return check_real(name, value, strictly_positive=True, accepted=accepted)
 
 
+def _range_error(name, values):
+    smallest, largest, why = parameter_range(name)
+    return ValueError(f"{name} must be in [{smallest:.9g}, {largest:.9g}] as float32 ({why}; the kernels compute "
+                      f"in float32), got {values}; rescale the input if it needs a value outside")
+
+
 def positive_parameter_tensor(name, value, like, channel_dim, description):
-    """A positive finite float, or a tensor: a scalar or per-channel along ``channel_dim`` of ``like``.
+    """A positive float, or a tensor: a scalar or per-channel along ``channel_dim`` of ``like``;
+    its float32 value(s) within ``parameter_range(name)``.
 
     Returns the float, or the tensor itself (not copied, so autograd reaches it through the
     op's own arguments). A CPU tensor's values are checked too (on CUDA that would cost a host
     sync per call).
     """
+    smallest_allowed, largest_allowed, _ = parameter_range(name)
     if not isinstance(value, torch.Tensor):
-        return check_positive(name, value, accepted="a positive finite number or a tensor")
+        value = check_positive(name, value, accepted="a positive finite number or a tensor")
+        if not smallest_allowed <= _float32(value) <= largest_allowed:
+            raise _range_error(name, value)
+        return value
     if value.dtype not in PARAMETER_DTYPES:
         raise TypeError(f"{name} must be a float tensor, got {value.dtype}")
     if value.device != like.device:
@@ -127,13 +177,17 @@ def positive_parameter_tensor(name, value, like, channel_dim, description):
                 f"(size of dim {channel_dim} of the input, {channels}), got {value.numel()}"
             )
     if value.device.type == "cpu" and not torch.compiler.is_compiling():
-        # one reduction (or one read for a scalar): NaN fails "> 0", inf fails "< inf"
-        if value.numel() == 1:
-            smallest = largest = value.detach().reshape(()).item()
+        # one reduction (or one read for a scalar) of the float32 values the kernels read: NaN
+        # fails "> 0", inf fails "< inf"
+        values = value.detach().to(torch.float32)
+        if values.numel() == 1:
+            smallest = largest = values.reshape(()).item()
         else:
-            smallest, largest = (v.item() for v in torch.aminmax(value.detach()))
+            smallest, largest = (v.item() for v in torch.aminmax(values))
         if not (smallest > 0 and largest < math.inf):
-            raise ValueError(f"{name} must be finite and > 0, got {value.detach().flatten()[:8].tolist()}")
+            raise ValueError(f"{name} must be finite and > 0 as float32, got {value.detach().flatten()[:8].tolist()}")
+        if not (smallest_allowed <= smallest and largest <= largest_allowed):
+            raise _range_error(name, value.detach().flatten()[:8].tolist())
     return value
 
 

@@ -4,7 +4,7 @@ sizes, layouts, what the forward saves, bad input. (compile, export, opcheck and
 test_torch_integration.py.)
 
 The Triton kernels run natively on CUDA where there is a GPU, else through Triton's interpreter
-on CPU tensors (small sizes, fp32/fp16 only: the interpreter has no bf16).
+on CPU tensors (small sizes, fp32/fp16 here; bf16 through the interpreter: test_exactness_bf16.py).
 """
 import types
 from fractions import Fraction
@@ -217,6 +217,57 @@ def test_non_finite_input(backend, device, reset):
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=0, atol=0, equal_nan=True)
     assert torch.isnan(got[2][0, 0]) and got[1][0, 0] == 0
+
+
+def test_zero_reset_gradient_with_inf_input_is_finite_as_autograd():
+    """Issue 12 item 3: +inf at the last step of a zero reset made h * gv = inf * 0 = NaN in the
+    closed form, and the NaN spread to every earlier step; autograd through the loop gives [0.961, 0]."""
+    for backend, device in (("reference", "cpu"), ("cpu", "cpu")):
+        x = torch.tensor([[0.6], [float("inf")]], requires_grad=True)
+        with na_kernels.use_backend(backend):
+            (grad,) = torch.autograd.grad(na_kernels.integrate_fire(x, 1.0, reset="zero")[0].sum(), (x,))
+        want_x = x.detach().clone().requires_grad_()
+        (want,) = torch.autograd.grad(ref.integrate_fire(want_x, 1.0, reset="zero")[0].sum(), (want_x,))
+        assert torch.isfinite(want).all() and want[0, 0] > 0.9
+        torch.testing.assert_close(grad, want, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("reset", RESETS)
+@pytest.mark.parametrize("detach_reset", [False, True])
+@pytest.mark.parametrize("save", ["h", "x"])
+def test_gradients_with_infinite_inputs_equal_autograd_where_finite(backend, device, reset, detach_reset, save,
+                                                                    monkeypatch):
+    """+-inf and NaN inputs at the last, a middle and the first step: wherever autograd through the
+    float32 loop gives a finite gradient, the kernels give the same; loss on the spikes alone
+    (v_final's gradient absent) and on spikes and v_final."""
+    monkeypatch.setattr(ops, "_choose_save", lambda x_seq: Save.H if save == "h" else Save.X)
+    steps = 5
+    torch.manual_seed(3)
+    x = torch.rand(steps, 2, 12, device=device) * 0.9
+    for neuron, (step, value) in enumerate([(steps - 1, "inf"), (steps - 1, "-inf"), (2, "inf"), (2, "-inf"),
+                                            (0, "inf"), (0, "-inf"), (steps - 1, "nan"), (1, "nan")]):
+        x[step, neuron % 2, neuron] = float(value)
+    grad_spikes = torch.randn(x.shape, device=device)
+    grad_v = torch.randn(x.shape[1:], device=device)
+    for surrogate in SURROGATES:
+        for with_v in (False, True):
+            def loss(spikes, v):
+                return (spikes * grad_spikes).sum() + ((v * grad_v).sum() if with_v else 0)
+
+            kwargs = dict(reset=reset, surrogate=surrogate, detach_reset=detach_reset)
+            want_x = x.clone().requires_grad_()
+            spikes, _, v = ref.integrate_fire(want_x, 1.0, **kwargs)
+            (want,) = torch.autograd.grad(loss(spikes, v), (want_x,))
+            got_x = x.clone().requires_grad_()
+            with na_kernels.use_backend(backend):
+                spikes, _, v = na_kernels.integrate_fire(got_x, 1.0, return_v=True, **kwargs)
+            (got,) = torch.autograd.grad(loss(spikes, v), (got_x,))
+            finite = torch.isfinite(want)
+            assert finite.sum() >= x.numel() // 2, (surrogate, with_v)
+            torch.testing.assert_close(got[finite], want[finite], rtol=1e-5, atol=1e-6)
+            if not with_v:  # +inf at the last step (neuron 0, the issue's case): finite at every step
+                assert torch.isfinite(got[:, 0, 0]).all() and torch.isfinite(want[:, 0, 0]).all()
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -543,6 +594,45 @@ def test_triton_kernels_compile_for_cuda():
 
 
 # --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(threshold=1e-50), "threshold must be > 0 in float32"),
+    (dict(threshold=1e-39), "threshold must be in \\[1.17549435e-38, 3.40282347e\\+38\\] as float32"),
+    (dict(threshold=1e39), "threshold must be finite in float32"),
+    (dict(threshold=torch.tensor(1e-39, dtype=torch.float64)), "threshold must be in"),
+    (dict(threshold=torch.tensor([1.0, 1e-39, 1.0])), "threshold must be in"),
+    (dict(threshold=torch.tensor(1e39, dtype=torch.float64)), "threshold must be finite and > 0 as float32"),
+    (dict(amplitude=1e39), "amplitude must be finite in float32"),
+    (dict(amplitude=1e-50), "amplitude must be > 0 in float32"),
+    (dict(alpha=1e39), "alpha must be finite in float32"),
+    (dict(alpha=1e-50), "alpha must be > 0 in float32"),
+    (dict(v_init=1e39), "v_init must be finite in float32"),
+    (dict(v_init=-1e39), "v_init must be finite in float32"),
+])
+def test_values_float32_cannot_represent_are_refused_on_every_backend(backend, device, kwargs, match):
+    """Issue 12 item 5: threshold 1e-50 became 0 (every neuron fired every step), amplitude 1e39
+    inf spikes, alpha 1e39 NaN gradients, v_init 1e39 inf on two backends and an error on the third:
+    one named ValueError, before dispatch, on every backend."""
+    x = torch.rand(3, 2, 3, device=device)
+    kwargs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+    threshold = kwargs.pop("threshold", 1.0)
+    with na_kernels.use_backend(backend), pytest.raises(ValueError, match=match):
+        na_kernels.integrate_fire(x, threshold, **kwargs)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_thresholds_at_the_ends_of_the_float32_range(backend, device):
+    """The smallest normal and the largest float32 threshold are accepted and fire as the loop says."""
+    for theta in (2.0**-126, float(torch.finfo(torch.float32).max)):
+        x = torch.tensor([0.0, 0.5, 1.0, -1.0]).expand(3, 4) * theta
+        want = ref.integrate_fire(x, theta)
+        with na_kernels.use_backend(backend):
+            got = na_kernels.integrate_fire(x.to(device), theta, return_v=True)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g.cpu(), w, rtol=0, atol=0)
+        assert got[1].tolist() == [0, 2, 3, 0]
 
 
 @pytest.mark.parametrize("call,error,words", [

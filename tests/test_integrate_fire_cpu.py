@@ -179,6 +179,29 @@ def test_backward_matches_closed_form_reference(dtype, simd_level):
                         _assert_bits_equal((g,), (w,), case)
 
 
+def test_zero_reset_backward_with_infinite_input_at_the_last_step(simd_level):
+    """+-inf at the last step, zero reset, no v_final gradient: the reset path h * gv is skipped where
+    gv is 0 (issue 12 item 3), so no inf * 0 = NaN; the same bits as the reference's closed form, on
+    vector tiles and the generic remainder alike."""
+    gen = torch.Generator().manual_seed(5)
+    for n in (7, 17, 33, 1025):
+        x = _x(gen, (4, 1, n), torch.float32)
+        x[-1, 0, ::3] = float("inf")
+        x[-1, 0, 1::3] = -float("inf")
+        grad_spikes = torch.randn(x.shape, generator=gen)
+        h = ref.integrate_fire(x, 1.0, reset="zero", return_h=True)[3]
+        for surrogate in (Surrogate.ATAN, Surrogate.TRIANGLE, Surrogate.RECTANGLE, Surrogate.SIGMOID):
+            args = _args(reset=Reset.ZERO, surrogate=surrogate, save=Save.H)
+            theta = torch.ones(1)
+            want = ref.backward(grad_spikes, None, h, None, None, theta, args, torch.float32, True, True)
+            got = cpu_backend.backward(grad_spikes, None, h, None, None, theta, args, torch.float32, True, True)
+            assert torch.isfinite(got[0]).all() and torch.isfinite(got[1]).all(), (n, surrogate)
+            if surrogate == Surrogate.SIGMOID:
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            else:
+                _assert_bits_equal(got, want, f"n={n} surrogate={surrogate}")
+
+
 _BACKWARD_VARIANTS = tuple(itertools.product(Surrogate, (False, True)))
 
 

@@ -457,6 +457,51 @@ def test_bad_input(kwargs, error, match):
         na_kernels.noisy_quant(x, p, lam, **args)
 
 
+_FLOAT32_RANGE_CASES = [
+    (dict(lam=1e-50), "lam must be > 0 in float32"),  # float32 rounds it to 0
+    (dict(lam=1e-35), "lam must be in \\[1.97215226e-31, 5.0706024e\\+30\\] as float32"),
+    (dict(lam=2.0**102 * 1.5), "lam must be in"),
+    (dict(lam=torch.tensor(1e-50, dtype=torch.float64)), "lam must be finite and > 0 as float32"),
+    (dict(lam=torch.tensor(1e39, dtype=torch.float64)), "lam must be finite and > 0 as float32"),
+    (dict(lam=torch.tensor([1.0, 1e-33, 1.0])), "lam must be in"),
+    (dict(lam=torch.tensor([1.0, 1e33, 1.0])), "lam must be in"),
+    (dict(scale=1e39), "scale must be finite in float32"),
+    (dict(shift=-1e39), "shift must be finite in float32"),
+    (dict(p=2**63), "p must be an int >= 1 and <= 16777216"),
+    (dict(p=2**24 + 1), "p must be an int >= 1 and <= 16777216"),
+    (dict(p=float(2**70)), "p must be an int >= 1 and <= 16777216"),
+]
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("kwargs, match", _FLOAT32_RANGE_CASES)
+def test_values_float32_cannot_represent_are_refused_on_every_backend(backend, device, kwargs, match):
+    """Issue 12 item 5: lam 1e-50 (0 in float32) gave NaN, a huge lam flipped levels, p >= 2^63 a
+    pybind TypeError on the C++ backend only: one named ValueError, before dispatch, everywhere."""
+    args = dict(p=3, lam=1.0)
+    args.update(kwargs)
+    x = torch.randn(2, 3, 4, device=device)
+    p, lam = args.pop("p"), args.pop("lam")
+    lam = lam.to(device) if isinstance(lam, torch.Tensor) else lam
+    with na_kernels.use_backend(backend), pytest.raises(ValueError, match=match):
+        na_kernels.noisy_quant(x, p, lam, **args)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_lam_at_the_ends_of_its_range_is_exact(backend, device):
+    """lam = 2^-102 and 2^102 with p up to 2^24 (the largest accepted): every level q lam / p is a
+    normal float32 and x * p does not overflow for |x| <= 2 lam, so y is the exact formula."""
+    for lam in (2.0**-102, 2.0**102):
+        for p in (3, 255, 2**24):
+            x = torch.tensor([0.0, 0.25, 0.5, 1.0, 2.0, -1.0]) * lam
+            with na_kernels.use_backend(backend):
+                y = na_kernels.noisy_quant(x.to(device), p, lam, noise=None).cpu()
+            levels = torch.tensor([0, round(0.25 * p), round(0.5 * p + 1e-9), p, p, 0], dtype=torch.float64)
+            want = ((levels / p).float() * torch.tensor(lam)).float()  # (q / p) * lam in float32
+            assert torch.equal(y, want), (lam, p, y, want)
+            assert bool((y[1:4] >= torch.finfo(torch.float32).tiny).all())  # normal
+
+
 def test_bad_backend_name():
     with pytest.raises(ValueError, match="backend must be one of"):
         na_kernels.set_backend("cuda")

@@ -506,13 +506,14 @@ def test_modes_see_the_op():
 
 def test_functorch_wrapped_inputs_use_the_op():
     x = torch.rand(4, 3, 2)
-    with _path("no fast"):
-        # grad transforms of the op raise the op's own error (autograd.Function under functorch):
-        # what matters here is that the op, not the fast path, is what raised
-        with pytest.raises(RuntimeError, match="setup_context"):
-            torch.func.grad(lambda x: _nq_call(x).sum())(x)
-        with pytest.raises(RuntimeError, match="setup_context"):
-            torch.func.grad(lambda x: _if_call(x)[0].sum())(x)
+    want = []
+    for call in (_nq_call, lambda x: _if_call(x)[0]):
+        leaf = x.clone().requires_grad_()
+        want.append(torch.autograd.grad(call(leaf).sum(), leaf)[0])
+    with _path("no fast"):  # the fast path raises if taken: the transforms go through the op
+        got = [torch.func.grad(lambda x: _nq_call(x).sum())(x), torch.func.grad(lambda x: _if_call(x)[0].sum())(x)]
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
 
 
 def test_tensor_subclass_uses_the_op():
@@ -531,12 +532,16 @@ def test_tensor_subclass_uses_the_op():
 
 @pytest.mark.parametrize("call", [_nq_call, _if_call], ids=["noisy_quant", "integrate_fire"])
 def test_create_graph_backward_uses_the_backward_op(call):
-    """Double backward: the backward op (which has no autograd formula, on either path) records
-    itself in the graph; the fast backward kernels are used only when no graph is built."""
+    """create_graph=True: the backward op runs inside an autograd.Function that records itself in
+    the graph (the fast backward kernels are used only when no graph is built), and a second
+    backward through it raises a NotImplementedError naming the op (test_func_transforms.py)."""
     x = torch.rand(4, 3, 2, requires_grad=True)
+    name = "NoisyQuant" if call is _nq_call else "IntegrateFire"
     with pytest.MonkeyPatch.context() as mp:
-        for owner, name in _OPS[::2]:  # the forward ops raise: the forward takes the fast path
-            mp.setattr(owner, name, _raiser(name))
+        for owner, op_name in _OPS[::2]:  # the forward ops raise: the forward takes the fast path
+            mp.setattr(owner, op_name, _raiser(op_name))
         out = call(x)
         grad, = torch.autograd.grad((out[0] if isinstance(out, tuple) else out).sum(), x, create_graph=True)
-    assert "_backward_default" in type(grad.grad_fn).__name__
+    assert type(grad.grad_fn).__name__ == f"{name}GradientBackward"
+    with pytest.raises(NotImplementedError, match="double backward"):
+        grad.sum().backward()

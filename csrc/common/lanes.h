@@ -43,6 +43,7 @@ struct ScalarLanes {
   static Mask gt(Vec a, Vec b) { return a > b; }
   static Mask le(Vec a, Vec b) { return a <= b; }
   static Mask lt(Vec a, Vec b) { return a < b; }
+  static Mask eq(Vec a, Vec b) { return a == b; }
   static Mask both(Mask a, Mask b) { return a && b; }
   // 1.0f where `mask`, else 0.0f
   static Vec one_where(Mask mask) { return mask ? 1.0f : 0.0f; }

@@ -29,6 +29,7 @@ struct Avx2Lanes {
   NA_AVX2 static Mask gt(Vec a, Vec b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
   NA_AVX2 static Mask le(Vec a, Vec b) { return _mm256_cmp_ps(a, b, _CMP_LE_OQ); }
   NA_AVX2 static Mask lt(Vec a, Vec b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+  NA_AVX2 static Mask eq(Vec a, Vec b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
   NA_AVX2 static Mask both(Mask a, Mask b) { return _mm256_and_ps(a, b); }
   NA_AVX2 static Vec one_where(Mask mask) { return _mm256_and_ps(mask, _mm256_set1_ps(1.0f)); }
   NA_AVX2 static Vec select(Mask mask, Vec if_set, Vec otherwise) { return _mm256_blendv_ps(otherwise, if_set, mask); }

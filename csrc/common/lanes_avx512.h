@@ -27,6 +27,7 @@ struct Avx512Lanes {
   NA_AVX512 static Mask gt(Vec a, Vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
   NA_AVX512 static Mask le(Vec a, Vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
   NA_AVX512 static Mask lt(Vec a, Vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+  NA_AVX512 static Mask eq(Vec a, Vec b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
   NA_AVX512 static Mask both(Mask a, Mask b) { return a & b; }
   NA_AVX512 static Vec one_where(Mask mask) { return _mm512_maskz_mov_ps(mask, _mm512_set1_ps(1.0f)); }
   NA_AVX512 static Vec select(Mask mask, Vec if_set, Vec otherwise) { return _mm512_mask_mov_ps(otherwise, mask, if_set); }

@@ -7,7 +7,7 @@
 //          spikes[t, n] = s * amp;  count += s
 // with c = (n / channel_stride) % channels. Backward walks t from T-1 down to 0 with the
 // incoming grad of v per neuron:
-//   sg = surrogate(h - theta);  grad_s = grad_spikes[t] * amp  (- theta * gv | - h * gv  unless detach)
+//   sg = surrogate(h - theta);  grad_s = grad_spikes[t] * amp  (- theta * gv | - h * gv where gv != 0,  unless detach)
 //   gh = grad_s * sg + gv * (1 | 1 - s);  grad_x[t] = gh;  gv = gh;   grad_v_init = gv at the end.
 // h is either the forward's saved [T, N] or, when the caller kept x instead, recomputed per work
 // item by the forward's update (no [T, N] buffer).
@@ -143,7 +143,9 @@ NA_INLINE typename L::Vec backward_step(const SurrogateParams& params, typename 
     return L::add(L::mul(grad_spike, sg), grad_v);
   }
   const Vec zero = L::set1(0.0f), not_fired = L::sub(L::set1(1.0f), L::one_where(L::ge(u, zero)));
-  if (!DETACH) grad_spike = L::sub(grad_spike, L::mul(h, grad_v));
+  // the reset path h * gv only where gv != 0: autograd has no such term where v's gradient is
+  // absent, and h = +-inf (which a zero reset turns into NaN) must not make inf * 0 = NaN there
+  if (!DETACH) grad_spike = L::select(L::eq(grad_v, zero), grad_spike, L::sub(grad_spike, L::mul(h, grad_v)));
   return L::add(L::mul(grad_spike, sg), L::mul(grad_v, not_fired));
 }
 

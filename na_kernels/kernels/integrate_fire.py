@@ -24,6 +24,7 @@ import triton.language as tl
 
 from .. import _layout
 from .._spec import Reset, Save, Surrogate
+from ._storage import FLOAT_OPTIONS, load_f32, store_rounded
 
 _SIGMOID = tl.constexpr(Surrogate.SIGMOID.value)
 _ATAN = tl.constexpr(Surrogate.ATAN.value)
@@ -53,7 +54,7 @@ def _integrate(x_ptr, spikes_ptr, h_ptr, n, mask, theta, v, a, steps, neurons, x
     offsets = n
     x_offsets = n
     for _ in range(steps):
-        h = v + tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(tl.float32)
+        h = v + load_f32(x_ptr + x_offsets, mask, 0.0)
         fired = h >= theta  # ties fire
         s = tl.where(fired, 1.0, 0.0)
         if RESET_ZERO:
@@ -61,7 +62,7 @@ def _integrate(x_ptr, spikes_ptr, h_ptr, n, mask, theta, v, a, steps, neurons, x
         else:
             v = h - s * theta
         if STORE_SPIKES:
-            tl.store(spikes_ptr + offsets, (s * a).to(spikes_ptr.dtype.element_ty), mask=mask)
+            store_rounded(spikes_ptr + offsets, s * a, mask)
             count += fired.to(tl.int32)
         if STORE_H:
             tl.store(h_ptr + offsets, h, mask=mask)
@@ -134,7 +135,7 @@ def _integrate_fire_backward_kernel(
         u = h - theta
         sg = _surrogate(u, alpha, atan_scale, half_alpha, half_width, SURROGATE)
         if HAS_GRAD_S:
-            g = tl.load(grad_spikes_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            g = load_f32(grad_spikes_ptr + offsets, mask, 0.0)
             if AMP_IS_THETA:
                 gs = g * theta
             else:
@@ -144,14 +145,14 @@ def _integrate_fire_backward_kernel(
         if RESET_ZERO:
             not_fired = 1.0 - tl.where(u >= 0.0, 1.0, 0.0)
             if not DETACH:
-                gs = gs - h * gv
+                gs = tl.where(gv == 0.0, gs, gs - h * gv)  # no reset path where gv is 0 (h may be inf)
             gh = gs * sg + gv * not_fired
         else:
             if not DETACH:
                 gs = gs - theta * gv
             gh = gs * sg + gv
         if STORE_GRAD_X:
-            tl.store(grad_x_ptr + offsets, gh.to(grad_x_ptr.dtype.element_ty), mask=mask)
+            store_rounded(grad_x_ptr + offsets, gh, mask)
         gv = gh
         offsets -= neurons
     if STORE_GRAD_V0:
@@ -182,7 +183,7 @@ def forward(x_seq, threshold, v_init, args):
         x_seq, spikes, counts, v_final, h if save_h else v_final, theta, v_final if v0 is None else v0,
         x_seq.shape[0], layout.neurons, x_seq.stride(0), layout.channel_stride, theta.numel(), float(args.v_frac),
         _amp(args), RESET_ZERO=args.reset == Reset.ZERO, AMP_IS_THETA=args.amplitude is None, HAS_V0=v0 is not None,
-        SAVE_H=save_h, BLOCK=_BLOCK, num_warps=_NUM_WARPS, enable_fp_fusion=False,
+        SAVE_H=save_h, BLOCK=_BLOCK, num_warps=_NUM_WARPS, **FLOAT_OPTIONS,
     )
     return spikes, counts, v_final, h
 
@@ -213,6 +214,6 @@ def backward(grad_spikes, grad_v, h, x_seq, v_init, threshold, args, x_dtype, ne
         RESET_ZERO=args.reset == Reset.ZERO, AMP_IS_THETA=args.amplitude is None, SURROGATE=int(args.surrogate),
         DETACH=args.detach_reset, HAS_GRAD_S=grad_spikes is not None, HAS_GRAD_V=grad_v is not None,
         STORE_GRAD_X=need_grad_x, STORE_GRAD_V0=need_grad_v_init, RECOMPUTE=recompute, HAS_V0=v0 is not None,
-        BLOCK=_BLOCK, num_warps=_NUM_WARPS, enable_fp_fusion=False,
+        BLOCK=_BLOCK, num_warps=_NUM_WARPS, **FLOAT_OPTIONS,
     )
     return grad_x, grad_v_init

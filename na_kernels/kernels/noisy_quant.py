@@ -26,6 +26,7 @@ import triton.language as tl
 
 from .._layout import flat_channels
 from .._spec import Noise
+from ._storage import FLOAT_OPTIONS, load_f32, store_rounded
 
 _NONE = tl.constexpr(Noise.NONE.value)
 _UNIFORM = tl.constexpr(Noise.UNIFORM.value)
@@ -105,7 +106,7 @@ def _quantize_tile(x_ptr, lam_ptr, seed_ptr, rows, channel_stride, channels, blo
     """This program's tile: (rows, offsets, mask, lam [BLOCK_R, 1], x float32, q_raw = floor(z + shift))."""
     row, col_start, offsets, mask, channel = _tile(rows, channel_stride, channels, blocks_per_row, BLOCK_R, BLOCK_C)
     lam = tl.load(lam_ptr + channel, mask=row < rows, other=1.0)[:, None]
-    x = tl.load(x_ptr + offsets, mask=mask).to(tl.float32)
+    x = load_f32(x_ptr + offsets, mask, 0.0)
     q_raw = tl.floor(_shifted_z(x, p, lam, seed_ptr, row, col_start, offsets, channel_stride, scale, shift, NOISE,
                                 WHOLE_BLOCKS, BLOCK_R, BLOCK_C))
     return row, offsets, mask, lam, x, q_raw
@@ -121,7 +122,7 @@ def _noisy_quant_forward_kernel(
                                                        BLOCK_C)
     q = tl.where(q_raw < 0.0, 0.0, tl.where(q_raw > p, p, q_raw))  # NaN stays NaN
     y = tl.div_rn(q, p) * lam
-    tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+    store_rounded(y_ptr + offsets, y, mask)
 
 
 @triton.jit
@@ -133,9 +134,9 @@ def _noisy_quant_backward_kernel(
     row, offsets, mask, lam, x, q_raw = _quantize_tile(x_ptr, lam_ptr, seed_ptr, rows, channel_stride, channels,
                                                        blocks_per_row, p, scale, shift, NOISE, WHOLE_BLOCKS, BLOCK_R,
                                                        BLOCK_C)
-    grad_y = tl.load(grad_y_ptr + offsets, mask=mask).to(tl.float32)
+    grad_y = load_f32(grad_y_ptr + offsets, mask, 0.0)
     inside = (q_raw >= 0.0) & (q_raw <= p)
-    tl.store(grad_x_ptr + offsets, tl.where(inside, grad_y, 0.0).to(grad_x_ptr.dtype.element_ty), mask=mask)
+    store_rounded(grad_x_ptr + offsets, tl.where(inside, grad_y, 0.0), mask)
     if NEED_GRAD_LAM:
         g = tl.where(inside, tl.div_rn(q_raw, p) - tl.div_rn(x, lam), tl.where(q_raw > p, 1.0, 0.0))
         row_sums = tl.sum(tl.where(mask, grad_y * g, 0.0), axis=1)
@@ -169,7 +170,7 @@ def noisy_quant_forward(x, lam, seed, p, noise, scale, shift, channel_stride):
     _noisy_quant_forward_kernel[(programs,)](
         x, y, lam, seed, rows, channel_stride, lam.numel(), blocks_per_row, float(p), scale, shift,
         NOISE=int(noise), WHOLE_BLOCKS=whole_blocks(rows, channel_stride, block_c), BLOCK_R=block_r, BLOCK_C=block_c,
-        num_warps=4, enable_fp_fusion=False,
+        num_warps=4, **FLOAT_OPTIONS,
     )
     return y
 
@@ -186,7 +187,7 @@ def noisy_quant_backward(grad_y, x, lam, seed, p, noise, scale, shift, channel_s
         grad_y, x, grad_x, partial, lam, seed, rows, channel_stride, lam.numel(), blocks_per_row, float(p), scale,
         shift,
         NOISE=int(noise), NEED_GRAD_LAM=need_grad_lam, WHOLE_BLOCKS=whole_blocks(rows, channel_stride, block_c),
-        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4, enable_fp_fusion=False,
+        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4, **FLOAT_OPTIONS,
     )
     return grad_x, (partial if need_grad_lam else None)
 

@@ -49,3 +49,8 @@ def backward_ok(ctx, *tensors):
     """True when backward of a forward that bypassed the op (``ctx.eager_fast``) may call the
     backward kernels directly: the same checks, and no double backward (create_graph)."""
     return getattr(ctx, "eager_fast", False) and not _C.is_grad_enabled() and forward_ok(*tensors)
+
+
+def functorch_active():
+    """True inside a torch.func transform (grad, vjp, jacrev, vmap, ...)."""
+    return _AVAILABLE and _C._functorch.peek_interpreter_stack() is not None

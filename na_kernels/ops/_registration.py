@@ -17,6 +17,16 @@ CUDA and CPU tensors run on the backend chosen by ``_backend.resolve``, any othe
 reference. ``Op.__call__(*tensors, args)`` is what the public function calls: in plain eager mode
 (``_eager.forward_ok``) it calls the backend directly (through an autograd.Function with the op's
 own setup_context and backward when a gradient is needed), otherwise the custom op.
+
+torch.func transforms (grad, vjp, jacrev, vmap) cannot differentiate a ``register_autograd``
+formula in torch 2.13: the autograd.Function that torch.library generates for it has no
+setup_context, which functorch requires (pytorch/pytorch#170834, #179652). Inside a transform
+the op therefore runs through ``_func_function``: an autograd.Function with setup_context whose
+forward is the custom op and whose backward is the same formula, and both custom ops get a vmap
+rule (one call per batch element) so that jacrev and vmap can batch them. Double backward is not
+supported (the backward is a straight-through or surrogate formula, not differentiable): the
+backward runs through ``_backward_function``, whose own backward raises a NotImplementedError
+naming the op.
 """
 import dataclasses
 import enum
@@ -105,7 +115,12 @@ class Op:
         self.backward_op.register_kernel(("cpu", "cuda"))(self._backward_device)
         self.backward_op.register_fake(lambda *flat: self._call(fake_backward, flat, self._backward_inputs))
 
+        self.forward_op.register_vmap(_per_sample_vmap(self.forward_op))
+        self.backward_op.register_vmap(_per_sample_vmap(self.backward_op))
+
         self.function = _eager_function(self)
+        self.func_function = _func_function(self)
+        self.backward_function = _backward_function(self)
 
     # ------------------------------------------------------------------------- the public call
 
@@ -113,7 +128,13 @@ class Op:
         """The op on (*tensors, args): the backend directly in plain eager mode, else the custom op."""
         if _eager.forward_ok(*inputs[:-1]):
             return self.eager(*inputs)
-        return self.forward_op(*inputs[:-1], *self.record.flatten(inputs[-1]))
+        args = inputs[-1]
+        if not torch.compiler.is_compiling():  # torch.compile traces the custom op itself
+            if _eager.functorch_active():
+                return self.func_function.apply(*inputs)
+            if torch._C._get_tracing_state() is not None:  # torch.jit.trace records the fields as constants
+                args = args.for_trace()
+        return self.forward_op(*inputs[:-1], *self.record.flatten(args))
 
     def eager(self, *inputs):
         """The custom op's work for a plain eager call: the kernel directly, or through the
@@ -169,6 +190,9 @@ class Op:
             tensors, extras = inputs[:self._backward_inputs], inputs[self._backward_inputs:]
             if _eager.backward_ok(ctx, *grads):  # the forward bypassed the op: so may the backward
                 return self.implementation(tensors).backward(*tensors, ctx.args, *extras)
+            if not torch.compiler.is_compiling() and (torch.is_grad_enabled() or _eager.functorch_active()):
+                # create_graph, or inside a torch.func transform: a second derivative raises clearly
+                return self.backward_function.apply(ctx.args, *inputs)
             return self.backward_op(*tensors, *self.record.flatten(ctx.args), *extras)
 
         return tuple(self._backward(ctx, run, *grads))
@@ -193,3 +217,73 @@ def _eager_function(op: Op):
 
     EagerFunction.__name__ = EagerFunction.__qualname__ = "".join(w.title() for w in op.name.split("_")) + "Eager"
     return EagerFunction
+
+
+def _title(op: Op):
+    return "".join(w.title() for w in op.name.split("_"))
+
+
+def _func_function(op: Op):
+    """The op for torch.func transforms: an autograd.Function with setup_context (which functorch
+    needs) around the custom op, the op's own setup_context and backward, and a vmap rule
+    generated from the custom op's."""
+
+    def forward(*inputs):
+        return op.forward_op(*inputs[:-1], *op.record.flatten(inputs[-1]))
+
+    def setup_context(ctx, inputs, output):
+        op.keep(ctx, inputs[:-1], inputs[-1], output)
+
+    def backward(ctx, *grads):
+        return op.gradients(ctx, grads) + (None,)
+
+    def jvp(ctx, *tangents):
+        raise NotImplementedError(
+            f"na_kernels.{op.name}: forward-mode AD (torch.func.jvp, jacfwd, hessian, torch.autograd.forward_ad) "
+            f"is not supported; use reverse mode (torch.func.grad, vjp, jacrev, or .backward())")
+
+    # type(): the class (and its autograd node, "<name>Backward") named after the op
+    return type(f"{_title(op)}Func", (torch.autograd.Function,), {
+        "generate_vmap_rule": True, "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward), "jvp": staticmethod(jvp)})
+
+
+def _backward_function(op: Op):
+    """The backward op where its result could be differentiated again (create_graph=True, or a
+    torch.func transform): the same computation, and a clear error if a gradient of it is asked."""
+
+    def forward(args, *inputs):
+        tensors, extras = inputs[:op._backward_inputs], inputs[op._backward_inputs:]
+        return op.backward_op(*tensors, *op.record.flatten(args), *extras)
+
+    def setup_context(ctx, inputs, output):
+        pass
+
+    def backward(ctx, *grads):
+        raise NotImplementedError(
+            f"na_kernels.{op.name}: double backward (a gradient of its gradient: create_graph=True and "
+            f"then another backward, torch.func.grad of grad, hessian, ...) is not supported; its backward "
+            f"is a straight-through / surrogate-gradient formula with no derivative of its own. Take "
+            f"first-order gradients only, or use na_kernels.reference.{op.name} (plain PyTorch, "
+            f"differentiable by autograd) where second derivatives are needed.")
+
+    return type(f"{_title(op)}Gradient", (torch.autograd.Function,), {
+        "generate_vmap_rule": True, "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward)})
+
+
+def _per_sample_vmap(custom_op):
+    """A vmap rule for a custom op: the op once per element of the vmapped dimension, outputs
+    stacked along dim 0 (these kernels have no batched form; jacrev and vmap need one)."""
+
+    def rule(info, in_dims, *args):
+        def sample(i):
+            return tuple(arg if dim is None or arg is None else arg.select(dim, i) for arg, dim in zip(args, in_dims))
+
+        results = [custom_op(*sample(i)) for i in range(info.batch_size)]
+        if isinstance(results[0], torch.Tensor):
+            return torch.stack(results), 0
+        outputs = tuple(torch.stack(parts) for parts in zip(*results))
+        return outputs, (0,) * len(outputs)
+
+    return rule

@@ -134,7 +134,7 @@ def integrate_fire_backward(grad_spikes, grad_v, h_seq, threshold, *, reset="sub
 
         sg     = surrogate(h - theta)
         grad_s = grad_spikes[t] * amplitude                  (+ reset path, unless detach_reset:
-                 - theta * grad_v   (subtract)  or  - h * grad_v   (zero))
+                 - theta * grad_v   (subtract)  or  - h * grad_v where grad_v != 0   (zero))
         grad_h = grad_s * sg + grad_v * (1  (subtract)  or  1 - s  (zero))
         grad_x[t] = grad_h;  grad_v = grad_h                 (h[t] = v[t-1] + x[t])
 
@@ -162,8 +162,8 @@ def integrate_fire_backward(grad_spikes, grad_v, h_seq, threshold, *, reset="sub
                 gh = gs * sg + gv
             else:
                 not_fired = 1.0 - (u >= 0).to(torch.float32)
-                if not detach_reset:
-                    gs = gs - h * gv
+                if not detach_reset:  # where gv is 0 there is no reset path (and h = +-inf must not give inf * 0)
+                    gs = torch.where(gv == 0, gs, gs - h * gv)
                 gh = gs * sg + gv * not_fired
             grad_x[t] = gh
             gv = gh
