@@ -20,8 +20,8 @@ grid and special values. Checked:
   of want - tol and want + tol.
   The backward is checked on examples whose every h is finite and whose bounds (M and that of every
   grad_s) stay below 2^100, so that no float32 intermediate can overflow; that is most examples, not those with huge or infinite
-  inputs: with an infinite h the closed form and autograd disagree by design (issue 12, item 3,
-  handled elsewhere).
+  inputs (infinite inputs against autograd: tests/test_integrate_fire.py,
+  test_gradients_with_infinite_inputs_equal_autograd_where_finite).
 
 Examples per backend in the "ci" profile: 1250 for each backend (the backward checked on about 1100
 of them); each C++ example runs at every SIMD level. Triton through the interpreter gets T <= 4 and at most 64 elements; on a GPU the full shapes.
