@@ -19,12 +19,13 @@ grid and special values. Checked:
   The result is then rounded to x's dtype: the stored gradient must lie between the dtype roundings
   of want - tol and want + tol.
   The backward is checked on examples whose every h is finite and whose bounds (M and that of every
-  grad_s) stay below 2^100, so that no float32 intermediate can overflow; that is most examples, not those with huge or infinite
-  inputs (infinite inputs against autograd: tests/test_integrate_fire.py,
+  grad_s) stay below 2^100, so that no float32 intermediate can overflow: most examples, not those
+  with huge or infinite inputs (infinite inputs against autograd: tests/test_integrate_fire.py,
   test_gradients_with_infinite_inputs_equal_autograd_where_finite).
 
 Examples per backend in the "ci" profile: 1250 for each backend (the backward checked on about 1100
-of them); each C++ example runs at every SIMD level. Triton through the interpreter gets T <= 4 and at most 64 elements; on a GPU the full shapes.
+of them); each C++ example runs at every SIMD level. Triton through the interpreter gets T <= 4 and
+at most 64 elements; on a GPU the full shapes.
 """
 import contextlib
 
