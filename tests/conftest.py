@@ -130,3 +130,30 @@ def compile_triton_for_sm90(script):
 def poison_like(tensor):
     """A tensor of the same shape/dtype filled with NaN: unwritten outputs show up."""
     return torch.full_like(tensor, float("nan"))
+
+
+def _register_hypothesis_profiles():
+    """The property tests' hypothesis profiles (tests/property), chosen by NA_KERNELS_HYPOTHESIS_PROFILE:
+
+    - "ci" (the default, and what CI runs): derandomized (the same examples every run), 1000 examples
+      per test, no example database;
+    - "thorough": random examples, 20 times as many (a local hunt for new failures);
+    - "dev": derandomized, 50 examples (a quick local check while editing).
+    """
+    try:
+        from hypothesis import HealthCheck, settings
+    except ImportError:  # the test extra is not installed: tests/property skips itself
+        return
+    common = dict(deadline=None, database=None, print_blob=True,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                         HealthCheck.function_scoped_fixture])
+    settings.register_profile("ci", max_examples=1000, derandomize=True, **common)
+    settings.register_profile("thorough", max_examples=20000, derandomize=False, **common)
+    settings.register_profile("dev", max_examples=50, derandomize=True, **common)
+    name = os.environ.get("NA_KERNELS_HYPOTHESIS_PROFILE", "ci")
+    if name not in ("ci", "thorough", "dev"):
+        raise ValueError(f"NA_KERNELS_HYPOTHESIS_PROFILE must be 'ci', 'thorough' or 'dev', got {name!r}")
+    settings.load_profile(name)
+
+
+_register_hypothesis_profiles()
