@@ -212,3 +212,13 @@ def test_lam_set_before_the_first_forward_of_a_per_channel_module_is_kept(initia
     module.eval()(torch.ones(1, 4))
     torch.testing.assert_close(module.lam.detach(), torch.full((4,), 2.0), rtol=1e-6, atol=0)
     assert not module.auto_pending
+
+
+def test_functional_op_adds_noise_only_when_training_as_dropout():
+    x = torch.linspace(-1, 2, 1000)
+    quantized = na_kernels.noisy_quant(x, 3, 1.5, noise=None)
+    assert torch.equal(na_kernels.noisy_quant(x, 3, 1.5, seed=7, training=False), quantized)
+    assert not torch.equal(na_kernels.noisy_quant(x, 3, 1.5, seed=7), quantized)  # default training=True
+    assert torch.equal(na_kernels.noisy_quant(x, 3, 1.5, seed=7, training=True), na_kernels.noisy_quant(x, 3, 1.5, seed=7))
+    with pytest.raises(TypeError, match="training must be True or False"):
+        na_kernels.noisy_quant(x, 3, 1.5, training="eval")

@@ -5,7 +5,8 @@
 1. ``_traced_copy``: trace a deep copy in eval mode (the model itself is not modified);
 2. ``_check_convertible``: raise, naming every site, on what has no SNN equivalent;
 3. ``fold_batchnorm_graph``: fold each BatchNorm into the conv/linear before it;
-4. ``_place_if_layers``: one ``IFLayer`` per NoisyQuant call site (θ = λ, ``v_init = 0.5``);
+4. ``_place_if_layers``: one ``IFLayer`` per NoisyQuant call site and per functional
+   ``noisy_quant`` call (θ = λ, ``v_init = 0.5``);
 5. ``_add_time_repetition``: ``TimeRepeat`` where a value that is the same at every step
    (the input, the stem) meets one that varies (spikes), so the stem runs once;
 6. ``_add_synapse_meters``: a ``SynapseMeter`` before every conv/linear call;
@@ -21,16 +22,19 @@ from torch import fx, nn
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .._validation import check_time_steps
+from .._validation import check_levels, check_positive, check_time_steps
 from .batchnorm import fold_batchnorm_graph
 from .fx_utils import (
     SYNAPTIC_TYPES,
     UNCONVERTIBLE_MODULES,
+    constant_value,
     describe_call,
     free_submodule_name,
+    is_noisy_quant_call,
     is_relu_call,
     is_unconvertible_call,
     module_calls,
+    noisy_quant_arguments,
     number_call_sites,
     site_name,
     trace,
@@ -58,7 +62,8 @@ _META_FUNCTIONS = (operator.getitem, operator.add, operator.sub, operator.mul, o
 def to_snn(model: nn.Module, T: int, chunk: Optional[int] = None, *, fold_bn: bool = True, allow_maxpool: bool = False):
     """Convert a network with NoisyQuant activations into a multi-step SNN.
 
-    Each NoisyQuant call site becomes an ``IFLayer`` (θ = λ, per channel where λ is,
+    Each NoisyQuant call site, and each ``na_kernels.noisy_quant(x, p, lam)`` call in a forward
+    (λ a float or a parameter / buffer, evaluated at conversion), becomes an ``IFLayer`` (θ = λ, per channel where λ is,
     ``v_init = 0.5``, subtractive reset, spike amplitude θ, so no weight needs rescaling); a
     constant input x then gives ``count = clamp(floor(x*T/θ + 0.5), 0, T)`` spikes and a mean
     output ``count*θ/T``, the quantized ANN's ``q*λ/p`` at T = p. BatchNorm is folded into the
@@ -134,23 +139,76 @@ def _check_convertible(gm: fx.GraphModule, allow_maxpool: bool) -> None:
 
 
 def _place_if_layers(gm: fx.GraphModule) -> Dict[fx.Node, str]:
-    """Replace each NoisyQuant call site by its own ``IFLayer`` (θ = a = λ, p from the NoisyQuant).
+    """Replace each activation site by its own ``IFLayer`` (θ = a = λ): each NoisyQuant call
+    (p from the module) and each functional ``noisy_quant(x, p, lam)`` call (p and λ evaluated
+    from the call's arguments: constants, parameters or buffers).
 
-    A NoisyQuant called at n sites gives n IF layers, ``<name>``, ``<name>_call2``, ...
+    A NoisyQuant called at n sites gives n IF layers, ``<name>``, ``<name>_call2``, ...; a
+    functional call is named like the call site (``<owner module>.<node name>``).
     Returns IF node -> IF layer name, in graph order.
     """
-    calls = number_call_sites(module_calls(gm, NoisyQuant))
-    sites = [(node, site, gm.get_submodule(node.target)) for node, site in calls]  # before any is replaced
+    calls = dict(number_call_sites(module_calls(gm, NoisyQuant)))
+    sites = []  # (node, name, λ, p), in graph order, before any is replaced
+    for node in gm.graph.nodes:
+        if node in calls:
+            quant = gm.get_submodule(node.target)
+            sites.append((node, calls[node], quant.lam, quant.p))
+        elif is_noisy_quant_call(node):
+            sites.append((node, site_name(node)) + _functional_site(gm, node))
     if not sites:
-        raise ValueError("to_snn found no NoisyQuant activation in the model: run replace_activations first")
+        raise ValueError(
+            "to_snn found no NoisyQuant activation (module or noisy_quant() call) in the model: "
+            "run replace_activations first"
+        )
     if_nodes: Dict[fx.Node, str] = {}
-    for node, site, quant in sites:
-        target = site if site == node.target else free_submodule_name(gm, site)
-        layer = IFLayer(target, quant.lam, quant.p)
-        node.target = target
+    for node, site, lam, p in sites:
+        target = site if node.op == "call_module" and site == node.target else free_submodule_name(gm, site)
+        gm.add_submodule(target, IFLayer(target, lam, p))
+        if node.op == "call_module":
+            node.target = target
+        else:
+            x = noisy_quant_arguments(node)["x"]
+            with gm.graph.inserting_before(node):
+                layer_node = gm.graph.call_module(target, (x,))
+            layer_node.meta = dict(node.meta)
+            node.replace_all_uses_with(layer_node)
+            _erase_with_unused_inputs(gm.graph, node)
+            node = layer_node
         if_nodes[node] = target
-        gm.add_submodule(target, layer)
     return if_nodes
+
+
+def _functional_site(gm: fx.GraphModule, node: fx.Node):
+    """``(λ as a float32 tensor, p)`` of a traced ``noisy_quant`` call; ValueError naming the node
+    when they depend on the input or the call cannot be an IF layer."""
+    where = f"{site_name(node)}: noisy_quant()"
+    arguments = noisy_quant_arguments(node)
+    p = constant_value(gm, arguments["p"], where + " p")
+    lam = constant_value(gm, arguments["lam"], where + " lam")
+    shift = constant_value(gm, arguments["shift"], where + " shift")
+    p = check_levels(p, name=f"{where} p")
+    if shift != 0.5:
+        raise ValueError(
+            f"{where} has shift={shift}: an IF layer starts at v_init = θ/2, which is shift 0.5; "
+            "train with shift=0.5 to convert"
+        )
+    if not isinstance(lam, torch.Tensor):
+        lam = torch.tensor(check_positive(f"{where} lam", lam), dtype=torch.float32)
+    if lam.dim() > 1 or not bool(torch.isfinite(lam).all() & (lam > 0).all()):
+        raise ValueError(f"{where} lam must be a positive finite scalar or per-channel [C] tensor, got {lam}")
+    return lam.detach().to(torch.float32), p
+
+
+def _erase_with_unused_inputs(graph: fx.Graph, node: fx.Node) -> None:
+    """Erase ``node`` and then every input node (λ's expression) left without users, except placeholders."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current.users or current.op in ("placeholder", "output"):
+            continue
+        inputs = current.all_input_nodes
+        graph.erase_node(current)
+        stack.extend(inputs)
 
 
 def _add_time_repetition(gm: fx.GraphModule, if_nodes: Dict[fx.Node, str]) -> bool:

@@ -168,8 +168,7 @@ class NoisyQuant(nn.Module):
                     "(or set .lam) before evaluating or converting"
                 )
             self._auto_initialize(x)
-        noise = self.noise if self.training else None
-        return noisy_quant(x, self.p, self.lam, noise=noise, scale=self.scale)
+        return noisy_quant(x, self.p, self.lam, noise=self.noise, scale=self.scale, training=self.training)
 
     # ------------------------------------------------------------------ state dict
     def _load_from_state_dict(self, state_dict, prefix, *args):

@@ -19,6 +19,7 @@ from .fx_utils import (
     UNCONVERTIBLE_MODULES,
     describe_call,
     free_submodule_name,
+    is_noisy_quant_call,
     is_relu_call,
     is_unconvertible_call,
     set_submodule,
@@ -42,12 +43,15 @@ class ReplacementReport:
     replaced: ``(qualified name, what it was)`` for each new NoisyQuant.
     pooling: qualified names of MaxPool2d modules swapped for AvgPool2d.
     left: ``(qualified name, what it is, why)`` for each site left as it was.
+    kept: ``(qualified name, what it is)`` for each site that already is an activation the
+        converter takes (a NoisyQuant module, a functional ``noisy_quant`` call).
     functional_checked: whether forward code was traced for F.relu calls.
     """
 
     replaced: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
     pooling: List[str] = dataclasses.field(default_factory=list)
     left: List[Tuple[str, str, str]] = dataclasses.field(default_factory=list)
+    kept: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
     functional_checked: bool = True
 
     def __str__(self):
@@ -55,6 +59,9 @@ class ReplacementReport:
         lines += [f"  {name}: {kind}" for name, kind in self.replaced]
         if self.pooling:
             lines.append(f"replaced {len(self.pooling)} MaxPool2d with AvgPool2d: " + ", ".join(self.pooling))
+        if self.kept:
+            lines.append(f"kept {len(self.kept)} site(s) that already are quantized activations: "
+                         + ", ".join(f"{name} ({kind})" for name, kind in self.kept))
         if self.left:
             lines.append(f"left {len(self.left)} site(s) unconverted:")
             lines += [f"  {name}: {kind} ({why})" for name, kind, why in self.left]
@@ -183,7 +190,9 @@ def _swap_modules(model, make, sites, maxpool_to_avgpool):
         if not name:
             continue
         kind = type(module).__name__
-        if isinstance(module, nn.ReLU):
+        if isinstance(module, NoisyQuant):
+            sites.report.kept.append((name, kind))
+        elif isinstance(module, nn.ReLU):
             if type(module) is not nn.ReLU and _has_own_forward(module):
                 sites.unconvertible(name, f"{kind} (a ReLU subclass with its own forward)")
             elif not sites.skipped(name, kind):
@@ -212,6 +221,8 @@ def _rewrite_calls(model, make, sites):
                 rewrite.append(node)
         elif is_unconvertible_call(node):
             sites.unconvertible(site_name(node), describe_call(node))
+        elif is_noisy_quant_call(node):
+            sites.report.kept.append((site_name(node), "noisy_quant()"))
     sites.raise_problems()
     if not rewrite:
         return model
