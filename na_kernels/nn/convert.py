@@ -27,6 +27,8 @@ from .batchnorm import fold_batchnorm_graph
 from .fx_utils import (
     SYNAPTIC_TYPES,
     UNCONVERTIBLE_MODULES,
+    clip_call_level,
+    clip_module_level,
     constant_value,
     describe_call,
     free_submodule_name,
@@ -52,6 +54,11 @@ MAXPOOL_FUNCTIONS = (
     torch.max_pool1d, torch.max_pool2d, torch.max_pool3d,
 )
 STATEFUL_TYPES = (nn.RNNBase, nn.RNNCellBase)
+
+_NO_EQUIVALENT = (
+    "no IF-neuron equivalent, replace_activations cannot convert it either: use ReLU / ReLU6 / "
+    "Hardtanh(0, a) there and retrain"
+)
 
 _PARAM, _BATCH, _VARYING = 0, 1, 2  # what a graph value depends on: weights, the input, spikes
 _META_METHODS = ("size", "dim", "numel", "nelement", "stride")
@@ -119,8 +126,10 @@ def _check_convertible(gm: fx.GraphModule, allow_maxpool: bool) -> None:
             module = gm.get_submodule(node.target)
             if isinstance(module, NoisyQuant):
                 continue
-            if isinstance(module, nn.ReLU) or isinstance(module, UNCONVERTIBLE_MODULES):
+            if isinstance(module, nn.ReLU) or clip_module_level(module) is not None:
                 problems.append(f"{node.target}: {type(module).__name__} (run replace_activations first)")
+            elif isinstance(module, UNCONVERTIBLE_MODULES):
+                problems.append(f"{node.target}: {type(module).__name__} ({_NO_EQUIVALENT})")
             elif isinstance(module, MAXPOOL_TYPES) and not allow_maxpool:
                 problems.append(
                     f"{node.target}: {type(module).__name__} (max pooling has no rate-coded SNN equivalent: use "
@@ -129,8 +138,10 @@ def _check_convertible(gm: fx.GraphModule, allow_maxpool: bool) -> None:
             elif isinstance(module, STATEFUL_TYPES):
                 problems.append(f"{node.target}: {type(module).__name__} (a stateful layer cannot see a [T*B] batch)")
         elif node.op in ("call_function", "call_method"):
-            if is_relu_call(node) or is_unconvertible_call(node):
+            if is_relu_call(node) or clip_call_level(node) is not None:
                 problems.append(f"{site_name(node)}: {describe_call(node)} (run replace_activations first)")
+            elif is_unconvertible_call(node):
+                problems.append(f"{site_name(node)}: {describe_call(node)} ({_NO_EQUIVALENT})")
             elif node.op == "call_function" and node.target in MAXPOOL_FUNCTIONS and not allow_maxpool:
                 problems.append(f"{site_name(node)}: {describe_call(node)} (max pooling; see to_snn(allow_maxpool=))")
     if problems:

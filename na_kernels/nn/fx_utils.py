@@ -17,7 +17,8 @@ from .noisy_quant import NoisyQuant
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 SYNAPTIC_TYPES = CONV_TYPES + (nn.Linear,)  # the layers spikes reach through synapses
 
-# Activation modules with no IF-neuron equivalent (checked with isinstance, after nn.ReLU).
+# Activation modules with no IF-neuron equivalent (checked with isinstance, after nn.ReLU and the
+# clip activations ReLU6 / Hardtanh(0, a), which clip_module_level recognises first).
 UNCONVERTIBLE_MODULES = (
     nn.ReLU6, nn.Hardtanh, nn.GELU, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.SiLU,
     nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Threshold, nn.GLU,
@@ -104,6 +105,29 @@ def is_relu_call(node: fx.Node) -> bool:
 def is_unconvertible_call(node: fx.Node) -> bool:
     """A functional activation with no IF-neuron equivalent (``F.gelu``, ``torch.sigmoid``, ...)."""
     return _calls(node, UNCONVERTIBLE_FUNCTIONS, UNCONVERTIBLE_METHODS)
+
+
+def clip_module_level(module: nn.Module):
+    """The clip level a of a clip activation module (``nn.ReLU6``: 6, ``nn.Hardtanh(0, a)``: a),
+    None for anything else: ``clamp(x, 0, a)`` is NoisyQuant's clipped ReLU with λ = a."""
+    if type(module) in (nn.ReLU6, nn.Hardtanh) and module.min_val == 0 and module.max_val > 0:
+        return float(module.max_val)
+    return None
+
+
+def clip_call_level(node: fx.Node):
+    """The clip level of ``F.relu6(x)`` (6) or ``F.hardtanh(x, 0, a)`` (a, a constant > 0), else None."""
+    if node.op != "call_function":
+        return None
+    if node.target is F.relu6:
+        return 6.0
+    if node.target in (F.hardtanh, F.hardtanh_):
+        bounds = dict(zip(("input", "min_val", "max_val"), node.args))
+        bounds.update(node.kwargs)
+        low, high = bounds.get("min_val", -1.0), bounds.get("max_val", 1.0)
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) and low == 0 and high > 0:
+            return float(high)
+    return None
 
 
 def is_noisy_quant_call(node: fx.Node) -> bool:

@@ -1,9 +1,12 @@
 """replace_activations: swap a model's ReLUs for NoisyQuant, modules and functional calls.
 
-Module ReLUs (``nn.ReLU`` exactly) are swapped in place. ``F.relu`` / ``torch.relu`` /
+Module ReLUs (``nn.ReLU`` exactly) are swapped in place; so are the clip activations
+``nn.ReLU6`` and ``nn.Hardtanh(0, a)`` (and ``F.relu6`` / ``F.hardtanh(x, 0, a)`` calls):
+``clamp(x, 0, a)`` is NoisyQuant's clipped ReLU, so they become NoisyQuant with λ starting at
+the clip level a (6 for ReLU6) whatever ``lam`` says. ``F.relu`` / ``torch.relu`` /
 ``Tensor.relu`` calls live in ``forward`` code, which only ``torch.fx`` can rewrite: when
 there are any, the returned model is a ``torch.fx.GraphModule`` with a NoisyQuant submodule
-per call. Anything that cannot become an IF neuron (ReLU6, GELU, LeakyReLU, a ReLU subclass
+per call. Anything that cannot become an IF neuron (GELU, LeakyReLU, Hardtanh(-1, 1), a ReLU subclass
 with its own forward, ...) raises ``UnconvertibleActivationError`` listing every such site by
 its qualified name, unless the caller leaves it (``skip=`` names or
 ``allow_unconvertible=True``). Nothing is ever skipped silently.
@@ -17,6 +20,8 @@ from torch import nn
 
 from .fx_utils import (
     UNCONVERTIBLE_MODULES,
+    clip_call_level,
+    clip_module_level,
     describe_call,
     free_submodule_name,
     is_noisy_quant_call,
@@ -101,7 +106,8 @@ def replace_activations(
     allow_unconvertible: bool = False,
     trace_functional: bool = True,
 ):
-    """Replace every ReLU of ``model`` by ``NoisyQuant(p, lam, noise, scale, per_channel)``.
+    """Replace every ReLU of ``model`` by ``NoisyQuant(p, lam, noise, scale, per_channel)``, and
+    every clip activation (ReLU6, Hardtanh(0, a), F.relu6, F.hardtanh(x, 0, a)) by one with λ = a.
 
     Each replaced site computes ``y = clamp(floor(x*p/λ + scale*ε + 0.5), 0, p) * λ/p`` (shape of
     x) with its own λ; a ReLU module called at several sites stays one module (one λ) as before.
@@ -131,8 +137,8 @@ def replace_activations(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
 
-    def make():
-        return NoisyQuant(p, lam=lam, noise=noise, scale=scale, per_channel=per_channel)
+    def make(clip=None):  # a clip activation clamp(x, 0, a) starts from λ = a
+        return NoisyQuant(p, lam=lam if clip is None else clip, noise=noise, scale=scale, per_channel=per_channel)
 
     make()  # validate the arguments before touching the model
     sites = _Sites(skip, allow_unconvertible)
@@ -179,8 +185,9 @@ class _Sites:
             listing = "\n  ".join(self.problems)
             raise UnconvertibleActivationError(
                 f"{len(self.problems)} activation(s) cannot be converted to IF neurons:\n  {listing}\n"
-                "Replace them in the model (NoisyQuant is a ReLU), or leave them with "
-                "skip=[names] / allow_unconvertible=True"
+                "Replace them in the model by ReLU / ReLU6 / Hardtanh(0, a) and retrain, or leave them "
+                "with skip=[names] / allow_unconvertible=True to keep training the ANN as it is "
+                "(to_snn refuses them all the same: an SNN has no equivalent)"
             )
 
 
@@ -198,6 +205,11 @@ def _swap_modules(model, make, sites, maxpool_to_avgpool):
             elif not sites.skipped(name, kind):
                 set_submodule(model, name, make())
                 sites.report.replaced.append((name, kind))
+        elif clip_module_level(module) is not None:
+            clip = clip_module_level(module)
+            if not sites.skipped(name, kind):
+                set_submodule(model, name, make(clip))
+                sites.report.replaced.append((name, f"{kind} (λ = {clip:g})"))
         elif isinstance(module, UNCONVERTIBLE_MODULES):
             sites.unconvertible(name, kind)
         elif isinstance(module, FUNCTIONAL_ACTIVATION_HOLDERS) and not isinstance(module.activation, nn.Module):
@@ -216,9 +228,10 @@ def _rewrite_calls(model, make, sites):
     graph_module = trace(model)
     rewrite = []
     for node in graph_module.graph.nodes:
-        if is_relu_call(node):
+        clip = clip_call_level(node)
+        if is_relu_call(node) or clip is not None:
             if not sites.skipped(site_name(node), describe_call(node)):
-                rewrite.append(node)
+                rewrite.append((node, clip))
         elif is_unconvertible_call(node):
             sites.unconvertible(site_name(node), describe_call(node))
         elif is_noisy_quant_call(node):
@@ -226,15 +239,16 @@ def _rewrite_calls(model, make, sites):
     sites.raise_problems()
     if not rewrite:
         return model
-    for node in rewrite:
+    for node, clip in rewrite:
         target = free_submodule_name(graph_module, site_name(node))
-        graph_module.add_submodule(target, make())
+        graph_module.add_submodule(target, make(clip))
         with graph_module.graph.inserting_before(node):
             new = graph_module.graph.call_module(target, (node.args[0],))
         new.meta = dict(node.meta)
         node.replace_all_uses_with(new)
         graph_module.graph.erase_node(node)
-        sites.report.replaced.append((target, describe_call(node)))
+        kind = describe_call(node) if clip is None else f"{describe_call(node)} (λ = {clip:g})"
+        sites.report.replaced.append((target, kind))
     graph_module.graph.lint()
     graph_module.recompile()
     graph_module.train(model.training)
