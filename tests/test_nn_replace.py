@@ -1,4 +1,6 @@
 """replace_activations: module and functional ReLUs, unconvertible activations, pooling."""
+import copy
+
 import pytest
 import torch
 from torch import fx, nn
@@ -206,3 +208,33 @@ def test_mobilenet_v2_from_torchvision_converts():
     assert len(report.replaced) == 35 and all("λ = 6" in kind for _, kind in report.replaced)
     snn = to_snn(model.eval(), T=2)
     assert len(snn.if_layers) == 35
+
+
+def test_report_counts_call_sites_and_per_call_site_gives_each_its_own_lam():
+    from na_kernels.nn import to_snn
+
+    torch.manual_seed(0)
+    model, report = replace_activations(TinyResNet(), p=3)
+    assert "replaced 4 activation(s) at 7 call site(s)" in str(report)
+    assert report.call_sites == {"relu": 1, "layer1.0.relu": 2, "layer1.1.relu": 2, "layer2.0.relu": 2}
+    assert "layer1.0.relu: ReLU (called at 2 sites, one λ)" in str(report)
+
+    torch.manual_seed(0)
+    reference = TinyResNet().eval()
+    per_site, report = replace_activations(copy.deepcopy(reference), p=3, per_call_site=True)
+    assert isinstance(per_site, fx.GraphModule)
+    assert "replaced 7 activation(s) at 7 call site(s)" in str(report)
+    assert set(report.call_sites) == {"relu", "layer1.0.relu", "layer1.0.relu_call2", "layer1.1.relu",
+                                      "layer1.1.relu_call2", "layer2.0.relu", "layer2.0.relu_call2"}
+    assert count_noisy(per_site) == 7
+    per_site.eval()
+    x = torch.randn(2, 3, 8, 8)
+    shared_out = replace_activations(reference, p=3)[0](x)
+    torch.testing.assert_close(per_site(x), shared_out, rtol=0, atol=0)  # same λ everywhere to begin with
+    # the two sites of one ReLU now have two λ: changing one leaves the other
+    per_site.get_submodule("layer1.0.relu_call2").lam = 2.5
+    assert abs(float(per_site.get_submodule("layer1.0.relu").lam.detach()) - 8.0) < 1e-5
+    snn = to_snn(per_site, T=3)
+    thresholds = {name: float(layer.threshold) for name, layer in snn.if_layers.items()}
+    assert len(thresholds) == 7 and abs(thresholds["layer1.0.relu_call2"] - 2.5) < 1e-5
+    assert abs(thresholds["layer1.0.relu"] - 8.0) < 1e-5
