@@ -13,6 +13,7 @@ existing model), convert with ``to_snn``, run the ``SpikingNetwork`` it returns:
 Each public name's docstring carries its formula, arguments and shapes; the design is in
 ``docs/design.md``. Modules: ``noisy_quant`` (NoisyQuant), ``replace`` (replace_activations),
 ``convert`` (to_snn), ``if_layer`` (IFLayer), ``network`` (SpikingNetwork, TimeRepeat),
+``post_training`` (post_training_convert: a plain ReLU network without retraining),
 ``batchnorm`` (fold_batchnorm), ``stats`` (SynapseMeter, collect_statistics,
 format_statistics), ``calibrate`` (calibrate_thresholds), ``fx_utils`` (torch.fx helpers).
 """
@@ -22,11 +23,12 @@ from .convert import to_snn
 from .if_layer import IFLayer
 from .network import SpikingNetwork, TimeRepeat
 from .noisy_quant import NoisyQuant
+from .post_training import post_training_convert
 from .replace import ReplacementReport, UnconvertibleActivationError, replace_activations
 from .stats import SynapseMeter, collect_statistics, format_statistics
 
 __all__ = [
     "NoisyQuant", "replace_activations", "ReplacementReport", "UnconvertibleActivationError", "to_snn",
     "SpikingNetwork", "IFLayer", "SynapseMeter", "TimeRepeat", "fold_batchnorm", "calibrate_thresholds",
-    "collect_statistics", "format_statistics",
+    "collect_statistics", "format_statistics", "post_training_convert",
 ]
