@@ -9,7 +9,8 @@
    ``noisy_quant`` call (θ = λ, ``v_init = 0.5``);
 5. ``_add_time_repetition``: ``TimeRepeat`` where a value that is the same at every step
    (the input, the stem) meets one that varies (spikes), so the stem runs once;
-6. ``_add_synapse_meters``: a ``SynapseMeter`` before every conv/linear call;
+6. ``_add_synapse_meters``: a ``SynapseMeter`` before every conv/linear call (counting from
+   the IF layer's spike counts where it reads an IF output directly);
 7. ``_wrap``: recompile and wrap the graph in a ``SpikingNetwork`` with its report.
 """
 import copy
@@ -270,11 +271,33 @@ def _add_synapse_meters(gm: fx.GraphModule, if_nodes: Dict[fx.Node, str]) -> Non
     for index, (node, name) in enumerate(number_call_sites(synaptic_nodes)):
         sources = _upstream_if_layers(node, if_nodes, synaptic_set)
         meter = SynapseMeter(name, gm.get_submodule(node.target), sources, spike_driven=bool(sources))
+        direct = _reshaped_if_output(gm, node.args[0], if_nodes)
+        if direct is not None:
+            meter.count_from(gm.get_submodule(if_nodes[direct]))
         target = free_submodule_name(gm, f"synapse_meter_{index}")
         gm.add_submodule(target, meter)
         with graph.inserting_before(node):
             measured = graph.call_module(target, (node.args[0],))
         node.replace_input_with(node.args[0], measured)
+
+
+_RESHAPE_MODULES = (nn.Flatten, nn.Unflatten, nn.Identity)
+_RESHAPE_FUNCTIONS = (torch.flatten, torch.reshape)
+_RESHAPE_METHODS = ("view", "reshape", "flatten", "contiguous")
+
+
+def _reshaped_if_output(gm: fx.GraphModule, value, if_nodes):
+    """The IF node whose output ``value`` is, up to reshaping (flatten, view, ...), else None."""
+    while isinstance(value, fx.Node) and value not in if_nodes:
+        if value.op == "call_module" and type(gm.get_submodule(value.target)) in _RESHAPE_MODULES:
+            value = value.args[0]
+        elif value.op == "call_function" and value.target in _RESHAPE_FUNCTIONS:
+            value = value.args[0]
+        elif value.op == "call_method" and value.target in _RESHAPE_METHODS:
+            value = value.args[0]
+        else:
+            return None
+    return value if isinstance(value, fx.Node) else None
 
 
 def _wrap(gm: fx.GraphModule, T: int, chunk: Optional[int], *, if_layers: List[str], folded: List[str],

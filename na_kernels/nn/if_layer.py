@@ -24,7 +24,9 @@ class IFLayer(nn.Module):
     In "ann" mode the layer is the quantized ANN activation ``noisy_quant(x, p, λ, noise=None)``.
 
     Statistics of the runs since the last reset: ``spikes`` (total), ``neuron_steps``
-    (neurons x samples x steps), ``channel_spikes`` ([C]), ``neurons`` (per sample).
+    (neurons x samples x steps), ``channel_spikes`` ([C]), ``neurons`` (per sample), all from
+    the kernel's int32 spike counts (one reduction over ``[B, C, ...]`` per run, T times
+    smaller than the spikes), while ``record`` is True.
     """
 
     def __init__(self, name: str, lam: torch.Tensor, p: int, *, input_is_constant: bool = False):
@@ -77,6 +79,7 @@ class IFLayer(nn.Module):
         self.channel_spikes = None
         self.channel_neuron_steps = 0
         self.ann_channel_levels = None
+        self.last_counts = None  # the counts of the latest run, read by the SynapseMeters it feeds
 
     def reset_state(self):
         """Forget the membrane potential carried between chunks (the next run starts at v_init)."""
@@ -89,6 +92,7 @@ class IFLayer(nn.Module):
             if isinstance(state.get(key), torch.Tensor):
                 state[key] = state[key].cpu()
         state["v"] = None
+        state["last_counts"] = None
         return state
 
     def extra_repr(self):
@@ -125,19 +129,26 @@ class IFLayer(nn.Module):
             self._record_counts(counts, T)
         return spikes.reshape((-1,) + tuple(spikes.shape[2:]))
 
+    @torch.compiler.disable  # python counters: under torch.compile they must not become guards
     @torch.no_grad()
     def _record_counts(self, counts, T):
-        total = counts.sum(dtype=torch.int64)
-        self.spikes = total if self.spikes is None else self.spikes.to(total.device) + total
+        # from the kernel's int32 counts ([B, C, ...], T times smaller than the spikes): one
+        # reduction per channel, the rest from that
+        self.last_counts = counts
         per_sample = counts[0].numel() if counts.dim() > 0 and counts.shape[0] else 0
         self.neurons = per_sample
         self.neuron_steps += counts.numel() * T
         if counts.dim() >= 2:
-            channel = counts.transpose(0, 1).reshape(counts.shape[1], -1).sum(1, dtype=torch.int64)
+            dims = (0,) + tuple(range(2, counts.dim()))
+            channel = counts.sum(dim=dims, dtype=torch.int64)
+            total = channel.sum()
             if self.channel_spikes is not None:
                 channel = self.channel_spikes.to(channel.device) + channel
             self.channel_spikes = channel
             self.channel_neuron_steps += (counts.numel() // counts.shape[1]) * T
+        else:
+            total = counts.sum(dtype=torch.int64)
+        self.spikes = total if self.spikes is None else self.spikes.to(total.device) + total
 
     @torch.no_grad()
     def _record_levels(self, y, ndim):
