@@ -36,6 +36,7 @@ class IFLayer(nn.Module):
         self.p = int(p)
         self.register_buffer("threshold", lam.clone())
         self.register_buffer("amplitude", lam.clone())
+        self._derive_calibrated()
         self.input_is_constant = input_is_constant
         self.time_steps = 1
         self.mode = "snn"
@@ -54,14 +55,27 @@ class IFLayer(nn.Module):
     def calibrated(self) -> bool:
         """Whether θ differs from the amplitude λ (then spikes are emitted as 1 and scaled by λ).
 
-        Cached on the buffers' identity and version counters: no host sync per forward."""
-        key = (id(self.threshold), self.threshold._version, id(self.amplitude), self.amplitude._version)
-        if getattr(self, "_calibrated_key", None) != key:
-            self._calibrated_key = key
-            self._calibrated = self.threshold.shape != self.amplitude.shape or not torch.equal(
-                self.threshold, self.amplitude
-            )
+        Derived when ``threshold`` or ``amplitude`` is assigned (or loaded), not per forward:
+        no host sync per run, and under torch.compile a plain bool (no recompiles). An in-place
+        edit of either buffer (``layer.threshold.mul_(2)``) is seen through its version counter
+        in eager mode; under torch.compile assign a new tensor instead."""
+        if not torch.compiler.is_compiling() and self.__dict__.get("_calibrated_versions") != self._buffer_versions():
+            self._derive_calibrated()
         return self._calibrated
+
+    def _buffer_versions(self):
+        return (self.threshold._version, self.amplitude._version)
+
+    def _derive_calibrated(self):
+        self._calibrated = self.threshold.shape != self.amplitude.shape or not torch.equal(
+            self.threshold, self.amplitude
+        )
+        self._calibrated_versions = self._buffer_versions()
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name in ("threshold", "amplitude") and "amplitude" in self._buffers:
+            self._derive_calibrated()
 
     def _load_from_state_dict(self, state_dict, prefix, *args):
         # calibrated thresholds are per-channel: take the checkpoint's shape
@@ -70,6 +84,7 @@ class IFLayer(nn.Module):
             if isinstance(value, torch.Tensor) and value.shape != getattr(self, name).shape:
                 setattr(self, name, torch.empty_like(value, device=getattr(self, name).device))
         super()._load_from_state_dict(state_dict, prefix, *args)
+        self._derive_calibrated()
 
     def reset_statistics(self):
         """Forget the spike counts of earlier runs."""
