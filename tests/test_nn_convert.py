@@ -218,3 +218,58 @@ def test_functional_noisy_quant_lam_from_the_input_is_refused_by_name():
 
     with pytest.raises(ValueError, match=r"noisy_quant\(\) lam: the value depends on the model's input"):
         to_snn(Net(), T=3)
+
+
+class AfterSpikes(nn.Module):
+    """One IF site, then ``op`` on its spikes."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.fc = nn.Linear(6, 8)
+        self.act = NoisyQuant(3, lam=1.0, noise=None)
+        self.op = op
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        s = self.act(self.fc(x))
+        if self.op == "amax":
+            return s.amax(dim=1)
+        if self.op == "softmax":
+            return torch.softmax(self.head(s), dim=1)
+        if self.op == "product":
+            return self.head(s * s)
+        if self.op == "layernorm":
+            return self.head(self.norm(s))
+        if self.op == "linear":  # scaled, shifted, concatenated, averaged: all linear in time
+            y = torch.cat([s * 0.5, s / 2.0 - 1.0, 3 * s], dim=1)
+            return self.head(y.reshape(y.shape[0], 3, 8).mean(1) + x.sum(1, keepdim=True))
+        raise AssertionError(self.op)
+
+
+@pytest.mark.parametrize("op, named", [("amax", "Tensor.amax()"), ("softmax", "torch.softmax()"),
+                                       ("product", "mul"), ("layernorm", "norm: LayerNorm")])
+def test_an_operation_not_linear_in_time_after_spikes_raises_naming_the_node(op, named):
+    model = AfterSpikes(op).eval()
+    with pytest.raises(ValueError, match="not linear in time") as info:
+        to_snn(model, T=3)
+    assert named in str(info.value) and "allow_nonlinear_after_spikes=True" in str(info.value)
+
+
+def test_amax_after_spikes_converts_only_when_the_caller_opts_in():
+    torch.manual_seed(0)
+    model = AfterSpikes("amax").eval()
+    x = torch.randn(64, 6)
+    snn = to_snn(model, T=3, allow_nonlinear_after_spikes=True)
+    with torch.no_grad():
+        # the time average of a max is not the max of the quantized activation: what the check prevents
+        assert not torch.allclose(snn(x)[-1], model(x))
+
+
+def test_operations_linear_in_time_after_spikes_convert_exactly_at_T_equal_p():
+    torch.manual_seed(0)
+    model = AfterSpikes("linear").eval()
+    x = torch.randn(64, 6)
+    snn = to_snn(model, T=3)
+    with torch.no_grad():
+        torch.testing.assert_close(snn(x)[-1], model(x), rtol=1e-5, atol=1e-5)

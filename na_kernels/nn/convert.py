@@ -23,7 +23,7 @@ from torch import fx, nn
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .._validation import check_levels, check_positive, check_time_steps
+from .._validation import check_bool, check_levels, check_positive, check_time_steps
 from .batchnorm import fold_batchnorm_graph
 from .fx_utils import (
     SYNAPTIC_TYPES,
@@ -67,7 +67,8 @@ _META_ATTRS = ("shape", "ndim")
 _META_FUNCTIONS = (operator.getitem, operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv)
 
 
-def to_snn(model: nn.Module, T: int, chunk: Optional[int] = None, *, fold_bn: bool = True, allow_maxpool: bool = False):
+def to_snn(model: nn.Module, T: int, chunk: Optional[int] = None, *, fold_bn: bool = True, allow_maxpool: bool = False,
+           allow_nonlinear_after_spikes: bool = False):
     """Convert a network with NoisyQuant activations into a multi-step SNN.
 
     Each NoisyQuant call site, and each ``na_kernels.noisy_quant(x, p, lam)`` call in a forward
@@ -85,6 +86,17 @@ def to_snn(model: nn.Module, T: int, chunk: Optional[int] = None, *, fold_bn: bo
         fold_bn: fold BatchNorm into the preceding conv/linear (unfoldable ones stay, as the
             per-channel affine maps they are in eval mode).
         allow_maxpool: run max pooling on spikes as it is instead of raising.
+        allow_nonlinear_after_spikes: convert even where an operation that is not linear in
+            time reads spikes (see below) instead of raising.
+
+    What may follow an IF layer: the SNN's output is the time average of the network run on
+    spikes, which equals the ANN only through operations linear in time (``f(mean_t s_t) =
+    mean_t f(s_t)``): conv, linear, average pooling, flatten / reshape / view / indexing,
+    addition and subtraction, concatenation, dropout in eval, BatchNorm with running
+    statistics, multiplication or division by a value that does not depend on the spikes,
+    sum and mean, identity. Anything else reading spikes (``amax``/``max``, softmax, a product
+    of two spiking tensors, LayerNorm/GroupNorm, an activation that is not an IF layer, ...)
+    raises a ValueError naming the fx node, unless ``allow_nonlinear_after_spikes``.
 
     Returns:
         ``SpikingNetwork``; ``snn(x)`` with x ``[B, ...]`` returns ``[T, B, ...]``, ``out[t-1]``
@@ -92,6 +104,7 @@ def to_snn(model: nn.Module, T: int, chunk: Optional[int] = None, *, fold_bn: bo
 
     Raises:
         ValueError for T < 1, unconverted ReLU / GELU / ... sites, max pooling, stateful layers,
+        an operation not linear in time after an IF layer,
         a model with no NoisyQuant, or a NoisyQuant whose ``lam="auto"`` was never initialised.
     """
     T = check_time_steps("T", T)
@@ -100,6 +113,8 @@ def to_snn(model: nn.Module, T: int, chunk: Optional[int] = None, *, fold_bn: bo
     _check_convertible(gm, allow_maxpool)
     folded = fold_batchnorm_graph(gm) if fold_bn else []
     if_nodes = _place_if_layers(gm)
+    if not check_bool("allow_nonlinear_after_spikes", allow_nonlinear_after_spikes):
+        _check_linear_in_time(gm, if_nodes)
     stem_runs_once = _add_time_repetition(gm, if_nodes)
     _add_synapse_meters(gm, if_nodes)
     return _wrap(gm, T, chunk, if_layers=list(if_nodes.values()), folded=folded, stem_runs_once=stem_runs_once)
@@ -221,6 +236,89 @@ def _erase_with_unused_inputs(graph: fx.Graph, node: fx.Node) -> None:
         inputs = current.all_input_nodes
         graph.erase_node(current)
         stack.extend(inputs)
+
+
+_LINEAR_MODULES = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear,
+    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, IFLayer,
+)
+_LINEAR_FUNCTIONS = (
+    operator.add, operator.iadd, operator.sub, operator.isub, operator.neg, operator.pos, operator.getitem,
+    torch.add, torch.sub, torch.cat, torch.concat, torch.stack, torch.flatten, torch.reshape, torch.squeeze,
+    torch.unsqueeze, torch.transpose, torch.permute, torch.chunk, torch.split, torch.sum, torch.mean,
+    torch.neg, F.linear, F.conv1d, F.conv2d, F.conv3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.avg_pool1d, F.dropout, F.dropout1d,
+    F.dropout2d, F.dropout3d, getattr,
+)
+_LINEAR_METHODS = (
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "contiguous", "squeeze", "unsqueeze",
+    "transpose", "permute", "expand", "expand_as", "chunk", "split", "add", "add_", "sub", "sub_", "neg", "sum",
+    "mean", "to", "float", "half", "bfloat16", "type_as", "clone", "detach", "__getitem__",
+) + _META_METHODS
+_SCALING_FUNCTIONS = (operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div)
+_SCALING_METHODS = ("mul", "mul_", "div", "div_")
+
+
+def _check_linear_in_time(gm: fx.GraphModule, if_nodes: Dict[fx.Node, str]) -> None:
+    """Raise a ValueError naming every node that reads spikes (directly or through other ops)
+    and is not linear in time: the SNN's time average would not be the ANN's output there."""
+    kind, _ = _classify(gm.graph, if_nodes, input_varies=False)
+    problems = []
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "get_attr", "output") or node in if_nodes:
+            continue
+        varying = [i for i in node.all_input_nodes if kind.get(i) == _VARYING]
+        if not varying or _linear_in_time(gm, node, kind):
+            continue
+        if node.op == "call_module":
+            what = f"{node.target}: {type(gm.get_submodule(node.target)).__name__}"
+        else:
+            what = f"{site_name(node)}: {describe_call(node)}"
+        problems.append(what)
+    if problems:
+        listing = "\n  ".join(problems)
+        raise ValueError(
+            f"to_snn: {len(problems)} operation(s) after IF layers are not linear in time, so the SNN's "
+            f"time-averaged output would differ from the ANN's:\n  {listing}\n"
+            "Move them before the last activation or replace them by linear ones (avg instead of max "
+            "pooling, ...), or convert anyway with to_snn(..., allow_nonlinear_after_spikes=True)"
+        )
+
+
+def _linear_in_time(gm: fx.GraphModule, node: fx.Node, kind) -> bool:
+    """Whether ``node`` commutes with the time average over its spiking inputs."""
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        if isinstance(module, MAXPOOL_TYPES):
+            return True  # refused (or allowed) by _check_convertible already
+        if isinstance(module, _BatchNorm):
+            return module.track_running_stats and module.running_mean is not None and not module.training
+        return isinstance(module, _LINEAR_MODULES) or type(module).__name__ in ("SynapseMeter", "TimeRepeat")
+    if node.op == "call_function":
+        if node.target in MAXPOOL_FUNCTIONS:
+            return True
+        if node.target in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d):
+            return node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True) is False
+        if node.target in _SCALING_FUNCTIONS:
+            return _scaled_by_a_constant(node, kind)
+        return node.target in _LINEAR_FUNCTIONS
+    if node.op == "call_method":
+        if node.target in _SCALING_METHODS:
+            return _scaled_by_a_constant(node, kind)
+        return node.target in _LINEAR_METHODS
+    return False
+
+
+def _scaled_by_a_constant(node: fx.Node, kind) -> bool:
+    """``a * b`` / ``a / b`` with at most one spiking factor, never in a denominator."""
+    operands = list(node.args[:2]) + [node.kwargs[k] for k in ("other",) if k in node.kwargs]
+    spiking = [isinstance(a, fx.Node) and kind.get(a) == _VARYING for a in operands]
+    division = node.target in (operator.truediv, operator.itruediv, torch.div, "div", "div_")
+    if division:
+        return len(spiking) >= 2 and not spiking[1]
+    return sum(spiking) <= 1
 
 
 def _add_time_repetition(gm: fx.GraphModule, if_nodes: Dict[fx.Node, str]) -> bool:
