@@ -84,7 +84,10 @@ def to_snn(model: nn.Module, T: int, chunk: Optional[int] = None, *, fold_bn: bo
         T: default number of time steps, int >= 1.
         chunk: default chunk size (steps per kernel call), None for all T at once.
         fold_bn: fold BatchNorm into the preceding conv/linear (unfoldable ones stay, as the
-            per-channel affine maps they are in eval mode).
+            per-channel affine maps they are in eval mode). Folding changes pre-activations by
+            rounding only, but that can move one across a level boundary, so ``snn.ann(x)``
+            equals ``model(x)`` only up to such flips (``na_kernels.nn.batchnorm`` states the
+            bound exactly).
         allow_maxpool: run max pooling on spikes as it is instead of raising.
         allow_nonlinear_after_spikes: convert even where an operation that is not linear in
             time reads spikes (see below) instead of raising.
