@@ -117,3 +117,12 @@ def test_compiled_snn_compiles_once_per_shape():
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     torch.testing.assert_close(first, expected, rtol=0, atol=0)
     torch._dynamo.reset()
+
+
+def test_a_sparse_input_to_a_converted_network_is_refused_by_name():
+    snn = to_snn(nn.Sequential(nn.Linear(4, 4), NoisyQuant(3, lam=1.0)).eval(), T=2)
+    with pytest.raises(TypeError, match="must be a dense tensor.*to_dense"):
+        snn(torch.randn(3, 4).to_sparse())
+    layer = IFLayer("layer", torch.tensor(1.0), 3)
+    with pytest.raises(TypeError, match="IF layer layer: x must be a dense tensor"):
+        layer(torch.randn(2, 4).to_sparse())

@@ -48,6 +48,13 @@ def calibrate_thresholds(
         "best_iteration", "layers": {name: {"before", "after"}}}`` (per-layer relative errors).
         The SNN's statistics are reset afterwards.
     """
+    from .network import SpikingNetwork
+
+    if not isinstance(snn, SpikingNetwork):
+        raise TypeError(
+            f"snn must be a SpikingNetwork (what to_snn returns), got {type(snn).__name__}: "
+            "convert the trained model with na_kernels.nn.to_snn(model, T) and calibrate that"
+        )
     T = snn.T if T is None else check_time_steps("T", T)
     iterations = check_int("iterations", iterations, minimum=0)
     step_size = check_real("step_size", step_size, strictly_positive=True, maximum=1.0, accepted="a real in (0, 1]")

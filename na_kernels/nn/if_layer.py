@@ -4,6 +4,7 @@ from torch import nn
 
 from ..ops.integrate_fire import integrate_fire
 from ..ops.noisy_quant import noisy_quant
+from .noisy_quant import check_dense
 
 V_INIT = 0.5  # the initial membrane potential v_init, as a fraction of the threshold θ
 
@@ -119,6 +120,7 @@ class IFLayer(nn.Module):
 
     def forward(self, x):
         """``[T*B, C, ...]`` (or ``[B, C, ...]`` with ``input_is_constant``) -> spikes ``[T*B, C, ...]``."""
+        check_dense("x", x, f"IF layer {self.name}")
         if self.mode == "ann":
             y = noisy_quant(x, self.p, self.amplitude, noise=None)
             if self.record_ann_levels:

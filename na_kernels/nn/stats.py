@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from .._validation import check_real
 from .fx_utils import CONV_TYPES
+from .noisy_quant import check_dense
 
 
 class SynapseMeter(nn.Module):
@@ -80,6 +81,7 @@ class SynapseMeter(nn.Module):
 
     def forward(self, x):
         """The identity on ``x`` (``[rows, C, ...]``); counts its SOPs / MACs while ``record``."""
+        check_dense("x", x, f"the input of {self.name}")
         if self.record and isinstance(x, torch.Tensor):
             self._measure(x)
         return x
