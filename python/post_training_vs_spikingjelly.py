@@ -13,6 +13,14 @@ both calibrated on the training images, and print the test accuracy at T = 1, 2,
 spikingjelly --no-deps). Writes nothing.
 
     python python/post_training_vs_spikingjelly.py [--seeds 0 1 2] [--epochs 30]
+
+Measured (seeds 0, 1, 2, 30 epochs, CPU; test accuracy %, mean ± max - min):
+
+                                          T = 1        T = 2        T = 4        T = 8
+    ANN (ReLU)                          99.6 ± 0.2   99.6 ± 0.2   99.6 ± 0.2   99.6 ± 0.2
+    SpikingJelly 99.9% ch.-wise half-θ  88.2 ± 10.2  98.5 ± 1.1   99.4 ± 0.7   99.6 ± 0.2
+    post_training_convert               86.9 ± 9.6   98.0 ± 1.5   99.3 ± 0.2   99.5 ± 0.4
+    + calibrate_thresholds (per T)      86.9 ± 9.6   98.7 ± 0.4   99.3 ± 0.7   99.4 ± 0.4
 """
 import argparse
 import copy
