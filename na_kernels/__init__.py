@@ -1,8 +1,9 @@
 """na_kernels: fused kernels for noise-injected low-bit ANN training and ANN-to-SNN conversion.
 
 Public API (each function's docstring documents it; docs/design.md the design):
-    noisy_quant(x, p, lam=1.0, *, noise="uniform", scale=None, shift=0.5, seed=None)
-        noise-injected quantize-clip activation, straight-through backward (grad of lam too)
+    noisy_quant(x, p, lam=1.0, *, noise="uniform", scale=None, shift=0.5, seed=None, training=True)
+        noise-injected quantize-clip activation, straight-through backward (grad of lam too);
+        noise only while training is True, as F.dropout
     integrate_fire(x_seq, threshold=1.0, *, v_init=0.5, reset="subtract", amplitude="threshold",
                    surrogate="sigmoid", alpha=4.0, detach_reset=False, return_v=False)
         multi-step integrate-and-fire over [T, ...] with spike counts, surrogate-gradient BPTT

@@ -112,3 +112,38 @@ def prepared(model_class, p=4, noise=None, per_channel=False, batch=None):
 
 def relative_error(a, b):
     return ((a - b).norm() / b.norm()).item()
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block as torchvision writes it: 1x1 expand, 3x3 depthwise, 1x1 project, ReLU6."""
+
+    def __init__(self, cin, cout, stride, expand):
+        super().__init__()
+        hidden = cin * expand
+        self.use_residual = stride == 1 and cin == cout
+        self.conv = nn.Sequential(
+            nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_residual else self.conv(x)
+
+
+class TinyMobileNet(nn.Module):
+    """A MobileNetV2 in miniature: ReLU6 modules, a Hardtanh(0, 4), and F.relu6 in the head."""
+
+    def __init__(self, num_classes=5, width=8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU6())
+        self.blocks = nn.Sequential(InvertedResidual(width, width, 1, 2), InvertedResidual(width, 2 * width, 2, 2))
+        self.last = nn.Sequential(nn.Conv2d(2 * width, 4 * width, 1), nn.Hardtanh(0.0, 4.0))
+        self.fc1 = nn.Linear(4 * width, 16)
+        self.fc2 = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = self.last(self.blocks(self.stem(x)))
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.fc2(F.relu6(self.fc1(x)))

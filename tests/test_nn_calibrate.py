@@ -73,3 +73,9 @@ def test_bad_batch_leaves_thresholds_as_they_were():
     for name, layer in snn.if_layers.items():
         assert torch.equal(layer.threshold, thresholds[name])
     assert torch.equal(snn(x), before)
+
+
+def test_calibrating_something_that_is_not_an_snn_says_what_to_do():
+    for wrong in (torch.randn(3), nn.Linear(2, 2)):
+        with pytest.raises(TypeError, match="snn must be a SpikingNetwork .* to_snn"):
+            calibrate_thresholds(wrong, [torch.randn(2, 2)])

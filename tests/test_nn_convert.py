@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+import na_kernels
 from na_kernels.nn import NoisyQuant, replace_activations, to_snn
 from nn_models import BasicBlock, SmallCNN, TinyResNet, clipped_ann, prepared, randomize_batchnorm, relative_error
 
@@ -170,3 +171,105 @@ def test_package_models_convert(arch, shape):
     with torch.no_grad():
         out = snn(torch.randn(*shape))
     assert out.shape == (4, shape[0], 10) and torch.isfinite(out).all()
+
+
+class FunctionalQuantNet(nn.Module):
+    """The package's functional drop-in used in a forward: ``noisy_quant(self.c1(x), p, self.lam)``."""
+
+    def __init__(self, lam, p=3):
+        super().__init__()
+        self.p = p
+        self.c1 = nn.Conv2d(1, 4, 3, padding=1)
+        if isinstance(lam, torch.Tensor):
+            self.lam = nn.Parameter(lam.clone())
+        else:
+            self.lam = lam
+        self.fc = nn.Linear(4 * 16, 3)
+
+    def forward(self, x):
+        y = na_kernels.noisy_quant(self.c1(x), self.p, self.lam, training=self.training)
+        return self.fc(torch.flatten(y, 1))
+
+
+@pytest.mark.parametrize("lam", [1.25, torch.tensor(1.3), torch.tensor([1.0, 2.0, 1.5, 0.5])], ids=["float", "scalar", "per_channel"])
+def test_functional_noisy_quant_is_an_activation_site(lam):
+    torch.manual_seed(0)
+    model = FunctionalQuantNet(lam)
+    gm = torch.fx.symbolic_trace(model)  # the op's input check does not reject fx Proxies
+    assert [n.target for n in gm.graph.nodes if n.op == "call_function"].count(na_kernels.noisy_quant) == 1
+    _, report = replace_activations(copy.deepcopy(model), p=3)
+    assert report.kept == [("noisy_quant", "noisy_quant()")] and not report.replaced
+    snn = to_snn(model, T=3)
+    (layer,) = snn.if_layers.values()
+    expected = lam if isinstance(lam, torch.Tensor) else torch.tensor(lam)
+    torch.testing.assert_close(layer.threshold, expected, rtol=0, atol=0)
+    assert layer.p == 3
+    x = torch.randn(16, 1, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(snn.ann(x), model.eval()(x), rtol=0, atol=0)
+        # one hidden layer: lossless at T = p
+        torch.testing.assert_close(snn(x)[-1], model.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+def test_functional_noisy_quant_lam_from_the_input_is_refused_by_name():
+    class Net(nn.Module):
+        def forward(self, x):
+            return na_kernels.noisy_quant(x, 3, x.abs().amax() + 1, training=self.training)
+
+    with pytest.raises(ValueError, match=r"noisy_quant\(\) lam: the value depends on the model's input"):
+        to_snn(Net(), T=3)
+
+
+class AfterSpikes(nn.Module):
+    """One IF site, then ``op`` on its spikes."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.fc = nn.Linear(6, 8)
+        self.act = NoisyQuant(3, lam=1.0, noise=None)
+        self.op = op
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        s = self.act(self.fc(x))
+        if self.op == "amax":
+            return s.amax(dim=1)
+        if self.op == "softmax":
+            return torch.softmax(self.head(s), dim=1)
+        if self.op == "product":
+            return self.head(s * s)
+        if self.op == "layernorm":
+            return self.head(self.norm(s))
+        if self.op == "linear":  # scaled, shifted, concatenated, averaged: all linear in time
+            y = torch.cat([s * 0.5, s / 2.0 - 1.0, 3 * s], dim=1)
+            return self.head(y.reshape(y.shape[0], 3, 8).mean(1) + x.sum(1, keepdim=True))
+        raise AssertionError(self.op)
+
+
+@pytest.mark.parametrize("op, named", [("amax", "Tensor.amax()"), ("softmax", "torch.softmax()"),
+                                       ("product", "mul"), ("layernorm", "norm: LayerNorm")])
+def test_an_operation_not_linear_in_time_after_spikes_raises_naming_the_node(op, named):
+    model = AfterSpikes(op).eval()
+    with pytest.raises(ValueError, match="not linear in time") as info:
+        to_snn(model, T=3)
+    assert named in str(info.value) and "allow_nonlinear_after_spikes=True" in str(info.value)
+
+
+def test_amax_after_spikes_converts_only_when_the_caller_opts_in():
+    torch.manual_seed(0)
+    model = AfterSpikes("amax").eval()
+    x = torch.randn(64, 6)
+    snn = to_snn(model, T=3, allow_nonlinear_after_spikes=True)
+    with torch.no_grad():
+        # the time average of a max is not the max of the quantized activation: what the check prevents
+        assert not torch.allclose(snn(x)[-1], model(x))
+
+
+def test_operations_linear_in_time_after_spikes_convert_exactly_at_T_equal_p():
+    torch.manual_seed(0)
+    model = AfterSpikes("linear").eval()
+    x = torch.randn(64, 6)
+    snn = to_snn(model, T=3)
+    with torch.no_grad():
+        torch.testing.assert_close(snn(x)[-1], model(x), rtol=1e-5, atol=1e-5)

@@ -67,3 +67,62 @@ def test_ann_mode_is_the_deterministic_quantizer():
     layer.mode = "ann"
     x = torch.randn(4, 6) * 2
     torch.testing.assert_close(layer(x), na_kernels.noisy_quant(x, 3, 2.0, noise=None))
+
+
+def test_calibrated_follows_every_threshold_replacement_whatever_the_ids():
+    # CPython reuses the id of a freed tensor: a cache keyed on id() and _version returned the
+    # answer of an earlier threshold (the wrong spike amplitude, silently)
+    layer = IFLayer("layer", torch.tensor(1.0), 3)
+    x = torch.full((3, 1, 1), 0.9)  # [T*B, C, 1], T = 3, B = 1
+    layer.time_steps = 3
+    for _ in range(200):
+        layer.threshold = torch.tensor(1.0)  # = the amplitude: not calibrated
+        assert not layer.calibrated
+        layer.threshold = torch.tensor(0.5)
+        layer.threshold = torch.tensor(0.25)  # two replacements without a read in between
+        assert layer.calibrated
+        spikes = layer(x)
+        assert set(spikes.unique().tolist()) <= {0.0, 1.0}  # amplitude λ = 1, not θ = 0.25
+    layer.threshold.fill_(1.0)  # an in-place edit back to λ is seen (eager mode)
+    assert not layer.calibrated
+
+
+def test_compiled_snn_compiles_once_per_shape():
+    import torch._dynamo
+
+    from na_kernels.nn import replace_activations, to_snn
+    from nn_models import SmallCNN
+
+    torch._dynamo.reset()
+    compiles = []
+
+    def counting_backend(gm, example_inputs):
+        compiles.append(gm)
+        return gm.forward
+
+    torch.manual_seed(0)
+    model, _ = replace_activations(SmallCNN(width=4), p=3, lam=2.0)
+    snn = to_snn(model.eval(), T=3)
+    for layer in list(snn.if_layers.values())[:2]:
+        layer.threshold = layer.threshold * 0.9  # calibrated layers too
+    compiled = torch.compile(snn, backend=counting_backend)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = snn(x)
+        first = compiled(x)
+        after_first = len(compiles)
+        for _ in range(3):
+            out = compiled(x)
+    assert after_first >= 1 and len(compiles) == after_first  # no recompilation for the same shape
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    torch.testing.assert_close(first, expected, rtol=0, atol=0)
+    torch._dynamo.reset()
+
+
+def test_a_sparse_input_to_a_converted_network_is_refused_by_name():
+    snn = to_snn(nn.Sequential(nn.Linear(4, 4), NoisyQuant(3, lam=1.0)).eval(), T=2)
+    with pytest.raises(TypeError, match="must be a dense tensor.*to_dense"):
+        snn(torch.randn(3, 4).to_sparse())
+    layer = IFLayer("layer", torch.tensor(1.0), 3)
+    with pytest.raises(TypeError, match="IF layer layer: x must be a dense tensor"):
+        layer(torch.randn(2, 4).to_sparse())

@@ -212,3 +212,39 @@ def test_lam_set_before_the_first_forward_of_a_per_channel_module_is_kept(initia
     module.eval()(torch.ones(1, 4))
     torch.testing.assert_close(module.lam.detach(), torch.full((4,), 2.0), rtol=1e-6, atol=0)
     assert not module.auto_pending
+
+
+def test_functional_op_adds_noise_only_when_training_as_dropout():
+    x = torch.linspace(-1, 2, 1000)
+    quantized = na_kernels.noisy_quant(x, 3, 1.5, noise=None)
+    assert torch.equal(na_kernels.noisy_quant(x, 3, 1.5, seed=7, training=False), quantized)
+    assert not torch.equal(na_kernels.noisy_quant(x, 3, 1.5, seed=7), quantized)  # default training=True
+    assert torch.equal(na_kernels.noisy_quant(x, 3, 1.5, seed=7, training=True), na_kernels.noisy_quant(x, 3, 1.5, seed=7))
+    with pytest.raises(TypeError, match="training must be True or False"):
+        na_kernels.noisy_quant(x, 3, 1.5, training="eval")
+
+
+def test_unclear_errors_of_the_module_are_named():
+    import math
+
+    module = NoisyQuant(3)
+    with pytest.raises(TypeError, match="lam must be a positive number"):
+        module.lam = "x"
+    with pytest.raises(ValueError, match="per_channel=True"):
+        module.lam = [1.0, 2.0]
+    module.lam = torch.tensor([2.0])  # one number in a 1-element tensor is one number
+    assert abs(float(module.lam.detach()) - 2.0) < 1e-6
+    per_channel = NoisyQuant(3, per_channel=True, channels=2)
+    per_channel.lam = [1.0, 3.0]
+    torch.testing.assert_close(per_channel.lam.detach(), torch.tensor([1.0, 3.0]))
+    auto = NoisyQuant(3, lam="auto").train()
+    with pytest.raises(ValueError, match="first training batch, which is empty"):
+        auto(torch.randn(0, 4))
+    assert auto.auto_pending
+    with pytest.raises(ValueError, match="min_lam"):
+        NoisyQuant(3, min_lam=math.inf)
+    with pytest.raises(TypeError, match="NoisyQuant: x must be a dense tensor.*to_dense"):
+        NoisyQuant(3).eval()(torch.randn(4, 4).to_sparse())
+    nested = torch.nested.nested_tensor([torch.randn(2, 3), torch.randn(4, 3)], layout=torch.jagged)
+    with pytest.raises(TypeError, match="nested tensor"):
+        NoisyQuant(3).eval()(nested)

@@ -1,4 +1,6 @@
 """replace_activations: module and functional ReLUs, unconvertible activations, pooling."""
+import copy
+
 import pytest
 import torch
 from torch import fx, nn
@@ -62,11 +64,11 @@ def test_mixed_model_module_and_functional():
     assert result(torch.randn(2, 3, 16, 16)).shape == (2, 5)
 
 
-class WithRelu6(nn.Module):
+class WithUnconvertible(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(4, 4)
-        self.act = nn.ReLU6()
+        self.act = nn.Hardtanh()  # [-1, 1]: not a clip activation
         self.head = nn.Sequential(nn.Linear(4, 4), nn.GELU())
 
     def forward(self, x):
@@ -75,17 +77,17 @@ class WithRelu6(nn.Module):
 
 def test_unconvertible_modules_raise_with_their_names():
     with pytest.raises(UnconvertibleActivationError) as info:
-        replace_activations(WithRelu6(), p=3)
+        replace_activations(WithUnconvertible(), p=3)
     message = str(info.value)
-    assert "act: ReLU6" in message and "head.1: GELU" in message
+    assert "act: Hardtanh" in message and "head.1: GELU" in message
 
 
 def test_unconvertible_left_only_when_told():
-    model, report = replace_activations(WithRelu6(), p=3, skip=["act", "head.*"])
-    assert isinstance(model.act, nn.ReLU6)
+    model, report = replace_activations(WithUnconvertible(), p=3, skip=["act", "head.*"])
+    assert isinstance(model.act, nn.Hardtanh)
     assert {name for name, _, _ in report.left} == {"act", "head.1"}
     with pytest.warns(UserWarning, match="allow_unconvertible"):
-        model, report = replace_activations(WithRelu6(), p=3, allow_unconvertible=True)
+        model, report = replace_activations(WithUnconvertible(), p=3, allow_unconvertible=True)
     assert len(report.left) == 2
 
 
@@ -96,7 +98,7 @@ class MyReLU(nn.ReLU):
 
 class LeakyFunctional(nn.Module):
     def forward(self, x):
-        return F.leaky_relu(x) + F.relu6(x)
+        return F.leaky_relu(x) + F.hardtanh(x)
 
 
 def test_relu_subclass_and_functional_unconvertibles_raise():
@@ -104,7 +106,7 @@ def test_relu_subclass_and_functional_unconvertibles_raise():
         replace_activations(nn.Sequential(nn.Linear(2, 2), MyReLU()), p=3)
     with pytest.raises(UnconvertibleActivationError) as info:
         replace_activations(LeakyFunctional(), p=3)
-    assert "F.leaky_relu()" in str(info.value) and "F.relu6()" in str(info.value)
+    assert "F.leaky_relu()" in str(info.value) and "F.hardtanh()" in str(info.value)
 
 
 def test_skip_leaves_a_relu():
@@ -154,3 +156,85 @@ def test_transformer_layer_with_a_functional_activation_raises():
     layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16)
     with pytest.raises(UnconvertibleActivationError, match="calls relu internally"):
         replace_activations(nn.Sequential(layer), p=3)
+
+
+def test_clip_activations_become_noisy_quant_with_lam_at_the_clip_level():
+    from nn_models import TinyMobileNet, randomize_batchnorm
+
+    torch.manual_seed(0)
+    model = TinyMobileNet()
+    randomize_batchnorm(model)
+    model.eval()
+    x = torch.randn(4, 3, 16, 16)
+    reference = model(x)
+    converted, report = replace_activations(model, p=255, noise=None, lam=1.0)
+    kinds = dict(report.replaced)
+    assert kinds["stem.2"] == "ReLU6 (λ = 6)" and kinds["last.1"] == "Hardtanh (λ = 4)"
+    assert any(kind == "F.relu6() (λ = 6)" for kind in kinds.values())
+    assert len(report.replaced) == 7 and not report.left
+    lams = {name: float(m.lam.detach()) for name, m in converted.named_modules() if isinstance(m, NoisyQuant)}
+    assert sorted(set(round(v, 4) for v in lams.values())) == [4.0, 6.0]
+    # at p = 255 the quantized network is the clipped one to within half a step per layer
+    torch.testing.assert_close(converted.eval()(x), reference, rtol=0, atol=0.1)
+    from na_kernels.nn import to_snn
+
+    snn = to_snn(converted, T=4)
+    assert len(snn.if_layers) == 7
+    assert sorted({round(float(layer.threshold), 4) for layer in snn.if_layers.values()}) == [4.0, 6.0]
+
+
+def test_hardtanh_not_starting_at_zero_stays_unconvertible():
+    with pytest.raises(UnconvertibleActivationError, match=r"0: Hardtanh"):
+        replace_activations(nn.Sequential(nn.Hardtanh(-0.5, 2.0)), p=3)
+
+
+def test_allow_unconvertible_does_not_lead_back_to_replace_activations():
+    from na_kernels.nn import to_snn
+
+    with pytest.warns(UserWarning):
+        model, _ = replace_activations(WithUnconvertible(), p=3, allow_unconvertible=True)
+    with pytest.raises(ValueError) as info:
+        to_snn(model, T=3)
+    message = str(info.value)
+    assert "act: Hardtanh" in message and "head.1: GELU" in message
+    assert "run replace_activations first" not in message and "retrain" in message
+
+
+def test_mobilenet_v2_from_torchvision_converts():
+    torchvision = pytest.importorskip("torchvision")
+    from na_kernels.nn import to_snn
+
+    model, report = replace_activations(torchvision.models.mobilenet_v2(num_classes=10), p=3)
+    assert len(report.replaced) == 35 and all("λ = 6" in kind for _, kind in report.replaced)
+    snn = to_snn(model.eval(), T=2)
+    assert len(snn.if_layers) == 35
+
+
+def test_report_counts_call_sites_and_per_call_site_gives_each_its_own_lam():
+    from na_kernels.nn import to_snn
+
+    torch.manual_seed(0)
+    model, report = replace_activations(TinyResNet(), p=3)
+    assert "replaced 4 activation(s) at 7 call site(s)" in str(report)
+    assert report.call_sites == {"relu": 1, "layer1.0.relu": 2, "layer1.1.relu": 2, "layer2.0.relu": 2}
+    assert "layer1.0.relu: ReLU (called at 2 sites, one λ)" in str(report)
+
+    torch.manual_seed(0)
+    reference = TinyResNet().eval()
+    per_site, report = replace_activations(copy.deepcopy(reference), p=3, per_call_site=True)
+    assert isinstance(per_site, fx.GraphModule)
+    assert "replaced 7 activation(s) at 7 call site(s)" in str(report)
+    assert set(report.call_sites) == {"relu", "layer1.0.relu", "layer1.0.relu_call2", "layer1.1.relu",
+                                      "layer1.1.relu_call2", "layer2.0.relu", "layer2.0.relu_call2"}
+    assert count_noisy(per_site) == 7
+    per_site.eval()
+    x = torch.randn(2, 3, 8, 8)
+    shared_out = replace_activations(reference, p=3)[0](x)
+    torch.testing.assert_close(per_site(x), shared_out, rtol=0, atol=0)  # same λ everywhere to begin with
+    # the two sites of one ReLU now have two λ: changing one leaves the other
+    per_site.get_submodule("layer1.0.relu_call2").lam = 2.5
+    assert abs(float(per_site.get_submodule("layer1.0.relu").lam.detach()) - 8.0) < 1e-5
+    snn = to_snn(per_site, T=3)
+    thresholds = {name: float(layer.threshold) for name, layer in snn.if_layers.items()}
+    assert len(thresholds) == 7 and abs(thresholds["layer1.0.relu_call2"] - 2.5) < 1e-5
+    assert abs(thresholds["layer1.0.relu"] - 8.0) < 1e-5

@@ -120,3 +120,32 @@ def test_sops_of_a_grouped_strided_conv():
     synapse = {s["name"]: s for s in snn.statistics()["synapses"]}["2"]
     assert synapse["sops"] == pytest.approx(expected)
     assert synapse["macs_per_sample"] == 6 * 4 * 4 * 2 * 3 * 3
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_sops_read_from_the_spike_counts_equal_the_spike_tensor_count(calibrated):
+    from na_kernels.nn import SynapseMeter
+    from na_kernels.models import digits_cnn
+    from na_kernels.nn import replace_activations
+
+    torch.manual_seed(0)
+    model, _ = replace_activations(digits_cnn(), p=3, lam=1.0)
+    snn = to_snn(model.eval(), T=4, chunk=3)
+    if calibrated:  # spikes of amplitude λ from a threshold θ != λ
+        for layer in snn.if_layers.values():
+            layer.threshold = layer.threshold * 0.7
+    meters = {m.name: m for m in snn.network.modules() if isinstance(m, SynapseMeter)}
+    from_counts = {name for name, m in meters.items() if m.__dict__.get("_source")}
+    # the convs right after an IF layer and the last linear; those after pooling count the spikes
+    assert from_counts == {"features.3", "features.10", "classifier.3"}
+    x = torch.randn(6, 1, 8, 8)
+    with torch.no_grad():
+        snn(x)
+    fast = {s["name"]: s["sops"] for s in snn.statistics()["synapses"]}
+    for name in from_counts:
+        del meters[name].__dict__["_source"]
+    snn.reset_statistics()
+    with torch.no_grad():
+        snn(x)
+    exact = {s["name"]: s["sops"] for s in snn.statistics()["synapses"]}
+    assert fast == exact and sum(fast.values()) > 0

@@ -13,6 +13,8 @@ existing model), convert with ``to_snn``, run the ``SpikingNetwork`` it returns:
 Each public name's docstring carries its formula, arguments and shapes; the design is in
 ``docs/design.md``. Modules: ``noisy_quant`` (NoisyQuant), ``replace`` (replace_activations),
 ``convert`` (to_snn), ``if_layer`` (IFLayer), ``network`` (SpikingNetwork, TimeRepeat),
+``post_training`` (post_training_convert: a plain ReLU network without retraining),
+``limit`` (clipped_network = ``SpikingNetwork.clipped``: the SNN's T -> infinity limit),
 ``batchnorm`` (fold_batchnorm), ``stats`` (SynapseMeter, collect_statistics,
 format_statistics), ``calibrate`` (calibrate_thresholds), ``early_exit`` (ExitRule,
 run_early_exit = ``SpikingNetwork.run_early_exit``, evaluate_early_exit, exit_tradeoff,
@@ -27,11 +29,11 @@ from .early_exit import (EarlyExitResult, ExitRule, evaluate_early_exit, exit_tr
                          score_exits)
 from .if_layer import IFLayer
 from .if_node import IFNode
-
 from .limit import ClippedActivation, ClippedNetwork, clipped_network
 from .network import SpikingNetwork, TimeRepeat
 from .nir_export import NIRExportError, from_nir, to_nir
 from .noisy_quant import NoisyQuant
+from .post_training import post_training_convert
 from .serialize import SerializationError, load_snn, save_snn
 from .replace import ReplacementReport, UnconvertibleActivationError, replace_activations
 from .stats import SynapseMeter, collect_statistics, format_statistics
@@ -39,10 +41,8 @@ from .stats import SynapseMeter, collect_statistics, format_statistics
 __all__ = [
     "NoisyQuant", "replace_activations", "ReplacementReport", "UnconvertibleActivationError", "to_snn",
     "SpikingNetwork", "IFLayer", "SynapseMeter", "TimeRepeat", "fold_batchnorm", "calibrate_thresholds",
-    "collect_statistics", "format_statistics",
+    "collect_statistics", "format_statistics", "post_training_convert",
     "save_snn", "load_snn", "SerializationError", "IFNode", "to_nir", "from_nir", "NIRExportError",
     "ExitRule", "EarlyExitResult", "evaluate_early_exit", "exit_tradeoff", "format_tradeoff", "run_early_exit",
-    "score_exits",
-
-    "clipped_network", "ClippedNetwork", "ClippedActivation",  # limit: the SNN's T -> infinity limit
+    "score_exits", "clipped_network", "ClippedNetwork", "ClippedActivation",
 ]

@@ -5,6 +5,22 @@ In eval mode a BatchNorm is the per-channel affine map ``y = (x - μ) * γ/σ + 
 ``x = W a + b`` it folds into the layer's weights::
 
     W' = W * γ/σ   (per output channel),   b' = (b - μ) * γ/σ + β
+
+What is guaranteed (float32, u = 2^-24, n the fan-in: in_channels/groups x kernel size, or
+in_features). For the same input a, the folded pre-activation ``z' = W' a + b'`` and the
+unfolded ``z = BN(W a + b)`` agree elementwise to within
+
+    |z' - z| <= (2n + 16) * u * (|W'| |a| + |b'| + |β| + |(b - μ) γ/σ|)
+
+(``|W'| |a|`` the same conv/linear applied to |a| with |W'|): two rounded dot products plus a
+few roundings of the scale and shift. They are not equal in general, so a quantizer after the
+layer, ``q = clamp(floor(z p/λ + 1/2), 0, p)``, gives the same level on both sides except
+where ``z p/λ + 1/2`` lies within ``(p/λ)`` times that bound of an integer (a level boundary);
+there the level may differ by one (0.520030 -> 0.520029 across a boundary was seen on a
+trained resnet18). A flipped level changes every later layer's input, so ``snn.ann(x)`` and
+``model.eval()(x)`` agree to float rounding only when no pre-activation lies that close to a
+boundary; otherwise they can differ by more. ``fold_bn=False`` in ``to_snn`` keeps the
+BatchNorms (as per-channel affine maps) and the unfolded arithmetic.
 """
 import copy
 from typing import Dict, List, Optional
@@ -18,7 +34,8 @@ from .fx_utils import SYNAPTIC_TYPES, free_submodule_name, trace
 
 def fold_batchnorm(model: nn.Module) -> fx.GraphModule:
     """A copy of ``model`` (eval mode, traced by torch.fx) with each BatchNorm folded into the
-    conv/linear before it. Its output equals ``model.eval()(x)`` up to float rounding."""
+    conv/linear before it. Each folded layer's output equals the unfolded one to within the
+    bound in this module's docstring (not exactly: see there for what that means for levels)."""
     gm = trace(copy.deepcopy(model).eval())
     fold_batchnorm_graph(gm)
     return gm.eval()

@@ -19,7 +19,8 @@ import torch
 from .._validation import check_greater, check_int, check_real, check_time_steps
 
 
-def _inputs(batch):
+def calibration_inputs(batch):
+    """The input tuple of one calibration batch: a tensor, or the first item of an (inputs, labels) pair."""
     if isinstance(batch, torch.Tensor):
         return (batch,)
     if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
@@ -47,11 +48,18 @@ def calibrate_thresholds(
         "best_iteration", "layers": {name: {"before", "after"}}}`` (per-layer relative errors).
         The SNN's statistics are reset afterwards.
     """
+    from .network import SpikingNetwork
+
+    if not isinstance(snn, SpikingNetwork):
+        raise TypeError(
+            f"snn must be a SpikingNetwork (what to_snn returns), got {type(snn).__name__}: "
+            "convert the trained model with na_kernels.nn.to_snn(model, T) and calibrate that"
+        )
     T = snn.T if T is None else check_time_steps("T", T)
     iterations = check_int("iterations", iterations, minimum=0)
     step_size = check_real("step_size", step_size, strictly_positive=True, maximum=1.0, accepted="a real in (0, 1]")
     max_ratio = check_greater("max_ratio", max_ratio, 1.0, accepted="a real > 1")
-    batches = [_inputs(batch) for batch in batches]
+    batches = [calibration_inputs(batch) for batch in batches]
     if not batches:
         raise ValueError("calibrate_thresholds needs at least one batch")
     for index, inputs in enumerate(batches):  # before anything changes: bad input loses nothing

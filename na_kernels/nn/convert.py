@@ -5,10 +5,12 @@
 1. ``_traced_copy``: trace a deep copy in eval mode (the model itself is not modified);
 2. ``_check_convertible``: raise, naming every site, on what has no SNN equivalent;
 3. ``fold_batchnorm_graph``: fold each BatchNorm into the conv/linear before it;
-4. ``_place_if_layers``: one ``IFLayer`` per NoisyQuant call site (θ = λ, ``v_init = 0.5``);
+4. ``_place_if_layers``: one ``IFLayer`` per NoisyQuant call site and per functional
+   ``noisy_quant`` call (θ = λ, ``v_init = 0.5``);
 5. ``_add_time_repetition``: ``TimeRepeat`` where a value that is the same at every step
    (the input, the stem) meets one that varies (spikes), so the stem runs once;
-6. ``_add_synapse_meters``: a ``SynapseMeter`` before every conv/linear call;
+6. ``_add_synapse_meters``: a ``SynapseMeter`` before every conv/linear call (counting from
+   the IF layer's spike counts where it reads an IF output directly);
 7. ``_wrap``: recompile and wrap the graph in a ``SpikingNetwork`` with its report.
 """
 import copy
@@ -21,16 +23,21 @@ from torch import fx, nn
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .._validation import check_time_steps
+from .._validation import check_bool, check_levels, check_positive, check_time_steps
 from .batchnorm import fold_batchnorm_graph
 from .fx_utils import (
     SYNAPTIC_TYPES,
     UNCONVERTIBLE_MODULES,
+    clip_call_level,
+    clip_module_level,
+    constant_value,
     describe_call,
     free_submodule_name,
+    is_noisy_quant_call,
     is_relu_call,
     is_unconvertible_call,
     module_calls,
+    noisy_quant_arguments,
     number_call_sites,
     site_name,
     trace,
@@ -49,16 +56,23 @@ MAXPOOL_FUNCTIONS = (
 )
 STATEFUL_TYPES = (nn.RNNBase, nn.RNNCellBase)
 
+_NO_EQUIVALENT = (
+    "no IF-neuron equivalent, replace_activations cannot convert it either: use ReLU / ReLU6 / "
+    "Hardtanh(0, a) there and retrain"
+)
+
 _PARAM, _BATCH, _VARYING = 0, 1, 2  # what a graph value depends on: weights, the input, spikes
 _META_METHODS = ("size", "dim", "numel", "nelement", "stride")
 _META_ATTRS = ("shape", "ndim")
 _META_FUNCTIONS = (operator.getitem, operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv)
 
 
-def to_snn(model: nn.Module, T: int, chunk: Optional[int] = None, *, fold_bn: bool = True, allow_maxpool: bool = False):
+def to_snn(model: nn.Module, T: int, chunk: Optional[int] = None, *, fold_bn: bool = True, allow_maxpool: bool = False,
+           allow_nonlinear_after_spikes: bool = False):
     """Convert a network with NoisyQuant activations into a multi-step SNN.
 
-    Each NoisyQuant call site becomes an ``IFLayer`` (θ = λ, per channel where λ is,
+    Each NoisyQuant call site, and each ``na_kernels.noisy_quant(x, p, lam)`` call in a forward
+    (λ a float or a parameter / buffer, evaluated at conversion), becomes an ``IFLayer`` (θ = λ, per channel where λ is,
     ``v_init = 0.5``, subtractive reset, spike amplitude θ, so no weight needs rescaling); a
     constant input x then gives ``count = clamp(floor(x*T/θ + 0.5), 0, T)`` spikes and a mean
     output ``count*θ/T``, the quantized ANN's ``q*λ/p`` at T = p. BatchNorm is folded into the
@@ -70,8 +84,22 @@ def to_snn(model: nn.Module, T: int, chunk: Optional[int] = None, *, fold_bn: bo
         T: default number of time steps, int >= 1.
         chunk: default chunk size (steps per kernel call), None for all T at once.
         fold_bn: fold BatchNorm into the preceding conv/linear (unfoldable ones stay, as the
-            per-channel affine maps they are in eval mode).
+            per-channel affine maps they are in eval mode). Folding changes pre-activations by
+            rounding only, but that can move one across a level boundary, so ``snn.ann(x)``
+            equals ``model(x)`` only up to such flips (``na_kernels.nn.batchnorm`` states the
+            bound exactly).
         allow_maxpool: run max pooling on spikes as it is instead of raising.
+        allow_nonlinear_after_spikes: convert even where an operation that is not linear in
+            time reads spikes (see below) instead of raising.
+
+    What may follow an IF layer: the SNN's output is the time average of the network run on
+    spikes, which equals the ANN only through operations linear in time (``f(mean_t s_t) =
+    mean_t f(s_t)``): conv, linear, average pooling, flatten / reshape / view / indexing,
+    addition and subtraction, concatenation, dropout in eval, BatchNorm with running
+    statistics, multiplication or division by a value that does not depend on the spikes,
+    sum and mean, identity. Anything else reading spikes (``amax``/``max``, softmax, a product
+    of two spiking tensors, LayerNorm/GroupNorm, an activation that is not an IF layer, ...)
+    raises a ValueError naming the fx node, unless ``allow_nonlinear_after_spikes``.
 
     Returns:
         ``SpikingNetwork``; ``snn(x)`` with x ``[B, ...]`` returns ``[T, B, ...]``, ``out[t-1]``
@@ -79,6 +107,7 @@ def to_snn(model: nn.Module, T: int, chunk: Optional[int] = None, *, fold_bn: bo
 
     Raises:
         ValueError for T < 1, unconverted ReLU / GELU / ... sites, max pooling, stateful layers,
+        an operation not linear in time after an IF layer,
         a model with no NoisyQuant, or a NoisyQuant whose ``lam="auto"`` was never initialised.
     """
     T = check_time_steps("T", T)
@@ -87,6 +116,8 @@ def to_snn(model: nn.Module, T: int, chunk: Optional[int] = None, *, fold_bn: bo
     _check_convertible(gm, allow_maxpool)
     folded = fold_batchnorm_graph(gm) if fold_bn else []
     if_nodes = _place_if_layers(gm)
+    if not check_bool("allow_nonlinear_after_spikes", allow_nonlinear_after_spikes):
+        _check_linear_in_time(gm, if_nodes)
     stem_runs_once = _add_time_repetition(gm, if_nodes)
     _add_synapse_meters(gm, if_nodes)
     return _wrap(gm, T, chunk, if_layers=list(if_nodes.values()), folded=folded, stem_runs_once=stem_runs_once)
@@ -114,8 +145,10 @@ def _check_convertible(gm: fx.GraphModule, allow_maxpool: bool) -> None:
             module = gm.get_submodule(node.target)
             if isinstance(module, NoisyQuant):
                 continue
-            if isinstance(module, nn.ReLU) or isinstance(module, UNCONVERTIBLE_MODULES):
+            if isinstance(module, nn.ReLU) or clip_module_level(module) is not None:
                 problems.append(f"{node.target}: {type(module).__name__} (run replace_activations first)")
+            elif isinstance(module, UNCONVERTIBLE_MODULES):
+                problems.append(f"{node.target}: {type(module).__name__} ({_NO_EQUIVALENT})")
             elif isinstance(module, MAXPOOL_TYPES) and not allow_maxpool:
                 problems.append(
                     f"{node.target}: {type(module).__name__} (max pooling has no rate-coded SNN equivalent: use "
@@ -124,8 +157,10 @@ def _check_convertible(gm: fx.GraphModule, allow_maxpool: bool) -> None:
             elif isinstance(module, STATEFUL_TYPES):
                 problems.append(f"{node.target}: {type(module).__name__} (a stateful layer cannot see a [T*B] batch)")
         elif node.op in ("call_function", "call_method"):
-            if is_relu_call(node) or is_unconvertible_call(node):
+            if is_relu_call(node) or clip_call_level(node) is not None:
                 problems.append(f"{site_name(node)}: {describe_call(node)} (run replace_activations first)")
+            elif is_unconvertible_call(node):
+                problems.append(f"{site_name(node)}: {describe_call(node)} ({_NO_EQUIVALENT})")
             elif node.op == "call_function" and node.target in MAXPOOL_FUNCTIONS and not allow_maxpool:
                 problems.append(f"{site_name(node)}: {describe_call(node)} (max pooling; see to_snn(allow_maxpool=))")
     if problems:
@@ -134,23 +169,159 @@ def _check_convertible(gm: fx.GraphModule, allow_maxpool: bool) -> None:
 
 
 def _place_if_layers(gm: fx.GraphModule) -> Dict[fx.Node, str]:
-    """Replace each NoisyQuant call site by its own ``IFLayer`` (θ = a = λ, p from the NoisyQuant).
+    """Replace each activation site by its own ``IFLayer`` (θ = a = λ): each NoisyQuant call
+    (p from the module) and each functional ``noisy_quant(x, p, lam)`` call (p and λ evaluated
+    from the call's arguments: constants, parameters or buffers).
 
-    A NoisyQuant called at n sites gives n IF layers, ``<name>``, ``<name>_call2``, ...
+    A NoisyQuant called at n sites gives n IF layers, ``<name>``, ``<name>_call2``, ...; a
+    functional call is named like the call site (``<owner module>.<node name>``).
     Returns IF node -> IF layer name, in graph order.
     """
-    calls = number_call_sites(module_calls(gm, NoisyQuant))
-    sites = [(node, site, gm.get_submodule(node.target)) for node, site in calls]  # before any is replaced
+    calls = dict(number_call_sites(module_calls(gm, NoisyQuant)))
+    sites = []  # (node, name, λ, p), in graph order, before any is replaced
+    for node in gm.graph.nodes:
+        if node in calls:
+            quant = gm.get_submodule(node.target)
+            sites.append((node, calls[node], quant.lam, quant.p))
+        elif is_noisy_quant_call(node):
+            sites.append((node, site_name(node)) + _functional_site(gm, node))
     if not sites:
-        raise ValueError("to_snn found no NoisyQuant activation in the model: run replace_activations first")
+        raise ValueError(
+            "to_snn found no NoisyQuant activation (module or noisy_quant() call) in the model: "
+            "run replace_activations first"
+        )
     if_nodes: Dict[fx.Node, str] = {}
-    for node, site, quant in sites:
-        target = site if site == node.target else free_submodule_name(gm, site)
-        layer = IFLayer(target, quant.lam, quant.p)
-        node.target = target
+    for node, site, lam, p in sites:
+        target = site if node.op == "call_module" and site == node.target else free_submodule_name(gm, site)
+        gm.add_submodule(target, IFLayer(target, lam, p))
+        if node.op == "call_module":
+            node.target = target
+        else:
+            x = noisy_quant_arguments(node)["x"]
+            with gm.graph.inserting_before(node):
+                layer_node = gm.graph.call_module(target, (x,))
+            layer_node.meta = dict(node.meta)
+            node.replace_all_uses_with(layer_node)
+            _erase_with_unused_inputs(gm.graph, node)
+            node = layer_node
         if_nodes[node] = target
-        gm.add_submodule(target, layer)
     return if_nodes
+
+
+def _functional_site(gm: fx.GraphModule, node: fx.Node):
+    """``(λ as a float32 tensor, p)`` of a traced ``noisy_quant`` call; ValueError naming the node
+    when they depend on the input or the call cannot be an IF layer."""
+    where = f"{site_name(node)}: noisy_quant()"
+    arguments = noisy_quant_arguments(node)
+    p = constant_value(gm, arguments["p"], where + " p")
+    lam = constant_value(gm, arguments["lam"], where + " lam")
+    shift = constant_value(gm, arguments["shift"], where + " shift")
+    p = check_levels(p, name=f"{where} p")
+    if shift != 0.5:
+        raise ValueError(
+            f"{where} has shift={shift}: an IF layer starts at v_init = θ/2, which is shift 0.5; "
+            "train with shift=0.5 to convert"
+        )
+    if not isinstance(lam, torch.Tensor):
+        lam = torch.tensor(check_positive(f"{where} lam", lam), dtype=torch.float32)
+    if lam.dim() > 1 or not bool(torch.isfinite(lam).all() & (lam > 0).all()):
+        raise ValueError(f"{where} lam must be a positive finite scalar or per-channel [C] tensor, got {lam}")
+    return lam.detach().to(torch.float32), p
+
+
+def _erase_with_unused_inputs(graph: fx.Graph, node: fx.Node) -> None:
+    """Erase ``node`` and then every input node (λ's expression) left without users, except placeholders."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if current.users or current.op in ("placeholder", "output"):
+            continue
+        inputs = current.all_input_nodes
+        graph.erase_node(current)
+        stack.extend(inputs)
+
+
+_LINEAR_MODULES = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear,
+    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, IFLayer,
+)
+_LINEAR_FUNCTIONS = (
+    operator.add, operator.iadd, operator.sub, operator.isub, operator.neg, operator.pos, operator.getitem,
+    torch.add, torch.sub, torch.cat, torch.concat, torch.stack, torch.flatten, torch.reshape, torch.squeeze,
+    torch.unsqueeze, torch.transpose, torch.permute, torch.chunk, torch.split, torch.sum, torch.mean,
+    torch.neg, F.linear, F.conv1d, F.conv2d, F.conv3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.avg_pool1d, F.dropout, F.dropout1d,
+    F.dropout2d, F.dropout3d, getattr,
+)
+_LINEAR_METHODS = (
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "contiguous", "squeeze", "unsqueeze",
+    "transpose", "permute", "expand", "expand_as", "chunk", "split", "add", "add_", "sub", "sub_", "neg", "sum",
+    "mean", "to", "float", "half", "bfloat16", "type_as", "clone", "detach", "__getitem__",
+) + _META_METHODS
+_SCALING_FUNCTIONS = (operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div)
+_SCALING_METHODS = ("mul", "mul_", "div", "div_")
+
+
+def _check_linear_in_time(gm: fx.GraphModule, if_nodes: Dict[fx.Node, str]) -> None:
+    """Raise a ValueError naming every node that reads spikes (directly or through other ops)
+    and is not linear in time: the SNN's time average would not be the ANN's output there."""
+    kind, _ = _classify(gm.graph, if_nodes, input_varies=False)
+    problems = []
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "get_attr", "output") or node in if_nodes:
+            continue
+        varying = [i for i in node.all_input_nodes if kind.get(i) == _VARYING]
+        if not varying or _linear_in_time(gm, node, kind):
+            continue
+        if node.op == "call_module":
+            what = f"{node.target}: {type(gm.get_submodule(node.target)).__name__}"
+        else:
+            what = f"{site_name(node)}: {describe_call(node)}"
+        problems.append(what)
+    if problems:
+        listing = "\n  ".join(problems)
+        raise ValueError(
+            f"to_snn: {len(problems)} operation(s) after IF layers are not linear in time, so the SNN's "
+            f"time-averaged output would differ from the ANN's:\n  {listing}\n"
+            "Move them before the last activation or replace them by linear ones (avg instead of max "
+            "pooling, ...), or convert anyway with to_snn(..., allow_nonlinear_after_spikes=True)"
+        )
+
+
+def _linear_in_time(gm: fx.GraphModule, node: fx.Node, kind) -> bool:
+    """Whether ``node`` commutes with the time average over its spiking inputs."""
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        if isinstance(module, MAXPOOL_TYPES):
+            return True  # refused (or allowed) by _check_convertible already
+        if isinstance(module, _BatchNorm):
+            return module.track_running_stats and module.running_mean is not None and not module.training
+        return isinstance(module, _LINEAR_MODULES) or type(module).__name__ in ("SynapseMeter", "TimeRepeat")
+    if node.op == "call_function":
+        if node.target in MAXPOOL_FUNCTIONS:
+            return True
+        if node.target in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d):
+            return node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True) is False
+        if node.target in _SCALING_FUNCTIONS:
+            return _scaled_by_a_constant(node, kind)
+        return node.target in _LINEAR_FUNCTIONS
+    if node.op == "call_method":
+        if node.target in _SCALING_METHODS:
+            return _scaled_by_a_constant(node, kind)
+        return node.target in _LINEAR_METHODS
+    return False
+
+
+def _scaled_by_a_constant(node: fx.Node, kind) -> bool:
+    """``a * b`` / ``a / b`` with at most one spiking factor, never in a denominator."""
+    operands = list(node.args[:2]) + [node.kwargs[k] for k in ("other",) if k in node.kwargs]
+    spiking = [isinstance(a, fx.Node) and kind.get(a) == _VARYING for a in operands]
+    division = node.target in (operator.truediv, operator.itruediv, torch.div, "div", "div_")
+    if division:
+        return len(spiking) >= 2 and not spiking[1]
+    return sum(spiking) <= 1
 
 
 def _add_time_repetition(gm: fx.GraphModule, if_nodes: Dict[fx.Node, str]) -> bool:
@@ -201,11 +372,33 @@ def _add_synapse_meters(gm: fx.GraphModule, if_nodes: Dict[fx.Node, str]) -> Non
     for index, (node, name) in enumerate(number_call_sites(synaptic_nodes)):
         sources = _upstream_if_layers(node, if_nodes, synaptic_set)
         meter = SynapseMeter(name, gm.get_submodule(node.target), sources, spike_driven=bool(sources))
+        direct = _reshaped_if_output(gm, node.args[0], if_nodes)
+        if direct is not None:
+            meter.count_from(gm.get_submodule(if_nodes[direct]))
         target = free_submodule_name(gm, f"synapse_meter_{index}")
         gm.add_submodule(target, meter)
         with graph.inserting_before(node):
             measured = graph.call_module(target, (node.args[0],))
         node.replace_input_with(node.args[0], measured)
+
+
+_RESHAPE_MODULES = (nn.Flatten, nn.Unflatten, nn.Identity)
+_RESHAPE_FUNCTIONS = (torch.flatten, torch.reshape)
+_RESHAPE_METHODS = ("view", "reshape", "flatten", "contiguous")
+
+
+def _reshaped_if_output(gm: fx.GraphModule, value, if_nodes):
+    """The IF node whose output ``value`` is, up to reshaping (flatten, view, ...), else None."""
+    while isinstance(value, fx.Node) and value not in if_nodes:
+        if value.op == "call_module" and type(gm.get_submodule(value.target)) in _RESHAPE_MODULES:
+            value = value.args[0]
+        elif value.op == "call_function" and value.target in _RESHAPE_FUNCTIONS:
+            value = value.args[0]
+        elif value.op == "call_method" and value.target in _RESHAPE_METHODS:
+            value = value.args[0]
+        else:
+            return None
+    return value if isinstance(value, fx.Node) else None
 
 
 def _wrap(gm: fx.GraphModule, T: int, chunk: Optional[int], *, if_layers: List[str], folded: List[str],

@@ -1,6 +1,7 @@
 """torch.fx helpers shared by replace_activations, BatchNorm folding and to_snn.
 
-Tracing with NoisyQuant kept as a leaf, the names a node is reported by, matching calls
+Tracing with NoisyQuant kept as a leaf (and ``na_kernels.noisy_quant`` calls kept as one node),
+evaluating the weight-only arguments of a call (its λ), the names a node is reported by, matching calls
 against the tables of what can (ReLU) and cannot (ReLU6, GELU, ...) become an IF neuron,
 numbering the call sites of a module, and finding free submodule names.
 """
@@ -10,12 +11,14 @@ import torch
 from torch import fx, nn
 from torch.nn import functional as F
 
+from ..ops.noisy_quant import noisy_quant
 from .noisy_quant import NoisyQuant
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 SYNAPTIC_TYPES = CONV_TYPES + (nn.Linear,)  # the layers spikes reach through synapses
 
-# Activation modules with no IF-neuron equivalent (checked with isinstance, after nn.ReLU).
+# Activation modules with no IF-neuron equivalent (checked with isinstance, after nn.ReLU and the
+# clip activations ReLU6 / Hardtanh(0, a), which clip_module_level recognises first).
 UNCONVERTIBLE_MODULES = (
     nn.ReLU6, nn.Hardtanh, nn.GELU, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.SiLU,
     nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Threshold, nn.GLU,
@@ -102,6 +105,74 @@ def is_relu_call(node: fx.Node) -> bool:
 def is_unconvertible_call(node: fx.Node) -> bool:
     """A functional activation with no IF-neuron equivalent (``F.gelu``, ``torch.sigmoid``, ...)."""
     return _calls(node, UNCONVERTIBLE_FUNCTIONS, UNCONVERTIBLE_METHODS)
+
+
+def clip_module_level(module: nn.Module):
+    """The clip level a of a clip activation module (``nn.ReLU6``: 6, ``nn.Hardtanh(0, a)``: a),
+    None for anything else: ``clamp(x, 0, a)`` is NoisyQuant's clipped ReLU with λ = a."""
+    if type(module) in (nn.ReLU6, nn.Hardtanh) and module.min_val == 0 and module.max_val > 0:
+        return float(module.max_val)
+    return None
+
+
+def clip_call_level(node: fx.Node):
+    """The clip level of ``F.relu6(x)`` (6) or ``F.hardtanh(x, 0, a)`` (a, a constant > 0), else None."""
+    if node.op != "call_function":
+        return None
+    if node.target is F.relu6:
+        return 6.0
+    if node.target in (F.hardtanh, F.hardtanh_):
+        bounds = dict(zip(("input", "min_val", "max_val"), node.args))
+        bounds.update(node.kwargs)
+        low, high = bounds.get("min_val", -1.0), bounds.get("max_val", 1.0)
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) and low == 0 and high > 0:
+            return float(high)
+    return None
+
+
+def is_noisy_quant_call(node: fx.Node) -> bool:
+    """A call of the functional ``na_kernels.noisy_quant`` (an activation site, as NoisyQuant)."""
+    return node.op == "call_function" and node.target is noisy_quant
+
+
+def noisy_quant_arguments(node: fx.Node) -> dict:
+    """The arguments of a traced ``noisy_quant`` call by name (defaults filled in)."""
+    names = ("x", "p", "lam")
+    arguments = dict(lam=1.0, noise="uniform", scale=1.0, shift=0.5, seed=None, training=True)
+    arguments.update(zip(names, node.args))
+    arguments.update(node.kwargs)
+    return arguments
+
+
+def constant_value(gm: fx.GraphModule, value, where: str):
+    """The value of a graph argument that depends on the weights only (a parameter or buffer, an
+    expression of them such as ``softplus(raw) + c``, or a plain Python value), evaluated now.
+
+    Raises a ValueError naming ``where`` when it depends on the model's input."""
+
+    def evaluate(node):
+        if node.op == "get_attr":
+            obj = gm
+            for part in node.target.split("."):
+                obj = getattr(obj, part)
+            return obj
+        if node.op == "placeholder":
+            raise ValueError(
+                f"{where}: the value depends on the model's input ({node.name}); it must be a constant, "
+                "a parameter or a buffer (or an expression of them)"
+            )
+        args = fx.node.map_arg(node.args, evaluate)
+        kwargs = fx.node.map_arg(node.kwargs, evaluate)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        if node.op == "call_module":
+            return gm.get_submodule(node.target)(*args, **kwargs)
+        raise ValueError(f"{where}: cannot evaluate graph node {node.name} ({node.op})")
+
+    with torch.no_grad():
+        return fx.node.map_arg(value, evaluate)
 
 
 def module_calls(gm: fx.GraphModule, types) -> List[fx.Node]:

@@ -4,6 +4,7 @@ from torch import nn
 
 from ..ops.integrate_fire import integrate_fire
 from ..ops.noisy_quant import noisy_quant
+from .noisy_quant import check_dense
 
 V_INIT = 0.5  # the initial membrane potential v_init, as a fraction of the threshold θ
 
@@ -24,7 +25,9 @@ class IFLayer(nn.Module):
     In "ann" mode the layer is the quantized ANN activation ``noisy_quant(x, p, λ, noise=None)``.
 
     Statistics of the runs since the last reset: ``spikes`` (total), ``neuron_steps``
-    (neurons x samples x steps), ``channel_spikes`` ([C]), ``neurons`` (per sample).
+    (neurons x samples x steps), ``channel_spikes`` ([C]), ``neurons`` (per sample), all from
+    the kernel's int32 spike counts (one reduction over ``[B, C, ...]`` per run, T times
+    smaller than the spikes), while ``record`` is True.
     """
 
     def __init__(self, name: str, lam: torch.Tensor, p: int, *, input_is_constant: bool = False):
@@ -34,6 +37,7 @@ class IFLayer(nn.Module):
         self.p = int(p)
         self.register_buffer("threshold", lam.clone())
         self.register_buffer("amplitude", lam.clone())
+        self._derive_calibrated()
         self.input_is_constant = input_is_constant
         self.time_steps = 1
         self.mode = "snn"
@@ -52,14 +56,27 @@ class IFLayer(nn.Module):
     def calibrated(self) -> bool:
         """Whether θ differs from the amplitude λ (then spikes are emitted as 1 and scaled by λ).
 
-        Cached on the buffers' identity and version counters: no host sync per forward."""
-        key = (id(self.threshold), self.threshold._version, id(self.amplitude), self.amplitude._version)
-        if getattr(self, "_calibrated_key", None) != key:
-            self._calibrated_key = key
-            self._calibrated = self.threshold.shape != self.amplitude.shape or not torch.equal(
-                self.threshold, self.amplitude
-            )
+        Derived when ``threshold`` or ``amplitude`` is assigned (or loaded), not per forward:
+        no host sync per run, and under torch.compile a plain bool (no recompiles). An in-place
+        edit of either buffer (``layer.threshold.mul_(2)``) is seen through its version counter
+        in eager mode; under torch.compile assign a new tensor instead."""
+        if not torch.compiler.is_compiling() and self.__dict__.get("_calibrated_versions") != self._buffer_versions():
+            self._derive_calibrated()
         return self._calibrated
+
+    def _buffer_versions(self):
+        return (self.threshold._version, self.amplitude._version)
+
+    def _derive_calibrated(self):
+        self._calibrated = self.threshold.shape != self.amplitude.shape or not torch.equal(
+            self.threshold, self.amplitude
+        )
+        self._calibrated_versions = self._buffer_versions()
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name in ("threshold", "amplitude") and "amplitude" in self._buffers:
+            self._derive_calibrated()
 
     def _load_from_state_dict(self, state_dict, prefix, *args):
         # calibrated thresholds are per-channel: take the checkpoint's shape
@@ -68,6 +85,7 @@ class IFLayer(nn.Module):
             if isinstance(value, torch.Tensor) and value.shape != getattr(self, name).shape:
                 setattr(self, name, torch.empty_like(value, device=getattr(self, name).device))
         super()._load_from_state_dict(state_dict, prefix, *args)
+        self._derive_calibrated()
 
     def reset_statistics(self):
         """Forget the spike counts of earlier runs."""
@@ -77,6 +95,7 @@ class IFLayer(nn.Module):
         self.channel_spikes = None
         self.channel_neuron_steps = 0
         self.ann_channel_levels = None
+        self.last_counts = None  # the counts of the latest run, read by the SynapseMeters it feeds
 
     def reset_state(self):
         """Forget the membrane potential carried between chunks (the next run starts at v_init)."""
@@ -89,6 +108,7 @@ class IFLayer(nn.Module):
             if isinstance(state.get(key), torch.Tensor):
                 state[key] = state[key].cpu()
         state["v"] = None
+        state["last_counts"] = None
         return state
 
     def extra_repr(self):
@@ -100,6 +120,7 @@ class IFLayer(nn.Module):
 
     def forward(self, x):
         """``[T*B, C, ...]`` (or ``[B, C, ...]`` with ``input_is_constant``) -> spikes ``[T*B, C, ...]``."""
+        check_dense("x", x, f"IF layer {self.name}")
         if self.mode == "ann":
             y = noisy_quant(x, self.p, self.amplitude, noise=None)
             if self.record_ann_levels:
@@ -125,19 +146,26 @@ class IFLayer(nn.Module):
             self._record_counts(counts, T)
         return spikes.reshape((-1,) + tuple(spikes.shape[2:]))
 
+    @torch.compiler.disable  # python counters: under torch.compile they must not become guards
     @torch.no_grad()
     def _record_counts(self, counts, T):
-        total = counts.sum(dtype=torch.int64)
-        self.spikes = total if self.spikes is None else self.spikes.to(total.device) + total
+        # from the kernel's int32 counts ([B, C, ...], T times smaller than the spikes): one
+        # reduction per channel, the rest from that
+        self.last_counts = counts
         per_sample = counts[0].numel() if counts.dim() > 0 and counts.shape[0] else 0
         self.neurons = per_sample
         self.neuron_steps += counts.numel() * T
         if counts.dim() >= 2:
-            channel = counts.transpose(0, 1).reshape(counts.shape[1], -1).sum(1, dtype=torch.int64)
+            dims = (0,) + tuple(range(2, counts.dim()))
+            channel = counts.sum(dim=dims, dtype=torch.int64)
+            total = channel.sum()
             if self.channel_spikes is not None:
                 channel = self.channel_spikes.to(channel.device) + channel
             self.channel_spikes = channel
             self.channel_neuron_steps += (counts.numel() // counts.shape[1]) * T
+        else:
+            total = counts.sum(dtype=torch.int64)
+        self.spikes = total if self.spikes is None else self.spikes.to(total.device) + total
 
     @torch.no_grad()
     def _record_levels(self, y, ndim):

@@ -13,6 +13,7 @@ negative, its issue #10). For λ of a few units and more softplus is the identit
 precision and its slope is ~1, so training behaves as with a plain parameter there.
 """
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -23,6 +24,14 @@ from ..ops.noisy_quant import noisy_quant
 
 AUTO_PERCENTILE = 99.9
 _MAX_QUANTILE_ELEMENTS = 1 << 22  # torch.quantile refuses inputs above 2**24 elements
+
+
+def check_dense(name: str, x, where: str) -> None:
+    """A strided (dense), non-nested tensor: TypeError naming ``where`` and the fix otherwise."""
+    if isinstance(x, torch.Tensor) and getattr(x, "is_nested", False):
+        raise TypeError(f"{where}: {name} is a nested tensor; pad it first, e.g. torch.nested.to_padded_tensor({name}, 0.0)")
+    if isinstance(x, torch.Tensor) and x.layout != torch.strided:
+        raise TypeError(f"{where}: {name} must be a dense tensor, got layout {x.layout}; convert it with {name}.to_dense()")
 
 
 def _inverse_softplus(value: torch.Tensor) -> torch.Tensor:
@@ -99,7 +108,17 @@ class NoisyQuant(nn.Module):
 
     @lam.setter
     def lam(self, value):
-        value = torch.as_tensor(value, dtype=torch.float32, device=self.raw_lam.device)
+        if isinstance(value, str) or not isinstance(value, (numbers.Real, torch.Tensor, list, tuple)):
+            raise TypeError(f"lam must be a positive number, a tensor or (per channel) a list of numbers, got {value!r}")
+        try:
+            value = torch.as_tensor(value, dtype=torch.float32, device=self.raw_lam.device)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(f"lam must be a positive number, a tensor or (per channel) a list of numbers, "
+                            f"got {value!r} ({error})") from error
+        if value.dim() > 1 or (not self.per_channel and value.numel() != 1):
+            what = ("one number or a 1-D tensor, one per channel" if self.per_channel else
+                    "one number on a per-layer NoisyQuant (create it with per_channel=True for one λ per channel)")
+            raise ValueError(f"lam must be {what}, got shape {tuple(value.shape)}")
         if not bool(torch.all(torch.isfinite(value) & (value > self.min_lam))):
             raise ValueError(f"lam must be finite and > min_lam ({self.min_lam}), got {value}")
         with torch.no_grad():
@@ -108,7 +127,8 @@ class NoisyQuant(nn.Module):
             else:
                 if self.per_channel and value.dim() == 1 and value.numel() != self.raw_lam.numel():
                     self.raw_lam.data = torch.empty_like(value)
-                self.raw_lam.copy_(_inverse_softplus(value - self.min_lam).expand_as(self.raw_lam))
+                self.raw_lam.copy_(_inverse_softplus(value - self.min_lam).reshape(()).expand_as(self.raw_lam)
+                                   if value.numel() == 1 else _inverse_softplus(value - self.min_lam))
             self.lam_initialized.fill_(True)
         self._auto_pending = False
 
@@ -131,6 +151,11 @@ class NoisyQuant(nn.Module):
                 'NoisyQuant(lam="auto") must see its first training batch before the model is wrapped '
                 "in nn.DataParallel (replicas cannot write λ back): run one forward first"
             )
+        if x.numel() == 0:
+            raise ValueError(
+                f'NoisyQuant(lam="auto") sets λ from its first training batch, which is empty (shape '
+                f"{tuple(x.shape)}): run a non-empty batch first, or set .lam"
+            )
         activations = x.detach().clamp_min(0)
         if self.per_channel:
             rows = activations.transpose(0, 1).reshape(activations.shape[1], -1)
@@ -150,6 +175,7 @@ class NoisyQuant(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``clamp(floor(x*p/λ + scale*ε + 0.5), 0, p) * λ/p``, x's shape and dtype (ε only in training)."""
+        check_dense("x", x, "NoisyQuant")
         if self.per_channel:
             if x.dim() < 2:
                 raise ValueError(
@@ -169,8 +195,7 @@ class NoisyQuant(nn.Module):
                     "(or set .lam) before evaluating or converting"
                 )
             self._auto_initialize(x)
-        noise = self.noise if self.training else None
-        return noisy_quant(x, self.p, self.lam, noise=noise, scale=self.scale)
+        return noisy_quant(x, self.p, self.lam, noise=self.noise, scale=self.scale, training=self.training)
 
     # ------------------------------------------------------------------ state dict
     def _load_from_state_dict(self, state_dict, prefix, *args):

@@ -12,9 +12,10 @@ with ``lam`` a float32 or 16-bit tensor of one element or one per channel (dim 1
 ``args`` a ``_spec.NoisyQuantArgs``.
 """
 import torch
+from torch import fx
 
 from .._spec import Noise, NoisyQuantArgs
-from .._validation import (check_float_tensor, check_levels, check_noise, check_real, check_seed,
+from .._validation import (check_bool, check_float_tensor, check_levels, check_noise, check_real, check_seed,
                            positive_parameter_tensor, resolve_noise_scale)
 from ._registration import Op
 
@@ -56,12 +57,21 @@ def _seed_tensor(seed, device):
     return torch.full((1,), seed, dtype=torch.int64, device=device)
 
 
-def noisy_quant(x, p, lam=1.0, *, noise="uniform", scale=None, shift=0.5, seed=None):
+def noisy_quant(x, p, lam=1.0, *, noise="uniform", scale=None, shift=0.5, seed=None, training=True):
     """Noise-injected quantize-clip activation with a straight-through backward.
 
     ``y = clamp(floor(x * p / lam + scale * eps + shift), 0, p) * lam / p``, with
     ``eps ~ U(-0.5, 0.5)`` (``noise="uniform"``), ``N(0, 1)`` (``"gaussian"``) or 0
-    (``None`` or ``"none"``: QCFS exactly). ``eps`` is a pure function of (seed, flat index).
+    (``None`` or ``"none"``: QCFS exactly, and always when ``training`` is False).
+    ``eps`` is a pure function of (seed, flat index).
+
+    Train/eval: as ``F.dropout``, the functional form adds its noise only while ``training``
+    is True, and that is its default; in a module's forward pass ``training=self.training``
+    so evaluation is the deterministic quantizer (``NoisyQuant`` does this itself).
+
+    A call inside a module's forward is an activation site like ``NoisyQuant``: torch.fx
+    records it as one node (fx Proxies are not checked), ``to_snn`` turns it into an IF layer
+    with θ = its λ (a float, or a scalar / per-channel parameter or buffer of the model).
 
     Args:
         x: float32/float16/bfloat16 tensor of any shape (dim 1 is the channel dim).
@@ -75,14 +85,20 @@ def noisy_quant(x, p, lam=1.0, *, noise="uniform", scale=None, shift=0.5, seed=N
         shift: added before the floor (0.5 makes E[y] = clamp(x, 0, λ) with uniform noise).
         seed: None (drawn from torch's generator for x's device), an int, or a
             1-element int64 tensor.
+        training: True (default) adds the noise, False is the deterministic quantizer.
     Returns:
         y, a tensor with x's shape, dtype and device. grad_x = grad_y * [0 <= q_raw <= p].
     See docs/design.md for the design.
     """
+    if any(isinstance(value, fx.Proxy) for value in (x, p, lam, scale, shift, seed, training)):
+        # symbolic tracing: one graph node, checked when the traced graph runs
+        return _traced_call(x, p, lam, noise=noise, scale=scale, shift=shift, seed=seed, training=training)
     check_float_tensor("x", x)
     p = check_levels(p)
     lam = positive_parameter_tensor("lam", lam, x, 1, "x.shape[1]")
     noise = check_noise(noise)
+    if not check_bool("training", training):
+        noise = Noise.NONE  # as F.dropout: the noise belongs to training only
     args = NoisyQuantArgs(p=p, noise=noise, scale=resolve_noise_scale(scale, noise),
                           shift=check_real("shift", shift))
     if isinstance(lam, float):
@@ -93,3 +109,9 @@ def noisy_quant(x, p, lam=1.0, *, noise="uniform", scale=None, shift=0.5, seed=N
     else:
         seed_t = _seed_tensor(seed, x.device)
     return OP(x, lam, seed_t, args)
+
+
+def _traced_call(x, p, lam, **kwargs):
+    """The ``call_function`` node of a traced ``noisy_quant`` call (on the tracer of its Proxies)."""
+    proxy = next(v for v in (x, p, lam, *kwargs.values()) if isinstance(v, fx.Proxy))
+    return proxy.tracer.create_proxy("call_function", noisy_quant, (x, p, lam), kwargs)
