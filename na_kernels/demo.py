@@ -19,6 +19,7 @@ from .datasets import BatchLoader, ImageData, digits_split
 from .train import build_network, evaluate, evaluate_snn, make_optimizer, make_scheduler, train_epoch
 
 DEMO_TS = (1, 2, 4, 8, 16, 32, 64)
+DEMO_EXIT_CONFIDENCES = (0.9, 0.99, 0.999)  # the early-exit thresholds swept by default
 DEMO_VARIANTS = (("NoisyQuant (uniform noise)", Noise.UNIFORM.label), ("QCFS (no noise)", Noise.NONE.label))
 
 
@@ -67,6 +68,16 @@ def _snn_eval(model, test: ImageData, Ts: Sequence[int], batch_size: int, show: 
     return {"per_T": per_T, "curve": curve}
 
 
+def _early_exit_eval(model, test: ImageData, T_max: int, batch_size: int, confidences) -> List[Dict[str, Any]]:
+    """The per-sample early exit's trade-off on the test set: one row per confidence threshold
+    (``na_kernels.nn.exit_tradeoff``: accuracy, mean exit step, energy of the steps run)."""
+    from .nn import exit_tradeoff, to_snn
+
+    if not confidences:
+        return []
+    return exit_tradeoff(to_snn(model, T_max), BatchLoader(test, batch_size), list(confidences), T_max=T_max)
+
+
 def _limit_eval(model, test: ImageData) -> float:
     """Test accuracy of ``model``'s clipped network (every NoisyQuant site clamp(x, 0, λ)), evaluated like the ANN."""
     from .nn import clipped_network
@@ -105,6 +116,9 @@ def _demo_plot(results, path: str, Ts: Sequence[int], p: int) -> Optional[str]:
         ax.axhline(100 * r["ann_acc"], color=color, linestyle="--", linewidth=1, label=f"{r['name']}: ANN")
         ax.axhline(100 * r["limit_acc"], color=color, linestyle=":", linewidth=1.5,
                    label=f"{r['name']}: limit (clipped network)")
+        if r.get("early_exit"):
+            ax.plot([row["mean_exit_step"] for row in r["early_exit"]], [100 * row["accuracy"] for row in r["early_exit"]],
+                    "s", color=color, markerfacecolor="none", label=f"{r['name']}: early exit (mean steps)")
         ax2.plot(Ts, [r["snn"]["per_T"][T]["energy_ratio"] for T in Ts], "o-", color=color, label=r["name"])
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(Ts), [str(T) for T in Ts])
@@ -134,6 +148,8 @@ def cmd_demo(args) -> int:
         args.epochs = args.epochs or 3
         args.test_limit = args.test_limit or 200
     args.epochs = args.epochs or 15
+    if getattr(args, "exit_confidence", None) is None:
+        args.exit_confidence = list(DEMO_EXIT_CONFIDENCES)
     show = not args.no_progress
     # 8x8 images are too small to gain much from more threads, and extra threads spin-wait
     # badly on a busy machine: the demo runs on `--threads` (default 1) threads
@@ -164,9 +180,10 @@ def _demo(args, t0: float, show: bool) -> int:
         limit_acc = _limit_eval(model, test)
         t2 = time.time()
         snn = _snn_eval(model, test, Ts, args.eval_batch_size, show, f"SNN {name}")
+        early_exit = _early_exit_eval(model, test, max(Ts), args.eval_batch_size, args.exit_confidence)
         lams = [float(m.lam.detach()) for m in model.modules() if hasattr(m, "raw_lam")]
         results.append({"name": name, "noise": noise, "ann_acc": ann_acc, "limit_acc": limit_acc, "snn": snn,
-                        "lambda": lams,
+                        "early_exit": early_exit, "lambda": lams,
                         "history": trained["history"], "train_s": t_train, "snn_eval_s": time.time() - t2})
 
     table = _demo_table(results, Ts, energy_T)
@@ -189,6 +206,16 @@ def _demo(args, t0: float, show: bool) -> int:
               f"{_pct(accs[max(Ts)]).strip()} at T={max(Ts)}; its limit {_pct(r['limit_acc']).strip()}, "
               f"ANN {_pct(r['ann_acc']).strip()}")
     print(f"(one test image = {100 / len(test):.2f} points)")
+    if args.exit_confidence:
+        from .nn import format_tradeoff
+
+        print()
+        print(f"Per-sample early exit (T_max = {max(Ts)}): each image stops at the first step where the top "
+              "softmax probability of its mean logits reaches the threshold; the fixed-T columns are the "
+              "same SNN run for a fixed number of steps")
+        for r in results:
+            print(f"{r['name']}:")
+            print(format_tradeoff(r["early_exit"], r["snn"]["curve"]))
     os.makedirs(args.out, exist_ok=True)
     report = {
         "command": "na-kernels demo", "version": __version__, "seed": args.seed, "quick": bool(args.quick),
@@ -196,6 +223,7 @@ def _demo(args, t0: float, show: bool) -> int:
                     "test": len(test), "licence": "CC BY 4.0, see na_kernels/data/DIGITS_LICENSE.txt"},
         "model": "DigitsCNN", "p": args.p, "lam_init": args.lam, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "momentum": 0.9, "weight_decay": 5e-4, "T": list(Ts), "energy_T": energy_T,
+        "exit_confidence": list(args.exit_confidence),
         "results": [{k: (v if k != "snn" else {"per_T": {str(T): d for T, d in v["per_T"].items()},
                                                "acc_every_t": v["curve"]})
                      for k, v in r.items()} for r in results],

@@ -88,7 +88,7 @@ class TrainConfig:
     arch: str = "resnet20"
     p: int = 3  # quantization levels (3, 7, 15: 2-, 3-, 4-bit)
     noise: Optional[str] = "uniform"  # "uniform" (Noise Adaptor), "gaussian", "none" or None (QCFS)
-    lam: Union[float, str] = 8.0  # initial clip λ of every activation, or "auto": set from the first batch
+    lam: Union[float, str] = "auto"  # initial clip λ of every activation, or "auto": set from the first batch
     epochs: int = 300
     batch_size: int = 128  # per process
     lr: float = 0.1

@@ -15,7 +15,7 @@ def run(args, cwd):
 
 def test_train_then_convert_examples(tmp_path):
     out = run([os.path.join(ROOT, "python", "train_noisyquant.py"), "--epochs", "1"], tmp_path)
-    assert "replaced 3 activation(s) with NoisyQuant" in out
+    assert "replaced 3 activation(s) at 3 call site(s) with NoisyQuant" in out
     acc = float(out.strip().splitlines()[-2].split("test accuracy ")[1].rstrip("%"))
     assert acc > 80.0
     # the weights go to ./runs/ (git-ignored), never into the folder the script runs from
