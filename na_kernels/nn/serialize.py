@@ -71,7 +71,7 @@ _FUNCTION_MODULES = {"_operator": operator, "builtins": builtins, "math": math, 
 _MODULE_BASE_KEYS = frozenset(nn.Module().__dict__)
 _HOOK_KEYS = tuple(k for k in _MODULE_BASE_KEYS if k.endswith("hooks"))
 # per-run state and caches: not saved; restored to these values on load where the class has them
-_TRANSIENT = {"v": None, "_ones": None, "_calibrated_key": None, "_calibrated": None}
+_TRANSIENT = {"v": None, "_ones": None, "_calibrated_versions": None, "_calibrated": None}
 _RESTORED = {"na_kernels.nn.IFLayer": ("v",), "na_kernels.nn.SynapseMeter": ("_ones",)}
 _DTYPES = {str(d).replace("torch.", ""): d for d in (
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.int16, torch.int32, torch.int64,
@@ -116,10 +116,15 @@ def _resolve_class(name: str):
 # ---------------------------------------------------------------------------------- plain values
 
 
-def _encode(value, where):
-    """A graph argument or module attribute as plain data (fx nodes, slices, dtypes marked)."""
+def _encode(value, where, modules=None):
+    """A graph argument or module attribute as plain data (fx nodes, slices, dtypes marked; a
+    submodule of the network, e.g. a SynapseMeter's source IF layer, by its qualified name)."""
     if value is None:
         return value
+    if isinstance(value, nn.Module):
+        if modules is None or id(value) not in modules:
+            raise SerializationError(f"{where}: refers to a {type(value).__name__} that is not part of the network")
+        return {"__module__": modules[id(value)]}
     for plain in (bool, int, float, str):  # subclasses (TorchVersion, IntEnum, ...) as the plain type
         if isinstance(value, plain):
             return plain(value)
@@ -128,12 +133,12 @@ def _encode(value, where):
     if isinstance(value, torch.Size):
         return {"__size__": list(value)}
     if isinstance(value, (tuple, list)):
-        items = [_encode(v, where) for v in value]
+        items = [_encode(v, where, modules) for v in value]
         return tuple(items) if isinstance(value, tuple) else items
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return {"__dict__": [(k, _encode(v, where)) for k, v in value.items()]}
+        return {"__dict__": [(k, _encode(v, where, modules)) for k, v in value.items()]}
     if isinstance(value, (set, frozenset)):
-        return {"__set__": [_encode(v, where) for v in sorted(value, key=repr)]}
+        return {"__set__": [_encode(v, where, modules) for v in sorted(value, key=repr)]}
     if isinstance(value, slice):
         return {"__slice__": [_encode(value.start, where), _encode(value.stop, where), _encode(value.step, where)]}
     if value is Ellipsis:
@@ -147,13 +152,17 @@ def _encode(value, where):
     raise SerializationError(f"{where}: a value of type {type(value).__name__} ({value!r:.80}) is not plain data")
 
 
-def _decode(value, nodes=None):
+def _decode(value, nodes=None, modules=None):
     if isinstance(value, tuple):
-        return tuple(_decode(v, nodes) for v in value)
+        return tuple(_decode(v, nodes, modules) for v in value)
     if isinstance(value, list):
-        return [_decode(v, nodes) for v in value]
+        return [_decode(v, nodes, modules) for v in value]
     if not isinstance(value, dict):
         return value
+    if "__module__" in value:
+        if modules is None or value["__module__"] not in modules:
+            raise SerializationError(f"the file refers to module {value['__module__']!r}, which it does not hold")
+        return modules[value["__module__"]]
     if "__node__" in value:
         if nodes is None or value["__node__"] not in nodes:
             raise SerializationError(f"the file refers to fx node {value['__node__']!r} before or outside the graph")
@@ -161,9 +170,9 @@ def _decode(value, nodes=None):
     if "__size__" in value:
         return torch.Size(value["__size__"])
     if "__dict__" in value:
-        return {k: _decode(v, nodes) for k, v in value["__dict__"]}
+        return {k: _decode(v, nodes, modules) for k, v in value["__dict__"]}
     if "__set__" in value:
-        return set(_decode(v, nodes) for v in value["__set__"])
+        return set(_decode(v, nodes, modules) for v in value["__set__"])
     if "__slice__" in value:
         return slice(*(_decode(v, nodes) for v in value["__slice__"]))
     if "__ellipsis__" in value:
@@ -206,7 +215,7 @@ def _resolve_function(spelled):
 # ---------------------------------------------------------------------------------- save
 
 
-def _describe_module(name, module):
+def _describe_module(name, module, modules):
     where = f"module {name or '<root>'}"
     for key in _HOOK_KEYS:
         if getattr(module, key, None):
@@ -215,7 +224,7 @@ def _describe_module(name, module):
     for key, value in module.__dict__.items():
         if key in _MODULE_BASE_KEYS or key in _TRANSIENT or name == "":  # the root: the fx code is rebuilt
             continue
-        attributes[key] = _encode(value, f"{where}, attribute {key}")
+        attributes[key] = _encode(value, f"{where}, attribute {key}", modules)
     return dict(
         name=name,
         type="torch.nn.Module" if name == "" else _class_name(module, where),
@@ -253,6 +262,7 @@ def snn_record(snn) -> dict:
     if not isinstance(snn, SpikingNetwork):
         raise TypeError(f"save_snn expects a SpikingNetwork (from to_snn), got {type(snn).__name__}")
     gm = snn.network
+    names = {id(module): name for name, module in gm.named_modules()}
     attributes = {}
     for key, value in snn.__dict__.items():
         if key in _MODULE_BASE_KEYS or key in _TRANSIENT:
@@ -265,7 +275,7 @@ def snn_record(snn) -> dict:
         torch_version=str(torch.__version__),
         class_name=type(gm).__name__,
         graph=_describe_graph(gm.graph),
-        modules=[_describe_module(name, module) for name, module in gm.named_modules(remove_duplicate=False)],
+        modules=[_describe_module(name, module, names) for name, module in gm.named_modules(remove_duplicate=False)],
         attributes=attributes,
         training=snn.training,
     )
@@ -284,20 +294,32 @@ def save_snn(snn, path) -> None:
 # ---------------------------------------------------------------------------------- load
 
 
-def _build_module(record):
+def _refers_to_modules(value):
+    if isinstance(value, (tuple, list)):
+        return any(_refers_to_modules(v) for v in value)
+    return isinstance(value, dict) and ("__module__" in value or any(
+        _refers_to_modules(v) for v in (value.get("__dict__") or value.get("__set__") or ())))
+
+
+def _build_module(record, deferred):
     cls = nn.Module if record["type"] == "torch.nn.Module" else _resolve_class(record["type"])
     module = cls.__new__(cls)
     nn.Module.__init__(module)
     for key, value in record["attributes"].items():
         if key in _MODULE_BASE_KEYS:
             raise SerializationError(f"module {record['name']!r}: the file overrides nn.Module's own {key!r}")
-        module.__dict__[key] = _decode(value)
+        if _refers_to_modules(value):  # a reference to another module: set once all exist
+            deferred.append((module, key, value))
+        else:
+            module.__dict__[key] = _decode(value)
     for key, (tensor, requires_grad) in record["parameters"].items():
         module.register_parameter(key, nn.Parameter(tensor, requires_grad=requires_grad))
     for key, tensor in record["buffers"].items():
         module.register_buffer(key, tensor, persistent=key not in record["non_persistent"])
     for key in _RESTORED.get(record["type"], ()):
         module.__dict__[key] = _TRANSIENT[key]
+    if hasattr(module, "_derive_calibrated"):  # an IFLayer: its calibrated flag follows its buffers
+        module._derive_calibrated()
     module.train(record["training"])
     return module
 
@@ -341,14 +363,16 @@ def snn_from_record(record, where="the record"):
     """Rebuild the ``SpikingNetwork`` a ``snn_record`` describes."""
     from .network import SpikingNetwork
     _check_record(record, where)
-    modules = {}
+    modules, deferred = {}, []
     for entry in record["modules"]:
-        module = _build_module(entry)
+        module = _build_module(entry, deferred)
         name = entry["name"]
         if name:
             parent, _, child = name.rpartition(".")
             modules[parent].add_module(child, module)
         modules[name] = module
+    for module, key, value in deferred:
+        module.__dict__[key] = _decode(value, modules=modules)
     root = modules[""]
     graph = fx.Graph()
     nodes = {}
