@@ -210,9 +210,9 @@ def _targets(result):
         lines.append(f"- no threshold of the sweep is within {result['tolerance_points']} points of fixed T = "
                      f"{result['T']} ({100 * fixed:.2f} %): MISSED (try higher thresholds)")
         return lines
-    gap = 100 * (fixed - kept["accuracy"])
+    gap = 100 * (kept["accuracy"] - fixed)
     lines.append(f"- rule kept: {kept['rule']}: {100 * kept['accuracy']:.2f} % vs fixed T={result['T']} "
-                 f"{100 * fixed:.2f} % ({gap:+.2f} points below; within {result['tolerance_points']})")
+                 f"{100 * fixed:.2f} % ({gap:+.2f} points; at least -{result['tolerance_points']} allowed)")
     mean = kept["mean_exit_step"]
     lines.append(f"- mean exit step <= 4: {mean:.2f} — {'met' if mean <= 4 else 'MISSED'}")
     for w in result.get("wall", [])[1:]:

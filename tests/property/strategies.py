@@ -5,6 +5,8 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
+from na_kernels import cpu
+
 # per-dim sizes: 0, tiny, around 4 (a Philox block), 16 (AVX-512 lanes), 64, 256 (C++ noise batch)
 SMALL_DIMS = [0, 1, 1, 2, 3, 4, 5, 7, 8, 15, 16, 17, 31, 33, 64, 255, 257]
 # one long dim around Triton's 1024-element tile and the C++ kernels' 32768-element thread cut-over
@@ -131,3 +133,10 @@ def fill(shape, recipe, scale, ties, rng=None):
         pick = rng.random(n) < recipe["specials"]
         v = np.where(pick, pool[rng.integers(0, len(pool), n)], v)
     return v.reshape(shape).astype(np.float32)
+
+
+def simd_levels(backend):
+    """The C++ SIMD levels this CPU can run (None for the other backends: one pass)."""
+    if backend != "cpu":
+        return [None]
+    return list(cpu.SIMD_LEVELS[:cpu.SIMD_LEVELS.index(cpu.detected_simd_level()) + 1])

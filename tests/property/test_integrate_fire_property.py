@@ -54,12 +54,6 @@ BIG_EVERY = {"reference": 32, "cpu": 8, "triton": 8}
 ROUNDINGS_PER_STEP = 8
 
 
-def simd_levels(backend):
-    if backend != "cpu":
-        return [None]
-    return list(cpu.SIMD_LEVELS[:cpu.SIMD_LEVELS.index(cpu.detected_simd_level()) + 1])
-
-
 @st.composite
 def cases(draw, backend, tiny, dtypes):
     t_sizes = [1, 2, 3, 4] if tiny else [1, 2, 3, 4, 5, 8, 16, 17]
@@ -156,7 +150,7 @@ def run_and_check(backend, device, case):
     event("backward checked" if backward else "forward only")
     steps = case["shape"][0]
     with na_kernels.use_backend(backend):
-        for level in simd_levels(backend):
+        for level in S.simd_levels(backend):
             with (cpu.limit_simd(level) if level else contextlib.nullcontext()):
                 spikes, counts, v_final, (gx, gv) = run_op(case, x, threshold, v_init, grad_spikes, grad_v, backward)
             assert spikes.dtype == case["dtype"] and tuple(spikes.shape) == case["shape"]

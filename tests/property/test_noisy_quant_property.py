@@ -48,13 +48,6 @@ BIG_EVERY = {"reference": 32, "cpu": 8, "triton": 8}
 FLOAT32_RUN = {"reference": 1, "cpu": 256, "triton": 1024}
 
 
-def simd_levels(backend):
-    """The C++ SIMD levels this CPU can run (None for the other backends: one pass)."""
-    if backend != "cpu":
-        return [None]
-    return list(cpu.SIMD_LEVELS[:cpu.SIMD_LEVELS.index(cpu.detected_simd_level()) + 1])
-
-
 @st.composite
 def cases(draw, backend, tiny, dtypes):
     shape = draw(S.shapes(1, 5, 64 if tiny else 4096, big=0 if tiny else BIG_EVERY[backend]))
@@ -181,7 +174,7 @@ def run_and_check(backend, device, case):
     x, lam, seed, grad_y = make_inputs(case, device)
     want = expected(case, x, grad_y)
     with na_kernels.use_backend(backend):
-        for level in simd_levels(backend):
+        for level in S.simd_levels(backend):
             if level is None:
                 check(backend, case, want, *run_op(case, x, lam, seed, grad_y))
             else:
