@@ -51,10 +51,21 @@ def _float32(value):
     return struct.unpack("f", struct.pack("f", value))[0]
 
 
+def check_dense(name, x, where=None):
+    """A strided (dense), non-nested tensor: TypeError naming ``where`` (when given) and the fix otherwise."""
+    prefix = f"{where}: " if where else ""
+    if isinstance(x, torch.Tensor) and getattr(x, "is_nested", False):
+        raise TypeError(f"{prefix}{name} is a nested tensor; pad it first, e.g. "
+                        f"torch.nested.to_padded_tensor({name}, 0.0)")
+    if isinstance(x, torch.Tensor) and x.layout != torch.strided:
+        raise TypeError(f"{prefix}{name} must be a dense tensor, got layout {x.layout}; convert it with {name}.to_dense()")
+
+
 def check_float_tensor(name, tensor):
-    """A float32/float16/bfloat16 torch.Tensor."""
+    """A dense float32/float16/bfloat16 torch.Tensor."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    check_dense(name, tensor)
     if tensor.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32, float16 or bfloat16, got {tensor.dtype}")
     return tensor
@@ -169,6 +180,7 @@ def positive_parameter_tensor(name, value, like, channel_dim, description):
         if not smallest_allowed <= _float32(value) <= largest_allowed:
             raise _range_error(name, value)
         return value
+    check_dense(name, value)
     if value.dtype not in PARAMETER_DTYPES:
         raise TypeError(f"{name} must be a float tensor, got {value.dtype}")
     if value.device != like.device:
@@ -258,6 +270,7 @@ def check_initial_potential(v_init, like, name="v_init"):
     """An initial membrane potential: a number (a fraction of the threshold; a float), or a float
     tensor of potentials (float64 included) with the per-step shape like.shape[1:], on like's device."""
     if isinstance(v_init, torch.Tensor):
+        check_dense(name, v_init)
         if v_init.dtype not in PARAMETER_DTYPES:
             raise TypeError(f"{name} must be a number or a float tensor of potentials, got {v_init.dtype}")
         if v_init.device != like.device:

@@ -667,6 +667,9 @@ def test_thresholds_at_the_ends_of_the_float32_range(backend, device):
     (lambda x: na_kernels.integrate_fire(x, alpha=float("inf")), ValueError, "alpha"),
     (lambda x: na_kernels.integrate_fire(x, detach_reset=1), TypeError, "detach_reset"),
     (lambda x: na_kernels.integrate_fire(x, return_v="yes"), TypeError, "return_v"),
+    (lambda x: na_kernels.integrate_fire(x.to_sparse()), TypeError, "x_seq must be a dense tensor"),
+    (lambda x: na_kernels.integrate_fire(x, v_init=torch.zeros(2, 3, 4).to_sparse()), TypeError, "v_init must be a dense"),
+    (lambda x: na_kernels.integrate_fire(x, torch.ones(3).to_sparse()), TypeError, "threshold must be a dense"),
 ])
 def test_bad_input(call, error, words):
     x = torch.randn(5, 2, 3, 4)

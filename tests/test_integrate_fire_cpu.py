@@ -13,6 +13,7 @@ resets, saved h and non-finite or subnormal thresholds.
 """
 import dataclasses
 import itertools
+import os
 
 import pytest
 import torch
@@ -300,3 +301,33 @@ def test_backward_few_neurons_many_steps(steps, n, simd_level):
                         torch.float32, True, True)
     got = cpu_backend.backward(grad_spikes, grad_v, None, x, None, theta, args, torch.float32, True, True)
     _assert_bits_equal(got, want, f"n={n} steps={steps}")
+
+
+_SCRATCH_SCRIPT = r"""
+import resource, sys, torch, na_kernels
+from na_kernels import cpu
+level = sys.argv[1]
+T, N = 200_000, 2
+x = torch.rand(T, N, requires_grad=True)
+with cpu.limit_simd(level):
+    spikes, _ = na_kernels.integrate_fire(x, 1.0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    spikes.sum().backward()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) * 1024)
+"""
+
+
+@pytest.mark.parametrize("level", cpu.SIMD_LEVELS[:cpu.SIMD_LEVELS.index(cpu.detected_simd_level()) + 1]
+                         if cpu.available() else [])
+def test_backward_scratch_is_bounded_by_the_work(level):
+    """Issue 12 item 7: the recompute scratch is T x the neurons a pass holds, not T x 1024 per
+    thread whatever N (at T = 2*10^5, N = 2 that was 800 MB per thread; the work is 1.6 MB)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _SCRATCH_SCRIPT, level], capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, OMP_NUM_THREADS="2"))
+    assert out.returncode == 0, out.stderr
+    grown = int(out.stdout.split()[-1])
+    assert grown < 64 << 20, f"backward at {level} grew the peak memory by {grown >> 20} MiB"

@@ -447,6 +447,9 @@ def test_noise_none_is_qcfs():
         (dict(seed=2**64), ValueError, "seed must fit in 64 bits"),
         (dict(seed="junk", noise=None), TypeError, "seed must be None, an int"),  # checked without noise too
         (dict(seed=1.5, noise="none"), TypeError, "seed must be None, an int"),
+        (dict(x=torch.randn(2, 3, 4).to_sparse()), TypeError, "x must be a dense tensor, got layout torch.sparse_coo"),
+        (dict(x=torch.nested.nested_tensor([torch.randn(2, 3), torch.randn(4, 3)], layout=torch.jagged)),
+         TypeError, "x is a nested tensor; pad it first"),
     ],
 )
 def test_bad_input(kwargs, error, match):

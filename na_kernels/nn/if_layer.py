@@ -4,7 +4,7 @@ from torch import nn
 
 from ..ops.integrate_fire import integrate_fire
 from ..ops.noisy_quant import noisy_quant
-from .noisy_quant import check_dense
+from .._validation import check_dense
 
 V_INIT = 0.5  # the initial membrane potential v_init, as a fraction of the threshold θ
 

@@ -19,19 +19,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._validation import check_clip_level, check_int, check_levels, check_noise, check_positive, resolve_noise_scale
+from .._validation import (check_clip_level, check_dense, check_int, check_levels, check_noise, check_positive,
+                           resolve_noise_scale)
 from ..ops.noisy_quant import noisy_quant
 
 AUTO_PERCENTILE = 99.9
 _MAX_QUANTILE_ELEMENTS = 1 << 22  # torch.quantile refuses inputs above 2**24 elements
-
-
-def check_dense(name: str, x, where: str) -> None:
-    """A strided (dense), non-nested tensor: TypeError naming ``where`` and the fix otherwise."""
-    if isinstance(x, torch.Tensor) and getattr(x, "is_nested", False):
-        raise TypeError(f"{where}: {name} is a nested tensor; pad it first, e.g. torch.nested.to_padded_tensor({name}, 0.0)")
-    if isinstance(x, torch.Tensor) and x.layout != torch.strided:
-        raise TypeError(f"{where}: {name} must be a dense tensor, got layout {x.layout}; convert it with {name}.to_dense()")
 
 
 def _inverse_softplus(value: torch.Tensor) -> torch.Tensor:

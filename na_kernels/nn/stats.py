@@ -29,9 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._validation import check_real
+from .._validation import check_dense, check_real
 from .fx_utils import CONV_TYPES
-from .noisy_quant import check_dense
 
 
 class SynapseMeter(nn.Module):
