@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from na_kernels.datasets import digits_split
 from na_kernels.models import digits_cnn
 from na_kernels.nn import post_training_convert
+from na_kernels.nn.post_training import SEARCH_PERCENTILES
 
 STEPS = (1, 2, 4, 8)
 
@@ -104,6 +105,16 @@ def ours_curve(model, calibration, x, y, calibrate):
     return curve
 
 
+@torch.no_grad()
+def searched_curve(model, calibration, x, y):
+    """The percentile chosen per T among SEARCH_PERCENTILES on the calibration inputs (no labels)."""
+    curve = {}
+    for t in STEPS:
+        snn, _ = post_training_convert(model, calibration, T=t, percentile=SEARCH_PERCENTILES, progress=False)
+        curve[t] = float(accuracy(snn(x)[-1], y))
+    return curve
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -113,7 +124,8 @@ def main():
     x_train, y_train, x_test, y_test = digits_tensors()
     calibration = DataLoader(TensorDataset(x_train, y_train), batch_size=128)
     rows = {"ANN (ReLU)": [], "SpikingJelly 99.9% channel-wise half-threshold": [],
-            "na_kernels post_training_convert": [], "na_kernels + calibrate_thresholds": []}
+            "na_kernels post_training_convert": [], "na_kernels + calibrate_thresholds": [],
+            "na_kernels, percentile searched per T": []}
     for seed in args.seeds:
         model = train_relu_cnn(seed, x_train, y_train, args.epochs)
         with torch.no_grad():
@@ -123,6 +135,7 @@ def main():
             spikingjelly_curve(model, calibration, x_test, y_test))
         rows["na_kernels post_training_convert"].append(ours_curve(model, calibration, x_test, y_test, False))
         rows["na_kernels + calibrate_thresholds"].append(ours_curve(model, calibration, x_test, y_test, True))
+        rows["na_kernels, percentile searched per T"].append(searched_curve(model, calibration, x_test, y_test))
         print(f"seed {seed}: " + "; ".join(f"{name}: " + " ".join(f"{r[-1][t]:.1f}" for t in STEPS)
                                           for name, r in rows.items()), flush=True)
 

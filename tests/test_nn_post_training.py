@@ -88,3 +88,27 @@ def test_bad_arguments_are_named():
         post_training_convert(model, [], T=4)
     with pytest.raises(ValueError, match="no ReLU"):
         post_training_convert(nn.Sequential(nn.Linear(2, 2)), [torch.randn(2, 2)], T=4)
+
+
+def test_a_list_of_percentiles_returns_the_one_closest_to_the_ann():
+    torch.manual_seed(0)
+    model = Plain().eval()
+    batches = [torch.randn(6, 3, 8, 8) * 3 for _ in range(2)]
+    candidates = (90.0, 99.0, 100.0)
+    snn, report = post_training_convert(model, batches, T=2, percentile=list(candidates), progress=False)
+    errors = report["percentile_errors"]
+    assert sorted(errors) == sorted(candidates)
+    with torch.no_grad():
+        for q in candidates:  # each error is the SNN's at T = 2 against the ANN on the calibration inputs
+            one, _ = post_training_convert(model, batches, T=2, percentile=q, progress=False)
+            want = sum(float(((one(x)[-1].double() - model(x).double()) ** 2).sum()) for x in batches)
+            assert errors[q] == pytest.approx(want / sum(model(x).numel() for x in batches), rel=1e-12)
+    best = min(candidates, key=lambda q: (errors[q], -q))
+    assert report["percentile"] == best
+    one, _ = post_training_convert(model, batches, T=2, percentile=best, progress=False)
+    with torch.no_grad():
+        assert torch.equal(snn(batches[0]), one(batches[0]))
+    with pytest.raises(ValueError, match="empty list"):
+        post_training_convert(model, batches, T=2, percentile=[], progress=False)
+    with pytest.raises(ValueError, match="percentile"):
+        post_training_convert(model, batches, T=2, percentile=[99.0, 101.0], progress=False)

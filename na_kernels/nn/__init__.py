@@ -33,7 +33,7 @@ from .limit import ClippedActivation, ClippedNetwork, clipped_network
 from .network import SpikingNetwork, TimeRepeat
 from .nir_export import NIRExportError, from_nir, to_nir
 from .noisy_quant import NoisyQuant
-from .post_training import post_training_convert
+from .post_training import SEARCH_PERCENTILES, post_training_convert
 from .serialize import SerializationError, load_snn, save_snn
 from .replace import ReplacementReport, UnconvertibleActivationError, replace_activations
 from .stats import SynapseMeter, collect_statistics, format_statistics
@@ -41,7 +41,7 @@ from .stats import SynapseMeter, collect_statistics, format_statistics
 __all__ = [
     "NoisyQuant", "replace_activations", "ReplacementReport", "UnconvertibleActivationError", "to_snn",
     "SpikingNetwork", "IFLayer", "SynapseMeter", "TimeRepeat", "fold_batchnorm", "calibrate_thresholds",
-    "collect_statistics", "format_statistics", "post_training_convert",
+    "collect_statistics", "format_statistics", "post_training_convert", "SEARCH_PERCENTILES",
     "save_snn", "load_snn", "SerializationError", "IFNode", "to_nir", "from_nir", "NIRExportError",
     "ExitRule", "EarlyExitResult", "evaluate_early_exit", "exit_tradeoff", "format_tradeoff", "run_early_exit",
     "score_exits", "clipped_network", "ClippedNetwork", "ClippedActivation",

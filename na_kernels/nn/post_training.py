@@ -93,6 +93,10 @@ def post_training_convert(
             a few hundred samples or more; kept in memory (threshold calibration reuses them).
         T: time steps the SNN runs by default (int >= 1); also the quantized view's p.
         percentile: q in (0, 100]: 99.9 (default) clips the rare outliers, 100 is the maximum.
+            A list of them (e.g. ``SEARCH_PERCENTILES``): each is converted, and the one whose
+            SNN output after T steps is closest to the ANN's on the calibration inputs (mean
+            squared error; no labels needed; ties go to the larger q) is returned. Low T favours
+            lower percentiles (more neurons reach θ/2 in one step); long T favours higher ones.
         per_channel: one λ (threshold) per channel instead of one per layer.
         calibrate: then run ``calibrate_thresholds`` (channel-wise spike-count matching at T).
         calibration_iterations: its iterations (int >= 0).
@@ -103,11 +107,16 @@ def post_training_convert(
         ``(snn, report)``: the ``SpikingNetwork`` (``snn(x)`` -> ``[T, B, ...]``) and a dict with
         ``lam`` (site name -> λ tensor, [] or [C]), ``percentile``, ``per_channel``, ``samples``,
         ``replacement`` (the ``ReplacementReport``) and ``calibration`` (calibrate_thresholds'
-        result, or None).
+        result, or None); with a list of percentiles also ``percentile_errors`` (q -> the mean
+        squared error to the ANN on the calibration inputs).
     """
     T = check_time_steps("T", T)
+    if isinstance(percentile, (list, tuple)):
+        return _best_percentile(model, calibration_data, T, percentile, per_channel=per_channel, calibrate=calibrate,
+                                calibration_iterations=calibration_iterations, chunk=chunk,
+                                allow_maxpool=allow_maxpool, progress=progress)
     percentile = check_real("percentile", percentile, strictly_positive=True, maximum=100.0,
-                            accepted="a percentile in (0, 100]")
+                            accepted="a percentile in (0, 100] or a list of them")
     per_channel = check_bool("per_channel", per_channel)
     calibrate = check_bool("calibrate", calibrate)
     calibration_iterations = check_int("calibration_iterations", calibration_iterations, minimum=0)
@@ -170,4 +179,35 @@ def post_training_convert(
         calibration = calibrate_thresholds(snn, batches, calibration_iterations, T=T)
     report = dict(lam=lams, percentile=percentile, per_channel=per_channel, samples=samples,
                   replacement=replacement, calibration=calibration)
+    return snn, report
+
+
+SEARCH_PERCENTILES = (99.0, 99.5, 99.9, 99.99)
+"""Candidates for ``post_training_convert(..., percentile=SEARCH_PERCENTILES)``."""
+
+
+@torch.no_grad()
+def _best_percentile(model, calibration_data, T, candidates, *, progress, **options):
+    """``post_training_convert`` at each candidate percentile; the SNN closest to the ANN after
+    T steps on the calibration inputs (mean squared error of the outputs), ties to the larger q."""
+    candidates = [check_real("percentile", q, strictly_positive=True, maximum=100.0,
+                             accepted="a percentile in (0, 100]") for q in candidates]
+    if not candidates:
+        raise ValueError("percentile: an empty list; give one percentile or several candidates, e.g. SEARCH_PERCENTILES")
+    if isinstance(calibration_data, torch.Tensor):
+        raise TypeError("calibration_data must be an iterable of batches (e.g. a DataLoader or [x]), got one tensor: "
+                        "wrap it in a list")
+    batches = [calibration_inputs(batch) for batch in calibration_data]
+    ann = copy.deepcopy(model).eval()
+    targets = [ann(*inputs).to(torch.float64) for inputs in batches]
+    best, errors = None, {}
+    for q in tqdm(candidates, desc="percentile search", disable=not progress, leave=False):
+        snn, report = post_training_convert(model, batches, T, percentile=q, progress=False, **options)
+        error = sum(float(((snn(*inputs)[-1].to(torch.float64) - target) ** 2).sum())
+                    for inputs, target in zip(batches, targets)) / sum(t.numel() for t in targets)
+        errors[q] = error
+        if best is None or (error, -q) <= (best[0], -best[1]):
+            best = (error, q, snn, report)
+    _, _, snn, report = best
+    report["percentile_errors"] = errors
     return snn, report
