@@ -266,6 +266,34 @@ def check_amplitude(amplitude, name="amplitude"):
     return check_positive(name, amplitude, accepted=accepted)
 
 
+ALPHA_MAX = 2 / math.pi * FLOAT32_MAX  # atan's surrogate evaluates pi/2 * alpha in float32
+
+
+def check_alpha(alpha, name="alpha"):
+    """A surrogate sharpness: a real in (0, 2/pi * float32 max] (beyond, atan's pi/2 * alpha overflows)."""
+    return check_real(name, alpha, strictly_positive=True, maximum=ALPHA_MAX,
+                      accepted=f"a positive finite number <= {ALPHA_MAX:.6g} (2/pi * float32 max)")
+
+
+def check_spikes_fit(amplitude, threshold, dtype):
+    """The spike value, ``amplitude`` (a float) or, for None ("threshold"), each θ, must be finite in
+    the spikes' dtype (x_seq's): float16 holds at most 65504. ``threshold`` is a float32 tensor;
+    a CPU tensor's values are checked (on CUDA that would cost a host sync per call)."""
+    largest = float(torch.finfo(dtype).max)
+    if largest >= FLOAT32_MAX:
+        return
+    if amplitude is not None:
+        if amplitude > largest:
+            raise ValueError(f"amplitude {amplitude:g} does not fit the spikes' dtype {dtype} (at most {largest:g}); "
+                             "use a smaller amplitude or a float32 x_seq")
+        return
+    if threshold.device.type == "cpu" and not torch.compiler.is_compiling() and threshold.numel():
+        top = float(threshold.max())
+        if top > largest:
+            raise ValueError(f"threshold {top:g} does not fit the spikes' dtype {dtype} (at most {largest:g}): with "
+                             "amplitude='threshold' each spike is θ; pass amplitude=1.0, rescale, or use a float32 x_seq")
+
+
 def check_initial_potential(v_init, like, name="v_init"):
     """An initial membrane potential: a number (a fraction of the threshold; a float), or a float
     tensor of potentials (float64 included) with the per-step shape like.shape[1:], on like's device."""
@@ -278,5 +306,10 @@ def check_initial_potential(v_init, like, name="v_init"):
         if tuple(v_init.shape) != tuple(like.shape[1:]):
             raise ValueError(f"{name} tensor must have the per-step shape {tuple(like.shape[1:])}, "
                              f"got {tuple(v_init.shape)}")
+        if v_init.device.type == "cpu" and not torch.compiler.is_compiling() and v_init.numel():
+            # the kernels read the float32 values: NaN, inf and float64 values beyond float32 are garbage there
+            if not bool(torch.isfinite(v_init.detach().to(torch.float32)).all()):
+                raise ValueError(f"{name} potentials must be finite in float32 (the kernels compute in float32), got "
+                                 "NaN or a value beyond +-3.4e38; check the state carried from the previous chunk")
         return v_init
     return check_real(name, v_init, accepted="a number (a fraction of the threshold) or a tensor of potentials")

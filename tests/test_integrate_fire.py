@@ -610,12 +610,19 @@ def test_triton_kernels_compile_for_cuda():
     (dict(alpha=1e-50), "alpha must be > 0 in float32"),
     (dict(v_init=1e39), "v_init must be finite in float32"),
     (dict(v_init=-1e39), "v_init must be finite in float32"),
+    (dict(alpha=3e38, surrogate="atan"), "alpha must be <= 2.16"),  # pi/2 * alpha overflowed
+    (dict(v_init=torch.full((2, 3), 1e39, dtype=torch.float64)), "v_init potentials must be finite in float32"),
+    (dict(v_init=torch.tensor([[0.0, float("nan"), 0.0]] * 2)), "v_init potentials must be finite"),
+    (dict(amplitude=1e5, dtype=torch.float16), "amplitude 100000 does not fit the spikes' dtype torch.float16"),
+    (dict(threshold=7e4, dtype=torch.float16), "threshold 70000 does not fit the spikes' dtype torch.float16"),
+    (dict(threshold=torch.tensor([1.0, 7e4, 1.0]), dtype=torch.float16), "threshold 70000 does not fit"),
 ])
 def test_values_float32_cannot_represent_are_refused_on_every_backend(backend, device, kwargs, match):
     """Issue 12 item 5: threshold 1e-50 became 0 (every neuron fired every step), amplitude 1e39
     inf spikes, alpha 1e39 NaN gradients, v_init 1e39 inf on two backends and an error on the third:
     one named ValueError, before dispatch, on every backend."""
-    x = torch.rand(3, 2, 3, device=device)
+    kwargs = dict(kwargs)
+    x = torch.rand(3, 2, 3, device=device, dtype=kwargs.pop("dtype", torch.float32))
     kwargs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
     threshold = kwargs.pop("threshold", 1.0)
     with na_kernels.use_backend(backend), pytest.raises(ValueError, match=match):

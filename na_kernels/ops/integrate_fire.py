@@ -27,8 +27,8 @@ import torch
 
 from .. import _layout
 from .._spec import IntegrateFireArgs, Save
-from .._validation import (check_amplitude, check_bool, check_initial_potential, check_positive, check_reset,
-                           check_sequence, check_surrogate, positive_parameter_tensor)
+from .._validation import (check_alpha, check_amplitude, check_bool, check_initial_potential, check_reset,
+                           check_sequence, check_spikes_fit, check_surrogate, positive_parameter_tensor)
 from ._registration import Op
 
 
@@ -148,8 +148,9 @@ def integrate_fire(x_seq, threshold=1.0, *, v_init=0.5, reset="subtract", amplit
     v_init = check_initial_potential(v_init, x_seq)
     reset = check_reset(reset)
     amplitude = check_amplitude(amplitude)
+    check_spikes_fit(amplitude, threshold, x_seq.dtype)
     surrogate = check_surrogate(surrogate)
-    alpha = check_positive("alpha", alpha)
+    alpha = check_alpha(alpha)
     detach_reset = check_bool("detach_reset", detach_reset)
     return_v = check_bool("return_v", return_v)
 
