@@ -320,14 +320,15 @@ print((after - before) * 1024)
 
 @pytest.mark.parametrize("level", cpu.SIMD_LEVELS[:cpu.SIMD_LEVELS.index(cpu.detected_simd_level()) + 1]
                          if cpu.available() else [])
-def test_backward_scratch_is_bounded_by_the_work(level):
+def test_backward_scratch_is_bounded_by_the_work(level, tmp_path):
     """Issue 12 item 7: the recompute scratch is T x the neurons a pass holds, not T x 1024 per
     thread whatever N (at T = 2*10^5, N = 2 that was 800 MB per thread; the work is 1.6 MB)."""
     import subprocess
     import sys
 
+    # from another folder: in a source checkout `import na_kernels` would find the unbuilt tree
     out = subprocess.run([sys.executable, "-c", _SCRATCH_SCRIPT, level], capture_output=True, text=True,
-                         timeout=300, env=dict(os.environ, OMP_NUM_THREADS="2"))
+                         timeout=300, env=dict(os.environ, OMP_NUM_THREADS="2"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     grown = int(out.stdout.split()[-1])
     assert grown < 64 << 20, f"backward at {level} grew the peak memory by {grown >> 20} MiB"

@@ -1,7 +1,8 @@
 """integrate_fire on the C++ extension: the raw-pointer calls behind ``forward`` and ``backward``
 (the interface of ``na_kernels.ops.integrate_fire``). The operands and outputs are laid out by
 ``na_kernels._layout`` exactly as for the Triton kernels; backward recomputes h from x (when the
-forward kept x) in a per-thread scratch of T x 1024 floats."""
+forward kept x) in a per-thread scratch of T x the neurons one pass holds (never more than the
+layer's neurons)."""
 from .. import _layout, cpu
 from .._spec import DType, Save
 
