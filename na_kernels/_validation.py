@@ -267,12 +267,12 @@ def check_amplitude(amplitude, name="amplitude"):
 
 
 ALPHA_MAX = 2 / math.pi * FLOAT32_MAX  # atan's surrogate evaluates pi/2 * alpha in float32
+_ALPHA_ACCEPTED = "a positive finite number <= %.6g (2/pi * float32 max)" % ALPHA_MAX  # formatted once: not under dynamo
 
 
 def check_alpha(alpha, name="alpha"):
     """A surrogate sharpness: a real in (0, 2/pi * float32 max] (beyond, atan's pi/2 * alpha overflows)."""
-    return check_real(name, alpha, strictly_positive=True, maximum=ALPHA_MAX,
-                      accepted=f"a positive finite number <= {ALPHA_MAX:.6g} (2/pi * float32 max)")
+    return check_real(name, alpha, strictly_positive=True, maximum=ALPHA_MAX, accepted=_ALPHA_ACCEPTED)
 
 
 def check_spikes_fit(amplitude, threshold, dtype):
