@@ -5,6 +5,7 @@ evaluating the weight-only arguments of a call (its λ), the names a node is rep
 against the tables of what can (ReLU) and cannot (ReLU6, GELU, ...) become an IF neuron,
 numbering the call sites of a module, and finding free submodule names.
 """
+import inspect
 from typing import Iterable, List, Tuple
 
 import torch
@@ -137,9 +138,9 @@ def is_noisy_quant_call(node: fx.Node) -> bool:
 
 def noisy_quant_arguments(node: fx.Node) -> dict:
     """The arguments of a traced ``noisy_quant`` call by name (defaults filled in)."""
-    names = ("x", "p", "lam")
-    arguments = dict(lam=1.0, noise="uniform", scale=1.0, shift=0.5, seed=None, training=True)
-    arguments.update(zip(names, node.args))
+    parameters = inspect.signature(noisy_quant).parameters  # the defaults, stated once: in the signature
+    arguments = {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+    arguments.update(zip(parameters, node.args))
     arguments.update(node.kwargs)
     return arguments
 
