@@ -166,6 +166,16 @@ def _range_error(name, values):
                       f"in float32), got {values}; rescale the input if it needs a value outside")
 
 
+def _float32_bounds(tensor):
+    """(min, max) of a non-empty tensor's float32 values in one reduction; NaN anywhere gives NaN
+    for both, so a range test written as ``low < min and max < high`` fails on it."""
+    values = tensor.detach().to(torch.float32)
+    if values.numel() == 1:
+        value = values.reshape(()).item()
+        return value, value
+    return tuple(v.item() for v in torch.aminmax(values))
+
+
 def positive_parameter_tensor(name, value, like, channel_dim, description):
     """A positive float, or a tensor: a scalar or per-channel along ``channel_dim`` of ``like``;
     its float32 value(s) within ``parameter_range(name)``.
@@ -197,11 +207,7 @@ def positive_parameter_tensor(name, value, like, channel_dim, description):
     if value.device.type == "cpu" and not torch.compiler.is_compiling():
         # one reduction (or one read for a scalar) of the float32 values the kernels read: NaN
         # fails "> 0", inf fails "< inf"
-        values = value.detach().to(torch.float32)
-        if values.numel() == 1:
-            smallest = largest = values.reshape(()).item()
-        else:
-            smallest, largest = (v.item() for v in torch.aminmax(values))
+        smallest, largest = _float32_bounds(value)
         if not (smallest > 0 and largest < math.inf):
             raise ValueError(f"{name} must be finite and > 0 as float32, got {value.detach().flatten()[:8].tolist()}")
         if not (smallest_allowed <= smallest and largest <= largest_allowed):
@@ -308,7 +314,8 @@ def check_initial_potential(v_init, like, name="v_init"):
                              f"got {tuple(v_init.shape)}")
         if v_init.device.type == "cpu" and not torch.compiler.is_compiling() and v_init.numel():
             # the kernels read the float32 values: NaN, inf and float64 values beyond float32 are garbage there
-            if not bool(torch.isfinite(v_init.detach().to(torch.float32)).all()):
+            smallest, largest = _float32_bounds(v_init)
+            if not (-math.inf < smallest and largest < math.inf):
                 raise ValueError(f"{name} potentials must be finite in float32 (the kernels compute in float32), got "
                                  "NaN or a value beyond +-3.4e38; check the state carried from the previous chunk")
         return v_init
