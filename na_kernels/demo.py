@@ -44,12 +44,9 @@ def _demo_train(name: str, noise: str, train: ImageData, args, show: bool) -> Di
     return {"model": model.eval(), "history": history}
 
 
-def _snn_eval(model, test: ImageData, Ts: Sequence[int], batch_size: int, show: bool, desc: str) -> Dict[str, Any]:
+def _snn_eval(snn, test: ImageData, Ts: Sequence[int], batch_size: int, show: bool, desc: str) -> Dict[str, Any]:
     """Run the converted network once per T in Ts (statistics per T); the largest T's run
     gives the accuracy at every t <= T (the running mean at t is a t-step run)."""
-    from .nn import to_snn
-
-    snn = to_snn(model, max(Ts))
     loader = BatchLoader(test, batch_size)
     per_T = {}
     curve: List[float] = []
@@ -68,14 +65,14 @@ def _snn_eval(model, test: ImageData, Ts: Sequence[int], batch_size: int, show: 
     return {"per_T": per_T, "curve": curve}
 
 
-def _early_exit_eval(model, test: ImageData, T_max: int, batch_size: int, confidences) -> List[Dict[str, Any]]:
+def _early_exit_eval(snn, test: ImageData, T_max: int, batch_size: int, confidences) -> List[Dict[str, Any]]:
     """The per-sample early exit's trade-off on the test set: one row per confidence threshold
     (``na_kernels.nn.exit_tradeoff``: accuracy, mean exit step, energy of the steps run)."""
-    from .nn import exit_tradeoff, to_snn
+    from .nn import exit_tradeoff
 
     if not confidences:
         return []
-    return exit_tradeoff(to_snn(model, T_max), BatchLoader(test, batch_size), list(confidences), T_max=T_max)
+    return exit_tradeoff(snn, BatchLoader(test, batch_size), list(confidences), T_max=T_max)
 
 
 def _limit_eval(model, test: ImageData) -> float:
@@ -162,6 +159,8 @@ def cmd_demo(args) -> int:
 
 
 def _demo(args, t0: float, show: bool) -> int:
+    from .nn import to_snn
+
     Ts = DEMO_TS
     energy_T = 4
     train, test = digits_split()
@@ -179,8 +178,9 @@ def _demo(args, t0: float, show: bool) -> int:
         ann_acc = evaluate(model, BatchLoader(test, 256), amp=False, show_progress=False)
         limit_acc = _limit_eval(model, test)
         t2 = time.time()
-        snn = _snn_eval(model, test, Ts, args.eval_batch_size, show, f"SNN {name}")
-        early_exit = _early_exit_eval(model, test, max(Ts), args.eval_batch_size, args.exit_confidence)
+        network = to_snn(model, max(Ts))
+        snn = _snn_eval(network, test, Ts, args.eval_batch_size, show, f"SNN {name}")
+        early_exit = _early_exit_eval(network, test, max(Ts), args.eval_batch_size, args.exit_confidence)
         lams = [float(m.lam.detach()) for m in model.modules() if hasattr(m, "raw_lam")]
         results.append({"name": name, "noise": noise, "ann_acc": ann_acc, "limit_acc": limit_acc, "snn": snn,
                         "early_exit": early_exit, "lambda": lams,
