@@ -294,24 +294,15 @@ def save_snn(snn, path) -> None:
 # ---------------------------------------------------------------------------------- load
 
 
-def _refers_to_modules(value):
-    if isinstance(value, (tuple, list)):
-        return any(_refers_to_modules(v) for v in value)
-    return isinstance(value, dict) and ("__module__" in value or any(
-        _refers_to_modules(v) for v in (value.get("__dict__") or value.get("__set__") or ())))
-
-
-def _build_module(record, deferred):
+def _build_module(record):
+    """The module of ``record`` with its parameters and buffers; its plain attributes are set by
+    ``_set_attributes`` once every module exists (an attribute may name another module)."""
     cls = nn.Module if record["type"] == "torch.nn.Module" else _resolve_class(record["type"])
     module = cls.__new__(cls)
     nn.Module.__init__(module)
-    for key, value in record["attributes"].items():
+    for key in record["attributes"]:
         if key in _MODULE_BASE_KEYS:
             raise SerializationError(f"module {record['name']!r}: the file overrides nn.Module's own {key!r}")
-        if _refers_to_modules(value):  # a reference to another module: set once all exist
-            deferred.append((module, key, value))
-        else:
-            module.__dict__[key] = _decode(value)
     for key, (tensor, requires_grad) in record["parameters"].items():
         module.register_parameter(key, nn.Parameter(tensor, requires_grad=requires_grad))
     for key, tensor in record["buffers"].items():
@@ -363,16 +354,18 @@ def snn_from_record(record, where="the record"):
     """Rebuild the ``SpikingNetwork`` a ``snn_record`` describes."""
     from .network import SpikingNetwork
     _check_record(record, where)
-    modules, deferred = {}, []
+    modules, built = {}, []
     for entry in record["modules"]:
-        module = _build_module(entry, deferred)
+        module = _build_module(entry)
+        built.append((module, entry))
         name = entry["name"]
         if name:
             parent, _, child = name.rpartition(".")
             modules[parent].add_module(child, module)
         modules[name] = module
-    for module, key, value in deferred:
-        module.__dict__[key] = _decode(value, modules=modules)
+    for module, entry in built:
+        for key, value in entry["attributes"].items():
+            module.__dict__[key] = _decode(value, modules=modules)
     root = modules[""]
     graph = fx.Graph()
     nodes = {}
