@@ -128,11 +128,11 @@ class Layout:
     def seq_strides(self):
         return (max(self.neurons, 1),) + self.step_strides
 
-    def empty_seq(self, steps, dtype, device):
-        return torch.empty_strided((steps,) + self.step_shape, self.seq_strides(), dtype=dtype, device=device)
+    def empty_seq(self, steps, dtype, device, empty=None):
+        return _empty(empty, (steps,) + self.step_shape, self.seq_strides(), dtype, device)
 
-    def empty_step(self, dtype, device):
-        return torch.empty_strided(self.step_shape, self.step_strides, dtype=dtype, device=device)
+    def empty_step(self, dtype, device, empty=None):
+        return _empty(empty, self.step_shape, self.step_strides, dtype, device)
 
     def as_seq(self, t: torch.Tensor) -> torch.Tensor:
         return restride(t, self.seq_strides())
@@ -141,16 +141,25 @@ class Layout:
         return restride(t, self.step_strides)
 
 
+def _empty(empty, shape, strides, dtype, device):
+    """torch.empty_strided, or ``empty(shape, strides, dtype)``: a backend's own allocation of
+    outputs on its device (the C++ kernels' output cache)."""
+    if empty is None:
+        return torch.empty_strided(shape, strides, dtype=dtype, device=device)
+    return empty(shape, strides, dtype)
+
+
 def _nothing(dtype, device):
     return torch.empty(0, dtype=dtype, device=device)
 
 
-def forward_outputs(layout: Layout, x_seq, save_h: bool):
-    """integrate_fire's (spikes, counts, v_final, h) in the layout; h empty unless save_h."""
+def forward_outputs(layout: Layout, x_seq, save_h: bool, empty=None):
+    """integrate_fire's (spikes, counts, v_final, h) in the layout; h empty unless save_h.
+    empty: the allocation of the outputs (``_empty``)."""
     steps, device = x_seq.shape[0], x_seq.device
-    return (layout.empty_seq(steps, x_seq.dtype, device), layout.empty_step(torch.int32, device),
-            layout.empty_step(torch.float32, device),
-            layout.empty_seq(steps, torch.float32, device) if save_h else _nothing(torch.float32, device))
+    return (layout.empty_seq(steps, x_seq.dtype, device, empty), layout.empty_step(torch.int32, device, empty),
+            layout.empty_step(torch.float32, device, empty),
+            layout.empty_seq(steps, torch.float32, device, empty) if save_h else _nothing(torch.float32, device))
 
 
 def forward_operands(x_seq, threshold, v_init):
@@ -166,10 +175,11 @@ def backward_layout(h, x_seq, threshold):
     return Layout.of_input(h if h is not None else x_seq, threshold.numel())
 
 
-def backward_outputs(layout: Layout, steps, x_dtype, device, need_grad_x, need_grad_v_init):
-    """(grad_x, grad_v_init) in the layout; an empty tensor for each one not needed."""
-    return (layout.empty_seq(steps, x_dtype, device) if need_grad_x else _nothing(x_dtype, device),
-            layout.empty_step(torch.float32, device) if need_grad_v_init else _nothing(torch.float32, device))
+def backward_outputs(layout: Layout, steps, x_dtype, device, need_grad_x, need_grad_v_init, empty=None):
+    """(grad_x, grad_v_init) in the layout; an empty tensor for each one not needed.
+    empty: the allocation of the outputs (``_empty``)."""
+    return (layout.empty_seq(steps, x_dtype, device, empty) if need_grad_x else _nothing(x_dtype, device),
+            layout.empty_step(torch.float32, device, empty) if need_grad_v_init else _nothing(torch.float32, device))
 
 
 def backward_operands(grad_spikes, grad_v, h, x_seq, v_init, threshold, x_dtype):

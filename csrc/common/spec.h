@@ -3,6 +3,7 @@
 // enum's Python name and members (na_kernels._C.vocabulary() exports them; tests/test_spec.py
 // checks them against the Python enums); member<E>(code, argument) checks a code from Python.
 #pragma once
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -71,5 +72,8 @@ template <class Enum> Enum member(int code, const char* argument) {
     if (m.value == code) return static_cast<Enum>(code);
   reject_member<Enum>(code, argument);
 }
+
+// bytes per element of a storage type
+inline int64_t element_bytes(DType dtype) { return dtype == DType::FLOAT32 ? 4 : 2; }
 
 }  // namespace na

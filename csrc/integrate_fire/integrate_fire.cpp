@@ -5,7 +5,6 @@
 #include <cstdint>
 
 #include "common/arguments.h"
-#include "common/memory.h"
 #include "common/simd.h"
 #include "integrate_fire/integrate_fire.h"
 
@@ -45,11 +44,6 @@ void integrate_fire_forward(uintptr_t x, int64_t x_step, uintptr_t spikes, uintp
                          address_of<const float>(v0),
                          v_frac};
   if (neurons == 0) return;
-  const int64_t elements = steps * neurons;
-  advise_huge_pages(args.spikes, elements * element_bytes(args.dtype));
-  advise_huge_pages(args.h, elements * 4);
-  advise_huge_pages(args.counts, neurons * 4);
-  advise_huge_pages(args.v_final, neurons * 4);
   const int64_t spike_row_bytes = neurons * element_bytes(args.dtype);
   args.stream_spikes = steps * spike_row_bytes >= kStreamFromBytes && spike_row_bytes % 64 == 0 && spikes % 64 == 0;
 #ifdef NA_X86_SIMD
@@ -84,8 +78,6 @@ void integrate_fire_backward(uintptr_t grad_spikes, uintptr_t grad_v, uintptr_t 
                           address_of<void>(grad_x),
                           address_of<float>(grad_v_init)};
   if (neurons == 0) return;
-  advise_huge_pages(args.grad_x, steps * neurons * element_bytes(args.dtype));
-  advise_huge_pages(args.grad_v_init, neurons * 4);
 #ifdef NA_X86_SIMD
   if (cpu_has_avx512()) return backward_avx512(args);
   if (cpu_has_avx2() && cpu_has_f16c()) return backward_avx2(args);

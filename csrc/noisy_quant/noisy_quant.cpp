@@ -6,7 +6,6 @@
 #include <vector>
 
 #include "common/arguments.h"
-#include "common/memory.h"
 #include "common/simd.h"
 #include "noisy_quant/noisy_quant.h"
 
@@ -49,7 +48,6 @@ void noisy_quant_forward(uintptr_t x, uintptr_t y, int dtype, int64_t numel, int
   const ForwardArgs args{
       make_quantizer(dtype, numel, channel_stride, channels, lam, seed, p, noise, scale, shift, threads),
       address_of<const void>(x), address_of<void>(y)};
-  advise_huge_pages(args.y, numel * element_bytes(args.quantizer.dtype));
   switch (kernel_for(args.quantizer)) {
     case Kernel::AVX512: forward_avx512(args); break;
     case Kernel::AVX2: forward_avx2(args); break;
@@ -66,7 +64,6 @@ void noisy_quant_backward(uintptr_t grad_y, uintptr_t x, uintptr_t grad_x, int d
   std::vector<double> partial(grad_lam_sums ? static_cast<size_t>(threads * channels) : 0, 0.0);
   const BackwardArgs args{q, address_of<const void>(grad_y), address_of<const void>(x), address_of<void>(grad_x),
                           grad_lam_sums ? partial.data() : nullptr};
-  advise_huge_pages(args.grad_x, numel * element_bytes(q.dtype));
   switch (kernel_for(q)) {
     case Kernel::AVX512: backward_avx512(args); break;
     case Kernel::AVX2: backward_avx2(args); break;

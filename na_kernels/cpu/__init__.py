@@ -116,3 +116,5 @@ def _limit_from_environment():
 
 
 _simd_limit = _limit_from_environment()  # what limit_simd (or NA_KERNELS_SIMD) last set
+
+from .output_cache import cache_info, empty_cache  # noqa: E402  (the kernels' output blocks)

@@ -4,6 +4,7 @@
 forward kept x) in a per-thread scratch of T x the neurons one pass holds (never more than the
 layer's neurons)."""
 from .. import _layout, cpu
+from .output_cache import empty_strided
 from .._spec import DType, Save
 
 
@@ -18,7 +19,7 @@ def _amplitude(args):
 def forward(x_seq, threshold, v_init, args):
     x_seq, theta, v0, layout = _layout.forward_operands(x_seq, threshold, v_init)
     save_h = args.save == Save.H
-    spikes, counts, v_final, h = _layout.forward_outputs(layout, x_seq, save_h)
+    spikes, counts, v_final, h = _layout.forward_outputs(layout, x_seq, save_h, empty_strided)
     steps = x_seq.shape[0]
     cpu.extension().integrate_fire_forward(
         x=x_seq.data_ptr(), x_step=x_seq.stride(0), spikes=spikes.data_ptr(), counts=counts.data_ptr(),
@@ -36,7 +37,7 @@ def backward(grad_spikes, grad_v, h, x_seq, v_init, threshold, args, x_dtype, ne
     source = x_seq if h is None else h
     steps = source.shape[0]
     grad_x, grad_v_init = _layout.backward_outputs(layout, steps, x_dtype, source.device, need_grad_x,
-                                                   need_grad_v_init)
+                                                   need_grad_v_init, empty_strided)
     if layout.neurons == 0 or not (need_grad_x or need_grad_v_init):
         return grad_x, grad_v_init
     cpu.extension().integrate_fire_backward(

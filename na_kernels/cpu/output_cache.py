@@ -1,0 +1,152 @@
+"""A cache of the C++ kernels' large output blocks, so that a repeated call does not run on fresh
+memory.
+
+Why: a fresh tensor of a few MiB or more is fresh memory from glibc (an ``mmap`` above its
+threshold, or a heap it trims on every free), and the kernel's first write to each 4 KiB page of
+it traps to the OS, which zeroes the page. For the ops' big outputs that costs as much as the
+kernel itself, and whether it happens depends on the allocator's history in the process, not on
+the call. So outputs of ``CACHE_FROM_BYTES`` or more come from blocks this module maps itself
+(private anonymous memory, with transparent huge pages asked for where a block is large) and
+takes back when the output's storage is freed; the next output of the same size class reuses a
+block whose pages are already there.
+
+Sound liveness: an output is a tensor over a ``memoryview`` of its block (``torch.frombuffer``),
+and torch holds that memoryview until the storage itself is freed, whatever still refers to it
+(views, ``untyped_storage()`` objects, autograd's saved tensors, numpy arrays). Only the
+memoryview's death returns the block, so a block is never handed out twice while in use.
+
+Idle blocks are kept up to ``NA_KERNELS_CPU_CACHE_MB`` MiB (default 256; 0 turns the cache off
+and outputs come from ``torch.empty_strided``); ``empty_cache()`` lets them all go and
+``cache_info()`` says what is held. One difference from a torch-allocated tensor: an output's
+storage cannot grow in place (``resize_`` to more elements raises torch's "not resizable" error).
+"""
+import ctypes
+import mmap
+import os
+import weakref
+
+import torch
+
+from .._layout import numel
+
+CACHE_FROM_BYTES = 1 << 20  # below this, glibc's own reuse is good enough
+SIZE_CLASS_BYTES = 1 << 20  # a block serves outputs rounded up to the same MiB
+HUGE_PAGE_BYTES = 1 << 21
+HUGE_PAGES_FROM_BYTES = 2 * HUGE_PAGE_BYTES
+DEFAULT_CACHE_MB = 256
+_PRIVATE = getattr(mmap, "MAP_PRIVATE", None)  # None off POSIX: the cache is off there
+
+
+def _limit_from_environment():
+    text = os.environ.get("NA_KERNELS_CPU_CACHE_MB", "").strip()
+    if not text:
+        return DEFAULT_CACHE_MB << 20
+    try:
+        megabytes = int(text)
+    except ValueError:
+        megabytes = -1
+    if megabytes < 0:
+        raise ValueError(f"NA_KERNELS_CPU_CACHE_MB must be a whole number of MiB >= 0 (0 turns the "
+                         f"output cache off), got {text!r}")
+    return megabytes << 20
+
+
+class _Block:
+    """``size`` bytes of private anonymous memory starting at ``offset`` in ``memory``: the start
+    is 2 MiB-aligned where the block is large enough for huge pages."""
+    __slots__ = ("memory", "offset", "size")
+
+    def __init__(self, size):
+        huge = size >= HUGE_PAGES_FROM_BYTES
+        slack = HUGE_PAGE_BYTES if huge else 0
+        self.memory = mmap.mmap(-1, size + slack, flags=_PRIVATE)
+        self.size = size
+        self.offset = 0
+        if huge:
+            anchor = ctypes.c_char.from_buffer(self.memory)
+            address = ctypes.addressof(anchor)
+            del anchor  # the export must end, or the mapping could never be closed
+            self.offset = -address % HUGE_PAGE_BYTES
+            if hasattr(self.memory, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
+                self.memory.madvise(mmap.MADV_HUGEPAGE, self.offset, size)
+
+
+class OutputCache:
+    """Blocks by size class: ``idle`` are free for the next output, ``live`` are under one."""
+
+    def __init__(self, limit_bytes):
+        self.limit_bytes = limit_bytes
+        self._idle = {}  # size class -> [_Block]
+        self._idle_bytes = 0
+        self._live = {}  # id of a weakref to an output's memoryview -> (the weakref, its _Block)
+        self.hits = 0
+        self.misses = 0
+
+    def empty_strided(self, shape, strides, dtype):
+        """``torch.empty_strided(shape, strides, dtype=dtype)`` on the CPU, from a cached block
+        when the storage is ``CACHE_FROM_BYTES`` or more. Strides must be non-negative."""
+        shape, strides = tuple(shape), tuple(strides)
+        count = numel(shape)
+        extent = 0 if count == 0 else 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
+        nbytes = extent * dtype.itemsize
+        if nbytes < CACHE_FROM_BYTES or self.limit_bytes == 0 or _PRIVATE is None:
+            return torch.empty_strided(shape, strides, dtype=dtype)
+        size = -(-nbytes // SIZE_CLASS_BYTES) * SIZE_CLASS_BYTES
+        block = self._take(size)
+        view = memoryview(block.memory)[block.offset:block.offset + nbytes]
+        ref = weakref.ref(view, self._returned)
+        self._live[id(ref)] = (ref, block)  # the ref must live for its callback to run
+        return torch.frombuffer(view, dtype=dtype, count=extent).as_strided(shape, strides)
+
+    def _take(self, size):
+        blocks = self._idle.get(size)
+        if blocks:
+            try:
+                block = blocks.pop()
+            except IndexError:  # emptied by another thread since the check
+                block = None
+            if block is not None:
+                self._idle_bytes -= size
+                self.hits += 1
+                return block
+        self.misses += 1
+        return _Block(size)
+
+    def _returned(self, ref):
+        # runs when torch frees an output's storage (with the GIL, on whichever thread freed it):
+        # keep the block for the next output while the idle total stays within the limit
+        _, block = self._live.pop(id(ref), (None, None))
+        if block is not None and self._idle_bytes + block.size <= self.limit_bytes:
+            self._idle.setdefault(block.size, []).append(block)
+            self._idle_bytes += block.size
+
+    def empty(self):
+        """Let every idle block go (its memory goes back to the OS); outputs in use keep theirs."""
+        self._idle = {}
+        self._idle_bytes = 0
+
+    def info(self):
+        return {"idle_bytes": self._idle_bytes, "idle_blocks": sum(len(b) for b in self._idle.values()),
+                "live_blocks": len(self._live), "limit_bytes": self.limit_bytes,
+                "hits": self.hits, "misses": self.misses}
+
+
+CACHE = OutputCache(_limit_from_environment())
+empty_strided = CACHE.empty_strided
+
+
+def empty_like_dense(t):
+    """A cached tensor with t's shape, strides and dtype (t dense: its elements fill its storage)."""
+    return CACHE.empty_strided(t.shape, t.stride(), t.dtype)
+
+
+def empty_cache():
+    """Release the idle output blocks the C++ kernels keep for reuse (their memory goes back to
+    the OS). Outputs still in use are unaffected and return their blocks when freed."""
+    CACHE.empty()
+
+
+def cache_info():
+    """What the output cache holds: {"idle_bytes", "idle_blocks", "live_blocks", "limit_bytes",
+    "hits", "misses"} (limit from ``NA_KERNELS_CPU_CACHE_MB``, default 256 MiB)."""
+    return CACHE.info()

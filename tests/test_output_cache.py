@@ -1,0 +1,153 @@
+"""The C++ kernels' output cache (na_kernels/cpu/output_cache.py): a block is reused only once
+nothing can reach the storage over it, outputs are what torch.empty_strided would give, and the
+limit, the release and the environment setting do what they say."""
+import gc
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from na_kernels import cpu, integrate_fire, noisy_quant
+from na_kernels.cpu import output_cache
+from na_kernels.cpu.output_cache import CACHE_FROM_BYTES, OutputCache
+
+needs_cpp = pytest.mark.skipif(not cpu.available(), reason="C++ extension not built")
+BIG = CACHE_FROM_BYTES // 4 * 3  # float32 elements: 3 MiB, above the threshold
+
+
+def _address(t):
+    return t.untyped_storage().data_ptr()
+
+
+def test_small_outputs_are_plain_torch_tensors():
+    cache = OutputCache(64 << 20)
+    t = cache.empty_strided((10, 3), (3, 1), torch.float32)
+    assert cache.info()["live_blocks"] == 0 and cache.info()["misses"] == 0
+    assert t.shape == (10, 3) and t.stride() == (3, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int32])
+@pytest.mark.parametrize("shape, strides", [((BIG,), (1,)), ((3, BIG // 3 + 1), (BIG // 3 + 1, 1)),
+                                            ((2, 5, 7, BIG // 64), (5 * 7 * (BIG // 64), 1, 5 * (BIG // 64), 5)),
+                                            ((4, BIG // 8), (0, 1))])
+def test_cached_output_has_the_asked_shape_strides_and_dtype(dtype, shape, strides):
+    cache = OutputCache(64 << 20)
+    t = cache.empty_strided(shape, strides, dtype)
+    assert (t.shape, t.stride(), t.dtype, t.device.type) == (shape, strides, dtype, "cpu")
+    t.fill_(1)  # every element is writable, inside the block
+    assert torch.all(t == 1)
+    assert _address(t) % 64 == 0  # the kernels' streaming stores need 64-byte rows
+
+
+def test_a_block_comes_back_only_when_its_storage_is_freed():
+    cache = OutputCache(64 << 20)
+    first = cache.empty_strided((BIG,), (1,), torch.float32)
+    address = _address(first)
+    holders = {"view": first[5:], "storage": first.untyped_storage(), "saved": first.view(2, -1)}
+    del first
+    for name in list(holders):
+        gc.collect()
+        other = cache.empty_strided((BIG,), (1,), torch.float32)
+        assert _address(other) != address, f"block reused while a {name} still held it"
+        del other
+        holders.pop(name)
+    gc.collect()
+    again = cache.empty_strided((BIG,), (1,), torch.float32)
+    assert _address(again) == address
+    assert cache.info()["hits"] >= 1
+
+
+def test_a_block_serves_only_its_own_size_class():
+    cache = OutputCache(64 << 20)
+    t = cache.empty_strided((BIG,), (1,), torch.float32)
+    address = _address(t)
+    del t
+    bigger = cache.empty_strided((4 * BIG,), (1,), torch.float32)
+    assert _address(bigger) != address
+
+
+def test_idle_blocks_stay_within_the_limit_and_empty_releases_them():
+    size = -(-BIG * 4 // output_cache.SIZE_CLASS_BYTES) * output_cache.SIZE_CLASS_BYTES
+    cache = OutputCache(2 * size)
+    outputs = [cache.empty_strided((BIG,), (1,), torch.float32) for _ in range(5)]
+    del outputs
+    gc.collect()
+    info = cache.info()
+    assert info["idle_blocks"] == 2 and info["idle_bytes"] == 2 * size <= info["limit_bytes"]
+    assert info["live_blocks"] == 0
+    cache.empty()
+    assert cache.info()["idle_bytes"] == 0 and cache.info()["idle_blocks"] == 0
+
+
+def test_limit_zero_turns_the_cache_off():
+    cache = OutputCache(0)
+    t = cache.empty_strided((BIG,), (1,), torch.float32)
+    t.resize_(2 * BIG)  # a torch-allocated storage grows
+    assert cache.info()["misses"] == 0 and cache.info()["live_blocks"] == 0
+
+
+def test_cached_output_cannot_grow_in_place():
+    cache = OutputCache(64 << 20)
+    t = cache.empty_strided((BIG,), (1,), torch.float32)
+    t.resize_(BIG // 2)  # shrinking is fine
+    with pytest.raises(RuntimeError, match="not resizable"):
+        t.resize_(2 * BIG)
+
+
+@pytest.mark.parametrize("text, message", [("-1", "got '-1'"), ("lots", "got 'lots'"), ("1.5", "got '1.5'")])
+def test_environment_limit_must_be_a_whole_number(text, message):
+    code = "import na_kernels.cpu.output_cache"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**_env(), "NA_KERNELS_CPU_CACHE_MB": text})
+    assert result.returncode != 0
+    assert "NA_KERNELS_CPU_CACHE_MB must be a whole number of MiB >= 0" in result.stderr and message in result.stderr
+
+
+def test_environment_limit_is_read():
+    code = "from na_kernels import cpu; print(cpu.cache_info()['limit_bytes'])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**_env(), "NA_KERNELS_CPU_CACHE_MB": "3"})
+    assert result.stdout.strip() == str(3 << 20)
+
+
+def _env():
+    import os
+
+    return dict(os.environ)
+
+
+@needs_cpp
+def test_ops_reuse_blocks_and_give_the_same_results():
+    x = torch.rand(8, BIG // 8) * 0.8
+    xq = torch.randn(BIG) * 3
+    first = integrate_fire(x, 1.0)
+    first_q = noisy_quant(xq, 3, lam=4.0, seed=7)
+    before = cpu.cache_info()["hits"]
+    for _ in range(3):
+        again = integrate_fire(x, 1.0)
+        again_q = noisy_quant(xq, 3, lam=4.0, seed=7)
+        for a, b in zip(first, again):
+            assert torch.equal(a, b)
+        assert torch.equal(first_q, again_q)
+        del again, again_q
+    assert cpu.cache_info()["hits"] > before
+
+
+@needs_cpp
+def test_backward_outputs_and_saved_h_are_sound():
+    x = (torch.rand(4, BIG // 4) * 0.8).requires_grad_(True)
+    spikes, _ = integrate_fire(x, 1.0)
+    expected = torch.autograd.grad(spikes.sum(), x, retain_graph=True)[0]
+    # outputs made while the graph's saved h is alive must not land on h's block
+    for _ in range(3):
+        noise = integrate_fire(torch.rand(4, BIG // 4), 1.0)
+        del noise
+    assert torch.equal(torch.autograd.grad(spikes.sum(), x)[0], expected)
+
+
+def test_empty_cache_and_cache_info_are_public():
+    cpu.empty_cache()
+    info = cpu.cache_info()
+    assert info["idle_bytes"] == 0
+    assert set(info) == {"idle_bytes", "idle_blocks", "live_blocks", "limit_bytes", "hits", "misses"}
