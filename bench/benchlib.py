@@ -167,6 +167,15 @@ def _time_once(fn):
     return time.perf_counter() - start
 
 
+def _minor_faults():
+    """This process's minor page faults so far (None where the resource module is missing)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def run_case(benchmark, fn, *, group, impl, copy_bandwidth, bytes_moved=None, items=None,
              item_name=None, grad_to_none=(), info=None, warmup=1, min_rounds=None):
     """Time ``fn`` as one implementation of the case ``group`` and record its extra_info.
@@ -204,7 +213,10 @@ def run_case(benchmark, fn, *, group, impl, copy_bandwidth, bytes_moved=None, it
                   "threads": torch.get_num_threads()})
     if info:
         extra.update(info)
+    faults_before = _minor_faults()
     benchmark.pedantic(call, rounds=rounds, iterations=iterations, warmup_rounds=0)
+    if faults_before is not None:  # fresh memory touched per call: where an allocator makes the time
+        extra["page_faults_per_call"] = (_minor_faults() - faults_before) / (rounds * iterations)
 
     stats = getattr(benchmark, "stats", None)
     if stats is None or not stats:  # --benchmark-disable: the function ran once, untimed
