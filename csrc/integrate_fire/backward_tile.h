@@ -44,6 +44,9 @@ NA_INLINE void backward_tile(const BackwardArgs& args, const float* theta, const
   using L = typename Io::L;
   using Vec = typename L::Vec;
   constexpr int kLanes = L::kWidth;
+  // the tile walks T rows N apart, backwards in t: more streams than the hardware prefetchers
+  // follow, so each row's data two tiles ahead is asked for here
+  constexpr int64_t kPrefetchLanes = 2 * W * kLanes;
   const Layer& layer = args.layer;
   const auto* grad_spikes = static_cast<const StorageType<D>*>(args.grad_spikes);
   auto* grad_x = static_cast<StorageType<D>*>(args.grad_x);
@@ -64,12 +67,15 @@ NA_INLINE void backward_tile(const BackwardArgs& args, const float* theta, const
     for (int64_t t = 0; t < layer.steps; ++t)
       for (int w = 0; w < W; ++w) {
         Vec h;
+        if (w == 0) __builtin_prefetch(x + t * layer.x_step + n + kPrefetchLanes, 0, 3);
         integrate_and_fire<L, R>(v[w], Io::load_x(x + t * layer.x_step + n + kLanes * w, part[w]), threshold[w], h);
         Io::store(h_scratch + (t * W + w) * kLanes, Io::all_lanes(), h);
       }
   }
   for (int64_t t = layer.steps - 1; t >= 0; --t) {
     const int64_t row = t * layer.neurons + n;
+    if (grad_spikes) __builtin_prefetch(grad_spikes + row + kPrefetchLanes, 0, 3);
+    if (grad_x) __builtin_prefetch(grad_x + row + kPrefetchLanes, 1, 3);
     for (int w = 0; w < W; ++w) {
       const Vec h = args.h ? Io::load(args.h + row + kLanes * w, part[w]) : Io::load(h_scratch + (t * W + w) * kLanes);
       const Vec grad_spike = grad_spikes ? L::mul(Io::load_x(grad_spikes + row + kLanes * w, part[w]), amplitude[w]) : zero;

@@ -30,6 +30,10 @@ template <int W> struct SpikeBits32 {
   NA_AVX2 void store(float* spikes, const __m256* fired_now, const AllLanes*) const {
     for (int w = 0; w < W; ++w) _mm256_storeu_ps(spikes + 8 * w, _mm256_blendv_ps(silent[w], fired[w], fired_now[w]));
   }
+  // spikes 32-byte aligned
+  NA_AVX2 void stream(float* spikes, const __m256* fired_now) const {
+    for (int w = 0; w < W; ++w) _mm256_stream_ps(spikes + 8 * w, _mm256_blendv_ps(silent[w], fired[w], fired_now[w]));
+  }
 };
 
 // 16-bit storage (bfloat16 and float16 alike): pairs of vectors share one register of spike
@@ -51,17 +55,30 @@ template <int W> struct SpikeBits16 {
   NA_AVX2 void store(uint16_t* spikes, const __m256* fired_now, const AllLanes*) const {
     for (int pair = 0; pair < W / kPair; ++pair) {
       uint16_t* p = spikes + 8 * kPair * pair;
-      const __m256i low = _mm256_castps_si256(fired_now[kPair * pair]);
-      if (kPair == 2) {  // packs works per 128-bit lane: neurons 0-3, 8-11 | 4-7, 12-15, put in order by permute
-        const __m256i high = _mm256_castps_si256(fired_now[kPair * pair + 1]);
-        const __m256i mask = _mm256_permute4x64_epi64(_mm256_packs_epi32(low, high), 0xD8);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm256_blendv_epi8(silent[pair], fired[pair], mask));
+      if (kPair == 2) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), pair_bits(pair, fired_now));
       } else {
+        const __m256i low = _mm256_castps_si256(fired_now[pair]);
         const __m128i mask = _mm_packs_epi32(_mm256_castsi256_si128(low), _mm256_extracti128_si256(low, 1));
         _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm_blendv_epi8(_mm256_castsi256_si128(silent[pair]),
                                                                         _mm256_castsi256_si128(fired[pair]), mask));
       }
     }
+  }
+  // whole pairs only (W even), spikes 32-byte aligned
+  NA_AVX2 void stream(uint16_t* spikes, const __m256* fired_now) const {
+    static_assert(kPair == 2, "streamed tiles hold whole pairs of vectors");
+    for (int pair = 0; pair < W / kPair; ++pair)
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(spikes + 16 * pair), pair_bits(pair, fired_now));
+  }
+
+ private:
+  // the spike bits of vectors 2 pair and 2 pair + 1; packs works per 128-bit lane (neurons 0-3,
+  // 8-11 | 4-7, 12-15), put in order by the permute
+  NA_AVX2 __m256i pair_bits(int pair, const __m256* fired_now) const {
+    const __m256i low = _mm256_castps_si256(fired_now[2 * pair]), high = _mm256_castps_si256(fired_now[2 * pair + 1]);
+    const __m256i mask = _mm256_permute4x64_epi64(_mm256_packs_epi32(low, high), 0xD8);
+    return _mm256_blendv_epi8(silent[pair], fired[pair], mask);
   }
 };
 
@@ -71,8 +88,8 @@ struct Avx2ForwardIoCommon {
   static constexpr int kTile = 4;       // vectors per tile, at T = 8 and 32: 4 beats 1, 2 and 8
   static constexpr int kWideTile = 0;   // none
   static constexpr bool kMaskedTail = false;
-  static constexpr bool kStreams = false;  // no non-temporal spike stores (ForwardArgs::stream_spikes)
-  static void stream_fence() {}
+  static constexpr bool kStreams = true;  // SpikeBits::stream; stream_fence() orders those stores
+  NA_AVX2 static void stream_fence() { _mm_sfence(); }
   static bool wide_tiles(const Layer&) { return false; }
   NA_AVX2 static Part all_lanes() { return {}; }
   NA_AVX2 static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
