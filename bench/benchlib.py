@@ -83,6 +83,7 @@ def describe_device():
     from na_kernels import cpu
 
     simd = f", C++ kernels: {cpu.simd_level()}" if cpu.available() else ", C++ kernels not built"
+    simd += f", torch kernels: {torch.backends.cpu.get_cpu_capability().lower()}"
     return f"{name} ({torch.get_num_threads()} threads of {os.cpu_count()} CPUs{simd})"
 
 

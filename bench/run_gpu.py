@@ -58,6 +58,12 @@ def machine_slug(device):
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+# A capped NA_KERNELS_SIMD level stands for a CPU without the wider ISA: torch's own CPU kernels
+# (eager, SpikingJelly, and the code torch.compile generates) are capped to match, unless the
+# environment already says otherwise, so both sides of each ratio run on the same ISA.
+ATEN_CAPABILITY_OF_LEVEL = {"generic": "default", "avx2": "avx2"}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(BENCH / "results"), help="output folder (default bench/results)")
@@ -82,6 +88,11 @@ def main(argv=None):
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)  # never time the interpreter
     env["NA_BENCH_DEVICE"] = device
+    level = env.get("NA_KERNELS_SIMD", "").strip().lower()
+    if device == "cpu" and level in ATEN_CAPABILITY_OF_LEVEL and "ATEN_CPU_CAPABILITY" not in env:
+        env["ATEN_CPU_CAPABILITY"] = ATEN_CAPABILITY_OF_LEVEL[level]
+        print(f"run_gpu.py: NA_KERNELS_SIMD={level}: torch's kernels capped to match "
+              f"(ATEN_CPU_CAPABILITY={env['ATEN_CPU_CAPABILITY']})", flush=True)
     if args.sizes:
         env["NA_BENCH_SIZES"] = args.sizes
     if args.malloc_tuning and args.no_malloc_tuning:
