@@ -18,7 +18,7 @@ struct AllLanes {};
 template <DType D> struct Avx2BackwardIo {
   using L = Avx2Lanes;
   using Part = AllLanes;
-  static constexpr int kTile = 4;  // vectors per tile
+  static constexpr int kTile = backward_tile_vectors<L, D>();
   static constexpr bool kMaskedTail = false;
   NA_AVX2 static Part all_lanes() { return {}; }
   NA_AVX2 static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
@@ -29,7 +29,7 @@ template <DType D> struct Avx2BackwardIo {
 };
 
 struct Kernel {
-  static constexpr int kLanes = 8, kTileLanes = 8 * Avx2BackwardIo<DType::FLOAT32>::kTile;
+  static constexpr int kLanes = 8, kTileLanes = 8 * Avx2BackwardIo<DType::BFLOAT16>::kTile;  // the widest tile
   template <DType D, Reset R, Surrogate SG, bool DETACH>
   NA_AVX2 static void run(const BackwardArgs& args, const WorkItem& item, BackwardState& state) {
     backward_work_item<Avx2BackwardIo<D>, D, R, SG, DETACH>(args, item, state);

@@ -15,7 +15,7 @@ namespace {
 template <DType D> struct Avx512BackwardIo {
   using L = Avx512Lanes;
   using Part = __mmask16;
-  static constexpr int kTile = 2;  // vectors per tile
+  static constexpr int kTile = backward_tile_vectors<L, D>();
   static constexpr bool kMaskedTail = true;
   NA_AVX512 static Part all_lanes() { return static_cast<__mmask16>(0xFFFF); }
   NA_AVX512 static Part first_lanes(int64_t count) { return na::first_lanes(count); }
@@ -27,7 +27,7 @@ template <DType D> struct Avx512BackwardIo {
 };
 
 struct Kernel {
-  static constexpr int kLanes = 16, kTileLanes = 16 * Avx512BackwardIo<DType::FLOAT32>::kTile;
+  static constexpr int kLanes = 16, kTileLanes = 16 * Avx512BackwardIo<DType::BFLOAT16>::kTile;  // the widest tile
   template <DType D, Reset R, Surrogate SG, bool DETACH>
   NA_AVX512 static void run(const BackwardArgs& args, const WorkItem& item, BackwardState& state) {
     backward_work_item<Avx512BackwardIo<D>, D, R, SG, DETACH>(args, item, state);

@@ -21,6 +21,14 @@
 namespace na {
 namespace integrate_fire {
 
+// Vectors per tile: one cache line of each of the T rows a tile walks (for float32, 2 ymm or 1 zmm;
+// for 16-bit storage, 4 or 2). Rows N apart fall in the same cache sets, and a tile touches 2-3 of
+// them per step (the grad of the spikes, grad_x, x): wider tiles than a line measured slower.
+template <class L, DType D> constexpr int backward_tile_vectors() {
+  constexpr int vectors = 64 / (L::kWidth * static_cast<int>(sizeof(StorageType<D>)));
+  return vectors > 1 ? vectors : 1;
+}
+
 // per thread: theta and amplitude of a work item's neurons (+ one vector of slack: lanes past
 // the end are read), and the recompute scratch (T x a tile, at most T x the layer's vectors)
 struct BackwardState {
