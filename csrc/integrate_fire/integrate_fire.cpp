@@ -12,9 +12,9 @@ namespace na {
 namespace integrate_fire {
 namespace {
 
-// spikes from this size on (half the last-level cache of the machines this was tuned on) are
-// stored around the cache (ForwardArgs::stream_spikes)
-constexpr int64_t kStreamFromBytes = int64_t{16} << 20;
+// spikes from this size on (four per-core L2s here) are stored around the cache
+// (ForwardArgs::stream_spikes): through it, every line would be read first and the inputs evicted
+constexpr int64_t kStreamFromBytes = int64_t{4} << 20;
 
 Layer make_layer(int64_t steps, int64_t neurons, int64_t channel_stride, int64_t channels, int64_t x_step,
                  uintptr_t theta, bool amp_is_theta, float amp, int threads) {
