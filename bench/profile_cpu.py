@@ -8,8 +8,9 @@ for the cost of the work, not for the machine's noise):
 - noisy_quant forward with noise=None / "uniform" / "gaussian": the difference is the cost
   of the Philox stream, regenerated once in forward and once more in backward;
 - noisy_quant forward into a fresh output vs the same arithmetic's bytes as a copy: a
-  2^23-element fp32 output is 32 MiB, which glibc maps fresh (and unmaps on free) on every
-  call, so its page faults are part of every call's time;
+  2^23-element fp32 output from torch is 32 MiB, which glibc maps fresh (and unmaps on free)
+  on every call, so its page faults would be part of every call's time (the C++ kernels take
+  their outputs from their own block cache instead: na_kernels/cpu/output_cache.py);
 - integrate_fire forward at T = 8 against a copy of the same bytes, and the time split of a
   forward into an existing output (spikes, counts) by comparing it with a single read pass.
 It never sets TRITON_INTERPRET and runs the C++ kernels.
