@@ -151,3 +151,35 @@ def test_empty_cache_and_cache_info_are_public():
     info = cpu.cache_info()
     assert info["idle_bytes"] == 0
     assert set(info) == {"idle_bytes", "idle_blocks", "live_blocks", "limit_bytes", "hits", "misses"}
+
+
+@needs_cpp
+def test_threads_sharing_the_cache_never_share_a_block():
+    import threading
+
+    inputs = [torch.rand(4, BIG // 4 + 8 * i) * 0.8 for i in range(4)]
+    expected = [integrate_fire(x, 0.9)[0] for x in inputs]
+    errors = []
+
+    def work(i):
+        try:
+            held = []
+            for _ in range(12):
+                spikes = integrate_fire(inputs[i], 0.9)[0]
+                held.append(spikes)
+                if len(held) > 2:
+                    held.pop(0)  # returns a block while other threads take theirs
+                if not torch.equal(spikes, expected[i]):
+                    errors.append(i)
+            for spikes in held:  # still intact after the other threads' calls
+                if not torch.equal(spikes, expected[i]):
+                    errors.append(i)
+        except Exception as error:  # surfaced below
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
