@@ -80,6 +80,21 @@ def test_idle_blocks_stay_within_the_limit_and_empty_releases_them():
     assert cache.info()["idle_bytes"] == 0 and cache.info()["idle_blocks"] == 0
 
 
+def test_the_least_recently_freed_blocks_go_first():
+    other = (BIG + output_cache.SIZE_CLASS_BYTES // 4,)  # float32: the next size class
+    cache = OutputCache(2 * other[0] * 4)  # two blocks of it
+    old = [cache.empty_strided((BIG,), (1,), torch.float32) for _ in range(2)]
+    del old  # two idle blocks of the first size
+    new = [cache.empty_strided(other, (1,), torch.float32) for _ in range(2)]
+    addresses = {_address(t) for t in new}
+    del new  # these evict the older ones
+    gc.collect()
+    assert cache.info()["idle_blocks"] == 2
+    hits = cache.info()["hits"]
+    again = [cache.empty_strided(other, (1,), torch.float32) for _ in range(2)]
+    assert {_address(t) for t in again} == addresses and cache.info()["hits"] == hits + 2
+
+
 def test_limit_zero_turns_the_cache_off():
     cache = OutputCache(0)
     t = cache.empty_strided((BIG,), (1,), torch.float32)

@@ -16,13 +16,16 @@ and torch holds that memoryview until the storage itself is freed, whatever stil
 memoryview's death returns the block, so a block is never handed out twice while in use.
 
 Idle blocks are kept up to ``NA_KERNELS_CPU_CACHE_MB`` MiB (default 256; 0 turns the cache off
-and outputs come from ``torch.empty_strided``); ``empty_cache()`` lets them all go and
-``cache_info()`` says what is held. One difference from a torch-allocated tensor: an output's
+and outputs come from ``torch.empty_strided``), the least recently freed let go first, so the
+sizes in use stay cached when a program moves on to other shapes. ``empty_cache()`` lets them
+all go and ``cache_info()`` says what is held. One difference from a torch-allocated tensor: an output's
 storage cannot grow in place (``resize_`` to more elements raises torch's "not resizable" error).
 """
+import collections
 import ctypes
 import mmap
 import os
+import threading
 import weakref
 
 import torch
@@ -72,11 +75,17 @@ class _Block:
 
 
 class OutputCache:
-    """Blocks by size class: ``idle`` are free for the next output, ``live`` are under one."""
+    """Blocks of memory for outputs: ``live`` ones lie under an output, ``idle`` ones (oldest
+    first) wait for the next output of their size class. A freed output's block is queued by a
+    weakref callback, which may run on any thread and at any allocation (a garbage collection can
+    free a tensor), so it takes no lock; the queue is settled into the idle list, and the oldest
+    idle blocks are let go past the limit, under the lock at the next allocation (or ``info``)."""
 
     def __init__(self, limit_bytes):
         self.limit_bytes = limit_bytes
-        self._idle = {}  # size class -> [_Block]
+        self._lock = threading.Lock()
+        self._returned = collections.deque()  # blocks whose output was freed, not yet settled
+        self._idle = []  # [_Block], oldest first
         self._idle_bytes = 0
         self._live = {}  # id of a weakref to an output's memoryview -> (the weakref, its _Block)
         self.hits = 0
@@ -94,41 +103,48 @@ class OutputCache:
         size = -(-nbytes // SIZE_CLASS_BYTES) * SIZE_CLASS_BYTES
         block = self._take(size)
         view = memoryview(block.memory)[block.offset:block.offset + nbytes]
-        ref = weakref.ref(view, self._returned)
+        ref = weakref.ref(view, self._on_freed)
         self._live[id(ref)] = (ref, block)  # the ref must live for its callback to run
         return torch.frombuffer(view, dtype=dtype, count=extent).as_strided(shape, strides)
 
     def _take(self, size):
-        blocks = self._idle.get(size)
-        if blocks:
-            try:
-                block = blocks.pop()
-            except IndexError:  # emptied by another thread since the check
-                block = None
-            if block is not None:
-                self._idle_bytes -= size
-                self.hits += 1
-                return block
-        self.misses += 1
+        with self._lock:
+            self._settle()
+            for i in range(len(self._idle) - 1, -1, -1):  # the most recently freed block of the class
+                if self._idle[i].size == size:
+                    self._idle_bytes -= size
+                    self.hits += 1
+                    return self._idle.pop(i)
+            self.misses += 1
         return _Block(size)
 
-    def _returned(self, ref):
-        # runs when torch frees an output's storage (with the GIL, on whichever thread freed it):
-        # keep the block for the next output while the idle total stays within the limit
+    def _on_freed(self, ref):
+        # torch freed an output's storage: queue its block (deque.append needs no lock)
         _, block = self._live.pop(id(ref), (None, None))
-        if block is not None and self._idle_bytes + block.size <= self.limit_bytes:
-            self._idle.setdefault(block.size, []).append(block)
+        if block is not None:
+            self._returned.append(block)
+
+    def _settle(self):
+        """(under the lock) the queued blocks become idle; the oldest go past the limit."""
+        while self._returned:
+            block = self._returned.popleft()
+            self._idle.append(block)
             self._idle_bytes += block.size
+        while self._idle_bytes > self.limit_bytes:
+            self._idle_bytes -= self._idle.pop(0).size  # its mapping closes with the last reference
 
     def empty(self):
         """Let every idle block go (its memory goes back to the OS); outputs in use keep theirs."""
-        self._idle = {}
-        self._idle_bytes = 0
+        with self._lock:
+            self._settle()
+            self._idle = []
+            self._idle_bytes = 0
 
     def info(self):
-        return {"idle_bytes": self._idle_bytes, "idle_blocks": sum(len(b) for b in self._idle.values()),
-                "live_blocks": len(self._live), "limit_bytes": self.limit_bytes,
-                "hits": self.hits, "misses": self.misses}
+        with self._lock:
+            self._settle()
+            return {"idle_bytes": self._idle_bytes, "idle_blocks": len(self._idle), "live_blocks": len(self._live),
+                    "limit_bytes": self.limit_bytes, "hits": self.hits, "misses": self.misses}
 
 
 CACHE = OutputCache(_limit_from_environment())
