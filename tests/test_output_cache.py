@@ -198,3 +198,45 @@ def test_threads_sharing_the_cache_never_share_a_block():
     for t in threads:
         t.join()
     assert errors == []
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_can_allocate_while_a_parent_thread_held_the_lock():
+    import os
+    import threading
+
+    release = threading.Event()
+    taken = threading.Event()
+
+    def hold():
+        with output_cache.CACHE._lock:
+            taken.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    taken.wait()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: without the fork handler this allocation would wait forever
+            code = 0
+            try:
+                output_cache.CACHE.empty_strided((BIG,), (1,), torch.float32)[:1].fill_(1)  # serial: no OpenMP
+            except BaseException:
+                code = 1
+            os._exit(code)
+        import time
+
+        done, status = 0, 0
+        for _ in range(200):  # up to 20 s
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.1)
+        if not done:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        assert done and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "the child hung or failed"
+    finally:
+        release.set()
+        holder.join()

@@ -133,6 +133,11 @@ class OutputCache:
         while self._idle_bytes > self.limit_bytes:
             self._idle_bytes -= self._idle.pop(0).size  # its mapping closes with the last reference
 
+    def after_fork_in_child(self):
+        """A forked child starts with a free lock (another thread of the parent may have held it);
+        its blocks are private copies of the parent's."""
+        self._lock = threading.Lock()
+
     def empty(self):
         """Let every idle block go (its memory goes back to the OS); outputs in use keep theirs."""
         with self._lock:
@@ -148,6 +153,8 @@ class OutputCache:
 
 
 CACHE = OutputCache(_limit_from_environment())
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=CACHE.after_fork_in_child)
 empty_strided = CACHE.empty_strided
 
 
