@@ -128,11 +128,11 @@ class Layout:
     def seq_strides(self):
         return (max(self.neurons, 1),) + self.step_strides
 
-    def empty_seq(self, steps, dtype, device, empty=None):
-        return _empty(empty, (steps,) + self.step_shape, self.seq_strides(), dtype, device)
+    def empty_seq(self, steps, dtype, device, empty=torch.empty_strided):
+        return empty((steps,) + self.step_shape, self.seq_strides(), dtype=dtype, device=device)
 
-    def empty_step(self, dtype, device, empty=None):
-        return _empty(empty, self.step_shape, self.step_strides, dtype, device)
+    def empty_step(self, dtype, device, empty=torch.empty_strided):
+        return empty(self.step_shape, self.step_strides, dtype=dtype, device=device)
 
     def as_seq(self, t: torch.Tensor) -> torch.Tensor:
         return restride(t, self.seq_strides())
@@ -141,21 +141,14 @@ class Layout:
         return restride(t, self.step_strides)
 
 
-def _empty(empty, shape, strides, dtype, device):
-    """torch.empty_strided, or ``empty(shape, strides, dtype)``: a backend's own allocation of
-    outputs on its device (the C++ kernels' output cache)."""
-    if empty is None:
-        return torch.empty_strided(shape, strides, dtype=dtype, device=device)
-    return empty(shape, strides, dtype)
-
-
 def _nothing(dtype, device):
     return torch.empty(0, dtype=dtype, device=device)
 
 
-def forward_outputs(layout: Layout, x_seq, save_h: bool, empty=None):
+def forward_outputs(layout: Layout, x_seq, save_h: bool, empty=torch.empty_strided):
     """integrate_fire's (spikes, counts, v_final, h) in the layout; h empty unless save_h.
-    empty: the allocation of the outputs (``_empty``)."""
+    empty: the outputs' allocation, torch.empty_strided or a backend's own with its signature
+    (the C++ kernels' output cache)."""
     steps, device = x_seq.shape[0], x_seq.device
     return (layout.empty_seq(steps, x_seq.dtype, device, empty), layout.empty_step(torch.int32, device, empty),
             layout.empty_step(torch.float32, device, empty),
@@ -175,9 +168,10 @@ def backward_layout(h, x_seq, threshold):
     return Layout.of_input(h if h is not None else x_seq, threshold.numel())
 
 
-def backward_outputs(layout: Layout, steps, x_dtype, device, need_grad_x, need_grad_v_init, empty=None):
+def backward_outputs(layout: Layout, steps, x_dtype, device, need_grad_x, need_grad_v_init,
+                     empty=torch.empty_strided):
     """(grad_x, grad_v_init) in the layout; an empty tensor for each one not needed.
-    empty: the allocation of the outputs (``_empty``)."""
+    empty: the outputs' allocation, as in ``forward_outputs``."""
     return (layout.empty_seq(steps, x_dtype, device, empty) if need_grad_x else _nothing(x_dtype, device),
             layout.empty_step(torch.float32, device, empty) if need_grad_v_init else _nothing(torch.float32, device))
 

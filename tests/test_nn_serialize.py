@@ -153,13 +153,17 @@ def test_pickled_object_refused(tmp_path):
         load_snn(path)
 
 
+def _assert_load_refuses(record, path, match):
+    """record saved to path, as a forged or future file would be, and load_snn refusing it."""
+    torch.save(record, path)
+    with pytest.raises(SerializationError, match=match):
+        load_snn(path)
+
+
 def test_incompatible_version(tmp_path):
     record = snn_record(to_snn(prepared(SmallCNN), T=2))
     record["version"] = 99
-    path = tmp_path / "future.snn"
-    torch.save(record, path)
-    with pytest.raises(SerializationError, match="format version 99"):
-        load_snn(path)
+    _assert_load_refuses(record, tmp_path / "future.snn", "format version 99")
 
 
 class _Cumsum(nn.Module):
@@ -189,10 +193,7 @@ def test_forged_function_refused(tmp_path):
     record = snn_record(to_snn(prepared(SmallCNN), T=2))
     flatten = next(n for n in record["graph"] if n["op"] == "call_function")
     flatten["target"] = "torch:load"
-    path = tmp_path / "forged.snn"
-    torch.save(record, path)
-    with pytest.raises(SerializationError, match="'torch:load'"):
-        load_snn(path)
+    _assert_load_refuses(record, tmp_path / "forged.snn", "'torch:load'")
 
 
 def test_forged_references_refused(tmp_path):
@@ -201,11 +202,7 @@ def test_forged_references_refused(tmp_path):
     placeholder = record["graph"][0]["name"]
     record["graph"].insert(1, dict(op="get_attr", name="code", target="_code", args=(), kwargs={"__dict__": []}))
     path = tmp_path / "forged.snn"
-    torch.save(record, path)
-    with pytest.raises(SerializationError, match="'_code', not a saved parameter or buffer"):
-        load_snn(path)
+    _assert_load_refuses(record, path, "'_code', not a saved parameter or buffer")
     record["graph"][1] = dict(op="call_function", name="peek", target="builtins:getattr",
                               args=({"__node__": placeholder}, "__class__"), kwargs={"__dict__": []})
-    torch.save(record, path)
-    with pytest.raises(SerializationError, match="reads an attribute outside"):
-        load_snn(path)
+    _assert_load_refuses(record, path, "reads an attribute outside")

@@ -22,7 +22,7 @@ def _address(t):
 
 def test_small_outputs_are_plain_torch_tensors():
     cache = OutputCache(64 << 20)
-    t = cache.empty_strided((10, 3), (3, 1), torch.float32)
+    t = cache.empty_strided((10, 3), (3, 1), dtype=torch.float32)
     assert cache.info()["live_blocks"] == 0 and cache.info()["misses"] == 0
     assert t.shape == (10, 3) and t.stride() == (3, 1)
 
@@ -33,7 +33,7 @@ def test_small_outputs_are_plain_torch_tensors():
                                             ((4, BIG // 8), (0, 1))])
 def test_cached_output_has_the_asked_shape_strides_and_dtype(dtype, shape, strides):
     cache = OutputCache(64 << 20)
-    t = cache.empty_strided(shape, strides, dtype)
+    t = cache.empty_strided(shape, strides, dtype=dtype)
     assert (t.shape, t.stride(), t.dtype, t.device.type) == (shape, strides, dtype, "cpu")
     t.fill_(1)  # every element is writable, inside the block
     assert torch.all(t == 1)
@@ -42,35 +42,35 @@ def test_cached_output_has_the_asked_shape_strides_and_dtype(dtype, shape, strid
 
 def test_a_block_comes_back_only_when_its_storage_is_freed():
     cache = OutputCache(64 << 20)
-    first = cache.empty_strided((BIG,), (1,), torch.float32)
+    first = cache.empty_strided((BIG,), (1,), dtype=torch.float32)
     address = _address(first)
     holders = {"view": first[5:], "storage": first.untyped_storage(), "saved": first.view(2, -1)}
     del first
     for name in list(holders):
         gc.collect()
-        other = cache.empty_strided((BIG,), (1,), torch.float32)
+        other = cache.empty_strided((BIG,), (1,), dtype=torch.float32)
         assert _address(other) != address, f"block reused while a {name} still held it"
         del other
         holders.pop(name)
     gc.collect()
-    again = cache.empty_strided((BIG,), (1,), torch.float32)
+    again = cache.empty_strided((BIG,), (1,), dtype=torch.float32)
     assert _address(again) == address
     assert cache.info()["hits"] >= 1
 
 
 def test_a_block_serves_only_its_own_size_class():
     cache = OutputCache(64 << 20)
-    t = cache.empty_strided((BIG,), (1,), torch.float32)
+    t = cache.empty_strided((BIG,), (1,), dtype=torch.float32)
     address = _address(t)
     del t
-    bigger = cache.empty_strided((4 * BIG,), (1,), torch.float32)
+    bigger = cache.empty_strided((4 * BIG,), (1,), dtype=torch.float32)
     assert _address(bigger) != address
 
 
 def test_idle_blocks_stay_within_the_limit_and_empty_releases_them():
     size = -(-BIG * 4 // output_cache.SIZE_CLASS_BYTES) * output_cache.SIZE_CLASS_BYTES
     cache = OutputCache(2 * size)
-    outputs = [cache.empty_strided((BIG,), (1,), torch.float32) for _ in range(5)]
+    outputs = [cache.empty_strided((BIG,), (1,), dtype=torch.float32) for _ in range(5)]
     del outputs
     gc.collect()
     info = cache.info()
@@ -83,28 +83,28 @@ def test_idle_blocks_stay_within_the_limit_and_empty_releases_them():
 def test_the_least_recently_freed_blocks_go_first():
     other = (BIG + output_cache.SIZE_CLASS_BYTES // 4,)  # float32: the next size class
     cache = OutputCache(2 * other[0] * 4)  # two blocks of it
-    old = [cache.empty_strided((BIG,), (1,), torch.float32) for _ in range(2)]
+    old = [cache.empty_strided((BIG,), (1,), dtype=torch.float32) for _ in range(2)]
     del old  # two idle blocks of the first size
-    new = [cache.empty_strided(other, (1,), torch.float32) for _ in range(2)]
+    new = [cache.empty_strided(other, (1,), dtype=torch.float32) for _ in range(2)]
     addresses = {_address(t) for t in new}
     del new  # these evict the older ones
     gc.collect()
     assert cache.info()["idle_blocks"] == 2
     hits = cache.info()["hits"]
-    again = [cache.empty_strided(other, (1,), torch.float32) for _ in range(2)]
+    again = [cache.empty_strided(other, (1,), dtype=torch.float32) for _ in range(2)]
     assert {_address(t) for t in again} == addresses and cache.info()["hits"] == hits + 2
 
 
 def test_limit_zero_turns_the_cache_off():
     cache = OutputCache(0)
-    t = cache.empty_strided((BIG,), (1,), torch.float32)
+    t = cache.empty_strided((BIG,), (1,), dtype=torch.float32)
     t.resize_(2 * BIG)  # a torch-allocated storage grows
     assert cache.info()["misses"] == 0 and cache.info()["live_blocks"] == 0
 
 
 def test_cached_output_cannot_grow_in_place():
     cache = OutputCache(64 << 20)
-    t = cache.empty_strided((BIG,), (1,), torch.float32)
+    t = cache.empty_strided((BIG,), (1,), dtype=torch.float32)
     t.resize_(BIG // 2)  # shrinking is fine
     with pytest.raises(RuntimeError, match="not resizable"):
         t.resize_(2 * BIG)
@@ -221,7 +221,7 @@ def test_a_forked_child_can_allocate_while_a_parent_thread_held_the_lock():
         if pid == 0:  # the child: without the fork handler this allocation would wait forever
             code = 0
             try:
-                output_cache.CACHE.empty_strided((BIG,), (1,), torch.float32)[:1].fill_(1)  # serial: no OpenMP
+                output_cache.CACHE.empty_strided((BIG,), (1,), dtype=torch.float32)[:1].fill_(1)  # serial: no OpenMP
             except BaseException:
                 code = 1
             os._exit(code)

@@ -91,9 +91,10 @@ class OutputCache:
         self.hits = 0
         self.misses = 0
 
-    def empty_strided(self, shape, strides, dtype):
-        """``torch.empty_strided(shape, strides, dtype=dtype)`` on the CPU, from a cached block
-        when the storage is ``CACHE_FROM_BYTES`` or more. Strides must be non-negative."""
+    def empty_strided(self, shape, strides, *, dtype, device=None):
+        """``torch.empty_strided(shape, strides, dtype=dtype)`` on the CPU (``device`` is there
+        for the same signature), from a cached block when the storage is ``CACHE_FROM_BYTES`` or
+        more. Strides must be non-negative."""
         shape, strides = tuple(shape), tuple(strides)
         count = numel(shape)
         extent = 0 if count == 0 else 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
@@ -160,7 +161,7 @@ empty_strided = CACHE.empty_strided
 
 def empty_like_dense(t):
     """A cached tensor with t's shape, strides and dtype (t dense: its elements fill its storage)."""
-    return CACHE.empty_strided(t.shape, t.stride(), t.dtype)
+    return CACHE.empty_strided(t.shape, t.stride(), dtype=t.dtype)
 
 
 def empty_cache():
