@@ -413,7 +413,7 @@ def snn_header(snn):
                for name, module in gm.named_modules(remove_duplicate=False)]
     header = {
         "format": FORMAT, "version": FORMAT_VERSION, "na_kernels_version": __version__,
-        "torch_version": str(torch.__version__), "byte_order": "little", "class_name": type(gm).__name__,
+        "torch_version": str(torch.__version__), "byte_order": "little", "class_name": type(gm).__name__.lstrip("_") or "GraphModule",
         "tensors": tensors.entries, "modules": modules, "graph": _describe_graph(gm.graph),
         "network": {k: _encode(snn.__dict__[k], f"SpikingNetwork.{k}") for k in _NETWORK_KEYS},
     }
@@ -628,6 +628,31 @@ def _build_own_module(record, tensors, where, built):
     return module
 
 
+def _build_container(record, tensors, where, root):
+    """A plain nn.Module holding submodules and, maybe, parameters and buffers of its own
+    (a model's ``self.gain = nn.Parameter(...)``): identifiers that are not already attributes."""
+    module = nn.Module()
+    taken = _graph_module_names() if root else set(dir(module))
+    for kind in ("parameters", "buffers"):
+        saved = record.get(kind)
+        if not isinstance(saved, dict):
+            raise SerializationError(f"{where}: '{kind}' is not a record")
+        for key, value in saved.items():
+            check_identifier(key, f"{where}: {kind[:-1]} name")
+            if key in taken or key in module._parameters or key in module._buffers:
+                raise SerializationError(f"{where}: {kind[:-1]} name {key!r} is already an attribute or method")
+            if kind == "parameters":
+                if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], bool)):
+                    raise SerializationError(f"{where}: parameter {key}: [tensor index, requires_grad] expected")
+                tensor = _tensor_ref(value[0], tensors, f"{where}.{key}")
+                if not tensor.is_floating_point():
+                    raise SerializationError(f"{where}.{key}: a parameter must be floating point")
+                module._parameters[key] = nn.Parameter(tensor, requires_grad=value[1])
+            else:
+                module._buffers[key] = _tensor_ref(value, tensors, f"{where}.{key}")
+    return module
+
+
 def _build_modules(records, tensors):
     if not isinstance(records, list) or not records:
         raise SerializationError("the header's 'modules' is not a non-empty list")
@@ -647,8 +672,7 @@ def _build_modules(records, tensors):
             raise SerializationError(f"{where}: type {kind!r:.80} is not one load_snn rebuilds (accepted: "
                                      f"{', '.join(MODULE_TYPES)})")
         if kind == "Module":
-            module = nn.Module()
-            _check_tensor_names(record, module, tensors, where)
+            module = _build_container(record, tensors, where, root=not name)
         elif kind in _OWN_MODULES:
             module = _build_own_module(record, tensors, where, built)
         else:
