@@ -535,7 +535,7 @@ def _fuzz_snn(snn, canary, rounds):
 
 def test_fuzz_snn_files(small_snn, canary):
     """Mutated valid files: only SerializationError, and no file string ever runs."""
-    _fuzz_snn(small_snn, canary, rounds=150)
+    _fuzz_snn(small_snn, canary, rounds=60)
 
 
 @pytest.mark.slow
