@@ -90,7 +90,9 @@ def _floats(value, what, ndim=None, positive=False) -> np.ndarray:
     if array.dtype.kind not in "fiu" or (ndim is not None and array.ndim != ndim):
         _fail(f"{what} must be a {ndim}-d array of reals, got {array.dtype} of shape {array.shape}")
     array = array.astype(np.float64)
-    if not np.all(np.isfinite(array)) or not np.all(np.isfinite(array.astype(np.float32))):
+    with np.errstate(over="ignore", invalid="ignore"):
+        narrow = array.astype(np.float32)
+    if not np.all(np.isfinite(array)) or not np.all(np.isfinite(narrow)):
         _fail(f"{what} holds NaN or infinite values (or values beyond float32)")
     if positive and not np.all(array > 0):
         _fail(f"{what} must be > 0, got a minimum of {array.min() if array.size else 'nothing'}")
@@ -98,9 +100,9 @@ def _floats(value, what, ndim=None, positive=False) -> np.ndarray:
 
 
 def _identifier(name, what) -> str:
-    from .serialize import SerializationError, check_identifier, check_path
+    from .serialize import SerializationError, check_identifier
     try:
-        return check_path(name, what) if "." in str(name) else check_identifier(name, what)
+        return check_identifier(name, what)
     except SerializationError as error:
         _fail(str(error))
 
