@@ -541,4 +541,4 @@ def test_fuzz_snn_files(small_snn, canary):
 @pytest.mark.slow
 def test_fuzz_snn_files_long(canary):
     torch.manual_seed(0)
-    _fuzz_snn(to_snn(prepared(TinyResNet, per_channel=True), T=2), canary, rounds=3000)
+    _fuzz_snn(to_snn(prepared(TinyResNet, per_channel=True), T=2), canary, rounds=1000)
