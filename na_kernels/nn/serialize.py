@@ -120,6 +120,9 @@ _CONFIG = {"IFLayer": ("name", "p", "input_is_constant"), "TimeRepeat": (),
 _TRANSIENT = {"IFLayer": ("time_steps", "mode", "carry_state", "v", "last_counts", "_calibrated",
                           "_calibrated_versions", "threshold", "amplitude"),
               "TimeRepeat": ("time_steps",), "SynapseMeter": ("_ones", "_source")}
+# names fx's generated forward may use besides the builtins: an input may not shadow them
+_RESERVED_INPUTS = frozenset(("self", "torch", "operator", "math", "builtins", "device", "inf", "nan", "fx_pytree",
+                              "pytree", "NoneType", "F"))
 _NETWORK_KEYS = ("T", "chunk", "samples", "sample_steps", "conversion_report")
 
 
@@ -136,6 +139,15 @@ def check_identifier(name, what) -> str:
             or name.startswith("_") or len(name) > _MAX_NAME):
         raise SerializationError(f"{what} {name!r:.80} is not a plain identifier (letters, digits and _ , "
                                  "not starting with _ , not a Python keyword)")
+    return name
+
+
+def _check_node_name(name, what) -> str:
+    """An fx node name: an identifier, not a keyword, not dunder (fx names a Sequential's
+    children ``_0``, ``_1``: one leading underscore is fine)."""
+    if (not isinstance(name, str) or not name.isidentifier() or not name.isascii() or keyword.iskeyword(name)
+            or name.startswith("__") or len(name) > _MAX_NAME):
+        raise SerializationError(f"{what} {name!r:.80} is not a plain identifier")
     return name
 
 
@@ -703,7 +715,7 @@ def _build_graph(entries, built, where):
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or set(entry) != {"op", "name", "target", "args", "kwargs"}:
             raise SerializationError(f"{where}: graph node {i} is not a record with op, name, target, args, kwargs")
-        name = check_identifier(entry["name"], f"graph node {i}: name")
+        name = _check_node_name(entry["name"], f"graph node {i}: name")
         at = f"fx node {name!r}"
         if name in nodes:
             raise SerializationError(f"{at} is defined twice")
@@ -724,8 +736,9 @@ def _build_graph(entries, built, where):
                 raise SerializationError(f"{at}: inputs must come first")
             inputs.add(target)
             node = graph.placeholder(target)
-            if target == "self" or node.name != target:
-                raise SerializationError(f"{at}: input name {target!r} is reserved")
+            if target in _RESERVED_INPUTS or (target in dir(builtins) and target != "input"):
+                raise SerializationError(f"{at}: input name {target!r} is reserved (a name the generated forward "
+                                         "uses)")
         elif op in ("get_attr", "call_module"):
             check_path(target, f"{at}: target")
             if op == "get_attr" and (args or kwargs):
@@ -887,7 +900,12 @@ def load_snn(path, map_location: Optional[object] = None, *, max_bytes: int = DE
         raise TypeError(f"map_location must be a device (str or torch.device), got {type(map_location).__name__}")
     if hasattr(path, "read"):
         where = "the file"
-        data = bytearray(path.read(max_bytes + 1))
+        data = bytearray()
+        while len(data) <= max_bytes:
+            chunk = path.read(min(1 << 24, max_bytes + 1 - len(data)))
+            if not chunk:
+                break
+            data += chunk
     else:
         where = repr(os.fspath(path))
         with open(path, "rb") as f:
@@ -895,7 +913,8 @@ def load_snn(path, map_location: Optional[object] = None, *, max_bytes: int = DE
             if size > max_bytes:
                 raise SerializationError(f"{where} is {size} bytes, more than max_bytes = {max_bytes}; pass a "
                                          "larger max_bytes to load_snn if you trust its size")
-            data = bytearray(f.read(max_bytes + 1))
+            data = bytearray(size)  # read in place: one copy of the file in memory
+            del data[f.readinto(data):]  # a file that shrank meanwhile
     if len(data) > max_bytes:
         raise SerializationError(f"{where} is more than max_bytes = {max_bytes} bytes; pass a larger max_bytes "
                                  "to load_snn if you trust its size")
