@@ -492,7 +492,6 @@ def check_weights(weights: Dict[str, Any], where: str) -> None:
 def _load_weights(model: nn.Module, weights: Dict[str, Any], where: str, arch: str) -> None:
     """``model.load_state_dict(weights)``, a one-line CheckpointError naming the first mismatch
     (a missing, unexpected, non-tensor, misshapen or non-finite tensor)."""
-    check_weights(weights, where)
     own = model.state_dict()
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
@@ -505,6 +504,7 @@ def _load_weights(model: nn.Module, weights: Dict[str, Any], where: str, arch: s
                   f"vs {tuple(own[shapes[0]].shape)})"] if shapes else [])
         raise CheckpointError(f"{where}: the weights do not fit arch {arch!r}: {'; '.join(parts)}; "
                               f"the checkpoint is damaged or its config does not match its weights")
+    check_weights(weights, where)  # after the shapes: a huge declared view is refused before it is read
     try:
         model.load_state_dict(weights)
     except (RuntimeError, TypeError, ValueError) as e:

@@ -214,9 +214,9 @@ def test_dropout_and_batchnorm_load_in_eval_mode_bit_for_bit(fold_bn):
 
 
 def test_empty_truncated_and_foreign_files(tmp_path, small_snn):
-    data = small_snn.network and io.BytesIO()
-    small_snn.save(data)
-    data = data.getvalue()
+    buffer = io.BytesIO()
+    small_snn.save(buffer)
+    data = buffer.getvalue()
     _refused(b"", "is empty")
     _refused(data[:10], "truncated")
     for cut in (40, 60, len(data) // 2, len(data) - 1):
@@ -224,7 +224,7 @@ def test_empty_truncated_and_foreign_files(tmp_path, small_snn):
     _refused(b"this is not a network file", "not a na_kernels SpikingNetwork file")
     other = tmp_path / "state.pt"
     torch.save({"weight": torch.zeros(2)}, other)
-    with pytest.raises(SerializationError, match="torch.save file"):
+    with pytest.raises(SerializationError, match="torch.save file: .* format version 1"):
         load_snn(other)
     torch.save(small_snn, tmp_path / "pickled.pt")  # a pickle: never unpickled
     with pytest.raises(SerializationError, match="not a na_kernels SpikingNetwork file"):
@@ -405,8 +405,11 @@ def test_attack_placeholder_default(small_snn, canary):
             _assert_refused_or_inert(renamed, torch.randn(2, 3, 16, 16))
 
 
-@pytest.mark.parametrize("field", ["module name", "call_module target", "parameter name", "kwargs key",
-                                   "node name", "constructor argument", "class name", "get_attr target"])
+@pytest.mark.parametrize("field", ["module name", "call_module target", "parameter name", "buffer name",
+                                   "kwargs key", "node name", "node reference", "constructor argument",
+                                   "class name", "get_attr target", "function target", "method target",
+                                   "module type", "IF layer name", "synapse source", "count_from", "report entry",
+                                   "dtype", "constant"])
 def test_attack_names(small_snn, canary, field):
     """Every field that holds a name: a hostile string is refused and never runs."""
     x = torch.randn(2, 3, 16, 16)
@@ -428,11 +431,36 @@ def test_attack_names(small_snn, canary, field):
                 _module(h, "fc1")["config"][payload] = 1
             elif field == "class name":
                 h["class_name"] = payload
+            elif field == "buffer name":
+                buffers = _module(h, "features.2")["buffers"]
+                buffers[payload] = buffers.pop("amplitude")
+            elif field == "node reference":
+                call["args"] = [{"node": payload}]
+            elif field == "function target":
+                next(n for n in h["graph"] if n["op"] == "call_function")["target"] = payload
+            elif field == "method target":
+                h["graph"].insert(1, dict(op="call_method", name="m", target=payload, args=[{"node": "x"}],
+                                          kwargs={"dict": []}))
+            elif field == "module type":
+                _module(h, "fc1")["type"] = payload
+            elif field == "IF layer name":
+                _module(h, "features.2")["config"]["name"] = payload
+            elif field == "synapse source":
+                _module(h, "synapse_meter_1")["config"]["sources"] = [payload]
+            elif field == "count_from":
+                _module(h, "synapse_meter_1")["count_from"] = payload
+            elif field == "report entry":
+                h["network"]["conversion_report"] = {"dict": [["if_layers", {"list": [payload]}]]}
+            elif field == "dtype":
+                h["tensors"][0]["dtype"] = payload
+            elif field == "constant":
+                next(n for n in h["graph"] if n["op"] == "call_function")["args"][1] = payload
             else:
                 h["graph"].insert(1, dict(op="get_attr", name="peek", target=payload, args=[], kwargs={"dict": []}))
         loaded = _assert_refused_or_inert(_forged(small_snn, mutate), x)
         plain = payload.isidentifier() and payload.isascii() and not payload.startswith("_")
-        assert plain or not loaded, payload  # anything but a plain identifier is refused
+        if field not in ("IF layer name", "synapse source", "report entry", "constant"):  # labels and data
+            assert plain or not loaded, payload  # anything but a plain identifier is refused
 
 
 def test_attack_storage_type_import(small_snn, canary):
@@ -542,3 +570,21 @@ def test_fuzz_snn_files(small_snn, canary):
 def test_fuzz_snn_files_long(canary):
     torch.manual_seed(0)
     _fuzz_snn(to_snn(prepared(TinyResNet, per_channel=True), T=2), canary, rounds=1000)
+
+
+def test_sequential_round_trip_and_map_location():
+    """A traced nn.Sequential: its input is named 'input' and its nodes _0, _1, ..."""
+    from na_kernels.nn import replace_activations
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 5))
+    model, _ = replace_activations(model, p=3, noise=None, lam=2.0)
+    snn = to_snn(model.eval(), T=2)
+    buffer = io.BytesIO()
+    snn.save(buffer)
+    loaded = load_snn(io.BytesIO(buffer.getvalue()), map_location="cpu")
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), snn(x))
+    with pytest.raises(TypeError, match="map_location must be a device"):
+        load_snn(io.BytesIO(buffer.getvalue()), map_location=lambda storage, location: storage)

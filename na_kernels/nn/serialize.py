@@ -53,7 +53,7 @@ FORMAT_VERSION = 2
 MAGIC = b"\x89NASNN\r\n"
 _PREFIX = struct.Struct("<8sIQ32s")  # magic, version, header length, sha256
 DEFAULT_MAX_BYTES = 1 << 30  # a file larger than this is refused unless load_snn(max_bytes=...) raises it
-MAX_HEADER_BYTES = 64 << 20
+MAX_HEADER_BYTES = 16 << 20  # a 10 000-node graph's header is about 3 MiB
 _MAX_DEPTH = 12  # nesting of a graph argument or a report value
 _MAX_NAME = 256
 
@@ -828,8 +828,9 @@ def _unpack(data, where):
             raise SerializationError(f"{where} is truncated: {len(data)} bytes, the fixed prefix alone is "
                                      f"{_PREFIX.size}")
     if bytes(data[:len(MAGIC)]) != MAGIC:
-        hint = " (a torch.save file: write the network with snn.save(path))" if bytes(data[:2]) == b"PK" or \
-            bytes(data[:1]) == b"\x80" else ""
+        hint = (" (a torch.save file: a pickled object, or a file of format version 1, which na_kernels wrote "
+                "with torch.save before this format; load that with the version that wrote it and save it again)"
+                if bytes(data[:2]) == b"PK" or bytes(data[:1]) == b"\x80" else "")
         raise SerializationError(f"{where} is not a na_kernels SpikingNetwork file (no {MAGIC!r} at its start)"
                                  f"{hint}; write one with snn.save(path)")
     magic, version, length, digest = _PREFIX.unpack_from(data)
