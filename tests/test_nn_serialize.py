@@ -457,7 +457,8 @@ def test_attack_names(small_snn, canary, field):
                 next(n for n in h["graph"] if n["op"] == "call_function")["args"][1] = payload
             else:
                 h["graph"].insert(1, dict(op="get_attr", name="peek", target=payload, args=[], kwargs={"dict": []}))
-        loaded = _assert_refused_or_inert(_forged(small_snn, mutate), x)
+        runs_code = "touch" in payload or CANARY_MODULE in payload  # forward too, where it could fire late
+        loaded = _assert_refused_or_inert(_forged(small_snn, mutate), x if runs_code else None)
         plain = payload.isidentifier() and payload.isascii() and not payload.startswith("_")
         if field not in ("IF layer name", "synapse source", "report entry", "constant"):  # labels and data
             assert plain or not loaded, payload  # anything but a plain identifier is refused

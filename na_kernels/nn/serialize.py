@@ -34,6 +34,7 @@ chunk ints >= 1). Anything wrong raises ``SerializationError`` naming it. The ne
 back in eval mode with the saved tensors: the same outputs bit for bit.
 """
 import builtins
+import functools
 import hashlib
 import io
 import json
@@ -56,6 +57,7 @@ DEFAULT_MAX_BYTES = 1 << 30  # a file larger than this is refused unless load_sn
 MAX_HEADER_BYTES = 16 << 20  # a 10 000-node graph's header is about 3 MiB
 _MAX_DEPTH = 12  # nesting of a graph argument or a report value
 _MAX_NAME = 256
+_MAX_DIM = 1 << 31  # a tensor dimension or torch.Size entry
 
 # torch.nn layers a converted network may hold (rebuilt by their constructor from saved arguments)
 _TORCH_MODULES = (
@@ -262,7 +264,7 @@ def _decode(value, where, nodes=None, depth=0):
             return nodes[body]
         if tag == "list" and isinstance(body, list):
             return [_decode(v, where, nodes, depth + 1) for v in body]
-        if tag == "size" and isinstance(body, list) and all(type(v) is int and v >= 0 for v in body):
+        if tag == "size" and isinstance(body, list) and all(type(v) is int and 0 <= v < _MAX_DIM for v in body):
             return torch.Size(body)
         if tag == "dict" and isinstance(body, list) and all(isinstance(i, list) and len(i) == 2 for i in body):
             return {check_identifier(k, f"{where}: key"): _decode(v, where, nodes, depth + 1) for k, v in body}
@@ -315,8 +317,9 @@ def _read_tensors(entries, payload, map_location):
         shape = entry["shape"]
         if dtype is None:
             raise SerializationError(f"{where}: dtype {entry['dtype']!r:.40} is not one of {', '.join(DTYPES)}")
-        if not isinstance(shape, list) or len(shape) > 8 or not all(type(d) is int and d >= 0 for d in shape):
-            raise SerializationError(f"{where}: shape {shape!r:.80} is not a list of at most 8 ints >= 0")
+        if not isinstance(shape, list) or len(shape) > 8 or not all(type(d) is int and 0 <= d < _MAX_DIM
+                                                                    for d in shape):
+            raise SerializationError(f"{where}: shape {shape!r:.80} is not a list of at most 8 ints in 0 .. 2^31")
         nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
         if entry["offset"] != offset or entry["nbytes"] != nbytes:
             raise SerializationError(f"{where}: its shape {shape} and dtype {entry['dtype']} need {nbytes} bytes "
@@ -700,8 +703,10 @@ def _build_modules(records, tensors):
     return built
 
 
+@functools.lru_cache(maxsize=None)
 def _graph_module_names():
-    return set(dir(fx.GraphModule(nn.Module(), fx.Graph())))
+    """Every attribute and method of a GraphModule: a root submodule may not take one's name."""
+    return frozenset(dir(fx.GraphModule(nn.Module(), fx.Graph())))
 
 
 def _non_tensor(node_kinds, value):
@@ -876,7 +881,11 @@ def snn_from_bytes(data, where="the data", map_location=None):
         network = _check_network(header.get("network"), where)
         graph = _build_graph(header.get("graph"), built, where)
         class_name = check_identifier(header.get("class_name"), "class_name")
-        gm = fx.GraphModule(built[""], graph, class_name)
+        try:
+            gm = fx.GraphModule(built[""], graph, class_name)
+        except Exception as error:  # fx's own checks of a graph that passed ours: still the file's fault
+            raise SerializationError(f"the graph does not compile ({type(error).__name__}: "
+                                     f"{str(error)[:160]})") from None
     except SerializationError as error:
         raise SerializationError(f"{where}: {error}" if not str(error).startswith(where) else str(error)) from None
     snn = SpikingNetwork(gm, network["T"], network["chunk"])
@@ -894,7 +903,8 @@ def load_snn(path, map_location: Optional[object] = None, *, max_bytes: int = DE
     ``path``: a file name or a binary file object. ``max_bytes``: the largest file accepted
     (default 1 GiB); the tensors it holds are at most that size, and nothing larger is
     allocated for them. Raises ``SerializationError`` (a ValueError) for anything that is not
-    a valid file of this format version, naming what is wrong; nothing in the file is run."""
+    a valid file of this format version, naming what is wrong; nothing in the file is run.
+    A file that cannot be opened raises the OSError of ``open`` (FileNotFoundError, ...)."""
     from .._validation import check_int
     max_bytes = check_int("max_bytes", max_bytes, minimum=_PREFIX.size)
     if map_location is not None and not isinstance(map_location, (str, torch.device)):
