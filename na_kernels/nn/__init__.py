@@ -19,7 +19,7 @@ Each public name's docstring carries its formula, arguments and shapes; the desi
 format_statistics), ``calibrate`` (calibrate_thresholds), ``early_exit`` (ExitRule,
 run_early_exit = ``SpikingNetwork.run_early_exit``, evaluate_early_exit, exit_tradeoff,
 format_tradeoff, score_exits: per-sample early exit), ``serialize`` (save_snn, load_snn),
-``nir_export`` (to_nir, from_nir), ``if_node`` (IFNode: a SpikingJelly-style IF module on the
+``nir_export`` (to_nir), ``nir_import`` (from_nir, NIRImportError: a validating reader), ``if_node`` (IFNode: a SpikingJelly-style IF module on the
 fused kernel), ``fx_utils`` (torch.fx helpers).
 """
 from .batchnorm import fold_batchnorm
