@@ -77,8 +77,15 @@ def _text(value, what) -> str:
     return str(value)
 
 
+def _asarray(value, what) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as error:  # ragged nesting, objects numpy cannot hold
+        _fail(f"{what} is not an array ({str(error)[:80]})")
+
+
 def _ints(value, what, length, minimum):
-    array = np.asarray(value)
+    array = _asarray(value, what)
     if array.dtype.kind not in "iu" or array.shape != (length,):
         _fail(f"{what} must be {length} ints, got {value!r:.60}")
     return tuple(_int(v, what, minimum) for v in array)
@@ -86,7 +93,7 @@ def _ints(value, what, length, minimum):
 
 def _floats(value, what, ndim=None, positive=False) -> np.ndarray:
     """A finite real array (float64), as float32 too where it is converted (no overflow)."""
-    array = np.asarray(value)
+    array = _asarray(value, what)
     if array.dtype.kind not in "fiu" or (ndim is not None and array.ndim != ndim):
         _fail(f"{what} must be a {ndim}-d array of reals, got {array.dtype} of shape {array.shape}")
     array = array.astype(np.float64)
@@ -342,6 +349,8 @@ def _check_graph(nir, graph):
         kind = type(node).__name__
         if kind not in NODE_TYPES or type(node) is not getattr(nir, kind, None):
             _fail(f"node {name!r} is a {kind}, which to_nir does not write (it reads {', '.join(NODE_TYPES)})")
+    if not isinstance(graph.edges, (list, tuple)):
+        _fail("the graph's edges are not a list")
     edges = []
     for edge in graph.edges:
         if not (isinstance(edge, (tuple, list)) and len(edge) == 2):
@@ -369,6 +378,8 @@ def _check_graph(nir, graph):
         node = nodes[name]
         meta_n = _metadata(node, f"node {name!r}")
         if isinstance(node, nir.Input):
+            if not isinstance(node.input_type, dict):
+                _fail("the Input's input_type is not a dict")
             shape = _floats(node.input_type.get("input"), "the Input's shape", ndim=1)
             if not 1 <= shape.size <= 3 or not np.all(shape == np.round(shape)) or not np.all(shape >= 1) \
                     or not np.all(shape <= 1 << 20):
