@@ -412,3 +412,22 @@ def test_finetune_script_bad_checkpoint_is_one_error_line(bad_inputs, capsys, ke
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "error:" in line]
     assert len(lines) == 1 and lines[0].startswith("finetune_snn.py: error:") and message in lines[0], err
+
+
+def test_finetune_script_reads_a_train_noisyquant_checkpoint(tmp_path):
+    import torch
+
+    from na_kernels.nn import replace_activations
+
+    script = _finetune_script()
+    torch.manual_seed(0)
+    model, _ = replace_activations(script.make_model(), p=3, lam=2.0)
+    path = tmp_path / "digits_noisyquant.pt"
+    torch.save({"state_dict": model.state_dict(), "p": 3, "noise": "uniform"}, path)
+    loaded, (x_train, _) = script.load_ann(str(path))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    assert x_train.shape[1:] == (1, 8, 8)
+    torch.save({"state_dict": model.state_dict(), "p": 2.5}, path)
+    with pytest.raises(script.CheckpointError, match="'p' must be an int >= 1, got 2.5"):
+        script.load_ann(str(path))
