@@ -1,6 +1,7 @@
 """save_snn / load_snn: a converted network as a file that loads without the model's code."""
 import importlib
 import json
+import operator
 import struct
 import io
 import os
@@ -589,3 +590,55 @@ def test_sequential_round_trip_and_map_location():
         assert torch.equal(loaded(x), snn(x))
     with pytest.raises(TypeError, match="map_location must be a device"):
         load_snn(io.BytesIO(buffer.getvalue()), map_location=lambda storage, location: storage)
+
+
+class _Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        y = self.act(self.conv(x))
+        return self.conv(y).view(-1, 3, 8, 8) + self.conv(y)
+
+
+def _with_in_place(first_op):
+    """The converted _Residual with its addition made in place (``out += y``, as a graph may hold),
+    on the value made by ``first_op`` (call_module: a fresh conv output; call_method: a view)."""
+    torch.manual_seed(0)
+    snn = to_snn(prepared(_Residual, p=3, batch=torch.randn(8, 3, 8, 8)), T=2)
+    add = next(n for n in snn.network.graph.nodes if n.target is operator.add)
+    if first_op == "call_module":
+        add.args = (add.args[1], add.args[0])
+    assert add.args[0].op == first_op
+    add.target = operator.iadd
+    snn.network.recompile()
+    return snn
+
+
+def test_in_place_addition_on_a_fresh_value_is_written_as_add():
+    snn = _with_in_place("call_module")
+    loaded = load_snn(io.BytesIO(_forged(snn, lambda h, p: None)))
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = snn(x)
+        assert torch.equal(loaded(x), expected)
+    graph = json.dumps(snn_header(snn)[0]["graph"])
+    assert "iadd" not in graph and "operator.add" in graph
+
+
+def test_in_place_addition_on_a_view_is_refused():
+    with pytest.raises(SerializationError, match="in-place iadd on a value that is read elsewhere or may share"):
+        _with_in_place("call_method").save(io.BytesIO())
+
+
+@pytest.mark.filterwarnings("ignore:Attempted to insert a get_attr Node")
+def test_save_refuses_what_load_would_refuse():
+    """A tensor constant (a plain attribute, not a parameter or buffer) is refused when saving."""
+    snn = to_snn(prepared(SmallCNN), T=2)
+    snn.network.const = torch.ones(1)  # what fx makes of a torch.tensor(...) constant in forward
+    with snn.network.graph.inserting_after(next(iter(snn.network.graph.nodes))):
+        snn.network.graph.get_attr("const")
+    with pytest.raises(SerializationError, match="'const', which is not a parameter or buffer"):
+        snn.save(io.BytesIO())

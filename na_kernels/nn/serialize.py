@@ -347,6 +347,7 @@ def _read_tensors(entries, payload, map_location):
 
 def _describe_module(name, module, modules, tensors):
     where = f"module {name or '<root>'}"
+    check_path(name, "save_snn cannot write it: module name", allow_root=True)
     for key in _HOOK_KEYS:
         if getattr(module, key, None):
             raise SerializationError(f"{where} has {key} registered: hooks are code and are not saved; remove them")
@@ -385,7 +386,26 @@ def _describe_module(name, module, modules, tensors):
     return record
 
 
-def _describe_graph(graph: fx.Graph):
+_ALIASING_METHODS = ("view", "reshape", "flatten", "permute", "transpose", "unsqueeze", "squeeze", "expand",
+                     "expand_as", "view_as", "reshape_as", "contiguous", "chunk", "split")
+_ALIASING_MODULES = ("Identity", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "Flatten",
+                     "Unflatten", "TimeRepeat", "SynapseMeter")
+
+
+def _may_alias(node, root) -> bool:
+    """Whether ``node``'s value may share memory with another value (an input, a weight, a view
+    or a module that returns its input): an in-place update of it would be seen elsewhere."""
+    if node.op in ("placeholder", "get_attr"):
+        return True
+    if node.op == "call_method":
+        return node.target in _ALIASING_METHODS
+    if node.op == "call_module":
+        return type(root.get_submodule(node.target)).__name__ in _ALIASING_MODULES
+    return node.target not in (operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub,
+                               torch.mul, torch.div, torch.cat, torch.matmul, operator.matmul)
+
+
+def _describe_graph(graph: fx.Graph, root: nn.Module):
     nodes = []
     for node in graph.nodes:
         where = f"fx node {node.name!r}"
@@ -393,9 +413,10 @@ def _describe_graph(graph: fx.Graph):
         if node.op == "call_function":
             if target in _IN_PLACE:
                 first = node.args[0] if node.args else None
-                if not isinstance(first, fx.Node) or len(first.users) != 1 or first.op in ("placeholder", "get_attr"):
-                    raise SerializationError(f"{where}: an in-place {target.__name__} on a value read elsewhere is "
-                                             "not written (use the out-of-place operator)")
+                if not isinstance(first, fx.Node) or len(first.users) != 1 or _may_alias(first, root):
+                    raise SerializationError(f"{where}: an in-place {target.__name__} on a value that is read "
+                                             "elsewhere or may share memory with one is not written (use the "
+                                             "out-of-place operator)")
                 target = _IN_PLACE[target]
             else:
                 target = next((k for k, f in FUNCTIONS.items() if f is target), None)
@@ -406,6 +427,24 @@ def _describe_graph(graph: fx.Graph):
         elif node.op == "call_method" and target not in METHODS:
             raise SerializationError(f"{where}: Tensor.{target} is not a method save_snn writes (accepted: "
                                      f"{', '.join(sorted(METHODS))})")
+        try:  # what load_snn accepts: a file save_snn writes always loads
+            _check_node_name(node.name, where)
+            if node.op == "placeholder":
+                check_identifier(target, f"{where}: input name")
+                if node.args or target in _RESERVED_INPUTS:
+                    raise SerializationError(f"{where}: an input with a default value or a reserved name")
+            elif node.op == "get_attr":
+                owner, _, leaf = check_path(target, f"{where}: target").rpartition(".")
+                holder = root.get_submodule(owner) if owner else root
+                if leaf not in holder._parameters and leaf not in holder._buffers:
+                    raise SerializationError(f"{where} reads {target!r}, which is not a parameter or buffer (a "
+                                             "tensor constant): register it as a buffer")
+            elif node.op == "call_module":
+                check_path(target, f"{where}: target")
+            for key in node.kwargs:
+                check_identifier(key, f"{where}: keyword")
+        except SerializationError as error:
+            raise SerializationError(f"save_snn cannot write it: {error}") from None
         nodes.append({"op": node.op, "name": node.name, "target": target,
                       "args": _encode(tuple(node.args), where, nodes=True),
                       "kwargs": _encode(dict(node.kwargs), where, nodes=True)})
@@ -429,7 +468,7 @@ def snn_header(snn):
     header = {
         "format": FORMAT, "version": FORMAT_VERSION, "na_kernels_version": __version__,
         "torch_version": str(torch.__version__), "byte_order": "little", "class_name": type(gm).__name__.lstrip("_") or "GraphModule",
-        "tensors": tensors.entries, "modules": modules, "graph": _describe_graph(gm.graph),
+        "tensors": tensors.entries, "modules": modules, "graph": _describe_graph(gm.graph, gm),
         "network": {k: _encode(snn.__dict__[k], f"SpikingNetwork.{k}") for k in _NETWORK_KEYS},
     }
     return header, b"".join(tensors.chunks)
