@@ -32,8 +32,7 @@ import torch
 from torch import fx, nn
 
 from .nir_export import FORMAT, FORMAT_VERSION, NIRExportError, _nir
-
-DEFAULT_MAX_BYTES = 1 << 30
+from .serialize import DEFAULT_MAX_BYTES  # one limit for both formats
 MAX_NODES = 100_000
 NODE_TYPES = ("Input", "Output", "Conv2d", "Affine", "Linear", "AvgPool2d", "Flatten", "Scale", "IF")
 _MAX_RANK = 4
