@@ -3,7 +3,7 @@
     na-kernels demo [--out DIR] [--seed N] [--quick]      offline demo on the bundled digits
     na-kernels train --dataset cifar10 --data-dir D --arch resnet20 --p 3 --noise uniform
     na-kernels evaluate --checkpoint runs/x/last.pt [--data-dir D]
-    na-kernels convert --checkpoint runs/x/last.pt [--data-dir D] --T 32 [--report r.json]
+    na-kernels convert --checkpoint runs/x/last.pt [--data-dir D] --T 32 [--report r.json] [--save net.snn]
     torchrun --nproc_per_node N -m na_kernels.cli train ...   (or the na-kernels script)
 
 Run ``na-kernels <command> --help`` for the options.
@@ -100,6 +100,14 @@ def cmd_convert(args) -> int:
     ann_acc = evaluate(model, loader, amp=False, show_progress=False)
     limit_acc = evaluate(clipped_network(model), loader, amp=False, show_progress=False)
     snn = to_snn(model, args.T, chunk=args.chunk).to(device)
+    if args.save:
+        from .nn import SerializationError
+
+        try:
+            snn.save(args.save)  # before any run: the file holds no statistics
+        except (SerializationError, OSError) as error:
+            raise ConfigError(f"--save {args.save}: {error}") from None
+        print(f"saved the SNN to {args.save} (na_kernels.nn.load_snn reads it without the model's code)")
     acc = evaluate_snn(snn, loader, desc=f"SNN T={args.T}", show_progress=not args.no_progress)
     stats = snn.statistics()
     cfg = state["config"]
@@ -325,9 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
                            ("convert", "convert a checkpoint to an SNN; accuracy at every t <= T, spikes, energy")):
         description = helptext
         if name == "convert":
-            description += (". Conversion is deterministic and takes a second, so the checkpoint is the artifact; "
-                            "in Python: na_kernels.nn.to_snn(na_kernels.train.network_from_checkpoint("
-                            "na_kernels.train.load_checkpoint(path)), T)")
+            description += (". Conversion is deterministic and takes a second; --save writes the SNN as a file "
+                            "(na_kernels.nn.load_snn reads it). In Python: na_kernels.nn.to_snn("
+                            "na_kernels.train.network_from_checkpoint(na_kernels.train.load_checkpoint(path)), T)")
         c = sub.add_parser(name, help=helptext, description=description)
         c.add_argument("--checkpoint", required=True, help="a checkpoint written by na-kernels train")
         c.add_argument("--data-dir", default=None, help="dataset folder (default: the one it was trained on)")
@@ -343,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="steps per kernel call (less memory; default: all T at once)")
             c.add_argument("--report", type=_as_is(lambda text: check_output_path(text, "", folder=False)),
                            default=None, help="write a JSON report to this file")
+            c.add_argument("--save", type=_as_is(lambda text: check_output_path(text, "", folder=False)),
+                           default=None, metavar="NET.snn",
+                           help="write the converted SNN to this file (na_kernels.nn.load_snn reads it: data only, "
+                                "no code runs when it is loaded)")
             c.add_argument("--exit-confidence", type=_exit_probability("confidence"), nargs="+", default=None,
                            metavar="C", help="per-sample early exit when the top softmax probability of the "
                                              "mean logits reaches C; several values: a sweep")

@@ -57,6 +57,7 @@ __all__ = [
     "check_run_seed",
     "check_output_path",
     "network_from_checkpoint",
+    "check_weights",
     "epoch_seed",
     "dist_info",
 ]
@@ -475,8 +476,22 @@ def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
     return state
 
 
+def check_weights(weights: Dict[str, Any], where: str) -> None:
+    """Every entry of a checkpoint's weights is a tensor, and a floating one is finite (a NaN λ
+    or weight is a damaged file or a diverged run, not something to convert); CheckpointError
+    naming the first that is not."""
+    for key, value in weights.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{where}: the weights' entry {key!r:.80} is a {type(value).__name__}, not a "
+                                  "tensor; the checkpoint is damaged or from another program")
+        if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{where}: tensor {key!r:.80} holds NaN or infinite values; the checkpoint is "
+                                  "damaged or its training diverged")
+
+
 def _load_weights(model: nn.Module, weights: Dict[str, Any], where: str, arch: str) -> None:
-    """``model.load_state_dict(weights)``, a one-line CheckpointError naming the first mismatch."""
+    """``model.load_state_dict(weights)``, a one-line CheckpointError naming the first mismatch
+    (a missing, unexpected, non-tensor, misshapen or non-finite tensor)."""
     own = model.state_dict()
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
@@ -489,6 +504,7 @@ def _load_weights(model: nn.Module, weights: Dict[str, Any], where: str, arch: s
                   f"vs {tuple(own[shapes[0]].shape)})"] if shapes else [])
         raise CheckpointError(f"{where}: the weights do not fit arch {arch!r}: {'; '.join(parts)}; "
                               f"the checkpoint is damaged or its config does not match its weights")
+    check_weights(weights, where)  # after the shapes: a huge declared view is refused before it is read
     try:
         model.load_state_dict(weights)
     except (RuntimeError, TypeError, ValueError) as e:

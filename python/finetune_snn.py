@@ -8,6 +8,7 @@ stay as converted.
 
     python python/finetune_snn.py                     # quick ANN (3 epochs), convert at T = 2, fine-tune
     python python/finetune_snn.py --checkpoint digits_noisyquant.pt --T 1
+    python python/finetune_snn.py --checkpoint runs/digits/last.pt    # written by na-kernels train
     python python/finetune_snn.py --save /tmp/digits_t2.snn   # save the fine-tuned SNN (load_snn reads it)
 
 It writes nothing unless --save is given.
@@ -20,10 +21,57 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from na_kernels.datasets import digits_split
 from na_kernels.nn import replace_activations, to_snn
+from na_kernels.train import CheckpointError, _first_line, _load_weights, load_checkpoint, network_from_checkpoint
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_noisyquant import digits_tensors, make_model  # noqa: E402  the same model and data
+
+
+def load_ann(path):
+    """The quantized ANN of a checkpoint and the digits (train, test) scaled as it was trained on.
+
+    Reads a ``last.pt`` / ``best.pt`` of ``na-kernels train --dataset digits`` (its arch and
+    normalization) or a ``train_noisyquant.py`` file ({"state_dict", "p", ...}: make_model's
+    weights). Raises CheckpointError (one line) naming a missing key, a tensor of another shape
+    or a non-finite one."""
+    state = _read(path)
+    if state.get("format") == "na_kernels-checkpoint-1":
+        state = load_checkpoint(path)
+        if state["config"]["dataset"] != "digits":
+            raise CheckpointError(f"{path} was trained on {state['config']['dataset']!r}; this script fine-tunes "
+                                  "on the bundled digits (train with --dataset digits)")
+        model = network_from_checkpoint(state)
+        train, test = digits_split()
+        scale = lambda d: ((d.images.float() / d.max_value - torch.tensor(d.mean).view(1, -1, 1, 1))  # noqa: E731
+                           / torch.tensor(d.std).view(1, -1, 1, 1))
+        return model, (scale(train), scale(test))
+    missing = [k for k in ("state_dict", "p") if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} has no {missing[0]!r}: pass a checkpoint of `na-kernels train` or of "
+                              "python/train_noisyquant.py")
+    p = state["p"]
+    if type(p) is not int or p < 1:
+        raise CheckpointError(f"{path}: 'p' must be an int >= 1, got {p!r:.40}")
+    if not isinstance(state["state_dict"], dict):
+        raise CheckpointError(f"{path}: 'state_dict' is a {type(state['state_dict']).__name__}, not a dict")
+    model, _ = replace_activations(make_model(), p=p, lam=2.0)
+    _load_weights(model, state["state_dict"], path, "train_noisyquant.make_model")
+    x_train, _, x_test, _ = digits_tensors()
+    return model.eval(), (x_train, x_test)
+
+
+def _read(path):
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # not a torch file, or one holding objects (weights_only refuses them)
+        raise CheckpointError(f"{path} is not a readable checkpoint ({_first_line(error)})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint")
+    return state
 
 
 def train_ann(p, epochs, x_train, y_train):
@@ -70,9 +118,12 @@ def finetune(snn, x_train, y_train, epochs, lr, batch_size=32):
     return losses
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default=None, help="a train_noisyquant.py checkpoint (default: train one now)")
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="finetune_snn.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=None,
+                        help="a last.pt / best.pt of `na-kernels train --dataset digits`, or a train_noisyquant.py "
+                             "checkpoint (default: train one now)")
     parser.add_argument("--p", type=int, default=3, help="quantization levels of the quick ANN")
     parser.add_argument("--ann-epochs", type=int, default=3, help="epochs of the quick ANN (no --checkpoint)")
     parser.add_argument("--T", type=int, default=2, help="time steps to convert and fine-tune at")
@@ -80,15 +131,15 @@ def main():
     parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of the fine-tuning")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save", default=None, help="write the fine-tuned SNN here (snn.save; load with load_snn)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     x_train, y_train, x_test, y_test = digits_tensors()
 
     if args.checkpoint:
-        ckpt = torch.load(args.checkpoint, weights_only=True)
-        model, _ = replace_activations(make_model(), p=ckpt["p"], lam=2.0)
-        model.load_state_dict(ckpt["state_dict"])
-        model.eval()
+        try:
+            model, (x_train, x_test) = load_ann(args.checkpoint)
+        except CheckpointError as error:
+            parser.error(str(error))  # one "finetune_snn.py: error: ..." line, exit status 2
     else:
         model = train_ann(args.p, args.ann_epochs, x_train, y_train)
     with torch.no_grad():

@@ -139,6 +139,15 @@ def bad_inputs(tmp_path_factory):
         state.update({k: v for k, v in change.items() if v is not None})
         torch.save(state, root / f"{name}.pt")
         paths[name] = root / f"{name}.pt"
+    weights = good["model"]
+    lam_key = next(k for k in weights if k.endswith("raw_lam"))
+    conv_key = next(k for k in weights if k.endswith("weight") and weights[k].dim() == 4)
+    for name, model in (("nanlam", {**weights, lam_key: torch.full_like(weights[lam_key], float("nan"))}),
+                        ("badshape", {**weights, conv_key: torch.zeros(3, 3)}),
+                        ("missingkey", {k: v for k, v in weights.items() if k != conv_key})):
+        torch.save({**good, "model": model}, root / f"{name}.pt")
+        paths[name] = root / f"{name}.pt"
+    paths["lam_key"], paths["conv_key"] = lam_key, conv_key
     (root / "garbage.pt").write_bytes(b"not a checkpoint " * 8)
     paths["garbage"] = root / "garbage.pt"
     import argparse
@@ -232,6 +241,12 @@ BAD_INPUTS = [  # (id, argv from the fixture's paths, what the error line must s
     ("evaluate-device-tpu", lambda p: ["evaluate", "--checkpoint", str(p["good"]), "--device", "tpu"],
      "'tpu' is not a device"),
     ("convert-no-meta", _ckpt("convert", "nometa", "--T", "2"), "has no 'meta'"),
+    ("convert-nan-lam", _ckpt("convert", "nanlam", "--T", "2"), "holds NaN or infinite values"),
+    ("convert-wrong-shape", _ckpt("convert", "badshape", "--T", "2"), "1 of another shape (e.g. "),
+    ("convert-missing-tensor", _ckpt("convert", "missingkey", "--T", "2"), "missing 1 (e.g. "),
+    ("evaluate-nan-lam", _ckpt("evaluate", "nanlam"), "holds NaN or infinite values"),
+    ("convert-save-under-a-file", lambda p: _ckpt("convert", "good", "--T", "2", "--save",
+                                                  str(p["file"] / "net.snn"))(p), "cannot be created"),
     ("convert-report-under-a-file", lambda p: _ckpt("convert", "good", "--T", "2", "--report",
                                                     str(p["file"] / "r.json"))(p), "cannot be created"),
     ("resume-no-weights", lambda p: _train("--resume", str(p["nomodel"]))(p), "has no 'model'"),
@@ -334,3 +349,85 @@ def test_lam_auto_is_the_train_default_and_converts(tmp_path, capsys):
     assert len(lams) == 5 and all(l != 8.0 for l in lams)  # each set from data, none left at the placeholder
     assert main(["convert", "--checkpoint", str(out / "last.pt"), "--T", "2", "--no-progress", "--device", "cpu"]) == 0
     assert "SNN:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("key,which", [("nanlam", "lam_key"), ("badshape", "conv_key"), ("missingkey", "conv_key")])
+def test_damaged_checkpoint_error_names_the_tensor(bad_inputs, capsys, key, which):
+    rc, err = run_cli(_ckpt("convert", key, "--T", "2")(bad_inputs), capsys)
+    assert_one_line_error(rc, err, repr(bad_inputs[which]).strip("'"))
+
+
+def test_convert_saves_a_network_that_loads(bad_inputs, tmp_path, capsys):
+    import torch
+
+    from na_kernels.nn import load_snn, to_snn
+    from na_kernels.train import load_checkpoint, network_from_checkpoint
+
+    path = tmp_path / "net.snn"
+    assert main(_ckpt("convert", "good", "--T", "3", "--save", str(path))(bad_inputs)) == 0
+    assert f"saved the SNN to {path}" in capsys.readouterr().out
+    loaded = load_snn(path)
+    assert loaded.T == 3 and loaded.statistics()["samples"] == 0  # saved before any run
+    expected = to_snn(network_from_checkpoint(load_checkpoint(str(bad_inputs["good"]))), 3)
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), expected(x))
+
+
+def _finetune_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "finetune_snn", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python",
+                                     "finetune_snn.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_finetune_script_reads_a_train_checkpoint(bad_inputs):
+    """python/finetune_snn.py --checkpoint <last.pt of na-kernels train> (once: KeyError 'p')."""
+    import torch
+
+    from na_kernels.nn import to_snn
+
+    script = _finetune_script()
+    model, (x_train, x_test) = script.load_ann(str(bad_inputs["good"]))
+    assert x_train.shape[1:] == (1, 8, 8) and x_test.shape[1:] == (1, 8, 8)
+    assert abs(float(x_train.mean())) < 0.2 and 0.8 < float(x_train.std()) < 1.2  # normalized as trained
+    snn = to_snn(model, T=2)
+    labels = torch.arange(8) % 10
+    losses = script.finetune(snn, x_train[:8], labels, epochs=1, lr=1e-3, batch_size=8)
+    assert len(losses) == 1 and losses[0] > 0
+
+
+@pytest.mark.parametrize("key,message", [("nanlam", "holds NaN or infinite values"),
+                                         ("badshape", "of another shape"), ("missingkey", "missing 1"),
+                                         ("garbage", "is not a readable checkpoint")])
+def test_finetune_script_bad_checkpoint_is_one_error_line(bad_inputs, capsys, key, message):
+    script = _finetune_script()
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--checkpoint", str(bad_inputs[key])])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and lines[0].startswith("finetune_snn.py: error:") and message in lines[0], err
+
+
+def test_finetune_script_reads_a_train_noisyquant_checkpoint(tmp_path):
+    import torch
+
+    from na_kernels.nn import replace_activations
+
+    script = _finetune_script()
+    torch.manual_seed(0)
+    model, _ = replace_activations(script.make_model(), p=3, lam=2.0)
+    path = tmp_path / "digits_noisyquant.pt"
+    torch.save({"state_dict": model.state_dict(), "p": 3, "noise": "uniform"}, path)
+    loaded, (x_train, _) = script.load_ann(str(path))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    assert x_train.shape[1:] == (1, 8, 8)
+    torch.save({"state_dict": model.state_dict(), "p": 2.5}, path)
+    with pytest.raises(script.CheckpointError, match="'p' must be an int >= 1, got 2.5"):
+        script.load_ann(str(path))

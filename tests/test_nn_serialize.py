@@ -1,5 +1,8 @@
 """save_snn / load_snn: a converted network as a file that loads without the model's code."""
 import importlib
+import json
+import operator
+import struct
 import io
 import os
 import subprocess
@@ -11,7 +14,7 @@ import torch
 from torch import nn
 
 from na_kernels.nn import calibrate_thresholds, load_snn, to_snn
-from na_kernels.nn.serialize import FORMAT, SerializationError, snn_record
+from na_kernels.nn.serialize import FORMAT, SerializationError, pack, snn_header
 
 from nn_models import SmallCNN, TinyResNet, prepared
 
@@ -128,81 +131,514 @@ def test_round_trip_in_process(model_class):
         with torch.no_grad():
             net(x)
     assert loaded.statistics() == snn.statistics()
-    buffer.seek(0)
-    record = torch.load(buffer, weights_only=True)  # plain data: readable without na_kernels' code
-    assert record["format"] == FORMAT
+    header, _ = snn_header(snn)  # plain data: a JSON header and the tensors' bytes
+    assert header["format"] == FORMAT
 
 
-def test_not_a_network_file(tmp_path):
-    garbage = tmp_path / "garbage.snn"
-    garbage.write_bytes(b"this is not a torch file")
-    with pytest.raises(SerializationError, match="not a na_kernels SpikingNetwork file"):
-        load_snn(garbage)
-    other = tmp_path / "state.pt"
-    torch.save({"weight": torch.zeros(2)}, other)
-    with pytest.raises(SerializationError, match="not a na_kernels SpikingNetwork file"):
-        load_snn(other)
+# ---------------------------------------------------------------------------------- helpers
 
 
-def test_pickled_object_refused(tmp_path):
-    """torch.save(snn) pickles classes; load_snn reads weights_only and refuses it clearly."""
-    snn = to_snn(prepared(SmallCNN), T=2)
-    path = tmp_path / "pickled.pt"
-    torch.save(snn, path)
-    with pytest.raises(SerializationError, match="not a na_kernels SpikingNetwork file"):
-        load_snn(path)
+@pytest.fixture(scope="module")
+def small_snn():
+    torch.manual_seed(0)
+    return to_snn(prepared(SmallCNN, per_channel=True), T=2)
 
 
-def _assert_load_refuses(record, path, match):
-    """record saved to path, as a forged or future file would be, and load_snn refusing it."""
-    torch.save(record, path)
+def _forged(snn, mutate):
+    """The bytes of ``snn``'s file after ``mutate(header, payload)`` (it may return a new payload),
+    with a valid checksum: a file a stranger crafted, not a damaged one."""
+    header, payload = snn_header(snn)
+    payload = bytearray(payload)
+    result = mutate(header, payload)
+    return pack(header, bytes(payload if result is None else result))
+
+
+def _refused(data, match):
     with pytest.raises(SerializationError, match=match):
-        load_snn(path)
+        load_snn(io.BytesIO(data))
 
 
-def test_incompatible_version(tmp_path):
-    record = snn_record(to_snn(prepared(SmallCNN), T=2))
-    record["version"] = 99
-    _assert_load_refuses(record, tmp_path / "future.snn", "format version 99")
+def _module(header, name):
+    return next(m for m in header["modules"] if m["name"] == name)
 
 
-class _Cumsum(nn.Module):
+def _node(header, op):
+    return next(n for n in header["graph"] if n["op"] == op)
+
+
+# ---------------------------------------------------------------------------------- exact and in eval mode
+
+
+class _DropoutNet(nn.Module):
+    """Conv-BN-ReLU, Dropout, a BatchNorm1d left unfolded, Dropout: what torchvision's VGG and
+    MobileNetV2 hold after conversion."""
+
     def __init__(self):
         super().__init__()
-        self.model = prepared(SmallCNN)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.act = nn.ReLU()
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(4 * 8 * 8, 6)
+        self.bn1d = nn.BatchNorm1d(6)
+        self.drop2 = nn.Dropout(0.3)
+        self.out = nn.Linear(6, 3)
 
     def forward(self, x):
-        return torch.cumsum(self.model(x), 1)
+        x = self.drop(self.act(self.bn(self.conv(x))))
+        return self.out(self.drop2(self.bn1d(self.fc(torch.flatten(x, 1)))))
 
 
-def test_unsupported_function_names_the_node():
-    snn = to_snn(_Cumsum(), T=2, allow_nonlinear_after_spikes=True)  # cumsum: outside the converter's list too
-    with pytest.raises(SerializationError, match=r"fx node 'cumsum'.*torch.cumsum"):
-        snn.save(io.BytesIO())
+@pytest.mark.parametrize("fold_bn", [True, False])
+def test_dropout_and_batchnorm_load_in_eval_mode_bit_for_bit(fold_bn):
+    torch.manual_seed(1)
+    model = prepared(_DropoutNet, p=3, batch=torch.randn(16, 3, 8, 8))
+    snn = to_snn(model, T=3, fold_bn=fold_bn)
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        expected = snn(x)
+    snn.train()  # saved in training mode: still loads in eval mode
+    buffer = io.BytesIO()
+    snn.save(buffer)
+    loaded = load_snn(io.BytesIO(buffer.getvalue()))
+    assert not any(m.training for m in loaded.modules())
+    with torch.no_grad():
+        assert torch.equal(loaded(x), expected)
+        assert torch.equal(loaded(x), expected)  # no dropout mask: the same twice
+    kinds = {type(m).__name__ for m in loaded.network.modules()}
+    assert "Dropout" in kinds and ("BatchNorm1d" in kinds) == (not fold_bn)
+    for name, tensor in snn.network.state_dict().items():
+        assert torch.equal(loaded.network.state_dict()[name], tensor), name
 
 
-def test_hook_refused():
+# ---------------------------------------------------------------------------------- damaged files
+
+
+def test_empty_truncated_and_foreign_files(tmp_path, small_snn):
+    buffer = io.BytesIO()
+    small_snn.save(buffer)
+    data = buffer.getvalue()
+    _refused(b"", "is empty")
+    _refused(data[:10], "truncated")
+    for cut in (40, 60, len(data) // 2, len(data) - 1):
+        _refused(data[:cut], "truncated|damaged")
+    _refused(b"this is not a network file", "not a na_kernels SpikingNetwork file")
+    other = tmp_path / "state.pt"
+    torch.save({"weight": torch.zeros(2)}, other)
+    with pytest.raises(SerializationError, match="torch.save file: .* format version 1"):
+        load_snn(other)
+    torch.save(small_snn, tmp_path / "pickled.pt")  # a pickle: never unpickled
+    with pytest.raises(SerializationError, match="not a na_kernels SpikingNetwork file"):
+        load_snn(tmp_path / "pickled.pt")
+
+
+def test_other_format_versions_are_refused(small_snn):
+    data = bytearray(_forged(small_snn, lambda h, p: None))
+    for version in (1, 3, 2**32 - 1):
+        data[8:12] = version.to_bytes(4, "little")
+        _refused(bytes(data), f"format version {version}; this na_kernels .* reads version 2 only")
+
+
+def test_flipped_bit_is_a_checksum_error(small_snn):
+    data = bytearray(_forged(small_snn, lambda h, p: None))
+    for position in (60, len(data) // 2, len(data) - 3):  # in the header, a weight, the last tensor
+        flipped = bytearray(data)
+        flipped[position] ^= 0x10
+        _refused(bytes(flipped), "sha256 checksum does not match")
+    _refused(bytes(data) + b"\0", "sha256 checksum does not match")
+
+
+def test_size_limit_is_checked_before_reading(tmp_path, small_snn):
+    path = tmp_path / "net.snn"
+    small_snn.save(path)
+    size = path.stat().st_size
+    with pytest.raises(SerializationError, match=f"is {size} bytes, more than max_bytes = 1000"):
+        load_snn(path, max_bytes=1000)
+    with pytest.raises(SerializationError, match="more than max_bytes"):
+        load_snn(io.BytesIO(path.read_bytes()), max_bytes=1000)
+    assert load_snn(path, max_bytes=size).T == 2
+
+
+def test_declared_shapes_must_be_stored_in_full(small_snn):
+    """A small file cannot declare a large tensor: the shape's bytes must be in the payload, and
+    that is checked before anything is allocated."""
+    def huge(header, payload):
+        header["tensors"][0]["shape"] = [1 << 27]  # 512 MiB of float32 in a file of a few KiB
+        header["tensors"][0]["nbytes"] = 1 << 29
+    _refused(_forged(small_snn, huge), r"tensor 0: .*need 536870912 bytes|past the end")
+
+    def shorter(header, payload):
+        header["tensors"][0]["shape"] = [1]
+    _refused(_forged(small_snn, shorter), "tensor 0: its shape")
+
+
+# ---------------------------------------------------------------------------------- values
+
+
+def _tensor_index(header, module, key, kind="buffers"):
+    value = _module(header, module)[kind][key]
+    return value[0] if kind == "parameters" else value
+
+
+def _set_floats(header, payload, index, value):
+    entry = header["tensors"][index]
+    count = entry["nbytes"] // 4
+    payload[entry["offset"]:entry["offset"] + entry["nbytes"]] = struct.pack(f"<{count}f", *[value] * count)
+
+
+@pytest.mark.parametrize("module,key,kind,value,match", [
+    ("fc1", "weight", "parameters", float("nan"), "holds NaN or infinite values"),
+    ("fc1", "bias", "parameters", float("inf"), "holds NaN or infinite values"),
+    ("features.2", "threshold", "buffers", 0.0, "threshold must be a float32 .* > 0"),
+    ("features.2", "amplitude", "buffers", -1.0, "amplitude must be a float32 .* > 0"),
+    ("features.2", "amplitude", "buffers", float("nan"), "NaN or infinite"),
+])
+def test_bad_weights_thresholds_and_amplitudes(small_snn, module, key, kind, value, match):
+    _refused(_forged(small_snn, lambda h, p: _set_floats(h, p, _tensor_index(h, module, key, kind), value)),
+             match)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("T", 2.7, "network.T must be an int >= 1, got 2.7"),
+    ("T", 0, "T must be an int >= 1"),
+    ("T", True, "network.T must be an int"),
+    ("chunk", -1, "chunk must be an int >= 1"),
+    ("samples", -5, "samples must be an int >= 0"),
+])
+def test_bad_network_values(small_snn, key, value, match):
+    _refused(_forged(small_snn, lambda h, p: h["network"].__setitem__(key, value)), match)
+
+
+def test_shape_disagreement_with_the_constructor(small_snn):
+    def wider(header, payload):
+        _module(header, "fc1")["config"]["in_features"] = 17  # the weight is [.., 256]
+    _refused(_forged(small_snn, wider), r"module fc1.weight: shape \(\d+, 256\).*needs \(\d+, 17\)")
+
+    def unknown_argument(header, payload):
+        _module(header, "fc1")["config"]["device"] = "cuda"
+    _refused(_forged(small_snn, unknown_argument), "Linear takes no argument 'device'")
+
+
+def test_wrong_record_types(small_snn):
+    _refused(_forged(small_snn, lambda h, p: h.__setitem__("modules", "all of them")), "'modules' is not")
+    _refused(_forged(small_snn, lambda h, p: h["modules"].append(["not", "a", "record"])), "not a record")
+    _refused(_forged(small_snn, lambda h, p: _module(h, "fc1").__setitem__("type", "os.system")),
+             "type 'os.system' is not one load_snn rebuilds")
+    _refused(_forged(small_snn, lambda h, p: h["graph"].__setitem__(1, 42)), "graph node 1 is not a record")
+    _refused(_forged(small_snn, lambda h, p: h["tensors"][0].__setitem__("dtype", "object")),
+             "dtype 'object' is not one of")
+    _refused(_forged(small_snn, lambda h, p: h.__setitem__("version", "2")), "not a .* version 2 record")
+
+
+def test_graph_structure_errors(small_snn):
+    def missing_edge(header, payload):
+        header["graph"][2]["args"] = [{"node": "nowhere"}]
+    _refused(_forged(small_snn, missing_edge), "refers to fx node 'nowhere', which is not defined before it")
+
+    def cycle(header, payload):  # a node reading a later node's value
+        header["graph"][1]["args"] = [{"node": header["graph"][3]["name"]}]
+    _refused(_forged(small_snn, cycle), "which is not defined before it")
+
+    def two_inputs(header, payload):
+        header["graph"].insert(1, dict(_node(header, "placeholder"), name="x2"))
+    _refused(_forged(small_snn, two_inputs), "two inputs named 'x'")
+
+    def twice(header, payload):
+        header["graph"].insert(1, dict(header["graph"][1]))
+    _refused(_forged(small_snn, twice), "is defined twice")
+
+    def no_output(header, payload):
+        header["graph"].pop()
+    _refused(_forged(small_snn, no_output), "no output node")
+
+
+# ---------------------------------------------------------------------------------- attacks
+
+CANARY_MODULE = "na_kernels_canary_module"
+
+
+def _hostile(canary):
+    """Strings that run code (touching ``canary`` or importing CANARY_MODULE) wherever they would
+    reach generated source, getattr, an import or a call."""
+    touch = f"__import__('pathlib').Path({str(canary)!r}).touch()"
+    return [touch, f"x=({touch})", f"x): {touch}\n    return (x", f"{touch} or x", f"__import__({CANARY_MODULE!r})",
+            CANARY_MODULE, "__class__", "_modules", "forward", "self", "training", "graph", "a.__dict__", "..",
+            "0x", "", "é", "x\x00", "torch.load", "os.system", "builtins.eval", "untyped_storage", "type"]
+
+
+@pytest.fixture
+def canary(tmp_path, monkeypatch):
+    """A file that must never be created and a module that must never be imported."""
+    path = tmp_path / "CANARY"
+    (tmp_path / f"{CANARY_MODULE}.py").write_text(f"open({str(path)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield path
+    assert not path.exists(), "a string from a file ran as code"
+    assert CANARY_MODULE not in sys.modules, "a string from a file imported a module"
+
+
+def _assert_refused_or_inert(data, x=None):
+    """load_snn raises SerializationError or gives a network (whose forward may fail, but runs no
+    file string); nothing else."""
+    try:
+        snn = load_snn(io.BytesIO(data))
+    except SerializationError:
+        return False
+    if x is not None:
+        try:
+            with torch.no_grad():
+                snn(x)
+        except Exception:  # a forged but valid file may compute nonsense; the canary tells code from data
+            pass
+    return True
+
+
+def test_attack_placeholder_default(small_snn, canary):
+    """A default value in the input's record would land in ``def forward(self, x=...)`` and run
+    inside load_snn."""
+    for payload in _hostile(canary):
+        _refused(_forged(small_snn, lambda h, p: _node(h, "placeholder").__setitem__("args", [payload])),
+                 "an input takes no default value")
+        renamed = _forged(small_snn, lambda h, p: _node(h, "placeholder").__setitem__("target", payload))
+        if not (payload.isidentifier() and payload.isascii() and not payload.startswith("_")) or payload == "self":
+            _refused(renamed, "input name|not a plain identifier")
+        else:
+            _assert_refused_or_inert(renamed, torch.randn(2, 3, 16, 16))
+
+
+@pytest.mark.parametrize("field", ["module name", "call_module target", "parameter name", "buffer name",
+                                   "kwargs key", "node name", "node reference", "constructor argument",
+                                   "class name", "get_attr target", "function target", "method target",
+                                   "module type", "IF layer name", "synapse source", "count_from", "report entry",
+                                   "dtype", "constant"])
+def test_attack_names(small_snn, canary, field):
+    """Every field that holds a name: a hostile string is refused and never runs."""
+    x = torch.randn(2, 3, 16, 16)
+    for payload in _hostile(canary):
+        def mutate(h, p):
+            call = next(n for n in h["graph"] if n["op"] == "call_module" and n["target"] == "fc1")
+            if field == "module name":
+                _module(h, "fc1")["name"] = payload
+            elif field == "call_module target":
+                call["target"] = payload
+            elif field == "parameter name":
+                params = _module(h, "fc1")["parameters"]
+                params[payload] = params.pop("bias")
+            elif field == "kwargs key":
+                call["kwargs"] = {"dict": [[payload, 1]]}
+            elif field == "node name":
+                call["name"] = payload
+            elif field == "constructor argument":
+                _module(h, "fc1")["config"][payload] = 1
+            elif field == "class name":
+                h["class_name"] = payload
+            elif field == "buffer name":
+                buffers = _module(h, "features.2")["buffers"]
+                buffers[payload] = buffers.pop("amplitude")
+            elif field == "node reference":
+                call["args"] = [{"node": payload}]
+            elif field == "function target":
+                next(n for n in h["graph"] if n["op"] == "call_function")["target"] = payload
+            elif field == "method target":
+                h["graph"].insert(1, dict(op="call_method", name="m", target=payload, args=[{"node": "x"}],
+                                          kwargs={"dict": []}))
+            elif field == "module type":
+                _module(h, "fc1")["type"] = payload
+            elif field == "IF layer name":
+                _module(h, "features.2")["config"]["name"] = payload
+            elif field == "synapse source":
+                _module(h, "synapse_meter_1")["config"]["sources"] = [payload]
+            elif field == "count_from":
+                _module(h, "synapse_meter_1")["count_from"] = payload
+            elif field == "report entry":
+                h["network"]["conversion_report"] = {"dict": [["if_layers", {"list": [payload]}]]}
+            elif field == "dtype":
+                h["tensors"][0]["dtype"] = payload
+            elif field == "constant":
+                next(n for n in h["graph"] if n["op"] == "call_function")["args"][1] = payload
+            else:
+                h["graph"].insert(1, dict(op="get_attr", name="peek", target=payload, args=[], kwargs={"dict": []}))
+        runs_code = "touch" in payload or CANARY_MODULE in payload  # forward too, where it could fire late
+        loaded = _assert_refused_or_inert(_forged(small_snn, mutate), x if runs_code else None)
+        plain = payload.isidentifier() and payload.isascii() and not payload.startswith("_")
+        if field not in ("IF layer name", "synapse source", "report entry", "constant"):  # labels and data
+            assert plain or not loaded, payload  # anything but a plain identifier is refused
+
+
+def test_attack_storage_type_import(small_snn, canary):
+    """``x.untyped_storage().type("some.module")`` imports that module: untyped_storage and type
+    are not in METHODS, and no method may be called on a constant."""
+    def storage(h, p):
+        h["graph"][1:1] = [
+            dict(op="call_method", name="storage", target="untyped_storage", args=[{"node": "x"}], kwargs={"dict": []}),
+            dict(op="call_method", name="imported", target="type", args=[{"node": "storage"}, CANARY_MODULE],
+                 kwargs={"dict": []})]
+    _refused(_forged(small_snn, storage), "Tensor.untyped_storage, which is not one of")
+
+    def on_a_constant(h, p):
+        h["graph"].insert(1, dict(op="call_method", name="m", target="view", args=["text", 1], kwargs={"dict": []}))
+    _refused(_forged(small_snn, on_a_constant), "must be called on a tensor the graph computed")
+
+    def on_an_int(h, p):
+        h["graph"][1:1] = [dict(op="call_method", name="n", target="size", args=[{"node": "x"}], kwargs={"dict": []}),
+                           dict(op="call_method", name="m", target="view", args=[{"node": "n"}], kwargs={"dict": []})]
+    _refused(_forged(small_snn, on_an_int), "must be called on a tensor the graph computed")
+
+
+def test_attack_functions_and_attributes(small_snn, canary):
+    """A function outside FUNCTIONS, getattr of anything but tensor metadata, a private get_attr."""
+    def function(h, p):
+        next(n for n in h["graph"] if n["op"] == "call_function")["target"] = "torch.load"
+    _refused(_forged(small_snn, function), "calls 'torch.load', which is not one of")
+
+    def peek(h, p):
+        h["graph"].insert(1, dict(op="call_function", name="peek", target="builtins.getattr",
+                                  args=[{"node": "x"}, "__class__"], kwargs={"dict": []}))
+    _refused(_forged(small_snn, peek), "getattr may read")
+
+    def code(h, p):
+        h["graph"].insert(1, dict(op="get_attr", name="code", target="_code", args=[], kwargs={"dict": []}))
+    _refused(_forged(small_snn, code), "not a plain identifier")
+
+    def method_name(h, p):
+        h["graph"].insert(1, dict(op="get_attr", name="w", target="fc1.forward", args=[], kwargs={"dict": []}))
+    _refused(_forged(small_snn, method_name), "not a saved parameter or buffer")
+
+
+def _mutations(header, rng, hostile):
+    """One random change of a copy of ``header``: a leaf replaced, a key renamed or dropped."""
+    header = json.loads(json.dumps(header))
+    containers = []
+
+    def walk(value):
+        if isinstance(value, dict):
+            containers.append(value)
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, list):
+            containers.append(value)
+            for v in value:
+                walk(v)
+    walk(header)
+    pool = hostile + [None, True, -1, 0, 1, 2.7, 1e308, 2**63, [], {}, {"node": "x"}, "x" * 300, [1, 2]]
+    for _ in range(rng.randint(1, 3)):
+        target = rng.choice(containers)
+        if not target:
+            continue
+        if isinstance(target, dict):
+            key = rng.choice(list(target))
+            action = rng.random()
+            if action < 0.6:
+                target[key] = rng.choice(pool)
+            elif action < 0.8:
+                target[rng.choice(hostile)] = target.pop(key)
+            else:
+                del target[key]
+        else:
+            index = rng.randrange(len(target))
+            if rng.random() < 0.8:
+                target[index] = rng.choice(pool)
+            else:
+                target.insert(index, target[index])
+    return header
+
+
+def _fuzz_snn(snn, canary, rounds):
+    import random
+    rng = random.Random(1234)
+    hostile = _hostile(canary)
+    header, payload = snn_header(snn)
+    valid = pack(header, payload)
+    x = torch.randn(2, 3, 16, 16)
+    for _ in range(rounds):
+        choice = rng.random()
+        if choice < 0.2:  # damaged: bits flipped, cut or extended
+            data = bytearray(valid)
+            for _ in range(rng.randint(1, 4)):
+                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+            assert not _assert_refused_or_inert(bytes(data))
+        elif choice < 0.3:
+            assert not _assert_refused_or_inert(valid[:rng.randrange(len(valid))])
+        else:  # crafted: a valid checksum over a changed header
+            _assert_refused_or_inert(pack(_mutations(header, rng, hostile), payload), x)
+
+
+def test_fuzz_snn_files(small_snn, canary):
+    """Mutated valid files: only SerializationError, and no file string ever runs."""
+    _fuzz_snn(small_snn, canary, rounds=60)
+
+
+@pytest.mark.slow
+def test_fuzz_snn_files_long(canary):
+    torch.manual_seed(0)
+    _fuzz_snn(to_snn(prepared(TinyResNet, per_channel=True), T=2), canary, rounds=1000)
+
+
+def test_sequential_round_trip_and_map_location():
+    """A traced nn.Sequential: its input is named 'input' and its nodes _0, _1, ..."""
+    from na_kernels.nn import replace_activations
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 5))
+    model, _ = replace_activations(model, p=3, noise=None, lam=2.0)
+    snn = to_snn(model.eval(), T=2)
+    buffer = io.BytesIO()
+    snn.save(buffer)
+    loaded = load_snn(io.BytesIO(buffer.getvalue()), map_location="cpu")
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), snn(x))
+    with pytest.raises(TypeError, match="map_location must be a device"):
+        load_snn(io.BytesIO(buffer.getvalue()), map_location=lambda storage, location: storage)
+
+
+class _Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        y = self.act(self.conv(x))
+        return self.conv(y).view(-1, 3, 8, 8) + self.conv(y)
+
+
+def _with_in_place(first_op):
+    """The converted _Residual with its addition made in place (``out += y``, as a graph may hold),
+    on the value made by ``first_op`` (call_module: a fresh conv output; call_method: a view)."""
+    torch.manual_seed(0)
+    snn = to_snn(prepared(_Residual, p=3, batch=torch.randn(8, 3, 8, 8)), T=2)
+    add = next(n for n in snn.network.graph.nodes if n.target is operator.add)
+    if first_op == "call_module":
+        add.args = (add.args[1], add.args[0])
+    assert add.args[0].op == first_op
+    add.target = operator.iadd
+    snn.network.recompile()
+    return snn
+
+
+def test_in_place_addition_on_a_fresh_value_is_written_as_add():
+    snn = _with_in_place("call_module")
+    loaded = load_snn(io.BytesIO(_forged(snn, lambda h, p: None)))
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = snn(x)
+        assert torch.equal(loaded(x), expected)
+    graph = json.dumps(snn_header(snn)[0]["graph"])
+    assert "iadd" not in graph and "operator.add" in graph
+
+
+def test_in_place_addition_on_a_view_is_refused():
+    with pytest.raises(SerializationError, match="in-place iadd on a value that is read elsewhere or may share"):
+        _with_in_place("call_method").save(io.BytesIO())
+
+
+@pytest.mark.filterwarnings("ignore:Attempted to insert a get_attr Node")
+def test_save_refuses_what_load_would_refuse():
+    """A tensor constant (a plain attribute, not a parameter or buffer) is refused when saving."""
     snn = to_snn(prepared(SmallCNN), T=2)
-    snn.network.fc1.register_forward_hook(lambda *args: None)
-    with pytest.raises(SerializationError, match="module fc1 has _forward_hooks"):
+    snn.network.const = torch.ones(1)  # what fx makes of a torch.tensor(...) constant in forward
+    with snn.network.graph.inserting_after(next(iter(snn.network.graph.nodes))):
+        snn.network.graph.get_attr("const")
+    with pytest.raises(SerializationError, match="'const', which is not a parameter or buffer"):
         snn.save(io.BytesIO())
-
-
-def test_forged_function_refused(tmp_path):
-    """A file whose graph names a function outside the allow-list is refused, not called."""
-    record = snn_record(to_snn(prepared(SmallCNN), T=2))
-    flatten = next(n for n in record["graph"] if n["op"] == "call_function")
-    flatten["target"] = "torch:load"
-    _assert_load_refuses(record, tmp_path / "forged.snn", "'torch:load'")
-
-
-def test_forged_references_refused(tmp_path):
-    """get_attr may only read saved tensors, getattr only tensor metadata: nothing else of the module."""
-    record = snn_record(to_snn(prepared(SmallCNN), T=2))
-    placeholder = record["graph"][0]["name"]
-    record["graph"].insert(1, dict(op="get_attr", name="code", target="_code", args=(), kwargs={"__dict__": []}))
-    path = tmp_path / "forged.snn"
-    _assert_load_refuses(record, path, "'_code', not a saved parameter or buffer")
-    record["graph"][1] = dict(op="call_function", name="peek", target="builtins:getattr",
-                              args=({"__node__": placeholder}, "__class__"), kwargs={"__dict__": []})
-    _assert_load_refuses(record, path, "reads an attribute outside")

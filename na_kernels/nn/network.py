@@ -167,7 +167,7 @@ class SpikingNetwork(nn.Module):
 
     def save(self, path) -> None:
         """Write this network to ``path`` for ``na_kernels.nn.load_snn`` (no model code needed to
-        load it; tensors and plain data only, read with ``weights_only=True``)."""
+        load it; a JSON header and raw tensors, never code: see ``na_kernels.nn.serialize``)."""
         from .serialize import save_snn
         save_snn(self, path)
 
