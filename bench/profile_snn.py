@@ -4,6 +4,7 @@ oneDNN primitive (proportions, which a loaded machine disturbs less than absolut
     python bench/profile_snn.py                                  # ResNet-20, T = 8, batch 16, 1 thread
     python bench/profile_snn.py --dtype fp32 bf16 --layout contiguous channels_last
     python bench/profile_snn.py --impl spikingjelly --batch 64 --threads 2
+    python bench/profile_snn.py --compare --rounds 7  # the layouts side by side: process CPU time
 
 For each (dtype, layout): torch.profiler over --repeats passes (after a warm-up), self CPU time
 grouped into convolution (oneDNN, its internal reorders included), the IF layers (each one's
@@ -12,6 +13,8 @@ explicit copies (copy_/clone/contiguous/_to_copy), pooling + linear, statistics,
 plus the top ops; then the same passes in a child process with ONEDNN_VERBOSE=1, whose timed
 primitives split oneDNN's own time into convolution and reorder (layout conversions of inputs,
 weights or outputs between torch's order and the blocked order oneDNN computes in).
+``--compare`` instead times the layouts against each other: process CPU time (less disturbed by
+other processes than wall time at one thread), rounds interleaved, medians.
 Networks and variants: bench/model_cases.py (``--impl``: na_kernels, na_kernels_stats, reference,
 spikingjelly; ``--layout channels_last`` converts weights and input as the channels_last case does).
 """
@@ -127,6 +130,31 @@ def child(args):
     print(f"NA_PROFILE_WALL,{1e3 * (time.perf_counter() - start)}", flush=True)
 
 
+def compare(args):
+    """Interleaved rounds of each layout's pass, process CPU time; medians (and minima)."""
+    import statistics
+
+    import model_cases
+
+    for dtype in args.dtype:
+        impls = {layout: ("channels_last" if layout == "channels_last" else args.impl) for layout in args.layout}
+        passes = {layout: model_cases.snn_pass(args.arch, impl, args.T, args.batch, dtype)[0]
+                  for layout, impl in impls.items()}
+        for run in passes.values():
+            run()
+        seconds = {layout: [] for layout in passes}
+        for _ in range(args.rounds):
+            for layout, run in passes.items():
+                start = time.process_time()
+                run()
+                seconds[layout].append(time.process_time() - start)
+        medians = {layout: statistics.median(v) for layout, v in seconds.items()}
+        first = next(iter(medians))
+        print(f"{args.arch} SNN T={args.T} batch {args.batch} {dtype}: " + ", ".join(
+            f"{layout} {1e3 * m:.1f} ms (min {1e3 * min(seconds[layout]):.1f}, {medians[first] / m:.2f}x {first})"
+            for layout, m in medians.items()), flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet20", choices=("resnet20", "resnet18"))
@@ -141,6 +169,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--top", type=int, default=8)
     parser.add_argument("--no-onednn", action="store_true", help="skip the ONEDNN_VERBOSE split")
+    parser.add_argument("--compare", action="store_true", help="time the layouts against each other instead")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of --compare")
     args = parser.parse_args(argv)
     os.environ.setdefault("NA_BENCH_DEVICE", "cpu")
     import torch
@@ -149,6 +179,10 @@ def main(argv=None):
     if os.environ.get("NA_PROFILE_CHILD"):
         return child(args)
     print(f"load average at the start: {os.getloadavg()}")
+    if args.compare:
+        compare(args)
+        print(f"load average at the end: {os.getloadavg()}")
+        return 0
     for dtype in args.dtype:
         for layout in args.layout:
             print(profile(args, dtype, layout))
