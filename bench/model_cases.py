@@ -34,7 +34,7 @@ from na_kernels' own cached blocks, not from torch's allocator, so torch's profi
 idle memory is handed back first (``gc.collect``, ``na_kernels.cpu.empty_cache``, glibc's
 ``malloc_trim(0)``), the kernel's peak-RSS mark is reset (``/proc/self/clear_refs`` = 5), the call
 runs, and the peak is ``VmHWM`` after minus ``VmRSS`` before: the memory the call needs above what
-it holds between calls (activations, gradients' temporaries, workspace), page-exact. None where
+it holds between calls (activations, gradients' temporaries, workspace). None where
 ``/proc`` does not allow it.
 """
 import contextlib

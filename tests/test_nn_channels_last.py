@@ -6,9 +6,9 @@ import copy
 
 import pytest
 import torch
+from nn_models import TinyResNet, prepared
 
 from na_kernels.nn import to_snn
-from nn_models import TinyResNet, prepared
 
 CL = torch.channels_last
 
