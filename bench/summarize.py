@@ -213,7 +213,8 @@ def model_table(records, alternative_times=True):
 
 
 MODEL_LEGEND = "\n".join((
-    "Model cases: time = median per call (a training step, or one SNN pass over the batch at T steps);",
+    "Model cases: time = median per call (a training step, one SNN pass over the batch at T steps, or",
+    "the early-exit bench's pass over its test set);",
     "× time vs X: X's median / this variant's (> 1: this variant is faster); × memory vs X: this variant's",
     "peak memory per call / X's (< 1: it needs less); peak memory: bench/model_cases.py, peak_memory.",
 ))
