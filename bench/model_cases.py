@@ -41,6 +41,7 @@ import contextlib
 import copy
 import ctypes
 import gc
+import importlib
 import statistics
 
 import baselines
@@ -134,7 +135,8 @@ def spikingjelly_snn(snn):
     """A copy of ``snn`` with every IF layer run by SpikingJelly's multi-step IFNode (same outputs
     up to float rounding: soft reset, θ = λ, v_init = θ/2, spikes times the amplitude)."""
     from na_kernels.nn import IFLayer
-    from na_kernels.nn.if_layer import V_INIT
+
+    v_init = importlib.import_module(IFLayer.__module__).V_INIT  # IFLayer's v_init, wherever it lives
 
     class SpikingJellyIF(IFLayer):
         """One IF layer on SpikingJelly's IFNode, in the SpikingNetwork's time-major batches."""
@@ -146,7 +148,7 @@ def spikingjelly_snn(snn):
             self.input_is_constant = layer.input_is_constant
             self.record = False
             theta = float(layer.threshold)
-            self.v_start = V_INIT * theta
+            self.v_start = v_init * theta
             self.scale = float(layer.amplitude)
             self.node = baselines.spikingjelly_if(theta)
 

@@ -60,3 +60,16 @@ def test_peak_memory_sees_a_touched_allocation_and_nothing_else():
         pytest.skip("/proc/self/clear_refs is not writable here")
     assert size - (1 << 20) <= busy["peak_memory_bytes"] < size + (16 << 20)  # other pages come and go
     assert idle["peak_memory_bytes"] < 4 << 20
+
+
+def test_spikingjelly_baseline_is_the_same_network():
+    pytest.importorskip("spikingjelly.activation_based.neuron")
+    import model_cases
+
+    snn = model_cases.converted("resnet20", 4)
+    sj = model_cases.spikingjelly_snn(snn)
+    assert sj.if_layers and all(type(layer).__name__ == "SpikingJellyIF" for layer in sj.if_layers.values())
+    x, _ = model_cases.images(2)
+    with torch.no_grad():
+        torch.testing.assert_close(sj(x), snn(x), rtol=0, atol=0)  # same sums, same order: bitwise
+    assert snn.statistics()["total"]["spikes"] > 0
