@@ -29,11 +29,14 @@ if IS_CUDA:
 
 # ----------------------------------------------------------------------------- sizes
 # nq_sizes: name -> activation shape; if_neurons: neurons per time step ([T, N] input);
-# model_batch / snn_batch: images per step; budget_s: timed seconds per case (rounds adapt).
+# model_archs: the networks of the model cases; train_batch / snn_batch: images per training step
+# / SNN pass; model_compile: the dtypes whose compiled model cases run (compiling a network takes
+# tens of seconds); budget_s: timed seconds per case (rounds adapt).
 SIZE_TABLES = {
     "full": dict(
         nq_sizes={"128x64x32x32": (128, 64, 32, 32), "2^26": (1 << 26,)},
-        if_neurons=1 << 20, if_steps=(4, 8, 16, 32), model_batch=128, snn_batch=128, snn_T=8,
+        if_neurons=1 << 20, if_steps=(4, 8, 16, 32), model_archs=("resnet20",), train_batch=64, snn_batch=64,
+        snn_T=8, model_compile=("fp32",),
         budget_s=1.0, min_rounds=10, max_rounds=200,
     ),
     # CPU: the ResNet activation at batch 16 (2^20 elements, 4 MiB fp32: cache-resident), 2^23
@@ -42,12 +45,13 @@ SIZE_TABLES = {
     # the neurons shrink so that T x N stays 2^22 (if_max_elements) and the suite stays short.
     "cpu": dict(
         nq_sizes={"16x64x32x32": (16, 64, 32, 32), "2^23": (1 << 23,)},
-        if_neurons=1 << 19, if_max_elements=1 << 22, if_steps=(4, 8, 16, 32), model_batch=4, snn_batch=2,
-        snn_T=8, budget_s=1.0, min_rounds=5, max_rounds=50,
+        if_neurons=1 << 19, if_max_elements=1 << 22, if_steps=(4, 8, 16, 32), model_archs=("resnet20",),
+        train_batch=64, snn_batch=64, snn_T=8, model_compile=("fp32",), budget_s=1.0, min_rounds=5, max_rounds=50,
     ),
     "tiny": dict(
         nq_sizes={"2x8x16x16": (2, 8, 16, 16), "2^16": (1 << 16,)},
-        if_neurons=1 << 12, if_steps=(4, 8), model_batch=2, snn_batch=1, snn_T=8,
+        if_neurons=1 << 12, if_steps=(4, 8), model_archs=("resnet20",), train_batch=2, snn_batch=1, snn_T=8,
+        model_compile=(),
         budget_s=0.05, min_rounds=3, max_rounds=5,
     ),
 }

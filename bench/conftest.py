@@ -22,9 +22,13 @@
 - Allocator: the process is taken as it is (no malloc tuning here); the header and the summary
   say whether ``MALLOC_*`` variables were set (bench/README.md, "malloc").
 - Never under Triton's interpreter: a run with ``TRITON_INTERPRET`` set is refused.
+- Whole-network cases (``extra_info["table"] == "model"``) print in a table of their own after
+  the op table; compiled ones carry the ``compile_model`` marker. ``NA_BENCH_DEADLINE`` (a Unix
+  time) skips the cases left when it has passed.
 """
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +67,24 @@ def pytest_configure(config):
             "(on a CPU the ops run the C++ kernels; on a GPU the compiled Triton kernels)."
         )
     config.addinivalue_line("markers", "bench_case: a timed case of the na_kernels benchmark suite")
+    config.addinivalue_line("markers", "compile_model: a whole network under torch.compile (compiles for tens "
+                                       "of seconds; bench/README.md, model cases)")
+
+
+DEADLINE_ENV = "NA_BENCH_DEADLINE"
+
+
+def pytest_runtest_setup(item):
+    """Past ``NA_BENCH_DEADLINE`` (a Unix time; run_gpu.py --budget-s sets it) the remaining cases
+    are skipped, so a run that must end by a wall-clock limit still writes its JSON."""
+    deadline = os.environ.get(DEADLINE_ENV)
+    if deadline:
+        try:
+            limit = float(deadline)
+        except ValueError:
+            raise pytest.UsageError(f"{DEADLINE_ENV} must be a Unix time in seconds, got {deadline!r}") from None
+        if time.time() > limit:
+            pytest.skip(f"past the run's deadline ({DEADLINE_ENV}; run_gpu.py --budget-s)")
 
 
 def pytest_report_header(config):

@@ -3,6 +3,7 @@
     python bench/run_gpu.py                    # on a machine with a GPU
     python bench/run_gpu.py --allow-cpu --skip-tests   # the CPU table (shrunk sizes)
     python bench/run_gpu.py --allow-cpu --skip-tests --malloc-tuning   # glibc told to keep freed memory
+    python bench/run_gpu.py --budget-s 540     # a session with one 10-minute call: everything ends in time
 
 The benchmark runs in a plain process, with the environment it is given, exactly as
 ``pytest bench/ --benchmark-only`` does: those are the numbers to quote. ``--malloc-tuning``
@@ -16,6 +17,12 @@ Writes, under --out (default bench/results/):
 where <machine> is the GPU's name (e.g. nvidia-h100-80gb-hbm3) or cpu-<model>-<threads>t and
 <date> is the UTC date. Commit them. Extra arguments after ``--`` go to the benchmark pytest
 (e.g. ``-- -k noisy_quant``).
+
+``--budget-s`` bounds the whole run's wall time: the test suite gets at most TEST_SHARE of it
+(killed past that, and the .md says so), and the benchmark skips the cases left once the budget,
+less DEADLINE_MARGIN_S for the case in flight and the files, has passed (``NA_BENCH_DEADLINE``).
+The op cases run first (file order), then the whole-network cases; ``--no-compiled-models``
+skips the compiled networks (``NA_BENCH_MODEL_COMPILE=none``).
 """
 import argparse
 import datetime
@@ -36,6 +43,8 @@ BENCH = Path(__file__).resolve().parent
 # but a user's process does not have it unless they set it, so a tuned run is labelled as such.
 MALLOC_TUNING = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 36)}
 ROOT = BENCH.parent
+TEST_SHARE = 0.5  # of --budget-s, at most, for the test suite
+DEADLINE_MARGIN_S = 90  # a compiled network case in flight, then the JSON and the summary
 
 
 def machine_slug(device):
@@ -76,11 +85,20 @@ def main(argv=None):
                              "files are named and labelled -malloc-tuned")
     parser.add_argument("--no-malloc-tuning", action="store_true",
                         help="accepted for old command lines: a plain process is the default now")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="wall-clock seconds for the whole run (tests + benchmark): cases left past it are skipped")
+    parser.add_argument("--no-compiled-models", action="store_true",
+                        help="skip the compiled whole-network cases (NA_BENCH_MODEL_COMPILE=none)")
     parser.add_argument("pytest_args", nargs="*", help="extra arguments for the benchmark pytest run (after --)")
     args = parser.parse_args(argv)
 
+    import time
+
     import torch
 
+    started = time.time()
+    if args.budget_s is not None and args.budget_s <= DEADLINE_MARGIN_S:
+        sys.exit(f"run_gpu.py: --budget-s must be more than {DEADLINE_MARGIN_S} s, got {args.budget_s:g}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not args.allow_cpu:
         sys.exit("run_gpu.py: no CUDA device (torch.cuda.is_available() is False); --allow-cpu runs the CPU sizes")
@@ -99,6 +117,8 @@ def main(argv=None):
         sys.exit("run_gpu.py: --malloc-tuning and --no-malloc-tuning contradict each other")
     if args.malloc_tuning:
         env.update(MALLOC_TUNING)
+    if args.no_compiled_models:
+        env["NA_BENCH_MODEL_COMPILE"] = "none"
     tuned = {k: v for k, v in env.items() if k.startswith("MALLOC_")}
     if tuned and not args.malloc_tuning:
         print(f"run_gpu.py: note: glibc settings inherited from the environment ({tuned}): the files are "
@@ -115,16 +135,23 @@ def main(argv=None):
     if not args.skip_tests:
         log = out / f"{stem}-tests.txt"
         print(f"run_gpu.py: test suite on {device} -> {log}", flush=True)
+        limit = TEST_SHARE * args.budget_s if args.budget_s else None
         with open(log, "w") as f:
-            result = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "tests"), "-q", "-p", "no:cacheprovider"],
-                                    cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+            try:
+                code = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "tests"), "-q", "-p",
+                                       "no:cacheprovider"], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                      timeout=limit).returncode
+            except subprocess.TimeoutExpired:
+                code = f"none: stopped after {limit:.0f} s (--budget-s {args.budget_s:g})"
         last = [line for line in log.read_text().splitlines() if line.strip()][-1:] or ["(no output)"]
-        test_line = f"Test suite on {device}: exit code {result.returncode} — {last[0].strip('= ')}"
+        test_line = f"Test suite on {device}: exit code {code} — {last[0].strip('= ')}"
         print("run_gpu.py:", test_line, flush=True)
 
     json_path = out / f"{stem}.json"
     command = [sys.executable, "-m", "pytest", str(BENCH), "--benchmark-only", f"--benchmark-json={json_path}",
                "-p", "no:cacheprovider", "-q", *args.pytest_args]
+    if args.budget_s:
+        env["NA_BENCH_DEADLINE"] = str(started + args.budget_s - DEADLINE_MARGIN_S)
     print("run_gpu.py:", " ".join(command), flush=True)
     bench = subprocess.run(command, cwd=ROOT, env=env)
 

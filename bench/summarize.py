@@ -32,6 +32,13 @@ def case_time(record):
     return float(stats["median"]) if stats.get("median") else None
 
 
+def is_model_case(record):
+    """Whether a record is a whole-network case (``extra_info["table"] == "model"``): those go to
+    the model table, each na_kernels variant (``extra_info["ours"]``) against every other variant
+    of its group."""
+    return (record.get("extra_info") or {}).get("table") == "model"
+
+
 def _by_case(records):
     cases = {}
     for record in records:
@@ -43,8 +50,24 @@ def _by_case(records):
 
 
 def add_speedups(records):
-    """Put speedup_vs_<impl> (that impl's time / na_kernels' time) into na_kernels' extra_info."""
-    for impls in _by_case(records).values():
+    """Put speedup_vs_<impl> (that impl's time / na_kernels' time) into na_kernels' extra_info; in
+    model cases into every na_kernels variant's, and memory_vs_<impl> (its peak / that impl's)."""
+    records = list(records)
+    for impls in _by_case([r for r in records if is_model_case(r)]).values():
+        for record in impls.values():
+            extra = record["extra_info"]
+            if not extra.get("ours"):
+                continue
+            ours_time, ours_memory = case_time(record), extra.get("peak_memory_bytes")
+            for impl, other in impls.items():
+                if other is record or other["extra_info"].get("ours"):
+                    continue
+                other_time, other_memory = case_time(other), other["extra_info"].get("peak_memory_bytes")
+                if ours_time and other_time:
+                    extra[f"speedup_vs_{impl}"] = other_time / ours_time
+                if ours_memory and other_memory:
+                    extra[f"memory_vs_{impl}"] = ours_memory / other_memory
+    for impls in _by_case([r for r in records if not is_model_case(r)]).values():
         ours = impls.get(OURS)
         ours_time = case_time(ours) if ours else None
         if not ours_time:
@@ -101,7 +124,8 @@ def render(records, machine_info=None, alternative_times=True):
     """
     records = list(records)
     add_speedups(records)
-    cases = _by_case(records)
+    model_records = [r for r in records if is_model_case(r)]
+    cases = _by_case([r for r in records if not is_model_case(r)])
     info = (machine_info or {}).get("na_bench", {})
     lines = []
     copy = info.get("copy_bandwidth") or {}
@@ -123,34 +147,77 @@ def render(records, machine_info=None, alternative_times=True):
     if lines:
         lines.append("")
 
-    present = [impl for impl in ALTERNATIVES if any(impl in impls for impls in cases.values())]
-    header = ["op", "case", "time", "GB/s", "% copy"] + [f"× vs {IMPL_TITLES[i]}" for i in present]
-    if alternative_times:
-        header += [f"{IMPL_TITLES[i]} time" for i in present]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
+    if cases:
+        present = [impl for impl in ALTERNATIVES if any(impl in impls for impls in cases.values())]
+        header = ["op", "case", "time", "GB/s", "% copy"] + [f"× vs {IMPL_TITLES[i]}" for i in present]
+        if alternative_times:
+            header += [f"{IMPL_TITLES[i]} time" for i in present]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "---|" * len(header))
+        for case in sorted(cases, key=_case_key):
+            impls = cases[case]
+            ours = impls.get(OURS)
+            extra = (ours or {}).get("extra_info", {})
+            ours_time = case_time(ours) if ours else None
+            throughput = [f"{k[:-6]}/s {v:,.1f}" for k, v in extra.items() if k.endswith("_per_s")]
+            cell = _fmt_time(ours_time) + (f" ({throughput[0]})" if throughput else "")
+            row = [*_split_case(case), cell, _fmt(extra.get("gbps"), "{:.2f}"),
+                   _fmt(None if extra.get("fraction_of_copy_bandwidth") is None
+                        else 100 * extra["fraction_of_copy_bandwidth"], "{:.0f} %")]
+            for impl in present:
+                other = case_time(impls[impl]) if impl in impls else None
+                row.append(_fmt(other / ours_time if other and ours_time else None, "{:.2f}×"))
+            if alternative_times:
+                for impl in present:
+                    row.append(_fmt_time(case_time(impls[impl])) if impl in impls else "–")
+            lines.append("| " + " | ".join(row) + " |")
+        lines += ["", LEGEND]
+    if model_records:
+        lines += ([""] if cases else []) + model_table(model_records, alternative_times)
+    lines.append("")
+    lines.extend(targets(cases, info.get("device", "cpu"), info.get("device_name", ""), model_records))
+    return "\n".join(lines)
+
+
+def _fmt_bytes(nbytes):
+    return "–" if not nbytes else f"{nbytes / (1 << 20):,.0f} MiB"
+
+
+def model_table(records, alternative_times=True):
+    """Whole networks: one row per na_kernels variant of a case, with its time, images/s and peak
+    memory, and its ratio to every other variant of the case measured in this run."""
+    cases = _by_case(records)
+    header = ("| model case | na_kernels variant | time | images/s | peak memory | × time vs (> 1: faster) "
+              "| × memory vs (< 1: less) |")
+    lines = [header, "|---|---|---|---|---|---|---|"]
     for case in sorted(cases, key=_case_key):
         impls = cases[case]
-        ours = impls.get(OURS)
-        extra = (ours or {}).get("extra_info", {})
-        ours_time = case_time(ours) if ours else None
-        throughput = [f"{k[:-6]}/s {v:,.1f}" for k, v in extra.items() if k.endswith("_per_s")]
-        cell = _fmt_time(ours_time) + (f" ({throughput[0]})" if throughput else "")
-        row = [*_split_case(case), cell, _fmt(extra.get("gbps"), "{:.2f}"),
-               _fmt(None if extra.get("fraction_of_copy_bandwidth") is None
-                    else 100 * extra["fraction_of_copy_bandwidth"], "{:.0f} %")]
-        for impl in present:
-            other = case_time(impls[impl]) if impl in impls else None
-            row.append(_fmt(other / ours_time if other and ours_time else None, "{:.2f}×"))
-        if alternative_times:
-            for impl in present:
-                row.append(_fmt_time(case_time(impls[impl])) if impl in impls else "–")
-        lines.append("| " + " | ".join(row) + " |")
-    lines.append("")
-    lines.append(LEGEND)
-    lines.append("")
-    lines.extend(targets(cases, info.get("device", "cpu"), info.get("device_name", "")))
-    return "\n".join(lines)
+        others = [impl for impl, r in impls.items() if not r["extra_info"].get("ours")]
+        titles = {impl: r["extra_info"].get("variant", impl) for impl, r in impls.items()}
+        for impl, record in impls.items():
+            extra = record["extra_info"]
+            if not extra.get("ours"):
+                continue
+            seconds = case_time(record)
+            rate = extra.get("images_per_s")
+            versus = [f"{extra[f'speedup_vs_{o}']:.2f}× {titles[o]}" + (
+                f" ({_fmt_time(case_time(impls[o]))})" if alternative_times else "")
+                for o in others if f"speedup_vs_{o}" in extra]
+            memory = [f"{extra[f'memory_vs_{o}']:.2f}× {titles[o]}" for o in others if f"memory_vs_{o}" in extra]
+            lines.append("| " + " | ".join([
+                case, extra.get("variant", impl), _fmt_time(seconds), _fmt(rate, "{:,.1f}"),
+                _fmt_bytes(extra.get("peak_memory_bytes")), "; ".join(versus) or "–", "; ".join(memory) or "–",
+            ]) + " |")
+    lines += ["", MODEL_LEGEND]
+    return lines
+
+
+MODEL_LEGEND = "\n".join((
+    "Model cases: time = median per call (a training step, one SNN pass over the batch at T steps, or",
+    "the early-exit bench's pass over its test set);",
+    "× time vs X: X's median / this variant's (> 1: this variant is faster); × memory vs X: this variant's",
+    "peak memory per call / X's (< 1: it needs less); peak memory: bench/model_cases.py, peak_memory.",
+))
 
 
 LEGEND = "\n".join((
@@ -184,7 +251,38 @@ def _check(label, value, goal, kind):
     return f"- {label}: {100 * value:.0f} % of copy bandwidth — {verdict}"
 
 
-def targets(cases, device, device_name=""):
+def _model_targets(records):
+    """Issue 26's whole-network goals (both devices), checked against this run's model cases."""
+    out = []
+    for case, impls in sorted(_by_case(records).items(), key=lambda item: _case_key(item[0])):
+        op = (next(iter(impls.values()))["extra_info"]).get("op")
+        if op == "train_step":
+            for ours, relu, how in (("noisy_quant", "relu", "eager"), ("noisy_quant_compiled", "relu_compiled",
+                                                                      "compiled")):
+                speedup = (impls.get(ours) or {}).get("extra_info", {}).get(f"speedup_vs_{relu}")
+                label = f"- {case}: NoisyQuant's step {how} ≤ 1.05× the ReLU network's"
+                if speedup is None:
+                    out.append(f"{label}: not measured in this run")
+                else:
+                    cost = 1 / speedup
+                    out.append(f"{label}: {cost:.2f}× — " + ("met" if cost <= 1.05 else f"MISSED by {cost / 1.05:.2f}×"))
+            memory = (impls.get("noisy_quant") or {}).get("extra_info", {}).get("memory_vs_relu")
+            verdict = ("not measured in this run" if memory is None else
+                       f"{memory:.2f}× — " + ("met" if memory <= 1.0 else f"MISSED by {memory:.2f}×"))
+            out.append(f"- {case}: NoisyQuant's peak memory ≤ the ReLU network's: {verdict}")
+            eager, compiled = impls.get("noisy_quant"), impls.get("noisy_quant_compiled")
+            ratio = (case_time(eager) / case_time(compiled)) if eager and compiled and case_time(compiled) else None
+            out.append(_check(f"{case}: compiled NoisyQuant never slower than eager (eager / compiled)",
+                              ratio, 1.0, "ratio"))
+        elif op == "snn_pass" and (next(iter(impls.values()))["extra_info"]).get("dtype") == "fp32":
+            for ours in ("na_kernels", "na_kernels_compiled"):
+                extra = (impls.get(ours) or {}).get("extra_info", {})
+                out.append(_check(f"{case}: {extra.get('variant', ours)} ≥ 2.5× compiled SpikingJelly",
+                                  extra.get("speedup_vs_spikingjelly_compiled"), 2.5, "ratio"))
+    return out
+
+
+def targets(cases, device, device_name="", model_records=()):
     """The targets of issue 11 (the tracker's goals, not promises), checked against this run.
 
     CPU targets depend on the SIMD level the C++ kernels ran at (read from the device name).
@@ -209,6 +307,7 @@ def targets(cases, device, device_name=""):
         elif op == "noisy_quant" and mode == "fwd" and extra.get("numel", 0) >= 1 << 26:
             out.append(_check(f"{case}: ≥ 85 % of copy", _fraction(impls), 0.85, "fraction"))
             out.append(_check(f"{case}: ≥ 1.5× torch.compile", _ratio(impls, "compile"), 1.5, "ratio"))
+    out.extend(_model_targets(model_records))
     if len(out) == 1:
         out.append("- no targeted case in this run")
     return out

@@ -5,8 +5,9 @@ uniform noise; trained once per session by the demo's own training function, or 
 keeps (the smallest mean exit step within 0.2 points of the fixed-T accuracy), chunk 1 and 2;
 and the compaction between two chunks (every IF layer's potential, the input and the stem's
 outputs, to half of a batch of 256) on its own. Statistics off. ``python bench/early_exit.py`` prints the same with
-the targets; the numbers here are images/s (extra_info["images_per_s"]) and, for the early-exit
-cases, ``vs_fixed`` is not computed (each case is its own group): compare the two rows.
+the targets; the numbers here are images/s (extra_info["images_per_s"]). The fixed-T run and the
+early exits are one case of the summary's model table (each early exit's ratio to the fixed run,
+the accuracies in the variant's name); the compaction cases are in the op table.
 """
 import os
 
@@ -43,11 +44,15 @@ def setup():
     return dict(snn=snn, batches=batches, images=len(test), fixed_acc=fixed_acc, kept=kept)
 
 
+GROUP = f"early_exit digits T={T} batch {BATCH}"  # fixed T and the early exits: one model-table case
+
+
 def test_fixed_T(benchmark, copy_bandwidth, setup):
     run_case(benchmark, bench_exit.fixed_run(setup["snn"], setup["batches"], T),
-             group=f"early_exit digits fixed T={T} batch {BATCH}", impl="na_kernels", copy_bandwidth=copy_bandwidth,
+             group=GROUP, impl="fixed", copy_bandwidth=copy_bandwidth,
              items=setup["images"], item_name="images", min_rounds=3,
-             info={"op": "early_exit", "mode": "fixed", "T": T, "batch": BATCH, "accuracy": setup["fixed_acc"]})
+             info={"table": "model", "ours": False, "variant": f"fixed T={T} ({100 * setup['fixed_acc']:.1f} %)",
+                   "op": "early_exit", "mode": "fixed", "T": T, "batch": BATCH, "accuracy": setup["fixed_acc"]})
 
 
 @pytest.mark.parametrize("chunk", [1, 2])
@@ -56,10 +61,13 @@ def test_early_exit(benchmark, copy_bandwidth, setup, chunk):
 
     kept = setup["kept"]
     rule = ExitRule(confidence=kept["confidence"])
+    variant = (f"early exit {rule.describe()}, chunk {chunk} ({100 * kept['accuracy']:.1f} %, "
+               f"mean exit step {kept['mean_exit_step']:.2f})")
     run_case(benchmark, bench_exit.adaptive_run(setup["snn"], setup["batches"], rule, T, chunk),
-             group=f"early_exit digits {rule.describe()} T_max={T} chunk {chunk} batch {BATCH}", impl="na_kernels",
+             group=GROUP, impl=f"early_exit_chunk{chunk}",
              copy_bandwidth=copy_bandwidth, items=setup["images"], item_name="images", min_rounds=3,
-             info={"op": "early_exit", "mode": "adaptive", "T": T, "chunk": chunk, "batch": BATCH,
+             info={"table": "model", "ours": True, "variant": variant,
+                   "op": "early_exit", "mode": "adaptive", "T": T, "chunk": chunk, "batch": BATCH,
                    "confidence": kept["confidence"], "accuracy": kept["accuracy"],
                    "fixed_accuracy": setup["fixed_acc"], "mean_exit_step": kept["mean_exit_step"]})
 

@@ -1,0 +1,247 @@
+"""The whole-network cases of the benchmark (``test_bench_models.py``, ``profile_snn.py``):
+the networks, their variants, the SpikingJelly version of a converted SNN, and the peak
+memory of one call.
+
+Training step (one SGD step: forward, cross-entropy, backward, momentum-0.9 update, random
+32x32 images) of a CIFAR network whose activations are
+
+- ``relu``: ``nn.ReLU`` (the float network, the cost to match);
+- ``qcfs``: the plain-torch QCFS + uniform-noise formula (``baselines.EagerNoisyQuant``);
+- ``noisy_quant``: ``na_kernels.nn.NoisyQuant`` (p = 3, uniform noise, trainable scalar λ);
+
+each eager and under ``torch.compile`` (the model's forward compiled, ``dynamic=False``;
+AOTAutograd compiles its backward), in fp32 or under bf16 autocast.
+
+SNN pass: the converted network (``to_snn(model, T)``) on ``[B, 3, 32, 32]`` under no_grad:
+
+- ``na_kernels`` (statistics off), ``na_kernels_stats`` (on, the default), ``na_kernels_compiled``
+  (``torch.compile`` of the ``SpikingNetwork``, statistics off), ``channels_last`` (weights and
+  input in channels-last memory order, statistics off);
+- ``reference``: the same network with the IF layers run by the PyTorch reference loop;
+- ``spikingjelly`` / ``spikingjelly_compiled``: every IF layer replaced by SpikingJelly's
+  multi-step ``IFNode`` (soft reset, θ = λ, v_init = θ/2, its spikes times λ), eager and
+  compiled. SpikingJelly's own converter scales twice around each neuron (``VoltageScaler``);
+  one multiply is the fewest a SpikingJelly network needs for the same outputs.
+
+bf16 SNN: network and input cast to bfloat16 (``snn.to(torch.bfloat16)``); the IF kernels keep
+the membrane in float32, SpikingJelly's ``IFNode`` keeps it in the input's dtype.
+
+Peak memory of one call (``peak_memory``): on CUDA, ``torch.cuda.max_memory_allocated()`` over
+the call minus what was allocated before it (tensors only, not the caching allocator's reserve).
+On the CPU there is no allocator counter that sees every output (the C++ kernels' outputs come
+from na_kernels' own cached blocks, not from torch's allocator, so torch's profiler misses them;
+``tracemalloc`` sees Python objects, not tensor storage), so it is the process's resident memory:
+idle memory is handed back first (``gc.collect``, ``na_kernels.cpu.empty_cache``, glibc's
+``malloc_trim(0)``), the kernel's peak-RSS mark is reset (``/proc/self/clear_refs`` = 5), the call
+runs, and the peak is ``VmHWM`` after minus ``VmRSS`` before: the memory the call needs above what
+it holds between calls (activations, gradients' temporaries, workspace). None where
+``/proc`` does not allow it.
+"""
+import contextlib
+import copy
+import ctypes
+import gc
+import importlib
+import statistics
+
+import baselines
+import torch
+from benchlib import DEVICE, IS_CUDA, synchronize
+from torch import nn
+
+P = 3  # quantization levels of every activation
+LAM = 8.0  # the initial λ (every layer's θ after conversion)
+
+TRAIN_ACTIVATIONS = ("relu", "qcfs", "noisy_quant")
+ACTIVATION_TITLES = {"relu": "ReLU", "qcfs": "QCFS+noise formula (plain torch)", "noisy_quant": "NoisyQuant"}
+SNN_IMPLS = ("na_kernels", "na_kernels_stats", "na_kernels_compiled", "channels_last", "reference",
+             "spikingjelly", "spikingjelly_compiled")
+SNN_TITLES = {
+    "na_kernels": "na_kernels, statistics off",
+    "na_kernels_stats": "na_kernels, statistics on",
+    "na_kernels_compiled": "na_kernels compiled, statistics off",
+    "channels_last": "na_kernels channels-last, statistics off",
+    "reference": "IF layers by the PyTorch reference loop",
+    "spikingjelly": "SpikingJelly IFNode (multi-step)",
+    "spikingjelly_compiled": "SpikingJelly IFNode compiled",
+}
+SNN_OURS = ("na_kernels", "na_kernels_stats", "na_kernels_compiled", "channels_last")
+
+
+def architectures():
+    """name -> builder(num_classes, act=...) of the CIFAR networks the cases may use."""
+    from na_kernels.models import resnet18, resnet20
+
+    return {"resnet20": resnet20, "resnet18": resnet18}
+
+
+def activation_factory(activation):
+    """The ``act`` factory of a training case's activation (see the module doc)."""
+    if activation == "relu":
+        return nn.ReLU
+    if activation == "qcfs":
+        return lambda: baselines.EagerNoisyQuant(p=P, lam=LAM)
+    if activation == "noisy_quant":
+        from na_kernels.nn import NoisyQuant
+
+        return lambda: NoisyQuant(p=P, lam=LAM)
+    raise ValueError(f"activation must be one of {TRAIN_ACTIVATIONS}, got {activation!r}")
+
+
+def images(batch, dtype=torch.float32, seed=0):
+    """Random CIFAR-shaped images ``[batch, 3, 32, 32]`` and labels ``[batch]`` on the bench device."""
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    x = torch.randn((batch, 3, 32, 32), generator=gen, device=DEVICE).to(dtype)
+    y = torch.randint(0, 10, (batch,), generator=gen, device=DEVICE)
+    return x, y
+
+
+def train_step(arch, activation, batch, *, dtype="fp32", compiled=False):
+    """A closure running one training step of ``arch`` with ``activation`` (bf16: autocast)."""
+    torch.manual_seed(0)
+    model = architectures()[arch](10, act=activation_factory(activation)).to(DEVICE).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    forward = baselines.compiled(model) if compiled else model
+    x, y = images(batch)
+    autocast = (lambda: torch.autocast(DEVICE, dtype=torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            loss = nn.functional.cross_entropy(forward(x), y)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+# ----------------------------------------------------------------------------- the SNN
+def converted(arch, T):
+    """The converted SNN of ``arch`` with NoisyQuant(p=3, λ=8) activations (random weights; the
+    time does not depend on them), on the bench device, eval mode, statistics on."""
+    from na_kernels.nn import NoisyQuant, to_snn
+
+    torch.manual_seed(0)
+    model = architectures()[arch](10, act=lambda: NoisyQuant(p=P, lam=LAM)).eval()
+    return to_snn(model, T=T).to(DEVICE).eval()
+
+
+def spikingjelly_missing():
+    """Why the SpikingJelly cases cannot run (None when it is importable)."""
+    return baselines.spikingjelly_missing_reason()
+
+
+def spikingjelly_snn(snn):
+    """A copy of ``snn`` with every IF layer run by SpikingJelly's multi-step IFNode (same outputs
+    up to float rounding: soft reset, θ = λ, v_init = θ/2, spikes times the amplitude)."""
+    from na_kernels.nn import IFLayer
+
+    v_init = importlib.import_module(IFLayer.__module__).V_INIT  # IFLayer's v_init, wherever it lives
+
+    class SpikingJellyIF(IFLayer):
+        """One IF layer on SpikingJelly's IFNode, in the SpikingNetwork's time-major batches."""
+
+        def __init__(self, layer):
+            if layer.per_channel or layer.calibrated:
+                raise ValueError(f"{layer.name}: the SpikingJelly baseline takes one scalar θ = λ per layer")
+            super().__init__(layer.name, layer.threshold, layer.p)
+            self.input_is_constant = layer.input_is_constant
+            self.record = False
+            theta = float(layer.threshold)
+            self.v_start = v_init * theta
+            self.scale = float(layer.amplitude)
+            self.node = baselines.spikingjelly_if(theta)
+
+        def forward(self, x):
+            T = self.time_steps
+            if self.input_is_constant:
+                x_seq = x.unsqueeze(0).expand((T,) + tuple(x.shape))
+            else:
+                x_seq = x.reshape((T, x.shape[0] // T) + tuple(x.shape[1:]))
+            self.node.v = self.v_start  # a float: SpikingJelly fills the state with it at the first step
+            spikes = self.node(x_seq) * self.scale
+            return spikes.reshape((-1,) + tuple(spikes.shape[2:]))
+
+    sj = copy.deepcopy(snn)
+    for path, module in list(sj.network.named_modules()):
+        if isinstance(module, IFLayer):
+            sj.network.set_submodule(path, SpikingJellyIF(module).to(next(iter(module.buffers())).device))
+    sj.record_statistics(False)
+    return sj
+
+
+def snn_pass(arch, impl, T, batch, dtype="fp32"):
+    """(closure running one SNN pass of ``impl`` on a batch, the SpikingNetwork it runs, backend note)."""
+    import na_kernels
+
+    snn = converted(arch, T)
+    snn.record_statistics(impl == "na_kernels_stats")
+    if impl.startswith("spikingjelly"):
+        snn = spikingjelly_snn(snn)
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    snn = snn.to(torch_dtype)
+    x, _ = images(batch, torch_dtype)
+    if impl == "channels_last":
+        snn = snn.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    run = baselines.compiled(snn) if impl.endswith("_compiled") else snn
+    backend = "reference" if impl == "reference" else "auto"
+
+    def infer():
+        with torch.no_grad(), na_kernels.use_backend(backend):
+            return run(x)
+
+    return infer, snn, x
+
+
+# ----------------------------------------------------------------------------- memory
+def _proc_status(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"no {key} in /proc/self/status")
+
+
+def _release_idle_memory():
+    gc.collect()
+    try:
+        from na_kernels import cpu
+
+        cpu.empty_cache()
+    except (ImportError, AttributeError):
+        pass
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def peak_memory(fn, repeats=3):
+    """{"peak_memory_bytes", "peak_memory_method"}: the median over ``repeats`` calls of the memory
+    one call of ``fn`` needs above what is held before it (see the module doc); {} where it cannot
+    be measured. Call after the warm-up (optimizer state and compiled code exist by then)."""
+    peaks = []
+    if IS_CUDA:
+        for _ in range(repeats):
+            synchronize()
+            gc.collect()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            fn()
+            synchronize()
+            peaks.append(torch.cuda.max_memory_allocated() - before)
+        method = "torch.cuda.max_memory_allocated() during the call - memory_allocated() before"
+    else:
+        try:
+            for _ in range(repeats):
+                _release_idle_memory()
+                before = _proc_status("VmRSS")
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # resets VmHWM to the current RSS
+                fn()
+                peaks.append(_proc_status("VmHWM") - before)
+        except OSError:
+            return {}
+        method = "peak RSS (VmHWM after clear_refs=5) during the call - RSS before, idle memory released first"
+    return {"peak_memory_bytes": int(statistics.median(peaks)), "peak_memory_method": method}

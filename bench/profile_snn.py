@@ -1,0 +1,203 @@
+"""Where the time of an SNN pass goes: the converted network of the model cases, by op and by
+oneDNN primitive (proportions, which a loaded machine disturbs less than absolute times).
+
+    python bench/profile_snn.py                                  # ResNet-20, T = 8, batch 16, 1 thread
+    python bench/profile_snn.py --dtype fp32 bf16 --layout contiguous channels_last
+    python bench/profile_snn.py --impl spikingjelly --batch 64 --threads 2
+    python bench/profile_snn.py --compare --rounds 7  # the layouts side by side: process CPU time
+
+For each (dtype, layout): torch.profiler over --repeats passes (after a warm-up), self CPU time
+grouped into convolution (oneDNN, its internal reorders included), the IF layers (each one's
+forward in a profiler range: the C++ kernels are called directly, not as dispatcher ops), residual adds,
+explicit copies (copy_/clone/contiguous/_to_copy), pooling + linear, statistics, and the rest,
+plus the top ops; then the same passes in a child process with ONEDNN_VERBOSE=1, whose timed
+primitives split oneDNN's own time into convolution and reorder (layout conversions of inputs,
+weights or outputs between torch's order and the blocked order oneDNN computes in).
+``--compare`` instead times the layouts against each other: process CPU time (less disturbed by
+other processes than wall time at one thread), rounds interleaved, medians.
+Networks and variants: bench/model_cases.py (``--impl``: na_kernels, na_kernels_stats, reference,
+spikingjelly; ``--layout channels_last`` converts weights and input as the channels_last case does).
+"""
+import argparse
+import collections
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+IF_LABEL = "IFLayer.forward"
+GROUPS = (  # (group, substrings of op names), first match wins; self CPU time
+    ("IF layers (kernel + Python)", ("integrate_fire", IF_LABEL)),
+    ("convolution (oneDNN)", ("convolution", "conv2d", "mkldnn")),
+    ("residual add", ("aten::add",)),
+    ("copies", ("aten::copy_", "aten::clone", "aten::contiguous", "aten::_to_copy", "aten::to", "aten::expand")),
+    ("statistics", ("aten::sum", "aten::ne", "aten::count_nonzero", "SynapseMeter", "aten::ones")),
+    ("pooling + linear", ("pool", "aten::addmm", "aten::linear", "aten::mm")),
+)
+
+
+def _group(name):
+    for group, keys in GROUPS:
+        if any(key in name for key in keys):
+            return group
+    return "other"
+
+
+def label_if_layers(snn):
+    """Each IF layer's forward inside a profiler range: on the CPU the public ops call the C++
+    kernels directly (no dispatcher op), so without it their time is no op's self time."""
+    import torch
+
+    for layer in snn.if_layers.values():
+        def forward(x, _forward=layer.forward):
+            with torch.profiler.record_function(IF_LABEL):
+                return _forward(x)
+        layer.forward = forward
+
+
+def profile(args, dtype, layout):
+    import model_cases
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    impl = "channels_last" if layout == "channels_last" else args.impl
+    if layout == "channels_last" and args.impl != "na_kernels":
+        raise SystemExit("--layout channels_last profiles the na_kernels network only")
+    infer, snn, _ = model_cases.snn_pass(args.arch, impl, args.T, args.batch, dtype)
+    label_if_layers(snn)
+    infer()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.repeats):
+            infer()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    groups = collections.Counter()
+    for e in events:
+        groups[_group(e.key)] += e.self_cpu_time_total
+    lines = [(f"## {args.arch} SNN T={args.T} batch {args.batch} {dtype} {layout} ({args.impl}), "
+              f"{torch.get_num_threads()} thread(s): {total / 1e3 / args.repeats:.1f} ms per pass (profiled)")]
+    for group, micros in groups.most_common():
+        lines.append(f"  {group:<28} {100 * micros / total:5.1f} %")
+    lines.append("  top ops (self CPU):")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.top]:
+        lines.append(f"    {e.key:<40} {100 * e.self_cpu_time_total / total:5.1f} %  calls {e.count // args.repeats}")
+    return "\n".join(lines)
+
+
+def onednn_split(args, dtype, layout):
+    """{primitive kind: ms} from ONEDNN_VERBOSE=1 in a child process (profile mode: only timing)."""
+    env = dict(os.environ, ONEDNN_VERBOSE="1", NA_PROFILE_CHILD="1")
+    command = [sys.executable, __file__, "--dtype", dtype, "--layout", layout, "--arch", args.arch, "--T", str(args.T),
+               "--batch", str(args.batch), "--threads", str(args.threads), "--repeats", str(args.repeats),
+               "--impl", args.impl]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    kinds, started = collections.Counter(), False
+    for line in out.splitlines():
+        if line.startswith("NA_PROFILE_WALL,"):
+            kinds["(wall time of the passes)"] = float(line.split(",")[1])
+            continue
+        if line.startswith("NA_PROFILE_TIMED"):
+            started = True
+            continue
+        fields = line.split(",")
+        if started and line.startswith("onednn_verbose") and "exec" in fields[:4]:
+            kind = fields[fields.index("exec") + 2]
+            try:
+                kinds[kind] += float(fields[-1])
+            except ValueError:
+                pass
+    return kinds
+
+
+def child(args):
+    """ONEDNN_VERBOSE run: a warm-up, a marker line, the timed passes."""
+    import model_cases
+
+    impl = "channels_last" if args.layout[0] == "channels_last" else args.impl
+    infer, _, _ = model_cases.snn_pass(args.arch, impl, args.T, args.batch, args.dtype[0])
+    infer()
+    sys.stdout.flush()
+    print("NA_PROFILE_TIMED", flush=True)
+    start = time.perf_counter()
+    for _ in range(args.repeats):
+        infer()
+    sys.stdout.flush()
+    print(f"NA_PROFILE_WALL,{1e3 * (time.perf_counter() - start)}", flush=True)
+
+
+def compare(args):
+    """Interleaved rounds of each layout's pass, process CPU time; medians (and minima)."""
+    import statistics
+
+    import model_cases
+
+    for dtype in args.dtype:
+        impls = {layout: ("channels_last" if layout == "channels_last" else args.impl) for layout in args.layout}
+        passes = {layout: model_cases.snn_pass(args.arch, impl, args.T, args.batch, dtype)[0]
+                  for layout, impl in impls.items()}
+        for run in passes.values():
+            run()
+        seconds = {layout: [] for layout in passes}
+        for _ in range(args.rounds):
+            for layout, run in passes.items():
+                start = time.process_time()
+                run()
+                seconds[layout].append(time.process_time() - start)
+        medians = {layout: statistics.median(v) for layout, v in seconds.items()}
+        first = next(iter(medians))
+        print(f"{args.arch} SNN T={args.T} batch {args.batch} {dtype}: " + ", ".join(
+            f"{layout} {1e3 * m:.1f} ms (min {1e3 * min(seconds[layout]):.1f}, {medians[first] / m:.2f}x {first})"
+            for layout, m in medians.items()), flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet20", choices=("resnet20", "resnet18"))
+    parser.add_argument("--impl", default="na_kernels", choices=("na_kernels", "na_kernels_stats", "reference",
+                                                                  "spikingjelly"))
+    parser.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
+    parser.add_argument("--layout", nargs="+", default=["contiguous", "channels_last"],
+                        choices=("contiguous", "channels_last"))
+    parser.add_argument("--T", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--top", type=int, default=8)
+    parser.add_argument("--no-onednn", action="store_true", help="skip the ONEDNN_VERBOSE split")
+    parser.add_argument("--compare", action="store_true", help="time the layouts against each other instead")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of --compare")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("NA_BENCH_DEVICE", "cpu")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if os.environ.get("NA_PROFILE_CHILD"):
+        return child(args)
+    print(f"load average at the start: {os.getloadavg()}")
+    if args.compare:
+        compare(args)
+        print(f"load average at the end: {os.getloadavg()}")
+        return 0
+    for dtype in args.dtype:
+        for layout in args.layout:
+            print(profile(args, dtype, layout))
+            if not args.no_onednn:
+                kinds = onednn_split(args, dtype, layout)
+                wall = kinds.pop("(wall time of the passes)", 0.0)
+                total = sum(kinds.values())
+                if total:
+                    split = ", ".join(f"{kind} {100 * ms / total:.1f} %" for kind, ms in kinds.most_common())
+                    print(f"  oneDNN primitives: {total / args.repeats:.1f} ms per pass of {wall / args.repeats:.1f} ms "
+                          f"wall ({100 * total / wall:.0f} %): {split}")
+            print(flush=True)
+    print(f"load average at the end: {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

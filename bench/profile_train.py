@@ -1,0 +1,113 @@
+"""Where a training step's time goes, and the activations side by side (process CPU time).
+
+    python bench/profile_train.py                      # ResNet-20, batch 16, 1 thread, fp32 and bf16
+    python bench/profile_train.py --compare --rounds 7 # ReLU / QCFS formula / NoisyQuant, interleaved
+
+Profile: torch.profiler over --repeats steps (after two warm-up steps) of each activation's
+network (bench/model_cases.py, eager), self CPU time grouped into convolution, BatchNorm, the
+activation (ReLU's ops, the QCFS formula's ops, or NoisyQuant's fwd + bwd, which on the CPU
+run as direct kernel calls inside NoisyQuantEager / EagerFunctionBackward, or as the custom op
+under autocast), optimizer, and the rest. --compare: process CPU time of one step of each,
+rounds interleaved, medians (less disturbed by other processes than wall time at one thread).
+"""
+import argparse
+import collections
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+GROUPS = (  # first match wins
+    ("activation: NoisyQuant", ("NoisyQuant", "EagerFunction", "noisy_quant", "softplus")),
+    ("convolution", ("conv",)),
+    ("BatchNorm", ("batch_norm",)),
+    ("activation: ReLU", ("relu", "clamp_min", "threshold_backward")),
+    ("activation: QCFS formula ops", ("floor", "clamp", "rand", "FloorSTE", "aten::div", "aten::mul", "aten::sub")),
+    ("optimizer", ("_foreach", "SGD", "Optimizer")),
+    ("residual add + grad accumulation", ("aten::add",)),
+)
+
+
+def _group(name):
+    for group, keys in GROUPS:
+        if any(key in name for key in keys):
+            return group
+    return "other"
+
+
+def profile(args, activation, dtype):
+    import model_cases
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    step = model_cases.train_step(args.arch, activation, args.batch, dtype=dtype)
+    step()
+    step()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.repeats):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    groups = collections.Counter()
+    for e in events:
+        groups[_group(e.key)] += e.self_cpu_time_total
+    lines = [(f"## {args.arch} train step batch {args.batch} {dtype} {activation}: "
+              f"{total / 1e3 / args.repeats:.1f} ms per step (profiled)")]
+    lines += [f"  {group:<34} {100 * us / total:5.1f} %" for group, us in groups.most_common()]
+    lines.append("  top ops (self CPU): " + ", ".join(
+        f"{e.key} {100 * e.self_cpu_time_total / total:.1f} %"
+        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.top]))
+    return "\n".join(lines)
+
+
+def compare(args, dtype):
+    import model_cases
+
+    steps = {a: model_cases.train_step(args.arch, a, args.batch, dtype=dtype) for a in model_cases.TRAIN_ACTIVATIONS}
+    for step in steps.values():
+        step()
+        step()
+    seconds = {a: [] for a in steps}
+    for _ in range(args.rounds):
+        for a, step in steps.items():
+            start = time.process_time()
+            step()
+            seconds[a].append(time.process_time() - start)
+    medians = {a: statistics.median(v) for a, v in seconds.items()}
+    return (f"{args.arch} train step batch {args.batch} {dtype}: " + ", ".join(
+        f"{a} {1e3 * m:.1f} ms ({m / medians['relu']:.2f}x relu)" for a, m in medians.items()))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet20", choices=("resnet20", "resnet18"))
+    parser.add_argument("--activation", nargs="+", default=["relu", "noisy_quant"],
+                        choices=("relu", "qcfs", "noisy_quant"))
+    parser.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--top", type=int, default=8)
+    parser.add_argument("--compare", action="store_true", help="time the three activations instead")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("NA_BENCH_DEVICE", "cpu")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(f"load average at the start: {os.getloadavg()}", flush=True)
+    for dtype in args.dtype:
+        if args.compare:
+            print(compare(args, dtype), flush=True)
+            continue
+        for activation in args.activation:
+            print(profile(args, activation, dtype), flush=True)
+    print(f"load average at the end: {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
