@@ -77,7 +77,7 @@ def test_linear_after_flatten_repeats_the_amplitude_per_position():
     fc1 = snn.network.get_submodule("fc1")
     factor = last_if.amplitude.double().repeat_interleave(16)  # 16 channels x (4 x 4) positions
     assert np.array_equal(graph.nodes["fc1"].weight, (fc1.weight.detach().double() * factor).numpy())
-    assert graph.nodes["flatten"].start_dim == 0  # NIR dims exclude the batch
+    assert graph.nodes["flatten"].start_dim == -3  # from the end: the same with or without the batch
 
 
 class _WithMaxPool(nn.Module):

@@ -70,10 +70,11 @@ def _nir():
 
 class _Term:
     """One summand of an fx value: the output of NIR node ``name``, times ``scale`` (None: 1; else
-    a float64 array of the value's per-sample shape, the spike amplitude not yet applied)."""
+    a float64 array of the value's per-sample shape not yet applied: the spike amplitude, times a
+    pooling divisor's reciprocal where ``role`` is ``"scale"``)."""
 
-    def __init__(self, name: str, scale: Optional[np.ndarray] = None):
-        self.name, self.scale = name, scale
+    def __init__(self, name: str, scale: Optional[np.ndarray] = None, role: str = "amplitude"):
+        self.name, self.scale, self.role = name, scale, role
 
 
 def _shapes(snn, input_shape) -> Dict[fx.Node, Tuple[int, ...]]:
@@ -118,19 +119,22 @@ def _per_channel(values: torch.Tensor, shape) -> np.ndarray:
 
 
 class _Exporter:
-    def __init__(self, snn, input_shape):
+    def __init__(self, snn, input_shape, pooling="avg"):
         from .if_layer import IFLayer
         from .network import TimeRepeat
         from .stats import SynapseMeter
         self.nir = _nir()
         self.snn, self.gm = snn, snn.network
         self.input_shape = tuple(int(d) for d in input_shape)
+        if pooling not in POOLING:
+            raise ValueError(f"to_nir: pooling must be one of {POOLING}, got {pooling!r}")
+        self.pooling = pooling
         self.shapes = _shapes(snn, self.input_shape)
         self.identity_types = (TimeRepeat, SynapseMeter, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
                                nn.Dropout3d, nn.AlphaDropout)
         self.if_type = IFLayer
         self.nodes, self.edges, self.values = {}, [], {}
-        self.scaled = {}  # NIR node name -> the Scale node that applies its amplitude
+        self.scaled = {}  # (NIR node name, role, factor) -> the Scale node that applies the factor
 
     # ------------------------------------------------------------------ helpers
     def fail(self, node, what):
@@ -157,10 +161,11 @@ class _Exporter:
             if term.scale is None:
                 out.append(term)
                 continue
-            key = (term.name, term.scale.shape)
+            key = (term.name, term.role, term.scale.shape, term.scale.tobytes())
             if key not in self.scaled:
-                name = self.add(f"{term.name}_amplitude", self.nir.Scale(
-                    scale=term.scale.copy(), metadata={"role": "amplitude", "of": term.name}))
+                suffix = "amplitude" if term.role == "amplitude" else f"scale{len(self.scaled)}"
+                name = self.add(f"{term.name}_{suffix}", self.nir.Scale(
+                    scale=term.scale.copy(), metadata={"role": term.role, "of": term.name}))
                 self.edges.append((term.name, name))
                 self.scaled[key] = name
             out.append(_Term(self.scaled[key]))
@@ -198,7 +203,7 @@ class _Exporter:
         from .if_layer import V_INIT
         return {
             "producer": "na_kernels", "format": FORMAT, "format_version": FORMAT_VERSION,
-            "na_kernels_version": __version__, "T": int(self.snn.T), "chunk": int(self.snn.chunk or 0), "dt": 1.0,
+            "na_kernels_version": __version__, "pooling": self.pooling, "T": int(self.snn.T), "chunk": int(self.snn.chunk or 0), "dt": 1.0,
             "reset": "subtract", "v_init": float(V_INIT), "firing": ">=",
             "readout": "output[t] = mean of the Output values over steps 1..t; the Input is the same at every step",
             "note": ("IF nodes reset by subtracting v_threshold (soft reset), start at v_init * v_threshold and "
@@ -251,6 +256,7 @@ class _Exporter:
         if scale is not None:  # fold the amplitude: W[:, j] *= a_j, exact in float64
             weight = weight * scale.reshape((1, -1) + (1,) * (weight.ndim - 2))
             meta["input_scale"] = scale.copy()
+            meta["input_scale_role"] = terms[0].role
             terms = [_Term(terms[0].name)]
         else:
             terms = self.materialize(terms, shape_in)
@@ -273,48 +279,85 @@ class _Exporter:
 
     def pool(self, node, module, shape_in, shape_out, meta):
         if isinstance(module, nn.AdaptiveAvgPool2d):
-            size = shape_in[1:]
-            out = shape_out[1:]
-            if any(s % o for s, o in zip(size, out)):
-                self.fail(node, f"AdaptiveAvgPool2d from {size} to {out} (not a whole kernel)")
-            kernel = tuple(s // o for s, o in zip(size, out))
-            meta.update(kind="AdaptiveAvgPool2d", output_size=np.array(out))
-            return self.avg_pool(node, kernel, kernel, (0, 0), shape_in, shape_out, meta)
+            return self.adaptive_pool(node, shape_in, shape_out, meta)
         return self.avg_pool(node, module.kernel_size, module.stride, module.padding, shape_in, shape_out, meta,
                              ceil_mode=module.ceil_mode, count_include_pad=module.count_include_pad,
                              divisor_override=module.divisor_override)
 
+    def adaptive_pool(self, node, shape_in, shape_out, meta):
+        size, out = shape_in[1:], shape_out[1:]
+        if any(s % o for s, o in zip(size, out)):
+            self.fail(node, f"adaptive average pooling from {size} to {out} (not a whole kernel: choose an input "
+                            "size whose last feature map is a multiple of the output size)")
+        kernel = tuple(s // o for s, o in zip(size, out))
+        meta.update(kind="AdaptiveAvgPool2d", output_size=np.array(out))
+        return self.avg_pool(node, kernel, kernel, (0, 0), shape_in, shape_out, meta)
+
     def avg_pool(self, node, kernel, stride, padding, shape_in, shape_out, meta, *, ceil_mode=False,
                  count_include_pad=True, divisor_override=None):
-        pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))  # noqa: E731
+        """Average pooling as ``self.pooling`` writes it: an AvgPool2d (which NIR defines with the
+        padding counted), a SumPool2d or a Conv2d with identity weights; the rest of the divisor
+        (and any spike amplitude) is carried to the next layer, folded into its weights where it
+        is the same at every position, else written as a Scale node."""
+        pair = lambda v: tuple(int(i) for i in v) if isinstance(v, (tuple, list)) else (int(v), int(v))  # noqa: E731
         kernel, stride, padding = pair(kernel), pair(stride if stride is not None else kernel), pair(padding)
-        if ceil_mode or divisor_override or (not count_include_pad and any(padding)):
-            self.fail(node, "average pooling with ceil_mode, divisor_override or count_include_pad=False")
+        floor_shape = tuple((shape_in[i + 1] + 2 * padding[i] - kernel[i]) // stride[i] + 1 for i in range(2))
+        if ceil_mode and floor_shape != tuple(shape_out[1:]):
+            self.fail(node, f"average pooling with ceil_mode=True whose last window is partial (output "
+                            f"{tuple(shape_out[1:])}, {floor_shape} without ceil_mode)")
+        channels = shape_in[0]
+        if divisor_override:
+            divisor = np.full(shape_out, float(divisor_override))
+        elif count_include_pad or not any(padding):
+            divisor = np.full(shape_out, float(kernel[0] * kernel[1]))
+        else:  # the number of input positions (not padding) in each window
+            ones = torch.ones((1, 1) + tuple(shape_in[1:]), dtype=torch.float64)
+            valid = F.avg_pool2d(ones, kernel, stride, padding, count_include_pad=True) * (kernel[0] * kernel[1])
+            divisor = np.broadcast_to(np.round(valid[0].numpy()), shape_out).copy()
+        area = float(kernel[0] * kernel[1])
+        factor = (area if self.pooling == "avg" else 1.0) / divisor  # what the written node leaves to do
         meta.setdefault("kind", "AvgPool2d")
+        meta.update(count_include_pad=int(bool(count_include_pad)), divisor_override=int(divisor_override or 0))
         terms = self.value(node, node.args[0])
-        carried = None
+        carried, role = None, "amplitude"
         if len(terms) == 1 and terms[0].scale is not None:
-            per = terms[0].scale.reshape(terms[0].scale.shape[0], -1)
-            if np.all(per == per[:, :1]):  # per channel: commutes with the average
+            per = terms[0].scale.reshape(channels, -1)
+            if np.all(per == per[:, :1]):  # per channel: commutes with the pooling
                 carried = _per_channel(torch.from_numpy(per[:, 0].copy()), shape_out)
+                role = terms[0].role
                 terms = [_Term(terms[0].name)]
         terms = self.materialize(terms, shape_in)
-        self.add(node.name, self.nir.AvgPool2d(kernel_size=np.array(kernel), stride=np.array(stride),
-                                               padding=np.array(padding), metadata=meta))
+        nir = self.nir
+        if self.pooling == "avg":
+            pool = nir.AvgPool2d(kernel_size=np.array(kernel), stride=np.array(stride), padding=np.array(padding),
+                                 metadata=meta)
+        elif self.pooling == "sum":
+            pool = nir.SumPool2d(kernel_size=np.array(kernel), stride=np.array(stride), padding=np.array(padding),
+                                 metadata=meta)
+        else:
+            weight = np.zeros((channels, channels) + kernel)
+            weight[np.arange(channels), np.arange(channels)] = 1.0
+            pool = nir.Conv2d(input_shape=tuple(shape_in[1:]), weight=weight, stride=stride, padding=padding,
+                              dilation=(1, 1), groups=1, bias=np.zeros(channels), metadata=meta)
+        self.add(node.name, pool)
         self.connect(terms, node.name)
-        return [_Term(node.name, carried)]
+        if np.all(factor == 1.0):
+            return [_Term(node.name, carried, role)] if carried is not None else [_Term(node.name)]
+        return [_Term(node.name, factor if carried is None else carried * factor, "scale")]
 
     def flatten(self, node, shape_in, meta):
         terms = self.value(node, node.args[0])
         carried = None
         if len(terms) == 1 and terms[0].scale is not None:
-            carried = terms[0].scale.reshape(-1)
+            carried = _Term(node.name, terms[0].scale.reshape(-1), terms[0].role)
             terms = [_Term(terms[0].name)]
         terms = self.materialize(terms, shape_in)
-        self.add(node.name, self.nir.Flatten(input_type={"input": np.array(shape_in)}, start_dim=0, end_dim=-1,
-                                             metadata=meta))
+        # start_dim counted from the end: NIR excludes the batch (start_dim 0 here) while some
+        # importers hand start_dim to torch.nn.Flatten as it is; -len(shape) means the same to both
+        self.add(node.name, self.nir.Flatten(input_type={"input": np.array(shape_in)}, start_dim=-len(shape_in),
+                                             end_dim=-1, metadata=meta))
         self.connect(terms, node.name)
-        return [_Term(node.name, carried)]
+        return [carried or _Term(node.name)]
 
     # ------------------------------------------------------------------ functions
     def function(self, node):
@@ -341,6 +384,9 @@ class _Exporter:
                                  ceil_mode=kw.get("ceil_mode", args[3] or False),
                                  count_include_pad=kw.get("count_include_pad", True if args[4] is None else args[4]),
                                  divisor_override=kw.get("divisor_override", args[5]))
+        if node.op == "call_function" and target in (F.adaptive_avg_pool2d, torch._C._nn.adaptive_avg_pool2d):
+            return self.adaptive_pool(node, self.shapes[node.args[0]], self.shapes[node],
+                                      {"torch_target": describe(node)})
         self.fail(node, describe(node))
 
     def _is_flatten(self, node):
@@ -362,12 +408,22 @@ def describe(node) -> str:
     return describe_call(node) if node.op in ("call_function", "call_method") else str(node.target)
 
 
-def to_nir(snn, input_shape: Sequence[int]):
+POOLING = ("avg", "sum", "conv")
+
+
+def to_nir(snn, input_shape: Sequence[int], *, pooling: str = "avg"):
     """A converted ``SpikingNetwork`` as a ``nir.NIRGraph`` (see the module docstring for the mapping).
 
     Args:
         snn: a ``SpikingNetwork`` from ``to_snn`` (or ``load_snn`` / ``from_nir``).
         input_shape: the shape of one input sample without batch, e.g. ``(1, 8, 8)``.
+        pooling: how average pooling (``nn.AvgPool2d``, ``F.avg_pool2d``, adaptive average
+            pooling to a whole kernel, ``maxpool_to_avgpool``'s ``count_include_pad=False``) is
+            written: ``"avg"`` NIR AvgPool2d (read by ``from_nir``, SpikingJelly and snnTorch),
+            ``"sum"`` SumPool2d (sinabs, Norse), ``"conv"`` a Conv2d with identity weights
+            (every importer). The divisor is folded into the next conv/linear where it is the same
+            at every position; a border-dependent divisor (``count_include_pad=False`` with
+            padding) becomes a Scale node.
 
     Returns:
         ``nir.NIRGraph`` (type-checked); ``nir.write(path, graph)`` writes it.
@@ -378,7 +434,7 @@ def to_nir(snn, input_shape: Sequence[int]):
     from .network import SpikingNetwork
     if not isinstance(snn, SpikingNetwork):
         raise TypeError(f"to_nir expects a SpikingNetwork (from to_snn), got {type(snn).__name__}")
-    return _Exporter(snn, input_shape).run()
+    return _Exporter(snn, input_shape, pooling).run()
 
 
 # ---------------------------------------------------------------------------------- import
@@ -437,6 +493,9 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None):
     if int(meta.get("format_version", -1)) != FORMAT_VERSION:
         raise NIRExportError(f"from_nir reads format_version {FORMAT_VERSION}, the graph has "
                              f"{meta.get('format_version')!r}")
+    if _text(meta.get("pooling", "avg")) != "avg":
+        raise NIRExportError(f"from_nir rebuilds graphs written with to_nir(pooling='avg'); this one has "
+                             f"pooling={_text(meta.get('pooling'))!r}")
     root = nn.Module()
     fx_graph = fx.Graph()
     values: Dict[str, Optional[fx.Node]] = {}
@@ -508,6 +567,10 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None):
         elif isinstance(node, (nir.AvgPool2d, nir.SumPool2d)):
             if isinstance(node, nir.SumPool2d):
                 raise NIRExportError(f"from_nir: node {name!r} is a SumPool2d, which to_nir does not write")
+            if (int(node.metadata.get("count_include_pad", 1)) == 0 and np.any(np.asarray(node.padding))) \
+                    or int(node.metadata.get("divisor_override", 0)):
+                raise NIRExportError(f"from_nir: node {name!r} is average pooling with count_include_pad=False "
+                                     "and padding, or a divisor_override, which it does not rebuild yet")
             if _text(node.metadata.get("kind", "")) == "AdaptiveAvgPool2d":
                 pool = nn.AdaptiveAvgPool2d(tuple(int(v) for v in node.metadata["output_size"]))
             else:
@@ -515,7 +578,8 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None):
                                     tuple(int(v) for v in node.padding))
             values[name], _ = module_node(name, node, pool)
         elif isinstance(node, nir.Flatten):
-            values[name] = fx_graph.call_function(torch.flatten, (summed(name), int(node.start_dim) + 1))
+            start = int(node.start_dim)  # NIR dims exclude the batch; a negative one counts from the end
+            values[name] = fx_graph.call_function(torch.flatten, (summed(name), start + 1 if start >= 0 else start))
         elif isinstance(node, nir.Scale) and _text(node.metadata.get("role", "")) == "amplitude":
             values[name] = summed(name)  # our IF layers emit their amplitude themselves
         elif isinstance(node, nir.IF):
