@@ -110,6 +110,32 @@ def _f64(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().to(torch.float64).numpy()
 
 
+def _input_factor(scale: np.ndarray, weight_shape, groups: int = 1) -> np.ndarray:
+    """The per-input-channel factor ``scale`` [C_in] laid out against a weight [C_out, C_in/groups, ...]:
+    output channel o of group g = o // (C_out/groups) reads input channels g*C_in/groups + j."""
+    out_channels, per_group = weight_shape[0], weight_shape[1]
+    index = (np.arange(out_channels) // (out_channels // groups))[:, None] * per_group + np.arange(per_group)
+    return np.asarray(scale)[index].reshape(tuple(weight_shape[:2]) + (1,) * (len(weight_shape) - 2))
+
+
+def _dense(weight: np.ndarray, groups: int) -> np.ndarray:
+    """A grouped conv weight [C_out, C_in/groups, ...] as the equal ungrouped one [C_out, C_in, ...]
+    (zeros between the groups)."""
+    out_channels, per_group = weight.shape[:2]
+    dense = np.zeros((out_channels, per_group * groups) + weight.shape[2:], dtype=weight.dtype)
+    for o in range(out_channels):
+        g = o // (out_channels // groups)
+        dense[o, g * per_group:(g + 1) * per_group] = weight[o]
+    return dense
+
+
+def _grouped(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The inverse of ``_dense``: each output channel's own group of input channels."""
+    out_channels, per_group = weight.shape[0], weight.shape[1] // groups
+    return torch.stack([weight[o, (o // (out_channels // groups)) * per_group:][:per_group]
+                        for o in range(out_channels)])
+
+
 def _per_channel(values: torch.Tensor, shape) -> np.ndarray:
     """A scalar or per-channel [C] tensor broadcast to the per-sample ``shape`` (C first), float64."""
     array = _f64(values).reshape(-1)
@@ -254,7 +280,7 @@ class _Exporter:
             if isinstance(module, nn.Linear) or np.all(per_input == per_input[:, :1]):
                 scale = per_input[:, 0] if isinstance(module, nn.Conv2d) else factor.reshape(-1)
         if scale is not None:  # fold the amplitude: W[:, j] *= a_j, exact in float64
-            weight = weight * scale.reshape((1, -1) + (1,) * (weight.ndim - 2))
+            weight = weight * _input_factor(scale, weight.shape, getattr(module, "groups", 1))
             meta["input_scale"] = scale.copy()
             meta["input_scale_role"] = terms[0].role
             terms = [_Term(terms[0].name)]
@@ -266,8 +292,11 @@ class _Exporter:
             if module.padding_mode != "zeros":
                 self.fail(node, f"Conv2d with padding_mode={module.padding_mode!r}")
             padding = module.padding if isinstance(module.padding, str) else tuple(module.padding)
+            if module.groups > 1:  # nir's type inference and some importers take groups = 1 only
+                weight = _dense(weight, module.groups)
+                meta["groups"] = int(module.groups)
             nir_node = nir.Conv2d(input_shape=tuple(shape_in[1:]), weight=weight, stride=tuple(module.stride),
-                                  padding=padding, dilation=tuple(module.dilation), groups=module.groups,
+                                  padding=padding, dilation=tuple(module.dilation), groups=1,
                                   bias=bias if bias is not None else np.zeros(weight.shape[0]), metadata=meta)
         elif bias is not None:
             nir_node = nir.Affine(weight=weight, bias=bias, metadata=meta)
@@ -533,7 +562,8 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None):
         w = torch.from_numpy(np.asarray(array, dtype=np.float64).copy())
         scale = node.metadata.get("input_scale")
         if scale is not None:
-            w = w / torch.from_numpy(np.asarray(scale, dtype=np.float64)).reshape((1, -1) + (1,) * (w.dim() - 2))
+            groups = int(getattr(node, "groups", 1))
+            w = w / torch.from_numpy(_input_factor(np.asarray(scale, dtype=np.float64), tuple(w.shape), groups))
         return w.to(torch.float32)
 
     for name in _order(graph):
@@ -545,11 +575,14 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None):
             fx_graph.output(summed(name))
         elif isinstance(node, nir.Conv2d):
             w = weight(node, node.weight)
+            groups = int(node.metadata.get("groups", node.groups))
+            if groups > 1 and int(node.groups) == 1:  # written ungrouped by to_nir
+                w = _grouped(w, groups)
             has_bias = int(node.metadata.get("bias", 1))
             padding = node.padding if isinstance(node.padding, str) else tuple(int(p) for p in node.padding)
-            conv = nn.Conv2d(w.shape[1] * int(node.groups), w.shape[0], tuple(w.shape[2:]),
+            conv = nn.Conv2d(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]),
                              stride=tuple(int(s) for s in node.stride), padding=padding,
-                             dilation=tuple(int(d) for d in node.dilation), groups=int(node.groups),
+                             dilation=tuple(int(d) for d in node.dilation), groups=groups,
                              bias=bool(has_bias))
             with torch.no_grad():
                 conv.weight.copy_(w)

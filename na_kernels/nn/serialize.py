@@ -388,12 +388,12 @@ def snn_from_record(record, where="the record"):
         else:
             nodes[entry["name"]] = graph.create_node(entry["op"], target, args, kwargs, name=entry["name"])
     gm = fx.GraphModule(root, graph, record["class_name"])
-    gm.train(modules[""].training)
+    gm.training = modules[""].training  # each module keeps its own flag (a Dropout in eval stays so)
     attributes = {k: _decode(v) for k, v in record["attributes"].items()}
     snn = SpikingNetwork(gm, attributes.get("T", 1), attributes.get("chunk"))
     for key, value in attributes.items():
         snn.__dict__[key] = value
-    snn.train(record["training"])
+    snn.training = record["training"]
     return snn
 
 
