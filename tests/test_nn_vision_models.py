@@ -11,61 +11,10 @@ from na_kernels.nn.nir_export import NIRExportError, from_nir, to_nir
 from vision_models import MobileNetV2, ResNet10T, ResNet18, VGG11BN
 
 nir = pytest.importorskip("nir")
+from nir_interpreter import run_nir  # noqa: E402  (needs nir)
 
 # (architecture, input size): torchvision's VGG pools to 7x7, so its input is 224 (32 x 7)
 MODELS = [(ResNet18, 32), (VGG11BN, 224), (MobileNetV2, 32), (ResNet10T, 32)]
-
-
-def run_nir(graph, x, T):
-    """The NIR graph run for T steps on the same input x ``[B, ...]``, with na_kernels' IF semantics
-    from the metadata (soft reset, v from v_init * θ, firing on >=): the mean of the Output over T."""
-    order, sources = [], {}
-    for src, dst in graph.edges:
-        sources.setdefault(dst, []).append(src)
-    done = set()
-    while len(order) < len(graph.nodes):
-        for name in graph.nodes:
-            if name not in done and all(s in done for s in sources.get(name, [])):
-                order.append(name)
-                done.add(name)
-    f32 = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32)  # noqa: E731
-    pair = lambda a: tuple(int(i) for i in np.asarray(a).reshape(-1))  # noqa: E731
-    potentials, total = {}, 0
-    for _ in range(T):
-        values = {}
-        for name in order:
-            node = graph.nodes[name]
-            if isinstance(node, nir.Input):
-                values[name] = x
-                continue
-            h = sum(values[s] for s in sources[name])
-            if isinstance(node, nir.Conv2d):
-                out = F.conv2d(h, f32(node.weight), f32(node.bias), pair(node.stride), pair(node.padding),
-                               pair(node.dilation), int(node.groups))
-            elif isinstance(node, (nir.Affine, nir.Linear)):
-                out = F.linear(h, f32(node.weight), f32(node.bias) if isinstance(node, nir.Affine) else None)
-            elif isinstance(node, nir.AvgPool2d):
-                out = F.avg_pool2d(h, pair(node.kernel_size), pair(node.stride), pair(node.padding))
-            elif isinstance(node, nir.SumPool2d):
-                out = F.avg_pool2d(h, pair(node.kernel_size), pair(node.stride), pair(node.padding),
-                                   divisor_override=1)
-            elif isinstance(node, nir.Flatten):
-                start = int(node.start_dim)
-                out = torch.flatten(h, start + 1 if start >= 0 else start)
-            elif isinstance(node, nir.Scale):
-                out = h * f32(node.scale)
-            elif isinstance(node, nir.IF):
-                theta = f32(node.v_threshold)
-                v = potentials.get(name, float(node.metadata["v_init"]) * theta) + h
-                out = (v >= theta).to(torch.float32)
-                potentials[name] = v - out * theta
-            elif isinstance(node, nir.Output):
-                out = h
-            else:
-                raise AssertionError(type(node).__name__)
-            values[name] = out
-        total = total + values["output"]
-    return total / T
 
 
 def _pipeline(model_class, size, tmp_path, T=4):

@@ -181,7 +181,9 @@ class _Exporter:
             self.edges.append((term.name, dst))
 
     def materialize(self, terms: List[_Term], shape) -> List[_Term]:
-        """Terms with a pending amplitude get a Scale node (reused per source)."""
+        """Terms with a pending factor get a node applying it (reused per source and factor): a
+        1x1 Conv2d with diagonal weights for a per-channel factor on [C, H, W], a diagonal Affine
+        on a vector (the peers' importers read these, none reads Scale), else a Scale node."""
         out = []
         for term in terms:
             if term.scale is None:
@@ -190,12 +192,23 @@ class _Exporter:
             key = (term.name, term.role, term.scale.shape, term.scale.tobytes())
             if key not in self.scaled:
                 suffix = "amplitude" if term.role == "amplitude" else f"scale{len(self.scaled)}"
-                name = self.add(f"{term.name}_{suffix}", self.nir.Scale(
-                    scale=term.scale.copy(), metadata={"role": term.role, "of": term.name}))
+                name = self.add(f"{term.name}_{suffix}", self.scaling(term, shape))
                 self.edges.append((term.name, name))
                 self.scaled[key] = name
             out.append(_Term(self.scaled[key]))
         return out
+
+    def scaling(self, term, shape):
+        nir, meta = self.nir, {"role": term.role, "of": term.name}
+        factor = term.scale
+        if len(shape) == 1:
+            return nir.Affine(weight=np.diag(factor), bias=np.zeros(factor.shape[0]), metadata=meta)
+        per = factor.reshape(factor.shape[0], -1)
+        if len(shape) == 3 and np.all(per == per[:, :1]):
+            weight = np.diag(per[:, 0]).reshape(factor.shape[0], factor.shape[0], 1, 1)
+            return nir.Conv2d(input_shape=tuple(shape[1:]), weight=weight, stride=(1, 1), padding=(0, 0),
+                              dilation=(1, 1), groups=1, bias=np.zeros(factor.shape[0]), metadata=meta)
+        return nir.Scale(scale=factor.copy(), metadata=meta)
 
     def value(self, node, arg):
         if not isinstance(arg, fx.Node) or arg not in self.values or self.values[arg] is None:
@@ -569,7 +582,9 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None):
     for name in _order(graph):
         node = graph.nodes[name]
         kind = type(node).__name__
-        if isinstance(node, nir.Input):
+        if _text((node.metadata or {}).get("role", "")) == "amplitude":
+            values[name] = summed(name)  # a Scale / diagonal conv of an amplitude: our IF layers emit it
+        elif isinstance(node, nir.Input):
             values[name] = fx_graph.placeholder("x")
         elif isinstance(node, nir.Output):
             fx_graph.output(summed(name))
@@ -613,8 +628,6 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None):
         elif isinstance(node, nir.Flatten):
             start = int(node.start_dim)  # NIR dims exclude the batch; a negative one counts from the end
             values[name] = fx_graph.call_function(torch.flatten, (summed(name), start + 1 if start >= 0 else start))
-        elif isinstance(node, nir.Scale) and _text(node.metadata.get("role", "")) == "amplitude":
-            values[name] = summed(name)  # our IF layers emit their amplitude themselves
         elif isinstance(node, nir.IF):
             m = node.metadata
             if "amplitude" not in m or "p" not in m:
