@@ -1,8 +1,10 @@
 """NIR export and import of a converted SpikingNetwork (``pip install na_kernels[nir]``).
 
-``to_nir(snn, input_shape)`` describes the network as a ``nir.NIRGraph``
-(https://neuroir.org): Input, Conv2d, Affine / Linear, AvgPool2d, Flatten, IF, Scale and Output
-nodes, with edges. Dims exclude batch and time, as NIR's do.
+``to_nir(snn, input_shape, pooling="avg")`` describes the network as a ``nir.NIRGraph``
+(https://neuroir.org): Input, Conv2d, Affine / Linear, AvgPool2d or SumPool2d, Flatten, IF and
+Output nodes (a Scale node only for a position-dependent factor), with edges. Dims exclude batch
+and time, as NIR's do; Flatten's start_dim is counted from the end (``-len(shape)``), which means
+the same to NIR and to importers that pass it to ``torch.nn.Flatten`` unchanged.
 
 - BatchNorm is already folded into the conv/linear weights by ``to_snn``.
 - A residual sum is two edges into one node (NIR sums a node's inputs).
@@ -10,9 +12,14 @@ nodes, with edges. Dims exclude batch and time, as NIR's do.
   repeated over H×W), ``v_reset = 0``.
 - NIR spikes are 0/1; ours carry an amplitude a (= λ = θ unless calibrated). a is folded into
   the consuming layer's weights, ``W[:, c] *= a_c`` (for a Linear after Flatten each channel's a
-  repeats H·W times; average pooling and flatten are linear, so a passes through them). A spike
-  train that reaches a sum or the output without passing a conv/linear (an identity shortcut)
-  gets an explicit ``Scale`` node holding a.
+  repeats H·W times; for a grouped conv per group; average pooling and flatten are linear, so a
+  passes through them). A spike train that reaches a sum or the output without passing a
+  conv/linear (an identity shortcut) gets a 1x1 Conv2d with a on its diagonal.
+- Average pooling: ``pooling="avg"`` an AvgPool2d node, ``"sum"`` a SumPool2d, ``"conv"`` a
+  Conv2d with identity weights; the divisor (1/k², or a border-dependent one for
+  ``count_include_pad=False`` with padding) travels like the amplitude.
+- Grouped convs are written as the equal ungrouped conv (nir's type inference and some
+  importers take groups = 1 only); the metadata keeps ``groups`` for from_nir.
 - Arrays are float64: the product of two float32 numbers is exact in float64, so
   ``from_nir`` divides the amplitude back out and recovers the float32 weights bit for bit.
 
@@ -30,10 +37,9 @@ the same file is a different network there (a hard reset drops the excess ``h - 
 soft reset keeps, so spike counts differ whenever a neuron fires above θ). ``from_nir`` reads our
 metadata and rebuilds the network exactly: identical spikes and outputs. The IF nodes have
 ``r = 1`` for a time step dt = 1 (``v += input`` per step; graph metadata ``dt = 1``):
-SpikingJelly 2.0's importer (``nir_exchange.from_nir``, read in its source, not run here: it
-needs nirtorch) wants ``r = 1/dt``, so pass it ``dt=1``; it also requires one uniform
-``v_threshold`` per IF node and raises on per-channel (calibrated) thresholds, and builds a
-hard-reset ``IFNode`` with ``v_reset`` = 0.
+SpikingJelly 2.0's importer (``nir_exchange.import_from_nir``) wants ``r = 1/dt``, so pass it
+``dt=1``; it requires one uniform ``v_threshold`` per IF node. The README has the measured
+outputs of each peer importer on a converted CNN (``python/nir_peers.py``).
 
 Operations NIR has no node for raise ``NIRExportError`` naming the fx node: max pooling,
 concatenation, multiplication, BatchNorm left unfolded, a function or module the exporter does
