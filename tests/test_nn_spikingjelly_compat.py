@@ -85,7 +85,7 @@ def test_swap_keeps_arguments_and_state_mid_sequence():
 
 def test_reset_net_after_a_cached_reset_resets_the_new_neurons():
     """reset_net caches the resettable modules of a model: the swap clears that cache."""
-    theirs, ours = _pair()
+    _, ours = _pair()
     functional.reset_net(ours)  # fills SpikingJelly's cache with the old neurons
     old = [m for m in ours.modules() if isinstance(m, neuron.IFNode)]  # alive: the cache stays valid
     swap_spikingjelly_neurons(ours)

@@ -19,7 +19,7 @@ MODELS = [(ResNet18, 32), (VGG11BN, 224), (MobileNetV2, 32), (ResNet10T, 32)]
 
 def _pipeline(model_class, size, tmp_path, T=4):
     torch.manual_seed(0)
-    model, report = replace_activations(model_class(), p=4, lam="auto", maxpool_to_avgpool=True)
+    model, _ = replace_activations(model_class(), p=4, lam="auto", maxpool_to_avgpool=True)
     x = torch.randn(4, 3, size, size)
     labels = torch.randint(0, 5, (4,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
