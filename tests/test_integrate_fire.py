@@ -691,6 +691,7 @@ _SJ_SURROGATES = {"sigmoid": ("Sigmoid", 4.0), "atan": ("ATan", 2.0), "triangle"
                   "rectangle": ("Rect", 1.0)}
 
 
+@pytest.mark.peers
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.id != "triton"])
 @pytest.mark.parametrize("surrogate_name", SURROGATES)
 @pytest.mark.parametrize("reset", RESETS)

@@ -13,7 +13,15 @@ try:
 except Exception:  # not installed, or its optional dependencies missing
     sj_neuron = None
 
-needs_spikingjelly = pytest.mark.skipif(sj_neuron is None, reason="spikingjelly is not importable")
+_PEERS = [pytest.mark.peers,
+          pytest.mark.skipif(sj_neuron is None, reason="spikingjelly is not importable")]
+
+
+def _spikingjelly(test):
+    """An equivalence test against SpikingJelly: marked ``peers``, skipped where it is not installed."""
+    for mark in _PEERS:
+        test = mark(test)
+    return test
 
 
 def _dyadic(shape, seed, scale=0.7):
@@ -35,7 +43,7 @@ SURROGATES = [("Sigmoid", {}), ("Sigmoid", {"alpha": 2.5}), ("ATan", {}), ("ATan
               ("Rect", {"alpha": 0.8})]
 
 
-@needs_spikingjelly
+@_spikingjelly
 @pytest.mark.parametrize("surrogate,kwargs", SURROGATES)
 @pytest.mark.parametrize("v_reset", [None, 0.0, -0.25])
 @pytest.mark.parametrize("detach_reset", [False, True])
@@ -54,7 +62,7 @@ def test_matches_spikingjelly(surrogate, kwargs, v_reset, detach_reset):
     torch.testing.assert_close(grad, ref_grad, rtol=1e-6, atol=1e-6)
 
 
-@needs_spikingjelly
+@_spikingjelly
 def test_store_v_seq_and_single_step_match_spikingjelly():
     x = _dyadic((5, 2, 7), seed=3)
     ref = sj_neuron.IFNode(v_reset=None, step_mode="m", store_v_seq=True)
@@ -69,7 +77,7 @@ def test_store_v_seq_and_single_step_match_spikingjelly():
     assert torch.equal(single.v, node.v)
 
 
-@needs_spikingjelly
+@_spikingjelly
 def test_reset_net_and_one_line_swap():
     """A SpikingJelly model with neuron.IFNode swapped for ours: functional.reset_net resets it."""
     torch.manual_seed(0)
@@ -90,9 +98,98 @@ def test_reset_net_and_one_line_swap():
     assert torch.equal(ours(x), first)  # the same run again: the state was reset
 
 
+@_spikingjelly
+def test_defaults_are_spikingjellys():
+    """Every argument SpikingJelly 2.0's IFNode takes, with its default, is ours too."""
+    import inspect
+    theirs = inspect.signature(sj_neuron.IFNode.__init__).parameters
+    ours = inspect.signature(IFNode.__init__).parameters
+    for name, parameter in theirs.items():
+        if name == "self":
+            continue
+        assert name in ours, name
+        if name == "surrogate_function":  # an object there, its name here: the same function
+            assert type(parameter.default).__name__ == "Sigmoid" and parameter.default.alpha == 4.0
+            assert IFNode().surrogate == "sigmoid" and IFNode().alpha == 4.0
+        else:
+            assert ours[name].default == parameter.default, name
+
+
+@_spikingjelly
+def test_a_plain_batch_is_one_step_as_in_spikingjelly():
+    """The default step_mode 's': a [N, C, H, W] batch is one step, not T = N steps."""
+    x = _dyadic((4, 3, 5, 5), seed=11, scale=2.0)
+    ours, theirs = IFNode(), sj_neuron.IFNode()
+    for _ in range(3):
+        assert torch.equal(ours(x), theirs(x))
+    assert torch.equal(ours.v, theirs.v)
+
+
+def test_default_step_mode_is_single_step():
+    x = _dyadic((4, 6), seed=12, scale=2.0)
+    node = IFNode()
+    assert node.step_mode == "s"
+    assert torch.equal(node(x), (x >= 1.0).float())  # every row integrates from v = 0, none from another row
+    assert node.v.shape == (4, 6)
+
+
+STATE_CASES = [(dtype, v_reset, mode, sg, thr) for dtype in ("bfloat16", "float16") for v_reset in (None, 0.0, -0.3)
+               for mode in ("s", "m") for sg in ("Sigmoid", "ATan", "Rect") for thr in (1.0, 0.3)]
+
+
+@_spikingjelly
+@pytest.mark.parametrize("dtype,v_reset,mode,sg,thr", STATE_CASES)
+def test_state_dtype_input_matches_spikingjelly_in_16_bit(dtype, v_reset, mode, sg, thr):
+    """state_dtype='input': v kept in the 16-bit dtype as SpikingJelly keeps it: identical spikes,
+    v, v_seq and gradients, in both step modes, across calls."""
+    dtype = getattr(torch, dtype)
+    x = (torch.randn(6, 4, 40, generator=torch.Generator().manual_seed(13)) * 0.8).to(dtype)
+    w = torch.randn(6, 4, 40, generator=torch.Generator().manual_seed(14))
+    results = []
+    for node in (sj_neuron.IFNode(v_threshold=thr, v_reset=v_reset, surrogate_function=getattr(sj_surrogate, sg)(),
+                                  step_mode=mode, store_v_seq=True),
+                 IFNode(v_threshold=thr, v_reset=v_reset, surrogate_function=getattr(sj_surrogate, sg)(),
+                        step_mode=mode, store_v_seq=True, state_dtype="input")):
+        xx = x.clone().requires_grad_()
+        out = torch.stack([node(xx[t]) for t in range(6)]) if mode == "s" else torch.cat([node(xx[:2]), node(xx[2:])])
+        (out.float() * w).sum().backward()
+        results.append((out, node.v, node.v_seq[-4:] if mode == "m" else node.v_seq, xx.grad))
+    (spikes, v, v_seq, grad), (spikes2, v2, v_seq2, grad2) = results
+    assert spikes.sum() > 0 and (spikes == 0).any()
+    assert v2.dtype == dtype and spikes2.dtype == dtype
+    assert torch.equal(spikes2, spikes) and torch.equal(v2, v) and torch.equal(v_seq2, v_seq)
+    assert torch.equal(grad2, grad)
+
+
+def test_state_dtype_input_keeps_v_in_the_input_dtype():
+    """bfloat16: v stays bfloat16 and every h = v + x rounds; on float32 input the kernel runs (the same
+    spikes as the default); a 16-bit state goes on in float32 when float32 input follows."""
+    x = _dyadic((5, 3, 8), seed=15)
+    node = IFNode(v_reset=None, step_mode="m", state_dtype="input")
+    spikes = node(x.bfloat16())
+    assert node.v.dtype == torch.bfloat16 and spikes.dtype == torch.bfloat16
+    v = torch.zeros(3, 8, dtype=torch.bfloat16)
+    for t in range(5):  # the definition, one bfloat16 rounding per operation
+        h = v + x[t].bfloat16()
+        s = ((h - 1.0) >= 0).to(torch.bfloat16)
+        v = h - s * 1.0
+        assert torch.equal(spikes[t], s)
+    assert torch.equal(node.v, v)
+    node.reset()
+    assert torch.equal(node(x), IFNode(v_reset=None, step_mode="m")(x))
+    node.reset()
+    node(x[:2].bfloat16())
+    carried = node.v.float()
+    rest = node(x[2:])
+    assert node.v.dtype == torch.float32
+    reference = IFNode(v_reset=None, step_mode="m")
+    reference.v = carried
+    assert torch.equal(rest, reference(x[2:]))
+
+
 def test_state_carried_until_reset():
     x = _dyadic((8, 4, 3), seed=5)
-    node = IFNode(v_reset=None)
+    node = IFNode(v_reset=None, step_mode="m")
     whole = node(x)
     v_whole = node.v
     node.reset()
@@ -105,7 +202,7 @@ def test_state_carried_until_reset():
 def test_hard_reset_nonzero_matches_definition():
     """v_reset = 0.5: spikes and v of the definition (v = (1-s)h + s*v_reset) on exact inputs."""
     x = _dyadic((6, 50), seed=6, scale=0.6)
-    node = IFNode(v_threshold=1.0, v_reset=0.5)
+    node = IFNode(v_threshold=1.0, v_reset=0.5, step_mode="m")
     spikes = node(x)
     v = torch.full((50,), 0.5)
     expected = []
@@ -127,7 +224,9 @@ def test_argument_errors():
     with pytest.raises(ValueError, match="surrogate_function must be one of"):
         IFNode(surrogate_function="erf")
     with pytest.raises(ValueError, match=r"expects \[T, N, \.\.\.\]"):
-        IFNode()(torch.zeros(4))
+        IFNode(step_mode="m")(torch.zeros(4))
+    with pytest.raises(ValueError, match="state_dtype must be"):
+        IFNode(state_dtype="float16")
     if sj_neuron is not None:
         with pytest.raises(TypeError, match="PiecewiseQuadratic"):
             IFNode(surrogate_function=sj_surrogate.PiecewiseQuadratic())
@@ -148,11 +247,11 @@ class _DigitSNN(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc1 = nn.Linear(64, 128)
-        self.if1 = IFNode(v_reset=None, surrogate_function="atan")
+        self.if1 = IFNode(v_reset=None, surrogate_function="atan", step_mode="m")
         self.fc2 = nn.Linear(128, 64)
-        self.if2 = IFNode(v_reset=None, surrogate_function="atan")
+        self.if2 = IFNode(v_reset=None, surrogate_function="atan", step_mode="m")
         self.fc3 = nn.Linear(64, 64)
-        self.if3 = IFNode(v_reset=None, surrogate_function="atan")
+        self.if3 = IFNode(v_reset=None, surrogate_function="atan", step_mode="m")
         self.fc4 = nn.Linear(64, 10)
 
     def forward(self, x, T):

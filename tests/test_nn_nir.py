@@ -45,14 +45,17 @@ def test_nodes_edges_and_metadata():
     snn = _snn(TinyResNet, calibrate=True)
     graph = to_nir(snn, (3, 16, 16))
     kinds = {name: type(node).__name__ for name, node in graph.nodes.items()}
-    assert set(kinds.values()) == {"Input", "Conv2d", "IF", "Scale", "AvgPool2d", "Flatten", "Affine", "Output"}
+    assert set(kinds.values()) == {"Input", "Conv2d", "IF", "AvgPool2d", "Flatten", "Affine", "Output"}
     assert "BatchNorm" not in str(kinds)
-    # a residual sum: two edges into the IF layer after it (conv2 and the identity shortcut's Scale)
+    # a residual sum: two edges into the IF layer after it (conv2 and the identity shortcut's
+    # amplitude, a 1x1 conv with the per-channel amplitudes on its diagonal: importers read no Scale)
     into = [src for src, dst in graph.edges if dst == "layer1_0_relu_1"]
     assert into == ["layer1_0_conv2", "relu_amplitude"]
     layer = snn.if_layers["relu"]
     scale = graph.nodes["relu_amplitude"]
-    assert np.array_equal(scale.scale, np.broadcast_to(layer.amplitude.double().numpy(), (8, 16, 16)))
+    assert scale.metadata["role"] == "amplitude" and scale.weight.shape == (8, 8, 1, 1)
+    amplitude = np.broadcast_to(layer.amplitude.double().reshape(-1).numpy(), (8,))
+    assert np.array_equal(scale.weight[:, :, 0, 0], np.diag(amplitude))
     # IF: θ broadcast to (C, H, W), r = 1, v_reset = 0; our semantics in metadata
     node = graph.nodes["relu"]
     assert node.v_threshold.shape == (8, 16, 16)
@@ -77,7 +80,7 @@ def test_linear_after_flatten_repeats_the_amplitude_per_position():
     fc1 = snn.network.get_submodule("fc1")
     factor = last_if.amplitude.double().repeat_interleave(16)  # 16 channels x (4 x 4) positions
     assert np.array_equal(graph.nodes["fc1"].weight, (fc1.weight.detach().double() * factor).numpy())
-    assert graph.nodes["flatten"].start_dim == 0  # NIR dims exclude the batch
+    assert graph.nodes["flatten"].start_dim == -3  # from the end: the same with or without the batch
 
 
 class _WithMaxPool(nn.Module):

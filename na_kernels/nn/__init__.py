@@ -19,8 +19,10 @@ Each public name's docstring carries its formula, arguments and shapes; the desi
 format_statistics), ``calibrate`` (calibrate_thresholds), ``early_exit`` (ExitRule,
 run_early_exit = ``SpikingNetwork.run_early_exit``, evaluate_early_exit, exit_tradeoff,
 format_tradeoff, score_exits: per-sample early exit), ``serialize`` (save_snn, load_snn),
-``nir_export`` (to_nir), ``nir_import`` (from_nir, NIRImportError: a validating reader), ``if_node`` (IFNode: a SpikingJelly-style IF module on the
-fused kernel), ``fx_utils`` (torch.fx helpers).
+``nir_export`` (to_nir), ``nir_import`` (from_nir, NIRImportError: a validating reader), ``if_node``
+(IFNode: a SpikingJelly-style IF module on the fused kernel), ``spikingjelly_compat``
+(swap_spikingjelly_neurons, from_spikingjelly: SpikingJelly IF neurons in an existing model swapped
+for IFNode), ``fx_utils`` (torch.fx helpers).
 """
 from .batchnorm import fold_batchnorm
 from .calibrate import calibrate_thresholds
@@ -29,6 +31,7 @@ from .early_exit import (EarlyExitResult, ExitRule, evaluate_early_exit, exit_tr
                          score_exits)
 from .if_layer import IFLayer
 from .if_node import IFNode
+from .spikingjelly_compat import from_spikingjelly, swap_spikingjelly_neurons
 from .limit import ClippedActivation, ClippedNetwork, clipped_network
 from .network import SpikingNetwork, TimeRepeat
 from .nir_export import NIRExportError, NIRImportError, from_nir, to_nir
@@ -42,7 +45,8 @@ __all__ = [
     "NoisyQuant", "replace_activations", "ReplacementReport", "UnconvertibleActivationError", "to_snn",
     "SpikingNetwork", "IFLayer", "SynapseMeter", "TimeRepeat", "fold_batchnorm", "calibrate_thresholds",
     "collect_statistics", "format_statistics", "post_training_convert", "SEARCH_PERCENTILES",
-    "save_snn", "load_snn", "SerializationError", "IFNode", "to_nir", "from_nir", "NIRExportError", "NIRImportError",
+    "save_snn", "load_snn", "SerializationError", "IFNode", "swap_spikingjelly_neurons", "from_spikingjelly",
+    "to_nir", "from_nir", "NIRExportError", "NIRImportError",
     "ExitRule", "EarlyExitResult", "evaluate_early_exit", "exit_tradeoff", "format_tradeoff", "run_early_exit",
     "score_exits", "clipped_network", "ClippedNetwork", "ClippedActivation",
 ]

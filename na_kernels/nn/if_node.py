@@ -1,12 +1,16 @@
 """IFNode: a SpikingJelly-style integrate-and-fire module on the fused ``integrate_fire`` kernel.
 
-A drop-in for ``spikingjelly.activation_based.neuron.IFNode`` in multi-step mode: the same
-constructor arguments, input ``[T, N, ...]``, binary spikes, the membrane potential carried from
-one call to the next until ``reset()`` (which ``spikingjelly.activation_based.functional.reset_net``
-calls), so an existing SpikingJelly model changes in one line::
+A drop-in for ``spikingjelly.activation_based.neuron.IFNode`` (SpikingJelly 2.0): the same
+constructor arguments and defaults (``v_threshold=1.0, v_reset=0.0, surrogate_function=Sigmoid(),
+detach_reset=False, step_mode="s", store_v_seq=False``), binary spikes, the membrane potential
+carried from one call to the next until ``reset()`` (which
+``spikingjelly.activation_based.functional.reset_net`` calls; ``functional.set_step_mode`` sets
+``step_mode``), so an existing SpikingJelly model changes in one line::
 
     neuron.IFNode(v_threshold=1.0, surrogate_function=surrogate.ATan(), step_mode="m")
     na_kernels.nn.IFNode(v_threshold=1.0, surrogate_function=surrogate.ATan(), step_mode="m")
+
+or all at once with ``na_kernels.nn.swap_spikingjelly_neurons(model)``.
 
 Per neuron and step, as SpikingJelly defines it (state v starts at 0 for soft reset, at v_reset
 for hard reset)::
@@ -14,8 +18,13 @@ for hard reset)::
     h = v + x[t];  s = [h >= θ];  v = h - s*θ            (v_reset=None: soft reset)
                                    v = (1 - s)*h + s*v_reset   (v_reset a float: hard reset)
 
-The T steps run in one ``integrate_fire`` call (its surrogate-gradient backward is the BPTT).
+The T steps run in one ``integrate_fire`` call (its surrogate-gradient backward is the BPTT),
+with v in float32. For float16/bfloat16 input SpikingJelly keeps v in the input's dtype, rounding
+after every operation; ``state_dtype="input"`` does the same (a step loop of PyTorch operations,
+slower than the fused kernel), ``state_dtype="float32"`` (the default) keeps the kernel's float32
+potential, which can differ from SpikingJelly's on a few spikes near θ.
 """
+import math
 import numbers
 from typing import Optional
 
@@ -25,12 +34,15 @@ from torch import nn
 from .._spec import Surrogate
 from .._validation import check_bool, check_real
 from ..ops.integrate_fire import integrate_fire
+from ..reference.integrate_fire import surrogate_grad, threshold_view
 
 # SpikingJelly's surrogate classes and what integrate_fire calls them (same formula in u = h - θ)
 SPIKINGJELLY_SURROGATES = {"Sigmoid": "sigmoid", "ATan": "atan", "Rect": "rectangle"}
 # the alpha a surrogate given by name gets: SpikingJelly's defaults (Sigmoid 4, ATan 2, Rect 1)
 DEFAULT_ALPHA = {"sigmoid": 4.0, "atan": 2.0, "rectangle": 1.0, "triangle": 1.0}
 STEP_MODES = ("m", "s")
+# where the potential lives between operations: the kernel's float32, or SpikingJelly's input dtype
+STATE_DTYPES = ("float32", "input")
 
 
 def parse_surrogate(surrogate_function, alpha=None):
@@ -57,8 +69,34 @@ def parse_surrogate(surrogate_function, alpha=None):
     return SPIKINGJELLY_SURROGATES[kind], check_real("surrogate_function.alpha", value, strictly_positive=True)
 
 
+class _Heaviside16(torch.autograd.Function):
+    """s = [u >= 0] in u's dtype; backward: grad * sg(u) with SpikingJelly's operations, each
+    rounded to u's dtype (sigmoid: ``g (1 - σ(αu)) σ(αu) α``; atan: ``α/2 / (1 + (π α/2 u)²) g``;
+    rectangle: ``α [|u| < 1/(2α)] g``; triangle, which SpikingJelly lacks: sg in float32)."""
+
+    @staticmethod
+    def forward(ctx, u, surrogate, alpha):
+        ctx.save_for_backward(u)
+        ctx.surrogate, ctx.alpha = surrogate, alpha
+        return (u >= 0).to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_s):
+        (u,) = ctx.saved_tensors
+        alpha = ctx.alpha
+        if ctx.surrogate == "sigmoid":
+            sg = (u * alpha).sigmoid()
+            return grad_s * (1.0 - sg) * sg * alpha, None, None
+        if ctx.surrogate == "atan":
+            au = math.pi * (alpha / 2) * u
+            return (alpha / 2) / (1 + au * au) * grad_s, None, None
+        if ctx.surrogate == "rectangle":
+            return alpha * (u.abs() < 0.5 / alpha).to(u) * grad_s, None, None
+        return grad_s * surrogate_grad(u.to(torch.float32), ctx.surrogate, alpha).to(u.dtype), None, None
+
+
 class IFNode(nn.Module):
-    """Multi-step integrate-and-fire neurons (SpikingJelly's ``IFNode``) on the fused kernel.
+    """Integrate-and-fire neurons (SpikingJelly's ``IFNode``) on the fused kernel.
 
     Args:
         v_threshold: θ > 0, a number (or a 1-element / per-channel tensor, channel = dim 1 of
@@ -73,22 +111,28 @@ class IFNode(nn.Module):
             with ``alpha`` (default SpikingJelly's: 4, 2, 1, 1), or a SpikingJelly surrogate object
             ``Sigmoid``/``ATan``/``Rect`` (its ``alpha`` is used).
         detach_reset: treat the spike in the reset term as a constant in backward.
-        step_mode: ``"m"`` (the default here; SpikingJelly's is ``"s"``): x is ``[T, N, ...]``, all
-            T steps in one kernel call; ``"s"``: x is one step ``[N, ...]`` (a kernel call with
-            T = 1, the state carried as in "m"). ``functional.set_step_mode`` may set it.
+        step_mode: ``"s"`` (the default, as SpikingJelly's): x is one step ``[N, ...]`` (a kernel
+            call with T = 1); ``"m"``: x is ``[T, N, ...]``, all T steps in one kernel call (the
+            fast mode: set it, or ``functional.set_step_mode(model, "m")``). The state carries
+            over between calls in both.
         store_v_seq: also keep ``v_seq`` ``[T, N, ...]``, the potential after each step's reset
-            (float32; recomputed from the spikes with the kernel's operations, bit for bit; in
-            "s" mode appended step by step until ``reset()``).
+            (recomputed from the spikes with the kernel's operations, bit for bit; in "s" mode
+            appended step by step until ``reset()``).
         alpha: the surrogate's sharpness when ``surrogate_function`` is a name.
+        state_dtype: ``"float32"`` (default): v is float32 whatever x's dtype (the fused kernel);
+            ``"input"``: for float16/bfloat16 x, v is kept in x's dtype and every operation
+            (``h = v + x``, ``h - θ``, the reset) rounds to it, as SpikingJelly 2.0 does: the same
+            spikes and v as SpikingJelly, through a loop of PyTorch operations (slower). For
+            float32 x both are the fused kernel.
 
-    ``forward(x)``: spikes (0/1) in x's dtype, x's shape. The potential ``v`` (float32, the
-    shape of one step) carries over to the next call until ``reset()``; gradients flow
-    through it across calls (``detach()`` cuts them, for truncated BPTT).
+    ``forward(x)``: spikes (0/1) in x's dtype, x's shape. The potential ``v`` (the shape of
+    one step) carries over to the next call until ``reset()``; gradients flow through it
+    across calls (``detach()`` cuts them, for truncated BPTT).
     """
 
     def __init__(self, v_threshold=1.0, v_reset: Optional[float] = 0.0, surrogate_function="sigmoid",
-                 detach_reset: bool = False, step_mode: str = "m", store_v_seq: bool = False, *,
-                 alpha: Optional[float] = None):
+                 detach_reset: bool = False, step_mode: str = "s", store_v_seq: bool = False, *,
+                 alpha: Optional[float] = None, state_dtype: str = "float32"):
         super().__init__()
         if isinstance(v_threshold, torch.Tensor):
             threshold = v_threshold.detach().to(torch.float32)
@@ -109,7 +153,12 @@ class IFNode(nn.Module):
         self.detach_reset = check_bool("detach_reset", detach_reset)
         self.step_mode = step_mode
         self.store_v_seq = check_bool("store_v_seq", store_v_seq)
+        if state_dtype not in STATE_DTYPES:
+            raise ValueError(f"state_dtype must be 'float32' (the fused kernel's float32 potential) or 'input' "
+                             f"(SpikingJelly's: v in a 16-bit input's dtype), got {state_dtype!r}")
+        self.state_dtype = state_dtype
         self._v = None       # the kernel's state: v - v_reset for a hard reset to v_reset != 0
+        self._v16 = None     # or v itself in a 16-bit input's dtype (state_dtype="input")
         self.v_seq = None
 
     @property
@@ -128,31 +177,43 @@ class IFNode(nn.Module):
         return self.v_reset if self.v_reset not in (None, 0.0) else 0.0
 
     @property
+    def _initial(self) -> float:
+        return 0.0 if self.v_reset is None else self.v_reset
+
+    @property
     def v(self):
-        """The membrane potential: a float32 tensor of one step's shape after a call, the initial
-        value (0.0 for soft reset, v_reset for hard) as a float before one."""
+        """The membrane potential: a tensor of one step's shape after a call (float32, or the
+        16-bit input's dtype with ``state_dtype="input"``), the initial value (0.0 for soft reset,
+        v_reset for hard) as a float before one."""
+        if self._v16 is not None:
+            return self._v16
         if self._v is None:
-            return 0.0 if self.v_reset is None else self.v_reset
+            return self._initial
         return self._v + self._offset if self._offset else self._v
 
     @v.setter
     def v(self, value):
-        if isinstance(value, numbers.Real) and value == (0.0 if self.v_reset is None else self.v_reset):
-            self._v = None
-        elif isinstance(value, torch.Tensor):
-            self._v = value.to(torch.float32) - self._offset if self._offset else value.to(torch.float32)
-        else:
+        self._v = self._v16 = None
+        if isinstance(value, numbers.Real) and value == self._initial:
+            return
+        if not isinstance(value, torch.Tensor):
             raise TypeError(f"v must be a tensor of one step's shape (or the reset value), got {value!r}")
+        if self.state_dtype == "input" and value.dtype in (torch.float16, torch.bfloat16):
+            self._v16 = value
+        else:
+            self._v = value.to(torch.float32) - self._offset if self._offset else value.to(torch.float32)
 
     def reset(self):
         """Forget the state: v back to its initial value, v_seq to None (``functional.reset_net``)."""
-        self._v = None
+        self._v = self._v16 = None
         self.v_seq = None
 
     def detach(self):
         """Cut the gradient path through the carried potential (truncated BPTT)."""
         if self._v is not None:
             self._v = self._v.detach()
+        if self._v16 is not None:
+            self._v16 = self._v16.detach()
         if isinstance(self.v_seq, torch.Tensor):
             self.v_seq = self.v_seq.detach()
 
@@ -170,12 +231,18 @@ class IFNode(nn.Module):
                              "use step_mode='s' for one step [N, ...]")
         else:
             x_seq = x
-        state = self._v
-        if state is not None and state.shape != x_seq.shape[1:]:
+        carried = self._v16 if self._v16 is not None else self._v
+        if carried is not None and carried.shape != x_seq.shape[1:]:
             raise ValueError(
-                f"IFNode carries a state of shape {tuple(state.shape)} but the input's steps have shape "
+                f"IFNode carries a state of shape {tuple(carried.shape)} but the input's steps have shape "
                 f"{tuple(x_seq.shape[1:])}: call reset() (functional.reset_net) between batches"
             )
+        if self.state_dtype == "input" and x_seq.dtype in (torch.float16, torch.bfloat16):
+            spikes = self._forward_in_input_dtype(x_seq)
+            return spikes[0] if self.step_mode == "s" else spikes
+        if self._v16 is not None:  # a 16-bit state met a float32 input: continue in float32
+            self.v = self._v16.to(torch.float32)
+        state = self._v
         threshold = self._kernel_threshold()
         spikes, _, v_final = integrate_fire(
             x_seq, threshold, v_init=0.0 if state is None else state,
@@ -189,6 +256,35 @@ class IFNode(nn.Module):
             self.v_seq = v_seq
         self._v = v_final
         return spikes[0] if self.step_mode == "s" else spikes
+
+    def _forward_in_input_dtype(self, x_seq):
+        """SpikingJelly 2.0's step loop in x's 16-bit dtype: ``h = v + x``, ``s = [h - θ >= 0]``,
+        ``v = h - s*θ`` or ``v = s*v_reset + (1 - s)*h``, each operation rounded to the dtype
+        (a per-channel θ: each expression with θ in float32, rounded once)."""
+        dtype = x_seq.dtype
+        theta = self.v_threshold
+        if isinstance(theta, torch.Tensor):
+            theta = float(theta) if theta.numel() == 1 else threshold_view(theta, x_seq.shape[1:], x_seq.device)
+        v = self.v
+        if not isinstance(v, torch.Tensor):
+            v = torch.full(x_seq.shape[1:], float(v), dtype=dtype, device=x_seq.device)
+        v = v.to(dtype)
+        spikes, potentials = [], []
+        for t in range(x_seq.shape[0]):
+            h = v + x_seq[t]
+            s = _Heaviside16.apply((h - theta).to(dtype), self.surrogate, self.alpha)
+            r = s.detach() if self.detach_reset else s
+            v = (h - r * theta) if self.v_reset is None else (r * self.v_reset + (1.0 - r) * h)
+            v = v.to(dtype)
+            spikes.append(s)
+            potentials.append(v)
+        self._v, self._v16 = None, v
+        if self.store_v_seq:
+            v_seq = torch.stack(potentials)
+            if self.step_mode == "s" and isinstance(self.v_seq, torch.Tensor) and self.v_seq.dtype == dtype:
+                v_seq = torch.cat([self.v_seq, v_seq])
+            self.v_seq = v_seq
+        return torch.stack(spikes)
 
     def _potentials(self, x_seq, spikes, state, threshold):
         """The post-reset potential of every step, with the kernel's float32 operations in its order."""
@@ -208,4 +304,5 @@ class IFNode(nn.Module):
     def extra_repr(self):
         threshold = self.v_threshold if not isinstance(self.v_threshold, torch.Tensor) else "tensor"
         return (f"v_threshold={threshold}, v_reset={self.v_reset}, surrogate={self.surrogate}(alpha={self.alpha}), "
-                f"detach_reset={self.detach_reset}, step_mode={self.step_mode}, store_v_seq={self.store_v_seq}")
+                f"detach_reset={self.detach_reset}, step_mode={self.step_mode}, store_v_seq={self.store_v_seq}"
+                + (f", state_dtype={self.state_dtype}" if self.state_dtype != "float32" else ""))
