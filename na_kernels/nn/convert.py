@@ -251,7 +251,7 @@ _LINEAR_FUNCTIONS = (
     operator.add, operator.iadd, operator.sub, operator.isub, operator.neg, operator.pos, operator.getitem,
     torch.add, torch.sub, torch.cat, torch.concat, torch.stack, torch.flatten, torch.reshape, torch.squeeze,
     torch.unsqueeze, torch.transpose, torch.permute, torch.chunk, torch.split, torch.sum, torch.mean,
-    torch.neg, F.linear, F.conv1d, F.conv2d, F.conv3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    torch.neg, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.avg_pool1d, F.dropout, F.dropout1d,
     F.dropout2d, F.dropout3d, getattr,
 )
@@ -260,6 +260,8 @@ _LINEAR_METHODS = (
     "transpose", "permute", "expand", "expand_as", "chunk", "split", "add", "add_", "sub", "sub_", "neg", "sum",
     "mean", "to", "float", "half", "bfloat16", "type_as", "clone", "detach", "__getitem__",
 ) + _META_METHODS
+_WEIGHTED_FUNCTIONS = (F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
+                       F.conv_transpose3d)
 _SCALING_FUNCTIONS = (operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div)
 _SCALING_METHODS = ("mul", "mul_", "div", "div_")
 
@@ -306,6 +308,8 @@ def _linear_in_time(gm: fx.GraphModule, node: fx.Node, kind) -> bool:
             return node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True) is False
         if node.target in _SCALING_FUNCTIONS:
             return _scaled_by_a_constant(node, kind)
+        if node.target in _WEIGHTED_FUNCTIONS:
+            return _weighted_by_a_constant(node, kind)
         return node.target in _LINEAR_FUNCTIONS
     if node.op == "call_method":
         if node.target in _SCALING_METHODS:
@@ -322,6 +326,14 @@ def _scaled_by_a_constant(node: fx.Node, kind) -> bool:
     if division:
         return len(spiking) >= 2 and not spiking[1]
     return sum(spiking) <= 1
+
+
+def _weighted_by_a_constant(node: fx.Node, kind) -> bool:
+    """``F.linear`` / ``F.conv*(input, weight, bias)``: bilinear in input and weight, so (like a
+    product) at most one of the two may depend on spikes; a spiking bias only adds."""
+    arguments = dict(zip(("input", "weight"), node.args))
+    arguments.update((k, v) for k, v in node.kwargs.items() if k in ("input", "weight"))
+    return sum(isinstance(a, fx.Node) and kind.get(a) == _VARYING for a in arguments.values()) <= 1
 
 
 def _add_time_repetition(gm: fx.GraphModule, if_nodes: Dict[fx.Node, str]) -> bool:
