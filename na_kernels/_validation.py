@@ -300,9 +300,11 @@ def check_spikes_fit(amplitude, threshold, dtype):
                              "amplitude='threshold' each spike is θ; pass amplitude=1.0, rescale, or use a float32 x_seq")
 
 
-def check_initial_potential(v_init, like, name="v_init"):
+def check_initial_potential(v_init, like, name="v_init", *, finite=True):
     """An initial membrane potential: a number (a fraction of the threshold; a float), or a float
-    tensor of potentials (float64 included) with the per-step shape like.shape[1:], on like's device."""
+    tensor of potentials (float64 included) with the per-step shape like.shape[1:], on like's device;
+    its values finite in float32 unless ``finite=False`` (a potential carried from an earlier call,
+    where a NaN or inf input left NaN or inf)."""
     if isinstance(v_init, torch.Tensor):
         check_dense(name, v_init)
         if v_init.dtype not in PARAMETER_DTYPES:
@@ -312,7 +314,7 @@ def check_initial_potential(v_init, like, name="v_init"):
         if tuple(v_init.shape) != tuple(like.shape[1:]):
             raise ValueError(f"{name} tensor must have the per-step shape {tuple(like.shape[1:])}, "
                              f"got {tuple(v_init.shape)}")
-        if v_init.device.type == "cpu" and not torch.compiler.is_compiling() and v_init.numel():
+        if finite and v_init.device.type == "cpu" and not torch.compiler.is_compiling() and v_init.numel():
             # the kernels read the float32 values: NaN, inf and float64 values beyond float32 are garbage there
             smallest, largest = _float32_bounds(v_init)
             if not (-math.inf < smallest and largest < math.inf):

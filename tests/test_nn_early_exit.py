@@ -360,3 +360,17 @@ def test_split_cache_does_not_keep_the_network_alive():
     del snn, stem
     gc.collect()
     assert network() is None
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_inputs_with_nan_and_inf_run_as_the_fixed_T_run(chunk):
+    # the carried potentials hold NaN / inf where the input did: each chunk continues from them
+    from nn_models import SmallCNN, poisoned, prepared
+
+    torch.manual_seed(0)
+    snn = to_snn(prepared(SmallCNN), T=6)
+    x = poisoned(torch.randn(6, 3, 16, 16))
+    fixed = _fixed(snn, x, T=6)
+    result = run_early_exit(snn, x, ExitRule(confidence=0.3), chunk=chunk)
+    at_exit = fixed[result.exit_steps - 1, torch.arange(x.shape[0])]
+    torch.testing.assert_close(result.outputs, at_exit, rtol=0, atol=_tolerance(fixed.nan_to_num()), equal_nan=True)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from na_kernels.nn import NoisyQuant, replace_activations, to_snn
-from nn_models import SmallCNN, TinyResNet, prepared, randomize_batchnorm
+from nn_models import SmallCNN, TinyResNet, equal_by_position, poisoned, prepared, randomize_batchnorm
 
 
 def test_chunked_equals_unchunked():
@@ -21,6 +21,20 @@ def test_chunked_equals_unchunked():
     torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-6)
     for name, layer in whole.if_layers.items():
         assert int(layer.spikes) == 2 * int(chunked.if_layers[name].spikes)  # whole ran twice
+
+
+def test_chunks_equal_one_call_for_inputs_with_nan_and_inf():
+    # snn(x) accepts NaN and +-inf (integrate_fire's documented semantics); the potential a chunk
+    # carries then holds them, and the next chunk must continue from it as one call would
+    model = prepared(SmallCNN)
+    x = poisoned(torch.randn(4, 3, 16, 16))
+    snn = to_snn(model, T=6)
+    with torch.no_grad():
+        whole = snn(x)
+        for chunk in (1, 4):
+            part = snn(x, chunk=chunk)
+            assert torch.equal(part.isnan(), whole.isnan())
+            torch.testing.assert_close(part, whole, rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
 def test_snn_state_dict_round_trip():

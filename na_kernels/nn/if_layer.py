@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from ..ops.integrate_fire import integrate_fire
+from ..ops.integrate_fire import integrate_fire, integrate_fire_carried
 from ..ops.noisy_quant import noisy_quant
 from .._validation import check_dense
 
@@ -134,10 +134,13 @@ class IFLayer(nn.Module):
                 raise RuntimeError(f"{self.name}: input batch {x.shape[0]} is not a multiple of T = {T}")
             x_seq = x.reshape((T, x.shape[0] // T) + tuple(x.shape[1:]))
         calibrated = self.calibrated
-        v_init = self.v if self.v is not None else V_INIT
-        spikes, counts, v_final = integrate_fire(
-            x_seq, self.threshold, v_init=v_init, amplitude=1.0 if calibrated else "threshold", return_v=True
-        )
+        amplitude = 1.0 if calibrated else "threshold"
+        if self.v is None:
+            spikes, counts, v_final = integrate_fire(x_seq, self.threshold, v_init=V_INIT, amplitude=amplitude,
+                                                     return_v=True)
+        else:  # the previous chunk's potential: NaN / inf where the input had them
+            spikes, counts, v_final = integrate_fire_carried(x_seq, self.threshold, self.v, amplitude=amplitude,
+                                                             return_v=True)
         if calibrated:
             spikes = spikes * self._channel_view(self.amplitude, spikes.dim() - 1).to(spikes.dtype)
         if self.carry_state:  # kept in the graph: gradients flow across chunks

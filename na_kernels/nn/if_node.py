@@ -24,7 +24,7 @@ from torch import nn
 
 from .._spec import Surrogate
 from .._validation import check_bool, check_real
-from ..ops.integrate_fire import integrate_fire
+from ..ops.integrate_fire import integrate_fire, integrate_fire_carried
 
 # SpikingJelly's surrogate classes and what integrate_fire calls them (same formula in u = h - θ)
 SPIKINGJELLY_SURROGATES = {"Sigmoid": "sigmoid", "ATan": "atan", "Rect": "rectangle"}
@@ -177,11 +177,12 @@ class IFNode(nn.Module):
                 f"{tuple(x_seq.shape[1:])}: call reset() (functional.reset_net) between batches"
             )
         threshold = self._kernel_threshold()
-        spikes, _, v_final = integrate_fire(
-            x_seq, threshold, v_init=0.0 if state is None else state,
-            reset="subtract" if self.v_reset is None else "zero", amplitude=1.0, surrogate=self.surrogate,
-            alpha=self.alpha, detach_reset=self.detach_reset, return_v=True,
-        )
+        options = dict(reset="subtract" if self.v_reset is None else "zero", amplitude=1.0, surrogate=self.surrogate,
+                       alpha=self.alpha, detach_reset=self.detach_reset, return_v=True)
+        if state is None:
+            spikes, _, v_final = integrate_fire(x_seq, threshold, v_init=0.0, **options)
+        else:  # the carried potential: NaN / inf where an earlier input had them
+            spikes, _, v_final = integrate_fire_carried(x_seq, threshold, state, **options)
         if self.store_v_seq:
             v_seq = self._potentials(x_seq, spikes, state, threshold) + self._offset
             if self.step_mode == "s" and isinstance(self.v_seq, torch.Tensor):
