@@ -16,7 +16,7 @@ iteration with the smallest total relative count error ``sum_c |n_c - target_c| 
 """
 import torch
 
-from .._validation import check_greater, check_int, check_real, check_time_steps
+from .._validation import check_batches, check_greater, check_int, check_real, check_time_steps
 
 
 def calibration_inputs(batch):
@@ -62,10 +62,7 @@ def calibrate_thresholds(
     batches = [calibration_inputs(batch) for batch in batches]
     if not batches:
         raise ValueError("calibrate_thresholds needs at least one batch")
-    for index, inputs in enumerate(batches):  # before anything changes: bad input loses nothing
-        for tensor in inputs:
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise ValueError(f"calibration batch {index} contains NaN or inf: thresholds left as they were")
+    check_batches("batches", batches)  # before anything changes: bad input loses nothing
     layers = snn.if_layers
     recording = {name: layer.record for name, layer in layers.items()}
     original = {name: layer.threshold.clone() for name, layer in layers.items()}

@@ -4,7 +4,7 @@ from torch import nn
 
 from ..ops.integrate_fire import integrate_fire, integrate_fire_carried
 from ..ops.noisy_quant import noisy_quant
-from .._validation import check_dense
+from .._validation import check_dense, check_parameter_values
 
 V_INIT = 0.5  # the initial membrane potential v_init, as a fraction of the threshold θ
 
@@ -32,7 +32,7 @@ class IFLayer(nn.Module):
 
     def __init__(self, name: str, lam: torch.Tensor, p: int, *, input_is_constant: bool = False):
         super().__init__()
-        lam = lam.detach().to(torch.float32).clone()
+        lam = check_parameter_values("lam", lam.detach().to(torch.float32).clone(), f"IF layer {name}")
         self.name = name
         self.p = int(p)
         self.register_buffer("threshold", lam.clone())
