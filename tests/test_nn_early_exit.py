@@ -374,3 +374,31 @@ def test_inputs_with_nan_and_inf_run_as_the_fixed_T_run(chunk):
     result = run_early_exit(snn, x, ExitRule(confidence=0.3), chunk=chunk)
     at_exit = fixed[result.exit_steps - 1, torch.arange(x.shape[0])]
     torch.testing.assert_close(result.outputs, at_exit, rtol=0, atol=_tolerance(fixed.nan_to_num()), equal_nan=True)
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 1e-30, 3e38])
+def test_extreme_temperatures_give_probabilities_not_nan(temperature):
+    # logits / 1e-45 overflow to inf and softmax(inf, ...) is NaN: every sample ran to T_max silently
+    logits = torch.tensor([[2.0, 1.0, -1.0], [0.5, 0.5, 0.0], [-3.0, 4.0, 4.5]])
+    rule = ExitRule(confidence=0.9, temperature=temperature)
+    probabilities = rule.probabilities(logits)
+    assert torch.isfinite(probabilities).all()
+    torch.testing.assert_close(probabilities.sum(-1), torch.ones(3))
+    if temperature < 1:  # the limit tau -> 0: all mass on the largest logit(s)
+        assert torch.equal(probabilities, torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]))
+        assert rule.holds(logits).tolist() == [True, False, True]
+    else:
+        assert rule.holds(logits).tolist() == [False, False, False]
+
+
+def test_labels_out_of_range_are_refused():
+    from nn_models import SmallCNN, prepared
+
+    torch.manual_seed(0)
+    snn = to_snn(prepared(SmallCNN), T=3)  # 5 classes
+    x = torch.randn(4, 3, 16, 16)
+    for labels in (torch.tensor([0, 1, 5, 2]), torch.tensor([0, -1, 2, 3])):
+        with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 5\)"):
+            snn.run_early_exit(x, 0.9, labels=labels)
+        with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 5\)"):
+            evaluate_early_exit(snn, [(x, labels)], 0.9)
