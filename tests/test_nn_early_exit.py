@@ -126,9 +126,10 @@ def test_statistics_count_only_the_steps_run(trained):
     chunk = 2
     rule = _mixed_rule(_fixed(snn, x))
     result = snn.run_early_exit(x, rule, chunk=chunk)
-    run = {name: (int(layer.spikes), layer.neuron_steps, layer.neurons) for name, layer in snn.if_layers.items()}
-    meters = {name: (float(m.sops or 0.0), m.macs, m.macs_per_sample, m.spike_driven)
-              for name, m in snn.synapses.items()}
+    run = {name: (int(layer.spikes), int(layer.neuron_steps), int(layer.neurons))
+           for name, layer in snn.if_layers.items()}
+    meters = {s["name"]: (s["sops"], s["macs"], s["macs_per_sample"], s["spike_driven"])
+              for s in snn.statistics()["synapses"]}
     assert snn.samples == x.shape[0] and snn.sample_steps == int(result.steps_run.sum())
     for name, (_, neuron_steps, neurons) in run.items():
         assert neuron_steps == neurons * int(result.steps_run.sum()), name
@@ -140,12 +141,13 @@ def test_statistics_count_only_the_steps_run(trained):
             snn(x[result.steps_run == steps], T=steps)
     for name, layer in snn.if_layers.items():
         assert int(layer.spikes) == run[name][0], name
-    for name, meter in snn.synapses.items():
+    for row in snn.statistics()["synapses"]:
+        name = row["name"]
         sops, macs, per_sample, spike_driven = meters[name]
         if spike_driven:
-            assert sops == float(meter.sops) and sops > 0, name
+            assert sops == row["sops"] and sops > 0, name
         else:  # the stem runs once per sample, as in the fixed-T runs
-            assert macs == meter.macs == per_sample * x.shape[0], name
+            assert macs == row["macs"] == per_sample * x.shape[0], name
 
     stats = result.statistics
     assert stats["samples"] == x.shape[0] and stats["sample_steps"] == int(result.steps_run.sum())

@@ -64,7 +64,7 @@ def calibrate_thresholds(
         raise ValueError("calibrate_thresholds needs at least one batch")
     check_batches("batches", batches)  # before anything changes: bad input loses nothing
     layers = snn.if_layers
-    recording = {name: layer.record for name, layer in layers.items()}
+    recording = {name: (layer.record, layer.record_channels) for name, layer in layers.items()}
     original = {name: layer.threshold.clone() for name, layer in layers.items()}
 
     targets = _ann_targets(snn, batches, T)
@@ -92,8 +92,8 @@ def calibrate_thresholds(
         raise
     finally:
         snn.reset_statistics()
-        for name, flag in recording.items():
-            layers[name].record = flag
+        for name, (flag, channels) in recording.items():
+            layers[name].record, layers[name].record_channels = flag, channels
     return dict(
         T=T,
         errors=history,
@@ -128,6 +128,8 @@ def _count_errors(snn, batches, T, targets):
     layers = snn.if_layers
     snn.reset_statistics()
     snn.record_statistics(True)
+    for layer in layers.values():
+        layer.record_channels = True
     for inputs in batches:
         snn(*inputs, T=T)
     counts = {name: layers[name].channel_spikes.to(torch.float64) for name in targets}
