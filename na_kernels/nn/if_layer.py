@@ -170,20 +170,18 @@ class IFLayer(nn.Module):
         # in-place updates of tensors: no host sync, and no Python counter for torch.compile to guard
         self.neurons.fill_(math.prod(counts.shape[1:]))
         self.neuron_steps.add_(counts.numel() * T)
-        if counts.dim() < 2:
-            self.spikes.add_(counts.sum(dtype=torch.int64))
-            if self.routes:
-                total = counts.sum(dtype=torch.int64)
-                self.route_sops.add_(torch.stack([synaptic_ops(total, synapse, pools)
-                                                  for _, synapse, pools in self.routes]))
-            return
-        per_neuron = counts.sum(0, dtype=torch.int32)  # [C, ...]: at most B*T each
-        channel = per_neuron.reshape(per_neuron.shape[0], -1).sum(1, dtype=torch.int64)  # [C]
-        self.spikes.add_(channel.sum())
-        if self.record_channels:
-            self.channel_spikes = channel if self.channel_spikes is None else self.channel_spikes + channel
+        if counts.dim() < 2:  # one neuron per sample
+            positions = counts.sum(dtype=torch.int64)
+            self.spikes.add_(positions)
+        else:
+            per_neuron = counts.sum(0, dtype=torch.int32)  # [C, ...]: at most B*T each
+            channel = per_neuron.reshape(per_neuron.shape[0], math.prod(per_neuron.shape[1:])).sum(
+                1, dtype=torch.int64)  # [C]
+            self.spikes.add_(channel.sum())
+            if self.record_channels:
+                self.channel_spikes = channel if self.channel_spikes is None else self.channel_spikes + channel
+            positions = per_neuron.sum(0, dtype=torch.int64) if self.routes else None  # the spatial dims
         if self.routes:
-            positions = per_neuron.sum(0, dtype=torch.int64)  # the spatial dims ([] for [B, C])
             self.route_sops.add_(torch.stack([synaptic_ops(positions, synapse, pools)
                                               for _, synapse, pools in self.routes]))
 
