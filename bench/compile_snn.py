@@ -26,7 +26,8 @@ def main():
     parser.add_argument("--T", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch.compile(snn, backend={args.backend!r}), T={args.T}, {args.threads} thread(s), torch {torch.__version__}")
+    print(f"torch.compile(snn, backend={args.backend!r}), T={args.T}, {args.threads} thread(s), "
+          f"torch {torch.__version__}")
     for name in args.nets.split(","):
         for record in (True, False):
             torch._dynamo.reset()

@@ -219,7 +219,8 @@ def check_parameter_values(name, value, where=None):
     smallest_allowed, largest_allowed, _ = parameter_range(name)
     smallest, largest = _float32_bounds(value)  # NaN fails "> 0", inf fails "< inf"
     if not (smallest > 0 and largest < math.inf):
-        raise ValueError(f"{prefix}{name} must be finite and > 0 as float32, got {value.detach().flatten()[:8].tolist()}")
+        raise ValueError(f"{prefix}{name} must be finite and > 0 as float32, got "
+                         f"{value.detach().flatten()[:8].tolist()}")
     if not (smallest_allowed <= smallest and largest <= largest_allowed):
         raise ValueError(f"{prefix}{_range_error(name, value.detach().flatten()[:8].tolist())}")
     return value
