@@ -32,7 +32,7 @@ from torch import fx, nn
 from torch.nn import functional as F
 
 FORMAT = "na_kernels.SpikingNetwork"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: statistics counters are buffers, IF layers hold their SOP routes
 
 # torch.nn layers a converted network may hold (constructed from their saved attributes)
 ALLOWED_MODULES = (
