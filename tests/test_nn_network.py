@@ -37,6 +37,29 @@ def test_chunks_equal_one_call_for_inputs_with_nan_and_inf():
             torch.testing.assert_close(part, whole, rtol=1e-5, atol=1e-6, equal_nan=True)
 
 
+def test_chunks_equal_one_call_bit_for_bit_with_nan_and_inf_on_an_exact_network():
+    # dyadic weights and inputs: every linear sum is exact whatever the batch size or summation
+    # order (a conv may pick an inexact algorithm, e.g. Winograd, by batch size), so a chunked run
+    # must equal one call bit for bit, NaN positions included
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(2 * 8 * 8, 16), NoisyQuant(3, lam=1.0, noise=None),
+        nn.Linear(16, 16), NoisyQuant(3, lam=2.0, noise=None), nn.Linear(16, 3),
+    ).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(torch.round(parameter * 8) / 8)
+    x = poisoned(torch.round(torch.randn(4, 2, 8, 8) * 16) / 16)
+    snn = to_snn(model, T=7)
+    seen = []
+    snn.if_layers["2"].register_forward_pre_hook(lambda m, args: seen.append(bool(args[0].isnan().any())))
+    with torch.no_grad():
+        whole = snn(x)
+        assert seen == [True]  # NaN reaches the IF layer, so the potential it carries holds NaN
+        for chunk in (1, 3, 6):
+            assert equal_by_position(snn(x, chunk=chunk), whole), chunk
+
+
 def test_snn_state_dict_round_trip():
     model = prepared(SmallCNN, per_channel=True)
     buffer = io.BytesIO()
