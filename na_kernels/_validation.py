@@ -184,8 +184,8 @@ def positive_parameter_tensor(name, value, like, channel_dim, description):
     op's own arguments). A CPU tensor's values are checked too (on CUDA that would cost a host
     sync per call).
     """
-    smallest_allowed, largest_allowed, _ = parameter_range(name)
     if not isinstance(value, torch.Tensor):
+        smallest_allowed, largest_allowed, _ = parameter_range(name)
         value = check_positive(name, value, accepted="a positive finite number or a tensor")
         if not smallest_allowed <= _float32(value) <= largest_allowed:
             raise _range_error(name, value)
@@ -205,14 +205,40 @@ def positive_parameter_tensor(name, value, like, channel_dim, description):
                 f"(size of dim {channel_dim} of the input, {channels}), got {value.numel()}"
             )
     if value.device.type == "cpu" and not torch.compiler.is_compiling():
-        # one reduction (or one read for a scalar) of the float32 values the kernels read: NaN
-        # fails "> 0", inf fails "< inf"
-        smallest, largest = _float32_bounds(value)
-        if not (smallest > 0 and largest < math.inf):
-            raise ValueError(f"{name} must be finite and > 0 as float32, got {value.detach().flatten()[:8].tolist()}")
-        if not (smallest_allowed <= smallest and largest <= largest_allowed):
-            raise _range_error(name, value.detach().flatten()[:8].tolist())
+        check_parameter_values(name, value)
     return value
+
+
+def check_parameter_values(name, value, where=None):
+    """The float32 values of a positive parameter tensor (lam, threshold): finite, > 0 and within
+    ``parameter_range(name)``; the ValueError names ``where`` (a layer) when given. One
+    reduction (a host read: call it on CPU tensors, or once at conversion, not per step)."""
+    if not value.numel():
+        return value
+    prefix = f"{where}: " if where else ""
+    smallest_allowed, largest_allowed, _ = parameter_range(name)
+    smallest, largest = _float32_bounds(value)  # NaN fails "> 0", inf fails "< inf"
+    if not (smallest > 0 and largest < math.inf):
+        raise ValueError(f"{prefix}{name} must be finite and > 0 as float32, got "
+                         f"{value.detach().flatten()[:8].tolist()}")
+    if not (smallest_allowed <= smallest and largest <= largest_allowed):
+        raise ValueError(f"{prefix}{_range_error(name, value.detach().flatten()[:8].tolist())}")
+    return value
+
+
+def check_batches(name, batches):
+    """Data batches, each a tuple of tensors (inputs): every tensor with at least one sample along
+    dim 0 and, if floating point, only finite values (NaN or inf would set statistics derived
+    from them silently wrong). ValueError naming ``name`` and the batch's index."""
+    for index, inputs in enumerate(batches):
+        for tensor in inputs:
+            if tensor.dim() == 0 or tensor.shape[0] == 0:
+                raise ValueError(f"{name}: batch {index} is empty (shape {tuple(tensor.shape)}); every batch needs at "
+                                 "least one sample along dim 0")
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"{name}: batch {index} contains NaN or inf; statistics are computed from finite "
+                                 "data only: clean or drop that batch")
+    return batches
 
 
 def check_greater(name, value, bound, accepted=None):
@@ -300,9 +326,11 @@ def check_spikes_fit(amplitude, threshold, dtype):
                              "amplitude='threshold' each spike is θ; pass amplitude=1.0, rescale, or use a float32 x_seq")
 
 
-def check_initial_potential(v_init, like, name="v_init"):
+def check_initial_potential(v_init, like, name="v_init", *, finite=True):
     """An initial membrane potential: a number (a fraction of the threshold; a float), or a float
-    tensor of potentials (float64 included) with the per-step shape like.shape[1:], on like's device."""
+    tensor of potentials (float64 included) with the per-step shape like.shape[1:], on like's device;
+    its values finite in float32 unless ``finite=False`` (a potential carried from an earlier call,
+    where a NaN or inf input left NaN or inf)."""
     if isinstance(v_init, torch.Tensor):
         check_dense(name, v_init)
         if v_init.dtype not in PARAMETER_DTYPES:
@@ -312,7 +340,7 @@ def check_initial_potential(v_init, like, name="v_init"):
         if tuple(v_init.shape) != tuple(like.shape[1:]):
             raise ValueError(f"{name} tensor must have the per-step shape {tuple(like.shape[1:])}, "
                              f"got {tuple(v_init.shape)}")
-        if v_init.device.type == "cpu" and not torch.compiler.is_compiling() and v_init.numel():
+        if finite and v_init.device.type == "cpu" and not torch.compiler.is_compiling() and v_init.numel():
             # the kernels read the float32 values: NaN, inf and float64 values beyond float32 are garbage there
             smallest, largest = _float32_bounds(v_init)
             if not (-math.inf < smallest and largest < math.inf):

@@ -16,7 +16,7 @@ import torch
 from . import __version__
 from ._spec import Noise
 from .datasets import BatchLoader, ImageData, digits_split
-from .train import build_network, evaluate, evaluate_snn, make_optimizer, make_scheduler, train_epoch
+from .train import build_network, check_output_path, evaluate, evaluate_snn, make_optimizer, make_scheduler, train_epoch
 
 DEMO_TS = (1, 2, 4, 8, 16, 32, 64)
 DEMO_EXIT_CONFIDENCES = (0.9, 0.99, 0.999)  # the early-exit thresholds swept by default
@@ -141,6 +141,7 @@ def _demo_plot(results, path: str, Ts: Sequence[int], p: int) -> Optional[str]:
 def cmd_demo(args) -> int:
     """``na-kernels demo``: NoisyQuant vs QCFS on the bundled digits: ANN, clipped limit, SNN at T = 1..64."""
     t0 = time.time()
+    check_output_path(args.out, "--out", purpose="the report and the plot")  # before minutes of training
     if args.quick:
         args.epochs = args.epochs or 3
         args.test_limit = args.test_limit or 200

@@ -386,13 +386,13 @@ def evaluate_snn(snn: nn.Module, loader: BatchLoader, *, T: Optional[int] = None
 # ----------------------------------------------------------------------------------------
 
 
-def check_output_path(path: str, name: str = "out", folder: bool = True) -> str:
-    """``path`` checked as a place to write: a folder (``folder``) or a file there. A ConfigError
-    if it (or the nearest existing folder above it) is a file of the wrong kind. Returns it."""
+def check_output_path(path: str, name: str = "out", folder: bool = True, purpose: str = "the checkpoints") -> str:
+    """``path`` checked as a place to write: a folder (``folder``, for ``purpose``) or a file there.
+    A ConfigError if it (or the nearest existing folder above it) is a file of the wrong kind. Returns it."""
     target = os.path.abspath(path)
     what = f"{name} {path}".strip()
     if folder and os.path.exists(target) and not os.path.isdir(target):
-        raise ConfigError(f"{what} is a file, not a folder: choose a folder for the checkpoints")
+        raise ConfigError(f"{what} is a file, not a folder: choose a folder for {purpose}")
     if not folder and os.path.isdir(target):
         raise ConfigError(f"{what} is a folder: give a file name, e.g. {os.path.join(path, 'report.json')}")
     above = os.path.dirname(target) if not folder else target

@@ -147,3 +147,20 @@ class TinyMobileNet(nn.Module):
         x = self.last(self.blocks(self.stem(x)))
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return self.fc2(F.relu6(self.fc1(x)))
+
+
+def equal_by_position(a, b):
+    """Bit-for-bit equality with NaNs compared by position (torch.equal says NaN != NaN)."""
+    if a.shape != b.shape or a.dtype != b.dtype or not torch.equal(a.isnan(), b.isnan()):
+        return False
+    return torch.equal(torch.where(a.isnan(), 0.0, a), torch.where(b.isnan(), 0.0, b))
+
+
+def poisoned(x, seed=0):
+    """A copy of x with NaN, +inf and -inf at a few random positions (one kind per sample 1, 2, 3)."""
+    g = torch.Generator().manual_seed(seed)
+    x = x.clone()
+    for sample, value in zip((1, 2, 3), (float("nan"), float("inf"), -float("inf"))):
+        flat = x[sample % x.shape[0]].view(-1)
+        flat[torch.randint(0, flat.numel(), (3,), generator=g)] = value
+    return x

@@ -106,3 +106,12 @@ def test_demo_seed_reproducible_and_runs_without_matplotlib(tmp_path, capsys, mo
     for ra, rb in zip(a["results"], b["results"]):
         assert ra["ann_acc"] == rb["ann_acc"] and ra["snn"] == rb["snn"] and ra["lambda"] == rb["lambda"]
         assert ra["limit_acc"] == rb["limit_acc"] and ra["history"] == rb["history"]
+
+
+def test_out_an_existing_file_is_a_clean_error_before_any_training(tmp_path, capsys, monkeypatch):
+    file = tmp_path / "results"
+    file.write_text("not a folder")
+    monkeypatch.setattr(demo, "_demo", lambda *a, **k: pytest.fail("the demo ran before --out was checked"))
+    assert main(["demo", "--quick", "--out", str(file)]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "is a file, not a folder" in err and "Traceback" not in err

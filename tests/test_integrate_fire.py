@@ -293,6 +293,33 @@ def test_chunks_carrying_v_equal_one_call(backend, device):
         assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_a_carried_nan_or_inf_potential_continues_as_one_call(backend, device):
+    # integrate_fire_carried takes a v_final this op returned, NaN / inf included (an input with
+    # NaN or inf leaves them there), while the public v_init refuses them
+    from na_kernels.ops.integrate_fire import integrate_fire_carried
+
+    x = torch.randn(_small(backend, device, 33, 10), 4, 6) * 0.6 + 0.2
+    x[1, 0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    x[4, 2, 2:5] = torch.tensor([float("inf"), float("nan"), -float("inf")])
+    x = x.to(device)
+    threshold = torch.rand(6, device=device) + 0.5
+    with na_kernels.use_backend(backend):
+        for reset in RESETS:
+            whole = na_kernels.integrate_fire(x, threshold, reset=reset, return_v=True)
+            assert whole[2].isnan().any()
+            for split in (1, 3, x.shape[0] - 1):
+                s1, c1, v1 = na_kernels.integrate_fire(x[:split], threshold, reset=reset, return_v=True)
+                s2, c2, v2 = integrate_fire_carried(x[split:], threshold, v1, reset=reset, return_v=True)
+                got = (torch.cat([s1, s2]), c1 + c2, v2)
+                for g, w in zip(got, whole):
+                    assert g.dtype == w.dtype and torch.equal(g.isnan(), w.isnan())
+                    assert torch.equal(torch.where(g.isnan(), 0, g), torch.where(w.isnan(), 0, w))
+            if device == "cpu":  # values of CPU tensors are checked
+                with pytest.raises(ValueError, match="v_init potentials must be finite"):
+                    na_kernels.integrate_fire(x[1:], threshold, v_init=v1, reset=reset)
+
+
 # ---------------------------------------------------------------------- conversion identity
 
 

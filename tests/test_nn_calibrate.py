@@ -68,8 +68,10 @@ def test_bad_batch_leaves_thresholds_as_they_were():
     thresholds = {name: layer.threshold.clone() for name, layer in snn.if_layers.items()}
     bad = x.clone()
     bad[0, 0] = float("nan")
-    with pytest.raises(ValueError, match="calibration batch 1 contains NaN or inf"):
+    with pytest.raises(ValueError, match="batches: batch 1 contains NaN or inf"):
         calibrate_thresholds(snn, [x, bad])
+    with pytest.raises(ValueError, match="batches: batch 0 is empty"):
+        calibrate_thresholds(snn, [x[:0], x])
     for name, layer in snn.if_layers.items():
         assert torch.equal(layer.threshold, thresholds[name])
     assert torch.equal(snn(x), before)

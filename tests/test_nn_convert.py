@@ -273,3 +273,41 @@ def test_operations_linear_in_time_after_spikes_convert_exactly_at_T_equal_p():
     snn = to_snn(model, T=3)
     with torch.no_grad():
         torch.testing.assert_close(snn(x)[-1], model(x), rtol=1e-5, atol=1e-5)
+
+
+class TwoSpikingOperands(nn.Module):
+    """Two IF sites whose spikes meet in a functional linear / conv as input and weight (or bias)."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+        self.fc = nn.Linear(6, 16)
+        self.h = NoisyQuant(3, lam=1.0, noise=None)
+        self.g = NoisyQuant(3, lam=1.0, noise=None)
+
+    def forward(self, x):
+        h = self.h(self.fc(x))
+        g = self.g(self.fc(x) * 2.0)
+        if self.op == "linear":
+            return torch.nn.functional.linear(h, g.reshape(-1, 16)[:4])
+        if self.op == "linear_kw":
+            return torch.nn.functional.linear(input=h, weight=g.reshape(-1, 16)[:4])
+        if self.op == "conv1d":
+            return torch.nn.functional.conv1d(h.reshape(-1, 4, 4), g.reshape(-1, 4, 4)[:2])
+        if self.op == "conv2d":
+            return torch.nn.functional.conv2d(h.reshape(-1, 1, 4, 4), g.reshape(-1, 1, 4, 4)[:2])
+        if self.op == "bias":  # input and bias spiking: W h_t + g_t is linear in time
+            return torch.nn.functional.linear(h, torch.ones(16, 16), g)
+        raise AssertionError(self.op)
+
+
+@pytest.mark.parametrize("op", ["linear", "linear_kw", "conv1d", "conv2d"])
+def test_a_functional_linear_or_conv_of_two_spiking_operands_is_refused_naming_the_site(op):
+    # as h * g: the time average of a product of two spike trains is not the product of their rates
+    with pytest.raises(ValueError, match="not linear in time") as info:
+        to_snn(TwoSpikingOperands(op).eval(), T=3)
+    assert ("F.linear()" if op.startswith("linear") else f"F.{op}()") in str(info.value)
+
+
+def test_a_functional_linear_with_spiking_input_and_bias_converts():
+    to_snn(TwoSpikingOperands("bias").eval(), T=3)

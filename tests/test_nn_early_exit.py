@@ -126,9 +126,10 @@ def test_statistics_count_only_the_steps_run(trained):
     chunk = 2
     rule = _mixed_rule(_fixed(snn, x))
     result = snn.run_early_exit(x, rule, chunk=chunk)
-    run = {name: (int(layer.spikes), layer.neuron_steps, layer.neurons) for name, layer in snn.if_layers.items()}
-    meters = {name: (float(m.sops or 0.0), m.macs, m.macs_per_sample, m.spike_driven)
-              for name, m in snn.synapses.items()}
+    run = {name: (int(layer.spikes), int(layer.neuron_steps), int(layer.neurons))
+           for name, layer in snn.if_layers.items()}
+    meters = {s["name"]: (s["sops"], s["macs"], s["macs_per_sample"], s["spike_driven"])
+              for s in snn.statistics()["synapses"]}
     assert snn.samples == x.shape[0] and snn.sample_steps == int(result.steps_run.sum())
     for name, (_, neuron_steps, neurons) in run.items():
         assert neuron_steps == neurons * int(result.steps_run.sum()), name
@@ -140,12 +141,13 @@ def test_statistics_count_only_the_steps_run(trained):
             snn(x[result.steps_run == steps], T=steps)
     for name, layer in snn.if_layers.items():
         assert int(layer.spikes) == run[name][0], name
-    for name, meter in snn.synapses.items():
+    for row in snn.statistics()["synapses"]:
+        name = row["name"]
         sops, macs, per_sample, spike_driven = meters[name]
         if spike_driven:
-            assert sops == float(meter.sops) and sops > 0, name
+            assert sops == row["sops"] and sops > 0, name
         else:  # the stem runs once per sample, as in the fixed-T runs
-            assert macs == meter.macs == per_sample * x.shape[0], name
+            assert macs == row["macs"] == per_sample * x.shape[0], name
 
     stats = result.statistics
     assert stats["samples"] == x.shape[0] and stats["sample_steps"] == int(result.steps_run.sum())
@@ -360,3 +362,45 @@ def test_split_cache_does_not_keep_the_network_alive():
     del snn, stem
     gc.collect()
     assert network() is None
+
+
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_inputs_with_nan_and_inf_run_as_the_fixed_T_run(chunk):
+    # the carried potentials hold NaN / inf where the input did: each chunk continues from them
+    from nn_models import SmallCNN, poisoned, prepared
+
+    torch.manual_seed(0)
+    snn = to_snn(prepared(SmallCNN), T=6)
+    x = poisoned(torch.randn(6, 3, 16, 16))
+    fixed = _fixed(snn, x, T=6)
+    result = run_early_exit(snn, x, ExitRule(confidence=0.3), chunk=chunk)
+    at_exit = fixed[result.exit_steps - 1, torch.arange(x.shape[0])]
+    torch.testing.assert_close(result.outputs, at_exit, rtol=0, atol=_tolerance(fixed.nan_to_num()), equal_nan=True)
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 1e-30, 3e38])
+def test_extreme_temperatures_give_probabilities_not_nan(temperature):
+    # logits / 1e-45 overflow to inf and softmax(inf, ...) is NaN: every sample ran to T_max silently
+    logits = torch.tensor([[2.0, 1.0, -1.0], [0.5, 0.5, 0.0], [-3.0, 4.0, 4.5]])
+    rule = ExitRule(confidence=0.9, temperature=temperature)
+    probabilities = rule.probabilities(logits)
+    assert torch.isfinite(probabilities).all()
+    torch.testing.assert_close(probabilities.sum(-1), torch.ones(3))
+    if temperature < 1:  # the limit tau -> 0: all mass on the largest logit(s)
+        assert torch.equal(probabilities, torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]))
+        assert rule.holds(logits).tolist() == [True, False, True]
+    else:
+        assert rule.holds(logits).tolist() == [False, False, False]
+
+
+def test_labels_out_of_range_are_refused():
+    from nn_models import SmallCNN, prepared
+
+    torch.manual_seed(0)
+    snn = to_snn(prepared(SmallCNN), T=3)  # 5 classes
+    x = torch.randn(4, 3, 16, 16)
+    for labels in (torch.tensor([0, 1, 5, 2]), torch.tensor([0, -1, 2, 3])):
+        with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 5\)"):
+            snn.run_early_exit(x, 0.9, labels=labels)
+        with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 5\)"):
+            evaluate_early_exit(snn, [(x, labels)], 0.9)

@@ -42,6 +42,7 @@ def test_constant_input_gives_the_rounded_rate(T):
 def test_per_channel_thresholds_apply_along_dim_1():
     theta = torch.tensor([0.5, 1.0, 2.0])
     layer = IFLayer("a", theta, p=3, input_is_constant=True)
+    layer.record_channels = True
     x = torch.full((2, 3, 4), 0.9)
     counts = (run_constant(layer, x, 6) / theta.reshape(1, 1, 3, 1)).sum(0)
     expected = torch.clamp(torch.floor(0.9 * 6 / theta + 0.5), 0, 6).reshape(1, 3, 1).expand(2, 3, 4)

@@ -288,3 +288,21 @@ def test_direct_training_learns_digits():
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.5 * first, (first, last)
     assert accuracy > 0.8, accuracy  # chance is 0.1
+
+
+@pytest.mark.parametrize("v_reset", [None, 0.0, -0.25])
+def test_a_second_call_continues_from_a_nan_or_inf_potential(v_reset):
+    # NaN / +-inf inputs leave NaN / inf in the carried potential: the second call continues from
+    # it exactly as one call over both parts does
+    from nn_models import equal_by_position
+
+    x = _dyadic((8, 4, 5), seed=7)
+    x[1, 0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    x[2, 3, 1:4] = torch.tensor([float("inf"), -float("inf"), float("nan")])
+    node = IFNode(v_reset=v_reset)
+    whole = node(x)
+    v_whole = node.v
+    node.reset()
+    parts = torch.cat([node(x[:3]), node(x[3:])])
+    assert not torch.isfinite(v_whole).all()
+    assert equal_by_position(parts, whole) and equal_by_position(node.v, v_whole)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from na_kernels.nn import NoisyQuant, replace_activations, to_snn
-from nn_models import SmallCNN, TinyResNet, prepared, randomize_batchnorm
+from nn_models import SmallCNN, TinyResNet, equal_by_position, poisoned, prepared, randomize_batchnorm
 
 
 def test_chunked_equals_unchunked():
@@ -21,6 +21,43 @@ def test_chunked_equals_unchunked():
     torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-6)
     for name, layer in whole.if_layers.items():
         assert int(layer.spikes) == 2 * int(chunked.if_layers[name].spikes)  # whole ran twice
+
+
+def test_chunks_equal_one_call_for_inputs_with_nan_and_inf():
+    # snn(x) accepts NaN and +-inf (integrate_fire's documented semantics); the potential a chunk
+    # carries then holds them, and the next chunk must continue from it as one call would
+    model = prepared(SmallCNN)
+    x = poisoned(torch.randn(4, 3, 16, 16))
+    snn = to_snn(model, T=6)
+    with torch.no_grad():
+        whole = snn(x)
+        for chunk in (1, 4):
+            part = snn(x, chunk=chunk)
+            assert torch.equal(part.isnan(), whole.isnan())
+            torch.testing.assert_close(part, whole, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def test_chunks_equal_one_call_bit_for_bit_with_nan_and_inf_on_an_exact_network():
+    # dyadic weights and inputs: every linear sum is exact whatever the batch size or summation
+    # order (a conv may pick an inexact algorithm, e.g. Winograd, by batch size), so a chunked run
+    # must equal one call bit for bit, NaN positions included
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(2 * 8 * 8, 16), NoisyQuant(3, lam=1.0, noise=None),
+        nn.Linear(16, 16), NoisyQuant(3, lam=2.0, noise=None), nn.Linear(16, 3),
+    ).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(torch.round(parameter * 8) / 8)
+    x = poisoned(torch.round(torch.randn(4, 2, 8, 8) * 16) / 16)
+    snn = to_snn(model, T=7)
+    seen = []
+    snn.if_layers["2"].register_forward_pre_hook(lambda m, args: seen.append(bool(args[0].isnan().any())))
+    with torch.no_grad():
+        whole = snn(x)
+        assert seen == [True]  # NaN reaches the IF layer, so the potential it carries holds NaN
+        for chunk in (1, 3, 6):
+            assert equal_by_position(snn(x, chunk=chunk), whole), chunk
 
 
 def test_snn_state_dict_round_trip():

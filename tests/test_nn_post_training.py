@@ -112,3 +112,46 @@ def test_a_list_of_percentiles_returns_the_one_closest_to_the_ann():
         post_training_convert(model, batches, T=2, percentile=[], progress=False)
     with pytest.raises(ValueError, match="percentile"):
         post_training_convert(model, batches, T=2, percentile=[99.0, 101.0], progress=False)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_calibration_data_is_refused_naming_the_batch(value):
+    # one NaN pixel used to set every later layer's λ to 1 silently; inf gave an error about λ
+    model = Plain().eval()
+    good = torch.randn(8, 3, 8, 8)
+    bad = good.clone()
+    bad[3, 1, 4, 4] = value
+    for data in ([good, bad], [good, (bad, torch.zeros(8))]):
+        with pytest.raises(ValueError, match="calibration_data: batch 1 contains NaN or inf"):
+            post_training_convert(model, data, T=4, progress=False)
+    with pytest.raises(ValueError, match="calibration_data: batch 1 contains NaN or inf"):
+        post_training_convert(model, [good, bad], T=4, percentile=[99.0, 99.9], progress=False)
+
+
+def test_an_empty_calibration_batch_is_refused_naming_it():
+    model = Plain().eval()
+    for empty in (torch.randn(0, 3, 8, 8), torch.randn(0)):
+        with pytest.raises(ValueError, match="calibration_data: batch 0 is empty"):
+            post_training_convert(model, [empty, torch.randn(4, 3, 8, 8)], T=4, progress=False)
+
+
+def test_calibration_data_whose_activations_overflow_is_refused_naming_the_site():
+    # finite data so large that an activation overflows float32 (or λ leaves its range)
+    model = Plain().eval()
+    huge = torch.randn(8, 3, 8, 8).clamp(-1, 1) * 3e38  # finite, but a conv of it overflows
+    with pytest.raises(ValueError, match=r"calibration_data: batch 0 .*(act1|act2)|(act1|act2).*calibration_data"):
+        post_training_convert(model, [huge], T=4, progress=False)
+    large = torch.randn(8, 3, 8, 8).abs() * 1e33  # finite activations, λ beyond 2^102
+    with pytest.raises(ValueError, match=r"act1.*2\^102"):
+        post_training_convert(model, [large], T=4, progress=False)
+
+
+def test_a_nan_lam_after_training_is_reported_naming_the_layer():
+    from na_kernels.nn import NoisyQuant, to_snn
+
+    model = nn.Sequential(nn.Linear(4, 4), NoisyQuant(3, lam=1.0), nn.Linear(4, 4), NoisyQuant(3, lam=1.0),
+                          nn.Linear(4, 2))
+    with torch.no_grad():
+        model[3].raw_lam.fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"IF layer 3: lam must be finite and > 0"):
+        to_snn(model.eval(), T=4)

@@ -1,4 +1,6 @@
 """Spike statistics, SOPs and energy of a SpikingNetwork (SynapseMeter, collect/format_statistics)."""
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -21,6 +23,8 @@ def test_spike_totals_are_the_kernels_counts(model_class):
     model = prepared(model_class, per_channel=True)
     T, batch = 5, 3
     snn = to_snn(model, T=T)
+    for layer in snn.if_layers.values():
+        layer.record_channels = True  # per-channel counts (calibrate_thresholds reads them)
     inputs = capture_if_inputs(snn)
     with torch.no_grad():
         snn(torch.randn(batch, 3, 16, 16))
@@ -122,30 +126,135 @@ def test_sops_of_a_grouped_strided_conv():
     assert synapse["macs_per_sample"] == 6 * 4 * 4 * 2 * 3 * 3
 
 
-@pytest.mark.parametrize("calibrated", [False, True])
-def test_sops_read_from_the_spike_counts_equal_the_spike_tensor_count(calibrated):
-    from na_kernels.nn import SynapseMeter
-    from na_kernels.models import digits_cnn
-    from na_kernels.nn import replace_activations
+def _paths(events, synapse_layer, pools):
+    """Brute force: every (spike, pooling window, conv output, tap) path, with torch's own pooling
+    (divisor 1: window sums) and a conv of ones (the fan-out of each input channel)."""
+    dims = events.dim() - 2
+    x = events.to(torch.float64)
+    for pool in pools:
+        x = pool(x)
+    if isinstance(synapse_layer, nn.Linear):
+        return float(x.sum()) * synapse_layer.out_features
+    ones = torch.ones(synapse_layer.weight.shape, dtype=torch.float64)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+    return float(conv(x, ones, None, synapse_layer.stride, synapse_layer.padding, synapse_layer.dilation,
+                      synapse_layer.groups).sum())
 
+
+def _sum_pool(dims, kernel, stride, padding, ceil_mode):
+    if dims == 1:  # avg_pool1d has no divisor_override: a 2-d pool over a dim of 1
+        return lambda x: F.avg_pool2d(x.unsqueeze(2), (1, kernel), (1, stride), (0, padding), ceil_mode,
+                                      divisor_override=1).squeeze(2)
+    pool = F.avg_pool2d if dims == 2 else F.avg_pool3d
+    return lambda x: pool(x, kernel, stride, padding, ceil_mode, divisor_override=1)
+
+
+def _adaptive_sum_pool(dims, out):
+    def pool(x):  # window sums of torch's adaptive windows: a loop over the output positions
+        sizes = x.shape[2:]
+        outs = (out,) * dims
+        result = torch.zeros(x.shape[:2] + outs, dtype=x.dtype)
+        for index in itertools.product(*(range(o) for o in outs)):
+            window = tuple(slice(i * n // o, -(-(i + 1) * n // o)) for i, n, o in zip(index, sizes, outs))
+            result[(slice(None), slice(None)) + index] = x[(slice(None), slice(None)) + window].sum(
+                tuple(range(2, 2 + dims)))
+        return result
+    return pool
+
+
+GEOMETRIES = [  # (dims, spatial size, pools as (kind, args), conv kwargs or None for a linear)
+    (2, 9, [], dict(kernel_size=3, padding=1)),
+    (2, 9, [("avg", (2, 2, 0, False))], dict(kernel_size=3, padding=1)),
+    (2, 9, [("avg", (3, 2, 1, True))], dict(kernel_size=3, stride=2, padding=2, dilation=2, groups=2)),
+    (2, 8, [("avg", (2, 2, 0, False)), ("avg", (2, 1, 1, False))], dict(kernel_size=2)),
+    (2, 7, [("adaptive", 3)], dict(kernel_size=1)),
+    (2, 7, [("adaptive", 1)], None),
+    (2, 10, [("avg", (2, 2, 0, True))], None),
+    (2, 6, [], dict(kernel_size=3, padding="same", dilation=2)),
+    (1, 11, [("avg", (3, 2, 1, True))], dict(kernel_size=3, stride=2, padding=1)),
+    (3, 5, [("avg", (2, 2, 0, True))], dict(kernel_size=2, padding=1)),
+    (1, 7, [("adaptive", 4)], dict(kernel_size=2, padding="valid")),
+]
+
+
+@pytest.mark.parametrize("dims, size, pools, conv", GEOMETRIES)
+def test_event_driven_sops_count_every_path_exactly(dims, size, pools, conv):
+    from na_kernels.nn.stats import pool_spec, synapse_spec, synaptic_ops
+
+    g = torch.Generator().manual_seed(size)
+    events = (torch.rand((3, 4) + (size,) * dims, generator=g) < 0.3).to(torch.int32) * torch.randint(
+        1, 4, (3, 4) + (size,) * dims, generator=g, dtype=torch.int32)  # counts: several spikes per neuron
+    torch_pools, specs = [], []
+    for kind, args in pools:
+        if kind == "avg":
+            torch_pools.append(_sum_pool(dims, *args))
+            specs.append(pool_spec("avg", dims, kernel=args[0], stride=args[1], padding=args[2], ceil_mode=args[3]))
+        else:
+            torch_pools.append(_adaptive_sum_pool(dims, args))
+            specs.append(pool_spec("adaptive", dims, output_size=args))
+    pooled = events.to(torch.float64)
+    for pool in torch_pools:
+        pooled = pool(pooled)
+    if conv is None:
+        layer = nn.Linear(pooled[0].numel(), 5)
+    else:
+        layer = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1](4, 6, **conv)
+    positions = events.sum(dim=(0, 1))
+    got = float(synaptic_ops(positions, synapse_spec(layer), tuple(specs)))
+    assert got == _paths(events, layer, torch_pools) and got > 0
+
+
+def test_sops_behind_pooling_come_from_the_spike_counts_and_are_exact():
+    # conv -> IF -> avg-pool -> conv -> IF -> avg-pool -> linear: both layers behind pooling are
+    # counted by the IF layers from their counts (no pass over the spikes), every path exactly
     torch.manual_seed(0)
-    model, _ = replace_activations(digits_cnn(), p=3, lam=1.0)
-    snn = to_snn(model.eval(), T=4, chunk=3)
-    if calibrated:  # spikes of amplitude λ from a threshold θ != λ
-        for layer in snn.if_layers.values():
-            layer.threshold = layer.threshold * 0.7
-    meters = {m.name: m for m in snn.network.modules() if isinstance(m, SynapseMeter)}
-    from_counts = {name for name, m in meters.items() if m.__dict__.get("_source")}
-    # the convs right after an IF layer and the last linear; those after pooling count the spikes
-    assert from_counts == {"features.3", "features.10", "classifier.3"}
-    x = torch.randn(6, 1, 8, 8)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), NoisyQuant(3, lam=1.0, noise=None), nn.AvgPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1), NoisyQuant(3, lam=1.0, noise=None), nn.AvgPool2d(2, ceil_mode=True),
+        nn.Flatten(), nn.Linear(6 * 4 * 4, 5),
+    ).eval()
+    snn = to_snn(model, T=4, chunk=3)
+    meters = snn.synapses
+    assert [m.routed for m in meters.values()] == [False, True, True]
+    spikes = {}
+    for name, layer in snn.if_layers.items():
+        layer.register_forward_hook(lambda m, args, out, name=name: spikes.setdefault(name, []).append(out != 0))
+    x = torch.randn(5, 1, 14, 14)
     with torch.no_grad():
         snn(x)
-    fast = {s["name"]: s["sops"] for s in snn.statistics()["synapses"]}
-    for name in from_counts:
-        del meters[name].__dict__["_source"]
-    snn.reset_statistics()
+    events = {name: torch.cat(parts) for name, parts in spikes.items()}
+    sops = {s["name"]: s["sops"] for s in snn.statistics()["synapses"]}
+    assert sops["3"] == _paths(events["1"], model[3], [_sum_pool(2, 2, 2, 0, False)]) > 0
+    assert sops["7"] == _paths(events["4"], model[7], [_sum_pool(2, 2, 2, 0, True)]) > 0
+    layers = {row["name"]: row["sops"] for row in snn.statistics()["if_layers"]}
+    assert layers == {"1": sops["3"], "4": sops["7"]}
+
+
+def test_sops_of_a_sum_of_spikes_count_each_source_and_others_count_nonzero_inputs():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 3, padding=1)
+            self.a = NoisyQuant(3, lam=1.0, noise=None)
+            self.b = NoisyQuant(3, lam=0.5, noise=None)
+            self.head = nn.Conv2d(3, 2, 3, padding=1)
+            self.tail = nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            h = self.conv(x)
+            s, r = self.a(h), self.b(-h)
+            return self.head(s + r).mean((2, 3)) + self.tail(s * 0.5 - r).mean((2, 3))
+
+    torch.manual_seed(1)
+    model = Residual().eval()
+    snn = to_snn(model, T=3)
+    assert snn.synapses["head"].routed and not snn.synapses["tail"].routed
+    outputs, inputs = {}, {}
+    for name, layer in snn.if_layers.items():
+        layer.register_forward_hook(lambda m, args, out, name=name: outputs.__setitem__(name, out != 0))
+    snn.network.get_submodule("tail").register_forward_pre_hook(lambda m, args: inputs.__setitem__("tail", args[0]))
     with torch.no_grad():
-        snn(x)
-    exact = {s["name"]: s["sops"] for s in snn.statistics()["synapses"]}
-    assert fast == exact and sum(fast.values()) > 0
+        snn(torch.randn(4, 2, 6, 6))
+    sops = {s["name"]: s["sops"] for s in snn.statistics()["synapses"]}
+    assert sops["head"] == _paths(outputs["a"], model.head, []) + _paths(outputs["b"], model.head, [])
+    assert sops["tail"] == _paths(inputs["tail"] != 0, model.tail, [])

@@ -121,8 +121,8 @@ def test_element_noise_takes_word_i_mod_4_of_block_i_div_4(kind, first):
 @pytest.mark.parametrize("seed", [0, 987654321, -3, 2**62 + 17])
 def test_cpp_philox_matches_reference(first, seed, simd_level):
     count = 1003  # not a multiple of the vector width
-    out = torch.empty(count, 4, dtype=torch.int32)
-    cpu.extension().philox_fill(seed=seed & (2**64 - 1), first=first, count=count, out=out.data_ptr())
+    out = torch.frombuffer(cpu.extension().philox_fill(seed=seed & (2**64 - 1), first=first, count=count),
+                           dtype=torch.int32).reshape(count, 4)
     counters = torch.arange(first, first + count, dtype=torch.int64)
     assert torch.equal(out.to(torch.int64) & 0xFFFFFFFF, reference_words(seed, counters))
 
@@ -138,9 +138,9 @@ def test_cpp_noise_matches_reference(kind, first, seed, simd_level):
     # the noise itself, not only outputs it moves across a rounding step: bit for bit, gaussian
     # included (its float64 log, sin and cos round to the same float32 as torch's)
     count = 2**17 + 21
-    got = torch.empty(count, dtype=torch.float32)
-    cpu.extension().noise_fill(seed=seed & (2**64 - 1), first=first, count=count,
-                               noise=Noise.parse("noise", kind), scale=1.0, out=got.data_ptr())
+    got = torch.frombuffer(cpu.extension().noise_fill(seed=seed & (2**64 - 1), first=first, count=count,
+                                                      noise=Noise.parse("noise", kind), scale=1.0),
+                           dtype=torch.float32)
     ref = philox.noise_range(torch.tensor(seed), first, count, kind)
     assert torch.equal(got, ref), f"{(got != ref).sum()} of {count} differ"
 
@@ -151,9 +151,9 @@ def test_cpp_noise_scale_and_short_unaligned_ranges(kind, simd_level):
     seed = 2**33 + 5
     for first in (0, 1, 2, 3, 4 * 2**32 - 3):
         for count in (1, 2, 3, 5, 17, 33):
-            got = torch.empty(count, dtype=torch.float32)
-            cpu.extension().noise_fill(seed=seed, first=first, count=count, noise=Noise.parse("noise", kind),
-                                       scale=0.75, out=got.data_ptr())
+            got = torch.frombuffer(cpu.extension().noise_fill(seed=seed, first=first, count=count,
+                                                              noise=Noise.parse("noise", kind), scale=0.75),
+                                   dtype=torch.float32)
             expected = torch.tensor(0.75) * philox.noise_range(torch.tensor(seed), first, count, kind)
             assert torch.equal(got, expected), (first, count)
 
@@ -229,3 +229,17 @@ def test_gaussian_noise_statistics():
         assert abs(np.corrcoef(n[:-lag].numpy(), n[lag:].numpy())[0, 1]) < 0.01
     for word in range(4):
         assert abs(n[word::4].var().item() - 1.0) < 0.02
+
+
+@requires_cpp
+def test_the_fill_bindings_take_no_address_from_python():
+    # they return a new buffer: a bad address (out=8) used to be written to and crash the process
+    ext = cpu.extension()
+    with pytest.raises(TypeError):
+        ext.noise_fill(seed=0, first=0, count=4, noise=int(Noise.parse("noise", "uniform")), scale=1.0, out=8)
+    with pytest.raises(TypeError):
+        ext.philox_fill(seed=0, first=0, count=4, out=8)
+    with pytest.raises(ValueError, match="count must be >= 0"):
+        ext.noise_fill(seed=0, first=0, count=-1, noise=int(Noise.parse("noise", "uniform")), scale=1.0)
+    with pytest.raises(ValueError, match="count must be at most"):
+        ext.philox_fill(seed=0, first=0, count=2**40)

@@ -30,4 +30,4 @@ def test_unknown_codes_are_refused_naming_the_argument():
     with pytest.raises(ValueError, match="dtype must be"):
         ext.convert_to_float(dtype=5, src=0, dst=0, count=0)
     with pytest.raises(ValueError, match="noise must be"):
-        ext.noise_fill(seed=0, first=0, count=0, noise=9, scale=1.0, out=0)
+        ext.noise_fill(seed=0, first=0, count=0, noise=9, scale=1.0)

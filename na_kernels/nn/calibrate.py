@@ -16,7 +16,7 @@ iteration with the smallest total relative count error ``sum_c |n_c - target_c| 
 """
 import torch
 
-from .._validation import check_greater, check_int, check_real, check_time_steps
+from .._validation import check_batches, check_greater, check_int, check_real, check_time_steps
 
 
 def calibration_inputs(batch):
@@ -62,12 +62,9 @@ def calibrate_thresholds(
     batches = [calibration_inputs(batch) for batch in batches]
     if not batches:
         raise ValueError("calibrate_thresholds needs at least one batch")
-    for index, inputs in enumerate(batches):  # before anything changes: bad input loses nothing
-        for tensor in inputs:
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise ValueError(f"calibration batch {index} contains NaN or inf: thresholds left as they were")
+    check_batches("batches", batches)  # before anything changes: bad input loses nothing
     layers = snn.if_layers
-    recording = {name: layer.record for name, layer in layers.items()}
+    recording = {name: (layer.record, layer.record_channels) for name, layer in layers.items()}
     original = {name: layer.threshold.clone() for name, layer in layers.items()}
 
     targets = _ann_targets(snn, batches, T)
@@ -95,8 +92,8 @@ def calibrate_thresholds(
         raise
     finally:
         snn.reset_statistics()
-        for name, flag in recording.items():
-            layers[name].record = flag
+        for name, (flag, channels) in recording.items():
+            layers[name].record, layers[name].record_channels = flag, channels
     return dict(
         T=T,
         errors=history,
@@ -131,6 +128,8 @@ def _count_errors(snn, batches, T, targets):
     layers = snn.if_layers
     snn.reset_statistics()
     snn.record_statistics(True)
+    for layer in layers.values():
+        layer.record_channels = True
     for inputs in batches:
         snn(*inputs, T=T)
     counts = {name: layers[name].channel_spikes.to(torch.float64) for name in targets}

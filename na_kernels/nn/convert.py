@@ -9,8 +9,8 @@
    ``noisy_quant`` call (θ = λ, ``v_init = 0.5``);
 5. ``_add_time_repetition``: ``TimeRepeat`` where a value that is the same at every step
    (the input, the stem) meets one that varies (spikes), so the stem runs once;
-6. ``_add_synapse_meters``: a ``SynapseMeter`` before every conv/linear call (counting from
-   the IF layer's spike counts where it reads an IF output directly);
+6. ``_add_synapse_meters``: a ``SynapseMeter`` before every conv/linear call (its SOPs counted
+   by the IF layers from their spike counts where spikes reach it through routing only);
 7. ``_wrap``: recompile and wrap the graph in a ``SpikingNetwork`` with its report.
 """
 import copy
@@ -45,7 +45,7 @@ from .fx_utils import (
 from .if_layer import IFLayer
 from .network import SpikingNetwork, TimeRepeat
 from .noisy_quant import NoisyQuant
-from .stats import SynapseMeter
+from .stats import SynapseMeter, pool_spec
 
 MAXPOOL_TYPES = (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d
@@ -251,7 +251,7 @@ _LINEAR_FUNCTIONS = (
     operator.add, operator.iadd, operator.sub, operator.isub, operator.neg, operator.pos, operator.getitem,
     torch.add, torch.sub, torch.cat, torch.concat, torch.stack, torch.flatten, torch.reshape, torch.squeeze,
     torch.unsqueeze, torch.transpose, torch.permute, torch.chunk, torch.split, torch.sum, torch.mean,
-    torch.neg, F.linear, F.conv1d, F.conv2d, F.conv3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    torch.neg, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.avg_pool1d, F.dropout, F.dropout1d,
     F.dropout2d, F.dropout3d, getattr,
 )
@@ -260,6 +260,8 @@ _LINEAR_METHODS = (
     "transpose", "permute", "expand", "expand_as", "chunk", "split", "add", "add_", "sub", "sub_", "neg", "sum",
     "mean", "to", "float", "half", "bfloat16", "type_as", "clone", "detach", "__getitem__",
 ) + _META_METHODS
+_WEIGHTED_FUNCTIONS = (F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
+                       F.conv_transpose3d)
 _SCALING_FUNCTIONS = (operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div)
 _SCALING_METHODS = ("mul", "mul_", "div", "div_")
 
@@ -306,6 +308,8 @@ def _linear_in_time(gm: fx.GraphModule, node: fx.Node, kind) -> bool:
             return node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True) is False
         if node.target in _SCALING_FUNCTIONS:
             return _scaled_by_a_constant(node, kind)
+        if node.target in _WEIGHTED_FUNCTIONS:
+            return _weighted_by_a_constant(node, kind)
         return node.target in _LINEAR_FUNCTIONS
     if node.op == "call_method":
         if node.target in _SCALING_METHODS:
@@ -322,6 +326,14 @@ def _scaled_by_a_constant(node: fx.Node, kind) -> bool:
     if division:
         return len(spiking) >= 2 and not spiking[1]
     return sum(spiking) <= 1
+
+
+def _weighted_by_a_constant(node: fx.Node, kind) -> bool:
+    """``F.linear`` / ``F.conv*(input, weight, bias)``: bilinear in input and weight, so (like a
+    product) at most one of the two may depend on spikes; a spiking bias only adds."""
+    arguments = dict(zip(("input", "weight"), node.args))
+    arguments.update((k, v) for k, v in node.kwargs.items() if k in ("input", "weight"))
+    return sum(isinstance(a, fx.Node) and kind.get(a) == _VARYING for a in arguments.values()) <= 1
 
 
 def _add_time_repetition(gm: fx.GraphModule, if_nodes: Dict[fx.Node, str]) -> bool:
@@ -365,16 +377,19 @@ def _add_time_repetition(gm: fx.GraphModule, if_nodes: Dict[fx.Node, str]) -> bo
 def _add_synapse_meters(gm: fx.GraphModule, if_nodes: Dict[fx.Node, str]) -> None:
     """Insert a ``SynapseMeter`` before every conv/linear call (named like the IF layers:
     ``<layer>``, ``<layer>_call2``, ...); it is spike-driven when IF layers reach the call
-    through stateless ops, analog (the stem) otherwise."""
+    through stateless ops, analog (the stem) otherwise. Where IF outputs reach it through
+    routing only (``_routes``), each of those IF layers counts its SOPs from its spike counts."""
     graph = gm.graph
     synaptic_nodes = module_calls(gm, SYNAPTIC_TYPES)
     synaptic_set = set(synaptic_nodes)
     for index, (node, name) in enumerate(number_call_sites(synaptic_nodes)):
         sources = _upstream_if_layers(node, if_nodes, synaptic_set)
         meter = SynapseMeter(name, gm.get_submodule(node.target), sources, spike_driven=bool(sources))
-        direct = _reshaped_if_output(gm, node.args[0], if_nodes)
-        if direct is not None:
-            meter.count_from(gm.get_submodule(if_nodes[direct]))
+        routes = _routes(gm, node.args[0], if_nodes, conv=meter.dims) if sources else None
+        if routes:
+            for if_node, pools in routes:
+                gm.get_submodule(if_nodes[if_node]).add_route(name, meter.synapse, pools)
+            meter.routed = True
         target = free_submodule_name(gm, f"synapse_meter_{index}")
         gm.add_submodule(target, meter)
         with graph.inserting_before(node):
@@ -382,23 +397,77 @@ def _add_synapse_meters(gm: fx.GraphModule, if_nodes: Dict[fx.Node, str]) -> Non
         node.replace_input_with(node.args[0], measured)
 
 
-_RESHAPE_MODULES = (nn.Flatten, nn.Unflatten, nn.Identity)
+_PASS_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+_RESHAPE_MODULES = (nn.Flatten, nn.Unflatten)
 _RESHAPE_FUNCTIONS = (torch.flatten, torch.reshape)
-_RESHAPE_METHODS = ("view", "reshape", "flatten", "contiguous")
+_RESHAPE_METHODS = ("view", "reshape", "flatten")
+_AVG_POOL_MODULES = {nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3}
+_ADAPTIVE_POOL_MODULES = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3}
+_AVG_POOL_FUNCTIONS = {F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3}
+_ADAPTIVE_POOL_FUNCTIONS = {F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.adaptive_avg_pool3d: 3}
+_ADDS = (operator.add, operator.iadd, torch.add)
 
 
-def _reshaped_if_output(gm: fx.GraphModule, value, if_nodes):
-    """The IF node whose output ``value`` is, up to reshaping (flatten, view, ...), else None."""
-    while isinstance(value, fx.Node) and value not in if_nodes:
-        if value.op == "call_module" and type(gm.get_submodule(value.target)) in _RESHAPE_MODULES:
-            value = value.args[0]
-        elif value.op == "call_function" and value.target in _RESHAPE_FUNCTIONS:
-            value = value.args[0]
-        elif value.op == "call_method" and value.target in _RESHAPE_METHODS:
-            value = value.args[0]
-        else:
-            return None
-    return value if isinstance(value, fx.Node) else None
+def _routes(gm: fx.GraphModule, value, if_nodes, conv: int):
+    """How spikes reach ``value`` (a conv/linear input): ``[(IF node, pool specs), ...]`` when it
+    is IF outputs routed by reshapes (not for a conv: it needs the IF's spatial layout), average
+    pooling, dropout/identity and sums only, each path one entry; None otherwise (then the
+    meter counts nonzero inputs). ``conv``: the conv's spatial dims, 0 for a linear."""
+    if not isinstance(value, fx.Node):
+        return None
+    if value in if_nodes:
+        return [(value, ())]
+    pool, source = None, None
+    if value.op == "call_module":
+        module = gm.get_submodule(value.target)
+        kind = type(module)
+        if kind in _PASS_MODULES or (kind in _RESHAPE_MODULES and not conv):
+            source = value.args[0]
+        elif kind in _AVG_POOL_MODULES:
+            pool = pool_spec("avg", _AVG_POOL_MODULES[kind], kernel=module.kernel_size, stride=module.stride,
+                             padding=module.padding, ceil_mode=module.ceil_mode)
+            source = value.args[0]
+        elif kind in _ADAPTIVE_POOL_MODULES:
+            pool = pool_spec("adaptive", _ADAPTIVE_POOL_MODULES[kind], output_size=module.output_size)
+            source = value.args[0]
+    elif value.op == "call_function":
+        if value.target in _RESHAPE_FUNCTIONS and not conv:
+            source = value.args[0]
+        elif value.target in _AVG_POOL_FUNCTIONS or value.target in _ADAPTIVE_POOL_FUNCTIONS:
+            pool = _functional_pool(value)
+            source = value.args[0] if pool is not None else None
+        elif value.target in _ADDS and len(value.args) == 2 and not value.kwargs:
+            left, right = (_routes(gm, a, if_nodes, conv) for a in value.args)
+            return left + right if left and right else None
+    elif value.op == "call_method":
+        if value.target == "contiguous" or (value.target in _RESHAPE_METHODS and not conv):
+            source = value.args[0]
+    if source is None:
+        return None
+    if pool is None:
+        return _routes(gm, source, if_nodes, conv)
+    dims = len(pool[1])
+    if conv and dims != conv:
+        return None
+    routes = _routes(gm, source, if_nodes, dims)  # below a pool: the IF's own layout, no reshape
+    return None if routes is None else [(node, pools + (pool,)) for node, pools in routes]
+
+
+def _functional_pool(node: fx.Node):
+    """The pool spec of an ``F.avg_pool*`` / ``F.adaptive_avg_pool*`` call with constant arguments, else None."""
+    if node.target in _ADAPTIVE_POOL_FUNCTIONS:
+        names, dims = ("input", "output_size"), _ADAPTIVE_POOL_FUNCTIONS[node.target]
+    else:
+        names, dims = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                       "divisor_override"), _AVG_POOL_FUNCTIONS[node.target]
+    arguments = dict(zip(names, node.args))
+    arguments.update(node.kwargs)
+    if any(isinstance(v, fx.Node) for k, v in arguments.items() if k != "input"):
+        return None
+    if node.target in _ADAPTIVE_POOL_FUNCTIONS:
+        return pool_spec("adaptive", dims, output_size=arguments.get("output_size"))
+    return pool_spec("avg", dims, kernel=arguments.get("kernel_size"), stride=arguments.get("stride"),
+                     padding=arguments.get("padding", 0), ceil_mode=arguments.get("ceil_mode", False))
 
 
 def _wrap(gm: fx.GraphModule, T: int, chunk: Optional[int], *, if_layers: List[str], folded: List[str],

@@ -78,10 +78,19 @@ class ExitRule:
         object.__setattr__(self, "min_steps", check_int("min_steps", self.min_steps, minimum=1,
                                                         meaning="the first step at which a sample may stop"))
 
+    def probabilities(self, mean_logits: torch.Tensor) -> torch.Tensor:
+        """``[..., K]`` -> ``softmax(mean_logits / temperature)`` over K, in float32.
+
+        Computed as ``softmax((x - max x) / temperature)``: the same probabilities, but a tiny
+        temperature no longer turns the logits into infinities (``inf - inf`` = NaN); as
+        temperature -> 0 they go to 1 on the largest logit (shared among ties)."""
+        x = mean_logits.to(torch.float32)
+        shifted = x - x.amax(dim=-1, keepdim=True)  # <= 0 (NaN only where a logit is NaN)
+        return torch.softmax(shifted / self.temperature, dim=-1)
+
     def holds(self, mean_logits: torch.Tensor) -> torch.Tensor:
         """``[..., K]`` running outputs -> bool ``[...]``: whether the rule holds (min_steps aside)."""
-        p = torch.softmax(mean_logits.to(torch.float32) / self.temperature, dim=-1)
-        top = p.topk(2, dim=-1).values
+        top = self.probabilities(mean_logits).topk(2, dim=-1).values
         ok = torch.ones(top.shape[:-1], dtype=torch.bool, device=top.device)
         if self.confidence is not None:
             ok &= top[..., 0] >= self.confidence
@@ -252,6 +261,14 @@ def _check_batch(x, labels):
             raise TypeError(f"labels must be an integer tensor [B] (class indices), got {labels!r:.80}")
         if tuple(labels.shape) != (x.shape[0],):
             raise ValueError(f"labels must have shape [B] = ({x.shape[0]},) like x, got {tuple(labels.shape)}")
+
+
+def _check_labels(labels, outputs):
+    """Labels ``[B]`` must index the K classes of ``outputs`` ``[B, K]``: else accuracy is silently 0."""
+    classes = outputs.shape[-1]
+    if labels is not None and labels.numel() and not bool(((labels >= 0) & (labels < classes)).all()):
+        raise ValueError(f"labels must be class indices in [0, {classes}) (the network has {classes} outputs), "
+                         f"got values from {int(labels.min())} to {int(labels.max())}")
 
 
 def _check_steps(snn, rule, T_max, chunk):
@@ -433,6 +450,7 @@ def run_early_exit(snn, x: torch.Tensor, rule: RuleLike, *, T_max: Optional[int]
     _check_batch(x, labels)
     snn.reset_statistics()
     outputs, exit_steps, steps_run = _run_batch(snn, x, rule, T_max, chunk)
+    _check_labels(labels, outputs)
     return EarlyExitResult(outputs.argmax(-1), exit_steps, steps_run, outputs, T_max, chunk, rule,
                            None if labels is None else labels.cpu(), _statistics(snn))
 
@@ -452,6 +470,7 @@ def evaluate_early_exit(snn, batches: Iterable, rule: RuleLike, *, T_max: Option
         x, labels = item if isinstance(item, (tuple, list)) else (item, None)
         _check_batch(x, labels)
         outputs, exit_steps, steps_run = _run_batch(snn, x, rule, T_max, chunk)
+        _check_labels(labels, outputs)
         parts.append(EarlyExitResult(outputs.argmax(-1), exit_steps, steps_run, outputs, T_max, chunk, rule,
                                      None if labels is None else labels.cpu()))
     if not parts:

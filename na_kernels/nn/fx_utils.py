@@ -85,8 +85,10 @@ def describe_call(node: fx.Node) -> str:
     if node.op == "call_method":
         return f"Tensor.{node.target}()"
     module = getattr(node.target, "__module__", "") or ""
-    prefix = "F" if module.endswith("functional") else "torch"
-    return f"{prefix}.{getattr(node.target, '__name__', node.target)}()"
+    name = getattr(node.target, "__name__", node.target)
+    # F.linear / F.conv2d are torch._C builtins: known by the name F gives them
+    prefix = "F" if module.endswith("functional") or getattr(F, str(name), None) is node.target else "torch"
+    return f"{prefix}.{name}()"
 
 
 # ---------------------------------------------------------------------------------- call matching

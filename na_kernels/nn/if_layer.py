@@ -1,10 +1,13 @@
 """IFLayer: the integrate-and-fire neurons that replace one NoisyQuant call site in an SNN."""
+import math
+
 import torch
 from torch import nn
 
-from ..ops.integrate_fire import integrate_fire
+from ..ops.integrate_fire import integrate_fire, integrate_fire_carried
 from ..ops.noisy_quant import noisy_quant
-from .._validation import check_dense
+from .._validation import check_dense, check_parameter_values
+from .stats import synaptic_ops
 
 V_INIT = 0.5  # the initial membrane potential v_init, as a fraction of the threshold θ
 
@@ -24,15 +27,18 @@ class IFLayer(nn.Module):
     every step (``input_is_constant``); output ``[T*B, C, ...]`` in the input's dtype.
     In "ann" mode the layer is the quantized ANN activation ``noisy_quant(x, p, λ, noise=None)``.
 
-    Statistics of the runs since the last reset: ``spikes`` (total), ``neuron_steps``
-    (neurons x samples x steps), ``channel_spikes`` ([C]), ``neurons`` (per sample), all from
-    the kernel's int32 spike counts (one reduction over ``[B, C, ...]`` per run, T times
-    smaller than the spikes), while ``record`` is True.
+    Statistics of the runs since the last reset, while ``record`` is True: ``spikes`` (total),
+    ``neuron_steps`` (neurons x samples x steps), ``neurons`` (per sample), 0-d int64 tensors
+    updated in place, and with ``record_channels`` also ``channel_spikes`` ([C] int64, for
+    ``calibrate_thresholds``); ``route_sops`` (float64, one per entry of ``routes``: the SOPs
+    its spikes cause in the conv/linear layers they reach through routing ops, see
+    ``na_kernels.nn.stats``). All from the kernel's int32 spike counts (one reduction over
+    ``[B, C, ...]`` per run, T times smaller than the spikes), without a host sync.
     """
 
     def __init__(self, name: str, lam: torch.Tensor, p: int, *, input_is_constant: bool = False):
         super().__init__()
-        lam = lam.detach().to(torch.float32).clone()
+        lam = check_parameter_values("lam", lam.detach().to(torch.float32).clone(), f"IF layer {name}")
         self.name = name
         self.p = int(p)
         self.register_buffer("threshold", lam.clone())
@@ -44,8 +50,20 @@ class IFLayer(nn.Module):
         self.carry_state = False
         self.v = None
         self.record = True
+        self.record_channels = False
         self.record_ann_levels = False
+        self.routes = ()  # ((meter name, synapse spec, pool specs), ...): set by add_route
+        for name in ("spikes", "neuron_steps", "neurons"):
+            self.register_buffer(name, torch.zeros((), dtype=torch.int64), persistent=False)
+        self.register_buffer("route_sops", torch.zeros(0, dtype=torch.float64), persistent=False)
         self.reset_statistics()
+
+    def add_route(self, meter: str, synapse, pools=()) -> None:
+        """Count the SOPs this layer's spikes cause in the conv/linear measured by ``meter``
+        (``stats.synapse_spec``), reached through the average pools ``pools`` (``stats.pool_spec``,
+        in order) and reshapes only."""
+        self.routes = self.routes + ((meter, tuple(synapse), tuple(pools)),)
+        self.route_sops = torch.zeros(len(self.routes), dtype=torch.float64, device=self.threshold.device)
 
     @property
     def per_channel(self) -> bool:
@@ -89,13 +107,10 @@ class IFLayer(nn.Module):
 
     def reset_statistics(self):
         """Forget the spike counts of earlier runs."""
-        self.spikes = None
-        self.neuron_steps = 0
-        self.neurons = 0
+        for counter in (self.spikes, self.neuron_steps, self.neurons, self.route_sops):
+            counter.zero_()
         self.channel_spikes = None
-        self.channel_neuron_steps = 0
         self.ann_channel_levels = None
-        self.last_counts = None  # the counts of the latest run, read by the SynapseMeters it feeds
 
     def reset_state(self):
         """Forget the membrane potential carried between chunks (the next run starts at v_init)."""
@@ -104,11 +119,10 @@ class IFLayer(nn.Module):
     def __getstate__(self):
         # torch.save(snn) on a GPU machine must load on a CPU-only one: statistics go to the CPU
         state = self.__dict__.copy()
-        for key in ("spikes", "channel_spikes", "ann_channel_levels"):
+        for key in ("channel_spikes", "ann_channel_levels"):
             if isinstance(state.get(key), torch.Tensor):
                 state[key] = state[key].cpu()
         state["v"] = None
-        state["last_counts"] = None
         return state
 
     def extra_repr(self):
@@ -134,10 +148,13 @@ class IFLayer(nn.Module):
                 raise RuntimeError(f"{self.name}: input batch {x.shape[0]} is not a multiple of T = {T}")
             x_seq = x.reshape((T, x.shape[0] // T) + tuple(x.shape[1:]))
         calibrated = self.calibrated
-        v_init = self.v if self.v is not None else V_INIT
-        spikes, counts, v_final = integrate_fire(
-            x_seq, self.threshold, v_init=v_init, amplitude=1.0 if calibrated else "threshold", return_v=True
-        )
+        amplitude = 1.0 if calibrated else "threshold"
+        if self.v is None:
+            spikes, counts, v_final = integrate_fire(x_seq, self.threshold, v_init=V_INIT, amplitude=amplitude,
+                                                     return_v=True)
+        else:  # the previous chunk's potential: NaN / inf where the input had them
+            spikes, counts, v_final = integrate_fire_carried(x_seq, self.threshold, self.v, amplitude=amplitude,
+                                                             return_v=True)
         if calibrated:
             spikes = spikes * self._channel_view(self.amplitude, spikes.dim() - 1).to(spikes.dtype)
         if self.carry_state:  # kept in the graph: gradients flow across chunks
@@ -146,26 +163,27 @@ class IFLayer(nn.Module):
             self._record_counts(counts, T)
         return spikes.reshape((-1,) + tuple(spikes.shape[2:]))
 
-    @torch.compiler.disable  # python counters: under torch.compile they must not become guards
     @torch.no_grad()
     def _record_counts(self, counts, T):
         # from the kernel's int32 counts ([B, C, ...], T times smaller than the spikes): one
-        # reduction per channel, the rest from that
-        self.last_counts = counts
-        per_sample = counts[0].numel() if counts.dim() > 0 and counts.shape[0] else 0
-        self.neurons = per_sample
-        self.neuron_steps += counts.numel() * T
-        if counts.dim() >= 2:
-            dims = (0,) + tuple(range(2, counts.dim()))
-            channel = counts.sum(dim=dims, dtype=torch.int64)
-            total = channel.sum()
-            if self.channel_spikes is not None:
-                channel = self.channel_spikes.to(channel.device) + channel
-            self.channel_spikes = channel
-            self.channel_neuron_steps += (counts.numel() // counts.shape[1]) * T
+        # reduction over the batch (int32 holds B*T), everything else from that [C, ...] map;
+        # in-place updates of tensors: no host sync, and no Python counter for torch.compile to guard
+        self.neurons.fill_(math.prod(counts.shape[1:]))
+        self.neuron_steps.add_(counts.numel() * T)
+        if counts.dim() < 2:  # one neuron per sample
+            positions = counts.sum(dtype=torch.int64)
+            self.spikes.add_(positions)
         else:
-            total = counts.sum(dtype=torch.int64)
-        self.spikes = total if self.spikes is None else self.spikes.to(total.device) + total
+            per_neuron = counts.sum(0, dtype=torch.int32)  # [C, ...]: at most B*T each
+            channel = per_neuron.reshape(per_neuron.shape[0], math.prod(per_neuron.shape[1:])).sum(
+                1, dtype=torch.int64)  # [C]
+            self.spikes.add_(channel.sum())
+            if self.record_channels:
+                self.channel_spikes = channel if self.channel_spikes is None else self.channel_spikes + channel
+            positions = per_neuron.sum(0, dtype=torch.int64) if self.routes else None  # the spatial dims
+        if self.routes:
+            self.route_sops.add_(torch.stack([synaptic_ops(positions, synapse, pools)
+                                              for _, synapse, pools in self.routes]))
 
     @torch.no_grad()
     def _record_levels(self, y, ndim):

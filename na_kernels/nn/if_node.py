@@ -33,7 +33,7 @@ from torch import nn
 
 from .._spec import Surrogate
 from .._validation import check_bool, check_real
-from ..ops.integrate_fire import integrate_fire
+from ..ops.integrate_fire import integrate_fire, integrate_fire_carried
 from ..reference.integrate_fire import surrogate_grad, threshold_view
 
 # SpikingJelly's surrogate classes and what integrate_fire calls them (same formula in u = h - θ)
@@ -244,11 +244,12 @@ class IFNode(nn.Module):
             self.v = self._v16.to(torch.float32)
         state = self._v
         threshold = self._kernel_threshold()
-        spikes, _, v_final = integrate_fire(
-            x_seq, threshold, v_init=0.0 if state is None else state,
-            reset="subtract" if self.v_reset is None else "zero", amplitude=1.0, surrogate=self.surrogate,
-            alpha=self.alpha, detach_reset=self.detach_reset, return_v=True,
-        )
+        options = dict(reset="subtract" if self.v_reset is None else "zero", amplitude=1.0, surrogate=self.surrogate,
+                       alpha=self.alpha, detach_reset=self.detach_reset, return_v=True)
+        if state is None:
+            spikes, _, v_final = integrate_fire(x_seq, threshold, v_init=0.0, **options)
+        else:  # the carried potential: NaN / inf where an earlier input had them
+            spikes, _, v_final = integrate_fire_carried(x_seq, threshold, state, **options)
         if self.store_v_seq:
             v_seq = self._potentials(x_seq, spikes, state, threshold) + self._offset
             if self.step_mode == "s" and isinstance(self.v_seq, torch.Tensor):

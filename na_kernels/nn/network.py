@@ -63,9 +63,28 @@ class SpikingNetwork(nn.Module):
         self.network = network
         self.T = check_time_steps("T", T)
         self.chunk = check_time_steps("chunk", chunk, allow_none=True)
-        self.samples = 0
-        self.sample_steps = 0
+        # samples and sample-steps (sum of B*T) recorded: a tensor updated in place (no host sync,
+        # no Python counter for torch.compile to guard on)
+        self.register_buffer("run_counts", torch.zeros(2, dtype=torch.int64), persistent=False)
         self.conversion_report = {}
+
+    @property
+    def samples(self) -> int:
+        """Samples run with statistics on since the last reset."""
+        return int(self.run_counts[0])
+
+    @samples.setter
+    def samples(self, value):
+        self.run_counts[0] = value
+
+    @property
+    def sample_steps(self) -> int:
+        """Sum of B*T over the runs with statistics on since the last reset."""
+        return int(self.run_counts[1])
+
+    @sample_steps.setter
+    def sample_steps(self, value):
+        self.run_counts[1] = value
 
     @property
     def if_layers(self) -> Dict[str, IFLayer]:
@@ -112,8 +131,9 @@ class SpikingNetwork(nn.Module):
         finally:
             self._set(carry_state=False, v=None, time_steps=1)
         if any(layer.record for layer in self.if_layers.values()):
-            self.samples += batch
-            self.sample_steps += batch * T
+            with torch.no_grad():
+                self.run_counts[0] += batch
+                self.run_counts[1] += batch * T
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
     def ann(self, *inputs):
@@ -131,8 +151,7 @@ class SpikingNetwork(nn.Module):
 
     def reset_statistics(self):
         """Forget the counts of earlier runs."""
-        self.samples = 0
-        self.sample_steps = 0
+        self.run_counts.zero_()
         for module in self.network.modules():
             if isinstance(module, (IFLayer, SynapseMeter)):
                 module.reset_statistics()

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._validation import check_bool, check_int, check_real, check_time_steps
+from .._validation import check_batches, check_bool, check_int, check_parameter_values, check_real, check_time_steps
 from .calibrate import calibrate_thresholds, calibration_inputs
 from .convert import to_snn
 from .noisy_quant import NoisyQuant
@@ -125,12 +125,10 @@ def post_training_convert(
     if isinstance(calibration_data, torch.Tensor):
         raise TypeError("calibration_data must be an iterable of batches (e.g. a DataLoader or [x]), got one tensor: "
                         "wrap it in a list")
-    batches = [calibration_inputs(batch) for batch in calibration_data]
+    batches = check_batches("calibration_data", [calibration_inputs(batch) for batch in calibration_data])
     if not batches:
         raise ValueError("post_training_convert needs at least one calibration batch")
     samples = sum(inputs[0].shape[0] for inputs in batches)
-    if samples == 0:
-        raise ValueError("the calibration batches hold no samples")
 
     ann, replacement = replace_activations(copy.deepcopy(model).eval(), p=T, noise=None, lam=1.0,
                                            per_channel=per_channel, per_call_site=True)
@@ -138,6 +136,7 @@ def post_training_convert(
         raise ValueError("post_training_convert found no ReLU / ReLU6 / Hardtanh(0, a) activation to convert")
     sites = {name: ann.get_submodule(name) for name, _ in replacement.replaced}
     streams, handles = {}, []
+    current = [0]  # the index of the batch being observed
 
     def observer(name, clip):
         def hook(module, inputs, output):
@@ -150,13 +149,18 @@ def post_training_convert(
                 per_sample = rows.shape[1] // max(activation.shape[0], 1)
                 streams[name] = StreamingPercentile(percentile, per_sample * samples)
             streams[name].update(rows.to(torch.float32))
+            if not bool(torch.isfinite(streams[name].top[:, 0]).all()):  # each row's largest (topk puts NaN first)
+                raise ValueError(
+                    f"calibration_data: batch {current[0]} overflows float32 at activation {name} (inf or NaN "
+                    "from finite data): scale the data to the range the model was trained on")
             return activation
         return hook
 
     for name, module in sites.items():
         handles.append(module.register_forward_hook(observer(name, replacement.clip_levels.get(name, math.inf))))
     try:
-        for inputs in tqdm(batches, desc="calibration activations", disable=not progress, leave=False):
+        for current[0], inputs in enumerate(tqdm(batches, desc="calibration activations", disable=not progress,
+                                                  leave=False)):
             ann(*inputs)
     finally:
         for handle in handles:
@@ -170,6 +174,7 @@ def post_training_convert(
         floor = 2 * module.min_lam
         fallback = lam.max() if bool((lam > floor).any()) else torch.ones(())
         lam = torch.where(lam > floor, lam, fallback.to(lam))
+        check_parameter_values("lam", lam, f"activation {name} (its percentile over calibration_data)")
         module.lam = lam if per_channel else lam.reshape(())
         lams[name] = module.lam.detach().clone()
 
@@ -197,7 +202,7 @@ def _best_percentile(model, calibration_data, T, candidates, *, progress, **opti
     if isinstance(calibration_data, torch.Tensor):
         raise TypeError("calibration_data must be an iterable of batches (e.g. a DataLoader or [x]), got one tensor: "
                         "wrap it in a list")
-    batches = [calibration_inputs(batch) for batch in calibration_data]
+    batches = check_batches("calibration_data", [calibration_inputs(batch) for batch in calibration_data])
     ann = copy.deepcopy(model).eval()
     targets = [ann(*inputs).to(torch.float64) for inputs in batches]
     best, errors = None, {}

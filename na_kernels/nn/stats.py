@@ -5,42 +5,144 @@ Counted over every ``snn(x)`` call since ``snn.reset_statistics()``:
 - per IF layer: ``neurons`` (per sample), ``spikes`` (the sum of the kernel's int32 counts),
   ``firing_rate = spikes / (neurons * samples * T)`` (spikes per neuron per step);
 - per conv/linear layer: spike-driven layers (fed by IF layers through stateless ops) cost one
-  accumulate per synapse an input event reaches, ``SOPs = sum_i [input_i != 0] * fanout_i``
-  (computed exactly, borders included); analog layers (fed by the input only: the stem,
-  which runs once per sample because its input is the same at every step) cost MACs;
+  accumulate per synapse a spike reaches, ``SOPs = sum over spikes of their fan-out``; analog
+  layers (fed by the input only: the stem, which runs once per sample because its input is
+  the same at every step) cost MACs;
 - an IF layer's ``sops`` are those of the layers its spikes feed (split evenly where a layer
-  is fed by several IF layers, e.g. after a residual addition);
+  is fed by several IF layers through an operation other than a sum, e.g. a concatenation);
 - energy per sample: ``E_SNN = E_AC * SOPs + E_MAC * MACs(analog layers)`` against
   ``E_ANN = E_MAC * MACs(all conv/linear layers)``; defaults 0.9 pJ per AC and 4.6 pJ per
   MAC (32-bit float at 45 nm, Horowitz, ISSCC 2014). Only conv/linear operations are
   counted (not pooling, additions, the neurons' own updates or memory traffic).
 
-Cost: statistics are on by default and nearly free. Spike counts come from the kernel's int32
-counts ``[B, C, ...]`` (one reduction per run, T times smaller than the spikes); a conv/linear
-that reads an IF layer's output directly (or flattened) takes its nonzero inputs from those
-counts too; only one behind pooling or another mixing op reads its input once
-(``[x != 0]``). Measured on the digits CNN (540 images, one thread, a shared machine): about
-50 % of inference before this design, 1-10 % with it, at T = 8 and 64
-(``bench/statistics_overhead.py``). ``snn.record_statistics(False)`` turns them off.
+Where the spikes of IF layers reach a conv/linear through routing only (reshapes, average
+pooling, dropout in eval, sums of such), the SOPs are event-driven and exact: each spike
+reaches every synapse of every pooling window that contains it, so with ``c`` the spike counts
+summed over the batch and channels (one reduction of the kernel's int32 counts ``[B, C, ...]``,
+T times smaller than the spikes) and ``g_d`` the fan-out of a position along spatial dim d
+(per-dim window memberships of the pools times the conv's per-dim fan-out: convolution and
+pooling windows are products of per-dim windows)::
+
+    SOPs = out_channels / groups * sum_{h, w} c[h, w] * g_h[h] * g_w[w]     (conv2d; linear:
+    g = window memberships, times out_features)
+
+computed in the IF layer from its counts (``IFLayer.routes``), with no pass over the spikes. A
+conv/linear fed otherwise (a product, a concatenation, analog values mixed in) counts its
+nonzero inputs ``[x != 0]`` instead (one pass over its input). All counters are tensors
+updated in place (no host sync, one graph under torch.compile). ``snn.record_statistics(False)``
+turns them off; ``bench/statistics_overhead.py`` measures their cost.
 """
 import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .._validation import check_dense, check_real
 from .fx_utils import CONV_TYPES
+
+
+def _tuple(value, dims):
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * dims
+
+
+def synapse_spec(layer: nn.Module):
+    """The plain-data description of a conv/linear layer's synapses that ``fanout_vectors`` reads:
+    ``("conv", kernel, stride, padding, dilation, out_channels // groups)`` or ``("linear", out_features)``."""
+    if isinstance(layer, CONV_TYPES):
+        dims = len(layer.kernel_size)
+        padding = layer.padding if isinstance(layer.padding, str) else _tuple(layer.padding, dims)
+        return ("conv", tuple(layer.kernel_size), _tuple(layer.stride, dims), padding, _tuple(layer.dilation, dims),
+                layer.out_channels // layer.groups)
+    return ("linear", layer.out_features)
+
+
+def pool_spec(kind: str, dims: int, *, kernel=None, stride=None, padding=0, ceil_mode=False, output_size=None):
+    """A pooling step of a route: ``("avg", kernel, stride, padding, ceil_mode)`` or ``("adaptive", output_size)``."""
+    if kind == "adaptive":
+        return ("adaptive", _tuple(output_size, dims))
+    kernel = _tuple(kernel, dims)
+    return ("avg", kernel, kernel if stride is None or stride == [] else _tuple(stride, dims), _tuple(padding, dims),
+            bool(ceil_mode))
+
+
+def _pool_membership(pool, d, size, device):
+    """``[O, size]`` float64 0/1: whether input position i (along dim d) lies in window o."""
+    i = torch.arange(size, device=device, dtype=torch.int64)
+    if pool[0] == "adaptive":
+        out = pool[1][d]
+        out = size if out is None else out
+        o = torch.arange(out, device=device, dtype=torch.int64).unsqueeze(1)
+        start = torch.div(o * size, out, rounding_mode="floor")
+        end = -torch.div(-(o + 1) * size, out, rounding_mode="floor")  # ceil
+        return ((i >= start) & (i < end)).to(torch.float64)
+    _, kernel, stride, padding, ceil_mode = pool
+    k, s, p = kernel[d], stride[d], padding[d]
+    span = size + 2 * p - k
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= size + p:  # the last window must start inside the input or left padding
+        out -= 1
+    start = torch.arange(out, device=device, dtype=torch.int64).unsqueeze(1) * s - p
+    return ((i >= start) & (i < start + k)).to(torch.float64)
+
+
+def _conv_fanout(synapse, d, size, device):
+    """``[size]`` float64: how many (output position, kernel tap) pairs read input position i along dim d."""
+    _, kernel, stride, padding, dilation, _ = synapse
+    k, s, dil = kernel[d], stride[d], dilation[d]
+    if padding == "valid":
+        p = 0
+    elif padding == "same":
+        p = dil * (k - 1) // 2
+    else:
+        p = padding[d]
+    out = (size + 2 * p - dil * (k - 1) - 1) // s + 1
+    if padding == "same":
+        out = size
+    i = torch.arange(size, device=device, dtype=torch.int64)
+    taps = torch.arange(k, device=device, dtype=torch.int64).unsqueeze(1) * dil - p  # [k, 1]
+    shifted = i - taps  # o * s for the output o that tap j of reads i
+    hit = (torch.remainder(shifted, s) == 0) & (shifted >= 0) & (shifted < out * s)
+    return hit.to(torch.float64).sum(0)
+
+
+def synaptic_ops(position_counts, synapse, pools=()):
+    """Exact event-driven SOPs of a conv/linear (``synapse_spec``) reached through ``pools``
+    (``pool_spec`` steps, in order) by events at positions ``position_counts``: the events summed
+    over the batch and channels, shape = the spatial dims (``[]`` for none), any numeric dtype.
+    Per dim, ``g_d = M_1^T ... M_n^T f_d`` (``M`` window memberships, ``f`` the conv's fan-out, 1
+    for a linear), and ``SOPs = sum c * g_1 (x) g_2 ... * (out_channels/groups | out_features)``.
+    Returns a float64 0-d tensor."""
+    c = position_counts.to(torch.float64)
+    dims = c.dim()
+    device = c.device
+    if (synapse[0] == "conv" and len(synapse[1]) != dims) or any(len(pool[1]) != dims for pool in pools):
+        raise ValueError(f"synaptic_ops: events with {dims} spatial dims do not fit {synapse} after {pools}")
+    weighted = c
+    for d in range(dims):
+        sizes = [c.shape[d]]
+        memberships = []
+        for pool in pools:
+            m = _pool_membership(pool, d, sizes[-1], device)
+            memberships.append(m)
+            sizes.append(m.shape[0])
+        g = _conv_fanout(synapse, d, sizes[-1], device) if synapse[0] == "conv" else torch.ones(
+            sizes[-1], dtype=torch.float64, device=device)
+        for m in reversed(memberships):
+            g = m.t() @ g
+        weighted = weighted * g.reshape((-1,) + (1,) * (dims - 1 - d))
+    per_synapse = synapse[5] if synapse[0] == "conv" else synapse[1]
+    return weighted.sum() * per_synapse
 
 
 class SynapseMeter(nn.Module):
     """Identity observer before a conv/linear layer of the SNN: counts its operations.
 
     Spike-driven layers (fed by IF layers through stateless ops) cost one accumulate (AC) per
-    synapse an event reaches: ``SOPs = sum over nonzero inputs of their fan-out``, computed
-    exactly as ``sum(conv(nonzero_indicator, ones))`` (``nnz * out_features`` for linear).
+    synapse a spike reaches. Where IF layers reach this layer through routing only (``routed``),
+    the IF layers count those SOPs from their spike counts (``IFLayer.routes``); otherwise this
+    meter counts its nonzero inputs, ``SOPs = sum over nonzero inputs of their fan-out``.
     Analog layers (fed by the input only) cost their multiply-accumulates (MACs) per row run.
-    ``macs_per_sample`` is the layer's MAC count in the ANN.
+    ``macs_per_sample`` is the layer's MAC count in the ANN. Counters: 0-d tensors.
     """
 
     def __init__(self, name: str, layer: nn.Module, sources, spike_driven: bool):
@@ -49,34 +151,24 @@ class SynapseMeter(nn.Module):
         self.layer_type = type(layer).__name__
         self.sources = tuple(sources)
         self.spike_driven = bool(spike_driven)
-        if isinstance(layer, CONV_TYPES):
-            self.dims = len(layer.kernel_size)
-            self.geometry = dict(
-                stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups
-            )
-            self.weight_shape = tuple(layer.weight.shape)
-            self.out_features = None
-        else:
-            self.dims = 0
-            self.weight_shape = tuple(layer.weight.shape)
-            self.out_features = layer.out_features
+        self.synapse = synapse_spec(layer)
+        self.weight_shape = tuple(layer.weight.shape)
+        self.routed = False
         self.record = True
-        self._ones = None
-        self.reset_statistics()
+        self.register_buffer("sops", torch.zeros((), dtype=torch.float64), persistent=False)
+        self.register_buffer("macs", torch.zeros((), dtype=torch.int64), persistent=False)
+        self.register_buffer("rows", torch.zeros((), dtype=torch.int64), persistent=False)
+        self.register_buffer("macs_per_sample", torch.zeros((), dtype=torch.int64), persistent=False)
+
+    @property
+    def dims(self) -> int:
+        """Spatial dims of the conv (0 for a linear)."""
+        return len(self.synapse[1]) if self.synapse[0] == "conv" else 0
 
     def reset_statistics(self):
         """Forget the operation counts of earlier runs."""
-        self.sops = None
-        self.macs = 0
-        self.rows = 0
-        self.macs_per_sample = 0
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_ones"] = None  # _source (the IF layer) pickles with the network as a reference
-        if isinstance(state.get("sops"), torch.Tensor):
-            state["sops"] = state["sops"].cpu()
-        return state
+        for counter in (self.sops, self.macs, self.rows, self.macs_per_sample):
+            counter.zero_()
 
     def forward(self, x):
         """The identity on ``x`` (``[rows, C, ...]``); counts its SOPs / MACs while ``record``."""
@@ -85,64 +177,31 @@ class SynapseMeter(nn.Module):
             self._measure(x)
         return x
 
-    def count_from(self, layer) -> None:
-        """Take the nonzero inputs from ``layer``'s spike counts: valid when this meter's input is
-        that IF layer's output reshaped (no pooling or mixing between), where an input is nonzero
-        exactly at a spike (amplitudes are > 0), so ``sum over rows [x != 0] = sum over the
-        batch of the counts`` and the T-times larger spike tensor is never read."""
-        self._source = (layer,)  # a tuple: not registered as a submodule
-
-    def _counts_for(self, x):
-        """The source layer's counts of this run, when they describe ``x``; else None."""
-        source = self.__dict__.get("_source")
-        counts = source[0].last_counts if source and source[0].record else None
-        if counts is None or counts.dim() < 1 or not counts.shape[0] or x.shape[0] % counts.shape[0]:
-            return None
-        if counts.numel() * (x.shape[0] // counts.shape[0]) != x.numel():
-            return None
-        if self.dims and tuple(counts.shape[1:]) != tuple(x.shape[1:]):
-            return None
-        return counts
-
-    @torch.compiler.disable  # python counters: under torch.compile they must not become guards
-    @torch.no_grad()
     def _measure(self, x):
-        rows = x.shape[0]
-        counts = self._counts_for(x) if self.spike_driven else None
-        if self.dims:
-            # SOPs = sum_i [x_i != 0] * fanout_i. With W = ones, conv(indicator, W) summed over
-            # its outputs is exactly that; all output channels of a group see the same window,
-            # so it equals out_channels/groups * sum(conv(indicator summed over rows and
-            # channels, ones[1, 1, *kernel])) -- one single-channel conv, in float64 (exact).
-            indicator = (x != 0) if counts is None else counts
-            indicator = indicator.sum(dim=(0, 1), dtype=torch.float64).reshape((1, 1) + tuple(x.shape[2:]))
-            if self._ones is None or self._ones.device != x.device:
-                self._ones = torch.ones((1, 1) + self.weight_shape[2:], dtype=torch.float64, device=x.device)
-            conv = (F.conv1d, F.conv2d, F.conv3d)[self.dims - 1]
-            geometry = dict(self.geometry, groups=1)
-            fan = conv(indicator, self._ones, None, **geometry)
-            out_channels, fan_in = self.weight_shape[0], math.prod(self.weight_shape[1:])
-            sops = fan.sum() * (out_channels // self.geometry["groups"])
-            per_row = fan[0, 0].numel() * out_channels * fan_in
-        else:
-            nonzero = (x != 0).sum(dtype=torch.float64) if counts is None else counts.sum(dtype=torch.float64)
-            sops = nonzero * self.out_features
-            per_row = (x[0].numel() if rows else 0) * self.out_features
-        self.sops = sops if self.sops is None else self.sops.to(sops.device) + sops
-        self.macs += per_row * rows
-        self.rows += rows
-        self.macs_per_sample = per_row
+        with torch.no_grad():
+            rows = x.shape[0]
+            if self.dims:
+                outputs = math.prod(self._output_shape(x.shape[2:]))
+                per_row = outputs * self.weight_shape[0] * math.prod(self.weight_shape[1:])
+            else:
+                per_row = math.prod(x.shape[1:]) * self.weight_shape[0]
+            self.macs.add_(per_row * rows)
+            self.rows.add_(rows)
+            self.macs_per_sample.fill_(per_row)
+            if self.spike_driven and not self.routed:
+                nonzero = (x != 0).sum(dim=(0, 1)) if self.dims else (x != 0).sum()
+                self.sops.add_(synaptic_ops(nonzero, self.synapse))
+
+    def _output_shape(self, spatial):
+        _, kernel, stride, padding, dilation, _ = self.synapse
+        if padding == "same":
+            return tuple(spatial)
+        padding = (0,) * len(kernel) if padding == "valid" else padding
+        return tuple((n + 2 * p - dil * (k - 1) - 1) // s + 1
+                     for n, k, s, p, dil in zip(spatial, kernel, stride, padding, dilation))
 
 
 # ---------------------------------------------------------------------------------- statistics
-
-
-def _number(value):
-    if value is None:
-        return 0
-    if hasattr(value, "item"):
-        return value.item()
-    return value
 
 
 def _check_energy(name, value):
@@ -161,30 +220,37 @@ def collect_statistics(snn, energy_per_ac: float = 0.9e-12, energy_per_mac: floa
     """
     e_ac = _check_energy("energy_per_ac", energy_per_ac)
     e_mac = _check_energy("energy_per_mac", energy_per_mac)
-    samples = snn.samples
+    samples = int(snn.samples)
     per = (lambda v: v / samples) if samples else (lambda v: 0.0)
     meters = list(snn.synapses.values())
     synapses = []
+    routed, routed_from = {}, {}  # SOPs the IF layers counted from their spikes: per meter, per IF layer
+    for source, layer in snn.if_layers.items():
+        for (name, _, _), sops in zip(layer.routes, layer.route_sops.tolist()):
+            routed[name] = routed.get(name, 0.0) + sops
+            routed_from[source] = routed_from.get(source, 0.0) + sops
+    measured = {}  # SOPs a meter counted from its own input: split evenly among its sources
     for meter in meters:
-        sops = float(_number(meter.sops)) if meter.spike_driven else 0.0
+        measured[meter.name] = float(meter.sops) if meter.spike_driven else 0.0
+        sops = measured[meter.name] + routed.get(meter.name, 0.0) if meter.spike_driven else 0.0
         macs = 0 if meter.spike_driven else int(meter.macs)
         synapses.append(dict(
             name=meter.name, layer_type=meter.layer_type, spike_driven=meter.spike_driven, sources=list(meter.sources),
             sops=sops, macs=macs, macs_per_sample=int(meter.macs_per_sample),
             energy_j=sops * e_ac + macs * e_mac,
         ))
-    layers = []
+    layers, total_steps = [], 0
     for name, layer in snn.if_layers.items():
-        spikes = int(_number(layer.spikes))
+        spikes, steps = int(layer.spikes), int(layer.neuron_steps)
+        total_steps += steps
         fed = [s for s in synapses if name in s["sources"]]
-        sops = sum(s["sops"] / len(s["sources"]) for s in fed)
+        sops = routed_from.get(name, 0.0) + sum(measured[s["name"]] / len(s["sources"]) for s in fed)
         layers.append(dict(
             name=name, neurons=int(layer.neurons), spikes=spikes,
-            firing_rate=spikes / layer.neuron_steps if layer.neuron_steps else 0.0,
+            firing_rate=spikes / steps if steps else 0.0,
             spikes_per_sample=per(spikes), feeds=[s["name"] for s in fed], sops=sops, sops_per_sample=per(sops),
         ))
     total_spikes = sum(layer["spikes"] for layer in layers)
-    total_steps = sum(layer.neuron_steps for layer in snn.if_layers.values())
     total_sops = sum(s["sops"] for s in synapses)
     analog_macs = sum(s["macs"] for s in synapses)
     ann_macs = sum(s["macs_per_sample"] for s in synapses)
@@ -192,7 +258,7 @@ def collect_statistics(snn, energy_per_ac: float = 0.9e-12, energy_per_mac: floa
     ann_j = ann_macs * e_mac
     return dict(
         samples=samples,
-        sample_steps=snn.sample_steps,
+        sample_steps=int(snn.sample_steps),
         if_layers=layers,
         synapses=synapses,
         total=dict(

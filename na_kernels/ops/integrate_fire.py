@@ -139,13 +139,32 @@ def integrate_fire(x_seq, threshold=1.0, *, v_init=0.5, reset="subtract", amplit
     which backward recomputes h exactly. Outputs keep x_seq's per-step memory layout (e.g. channels-last).
     See docs/design.md for the design.
     """
+    return _integrate_fire(x_seq, threshold, v_init, True, reset, amplitude, surrogate, alpha, detach_reset, return_v)
+
+
+def integrate_fire_carried(x_seq, threshold, state, **options):
+    """``integrate_fire(x_seq, threshold, v_init=state, **options)`` continuing from ``state``, a
+    ``v_final`` this op returned (the potential a chunked run or a stateful module carries).
+
+    Its float32 values are taken as they are, NaN and +-inf included: an input with NaN or inf
+    leaves them in v (NaN never fires, +inf always does), and the continuation must equal one
+    call over the whole sequence. Shape, dtype and device are checked as for ``v_init``; a
+    user's ``v_init`` goes through ``integrate_fire``, which refuses non-finite potentials.
+    """
+    if not isinstance(state, torch.Tensor):
+        raise TypeError(f"state must be the v_final tensor of an earlier call, got {type(state).__name__}")
+    return _integrate_fire(x_seq, threshold, state, False, **options)
+
+
+def _integrate_fire(x_seq, threshold, v_init, finite_v_init, reset="subtract", amplitude="threshold",
+                    surrogate="sigmoid", alpha=4.0, detach_reset=False, return_v=False):
     check_sequence("x_seq", x_seq)
     threshold = positive_parameter_tensor("threshold", threshold, x_seq, 2, "x_seq.shape[2]")
     if isinstance(threshold, torch.Tensor):
         threshold = threshold.detach()
     else:
         threshold = torch.full((1,), threshold, dtype=torch.float32, device=x_seq.device)
-    v_init = check_initial_potential(v_init, x_seq)
+    v_init = check_initial_potential(v_init, x_seq, finite=finite_v_init)
     reset = check_reset(reset)
     amplitude = check_amplitude(amplitude)
     check_spikes_fit(amplitude, threshold, x_seq.dtype)
