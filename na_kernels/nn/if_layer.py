@@ -28,7 +28,14 @@ class IFLayer(nn.Module):
     (neurons x samples x steps), ``channel_spikes`` ([C]), ``neurons`` (per sample), all from
     the kernel's int32 spike counts (one reduction over ``[B, C, ...]`` per run, T times
     smaller than the spikes), while ``record`` is True.
+
+    ``reset`` ("subtract" or "zero": hard reset to 0) and ``v_init`` (the start potential as a
+    fraction of θ) are class defaults; ``from_nir`` sets them per layer for a graph from another
+    tool ("zero" / 0.0 for NIR's IF), and ``save_snn`` refuses a layer that sets them.
     """
+
+    reset = "subtract"
+    v_init = V_INIT
 
     def __init__(self, name: str, lam: torch.Tensor, p: int, *, input_is_constant: bool = False):
         super().__init__()
@@ -113,7 +120,7 @@ class IFLayer(nn.Module):
 
     def extra_repr(self):
         shape = "per-channel[%d]" % self.threshold.numel() if self.per_channel else f"{self.threshold.item():.4g}"
-        return f"name={self.name!r}, threshold={shape}, v_init={V_INIT}, reset=subtract, p={self.p}"
+        return f"name={self.name!r}, threshold={shape}, v_init={self.v_init}, reset={self.reset}, p={self.p}"
 
     def _channel_view(self, tensor, ndim):
         return tensor.reshape((1, -1) + (1,) * (ndim - 2)) if tensor.dim() == 1 else tensor
@@ -134,9 +141,10 @@ class IFLayer(nn.Module):
                 raise RuntimeError(f"{self.name}: input batch {x.shape[0]} is not a multiple of T = {T}")
             x_seq = x.reshape((T, x.shape[0] // T) + tuple(x.shape[1:]))
         calibrated = self.calibrated
-        v_init = self.v if self.v is not None else V_INIT
+        v_init = self.v if self.v is not None else self.v_init
         spikes, counts, v_final = integrate_fire(
-            x_seq, self.threshold, v_init=v_init, amplitude=1.0 if calibrated else "threshold", return_v=True
+            x_seq, self.threshold, v_init=v_init, reset=self.reset, amplitude=1.0 if calibrated else "threshold",
+            return_v=True,
         )
         if calibrated:
             spikes = spikes * self._channel_view(self.amplitude, spikes.dim() - 1).to(spikes.dtype)

@@ -1,0 +1,126 @@
+"""from_nir on NIR graphs that SpikingJelly, Norse, sinabs and snnTorch export from a small conv net,
+compared with each tool's own run (same constant input at every step). Skipped where the peer is not
+installed (``pip install --no-deps`` each, see the README's NIR section)."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from na_kernels.nn.nir_export import NIRImportError, from_nir
+
+nir = pytest.importorskip("nir")
+pytestmark = pytest.mark.peers
+
+B = 4
+
+
+def _input(seed=0):
+    torch.manual_seed(seed)
+    return torch.rand(B, 2, 8, 8)
+
+
+def _scaled(net, gain=3.0):
+    """Weights large enough that every layer fires at a few steps' input."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                module.weight.mul_(gain)
+    return net
+
+
+def spikingjelly_case(x, T):
+    """conv -> IF (hard reset to 0) -> AvgPool2d -> Flatten -> Linear -> IF; exported with dt = 1e-4 (r = 1/dt)."""
+    pytest.importorskip("spikingjelly")
+    from spikingjelly.activation_based import functional, layer, neuron
+    from spikingjelly.activation_based.nir_exchange import export_to_nir
+    net = _scaled(nn.Sequential(layer.Conv2d(2, 4, 3, padding=1), neuron.IFNode(v_reset=0.0), layer.AvgPool2d(2),
+                                layer.Flatten(), layer.Linear(64, 5), neuron.IFNode(v_reset=0.0)))
+    with torch.no_grad():
+        graph = export_to_nir(net, x, dt=1e-4)
+        functional.reset_net(net)
+        own = torch.stack([net(x) for _ in range(T)])
+    return graph, own, dict(dt=1e-4)
+
+
+def norse_case(x, T):
+    """conv -> IAF -> conv (stride 2) -> IAF (Norse writes None for pooling and Flatten, and the Input
+    with the batch)."""
+    pytest.importorskip("norse")
+    import norse.torch as norse
+    net = _scaled(norse.SequentialState(nn.Conv2d(2, 4, 3, padding=1), norse.IAFCell(),
+                                        nn.Conv2d(4, 5, 3, stride=2, padding=1), norse.IAFCell()))
+    with torch.no_grad():
+        graph = norse.to_nir(net, x)
+        state, own = None, []
+        for _ in range(T):
+            out, state = net(x, state)
+            own.append(out)
+    return graph, torch.stack(own), dict(dt=1.0, input_shape=(2, 8, 8))
+
+
+def sinabs_case(x, T):
+    """conv -> IAF (single spike, subtractive) -> SumPool2d -> Flatten -> Linear -> IAF: NIR's IF read as
+    sinabs (and NIR < 1.0.6) define it, ``reset="subtract"``."""
+    pytest.importorskip("sinabs")
+    import sinabs
+    import sinabs.layers as sl
+    from sinabs.activation import SingleSpike
+    net = _scaled(nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), sl.IAFSqueeze(batch_size=B, spike_fn=SingleSpike),
+                                sl.SumPool2d(2), nn.Flatten(), nn.Linear(64, 5),
+                                sl.IAFSqueeze(batch_size=B, spike_fn=SingleSpike)), gain=1.0)
+    steps = x.unsqueeze(1).expand((B, T) + tuple(x.shape[1:])).reshape((B * T,) + tuple(x.shape[1:]))
+    with torch.no_grad():
+        graph = sinabs.to_nir(net, steps)
+        sinabs.reset_states(net)
+        own = net(steps).reshape(B, T, -1).transpose(0, 1)
+    return graph, own, dict(dt=1.0, reset="subtract")
+
+
+CASES = {"spikingjelly": spikingjelly_case, "norse": norse_case, "sinabs": sinabs_case}
+
+
+def per_step(mean):
+    """The Output at each step from the SpikingNetwork's running mean ``[T, B, ...]``."""
+    t = torch.arange(1, mean.shape[0] + 1, dtype=torch.float64).reshape((-1,) + (1,) * (mean.dim() - 1))
+    total = mean.double() * t
+    return torch.cat([total[:1], total[1:] - total[:-1]])
+
+
+def compare(peer, T, seed=0):
+    """(max |ours - peer| over steps, fraction of equal output spikes, peer's output spikes)."""
+    x = _input(seed)
+    graph, own, options = CASES[peer](x, T)
+    snn = from_nir(graph, T=T, **options)
+    with torch.no_grad():
+        ours = per_step(snn(x)).round()
+    own = own.reshape(ours.shape).double()
+    return (ours - own).abs().max().item(), (ours == own).double().mean().item(), own.sum().item()
+
+
+@pytest.mark.parametrize("peer", sorted(CASES))
+@pytest.mark.parametrize("T", [8, 32])
+def test_peer_export_runs_as_the_peer_runs_it(peer, T):
+    difference, agreement, spikes = compare(peer, T)
+    assert spikes > 0  # the comparison sees spikes
+    assert difference == 0 and agreement == 1.0
+
+
+def test_snntorch_export_is_refused_naming_the_leaky_neuron():
+    snn = pytest.importorskip("snntorch")
+    from snntorch.export_nir import export_to_nir
+    net = nn.Sequential(nn.Conv2d(2, 4, 3), snn.Leaky(beta=0.9, init_hidden=True), nn.Flatten(),
+                        nn.Linear(144, 5), snn.Leaky(beta=0.9, init_hidden=True, output=True))
+    graph = export_to_nir(net, _input())
+    with pytest.raises(NIRImportError, match=r"is a NIR LIF, which a SpikingNetwork cannot run: it would need a leak"):
+        from_nir(graph, T=4, dt=1e-4)
+
+
+if __name__ == "__main__":  # the table in the README: python tests/test_nn_nir_peers.py
+    for name in sorted(CASES):
+        for steps in (1, 2, 4, 8, 16, 32, 64):
+            try:
+                d, a, s = compare(name, steps)
+                print(f"{name:13s} T={steps:3d} max|diff|={d:.3g} spike agreement={a:.4f} peer spikes={s:.0f}")
+            except Exception as error:  # noqa: BLE001 (a report)
+                print(f"{name:13s} T={steps:3d} {type(error).__name__}: {str(error)[:200]}")
