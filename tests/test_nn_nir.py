@@ -159,8 +159,11 @@ def test_multiplication_raises_naming_the_node():
 
 def test_from_nir_refuses_other_if_semantics():
     graph = to_nir(_snn(SmallCNN, calibrate=False, T=2), (3, 16, 16))
-    graph.nodes["features_2"].metadata["reset"] = "zero"
-    with pytest.raises(NIRExportError, match=r"IF node 'features_2' has reset/v_init/firing \('zero'"):
+    graph.nodes["features_2"].metadata["reset"] = "leak"
+    with pytest.raises(NIRExportError, match=r"IF node 'features_2' has reset/v_init/firing \('leak'"):
+        from_nir(graph)
+    graph.nodes["features_2"].metadata.update(reset="zero", v_init=0.25)
+    with pytest.raises(NIRExportError, match=r"IF node 'features_2' has reset/v_init/firing \('zero', 0.25"):
         from_nir(graph)
 
 
@@ -455,7 +458,7 @@ def test_foreign_conv1d():
 
 
 def _if(**change):
-    fields = dict(r=np.ones(3), v_threshold=np.ones(3), v_reset=np.zeros(3))
+    fields = {"r": np.ones(3), "v_threshold": np.ones(3), "v_reset": np.zeros(3)}
     fields.update(change)
     return nir.IF(**fields)
 
@@ -512,3 +515,18 @@ def test_foreign_input_shape_with_the_batch_needs_input_shape():
     with pytest.raises(NIRImportError, match=r"pass from_nir\(..., input_shape=\(C, H, W\)\)"):
         from_nir(graph, T=2, dt=1.0)
     assert from_nir(graph, T=2, dt=1.0, input_shape=(2, 4, 4))(torch.ones(1, 2, 4, 4)).shape == (2, 1, 3)
+
+
+def test_foreign_layers_keep_their_semantics_through_to_nir_and_save_snn_refuses_them(tmp_path):
+    from na_kernels.nn import save_snn
+    from na_kernels.nn.serialize import SerializationError
+    graph = nir.NIRGraph.from_list(nir.Input(input_type=np.array([3])),
+                                   nir.Affine(weight=np.eye(3) * 0.7, bias=np.zeros(3)), _if())
+    imported = from_nir(graph, T=5, dt=1.0)
+    again = from_nir(to_nir(imported, (3,)))
+    assert [(layer.reset, layer.v_init) for layer in again.if_layers.values()] == [("zero", 0.0)]
+    x = torch.rand(4, 3) * 2
+    with torch.no_grad():
+        assert torch.equal(again(x), imported(x))
+    with pytest.raises(SerializationError, match="attribute 'reset' is not described by the format"):
+        save_snn(imported, tmp_path / "imported.snn")

@@ -1,7 +1,6 @@
 """from_nir on NIR graphs that SpikingJelly, Norse, sinabs and snnTorch export from a small conv net,
 compared with each tool's own run (same constant input at every step). Skipped where the peer is not
 installed (``pip install --no-deps`` each, see the README's NIR section)."""
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -40,7 +39,7 @@ def spikingjelly_case(x, T):
         graph = export_to_nir(net, x, dt=1e-4)
         functional.reset_net(net)
         own = torch.stack([net(x) for _ in range(T)])
-    return graph, own, dict(dt=1e-4)
+    return graph, own, {"dt": 1e-4}
 
 
 def norse_case(x, T):
@@ -56,7 +55,7 @@ def norse_case(x, T):
         for _ in range(T):
             out, state = net(x, state)
             own.append(out)
-    return graph, torch.stack(own), dict(dt=1.0, input_shape=(2, 8, 8))
+    return graph, torch.stack(own), {"dt": 1.0, "input_shape": (2, 8, 8)}
 
 
 def sinabs_case(x, T):
@@ -74,7 +73,7 @@ def sinabs_case(x, T):
         graph = sinabs.to_nir(net, steps)
         sinabs.reset_states(net)
         own = net(steps).reshape(B, T, -1).transpose(0, 1)
-    return graph, own, dict(dt=1.0, reset="subtract")
+    return graph, own, {"dt": 1.0, "reset": "subtract"}
 
 
 CASES = {"spikingjelly": spikingjelly_case, "norse": norse_case, "sinabs": sinabs_case}

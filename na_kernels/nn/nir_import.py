@@ -389,11 +389,11 @@ def _check_node(nir, name, node, shape_in, meta, foreign=None):
                 _fail(f"IF {what} lacks na_kernels' metadata {key!r} (written by to_nir)")
         semantics = (_text(meta.get("reset", ""), f"{what}: reset"), meta.get("v_init"),
                      _text(meta.get("firing", ""), f"{what}: firing"))
-        if semantics[0] != "subtract" or semantics[2] != ">=" or not (
+        if semantics[0] not in ("subtract", "zero") or semantics[2] != ">=" or not (
                 isinstance(semantics[1], (float, int, np.floating, np.integer))
-                and float(semantics[1]) == V_INIT):
-            _fail(f"IF {what} has reset/v_init/firing {semantics!r:.80}; IFLayer is ('subtract', {V_INIT}, "
-                  "'>=') and cannot rebuild another neuron")
+                and float(semantics[1]) in (V_INIT, 0.0)):
+            _fail(f"IF {what} has reset/v_init/firing {semantics!r:.80}; IFLayer is ('subtract' or 'zero', {V_INIT} "
+                  "or 0.0, '>=') and cannot rebuild another neuron")
         values = {}
         for key in ("threshold", "amplitude"):
             array = _floats(meta[key], f"{what}: metadata {key}", ndim=1, positive=True)
@@ -406,6 +406,8 @@ def _check_node(nir, name, node, shape_in, meta, foreign=None):
             values[key] = tensor.reshape(()) if dims == 0 else tensor
         p = _int(meta["p"], f"{what}: metadata p", 1, MAX_LEVELS)
         layer = _text(meta["layer"], f"{what}: metadata layer") if "layer" in meta else None
+        if (semantics[0], float(semantics[1])) != ("subtract", V_INIT):  # a layer from_nir read from another tool
+            values.update(reset=semantics[0], v_init=float(semantics[1]))
         return _Checked("if", shape_in, p=p, layer=layer, **values)
     _refuse(name, kind, foreign)
 
@@ -682,8 +684,8 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None, *, dt:
         else:  # if
             layer = IFLayer(v["layer"] or name, v["threshold"], v["p"])
             layer.amplitude = v["amplitude"]
-            if "reset" in v:  # another tool's IF: NIR's reset, from v = 0
-                layer.reset, layer.v_init = v["reset"], 0.0
+            if "reset" in v:  # another tool's IF (NIR's reset, from v = 0), or one re-exported by to_nir
+                layer.reset, layer.v_init = v["reset"], v.get("v_init", 0.0)
             values[name], target = place(name, layer)
             layer.name = v["layer"] or target
             if_nodes[values[name]] = target
