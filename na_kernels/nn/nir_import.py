@@ -1,4 +1,6 @@
-"""from_nir: rebuild a SpikingNetwork from a NIR graph that ``to_nir`` wrote, as data only.
+"""from_nir: a SpikingNetwork from a NIR graph, as data only: rebuilt exactly from a graph
+``to_nir`` wrote, or read by NIR's definitions from a graph another tool wrote (see ``from_nir``;
+the mapping of NIR's IF onto integrate_fire is in docs/design.md).
 
 A NIR file is an HDF5 file. Before the ``nir`` package reads it, its size (at most
 ``max_bytes``, default 1 GiB) and the bytes its datasets declare (compressed data included)
@@ -14,11 +16,16 @@ file or passed as a ``nir.NIRGraph``) is then checked as a whole before anything
   (computed from the Input's shape), weights, biases, scales, thresholds and amplitudes are
   finite (thresholds and amplitudes > 0), ints are ints.
 
+A graph from another tool has no metadata to trust: its node names are only printed (modules
+are named by the name when it is a module path, else ``node_<i>``), and its IF arrays are
+checked against the neurons' shape. NIR nodes a SpikingNetwork cannot run (``REFUSED``) raise
+naming what they would need.
+
 Anything wrong raises ``NIRImportError`` (a subclass of ``NIRExportError``, so code catching
 that keeps working) naming the node and what is wrong. Modules are built from a closed table
-(Conv2d, Linear, AvgPool2d, AdaptiveAvgPool2d, IFLayer) and the fx graph holds only
-``call_module`` nodes, ``operator.add`` and ``torch.flatten``: nothing read from the file is
-run, imported or looked up.
+(Conv1d, Conv2d, Linear, AvgPool2d, AdaptiveAvgPool2d, IFLayer) and the fx graph holds only
+``call_module`` nodes, ``get_attr`` of its own Scale buffers, ``operator.add``,
+``operator.mul`` and ``torch.flatten``: nothing read from the file is run, imported or looked up.
 """
 from __future__ import annotations
 
