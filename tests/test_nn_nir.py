@@ -374,42 +374,48 @@ def _if_step(v, current, theta, reset):
     return v, z
 
 
-def _foreign_conv_graph(pool, theta1):
+def _foreign_conv_graph(pool, theta1, compact=False):
     """Input(3, 6, 6) -> Conv2d(3 -> 4, 3x3, pad 1) -> IF (per-channel v_threshold, r = 1) -> pool(2)
     -> Scale (per channel) -> Flatten -> Affine(36 -> 5) -> IF -> Output, with nothing of na_kernels."""
     rng = np.random.default_rng(0)
     w1, b1 = rng.normal(0, 0.6, (4, 3, 3, 3)), rng.normal(0, 0.1, 4)
     w2, b2 = rng.normal(0, 0.5, (5, 36)), rng.normal(0, 0.1, 5)
     scale = np.broadcast_to(np.array([1.0, 0.5, 2.0, 1.5]).reshape(4, 1, 1), (4, 3, 3)).copy()
+    # compact: one value per channel (nir.IF wants its three arrays of one shape; Norse writes 0-d ones)
+    shape = (lambda a: a.reshape(-1, 9)[:, 0].copy()) if compact else (lambda a: a)  # noqa: E731
+    per_channel = (lambda a: a.reshape(4, -1)[:, 0].copy()) if compact else (lambda a: a)  # noqa: E731
     pooling = {"sum": nir.SumPool2d, "avg": nir.AvgPool2d}[pool]
     nodes = {
         "input": nir.Input(input_type=np.array([3, 6, 6])),
         "conv": nir.Conv2d(input_shape=(6, 6), weight=w1, stride=1, padding=1, dilation=1, groups=1, bias=b1),
-        "if1": nir.IF(r=np.ones((4, 6, 6)), v_threshold=np.broadcast_to(theta1.reshape(4, 1, 1), (4, 6, 6)).copy(),
-                      v_reset=np.zeros((4, 6, 6))),
+        "if1": nir.IF(r=per_channel(np.ones((4, 6, 6))), v_threshold=theta1.copy() if compact else
+                      np.broadcast_to(theta1.reshape(4, 1, 1), (4, 6, 6)).copy(), v_reset=per_channel(np.zeros((4, 6, 6)))),
         "pool": pooling(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0])),
-        "scale": nir.Scale(scale=scale),
+        "scale": nir.Scale(scale=shape(scale)),
         "flat": nir.Flatten(input_type={"input": np.array([4, 3, 3])}, start_dim=0, end_dim=-1),
         "fc": nir.Affine(weight=w2, bias=b2),
         "if2": nir.IF(r=np.ones(5), v_threshold=np.full(5, 0.75), v_reset=np.zeros(5)),
         "output": nir.Output(output_type=np.array([5])),
     }
     names = list(nodes)
-    return nir.NIRGraph(nodes=nodes, edges=list(zip(names, names[1:]))), (w1, b1, w2, b2, scale)
+    graph = nir.NIRGraph(nodes=nodes, edges=list(zip(names, names[1:])), type_check=not compact)
+    return graph, (w1, b1, w2, b2, scale)
 
 
 @pytest.mark.parametrize("pool", ["sum", "avg"])
 @pytest.mark.parametrize("reset", ["nir", "subtract"])
 @pytest.mark.parametrize("dt", [1.0, 0.5])
-def test_foreign_conv_graph_matches_a_plain_torch_simulation(tmp_path, pool, reset, dt):
-    """Hard (NIR) and soft reset, from v = 0, 0/1 spikes, > firing, dt scaling the input (v += dt·r·I)."""
+@pytest.mark.parametrize("compact", [False, True])
+def test_foreign_conv_graph_matches_a_plain_torch_simulation(tmp_path, pool, reset, dt, compact):
+    """Hard (NIR) and soft reset, from v = 0, 0/1 spikes, > firing, dt scaling the input (v += dt·r·I);
+    arrays of the neurons' full shape, or one value per channel / per layer."""
     f = torch.nn.functional
     theta1 = np.array([0.5, 0.8, 0.3, 1.0])
-    graph, (w1, b1, w2, b2, scale) = _foreign_conv_graph(pool, theta1)
+    graph, (w1, b1, w2, b2, scale) = _foreign_conv_graph(pool, theta1, compact)
     path = tmp_path / "foreign.nir"
     nir.write(path, graph)
     T = 12
-    snn = from_nir(path, T=T, dt=dt, reset=reset)
+    snn = from_nir(graph if compact else path, T=T, dt=dt, reset=reset)
     assert all(layer.v_init == 0.0 for layer in snn.if_layers.values())
     torch.manual_seed(0)
     x = torch.rand(3, 3, 6, 6)

@@ -99,7 +99,8 @@ def _text(value, what) -> str:
 def _asarray(value, what) -> np.ndarray:
     try:
         return np.asarray(value)
-    except (ValueError, TypeError) as error:  # ragged nesting, objects numpy cannot hold
+    except (ValueError, TypeError, RuntimeError) as error:  # ragged nesting, objects numpy cannot hold, a tensor
+        # that requires grad
         _fail(f"{what} is not an array ({str(error)[:80]})")
 
 
@@ -247,25 +248,27 @@ def _pair(value, what, dims, minimum):
     return _ints(array, what, dims, minimum)
 
 
-def _broadcast(array, shape, what):
-    """``array`` (a scalar, one value, per channel ``(C,)`` or the full ``shape``) as a float64 array of
-    ``shape``; anything else is an error."""
+def _compact(array, shape, what):
+    """``array`` (one value, one per channel ``(C,)``, or the full ``shape``) in a form that broadcasts
+    to ``shape`` without being copied to it: ``(1, ..., 1)``, ``(C, 1, ..., 1)`` or ``shape``;
+    anything else is an error."""
+    ones = (1,) * (len(shape) - 1)
     if array.size == 1:
-        return np.full(shape, array.reshape(-1)[0])
+        return array.reshape((1,) + ones)
     if array.shape == tuple(shape):
         return array
     if shape and array.shape == (shape[0],):
-        return np.broadcast_to(array.reshape((-1,) + (1,) * (len(shape) - 1)), shape).copy()
+        return array.reshape((-1,) + ones)
     _fail(f"{what} has shape {array.shape}; the node's neurons have shape {tuple(shape)} (accepted: that shape, "
           f"one value, or one per channel)")
 
 
 def _per_channel_values(array, shape, what):
-    """A full-shape array as one value per channel ([C]) or one scalar; an error if it varies within a
-    channel (the kernel holds one threshold per channel)."""
+    """A ``_compact`` array as one value for the layer (a 0-d tensor) or one per channel ([C]); an
+    error if it varies within a channel (the kernel holds one threshold per channel)."""
     if np.all(array == array.reshape(-1)[0]):
         return torch.tensor(array.reshape(-1)[0], dtype=torch.float64)
-    per = array.reshape(shape[0], -1)
+    per = array.reshape(array.shape[0], -1)
     if not np.all(per == per[:, :1]):
         channel = int(np.nonzero(np.any(per != per[:, :1], axis=1))[0][0])
         _fail(f"{what} varies within channel {channel}; integrate_fire takes one value per channel (dim 0 of "
@@ -286,7 +289,7 @@ def _foreign_if(what, node, shape_in, foreign):
         value = getattr(node, key, None)
         if value is None:
             _fail(f"IF {what} has no {key}")
-        fields[key] = _broadcast(_floats(value, f"IF {what}: {key}"), shape_in, f"IF {what}: {key}")
+        fields[key] = _compact(_floats(value, f"IF {what}: {key}"), shape_in, f"IF {what}: {key}")
     if not np.all(fields["r"] > 0):
         _fail(f"IF {what}: r must be > 0 (the input's gain), got a minimum of {fields['r'].min()}")
     if np.any(fields["v_reset"] != 0):
@@ -380,7 +383,7 @@ def _check_node(nir, name, node, shape_in, meta, foreign=None):
         return _Checked("flatten", shape, start=start + 1, end=end + 1)  # + 1: torch's batch dimension
     if kind == "Scale" and foreign:
         scale = _floats(node.scale, f"{what}: scale")
-        return _Checked("scale", shape_in, scale=_broadcast(scale, shape_in, f"{what}: scale"))
+        return _Checked("scale", shape_in, scale=_compact(scale, shape_in, f"{what}: scale"))
     if kind == "IF" and foreign:
         return _foreign_if(what, node, shape_in, foreign)
     if kind == "Scale":
