@@ -536,3 +536,39 @@ def test_foreign_layers_keep_their_semantics_through_to_nir_and_save_snn_refuses
         assert torch.equal(again(x), imported(x))
     with pytest.raises(SerializationError, match="attribute 'reset' is not described by the format"):
         save_snn(imported, tmp_path / "imported.snn")
+
+
+def test_fuzz_foreign_graphs(tmp_path):
+    """Mutated graphs from another tool (no na_kernels metadata): only NIRImportError, no string runs."""
+    import copy
+    import random
+
+    rng = random.Random(3)
+    canary = tmp_path / "CANARY"
+    touch = f"__import__('pathlib').Path({str(canary)!r}).touch()"
+    pool = [touch, "__class__", "forward", "", None, -1, 0, 2.7, np.nan, np.inf, 1e300, True, np.array([]),
+            np.array([-1.0]), np.array([np.nan]), np.ones((2, 2)), np.ones(4), np.zeros(4), np.array(["a"]), {"a": 1}]
+    base, _ = _foreign_conv_graph("sum", np.array([0.5, 0.8, 0.3, 1.0]))
+    x = torch.rand(2, 3, 6, 6)
+    for _ in range(60):
+        graph = copy.deepcopy(base)
+        for _ in range(rng.randint(1, 3)):
+            name = rng.choice(list(graph.nodes))
+            node = graph.nodes[name]
+            fields = [k for k, v in vars(node).items() if k not in ("metadata", "input_type", "output_type")]
+            if rng.random() < 0.75 and fields:
+                setattr(node, rng.choice(fields), rng.choice(pool))
+            elif rng.random() < 0.5:
+                graph.edges[rng.randrange(len(graph.edges))] = (name, rng.choice(list(graph.nodes) + [touch]))
+            else:
+                graph.nodes[rng.choice([touch, "__class__", "forward", "a.b", "0", "x y"])] = graph.nodes.pop(name)
+        try:
+            snn = from_nir(graph, T=2, dt=1.0)
+        except NIRImportError:
+            continue
+        try:
+            with torch.no_grad():
+                snn(x)
+        except Exception:  # a crafted but consistent graph may compute nonsense; the canary tells code from data
+            pass
+    assert not canary.exists(), "a string from a NIR graph ran as code"
