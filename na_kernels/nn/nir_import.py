@@ -565,8 +565,9 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None, *, dt:
     spikes. It needs ``T`` (NIR has no number of steps) and ``dt``; ``reset="subtract"`` reads IF
     nodes as NIR < 1.0.6 and sinabs define them (``v -= v_threshold`` on a spike) instead of NIR's
     hard reset. ``input_shape`` (C, H, W) replaces an Input shape that holds the batch (Norse and
-    nirtorch write the sample data's shape). Each step's input is the same (``[B, ...]`` in, ``[T, B, ...]`` out: at step t the
-    mean of the Output over steps 1..t; ``ann()`` has no quantized ANN behind it here). Leaky neurons (LIF, CubaLIF, LI, CubaLI), I, Threshold and
+    nirtorch write the sample data's shape). Each step's input is the same (``[B, ...]`` in,
+    ``[T, B, ...]`` out: at step t the mean of the Output over steps 1..t; ``ann()`` has no
+    quantized ANN behind it here). Leaky neurons (LIF, CubaLIF, LI, CubaLI), I, Threshold and
     Delay nodes raise, naming the node and what running it would need.
 
     ``T`` / ``chunk`` override the values stored in the graph. ``max_bytes``: the largest file,
