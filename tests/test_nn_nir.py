@@ -111,7 +111,8 @@ def test_unknown_operations_raise_naming_the_node():
 def test_from_nir_needs_T_and_dt_for_foreign_graphs():
     graph = nir.NIRGraph.from_list(nir.Affine(weight=np.ones((2, 3)), bias=np.zeros(2)),
                                    nir.IF(r=np.ones(2), v_threshold=np.ones(2)))
-    with pytest.raises(NIRExportError, match=r"not written by na_kernels.nn.to_nir.*pass from_nir\(graph, T=..., dt=...\)"):
+    with pytest.raises(NIRExportError,
+                       match=r"not written by na_kernels.nn.to_nir.*pass from_nir\(graph, T=..., dt=...\)"):
         from_nir(graph)
     with pytest.raises(NIRImportError, match="dt, reset and input_shape are for graphs other tools wrote"):
         from_nir(to_nir(_snn(SmallCNN, calibrate=False, T=2), (3, 16, 16)), dt=1.0)
@@ -389,7 +390,8 @@ def _foreign_conv_graph(pool, theta1, compact=False):
         "input": nir.Input(input_type=np.array([3, 6, 6])),
         "conv": nir.Conv2d(input_shape=(6, 6), weight=w1, stride=1, padding=1, dilation=1, groups=1, bias=b1),
         "if1": nir.IF(r=per_channel(np.ones((4, 6, 6))), v_threshold=theta1.copy() if compact else
-                      np.broadcast_to(theta1.reshape(4, 1, 1), (4, 6, 6)).copy(), v_reset=per_channel(np.zeros((4, 6, 6)))),
+                      np.broadcast_to(theta1.reshape(4, 1, 1), (4, 6, 6)).copy(),
+                      v_reset=per_channel(np.zeros((4, 6, 6)))),
         "pool": pooling(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0])),
         "scale": nir.Scale(scale=shape(scale)),
         "flat": nir.Flatten(input_type={"input": np.array([4, 3, 3])}, start_dim=0, end_dim=-1),

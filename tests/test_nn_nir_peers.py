@@ -131,7 +131,8 @@ def test_snntorch_export_is_refused_naming_the_leaky_neuron():
     Conv2d, a Flatten, a batched sample or a scalar beta, so the net is fully connected)."""
     snn = pytest.importorskip("snntorch")
     from snntorch.export_nir import export_to_nir
-    leaky = lambda n, **kw: snn.Leaky(beta=torch.full((n,), 0.9), threshold=torch.ones(n), init_hidden=True, **kw)  # noqa: E731
+    def leaky(n, **kw):
+        return snn.Leaky(beta=torch.full((n,), 0.9), threshold=torch.ones(n), init_hidden=True, **kw)
     net = nn.Sequential(nn.Linear(128, 16), leaky(16), nn.Linear(16, 5), leaky(5, output=True))
     graph = export_to_nir(net, _input()[0].flatten())  # per-neuron beta, one sample: what its exporter types
     with pytest.raises(NIRImportError, match=r"is a NIR LIF, which a SpikingNetwork cannot run: it would need a leak"):
