@@ -34,7 +34,14 @@ class IFLayer(nn.Module):
     its spikes cause in the conv/linear layers they reach through routing ops, see
     ``na_kernels.nn.stats``). All from the kernel's int32 spike counts (one reduction over
     ``[B, C, ...]`` per run, T times smaller than the spikes), without a host sync.
+
+    ``reset`` ("subtract" or "zero": hard reset to 0) and ``v_init`` (the start potential as a
+    fraction of θ) are class defaults; ``from_nir`` sets them per layer for a graph from another
+    tool ("zero" / 0.0 for NIR's IF), and ``save_snn`` refuses a layer that sets them.
     """
+
+    reset = "subtract"
+    v_init = V_INIT
 
     def __init__(self, name: str, lam: torch.Tensor, p: int, *, input_is_constant: bool = False):
         super().__init__()
@@ -127,7 +134,7 @@ class IFLayer(nn.Module):
 
     def extra_repr(self):
         shape = "per-channel[%d]" % self.threshold.numel() if self.per_channel else f"{self.threshold.item():.4g}"
-        return f"name={self.name!r}, threshold={shape}, v_init={V_INIT}, reset=subtract, p={self.p}"
+        return f"name={self.name!r}, threshold={shape}, v_init={self.v_init}, reset={self.reset}, p={self.p}"
 
     def _channel_view(self, tensor, ndim):
         return tensor.reshape((1, -1) + (1,) * (ndim - 2)) if tensor.dim() == 1 else tensor
@@ -150,11 +157,11 @@ class IFLayer(nn.Module):
         calibrated = self.calibrated
         amplitude = 1.0 if calibrated else "threshold"
         if self.v is None:
-            spikes, counts, v_final = integrate_fire(x_seq, self.threshold, v_init=V_INIT, amplitude=amplitude,
-                                                     return_v=True)
+            spikes, counts, v_final = integrate_fire(x_seq, self.threshold, v_init=self.v_init, reset=self.reset,
+                                                     amplitude=amplitude, return_v=True)
         else:  # the previous chunk's potential: NaN / inf where the input had them
-            spikes, counts, v_final = integrate_fire_carried(x_seq, self.threshold, self.v, amplitude=amplitude,
-                                                             return_v=True)
+            spikes, counts, v_final = integrate_fire_carried(x_seq, self.threshold, self.v, reset=self.reset,
+                                                             amplitude=amplitude, return_v=True)
         if calibrated:
             spikes = spikes * self._channel_view(self.amplitude, spikes.dim() - 1).to(spikes.dtype)
         if self.carry_state:  # kept in the graph: gradients flow across chunks

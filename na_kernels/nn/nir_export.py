@@ -258,7 +258,6 @@ class _Exporter:
 
     # ------------------------------------------------------------------ modules
     def module(self, node, module):
-        from .if_layer import V_INIT
         nir = self.nir
         if isinstance(module, self.identity_types):
             return self.value(node, node.args[0])
@@ -269,7 +268,7 @@ class _Exporter:
         if isinstance(module, self.if_type):
             terms = self.materialize(self.value(node, node.args[0]), shape_in)
             theta = _per_channel(module.threshold, shape_out)
-            meta.update(reset="subtract", v_init=float(V_INIT), firing=">=", p=int(module.p),
+            meta.update(reset=module.reset, v_init=float(module.v_init), firing=">=", p=int(module.p),
                         threshold=module.threshold.detach().cpu().reshape(-1).numpy().copy(),
                         amplitude=module.amplitude.detach().cpu().reshape(-1).numpy().copy(),
                         threshold_dims=module.threshold.dim(), amplitude_dims=module.amplitude.dim(),
