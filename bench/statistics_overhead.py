@@ -6,9 +6,9 @@ One thread, process CPU time, best of 5 runs interleaved (less sensitive to a sh
 import time, sys
 import torch
 import na_kernels
-from na_kernels.models import digits_cnn
+from na_kernels.app.models import digits_cnn
 from na_kernels.nn import replace_activations, to_snn
-from na_kernels.datasets import digits_split
+from na_kernels.app.datasets import digits_split
 torch.manual_seed(0)
 torch.set_num_threads(1)  # CPU time of one thread: less sensitive to a shared machine
 _, test = digits_split()

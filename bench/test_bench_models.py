@@ -21,10 +21,10 @@ TRAIN_IMPLS = ("na_kernels", "eager", "compile")
 
 def _models_api():
     try:
-        from na_kernels.models import resnet18
+        from na_kernels.app.models import resnet18
         from na_kernels.nn import NoisyQuant, to_snn
     except ImportError as error:
-        pytest.skip(f"na_kernels.models / na_kernels.nn have not landed yet ({error})")
+        pytest.skip(f"na_kernels.app.models / na_kernels.nn have not landed yet ({error})")
     return resnet18, NoisyQuant, to_snn
 
 

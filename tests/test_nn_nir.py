@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from na_kernels.nn import calibrate_thresholds, to_snn
-from na_kernels.nn.nir_export import NIRExportError, from_nir, to_nir
+from na_kernels.io.nir_export import NIRExportError, from_nir, to_nir
 
 from nn_models import SmallCNN, TinyResNet, prepared
 

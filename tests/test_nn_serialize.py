@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from na_kernels.nn import calibrate_thresholds, load_snn, to_snn
-from na_kernels.nn.serialize import FORMAT, SerializationError, snn_record
+from na_kernels.io.serialize import FORMAT, SerializationError, snn_record
 
 from nn_models import SmallCNN, TinyResNet, prepared
 

@@ -125,7 +125,7 @@ def test_sops_of_a_grouped_strided_conv():
 @pytest.mark.parametrize("calibrated", [False, True])
 def test_sops_read_from_the_spike_counts_equal_the_spike_tensor_count(calibrated):
     from na_kernels.nn import SynapseMeter
-    from na_kernels.models import digits_cnn
+    from na_kernels.app.models import digits_cnn
     from na_kernels.nn import replace_activations
 
     torch.manual_seed(0)

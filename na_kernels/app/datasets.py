@@ -1,7 +1,7 @@
 """Dataset readers and an in-memory batch loader (no torchvision needed).
 
 - ``load_digits()``: the 8x8 UCI handwritten digits bundled with the package
-  (``na_kernels/data/digits.csv.gz``, CC BY 4.0, see ``DIGITS_LICENSE.txt``).
+  (``na_kernels/app/data/digits.csv.gz``, CC BY 4.0, see ``DIGITS_LICENSE.txt``).
 - ``load_mnist(data_dir, train)``: MNIST from its idx files (gzipped or not).
 - ``load_cifar(data_dir, num_classes, train)``: CIFAR-10/100 python pickle batches.
 - ``load_dataset(name, data_dir, train)``: one of the above by name.
@@ -26,7 +26,7 @@ from typing import Iterator, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ._validation import check_int
+from .._validation import check_int
 
 __all__ = [
     "DatasetError",
@@ -87,11 +87,11 @@ _DIGITS_STD = (6.0168,)
 
 
 def load_digits(path: Optional[str] = None) -> ImageData:
-    """The 1797 8x8 handwritten digits shipped in ``na_kernels/data`` (pixel values 0..16)."""
+    """The 1797 8x8 handwritten digits shipped in ``na_kernels/app/data`` (pixel values 0..16)."""
     try:
         if path is None:
-            raw = resources.files("na_kernels").joinpath("data", _DIGITS_FILE).read_bytes()
-            where = f"na_kernels/data/{_DIGITS_FILE}"
+            raw = resources.files("na_kernels.app").joinpath("data", _DIGITS_FILE).read_bytes()
+            where = f"na_kernels/app/data/{_DIGITS_FILE}"
         else:
             where = path
             with open(path, "rb") as f:

@@ -25,7 +25,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .._validation import check_bool, check_levels, check_positive, check_time_steps
 from .batchnorm import fold_batchnorm_graph
-from .fx_utils import (
+from ..nn.fx_utils import (
     SYNAPTIC_TYPES,
     UNCONVERTIBLE_MODULES,
     clip_call_level,
@@ -42,10 +42,10 @@ from .fx_utils import (
     site_name,
     trace,
 )
-from .if_layer import IFLayer
-from .network import SpikingNetwork, TimeRepeat
-from .noisy_quant import NoisyQuant
-from .stats import SynapseMeter
+from ..nn.if_layer import IFLayer
+from ..snn.network import SpikingNetwork, TimeRepeat
+from ..nn.noisy_quant import NoisyQuant
+from ..snn.stats import SynapseMeter
 
 MAXPOOL_TYPES = (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d
@@ -86,7 +86,7 @@ def to_snn(model: nn.Module, T: int, chunk: Optional[int] = None, *, fold_bn: bo
         fold_bn: fold BatchNorm into the preceding conv/linear (unfoldable ones stay, as the
             per-channel affine maps they are in eval mode). Folding changes pre-activations by
             rounding only, but that can move one across a level boundary, so ``snn.ann(x)``
-            equals ``model(x)`` only up to such flips (``na_kernels.nn.batchnorm`` states the
+            equals ``model(x)`` only up to such flips (``na_kernels.convert.batchnorm`` states the
             bound exactly).
         allow_maxpool: run max pooling on spikes as it is instead of raising.
         allow_nonlinear_after_spikes: convert even where an operation that is not linear in

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from .convert import to_snn
-from .if_layer import IFLayer
-from .network import SpikingNetwork
-from .stats import SynapseMeter
+from ..nn.if_layer import IFLayer
+from ..snn.network import SpikingNetwork
+from ..snn.stats import SynapseMeter
 
 
 class ClippedActivation(nn.Module):
@@ -91,7 +91,7 @@ def clipped_network(model: nn.Module) -> ClippedNetwork:
 
     Returns:
         ``ClippedNetwork``: ``limit(x)`` with x ``[B, ...]`` -> ``[B, ...]``, evaluated like
-        the ANN (e.g. ``na_kernels.train.evaluate(limit, loader)``).
+        the ANN (e.g. ``na_kernels.app.train.evaluate(limit, loader)``).
 
     Raises:
         TypeError if ``model`` is not an nn.Module; ValueError as ``to_snn`` does for a model

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._validation import check_dense, check_real
-from .fx_utils import CONV_TYPES
+from ..nn.fx_utils import CONV_TYPES
 
 
 class SynapseMeter(nn.Module):

@@ -29,7 +29,7 @@ from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from .fx_utils import SYNAPTIC_TYPES, free_submodule_name, trace
+from ..nn.fx_utils import SYNAPTIC_TYPES, free_submodule_name, trace
 
 
 def fold_batchnorm(model: nn.Module) -> fx.GraphModule:

@@ -35,11 +35,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ._validation import (check_bool, check_clip_level, check_int, check_levels, check_noise, check_optional_int,
+from .._validation import (check_bool, check_clip_level, check_int, check_levels, check_noise, check_optional_int,
                           check_positive, check_real)
 from .datasets import BatchLoader, ImageData, load_dataset
 from .models import build_model, check_image_size
-from .nn.noisy_quant import NoisyQuant
+from ..nn.noisy_quant import NoisyQuant
 
 __all__ = [
     "TrainConfig",

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .._validation import check_bool, check_int, check_real, check_time_steps
 from .calibrate import calibrate_thresholds, calibration_inputs
 from .convert import to_snn
-from .noisy_quant import NoisyQuant
+from ..nn.noisy_quant import NoisyQuant
 from .replace import replace_activations
 
 

@@ -119,9 +119,9 @@ def _per_channel(values: torch.Tensor, shape) -> np.ndarray:
 
 class _Exporter:
     def __init__(self, snn, input_shape):
-        from .if_layer import IFLayer
-        from .network import TimeRepeat
-        from .stats import SynapseMeter
+        from ..nn.if_layer import IFLayer
+        from ..snn.network import TimeRepeat
+        from ..snn.stats import SynapseMeter
         self.nir = _nir()
         self.snn, self.gm = snn, snn.network
         self.input_shape = tuple(int(d) for d in input_shape)
@@ -195,7 +195,7 @@ class _Exporter:
 
     def metadata(self):
         from .. import __version__
-        from .if_layer import V_INIT
+        from ..nn.if_layer import V_INIT
         return {
             "producer": "na_kernels", "format": FORMAT, "format_version": FORMAT_VERSION,
             "na_kernels_version": __version__, "T": int(self.snn.T), "chunk": int(self.snn.chunk or 0), "dt": 1.0,
@@ -208,7 +208,7 @@ class _Exporter:
 
     # ------------------------------------------------------------------ modules
     def module(self, node, module):
-        from .if_layer import V_INIT
+        from ..nn.if_layer import V_INIT
         nir = self.nir
         if isinstance(module, self.identity_types):
             return self.value(node, node.args[0])
@@ -358,7 +358,7 @@ class _Exporter:
 
 def describe(node) -> str:
     """What an fx node calls, as a user wrote it (``torch.cat()``, ``Tensor.mul()``)."""
-    from .fx_utils import describe_call
+    from ..nn.fx_utils import describe_call
     return describe_call(node) if node.op in ("call_function", "call_method") else str(node.target)
 
 
@@ -375,7 +375,7 @@ def to_nir(snn, input_shape: Sequence[int]):
     Raises:
         NIRExportError (a ValueError) naming the fx node of an operation NIR cannot express.
     """
-    from .network import SpikingNetwork
+    from ..snn.network import SpikingNetwork
     if not isinstance(snn, SpikingNetwork):
         raise TypeError(f"to_nir expects a SpikingNetwork (from to_snn), got {type(snn).__name__}")
     return _Exporter(snn, input_shape).run()
@@ -422,8 +422,8 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None):
     Raises NIRExportError for a graph na_kernels did not write (its IF semantics would be a
     guess: see the module docstring) or a node type it does not use.
     """
-    from .convert import _add_synapse_meters, _add_time_repetition, _wrap
-    from .if_layer import V_INIT, IFLayer
+    from ..convert.convert import _add_synapse_meters, _add_time_repetition, _wrap
+    from ..nn.if_layer import V_INIT, IFLayer
     nir = _nir()
     if not isinstance(graph, nir.NIRGraph):
         graph = nir.read(graph)

@@ -83,9 +83,9 @@ class SerializationError(ValueError):
 
 
 def _own_classes():
-    from .if_layer import IFLayer
-    from .network import TimeRepeat
-    from .stats import SynapseMeter
+    from ..nn.if_layer import IFLayer
+    from ..snn.network import TimeRepeat
+    from ..snn.stats import SynapseMeter
     return {f"na_kernels.nn.{c.__name__}": c for c in (IFLayer, TimeRepeat, SynapseMeter)}
 
 
@@ -196,7 +196,7 @@ def _function_name(target, where):
             return f"{candidate}:{name}"
     raise SerializationError(
         f"{where}: calls {module}.{name}, which save_snn does not write (accepted: operator arithmetic, getattr, "
-        "and the torch / torch.nn.functional functions in na_kernels.nn.serialize.ALLOWED_FUNCTIONS)"
+        "and the torch / torch.nn.functional functions in na_kernels.io.serialize.ALLOWED_FUNCTIONS)"
     )
 
 
@@ -258,7 +258,7 @@ def _describe_graph(graph: fx.Graph):
 def snn_record(snn) -> dict:
     """The plain-data record ``save_snn`` writes (see the module docstring for its fields)."""
     from .. import __version__
-    from .network import SpikingNetwork
+    from ..snn.network import SpikingNetwork
     if not isinstance(snn, SpikingNetwork):
         raise TypeError(f"save_snn expects a SpikingNetwork (from to_snn), got {type(snn).__name__}")
     gm = snn.network
@@ -352,7 +352,7 @@ def _check_reference(root, entry, where):
 
 def snn_from_record(record, where="the record"):
     """Rebuild the ``SpikingNetwork`` a ``snn_record`` describes."""
-    from .network import SpikingNetwork
+    from ..snn.network import SpikingNetwork
     _check_record(record, where)
     modules, built = {}, []
     for entry in record["modules"]:

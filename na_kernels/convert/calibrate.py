@@ -48,7 +48,7 @@ def calibrate_thresholds(
         "best_iteration", "layers": {name: {"before", "after"}}}`` (per-layer relative errors).
         The SNN's statistics are reset afterwards.
     """
-    from .network import SpikingNetwork
+    from ..snn.network import SpikingNetwork
 
     if not isinstance(snn, SpikingNetwork):
         raise TypeError(

@@ -19,7 +19,7 @@ import torch
 from torch import fx, nn
 
 from .._validation import check_time_steps
-from .if_layer import IFLayer
+from ..nn.if_layer import IFLayer
 from .stats import SynapseMeter, collect_statistics, format_statistics
 
 
@@ -146,7 +146,7 @@ class SpikingNetwork(nn.Module):
     def statistics(self, energy_per_ac: float = 0.9e-12, energy_per_mac: float = 4.6e-12) -> dict:
         """Spike statistics and an energy estimate of the runs since the last reset.
 
-        See ``na_kernels.nn.stats.collect_statistics`` for the keys.
+        See ``na_kernels.snn.stats.collect_statistics`` for the keys.
         """
         return collect_statistics(self, energy_per_ac=energy_per_ac, energy_per_mac=energy_per_mac)
 
@@ -158,7 +158,7 @@ class SpikingNetwork(nn.Module):
         """This network's T → ∞ limit, every IF layer replaced by ``clamp(x, 0, θ) * a/θ``
         (``clamp(x, 0, λ)`` uncalibrated): a ``ClippedNetwork``, ``[B, ...] -> [B, ...]``.
         See ``na_kernels.nn.clipped_network``."""
-        from .limit import clipped_network
+        from ..convert.limit import clipped_network
 
         return clipped_network(self)
 
@@ -168,7 +168,7 @@ class SpikingNetwork(nn.Module):
     def save(self, path) -> None:
         """Write this network to ``path`` for ``na_kernels.nn.load_snn`` (no model code needed to
         load it; tensors and plain data only, read with ``weights_only=True``)."""
-        from .serialize import save_snn
+        from ..io.serialize import save_snn
         save_snn(self, path)
 
     def run_early_exit(self, x, rule, *, T_max: Optional[int] = None, chunk: int = 1, labels=None):
@@ -176,7 +176,7 @@ class SpikingNetwork(nn.Module):
         stops at the first step t >= ``rule.min_steps`` where ``rule`` holds on its running output
         ``out[t-1]`` (at ``T_max``, default ``self.T``, at the latest) and leaves the batch.
         ``rule``: an ``ExitRule`` or a confidence threshold c (top softmax probability >= c).
-        Returns an ``EarlyExitResult`` (see ``na_kernels.nn.early_exit.run_early_exit``)."""
+        Returns an ``EarlyExitResult`` (see ``na_kernels.snn.early_exit.run_early_exit``)."""
         from .early_exit import run_early_exit
 
         return run_early_exit(self, x, rule, T_max=T_max, chunk=chunk, labels=labels)

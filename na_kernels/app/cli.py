@@ -4,7 +4,7 @@
     na-kernels train --dataset cifar10 --data-dir D --arch resnet20 --p 3 --noise uniform
     na-kernels evaluate --checkpoint runs/x/last.pt [--data-dir D]
     na-kernels convert --checkpoint runs/x/last.pt [--data-dir D] --T 32 [--report r.json]
-    torchrun --nproc_per_node N -m na_kernels.cli train ...   (or the na-kernels script)
+    torchrun --nproc_per_node N -m na_kernels.app.cli train ...   (or the na-kernels script)
 
 Run ``na-kernels <command> --help`` for the options.
 """
@@ -19,12 +19,12 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from . import __version__
+from .. import __version__
 from .datasets import DATASETS, BatchLoader, DatasetError, load_dataset
 from .models import MODELS
-from ._spec import Noise
+from .._spec import Noise
 from .demo import cmd_demo
-from ._validation import check_clip_level, check_int, check_levels, check_positive, check_real, check_time_steps
+from .._validation import check_clip_level, check_int, check_levels, check_positive, check_real, check_time_steps
 from .train import (_MIN_LAM, CheckpointError, ConfigError, TrainConfig, check_output_path, check_run_seed,
                     evaluate, evaluate_snn, fit, load_checkpoint, network_from_checkpoint, parse_device)
 
@@ -39,7 +39,7 @@ def _err(msg: str) -> None:
 
 
 def cmd_train(args) -> int:
-    """``na-kernels train``: :func:`na_kernels.train.fit` with the options as a TrainConfig."""
+    """``na-kernels train``: :func:`na_kernels.app.train.fit` with the options as a TrainConfig."""
     resume = args.resume
     if resume == "auto":
         resume = os.path.join(args.out, "last.pt")
@@ -76,7 +76,7 @@ def _checkpoint_model_and_test_data(args):
 
 def cmd_evaluate(args) -> int:
     """``na-kernels evaluate``: test accuracy of a checkpoint's quantized ANN (noise off) and of its clipped network."""
-    from .nn import clipped_network
+    from ..nn import clipped_network
 
     state, model, device, test = _checkpoint_model_and_test_data(args)
     acc = evaluate(model, BatchLoader(test, args.batch_size, device=device), amp=not args.no_amp,
@@ -92,7 +92,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_convert(args) -> int:
     """``na-kernels convert``: a checkpoint as an SNN: accuracy at every t <= T, spikes, energy."""
-    from .nn import clipped_network, to_snn
+    from ..nn import clipped_network, to_snn
 
     exit_rules = _exit_rules(args)
     state, model, device, test = _checkpoint_model_and_test_data(args)
@@ -124,7 +124,7 @@ def cmd_convert(args) -> int:
 def _exit_rules(args) -> list:
     """The early-exit rules of ``convert``'s --exit-* options: one per confidence x margin given
     (an empty list without --exit-confidence / --exit-margin)."""
-    from .nn import ExitRule
+    from ..nn import ExitRule
 
     confidences, margins = args.exit_confidence or [None], args.exit_margin or [None]
     if args.exit_confidence is None and args.exit_margin is None:
@@ -141,7 +141,7 @@ def _convert_early_exit(args, snn, loader, acc, rules) -> Optional[list]:
     """``convert`` with --exit-*: one early-exit run per rule over the test set (T_max = --T,
     chunk = --chunk or 1), printed as the accuracy / mean-exit-step table next to the fixed-T
     curve ``acc``; returns the rows (None without rules)."""
-    from .nn import exit_tradeoff, format_tradeoff
+    from ..nn import exit_tradeoff, format_tradeoff
 
     if not rules:
         return None
@@ -245,7 +245,7 @@ def _exit_probability(name: str):
     """An argparse type for an ExitRule threshold (``confidence`` / ``margin``), checked by ExitRule."""
 
     def check(value):
-        from .nn import ExitRule
+        from ..nn import ExitRule
 
         return getattr(ExitRule(**{name: value}), name)
 
@@ -326,8 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
         description = helptext
         if name == "convert":
             description += (". Conversion is deterministic and takes a second, so the checkpoint is the artifact; "
-                            "in Python: na_kernels.nn.to_snn(na_kernels.train.network_from_checkpoint("
-                            "na_kernels.train.load_checkpoint(path)), T)")
+                            "in Python: na_kernels.nn.to_snn(na_kernels.app.train.network_from_checkpoint("
+                            "na_kernels.app.train.load_checkpoint(path)), T)")
         c = sub.add_parser(name, help=helptext, description=description)
         c.add_argument("--checkpoint", required=True, help="a checkpoint written by na-kernels train")
         c.add_argument("--data-dir", default=None, help="dataset folder (default: the one it was trained on)")

@@ -292,7 +292,7 @@ def split_stem(network: fx.GraphModule):
     ``body(x, *values)`` is the rest of the graph (``body(x, *stem(x)) == network(x)``), so a
     chunked run computes the stem once. Both share the network's modules. ``(None, None)`` when
     nothing can be cut (the input itself is repeated). Cached per network."""
-    from .if_layer import IFLayer
+    from ..nn.if_layer import IFLayer
     from .network import TimeRepeat
 
     cached = _SPLITS.get(network)
@@ -441,7 +441,7 @@ def evaluate_early_exit(snn, batches: Iterable, rule: RuleLike, *, T_max: Option
                         desc: str = "early exit", show_progress: bool = False) -> EarlyExitResult:
     """``run_early_exit`` over ``batches`` (an iterable of ``(x, labels)`` pairs or of x
     tensors, e.g. a ``BatchLoader``), as one result; statistics reset once, over all batches."""
-    from ..train import progress
+    from ..app.train import progress
 
     _check_network(snn)
     rule = as_rule(rule)

@@ -1,7 +1,7 @@
 """``na-kernels demo``: NoisyQuant vs QCFS on the bundled 8x8 digits: per model the ANN, the
 clipped network (the SNN's T -> infinity limit) and the SNN at T = 1..64.
 
-The command line wiring is in ``na_kernels.cli``; this module trains, converts, evaluates,
+The command line wiring is in ``na_kernels.app.cli``; this module trains, converts, evaluates,
 prints the table and draws the plot.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from . import __version__
-from ._spec import Noise
+from .. import __version__
+from .._spec import Noise
 from .datasets import BatchLoader, ImageData, digits_split
 from .train import build_network, evaluate, evaluate_snn, make_optimizer, make_scheduler, train_epoch
 
@@ -68,7 +68,7 @@ def _snn_eval(snn, test: ImageData, Ts: Sequence[int], batch_size: int, show: bo
 def _early_exit_eval(snn, test: ImageData, T_max: int, batch_size: int, confidences) -> List[Dict[str, Any]]:
     """The per-sample early exit's trade-off on the test set: one row per confidence threshold
     (``na_kernels.nn.exit_tradeoff``: accuracy, mean exit step, energy of the steps run)."""
-    from .nn import exit_tradeoff
+    from ..nn import exit_tradeoff
 
     if not confidences:
         return []
@@ -77,7 +77,7 @@ def _early_exit_eval(snn, test: ImageData, T_max: int, batch_size: int, confiden
 
 def _limit_eval(model, test: ImageData) -> float:
     """Test accuracy of ``model``'s clipped network (every NoisyQuant site clamp(x, 0, λ)), evaluated like the ANN."""
-    from .nn import clipped_network
+    from ..nn import clipped_network
 
     return evaluate(clipped_network(model), BatchLoader(test, 256), amp=False, show_progress=False)
 
@@ -159,7 +159,7 @@ def cmd_demo(args) -> int:
 
 
 def _demo(args, t0: float, show: bool) -> int:
-    from .nn import to_snn
+    from ..nn import to_snn
 
     Ts = DEMO_TS
     energy_T = 4
@@ -207,7 +207,7 @@ def _demo(args, t0: float, show: bool) -> int:
               f"ANN {_pct(r['ann_acc']).strip()}")
     print(f"(one test image = {100 / len(test):.2f} points)")
     if args.exit_confidence:
-        from .nn import format_tradeoff
+        from ..nn import format_tradeoff
 
         print()
         print(f"Per-sample early exit (T_max = {max(Ts)}): each image stops at the first step where the top "
@@ -220,7 +220,7 @@ def _demo(args, t0: float, show: bool) -> int:
     report = {
         "command": "na-kernels demo", "version": __version__, "seed": args.seed, "quick": bool(args.quick),
         "dataset": {"name": "UCI optical recognition of handwritten digits (8x8)", "train": len(train),
-                    "test": len(test), "licence": "CC BY 4.0, see na_kernels/data/DIGITS_LICENSE.txt"},
+                    "test": len(test), "licence": "CC BY 4.0, see na_kernels/app/data/DIGITS_LICENSE.txt"},
         "model": "DigitsCNN", "p": args.p, "lam_init": args.lam, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "momentum": 0.9, "weight_decay": 5e-4, "T": list(Ts), "energy_T": energy_T,
         "exit_confidence": list(args.exit_confidence),

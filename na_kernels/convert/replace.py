@@ -19,7 +19,7 @@ from typing import Dict, Iterable, List, Tuple
 
 from torch import nn
 
-from .fx_utils import (
+from ..nn.fx_utils import (
     UNCONVERTIBLE_MODULES,
     clip_call_level,
     clip_module_level,
@@ -32,7 +32,7 @@ from .fx_utils import (
     site_name,
     trace,
 )
-from .noisy_quant import NoisyQuant
+from ..nn.noisy_quant import NoisyQuant
 
 # torch.nn modules (fx leaves) whose forward calls ``self.activation``, a function by default
 FUNCTIONAL_ACTIVATION_HOLDERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
