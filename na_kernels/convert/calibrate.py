@@ -17,6 +17,7 @@ iteration with the smallest total relative count error ``sum_c |n_c - target_c| 
 import torch
 
 from .._validation import check_greater, check_int, check_real, check_time_steps
+from ..snn.network import SpikingNetwork
 
 
 def calibration_inputs(batch):
@@ -48,8 +49,6 @@ def calibrate_thresholds(
         "best_iteration", "layers": {name: {"before", "after"}}}`` (per-layer relative errors).
         The SNN's statistics are reset afterwards.
     """
-    from ..snn.network import SpikingNetwork
-
     if not isinstance(snn, SpikingNetwork):
         raise TypeError(
             f"snn must be a SpikingNetwork (what to_snn returns), got {type(snn).__name__}: "

@@ -7,11 +7,11 @@
 3. ``fold_batchnorm_graph``: fold each BatchNorm into the conv/linear before it;
 4. ``_place_if_layers``: one ``IFLayer`` per NoisyQuant call site and per functional
    ``noisy_quant`` call (θ = λ, ``v_init = 0.5``);
-5. ``_add_time_repetition``: ``TimeRepeat`` where a value that is the same at every step
+5. ``add_time_repetition``: ``TimeRepeat`` where a value that is the same at every step
    (the input, the stem) meets one that varies (spikes), so the stem runs once;
-6. ``_add_synapse_meters``: a ``SynapseMeter`` before every conv/linear call (counting from
+6. ``add_synapse_meters``: a ``SynapseMeter`` before every conv/linear call (counting from
    the IF layer's spike counts where it reads an IF output directly);
-7. ``_wrap``: recompile and wrap the graph in a ``SpikingNetwork`` with its report.
+7. ``wrap_network``: recompile and wrap the graph in a ``SpikingNetwork`` with its report.
 """
 import copy
 import itertools
@@ -118,9 +118,9 @@ def to_snn(model: nn.Module, T: int, chunk: Optional[int] = None, *, fold_bn: bo
     if_nodes = _place_if_layers(gm)
     if not check_bool("allow_nonlinear_after_spikes", allow_nonlinear_after_spikes):
         _check_linear_in_time(gm, if_nodes)
-    stem_runs_once = _add_time_repetition(gm, if_nodes)
-    _add_synapse_meters(gm, if_nodes)
-    return _wrap(gm, T, chunk, if_layers=list(if_nodes.values()), folded=folded, stem_runs_once=stem_runs_once)
+    stem_runs_once = add_time_repetition(gm, if_nodes)
+    add_synapse_meters(gm, if_nodes)
+    return wrap_network(gm, T, chunk, if_layers=list(if_nodes.values()), folded=folded, stem_runs_once=stem_runs_once)
 
 
 # ---------------------------------------------------------------------------------- the passes
@@ -324,7 +324,7 @@ def _scaled_by_a_constant(node: fx.Node, kind) -> bool:
     return sum(spiking) <= 1
 
 
-def _add_time_repetition(gm: fx.GraphModule, if_nodes: Dict[fx.Node, str]) -> bool:
+def add_time_repetition(gm: fx.GraphModule, if_nodes: Dict[fx.Node, str]) -> bool:
     """Insert a ``TimeRepeat`` ([B, ...] -> [T*B, ...]) where a value that is the same at every
     step meets one that varies over the steps, and tell each IF layer whether its input is such
     a [B, ...] value (``input_is_constant``).
@@ -362,7 +362,7 @@ def _add_time_repetition(gm: fx.GraphModule, if_nodes: Dict[fx.Node, str]) -> bo
     return not input_varies
 
 
-def _add_synapse_meters(gm: fx.GraphModule, if_nodes: Dict[fx.Node, str]) -> None:
+def add_synapse_meters(gm: fx.GraphModule, if_nodes: Dict[fx.Node, str]) -> None:
     """Insert a ``SynapseMeter`` before every conv/linear call (named like the IF layers:
     ``<layer>``, ``<layer>_call2``, ...); it is spike-driven when IF layers reach the call
     through stateless ops, analog (the stem) otherwise."""
@@ -401,7 +401,7 @@ def _reshaped_if_output(gm: fx.GraphModule, value, if_nodes):
     return value if isinstance(value, fx.Node) else None
 
 
-def _wrap(gm: fx.GraphModule, T: int, chunk: Optional[int], *, if_layers: List[str], folded: List[str],
+def wrap_network(gm: fx.GraphModule, T: int, chunk: Optional[int], *, if_layers: List[str], folded: List[str],
           stem_runs_once: bool) -> SpikingNetwork:
     """Recompile the converted graph and wrap it in a ``SpikingNetwork`` with its ``conversion_report``."""
     gm.graph.lint()

@@ -49,6 +49,14 @@ import torch
 from torch import fx, nn
 from torch.nn import functional as F
 
+from .. import __version__
+from ..convert.convert import add_synapse_meters, add_time_repetition, wrap_network
+from ..nn.fx_utils import describe_call
+from ..nn.if_layer import V_INIT, IFLayer
+from ..snn.base import TimeRepeat
+from ..snn.network import SpikingNetwork
+from ..snn.stats import SynapseMeter
+
 FORMAT = "na_kernels.nir"
 FORMAT_VERSION = 1
 
@@ -119,9 +127,6 @@ def _per_channel(values: torch.Tensor, shape) -> np.ndarray:
 
 class _Exporter:
     def __init__(self, snn, input_shape):
-        from ..nn.if_layer import IFLayer
-        from ..snn.network import TimeRepeat
-        from ..snn.stats import SynapseMeter
         self.nir = _nir()
         self.snn, self.gm = snn, snn.network
         self.input_shape = tuple(int(d) for d in input_shape)
@@ -194,8 +199,6 @@ class _Exporter:
         return nir.NIRGraph(nodes=self.nodes, edges=self.edges, metadata=self.metadata(), type_check=True)
 
     def metadata(self):
-        from .. import __version__
-        from ..nn.if_layer import V_INIT
         return {
             "producer": "na_kernels", "format": FORMAT, "format_version": FORMAT_VERSION,
             "na_kernels_version": __version__, "T": int(self.snn.T), "chunk": int(self.snn.chunk or 0), "dt": 1.0,
@@ -208,7 +211,6 @@ class _Exporter:
 
     # ------------------------------------------------------------------ modules
     def module(self, node, module):
-        from ..nn.if_layer import V_INIT
         nir = self.nir
         if isinstance(module, self.identity_types):
             return self.value(node, node.args[0])
@@ -358,7 +360,6 @@ class _Exporter:
 
 def describe(node) -> str:
     """What an fx node calls, as a user wrote it (``torch.cat()``, ``Tensor.mul()``)."""
-    from ..nn.fx_utils import describe_call
     return describe_call(node) if node.op in ("call_function", "call_method") else str(node.target)
 
 
@@ -375,7 +376,6 @@ def to_nir(snn, input_shape: Sequence[int]):
     Raises:
         NIRExportError (a ValueError) naming the fx node of an operation NIR cannot express.
     """
-    from ..snn.network import SpikingNetwork
     if not isinstance(snn, SpikingNetwork):
         raise TypeError(f"to_nir expects a SpikingNetwork (from to_snn), got {type(snn).__name__}")
     return _Exporter(snn, input_shape).run()
@@ -422,8 +422,6 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None):
     Raises NIRExportError for a graph na_kernels did not write (its IF semantics would be a
     guess: see the module docstring) or a node type it does not use.
     """
-    from ..convert.convert import _add_synapse_meters, _add_time_repetition, _wrap
-    from ..nn.if_layer import V_INIT, IFLayer
     nir = _nir()
     if not isinstance(graph, nir.NIRGraph):
         graph = nir.read(graph)
@@ -538,8 +536,8 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None):
         else:
             raise NIRExportError(f"from_nir: node {name!r} is a {kind}, which to_nir does not write")
     gm = fx.GraphModule(root, fx_graph, "FromNIR")
-    stem_runs_once = _add_time_repetition(gm, if_nodes)
-    _add_synapse_meters(gm, if_nodes)
+    stem_runs_once = add_time_repetition(gm, if_nodes)
+    add_synapse_meters(gm, if_nodes)
     T = int(meta.get("T", 1)) if T is None else T
     chunk = (int(meta.get("chunk", 0)) or None) if chunk is None else chunk
-    return _wrap(gm, T, chunk, if_layers=list(if_nodes.values()), folded=[], stem_runs_once=stem_runs_once)
+    return wrap_network(gm, T, chunk, if_layers=list(if_nodes.values()), folded=[], stem_runs_once=stem_runs_once)

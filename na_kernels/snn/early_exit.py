@@ -36,7 +36,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 import torch
 from torch import fx
 
+from .._progress import progress
 from .._validation import check_int, check_positive, check_real, check_time_steps
+from ..nn.if_layer import IFLayer
+from .base import SpikingNetworkBase, TimeRepeat
 from .stats import collect_statistics
 
 
@@ -236,9 +239,7 @@ def score_exits(outputs: torch.Tensor, rule: RuleLike) -> torch.Tensor:
 
 
 def _check_network(snn):
-    from .network import SpikingNetwork
-
-    if not isinstance(snn, SpikingNetwork):
+    if not isinstance(snn, SpikingNetworkBase):
         raise TypeError(f"snn must be a SpikingNetwork (from to_snn), got {type(snn).__name__}")
 
 
@@ -292,9 +293,6 @@ def split_stem(network: fx.GraphModule):
     ``body(x, *values)`` is the rest of the graph (``body(x, *stem(x)) == network(x)``), so a
     chunked run computes the stem once. Both share the network's modules. ``(None, None)`` when
     nothing can be cut (the input itself is repeated). Cached per network."""
-    from ..nn.if_layer import IFLayer
-    from .network import TimeRepeat
-
     cached = _SPLITS.get(network)
     if cached is not None and cached[0]() is network.graph:
         return cached[1:]
@@ -441,8 +439,6 @@ def evaluate_early_exit(snn, batches: Iterable, rule: RuleLike, *, T_max: Option
                         desc: str = "early exit", show_progress: bool = False) -> EarlyExitResult:
     """``run_early_exit`` over ``batches`` (an iterable of ``(x, labels)`` pairs or of x
     tensors, e.g. a ``BatchLoader``), as one result; statistics reset once, over all batches."""
-    from ..app.train import progress
-
     _check_network(snn)
     rule = as_rule(rule)
     T_max, chunk = _check_steps(snn, rule, T_max, chunk)

@@ -13,32 +13,22 @@
   from one chunk to the next, so memory is that of a c-step run (under no_grad; with autograd
   the potentials stay in the graph and gradients flow across chunks).
 """
+import copy
 from typing import Dict, Optional
 
 import torch
-from torch import fx, nn
+from torch import fx
 
 from .._validation import check_time_steps
 from ..nn.if_layer import IFLayer
+from .base import SpikingNetworkBase, TimeRepeat
+from .clipped import ClippedNetwork, clip_graph
+from .early_exit import run_early_exit
+from .record import snn_record
 from .stats import SynapseMeter, collect_statistics, format_statistics
 
 
-class TimeRepeat(nn.Module):
-    """``[B, ...] -> [T*B, ...]``: a value that is the same at every step, repeated time-major
-    where it meets a value that varies over the steps. Non-tensors pass through unchanged."""
-
-    def __init__(self):
-        super().__init__()
-        self.time_steps = 1
-
-    def forward(self, x):
-        """``[B, ...]`` -> ``[T*B, ...]`` (T = ``time_steps``), step-major."""
-        if not isinstance(x, torch.Tensor) or self.time_steps == 1 or x.dim() == 0:
-            return x
-        return x.unsqueeze(0).expand((self.time_steps,) + tuple(x.shape)).reshape((-1,) + tuple(x.shape[1:]))
-
-
-class SpikingNetwork(nn.Module):
+class SpikingNetwork(SpikingNetworkBase):
     """A converted network run in multi-step mode. Build it with ``to_snn``.
 
     ``forward(x, T=None, chunk=None)``: x ``[B, ...]`` (the ANN's input) ->
@@ -154,13 +144,11 @@ class SpikingNetwork(nn.Module):
         """``statistics()`` as a printable table."""
         return format_statistics(self.statistics(energy_per_ac, energy_per_mac))
 
-    def clipped(self):
+    def clipped(self) -> ClippedNetwork:
         """This network's T → ∞ limit, every IF layer replaced by ``clamp(x, 0, θ) * a/θ``
         (``clamp(x, 0, λ)`` uncalibrated): a ``ClippedNetwork``, ``[B, ...] -> [B, ...]``.
         See ``na_kernels.nn.clipped_network``."""
-        from ..convert.limit import clipped_network
-
-        return clipped_network(self)
+        return clip_graph(copy.deepcopy(self.network))
 
     def extra_repr(self):
         return f"T={self.T}, chunk={self.chunk}, if_layers={len(self.if_layers)}"
@@ -168,8 +156,7 @@ class SpikingNetwork(nn.Module):
     def save(self, path) -> None:
         """Write this network to ``path`` for ``na_kernels.nn.load_snn`` (no model code needed to
         load it; tensors and plain data only, read with ``weights_only=True``)."""
-        from ..io.serialize import save_snn
-        save_snn(self, path)
+        torch.save(snn_record(self), path)
 
     def run_early_exit(self, x, rule, *, T_max: Optional[int] = None, chunk: int = 1, labels=None):
         """Per-sample early exit on x ``[B, ...]``: the steps run ``chunk`` at a time, each sample
@@ -177,6 +164,4 @@ class SpikingNetwork(nn.Module):
         ``out[t-1]`` (at ``T_max``, default ``self.T``, at the latest) and leaves the batch.
         ``rule``: an ``ExitRule`` or a confidence threshold c (top softmax probability >= c).
         Returns an ``EarlyExitResult`` (see ``na_kernels.snn.early_exit.run_early_exit``)."""
-        from .early_exit import run_early_exit
-
         return run_early_exit(self, x, rule, T_max=T_max, chunk=chunk, labels=labels)
