@@ -75,7 +75,9 @@ def test_reference_matches_float64_formula(noise, p):
     y = reference.noisy_quant(x, p, lam, noise=noise, seed=seed)
     eps = torch.zeros(x.shape, dtype=torch.float64)
     if noise is not None:
+        # scale defaults to the noise kind's (gaussian 0.3), as in the op
         eps = reference.noise(x.shape, torch.tensor(seed), noise, x.device).double()
+        eps = eps * Noise.parse("noise", noise).default_scale
     lam64 = lam.double().view(1, -1, 1)
     z = x.double() * p / lam64 + eps + 0.5
     expected = torch.clamp(torch.floor(z), 0, p) * lam64 / p

@@ -6,7 +6,7 @@ from ..ops.integrate_fire import integrate_fire
 from ..ops.noisy_quant import noisy_quant
 from .._validation import check_dense
 
-V_INIT = 0.5  # the initial membrane potential v_init, as a fraction of the threshold θ
+from .._spec import DEFAULT_V_INIT as V_INIT  # integrate_fire's v_init, as a fraction of the threshold θ
 
 
 class IFLayer(nn.Module):

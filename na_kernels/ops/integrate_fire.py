@@ -26,7 +26,7 @@ Every output is in x_seq's per-step layout (``_layout.Layout``).
 import torch
 
 from .. import _layout
-from .._spec import IntegrateFireArgs, Save
+from .._spec import DEFAULT_V_INIT, IntegrateFireArgs, Save
 from .._validation import (check_alpha, check_amplitude, check_bool, check_initial_potential, check_reset,
                            check_sequence, check_spikes_fit, check_surrogate, positive_parameter_tensor)
 from ._registration import Op
@@ -98,7 +98,7 @@ def _choose_save(x_seq):
     return Save.H
 
 
-def integrate_fire(x_seq, threshold=1.0, *, v_init=0.5, reset="subtract", amplitude="threshold",
+def integrate_fire(x_seq, threshold=1.0, *, v_init=DEFAULT_V_INIT, reset="subtract", amplitude="threshold",
                    surrogate="sigmoid", alpha=4.0, detach_reset=False, return_v=False):
     """Multi-step integrate-and-fire over all T steps in one fused pass, with spike counts.
 

@@ -37,7 +37,7 @@ import math
 import torch
 
 from .. import _layout
-from .._spec import Reset, Save, Surrogate
+from .._spec import DEFAULT_V_INIT, Reset, Save, Surrogate
 
 SURROGATES = Surrogate.labels()
 RESETS = Reset.labels()
@@ -92,7 +92,7 @@ def initial_potential(v_init, theta_b, step_shape, device):
     return torch.full(step_shape, float(v_init), dtype=torch.float32, device=device) * theta_b
 
 
-def integrate_fire(x_seq, threshold=1.0, *, v_init=0.5, reset="subtract", amplitude="threshold",
+def integrate_fire(x_seq, threshold=1.0, *, v_init=DEFAULT_V_INIT, reset="subtract", amplitude="threshold",
                    surrogate="sigmoid", alpha=4.0, detach_reset=False, return_h=False):
     """The reference loop, differentiable through autograd.
 

@@ -49,24 +49,27 @@ def noise(x_shape, seed, kind, device):
     return eps.reshape(x_shape)
 
 
-def quantize_raw(x, lam, p, *, noise_kind=1, scale=1.0, shift=0.5, seed=0):
-    """(z + shift, lam as broadcast view): everything before the floor, in float32."""
+def quantize_raw(x, lam, p, *, noise_kind=1, scale=None, shift=0.5, seed=0):
+    """(z + shift, lam as broadcast view): everything before the floor, in float32. ``scale=None``
+    is the noise kind's default (``_spec.DEFAULT_NOISE_SCALE``), as in ``na_kernels.noisy_quant``."""
     device = x.device
     lam_b = lam_view(lam, x)
     # (x * p) / lam, not x * (p / lam): exact half-step ties stay exact wherever x * p is
     z = torch.div(x.to(torch.float32) * _float(p, device), lam_b)
-    if _noise_kind(noise_kind) is not Noise.NONE:
-        eps = noise(x.shape, seed, noise_kind, device)
-        z = z + _float(scale, device) * eps
+    kind = _noise_kind(noise_kind)
+    if kind is not Noise.NONE:
+        eps = noise(x.shape, seed, kind, device)
+        z = z + _float(kind.default_scale if scale is None else scale, device) * eps
     return z + _float(shift, device), lam_b
 
 
-def noisy_quant(x, p, lam=1.0, *, noise="uniform", scale=1.0, shift=0.5, seed=0):
+def noisy_quant(x, p, lam=1.0, *, noise="uniform", scale=None, shift=0.5, seed=0):
     """Forward of the contract, differentiable: autograd gives the straight-through
     estimator of docs/design.md (d floor/dz := 1, clamp passes the gradient on [0, p]).
 
-    x: any shape, float dtype; lam: float, scalar tensor or [C] (dim 1 of x);
-    seed: int or 1-element int64 tensor. Returns y with x's shape and dtype.
+    x: any shape, float dtype; lam: float, scalar tensor or [C] (dim 1 of x); scale: None (the
+    noise kind's default, ``_spec.DEFAULT_NOISE_SCALE``) or a number; seed: int or 1-element
+    int64 tensor (unlike the op, never drawn: the reference is a pure function of its arguments). Returns y with x's shape and dtype.
     """
     z_shifted, lam_b = quantize_raw(x, lam, p, noise_kind=noise, scale=scale, shift=shift, seed=seed)
     # floor with d/dz := 1; infinities are saturated first so floor(z) - z is never inf - inf
@@ -77,7 +80,7 @@ def noisy_quant(x, p, lam=1.0, *, noise="uniform", scale=1.0, shift=0.5, seed=0)
     return y.to(x.dtype)
 
 
-def noisy_quant_backward(grad_y, x, lam, p, *, noise="uniform", scale=1.0, shift=0.5, seed=0):
+def noisy_quant_backward(grad_y, x, lam, p, *, noise="uniform", scale=None, shift=0.5, seed=0):
     """The straight-through backward in closed form: (grad_x, grad_lam).
 
     grad_x   = grad_y * [0 <= q_raw <= p]
