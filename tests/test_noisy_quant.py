@@ -10,11 +10,11 @@ import torch
 import na_kernels
 from na_kernels import cpu
 from na_kernels._spec import Noise
-from na_kernels.reference import noisy_quant as reference
+from na_kernels.ops.noisy_quant import reference as reference
 from na_kernels.reference import philox
 
 try:
-    from na_kernels.kernels import noisy_quant as triton_kernels
+    from na_kernels.ops.noisy_quant import triton as triton_kernels
 except ImportError:  # no triton
     triton_kernels = None
 
@@ -318,7 +318,7 @@ _AOT_SCRIPT = r"""
 import triton
 from triton.compiler import ASTSource
 from triton.backends.compiler import GPUTarget
-from na_kernels.kernels import noisy_quant as k
+from na_kernels.ops.noisy_quant import triton as k
 
 target = GPUTarget("cuda", 90, 32)
 common = {"lam_ptr": "*fp32", "seed_ptr": "*i64", "rows": "i32", "channel_stride": "i64", "channels": "i32",

@@ -1,4 +1,5 @@
 """Each default and table stated once: the reference, the op and the modules read the same one."""
+
 import inspect
 import pathlib
 
@@ -8,8 +9,8 @@ import torch
 import na_kernels
 from na_kernels import _spec
 from na_kernels.nn import if_layer, if_node
-from na_kernels.reference import integrate_fire as reference_integrate_fire
-from na_kernels.reference import noisy_quant as reference_noisy_quant
+from na_kernels.ops.integrate_fire import reference as reference_integrate_fire
+from na_kernels.ops.noisy_quant import reference as reference_noisy_quant
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The reference takes the seed the op drew: it is a pure function of its arguments, never drawing one.
@@ -17,16 +18,23 @@ DIFFERENT_BY_DESIGN = {"seed"}
 
 
 def _defaults(function):
-    return {name: parameter.default for name, parameter in inspect.signature(function).parameters.items()
-            if parameter.default is not inspect.Parameter.empty}
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
 
 
-@pytest.mark.parametrize("public, reference", [
-    (na_kernels.noisy_quant, reference_noisy_quant.noisy_quant),
-    (na_kernels.noisy_quant, reference_noisy_quant.noisy_quant_backward),
-    (na_kernels.integrate_fire, reference_integrate_fire.integrate_fire),
-    (na_kernels.integrate_fire, reference_integrate_fire.integrate_fire_backward),
-], ids=["noisy_quant", "noisy_quant_backward", "integrate_fire", "integrate_fire_backward"])
+@pytest.mark.parametrize(
+    "public, reference",
+    [
+        (na_kernels.noisy_quant, reference_noisy_quant.noisy_quant),
+        (na_kernels.noisy_quant, reference_noisy_quant.noisy_quant_backward),
+        (na_kernels.integrate_fire, reference_integrate_fire.integrate_fire),
+        (na_kernels.integrate_fire, reference_integrate_fire.integrate_fire_backward),
+    ],
+    ids=["noisy_quant", "noisy_quant_backward", "integrate_fire", "integrate_fire_backward"],
+)
 def test_reference_defaults_are_the_ops(public, reference):
     public_defaults, reference_defaults = _defaults(public), _defaults(reference)
     shared = (set(public_defaults) & set(reference_defaults)) - DIFFERENT_BY_DESIGN
@@ -57,6 +65,7 @@ def test_v_init_is_the_ops_default():
 
 def test_no_dtype_code_table_outside_the_vocabulary():
     from na_kernels import cpu
+
     assert not hasattr(cpu, "DTYPE_CODES")
 
 

@@ -3,9 +3,9 @@
 ``na_kernels._layout`` exactly as for the Triton kernels; backward recomputes h from x (when the
 forward kept x) in a per-thread scratch of T x the neurons one pass holds (never more than the
 layer's neurons)."""
-from .. import _layout, cpu
-from .output_cache import empty_strided
-from .._spec import DType, Save
+from ... import _layout, cpu
+from ...cpu.output_cache import empty_strided
+from ..._spec import DType, Save
 
 
 def _pointer(t):

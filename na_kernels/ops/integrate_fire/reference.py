@@ -36,8 +36,8 @@ import math
 
 import torch
 
-from .. import _layout
-from .._spec import DEFAULT_V_INIT, Reset, Save, Surrogate
+from ... import _layout
+from ..._spec import DEFAULT_V_INIT, Reset, Save, Surrogate
 
 SURROGATES = Surrogate.labels()
 RESETS = Reset.labels()

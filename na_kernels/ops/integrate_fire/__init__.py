@@ -11,7 +11,7 @@ spikes, counts and v_final only). Otherwise (``_choose_save``) either
     first recomputes h, bit for bit, in the same launch;
 plus the float32 threshold. The spikes are recomputed from h (``h >= theta``) in backward.
 
-Every backend module (``na_kernels.{kernels,cpu,reference}.integrate_fire``) has
+Every backend module (``na_kernels.ops.integrate_fire.{triton,cpu,reference}``) has
 
     forward(x_seq, threshold, v_init, args) -> (spikes, counts, v_final, h)
     backward(grad_spikes, grad_v, h, x_seq, v_init, threshold, args, x_dtype, need_grad_x,
@@ -25,11 +25,11 @@ Every output is in x_seq's per-step layout (``_layout.Layout``).
 
 import torch
 
-from .. import _layout
-from .._spec import DEFAULT_V_INIT, IntegrateFireArgs, Save
-from .._validation import (check_alpha, check_amplitude, check_bool, check_initial_potential, check_reset,
+from ... import _layout
+from ..._spec import DEFAULT_V_INIT, IntegrateFireArgs, Save
+from ..._validation import (check_alpha, check_amplitude, check_bool, check_initial_potential, check_reset,
                            check_sequence, check_spikes_fit, check_surrogate, positive_parameter_tensor)
-from ._registration import Op
+from .._registration import Op
 
 
 def _fake(x_seq, threshold, v_init, args):

@@ -1,6 +1,6 @@
 """Triton kernels for noisy_quant: forward, and the straight-through backward with the
 per-block partial sums of grad_lam. Same arithmetic, in the same order, as
-``na_kernels/reference/noisy_quant.py``; the noise of flat element ``i`` is output ``i % 4`` of
+``na_kernels/ops/noisy_quant/reference.py``; the noise of flat element ``i`` is output ``i % 4`` of
 ``tl.rand4x``/``tl.randn4x`` for counter ``i // 4``, regenerated in backward instead of stored.
 
 x is viewed as a [rows, channel_stride] matrix: row r belongs to channel ``r % channels`` (a
@@ -24,9 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .._layout import flat_channels
-from .._spec import Noise
-from ._storage import FLOAT_OPTIONS, load_f32, store_rounded
+from ..._layout import flat_channels
+from ..._spec import Noise
+from ...kernels._storage import FLOAT_OPTIONS, load_f32, store_rounded
 
 _NONE = tl.constexpr(Noise.NONE.value)
 _UNIFORM = tl.constexpr(Noise.UNIFORM.value)

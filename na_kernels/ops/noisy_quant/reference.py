@@ -17,9 +17,9 @@ calls every backend.
 """
 import torch
 
-from .._layout import numel
-from .._spec import Noise
-from . import philox
+from ..._layout import numel
+from ..._spec import Noise
+from ...reference import philox
 
 
 def _noise_kind(kind):

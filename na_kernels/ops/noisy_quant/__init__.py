@@ -2,7 +2,7 @@
 ``na_kernels::noisy_quant_backward``, see ``_registration``).
 
 Autograd keeps x, lam and the 1-element seed tensor: backward regenerates the noise from the seed.
-Every backend module (``na_kernels.{kernels,cpu,reference}.noisy_quant``) has
+Every backend module (``na_kernels.ops.noisy_quant.{triton,cpu,reference}``) has
 
     forward(x, lam, seed, args)                          -> y, x's shape and dtype, contiguous
     backward(grad_y, x, lam, seed, args, need_grad_lam)  -> (grad_x, grad_lam float32 [lam.numel()],
@@ -14,10 +14,10 @@ with ``lam`` a float32 or 16-bit tensor of one element or one per channel (dim 1
 import torch
 from torch import fx
 
-from .._spec import Noise, NoisyQuantArgs
-from .._validation import (check_bool, check_float_tensor, check_levels, check_noise, check_real, check_seed,
+from ..._spec import Noise, NoisyQuantArgs
+from ..._validation import (check_bool, check_float_tensor, check_levels, check_noise, check_real, check_seed,
                            positive_parameter_tensor, resolve_noise_scale)
-from ._registration import Op
+from .._registration import Op
 
 
 def _fake(x, lam, seed, args):

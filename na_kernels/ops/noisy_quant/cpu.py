@@ -2,10 +2,10 @@
 (the interface of ``na_kernels.ops.noisy_quant``)."""
 import torch
 
-from .. import cpu
-from .._layout import flat_channels
-from .._spec import DType
-from .output_cache import empty_like_dense
+from ... import cpu
+from ..._layout import flat_channels
+from ..._spec import DType
+from ...cpu.output_cache import empty_like_dense
 
 
 def _seed(seed):

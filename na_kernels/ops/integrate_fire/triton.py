@@ -1,6 +1,6 @@
 """Triton kernels for integrate_fire: the multi-step IF forward and its BPTT backward.
 
-Same arithmetic, in the same order, as ``na_kernels/reference/integrate_fire.py``. The data
+Same arithmetic, in the same order, as ``na_kernels/ops/integrate_fire/reference.py``. The data
 is viewed as flat [T, N] arrays, N neurons per step; the adapter (``forward`` and ``backward``
 at the end, the interface of ``na_kernels.ops.integrate_fire``) hands in outputs in the input's
 per-step memory order (e.g. channels-last, see ``na_kernels._layout``) and the stride between
@@ -22,9 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _layout
-from .._spec import Reset, Save, Surrogate
-from ._storage import FLOAT_OPTIONS, load_f32, store_rounded
+from ... import _layout
+from ..._spec import Reset, Save, Surrogate
+from ...kernels._storage import FLOAT_OPTIONS, load_f32, store_rounded
 
 _SIGMOID = tl.constexpr(Surrogate.SIGMOID.value)
 _ATAN = tl.constexpr(Surrogate.ATAN.value)
