@@ -111,4 +111,4 @@ def _limit_from_environment():
 
 _simd_limit = _limit_from_environment()  # what limit_simd (or NA_KERNELS_SIMD) last set
 
-from .output_cache import cache_info, empty_cache  # noqa: E402  (the kernels' output blocks)
+from .output_cache import cache_info, empty_cache, set_cache_limit  # noqa: E402,F401  (the kernels' output blocks)
