@@ -4,6 +4,7 @@ A package that gathers names from several layers (``na_kernels.nn`` re-exports t
 passes, the SNN runtime and the file formats) would otherwise import all of them, and their
 dependencies, at start-up, and its ``__init__`` would import upward into the layers above it.
 """
+
 import importlib
 
 

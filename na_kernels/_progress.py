@@ -3,6 +3,7 @@
 Used by the model layer (``early_exit.evaluate_early_exit``) and the app (training), so it
 lives below both.
 """
+
 import sys
 import time
 from typing import Iterable, Optional

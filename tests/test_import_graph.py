@@ -1,5 +1,6 @@
 """The package's import graph (read from the source with ast, nothing imported): no cycle, and
 imports only downward: kernel core < model layer (nn < snn < convert < io) < app."""
+
 import ast
 import pathlib
 
@@ -31,9 +32,12 @@ def _imports(name, path, modules):
             base = node.module or ""
             if node.level:
                 parts = package.split(".")
-                base = ".".join(parts[:len(parts) - node.level + 1] + ([node.module] if node.module else []))
-            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names
-                       if alias.name != "_C"]  # the compiled extension
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            targets = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                for alias in node.names
+                if alias.name != "_C"
+            ]  # the compiled extension
         else:
             continue
         for target in targets:
@@ -66,7 +70,7 @@ def test_no_import_cycle():
         state[module] = "open"
         for target in sorted(GRAPH[module]):
             if state.get(target) == "open":
-                cycles.append(stack[stack.index(target):] + [target])
+                cycles.append(stack[stack.index(target) :] + [target])
             elif target not in state:
                 visit(target, stack + [target])
         state[module] = "done"

@@ -6,11 +6,13 @@
 network without retraining) and ``limit`` (clipped_network: the SNN's T -> infinity limit).
 Everything here is re-exported by ``na_kernels.nn``.
 """
+
 from .._lazy import lazy_exports
 
 _LAZY = {
-    **dict.fromkeys(("ReplacementReport", "UnconvertibleActivationError", "replace_activations"),
-                    "na_kernels.convert.replace"),
+    **dict.fromkeys(
+        ("ReplacementReport", "UnconvertibleActivationError", "replace_activations"), "na_kernels.convert.replace"
+    ),
     "to_snn": "na_kernels.convert.convert",
     "fold_batchnorm": "na_kernels.convert.batchnorm",
     "calibrate_thresholds": "na_kernels.convert.calibrate",

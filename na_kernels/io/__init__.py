@@ -4,6 +4,7 @@
 ``nir_export`` (to_nir, from_nir: the Neuromorphic Intermediate Representation). Everything here
 is re-exported by ``na_kernels.nn``.
 """
+
 from .._lazy import lazy_exports
 
 _LAZY = {

@@ -4,6 +4,7 @@
 so the passes behind them (``early_exit``, ``clipped``, ``record``) sit below it and cannot
 name it: they check for ``SpikingNetworkBase``, whose one subclass it is.
 """
+
 import torch
 from torch import nn
 

@@ -1,5 +1,6 @@
 """The clipped network: the SNN's long-T limit as a plain network (``convert.limit`` explains
 the limit; ``SpikingNetwork.clipped`` and ``clipped_network`` build it with ``clip_graph``)."""
+
 import torch
 from torch import fx, nn
 
@@ -18,8 +19,9 @@ class ClippedActivation(nn.Module):
         self.register_buffer("threshold", threshold.detach().to(torch.float32).clone())
         self.register_buffer("amplitude", amplitude.detach().to(torch.float32).clone())
         # decided once here, not per forward (no host sync, no graph break under torch.compile)
-        self.calibrated = (self.threshold.shape != self.amplitude.shape
-                           or not torch.equal(self.threshold, self.amplitude))
+        self.calibrated = self.threshold.shape != self.amplitude.shape or not torch.equal(
+            self.threshold, self.amplitude
+        )
 
     def _view(self, tensor, x):
         if tensor.dim() == 1:

@@ -5,6 +5,7 @@ This half, the record of a network and the vocabulary of what the format accepts
 ``SpikingNetwork`` so that ``SpikingNetwork.save`` can call it; the loader, which builds a
 ``SpikingNetwork``, sits above it in ``na_kernels.io``.
 """
+
 import builtins
 import math
 import operator
@@ -18,7 +19,6 @@ from ..nn.if_layer import IFLayer
 from .base import SpikingNetworkBase, TimeRepeat
 from .stats import SynapseMeter
 
-
 FORMAT = "na_kernels.SpikingNetwork"
 
 
@@ -26,33 +26,125 @@ FORMAT_VERSION = 1
 
 
 ALLOWED_MODULES = (
-    "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Linear", "Identity",
-    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "LayerNorm",
-    "AvgPool1d", "AvgPool2d", "AvgPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d",
-    "MaxPool1d", "MaxPool2d", "MaxPool3d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AdaptiveMaxPool3d",
-    "Flatten", "Unflatten", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
-    "ZeroPad1d", "ZeroPad2d", "ZeroPad3d", "ConstantPad1d", "ConstantPad2d", "ConstantPad3d",
-    "Upsample", "PixelShuffle", "PixelUnshuffle", "Softmax", "LogSoftmax", "Module",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+    "Linear",
+    "Identity",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "GroupNorm",
+    "LayerNorm",
+    "AvgPool1d",
+    "AvgPool2d",
+    "AvgPool3d",
+    "AdaptiveAvgPool1d",
+    "AdaptiveAvgPool2d",
+    "AdaptiveAvgPool3d",
+    "MaxPool1d",
+    "MaxPool2d",
+    "MaxPool3d",
+    "AdaptiveMaxPool1d",
+    "AdaptiveMaxPool2d",
+    "AdaptiveMaxPool3d",
+    "Flatten",
+    "Unflatten",
+    "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
+    "AlphaDropout",
+    "ZeroPad1d",
+    "ZeroPad2d",
+    "ZeroPad3d",
+    "ConstantPad1d",
+    "ConstantPad2d",
+    "ConstantPad3d",
+    "Upsample",
+    "PixelShuffle",
+    "PixelUnshuffle",
+    "Softmax",
+    "LogSoftmax",
+    "Module",
 )
 
 
 ALLOWED_FUNCTIONS = {
     "_operator": (
-        "add", "sub", "mul", "truediv", "floordiv", "mod", "neg", "pos", "matmul", "getitem", "iadd", "isub",
-        "imul", "itruediv",
+        "add",
+        "sub",
+        "mul",
+        "truediv",
+        "floordiv",
+        "mod",
+        "neg",
+        "pos",
+        "matmul",
+        "getitem",
+        "iadd",
+        "isub",
+        "imul",
+        "itruediv",
     ),
     "builtins": ("getattr",),
     "math": ("sqrt",),
     "torch": (
-        "add", "sub", "mul", "div", "cat", "stack", "flatten", "reshape", "transpose", "permute", "squeeze",
-        "unsqueeze", "mean", "sum", "matmul", "avg_pool1d", "adaptive_avg_pool1d", "max_pool1d", "max_pool2d",
-        "max_pool3d", "conv1d", "conv2d", "conv3d", "clamp", "chunk", "split",
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "cat",
+        "stack",
+        "flatten",
+        "reshape",
+        "transpose",
+        "permute",
+        "squeeze",
+        "unsqueeze",
+        "mean",
+        "sum",
+        "matmul",
+        "avg_pool1d",
+        "adaptive_avg_pool1d",
+        "max_pool1d",
+        "max_pool2d",
+        "max_pool3d",
+        "conv1d",
+        "conv2d",
+        "conv3d",
+        "clamp",
+        "chunk",
+        "split",
     ),
     "torch.nn.functional": (
-        "linear", "conv1d", "conv2d", "conv3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
-        "adaptive_avg_pool2d", "adaptive_avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d",
-        "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "dropout", "pad", "interpolate",
-        "batch_norm", "layer_norm", "group_norm", "softmax", "log_softmax",
+        "linear",
+        "conv1d",
+        "conv2d",
+        "conv3d",
+        "avg_pool1d",
+        "avg_pool2d",
+        "avg_pool3d",
+        "adaptive_avg_pool1d",
+        "adaptive_avg_pool2d",
+        "adaptive_avg_pool3d",
+        "max_pool1d",
+        "max_pool2d",
+        "max_pool3d",
+        "adaptive_max_pool1d",
+        "adaptive_max_pool2d",
+        "adaptive_max_pool3d",
+        "dropout",
+        "pad",
+        "interpolate",
+        "batch_norm",
+        "layer_norm",
+        "group_norm",
+        "softmax",
+        "log_softmax",
     ),
 }
 
@@ -60,8 +152,7 @@ ALLOWED_FUNCTIONS = {
 ALLOWED_GETATTR = ("shape", "ndim", "dtype", "device", "T", "mT", "real")
 
 
-FUNCTION_MODULES = {"_operator": operator, "builtins": builtins, "math": math, "torch": torch,
-                     "torch.nn.functional": F}
+FUNCTION_MODULES = {"_operator": operator, "builtins": builtins, "math": math, "torch": torch, "torch.nn.functional": F}
 
 
 MODULE_BASE_KEYS = frozenset(nn.Module().__dict__)
@@ -76,9 +167,21 @@ TRANSIENT = {"v": None, "_ones": None, "_calibrated_versions": None, "_calibrate
 RESTORED = {"na_kernels.nn.IFLayer": ("v",), "na_kernels.nn.SynapseMeter": ("_ones",)}
 
 
-DTYPES = {str(d).replace("torch.", ""): d for d in (
-    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.int16, torch.int32, torch.int64,
-    torch.uint8, torch.bool)}
+DTYPES = {
+    str(d).replace("torch.", ""): d
+    for d in (
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.bfloat16,
+        torch.int8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.uint8,
+        torch.bool,
+    )
+}
 
 
 class SerializationError(ValueError):
@@ -178,8 +281,9 @@ def _describe_module(name, module, modules):
         type="torch.nn.Module" if name == "" else _class_name(module, where),
         training=module.training,
         attributes=attributes,
-        parameters={k: (v.detach().cpu().clone(), v.requires_grad) for k, v in module._parameters.items()
-                    if v is not None},
+        parameters={
+            k: (v.detach().cpu().clone(), v.requires_grad) for k, v in module._parameters.items() if v is not None
+        },
         buffers={k: v.detach().cpu().clone() for k, v in module._buffers.items() if v is not None},
         non_persistent=sorted(module._non_persistent_buffers_set),
     )
@@ -198,8 +302,15 @@ def _describe_graph(graph: fx.Graph):
             target = node.target
         else:
             target = node.target
-        nodes.append(dict(op=node.op, name=node.name, target=target, args=_encode(node.args, where),
-                          kwargs=_encode(dict(node.kwargs), where)))
+        nodes.append(
+            dict(
+                op=node.op,
+                name=node.name,
+                target=target,
+                args=_encode(node.args, where),
+                kwargs=_encode(dict(node.kwargs), where),
+            )
+        )
     return nodes
 
 
