@@ -31,7 +31,7 @@ from .. import __version__
 from ..snn.network import SpikingNetwork
 from ..snn.record import (ALLOWED_FUNCTIONS, ALLOWED_GETATTR, ALLOWED_MODULES, DTYPES, FORMAT, FORMAT_VERSION,
                           FUNCTION_MODULES, MODULE_BASE_KEYS, RESTORED, TRANSIENT, SerializationError, check_getattr,
-                          resolve_class, snn_record)
+                          resolve_class, save_snn, snn_record)
 
 __all__ = ["save_snn", "load_snn", "snn_record", "snn_from_record", "SerializationError", "FORMAT", "FORMAT_VERSION",
            "ALLOWED_MODULES", "ALLOWED_FUNCTIONS", "ALLOWED_GETATTR"]
@@ -87,20 +87,8 @@ def _resolve_function(spelled):
     return getattr(FUNCTION_MODULES[module], name)
 
 
-# ---------------------------------------------------------------------------------- save
-
-
-def save_snn(snn, path) -> None:
-    """Write a converted ``SpikingNetwork`` to ``path`` (a file name or a binary file object).
-
-    The file holds tensors and plain data only (``torch.save`` of ``snn_record(snn)``);
-    ``load_snn`` rebuilds the network from it without the model's code. Raises
-    ``SerializationError`` (a ValueError) naming the module or fx node that the format cannot
-    describe (a custom module, a function outside ``ALLOWED_FUNCTIONS``, a hook)."""
-    torch.save(snn_record(snn), path)
-
-
 # ---------------------------------------------------------------------------------- load
+# (save_snn and the record it writes: na_kernels.snn.record)
 
 
 def _build_module(record):

@@ -24,7 +24,7 @@ from ..nn.if_layer import IFLayer
 from .base import SpikingNetworkBase, TimeRepeat
 from .clipped import ClippedNetwork, clip_graph
 from .early_exit import run_early_exit
-from .record import snn_record
+from .record import save_snn
 from .stats import SynapseMeter, collect_statistics, format_statistics
 
 
@@ -156,7 +156,7 @@ class SpikingNetwork(SpikingNetworkBase):
     def save(self, path) -> None:
         """Write this network to ``path`` for ``na_kernels.nn.load_snn`` (no model code needed to
         load it; tensors and plain data only, read with ``weights_only=True``)."""
-        torch.save(snn_record(self), path)
+        save_snn(self, path)
 
     def run_early_exit(self, x, rule, *, T_max: Optional[int] = None, chunk: int = 1, labels=None):
         """Per-sample early exit on x ``[B, ...]``: the steps run ``chunk`` at a time, each sample

@@ -341,3 +341,13 @@ def snn_record(snn) -> dict:
 def check_getattr(spelled, args, where):
     if spelled == "builtins:getattr" and (len(args) != 2 or args[1] not in ALLOWED_GETATTR):
         raise SerializationError(f"{where}: getattr{tuple(args)!r:.80} reads an attribute outside {ALLOWED_GETATTR}")
+
+
+def save_snn(snn, path) -> None:
+    """Write a converted ``SpikingNetwork`` to ``path`` (a file name or a binary file object).
+
+    The file holds tensors and plain data only (``torch.save`` of ``snn_record(snn)``);
+    ``load_snn`` rebuilds the network from it without the model's code. Raises
+    ``SerializationError`` (a ValueError) naming the module or fx node that the format cannot
+    describe (a custom module, a function outside ``ALLOWED_FUNCTIONS``, a hook)."""
+    torch.save(snn_record(snn), path)
