@@ -19,10 +19,10 @@ import time
 import torch
 from torch import nn
 
-from na_kernels.datasets import BatchLoader, digits_split
-from na_kernels.models import build_model
+from na_kernels.app.datasets import BatchLoader, digits_split
+from na_kernels.app.models import build_model
 from na_kernels.nn import NoisyQuant, clipped_network, to_snn
-from na_kernels.train import evaluate, evaluate_snn, make_optimizer, make_scheduler, train_epoch
+from na_kernels.app.train import evaluate, evaluate_snn, make_optimizer, make_scheduler, train_epoch
 
 TS = (1, 2, 4, 8, 16, 32, 64)
 

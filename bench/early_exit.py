@@ -33,9 +33,9 @@ import time
 
 import torch
 
-from na_kernels.datasets import BatchLoader, digits_split, load_dataset
+from na_kernels.app.datasets import BatchLoader, digits_split, load_dataset
 from na_kernels.nn import ExitRule, exit_tradeoff, format_tradeoff, run_early_exit, to_snn
-from na_kernels.nn.early_exit import compact, split_stem
+from na_kernels.snn.early_exit import compact, split_stem
 
 DEFAULT_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 
@@ -43,17 +43,17 @@ DEFAULT_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 # ----------------------------------------------------------------------------- the model
 def _demo_training():
     """The demo's training function and its default settings, wherever the demo lives."""
-    for module_name in ("na_kernels.demo", "na_kernels.cli"):
+    for module_name in ("na_kernels.app.demo", "na_kernels.app.cli"):
         try:
             module = __import__(module_name, fromlist=["_demo_train"])
         except ImportError:
             continue
         train = getattr(module, "_demo_train", None)
         if train is not None:
-            from na_kernels.cli import build_parser
+            from na_kernels.app.cli import build_parser
 
             return train, build_parser().parse_args(["demo"]), module_name
-    raise RuntimeError("no _demo_train in na_kernels.demo or na_kernels.cli: pass --checkpoint or --model")
+    raise RuntimeError("no _demo_train in na_kernels.app.demo or na_kernels.app.cli: pass --checkpoint or --model")
 
 
 def demo_model(seed=0, epochs=None, show=False):
@@ -70,7 +70,7 @@ def demo_model(seed=0, epochs=None, show=False):
 def load_model(args):
     """(model, test ImageData, description) from --checkpoint / --model, else the demo's model."""
     if args.checkpoint:
-        from na_kernels.train import load_checkpoint, network_from_checkpoint
+        from na_kernels.app.train import load_checkpoint, network_from_checkpoint
 
         state = load_checkpoint(args.checkpoint)
         cfg = state["config"]
@@ -172,7 +172,7 @@ def measure(model, test, *, T=8, batch=256, chunks=(1, 2, 4), thresholds=DEFAULT
     """Everything the script prints, as a dict (see the module doc)."""
     snn = to_snn(model, T).to(device).eval()
     batches = [(x, y) for x, y in BatchLoader(test, batch, device=device)]
-    from na_kernels.train import evaluate_snn
+    from na_kernels.app.train import evaluate_snn
 
     fixed_acc = evaluate_snn(snn, batches, T=T, show_progress=False)
     rows = exit_tradeoff(snn, batches, thresholds, T_max=T, chunk=1, show_progress=show)

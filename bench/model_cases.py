@@ -70,7 +70,7 @@ SNN_OURS = ("na_kernels", "na_kernels_stats", "na_kernels_compiled", "channels_l
 
 def architectures():
     """name -> builder(num_classes, act=...) of the CIFAR networks the cases may use."""
-    from na_kernels.models import resnet18, resnet20
+    from na_kernels.app.models import resnet18, resnet20
 
     return {"resnet20": resnet20, "resnet18": resnet18}
 

@@ -42,7 +42,7 @@ def pooled_net():
 
 
 def networks():
-    from na_kernels.models import VGG, digits_cnn, resnet20
+    from na_kernels.app.models import VGG, digits_cnn, resnet20
 
     return {
         "pooled": (pooled_net, (256, 1, 28, 28)),

@@ -24,9 +24,9 @@ THRESHOLDS = bench_exit.DEFAULT_THRESHOLDS
 
 @pytest.fixture(scope="module")
 def setup():
-    from na_kernels.datasets import BatchLoader, digits_split
+    from na_kernels.app.datasets import BatchLoader, digits_split
     from na_kernels.nn import exit_tradeoff, to_snn
-    from na_kernels.train import evaluate_snn
+    from na_kernels.app.train import evaluate_snn
 
     path = os.environ.get("NA_BENCH_EXIT_MODEL")
     if path:

@@ -6,9 +6,9 @@
 Forcing "triton" for CPU tensors runs Triton's interpreter and needs
 ``TRITON_INTERPRET=1`` set before triton is first imported.
 
-Each backend is a package with one module per op (``kernels/``: Triton, ``cpu/``: the C++
-extension, ``reference/``), and every such module has the op's ``forward`` and ``backward``
-with the same arguments (see ``na_kernels/ops``); ``implementation`` finds the one that runs.
+Each op's folder holds one module per backend (``na_kernels/ops/<op>/triton.py``, ``cpu.py``,
+``reference.py``), and every such module has the op's ``forward`` and ``backward`` with the same
+arguments (see ``na_kernels/ops/<op>/__init__.py``); ``implementation`` finds the one that runs.
 """
 import contextlib
 import importlib
@@ -18,7 +18,6 @@ from . import cpu
 
 
 BACKENDS = ("auto", "triton", "cpu", "reference")
-_PACKAGES = {"triton": "kernels", "cpu": "cpu", "reference": "reference"}  # backend -> package of na_kernels
 _modules = {}  # (backend, op) -> its module, imported on first use (triton is optional)
 
 _forced = None  # set by set_backend / use_backend; None means "read the environment"
@@ -86,9 +85,9 @@ def resolve(device):
 
 def implementation(op, device):
     """The module with ``forward`` and ``backward`` of ``op`` ("noisy_quant", "integrate_fire") for a
-    tensor on ``device``: na_kernels.kernels.<op>, na_kernels.cpu.<op> or na_kernels.reference.<op>."""
+    tensor on ``device``: na_kernels.ops.<op>.triton, .cpu or .reference."""
     key = (resolve(device), op)
     module = _modules.get(key)
     if module is None:
-        module = _modules[key] = importlib.import_module(f"na_kernels.{_PACKAGES[key[0]]}.{op}")
+        module = _modules[key] = importlib.import_module(f"na_kernels.ops.{op}.{key[0]}")
     return module

@@ -99,6 +99,15 @@ class Surrogate(Vocabulary):
     RECTANGLE = 3    # alpha * [|u| < 1 / (2 alpha)]
 
 
+# SpikingJelly's default sharpness of each of its surrogates (Sigmoid 4, ATan 2, Rect 1), which
+# IFNode takes for a surrogate given by name; integrate_fire's own default is alpha=4.0 for all.
+SPIKINGJELLY_ALPHA = {Surrogate.SIGMOID: 4.0, Surrogate.ATAN: 2.0, Surrogate.RECTANGLE: 1.0, Surrogate.TRIANGLE: 1.0}
+
+# integrate_fire's initial potential as a fraction of θ: half a threshold, so the rate after T steps
+# rounds x/θ to the nearest step instead of flooring it (docs/design.md, "Identity and limit").
+DEFAULT_V_INIT = 0.5
+
+
 class Save(Vocabulary):
     """What integrate_fire's forward keeps for backward."""
 

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from na_kernels.datasets import digits_split
+from na_kernels.app.datasets import digits_split
 from na_kernels.nn import replace_activations, to_snn
-from na_kernels.train import CheckpointError, _first_line, _load_weights, load_checkpoint, network_from_checkpoint
+from na_kernels.app.train import CheckpointError, _first_line, _load_weights, load_checkpoint, network_from_checkpoint
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_noisyquant import digits_tensors, make_model  # noqa: E402  the same model and data

@@ -1,6 +1,6 @@
 """How other SNN tools run a network na_kernels exported to NIR: load, run, compare.
 
-Trains the digits CNN of the demo (na_kernels.models.digits_cnn: four conv-BN layers, two
+Trains the digits CNN of the demo (na_kernels.app.models.digits_cnn: four conv-BN layers, two
 average pools, two linear layers) with NoisyQuant, converts it with ``to_snn``, writes it with
 ``to_nir`` in the pooling form each importer reads, loads the file with every peer installed
 (SpikingJelly, snnTorch, sinabs, Norse) through its own importer, with no hand edits, and runs
@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from na_kernels.datasets import digits_split
-from na_kernels.models import digits_cnn
+from na_kernels.app.datasets import digits_split
+from na_kernels.app.models import digits_cnn
 from na_kernels.nn import replace_activations, to_nir, to_snn
 
 STEPS = (1, 2, 4, 8, 16, 32, 64)

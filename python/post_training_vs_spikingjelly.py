@@ -1,6 +1,6 @@
 """Post-training conversion of a plain-ReLU CNN, side by side with SpikingJelly's converter.
 
-For each seed: train one plain-ReLU CNN (na_kernels.models.digits_cnn) on the bundled 8x8
+For each seed: train one plain-ReLU CNN (na_kernels.app.models.digits_cnn) on the bundled 8x8
 digits (1258 train / 539 test images), then convert that same network, with no retraining,
 
   - with SpikingJelly 2.0's rate-coding recipe: 99.9 % percentile, channel-wise, half threshold
@@ -32,10 +32,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from na_kernels.datasets import digits_split
-from na_kernels.models import digits_cnn
+from na_kernels.app.datasets import digits_split
+from na_kernels.app.models import digits_cnn
 from na_kernels.nn import post_training_convert
-from na_kernels.nn.post_training import SEARCH_PERCENTILES
+from na_kernels.convert.post_training import SEARCH_PERCENTILES
 
 STEPS = (1, 2, 4, 8)
 

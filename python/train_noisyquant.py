@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from na_kernels.datasets import digits_split  # the bundled 8x8 UCI digits (CC BY 4.0)
+from na_kernels.app.datasets import digits_split  # the bundled 8x8 UCI digits (CC BY 4.0)
 from na_kernels.nn import replace_activations
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from na_kernels.cli import main
+from na_kernels.app.cli import main
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,7 +50,7 @@ def test_clear_errors_for_missing_data_and_checkpoint(tmp_path, capsys):
 
 def test_console_entry_point_help():
     env = dict(os.environ)
-    proc = subprocess.run([sys.executable, "-m", "na_kernels.cli", "--help"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "na_kernels.app.cli", "--help"], capture_output=True, text=True,
                           timeout=120, env=env)
     assert proc.returncode == 0
     for command in ("demo", "train", "evaluate", "convert"):
@@ -58,7 +58,7 @@ def test_console_entry_point_help():
 
 
 def test_progress_falls_back_to_a_plain_stderr_line(monkeypatch, capsys):
-    from na_kernels.train import progress
+    from na_kernels.app.train import progress
 
     monkeypatch.setitem(sys.modules, "tqdm", None)
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
@@ -72,7 +72,7 @@ def test_progress_falls_back_to_a_plain_stderr_line(monkeypatch, capsys):
 
 
 def test_options_follow_the_shared_argument_rules(capsys):
-    from na_kernels.cli import build_parser
+    from na_kernels.app.cli import build_parser
 
     parser = build_parser()
     args = parser.parse_args(["train", "--dataset", "digits", "--p", "3.0", "--noise", "none"])
@@ -303,7 +303,7 @@ def test_train_writes_best_checkpoint_and_metrics(tmp_path, capsys):
     best_epoch = accs.index(max(accs)) + 1  # the earliest best
     assert metrics["best"] == {"epoch": best_epoch, "test_acc": max(accs), "checkpoint": str(out / "best.pt")}
     assert metrics["last"] == epochs[-1] and metrics["config"]["epochs"] == 3
-    from na_kernels.train import load_checkpoint
+    from na_kernels.app.train import load_checkpoint
 
     best = load_checkpoint(str(out / "best.pt"))
     assert best["epoch"] == best_epoch and load_checkpoint(str(out / "last.pt"))["epoch"] == 3
@@ -315,7 +315,7 @@ def test_train_writes_best_checkpoint_and_metrics(tmp_path, capsys):
 
 
 def test_help_shows_every_default(capsys):
-    from na_kernels.cli import build_parser
+    from na_kernels.app.cli import build_parser
 
     parser = build_parser()
     for command, expected in (("train", ["--epochs EPOCHS", "(default: 300)", "(default: 0.1)", "(default: 0.9)",
@@ -335,13 +335,13 @@ def test_help_shows_every_default(capsys):
 def test_lam_auto_is_the_train_default_and_converts(tmp_path, capsys):
     """--lam auto (each λ from its first batch) is the default: a fixed 8 stays near chance for the
     first epochs at p = 3 (measured on the digits, see the lead's note)."""
-    from na_kernels.cli import build_parser
+    from na_kernels.app.cli import build_parser
 
     assert build_parser().parse_args(["train", "--dataset", "digits"]).lam == "auto"
     assert build_parser().parse_args(["train", "--dataset", "digits", "--lam", "2"]).lam == 2
     out = tmp_path / "run"
     assert main(["train", *TINY, "--out", str(out)]) == 0
-    from na_kernels.train import load_checkpoint, network_from_checkpoint
+    from na_kernels.app.train import load_checkpoint, network_from_checkpoint
 
     state = load_checkpoint(str(out / "last.pt"))
     assert state["config"]["lam"] == "auto"
@@ -361,7 +361,7 @@ def test_convert_saves_a_network_that_loads(bad_inputs, tmp_path, capsys):
     import torch
 
     from na_kernels.nn import load_snn, to_snn
-    from na_kernels.train import load_checkpoint, network_from_checkpoint
+    from na_kernels.app.train import load_checkpoint, network_from_checkpoint
 
     path = tmp_path / "net.snn"
     assert main(_ckpt("convert", "good", "--T", "3", "--save", str(path))(bad_inputs)) == 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from na_kernels.datasets import (BatchLoader, DatasetError, digits_split, load_cifar, load_dataset, load_digits,
+from na_kernels.app.datasets import (BatchLoader, DatasetError, digits_split, load_cifar, load_dataset, load_digits,
                                  load_mnist, read_idx)
 
 
@@ -237,7 +237,7 @@ def test_loader_augmentation_deterministic_and_normalized():
 
 
 def test_random_crop_is_a_shifted_window():
-    from na_kernels.datasets import ImageData
+    from na_kernels.app.datasets import ImageData
 
     img = torch.arange(16, dtype=torch.uint8).reshape(1, 1, 4, 4).repeat(8, 1, 1, 1)
     data = ImageData(img, torch.zeros(8, dtype=torch.long), 10, (0.0,), (1.0,), max_value=1.0, crop_padding=1)

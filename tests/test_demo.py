@@ -1,4 +1,4 @@
-"""na-kernels demo (na_kernels.demo): the quick demo end to end, the shape of its result, reproducibility."""
+"""na-kernels demo (na_kernels.app.demo): the quick demo end to end, the shape of its result, reproducibility."""
 import io
 import json
 import re
@@ -8,11 +8,11 @@ from contextlib import redirect_stdout
 import pytest
 import torch
 
-from na_kernels import demo
-from na_kernels.cli import main
-from na_kernels.datasets import BatchLoader, digits_split
+from na_kernels.app import demo
+from na_kernels.app.cli import main
+from na_kernels.app.datasets import BatchLoader, digits_split
 from na_kernels.nn import clipped_network
-from na_kernels.train import evaluate
+from na_kernels.app.train import evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -100,7 +100,7 @@ import tempfile
 import triton
 from triton.compiler import ASTSource
 from triton.backends.compiler import GPUTarget
-from na_kernels.kernels import noisy_quant as nq_kernels
+from na_kernels.ops.noisy_quant import triton as nq_kernels
 from na_kernels.kernels._storage import FLOAT_OPTIONS
 
 target = GPUTarget("cuda", 90, 32)
@@ -171,8 +171,8 @@ class _RecordingKernel:
 
 def test_every_launch_uses_the_float_options(monkeypatch):
     """No FMA contraction and no libdevice flush-to-zero on every kernel launch (what the PTX test checks)."""
-    from na_kernels.kernels import integrate_fire as if_kernels
-    from na_kernels.kernels import noisy_quant as nq_kernels
+    from na_kernels.ops.integrate_fire import triton as if_kernels
+    from na_kernels.ops.noisy_quant import triton as nq_kernels
 
     launches = []
     for module, name in ((nq_kernels, "_noisy_quant_forward_kernel"), (nq_kernels, "_noisy_quant_backward_kernel"),

@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import na_kernels
-from na_kernels.datasets import digits_split
+from na_kernels.app.datasets import digits_split
 from na_kernels.nn import IFLayer, replace_activations, to_snn
 
 from nn_models import randomize_batchnorm

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from na_kernels import cpu
+from na_kernels import _spec, cpu
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason=f"C++ extension not built: {cpu.load_error()}")
 
@@ -12,7 +12,7 @@ def test_every_16_bit_value_to_float(dtype):
     bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
     values = bits.view(dtype)
     out = torch.empty(values.shape, dtype=torch.float32)
-    cpu.extension().convert_to_float(dtype=cpu.DTYPE_CODES[dtype], src=values.data_ptr(), dst=out.data_ptr(),
+    cpu.extension().convert_to_float(dtype=cpu.code(_spec.DType.of(dtype)), src=values.data_ptr(), dst=out.data_ptr(),
                                       count=values.numel())
     expected = values.to(torch.float32)
     nan = torch.isnan(expected)
@@ -38,7 +38,7 @@ def float_samples():
 def test_float_to_16_bit_rounds_like_torch(dtype):
     values = float_samples()
     out = torch.empty(values.shape, dtype=dtype)
-    cpu.extension().convert_from_float(dtype=cpu.DTYPE_CODES[dtype], src=values.data_ptr(), dst=out.data_ptr(),
+    cpu.extension().convert_from_float(dtype=cpu.code(_spec.DType.of(dtype)), src=values.data_ptr(), dst=out.data_ptr(),
                                         count=values.numel())
     expected = values.to(dtype)
     nan = torch.isnan(expected)

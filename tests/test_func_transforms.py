@@ -12,8 +12,8 @@ import torch
 
 import na_kernels
 import na_kernels.nn
-from na_kernels.reference import integrate_fire as ref_if
-from na_kernels.reference import noisy_quant as ref_nq
+from na_kernels.ops.integrate_fire import reference as ref_if
+from na_kernels.ops.noisy_quant import reference as ref_nq
 
 from conftest import BACKENDS
 

@@ -16,7 +16,7 @@ import na_kernels
 from na_kernels import _backend, _layout
 from na_kernels._spec import IntegrateFireArgs, Reset, Save, Surrogate
 from na_kernels.ops import integrate_fire as ops
-from na_kernels.reference import integrate_fire as ref
+from na_kernels.ops.integrate_fire import reference as ref
 
 from conftest import (BACKENDS, TRITON_DEVICE, assert_same_forward, channels_last_seq, compile_triton_for_sm90,
                       float_dtypes, interpreted, requires_triton)
@@ -551,7 +551,7 @@ class _CountingKernel:
 @requires_triton
 def test_triton_one_launch_each_way(monkeypatch):
     """All T steps in one forward launch and one backward launch (h saved or recomputed)."""
-    from na_kernels.kernels import integrate_fire as triton_kernels
+    from na_kernels.ops.integrate_fire import triton as triton_kernels
 
     forward = _CountingKernel(triton_kernels._integrate_fire_forward_kernel)
     backward = _CountingKernel(triton_kernels._integrate_fire_backward_kernel)
@@ -581,7 +581,7 @@ import triton
 from triton.compiler import ASTSource
 from triton.backends.compiler import GPUTarget
 from na_kernels._spec import Surrogate
-from na_kernels.kernels import integrate_fire as k
+from na_kernels.ops.integrate_fire import triton as k
 
 target = GPUTarget("cuda", 90, 32)
 for dt in ("fp32", "bf16"):

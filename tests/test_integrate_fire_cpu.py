@@ -21,8 +21,8 @@ import torch
 import na_kernels
 from na_kernels import cpu
 from na_kernels._spec import IntegrateFireArgs, Reset, Save, Surrogate
-from na_kernels.cpu import integrate_fire as cpu_backend
-from na_kernels.reference import integrate_fire as ref
+from na_kernels.ops.integrate_fire import cpu as cpu_backend
+from na_kernels.ops.integrate_fire import reference as ref
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="C++ extension not built")
 

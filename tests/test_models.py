@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from na_kernels.models import build_model
+from na_kernels.app.models import build_model
 from na_kernels.nn import NoisyQuant, replace_activations, to_snn
 
 # parameters with 10 classes (CIFAR stems); ReLU modules = activation sites
@@ -74,7 +74,7 @@ def test_replace_activations_then_convert(arch):
 
 
 def test_image_size_rules_match_what_each_arch_can_run():
-    from na_kernels.models import IMAGE_SIZES, MODELS, check_image_size
+    from na_kernels.app.models import IMAGE_SIZES, MODELS, check_image_size
 
     assert set(IMAGE_SIZES) == set(MODELS)
     for arch in ("digits_cnn", "vgg16", "resnet20"):

@@ -37,7 +37,7 @@ def test_batchnorm_after_a_shared_conv_folds_per_call_site():
 
 
 def _folding_bound(folded, bn, conv, a):
-    """(2n + 16) u (|W'||a| + |b'| + |β| + |(b - μ)γ/σ|): the guarantee of na_kernels.nn.batchnorm."""
+    """(2n + 16) u (|W'||a| + |b'| + |β| + |(b - μ)γ/σ|): the guarantee of na_kernels.convert.batchnorm."""
     u = 2.0 ** -24
     n = conv.weight[0].numel()
     magnitude = nn.functional.conv2d(a.abs(), folded.weight.abs(), None, conv.stride, conv.padding, conv.dilation,

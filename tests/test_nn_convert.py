@@ -162,7 +162,7 @@ def test_original_model_is_not_modified():
 
 @pytest.mark.parametrize("arch, shape", [("digits_cnn", (2, 1, 8, 8)), ("resnet20", (2, 3, 32, 32))])
 def test_package_models_convert(arch, shape):
-    models = pytest.importorskip("na_kernels.models")
+    models = pytest.importorskip("na_kernels.app.models")
     model = randomize_batchnorm(models.build_model(arch, 10, in_channels=shape[1]))
     model, report = replace_activations(model, p=3, lam=2.0)
     snn = to_snn(model.eval(), T=4)

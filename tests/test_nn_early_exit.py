@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from na_kernels.datasets import BatchLoader, digits_split
-from na_kernels.models import DigitsCNN
+from na_kernels.app.datasets import BatchLoader, digits_split
+from na_kernels.app.models import DigitsCNN
 from na_kernels.nn import (EarlyExitResult, ExitRule, NoisyQuant, evaluate_early_exit, exit_tradeoff, format_tradeoff,
                            run_early_exit, score_exits, to_snn)
-from na_kernels.train import make_optimizer, make_scheduler, train_epoch
+from na_kernels.app.train import make_optimizer, make_scheduler, train_epoch
 
 T_MAX = 8
 EPS = torch.finfo(torch.float32).eps
@@ -253,7 +253,7 @@ def test_result_concatenate_needs_parts():
 def test_convert_command_prints_the_tradeoff(tmp_path, capsys):
     import json
 
-    from na_kernels.cli import main
+    from na_kernels.app.cli import main
 
     run = tmp_path / "run"
     assert main(["train", "--dataset", "digits", "--arch", "digits_cnn", "--p", "3", "--lam", "2", "--lr", "0.05",
@@ -271,7 +271,7 @@ def test_convert_command_prints_the_tradeoff(tmp_path, capsys):
 
 
 def test_convert_exit_options_are_checked(capsys):
-    from na_kernels.cli import _exit_rules, build_parser
+    from na_kernels.app.cli import _exit_rules, build_parser
 
     parser = build_parser()
     base = ["convert", "--checkpoint", "c.pt", "--T", "8"]
@@ -291,7 +291,7 @@ def test_convert_exit_options_are_checked(capsys):
 
 
 def test_split_stem_computes_the_same_graph():
-    from na_kernels.nn.early_exit import split_stem
+    from na_kernels.snn.early_exit import split_stem
     from nn_models import TinyResNet, prepared
 
     torch.manual_seed(0)
@@ -327,7 +327,7 @@ class _RepeatsItsInput(nn.Module):
 
 
 def test_early_exit_when_the_stem_cannot_be_cut():
-    from na_kernels.nn.early_exit import split_stem
+    from na_kernels.snn.early_exit import split_stem
 
     torch.manual_seed(0)
     snn = to_snn(_RepeatsItsInput().eval(), 6)
@@ -353,7 +353,7 @@ def test_split_cache_does_not_keep_the_network_alive():
     import gc
     import weakref
 
-    from na_kernels.nn.early_exit import _SPLITS, split_stem
+    from na_kernels.snn.early_exit import _SPLITS, split_stem
 
     snn = to_snn(nn.Sequential(nn.Linear(4, 8), NoisyQuant(3, lam=1.0), nn.Linear(8, 3)).eval(), 4)
     stem, _ = split_stem(snn.network)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from na_kernels.datasets import digits_split
+from na_kernels.app.datasets import digits_split
 from na_kernels.nn import IFNode
 
 try:

@@ -1,9 +1,9 @@
-"""The clipped network: the SNN's T -> infinity limit (na_kernels.nn.limit)."""
+"""The clipped network: the SNN's T -> infinity limit (na_kernels.convert.limit)."""
 import pytest
 import torch
 from torch import nn
 
-from na_kernels.datasets import digits_split
+from na_kernels.app.datasets import digits_split
 from na_kernels.nn import ClippedActivation, NoisyQuant, calibrate_thresholds, clipped_network, to_snn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,9 +109,9 @@ def test_clipped_network_bad_input():
 def test_cli_evaluate_and_convert_print_the_limit(tmp_path, capsys):
     import json
 
-    from na_kernels.cli import main
-    from na_kernels.datasets import BatchLoader
-    from na_kernels.train import evaluate, load_checkpoint, network_from_checkpoint
+    from na_kernels.app.cli import main
+    from na_kernels.app.datasets import BatchLoader
+    from na_kernels.app.train import evaluate, load_checkpoint, network_from_checkpoint
 
     run = tmp_path / "run"
     assert main(["train", "--dataset", "digits", "--arch", "digits_cnn", "--p", "3", "--lam", "2", "--lr", "0.05",

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from na_kernels.nn import calibrate_thresholds, to_snn
-from na_kernels.nn.nir_export import NIRExportError, NIRImportError, from_nir, to_nir
+from na_kernels.io.nir_export import NIRExportError, NIRImportError, from_nir, to_nir
 
 from nn_models import SmallCNN, TinyResNet, prepared
 
@@ -530,7 +530,7 @@ def test_foreign_input_shape_with_the_batch_needs_input_shape():
 
 def test_foreign_layers_keep_their_semantics_through_to_nir_and_save_snn_refuses_them(tmp_path):
     from na_kernels.nn import save_snn
-    from na_kernels.nn.serialize import SerializationError
+    from na_kernels.io.serialize import SerializationError
     graph = nir.NIRGraph.from_list(nir.Input(input_type=np.array([3])),
                                    nir.Affine(weight=np.eye(3) * 0.7, bias=np.zeros(3)), _if())
     imported = from_nir(graph, T=5, dt=1.0)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from na_kernels.nn import to_snn
-from na_kernels.nn.nir_export import to_nir
+from na_kernels.io.nir_export import to_nir
 
 from nn_models import SmallCNN, TinyResNet, prepared
 

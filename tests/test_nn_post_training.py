@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from na_kernels.nn import post_training_convert
-from na_kernels.nn.post_training import StreamingPercentile
+from na_kernels.convert.post_training import StreamingPercentile
 from nn_models import TinyResNet, randomize_batchnorm
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from na_kernels.nn import calibrate_thresholds, load_snn, to_snn
-from na_kernels.nn.serialize import FORMAT, SerializationError, pack, snn_header
+from na_kernels.io.serialize import FORMAT, SerializationError, pack, snn_header
 
 from nn_models import SmallCNN, TinyResNet, prepared
 

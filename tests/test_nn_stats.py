@@ -179,7 +179,7 @@ GEOMETRIES = [  # (dims, spatial size, pools as (kind, args), conv kwargs or Non
 
 @pytest.mark.parametrize("dims, size, pools, conv", GEOMETRIES)
 def test_event_driven_sops_count_every_path_exactly(dims, size, pools, conv):
-    from na_kernels.nn.stats import pool_spec, synapse_spec, synaptic_ops
+    from na_kernels.nn.synapses import pool_spec, synapse_spec, synaptic_ops
 
     g = torch.Generator().manual_seed(size)
     events = (torch.rand((3, 4) + (size,) * dims, generator=g) < 0.3).to(torch.int32) * torch.randint(

@@ -63,10 +63,10 @@ def test_single_step_gaussian_trains_by_default_like_uniform():
     well as uniform noise (σ = 1.0, the old default, stays near chance: 8-14 % after 3 epochs)."""
     from argparse import Namespace
 
-    from na_kernels.datasets import BatchLoader, digits_split
-    from na_kernels.demo import _demo_train
+    from na_kernels.app.datasets import BatchLoader, digits_split
+    from na_kernels.app.demo import _demo_train
     from na_kernels.nn import to_snn
-    from na_kernels.train import evaluate_snn
+    from na_kernels.app.train import evaluate_snn
 
     train, test = digits_split()
     args = Namespace(seed=0, p=1, lam=2.0, batch_size=32, lr=0.05, epochs=3)

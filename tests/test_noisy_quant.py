@@ -10,11 +10,11 @@ import torch
 import na_kernels
 from na_kernels import cpu
 from na_kernels._spec import Noise
-from na_kernels.reference import noisy_quant as reference
+from na_kernels.ops.noisy_quant import reference as reference
 from na_kernels.reference import philox
 
 try:
-    from na_kernels.kernels import noisy_quant as triton_kernels
+    from na_kernels.ops.noisy_quant import triton as triton_kernels
 except ImportError:  # no triton
     triton_kernels = None
 
@@ -75,7 +75,9 @@ def test_reference_matches_float64_formula(noise, p):
     y = reference.noisy_quant(x, p, lam, noise=noise, seed=seed)
     eps = torch.zeros(x.shape, dtype=torch.float64)
     if noise is not None:
+        # scale defaults to the noise kind's (gaussian 0.3), as in the op
         eps = reference.noise(x.shape, torch.tensor(seed), noise, x.device).double()
+        eps = eps * Noise.parse("noise", noise).default_scale
     lam64 = lam.double().view(1, -1, 1)
     z = x.double() * p / lam64 + eps + 0.5
     expected = torch.clamp(torch.floor(z), 0, p) * lam64 / p
@@ -316,7 +318,7 @@ _AOT_SCRIPT = r"""
 import triton
 from triton.compiler import ASTSource
 from triton.backends.compiler import GPUTarget
-from na_kernels.kernels import noisy_quant as k
+from na_kernels.ops.noisy_quant import triton as k
 
 target = GPUTarget("cuda", 90, 32)
 common = {"lam_ptr": "*fp32", "seed_ptr": "*i64", "rows": "i32", "channel_stride": "i64", "channels": "i32",

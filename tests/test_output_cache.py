@@ -20,6 +20,15 @@ def _address(t):
     return t.untyped_storage().data_ptr()
 
 
+@pytest.fixture
+def cache_on():
+    """The process's cache turned on (it is off by default) for one test, then back as it was."""
+    previous = output_cache.CACHE.limit_bytes
+    cpu.set_cache_limit(64)
+    yield output_cache.CACHE
+    output_cache.CACHE.set_limit(previous)
+
+
 def test_small_outputs_are_plain_torch_tensors():
     cache = OutputCache(64 << 20)
     t = cache.empty_strided((10, 3), (3, 1), dtype=torch.float32)
@@ -95,6 +104,64 @@ def test_the_least_recently_freed_blocks_go_first():
     assert {_address(t) for t in again} == addresses and cache.info()["hits"] == hits + 2
 
 
+def test_freed_blocks_are_trimmed_when_freed_not_at_the_next_allocation():
+    size = -(-BIG * 4 // output_cache.SIZE_CLASS_BYTES) * output_cache.SIZE_CLASS_BYTES
+    cache = OutputCache(size)  # room for one idle block
+    outputs = [cache.empty_strided((BIG,), (1,), dtype=torch.float32) for _ in range(3)]
+    del outputs
+    gc.collect()
+    # no allocation and no info() since: the blocks past the limit are gone already
+    assert not cache._returned and len(cache._idle) == 1 and cache._idle_bytes == size
+
+
+def test_a_block_freed_while_the_lock_is_held_is_trimmed_when_it_is_released():
+    cache = OutputCache(0)
+    cache.limit_bytes = 64 << 20
+    t = cache.empty_strided((BIG,), (1,), dtype=torch.float32)
+    cache.limit_bytes = 0
+    with cache._locked():
+        del t  # its callback cannot take the lock: the block waits in the queue
+        gc.collect()
+        assert len(cache._returned) == 1
+    assert not cache._returned and cache._idle == []
+
+
+def test_set_limit_trims_at_once():
+    cache = OutputCache(64 << 20)
+    outputs = [cache.empty_strided((BIG,), (1,), dtype=torch.float32) for _ in range(2)]
+    del outputs
+    gc.collect()
+    assert len(cache._idle) == 2
+    cache.set_limit(0)
+    assert cache._idle == [] and cache._idle_bytes == 0
+
+
+def test_the_cache_is_off_by_default():
+    code = ("import torch, na_kernels; from na_kernels import cpu; "
+            "y = na_kernels.integrate_fire(torch.rand(4, 1 << 20), 1.0); "
+            "print(cpu.cache_info()['limit_bytes'], cpu.cache_info()['live_blocks'])")
+    env = {k: v for k, v in _env().items() if k != "NA_KERNELS_CPU_CACHE_MB"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert result.stdout.split() == ["0", "0"]
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, "64", True, None])
+def test_set_cache_limit_takes_a_whole_number_of_megabytes(value):
+    with pytest.raises(ValueError, match="megabytes must be a whole number of MiB >= 0"):
+        cpu.set_cache_limit(value)
+
+
+def test_set_cache_limit_turns_the_cache_on_and_off():
+    previous = output_cache.CACHE.limit_bytes
+    try:
+        cpu.set_cache_limit(5)
+        assert cpu.cache_info()["limit_bytes"] == 5 << 20
+        cpu.set_cache_limit(0)
+        assert cpu.cache_info()["limit_bytes"] == 0 and cpu.cache_info()["idle_bytes"] == 0
+    finally:
+        output_cache.CACHE.set_limit(previous)
+
+
 def test_limit_zero_turns_the_cache_off():
     cache = OutputCache(0)
     t = cache.empty_strided((BIG,), (1,), dtype=torch.float32)
@@ -133,7 +200,7 @@ def _env():
 
 
 @needs_cpp
-def test_ops_reuse_blocks_and_give_the_same_results():
+def test_ops_reuse_blocks_and_give_the_same_results(cache_on):
     x = torch.rand(8, BIG // 8) * 0.8
     xq = torch.randn(BIG) * 3
     first = integrate_fire(x, 1.0)
@@ -150,7 +217,7 @@ def test_ops_reuse_blocks_and_give_the_same_results():
 
 
 @needs_cpp
-def test_backward_outputs_and_saved_h_are_sound():
+def test_backward_outputs_and_saved_h_are_sound(cache_on):
     x = (torch.rand(4, BIG // 4) * 0.8).requires_grad_(True)
     spikes, _ = integrate_fire(x, 1.0)
     expected = torch.autograd.grad(spikes.sum(), x, retain_graph=True)[0]
@@ -169,7 +236,7 @@ def test_empty_cache_and_cache_info_are_public():
 
 
 @needs_cpp
-def test_threads_sharing_the_cache_never_share_a_block():
+def test_threads_sharing_the_cache_never_share_a_block(cache_on):
     import threading
 
     inputs = [torch.rand(4, BIG // 4 + 8 * i) * 0.8 for i in range(4)]
@@ -201,7 +268,7 @@ def test_threads_sharing_the_cache_never_share_a_block():
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
-def test_a_forked_child_can_allocate_while_a_parent_thread_held_the_lock():
+def test_a_forked_child_can_allocate_while_a_parent_thread_held_the_lock(cache_on):
     import os
     import threading
 

@@ -25,7 +25,7 @@ from na_kernels._spec import IntegrateFireArgs, Noise, NoisyQuantArgs, Reset, Sa
 from na_kernels.ops import _eager
 from na_kernels.ops import integrate_fire as if_ops
 from na_kernels.ops import noisy_quant as nq_ops
-from na_kernels.reference import integrate_fire as ref
+from na_kernels.ops.integrate_fire import reference as ref
 
 from conftest import (BACKENDS, HAS_CUDA, assert_same_forward, channels_last_seq, interpreted, requires_cpp,
                       requires_triton)

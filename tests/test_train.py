@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from na_kernels.datasets import digits_split
+from na_kernels.app.datasets import digits_split
 from na_kernels.nn import NoisyQuant
-from na_kernels.train import (CheckpointError, TrainConfig, build_network, epoch_seed, fit, load_checkpoint,
+from na_kernels.app.train import (CheckpointError, TrainConfig, build_network, epoch_seed, fit, load_checkpoint,
                               make_optimizer, network_from_checkpoint)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -171,7 +171,7 @@ def test_config_lam_auto_and_lam_floor(tmp_path):
 
 
 def test_fit_refuses_an_existing_run_and_bad_settings_before_training(tmp_path):
-    from na_kernels.train import ConfigError
+    from na_kernels.app.train import ConfigError
 
     tr, te = tiny_data(64, 16)
     fit(tiny_cfg(tmp_path, epochs=1), tr, te, log=quiet)
@@ -235,7 +235,7 @@ def test_checkpoint_errors_are_one_line_and_name_what_is_missing(tmp_path):
 
 
 def test_parse_device_names_what_is_available():
-    from na_kernels.train import ConfigError, parse_device
+    from na_kernels.app.train import ConfigError, parse_device
 
     assert parse_device(None) is None and parse_device("cpu") == "cpu"
     for bad, message in (("tpu", "is not a device"), ("meta", "runs on cpu or cuda"), ("cuda:99", "cuda:99")):

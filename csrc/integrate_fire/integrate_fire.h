@@ -1,7 +1,7 @@
 // integrate_fire on the CPU, the parts every ISA shares: the arguments, the integrate-and-fire
 // update, the surrogates and the backward step, each written once over lane types
 // (common/lanes.h), and the kernels' variants.
-// Per neuron n, in float32 and in the reference's order (na_kernels/reference/integrate_fire.py):
+// Per neuron n, in float32 and in the reference's order (na_kernels/ops/integrate_fire/reference.py):
 //   v = v0[n]  or  v_frac * theta[c]
 //   for t: h = v + x[t, n];  s = h >= theta[c];  v = h - s * theta[c]  (subtract) | h * (1 - s)  (zero)
 //          spikes[t, n] = s * amp;  count += s

@@ -1,5 +1,5 @@
 // noisy_quant on the CPU, the parts every ISA shares. Per element i, in float32 and in the
-// reference's order (na_kernels/reference/noisy_quant.py):
+// reference's order (na_kernels/ops/noisy_quant/reference.py):
 //   z = (x * p) / lam[c] (+ scale * eps);  q_raw = floor(z + shift);  q = clamp(q_raw, 0, p)
 //   y = (q / p) * lam[c]
 // with c = (i / channel_stride) % channels (channels == 1 for a scalar lam)

@@ -10,7 +10,7 @@ import warnings
 
 import torch
 
-from .._spec import DType, SimdLevel
+from .._spec import SimdLevel
 
 try:
     from .. import _C
@@ -18,9 +18,6 @@ try:
 except ImportError as error:  # not built: no compiler at install time, or a source checkout
     _C = None
     _LOAD_ERROR = error
-
-# dtype codes understood by csrc/ (csrc/common/spec.h mirrors _spec.DType)
-DTYPE_CODES = {member.torch_dtype: member.value for member in DType}
 
 _warned = False
 
@@ -90,10 +87,8 @@ def limit_simd(level):
     other's previous level in whatever order they exit. Use it from one thread at a time.
     """
     global _simd_limit
-    if level not in SIMD_LEVELS:
-        raise ValueError(f"level must be one of {SIMD_LEVELS}, got {level!r}")
     previous = _simd_limit
-    _simd_limit = SIMD_LEVELS.index(level)
+    _simd_limit = int(SimdLevel.parse("level", level))
     extension().set_simd_limit(_simd_limit)
     try:
         yield
@@ -105,16 +100,15 @@ def limit_simd(level):
 def _limit_from_environment():
     """``NA_KERNELS_SIMD=generic|avx2|avx512`` caps the level for the whole process (e.g. to see
     how a CPU without AVX-512 would do); unset, the kernels use the best the CPU has."""
-    level = os.environ.get("NA_KERNELS_SIMD", "").strip().lower()
-    if not level:
+    text = os.environ.get("NA_KERNELS_SIMD", "").strip().lower()
+    if not text:
         return len(SIMD_LEVELS) - 1
-    if level not in SIMD_LEVELS:
-        raise ValueError(f"NA_KERNELS_SIMD must be one of {SIMD_LEVELS}, got {level!r}")
+    level = int(SimdLevel.parse("NA_KERNELS_SIMD", text))
     if _C is not None:
-        _C.set_simd_limit(SIMD_LEVELS.index(level))
-    return SIMD_LEVELS.index(level)
+        _C.set_simd_limit(level)
+    return level
 
 
 _simd_limit = _limit_from_environment()  # what limit_simd (or NA_KERNELS_SIMD) last set
 
-from .output_cache import cache_info, empty_cache  # noqa: E402  (the kernels' output blocks)
+from .output_cache import cache_info, empty_cache, set_cache_limit  # noqa: E402,F401  (the kernels' output blocks)

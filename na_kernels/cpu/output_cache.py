@@ -15,13 +15,18 @@ and torch holds that memoryview until the storage itself is freed, whatever stil
 (views, ``untyped_storage()`` objects, autograd's saved tensors, numpy arrays). Only the
 memoryview's death returns the block, so a block is never handed out twice while in use.
 
-Idle blocks are kept up to ``NA_KERNELS_CPU_CACHE_MB`` MiB (default 256; 0 turns the cache off
-and outputs come from ``torch.empty_strided``), the least recently freed let go first, so the
-sizes in use stay cached when a program moves on to other shapes. ``empty_cache()`` lets them
-all go and ``cache_info()`` says what is held. One difference from a torch-allocated tensor: an output's
+The cache is off by default: outputs come from ``torch.empty_strided``, and a process that wants
+its outputs on warm pages preloads an allocator that keeps them (tcmalloc or jemalloc, as torch's
+own ``torch.backends.xeon.run_cpu`` launcher does; README.md, "CPU memory"), which also serves
+torch's own allocations. ``NA_KERNELS_CPU_CACHE_MB=N`` or ``set_cache_limit(N)`` turns it on
+with up to N MiB of idle blocks, the least recently freed let go first (as soon as a block is
+freed past the limit, not at the next allocation), so the sizes in use stay cached when a
+program moves on to other shapes. ``empty_cache()`` lets them all go and ``cache_info()`` says
+what is held. The cached blocks are invisible to torch's memory tools. One difference from a torch-allocated tensor: an output's
 storage cannot grow in place (``resize_`` to more elements raises torch's "not resizable" error).
 """
 import collections
+import contextlib
 import ctypes
 import mmap
 import os
@@ -36,7 +41,7 @@ CACHE_FROM_BYTES = 1 << 20  # below this, glibc's own reuse is good enough
 SIZE_CLASS_BYTES = 1 << 20  # a block serves outputs rounded up to the same MiB
 HUGE_PAGE_BYTES = 1 << 21
 HUGE_PAGES_FROM_BYTES = 2 * HUGE_PAGE_BYTES
-DEFAULT_CACHE_MB = 256
+DEFAULT_CACHE_MB = 0  # off: see the module docstring
 _PRIVATE = getattr(mmap, "MAP_PRIVATE", None)  # None off POSIX: the cache is off there
 
 
@@ -78,8 +83,9 @@ class OutputCache:
     """Blocks of memory for outputs: ``live`` ones lie under an output, ``idle`` ones (oldest
     first) wait for the next output of their size class. A freed output's block is queued by a
     weakref callback, which may run on any thread and at any allocation (a garbage collection can
-    free a tensor), so it takes no lock; the queue is settled into the idle list, and the oldest
-    idle blocks are let go past the limit, under the lock at the next allocation (or ``info``)."""
+    free a tensor), so it never waits for the lock: it settles the queue into the idle list (the
+    oldest idle blocks let go past the limit) when the lock is free, and otherwise the thread
+    holding the lock settles it when it lets go (``_trim``)."""
 
     def __init__(self, limit_bytes):
         self.limit_bytes = limit_bytes
@@ -108,22 +114,45 @@ class OutputCache:
         self._live[id(ref)] = (ref, block)  # the ref must live for its callback to run
         return torch.frombuffer(view, dtype=dtype, count=extent).as_strided(shape, strides)
 
-    def _take(self, size):
+    @contextlib.contextmanager
+    def _locked(self):
+        """The lock, the queue settled on entry, and the blocks freed meanwhile settled on exit."""
         with self._lock:
             self._settle()
+            yield
+        self._trim()
+
+    def _take(self, size):
+        with self._locked():
             for i in range(len(self._idle) - 1, -1, -1):  # the most recently freed block of the class
                 if self._idle[i].size == size:
                     self._idle_bytes -= size
                     self.hits += 1
-                    return self._idle.pop(i)
-            self.misses += 1
-        return _Block(size)
+                    block = self._idle.pop(i)
+                    break
+            else:
+                block = None
+                self.misses += 1
+        return block if block is not None else _Block(size)
 
     def _on_freed(self, ref):
         # torch freed an output's storage: queue its block (deque.append needs no lock)
         _, block = self._live.pop(id(ref), (None, None))
         if block is not None:
             self._returned.append(block)
+            self._trim()
+
+    def _trim(self):
+        """Settle the queue now unless another caller holds the lock: that caller, or this thread
+        once it lets the lock go, runs this again after releasing it, so no freed block waits for
+        the next allocation. (A block queued while the lock is held is seen by the holder's
+        ``_trim``: the queueing happens before the failed acquire, which happens before the
+        release.)"""
+        while self._returned and self._lock.acquire(blocking=False):
+            try:
+                self._settle()
+            finally:
+                self._lock.release()
 
     def _settle(self):
         """(under the lock) the queued blocks become idle; the oldest go past the limit."""
@@ -139,16 +168,20 @@ class OutputCache:
         its blocks are private copies of the parent's."""
         self._lock = threading.Lock()
 
+    def set_limit(self, limit_bytes):
+        """Keep up to ``limit_bytes`` of idle blocks (0: the cache is off); the oldest past it go now."""
+        with self._locked():
+            self.limit_bytes = limit_bytes
+            self._settle()
+
     def empty(self):
         """Let every idle block go (its memory goes back to the OS); outputs in use keep theirs."""
-        with self._lock:
-            self._settle()
+        with self._locked():
             self._idle = []
             self._idle_bytes = 0
 
     def info(self):
-        with self._lock:
-            self._settle()
+        with self._locked():
             return {"idle_bytes": self._idle_bytes, "idle_blocks": len(self._idle), "live_blocks": len(self._live),
                     "limit_bytes": self.limit_bytes, "hits": self.hits, "misses": self.misses}
 
@@ -164,6 +197,15 @@ def empty_like_dense(t):
     return CACHE.empty_strided(t.shape, t.stride(), dtype=t.dtype)
 
 
+def set_cache_limit(megabytes):
+    """Turn the output cache on with up to ``megabytes`` MiB of idle blocks (a whole number >= 0;
+    0 turns it off and lets the idle blocks go), as ``NA_KERNELS_CPU_CACHE_MB`` does at start-up."""
+    if isinstance(megabytes, bool) or not isinstance(megabytes, int) or megabytes < 0:
+        raise ValueError(f"megabytes must be a whole number of MiB >= 0 (0 turns the output cache off), "
+                         f"got {megabytes!r}")
+    CACHE.set_limit(megabytes << 20)
+
+
 def empty_cache():
     """Release the idle output blocks the C++ kernels keep for reuse (their memory goes back to
     the OS). Outputs still in use are unaffected and return their blocks when freed."""
@@ -172,5 +214,5 @@ def empty_cache():
 
 def cache_info():
     """What the output cache holds: {"idle_bytes", "idle_blocks", "live_blocks", "limit_bytes",
-    "hits", "misses"} (limit from ``NA_KERNELS_CPU_CACHE_MB``, default 256 MiB)."""
+    "hits", "misses"} (limit from ``set_cache_limit`` or ``NA_KERNELS_CPU_CACHE_MB``; 0, off, by default)."""
     return CACHE.info()

@@ -1,2 +1,3 @@
-"""The Triton backend: one module per op with its kernels, their launchers and the op's
-``forward`` / ``backward`` adapter (imported lazily: triton is optional)."""
+"""What the Triton kernels share (``_storage``: loads and rounded stores per storage dtype). Each
+op's kernels, launchers and adapter are in ``na_kernels/ops/<op>/triton.py`` (imported lazily:
+triton is optional)."""

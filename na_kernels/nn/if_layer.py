@@ -7,9 +7,9 @@ from torch import nn
 from ..ops.integrate_fire import integrate_fire, integrate_fire_carried
 from ..ops.noisy_quant import noisy_quant
 from .._validation import check_dense, check_parameter_values
-from .stats import synaptic_ops
+from .synapses import synaptic_ops
 
-V_INIT = 0.5  # the initial membrane potential v_init, as a fraction of the threshold θ
+from .._spec import DEFAULT_V_INIT as V_INIT  # integrate_fire's v_init, as a fraction of the threshold θ
 
 
 class IFLayer(nn.Module):
@@ -32,7 +32,7 @@ class IFLayer(nn.Module):
     updated in place, and with ``record_channels`` also ``channel_spikes`` ([C] int64, for
     ``calibrate_thresholds``); ``route_sops`` (float64, one per entry of ``routes``: the SOPs
     its spikes cause in the conv/linear layers they reach through routing ops, see
-    ``na_kernels.nn.stats``). All from the kernel's int32 spike counts (one reduction over
+    ``na_kernels.nn.synapses``). All from the kernel's int32 spike counts (one reduction over
     ``[B, C, ...]`` per run, T times smaller than the spikes), without a host sync.
 
     ``reset`` ("subtract" or "zero": hard reset to 0) and ``v_init`` (the start potential as a
@@ -67,7 +67,7 @@ class IFLayer(nn.Module):
 
     def add_route(self, meter: str, synapse, pools=()) -> None:
         """Count the SOPs this layer's spikes cause in the conv/linear measured by ``meter``
-        (``stats.synapse_spec``), reached through the average pools ``pools`` (``stats.pool_spec``,
+        (``synapses.synapse_spec``), reached through the average pools ``pools`` (``synapses.pool_spec``,
         in order) and reshapes only."""
         self.routes = self.routes + ((meter, tuple(synapse), tuple(pools)),)
         self.route_sops = torch.zeros(len(self.routes), dtype=torch.float64, device=self.threshold.device)

@@ -31,15 +31,13 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .._spec import Surrogate
-from .._validation import check_bool, check_real
+from .._spec import SPIKINGJELLY_ALPHA, Surrogate
+from .._validation import check_alpha, check_bool, check_real
 from ..ops.integrate_fire import integrate_fire, integrate_fire_carried
-from ..reference.integrate_fire import surrogate_grad, threshold_view
+from ..ops.integrate_fire.reference import surrogate_grad, threshold_view
 
 # SpikingJelly's surrogate classes and what integrate_fire calls them (same formula in u = h - θ)
 SPIKINGJELLY_SURROGATES = {"Sigmoid": "sigmoid", "ATan": "atan", "Rect": "rectangle"}
-# the alpha a surrogate given by name gets: SpikingJelly's defaults (Sigmoid 4, ATan 2, Rect 1)
-DEFAULT_ALPHA = {"sigmoid": 4.0, "atan": 2.0, "rectangle": 1.0, "triangle": 1.0}
 STEP_MODES = ("m", "s")
 # where the potential lives between operations: the kernel's float32, or SpikingJelly's input dtype
 STATE_DTYPES = ("float32", "input")
@@ -47,12 +45,11 @@ STATE_DTYPES = ("float32", "input")
 
 def parse_surrogate(surrogate_function, alpha=None):
     """``(name, alpha)`` for integrate_fire from a name (``"sigmoid"``, ``"atan"``, ``"rectangle"``,
-    ``"triangle"``; alpha defaults to ``DEFAULT_ALPHA``) or a SpikingJelly surrogate object
+    ``"triangle"``; alpha defaults to ``_spec.SPIKINGJELLY_ALPHA``) or a SpikingJelly surrogate object
     (``Sigmoid``, ``ATan``, ``Rect``, with its ``alpha``; it must have ``spiking=True``)."""
     if isinstance(surrogate_function, str):
-        name = Surrogate.parse("surrogate_function", surrogate_function).label
-        alpha = DEFAULT_ALPHA[name] if alpha is None else alpha
-        return name, check_real("alpha", alpha, strictly_positive=True, accepted="a real > 0")
+        surrogate = Surrogate.parse("surrogate_function", surrogate_function)
+        return surrogate.label, check_alpha(SPIKINGJELLY_ALPHA[surrogate] if alpha is None else alpha)
     kind = type(surrogate_function).__name__
     if kind not in SPIKINGJELLY_SURROGATES or not hasattr(surrogate_function, "alpha"):
         raise TypeError(
@@ -66,7 +63,7 @@ def parse_surrogate(surrogate_function, alpha=None):
         raise TypeError("alpha is given by the SpikingJelly surrogate object; pass only one of them")
     value = surrogate_function.alpha
     value = value.item() if isinstance(value, torch.Tensor) else value
-    return SPIKINGJELLY_SURROGATES[kind], check_real("surrogate_function.alpha", value, strictly_positive=True)
+    return SPIKINGJELLY_SURROGATES[kind], check_alpha(value, "surrogate_function.alpha")
 
 
 class _Heaviside16(torch.autograd.Function):

@@ -1,2 +1,4 @@
-"""Public ops: argument checks, the torch.library registration (``_registration``), autograd and
-the eager fast path (``_eager``); the kernels are the backends' (``na_kernels._backend``)."""
+"""Public ops, one folder each (``noisy_quant/``, ``integrate_fire/``): the public function and its
+autograd rule in ``__init__.py``, one module per backend beside it (``triton.py``, ``cpu.py``,
+``reference.py``). ``_registration`` turns each op's description into its torch.library ops, and
+its docstring maps the call path; ``_eager`` decides when a call may skip the dispatcher."""

@@ -1,6 +1,23 @@
 """The one registration of a public op: its two torch.library custom ops, their fake rules, the
 autograd formula and the eager fast path, produced from one ``Op`` description per op.
 
+The call path it generates, for ``na_kernels.noisy_quant`` (``integrate_fire`` alike)::
+
+    ops/noisy_quant/__init__.py  noisy_quant(x, p, ...)   checks the arguments, builds the record
+      -> Op.__call__(*tensors, args)                       (this file)
+         plain eager (``_eager.forward_ok``):
+           -> Op.eager: no grad needed -> the backend's forward directly
+                        grad needed    -> EagerFunction.apply (autograd.Function, same save/backward)
+         otherwise (compile, export, fake/meta tensors, modes, autocast, jit.trace, torch.func):
+           -> torch.ops.na_kernels.noisy_quant (custom op; under torch.func: FuncFunction.apply)
+              -> _forward_device (CPU/CUDA) or _forward_reference (any other device)
+      -> _backend.implementation(op, device) picks the module:
+           ops/noisy_quant/triton.py     forward/backward adapter -> launcher -> @triton.jit kernels
+           ops/noisy_quant/cpu.py        forward/backward adapter -> na_kernels._C (csrc/noisy_quant/)
+           ops/noisy_quant/reference.py  forward/backward adapter -> the formula in PyTorch
+    backward: Op.gradients -> the backend's backward directly (eager) or
+              torch.ops.na_kernels.noisy_quant_backward (-> the same modules)
+
 An op takes tensors and an argument record (a dataclass of ``_spec``: ``NoisyQuantArgs``,
 ``IntegrateFireArgs``). The schema of ``na_kernels::<name>`` lists the tensors, then the record's
 fields, flattened to ints, floats and bools (an enum field becomes its int), so torch.compile and
@@ -99,7 +116,7 @@ class Op:
         self._backward_inputs = _count(backward_inputs)
         self._save = save
         self._backward = backward
-        self._reference = importlib.import_module(f"na_kernels.reference.{name}")
+        self._reference = importlib.import_module(f"na_kernels.ops.{name}.reference")
         fields = self.record.schema
 
         self.forward_op = torch.library.custom_op(
@@ -264,7 +281,7 @@ def _backward_function(op: Op):
             f"na_kernels.{op.name}: double backward (a gradient of its gradient: create_graph=True and "
             f"then another backward, torch.func.grad of grad, hessian, ...) is not supported; its backward "
             f"is a straight-through / surrogate-gradient formula with no derivative of its own. Take "
-            f"first-order gradients only, or use na_kernels.reference.{op.name}.{op.name} (plain PyTorch, "
+            f"first-order gradients only, or use na_kernels.ops.{op.name}.reference.{op.name} (plain PyTorch, "
             f"differentiable by autograd) where second derivatives are needed.")
 
     return type(f"{_title(op)}Gradient", (torch.autograd.Function,), {

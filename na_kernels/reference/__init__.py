@@ -1,2 +1,14 @@
-"""The PyTorch reference, the spec every backend meets: one module per op (the formula in plain
-PyTorch, then the op's ``forward`` / ``backward`` adapter), and ``philox``, the noise stream."""
+"""What the PyTorch reference shares: ``philox``, the noise stream. Each op's reference (the formula
+in plain PyTorch, the spec every backend meets, and its forward/backward adapter) is
+``na_kernels/ops/<op>/reference.py``; ``na_kernels.reference.noisy_quant`` and
+``.integrate_fire`` still name those modules."""
+
+import importlib
+
+_OPS = ("noisy_quant", "integrate_fire")
+
+
+def __getattr__(name):
+    if name in _OPS:
+        return importlib.import_module(f"na_kernels.ops.{name}.reference")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
