@@ -99,7 +99,8 @@ def main(argv=None):
         t0 = time.time()
         r = run(train, test, p=p, noise=noise, scale=scale, seed=seed, epochs=epochs, lam=lam, lr=lr, opt=a.opt,
                 convs_per_stage=a.convs_per_stage, arch=ARCH[a.data])
-        row = dict(data=a.data, threads=a.threads, p=p, noise=noise, scale=scale, epochs=epochs, lam=lam, seed=seed, opt=a.opt, lr=lr,
+        row = dict(data=a.data, threads=a.threads, p=p, noise=noise, scale=scale, epochs=epochs, lam=lam, seed=seed,
+                   opt=a.opt, lr=lr,
                    convs_per_stage=a.convs_per_stage, **r,
                    seconds=round(time.time() - t0, 1))
         print(f"{p} {noise:8s} {str(scale):5s} {epochs:3d} {lam!s:>4} {seed:4d} | {100 * r['ann']:5.1f} "

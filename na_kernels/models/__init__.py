@@ -266,10 +266,12 @@ MODELS: Dict[str, Callable[..., nn.Module]] = {
 
 
 # The image side each architecture takes: a classifier sized for one input (DigitsCNN's
-# 256 -> 128 linear layer after two pools of 8x8, MnistCNN's 1568 -> 128 after two strides of 28x28, VGG's 512 -> 4096 after five pools of 32x32);
+# 256 -> 128 linear layer after two pools of 8x8, MnistCNN's 1568 -> 128 after two strides of
+# 28x28, VGG's 512 -> 4096 after five pools of 32x32);
 # None: any size (the ResNets end in a global average pool).
-IMAGE_SIZES: Dict[str, Optional[int]] = {"digits_cnn": 8, "mnist_cnn": 28, "vgg16": 32, "resnet18": None, "resnet20": None,
-                                         "resnet34": None, "resnet50": None, "resnet101": None, "resnet152": None}
+IMAGE_SIZES: Dict[str, Optional[int]] = {"digits_cnn": 8, "mnist_cnn": 28, "vgg16": 32, "resnet18": None,
+                                         "resnet20": None, "resnet34": None, "resnet50": None, "resnet101": None,
+                                         "resnet152": None}
 
 
 def check_image_size(arch: str, size: int, dataset: str = "") -> None:
