@@ -44,6 +44,13 @@ def _pct(x: Optional[float]) -> str:
     return "  -  " if x is None else f"{100 * x:5.1f}"
 
 
+def first_images(data: ImageData, n: int) -> ImageData:
+    """``n`` images of ``data`` picked by a fixed shuffle (seed 0), in their original order: the
+    bundled splits are sorted by class, so the first ``n`` would hold only the first digits."""
+    index = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[: min(n, len(data))]
+    return data.subset(index.sort().values)
+
+
 def _demo_train(name: str, noise: str, train: ImageData, args, show: bool, *, seed: Optional[int] = None,
                 arch: str = "digits_cnn") -> Dict[str, Any]:
     """Train the demo CNN ``arch`` with ``noise`` and ``seed`` (default ``args.seed``): the same initial
@@ -309,7 +316,7 @@ def _demo(args, data: Dict[str, Any], t0: float, show: bool) -> int:
     energy_T = 4
     train, test = data["split"]()
     if args.test_limit:
-        test = test.subset(torch.arange(min(args.test_limit, len(test))))
+        test = first_images(test, args.test_limit)
     seeds = list(range(args.seed, args.seed + args.seeds))
     print(f"na-kernels demo: {data['title']}, {len(train)} train / {len(test)} held-out test images; "
           f"{data['network']}, p = {args.p} activation levels, {args.epochs} epoch(s), "

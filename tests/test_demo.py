@@ -117,6 +117,14 @@ def test_table_has_a_mean_row_and_a_min_max_row_per_model():
     assert "min..max" not in one and len(one.splitlines()) == 4
 
 
+def test_first_images_is_a_fixed_mix_of_classes():
+    _, test = mnist10k_split()
+    a, b = demo.first_images(test, 300), demo.first_images(test, 300)
+    assert len(a) == 300 and torch.equal(a.images, b.images)
+    assert torch.bincount(a.labels, minlength=10).min() >= 15  # every digit, not only the first ones
+    assert len(demo.first_images(test, 10**6)) == len(test)
+
+
 def test_plot_is_written(tmp_path):
     pytest.importorskip("matplotlib")
     results = _results(NOISE_LEVEL, QCFS_LEVEL)
@@ -193,8 +201,7 @@ def test_quick_demo_table_report_and_sentence(quick):
 def test_printed_limit_is_the_clipped_networks_accuracy(quick):
     _, report, models, _ = quick
     assert len(models) == 4  # 2 seeds x 2 variants, seed by seed
-    _, test = mnist10k_split()
-    test = test.subset(torch.arange(100))
+    test = demo.first_images(mnist10k_split()[1], 100)
     runs = [run for seed in (0, 1) for r in report["results"] for run in r["runs"] if run["seed"] == seed]
     for run, model in zip(runs, models):
         assert run["limit"] == evaluate(clipped_network(model), BatchLoader(test, 100), amp=False, show_progress=False)
