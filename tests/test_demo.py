@@ -225,3 +225,48 @@ def test_demo_seed_reproducible_and_runs_without_matplotlib(tmp_path, capsys, mo
         for x, y in zip(ra["runs"], rb["runs"]):
             assert x["ann"] == y["ann"] and x["curve"] == y["curve"] and x["lambda"] == y["lambda"]
             assert x["limit"] == y["limit"] and x["history"] == y["history"]
+
+
+# ------------------------------------------------------------------------------- README's paper-scale path
+
+
+def _paper_scale_commands():
+    import os
+    import shlex
+
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+    if not os.path.isfile(readme):  # an installed copy without the repository files
+        pytest.skip("README.md not found")
+    text = open(readme, encoding="utf-8").read()
+    block = text.split("**Paper scale: CIFAR-10, ResNet-18 (not yet run by the project).**")[1]
+    block = block.split("```bash\n")[1].split("```")[0].replace("\\\n", " ")
+    commands = []
+    for p in ("3", "7", "15"):
+        for line in block.splitlines():
+            line = line.strip()
+            if line.startswith("na-kernels "):
+                commands.append(shlex.split(line.replace("$p", p))[1:])
+    return commands
+
+
+def test_readme_paper_scale_commands_parse_and_stop_clearly_without_data(tmp_path, capsys, monkeypatch):
+    from na_kernels.cli import build_parser
+
+    commands = _paper_scale_commands()
+    assert [c[0] for c in commands] == ["train", "convert"] * 3
+    for command in commands:
+        args = build_parser().parse_args(command)
+        if command[0] == "train":
+            assert (args.arch, args.dataset, args.epochs, args.lr, args.batch_size) == ("resnet18", "cifar10", 300, 0.1, 128)
+            assert args.p in (3, 7, 15) and args.noise == "uniform" and args.weight_decay == 5e-4
+        else:
+            assert args.T == 16
+    monkeypatch.setenv("HOME", str(tmp_path))  # ~/data: an empty home
+    (tmp_path / "data").mkdir()
+    train = [a.replace("~", str(tmp_path)) for a in commands[0]]
+    train[train.index("--out") + 1] = str(tmp_path / "runs")
+    assert main(train) == 2
+    assert "CIFAR-10: expected" in capsys.readouterr().err
+    convert = [a.replace("runs/", str(tmp_path / "runs") + "/") for a in commands[1]]
+    assert main(convert) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
