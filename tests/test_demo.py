@@ -166,7 +166,7 @@ def quick(tmp_path_factory):
 
 def _row(text, name):
     """The table row of ``name``: [ANN, limit, T=1, ..., T=64] as printed (%)."""
-    line = next(l for l in text.splitlines() if l.startswith(name) and re.search(r"x ANN$", l))
+    line = next(row for row in text.splitlines() if row.startswith(name) and re.search(r"x ANN$", row))
     return [float(v) for v in line[len(name):].split()[:2 + len(TS)]]
 
 
@@ -181,7 +181,7 @@ def test_quick_demo_table_report_and_sentence(quick):
         for run in r["runs"]:
             assert run["ann"] >= 0.8, r["name"]  # 1 epoch; chance is 10 %
             assert len(run["curve"]) == 64 and run["curve"][3] == run["acc"]["4"]
-            assert len(run["lambda"]) == 4 and all(l > 0 for l in run["lambda"])
+            assert len(run["lambda"]) == 4 and all(lam > 0 for lam in run["lambda"])
         assert r["summary"]["snn"]["64"]["min"] == min(run["acc"]["64"] for run in r["runs"])
         printed = _row(text, r["name"])
         assert printed[0] == round(100 * r["summary"]["ann"]["mean"], 1)
@@ -257,7 +257,8 @@ def test_readme_paper_scale_commands_parse_and_stop_clearly_without_data(tmp_pat
     for command in commands:
         args = build_parser().parse_args(command)
         if command[0] == "train":
-            assert (args.arch, args.dataset, args.epochs, args.lr, args.batch_size) == ("resnet18", "cifar10", 300, 0.1, 128)
+            assert (args.arch, args.dataset, args.epochs, args.lr) == ("resnet18", "cifar10", 300, 0.1)
+            assert args.batch_size == 128 and args.momentum == 0.9
             assert args.p in (3, 7, 15) and args.noise == "uniform" and args.weight_decay == 5e-4
         else:
             assert args.T == 16
