@@ -157,8 +157,9 @@ def describe(noisy: Dict[str, Any], qcfs: Dict[str, Any], diff: Dict[Any, Any], 
     """One sentence, from ``summarize`` of each variant and their ``paired_difference``: whether
     the QCFS SNN falls at long T towards a worse clipped network while the noise-trained one does
     not, or that neither / both do, and how the noise changes the low-T columns (``LOW_TS``).
-    A difference counts only when it holds for every seed by more than ``margin_points`` ("level"
-    otherwise). Values are ``mean [min..max]`` over the seeds (the mean alone for one seed)."""
+    A difference counts only when it holds for every seed by more than ``margin_points``: at low
+    T "ahead" / "behind" (every seed), "level" (every seed within the margin), or else "ahead in
+    some seeds, behind in others". Values are ``mean [min..max]`` over the seeds (the mean alone for one seed)."""
     m = margin_points / 100
     T_max = max(Ts)
     n = len(noisy["ann"]["per_seed"])
@@ -192,7 +193,8 @@ def describe(noisy: Dict[str, Any], qcfs: Dict[str, Any], diff: Dict[Any, Any], 
         if T not in diff:
             continue
         d = diff[T]
-        word = "ahead" if d["min"] > m else "behind" if d["max"] < -m else "level"
+        word = ("ahead" if d["min"] > m else "behind" if d["max"] < -m
+                else "level" if d["min"] >= -m and d["max"] <= m else "ahead in some seeds, behind in others")
         low.append(f"{word} at T = {T} ({_range(d, sign=True)} points)")
     tail = "; against QCFS with the same seed, the noise-trained SNN is " + ", ".join(low) if low else ""
     return head + tail + "."
