@@ -295,8 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train with the published recipe (SGD momentum 0.9, lr 0.1, weight decay "
                                    "5e-4, cosine schedule, random crop + flip). Launch with torchrun for "
                                    "DistributedDataParallel (one process per GPU; each rank its own noise).")
-    t.add_argument("--dataset", choices=DATASETS, required=True, help="the dataset (digits is bundled)")
-    t.add_argument("--data-dir", default=None, help="folder with the dataset files (not needed for digits)")
+    t.add_argument("--dataset", choices=DATASETS, required=True, help="the dataset (digits and mnist10k are bundled)")
+    t.add_argument("--data-dir", default=None, help="folder with the dataset files (not needed for digits, mnist10k)")
     t.add_argument("--arch", choices=sorted(MODELS), default="resnet20", help="the network")
     t.add_argument("--p", type=_levels, default=3, help="activation levels: 3, 7, 15 = 2, 3, 4 bit")
     t.add_argument("--noise", choices=Noise.labels(), default="uniform", help="'none' = QCFS")
