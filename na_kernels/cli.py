@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--threads", type=_count("threads"), default=2, help="torch CPU threads (default 2)")
     d.add_argument("--exit-confidence", type=_exit_probability("confidence"), nargs="*", default=None, metavar="C",
                    help="per-sample early exit thresholds to sweep (top softmax probability; no value: none) "
-                        "(default: 0.9 0.99 0.999)")
+                        "(default: 0.9 0.99, on the first seed's SNNs)")
     d.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
