@@ -158,8 +158,8 @@ def describe(noisy: Dict[str, Any], qcfs: Dict[str, Any], diff: Dict[Any, Any], 
     the QCFS SNN falls at long T towards a worse clipped network while the noise-trained one does
     not, or that neither / both do, and how the noise changes the low-T columns (``LOW_TS``).
     A difference counts only when it holds for every seed by more than ``margin_points``: at low
-    T "ahead" / "behind" (every seed), "level" (every seed within the margin), or else "ahead in
-    some seeds, behind in others". Values are ``mean [min..max]`` over the seeds (the mean alone for one seed)."""
+    T "ahead" / "behind" (every seed beyond the margin), "level" (every seed within it), else
+    "ahead in some seeds, behind in others" or "ahead / behind in some seeds, level in others". Values are ``mean [min..max]`` over the seeds (the mean alone for one seed)."""
     m = margin_points / 100
     T_max = max(Ts)
     n = len(noisy["ann"]["per_seed"])
@@ -193,8 +193,12 @@ def describe(noisy: Dict[str, Any], qcfs: Dict[str, Any], diff: Dict[Any, Any], 
         if T not in diff:
             continue
         d = diff[T]
-        word = ("ahead" if d["min"] > m else "behind" if d["max"] < -m
-                else "level" if d["min"] >= -m and d["max"] <= m else "ahead in some seeds, behind in others")
+        ahead = sum(v > m for v in d["per_seed"])
+        behind = sum(v < -m for v in d["per_seed"])
+        n_seeds = len(d["per_seed"])
+        word = ("ahead" if ahead == n_seeds else "behind" if behind == n_seeds else "level" if not ahead + behind
+                else "ahead in some seeds, behind in others" if ahead and behind
+                else f"{'ahead' if ahead else 'behind'} in some seeds, level in others")
         low.append(f"{word} at T = {T} ({_range(d, sign=True)} points)")
     tail = "; against QCFS with the same seed, the noise-trained SNN is " + ", ".join(low) if low else ""
     return head + tail + "."

@@ -90,6 +90,10 @@ def test_sentence_says_when_the_collapse_does_not_show_and_the_low_T_words():
     mixed = _describe(NOISE_MIXED, QCFS_MIXED)
     assert "ahead in some seeds, behind in others at T = 1 (+0.0 [-10.0..+10.0] points)" in mixed
     assert "level at T = 2 (+0.5 [+0.5..+0.5] points)" in mixed
+    # T = 2: one seed 1.5 points behind, the other 0.5: behind in some, level in others
+    partly = [_run(98.0, 98.0, [90, 95.5 + 1.0 * k, 98, 98, 98, 98, 98], k) for k in (0, 1)]
+    assert ("behind in some seeds, level in others at T = 2 (-1.0 [-1.5..-0.5] points)"
+            in _describe(partly, QCFS_MIXED))
 
 
 def test_sentence_when_the_noise_trained_snn_falls_and_for_one_seed():
