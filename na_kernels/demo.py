@@ -225,7 +225,7 @@ def _demo_table(results: List[Dict[str, Any]], Ts: Sequence[int], energy_T: int)
     widths = [max(len(str(row[i])) for row in [head] + rows) for i in range(len(head))]
     fmt = lambda row: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
                                 for i, (c, w) in enumerate(zip(row, widths)))
-    lines = [fmt(head), "-" * len(fmt(head))] + [fmt(row) for row in rows]
+    lines = [fmt(head), "-" * len(fmt(head))] + [fmt(row).rstrip() for row in rows]
     return "\n".join(lines)
 
 
