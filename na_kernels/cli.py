@@ -283,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-batch-size", type=_count("eval_batch_size"), default=128, help="images per SNN batch")
     d.add_argument("--lr", type=_positive("lr"), default=0.05, help="SGD learning rate")
     d.add_argument("--test-limit", type=_count("test_limit"), default=None, help=argparse.SUPPRESS)
-    d.add_argument("--threads", type=_count("threads"), default=2, help="torch CPU threads (default 2)")
+    d.add_argument("--threads", type=_count("threads"), default=1,
+                   help="torch CPU threads (default 1: the small CNN gains little from more, and their spin-waits "
+                        "cost several times the CPU time on a busy machine)")
     d.add_argument("--exit-confidence", type=_exit_probability("confidence"), nargs="*", default=None, metavar="C",
                    help="per-sample early exit thresholds to sweep (top softmax probability; no value: none) "
                         "(default: 0.9 0.99, on the first seed's SNNs)")
