@@ -129,7 +129,11 @@ def summarize(runs: Sequence[Dict[str, Any]], Ts: Sequence[int]) -> Dict[str, An
 
 
 def paired_difference(noisy: Sequence[Dict[str, Any]], qcfs: Sequence[Dict[str, Any]], Ts: Sequence[int]):
-    """Noise minus QCFS, seed by seed: {T: spread of the differences} plus ``limit`` and ``ann``."""
+    """Noise minus QCFS, seed by seed: {T: spread of the differences} plus ``limit`` and ``ann``.
+    Both lists must hold the same seeds in the same order."""
+    if [r.get("seed") for r in noisy] != [r.get("seed") for r in qcfs]:
+        raise ValueError(f"paired_difference needs the same seeds on both sides, got "
+                         f"{[r.get('seed') for r in noisy]} and {[r.get('seed') for r in qcfs]}")
     out = {T: _spread([a["acc"][T] - b["acc"][T] for a, b in zip(noisy, qcfs)]) for T in Ts}
     out["limit"] = _spread([a["limit"] - b["limit"] for a, b in zip(noisy, qcfs)])
     out["ann"] = _spread([a["ann"] - b["ann"] for a, b in zip(noisy, qcfs)])
@@ -159,7 +163,8 @@ def describe(noisy: Dict[str, Any], qcfs: Dict[str, Any], diff: Dict[Any, Any], 
     not, or that neither / both do, and how the noise changes the low-T columns (``LOW_TS``).
     A difference counts only when it holds for every seed by more than ``margin_points``: at low
     T "ahead" / "behind" (every seed beyond the margin), "level" (every seed within it), else
-    "ahead in some seeds, behind in others" or "ahead / behind in some seeds, level in others". Values are ``mean [min..max]`` over the seeds (the mean alone for one seed)."""
+    "ahead in some seeds, behind in others" or "ahead / behind in some seeds, level in others".
+    Values are ``mean [min..max]`` over the seeds (the mean alone for one seed)."""
     m = margin_points / 100
     T_max = max(Ts)
     n = len(noisy["ann"]["per_seed"])

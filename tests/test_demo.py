@@ -63,6 +63,8 @@ def test_paired_difference_is_seed_by_seed():
     assert d[1]["per_seed"] == pytest.approx([-0.29, -0.20]) and d[1]["max"] == pytest.approx(-0.20)
     assert d["limit"]["per_seed"] == pytest.approx([0.001, 0.001])
     assert d["ann"]["mean"] == pytest.approx(-0.0005)
+    with pytest.raises(ValueError, match="same seeds on both sides"):
+        demo.paired_difference(NOISE_LEVEL, QCFS_LEVEL[:1], TS)
 
 
 def test_sentence_names_the_collapse_when_every_seed_shows_it():
