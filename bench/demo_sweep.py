@@ -1,14 +1,17 @@
-"""Sweeps behind the demo's settings and the default noise scales (issue 14).
+"""Sweeps behind the demo's settings and the default noise scales.
 
-Trains the demo's DigitsCNN on the bundled 8x8 digits for every combination of the options
-and prints one line per run: ANN, the clipped network (the SNN's T -> infinity limit) and the
-SNN at T = 1, 2, 4, ..., 64 (test accuracy, %, on the 539 held-out images). Lines are also
-appended to ``--out`` as JSON. One torch thread per run; run it under ``nice`` on a shared
-machine. The runs behind README and docs/design.md are listed, with their commands, in
-bench/results/issue14/README.md; for example
+Trains the demo's CNN on a bundled data set (``--data digits``: DigitsCNN on the 8x8 digits,
+539 held-out test images; ``--data mnist10k``: MnistCNN on the 28x28 MNIST digits, 2000 held-out
+test images) for every combination of the options and prints one line per run: ANN, the clipped
+network (the SNN's T -> infinity limit) and the SNN at T = 1, 2, 4, ..., 64 (test accuracy, %).
+Lines are also appended to ``--out`` as JSON. ``--threads`` torch threads per run (default 1);
+run it under ``nice`` on a shared machine. The runs behind README and docs/design.md are listed,
+with their commands, in bench/results/issue14/README.md and bench/results/issue25/README.md; for
+example
 
     python bench/demo_sweep.py --p 3 --noise uniform none --seeds 0 1 2 3 4 5 6 7 8 9
     python bench/demo_sweep.py --p 1 --noise gaussian --scale 0.1 0.2 0.3 0.5 1.0 --seeds 0 1 2
+    python bench/demo_sweep.py --data mnist10k --epochs 3 --seeds 0 1 2
 """
 import argparse
 import itertools
@@ -19,7 +22,7 @@ import time
 import torch
 from torch import nn
 
-from na_kernels.app.datasets import BatchLoader, digits_split
+from na_kernels.app.datasets import BatchLoader, digits_split, mnist10k_split
 from na_kernels.app.models import build_model
 from na_kernels.nn import NoisyQuant, clipped_network, to_snn
 from na_kernels.app.train import evaluate, evaluate_snn, make_optimizer, make_scheduler, train_epoch
@@ -39,13 +42,18 @@ def deeper_digits_cnn(num_classes, in_channels, act, convs_per_stage, width=32):
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * 4, 128), act(), nn.Linear(128, num_classes))
 
 
-def run(train, test, *, p, noise, scale, seed, epochs, lam, lr, opt, convs_per_stage=2, batch_size=32):
-    """Train one DigitsCNN (or a deeper one); its ANN, clipped-network and SNN (T in TS) test accuracies."""
+ARCH = {"digits": "digits_cnn", "mnist10k": "mnist_cnn"}
+SPLIT = {"digits": digits_split, "mnist10k": mnist10k_split}
+
+
+def run(train, test, *, p, noise, scale, seed, epochs, lam, lr, opt, convs_per_stage=2, batch_size=32,
+        arch="digits_cnn"):
+    """Train one demo CNN (or a deeper DigitsCNN); its ANN, clipped-network and SNN (T in TS) test accuracies."""
     torch.manual_seed(seed)
     scale_kw = {} if scale is None else {"scale": scale}  # None: NoisyQuant's default
     act = lambda: NoisyQuant(p, lam=lam, noise=noise, **scale_kw)  # noqa: E731
-    if convs_per_stage == 2:
-        model = build_model("digits_cnn", train.num_classes, train.in_channels, act=act)
+    if convs_per_stage == 2 or arch != "digits_cnn":
+        model = build_model(arch, train.num_classes, train.in_channels, act=act)
     else:
         model = deeper_digits_cnn(train.num_classes, train.in_channels, act, convs_per_stage)
     loader = BatchLoader(train, batch_size, shuffle=True, augment=True, drop_last=True, seed=seed)
@@ -68,6 +76,8 @@ def run(train, test, *, p, noise, scale, seed, epochs, lam, lr, opt, convs_per_s
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", choices=sorted(ARCH), default="digits", help="the bundled data set (and its CNN)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--p", type=int, nargs="+", default=[3])
     ap.add_argument("--noise", nargs="+", default=["uniform", "none"])
     ap.add_argument("--scale", type=float, nargs="+", default=[None], help="noise scale(s); default: the package's")
@@ -77,18 +87,20 @@ def main(argv=None):
                     help='initial λ (a float or "auto")')
     ap.add_argument("--lr", type=float, default=None, help="default 0.05 (sgd), 0.003 (adam)")
     ap.add_argument("--opt", choices=("sgd", "adam"), default="sgd")
-    ap.add_argument("--convs-per-stage", type=int, default=2, help="2 = the demo's DigitsCNN; more = deeper")
+    ap.add_argument("--convs-per-stage", type=int, default=2, help="2 = the demo's DigitsCNN; more = deeper "
+                                                                   "(digits only)")
     ap.add_argument("--out", default=None, help="append one JSON line per run here")
     a = ap.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     lr = a.lr if a.lr is not None else (0.05 if a.opt == "sgd" else 0.003)
-    train, test = digits_split()
+    train, test = SPLIT[a.data]()
     print("p noise    scale  ep  lam seed |  ANN limit | " + " ".join(f"T={T:<3d}" for T in TS) + " | s", flush=True)
     for p, noise, scale, epochs, lam, seed in itertools.product(a.p, a.noise, a.scale, a.epochs, a.lam, a.seeds):
         t0 = time.time()
         r = run(train, test, p=p, noise=noise, scale=scale, seed=seed, epochs=epochs, lam=lam, lr=lr, opt=a.opt,
-                convs_per_stage=a.convs_per_stage)
-        row = dict(p=p, noise=noise, scale=scale, epochs=epochs, lam=lam, seed=seed, opt=a.opt, lr=lr,
+                convs_per_stage=a.convs_per_stage, arch=ARCH[a.data])
+        row = dict(data=a.data, threads=a.threads, p=p, noise=noise, scale=scale, epochs=epochs, lam=lam, seed=seed,
+                   opt=a.opt, lr=lr,
                    convs_per_stage=a.convs_per_stage, **r,
                    seconds=round(time.time() - t0, 1))
         print(f"{p} {noise:8s} {str(scale):5s} {epochs:3d} {lam!s:>4} {seed:4d} | {100 * r['ann']:5.1f} "

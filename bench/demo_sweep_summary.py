@@ -17,8 +17,8 @@ T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 
 
 
 def key(row):
-    return (f"p={row['p']} noise={row['noise']} scale={row['scale']} lam={row['lam']} opt={row['opt']} "
-            f"ep={row['epochs']} convs={row.get('convs_per_stage', 2)}")
+    return (f"data={row.get('data', 'digits')} p={row['p']} noise={row['noise']} scale={row['scale']} "
+            f"lam={row['lam']} opt={row['opt']} ep={row['epochs']} convs={row.get('convs_per_stage', 2)}")
 
 
 def values(row):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from na_kernels.app.datasets import (BatchLoader, DatasetError, digits_split, load_cifar, load_dataset, load_digits,
-                                 load_mnist, read_idx)
+                                 load_mnist, load_mnist10k, mnist10k_split, read_idx)
 
 
 # ------------------------------------------------------------------------------- fixtures
@@ -60,6 +60,64 @@ def make_cifar(folder, num_classes=10, n=6, seed=0):
             pickle.dump(batch, f, protocol=2)
         written[name] = (data, labels)
     return base, written
+
+
+# ------------------------------------------------------------------------------- bundled MNIST (10,000)
+
+MNIST10K_SHA256 = {  # of the files as shipped (bench/demo_sweep_make_data.py writes them)
+    "mnist10k-images-idx3-ubyte.gz": "6147811c070e77823b67d8be7963f6ab00af77f5660c687bbdc8a3a1bc7b7459",
+    "mnist10k-labels-idx1-ubyte.gz": "4098cd2f8985372bfe9d2755e944398058f46893cb54c15631c6343ae14199a9",
+}
+
+
+def test_bundled_mnist10k_files_and_contents():
+    import hashlib
+    from importlib import resources
+
+    for name, digest in MNIST10K_SHA256.items():
+        raw = resources.files("na_kernels.app").joinpath("data", name).read_bytes()
+        assert hashlib.sha256(raw).hexdigest() == digest, name
+    assert resources.files("na_kernels.app").joinpath("data", "MNIST10K_LICENSE.txt").is_file()
+    d = load_mnist10k()
+    assert d.images.shape == (10000, 1, 28, 28) and d.images.dtype == torch.uint8
+    assert d.labels.shape == (10000,) and d.labels.dtype == torch.int64
+    assert torch.bincount(d.labels).tolist() == [1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978]
+    assert torch.equal(d.labels, d.labels.sort().values)  # class by class, as the npm package orders them
+    assert int(d.images.min()) == 0 and int(d.images.max()) == 255
+    assert int(d.images[0].sum()) == 31095 and int(d.images.sum()) == 262146600
+    assert d.name == "mnist10k" and d.num_classes == 10 and d.in_channels == 1 and d.image_size == 28
+
+
+def test_mnist10k_split_fixed_stratified_disjoint():
+    tr, te = mnist10k_split()
+    tr2, te2 = mnist10k_split()
+    assert len(tr) == 8000 and len(te) == 2000
+    assert torch.equal(te.images, te2.images) and torch.equal(tr.labels, tr2.labels)
+    full = torch.bincount(load_mnist10k().labels)
+    assert torch.equal(torch.bincount(te.labels), torch.round(full * 0.2).long())
+    # disjoint: every image is either train or test (the 10,000 are distinct images)
+    rows = {bytes(x.flatten().tolist()) for x in tr.images}
+    assert len(rows) == 8000 and not any(bytes(x.flatten().tolist()) in rows for x in te.images)
+    assert len(load_dataset("mnist10k", train=False)) == 2000 and len(load_dataset("mnist10k")) == 8000
+
+
+def test_mnist10k_damaged_or_missing_file(tmp_path):
+    from importlib import resources
+
+    for name in MNIST10K_SHA256:
+        (tmp_path / name).write_bytes(resources.files("na_kernels.app").joinpath("data", name).read_bytes())
+    assert len(load_mnist10k(str(tmp_path))) == 10000  # the same files read from a folder
+    images = tmp_path / "mnist10k-images-idx3-ubyte.gz"
+    raw = bytearray(images.read_bytes())
+    raw[-20] ^= 1
+    images.write_bytes(bytes(raw))
+    with pytest.raises(DatasetError, match=r"mnist10k-images-idx3-ubyte.gz: SHA-256 .* reinstall"):
+        load_mnist10k(str(tmp_path))
+    raw[-20] ^= 1
+    images.write_bytes(bytes(raw))
+    (tmp_path / "mnist10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DatasetError, match=r"not found: expected .*mnist10k-labels-idx1-ubyte.gz"):
+        load_mnist10k(str(tmp_path))
 
 
 # ------------------------------------------------------------------------------- digits

@@ -15,6 +15,7 @@ EXPECTED = {
     "resnet101": (42_512_970, 100),
     "resnet152": (58_156_618, 151),
     "vgg16": (33_642_442, 15),
+    "mnist_cnn": (217_306, 4),  # with build_model's default 3 input channels
 }
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,7 +33,7 @@ def test_sizes_and_activation_sites(arch):
 
 
 @pytest.mark.parametrize("arch,in_ch,size", [("resnet20", 3, 32), ("resnet18", 1, 32), ("vgg16", 3, 32),
-                                             ("digits_cnn", 1, 8)])
+                                             ("digits_cnn", 1, 8), ("mnist_cnn", 1, 28)])
 def test_forward_shapes(arch, in_ch, size):
     model = build_model(arch, 100, in_channels=in_ch).eval()
     assert model(torch.randn(2, in_ch, size, size)).shape == (2, 100)
@@ -50,10 +51,10 @@ def test_act_factory_builds_noisyquant_everywhere():
     assert len({id(q) for q in quants}) == 19  # one λ per site
 
 
-@pytest.mark.parametrize("arch", ["resnet20", "digits_cnn"])
+@pytest.mark.parametrize("arch", ["resnet20", "digits_cnn", "mnist_cnn"])
 def test_replace_activations_then_convert(arch):
     torch.manual_seed(0)
-    in_ch, size = (1, 8) if arch == "digits_cnn" else (3, 16)
+    in_ch, size = {"digits_cnn": (1, 8), "mnist_cnn": (1, 28)}.get(arch, (3, 16))
     model = build_model(arch, 10, in_channels=in_ch)
     relus = sum(isinstance(m, nn.ReLU) for m in model.modules())
     model, report = replace_activations(model, p=3, noise="uniform", lam=4.0)
@@ -77,9 +78,9 @@ def test_image_size_rules_match_what_each_arch_can_run():
     from na_kernels.app.models import IMAGE_SIZES, MODELS, check_image_size
 
     assert set(IMAGE_SIZES) == set(MODELS)
-    for arch in ("digits_cnn", "vgg16", "resnet20"):
+    for arch in ("digits_cnn", "mnist_cnn", "vgg16", "resnet20"):
         model = build_model(arch, 10, in_channels=1).eval()
-        for size in (8, 32):
+        for size in (8, 28, 32):
             fits = IMAGE_SIZES[arch] in (None, size)
             try:
                 model(torch.zeros(1, 1, size, size))

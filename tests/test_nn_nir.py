@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from na_kernels.nn import calibrate_thresholds, to_snn
-from na_kernels.io.nir_export import NIRExportError, NIRImportError, from_nir, to_nir
+from na_kernels.io.nir_export import NIRExportError, to_nir
+from na_kernels.io.nir_import import NIRImportError, from_nir
 
 from nn_models import SmallCNN, TinyResNet, prepared
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from na_kernels.io.nir_export import NIRImportError, from_nir
+from na_kernels.io.nir_import import NIRImportError, from_nir
 
 nir = pytest.importorskip("nir")
 pytestmark = pytest.mark.peers

@@ -6,7 +6,8 @@ import torch
 from torch.nn import functional as F
 
 from na_kernels.nn import load_snn, replace_activations, to_snn
-from na_kernels.io.nir_export import NIRExportError, from_nir, to_nir
+from na_kernels.io.nir_export import NIRExportError, to_nir
+from na_kernels.io.nir_import import from_nir
 
 from vision_models import MobileNetV2, ResNet10T, ResNet18, VGG11BN
 

@@ -1,6 +1,6 @@
 """``na-kernels``: the command line.
 
-    na-kernels demo [--out DIR] [--seed N] [--quick]      offline demo on the bundled digits
+    na-kernels demo [--out DIR] [--seeds N] [--quick]     offline demo on the bundled digits
     na-kernels train --dataset cifar10 --data-dir D --arch resnet20 --p 3 --noise uniform
     na-kernels evaluate --checkpoint runs/x/last.pt [--data-dir D]
     na-kernels convert --checkpoint runs/x/last.pt [--data-dir D] --T 32 [--report r.json] [--save net.snn]
@@ -267,26 +267,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"na_kernels {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
 
-    d = sub.add_parser("demo", help="offline demo on the bundled 8x8 digits: NoisyQuant vs QCFS, ANN vs SNN",
-                       description="Train the same small CNN twice on the bundled 8x8 UCI digits (NoisyQuant "
-                                   "uniform noise, and no noise = QCFS) at the same p, convert both to SNNs and "
-                                   "report the ANN, its clipped network (the SNN's T -> infinity limit) and the "
-                                   "SNN at T = 1..64, firing rate and estimated energy.")
+    d = sub.add_parser("demo", help="offline demo on bundled digits: NoisyQuant vs QCFS, ANN vs clipped network vs "
+                                    "SNN, over several seeds",
+                       description="Train the same small CNN on bundled digits (default: 10,000 28x28 MNIST digits) "
+                                   "with NoisyQuant's uniform noise and without noise (QCFS) at the same p, for "
+                                   "several seeds; convert each to an SNN and report the ANN, its clipped network "
+                                   "(the SNN's T -> infinity limit) and the SNN at T = 1..64 as the mean and "
+                                   "min..max over the seeds, noise minus QCFS seed by seed, and one sentence "
+                                   "saying what the run shows.")
     d.add_argument("--out", default="na_kernels_demo", help="folder for the JSON report and the plot "
                                                             "(default: ./na_kernels_demo)")
-    d.add_argument("--seed", type=_checked(check_run_seed), default=0, help="random seed")
-    d.add_argument("--quick", action="store_true", help="a few seconds: 3 epochs, 200 test images")
+    d.add_argument("--data", choices=("mnist10k", "digits"), default="mnist10k",
+                   help="bundled data: 10,000 28x28 MNIST digits, or the 1797 8x8 UCI digits")
+    d.add_argument("--seed", type=_checked(check_run_seed), default=0, help="the first random seed")
+    d.add_argument("--seeds", type=_count("seeds"), default=None,
+                   help="how many seeds (seed, seed + 1, ...) (default 3, quick 1)")
+    d.add_argument("--quick", action="store_true", help="seconds: 1 seed, 1 epoch, 300 test images")
     d.add_argument("--p", type=_levels, default=3, help="activation levels (default 3 = 2-bit)")
     d.add_argument("--lam", type=_lam, default=2.0, help="initial clip λ (default 2.0)")
-    d.add_argument("--epochs", type=_count("epochs"), default=None, help="training epochs (default 15, quick 3)")
+    d.add_argument("--epochs", type=_count("epochs"), default=None,
+                   help="training epochs (default: mnist10k 3, digits 15; quick 1)")
     d.add_argument("--batch-size", type=_count("batch_size"), default=32, help="training images per step")
     d.add_argument("--eval-batch-size", type=_count("eval_batch_size"), default=128, help="images per SNN batch")
     d.add_argument("--lr", type=_positive("lr"), default=0.05, help="SGD learning rate")
     d.add_argument("--test-limit", type=_count("test_limit"), default=None, help=argparse.SUPPRESS)
-    d.add_argument("--threads", type=_count("threads"), default=1, help="torch CPU threads (default 1)")
+    d.add_argument("--threads", type=_count("threads"), default=1,
+                   help="torch CPU threads (default 1: the small CNN gains little from more, and their spin-waits "
+                        "cost several times the CPU time on a busy machine)")
     d.add_argument("--exit-confidence", type=_exit_probability("confidence"), nargs="*", default=None, metavar="C",
                    help="per-sample early exit thresholds to sweep (top softmax probability; no value: none) "
-                        "(default: 0.9 0.99 0.999)")
+                        "(default: 0.9 0.99, on the first seed's SNNs)")
     d.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
@@ -295,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train with the published recipe (SGD momentum 0.9, lr 0.1, weight decay "
                                    "5e-4, cosine schedule, random crop + flip). Launch with torchrun for "
                                    "DistributedDataParallel (one process per GPU; each rank its own noise).")
-    t.add_argument("--dataset", choices=DATASETS, required=True, help="the dataset (digits is bundled)")
-    t.add_argument("--data-dir", default=None, help="folder with the dataset files (not needed for digits)")
+    t.add_argument("--dataset", choices=DATASETS, required=True, help="the dataset (digits and mnist10k are bundled)")
+    t.add_argument("--data-dir", default=None, help="folder with the dataset files (not needed for digits, mnist10k)")
     t.add_argument("--arch", choices=sorted(MODELS), default="resnet20", help="the network")
     t.add_argument("--p", type=_levels, default=3, help="activation levels: 3, 7, 15 = 2, 3, 4 bit")
     t.add_argument("--noise", choices=Noise.labels(), default="uniform", help="'none' = QCFS")

@@ -2,6 +2,8 @@
 
 - ``load_digits()``: the 8x8 UCI handwritten digits bundled with the package
   (``na_kernels/app/data/digits.csv.gz``, CC BY 4.0, see ``DIGITS_LICENSE.txt``).
+- ``load_mnist10k()``: 10,000 28x28 MNIST digits bundled with the package
+  (``na_kernels/app/data/mnist10k-*.gz``, CC BY-SA 3.0, see ``MNIST10K_LICENSE.txt``).
 - ``load_mnist(data_dir, train)``: MNIST from its idx files (gzipped or not).
 - ``load_cifar(data_dir, num_classes, train)``: CIFAR-10/100 python pickle batches.
 - ``load_dataset(name, data_dir, train)``: one of the above by name.
@@ -14,6 +16,7 @@ a missing or unreadable file raises :class:`DatasetError` naming the file expect
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import math
 import os
@@ -34,6 +37,8 @@ __all__ = [
     "DATASETS",
     "load_digits",
     "digits_split",
+    "load_mnist10k",
+    "mnist10k_split",
     "read_idx",
     "load_mnist",
     "load_cifar",
@@ -119,7 +124,12 @@ def digits_split(data: Optional[ImageData] = None, test_fraction: float = 0.3) -
     Per class, the images are shuffled by a generator with the constant seed 0 and the
     last ``test_fraction`` of them are held out: 1258 train / 539 test images.
     """
-    data = load_digits() if data is None else data
+    return _stratified_split(load_digits() if data is None else data, test_fraction)
+
+
+def _stratified_split(data: ImageData, test_fraction: float) -> Tuple[ImageData, ImageData]:
+    """Per class, shuffle by a generator with the constant seed 0 and hold out the last
+    ``round(test_fraction * n_class)`` images; both parts keep the original order."""
     g = torch.Generator().manual_seed(0)
     train_idx, test_idx = [], []
     for c in range(data.num_classes):
@@ -131,6 +141,58 @@ def digits_split(data: Optional[ImageData] = None, test_fraction: float = 0.3) -
     train_idx = torch.sort(torch.cat(train_idx)).values
     test_idx = torch.sort(torch.cat(test_idx)).values
     return data.subset(train_idx), data.subset(test_idx)
+
+
+# ----------------------------------------------------------------------------------------
+# Bundled 28x28 digits: 10,000 MNIST images
+# ----------------------------------------------------------------------------------------
+
+# file name -> SHA-256 of the bundled file (bench/demo_sweep_make_data.py writes them)
+MNIST10K_FILES = {
+    "mnist10k-images-idx3-ubyte.gz": "6147811c070e77823b67d8be7963f6ab00af77f5660c687bbdc8a3a1bc7b7459",
+    "mnist10k-labels-idx1-ubyte.gz": "4098cd2f8985372bfe9d2755e944398058f46893cb54c15631c6343ae14199a9",
+}
+MNIST10K_SIZE = 10_000
+
+
+def _bundled_idx(name: str, magic: int, what: str, folder: Optional[str]) -> np.ndarray:
+    """One bundled idx file, its SHA-256 checked against ``MNIST10K_FILES`` first."""
+    where = os.path.join(folder, name) if folder is not None else f"na_kernels/app/data/{name}"
+    try:
+        if folder is None:
+            raw = resources.files("na_kernels.app").joinpath("data", name).read_bytes()
+        else:
+            with open(where, "rb") as f:
+                raw = f.read()
+    except FileNotFoundError as e:
+        raise DatasetError(f"bundled file not found: expected {where} (reinstall na_kernels)") from e
+    except OSError as e:
+        raise DatasetError(f"could not read {where}: {e}") from e
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != MNIST10K_FILES[name]:
+        raise DatasetError(f"{where}: SHA-256 {digest} is not the bundled file's {MNIST10K_FILES[name]} "
+                           "(damaged or replaced; reinstall na_kernels)")
+    return _parse_idx(raw, where, magic, what)
+
+
+def load_mnist10k(folder: Optional[str] = None) -> ImageData:
+    """10,000 28x28 MNIST digits shipped in ``na_kernels/app/data`` (uint8 ``[10000, 1, 28, 28]``,
+    labels 0..9 in class order; ``folder``: read the same two files from elsewhere; their
+    SHA-256 must match). Source and licence: ``na_kernels/app/data/MNIST10K_LICENSE.txt``."""
+    names = list(MNIST10K_FILES)
+    images = _bundled_idx(names[0], _MNIST_MAGIC["images"], "MNIST images: uint8, 3 dims", folder)
+    labels = _bundled_idx(names[1], _MNIST_MAGIC["labels"], "MNIST labels: uint8, 1 dim", folder)
+    if images.shape != (MNIST10K_SIZE, 28, 28) or labels.shape != (MNIST10K_SIZE,):  # the checksum makes this hold
+        raise DatasetError(f"bundled MNIST files: expected [{MNIST10K_SIZE}, 28, 28] images and "
+                           f"{MNIST10K_SIZE} labels, got {images.shape} and {labels.shape}")
+    return ImageData(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)),
+                     10, _MNIST_MEAN, _MNIST_STD, crop_padding=2, flip=False, name="mnist10k")
+
+
+def mnist10k_split(data: Optional[ImageData] = None, test_fraction: float = 0.2) -> Tuple[ImageData, ImageData]:
+    """A fixed, stratified held-out split of the bundled MNIST digits, as ``digits_split``:
+    8000 train / 2000 test images."""
+    return _stratified_split(load_mnist10k() if data is None else data, test_fraction)
 
 
 # ----------------------------------------------------------------------------------------
@@ -148,10 +210,18 @@ def read_idx(path: str, magic: Optional[int] = None, what: str = "") -> np.ndarr
     try:
         with open(path, "rb") as f:
             raw = f.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
     except FileNotFoundError as e:
         raise DatasetError(f"file not found: {path}") from e
+    except OSError as e:
+        raise DatasetError(f"could not read {path}: {e}") from e
+    return _parse_idx(raw, path, magic, what)
+
+
+def _parse_idx(raw: bytes, path: str, magic: Optional[int] = None, what: str = "") -> np.ndarray:
+    """``read_idx`` on the bytes of a file (``path`` names it in errors)."""
+    try:
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
     except (OSError, EOFError) as e:
         raise DatasetError(f"could not read {path}: {e}") from e
     found = f"0x{raw[:4].hex():0>8}" if len(raw) >= 4 else f"{len(raw)} byte(s)"
@@ -177,6 +247,7 @@ def read_idx(path: str, magic: Optional[int] = None, what: str = "") -> np.ndarr
 
 # idx magic numbers: 0x08 = uint8, then the number of dims
 _MNIST_MAGIC = {"images": 0x00000803, "labels": 0x00000801}
+_MNIST_MEAN, _MNIST_STD = (0.1307,), (0.3081,)  # of MNIST's 60,000 training images
 _MNIST_FILES = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -212,7 +283,7 @@ def load_mnist(data_dir: str, train: bool = True) -> ImageData:
         raise DatasetError(f"{lbl_path}: labels must be 0..9")
     x = torch.from_numpy(images.copy()).unsqueeze(1)
     x = torch.nn.functional.pad(x, (2, 2, 2, 2))  # 28x28 -> 32x32, as LeNet did
-    return ImageData(x, torch.from_numpy(labels.astype(np.int64)), 10, (0.1307,), (0.3081,),
+    return ImageData(x, torch.from_numpy(labels.astype(np.int64)), 10, _MNIST_MEAN, _MNIST_STD,
                      crop_padding=2, flip=False, name="mnist")
 
 
@@ -290,14 +361,14 @@ def load_cifar(data_dir: str, num_classes: int = 10, train: bool = True) -> Imag
     return ImageData(x, y, num_classes, mean, std, crop_padding=4, flip=True, name=f"cifar{num_classes}")
 
 
-DATASETS = ("digits", "mnist", "cifar10", "cifar100")
+DATASETS = ("digits", "mnist10k", "mnist", "cifar10", "cifar100")
 
 
 def load_dataset(name: str, data_dir: Optional[str] = None, train: bool = True) -> ImageData:
-    """``digits`` (bundled; fixed split), ``mnist``, ``cifar10`` or ``cifar100`` (from ``data_dir``)."""
+    """``digits`` or ``mnist10k`` (bundled; fixed split), ``mnist``, ``cifar10`` or ``cifar100`` (from ``data_dir``)."""
     name = name.lower()
-    if name == "digits":
-        tr, te = digits_split()
+    if name in ("digits", "mnist10k"):
+        tr, te = digits_split() if name == "digits" else mnist10k_split()
         return tr if train else te
     if data_dir is None:
         raise DatasetError(f"dataset {name!r} needs --data-dir")

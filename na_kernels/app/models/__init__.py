@@ -17,7 +17,7 @@ from torch import nn
 
 __all__ = ["MODELS", "build_model", "DigitsCNN", "VGG", "ResNet", "CifarResNet", "BasicBlock",
            "Bottleneck", "vgg16", "resnet18", "resnet20", "resnet34", "resnet50", "resnet101",
-           "resnet152", "digits_cnn", "IMAGE_SIZES", "check_image_size"]
+           "resnet152", "digits_cnn", "MnistCNN", "mnist_cnn", "IMAGE_SIZES", "check_image_size"]
 
 ActFactory = Callable[[], nn.Module]
 
@@ -41,6 +41,25 @@ class DigitsCNN(nn.Module):
             nn.AvgPool2d(2),
         )
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 4, 128), act(),
+                                        nn.Linear(128, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class MnistCNN(nn.Module):
+    """The demo's small CNN for 28x28 digits: a 5x5 stride-2 conv (16 channels, 28 -> 14), a 3x3
+    stride-2 conv (32, 14 -> 7), a 3x3 conv (32), then 1568 -> 128 -> classes — four activations,
+    ~220k parameters."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16, act: ActFactory = nn.ReLU):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 5, stride=2, padding=2, bias=False), nn.BatchNorm2d(width), act(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * width), act(),
+            *_conv_bn_act(2 * width, 2 * width, act),
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 49, 128), act(),
                                         nn.Linear(128, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,6 +212,11 @@ def digits_cnn(num_classes=10, in_channels=1, act=nn.ReLU):
     return DigitsCNN(num_classes, in_channels, act=act)
 
 
+def mnist_cnn(num_classes=10, in_channels=1, act=nn.ReLU):
+    """The demo's :class:`MnistCNN` for 28x28 images."""
+    return MnistCNN(num_classes, in_channels, act=act)
+
+
 def vgg16(num_classes=10, in_channels=3, act=nn.ReLU):
     """VGG-16 for 32x32 inputs (13 conv layers, 3 linear)."""
     return VGG(_VGG_CFG["vgg16"], num_classes, in_channels, act)
@@ -230,6 +254,7 @@ def resnet152(num_classes=10, in_channels=3, act=nn.ReLU):
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {
     "digits_cnn": digits_cnn,
+    "mnist_cnn": mnist_cnn,
     "vgg16": vgg16,
     "resnet18": resnet18,
     "resnet20": resnet20,
@@ -241,10 +266,12 @@ MODELS: Dict[str, Callable[..., nn.Module]] = {
 
 
 # The image side each architecture takes: a classifier sized for one input (DigitsCNN's
-# 256 -> 128 linear layer after two pools of 8x8, VGG's 512 -> 4096 after five pools of 32x32);
+# 256 -> 128 linear layer after two pools of 8x8, MnistCNN's 1568 -> 128 after two strides of
+# 28x28, VGG's 512 -> 4096 after five pools of 32x32);
 # None: any size (the ResNets end in a global average pool).
-IMAGE_SIZES: Dict[str, Optional[int]] = {"digits_cnn": 8, "vgg16": 32, "resnet18": None, "resnet20": None,
-                                         "resnet34": None, "resnet50": None, "resnet101": None, "resnet152": None}
+IMAGE_SIZES: Dict[str, Optional[int]] = {"digits_cnn": 8, "mnist_cnn": 28, "vgg16": 32, "resnet18": None,
+                                         "resnet20": None, "resnet34": None, "resnet50": None, "resnet101": None,
+                                         "resnet152": None}
 
 
 def check_image_size(arch: str, size: int, dataset: str = "") -> None:
