@@ -367,6 +367,10 @@ def _config(header, module):
     (lambda h: (_route(h)[1].__setitem__(3, "same"), _route(h)[1].__setitem__(2, [2, 2])), "'same' needs stride 1"),
     (lambda h: _route(h)[1].__setitem__(3, "full"), "padding: 'full' is not a tuple"),
     (lambda h: _route(h)[1].append(1), "is not a synapse spec"),
+    (lambda h: _route(h)[1].__setitem__(1, {"size": [3, 3]}), "is not a synapse spec"),  # a torch.Size
+    (lambda h: _route(h)[1].__setitem__(2, {"list": [1, 1]}), "stride: .* is not a tuple"),
+    (lambda h: _config(h, "synapse_meter_2").__setitem__("weight_shape", {"size": [16, 8, 3, 3]}),
+     "weight_shape: .* is not a tuple"),
     (lambda h: _route(h)[1].__setitem__(0, "deconv"), "is not a synapse spec"),
     (lambda h: _route(h).__setitem__(1, {"list": ["linear", 5]}), "is not a synapse spec"),
     (lambda h: _route(h)[2][0].__setitem__(4, 0), "pool 0: .* is not a pool spec"),

@@ -132,7 +132,7 @@ _BUFFERS = {
 }
 _TRANSIENT = {"IFLayer": ("time_steps", "mode", "carry_state", "v", "_calibrated", "_calibrated_versions"),
               "TimeRepeat": ("time_steps",), "SynapseMeter": ()}
-_SYNAPTIC_TYPES = {"Linear": 0, "Conv1d": 1, "Conv2d": 2, "Conv3d": 3}  # a meter's layer type -> spatial dims
+_SYNAPTIC_TYPES = {"Linear": 0, "Conv1d": 1, "Conv2d": 2, "Conv3d": 3}  # fx_utils.SYNAPTIC_TYPES -> spatial dims
 _MAX_ROUTES = 1024  # routes of one IF layer (one per path from it to a conv/linear)
 _MAX_POOLS = 16  # average pools on one route
 # names fx's generated forward may use besides the builtins: an input may not shadow them
@@ -600,7 +600,7 @@ def _is_int(value, minimum) -> bool:
 
 
 def _int_tuple(value, where, length=None, minimum=0):
-    if not (isinstance(value, tuple) and (length is None or len(value) == length)
+    if not (type(value) is tuple and (length is None or len(value) == length)
             and all(_is_int(v, minimum) for v in value)):
         raise SerializationError(f"{where}: {value!r:.80} is not a tuple of {length or 'some'} ints in "
                                  f"{minimum} .. 2^31")
@@ -611,9 +611,9 @@ def _check_synapse(spec, where) -> int:
     """A ``stats.synapse_spec``: ``("conv", kernel, stride, padding, dilation, out_channels //
     groups)`` of 1 to 3 spatial dims (padding "same", "valid" or ints) or ``("linear",
     out_features)``. Returns its spatial dims (0 for a linear)."""
-    if isinstance(spec, tuple) and len(spec) == 2 and spec[0] == "linear" and _is_int(spec[1], 0):
+    if type(spec) is tuple and len(spec) == 2 and spec[0] == "linear" and _is_int(spec[1], 0):
         return 0
-    if not (isinstance(spec, tuple) and len(spec) == 6 and spec[0] == "conv" and isinstance(spec[1], tuple)
+    if not (type(spec) is tuple and len(spec) == 6 and spec[0] == "conv" and type(spec[1]) is tuple
             and 1 <= len(spec[1]) <= 3):
         raise SerializationError(f"{where}: {spec!r:.120} is not a synapse spec (('conv', kernel, stride, padding, "
                                  "dilation, out_channels // groups) of 1 to 3 spatial dims or ('linear', "
@@ -636,7 +636,7 @@ def _check_synapse(spec, where) -> int:
 def _check_pool(spec, where) -> int:
     """A ``stats.pool_spec``: ``("avg", kernel, stride, padding, ceil_mode)`` (padding at most half
     the kernel) or ``("adaptive", output_size)`` (ints >= 1 or None), 1 to 3 dims. Returns the dims."""
-    if isinstance(spec, tuple) and len(spec) in (2, 5) and isinstance(spec[1], tuple) and 1 <= len(spec[1]) <= 3:
+    if type(spec) is tuple and len(spec) in (2, 5) and type(spec[1]) is tuple and 1 <= len(spec[1]) <= 3:
         dims = len(spec[1])
         if len(spec) == 2 and spec[0] == "adaptive" and all(v is None or _is_int(v, 1) for v in spec[1]):
             return dims
@@ -654,7 +654,7 @@ def _check_pool(spec, where) -> int:
 def _check_route(route, where):
     """One of ``IFLayer.routes``: ``(meter name, synapse spec, pool specs)``, pools and synapse of
     the same spatial dims."""
-    if not (isinstance(route, tuple) and len(route) == 3 and isinstance(route[2], tuple)
+    if not (type(route) is tuple and len(route) == 3 and type(route[2]) is tuple
             and len(route[2]) <= _MAX_POOLS):
         raise SerializationError(f"{where}: {route!r:.120} is not (meter name, synapse spec, pool specs) with at "
                                  f"most {_MAX_POOLS} pools")
@@ -685,7 +685,7 @@ def _check_config(kind, config, where) -> dict:
         except (TypeError, ValueError) as error:
             raise SerializationError(f"{where}.p: {error}") from None
         routes = config["routes"]
-        if not isinstance(routes, tuple) or len(routes) > _MAX_ROUTES:
+        if type(routes) is not tuple or len(routes) > _MAX_ROUTES:
             raise SerializationError(f"{where}.routes must be a list of at most {_MAX_ROUTES} routes")
         for i, route in enumerate(routes):
             _check_route(route, f"{where}.routes[{i}]")
@@ -699,7 +699,7 @@ def _check_config(kind, config, where) -> dict:
     if dims != _SYNAPTIC_TYPES[layer_type]:
         raise SerializationError(f"{where}: the synapse spec of a {layer_type} has {_SYNAPTIC_TYPES[layer_type]} "
                                  f"spatial dims, not {dims}")
-    if not isinstance(config["sources"], tuple):
+    if type(config["sources"]) is not tuple:
         raise SerializationError(f"{where}.sources must be a list of IF layer names")
     for source in config["sources"]:
         _check_label(source, f"{where}.sources entry")
@@ -1065,6 +1065,8 @@ def snn_from_bytes(data, where="the data", map_location=None):
     except SerializationError as error:
         raise SerializationError(f"{where}: {error}" if not str(error).startswith(where) else str(error)) from None
     snn = SpikingNetwork(gm, network["T"], network["chunk"])
+    if map_location is not None:  # its run counters where the network's counters are
+        snn.run_counts = snn.run_counts.to(map_location)
     snn.samples, snn.sample_steps = network["samples"], network["sample_steps"]
     snn.conversion_report = network["conversion_report"]
     return snn.eval()
