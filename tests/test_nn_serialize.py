@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from na_kernels.nn import calibrate_thresholds, load_snn, to_snn
-from na_kernels.io.serialize import FORMAT, SerializationError, pack, snn_header
+from na_kernels.io.serialize import FORMAT, SerializationError, pack, snn_header, snn_to_bytes
 
 from nn_models import SmallCNN, TinyResNet, prepared
 
@@ -129,6 +129,40 @@ def test_round_trip_in_process(model_class):
     assert loaded.statistics() == snn.statistics()
     header, _ = snn_header(snn)  # plain data: a JSON header and the tensors' bytes
     assert header["format"] == FORMAT
+
+
+def test_statistics_and_switches_survive_the_round_trip():
+    """Every counter is saved (spikes, neuron steps, route and meter SOPs, MACs, samples, the
+    per-channel counts and ANN levels) and the record switches: the statistics after loading are
+    those before, and later runs add to them as they do in the saved network."""
+    torch.manual_seed(0)
+    snn = to_snn(prepared(TinyResNet, per_channel=True), T=3)
+    x = torch.randn(2, 3, 16, 16)
+    layer = snn.if_layers["layer1.0.relu"]
+    layer.record_channels = layer.record_ann_levels = True
+    with torch.no_grad():
+        snn(x)
+        snn(x[:1], T=2, chunk=1)
+        snn.ann(x)
+    snn.synapses["layer1.1.conv1"].record = False  # a switch: later runs do not count there
+    before = snn.statistics()
+    assert before["samples"] == 3 and before["sample_steps"] == 8 and before["total"]["sops_per_sample"] > 0
+    assert before["total"]["analog_macs_per_sample"] > 0 and layer.ann_channel_levels is not None
+    loaded = load_snn(io.BytesIO(snn_to_bytes(snn)))
+    assert loaded.statistics() == before
+    loaded_layer = loaded.if_layers["layer1.0.relu"]
+    assert loaded_layer.record_channels and loaded_layer.record_ann_levels
+    assert torch.equal(loaded_layer.channel_spikes, layer.channel_spikes)
+    assert torch.equal(loaded_layer.ann_channel_levels, layer.ann_channel_levels)
+    assert not loaded.synapses["layer1.1.conv1"].record
+    assert set(loaded.network.state_dict()) == set(snn.network.state_dict())  # counters stay non-persistent
+    for net in (snn, loaded):
+        with torch.no_grad():
+            net(x)
+    assert loaded.statistics() == snn.statistics()
+    assert torch.equal(loaded_layer.channel_spikes, layer.channel_spikes)
+    loaded.reset_statistics()
+    assert loaded.statistics()["total"]["spikes"] == 0 and snn.statistics()["total"]["spikes"] > 0
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -305,6 +339,132 @@ def test_bad_network_values(small_snn, key, value, match):
     _refused(_forged(small_snn, lambda h, p: h["network"].__setitem__(key, value)), match)
 
 
+def _set_values(header, payload, index, value):
+    entry = header["tensors"][index]
+    code = {"int64": "q", "float64": "d", "float32": "f"}[entry["dtype"]]
+    count = entry["nbytes"] // struct.calcsize(code)
+    payload[entry["offset"]:entry["offset"] + entry["nbytes"]] = struct.pack(f"<{count}{code}", *[value] * count)
+
+
+def _route(header, layer="features.5"):  # ["features.7", ["conv", ...], [["avg", [2, 2], [2, 2], [0, 0], false]]]
+    return _module(header, layer)["config"]["routes"][0]
+
+
+def _config(header, module):
+    return _module(header, module)["config"]
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda h: _route(h).__setitem__(0, "nowhere"), "route 0 leads to 'nowhere', which is not a routed meter"),
+    (lambda h: _route(h).__setitem__(0, "fc2"), "leads to 'fc2', which is not .* with the route's synapse spec"),
+    (lambda h: _route(h).__setitem__(0, 7), "meter name must be printable text"),
+    (lambda h: _route(h).append([]), r"routes\[0\]: .* is not \(meter name, synapse spec, pool specs\)"),
+    (lambda h: _route(h)[1].__setitem__(2, [0, 1]), r"synapse: stride: \(0, 1\) is not a tuple of 2 ints in 1"),
+    (lambda h: _route(h)[1].__setitem__(1, [3, 3, 3]), "stride: .* is not a tuple of 3 ints"),
+    (lambda h: _route(h)[1].__setitem__(1, [2**31, 3]), "kernel: .* ints in 1 .. 2"),
+    (lambda h: _route(h)[1].__setitem__(5, True), r"out_channels // groups True is not an int >= 1"),
+    (lambda h: _route(h)[1].__setitem__(5, 2.0), "out_channels // groups 2.0"),
+    (lambda h: (_route(h)[1].__setitem__(3, "same"), _route(h)[1].__setitem__(2, [2, 2])), "'same' needs stride 1"),
+    (lambda h: _route(h)[1].__setitem__(3, "full"), "padding: 'full' is not a tuple"),
+    (lambda h: _route(h)[1].append(1), "is not a synapse spec"),
+    (lambda h: _route(h)[1].__setitem__(1, {"size": [3, 3]}), "is not a synapse spec"),  # a torch.Size
+    (lambda h: _route(h)[1].__setitem__(2, {"list": [1, 1]}), "stride: .* is not a tuple"),
+    (lambda h: _config(h, "synapse_meter_2").__setitem__("weight_shape", {"size": [16, 8, 3, 3]}),
+     "weight_shape: .* is not a tuple"),
+    (lambda h: _route(h)[1].__setitem__(0, "deconv"), "is not a synapse spec"),
+    (lambda h: _route(h).__setitem__(1, {"list": ["linear", 5]}), "is not a synapse spec"),
+    (lambda h: _route(h)[2][0].__setitem__(4, 0), "pool 0: .* is not a pool spec"),
+    (lambda h: _route(h)[2][0].__setitem__(3, [2, 1]), "padding .* is more than half the kernel"),
+    (lambda h: _route(h)[2][0].__setitem__(2, [2, -1]), "pool 0: stride: .* ints in 1"),
+    (lambda h: _route(h)[2].__setitem__(0, ["adaptive", [0, 1]]), "is not a pool spec"),
+    (lambda h: _route(h)[2].__setitem__(0, ["adaptive", [1]]), r"its pools \(\[1\]\) and synapse \(2\)"),
+    (lambda h: _route(h, "features.9")[2].append(["adaptive", [1]]), "different spatial dims"),
+    (lambda h: _route(h).__setitem__(2, [["adaptive", [1, None]]] * 17), "at most 16 pools"),
+    (lambda h: _config(h, "features.5").__setitem__("routes", [_route(h)] * 1025), "at most 1024 routes"),
+    (lambda h: _config(h, "features.5").__setitem__("routes", {"list": []}), "routes must be a list"),
+    (lambda h: _config(h, "synapse_meter_2").__setitem__("routed", False), "leads to 'features.7', which is not a"),
+    (lambda h: _config(h, "synapse_meter_0").__setitem__("routed", True), "a routed meter is spike-driven"),
+    (lambda h: (_config(h, "synapse_meter_0").__setitem__("routed", True),
+                _config(h, "synapse_meter_0").__setitem__("spike_driven", True)),
+     "meter 'features.0' is routed .* but no IF layer has a route to it"),
+    (lambda h: _config(h, "synapse_meter_2").__setitem__("name", "fc1"), "meter name 'fc1' is another meter's"),
+    (lambda h: _config(h, "synapse_meter_2")["weight_shape"].__setitem__(2, 5), "does not fit the synapse spec"),
+    (lambda h: _config(h, "synapse_meter_2")["weight_shape"].__setitem__(0, 12), "does not fit the synapse spec"),
+    (lambda h: _config(h, "synapse_meter_3")["weight_shape"].__setitem__(0, 31), "does not fit the synapse spec"),
+    (lambda h: _config(h, "synapse_meter_2").__setitem__("layer_type", "Conv1d"), "Conv1d has 1 spatial dims, not 2"),
+    (lambda h: _config(h, "synapse_meter_2").__setitem__("layer_type", "ConvTranspose2d"), "not a synaptic layer"),
+    (lambda h: _config(h, "synapse_meter_3").__setitem__("synapse", ["linear", -1]), "is not a synapse spec"),
+    (lambda h: _config(h, "synapse_meter_2").__setitem__("spike_driven", 1), "spike_driven must be a bool"),
+    (lambda h: _config(h, "synapse_meter_2").__setitem__("extra", 1), "a SynapseMeter record holds"),
+    (lambda h: _module(h, "synapse_meter_2")["state"].__setitem__("record", 1), "1 is not a valid bool"),
+    (lambda h: _module(h, "synapse_meter_2").__setitem__("count_from", "features.5"), "module record .* holds"),
+    (lambda h: _module(h, "fc1").__setitem__("state", {"record": True}), "a Linear record holds no state"),
+])
+def test_bad_routes_and_meters(small_snn, mutate, match):
+    """Routes and meters: every field checked by type, range and structure (that of
+    stats.synapse_spec / pool_spec), and each route leads to a routed meter of the file."""
+    def forge(header, payload):
+        mutate(header)
+    _refused(_forged(small_snn, forge), match)
+
+
+def _point(header, module, key, other, other_key, kind="buffers"):
+    _module(header, module)[kind][key] = _module(header, other)["buffers"][other_key]
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda h, p: _set_values(h, p, _tensor_index(h, "features.2", "spikes"), -1),
+     "spikes must be torch.int64 .* >= 0"),
+    (lambda h, p: _set_values(h, p, _tensor_index(h, "synapse_meter_1", "sops"), -0.5), "sops must be torch.float64"),
+    (lambda h, p: _set_values(h, p, _tensor_index(h, "features.5", "route_sops"), -2.0), "route_sops must be"),
+    (lambda h, p: _set_values(h, p, _tensor_index(h, "features.2", "spikes"), 5),
+     "5 spikes in 0 neuron steps"),
+    (lambda h, p: _point(h, "features.2", "spikes", "features.2", "threshold"), "spikes must be torch.int64"),
+    (lambda h, p: _point(h, "features.5", "route_sops", "synapse_meter_1", "sops"),
+     r"route_sops must be torch.float64 of shape \(1,\)"),
+    (lambda h, p: _point(h, "synapse_meter_1", "macs", "synapse_meter_1", "sops"), "macs must be torch.int64"),
+    (lambda h, p: _point(h, "features.2", "channel_spikes", "features.2", "spikes", "state"),
+     "channel_spikes: .* is not a valid count vector"),
+    (lambda h, p: _point(h, "features.2", "ann_channel_levels", "features.2", "threshold", "state"),
+     "not a valid level vector"),
+    (lambda h, p: _point(h, "features.2", "ann_channel_levels", "features.5", "route_sops", "state"),
+     r"per-channel statistics of \[1\] channels, thresholds of 8"),
+    (lambda h, p: h["network"].__setitem__("samples", 2**63), "samples must be an int >= 0 \\(int64\\)"),
+    (lambda h, p: h["network"].__setitem__("samples", 3), "sample_steps .* is less than network.samples"),
+])
+def test_bad_counters(small_snn, mutate, match):
+    _refused(_forged(small_snn, mutate), match)
+
+
+def test_loaded_counters_are_never_shared():
+    """Counters are updated in place: a file whose records share one counter tensor loads them
+    as separate tensors, so one layer's runs never show in another's counts."""
+    torch.manual_seed(0)
+    snn = to_snn(prepared(SmallCNN, per_channel=True), T=2)
+    data = _forged(snn, lambda h, p: _point(h, "features.5", "spikes", "features.2", "spikes"))
+    loaded = load_snn(io.BytesIO(data))
+    with torch.no_grad():
+        loaded(torch.randn(2, 3, 16, 16))
+        snn(torch.randn(2, 3, 16, 16))
+    layers = loaded.if_layers
+    assert layers["features.5"].spikes.data_ptr() != layers["features.2"].spikes.data_ptr()
+    assert int(layers["features.5"].spikes) <= int(layers["features.5"].neuron_steps)
+
+
+def test_save_refuses_routes_load_would_refuse():
+    torch.manual_seed(0)
+    snn = to_snn(prepared(SmallCNN), T=2)
+    layer = snn.if_layers["features.2"]
+    layer.add_route("ghost", ("linear", 3))
+    with pytest.raises(SerializationError, match="save_snn cannot write it: module features.2: route 1 leads to "
+                                                 "'ghost'"):
+        snn.save(io.BytesIO())
+    layer.routes = layer.routes[:1] + (("features.3", ("conv", (3, 3), (0, 1), (1, 1), (1, 1), 8), ()),)
+    with pytest.raises(SerializationError, match=r"save_snn cannot write it: module features.2.routes\[1\]: "
+                                                 "synapse: stride"):
+        snn.save(io.BytesIO())
+
+
 def test_shape_disagreement_with_the_constructor(small_snn):
     def wider(header, payload):
         _module(header, "fc1")["config"]["in_features"] = 17  # the weight is [.., 256]
@@ -405,7 +565,7 @@ def test_attack_placeholder_default(small_snn, canary):
 @pytest.mark.parametrize("field", ["module name", "call_module target", "parameter name", "buffer name",
                                    "kwargs key", "node name", "node reference", "constructor argument",
                                    "class name", "get_attr target", "function target", "method target",
-                                   "module type", "IF layer name", "synapse source", "count_from", "report entry",
+                                   "module type", "IF layer name", "synapse source", "route meter", "report entry",
                                    "dtype", "constant"])
 def test_attack_names(small_snn, canary, field):
     """Every field that holds a name: a hostile string is refused and never runs."""
@@ -444,8 +604,8 @@ def test_attack_names(small_snn, canary, field):
                 _module(h, "features.2")["config"]["name"] = payload
             elif field == "synapse source":
                 _module(h, "synapse_meter_1")["config"]["sources"] = [payload]
-            elif field == "count_from":
-                _module(h, "synapse_meter_1")["count_from"] = payload
+            elif field == "route meter":  # a label, but it must name a routed meter of the file
+                _module(h, "features.2")["config"]["routes"][0][0] = payload
             elif field == "report entry":
                 h["network"]["conversion_report"] = {"dict": [["if_layers", {"list": [payload]}]]}
             elif field == "dtype":
@@ -459,6 +619,8 @@ def test_attack_names(small_snn, canary, field):
         plain = payload.isidentifier() and payload.isascii() and not payload.startswith("_")
         if field not in ("IF layer name", "synapse source", "report entry", "constant"):  # labels and data
             assert plain or not loaded, payload  # anything but a plain identifier is refused
+        if field == "route meter":
+            assert not loaded, payload
 
 
 def test_attack_storage_type_import(small_snn, canary):

@@ -17,7 +17,11 @@ The header holds
   calling their constructor with the saved constructor arguments on the meta device, and
   na_kernels' IFLayer, TimeRepeat, SynapseMeter), its parameters and buffers (tensor indices;
   names and shapes must be exactly those the constructor made) and, for na_kernels' modules,
-  the statistics counters listed in ``_STATE``;
+  the fields of the closed tables ``_CONFIG`` (an IF layer's ``routes``: meter name, synapse
+  and pool specs of the exact structure ``stats.synapse_spec`` / ``pool_spec`` make, each
+  leading to a routed meter of the file), ``_STATE`` (switches, per-channel statistics) and
+  ``_BUFFERS`` (thresholds, amplitudes and the statistics counters, which are saved and come
+  back as they were);
 - ``graph``: the fx graph node by node; ``call_function`` targets are keys of ``FUNCTIONS``,
   ``call_method`` targets are in ``METHODS`` (no in-place, storage, type, device or I/O
   method) and only called on values the graph computed, ``getattr`` reads only ``GETATTR``;
@@ -29,9 +33,10 @@ Loading checks, before building anything: the magic, the version, the sizes, the
 checksum (a flipped bit is an error, not different outputs), that the file is at most
 ``max_bytes`` long (default ``DEFAULT_MAX_BYTES``, 1 GiB; every tensor must be stored in
 full, so the tensors allocated are at most the file's size), then every record's type,
-names, shapes and values (weights finite, IF thresholds and amplitudes finite and > 0, T and
-chunk ints >= 1). Anything wrong raises ``SerializationError`` naming it. The network comes
-back in eval mode with the saved tensors: the same outputs bit for bit.
+names, shapes and values (weights finite, IF thresholds and amplitudes finite and > 0,
+counters of their dtype and shape and >= 0, T and chunk ints >= 1). Anything wrong raises
+``SerializationError`` naming it. The network comes back in eval mode with the saved tensors
+and statistics: the same outputs bit for bit, the same ``statistics()``.
 """
 import builtins
 import functools
@@ -107,24 +112,33 @@ _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 _MODULE_BASE_KEYS = frozenset(nn.Module().__dict__)
 _HOOK_KEYS = tuple(k for k in _MODULE_BASE_KEYS if k.endswith("hooks"))
-# na_kernels' modules: constructor arguments, saved state (attribute -> kind) and per-run state (not saved)
+# na_kernels' modules, field by field. _CONFIG: what the module is (checked, then rebuilt);
+# _STATE: switches and optional per-channel statistics (attribute -> kind); _BUFFERS: every
+# buffer (name -> kind): IF thresholds / amplitudes and the statistics counters, tensors updated
+# in place (saved, cloned on load); _TRANSIENT: per-run state, not saved
+_CONFIG = {"IFLayer": ("name", "p", "input_is_constant", "routes"), "TimeRepeat": (),
+           "SynapseMeter": ("name", "layer_type", "sources", "spike_driven", "synapse", "weight_shape", "routed")}
 _STATE = {
-    "IFLayer": {"record": "bool", "record_ann_levels": "bool", "spikes": "count_tensor", "neuron_steps": "count",
-                "neurons": "count", "channel_spikes": "count_tensor", "channel_neuron_steps": "count",
-                "ann_channel_levels": "float_tensor"},
+    "IFLayer": {"record": "bool", "record_channels": "bool", "record_ann_levels": "bool",
+                "channel_spikes": "count_vector", "ann_channel_levels": "level_vector"},
     "TimeRepeat": {},
-    "SynapseMeter": {"record": "bool", "sops": "float_tensor", "macs": "count", "rows": "count",
-                     "macs_per_sample": "count"},
+    "SynapseMeter": {"record": "bool"},
 }
-_CONFIG = {"IFLayer": ("name", "p", "input_is_constant"), "TimeRepeat": (),
-           "SynapseMeter": ("name", "layer_type", "sources", "spike_driven", "dims", "geometry", "weight_shape",
-                            "out_features")}
-_TRANSIENT = {"IFLayer": ("time_steps", "mode", "carry_state", "v", "last_counts", "_calibrated",
-                          "_calibrated_versions", "threshold", "amplitude"),
-              "TimeRepeat": ("time_steps",), "SynapseMeter": ("_ones", "_source")}
+_BUFFERS = {
+    "IFLayer": {"threshold": "positive", "amplitude": "positive", "spikes": "count", "neuron_steps": "count",
+                "neurons": "count", "route_sops": "route_sops"},
+    "TimeRepeat": {},
+    "SynapseMeter": {"sops": "sops", "macs": "count", "rows": "count", "macs_per_sample": "count"},
+}
+_TRANSIENT = {"IFLayer": ("time_steps", "mode", "carry_state", "v", "_calibrated", "_calibrated_versions"),
+              "TimeRepeat": ("time_steps",), "SynapseMeter": ()}
+_SYNAPTIC_TYPES = {"Linear": 0, "Conv1d": 1, "Conv2d": 2, "Conv3d": 3}  # fx_utils.SYNAPTIC_TYPES -> spatial dims
+_MAX_ROUTES = 1024  # routes of one IF layer (one per path from it to a conv/linear)
+_MAX_POOLS = 16  # average pools on one route
 # names fx's generated forward may use besides the builtins: an input may not shadow them
 _RESERVED_INPUTS = frozenset(("self", "torch", "operator", "math", "builtins", "device", "inf", "nan", "fx_pytree",
                               "pytree", "NoneType", "F"))
+_MODULE_RECORD_KEYS = ("name", "type", "parameters", "buffers", "config", "state")
 _NETWORK_KEYS = ("T", "chunk", "samples", "sample_steps", "conversion_report")
 
 
@@ -345,7 +359,7 @@ def _read_tensors(entries, payload, map_location):
 # ---------------------------------------------------------------------------------- save
 
 
-def _describe_module(name, module, modules, tensors):
+def _describe_module(name, module, tensors):
     where = f"module {name or '<root>'}"
     check_path(name, "save_snn cannot write it: module name", allow_root=True)
     for key in _HOOK_KEYS:
@@ -362,16 +376,19 @@ def _describe_module(name, module, modules, tensors):
         for key in module.__dict__:
             if key not in _MODULE_BASE_KEYS and key not in known:
                 raise SerializationError(f"{where}: attribute {key!r} is not described by the format")
+        if set(record["buffers"]) != set(_BUFFERS[kind]) or record["parameters"]:
+            raise SerializationError(f"{where}: its parameters and buffers {sorted(record['parameters'])} "
+                                     f"{sorted(record['buffers'])} are not those the format describes "
+                                     f"({sorted(_BUFFERS[kind])})")
         record["config"] = {k: _encode(module.__dict__.get(k), f"{where}.{k}") for k in _CONFIG[kind]}
-        for key, what in _STATE[kind].items():
+        try:  # what load_snn accepts: a file save_snn writes always loads
+            _check_config(kind, _decode_config(record["config"], where), where)
+        except SerializationError as error:
+            raise SerializationError(f"save_snn cannot write it: {error}") from None
+        for key in _STATE[kind]:
             value = module.__dict__.get(key)
             record["state"][key] = (tensors.add(value, f"{where}.{key}") if isinstance(value, torch.Tensor)
                                     else _encode(value, f"{where}.{key}"))
-        source = module.__dict__.get("_source")
-        if kind == "SynapseMeter" and source:
-            if id(source[0]) not in modules:
-                raise SerializationError(f"{where} counts from an IF layer outside the network")
-            record["count_from"] = modules[id(source[0])]
     elif kind != "Module":
         cls = type(module)
         config = {k: module.__dict__[k] for k in _constructor_arguments(cls) if k in module.__dict__}
@@ -461,15 +478,17 @@ def snn_header(snn):
     for key in snn.__dict__:
         if key not in _MODULE_BASE_KEYS and key not in _NETWORK_KEYS:
             raise SerializationError(f"SpikingNetwork attribute {key!r} is not described by the format")
-    names = {id(module): name for name, module in gm.named_modules()}
     tensors = _Tensors()
-    modules = [_describe_module(name, module, names, tensors)
-               for name, module in gm.named_modules(remove_duplicate=False)]
+    modules = [_describe_module(name, module, tensors) for name, module in gm.named_modules(remove_duplicate=False)]
+    try:
+        _check_routes(gm.named_modules(remove_duplicate=False))
+    except SerializationError as error:
+        raise SerializationError(f"save_snn cannot write it: {error}") from None
     header = {
         "format": FORMAT, "version": FORMAT_VERSION, "na_kernels_version": __version__,
         "torch_version": str(torch.__version__), "byte_order": "little", "class_name": type(gm).__name__.lstrip("_") or "GraphModule",
         "tensors": tensors.entries, "modules": modules, "graph": _describe_graph(gm.graph, gm),
-        "network": {k: _encode(snn.__dict__[k], f"SpikingNetwork.{k}") for k in _NETWORK_KEYS},
+        "network": {k: _encode(getattr(snn, k), f"SpikingNetwork.{k}") for k in _NETWORK_KEYS},
     }
     return header, b"".join(tensors.chunks)
 
@@ -576,110 +595,219 @@ def _positive_tensor(tensor, where):
     return tensor
 
 
-def _plain(kind, value, where, tensors):
-    if kind == "bool" and isinstance(value, bool):
-        return value
-    if kind == "count" and type(value) is int and value >= 0:
-        return value
-    if kind in ("count_tensor", "float_tensor"):
-        if value is None:
-            return None
-        tensor = _tensor_ref(value, tensors, where)
-        if tensor.dim() <= 1 and tensor.dtype == (torch.int64 if kind == "count_tensor" else torch.float64) \
-                and not bool((tensor < 0).any()):
-            return tensor
-    raise SerializationError(f"{where}: {value!r:.60} is not a valid {kind.replace('_', ' ')}")
+def _is_int(value, minimum) -> bool:
+    return type(value) is int and minimum <= value < _MAX_DIM
 
 
 def _int_tuple(value, where, length=None, minimum=0):
-    if not (isinstance(value, tuple) and (length is None or len(value) == length)
-            and all(type(v) is int and v >= minimum for v in value)):
-        raise SerializationError(f"{where}: {value!r:.80} is not a tuple of {length or 'some'} ints >= {minimum}")
+    if not (type(value) is tuple and (length is None or len(value) == length)
+            and all(_is_int(v, minimum) for v in value)):
+        raise SerializationError(f"{where}: {value!r:.80} is not a tuple of {length or 'some'} ints in "
+                                 f"{minimum} .. 2^31")
     return value
 
 
-def _build_own_module(record, tensors, where, built):
+def _check_synapse(spec, where) -> int:
+    """A ``stats.synapse_spec``: ``("conv", kernel, stride, padding, dilation, out_channels //
+    groups)`` of 1 to 3 spatial dims (padding "same", "valid" or ints) or ``("linear",
+    out_features)``. Returns its spatial dims (0 for a linear)."""
+    if type(spec) is tuple and len(spec) == 2 and spec[0] == "linear" and _is_int(spec[1], 0):
+        return 0
+    if not (type(spec) is tuple and len(spec) == 6 and spec[0] == "conv" and type(spec[1]) is tuple
+            and 1 <= len(spec[1]) <= 3):
+        raise SerializationError(f"{where}: {spec!r:.120} is not a synapse spec (('conv', kernel, stride, padding, "
+                                 "dilation, out_channels // groups) of 1 to 3 spatial dims or ('linear', "
+                                 "out_features))")
+    _, kernel, stride, padding, dilation, per_group = spec
+    dims = len(kernel)
+    _int_tuple(kernel, f"{where}: kernel", dims, 1)
+    _int_tuple(stride, f"{where}: stride", dims, 1)
+    _int_tuple(dilation, f"{where}: dilation", dims, 1)
+    if padding == "same":
+        if any(v != 1 for v in stride):
+            raise SerializationError(f"{where}: padding 'same' needs stride 1, got {stride}")
+    elif padding != "valid":
+        _int_tuple(padding, f"{where}: padding", dims, 0)
+    if not _is_int(per_group, 1):
+        raise SerializationError(f"{where}: out_channels // groups {per_group!r:.40} is not an int >= 1")
+    return dims
+
+
+def _check_pool(spec, where) -> int:
+    """A ``stats.pool_spec``: ``("avg", kernel, stride, padding, ceil_mode)`` (padding at most half
+    the kernel) or ``("adaptive", output_size)`` (ints >= 1 or None), 1 to 3 dims. Returns the dims."""
+    if type(spec) is tuple and len(spec) in (2, 5) and type(spec[1]) is tuple and 1 <= len(spec[1]) <= 3:
+        dims = len(spec[1])
+        if len(spec) == 2 and spec[0] == "adaptive" and all(v is None or _is_int(v, 1) for v in spec[1]):
+            return dims
+        if len(spec) == 5 and spec[0] == "avg" and isinstance(spec[4], bool):
+            kernel = _int_tuple(spec[1], f"{where}: kernel", dims, 1)
+            _int_tuple(spec[2], f"{where}: stride", dims, 1)
+            padding = _int_tuple(spec[3], f"{where}: padding", dims, 0)
+            if any(2 * p > k for p, k in zip(padding, kernel)):
+                raise SerializationError(f"{where}: padding {padding} is more than half the kernel {kernel}")
+            return dims
+    raise SerializationError(f"{where}: {spec!r:.120} is not a pool spec (('avg', kernel, stride, padding, ceil_mode) "
+                             "or ('adaptive', output_size), 1 to 3 spatial dims)")
+
+
+def _check_route(route, where):
+    """One of ``IFLayer.routes``: ``(meter name, synapse spec, pool specs)``, pools and synapse of
+    the same spatial dims."""
+    if not (type(route) is tuple and len(route) == 3 and type(route[2]) is tuple
+            and len(route[2]) <= _MAX_POOLS):
+        raise SerializationError(f"{where}: {route!r:.120} is not (meter name, synapse spec, pool specs) with at "
+                                 f"most {_MAX_POOLS} pools")
+    meter, synapse, pools = route
+    _check_label(meter, f"{where}: meter name")
+    dims = _check_synapse(synapse, f"{where}: synapse")
+    pool_dims = {_check_pool(pool, f"{where}: pool {i}") for i, pool in enumerate(pools)}
+    if len(pool_dims) > 1 or (dims and pool_dims and pool_dims != {dims}):
+        raise SerializationError(f"{where}: its pools ({sorted(pool_dims)}) and synapse ({dims or 'linear'}) have "
+                                 "different spatial dims")
+    return route
+
+
+def _check_config(kind, config, where) -> dict:
+    """The fields of a na_kernels module's decoded config record, each checked by type and range."""
     from .._validation import check_levels
-    kind = record["type"]
-    cls = _own_classes()[kind]
-    config = _decode_config(record.get("config"), where)
     if set(config) != set(_CONFIG[kind]):
         raise SerializationError(f"{where}: a {kind} record holds {sorted(config)}, expected {list(_CONFIG[kind])}")
+    if kind == "TimeRepeat":
+        return {}
+    for key in ("input_is_constant",) if kind == "IFLayer" else ("spike_driven", "routed"):
+        if not isinstance(config[key], bool):
+            raise SerializationError(f"{where}.{key} must be a bool")
+    fields = dict(config, name=_check_label(config["name"], f"{where}.name"))
+    if kind == "IFLayer":
+        try:
+            fields["p"] = check_levels(config["p"]) if type(config["p"]) is int else check_levels(None)
+        except (TypeError, ValueError) as error:
+            raise SerializationError(f"{where}.p: {error}") from None
+        routes = config["routes"]
+        if type(routes) is not tuple or len(routes) > _MAX_ROUTES:
+            raise SerializationError(f"{where}.routes must be a list of at most {_MAX_ROUTES} routes")
+        for i, route in enumerate(routes):
+            _check_route(route, f"{where}.routes[{i}]")
+        return fields
+    layer_type = config["layer_type"]  # SynapseMeter
+    if layer_type not in _SYNAPTIC_TYPES:
+        raise SerializationError(f"{where}.layer_type {layer_type!r:.40} is not a synaptic layer "
+                                 f"({', '.join(_SYNAPTIC_TYPES)})")
+    synapse = config["synapse"]
+    dims = _check_synapse(synapse, f"{where}.synapse")
+    if dims != _SYNAPTIC_TYPES[layer_type]:
+        raise SerializationError(f"{where}: the synapse spec of a {layer_type} has {_SYNAPTIC_TYPES[layer_type]} "
+                                 f"spatial dims, not {dims}")
+    if type(config["sources"]) is not tuple:
+        raise SerializationError(f"{where}.sources must be a list of IF layer names")
+    for source in config["sources"]:
+        _check_label(source, f"{where}.sources entry")
+    if config["routed"] and not config["spike_driven"]:
+        raise SerializationError(f"{where}: a routed meter is spike-driven")
+    weight_shape = _int_tuple(config["weight_shape"], f"{where}.weight_shape", dims + 2 if dims else 2)
+    if (weight_shape[2:] != synapse[1] or weight_shape[0] < 1 or weight_shape[0] % synapse[5]) if dims else (
+            weight_shape[0] != synapse[1]):
+        raise SerializationError(f"{where}: weight shape {weight_shape} does not fit the synapse spec {synapse}")
+    return fields
+
+
+def _buffer(kind, index, tensors, where, routes):
+    """A buffer of a na_kernels module from the file: ``kind`` of ``_BUFFERS``; counters cloned
+    (updated in place: never shared with another record's tensor)."""
+    tensor = _tensor_ref(index, tensors, where)
+    if kind == "positive":
+        return _positive_tensor(tensor, where)
+    dtype, shape = {"count": (torch.int64, ()), "sops": (torch.float64, ()),
+                    "route_sops": (torch.float64, (routes,))}[kind]
+    if tensor.dtype != dtype or tuple(tensor.shape) != shape or bool((tensor < 0).any()):
+        raise SerializationError(f"{where} must be {dtype} of shape {shape} with values >= 0 (one per route), got "
+                                 f"{tuple(tensor.shape)} {tensor.dtype}")
+    return tensor.clone()
+
+
+def _plain(kind, value, where, tensors):
+    if kind == "bool" and isinstance(value, bool):
+        return value
+    if kind in ("count_vector", "level_vector"):
+        if value is None:
+            return None
+        tensor = _tensor_ref(value, tensors, where)
+        if tensor.dim() == 1 and tensor.dtype == (torch.int64 if kind == "count_vector" else torch.float64) \
+                and not bool((tensor < 0).any()):
+            return tensor.clone()
+    raise SerializationError(f"{where}: {value!r:.60} is not a valid {kind.replace('_', ' ')}")
+
+
+def _build_own_module(record, tensors, where):
+    kind = record["type"]
+    cls = _own_classes()[kind]
+    fields = _check_config(kind, _decode_config(record.get("config"), where), where)
     state = record.get("state")
     if not isinstance(state, dict) or set(state) != set(_STATE[kind]):
         raise SerializationError(f"{where}: a {kind}'s state holds {sorted(state or ())!r:.120}, expected "
                                  f"{sorted(_STATE[kind])}")
+    probe = nn.Module()
+    for key in _BUFFERS[kind]:
+        probe.register_buffer(key, torch.zeros(()))
+    _check_tensor_names(record, probe, tensors, where)
+    buffers = {key: _buffer(kind_of, record["buffers"][key], tensors, f"{where}.{key}", len(fields.get("routes", ())))
+               for key, kind_of in _BUFFERS[kind].items()}
+    state = {key: _plain(kind_of, state[key], f"{where}.{key}", tensors) for key, kind_of in _STATE[kind].items()}
     if kind == "TimeRepeat":
         module = cls()
-        _check_tensor_names(record, module, tensors, where)
     elif kind == "IFLayer":
-        probe = nn.Module()
-        probe.register_buffer("threshold", torch.ones(()))
-        probe.register_buffer("amplitude", torch.ones(()))
-        _check_tensor_names(record, probe, tensors, where)
-        threshold = _positive_tensor(_tensor_ref(record["buffers"]["threshold"], tensors, where),
-                                     f"{where}.threshold")
-        amplitude = _positive_tensor(_tensor_ref(record["buffers"]["amplitude"], tensors, where),
-                                     f"{where}.amplitude")
+        threshold, amplitude = buffers.pop("threshold"), buffers.pop("amplitude")
         if threshold.dim() == amplitude.dim() == 1 and threshold.numel() != amplitude.numel():
             raise SerializationError(f"{where}: {threshold.numel()} thresholds but {amplitude.numel()} amplitudes")
-        if not isinstance(config["input_is_constant"], bool):
-            raise SerializationError(f"{where}.input_is_constant must be a bool")
-        try:
-            p = check_levels(config["p"]) if type(config["p"]) is int else check_levels(None)
-        except (TypeError, ValueError) as error:
-            raise SerializationError(f"{where}.p: {error}") from None
-        module = cls(_check_label(config["name"], f"{where}.name"), threshold, p,
-                     input_is_constant=config["input_is_constant"])
+        if int(buffers["spikes"]) > int(buffers["neuron_steps"]):
+            raise SerializationError(f"{where}: {int(buffers['spikes'])} spikes in {int(buffers['neuron_steps'])} "
+                                     "neuron steps (at most one spike per neuron and step)")
+        channels = {v.numel() for v in (state["channel_spikes"], state["ann_channel_levels"]) if v is not None}
+        if len(channels) > 1 or (channels and threshold.numel() > 1 and channels != {threshold.numel()}):
+            raise SerializationError(f"{where}: per-channel statistics of {sorted(channels)} channels, thresholds of "
+                                     f"{threshold.numel()}")
+        module = cls(fields["name"], threshold, fields["p"], input_is_constant=fields["input_is_constant"])
         module.threshold = threshold  # the saved tensors themselves (the constructor copies)
         module.amplitude = amplitude
-    else:  # SynapseMeter: its fields from the table, checked
+        for route in fields["routes"]:
+            module.add_route(*route)
+    else:  # SynapseMeter: its constructor needs the layer; its fields from the table, checked
         module = cls.__new__(cls)
         nn.Module.__init__(module)
-        _check_tensor_names(record, module, tensors, where)
-        dims = config["dims"]
-        if type(dims) is not int or not 0 <= dims <= 3:
-            raise SerializationError(f"{where}.dims must be 0 (linear) .. 3, got {dims!r:.40}")
-        if config["layer_type"] not in ("Conv1d", "Conv2d", "Conv3d", "Linear"):
-            raise SerializationError(f"{where}.layer_type {config['layer_type']!r:.40} is not a synaptic layer")
-        sources = config["sources"]
-        if not isinstance(sources, tuple):
-            raise SerializationError(f"{where}.sources must be a list of IF layer names")
-        for source in sources:
-            _check_label(source, f"{where}.sources entry")
-        if not isinstance(config["spike_driven"], bool):
-            raise SerializationError(f"{where}.spike_driven must be a bool")
-        weight_shape = _int_tuple(config["weight_shape"], f"{where}.weight_shape", dims + 2 if dims else 2)
-        out_features = config["out_features"]
-        fields = dict(name=_check_label(config["name"], f"{where}.name"), layer_type=config["layer_type"],
-                      sources=sources, spike_driven=config["spike_driven"], dims=dims, weight_shape=weight_shape,
-                      out_features=None, _ones=None)
-        if dims:
-            geometry = config["geometry"]
-            if not isinstance(geometry, dict) or set(geometry) != {"stride", "padding", "dilation", "groups"}:
-                raise SerializationError(f"{where}.geometry must hold stride, padding, dilation, groups")
-            _int_tuple(geometry["stride"], f"{where}.geometry.stride", dims, 1)
-            _int_tuple(geometry["dilation"], f"{where}.geometry.dilation", dims, 1)
-            if geometry["padding"] not in ("same", "valid"):
-                _int_tuple(geometry["padding"], f"{where}.geometry.padding", dims, 0)
-            if type(geometry["groups"]) is not int or geometry["groups"] < 1:
-                raise SerializationError(f"{where}.geometry.groups must be an int >= 1")
-            fields["geometry"] = geometry
-        elif type(out_features) is not int or out_features < 0:
-            raise SerializationError(f"{where}.out_features must be an int >= 0 for a linear layer")
-        else:
-            fields["out_features"] = out_features
         module.__dict__.update(fields)
-        count_from = record.get("count_from")
-        if count_from is not None:
-            check_path(count_from, f"{where}: count_from")
-            source = built.get(count_from)
-            if type(source).__name__ != "IFLayer" or not isinstance(source, _own_classes()["IFLayer"]):
-                raise SerializationError(f"{where}: count_from {count_from!r:.80} is not an IF layer of the file")
-            module.count_from(source)
-    for key, kind_of in _STATE[kind].items():
-        module.__dict__[key] = _plain(kind_of, state[key], f"{where}.{key}", tensors)
+    for key, tensor in buffers.items():  # the statistics counters
+        if key in module._buffers:
+            module._buffers[key] = tensor
+        else:
+            module.register_buffer(key, tensor, persistent=False)
+    module.__dict__.update(state)
     return module
+
+
+def _check_routes(modules):
+    """Each route of an IF layer leads to a routed meter of the network with the route's synapse
+    spec, and each routed meter is reached by a route: else SOPs would count twice or never."""
+    classes = _own_classes()
+    modules = list(modules)
+    meters, reached = {}, set()
+    for path, module in modules:
+        if type(module) is classes["SynapseMeter"]:
+            if module.name in meters:
+                raise SerializationError(f"module {path}: meter name {module.name!r:.80} is another meter's")
+            meters[module.name] = module
+    for path, module in modules:
+        if type(module) is classes["IFLayer"]:
+            for i, (name, synapse, _) in enumerate(module.routes):
+                meter = meters.get(name)
+                if meter is None or not meter.routed or meter.synapse != synapse:
+                    raise SerializationError(f"module {path}: route {i} leads to {name!r:.80}, which is not a routed "
+                                             "meter of the network with the route's synapse spec")
+                reached.add(name)
+    for name, meter in meters.items():
+        if meter.routed and name not in reached:
+            raise SerializationError(f"meter {name!r:.80} is routed (its SOPs counted by IF layers), but no IF layer "
+                                     "has a route to it")
 
 
 def _build_container(record, tensors, where, root):
@@ -714,6 +842,9 @@ def _build_modules(records, tensors):
     for i, record in enumerate(records):
         if not isinstance(record, dict) or not isinstance(record.get("type"), str):
             raise SerializationError(f"module record {i} is not a record with a type")
+        if set(record) != set(_MODULE_RECORD_KEYS):
+            raise SerializationError(f"module record {i} holds {sorted(record)!r:.160}, expected "
+                                     f"{', '.join(_MODULE_RECORD_KEYS)}")
         name = record.get("name")
         check_path(name, f"module record {i}: name", allow_root=True)
         where = f"module {name or '<root>'}"
@@ -725,10 +856,13 @@ def _build_modules(records, tensors):
         if kind not in MODULE_TYPES:
             raise SerializationError(f"{where}: type {kind!r:.80} is not one load_snn rebuilds (accepted: "
                                      f"{', '.join(MODULE_TYPES)})")
+        if kind not in _OWN_MODULES and (record["state"] != {} or (kind == "Module" and record["config"] != {})):
+            raise SerializationError(f"{where}: a {kind} record holds no " + (
+                "state" if record["state"] != {} else "constructor arguments"))
         if kind == "Module":
             module = _build_container(record, tensors, where, root=not name)
         elif kind in _OWN_MODULES:
-            module = _build_own_module(record, tensors, where, built)
+            module = _build_own_module(record, tensors, where)
         else:
             module = _build_torch_module(record, tensors, where)
         if name:
@@ -739,6 +873,7 @@ def _build_modules(records, tensors):
                 raise SerializationError(f"{where}: {child!r} is already an attribute or method of its parent")
             built[parent]._modules[child] = module
         built[name] = module
+    _check_routes(built.items())
     return built
 
 
@@ -849,8 +984,10 @@ def _check_network(values, where):
         except (TypeError, ValueError) as error:
             raise SerializationError(f"{where}: {error}") from None
     for key in ("samples", "sample_steps"):
-        if type(decoded[key]) is not int or decoded[key] < 0:
-            raise SerializationError(f"{where}: network.{key} must be an int >= 0")
+        if type(decoded[key]) is not int or not 0 <= decoded[key] < 1 << 63:
+            raise SerializationError(f"{where}: network.{key} must be an int >= 0 (int64)")
+    if decoded["sample_steps"] < decoded["samples"]:
+        raise SerializationError(f"{where}: network.sample_steps (sum of B*T) is less than network.samples")
     report = decoded["conversion_report"]
     if not isinstance(report, dict):
         raise SerializationError(f"{where}: network.conversion_report must be a record")
@@ -928,8 +1065,10 @@ def snn_from_bytes(data, where="the data", map_location=None):
     except SerializationError as error:
         raise SerializationError(f"{where}: {error}" if not str(error).startswith(where) else str(error)) from None
     snn = SpikingNetwork(gm, network["T"], network["chunk"])
-    for key in ("samples", "sample_steps", "conversion_report"):
-        snn.__dict__[key] = network[key]
+    if map_location is not None:  # its run counters where the network's counters are
+        snn.run_counts = snn.run_counts.to(map_location)
+    snn.samples, snn.sample_steps = network["samples"], network["sample_steps"]
+    snn.conversion_report = network["conversion_report"]
     return snn.eval()
 
 
