@@ -39,7 +39,7 @@ import torch
 from torch import fx, nn
 
 from .nir_export import FORMAT, FORMAT_VERSION, NIRExportError, _nir
-from .serialize import DEFAULT_MAX_BYTES  # one limit for both formats
+from ..snn.record import DEFAULT_MAX_BYTES  # one limit for both formats
 MAX_NODES = 100_000
 NODE_TYPES = ("Input", "Output", "Conv1d", "Conv2d", "Affine", "Linear", "AvgPool2d", "SumPool2d", "Flatten", "Scale",
               "IF")
@@ -127,7 +127,7 @@ def _floats(value, what, ndim=None, positive=False) -> np.ndarray:
 
 
 def _identifier(name, what) -> str:
-    from .serialize import SerializationError, check_identifier
+    from ..snn.record import SerializationError, check_identifier
     try:
         return check_identifier(name, what)
     except SerializationError as error:
@@ -436,7 +436,7 @@ def _module_name(name, meta, index):
     or decimal indices joined by dots), else the node's own name when that is one (to_nir writes
     a description such as ``torch.flatten()`` for a function), else ``node_<index>``; never any
     other string."""
-    from .serialize import SerializationError, check_path
+    from ..snn.record import SerializationError, check_path
     for target in (_text(meta.get("torch_target", name), f"node {name!r}: torch_target"), name):
         try:
             return check_path(target, f"node {name!r}: torch_target")
@@ -579,7 +579,7 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None, *, dt:
     from .._validation import check_int, check_real, check_time_steps
     from ..convert.convert import add_synapse_meters, add_time_repetition, wrap_network
     from ..nn.if_layer import IFLayer
-    from .serialize import _graph_module_names
+    from ..snn.record import _graph_module_names
     nir = _nir()
     max_bytes = check_int("max_bytes", max_bytes, minimum=1)
     if T is not None:

@@ -24,6 +24,7 @@ from ..nn.if_layer import IFLayer
 from .base import SpikingNetworkBase, TimeRepeat
 from .clipped import ClippedNetwork, clip_graph
 from .early_exit import run_early_exit
+from .record import save_snn
 from .stats import SynapseMeter, collect_statistics, format_statistics
 
 
@@ -173,9 +174,7 @@ class SpikingNetwork(SpikingNetworkBase):
 
     def save(self, path) -> None:
         """Write this network to ``path`` for ``na_kernels.nn.load_snn`` (no model code needed to
-        load it; a JSON header and raw tensors, never code: see ``na_kernels.io.serialize``)."""
-        from ..io.serialize import save_snn  # the split into snn.record follows
-
+        load it; a JSON header and raw tensors, never code: see ``na_kernels.snn.record``)."""
         save_snn(self, path)
 
     def run_early_exit(self, x, rule, *, T_max: Optional[int] = None, chunk: int = 1, labels=None):
