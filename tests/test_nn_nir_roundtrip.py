@@ -131,6 +131,7 @@ CHANGES = [
     ("avg", lambda g: _set(g.nodes["adaptive"], "output_size", np.array([1, 1])), "adaptive pooling of .* to"),
     ("avg", lambda g: _set(g.nodes["adaptive"], "output_size", np.array([2])), "output_size must be 2 ints"),
     ("conv", _not_identity, "must be sum pooling: weight"),
+    ("conv", lambda g: setattr(g.nodes["pool"], "weight", np.ones((1, 1, 3, 3))), "must be sum pooling: weight"),
     ("conv", lambda g: g.nodes["pool"].bias.__setitem__(0, 1.0), "must be sum pooling: weight"),
 ]
 
@@ -157,3 +158,32 @@ def test_a_role_scale_with_a_non_positive_factor_is_refused(snn):
     graph.nodes[name].scale[0, 0, 0] = 0.0
     with pytest.raises(NIRImportError, match="scale must be > 0"):
         from_nir(graph)
+
+
+@pytest.mark.parametrize("pooling", ["avg", "sum", "conv"])
+def test_fuzz_the_forms_metadata_and_arrays(snn, pooling):
+    """Random values in the new forms' metadata and arrays: NIRImportError or a network, nothing else."""
+    import copy
+    import random
+
+    rng = random.Random(3)
+    values = [None, -1, 0, 1, 2, 3, 4, 2.0, np.nan, True, "scale", "amplitude", "gain", "AvgPool2d",
+              "AdaptiveAvgPool2d", b"\xff", "", np.array([]), np.array([2, 2]), np.array([-1.0]), np.ones((4, 4)),
+              np.ones((4, 4, 1, 1)), np.zeros((4, 4, 3, 3)), {"a": 1}]
+    keys = ["groups", "role", "of", "kind", "count_include_pad", "divisor_override", "output_size", "input_scale",
+            "input_scale_role"]
+    base = _graph(snn, pooling)
+    for _ in range(60):
+        graph = copy.deepcopy(base)
+        for _ in range(rng.randint(1, 2)):
+            node = graph.nodes[rng.choice(list(graph.nodes))]
+            if rng.random() < 0.7:
+                node.metadata[rng.choice(keys)] = rng.choice(values)
+            else:
+                fields = [k for k, v in vars(node).items() if isinstance(v, np.ndarray)]
+                if fields:
+                    setattr(node, rng.choice(fields), rng.choice(values))
+        try:
+            from_nir(graph)
+        except NIRImportError:
+            pass

@@ -535,11 +535,14 @@ def _identity_conv_pool(what, node, shape_in, meta):
     if len(shape_in) != 3:
         _fail(f"{what}: pooling needs a (C, H, W) input, got {shape_in}")
     channels = shape_in[0]
-    identity = np.zeros((channels, channels) + weight.shape[2:])
-    identity[np.arange(channels), np.arange(channels)] = 1.0
-    if weight.shape != identity.shape or np.any(weight != identity) or np.any(bias != 0) or bias.shape != (
-            channels,) or _int(node.groups, f"{what}: groups", 1) != 1 or \
-            _pair(node.dilation, f"{what}: dilation", 2, 1) != (1, 1) or isinstance(node.padding, (str, bytes)):
+    identity = weight.shape[:2] == (channels, channels)  # checked before an identity of that size is made
+    if identity:
+        expected = np.zeros_like(weight)
+        expected[np.arange(channels), np.arange(channels)] = 1.0
+        identity = bool(np.all(weight == expected))
+    if not identity or bias.shape != (channels,) or np.any(bias != 0) or \
+            _int(node.groups, f"{what}: groups", 1) != 1 or _pair(node.dilation, f"{what}: dilation", 2, 1) != (1, 1) \
+            or isinstance(node.padding, (str, bytes, np.bytes_)):
         _fail(f"{what}: a Conv2d with pooling metadata must be sum pooling: weight[c, c] all ones and every other "
               f"entry 0 for its {channels} channels, zero bias, groups 1, dilation 1, padding as ints")
     return _pool(what, shape_in, tuple(weight.shape[2:]), _pair(node.stride, f"{what}: stride", 2, 1),
