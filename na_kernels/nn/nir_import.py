@@ -14,7 +14,13 @@ file or passed as a ``nir.NIRGraph``) is then checked as a whole before anything
 - one Input, one Output, every edge between existing nodes, no cycle, every node reached;
 - per node: the arrays' ranks and sizes agree with each other and with the shapes flowing in
   (computed from the Input's shape), weights, biases, scales, thresholds and amplitudes are
-  finite (thresholds and amplitudes > 0), ints are ints.
+  finite (thresholds and amplitudes > 0), ints are ints;
+- to_nir's forms: pooling nodes match the graph's ``pooling`` ("avg" AvgPool2d, "sum"
+  SumPool2d, "conv" an identity-sum Conv2d) and their metadata (``kind``, ``count_include_pad``,
+  ``divisor_override``, ``output_size``); a node with metadata ``role`` (``ROLES``) is a Scale
+  > 0 or a diagonal 1x1 Conv2d / Affine with zero bias fed by the node its ``of`` names, an
+  amplitude from an IF layer and a divisor from a pooling node; a conv with metadata ``groups``
+  is ungrouped in the file and block-diagonal (zeros between the groups, exactly).
 
 A graph from another tool has no metadata to trust: its node names are only printed (modules
 are named by the name when it is a module path, else ``node_<i>``), and its IF arrays are
@@ -706,10 +712,13 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None, *, dt:
              reset: str = "nir", input_shape=None, max_bytes: int = DEFAULT_MAX_BYTES):
     """A ``SpikingNetwork`` from a NIR graph (a ``nir.NIRGraph`` or a file path).
 
-    A graph ``to_nir`` wrote (graph metadata ``format``) is rebuilt exactly: the amplitudes
-    folded into weights are divided back out (float64 products of float32 numbers), Scale nodes
-    of amplitudes become the IF layers' amplitudes again, thresholds, p, T and chunk come from
-    the metadata: the original's spikes and outputs bit for bit.
+    A graph ``to_nir`` wrote (graph metadata ``format``) is rebuilt exactly, in each of its
+    ``pooling`` forms: the amplitudes and pooling divisors folded into weights are divided back
+    out (float64 products of float32 numbers), nodes of amplitudes or divisors (metadata
+    ``role``) pass through since the IF layers emit their amplitudes and each pooling is rebuilt
+    as the original (count_include_pad, divisor_override, adaptive), grouped convs written
+    ungrouped are regrouped, thresholds, p, T and chunk come from the metadata: the original's
+    spikes and outputs bit for bit.
 
     A graph another tool wrote (SpikingJelly, Norse, sinabs, snnTorch, nirtorch, by hand) is read
     by NIR's definitions: Affine / Linear, Conv1d / Conv2d, AvgPool2d, SumPool2d, Flatten, Scale,
