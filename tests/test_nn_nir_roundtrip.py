@@ -187,3 +187,38 @@ def test_fuzz_the_forms_metadata_and_arrays(snn, pooling):
             from_nir(graph)
         except NIRImportError:
             pass
+
+
+class Shortcut1d(nn.Module):
+    """Linear -> ReLU, then Linear + the identity shortcut of those spikes -> ReLU: the amplitude on
+    the shortcut is a diagonal Affine."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.act1, self.fc2, self.act2 = nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU()
+
+    def forward(self, x):
+        x = self.act1(self.fc1(x))
+        return self.act2(self.fc2(x) + x)
+
+
+def _shortcut_graph():
+    torch.manual_seed(0)
+    model, _ = replace_activations(Shortcut1d(), p=4, lam="auto")
+    model.train()(torch.randn(8, 3))
+    snn = to_snn(model.eval(), T=3)
+    return snn, to_nir(snn, (3,))
+
+
+def test_an_amplitude_as_a_diagonal_affine_passes_through():
+    snn, graph = _shortcut_graph()
+    names = _role_nodes(graph, "amplitude")  # the shortcut's, and the one on the output
+    assert sorted(names) == ["act1_amplitude", "act2_amplitude"]
+    assert all(isinstance(graph.nodes[n], nir.Affine) for n in names)
+    name = "act1_amplitude"
+    x = torch.randn(2, 3)
+    with torch.no_grad():
+        assert torch.equal(from_nir(graph)(x), snn(x))
+    graph.nodes[name].weight[0, 1] = 1e-3
+    with pytest.raises(NIRImportError, match="Affine of role 'amplitude' must have a diagonal weight"):
+        from_nir(graph)
