@@ -14,7 +14,13 @@ file or passed as a ``nir.NIRGraph``) is then checked as a whole before anything
 - one Input, one Output, every edge between existing nodes, no cycle, every node reached;
 - per node: the arrays' ranks and sizes agree with each other and with the shapes flowing in
   (computed from the Input's shape), weights, biases, scales, thresholds and amplitudes are
-  finite (thresholds and amplitudes > 0), ints are ints.
+  finite (thresholds and amplitudes > 0), ints are ints;
+- to_nir's forms: pooling nodes match the graph's ``pooling`` ("avg" AvgPool2d, "sum"
+  SumPool2d, "conv" an identity-sum Conv2d) and their metadata (``kind``, ``count_include_pad``,
+  ``divisor_override``, ``output_size``); a node with metadata ``role`` (``ROLES``) is a Scale
+  > 0 or a diagonal 1x1 Conv2d / Affine with zero bias fed by the node its ``of`` names, an
+  amplitude from an IF layer and a divisor from a pooling node; a conv with metadata ``groups``
+  is ungrouped in the file and block-diagonal (zeros between the groups, exactly).
 
 A graph from another tool has no metadata to trust: its node names are only printed (modules
 are named by the name when it is a module path, else ``node_<i>``), and its IF arrays are
@@ -38,8 +44,8 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from .nir_export import FORMAT, FORMAT_VERSION, NIRExportError, _nir
 from ..snn.record import DEFAULT_MAX_BYTES  # one limit for both formats
+from .nir_export import FORMAT, FORMAT_VERSION, POOLING, NIRExportError, _grouped, _input_factor, _nir
 MAX_NODES = 100_000
 NODE_TYPES = ("Input", "Output", "Conv1d", "Conv2d", "Affine", "Linear", "AvgPool2d", "SumPool2d", "Flatten", "Scale",
               "IF")
@@ -55,6 +61,8 @@ REFUSED = {
     "Conv3d": "a 3-d convolution; from_nir builds Conv1d and Conv2d",
 }
 FOREIGN_RESETS = ("nir", "subtract")
+ROLES = ("amplitude", "scale")  # metadata role of a node to_nir wrote for a factor
+POOL_KINDS = ("AvgPool2d", "AdaptiveAvgPool2d")
 _MAX_RANK = 4
 
 
@@ -308,10 +316,17 @@ def _foreign_if(what, node, shape_in, foreign):
                     reset="zero" if foreign.reset == "nir" else "subtract")
 
 
-def _check_node(nir, name, node, shape_in, meta, foreign=None):
-    """The checks of one node given the shape flowing into it; returns a _Checked."""
+def _check_node(nir, name, node, shape_in, meta, foreign=None, pooling="avg"):
+    """The checks of one node given the shape flowing into it; returns a _Checked. ``pooling``: the
+    form to_nir wrote average pooling in (graph metadata, ours only)."""
     what = f"node {name!r}"
     kind = type(node).__name__
+    if not foreign and "role" in meta:
+        return _factor_node(what, kind, node, shape_in, meta)
+    if not foreign and kind == "Conv2d" and "kind" in meta:
+        if pooling != "conv":
+            _fail(f"{what} is a Conv2d with pooling metadata 'kind' in a graph written with pooling={pooling!r}")
+        return _identity_conv_pool(what, node, shape_in, meta)
     if kind in ("Conv1d", "Conv2d"):
         dims = 1 if kind == "Conv1d" else 2
         weight = _floats(node.weight, f"{what}: weight", ndim=2 + dims)
@@ -331,6 +346,13 @@ def _check_node(nir, name, node, shape_in, meta, foreign=None):
         bias = _floats(node.bias, f"{what}: bias", ndim=1)
         if bias.shape != (out_channels,) or out_channels == 0 or out_channels % groups or per_group == 0:
             _fail(f"{what}: weight {weight.shape}, bias {bias.shape} and groups {groups} do not agree")
+        regroup = 1
+        if not foreign and "groups" in meta:  # to_nir wrote a grouped conv as the equal ungrouped one
+            regroup = _int(meta["groups"], f"{what}: metadata groups", 1)
+            if groups != 1 or out_channels % regroup or per_group % regroup:
+                _fail(f"{what}: metadata groups {regroup} with the node's groups {groups} and weight {weight.shape} "
+                      "(to_nir writes groups = 1 and metadata groups dividing both channel counts)")
+            _block_diagonal(weight, regroup, what)
         if len(shape_in) != 1 + dims or shape_in[0] != per_group * groups:
             _fail(f"{what}: its input has shape {shape_in}; the weight {weight.shape} with groups {groups} needs "
                   f"({per_group * groups}, {'L' if dims == 1 else 'H, W'})")
@@ -342,9 +364,9 @@ def _check_node(nir, name, node, shape_in, meta, foreign=None):
                                             zip(shape_in[1:], kernel, stride, pad, dilation))
         if min(shape) < 1:
             _fail(f"{what}: the kernel {kernel} does not fit its input {shape_in}")
-        scale = None if foreign else _input_scale(meta, what, per_group)
+        scale = None if foreign else _input_scale(meta, what, per_group * groups)
         return _Checked("conv", shape, weight=weight, bias=bias if has_bias else None, stride=stride,
-                        padding=padding, dilation=dilation, groups=groups, scale=scale, dims=dims)
+                        padding=padding, dilation=dilation, groups=groups, scale=scale, dims=dims, regroup=regroup)
     if kind in ("Affine", "Linear"):
         weight = _floats(node.weight, f"{what}: weight", ndim=2)
         bias = _floats(node.bias, f"{what}: bias", ndim=1) if kind == "Affine" else None
@@ -357,19 +379,12 @@ def _check_node(nir, name, node, shape_in, meta, foreign=None):
     if kind in ("AvgPool2d", "SumPool2d"):
         if len(shape_in) != 3:
             _fail(f"{what}: pooling needs a (C, H, W) input, got {shape_in}")
-        if not foreign and "kind" in meta and _text(meta["kind"], f"{what}: metadata kind") == "AdaptiveAvgPool2d":
-            size = _ints(meta.get("output_size"), f"{what}: metadata output_size", 2, 1)
-            return _Checked("adaptive", (shape_in[0],) + size, output_size=size)
+        if not foreign and kind != {"avg": "AvgPool2d", "sum": "SumPool2d"}.get(pooling):
+            _fail(f"{what} is a {kind} in a graph written with pooling={pooling!r}")
         kernel = _pair(node.kernel_size, f"{what}: kernel_size", 2, 1)
         stride = _pair(node.stride, f"{what}: stride", 2, 1)
         padding = _pair(node.padding, f"{what}: padding", 2, 0)
-        if any(2 * p > k for p, k in zip(padding, kernel)):
-            _fail(f"{what}: padding {padding} is more than half the kernel {kernel}")
-        shape = (shape_in[0],) + tuple(_conv_out(s, k, st, p) for s, k, st, p in
-                                       zip(shape_in[1:], kernel, stride, padding))
-        if min(shape) < 1:
-            _fail(f"{what}: the kernel {kernel} does not fit its input {shape_in}")
-        return _Checked("pool", shape, kernel=kernel, stride=stride, padding=padding, sum=kind == "SumPool2d")
+        return _pool(what, shape_in, kernel, stride, padding, None if foreign else meta, kind == "SumPool2d")
     if kind == "Flatten":
         rank = len(shape_in)
         start = _int(node.start_dim, f"{what}: start_dim", -rank, rank - 1)
@@ -387,10 +402,8 @@ def _check_node(nir, name, node, shape_in, meta, foreign=None):
     if kind == "IF" and foreign:
         return _foreign_if(what, node, shape_in, foreign)
     if kind == "Scale":
-        if _text(meta.get("role", ""), f"{what}: metadata role") != "amplitude":
-            _fail(f"{what} is a Scale that is not an IF layer's amplitude, which to_nir does not write")
-        _floats(node.scale, f"{what}: scale", positive=True)
-        return _Checked("pass", shape_in)
+        _fail(f"{what} is a Scale without metadata role (to_nir writes Scale nodes only for an amplitude or a "
+              f"pooling divisor: role one of {ROLES})")
     if kind == "IF":
         from .._validation import MAX_LEVELS
         from ..nn.if_layer import V_INIT
@@ -423,12 +436,123 @@ def _check_node(nir, name, node, shape_in, meta, foreign=None):
 
 
 def _input_scale(meta, what, size):
+    """Metadata ``input_scale`` (one factor > 0 per input channel or feature, folded into the weight's
+    columns by to_nir) and its ``input_scale_role``; None when the node has none."""
     if "input_scale" not in meta:
+        if "input_scale_role" in meta:
+            _fail(f"{what}: metadata input_scale_role without input_scale")
         return None
     scale = _floats(meta["input_scale"], f"{what}: metadata input_scale", ndim=1, positive=True)
     if scale.shape != (size,):
         _fail(f"{what}: metadata input_scale has {scale.size} values for {size} inputs")
+    _role(meta.get("input_scale_role", "amplitude"), f"{what}: metadata input_scale_role")
     return scale
+
+
+def _role(value, what) -> str:
+    role = _text(value, what)
+    if role not in ROLES:
+        _fail(f"{what} is {role!r:.60}; to_nir writes {ROLES}")
+    return role
+
+
+def _block_diagonal(weight, groups, what):
+    """An ungrouped weight [C_out, C_in, ...] that is a grouped conv's: output channel o (group
+    o // (C_out/groups)) reads only its group's C_in/groups inputs; every other entry exactly 0."""
+    out_channels, in_channels = weight.shape[:2]
+    group_out = np.arange(out_channels) // (out_channels // groups)
+    group_in = np.arange(in_channels) // (in_channels // groups)
+    outside = weight[group_out[:, None] != group_in[None, :]]
+    if np.any(outside != 0):
+        o, i = np.argwhere((group_out[:, None] != group_in[None, :]) & np.any(
+            weight.reshape(out_channels, in_channels, -1) != 0, axis=2))[0]
+        _fail(f"{what}: metadata groups {groups}, but output channel {o} reads input channel {i} of another group "
+              "(the weight is not block-diagonal)")
+
+
+def _factor_node(what, kind, node, shape_in, meta):
+    """A node to_nir wrote for a factor (metadata ``role``): a spike amplitude, which the rebuilt IF
+    layers emit themselves, or a pooling divisor (times amplitudes), which the rebuilt pooling
+    applies; either way it passes its input through. Accepted: a Scale with factors > 0, a 1x1
+    Conv2d or an Affine whose weight is diagonal with a diagonal > 0 and zero bias."""
+    _role(meta["role"], f"{what}: metadata role")
+    if kind == "Scale":
+        _compact(_floats(node.scale, f"{what}: scale", positive=True), shape_in, f"{what}: scale")
+        return _Checked("pass", shape_in)
+    if kind in ("Conv2d", "Affine"):
+        weight = _floats(node.weight, f"{what}: weight", ndim=4 if kind == "Conv2d" else 2)
+        bias = _floats(node.bias, f"{what}: bias", ndim=1)
+        size = shape_in[0] if shape_in else 0
+        square = weight.shape[:2] == (size, size) and bias.shape == (size,)
+        if kind == "Conv2d":
+            one = lambda v, key, n: _pair(v, f"{what}: {key}", 2, 0) == (n, n)
+            square = square and len(shape_in) == 3 and weight.shape[2:] == (1, 1) and one(node.stride, "stride", 1) \
+                and one(node.dilation, "dilation", 1) and _int(node.groups, f"{what}: groups", 1) == 1 and \
+                not isinstance(node.padding, (str, bytes, np.bytes_)) and one(node.padding, "padding", 0)
+        else:
+            square = square and len(shape_in) == 1
+        if not square:
+            _fail(f"{what}: a {kind} of role {_text(meta['role'], 'role')!r} must be a 1x1, stride-1, unpadded, "
+                  f"ungrouped map of its {shape_in} input onto itself")
+        matrix = weight.reshape(size, size)
+        if np.any(matrix[~np.eye(size, dtype=bool)] != 0) or not np.all(np.diag(matrix) > 0) or np.any(bias != 0):
+            _fail(f"{what}: a {kind} of role {_text(meta['role'], 'role')!r} must have a diagonal weight "
+                  "(off-diagonal entries exactly 0, diagonal > 0) and zero bias")
+        return _Checked("pass", shape_in)
+    _fail(f"{what} is a {kind} with metadata role; to_nir writes roles on Scale, Conv2d and Affine nodes only")
+
+
+def _pool(what, shape_in, kernel, stride, padding, meta, summed=False):
+    """Average pooling (sum pooling for another tool's SumPool2d); ``meta``: to_nir's metadata, which
+    says the original: ``kind`` (AvgPool2d or AdaptiveAvgPool2d with ``output_size``),
+    ``count_include_pad`` and ``divisor_override``. Rebuilding the original pooling (divisor
+    included) is what lets the factor to_nir carried to the next layer be divided out again."""
+    if any(2 * p > k for p, k in zip(padding, kernel)):
+        _fail(f"{what}: padding {padding} is more than half the kernel {kernel}")
+    shape = (shape_in[0],) + tuple(_conv_out(s, k, st, p) for s, k, st, p in
+                                   zip(shape_in[1:], kernel, stride, padding))
+    if min(shape) < 1:
+        _fail(f"{what}: the kernel {kernel} does not fit its input {shape_in}")
+    if meta is None:
+        return _Checked("pool", shape, kernel=kernel, stride=stride, padding=padding, include=True,
+                        divisor=1 if summed else None)
+    kind = _text(meta.get("kind", "AvgPool2d"), f"{what}: metadata kind")
+    if kind not in POOL_KINDS:
+        _fail(f"{what}: metadata kind is {kind!r:.60}; to_nir writes {POOL_KINDS}")
+    include = _int(meta.get("count_include_pad", 1), f"{what}: metadata count_include_pad", 0, 1)
+    divisor = _int(meta.get("divisor_override", 0), f"{what}: metadata divisor_override", 0)
+    if kind == "AdaptiveAvgPool2d":
+        size = _ints(meta.get("output_size"), f"{what}: metadata output_size", 2, 1)
+        whole = tuple(s // o for s, o in zip(shape_in[1:], size))
+        if shape[1:] != size or kernel != whole or stride != whole or any(padding) or divisor \
+                or any(s % o for s, o in zip(shape_in[1:], size)):
+            _fail(f"{what}: adaptive pooling of {shape_in} to {size} is a kernel and stride {whole} without "
+                  f"padding or divisor_override; the node has kernel {kernel}, stride {stride}, padding {padding}")
+        return _Checked("adaptive", shape, output_size=size)
+    return _Checked("pool", shape, kernel=kernel, stride=stride, padding=padding, include=bool(include),
+                    divisor=divisor or None)
+
+
+def _identity_conv_pool(what, node, shape_in, meta):
+    """pooling="conv": a Conv2d with weight[c, c] = 1 (every other entry 0), zero bias, no groups or
+    dilation, i.e. sum pooling, rebuilt as the original average pooling (see ``_pool``)."""
+    weight = _floats(node.weight, f"{what}: weight", ndim=4)
+    bias = _floats(node.bias, f"{what}: bias", ndim=1)
+    if len(shape_in) != 3:
+        _fail(f"{what}: pooling needs a (C, H, W) input, got {shape_in}")
+    channels = shape_in[0]
+    identity = weight.shape[:2] == (channels, channels)  # checked before an identity of that size is made
+    if identity:
+        expected = np.zeros_like(weight)
+        expected[np.arange(channels), np.arange(channels)] = 1.0
+        identity = bool(np.all(weight == expected))
+    if not identity or bias.shape != (channels,) or np.any(bias != 0) or \
+            _int(node.groups, f"{what}: groups", 1) != 1 or _pair(node.dilation, f"{what}: dilation", 2, 1) != (1, 1) \
+            or isinstance(node.padding, (str, bytes, np.bytes_)):
+        _fail(f"{what}: a Conv2d with pooling metadata must be sum pooling: weight[c, c] all ones and every other "
+              f"entry 0 for its {channels} channels, zero bias, groups 1, dilation 1, padding as ints")
+    return _pool(what, shape_in, tuple(weight.shape[2:]), _pair(node.stride, f"{what}: stride", 2, 1),
+                 _pair(node.padding, f"{what}: padding", 2, 0), meta)
 
 
 def _module_name(name, meta, index):
@@ -454,9 +578,39 @@ def _is_ours(graph) -> bool:
 def _refuse(name, kind, foreign):
     if foreign is not None and kind in REFUSED:
         _fail(f"node {name!r} is a NIR {kind}, which a SpikingNetwork cannot run: it would need {REFUSED[kind]}")
-    reads = NODE_TYPES if foreign is not None else tuple(k for k in NODE_TYPES if k not in ("Conv1d", "SumPool2d"))
+    reads = NODE_TYPES if foreign is not None else tuple(k for k in NODE_TYPES if k != "Conv1d")
     _fail(f"node {name!r} is a {kind:.60}, which {'from_nir does not read' if foreign else 'to_nir does not write'} "
           f"(it reads {', '.join(reads)})")
+
+
+def _check_factor_source(name, checked, sources, meta):
+    """A factor to_nir wrote (a role node, or input_scale folded into a weight) comes from one source:
+    a role node's metadata ``of``. A pooling divisor (role "scale") starts at a pooling node, an
+    amplitude at an IF layer; only Flatten (and, for an amplitude, pooling) lie between."""
+    item = checked[name]
+    role = None
+    if item.kind == "pass":
+        role = _text(meta["role"], f"node {name!r}: metadata role")
+        if len(sources[name]) != 1 or _text(meta.get("of", sources[name][0]), f"node {name!r}: metadata of") \
+                != sources[name][0]:
+            _fail(f"node {name!r} of role {role!r} must have one input, the node its metadata 'of' names; it has "
+                  f"{sources[name]}")
+    elif item.values.get("scale") is not None:
+        role = _text(meta.get("input_scale_role", "amplitude"), f"node {name!r}: metadata input_scale_role")
+        if len(sources[name]) != 1:
+            _fail(f"node {name!r} has metadata input_scale but {len(sources[name])} inputs; to_nir folds a factor "
+                  "into a weight only for a single input")
+    if role is None:
+        return
+    through = ("flatten",) if role == "scale" else ("flatten", "pool", "adaptive")
+    origin = ("pool", "adaptive") if role == "scale" else ("if",)
+    source = sources[name][0]
+    while checked[source].kind in through and checked[source].kind not in origin and len(sources[source]) == 1:
+        source = sources[source][0]
+    if checked[source].kind not in origin:
+        _fail(f"node {name!r}: a factor of role {role!r} must come from {'a pooling' if role == 'scale' else 'an IF'} "
+              f"node, through Flatten{'' if role == 'scale' else ' or pooling'} nodes only; it comes from "
+              f"{source!r}")
 
 
 def _check_graph(nir, graph, foreign=None):
@@ -471,8 +625,11 @@ def _check_graph(nir, graph, foreign=None):
             _fail(f"reads format_version {FORMAT_VERSION}, the graph has {version}")
         T = _int(meta.get("T", 1), "graph metadata T", 1)
         chunk = _int(meta.get("chunk", 0), "graph metadata chunk", 0)
+        pooling = _text(meta.get("pooling", "avg"), "graph metadata pooling")
+        if pooling not in POOLING:
+            _fail(f"graph metadata pooling is {pooling!r:.60}; to_nir writes {POOLING}")
     else:
-        T = chunk = None
+        T = chunk = pooling = None
     nodes = graph.nodes
     if not isinstance(nodes, dict) or not nodes or len(nodes) > MAX_NODES:
         _fail(f"the graph must hold 1 .. {MAX_NODES} nodes")
@@ -482,7 +639,7 @@ def _check_graph(nir, graph, foreign=None):
         else:
             _text(name, "node name")  # only named in messages; module names are checked paths or generated
         kind = type(node).__name__
-        if foreign is None and kind in ("Conv1d", "SumPool2d"):
+        if foreign is None and kind == "Conv1d":
             _refuse(name, kind, foreign)
         if kind not in NODE_TYPES or type(node) is not getattr(nir, kind, None):
             _refuse(name, kind, foreign)
@@ -537,8 +694,10 @@ def _check_graph(nir, graph, foreign=None):
         if isinstance(node, nir.Output):
             checked[name] = _Checked("output", shape_in)
         else:
-            checked[name] = _check_node(nir, name, node, shape_in, meta_n, foreign)
+            checked[name] = _check_node(nir, name, node, shape_in, meta_n, foreign, pooling)
             checked[name].values["target"] = _module_name(name, {} if foreign else meta_n, len(checked))
+            if foreign is None:
+                _check_factor_source(name, checked, sources, meta_n)
         shapes[name] = checked[name].shape
     unreached = [n for n in order if n != outputs[0] and not any(src == n for src, _ in edges)]
     if unreached:
@@ -553,10 +712,13 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None, *, dt:
              reset: str = "nir", input_shape=None, max_bytes: int = DEFAULT_MAX_BYTES):
     """A ``SpikingNetwork`` from a NIR graph (a ``nir.NIRGraph`` or a file path).
 
-    A graph ``to_nir`` wrote (graph metadata ``format``) is rebuilt exactly: the amplitudes
-    folded into weights are divided back out (float64 products of float32 numbers), Scale nodes
-    of amplitudes become the IF layers' amplitudes again, thresholds, p, T and chunk come from
-    the metadata: the original's spikes and outputs bit for bit.
+    A graph ``to_nir`` wrote (graph metadata ``format``) is rebuilt exactly, in each of its
+    ``pooling`` forms: the amplitudes and pooling divisors folded into weights are divided back
+    out (float64 products of float32 numbers), nodes of amplitudes or divisors (metadata
+    ``role``) pass through since the IF layers emit their amplitudes and each pooling is rebuilt
+    as the original (count_include_pad, divisor_override, adaptive), grouped convs written
+    ungrouped are regrouped, thresholds, p, T and chunk come from the metadata: the original's
+    spikes and outputs bit for bit.
 
     A graph another tool wrote (SpikingJelly, Norse, sinabs, snnTorch, nirtorch, by hand) is read
     by NIR's definitions: Affine / Linear, Conv1d / Conv2d, AvgPool2d, SumPool2d, Flatten, Scale,
@@ -646,7 +808,9 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None, *, dt:
     def weight(item):
         w = torch.from_numpy(item.values["weight"].copy())
         if item.values["scale"] is not None:
-            w = w / torch.from_numpy(item.values["scale"]).reshape((1, -1) + (1,) * (w.dim() - 2))
+            w = w / torch.from_numpy(_input_factor(item.values["scale"], w.shape, item.values.get("groups", 1)))
+        if item.values.get("regroup", 1) > 1:  # checked block-diagonal: each output channel's own group
+            w = _grouped(w, item.values["regroup"])
         return w.to(torch.float32)
 
     def bias(item):
@@ -662,8 +826,9 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None, *, dt:
         elif item.kind == "conv":
             w, b = weight(item), bias(item)
             conv_type = nn.Conv1d if v["dims"] == 1 else nn.Conv2d
-            conv = conv_type(w.shape[1] * v["groups"], w.shape[0], tuple(w.shape[2:]), stride=v["stride"],
-                             padding=v["padding"], dilation=v["dilation"], groups=v["groups"], bias=b is not None,
+            groups = v["groups"] * v["regroup"]
+            conv = conv_type(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=v["stride"],
+                             padding=v["padding"], dilation=v["dilation"], groups=groups, bias=b is not None,
                              device="meta")
             conv.weight = nn.Parameter(w)
             if b is not None:
@@ -678,9 +843,9 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None, *, dt:
             values[name], _ = place(name, linear)
         elif item.kind == "adaptive":
             values[name], _ = place(name, nn.AdaptiveAvgPool2d(v["output_size"]))
-        elif item.kind == "pool":  # sum pooling: the average without its division, exactly
+        elif item.kind == "pool":  # sum pooling: the average without its division (divisor 1), exactly
             values[name], _ = place(name, nn.AvgPool2d(v["kernel"], v["stride"], v["padding"],
-                                                       divisor_override=1 if v["sum"] else None))
+                                                       count_include_pad=v["include"], divisor_override=v["divisor"]))
         elif item.kind == "flatten":
             values[name] = fx_graph.call_function(torch.flatten, (summed(name), v["start"], v["end"]))
         elif item.kind == "scale":
