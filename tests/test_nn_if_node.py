@@ -299,7 +299,7 @@ def test_a_second_call_continues_from_a_nan_or_inf_potential(v_reset):
     x = _dyadic((8, 4, 5), seed=7)
     x[1, 0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
     x[2, 3, 1:4] = torch.tensor([float("inf"), -float("inf"), float("nan")])
-    node = IFNode(v_reset=v_reset)
+    node = IFNode(v_reset=v_reset, step_mode="m")
     whole = node(x)
     v_whole = node.v
     node.reset()
