@@ -2,9 +2,10 @@
 import torch
 from torch import nn
 
+from .._compiler import compile_disabled
+from .._validation import check_dense
 from ..ops.integrate_fire import integrate_fire
 from ..ops.noisy_quant import noisy_quant
-from .._validation import check_dense
 
 V_INIT = 0.5  # the initial membrane potential v_init, as a fraction of the threshold θ
 
@@ -146,7 +147,7 @@ class IFLayer(nn.Module):
             self._record_counts(counts, T)
         return spikes.reshape((-1,) + tuple(spikes.shape[2:]))
 
-    @torch.compiler.disable  # python counters: under torch.compile they must not become guards
+    @compile_disabled  # python counters: under torch.compile they must not become guards
     @torch.no_grad()
     def _record_counts(self, counts, T):
         # from the kernel's int32 counts ([B, C, ...], T times smaller than the spikes): one

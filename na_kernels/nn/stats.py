@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._compiler import compile_disabled
 from .._validation import check_dense, check_real
 from .fx_utils import CONV_TYPES
 
@@ -104,7 +105,7 @@ class SynapseMeter(nn.Module):
             return None
         return counts
 
-    @torch.compiler.disable  # python counters: under torch.compile they must not become guards
+    @compile_disabled  # python counters: under torch.compile they must not become guards
     @torch.no_grad()
     def _measure(self, x):
         rows = x.shape[0]
