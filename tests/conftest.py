@@ -2,6 +2,11 @@
 
 Triton's interpreter must be switched on before triton is first imported, so it is set
 here (unless a GPU is present, where the Triton kernels run natively on CUDA tensors).
+
+Tiers (markers registered in pyproject.toml): ``slow`` (the property tests, Triton's interpreter
+beyond one case per test, training runs, subprocesses), ``gpu`` (needs CUDA; skipped without it)
+and ``peers`` (compares with another library, e.g. SpikingJelly; skipped where it is missing).
+``pytest -m "not slow" tests`` is the inner loop; ``pytest tests`` (CI) runs everything.
 """
 import os
 
@@ -24,7 +29,7 @@ except ImportError:
 TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 requires_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+requires_cuda = pytest.mark.gpu  # skipped without a GPU (pytest_collection_modifyitems)
 
 
 def _cpp_available():
@@ -130,6 +135,25 @@ def compile_triton_for_sm90(script):
 def poison_like(tensor):
     """A tensor of the same shape/dtype filled with NaN: unwritten outputs show up."""
     return torch.full_like(tensor, float("nan"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tiers that follow from where a test is: the property tests and the Triton
+    interpreter's cases are ``slow``, except the first interpreted case of each test, so the
+    fast tier still runs every Triton kernel; ``gpu`` tests are skipped without CUDA."""
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    interpreted_seen = set()
+    for item in items:
+        if "property" in item.path.parts:
+            item.add_marker(pytest.mark.slow)
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("backend") == "triton" and not HAS_CUDA:
+            test = (item.path, item.originalname)
+            if test in interpreted_seen:
+                item.add_marker(pytest.mark.slow)
+            interpreted_seen.add(test)
+        if not HAS_CUDA and item.get_closest_marker("gpu"):
+            item.add_marker(no_gpu)
 
 
 def _register_hypothesis_profiles():

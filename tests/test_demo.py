@@ -14,7 +14,7 @@ from na_kernels.datasets import BatchLoader, digits_split
 from na_kernels.nn import clipped_network
 from na_kernels.train import evaluate
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # trains networks
 
 TS = ["1", "2", "4", "8", "16", "32", "64"]
 

@@ -80,6 +80,7 @@ def test_fused_backward_matches_the_reference_and_chunks():
         torch.testing.assert_close(chunked[name], fused[name], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_finetune_example_runs_and_writes_nothing(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "python", "finetune_snn.py"), "--ann-epochs", "1",

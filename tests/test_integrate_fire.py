@@ -587,6 +587,7 @@ print("compiled")
 
 
 @requires_triton
+@pytest.mark.slow
 def test_triton_kernels_compile_for_cuda():
     """Without a GPU the interpreter runs the kernels as Python; this compiles them for sm_90
     (Triton's own PTX and cubin path, bundled ptxas) so GPU-only type errors show up anyway."""
@@ -691,6 +692,7 @@ _SJ_SURROGATES = {"sigmoid": ("Sigmoid", 4.0), "atan": ("ATan", 2.0), "triangle"
                   "rectangle": ("Rect", 1.0)}
 
 
+@pytest.mark.peers
 @pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.id != "triton"])
 @pytest.mark.parametrize("surrogate_name", SURROGATES)
 @pytest.mark.parametrize("reset", RESETS)

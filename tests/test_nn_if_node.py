@@ -13,7 +13,9 @@ try:
 except Exception:  # not installed, or its optional dependencies missing
     sj_neuron = None
 
-needs_spikingjelly = pytest.mark.skipif(sj_neuron is None, reason="spikingjelly is not importable")
+def needs_spikingjelly(test):
+    """A test against SpikingJelly: in the ``peers`` tier, skipped where it is not importable."""
+    return pytest.mark.peers(pytest.mark.skipif(sj_neuron is None, reason="spikingjelly is not importable")(test))
 
 
 def _dyadic(shape, seed, scale=0.7):
@@ -164,6 +166,7 @@ class _DigitSNN(nn.Module):
         return self.fc4(y).mean(0)
 
 
+@pytest.mark.slow
 def test_direct_training_learns_digits():
     """BPTT through three IF layers on the bundled digits: the loss falls, accuracy far above chance."""
     torch.manual_seed(0)

@@ -205,6 +205,7 @@ def test_triton_matches_reference(shape, lam_kind, noise, dtype):
     assert_matches_reference("triton", x, 7, make_lam(lam_kind, x), noise, seed=77)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="bfloat16 Triton kernels run on a GPU only (the interpreter has no bf16)")
 @pytest.mark.parametrize("noise", NOISES)
 def test_triton_bfloat16_on_gpu(noise):
@@ -212,12 +213,14 @@ def test_triton_bfloat16_on_gpu(noise):
     assert_matches_reference("triton", x, 7, make_lam("per_channel", x), noise, seed=5)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 def test_triton_large_on_gpu():
     x = make_input((1, 2**24 + 3), torch.float32, device="cuda")
     assert_matches_reference("triton", x, 3, make_lam("scalar", x), "uniform", seed=9, grad_lam_rtol=1e-4)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU with > 9 GB free")
 def test_triton_beyond_int32_indexing_on_gpu():
     """2^31 + 1000 elements: the tail's noise comes from offsets past int32."""
@@ -337,6 +340,7 @@ print("compiled")
 
 
 @requires_triton
+@pytest.mark.slow
 def test_triton_kernels_compile_for_cuda():
     """The interpreter runs the kernels as Python: compile them for sm_90 too (GPU-only errors)."""
     compile_triton_for_sm90(_AOT_SCRIPT)
