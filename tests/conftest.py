@@ -3,8 +3,9 @@
 Triton's interpreter must be switched on before triton is first imported, so it is set
 here (unless a GPU is present, where the Triton kernels run natively on CUDA tensors).
 
-Tiers (markers registered in pyproject.toml): ``slow`` (the property tests, Triton's interpreter
-beyond one case per test, training runs, subprocesses), ``gpu`` (needs CUDA; skipped without it)
+Tiers (markers registered in pyproject.toml): ``slow`` (the property tests, the rest of a
+parametrized grid after its first case per backend, training runs, subprocesses), ``gpu`` (needs
+CUDA; skipped without it)
 and ``peers`` (compares with another library, e.g. SpikingJelly; skipped where it is missing).
 ``pytest -m "not slow" tests`` is the inner loop; ``pytest tests`` (CI) runs everything.
 """
@@ -138,20 +139,20 @@ def poison_like(tensor):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The tiers that follow from where a test is: the property tests and the Triton
-    interpreter's cases are ``slow``, except the first interpreted case of each test, so the
-    fast tier still runs every Triton kernel; ``gpu`` tests are skipped without CUDA."""
+    """The tiers that follow from where a test is. ``slow``: the property tests, and every case of
+    a parametrized test after the first one per backend, so the fast tier still runs each test
+    function on every backend (and every Triton kernel) once. ``gpu`` tests skip without CUDA."""
     no_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
-    interpreted_seen = set()
+    first_cases = set()
     for item in items:
         if "property" in item.path.parts:
             item.add_marker(pytest.mark.slow)
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        if params.get("backend") == "triton" and not HAS_CUDA:
-            test = (item.path, item.originalname)
-            if test in interpreted_seen:
+        params = getattr(getattr(item, "callspec", None), "params", None)
+        if params:
+            case = (item.path, item.originalname, params.get("backend"))
+            if case in first_cases:
                 item.add_marker(pytest.mark.slow)
-            interpreted_seen.add(test)
+            first_cases.add(case)
         if not HAS_CUDA and item.get_closest_marker("gpu"):
             item.add_marker(no_gpu)
 

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -40,6 +41,7 @@ def _gradients(snn, x, y, **kwargs):
     return {name: p.grad.clone() for name, p in snn.named_parameters()}
 
 
+@pytest.mark.slow
 def test_few_steps_reduce_the_loss_at_T2():
     snn = _converted(T=2)
     x, y = _digits_batch()

@@ -98,6 +98,7 @@ def test_reference_closed_form_backward_matches_autograd():
 
 
 @pytest.mark.parametrize("p", [1, 3, 15])
+@pytest.mark.slow
 def test_uniform_noise_is_unbiased_estimate_of_clipped_relu(p):
     """E[y] = clamp(x, 0, lam) exactly for uniform noise and shift 0.5 (Noise Adaptor)."""
     lam = 1.3
@@ -145,6 +146,7 @@ def test_cpp_matches_reference(shape, lam_kind, noise, dtype, simd_level):
 @requires_cpp
 @pytest.mark.usefixtures("poisoned_allocations")
 @pytest.mark.parametrize("lam_kind", ["scalar", "per_channel"])
+@pytest.mark.slow
 def test_cpp_large_and_odd_size(lam_kind, simd_level):
     x = make_input((1, 2**20 + 3), torch.float32) if lam_kind == "scalar" else make_input((3, 7, 49931), torch.float32)
     assert_matches_reference("cpu", x, 3, make_lam(lam_kind, x), "uniform", seed=1)
