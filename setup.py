@@ -6,6 +6,9 @@ installs, and na_kernels falls back to the PyTorch reference on the CPU with a w
 import glob
 import os
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
@@ -27,10 +30,59 @@ COMMON_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-ma
 OPENMP_FLAGS = ["-fopenmp"]
 
 
+def build_jobs(requested=None):
+    """How many translation units compile at once: build_ext's --parallel, else
+    NA_KERNELS_BUILD_JOBS, else the CPUs this process may run on."""
+    if requested:
+        return int(requested)
+    if os.environ.get("NA_KERNELS_BUILD_JOBS"):
+        return max(1, int(os.environ["NA_KERNELS_BUILD_JOBS"]))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def compile_in_parallel(compiler, jobs):
+    """Make ``compiler.compile`` build its translation units ``jobs`` at a time (distutils builds
+    them one after the other), each reported on stderr when done (``pip install -v`` shows it).
+    A compiler without distutils' per-file ``_compile`` (MSVC) is left as it is."""
+    if jobs < 2 or not all(hasattr(compiler, name) for name in ("_setup_compile", "_get_cc_args", "_compile")):
+        return
+
+    def compile(sources, output_dir=None, macros=None, include_dirs=None, debug=False, extra_preargs=None,
+                extra_postargs=None, depends=None):
+        # as distutils.ccompiler.CCompiler.compile, with the loop over objects in a thread pool
+        macros, objects, extra_postargs, pp_opts, build = compiler._setup_compile(
+            output_dir, macros, include_dirs, sources, depends, extra_postargs)
+        cc_args = compiler._get_cc_args(pp_opts, debug, extra_preargs)
+        todo = [obj for obj in objects if obj in build]
+        done = []
+        lock = threading.Lock()
+
+        def compile_one(obj):
+            src, ext = build[obj]
+            start = time.monotonic()
+            compiler._compile(obj, src, ext, cc_args, extra_postargs, pp_opts)
+            with lock:
+                done.append(obj)
+                print(f"na_kernels: compiled {src} ({len(done)}/{len(todo)}, {time.monotonic() - start:.0f} s)",
+                      file=sys.stderr, flush=True)
+
+        with ThreadPoolExecutor(min(jobs, len(todo) or 1)) as pool:
+            for future in [pool.submit(compile_one, obj) for obj in todo]:
+                future.result()  # the first compile error is raised (the others finish first)
+        return objects
+
+    compiler.compile = compile
+
+
 class OptionalBuildExt(build_ext):
     """Try with OpenMP, then without; on failure warn and install without the extension."""
 
     def build_extension(self, ext):
+        jobs = build_jobs(self.parallel)
+        compile_in_parallel(self.compiler, jobs)
         base_compile = list(ext.extra_compile_args or [])
         base_link = list(ext.extra_link_args or [])
         attempts = [(OPENMP_FLAGS, OPENMP_FLAGS), ([], [])]
@@ -40,7 +92,8 @@ class OptionalBuildExt(build_ext):
         # the compile is silent for about a minute: say so first (pip shows it with -v);
         # nothing when build_ext would skip an up-to-date extension
         if self.force or newer_group(list(ext.sources) + list(ext.depends or []), self.get_ext_fullpath(ext.name)):
-            print("na_kernels: building the C++ kernels (about a minute)...", file=sys.stderr, flush=True)
+            print(f"na_kernels: building the C++ kernels, {len(ext.sources)} files, {jobs} at a time "
+                  "(about 75 s of CPU time in all)...", file=sys.stderr, flush=True)
         for compile_flags, link_flags in attempts:
             ext.extra_compile_args = base_compile + compile_flags
             ext.extra_link_args = base_link + link_flags

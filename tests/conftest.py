@@ -2,6 +2,12 @@
 
 Triton's interpreter must be switched on before triton is first imported, so it is set
 here (unless a GPU is present, where the Triton kernels run natively on CUDA tensors).
+
+Tiers (markers registered in pyproject.toml): ``slow`` (the property tests, the rest of a
+parametrized grid after its first case per backend, training runs, subprocesses), ``gpu`` (needs
+CUDA; skipped without it)
+and ``peers`` (compares with another library, e.g. SpikingJelly; skipped where it is missing).
+``pytest -m "not slow" tests`` is the inner loop; ``pytest tests`` (CI) runs everything.
 """
 import os
 
@@ -24,7 +30,7 @@ except ImportError:
 TRITON_DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 requires_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+requires_cuda = pytest.mark.gpu  # skipped without a GPU (pytest_collection_modifyitems)
 
 
 def _cpp_available():
@@ -130,6 +136,25 @@ def compile_triton_for_sm90(script):
 def poison_like(tensor):
     """A tensor of the same shape/dtype filled with NaN: unwritten outputs show up."""
     return torch.full_like(tensor, float("nan"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tiers that follow from where a test is. ``slow``: the property tests, and every case of
+    a parametrized test after the first one per backend, so the fast tier still runs each test
+    function on every backend (and every Triton kernel) once. ``gpu`` tests skip without CUDA."""
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    first_cases = set()
+    for item in items:
+        if "property" in item.path.parts:
+            item.add_marker(pytest.mark.slow)
+        params = getattr(getattr(item, "callspec", None), "params", None)
+        if params:
+            case = (item.path, item.originalname, params.get("backend"))
+            if case in first_cases:
+                item.add_marker(pytest.mark.slow)
+            first_cases.add(case)
+        if not HAS_CUDA and item.get_closest_marker("gpu"):
+            item.add_marker(no_gpu)
 
 
 def _register_hypothesis_profiles():

@@ -48,6 +48,7 @@ def test_clear_errors_for_missing_data_and_checkpoint(tmp_path, capsys):
     assert "checkpoint not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_entry_point_help():
     env = dict(os.environ)
     proc = subprocess.run([sys.executable, "-m", "na_kernels.app.cli", "--help"], capture_output=True, text=True,

@@ -151,6 +151,7 @@ print("compiled")
 """
 
 
+@pytest.mark.slow
 def test_bf16_kernels_compile_for_sm90_without_flush_to_zero():
     compile_triton_for_sm90(_PTX_SCRIPT)
 

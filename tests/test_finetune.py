@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -40,6 +41,7 @@ def _gradients(snn, x, y, **kwargs):
     return {name: p.grad.clone() for name, p in snn.named_parameters()}
 
 
+@pytest.mark.slow
 def test_few_steps_reduce_the_loss_at_T2():
     snn = _converted(T=2)
     x, y = _digits_batch()
@@ -80,6 +82,7 @@ def test_fused_backward_matches_the_reference_and_chunks():
         torch.testing.assert_close(chunked[name], fused[name], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_finetune_example_runs_and_writes_nothing(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "python", "finetune_snn.py"), "--ann-epochs", "1",

@@ -614,6 +614,7 @@ print("compiled")
 
 
 @requires_triton
+@pytest.mark.slow
 def test_triton_kernels_compile_for_cuda():
     """Without a GPU the interpreter runs the kernels as Python; this compiles them for sm_90
     (Triton's own PTX and cubin path, bundled ptxas) so GPU-only type errors show up anyway."""

@@ -333,6 +333,7 @@ print((after - before) * 1024)
 
 @pytest.mark.parametrize("level", cpu.SIMD_LEVELS[:cpu.SIMD_LEVELS.index(cpu.detected_simd_level()) + 1]
                          if cpu.available() else [])
+@pytest.mark.slow
 def test_backward_scratch_is_bounded_by_the_work(level, tmp_path):
     """Issue 12 item 7: the recompute scratch is T x the neurons a pass holds, not T x 1024 per
     thread whatever N (at T = 2*10^5, N = 2 that was 800 MB per thread; the work is 1.6 MB)."""

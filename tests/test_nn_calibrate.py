@@ -7,6 +7,7 @@ from na_kernels.nn import NoisyQuant, calibrate_thresholds, to_snn
 from nn_models import SmallCNN, TinyResNet, prepared, relative_error
 
 
+@pytest.mark.slow
 def test_calibration_matches_counts_and_reduces_the_output_error():
     torch.manual_seed(0)
     model = prepared(TinyResNet)

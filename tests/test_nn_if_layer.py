@@ -88,6 +88,7 @@ def test_calibrated_follows_every_threshold_replacement_whatever_the_ids():
     assert not layer.calibrated
 
 
+@pytest.mark.slow
 def test_compiled_snn_compiles_once_per_shape():
     import torch._dynamo
 

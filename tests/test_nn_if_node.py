@@ -263,6 +263,7 @@ class _DigitSNN(nn.Module):
         return self.fc4(y).mean(0)
 
 
+@pytest.mark.slow
 def test_direct_training_learns_digits():
     """BPTT through three IF layers on the bundled digits: the loss falls, accuracy far above chance."""
     torch.manual_seed(0)

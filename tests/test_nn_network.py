@@ -1,6 +1,7 @@
 """SpikingNetwork: chunked runs, state dicts, gradients, dtypes, pickling."""
 import io
 
+import pytest
 import torch
 from torch import nn
 
@@ -8,6 +9,7 @@ from na_kernels.nn import NoisyQuant, replace_activations, to_snn
 from nn_models import SmallCNN, TinyResNet, equal_by_position, poisoned, prepared, randomize_batchnorm
 
 
+@pytest.mark.slow
 def test_chunked_equals_unchunked():
     model = prepared(TinyResNet)
     x = torch.randn(4, 3, 16, 16)

@@ -90,6 +90,7 @@ def test_bad_arguments_are_named():
         post_training_convert(nn.Sequential(nn.Linear(2, 2)), [torch.randn(2, 2)], T=4)
 
 
+@pytest.mark.slow
 def test_a_list_of_percentiles_returns_the_one_closest_to_the_ann():
     torch.manual_seed(0)
     model = Plain().eval()

@@ -200,6 +200,7 @@ def test_allow_unconvertible_does_not_lead_back_to_replace_activations():
     assert "run replace_activations first" not in message and "retrain" in message
 
 
+@pytest.mark.peers
 def test_mobilenet_v2_from_torchvision_converts():
     torchvision = pytest.importorskip("torchvision")
     from na_kernels.nn import to_snn

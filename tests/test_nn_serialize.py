@@ -77,6 +77,7 @@ CHILD = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_fresh_process_bit_identical(tmp_path):
     """Saved, then loaded in a new Python process where the model's class cannot be imported:
     the same outputs bit for bit, the calibrated per-channel thresholds, T and chunk."""

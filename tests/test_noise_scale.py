@@ -58,6 +58,7 @@ def test_module_and_replace_activations_default_and_explicit_scale():
 
 
 @pytest.mark.usefixtures("one_thread")
+@pytest.mark.slow
 def test_single_step_gaussian_trains_by_default_like_uniform():
     """noise="gaussian", p = 1 (the T = 1 strategy) with the default scale trains the demo CNN about as
     well as uniform noise (σ = 1.0, the old default, stays near chance: 8-14 % after 3 epochs)."""

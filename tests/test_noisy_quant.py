@@ -100,6 +100,7 @@ def test_reference_closed_form_backward_matches_autograd():
 
 
 @pytest.mark.parametrize("p", [1, 3, 15])
+@pytest.mark.slow
 def test_uniform_noise_is_unbiased_estimate_of_clipped_relu(p):
     """E[y] = clamp(x, 0, lam) exactly for uniform noise and shift 0.5 (Noise Adaptor)."""
     lam = 1.3
@@ -147,6 +148,7 @@ def test_cpp_matches_reference(shape, lam_kind, noise, dtype, simd_level):
 @requires_cpp
 @pytest.mark.usefixtures("poisoned_allocations")
 @pytest.mark.parametrize("lam_kind", ["scalar", "per_channel"])
+@pytest.mark.slow
 def test_cpp_large_and_odd_size(lam_kind, simd_level):
     x = make_input((1, 2**20 + 3), torch.float32) if lam_kind == "scalar" else make_input((3, 7, 49931), torch.float32)
     assert_matches_reference("cpu", x, 3, make_lam(lam_kind, x), "uniform", seed=1)
@@ -207,6 +209,7 @@ def test_triton_matches_reference(shape, lam_kind, noise, dtype):
     assert_matches_reference("triton", x, 7, make_lam(lam_kind, x), noise, seed=77)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="bfloat16 Triton kernels run on a GPU only (the interpreter has no bf16)")
 @pytest.mark.parametrize("noise", NOISES)
 def test_triton_bfloat16_on_gpu(noise):
@@ -214,12 +217,14 @@ def test_triton_bfloat16_on_gpu(noise):
     assert_matches_reference("triton", x, 7, make_lam("per_channel", x), noise, seed=5)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 def test_triton_large_on_gpu():
     x = make_input((1, 2**24 + 3), torch.float32, device="cuda")
     assert_matches_reference("triton", x, 3, make_lam("scalar", x), "uniform", seed=9, grad_lam_rtol=1e-4)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU with > 9 GB free")
 def test_triton_beyond_int32_indexing_on_gpu():
     """2^31 + 1000 elements: the tail's noise comes from offsets past int32."""
@@ -339,6 +344,7 @@ print("compiled")
 
 
 @requires_triton
+@pytest.mark.slow
 def test_triton_kernels_compile_for_cuda():
     """The interpreter runs the kernels as Python: compile them for sm_90 too (GPU-only errors)."""
     compile_triton_for_sm90(_AOT_SCRIPT)

@@ -2,8 +2,6 @@
 nothing can reach the storage over it, outputs are what torch.empty_strided would give, and the
 limit, the release and the environment setting do what they say."""
 import gc
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -136,13 +134,9 @@ def test_set_limit_trims_at_once():
     assert cache._idle == [] and cache._idle_bytes == 0
 
 
-def test_the_cache_is_off_by_default():
-    code = ("import torch, na_kernels; from na_kernels import cpu; "
-            "y = na_kernels.integrate_fire(torch.rand(4, 1 << 20), 1.0); "
-            "print(cpu.cache_info()['limit_bytes'], cpu.cache_info()['live_blocks'])")
-    env = {k: v for k, v in _env().items() if k != "NA_KERNELS_CPU_CACHE_MB"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    assert result.stdout.split() == ["0", "0"]
+def test_the_cache_is_off_by_default(monkeypatch):
+    monkeypatch.delenv("NA_KERNELS_CPU_CACHE_MB", raising=False)
+    assert output_cache.DEFAULT_CACHE_MB == 0 and output_cache._limit_from_environment() == 0
 
 
 @pytest.mark.parametrize("value", [-1, 1.5, "64", True, None])
@@ -178,25 +172,19 @@ def test_cached_output_cannot_grow_in_place():
 
 
 @pytest.mark.parametrize("text, message", [("-1", "got '-1'"), ("lots", "got 'lots'"), ("1.5", "got '1.5'")])
-def test_environment_limit_must_be_a_whole_number(text, message):
-    code = "import na_kernels.cpu.output_cache"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**_env(), "NA_KERNELS_CPU_CACHE_MB": text})
-    assert result.returncode != 0
-    assert "NA_KERNELS_CPU_CACHE_MB must be a whole number of MiB >= 0" in result.stderr and message in result.stderr
+def test_environment_limit_must_be_a_whole_number(text, message, monkeypatch):
+    # what importing na_kernels.cpu.output_cache does with NA_KERNELS_CPU_CACHE_MB
+    monkeypatch.setenv("NA_KERNELS_CPU_CACHE_MB", text)
+    with pytest.raises(ValueError, match="NA_KERNELS_CPU_CACHE_MB must be a whole number of MiB >= 0") as error:
+        output_cache._limit_from_environment()
+    assert message in str(error.value)
 
 
-def test_environment_limit_is_read():
-    code = "from na_kernels import cpu; print(cpu.cache_info()['limit_bytes'])"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            env={**_env(), "NA_KERNELS_CPU_CACHE_MB": "3"})
-    assert result.stdout.strip() == str(3 << 20)
-
-
-def _env():
-    import os
-
-    return dict(os.environ)
+def test_environment_limit_is_read(monkeypatch):
+    monkeypatch.setenv("NA_KERNELS_CPU_CACHE_MB", "3")
+    assert OutputCache(output_cache._limit_from_environment()).info()["limit_bytes"] == 3 << 20
+    monkeypatch.delenv("NA_KERNELS_CPU_CACHE_MB")
+    assert output_cache._limit_from_environment() == output_cache.DEFAULT_CACHE_MB << 20
 
 
 @needs_cpp

@@ -134,6 +134,7 @@ def test_cpp_philox_matches_reference(first, seed, simd_level):
     [(0, 3), (1, 3), (4 * 2**31 - 1001, 11), (2**32 - 1000, -9), (4 * 2**32 - 998, 2**63 - 1),
      (5 * 2**32 + 7, 2**50 + 1)],
 )
+@pytest.mark.slow
 def test_cpp_noise_matches_reference(kind, first, seed, simd_level):
     # the noise itself, not only outputs it moves across a rounding step: bit for bit, gaussian
     # included (its float64 log, sin and cos round to the same float32 as torch's)
@@ -200,6 +201,7 @@ def test_triton_rand4x_randn4x_match_reference(first, seed):
 # -------------------------------------------------------------------------- statistics
 
 
+@pytest.mark.slow
 def test_uniform_noise_statistics():
     eps = philox.noise_range(torch.tensor(2024), 0, 400_000, "uniform")
     assert eps.min() >= -0.5 and eps.max() < 0.5
@@ -219,6 +221,7 @@ def test_uniform_noise_statistics():
         assert abs(eps[word::4].mean().item()) < 4 * math.sqrt(1 / 12 / eps[word::4].numel())
 
 
+@pytest.mark.slow
 def test_gaussian_noise_statistics():
     n = philox.noise_range(torch.tensor(7), 0, 400_000, "gaussian").double()
     assert abs(n.mean().item()) < 4 / math.sqrt(n.numel())

@@ -1,8 +1,4 @@
 """Choosing the C++ kernels' SIMD path: limit_simd (tests, nested), NA_KERNELS_SIMD (a process)."""
-import os
-import subprocess
-import sys
-
 import pytest
 
 from na_kernels import cpu
@@ -28,23 +24,22 @@ def test_limit_simd_rejects_unknown_level():
     assert cpu.simd_level() == cpu.detected_simd_level()
 
 
-def _level_in_subprocess(value, directory):
-    # run elsewhere than the repository root: there `import na_kernels` would find the source tree,
-    # which has no built extension when the package was installed non-editable (as in CI)
-    env = dict(os.environ, NA_KERNELS_SIMD=value)
-    return subprocess.run([sys.executable, "-c", "from na_kernels import cpu; print(cpu.simd_level())"], env=env,
-                          cwd=directory, capture_output=True, text=True, timeout=300)
+def test_environment_variable_caps_the_process(monkeypatch):
+    # what importing na_kernels.cpu does with NA_KERNELS_SIMD
+    monkeypatch.setenv("NA_KERNELS_SIMD", " Generic ")
+    try:
+        assert cpu._limit_from_environment() == cpu.SIMD_LEVELS.index("generic")
+        assert cpu.simd_level() == "generic"
+    finally:
+        cpu.extension().set_simd_limit(cpu._simd_limit)
+    assert cpu.simd_level() == cpu.detected_simd_level()
 
 
-def test_environment_variable_caps_the_process(tmp_path):
-    result = _level_in_subprocess("generic", tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "generic"
-
-
-def test_environment_variable_rejects_unknown_level(tmp_path):
-    result = _level_in_subprocess("avx1024", tmp_path)
-    assert result.returncode != 0 and "NA_KERNELS_SIMD must be one of" in result.stderr
+def test_environment_variable_rejects_unknown_level(monkeypatch):
+    monkeypatch.setenv("NA_KERNELS_SIMD", "avx1024")
+    with pytest.raises(ValueError, match="NA_KERNELS_SIMD must be one of"):
+        cpu._limit_from_environment()
+    assert cpu.simd_level() == cpu.detected_simd_level()
 
 
 def test_limit_simd_is_process_wide():

@@ -94,6 +94,7 @@ def test_noisy_quant_torch_compile_dynamic_shapes():
         assert torch.equal(f(x), na_kernels.noisy_quant(x, 3, 1.0, scale=0.5, seed=2))
 
 
+@pytest.mark.slow
 def test_noisy_quant_torch_compile_inductor_runs():
     torch._dynamo.reset()
     f = torch.compile(lambda x: na_kernels.noisy_quant(x, 3, 1.0, seed=4), fullgraph=True)
@@ -168,6 +169,7 @@ def test_integrate_fire_torch_compile_fullgraph_no_graph_breaks():
     assert got[0].stride() == want[0].stride() and got[2].stride() == want[2].stride()
 
 
+@pytest.mark.slow
 def test_integrate_fire_torch_compile_dynamic_shapes():
     """dynamic=True: symbolic shapes and strides (channels-last included), float arguments traced."""
     def fn(x, threshold, v0):

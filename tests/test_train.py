@@ -123,6 +123,7 @@ def _ddp_worker(rank, world, port, out_dir, result_dir):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_gloo_keep_weights_and_lambda_equal(tmp_path):
     port = _free_port()
     results = tmp_path / "results"

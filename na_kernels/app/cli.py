@@ -17,16 +17,10 @@ import os
 import sys
 from typing import Any, Optional, Sequence
 
-import torch
-
 from .. import __version__
-from .datasets import DATASETS, BatchLoader, DatasetError, load_dataset
-from .models import MODELS
-from .._spec import Noise
-from .demo import cmd_demo
-from .._validation import check_clip_level, check_int, check_levels, check_positive, check_real, check_time_steps
-from .train import (_MIN_LAM, CheckpointError, ConfigError, TrainConfig, check_output_path, check_run_seed,
-                    evaluate, evaluate_snn, fit, load_checkpoint, network_from_checkpoint, parse_device)
+
+# Every other module of the package imports torch (a second or more): they are imported where a
+# command or an option needs them, so `na-kernels --help` answers without loading torch.
 
 
 def _err(msg: str) -> None:
@@ -40,6 +34,10 @@ def _err(msg: str) -> None:
 
 def cmd_train(args) -> int:
     """``na-kernels train``: :func:`na_kernels.app.train.fit` with the options as a TrainConfig."""
+    import torch
+
+    from .train import ConfigError, TrainConfig, fit
+
     resume = args.resume
     if resume == "auto":
         resume = os.path.join(args.out, "last.pt")
@@ -66,6 +64,11 @@ def cmd_train(args) -> int:
 
 def _checkpoint_model_and_test_data(args):
     """(checkpoint state, its network on the chosen device, the device, the test split)."""
+    import torch
+
+    from .datasets import load_dataset
+    from .train import load_checkpoint, network_from_checkpoint, parse_device
+
     state = load_checkpoint(args.checkpoint)
     device = torch.device(parse_device(args.device) or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = network_from_checkpoint(state).to(device)
@@ -76,7 +79,9 @@ def _checkpoint_model_and_test_data(args):
 
 def cmd_evaluate(args) -> int:
     """``na-kernels evaluate``: test accuracy of a checkpoint's quantized ANN (noise off) and of its clipped network."""
+    from .datasets import BatchLoader
     from ..nn import clipped_network
+    from .train import evaluate
 
     state, model, device, test = _checkpoint_model_and_test_data(args)
     acc = evaluate(model, BatchLoader(test, args.batch_size, device=device), amp=not args.no_amp,
@@ -92,7 +97,9 @@ def cmd_evaluate(args) -> int:
 
 def cmd_convert(args) -> int:
     """``na-kernels convert``: a checkpoint as an SNN: accuracy at every t <= T, spikes, energy."""
+    from .datasets import BatchLoader
     from ..nn import clipped_network, to_snn
+    from .train import ConfigError, evaluate, evaluate_snn
 
     exit_rules = _exit_rules(args)
     state, model, device, test = _checkpoint_model_and_test_data(args)
@@ -133,6 +140,7 @@ def _exit_rules(args) -> list:
     """The early-exit rules of ``convert``'s --exit-* options: one per confidence x margin given
     (an empty list without --exit-confidence / --exit-margin)."""
     from ..nn import ExitRule
+    from .train import ConfigError
 
     confidences, margins = args.exit_confidence or [None], args.exit_margin or [None]
     if args.exit_confidence is None and args.exit_margin is None:
@@ -191,14 +199,20 @@ def _checked(check, words: Sequence[str] = ()):
 
 
 def _count(name: str, minimum: int = 1):
+    from .._validation import check_int
+
     return _checked(lambda value: check_int(name, value, minimum=minimum))
 
 
 def _positive(name: str):
+    from .._validation import check_positive
+
     return _checked(lambda value: check_positive(name, value))
 
 
 def _real(name: str, minimum: float):
+    from .._validation import check_real
+
     return _checked(lambda value: check_real(name, value, minimum=minimum))
 
 
@@ -214,13 +228,9 @@ def _as_is(check):
     return parse
 
 
-_levels = _checked(check_levels)
-# NoisyQuant's initial λ: a number above its floor, or "auto" (the 99.9th percentile of the first batch)
-_lam = _checked(lambda value: check_clip_level(value, min_lam=_MIN_LAM), words=("auto",))
-_device = _as_is(lambda text: parse_device(text, ""))
-
-
 def _steps(name: str):
+    from .._validation import check_time_steps
+
     return _checked(lambda value: check_time_steps(name, value))
 
 
@@ -260,15 +270,48 @@ def _exit_probability(name: str):
     return _checked(check)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``na-kernels`` argument parser (options checked with the rules of ``_validation``)."""
+# the commands and their one-line help, as `na-kernels --help` lists them
+_COMMANDS = {
+    "demo": "offline demo on bundled digits: NoisyQuant vs QCFS, ANN vs clipped network vs SNN, over several seeds",
+    "train": "train a network with NoisyQuant activations on MNIST / CIFAR",
+    "evaluate": "test accuracy of a checkpoint (the quantized ANN, noise off)",
+    "convert": "convert a checkpoint to an SNN; accuracy at every t <= T, spikes, energy",
+}
+
+
+def _top_parser():
+    """The ``na-kernels`` parser and its subparsers' action, before any command is added."""
     parser = _Parser(prog="na-kernels", description=(
         "Noise-injected low-bit ANN training and ANN-to-SNN conversion with fused kernels."))
     parser.add_argument("--version", action="version", version=f"na_kernels {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
+    return parser, parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
 
-    d = sub.add_parser("demo", help="offline demo on bundled digits: NoisyQuant vs QCFS, ANN vs clipped network vs "
-                                    "SNN, over several seeds",
+
+def _command_list_parser() -> argparse.ArgumentParser:
+    """The ``na-kernels`` parser with each command listed but none of their options: it answers
+    ``--help``, ``--version`` and a mistyped command without importing torch."""
+    parser, sub = _top_parser()
+    for name, helptext in _COMMANDS.items():
+        sub.add_parser(name, help=helptext)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``na-kernels`` argument parser (options checked with the rules of ``_validation``)."""
+    from .._spec import Noise
+    from .._validation import check_clip_level, check_levels
+    from .datasets import DATASETS
+    from .demo import cmd_demo
+    from .models import MODELS
+    from .train import _MIN_LAM, check_output_path, check_run_seed, parse_device
+
+    _levels = _checked(check_levels)
+    # NoisyQuant's initial λ: a number above its floor, or "auto" (the 99.9th percentile of the first batch)
+    _lam = _checked(lambda value: check_clip_level(value, min_lam=_MIN_LAM), words=("auto",))
+    _device = _as_is(lambda text: parse_device(text, ""))
+    parser, sub = _top_parser()
+
+    d = sub.add_parser("demo", help=_COMMANDS["demo"],
                        description="Train the same small CNN on bundled digits (default: 10,000 28x28 MNIST digits) "
                                    "with NoisyQuant's uniform noise and without noise (QCFS) at the same p, for "
                                    "several seeds; convert each to an SNN and report the ANN, its clipped network "
@@ -301,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
 
-    t = sub.add_parser("train", help="train a network with NoisyQuant activations on MNIST / CIFAR",
+    t = sub.add_parser("train", help=_COMMANDS["train"],
                        description="Train with the published recipe (SGD momentum 0.9, lr 0.1, weight decay "
                                    "5e-4, cosine schedule, random crop + flip). Launch with torchrun for "
                                    "DistributedDataParallel (one process per GPU; each rank its own noise).")
@@ -339,9 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
-    for name, helptext in (("evaluate", "test accuracy of a checkpoint (the quantized ANN, noise off)"),
-                           ("convert", "convert a checkpoint to an SNN; accuracy at every t <= T, spikes, energy")):
-        description = helptext
+    for name in ("evaluate", "convert"):
+        description = helptext = _COMMANDS[name]
         if name == "convert":
             description += (". Conversion is deterministic and takes a second; --save writes the SNN as a file "
                             "(na_kernels.nn.load_snn reads it). In Python: na_kernels.nn.to_snn("
@@ -380,11 +422,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``na-kernels`` with ``argv``; returns the exit status (2 for a bad option, data, checkpoint or
     run setting: one ``na-kernels: error: ...`` line on stderr)."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # without a command (--help, --version, a typo) nothing but the command list is needed
+    parser = build_parser() if any(arg in _COMMANDS for arg in argv) else _command_list_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .datasets import DatasetError
+    from .train import CheckpointError, ConfigError
+
     try:
         return int(args.func(args) or 0)
     except (DatasetError, CheckpointError, ConfigError) as e:
