@@ -7,7 +7,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from na_kernels.nn import NoisyQuant, to_snn
-from nn_models import SmallCNN, TinyResNet, prepared
+from nn_models import SmallCNN, TinyMobileNet, TinyResNet, prepared
 
 pytest.importorskip("snntorch")
 pytest.importorskip("neurobench")
@@ -48,10 +48,15 @@ def _stem_macs(snn, x, names):
     return int(total) / x.shape[0]
 
 
-@pytest.mark.parametrize("model_class,per_channel", [(SmallCNN, False), (SmallCNN, True), (TinyResNet, False)])
-def test_neurobench_counts_agree_with_the_statistics(model_class, per_channel):
+@pytest.mark.parametrize("model_class,per_channel,calibrated", [
+    (SmallCNN, False, False), (SmallCNN, True, False), (SmallCNN, False, True), (TinyResNet, False, False),
+    (TinyMobileNet, True, False)])
+def test_neurobench_counts_agree_with_the_statistics(model_class, per_channel, calibrated):
     torch.manual_seed(0)
     snn = to_snn(prepared(model_class, per_channel=per_channel), T=T)
+    if calibrated:  # θ != amplitude: the kernel fires at θ, the spikes carry λ
+        for layer in snn.if_layers.values():
+            layer.threshold = layer.threshold * 0.8
     x, labels = torch.randn(12, 3, 16, 16), torch.randint(0, 5, (12,))
     model = neurobench_model(snn, x[:3])
     inputs = {}
@@ -68,11 +73,16 @@ def test_neurobench_counts_agree_with_the_statistics(model_class, per_channel):
     assert results["ClassificationAccuracy"] == (out[-1].argmax(-1) == labels).float().mean().item()
     assert results["ActivationSparsity"] == pytest.approx(1 - stats["total"]["firing_rate"], rel=1e-12)
     assert 0 < stats["total"]["sops_per_sample"]
-    assert ops["Effective_ACs"] == pytest.approx(stats["total"]["sops_per_sample"], rel=1e-12)
     assert model.folding["mac_layers"] == [s["name"] for s in stats["synapses"] if not s["spike_driven"]]
-    # the stem: na_kernels counts every tap of the padded conv, NeuroBench the in-bounds taps on nonzero inputs
-    assert ops["Effective_MACs"] == _stem_macs(snn, x, model.folding["mac_layers"])
-    assert ops["Effective_MACs"] <= stats["total"]["analog_macs_per_sample"]
+    mixed = model.folding["mixed_layers"]
+    assert bool(mixed) == (model_class is TinyMobileNet)  # its residual sums add analog values to spikes
+    routed = sum(s["sops"] for s in stats["synapses"] if s["name"] not in mixed) / x.shape[0]
+    assert ops["Effective_ACs"] == pytest.approx(routed, rel=1e-12)
+    if not mixed:
+        assert ops["Effective_ACs"] == pytest.approx(stats["total"]["sops_per_sample"], rel=1e-12)
+        # the stem: na_kernels counts every tap of the padded conv, NeuroBench the in-bounds taps on nonzero inputs
+        assert ops["Effective_MACs"] == _stem_macs(snn, x, model.folding["mac_layers"])
+        assert ops["Effective_MACs"] <= stats["total"]["analog_macs_per_sample"]
     assert results["MembraneUpdates"] == _membrane_updates(inputs, snn, x.shape[0]) / x.shape[0]
 
 

@@ -19,7 +19,13 @@ runs is a copy of ``snn.network`` rewritten so that NeuroBench's hooks see what 
   as one AC per synapse of that window, as ``snn.statistics()`` counts it (NeuroBench itself would
   book the pooled, non-binary values as MACs); the pooling additions are counted by neither;
 - conv/linear layers fed by the input only (the stem) run once per sample, at step 1, as in
-  ``SpikingNetwork`` (the input is the same at every step): their MACs are booked once.
+  ``SpikingNetwork`` (the input is the same at every step): their MACs are booked once; analog
+  layers behind spiking ones (a conv fed by a conv's output) run, and count MACs, at every step;
+- a conv/linear whose input mixes spikes with analog values (e.g. a residual sum of spikes and a
+  conv's output, as in MobileNetV2) or combines them otherwise (a product, a concatenation) is
+  left as it is, fed the amplitude-carrying values: NeuroBench books it as MACs over its nonzero
+  inputs, where ``snn.statistics()`` counts one SOP per nonzero input and synapse. Such layers
+  are listed in ``model.folding["mixed_layers"]``.
 
 Agreement with ``snn.statistics()`` (same network, same input): accuracy; activation sparsity
 ``= 1 - total firing_rate``; ``Effective_ACs = total sops_per_sample`` and ``Effective_MACs =
@@ -29,7 +35,8 @@ conv's kernel is k^d times larger), not the ANN's MACs. ``MembraneUpdates`` coun
 every neuron at step 1 and then each neuron whose potential changed (``x[t] != s[t]*θ``); na_kernels
 does not count membrane updates. ``NeuronOperations`` has a cost table of snnTorch's neuron
 classes only and fails on this one (NeuroBench reports 0.0). The folded network's output is
-checked against ``snn`` on ``example``; a route that cannot be folded raises ``NeuroBenchError``.
+checked against ``snn`` on ``example``; a route that cannot be folded (an overlapping pool before a
+conv) raises ``NeuroBenchError``.
 """
 import copy
 import math
@@ -219,22 +226,28 @@ def _fold(snn, example):
     if_nodes = {n: n.target for n in graph.nodes
                 if n.op == "call_module" and isinstance(gm.get_submodule(n.target), IFLayer)}
     amplitudes = {n: gm.get_submodule(t).amplitude for n, t in if_nodes.items()}
+    varying = set()  # nodes whose value changes from step to step: the IF layers and what they reach
+    for node in graph.nodes:
+        if node in if_nodes or any(a in varying for a in node.all_input_nodes):
+            varying.add(node)
     folded_uses = set()
-    report = {"ac_layers": [], "mac_layers": []}
+    report = {"ac_layers": [], "mac_layers": [], "mixed_layers": []}
     for meter_node in [n for n in graph.nodes if n.op == "call_module"
                        and isinstance(gm.get_submodule(n.target), SynapseMeter)]:
         meter = gm.get_submodule(meter_node.target)
         (consumer,) = list(meter_node.users)
         layer = gm.get_submodule(consumer.target)
         if not meter.spike_driven:
-            gm.add_submodule(consumer.target, _RunOnce(layer))
+            if meter_node.args[0] not in varying:  # the stem: the same at every step
+                gm.add_submodule(consumer.target, _RunOnce(layer))
             report["mac_layers"].append(meter.name)
             consumer.replace_input_with(meter_node, meter_node.args[0])
             continue
         routes = _routes(gm, meter_node.args[0], if_nodes, conv=meter.dims) if meter.routed else None
-        if not routes:
-            raise NeuroBenchError(f"{meter.name}: spikes reach this {meter.layer_type} through operations other than "
-                                  "reshapes, average pooling and sums; 0/1 events cannot be presented to it")
+        if not routes:  # spikes mixed with analog values (or multiplied, concatenated): left as they are
+            report["mixed_layers"].append(meter.name)
+            consumer.replace_input_with(meter_node, meter_node.args[0])
+            continue
         total = None
         for index, (if_node, pools) in enumerate(routes):
             shape = shapes[if_node]
@@ -253,6 +266,7 @@ def _fold(snn, example):
             with graph.inserting_before(consumer):
                 total = graph.call_function(operator.add, (total, graph.get_attr(bias)))
         consumer.replace_all_uses_with(total)
+        varying.add(total)
         graph.erase_node(consumer)
         report["ac_layers"].append(meter.name)
     graph.eliminate_dead_code()
@@ -280,7 +294,8 @@ def _fold(snn, example):
 class SNNBenchmarkModel(NeuroBenchModel):
     """A SpikingNetwork as NeuroBench's model: ``__call__(x [B, ...]) -> [B, classes]``, the mean
     output over T steps, run step by step (see the module's docstring). ``folding``: which
-    conv/linear layers count ACs (``ac_layers``) and which MACs once per sample (``mac_layers``)."""
+    conv/linear layers count ACs (``ac_layers``), which MACs once per sample (``mac_layers``) and
+    which are fed spikes mixed with analog values (``mixed_layers``, MACs at every step)."""
 
     def __init__(self, network: fx.GraphModule, T: int, folding: dict):
         super().__init__()
@@ -309,28 +324,39 @@ class SNNBenchmarkModel(NeuroBenchModel):
 def neurobench_model(snn, example: torch.Tensor, *, T=None, rtol: float = 1e-4, atol: float = 1e-5):
     """``snn`` (a SpikingNetwork) as a NeuroBench model (``SNNBenchmarkModel``) with 0/1 spikes,
     folded amplitudes and pools, T (default ``snn.T``) steps. ``example``: an input ``[B, ...]`` on
-    which the result's output must equal ``snn(example, T=T)[-1]`` (within rtol/atol), else
-    ``NeuroBenchError``. Hand it to ``neurobench.benchmarks.Benchmark`` with
-    ``argmax_postprocessor``."""
+    which the result's output must equal ``snn(example, T=T)[-1]`` (within rtol/atol) and each
+    IF layer fire as many spikes (up to rounding ties), else ``NeuroBenchError``. Hand it to
+    ``neurobench.benchmarks.Benchmark`` with ``argmax_postprocessor``."""
     _check_snn(snn)
     if not isinstance(example, torch.Tensor) or example.dim() < 1 or example.shape[0] < 1:
         raise TypeError("neurobench_model: example must be a tensor [B, ...] with B >= 1, the SNN's input")
     T = snn.T if T is None else check_time_steps("T", T)
     network, folding = _fold(snn, example)
     model = SNNBenchmarkModel(network, T, folding)
-    record = {m: m.record for m in snn.modules() if hasattr(m, "record")}
+    reference = copy.deepcopy(snn)  # the user's statistics stay as they are
+    reference.reset_statistics()
+    reference.record_statistics(True)
+    with torch.no_grad():
+        expected = reference(example, T=T)[-1].to(torch.float32)
+    spikes, hooks = {}, []
+    for module in model.net.modules():
+        if isinstance(module, NeuroBenchIF):
+            hooks.append(module.register_forward_hook(
+                lambda m, _, out: spikes.__setitem__(m.name, spikes.get(m.name, 0) + int(out.sum()))))
     try:
-        snn.record_statistics(False)
-        with torch.no_grad():
-            expected = snn(example, T=T)[-1].to(torch.float32)
+        got = model(example)
     finally:
-        for module, flag in record.items():
-            module.record = flag
-    got = model(example)
+        for hook in hooks:
+            hook.remove()
     if not torch.allclose(got, expected, rtol=rtol, atol=atol):
         error = (got - expected).abs().max().item()
         raise NeuroBenchError(f"neurobench_model: the folded network's output differs from the SNN's by {error:.3g} "
                               "on the example (a pooling or amplitude this adapter does not fold exactly)")
+    for name, layer in reference.if_layers.items():
+        count = int(layer.spikes)
+        if abs(spikes.get(name, 0) - count) > max(2, 1e-3 * count):  # a tie at θ may round either way
+            raise NeuroBenchError(f"neurobench_model: IF layer {name} fires {spikes.get(name, 0)} spikes on the "
+                                  f"example, the SNN {count}")
     return model
 
 
