@@ -2,7 +2,8 @@
 
 ``serialize`` (save_snn, load_snn: na_kernels' own format, tensors and plain data only) and
 ``nir_export`` (to_nir, from_nir: the Neuromorphic Intermediate Representation). Everything here
-is re-exported by ``na_kernels.nn``.
+is re-exported by ``na_kernels.nn``. ``neurobench`` (neurobench_model: a SpikingNetwork as a
+NeuroBench 2.x model that counts correctly) needs neurobench and snntorch, and is imported by name.
 """
 
 from .._lazy import lazy_exports
