@@ -379,14 +379,14 @@ def add_synapse_meters(gm: fx.GraphModule, if_nodes: Dict[fx.Node, str]) -> None
     """Insert a ``SynapseMeter`` before every conv/linear call (named like the IF layers:
     ``<layer>``, ``<layer>_call2``, ...); it is spike-driven when IF layers reach the call
     through stateless ops, analog (the stem) otherwise. Where IF outputs reach it through
-    routing only (``_routes``), each of those IF layers counts its SOPs from its spike counts."""
+    routing only (``spike_routes``), each of those IF layers counts its SOPs from its spike counts."""
     graph = gm.graph
     synaptic_nodes = module_calls(gm, SYNAPTIC_TYPES)
     synaptic_set = set(synaptic_nodes)
     for index, (node, name) in enumerate(number_call_sites(synaptic_nodes)):
         sources = _upstream_if_layers(node, if_nodes, synaptic_set)
         meter = SynapseMeter(name, gm.get_submodule(node.target), sources, spike_driven=bool(sources))
-        routes = _routes(gm, node.args[0], if_nodes, conv=meter.dims) if sources else None
+        routes = spike_routes(gm, node.args[0], if_nodes, conv=meter.dims) if sources else None
         if routes:
             for if_node, pools in routes:
                 gm.get_submodule(if_nodes[if_node]).add_route(name, meter.synapse, pools)
@@ -409,7 +409,7 @@ _ADAPTIVE_POOL_FUNCTIONS = {F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, 
 _ADDS = (operator.add, operator.iadd, torch.add)
 
 
-def _routes(gm: fx.GraphModule, value, if_nodes, conv: int):
+def spike_routes(gm: fx.GraphModule, value, if_nodes, conv: int):
     """How spikes reach ``value`` (a conv/linear input): ``[(IF node, pool specs), ...]`` when it
     is IF outputs routed by reshapes (not for a conv: it needs the IF's spatial layout), average
     pooling, dropout/identity and sums only, each path one entry; None otherwise (then the
@@ -438,7 +438,7 @@ def _routes(gm: fx.GraphModule, value, if_nodes, conv: int):
             pool = _functional_pool(value)
             source = value.args[0] if pool is not None else None
         elif value.target in _ADDS and len(value.args) == 2 and not value.kwargs:
-            left, right = (_routes(gm, a, if_nodes, conv) for a in value.args)
+            left, right = (spike_routes(gm, a, if_nodes, conv) for a in value.args)
             return left + right if left and right else None
     elif value.op == "call_method":
         if value.target == "contiguous" or (value.target in _RESHAPE_METHODS and not conv):
@@ -446,11 +446,11 @@ def _routes(gm: fx.GraphModule, value, if_nodes, conv: int):
     if source is None:
         return None
     if pool is None:
-        return _routes(gm, source, if_nodes, conv)
+        return spike_routes(gm, source, if_nodes, conv)
     dims = len(pool[1])
     if conv and dims != conv:
         return None
-    routes = _routes(gm, source, if_nodes, dims)  # below a pool: the IF's own layout, no reshape
+    routes = spike_routes(gm, source, if_nodes, dims)  # below a pool: the IF's own layout, no reshape
     return None if routes is None else [(node, pools + (pool,)) for node, pools in routes]
 
 

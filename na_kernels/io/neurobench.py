@@ -55,7 +55,7 @@ except ImportError as error:  # pragma: no cover - exercised where the peers are
     ) from error
 
 from .._validation import check_time_steps
-from ..convert.convert import _routes  # the same routing rule the statistics use
+from ..convert.convert import spike_routes  # the same routing rule the statistics use
 from ..nn.fx_utils import CONV_TYPES
 from ..nn.if_layer import IFLayer
 from ..ops.integrate_fire import integrate_fire, integrate_fire_carried
@@ -243,7 +243,7 @@ def _fold(snn, example):
             report["mac_layers"].append(meter.name)
             consumer.replace_input_with(meter_node, meter_node.args[0])
             continue
-        routes = _routes(gm, meter_node.args[0], if_nodes, conv=meter.dims) if meter.routed else None
+        routes = spike_routes(gm, meter_node.args[0], if_nodes, conv=meter.dims) if meter.routed else None
         if not routes:  # spikes mixed with analog values (or multiplied, concatenated): left as they are
             report["mixed_layers"].append(meter.name)
             consumer.replace_input_with(meter_node, meter_node.args[0])
