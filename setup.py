@@ -3,6 +3,7 @@
 The extension is optional: where no compiler (or no OpenMP) is found the package still
 installs, and na_kernels falls back to the PyTorch reference on the CPU with a warning.
 """
+
 import glob
 import os
 import sys
@@ -50,11 +51,20 @@ def compile_in_parallel(compiler, jobs):
     if jobs < 2 or not all(hasattr(compiler, name) for name in ("_setup_compile", "_get_cc_args", "_compile")):
         return
 
-    def compile(sources, output_dir=None, macros=None, include_dirs=None, debug=False, extra_preargs=None,
-                extra_postargs=None, depends=None):
+    def compile(
+        sources,
+        output_dir=None,
+        macros=None,
+        include_dirs=None,
+        debug=False,
+        extra_preargs=None,
+        extra_postargs=None,
+        depends=None,
+    ):
         # as distutils.ccompiler.CCompiler.compile, with the loop over objects in a thread pool
         macros, objects, extra_postargs, pp_opts, build = compiler._setup_compile(
-            output_dir, macros, include_dirs, sources, depends, extra_postargs)
+            output_dir, macros, include_dirs, sources, depends, extra_postargs
+        )
         cc_args = compiler._get_cc_args(pp_opts, debug, extra_preargs)
         todo = [obj for obj in objects if obj in build]
         done = []
@@ -66,8 +76,11 @@ def compile_in_parallel(compiler, jobs):
             compiler._compile(obj, src, ext, cc_args, extra_postargs, pp_opts)
             with lock:
                 done.append(obj)
-                print(f"na_kernels: compiled {src} ({len(done)}/{len(todo)}, {time.monotonic() - start:.0f} s)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"na_kernels: compiled {src} ({len(done)}/{len(todo)}, {time.monotonic() - start:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
         with ThreadPoolExecutor(min(jobs, len(todo) or 1)) as pool:
             for future in [pool.submit(compile_one, obj) for obj in todo]:
@@ -92,8 +105,12 @@ class OptionalBuildExt(build_ext):
         # the compile is silent for about a minute: say so first (pip shows it with -v);
         # nothing when build_ext would skip an up-to-date extension
         if self.force or newer_group(list(ext.sources) + list(ext.depends or []), self.get_ext_fullpath(ext.name)):
-            print(f"na_kernels: building the C++ kernels, {len(ext.sources)} files, {jobs} at a time "
-                  "(about 75 s of CPU time in all)...", file=sys.stderr, flush=True)
+            print(
+                f"na_kernels: building the C++ kernels, {len(ext.sources)} files, {jobs} at a time "
+                "(about 75 s of CPU time in all)...",
+                file=sys.stderr,
+                flush=True,
+            )
         for compile_flags, link_flags in attempts:
             ext.extra_compile_args = base_compile + compile_flags
             ext.extra_link_args = base_link + link_flags

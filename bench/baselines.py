@@ -12,6 +12,7 @@
   (``v_reset=None``), sigmoid surrogate α = 4; None when SpikingJelly is not installed.
 - ``EagerNoisyQuant``: ``qcfs_noisy`` as an ``nn.Module`` with a trainable λ (for ResNet-18).
 """
+
 import torch
 from torch import nn
 
@@ -76,15 +77,19 @@ def spikingjelly_if(threshold: float = 1.0):
         from spikingjelly.activation_based import neuron, surrogate
     except ImportError:
         return None
-    return neuron.IFNode(v_threshold=threshold, v_reset=None, surrogate_function=surrogate.Sigmoid(alpha=4.0),
-                         step_mode="m")
+    return neuron.IFNode(
+        v_threshold=threshold, v_reset=None, surrogate_function=surrogate.Sigmoid(alpha=4.0), step_mode="m"
+    )
 
 
 def spikingjelly_missing_reason():
     try:
         import spikingjelly  # noqa: F401
     except ImportError as error:
-        return f"SpikingJelly is not installed ({error}); `pip install spikingjelly --no-deps loguru tqdm` to compare against it"
+        return (
+            f"SpikingJelly is not installed ({error}); "
+            "`pip install spikingjelly --no-deps loguru tqdm` to compare against it"
+        )
     return None
 
 

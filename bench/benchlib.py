@@ -1,4 +1,5 @@
 """Helpers of the benchmark suite: device, sizes, copy bandwidth, the case runner (see conftest.py)."""
+
 import gc
 import math
 import os
@@ -35,9 +36,16 @@ if IS_CUDA:
 SIZE_TABLES = {
     "full": dict(
         nq_sizes={"128x64x32x32": (128, 64, 32, 32), "2^26": (1 << 26,)},
-        if_neurons=1 << 20, if_steps=(4, 8, 16, 32), model_archs=("resnet20",), train_batch=64, snn_batch=64,
-        snn_T=8, model_compile=("fp32",),
-        budget_s=1.0, min_rounds=10, max_rounds=200,
+        if_neurons=1 << 20,
+        if_steps=(4, 8, 16, 32),
+        model_archs=("resnet20",),
+        train_batch=64,
+        snn_batch=64,
+        snn_T=8,
+        model_compile=("fp32",),
+        budget_s=1.0,
+        min_rounds=10,
+        max_rounds=200,
     ),
     # CPU: the ResNet activation at batch 16 (2^20 elements, 4 MiB fp32: cache-resident), 2^23
     # elements (32 MiB fp32 each way), and 2^19 neurons per step for T <= 8 (T = 8: 16 MiB fp32
@@ -45,14 +53,30 @@ SIZE_TABLES = {
     # the neurons shrink so that T x N stays 2^22 (if_max_elements) and the suite stays short.
     "cpu": dict(
         nq_sizes={"16x64x32x32": (16, 64, 32, 32), "2^23": (1 << 23,)},
-        if_neurons=1 << 19, if_max_elements=1 << 22, if_steps=(4, 8, 16, 32), model_archs=("resnet20",),
-        train_batch=64, snn_batch=64, snn_T=8, model_compile=("fp32",), budget_s=1.0, min_rounds=5, max_rounds=50,
+        if_neurons=1 << 19,
+        if_max_elements=1 << 22,
+        if_steps=(4, 8, 16, 32),
+        model_archs=("resnet20",),
+        train_batch=64,
+        snn_batch=64,
+        snn_T=8,
+        model_compile=("fp32",),
+        budget_s=1.0,
+        min_rounds=5,
+        max_rounds=50,
     ),
     "tiny": dict(
         nq_sizes={"2x8x16x16": (2, 8, 16, 16), "2^16": (1 << 16,)},
-        if_neurons=1 << 12, if_steps=(4, 8), model_archs=("resnet20",), train_batch=2, snn_batch=1, snn_T=8,
+        if_neurons=1 << 12,
+        if_steps=(4, 8),
+        model_archs=("resnet20",),
+        train_batch=2,
+        snn_batch=1,
+        snn_T=8,
         model_compile=(),
-        budget_s=0.05, min_rounds=3, max_rounds=5,
+        budget_s=0.05,
+        min_rounds=3,
+        max_rounds=5,
     ),
 }
 SIZE_NAME = os.environ.get("NA_BENCH_SIZES") or ("full" if IS_CUDA else "cpu")
@@ -67,6 +91,7 @@ def if_neurons(T):
     neurons = SIZES["if_neurons"]
     cap = SIZES.get("if_max_elements")
     return max(1, min(neurons, cap // T)) if cap else neurons
+
 
 _SESSION = {"copy": None}  # the copy-bandwidth measurement, filled once per session
 
@@ -136,7 +161,8 @@ def measure_copy_bandwidth():
         dst = torch.empty_like(src)
         from triton.testing import do_bench
 
-        seconds = do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median") / 1e3
+        copy = lambda: dst.copy_(src)  # noqa: E731,F821  (ruff takes the del below for an earlier one)
+        seconds = do_bench(copy, warmup=25, rep=200, return_mode="median") / 1e3
         method = "torch.Tensor.copy_ of 1 GiB fp32 on the GPU, triton.testing.do_bench median"
     else:
         numel = 1 << 26 if SIZE_NAME != "tiny" else 1 << 22  # 256 MiB fp32: 8x the L3
@@ -181,8 +207,21 @@ def _minor_faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def run_case(benchmark, fn, *, group, impl, copy_bandwidth, bytes_moved=None, items=None,
-             item_name=None, grad_to_none=(), info=None, warmup=1, min_rounds=None):
+def run_case(
+    benchmark,
+    fn,
+    *,
+    group,
+    impl,
+    copy_bandwidth,
+    bytes_moved=None,
+    items=None,
+    item_name=None,
+    grad_to_none=(),
+    info=None,
+    warmup=1,
+    min_rounds=None,
+):
     """Time ``fn`` as one implementation of the case ``group`` and record its extra_info.
 
     bytes_moved: the fewest bytes a fused kernel must move for this case (None for whole
@@ -214,8 +253,9 @@ def run_case(benchmark, fn, *, group, impl, copy_bandwidth, bytes_moved=None, it
 
     benchmark.group = group
     extra = benchmark.extra_info
-    extra.update({"case": group, "impl": impl, "device": DEVICE, "sizes": SIZE_NAME,
-                  "threads": torch.get_num_threads()})
+    extra.update(
+        {"case": group, "impl": impl, "device": DEVICE, "sizes": SIZE_NAME, "threads": torch.get_num_threads()}
+    )
     if info:
         extra.update(info)
     faults_before = _minor_faults()

@@ -7,6 +7,7 @@ benchmark-size tensor each, inference (no_grad) and forward + backward.
 Prints the median over a few repeats of the mean time per call, with torch.relu (and its
 forward + backward) on the same tiny tensor as the floor of what an op call costs.
 """
+
 import argparse
 import statistics
 import time
@@ -35,16 +36,32 @@ def _time(fn, budget_s):
 def _cases(tiny_only):
     nq_tiny = torch.rand(16)
     if_tiny = torch.rand(8, 16)
-    cases = [("tiny", "torch.relu", nq_tiny, lambda x: torch.relu(x)),
-             ("tiny", "noisy_quant", nq_tiny, lambda x: na_kernels.noisy_quant(x, 3, 1.0)),
-             ("tiny", "noisy_quant lam=Parameter", nq_tiny,
-              lambda x, lam=torch.nn.Parameter(torch.tensor(1.0)): na_kernels.noisy_quant(x, 3, lam)),
-             ("tiny", "integrate_fire", if_tiny, lambda x: na_kernels.integrate_fire(x, 1.0)[0])]
+    cases = [
+        ("tiny", "torch.relu", nq_tiny, lambda x: torch.relu(x)),
+        ("tiny", "noisy_quant", nq_tiny, lambda x: na_kernels.noisy_quant(x, 3, 1.0)),
+        (
+            "tiny",
+            "noisy_quant lam=Parameter",
+            nq_tiny,
+            lambda x, lam=torch.nn.Parameter(torch.tensor(1.0)): na_kernels.noisy_quant(x, 3, lam),
+        ),
+        ("tiny", "integrate_fire", if_tiny, lambda x: na_kernels.integrate_fire(x, 1.0)[0]),
+    ]
     if not tiny_only:
-        cases += [("16x64x32x32", "noisy_quant", torch.randn(16, 64, 32, 32) * 0.6 + 0.4,
-                   lambda x: na_kernels.noisy_quant(x, 3, 1.0)),
-                  ("T=8 x 2^19", "integrate_fire", torch.randn(8, 1 << 19) * 0.6 + 0.4,
-                   lambda x: na_kernels.integrate_fire(x, 1.0)[0])]
+        cases += [
+            (
+                "16x64x32x32",
+                "noisy_quant",
+                torch.randn(16, 64, 32, 32) * 0.6 + 0.4,
+                lambda x: na_kernels.noisy_quant(x, 3, 1.0),
+            ),
+            (
+                "T=8 x 2^19",
+                "integrate_fire",
+                torch.randn(8, 1 << 19) * 0.6 + 0.4,
+                lambda x: na_kernels.integrate_fire(x, 1.0)[0],
+            ),
+        ]
     return cases
 
 

@@ -4,6 +4,7 @@ calls over eager, statistics on and off, on the networks of ``bench/statistics_o
 
     python bench/compile_snn.py [--nets digits,resnet] [--backend inductor] [--threads 2] [--reps 7]
 """
+
 import argparse
 import os
 import statistics
@@ -26,8 +27,9 @@ def main():
     parser.add_argument("--T", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch.compile(snn, backend={args.backend!r}), T={args.T}, {args.threads} thread(s), "
-          f"torch {torch.__version__}")
+    print(
+        f"torch.compile(snn, backend={args.backend!r}), T={args.T}, {args.threads} thread(s), torch {torch.__version__}"
+    )
     for name in args.nets.split(","):
         for record in (True, False):
             torch._dynamo.reset()
@@ -42,17 +44,19 @@ def main():
                 ratios, eager, fast = [], [], []
                 for rep in range(args.reps):
                     pair = {}
-                    for which in (("eager", "compiled") if rep % 2 == 0 else ("compiled", "eager")):
+                    for which in ("eager", "compiled") if rep % 2 == 0 else ("compiled", "eager"):
                         start = time.perf_counter()
                         (snn if which == "eager" else compiled)(x)
                         pair[which] = time.perf_counter() - start
                     eager.append(pair["eager"])
                     fast.append(pair["compiled"])
                     ratios.append(pair["eager"] / pair["compiled"])
-            print(f"{name:8s} statistics {'on ' if record else 'off'}: first call (compile) {compile_s:6.1f} s; "
-                  f"eager {1e3 * statistics.median(eager):7.1f} ms, compiled {1e3 * statistics.median(fast):7.1f} ms, "
-                  f"speedup x{statistics.median(ratios):.2f} (range x{min(ratios):.2f} .. x{max(ratios):.2f})",
-                  flush=True)
+            print(
+                f"{name:8s} statistics {'on ' if record else 'off'}: first call (compile) {compile_s:6.1f} s; "
+                f"eager {1e3 * statistics.median(eager):7.1f} ms, compiled {1e3 * statistics.median(fast):7.1f} ms, "
+                f"speedup x{statistics.median(ratios):.2f} (range x{min(ratios):.2f} .. x{max(ratios):.2f})",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@
   the op table; compiled ones carry the ``compile_model`` marker. ``NA_BENCH_DEADLINE`` (a Unix
   time) skips the cases left when it has passed.
 """
+
 import os
 import sys
 import time
@@ -40,9 +41,17 @@ if str(BENCH_DIR) not in sys.path:
 
 import summarize  # noqa: E402  (bench/summarize.py: the same tables from the JSON)
 from benchlib import (  # noqa: E402
-    DEVICE, SIZE_NAME, _SESSION, _load_average, _spikingjelly_version, _triton_version, copy_bandwidth_once,
-    describe_device, IS_CUDA,
+    _SESSION,
+    DEVICE,
+    IS_CUDA,
+    SIZE_NAME,
+    _load_average,
+    _spikingjelly_version,
+    _triton_version,
+    copy_bandwidth_once,
+    describe_device,
 )
+
 
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="session")
@@ -67,8 +76,11 @@ def pytest_configure(config):
             "(on a CPU the ops run the C++ kernels; on a GPU the compiled Triton kernels)."
         )
     config.addinivalue_line("markers", "bench_case: a timed case of the na_kernels benchmark suite")
-    config.addinivalue_line("markers", "compile_model: a whole network under torch.compile (compiles for tens "
-                                       "of seconds; bench/README.md, model cases)")
+    config.addinivalue_line(
+        "markers",
+        "compile_model: a whole network under torch.compile (compiles for tens "
+        "of seconds; bench/README.md, model cases)",
+    )
 
 
 DEADLINE_ENV = "NA_BENCH_DEADLINE"
@@ -91,10 +103,17 @@ def pytest_report_header(config):
     threads = torch.get_num_threads()
     return [
         f"na_kernels bench: device={describe_device()} sizes={SIZE_NAME} torch={torch.__version__} "
-        f"threads={threads}" + (f" triton={_triton_version()}" if IS_CUDA else "")
+        f"threads={threads}"
+        + (f" triton={_triton_version()}" if IS_CUDA else "")
         + f" malloc={_malloc_env() or 'defaults'}",
-    ] + ([f"na_kernels bench: TUNED allocator ({' '.join(f'{k}={v}' for k, v in _malloc_env().items())}): "
-          "not a plain process; see bench/README.md, 'malloc'"] if _malloc_env() else [])
+    ] + (
+        [
+            f"na_kernels bench: TUNED allocator ({' '.join(f'{k}={v}' for k, v in _malloc_env().items())}): "
+            "not a plain process; see bench/README.md, 'malloc'"
+        ]
+        if _malloc_env()
+        else []
+    )
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -136,16 +155,19 @@ MEDIAN_COLUMNS = ["median", "iqr", "min", "max", "rounds", "iterations"]
 
 
 def pytest_addoption(parser):
-    parser.addoption("--bench-full-tables", action="store_true", default=False,
-                     help=f"na_kernels bench: also print pytest-benchmark's own tables (or {FULL_TABLES_ENV}=1)")
+    parser.addoption(
+        "--bench-full-tables",
+        action="store_true",
+        default=False,
+        help=f"na_kernels bench: also print pytest-benchmark's own tables (or {FULL_TABLES_ENV}=1)",
+    )
 
 
 def _full_tables(config):
     if os.environ.get(FULL_TABLES_ENV, "0") not in ("", "0") or config.getoption("bench_full_tables", False):
         return True
     # a user who asks pytest-benchmark for something its tables show gets them
-    asked = ("benchmark_columns", "benchmark_compare", "benchmark_histogram", "benchmark_cprofile",
-             "benchmark_verbose")
+    asked = ("benchmark_columns", "benchmark_compare", "benchmark_histogram", "benchmark_cprofile", "benchmark_verbose")
     return any(config.getoption(name, None) for name in asked)
 
 
@@ -179,20 +201,32 @@ def _print_summary(terminalreporter):
     write(summarize.render(records, {"na_bench": _machine_summary()}, alternative_times=False))
     write("")
     if not _full_tables(config):
-        write(f"pytest-benchmark's full tables: {FULL_TABLES_ENV}=1 (or --bench-full-tables); "
-              "all numbers: --benchmark-json=out.json, then python bench/summarize.py out.json.")
+        write(
+            f"pytest-benchmark's full tables: {FULL_TABLES_ENV}=1 (or --bench-full-tables); "
+            "all numbers: --benchmark-json=out.json, then python bench/summarize.py out.json."
+        )
     write("Columns, allocator note: bench/README.md.")
 
 
 def _as_record(meta):
     """A pytest-benchmark Metadata as the dict shape of its JSON entry (shared extra_info)."""
-    return {"group": meta.group, "name": meta.name, "extra_info": meta.extra_info,
-            "stats": {"median": meta.stats.median, "iterations": meta.iterations}}
+    return {
+        "group": meta.group,
+        "name": meta.name,
+        "extra_info": meta.extra_info,
+        "stats": {"median": meta.stats.median, "iterations": meta.iterations},
+    }
 
 
 def _machine_summary():
-    return {"device": DEVICE, "device_name": describe_device(), "sizes": SIZE_NAME,
-            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "copy_bandwidth": _SESSION["copy"],
-            "load_average": _load_average(), "torch": torch.__version__, "malloc_env": _malloc_env()}
-
-
+    return {
+        "device": DEVICE,
+        "device_name": describe_device(),
+        "sizes": SIZE_NAME,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "copy_bandwidth": _SESSION["copy"],
+        "load_average": _load_average(),
+        "torch": torch.__version__,
+        "malloc_env": _malloc_env(),
+    }

@@ -13,6 +13,7 @@ example
     python bench/demo_sweep.py --p 1 --noise gaussian --scale 0.1 0.2 0.3 0.5 1.0 --seeds 0 1 2
     python bench/demo_sweep.py --data mnist10k --epochs 3 --seeds 0 1 2
 """
+
 import argparse
 import itertools
 import json
@@ -24,8 +25,8 @@ from torch import nn
 
 from na_kernels.app.datasets import BatchLoader, digits_split, mnist10k_split
 from na_kernels.app.models import build_model
-from na_kernels.nn import NoisyQuant, clipped_network, to_snn
 from na_kernels.app.train import evaluate, evaluate_snn, make_optimizer, make_scheduler, train_epoch
+from na_kernels.nn import NoisyQuant, clipped_network, to_snn
 
 TS = (1, 2, 4, 8, 16, 32, 64)
 
@@ -35,8 +36,11 @@ def deeper_digits_cnn(num_classes, in_channels, act, convs_per_stage, width=32):
     layers, c = [], in_channels
     for stage in range(2):
         for _ in range(convs_per_stage):
-            layers += [nn.Conv2d(c, width * (stage + 1), 3, padding=1, bias=False),
-                       nn.BatchNorm2d(width * (stage + 1)), act()]
+            layers += [
+                nn.Conv2d(c, width * (stage + 1), 3, padding=1, bias=False),
+                nn.BatchNorm2d(width * (stage + 1)),
+                act(),
+            ]
             c = width * (stage + 1)
         layers.append(nn.AvgPool2d(2))
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * 4, 128), act(), nn.Linear(128, num_classes))
@@ -46,8 +50,9 @@ ARCH = {"digits": "digits_cnn", "mnist10k": "mnist_cnn"}
 SPLIT = {"digits": digits_split, "mnist10k": mnist10k_split}
 
 
-def run(train, test, *, p, noise, scale, seed, epochs, lam, lr, opt, convs_per_stage=2, batch_size=32,
-        arch="digits_cnn"):
+def run(
+    train, test, *, p, noise, scale, seed, epochs, lam, lr, opt, convs_per_stage=2, batch_size=32, arch="digits_cnn"
+):
     """Train one demo CNN (or a deeper DigitsCNN); its ANN, clipped-network and SNN (T in TS) test accuracies."""
     torch.manual_seed(seed)
     scale_kw = {} if scale is None else {"scale": scale}  # None: NoisyQuant's default
@@ -83,12 +88,18 @@ def main(argv=None):
     ap.add_argument("--scale", type=float, nargs="+", default=[None], help="noise scale(s); default: the package's")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, nargs="+", default=[15])
-    ap.add_argument("--lam", type=lambda v: v if v == "auto" else float(v), nargs="+", default=[2.0],
-                    help='initial λ (a float or "auto")')
+    ap.add_argument(
+        "--lam",
+        type=lambda v: v if v == "auto" else float(v),
+        nargs="+",
+        default=[2.0],
+        help='initial λ (a float or "auto")',
+    )
     ap.add_argument("--lr", type=float, default=None, help="default 0.05 (sgd), 0.003 (adam)")
     ap.add_argument("--opt", choices=("sgd", "adam"), default="sgd")
-    ap.add_argument("--convs-per-stage", type=int, default=2, help="2 = the demo's DigitsCNN; more = deeper "
-                                                                   "(digits only)")
+    ap.add_argument(
+        "--convs-per-stage", type=int, default=2, help="2 = the demo's DigitsCNN; more = deeper (digits only)"
+    )
     ap.add_argument("--out", default=None, help="append one JSON line per run here")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -97,15 +108,42 @@ def main(argv=None):
     print("p noise    scale  ep  lam seed |  ANN limit | " + " ".join(f"T={T:<3d}" for T in TS) + " | s", flush=True)
     for p, noise, scale, epochs, lam, seed in itertools.product(a.p, a.noise, a.scale, a.epochs, a.lam, a.seeds):
         t0 = time.time()
-        r = run(train, test, p=p, noise=noise, scale=scale, seed=seed, epochs=epochs, lam=lam, lr=lr, opt=a.opt,
-                convs_per_stage=a.convs_per_stage, arch=ARCH[a.data])
-        row = dict(data=a.data, threads=a.threads, p=p, noise=noise, scale=scale, epochs=epochs, lam=lam, seed=seed,
-                   opt=a.opt, lr=lr,
-                   convs_per_stage=a.convs_per_stage, **r,
-                   seconds=round(time.time() - t0, 1))
-        print(f"{p} {noise:8s} {str(scale):5s} {epochs:3d} {lam!s:>4} {seed:4d} | {100 * r['ann']:5.1f} "
-              f"{100 * r['limit']:5.1f} | " + " ".join(f"{100 * r['snn'][T]:5.1f}" for T in TS)
-              + f" | {row['seconds']:.0f}", flush=True)
+        r = run(
+            train,
+            test,
+            p=p,
+            noise=noise,
+            scale=scale,
+            seed=seed,
+            epochs=epochs,
+            lam=lam,
+            lr=lr,
+            opt=a.opt,
+            convs_per_stage=a.convs_per_stage,
+            arch=ARCH[a.data],
+        )
+        row = dict(
+            data=a.data,
+            threads=a.threads,
+            p=p,
+            noise=noise,
+            scale=scale,
+            epochs=epochs,
+            lam=lam,
+            seed=seed,
+            opt=a.opt,
+            lr=lr,
+            convs_per_stage=a.convs_per_stage,
+            **r,
+            seconds=round(time.time() - t0, 1),
+        )
+        print(
+            f"{p} {noise:8s} {str(scale):5s} {epochs:3d} {lam!s:>4} {seed:4d} | {100 * r['ann']:5.1f} "
+            f"{100 * r['limit']:5.1f} | "
+            + " ".join(f"{100 * r['snn'][T]:5.1f}" for T in TS)
+            + f" | {row['seconds']:.0f}",
+            flush=True,
+        )
         if a.out:
             with open(a.out, "a") as f:
                 f.write(json.dumps(row) + "\n")

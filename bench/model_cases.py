@@ -37,6 +37,7 @@ runs, and the peak is ``VmHWM`` after minus ``VmRSS`` before: the memory the cal
 it holds between calls (activations, gradients' temporaries, workspace). None where
 ``/proc`` does not allow it.
 """
+
 import contextlib
 import copy
 import ctypes
@@ -54,8 +55,15 @@ LAM = 8.0  # the initial λ (every layer's θ after conversion)
 
 TRAIN_ACTIVATIONS = ("relu", "qcfs", "noisy_quant")
 ACTIVATION_TITLES = {"relu": "ReLU", "qcfs": "QCFS+noise formula (plain torch)", "noisy_quant": "NoisyQuant"}
-SNN_IMPLS = ("na_kernels", "na_kernels_stats", "na_kernels_compiled", "channels_last", "reference",
-             "spikingjelly", "spikingjelly_compiled")
+SNN_IMPLS = (
+    "na_kernels",
+    "na_kernels_stats",
+    "na_kernels_compiled",
+    "channels_last",
+    "reference",
+    "spikingjelly",
+    "spikingjelly_compiled",
+)
 SNN_TITLES = {
     "na_kernels": "na_kernels, statistics off",
     "na_kernels_stats": "na_kernels, statistics on",

@@ -15,6 +15,7 @@ for the cost of the work, not for the machine's noise):
   forward into an existing output (spikes, counts) by comparing it with a single read pass.
 It never sets TRITON_INTERPRET and runs the C++ kernels.
 """
+
 import argparse
 import time
 
@@ -48,25 +49,34 @@ def main(argv=None):
             x = (torch.randn(n) * 0.6 + 0.4).to(dtype)
             out = torch.empty_like(x)
             t_copy = best(lambda: out.copy_(x))
-            print(f"noisy_quant 2^{args.n} {dtype}: copy of x into a preallocated y {t_copy * 1e3:.1f} ms "
-                  f"({2 * n * e / t_copy / 1e9:.1f} GB/s)")
+            print(
+                f"noisy_quant 2^{args.n} {dtype}: copy of x into a preallocated y {t_copy * 1e3:.1f} ms "
+                f"({2 * n * e / t_copy / 1e9:.1f} GB/s)"
+            )
             for noise in (None, "uniform", "gaussian"):
                 t = best(lambda: na_kernels.noisy_quant(x, 3, 1.0, noise=noise), 5 if noise == "gaussian" else 9)
-                print(f"  forward noise={str(noise):8s} {t * 1e3:7.1f} ms = {n / t / 1e6:6.0f} Melem/s "
-                      f"= {2 * n * e / t / 1e9:5.2f} GB/s ({100 * t_copy / t:.0f} % of the copy)")
+                print(
+                    f"  forward noise={str(noise):8s} {t * 1e3:7.1f} ms = {n / t / 1e6:6.0f} Melem/s "
+                    f"= {2 * n * e / t / 1e9:5.2f} GB/s ({100 * t_copy / t:.0f} % of the copy)"
+                )
             t_fresh = best(lambda: torch.empty_like(x).fill_(0))
             t_pre = best(lambda: out.fill_(0))
-            print(f"  writing a fresh {n * e >> 20} MiB output {t_fresh * 1e3:.1f} ms vs a preallocated one "
-                  f"{t_pre * 1e3:.1f} ms (page faults of a fresh allocation: {1e3 * (t_fresh - t_pre):.1f} ms)")
+            print(
+                f"  writing a fresh {n * e >> 20} MiB output {t_fresh * 1e3:.1f} ms vs a preallocated one "
+                f"{t_pre * 1e3:.1f} ms (page faults of a fresh allocation: {1e3 * (t_fresh - t_pre):.1f} ms)"
+            )
             xs = (torch.rand(T, neurons) * 0.8).to(dtype)
             spikes = torch.empty_like(xs)
             t_copy = best(lambda: spikes.copy_(xs))
             t_if = best(lambda: na_kernels.integrate_fire(xs, 1.0))
             moved = 2 * T * neurons * e + 4 * neurons
             t_read = best(lambda: xs.sum())
-            print(f"integrate_fire fwd T={T} N=2^{args.neurons} {dtype}: {t_if * 1e3:.2f} ms = {moved / t_if / 1e9:.2f} GB/s; "
-                  f"copy of the same input {t_copy * 1e3:.2f} ms ({100 * t_copy / t_if:.0f} % of the copy's speed); "
-                  f"one read pass (x.sum) {t_read * 1e3:.2f} ms")
+            print(
+                f"integrate_fire fwd T={T} N=2^{args.neurons} {dtype}: {t_if * 1e3:.2f} ms = "
+                f"{moved / t_if / 1e9:.2f} GB/s; "
+                f"copy of the same input {t_copy * 1e3:.2f} ms ({100 * t_copy / t_if:.0f} % of the copy's speed); "
+                f"one read pass (x.sum) {t_read * 1e3:.2f} ms"
+            )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ other processes than wall time at one thread), rounds interleaved, medians.
 Networks and variants: bench/model_cases.py (``--impl``: na_kernels, na_kernels_stats, reference,
 spikingjelly; ``--layout channels_last`` converts weights and input as the channels_last case does).
 """
+
 import argparse
 import collections
 import os
@@ -53,9 +54,11 @@ def label_if_layers(snn):
     import torch
 
     for layer in snn.if_layers.values():
+
         def forward(x, _forward=layer.forward):
             with torch.profiler.record_function(IF_LABEL):
                 return _forward(x)
+
         layer.forward = forward
 
 
@@ -79,8 +82,12 @@ def profile(args, dtype, layout):
     groups = collections.Counter()
     for e in events:
         groups[_group(e.key)] += e.self_cpu_time_total
-    lines = [(f"## {args.arch} SNN T={args.T} batch {args.batch} {dtype} {layout} ({args.impl}), "
-              f"{torch.get_num_threads()} thread(s): {total / 1e3 / args.repeats:.1f} ms per pass (profiled)")]
+    lines = [
+        (
+            f"## {args.arch} SNN T={args.T} batch {args.batch} {dtype} {layout} ({args.impl}), "
+            f"{torch.get_num_threads()} thread(s): {total / 1e3 / args.repeats:.1f} ms per pass (profiled)"
+        )
+    ]
     for group, micros in groups.most_common():
         lines.append(f"  {group:<28} {100 * micros / total:5.1f} %")
     lines.append("  top ops (self CPU):")
@@ -92,9 +99,26 @@ def profile(args, dtype, layout):
 def onednn_split(args, dtype, layout):
     """{primitive kind: ms} from ONEDNN_VERBOSE=1 in a child process (profile mode: only timing)."""
     env = dict(os.environ, ONEDNN_VERBOSE="1", NA_PROFILE_CHILD="1")
-    command = [sys.executable, __file__, "--dtype", dtype, "--layout", layout, "--arch", args.arch, "--T", str(args.T),
-               "--batch", str(args.batch), "--threads", str(args.threads), "--repeats", str(args.repeats),
-               "--impl", args.impl]
+    command = [
+        sys.executable,
+        __file__,
+        "--dtype",
+        dtype,
+        "--layout",
+        layout,
+        "--arch",
+        args.arch,
+        "--T",
+        str(args.T),
+        "--batch",
+        str(args.batch),
+        "--threads",
+        str(args.threads),
+        "--repeats",
+        str(args.repeats),
+        "--impl",
+        args.impl,
+    ]
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     kinds, started = collections.Counter(), False
     for line in out.splitlines():
@@ -138,8 +162,10 @@ def compare(args):
 
     for dtype in args.dtype:
         impls = {layout: ("channels_last" if layout == "channels_last" else args.impl) for layout in args.layout}
-        passes = {layout: model_cases.snn_pass(args.arch, impl, args.T, args.batch, dtype)[0]
-                  for layout, impl in impls.items()}
+        passes = {
+            layout: model_cases.snn_pass(args.arch, impl, args.T, args.batch, dtype)[0]
+            for layout, impl in impls.items()
+        }
         for run in passes.values():
             run()
         seconds = {layout: [] for layout in passes}
@@ -150,19 +176,26 @@ def compare(args):
                 seconds[layout].append(time.process_time() - start)
         medians = {layout: statistics.median(v) for layout, v in seconds.items()}
         first = next(iter(medians))
-        print(f"{args.arch} SNN T={args.T} batch {args.batch} {dtype}: " + ", ".join(
-            f"{layout} {1e3 * m:.1f} ms (min {1e3 * min(seconds[layout]):.1f}, {medians[first] / m:.2f}x {first})"
-            for layout, m in medians.items()), flush=True)
+        print(
+            f"{args.arch} SNN T={args.T} batch {args.batch} {dtype}: "
+            + ", ".join(
+                f"{layout} {1e3 * m:.1f} ms (min {1e3 * min(seconds[layout]):.1f}, {medians[first] / m:.2f}x {first})"
+                for layout, m in medians.items()
+            ),
+            flush=True,
+        )
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet20", choices=("resnet20", "resnet18"))
-    parser.add_argument("--impl", default="na_kernels", choices=("na_kernels", "na_kernels_stats", "reference",
-                                                                  "spikingjelly"))
+    parser.add_argument(
+        "--impl", default="na_kernels", choices=("na_kernels", "na_kernels_stats", "reference", "spikingjelly")
+    )
     parser.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
-    parser.add_argument("--layout", nargs="+", default=["contiguous", "channels_last"],
-                        choices=("contiguous", "channels_last"))
+    parser.add_argument(
+        "--layout", nargs="+", default=["contiguous", "channels_last"], choices=("contiguous", "channels_last")
+    )
     parser.add_argument("--T", type=int, default=8)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
@@ -192,8 +225,10 @@ def main(argv=None):
                 total = sum(kinds.values())
                 if total:
                     split = ", ".join(f"{kind} {100 * ms / total:.1f} %" for kind, ms in kinds.most_common())
-                    print(f"  oneDNN primitives: {total / args.repeats:.1f} ms per pass of {wall / args.repeats:.1f} ms "
-                          f"wall ({100 * total / wall:.0f} %): {split}")
+                    print(
+                        f"  oneDNN primitives: {total / args.repeats:.1f} ms per pass of {wall / args.repeats:.1f} ms "
+                        f"wall ({100 * total / wall:.0f} %): {split}"
+                    )
             print(flush=True)
     print(f"load average at the end: {os.getloadavg()}")
     return 0

@@ -10,6 +10,7 @@ run as direct kernel calls inside NoisyQuantEager / EagerFunctionBackward, or as
 under autocast), optimizer, and the rest. --compare: process CPU time of one step of each,
 rounds interleaved, medians (less disturbed by other processes than wall time at one thread).
 """
+
 import argparse
 import collections
 import os
@@ -54,12 +55,20 @@ def profile(args, activation, dtype):
     groups = collections.Counter()
     for e in events:
         groups[_group(e.key)] += e.self_cpu_time_total
-    lines = [(f"## {args.arch} train step batch {args.batch} {dtype} {activation}: "
-              f"{total / 1e3 / args.repeats:.1f} ms per step (profiled)")]
+    lines = [
+        (
+            f"## {args.arch} train step batch {args.batch} {dtype} {activation}: "
+            f"{total / 1e3 / args.repeats:.1f} ms per step (profiled)"
+        )
+    ]
     lines += [f"  {group:<34} {100 * us / total:5.1f} %" for group, us in groups.most_common()]
-    lines.append("  top ops (self CPU): " + ", ".join(
-        f"{e.key} {100 * e.self_cpu_time_total / total:.1f} %"
-        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.top]))
+    lines.append(
+        "  top ops (self CPU): "
+        + ", ".join(
+            f"{e.key} {100 * e.self_cpu_time_total / total:.1f} %"
+            for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[: args.top]
+        )
+    )
     return "\n".join(lines)
 
 
@@ -77,15 +86,17 @@ def compare(args, dtype):
             step()
             seconds[a].append(time.process_time() - start)
     medians = {a: statistics.median(v) for a, v in seconds.items()}
-    return (f"{args.arch} train step batch {args.batch} {dtype}: " + ", ".join(
-        f"{a} {1e3 * m:.1f} ms ({m / medians['relu']:.2f}x relu)" for a, m in medians.items()))
+    return f"{args.arch} train step batch {args.batch} {dtype}: " + ", ".join(
+        f"{a} {1e3 * m:.1f} ms ({m / medians['relu']:.2f}x relu)" for a, m in medians.items()
+    )
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet20", choices=("resnet20", "resnet18"))
-    parser.add_argument("--activation", nargs="+", default=["relu", "noisy_quant"],
-                        choices=("relu", "qcfs", "noisy_quant"))
+    parser.add_argument(
+        "--activation", nargs="+", default=["relu", "noisy_quant"], choices=("relu", "qcfs", "noisy_quant")
+    )
     parser.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)

@@ -11,7 +11,8 @@ sets MALLOC_TUNING below for the benchmark process (a configuration a user has t
 bench/README.md, "malloc"), and its files get ``-malloc-tuned`` in their names and say so.
 
 Writes, under --out (default bench/results/):
-    <machine>-<date>[-simd-<level>][-malloc-tuned].json         pytest-benchmark JSON (extra_info: bytes, GB/s, % copy, speedups)
+    <machine>-<date>[-simd-<level>][-malloc-tuned].json
+        pytest-benchmark JSON (extra_info: bytes, GB/s, % copy, speedups)
     <machine>-<date>.md           the markdown summary (bench/summarize.py) + the test outcome
     <machine>-<date>-tests.txt    the test suite's output (unless --skip-tests)
 where <machine> is the GPU's name (e.g. nvidia-h100-80gb-hbm3) or cpu-<model>-<threads>t and
@@ -24,6 +25,7 @@ less DEADLINE_MARGIN_S for the case in flight and the files, has passed (``NA_BE
 The op cases run first (file order), then the whole-network cases; ``--no-compiled-models``
 skips the compiled networks (``NA_BENCH_MODEL_COMPILE=none``).
 """
+
 import argparse
 import datetime
 import os
@@ -34,7 +36,8 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-# Only with --malloc-tuning (never by default): glibc serves every allocation from the heap and never gives freed memory back, so
+# Only with --malloc-tuning (never by default): glibc serves every allocation from the heap and never
+# gives freed memory back, so
 # a tensor allocated again after it was freed reuses pages instead of faulting fresh ones in.
 # Without it, an output of the size of the last freed block is mmapped anew on every call (the
 # dynamic mmap threshold equals that size) and its page faults -- about 1 ms per MiB on the
@@ -78,17 +81,32 @@ def main(argv=None):
     parser.add_argument("--out", default=str(BENCH / "results"), help="output folder (default bench/results)")
     parser.add_argument("--allow-cpu", action="store_true", help="run on the CPU when there is no GPU")
     parser.add_argument("--skip-tests", action="store_true", help="benchmark only")
-    parser.add_argument("--sizes", choices=("full", "cpu", "tiny"), help="size table (default: full on CUDA, cpu on CPU)")
-    parser.add_argument("--malloc-tuning", action="store_true",
-                        help="set MALLOC_MMAP_MAX_=0 and a huge MALLOC_TRIM_THRESHOLD_ for the benchmark (glibc keeps "
-                             "freed memory); not what a plain `pytest bench/ --benchmark-only` measures; the output "
-                             "files are named and labelled -malloc-tuned")
-    parser.add_argument("--no-malloc-tuning", action="store_true",
-                        help="accepted for old command lines: a plain process is the default now")
-    parser.add_argument("--budget-s", type=float, default=None,
-                        help="wall-clock seconds for the whole run (tests + benchmark): cases left past it are skipped")
-    parser.add_argument("--no-compiled-models", action="store_true",
-                        help="skip the compiled whole-network cases (NA_BENCH_MODEL_COMPILE=none)")
+    parser.add_argument(
+        "--sizes", choices=("full", "cpu", "tiny"), help="size table (default: full on CUDA, cpu on CPU)"
+    )
+    parser.add_argument(
+        "--malloc-tuning",
+        action="store_true",
+        help="set MALLOC_MMAP_MAX_=0 and a huge MALLOC_TRIM_THRESHOLD_ for the benchmark (glibc keeps "
+        "freed memory); not what a plain `pytest bench/ --benchmark-only` measures; the output "
+        "files are named and labelled -malloc-tuned",
+    )
+    parser.add_argument(
+        "--no-malloc-tuning",
+        action="store_true",
+        help="accepted for old command lines: a plain process is the default now",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="wall-clock seconds for the whole run (tests + benchmark): cases left past it are skipped",
+    )
+    parser.add_argument(
+        "--no-compiled-models",
+        action="store_true",
+        help="skip the compiled whole-network cases (NA_BENCH_MODEL_COMPILE=none)",
+    )
     parser.add_argument("pytest_args", nargs="*", help="extra arguments for the benchmark pytest run (after --)")
     args = parser.parse_args(argv)
 
@@ -109,8 +127,11 @@ def main(argv=None):
     level = env.get("NA_KERNELS_SIMD", "").strip().lower()
     if device == "cpu" and level in ATEN_CAPABILITY_OF_LEVEL and "ATEN_CPU_CAPABILITY" not in env:
         env["ATEN_CPU_CAPABILITY"] = ATEN_CAPABILITY_OF_LEVEL[level]
-        print(f"run_gpu.py: NA_KERNELS_SIMD={level}: torch's kernels capped to match "
-              f"(ATEN_CPU_CAPABILITY={env['ATEN_CPU_CAPABILITY']})", flush=True)
+        print(
+            f"run_gpu.py: NA_KERNELS_SIMD={level}: torch's kernels capped to match "
+            f"(ATEN_CPU_CAPABILITY={env['ATEN_CPU_CAPABILITY']})",
+            flush=True,
+        )
     if args.sizes:
         env["NA_BENCH_SIZES"] = args.sizes
     if args.malloc_tuning and args.no_malloc_tuning:
@@ -121,8 +142,11 @@ def main(argv=None):
         env["NA_BENCH_MODEL_COMPILE"] = "none"
     tuned = {k: v for k, v in env.items() if k.startswith("MALLOC_")}
     if tuned and not args.malloc_tuning:
-        print(f"run_gpu.py: note: glibc settings inherited from the environment ({tuned}): the files are "
-              "labelled -malloc-tuned; unset them for a plain run", flush=True)
+        print(
+            f"run_gpu.py: note: glibc settings inherited from the environment ({tuned}): the files are "
+            "labelled -malloc-tuned; unset them for a plain run",
+            flush=True,
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{machine_slug(device)}-{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}"
@@ -138,9 +162,14 @@ def main(argv=None):
         limit = TEST_SHARE * args.budget_s if args.budget_s else None
         with open(log, "w") as f:
             try:
-                code = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "tests"), "-q", "-p",
-                                       "no:cacheprovider"], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                      timeout=limit).returncode
+                code = subprocess.run(
+                    [sys.executable, "-m", "pytest", str(ROOT / "tests"), "-q", "-p", "no:cacheprovider"],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    timeout=limit,
+                ).returncode
             except subprocess.TimeoutExpired:
                 code = f"none: stopped after {limit:.0f} s (--budget-s {args.budget_s:g})"
         last = [line for line in log.read_text().splitlines() if line.strip()][-1:] or ["(no output)"]
@@ -148,8 +177,18 @@ def main(argv=None):
         print("run_gpu.py:", test_line, flush=True)
 
     json_path = out / f"{stem}.json"
-    command = [sys.executable, "-m", "pytest", str(BENCH), "--benchmark-only", f"--benchmark-json={json_path}",
-               "-p", "no:cacheprovider", "-q", *args.pytest_args]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(BENCH),
+        "--benchmark-only",
+        f"--benchmark-json={json_path}",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        *args.pytest_args,
+    ]
     if args.budget_s:
         env["NA_BENCH_DEADLINE"] = str(started + args.budget_s - DEADLINE_MARGIN_S)
     print("run_gpu.py:", " ".join(command), flush=True)
@@ -176,8 +215,10 @@ def main(argv=None):
     shown = shlex.join(shown)
     if tuned:
         settings = " ".join(f"{k}={v}" for k, v in sorted(tuned.items()))
-        process = (f"**Tuned allocator ({settings})**: not a plain process; a plain "
-                   "`pytest bench/ --benchmark-only` does not measure these numbers (bench/README.md, \"malloc\").")
+        process = (
+            f"**Tuned allocator ({settings})**: not a plain process; a plain "
+            '`pytest bench/ --benchmark-only` does not measure these numbers (bench/README.md, "malloc").'
+        )
     else:
         process = "Plain process (glibc malloc defaults), as `pytest bench/ --benchmark-only` runs."
     md_path.write_text(

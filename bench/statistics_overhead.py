@@ -18,10 +18,11 @@ shared, loaded machine widens the range: say so when reporting).
 Another revision: ``PYTHONPATH=<its checkout> python bench/statistics_overhead.py`` (the script
 adds its own checkout only when na_kernels is not importable).
 """
+
 import argparse
 import os
-import sys
 import statistics
+import sys
 import time
 
 import torch
@@ -35,9 +36,14 @@ except ImportError:  # run from a checkout
 
 def pooled_net():
     return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 7 * 7, 10),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 10),
     )
 
 
@@ -47,8 +53,10 @@ def networks():
     return {
         "pooled": (pooled_net, (256, 1, 28, 28)),
         "digits": (digits_cnn, (256, 1, 8, 8)),
-        "vgg": (lambda: VGG([32, 32, "A", 64, 64, "A", 128, 128, "A", 128, "A", 128, "A"], hidden=256),
-                (64, 3, 32, 32)),
+        "vgg": (
+            lambda: VGG([32, 32, "A", 64, 64, "A", 128, 128, "A", 128, "A", 128, "A"], hidden=256),
+            (64, 3, 32, 32),
+        ),
         "resnet": (resnet20, (32, 3, 32, 32)),
     }
 
@@ -76,7 +84,7 @@ def overhead(snn, x, reps, clock=time.perf_counter):
             snn(x)
         for rep in range(reps):
             pair = {}
-            for flag in ((True, False) if rep % 2 == 0 else (False, True)):
+            for flag in (True, False) if rep % 2 == 0 else (False, True):
                 snn.record_statistics(flag)
                 start = clock()
                 snn(x)
@@ -84,8 +92,13 @@ def overhead(snn, x, reps, clock=time.perf_counter):
                 times[flag].append(pair[flag])
             ratios.append(pair[True] / pair[False] - 1)
     snn.record_statistics(True)
-    return statistics.median(ratios), min(ratios), max(ratios), statistics.median(times[True]), \
-        statistics.median(times[False])
+    return (
+        statistics.median(ratios),
+        min(ratios),
+        max(ratios),
+        statistics.median(times[True]),
+        statistics.median(times[False]),
+    )
 
 
 def main():
@@ -94,21 +107,29 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--T", type=int, default=8)
     parser.add_argument("--nets", default="pooled,digits,vgg,resnet")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="wall clock, or this process's CPU time (less sensitive to other load; with "
-                             "--threads 1)")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall clock, or this process's CPU time (less sensitive to other load; with --threads 1)",
+    )
     args = parser.parse_args()
     import na_kernels
 
     torch.set_num_threads(args.threads)
-    print(f"statistics overhead, T={args.T}, {args.threads} thread(s), {args.reps} interleaved pairs, "
-          f"{args.clock} clock, torch {torch.__version__}, na_kernels from {os.path.dirname(na_kernels.__file__)}")
+    print(
+        f"statistics overhead, T={args.T}, {args.threads} thread(s), {args.reps} interleaved pairs, "
+        f"{args.clock} clock, torch {torch.__version__}, na_kernels from {os.path.dirname(na_kernels.__file__)}"
+    )
     for name in args.nets.split(","):
         snn, x = converted(name, args.T)
         clock = time.perf_counter if args.clock == "wall" else time.process_time
         median, low, high, on, off = overhead(snn, x, args.reps, clock)
-        print(f"{name:8s} batch {x.shape[0]:4d}: on {1e3 * on:8.1f} ms, off {1e3 * off:8.1f} ms, overhead "
-              f"{100 * median:+6.1f} % (range {100 * low:+.1f} .. {100 * high:+.1f} %)", flush=True)
+        print(
+            f"{name:8s} batch {x.shape[0]:4d}: on {1e3 * on:8.1f} ms, off {1e3 * off:8.1f} ms, overhead "
+            f"{100 * median:+6.1f} % (range {100 * low:+.1f} .. {100 * high:+.1f} %)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

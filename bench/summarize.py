@@ -14,14 +14,14 @@ Time: extra_info["time_s"] where the suite recorded one (on CUDA: triton do_benc
 else pytest-benchmark's median. The conftest imports this module to print the same summary
 at the end of ``pytest bench/ --benchmark-only`` (without the alternatives' time columns).
 """
+
 import argparse
 import json
 import sys
 
 OURS = "na_kernels"
 ALTERNATIVES = ("eager", "compile", "spikingjelly")
-IMPL_TITLES = {"na_kernels": "na_kernels", "eager": "eager", "compile": "torch.compile",
-               "spikingjelly": "SpikingJelly"}
+IMPL_TITLES = {"na_kernels": "na_kernels", "eager": "eager", "compile": "torch.compile", "spikingjelly": "SpikingJelly"}
 
 
 def case_time(record):
@@ -105,8 +105,10 @@ def malloc_line(info):
     malloc = info.get("malloc_env")
     if malloc:
         settings = " ".join(f"{k}={v}" for k, v in sorted(malloc.items()))
-        return (f"Allocator: TUNED glibc malloc ({settings}): not a plain process, so not what "
-                f"`pytest bench/ --benchmark-only` prints by default (bench/README.md, 'malloc').")
+        return (
+            f"Allocator: TUNED glibc malloc ({settings}): not a plain process, so not what "
+            f"`pytest bench/ --benchmark-only` prints by default (bench/README.md, 'malloc')."
+        )
     return "Allocator: glibc malloc defaults (a plain process, as `pytest bench/ --benchmark-only` runs)."
 
 
@@ -138,8 +140,10 @@ def render(records, machine_info=None, alternative_times=True):
     load, threads = info.get("load_average"), info.get("threads")
     # the suite's own threads count in the load average: more than one core beyond them is others'
     if info.get("device") == "cpu" and load and threads and load[0] > threads + 1:
-        lines.append(f"WARNING: load average {load[0]} with {threads} benchmark threads: other processes "
-                     "shared the cores, so times and ratios are unreliable; rerun on a quiet machine.")
+        lines.append(
+            f"WARNING: load average {load[0]} with {threads} benchmark threads: other processes "
+            "shared the cores, so times and ratios are unreliable; rerun on a quiet machine."
+        )
     if copy:
         lines.append(f"Copy bandwidth: {copy['gbps']:.1f} GB/s ({copy.get('method')}).")
     if info:
@@ -161,9 +165,17 @@ def render(records, machine_info=None, alternative_times=True):
             ours_time = case_time(ours) if ours else None
             throughput = [f"{k[:-6]}/s {v:,.1f}" for k, v in extra.items() if k.endswith("_per_s")]
             cell = _fmt_time(ours_time) + (f" ({throughput[0]})" if throughput else "")
-            row = [*_split_case(case), cell, _fmt(extra.get("gbps"), "{:.2f}"),
-                   _fmt(None if extra.get("fraction_of_copy_bandwidth") is None
-                        else 100 * extra["fraction_of_copy_bandwidth"], "{:.0f} %")]
+            row = [
+                *_split_case(case),
+                cell,
+                _fmt(extra.get("gbps"), "{:.2f}"),
+                _fmt(
+                    None
+                    if extra.get("fraction_of_copy_bandwidth") is None
+                    else 100 * extra["fraction_of_copy_bandwidth"],
+                    "{:.0f} %",
+                ),
+            ]
             for impl in present:
                 other = case_time(impls[impl]) if impl in impls else None
                 row.append(_fmt(other / ours_time if other and ours_time else None, "{:.2f}×"))
@@ -187,8 +199,10 @@ def model_table(records, alternative_times=True):
     """Whole networks: one row per na_kernels variant of a case, with its time, images/s and peak
     memory, and its ratio to every other variant of the case measured in this run."""
     cases = _by_case(records)
-    header = ("| model case | na_kernels variant | time | images/s | peak memory | × time vs (> 1: faster) "
-              "| × memory vs (< 1: less) |")
+    header = (
+        "| model case | na_kernels variant | time | images/s | peak memory | × time vs (> 1: faster) "
+        "| × memory vs (< 1: less) |"
+    )
     lines = [header, "|---|---|---|---|---|---|---|"]
     for case in sorted(cases, key=_case_key):
         impls = cases[case]
@@ -200,32 +214,50 @@ def model_table(records, alternative_times=True):
                 continue
             seconds = case_time(record)
             rate = extra.get("images_per_s")
-            versus = [f"{extra[f'speedup_vs_{o}']:.2f}× {titles[o]}" + (
-                f" ({_fmt_time(case_time(impls[o]))})" if alternative_times else "")
-                for o in others if f"speedup_vs_{o}" in extra]
+            versus = [
+                f"{extra[f'speedup_vs_{o}']:.2f}× {titles[o]}"
+                + (f" ({_fmt_time(case_time(impls[o]))})" if alternative_times else "")
+                for o in others
+                if f"speedup_vs_{o}" in extra
+            ]
             memory = [f"{extra[f'memory_vs_{o}']:.2f}× {titles[o]}" for o in others if f"memory_vs_{o}" in extra]
-            lines.append("| " + " | ".join([
-                case, extra.get("variant", impl), _fmt_time(seconds), _fmt(rate, "{:,.1f}"),
-                _fmt_bytes(extra.get("peak_memory_bytes")), "; ".join(versus) or "–", "; ".join(memory) or "–",
-            ]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        case,
+                        extra.get("variant", impl),
+                        _fmt_time(seconds),
+                        _fmt(rate, "{:,.1f}"),
+                        _fmt_bytes(extra.get("peak_memory_bytes")),
+                        "; ".join(versus) or "–",
+                        "; ".join(memory) or "–",
+                    ]
+                )
+                + " |"
+            )
     lines += ["", MODEL_LEGEND]
     return lines
 
 
-MODEL_LEGEND = "\n".join((
-    "Model cases: time = median per call (a training step, one SNN pass over the batch at T steps, or",
-    "the early-exit bench's pass over its test set);",
-    "× time vs X: X's median / this variant's (> 1: this variant is faster); × memory vs X: this variant's",
-    "peak memory per call / X's (< 1: it needs less); peak memory: bench/model_cases.py, peak_memory.",
-))
+MODEL_LEGEND = "\n".join(
+    (
+        "Model cases: time = median per call (a training step, one SNN pass over the batch at T steps, or",
+        "the early-exit bench's pass over its test set);",
+        "× time vs X: X's median / this variant's (> 1: this variant is faster); × memory vs X: this variant's",
+        "peak memory per call / X's (< 1: it needs less); peak memory: bench/model_cases.py, peak_memory.",
+    )
+)
 
 
-LEGEND = "\n".join((
-    "time: na_kernels' median per call. GB/s: the fewest bytes a fused kernel must move / time.",
-    "% copy: GB/s / the copy bandwidth above (past 100 % when the data stay in cache).",
-    "× vs X: X's median / na_kernels' median, both from this run (> 1: na_kernels is faster);",
-    "–: not measured (not installed, skipped or deselected).",
-))
+LEGEND = "\n".join(
+    (
+        "time: na_kernels' median per call. GB/s: the fewest bytes a fused kernel must move / time.",
+        "% copy: GB/s / the copy bandwidth above (past 100 % when the data stay in cache).",
+        "× vs X: X's median / na_kernels' median, both from this run (> 1: na_kernels is faster);",
+        "–: not measured (not installed, skipped or deselected).",
+    )
+)
 
 
 def _ratio(impls, other):
@@ -257,28 +289,42 @@ def _model_targets(records):
     for case, impls in sorted(_by_case(records).items(), key=lambda item: _case_key(item[0])):
         op = (next(iter(impls.values()))["extra_info"]).get("op")
         if op == "train_step":
-            for ours, relu, how in (("noisy_quant", "relu", "eager"), ("noisy_quant_compiled", "relu_compiled",
-                                                                      "compiled")):
+            for ours, relu, how in (
+                ("noisy_quant", "relu", "eager"),
+                ("noisy_quant_compiled", "relu_compiled", "compiled"),
+            ):
                 speedup = (impls.get(ours) or {}).get("extra_info", {}).get(f"speedup_vs_{relu}")
                 label = f"- {case}: NoisyQuant's step {how} ≤ 1.05× the ReLU network's"
                 if speedup is None:
                     out.append(f"{label}: not measured in this run")
                 else:
                     cost = 1 / speedup
-                    out.append(f"{label}: {cost:.2f}× — " + ("met" if cost <= 1.05 else f"MISSED by {cost / 1.05:.2f}×"))
+                    out.append(
+                        f"{label}: {cost:.2f}× — " + ("met" if cost <= 1.05 else f"MISSED by {cost / 1.05:.2f}×")
+                    )
             memory = (impls.get("noisy_quant") or {}).get("extra_info", {}).get("memory_vs_relu")
-            verdict = ("not measured in this run" if memory is None else
-                       f"{memory:.2f}× — " + ("met" if memory <= 1.0 else f"MISSED by {memory:.2f}×"))
+            verdict = (
+                "not measured in this run"
+                if memory is None
+                else f"{memory:.2f}× — " + ("met" if memory <= 1.0 else f"MISSED by {memory:.2f}×")
+            )
             out.append(f"- {case}: NoisyQuant's peak memory ≤ the ReLU network's: {verdict}")
             eager, compiled = impls.get("noisy_quant"), impls.get("noisy_quant_compiled")
             ratio = (case_time(eager) / case_time(compiled)) if eager and compiled and case_time(compiled) else None
-            out.append(_check(f"{case}: compiled NoisyQuant never slower than eager (eager / compiled)",
-                              ratio, 1.0, "ratio"))
+            out.append(
+                _check(f"{case}: compiled NoisyQuant never slower than eager (eager / compiled)", ratio, 1.0, "ratio")
+            )
         elif op == "snn_pass" and (next(iter(impls.values()))["extra_info"]).get("dtype") == "fp32":
             for ours in ("na_kernels", "na_kernels_compiled"):
                 extra = (impls.get(ours) or {}).get("extra_info", {})
-                out.append(_check(f"{case}: {extra.get('variant', ours)} ≥ 2.5× compiled SpikingJelly",
-                                  extra.get("speedup_vs_spikingjelly_compiled"), 2.5, "ratio"))
+                out.append(
+                    _check(
+                        f"{case}: {extra.get('variant', ours)} ≥ 2.5× compiled SpikingJelly",
+                        extra.get("speedup_vs_spikingjelly_compiled"),
+                        2.5,
+                        "ratio",
+                    )
+                )
     return out
 
 
@@ -288,8 +334,10 @@ def targets(cases, device, device_name="", model_records=()):
     CPU targets depend on the SIMD level the C++ kernels ran at (read from the device name).
     """
     avx2_only = "C++ kernels: avx2" in (device_name or "")
-    out = [f"Project targets (internal, {'GPU' if device == 'cuda' else 'CPU'}; goals of the issue tracker, "
-           f"checked against this run):"]
+    out = [
+        f"Project targets (internal, {'GPU' if device == 'cuda' else 'CPU'}; goals of the issue tracker, "
+        f"checked against this run):"
+    ]
     for case in sorted(cases, key=_case_key):
         impls, extra = cases[case], (cases[case].get(OURS) or {}).get("extra_info", {})
         op, mode, T = extra.get("op"), extra.get("mode"), extra.get("T")

@@ -9,12 +9,12 @@ the targets; the numbers here are images/s (extra_info["images_per_s"]). The fix
 early exits are one case of the summary's model table (each early exit's ratio to the fixed run,
 the accuracies in the variant's name); the compaction cases are in the op table.
 """
+
 import os
 
+import early_exit as bench_exit
 import pytest
 import torch
-
-import early_exit as bench_exit
 from benchlib import DEVICE, SIZE_NAME, run_case
 
 T = 8
@@ -25,8 +25,8 @@ THRESHOLDS = bench_exit.DEFAULT_THRESHOLDS
 @pytest.fixture(scope="module")
 def setup():
     from na_kernels.app.datasets import BatchLoader, digits_split
-    from na_kernels.nn import exit_tradeoff, to_snn
     from na_kernels.app.train import evaluate_snn
+    from na_kernels.nn import exit_tradeoff, to_snn
 
     path = os.environ.get("NA_BENCH_EXIT_MODEL")
     if path:
@@ -48,11 +48,26 @@ GROUP = f"early_exit digits T={T} batch {BATCH}"  # fixed T and the early exits:
 
 
 def test_fixed_T(benchmark, copy_bandwidth, setup):
-    run_case(benchmark, bench_exit.fixed_run(setup["snn"], setup["batches"], T),
-             group=GROUP, impl="fixed", copy_bandwidth=copy_bandwidth,
-             items=setup["images"], item_name="images", min_rounds=3,
-             info={"table": "model", "ours": False, "variant": f"fixed T={T} ({100 * setup['fixed_acc']:.1f} %)",
-                   "op": "early_exit", "mode": "fixed", "T": T, "batch": BATCH, "accuracy": setup["fixed_acc"]})
+    run_case(
+        benchmark,
+        bench_exit.fixed_run(setup["snn"], setup["batches"], T),
+        group=GROUP,
+        impl="fixed",
+        copy_bandwidth=copy_bandwidth,
+        items=setup["images"],
+        item_name="images",
+        min_rounds=3,
+        info={
+            "table": "model",
+            "ours": False,
+            "variant": f"fixed T={T} ({100 * setup['fixed_acc']:.1f} %)",
+            "op": "early_exit",
+            "mode": "fixed",
+            "T": T,
+            "batch": BATCH,
+            "accuracy": setup["fixed_acc"],
+        },
+    )
 
 
 @pytest.mark.parametrize("chunk", [1, 2])
@@ -61,15 +76,34 @@ def test_early_exit(benchmark, copy_bandwidth, setup, chunk):
 
     kept = setup["kept"]
     rule = ExitRule(confidence=kept["confidence"])
-    variant = (f"early exit {rule.describe()}, chunk {chunk} ({100 * kept['accuracy']:.1f} %, "
-               f"mean exit step {kept['mean_exit_step']:.2f})")
-    run_case(benchmark, bench_exit.adaptive_run(setup["snn"], setup["batches"], rule, T, chunk),
-             group=GROUP, impl=f"early_exit_chunk{chunk}",
-             copy_bandwidth=copy_bandwidth, items=setup["images"], item_name="images", min_rounds=3,
-             info={"table": "model", "ours": True, "variant": variant,
-                   "op": "early_exit", "mode": "adaptive", "T": T, "chunk": chunk, "batch": BATCH,
-                   "confidence": kept["confidence"], "accuracy": kept["accuracy"],
-                   "fixed_accuracy": setup["fixed_acc"], "mean_exit_step": kept["mean_exit_step"]})
+    variant = (
+        f"early exit {rule.describe()}, chunk {chunk} ({100 * kept['accuracy']:.1f} %, "
+        f"mean exit step {kept['mean_exit_step']:.2f})"
+    )
+    run_case(
+        benchmark,
+        bench_exit.adaptive_run(setup["snn"], setup["batches"], rule, T, chunk),
+        group=GROUP,
+        impl=f"early_exit_chunk{chunk}",
+        copy_bandwidth=copy_bandwidth,
+        items=setup["images"],
+        item_name="images",
+        min_rounds=3,
+        info={
+            "table": "model",
+            "ours": True,
+            "variant": variant,
+            "op": "early_exit",
+            "mode": "adaptive",
+            "T": T,
+            "chunk": chunk,
+            "batch": BATCH,
+            "confidence": kept["confidence"],
+            "accuracy": kept["accuracy"],
+            "fixed_accuracy": setup["fixed_acc"],
+            "mean_exit_step": kept["mean_exit_step"],
+        },
+    )
 
 
 @pytest.mark.parametrize("chunk", [1, 2])
@@ -80,8 +114,14 @@ def test_compaction(benchmark, copy_bandwidth, setup, chunk):
     try:
         one_chunk()
         moved = sum(v.numel() * v.element_size() for v in (layer.v for layer in snn.if_layers.values()))
-        run_case(benchmark, compaction, group=f"early_exit compaction after a chunk of {chunk} at batch {x.shape[0]}",
-                 impl="na_kernels", copy_bandwidth=copy_bandwidth, bytes_moved=moved,  # half read, half written
-                 info={"op": "early_exit_compaction", "mode": "compaction", "chunk": chunk, "batch": x.shape[0]})
+        run_case(
+            benchmark,
+            compaction,
+            group=f"early_exit compaction after a chunk of {chunk} at batch {x.shape[0]}",
+            impl="na_kernels",
+            copy_bandwidth=copy_bandwidth,
+            bytes_moved=moved,  # half read, half written
+            info={"op": "early_exit_compaction", "mode": "compaction", "chunk": chunk, "batch": x.shape[0]},
+        )
     finally:
         snn._set(carry_state=False, v=None, time_steps=1)

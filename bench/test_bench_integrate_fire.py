@@ -1,5 +1,6 @@
 """integrate_fire: forward, and forward + backward (BPTT), for T = 4, 8, 16, 32 at N neurons per
-step (2^20 on CUDA; on the CPU 2^19, and T·N capped at 2^22 for T = 16, 32), fp32 and bf16, against an eager PyTorch IF time
+step (2^20 on CUDA; on the CPU 2^19, and T·N capped at 2^22 for T = 16, 32), fp32 and bf16, against an eager
+PyTorch IF time
 loop, torch.compile of that loop, and SpikingJelly's multi-step IFNode (soft reset).
 
 Byte model (the fewest a fused kernel moves, e = itemsize of x):
@@ -10,10 +11,10 @@ Byte model (the fewest a fused kernel moves, e = itemsize of x):
   and h (T·N·4) and writes dx (T·N·e). In all: T·N·(5e + 8) + N·4.
 Alternatives return the spikes only: counting them would cost them one more pass.
 """
-import pytest
-import torch
 
 import baselines
+import pytest
+import torch
 from benchlib import DEVICE, DTYPES, SIZES, if_neurons, run_case
 
 IMPLS = ("na_kernels", "eager", "compile", "spikingjelly")
@@ -58,8 +59,11 @@ def _backend_name(impl):
     if impl == "spikingjelly":
         import os
 
-        return ("spikingjelly torch loop (CPU)" if DEVICE == "cpu"
-                else f"spikingjelly SJ_IF_CUDA_IMPLEMENTATION={os.environ.get('SJ_IF_CUDA_IMPLEMENTATION', 'auto')}")
+        return (
+            "spikingjelly torch loop (CPU)"
+            if DEVICE == "cpu"
+            else f"spikingjelly SJ_IF_CUDA_IMPLEMENTATION={os.environ.get('SJ_IF_CUDA_IMPLEMENTATION', 'auto')}"
+        )
     return "torch.compile (inductor)" if impl == "compile" else "eager PyTorch loop"
 
 
@@ -86,6 +90,7 @@ def test_integrate_fire(benchmark, copy_bandwidth, fresh_compiler, mode, T, dtyp
 
         bytes_moved = T * neurons * (5 * e + 8) + 4 * neurons
     else:
+
         def fn():
             with torch.no_grad():
                 return model(x)
@@ -94,8 +99,21 @@ def test_integrate_fire(benchmark, copy_bandwidth, fresh_compiler, mode, T, dtyp
 
     group = f"integrate_fire {mode} T={T} N=2^{neurons.bit_length() - 1} {dtype}"
     run_case(
-        benchmark, fn, group=group, impl=impl, copy_bandwidth=copy_bandwidth, bytes_moved=bytes_moved,
-        grad_to_none=(x,) if backward else (), warmup=2 if impl == "compile" else 1,
-        info={"op": "integrate_fire", "mode": mode, "T": T, "neurons": neurons, "dtype": dtype,
-              "numel": T * neurons, "backend": _backend_name(impl)},
+        benchmark,
+        fn,
+        group=group,
+        impl=impl,
+        copy_bandwidth=copy_bandwidth,
+        bytes_moved=bytes_moved,
+        grad_to_none=(x,) if backward else (),
+        warmup=2 if impl == "compile" else 1,
+        info={
+            "op": "integrate_fire",
+            "mode": mode,
+            "T": T,
+            "neurons": neurons,
+            "dtype": dtype,
+            "numel": T * neurons,
+            "backend": _backend_name(impl),
+        },
     )

@@ -17,6 +17,7 @@ run only for the dtypes of the size table's ``model_compile`` (full and cpu size
 none), or ``NA_BENCH_MODEL_COMPILE=none|fp32|all``; ``-m "not compile_model"`` deselects them.
 ``NA_BENCH_MODELS=resnet20,resnet18`` picks the networks (default: the size table's).
 """
+
 import os
 
 import model_cases
@@ -51,8 +52,10 @@ COMPILE_MARK = pytest.mark.compile_model
 
 def _skip_compiled_unless_enabled(compiled, dtype):
     if compiled and dtype not in _compiled_dtypes():
-        pytest.skip(f"compiled model case not enabled for {dtype} at sizes {SIZE_NAME!r} (compiling takes tens of "
-                    "seconds a network): NA_BENCH_MODEL_COMPILE=fp32|all turns it on (bench/README.md)")
+        pytest.skip(
+            f"compiled model case not enabled for {dtype} at sizes {SIZE_NAME!r} (compiling takes tens of "
+            "seconds a network): NA_BENCH_MODEL_COMPILE=fp32|all turns it on (bench/README.md)"
+        )
 
 
 def _train_params():
@@ -60,8 +63,9 @@ def _train_params():
         for dtype in DTYPES:
             for activation in model_cases.TRAIN_ACTIVATIONS:
                 yield pytest.param(arch, dtype, activation, False, id=f"{arch}-{dtype}-{activation}-eager")
-                yield pytest.param(arch, dtype, activation, True, id=f"{arch}-{dtype}-{activation}-compiled",
-                                   marks=COMPILE_MARK)
+                yield pytest.param(
+                    arch, dtype, activation, True, id=f"{arch}-{dtype}-{activation}-compiled", marks=COMPILE_MARK
+                )
 
 
 @pytest.mark.parametrize("arch, dtype, activation, compiled", list(_train_params()))
@@ -73,13 +77,32 @@ def test_train_step(benchmark, copy_bandwidth, fresh_compiler, arch, dtype, acti
     step = model_cases.train_step(arch, activation, batch, dtype=dtype, compiled=compiled)
     impl = activation + ("_compiled" if compiled else "")
     title = model_cases.ACTIVATION_TITLES[activation] + (" compiled" if compiled else " eager")
-    info = {"table": "model", "op": "train_step", "variant": title, "ours": activation == "noisy_quant",
-            "arch": arch, "batch": batch, "dtype": dtype, "p": model_cases.P, "compiled": compiled,
-            "autocast": "bf16" if dtype == "bf16" else None}
+    info = {
+        "table": "model",
+        "op": "train_step",
+        "variant": title,
+        "ours": activation == "noisy_quant",
+        "arch": arch,
+        "batch": batch,
+        "dtype": dtype,
+        "p": model_cases.P,
+        "compiled": compiled,
+        "autocast": "bf16" if dtype == "bf16" else None,
+    }
     step()  # the first step makes the optimizer state (and compiles); peak_memory measures a later one
     info.update(model_cases.peak_memory(step))
-    run_case(benchmark, step, group=f"{arch} train step batch {batch} {dtype}", impl=impl,
-             copy_bandwidth=copy_bandwidth, items=batch, item_name="images", min_rounds=3, warmup=0, info=info)
+    run_case(
+        benchmark,
+        step,
+        group=f"{arch} train step batch {batch} {dtype}",
+        impl=impl,
+        copy_bandwidth=copy_bandwidth,
+        items=batch,
+        item_name="images",
+        min_rounds=3,
+        warmup=0,
+        info=info,
+    )
 
 
 def _snn_params():
@@ -98,10 +121,28 @@ def test_snn_pass(benchmark, copy_bandwidth, fresh_compiler, arch, dtype, impl):
     pytest.importorskip("na_kernels.nn")
     T, batch = SIZES["snn_T"], SIZES["snn_batch"]
     infer, snn, _ = model_cases.snn_pass(arch, impl, T, batch, dtype)
-    info = {"table": "model", "op": "snn_pass", "variant": model_cases.SNN_TITLES[impl],
-            "ours": impl in model_cases.SNN_OURS, "arch": arch, "T": T, "batch": batch, "dtype": dtype,
-            "if_layers": len(snn.if_layers)}
+    info = {
+        "table": "model",
+        "op": "snn_pass",
+        "variant": model_cases.SNN_TITLES[impl],
+        "ours": impl in model_cases.SNN_OURS,
+        "arch": arch,
+        "T": T,
+        "batch": batch,
+        "dtype": dtype,
+        "if_layers": len(snn.if_layers),
+    }
     infer()
     info.update(model_cases.peak_memory(infer))
-    run_case(benchmark, infer, group=f"{arch} SNN T={T} batch {batch} {dtype}", impl=impl,
-             copy_bandwidth=copy_bandwidth, items=batch, item_name="images", min_rounds=3, warmup=0, info=info)
+    run_case(
+        benchmark,
+        infer,
+        group=f"{arch} SNN T={T} batch {batch} {dtype}",
+        impl=impl,
+        copy_bandwidth=copy_bandwidth,
+        items=batch,
+        item_name="images",
+        min_rounds=3,
+        warmup=0,
+        info=info,
+    )

@@ -5,10 +5,10 @@ Byte model (the fewest a fused kernel moves; the noise is regenerated from the s
 stored): forward reads x and writes y (2 x numel x itemsize); forward + backward adds a
 backward that reads x and dy and writes dx (5 x numel x itemsize in all). lam is a scalar.
 """
-import pytest
-import torch
 
 import baselines
+import pytest
+import torch
 from benchlib import DEVICE, DTYPES, SIZES, run_case
 
 P = 3  # 2-bit activations, the Noise Adaptor CIFAR setting
@@ -52,6 +52,7 @@ def test_noisy_quant(benchmark, copy_bandwidth, fresh_compiler, mode, size, dtyp
 
         bytes_moved = 5 * numel * itemsize
     else:
+
         def fn():
             with torch.no_grad():
                 return act(x, lam)
@@ -59,10 +60,25 @@ def test_noisy_quant(benchmark, copy_bandwidth, fresh_compiler, mode, size, dtyp
         bytes_moved = 2 * numel * itemsize
 
     run_case(
-        benchmark, fn, group=f"noisy_quant {mode} {size} {dtype}", impl=impl, copy_bandwidth=copy_bandwidth,
-        bytes_moved=bytes_moved, grad_to_none=(x, lam) if backward else (), warmup=2 if impl == "compile" else 1,
-        info={"op": "noisy_quant", "mode": mode, "size": size, "shape": list(shape), "dtype": dtype,
-              "numel": numel, "p": P, "noise": "uniform", "backend": _backend_name(impl)},
+        benchmark,
+        fn,
+        group=f"noisy_quant {mode} {size} {dtype}",
+        impl=impl,
+        copy_bandwidth=copy_bandwidth,
+        bytes_moved=bytes_moved,
+        grad_to_none=(x, lam) if backward else (),
+        warmup=2 if impl == "compile" else 1,
+        info={
+            "op": "noisy_quant",
+            "mode": mode,
+            "size": size,
+            "shape": list(shape),
+            "dtype": dtype,
+            "numel": numel,
+            "p": P,
+            "noise": "uniform",
+            "backend": _backend_name(impl),
+        },
     )
 
 

@@ -4,10 +4,10 @@ VGG, resnet20 with residual sums), each with statistics recorded and not; the tw
 group differ by the statistics' cost (images/s in extra_info["images_per_s"]).
 ``python bench/statistics_overhead.py`` prints the overhead as interleaved medians.
 """
-import pytest
-import torch
 
+import pytest
 import statistics_overhead as overhead
+import torch
 from benchlib import DEVICE, run_case
 
 T = 8
@@ -25,7 +25,14 @@ def test_snn_inference_statistics(benchmark, copy_bandwidth, net, record):
         with torch.no_grad():
             return snn(x)
 
-    run_case(benchmark, run, group=f"statistics {net} T={T} batch {x.shape[0]}",
-             impl="statistics_on" if record else "statistics_off", copy_bandwidth=copy_bandwidth,
-             items=x.shape[0], item_name="images", min_rounds=3,
-             info={"op": "snn_statistics", "net": net, "T": T, "batch": x.shape[0], "statistics": record})
+    run_case(
+        benchmark,
+        run,
+        group=f"statistics {net} T={T} batch {x.shape[0]}",
+        impl="statistics_on" if record else "statistics_off",
+        copy_bandwidth=copy_bandwidth,
+        items=x.shape[0],
+        item_name="images",
+        min_rounds=3,
+        info={"op": "snn_statistics", "net": net, "T": T, "batch": x.shape[0], "statistics": record},
+    )

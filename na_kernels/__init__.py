@@ -14,6 +14,7 @@ the names above and the subpackages (``na_kernels.nn``, ...) load on first use, 
 use imports torch and registers both ops with ``torch.library``. ``import na_kernels.ops``
 registers them explicitly, e.g. before ``torch.export.load`` of a program that calls them.
 """
+
 import importlib
 
 __version__ = "0.1.0"

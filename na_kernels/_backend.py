@@ -10,12 +10,12 @@ Each op's folder holds one module per backend (``na_kernels/ops/<op>/triton.py``
 ``reference.py``), and every such module has the op's ``forward`` and ``backward`` with the same
 arguments (see ``na_kernels/ops/<op>/__init__.py``); ``implementation`` finds the one that runs.
 """
+
 import contextlib
 import importlib
 import os
 
 from . import cpu
-
 
 BACKENDS = ("auto", "triton", "cpu", "reference")
 _modules = {}  # (backend, op) -> its module, imported on first use (triton is optional)

@@ -11,6 +11,7 @@ integrate_fire keeps x_seq's per-step memory order in every output (``Layout``).
 adapters and the fake rules allocate through the same functions here, so the strides a fake rule
 promises are the strides the kernels deliver.
 """
+
 import torch
 
 # --------------------------------------------------------------------------- stride algebra
@@ -150,9 +151,12 @@ def forward_outputs(layout: Layout, x_seq, save_h: bool, empty=torch.empty_strid
     empty: the outputs' allocation, torch.empty_strided or a backend's own with its signature
     (the C++ kernels' output cache)."""
     steps, device = x_seq.shape[0], x_seq.device
-    return (layout.empty_seq(steps, x_seq.dtype, device, empty), layout.empty_step(torch.int32, device, empty),
-            layout.empty_step(torch.float32, device, empty),
-            layout.empty_seq(steps, torch.float32, device, empty) if save_h else _nothing(torch.float32, device))
+    return (
+        layout.empty_seq(steps, x_seq.dtype, device, empty),
+        layout.empty_step(torch.int32, device, empty),
+        layout.empty_step(torch.float32, device, empty),
+        layout.empty_seq(steps, torch.float32, device, empty) if save_h else _nothing(torch.float32, device),
+    )
 
 
 def forward_operands(x_seq, threshold, v_init):
@@ -168,12 +172,13 @@ def backward_layout(h, x_seq, threshold):
     return Layout.of_input(h if h is not None else x_seq, threshold.numel())
 
 
-def backward_outputs(layout: Layout, steps, x_dtype, device, need_grad_x, need_grad_v_init,
-                     empty=torch.empty_strided):
+def backward_outputs(layout: Layout, steps, x_dtype, device, need_grad_x, need_grad_v_init, empty=torch.empty_strided):
     """(grad_x, grad_v_init) in the layout; an empty tensor for each one not needed.
     empty: the outputs' allocation, as in ``forward_outputs``."""
-    return (layout.empty_seq(steps, x_dtype, device, empty) if need_grad_x else _nothing(x_dtype, device),
-            layout.empty_step(torch.float32, device, empty) if need_grad_v_init else _nothing(torch.float32, device))
+    return (
+        layout.empty_seq(steps, x_dtype, device, empty) if need_grad_x else _nothing(x_dtype, device),
+        layout.empty_step(torch.float32, device, empty) if need_grad_v_init else _nothing(torch.float32, device),
+    )
 
 
 def backward_operands(grad_spikes, grad_v, h, x_seq, v_init, threshold, x_dtype):

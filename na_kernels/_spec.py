@@ -9,12 +9,12 @@ A user spells a member by its lower-case name (``noise="uniform"``, ``reset="zer
 ``Enum.parse(argument, value)`` turns that spelling into the member or raises a
 ``ValueError`` naming the argument and the accepted spellings.
 """
+
 import enum
 from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
-
 
 _LABELS = {}  # enum class -> {label: member}, filled on first parse
 
@@ -53,8 +53,8 @@ class Noise(Vocabulary):
     """The noise inside noisy_quant's quantizer. ``None`` and ``"none"`` both mean NONE (QCFS)."""
 
     NONE = 0
-    UNIFORM = 1      # eps ~ U(-0.5, 0.5): Triton's tl.rand4x - 0.5, four elements per Philox block
-    GAUSSIAN = 2     # eps ~ N(0, 1): Triton's tl.randn4x
+    UNIFORM = 1  # eps ~ U(-0.5, 0.5): Triton's tl.rand4x - 0.5, four elements per Philox block
+    GAUSSIAN = 2  # eps ~ N(0, 1): Triton's tl.randn4x
 
     @classmethod
     def parse(cls, argument: str, value):
@@ -86,17 +86,17 @@ DEFAULT_NOISE_SCALE = {Noise.NONE: 0.0, Noise.UNIFORM: 1.0, Noise.GAUSSIAN: 0.3}
 class Reset(Vocabulary):
     """integrate_fire's reset after a spike."""
 
-    SUBTRACT = 0     # soft: v = h - s * theta
-    ZERO = 1         # hard: v = h * (1 - s)
+    SUBTRACT = 0  # soft: v = h - s * theta
+    ZERO = 1  # hard: v = h * (1 - s)
 
 
 class Surrogate(Vocabulary):
     """integrate_fire's surrogate derivative of the spike, evaluated at u = h - theta."""
 
-    SIGMOID = 0      # alpha * sig(alpha u) * (1 - sig(alpha u))
-    ATAN = 1         # alpha / 2 / (1 + (pi/2 * alpha * u)^2)
-    TRIANGLE = 2     # alpha * max(0, 1 - alpha |u|)
-    RECTANGLE = 3    # alpha * [|u| < 1 / (2 alpha)]
+    SIGMOID = 0  # alpha * sig(alpha u) * (1 - sig(alpha u))
+    ATAN = 1  # alpha / 2 / (1 + (pi/2 * alpha * u)^2)
+    TRIANGLE = 2  # alpha * max(0, 1 - alpha |u|)
+    RECTANGLE = 3  # alpha * [|u| < 1 / (2 alpha)]
 
 
 # SpikingJelly's default sharpness of each of its surrogates (Sigmoid 4, ATan 2, Rect 1), which
@@ -111,9 +111,9 @@ DEFAULT_V_INIT = 0.5
 class Save(Vocabulary):
     """What integrate_fire's forward keeps for backward."""
 
-    NOTHING = 0      # no gradient needed
-    H = 1            # h = v + x[t] of every step, float32 [T, ...]
-    X = 2            # x_seq itself (and a v_init tensor): backward recomputes h
+    NOTHING = 0  # no gradient needed
+    H = 1  # h = v + x[t] of every step, float32 [T, ...]
+    X = 2  # x_seq itself (and a v_init tensor): backward recomputes h
 
 
 class DType(Vocabulary):
@@ -155,10 +155,10 @@ VOCABULARY = (Noise, Reset, Surrogate, DType, SimdLevel)  # the enums C++ mirror
 class NoisyQuantArgs:
     """noisy_quant's non-tensor arguments, checked: ``y = clamp(floor(x*p/λ + scale*eps + shift), 0, p) * λ/p``."""
 
-    p: int            # quantization levels, >= 1
+    p: int  # quantization levels, >= 1
     noise: Noise
-    scale: float      # noise amplitude in quantization steps, >= 0
-    shift: float      # added before the floor
+    scale: float  # noise amplitude in quantization steps, >= 0
+    shift: float  # added before the floor
 
     def for_trace(self):
         """The record a torch.jit trace records (nothing in it depends on grad mode)."""
@@ -169,13 +169,13 @@ class NoisyQuantArgs:
 class IntegrateFireArgs:
     """integrate_fire's non-tensor arguments, checked (see ``na_kernels.integrate_fire``)."""
 
-    v_frac: float                 # initial potential as a fraction of theta (unused with a v_init tensor)
+    v_frac: float  # initial potential as a fraction of theta (unused with a v_init tensor)
     reset: Reset
-    amplitude: Optional[float]    # spike amplitude; None: the threshold
+    amplitude: Optional[float]  # spike amplitude; None: the threshold
     surrogate: Surrogate
-    alpha: float                  # the surrogate's sharpness, > 0
+    alpha: float  # the surrogate's sharpness, > 0
     detach_reset: bool
-    save: Save                    # what forward keeps for backward
+    save: Save  # what forward keeps for backward
 
     def for_trace(self):
         """The record a torch.jit trace records: ``save`` X whatever the grad mode (jit.trace checks a

@@ -10,6 +10,7 @@ The scalar checks are written so that ``torch.compile(dynamic=True)`` traces the
 graph break: ``v - v == 0`` tests finiteness where ``math.isfinite`` on a traced float would
 break the graph ("torch.* op returned non-Tensor").
 """
+
 import math
 import numbers
 import struct
@@ -35,8 +36,11 @@ MAX_LEVELS = 2**24
 #   level q * lam / p has full precision, and x * p finite for every |x| <= 2 lam and p <= 2^24
 #   (2 * 2^102 * 2^24 = 2^127 < float32 max), so z = (x * p) / lam never overflows before it saturates.
 PARAMETER_RANGES = {
-    "lam": (2.0**-102, 2.0**102, "2^-102 to 2^102, so that lam / p is a normal float32 and x * p cannot overflow "
-                                 "for any p <= 2^24"),
+    "lam": (
+        2.0**-102,
+        2.0**102,
+        "2^-102 to 2^102, so that lam / p is a normal float32 and x * p cannot overflow for any p <= 2^24",
+    ),
 }
 _DEFAULT_PARAMETER_RANGE = (FLOAT32_SMALLEST_NORMAL, FLOAT32_MAX, "a positive normal float32")
 
@@ -55,10 +59,13 @@ def check_dense(name, x, where=None):
     """A strided (dense), non-nested tensor: TypeError naming ``where`` (when given) and the fix otherwise."""
     prefix = f"{where}: " if where else ""
     if isinstance(x, torch.Tensor) and getattr(x, "is_nested", False):
-        raise TypeError(f"{prefix}{name} is a nested tensor; pad it first, e.g. "
-                        f"torch.nested.to_padded_tensor({name}, 0.0)")
+        raise TypeError(
+            f"{prefix}{name} is a nested tensor; pad it first, e.g. torch.nested.to_padded_tensor({name}, 0.0)"
+        )
     if isinstance(x, torch.Tensor) and x.layout != torch.strided:
-        raise TypeError(f"{prefix}{name} must be a dense tensor, got layout {x.layout}; convert it with {name}.to_dense()")
+        raise TypeError(
+            f"{prefix}{name} must be a dense tensor, got layout {x.layout}; convert it with {name}.to_dense()"
+        )
 
 
 def check_float_tensor(name, tensor):
@@ -86,8 +93,10 @@ def check_real(name, value, *, minimum=None, strictly_positive=False, maximum=No
     if not (value - value == 0):
         raise ValueError(f"{name} must be finite, got {value}")
     if not abs(value) <= FLOAT32_MAX:
-        raise ValueError(f"{name} must be finite in float32, |{name}| <= {FLOAT32_MAX:.9g} (the kernels compute in "
-                         f"float32), got {value}")
+        raise ValueError(
+            f"{name} must be finite in float32, |{name}| <= {FLOAT32_MAX:.9g} (the kernels compute in "
+            f"float32), got {value}"
+        )
     if strictly_positive and value <= 0:
         raise ValueError(f"{name} must be > 0, got {value}")
     if strictly_positive and value <= _FLOAT32_ROUNDS_TO_ZERO:
@@ -104,8 +113,11 @@ def check_int(name, value, *, minimum, maximum=None, meaning=""):
     (and <= maximum when given)."""
     if type(value) is int and value >= minimum and (maximum is None or value <= maximum):
         return value
-    what = f"an int >= {minimum}" + ("" if maximum is None else f" and <= {maximum}") + (
-        f" ({meaning})" if meaning else "")
+    what = (
+        f"an int >= {minimum}"
+        + ("" if maximum is None else f" and <= {maximum}")
+        + (f" ({meaning})" if meaning else "")
+    )
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be {what}, got {value!r}")
     if not isinstance(value, numbers.Integral) and not (value - value == 0 and float(value).is_integer()):
@@ -121,8 +133,9 @@ def check_optional_int(name, value, *, minimum, meaning=""):
 
 def check_levels(p, name="p"):
     """The number of quantization levels p: an int in [1, 2^24] (3, 7, 15 for 2, 3, 4 bits; exact in float32)."""
-    return check_int(name, p, minimum=1, maximum=MAX_LEVELS,
-                     meaning="the number of quantization levels, exact in float32")
+    return check_int(
+        name, p, minimum=1, maximum=MAX_LEVELS, meaning="the number of quantization levels, exact in float32"
+    )
 
 
 def check_time_steps(name, value, *, allow_none=False):
@@ -162,8 +175,10 @@ def check_positive(name, value, accepted="a positive finite number"):
 
 def _range_error(name, values):
     smallest, largest, why = parameter_range(name)
-    return ValueError(f"{name} must be in [{smallest:.9g}, {largest:.9g}] as float32 ({why}; the kernels compute "
-                      f"in float32), got {values}; rescale the input if it needs a value outside")
+    return ValueError(
+        f"{name} must be in [{smallest:.9g}, {largest:.9g}] as float32 ({why}; the kernels compute "
+        f"in float32), got {values}; rescale the input if it needs a value outside"
+    )
 
 
 def _float32_bounds(tensor):
@@ -219,8 +234,9 @@ def check_parameter_values(name, value, where=None):
     smallest_allowed, largest_allowed, _ = parameter_range(name)
     smallest, largest = _float32_bounds(value)  # NaN fails "> 0", inf fails "< inf"
     if not (smallest > 0 and largest < math.inf):
-        raise ValueError(f"{prefix}{name} must be finite and > 0 as float32, got "
-                         f"{value.detach().flatten()[:8].tolist()}")
+        raise ValueError(
+            f"{prefix}{name} must be finite and > 0 as float32, got {value.detach().flatten()[:8].tolist()}"
+        )
     if not (smallest_allowed <= smallest and largest <= largest_allowed):
         raise ValueError(f"{prefix}{_range_error(name, value.detach().flatten()[:8].tolist())}")
     return value
@@ -233,11 +249,15 @@ def check_batches(name, batches):
     for index, inputs in enumerate(batches):
         for tensor in inputs:
             if tensor.dim() == 0 or tensor.shape[0] == 0:
-                raise ValueError(f"{name}: batch {index} is empty (shape {tuple(tensor.shape)}); every batch needs at "
-                                 "least one sample along dim 0")
+                raise ValueError(
+                    f"{name}: batch {index} is empty (shape {tuple(tensor.shape)}); every batch needs at "
+                    "least one sample along dim 0"
+                )
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                raise ValueError(f"{name}: batch {index} contains NaN or inf; statistics are computed from finite "
-                                 "data only: clean or drop that batch")
+                raise ValueError(
+                    f"{name}: batch {index} contains NaN or inf; statistics are computed from finite "
+                    "data only: clean or drop that batch"
+                )
     return batches
 
 
@@ -299,7 +319,9 @@ def check_amplitude(amplitude, name="amplitude"):
 
 
 ALPHA_MAX = 2 / math.pi * FLOAT32_MAX  # atan's surrogate evaluates pi/2 * alpha in float32
-_ALPHA_ACCEPTED = "a positive finite number <= %.6g (2/pi * float32 max)" % ALPHA_MAX  # formatted once: not under dynamo
+_ALPHA_ACCEPTED = (
+    "a positive finite number <= %.6g (2/pi * float32 max)" % ALPHA_MAX
+)  # formatted once: not under dynamo
 
 
 def check_alpha(alpha, name="alpha"):
@@ -316,14 +338,18 @@ def check_spikes_fit(amplitude, threshold, dtype):
         return
     if amplitude is not None:
         if amplitude > largest:
-            raise ValueError(f"amplitude {amplitude:g} does not fit the spikes' dtype {dtype} (at most {largest:g}); "
-                             "use a smaller amplitude or a float32 x_seq")
+            raise ValueError(
+                f"amplitude {amplitude:g} does not fit the spikes' dtype {dtype} (at most {largest:g}); "
+                "use a smaller amplitude or a float32 x_seq"
+            )
         return
     if threshold.device.type == "cpu" and not torch.compiler.is_compiling() and threshold.numel():
         top = float(threshold.max())
         if top > largest:
-            raise ValueError(f"threshold {top:g} does not fit the spikes' dtype {dtype} (at most {largest:g}): with "
-                             "amplitude='threshold' each spike is θ; pass amplitude=1.0, rescale, or use a float32 x_seq")
+            raise ValueError(
+                f"threshold {top:g} does not fit the spikes' dtype {dtype} (at most {largest:g}): with "
+                "amplitude='threshold' each spike is θ; pass amplitude=1.0, rescale, or use a float32 x_seq"
+            )
 
 
 def check_initial_potential(v_init, like, name="v_init", *, finite=True):
@@ -338,13 +364,16 @@ def check_initial_potential(v_init, like, name="v_init", *, finite=True):
         if v_init.device != like.device:
             raise ValueError(f"{name} must be on {like.device} like the input, got {v_init.device}")
         if tuple(v_init.shape) != tuple(like.shape[1:]):
-            raise ValueError(f"{name} tensor must have the per-step shape {tuple(like.shape[1:])}, "
-                             f"got {tuple(v_init.shape)}")
+            raise ValueError(
+                f"{name} tensor must have the per-step shape {tuple(like.shape[1:])}, got {tuple(v_init.shape)}"
+            )
         if finite and v_init.device.type == "cpu" and not torch.compiler.is_compiling() and v_init.numel():
             # the kernels read the float32 values: NaN, inf and float64 values beyond float32 are garbage there
             smallest, largest = _float32_bounds(v_init)
             if not (-math.inf < smallest and largest < math.inf):
-                raise ValueError(f"{name} potentials must be finite in float32 (the kernels compute in float32), got "
-                                 "NaN or a value beyond +-3.4e38; check the state carried from the previous chunk")
+                raise ValueError(
+                    f"{name} potentials must be finite in float32 (the kernels compute in float32), got "
+                    "NaN or a value beyond +-3.4e38; check the state carried from the previous chunk"
+                )
         return v_init
     return check_real(name, v_init, accepted="a number (a fraction of the threshold) or a tensor of potentials")

@@ -6,6 +6,7 @@ prediction after every step t <= T, so one run gives the whole accuracy-vs-T cur
 
     python python/train_noisyquant.py && python python/convert_snn.py [--T 32]
 """
+
 import argparse
 import os
 import sys
@@ -20,8 +21,11 @@ from train_noisyquant import digits_tensors, make_model  # noqa: E402  the same 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default=os.path.join("runs", "digits_noisyquant.pt"),
-                        help="the weights train_noisyquant.py saved (default: runs/digits_noisyquant.pt)")
+    parser.add_argument(
+        "--checkpoint",
+        default=os.path.join("runs", "digits_noisyquant.pt"),
+        help="the weights train_noisyquant.py saved (default: runs/digits_noisyquant.pt)",
+    )
     parser.add_argument("--T", type=int, default=32, help="time steps")
     args = parser.parse_args()
     if not os.path.isfile(args.checkpoint):

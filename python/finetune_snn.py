@@ -13,6 +13,7 @@ stay as converted.
 
 It writes nothing unless --save is given.
 """
+
 import argparse
 import os
 import sys
@@ -22,8 +23,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from na_kernels.app.datasets import digits_split
-from na_kernels.nn import replace_activations, to_snn
 from na_kernels.app.train import CheckpointError, _first_line, _load_weights, load_checkpoint, network_from_checkpoint
+from na_kernels.nn import replace_activations, to_snn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_noisyquant import digits_tensors, make_model  # noqa: E402  the same model and data
@@ -40,17 +41,22 @@ def load_ann(path):
     if state.get("format") == "na_kernels-checkpoint-1":
         state = load_checkpoint(path)
         if state["config"]["dataset"] != "digits":
-            raise CheckpointError(f"{path} was trained on {state['config']['dataset']!r}; this script fine-tunes "
-                                  "on the bundled digits (train with --dataset digits)")
+            raise CheckpointError(
+                f"{path} was trained on {state['config']['dataset']!r}; this script fine-tunes "
+                "on the bundled digits (train with --dataset digits)"
+            )
         model = network_from_checkpoint(state)
         train, test = digits_split()
-        scale = lambda d: ((d.images.float() / d.max_value - torch.tensor(d.mean).view(1, -1, 1, 1))  # noqa: E731
-                           / torch.tensor(d.std).view(1, -1, 1, 1))
+        scale = lambda d: (  # noqa: E731
+            (d.images.float() / d.max_value - torch.tensor(d.mean).view(1, -1, 1, 1))
+            / torch.tensor(d.std).view(1, -1, 1, 1)
+        )
         return model, (scale(train), scale(test))
     missing = [k for k in ("state_dict", "p") if k not in state]
     if missing:
-        raise CheckpointError(f"{path} has no {missing[0]!r}: pass a checkpoint of `na-kernels train` or of "
-                              "python/train_noisyquant.py")
+        raise CheckpointError(
+            f"{path} has no {missing[0]!r}: pass a checkpoint of `na-kernels train` or of python/train_noisyquant.py"
+        )
     p = state["p"]
     if type(p) is not int or p < 1:
         raise CheckpointError(f"{path}: 'p' must be an int >= 1, got {p!r:.40}")
@@ -108,7 +114,7 @@ def finetune(snn, x_train, y_train, epochs, lr, batch_size=32):
             out = snn(x_train[index])  # [T, B, 10]; out[-1] = mean over all T steps
             loss = F.cross_entropy(out[-1], y_train[index])
             optimizer.zero_grad()
-            loss.backward()          # through integrate_fire's surrogate backward, all T steps
+            loss.backward()  # through integrate_fire's surrogate backward, all T steps
             optimizer.step()
             losses.append(loss.item())
             bar.update()
@@ -119,11 +125,15 @@ def finetune(snn, x_train, y_train, epochs, lr, batch_size=32):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="finetune_snn.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default=None,
-                        help="a last.pt / best.pt of `na-kernels train --dataset digits`, or a train_noisyquant.py "
-                             "checkpoint (default: train one now)")
+    parser = argparse.ArgumentParser(
+        prog="finetune_snn.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a last.pt / best.pt of `na-kernels train --dataset digits`, or a train_noisyquant.py "
+        "checkpoint (default: train one now)",
+    )
     parser.add_argument("--p", type=int, default=3, help="quantization levels of the quick ANN")
     parser.add_argument("--ann-epochs", type=int, default=3, help="epochs of the quick ANN (no --checkpoint)")
     parser.add_argument("--T", type=int, default=2, help="time steps to convert and fine-tune at")

@@ -10,18 +10,18 @@ next to ``snn.statistics()``.
     pip install --no-deps neurobench snntorch     # plus what they import (tqdm)
     python python/neurobench_digits.py [--T 4] [--images 200] [--epochs 15] [--seed 0]
 """
+
 import argparse
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
-
-from na_kernels.nn import IFLayer, to_snn
-from na_kernels.io.neurobench import argmax_postprocessor, neurobench_model
 from neurobench.benchmarks import Benchmark
-from neurobench.metrics.workload import (ActivationSparsity, ClassificationAccuracy, MembraneUpdates,
-                                         SynapticOperations)
+from neurobench.metrics.workload import ActivationSparsity, ClassificationAccuracy, MembraneUpdates, SynapticOperations
 from neurobench.models import NeuroBenchModel
 from nir_peers import digits_tensors, train
+from torch.utils.data import DataLoader, TensorDataset
+
+from na_kernels.io.neurobench import argmax_postprocessor, neurobench_model
+from na_kernels.nn import IFLayer, to_snn
 
 METRICS = [ClassificationAccuracy, ActivationSparsity, SynapticOperations, MembraneUpdates]
 
@@ -60,24 +60,43 @@ def main():
     with torch.no_grad():
         out = snn(x)
     stats = snn.statistics()
-    ours = dict(accuracy=(out[-1].argmax(-1) == y).float().mean().item(),
-                sparsity=1 - stats["total"]["firing_rate"], acs=stats["total"]["sops_per_sample"],
-                macs=stats["total"]["analog_macs_per_sample"], updates=None)
+    ours = dict(
+        accuracy=(out[-1].argmax(-1) == y).float().mean().item(),
+        sparsity=1 - stats["total"]["firing_rate"],
+        acs=stats["total"]["sops_per_sample"],
+        macs=stats["total"]["analog_macs_per_sample"],
+        updates=None,
+    )
     print(snn.statistics_table())
 
     def bench(wrapped):
         r = Benchmark(wrapped, loader, [], [argmax_postprocessor], [[], METRICS]).run(quiet=True)
         ops = r["SynapticOperations"]
-        return dict(accuracy=r["ClassificationAccuracy"], sparsity=r["ActivationSparsity"],
-                    acs=ops["Effective_ACs"], macs=ops["Effective_MACs"], updates=r["MembraneUpdates"])
+        return dict(
+            accuracy=r["ClassificationAccuracy"],
+            sparsity=r["ActivationSparsity"],
+            acs=ops["Effective_ACs"],
+            macs=ops["Effective_MACs"],
+            updates=r["MembraneUpdates"],
+        )
 
     naive = bench(Naive(snn))
     snn.record_statistics(False)
     adapted = bench(neurobench_model(snn, x[:8]))
-    rows = [("accuracy", "{:.4f}"), ("sparsity", "{:.5f}"), ("acs", "{:,.1f}"), ("macs", "{:,.1f}"),
-            ("updates", "{:,.1f}")]
-    labels = dict(accuracy="accuracy", sparsity="activation sparsity", acs="ACs / sample (SOPs)",
-                  macs="MACs / sample", updates="membrane updates / sample")
+    rows = [
+        ("accuracy", "{:.4f}"),
+        ("sparsity", "{:.5f}"),
+        ("acs", "{:,.1f}"),
+        ("macs", "{:,.1f}"),
+        ("updates", "{:,.1f}"),
+    ]
+    labels = dict(
+        accuracy="accuracy",
+        sparsity="activation sparsity",
+        acs="ACs / sample (SOPs)",
+        macs="MACs / sample",
+        updates="membrane updates / sample",
+    )
     print(f"\ndigits CNN, T = {args.T}, {len(x)} test images")
     print(f"{'metric':<26}{'snn.statistics()':>18}{'NeuroBench, naive':>20}{'NeuroBench, adapter':>22}")
     for key, fmt in rows:

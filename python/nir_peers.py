@@ -12,6 +12,7 @@ from na_kernels' (||mean_peer - mean_ours|| / ||mean_ours||), and whether the fi
     pip install loguru pbr matplotlib        # what they import
     python python/nir_peers.py [--p 2] [--epochs 15] [--seed 0]
 """
+
 import argparse
 import os
 import sys
@@ -62,6 +63,7 @@ def running_mean(per_step):
 def run_spikingjelly(path, x, T):
     from spikingjelly.activation_based import functional
     from spikingjelly.activation_based.nir_exchange import import_from_nir
+
     net = import_from_nir(path, dt=1.0, step_mode="m")  # our IF nodes integrate r = 1 per step: dt = 1
     functional.reset_net(net)
     out, _ = net(x.unsqueeze(0).expand(T, *x.shape).contiguous())
@@ -71,6 +73,7 @@ def run_spikingjelly(path, x, T):
 def run_snntorch(path, x, T):
     import nir
     from snntorch.import_nir import import_from_nir
+
     net = import_from_nir(nir.read(path))
     outputs, state = [], None
     for _ in range(T):
@@ -82,6 +85,7 @@ def run_snntorch(path, x, T):
 def run_sinabs(path, x, T):
     import nir
     import sinabs
+
     net = sinabs.from_nir(nir.read(path), batch_size=x.shape[0])
     sinabs.reset_states(net)
     # sinabs's squeeze layers take [B*T, ...], batch-major (sample b's T steps together)
@@ -93,6 +97,7 @@ def run_sinabs(path, x, T):
 def run_norse(path, x, T):
     import nir
     import norse.torch
+
     net = norse.torch.from_nir(nir.read(path))  # its reset_method reaches LIF nodes, not IF
     outputs, state = [], None
     for _ in range(T):
@@ -128,6 +133,7 @@ def main():
             path = os.path.join(folder, f"digits_{pooling}.nir")
             if not os.path.exists(path):
                 import nir
+
                 nir.write(path, to_nir(snn, tuple(x_test.shape[1:]), pooling=pooling))
             try:
                 with torch.no_grad():
@@ -138,8 +144,10 @@ def main():
             except Exception as error:  # report what the importer or its forward raised
                 traceback.print_exc(file=sys.stderr)
                 rows.append((tool, pooling, f"fails: {type(error).__name__}: {str(error)[:80]}", None))
-    print(f"digits CNN, NoisyQuant p = {args.p}, {args.epochs} epochs, seed {args.seed}; ANN {100 * ann:.1f} %; "
-          f"test accuracy % (distance from na_kernels' mean output)")
+    print(
+        f"digits CNN, NoisyQuant p = {args.p}, {args.epochs} epochs, seed {args.seed}; ANN {100 * ann:.1f} %; "
+        f"test accuracy % (distance from na_kernels' mean output)"
+    )
     print("| tool | pooling | file | " + " | ".join(f"T = {t}" for t in STEPS) + " |")
     print("|---|---|---|" + "---|" * len(STEPS))
     for tool, pooling, status, means in rows:

@@ -22,6 +22,7 @@ Measured (seeds 0, 1, 2, 30 epochs, CPU; test accuracy %, mean ± max - min):
     post_training_convert               86.9 ± 9.6   98.0 ± 1.5   99.3 ± 0.2   99.5 ± 0.4
     + calibrate_thresholds (per T)      86.9 ± 9.6   98.7 ± 0.4   99.3 ± 0.7   99.4 ± 0.4
 """
+
 import argparse
 import copy
 import statistics
@@ -34,8 +35,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from na_kernels.app.datasets import digits_split
 from na_kernels.app.models import digits_cnn
-from na_kernels.nn import post_training_convert
 from na_kernels.convert.post_training import SEARCH_PERCENTILES
+from na_kernels.nn import post_training_convert
 
 STEPS = (1, 2, 4, 8)
 
@@ -123,21 +124,29 @@ def main():
     torch.set_num_threads(max(1, torch.get_num_threads()))
     x_train, y_train, x_test, y_test = digits_tensors()
     calibration = DataLoader(TensorDataset(x_train, y_train), batch_size=128)
-    rows = {"ANN (ReLU)": [], "SpikingJelly 99.9% channel-wise half-threshold": [],
-            "na_kernels post_training_convert": [], "na_kernels + calibrate_thresholds": [],
-            "na_kernels, percentile searched per T": []}
+    rows = {
+        "ANN (ReLU)": [],
+        "SpikingJelly 99.9% channel-wise half-threshold": [],
+        "na_kernels post_training_convert": [],
+        "na_kernels + calibrate_thresholds": [],
+        "na_kernels, percentile searched per T": [],
+    }
     for seed in args.seeds:
         model = train_relu_cnn(seed, x_train, y_train, args.epochs)
         with torch.no_grad():
             ann = float(accuracy(model(x_test), y_test))
         rows["ANN (ReLU)"].append({t: ann for t in STEPS})
         rows["SpikingJelly 99.9% channel-wise half-threshold"].append(
-            spikingjelly_curve(model, calibration, x_test, y_test))
+            spikingjelly_curve(model, calibration, x_test, y_test)
+        )
         rows["na_kernels post_training_convert"].append(ours_curve(model, calibration, x_test, y_test, False))
         rows["na_kernels + calibrate_thresholds"].append(ours_curve(model, calibration, x_test, y_test, True))
         rows["na_kernels, percentile searched per T"].append(searched_curve(model, calibration, x_test, y_test))
-        print(f"seed {seed}: " + "; ".join(f"{name}: " + " ".join(f"{r[-1][t]:.1f}" for t in STEPS)
-                                          for name, r in rows.items()), flush=True)
+        print(
+            f"seed {seed}: "
+            + "; ".join(f"{name}: " + " ".join(f"{r[-1][t]:.1f}" for t in STEPS) for name, r in rows.items()),
+            flush=True,
+        )
 
     width = max(len(name) for name in rows)
     print(f"\ndigits test accuracy (%), {len(y_test)} images, mean ± spread (max - min) over seeds {args.seeds}")

@@ -9,6 +9,7 @@ clip λ per layer, uniform noise in training). Everything else is unchanged.
     python python/train_noisyquant.py --noise none    # the QCFS baseline, for comparison
     python python/convert_snn.py                      # then: convert and run as an SNN
 """
+
 import argparse
 import os
 
@@ -24,12 +25,19 @@ from na_kernels.nn import replace_activations
 def make_model() -> nn.Module:
     """Any ordinary network with nn.ReLU (use average pooling: max pooling has no SNN twin)."""
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(1, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
         nn.AvgPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
         nn.AvgPool2d(2),
-        nn.Flatten(), nn.Linear(64 * 2 * 2, 10),
+        nn.Flatten(),
+        nn.Linear(64 * 2 * 2, 10),
     )
 
 
@@ -46,8 +54,11 @@ def main():
     parser.add_argument("--noise", default="uniform", choices=["uniform", "gaussian", "none"])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=os.path.join("runs", "digits_noisyquant.pt"),
-                        help="where to save the trained weights (default: runs/digits_noisyquant.pt)")
+    parser.add_argument(
+        "--out",
+        default=os.path.join("runs", "digits_noisyquant.pt"),
+        help="where to save the trained weights (default: runs/digits_noisyquant.pt)",
+    )
     args = parser.parse_args()
     torch.manual_seed(args.seed)
 

@@ -9,6 +9,7 @@ CUDA; skipped without it)
 and ``peers`` (compares with another library, e.g. SpikingJelly; skipped where it is missing).
 ``pytest -m "not slow" tests`` is the inner loop; ``pytest tests`` (CI) runs everything.
 """
+
 import os
 
 import torch
@@ -169,9 +170,12 @@ def _register_hypothesis_profiles():
         from hypothesis import HealthCheck, settings
     except ImportError:  # the test extra is not installed: tests/property skips itself
         return
-    common = dict(deadline=None, database=None, print_blob=True,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                         HealthCheck.function_scoped_fixture])
+    common = dict(
+        deadline=None,
+        database=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+    )
     settings.register_profile("ci", max_examples=1000, derandomize=True, **common)
     settings.register_profile("thorough", max_examples=20000, derandomize=False, **common)
     settings.register_profile("dev", max_examples=50, derandomize=True, **common)

@@ -1,9 +1,9 @@
 """A small NIR interpreter for the tests: runs a graph to_nir wrote, node by node, in PyTorch."""
+
+import nir
 import numpy as np
 import torch
 from torch.nn import functional as F
-
-import nir
 
 
 def run_nir(graph, x, T, semantics="na_kernels"):
@@ -33,15 +33,21 @@ def run_nir(graph, x, T, semantics="na_kernels"):
                 continue
             h = sum(values[s] for s in sources[name])
             if isinstance(node, nir.Conv2d):
-                out = F.conv2d(h, f32(node.weight), f32(node.bias), pair(node.stride), pair(node.padding),
-                               pair(node.dilation), int(node.groups))
+                out = F.conv2d(
+                    h,
+                    f32(node.weight),
+                    f32(node.bias),
+                    pair(node.stride),
+                    pair(node.padding),
+                    pair(node.dilation),
+                    int(node.groups),
+                )
             elif isinstance(node, (nir.Affine, nir.Linear)):
                 out = F.linear(h, f32(node.weight), f32(node.bias) if isinstance(node, nir.Affine) else None)
             elif isinstance(node, nir.AvgPool2d):
                 out = F.avg_pool2d(h, pair(node.kernel_size), pair(node.stride), pair(node.padding))
             elif isinstance(node, nir.SumPool2d):
-                out = F.avg_pool2d(h, pair(node.kernel_size), pair(node.stride), pair(node.padding),
-                                   divisor_override=1)
+                out = F.avg_pool2d(h, pair(node.kernel_size), pair(node.stride), pair(node.padding), divisor_override=1)
             elif isinstance(node, nir.Flatten):
                 start = int(node.start_dim)
                 out = torch.flatten(h, start + 1 if start >= 0 else start)

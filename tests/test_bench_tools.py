@@ -1,5 +1,6 @@
 """The benchmark's own instruments (bench/): the model table of the summary and the peak-memory
 measurement of a call. No timing here: only that they compute what they claim."""
+
 import sys
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import torch
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
-import summarize
+import summarize  # noqa: E402  (bench/ is not a package: its folder goes on sys.path first)
 
 
 def _record(case, impl, seconds, ours, memory=None, table="model", **extra):

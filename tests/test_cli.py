@@ -1,4 +1,5 @@
 """The na-kernels command line: train -> evaluate -> convert, errors (the demo: test_demo.py)."""
+
 import json
 import os
 import subprocess
@@ -8,14 +9,32 @@ import pytest
 
 from na_kernels.app.cli import main
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_train_evaluate_convert_on_digits(tmp_path, capsys):
     run = tmp_path / "run"
-    common = ["--dataset", "digits", "--arch", "digits_cnn", "--p", "3", "--lam", "2", "--lr", "0.05",
-              "--batch-size", "64", "--epochs", "2", "--out", str(run), "--no-progress", "--device", "cpu"]
+    common = [
+        "--dataset",
+        "digits",
+        "--arch",
+        "digits_cnn",
+        "--p",
+        "3",
+        "--lam",
+        "2",
+        "--lr",
+        "0.05",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "2",
+        "--out",
+        str(run),
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     assert main(["train", *common, "--stop-after", "1"]) == 0
     assert "stopping after epoch 1" in capsys.readouterr().out
     assert main(["train", *common, "--resume"]) == 0  # default: <out>/last.pt
@@ -36,13 +55,41 @@ def test_train_evaluate_convert_on_digits(tmp_path, capsys):
 
 
 def test_clear_errors_for_missing_data_and_checkpoint(tmp_path, capsys):
-    rc = main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path), "--epochs", "1", "--out",
-               str(tmp_path / "o"), "--no-progress", "--device", "cpu"])
+    rc = main(
+        [
+            "train",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            str(tmp_path),
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "train-images-idx3-ubyte" in err and str(tmp_path) in err
-    rc = main(["train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--epochs", "1", "--out",
-               str(tmp_path / "o"), "--no-progress", "--device", "cpu"])
+    rc = main(
+        [
+            "train",
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            str(tmp_path),
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 2 and "cifar-10-batches-py" in capsys.readouterr().err
     assert main(["evaluate", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
@@ -51,8 +98,9 @@ def test_clear_errors_for_missing_data_and_checkpoint(tmp_path, capsys):
 @pytest.mark.slow
 def test_console_entry_point_help():
     env = dict(os.environ)
-    proc = subprocess.run([sys.executable, "-m", "na_kernels.app.cli", "--help"], capture_output=True, text=True,
-                          timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "na_kernels.app.cli", "--help"], capture_output=True, text=True, timeout=120, env=env
+    )
     assert proc.returncode == 0
     for command in ("demo", "train", "evaluate", "convert"):
         assert command in proc.stdout
@@ -79,9 +127,12 @@ def test_options_follow_the_shared_argument_rules(capsys):
     args = parser.parse_args(["train", "--dataset", "digits", "--p", "3.0", "--noise", "none"])
     assert args.p == 3 and type(args.p) is int and args.noise == "none"
     assert parser.parse_args(["convert", "--checkpoint", "c.pt", "--T", "8"]).T == 8
-    for bad, message in ((["--p", "2.5"], "p must be an int >= 1"), (["--noise", "laplace"], "invalid choice"),
-                         (["--epochs", "0"], "epochs must be an int >= 1"),
-                         (["--lam", "-1"], "lam must be a finite float > min_lam")):
+    for bad, message in (
+        (["--p", "2.5"], "p must be an int >= 1"),
+        (["--noise", "laplace"], "invalid choice"),
+        (["--epochs", "0"], "epochs must be an int >= 1"),
+        (["--lam", "-1"], "lam must be a finite float > min_lam"),
+    ):
         with pytest.raises(SystemExit):
             parser.parse_args(["train", "--dataset", "digits", *bad])
         assert message in capsys.readouterr().err
@@ -109,8 +160,21 @@ def assert_one_line_error(rc, err, message):
     assert message in lines[0], err
 
 
-TINY = ["--dataset", "digits", "--arch", "digits_cnn", "--epochs", "1", "--max-steps-per-epoch", "1",
-        "--batch-size", "16", "--no-progress", "--device", "cpu"]
+TINY = [
+    "--dataset",
+    "digits",
+    "--arch",
+    "digits_cnn",
+    "--epochs",
+    "1",
+    "--max-steps-per-epoch",
+    "1",
+    "--batch-size",
+    "16",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +196,14 @@ def bad_inputs(tmp_path_factory):
     good = torch.load(root / "good" / "last.pt", weights_only=True)
     paths = {"root": root, "good": root / "good" / "last.pt", "file": root / "a_file"}
     paths["file"].write_text("x")
-    for name, change in (("nometa", {"meta": None}), ("noconfig", {"config": None}), ("nomodel", {"model": None}),
-                         ("badarch", {"config": {**good["config"], "arch": "resnet9000"}}),
-                         ("badweights", {"model": {"stray": torch.zeros(1)}}),
-                         ("noopt", {"optimizer": None})):
+    for name, change in (
+        ("nometa", {"meta": None}),
+        ("noconfig", {"config": None}),
+        ("nomodel", {"model": None}),
+        ("badarch", {"config": {**good["config"], "arch": "resnet9000"}}),
+        ("badweights", {"model": {"stray": torch.zeros(1)}}),
+        ("noopt", {"optimizer": None}),
+    ):
         state = {k: v for k, v in good.items() if change.get(k, 0) is not None}
         state.update({k: v for k, v in change.items() if v is not None})
         torch.save(state, root / f"{name}.pt")
@@ -143,9 +211,11 @@ def bad_inputs(tmp_path_factory):
     weights = good["model"]
     lam_key = next(k for k in weights if k.endswith("raw_lam"))
     conv_key = next(k for k in weights if k.endswith("weight") and weights[k].dim() == 4)
-    for name, model in (("nanlam", {**weights, lam_key: torch.full_like(weights[lam_key], float("nan"))}),
-                        ("badshape", {**weights, conv_key: torch.zeros(3, 3)}),
-                        ("missingkey", {k: v for k, v in weights.items() if k != conv_key})):
+    for name, model in (
+        ("nanlam", {**weights, lam_key: torch.full_like(weights[lam_key], float("nan"))}),
+        ("badshape", {**weights, conv_key: torch.zeros(3, 3)}),
+        ("missingkey", {k: v for k, v in weights.items() if k != conv_key}),
+    ):
         torch.save({**good, "model": model}, root / f"{name}.pt")
         paths[name] = root / f"{name}.pt"
     paths["lam_key"], paths["conv_key"] = lam_key, conv_key
@@ -163,8 +233,7 @@ def bad_inputs(tmp_path_factory):
             images = np.zeros((n, 28, 28), np.uint8)
             head = (magic or bytes([0, 0, 8, 3])) + struct.pack(">III", *(dims or images.shape))
             (folder / f"{split}-images-idx3-ubyte").write_bytes(head + images.tobytes())
-            (folder / f"{split}-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1]) + struct.pack(">I", n)
-                                                                + bytes(n))
+            (folder / f"{split}-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1]) + struct.pack(">I", n) + bytes(n))
         return folder
 
     paths["mnist_good"] = mnist("mnist_good")
@@ -187,13 +256,38 @@ def bad_inputs(tmp_path_factory):
 
 
 def _mnist(key, *extra):
-    return lambda p: ["train", "--dataset", "mnist", "--data-dir", str(p[key]), "--epochs", "1", "--no-progress",
-                      "--device", "cpu", "--out", str(p["root"] / "o"), *extra]
+    return lambda p: [
+        "train",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(p[key]),
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--out",
+        str(p["root"] / "o"),
+        *extra,
+    ]
 
 
 def _cifar(key):
-    return lambda p: ["train", "--dataset", "cifar10", "--data-dir", str(p[key]), "--epochs", "1", "--no-progress",
-                      "--device", "cpu", "--out", str(p["root"] / "o")]
+    return lambda p: [
+        "train",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        str(p[key]),
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--out",
+        str(p["root"] / "o"),
+    ]
 
 
 def _train(*extra):
@@ -215,50 +309,78 @@ BAD_INPUTS = [  # (id, argv from the fixture's paths, what the error line must s
     ("momentum-negative", _train("--momentum", "-1"), "argument --momentum: momentum must be >= 0.0, got -1.0"),
     ("weight-decay-negative", _train("--weight-decay", "-1"), "weight_decay must be >= 0.0, got -1.0"),
     ("warmup-negative", _train("--warmup-epochs", "-3"), "warmup_epochs must be an int >= 0, got -3"),
-    ("warmup-not-shorter-than-training", _train("--warmup-epochs", "1"),
-     "warmup_epochs (1) must be fewer than epochs (1): the learning rate would never reach its peak"),
+    (
+        "warmup-not-shorter-than-training",
+        _train("--warmup-epochs", "1"),
+        "warmup_epochs (1) must be fewer than epochs (1): the learning rate would never reach its peak",
+    ),
     ("seed-too-large", _train("--seed", str(2**64)), "seed must be an int in 0 .. 2**32 - 1"),
     ("seed-negative", _train("--seed", "-1"), "seed must be an int >= 0, got -1"),
-    ("batch-larger-than-data", _train("--batch-size", "5000"),
-     "batch size 5000 x 1 process(es) is larger than the 1258 training images of digits"),
+    (
+        "batch-larger-than-data",
+        _train("--batch-size", "5000"),
+        "batch size 5000 x 1 process(es) is larger than the 1258 training images of digits",
+    ),
     ("device-cuda", lambda p: _train()(p) + ["--device", "cuda"], "no CUDA GPU is available here"),  # no GPU only
     ("device-cuda-index", lambda p: _train()(p) + ["--device", "cuda:99"], "'cuda:99'"),
     ("device-tpu", lambda p: _train()(p) + ["--device", "tpu"], "'tpu' is not a device; use cpu, cuda or cuda:<index>"),
     ("out-is-a-file", lambda p: ["train", *TINY, "--out", str(p["file"])], "is a file, not a folder"),
-    ("out-under-a-file", lambda p: ["train", *TINY, "--out", str(p["file"] / "sub")],
-     "cannot be created: "),
-    ("out-holds-a-run", lambda p: ["train", *TINY, "--out", str(p["good"].parent)],
-     "already holds a run"),
-    ("demo-lam-zero", lambda p: ["demo", "--quick", "--lam", "0", "--out", str(p["root"] / "d")],
-     'argument --lam: lam must be a finite float > min_lam (0.001) or "auto", got 0'),
+    ("out-under-a-file", lambda p: ["train", *TINY, "--out", str(p["file"] / "sub")], "cannot be created: "),
+    ("out-holds-a-run", lambda p: ["train", *TINY, "--out", str(p["good"].parent)], "already holds a run"),
+    (
+        "demo-lam-zero",
+        lambda p: ["demo", "--quick", "--lam", "0", "--out", str(p["root"] / "d")],
+        'argument --lam: lam must be a finite float > min_lam (0.001) or "auto", got 0',
+    ),
     ("evaluate-no-meta", _ckpt("evaluate", "nometa"), "has no 'meta' (dict expected)"),
     ("evaluate-no-config", _ckpt("evaluate", "noconfig"), "has no 'config' (dict expected)"),
     ("evaluate-no-weights", _ckpt("evaluate", "nomodel"), "has no 'model' (dict expected)"),
     ("evaluate-wrong-weights", _ckpt("evaluate", "badweights"), "the weights do not fit arch 'digits_cnn'"),
     ("evaluate-unknown-arch", _ckpt("evaluate", "badarch"), "unknown architecture 'resnet9000'"),
     ("evaluate-not-a-checkpoint", _ckpt("evaluate", "garbage"), "is not a readable na_kernels checkpoint"),
-    ("evaluate-pickled-objects", _ckpt("evaluate", "pickled"),
-     "Unsupported global: GLOBAL argparse.Namespace was not an allowed global by default."),
-    ("evaluate-device-tpu", lambda p: ["evaluate", "--checkpoint", str(p["good"]), "--device", "tpu"],
-     "'tpu' is not a device"),
+    (
+        "evaluate-pickled-objects",
+        _ckpt("evaluate", "pickled"),
+        "Unsupported global: GLOBAL argparse.Namespace was not an allowed global by default.",
+    ),
+    (
+        "evaluate-device-tpu",
+        lambda p: ["evaluate", "--checkpoint", str(p["good"]), "--device", "tpu"],
+        "'tpu' is not a device",
+    ),
     ("convert-no-meta", _ckpt("convert", "nometa", "--T", "2"), "has no 'meta'"),
     ("convert-nan-lam", _ckpt("convert", "nanlam", "--T", "2"), "holds NaN or infinite values"),
     ("convert-wrong-shape", _ckpt("convert", "badshape", "--T", "2"), "1 of another shape (e.g. "),
     ("convert-missing-tensor", _ckpt("convert", "missingkey", "--T", "2"), "missing 1 (e.g. "),
     ("evaluate-nan-lam", _ckpt("evaluate", "nanlam"), "holds NaN or infinite values"),
-    ("convert-save-under-a-file", lambda p: _ckpt("convert", "good", "--T", "2", "--save",
-                                                  str(p["file"] / "net.snn"))(p), "cannot be created"),
-    ("convert-report-under-a-file", lambda p: _ckpt("convert", "good", "--T", "2", "--report",
-                                                    str(p["file"] / "r.json"))(p), "cannot be created"),
+    (
+        "convert-save-under-a-file",
+        lambda p: _ckpt("convert", "good", "--T", "2", "--save", str(p["file"] / "net.snn"))(p),
+        "cannot be created",
+    ),
+    (
+        "convert-report-under-a-file",
+        lambda p: _ckpt("convert", "good", "--T", "2", "--report", str(p["file"] / "r.json"))(p),
+        "cannot be created",
+    ),
     ("resume-no-weights", lambda p: _train("--resume", str(p["nomodel"]))(p), "has no 'model'"),
     ("resume-no-optimizer", lambda p: _train("--resume", str(p["noopt"]))(p), "holds no optimizer state"),
     ("arch-unknown", _train("--arch", "resnet9000"), "argument --arch: invalid choice: 'resnet9000'"),
-    ("mnist-arch-digits_cnn", _mnist("mnist_good", "--arch", "digits_cnn"),
-     "arch 'digits_cnn' takes 8x8 images but dataset 'mnist' has 32x32; choose an arch for 32x32 images"),
-    ("digits-arch-vgg16", lambda p: ["train", *TINY, "--arch", "vgg16", "--out", str(p["root"] / "o")],
-     "arch 'vgg16' takes 32x32 images but dataset 'digits' has 8x8"),
-    ("mnist-header-overflow", _mnist("mnist_overflow"),  # the size in exact integers, not an int64 overflow
-     f"idx header says (4294967295, 4294967295, 4294967295) ({(2**32 - 1)**3} bytes of data)"),
+    (
+        "mnist-arch-digits_cnn",
+        _mnist("mnist_good", "--arch", "digits_cnn"),
+        "arch 'digits_cnn' takes 8x8 images but dataset 'mnist' has 32x32; choose an arch for 32x32 images",
+    ),
+    (
+        "digits-arch-vgg16",
+        lambda p: ["train", *TINY, "--arch", "vgg16", "--out", str(p["root"] / "o")],
+        "arch 'vgg16' takes 32x32 images but dataset 'digits' has 8x8",
+    ),
+    (
+        "mnist-header-overflow",
+        _mnist("mnist_overflow"),  # the size in exact integers, not an int64 overflow
+        f"idx header says (4294967295, 4294967295, 4294967295) ({(2**32 - 1) ** 3} bytes of data)",
+    ),
     ("mnist-no-images", _mnist("mnist_empty"), "holds 0 images"),
     ("mnist-bad-magic", _mnist("mnist_magic"), "bad magic number 0x00000801, expected 0x00000803"),
     ("cifar-text-labels", _cifar("cifar_text"), "'labels' must hold integer class labels, got <U3 values (e.g. 'cat')"),
@@ -267,9 +389,13 @@ BAD_INPUTS = [  # (id, argv from the fixture's paths, what the error line must s
 ]
 
 
-@pytest.mark.parametrize("argv,message", [
-    pytest.param(a, m, id=i, marks=pytest.mark.skipif(HAS_GPU and i == "device-cuda", reason="a GPU is present"))
-    for i, a, m in BAD_INPUTS])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        pytest.param(a, m, id=i, marks=pytest.mark.skipif(HAS_GPU and i == "device-cuda", reason="a GPU is present"))
+        for i, a, m in BAD_INPUTS
+    ],
+)
 def test_bad_input_is_one_clear_error_line(bad_inputs, capsys, argv, message):
     rc, err = run_cli(argv(bad_inputs), capsys)
     assert_one_line_error(rc, err, message)
@@ -291,8 +417,7 @@ def test_train_writes_best_checkpoint_and_metrics(tmp_path, capsys):
     import torch
 
     out = tmp_path / "run"
-    assert main(["train", *TINY, "--epochs", "3", "--max-steps-per-epoch", "4", "--lr", "0.05",
-                 "--out", str(out)]) == 0
+    assert main(["train", *TINY, "--epochs", "3", "--max-steps-per-epoch", "4", "--lr", "0.05", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     epochs = metrics["epochs"]
@@ -319,11 +444,24 @@ def test_help_shows_every_default(capsys):
     from na_kernels.app.cli import build_parser
 
     parser = build_parser()
-    for command, expected in (("train", ["--epochs EPOCHS", "(default: 300)", "(default: 0.1)", "(default: 0.9)",
-                                         "(default: 0.0005)", "(default: runs/na_kernels)", "(default: resnet20)",
-                                         "(default: uniform)"]),
-                              ("evaluate", ["(default: 256)"]), ("convert", ["(default: 32)", "(default: 256)"]),
-                              ("demo", ["(default: 32)", "(default: 128)", "(default: 0.05)"])):
+    for command, expected in (
+        (
+            "train",
+            [
+                "--epochs EPOCHS",
+                "(default: 300)",
+                "(default: 0.1)",
+                "(default: 0.9)",
+                "(default: 0.0005)",
+                "(default: runs/na_kernels)",
+                "(default: resnet20)",
+                "(default: uniform)",
+            ],
+        ),
+        ("evaluate", ["(default: 256)"]),
+        ("convert", ["(default: 32)", "(default: 256)"]),
+        ("demo", ["(default: 32)", "(default: 128)", "(default: 0.05)"]),
+    ):
         with pytest.raises(SystemExit):
             parser.parse_args([command, "--help"])
         text = " ".join(capsys.readouterr().out.split())
@@ -361,8 +499,8 @@ def test_damaged_checkpoint_error_names_the_tensor(bad_inputs, capsys, key, whic
 def test_convert_saves_a_network_that_loads(bad_inputs, tmp_path, capsys):
     import torch
 
-    from na_kernels.nn import load_snn, to_snn
     from na_kernels.app.train import load_checkpoint, network_from_checkpoint
+    from na_kernels.nn import load_snn, to_snn
 
     path = tmp_path / "net.snn"
     assert main(_ckpt("convert", "good", "--T", "3", "--save", str(path))(bad_inputs)) == 0
@@ -379,8 +517,9 @@ def _finetune_script():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "finetune_snn", os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python",
-                                     "finetune_snn.py"))
+        "finetune_snn",
+        os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python", "finetune_snn.py"),
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -402,9 +541,15 @@ def test_finetune_script_reads_a_train_checkpoint(bad_inputs):
     assert len(losses) == 1 and losses[0] > 0
 
 
-@pytest.mark.parametrize("key,message", [("nanlam", "holds NaN or infinite values"),
-                                         ("badshape", "of another shape"), ("missingkey", "missing 1"),
-                                         ("garbage", "is not a readable checkpoint")])
+@pytest.mark.parametrize(
+    "key,message",
+    [
+        ("nanlam", "holds NaN or infinite values"),
+        ("badshape", "of another shape"),
+        ("missingkey", "missing 1"),
+        ("garbage", "is not a readable checkpoint"),
+    ],
+)
 def test_finetune_script_bad_checkpoint_is_one_error_line(bad_inputs, capsys, key, message):
     script = _finetune_script()
     with pytest.raises(SystemExit) as exit_info:

@@ -1,4 +1,5 @@
 """The python/ example scripts run end to end (few epochs) and report sensible numbers."""
+
 import os
 import subprocess
 import sys
@@ -34,8 +35,14 @@ def test_train_then_convert_examples(tmp_path):
 
 def test_convert_example_without_checkpoint_says_what_to_run(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "python", "convert_snn.py")], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "python", "convert_snn.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode != 0 and "run python python/train_noisyquant.py first" in proc.stderr
 
 

@@ -1,4 +1,5 @@
 """Dataset readers on fixture files written in the real formats, and the batch loader."""
+
 import gzip
 import os
 import pickle
@@ -9,9 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from na_kernels.app.datasets import (BatchLoader, DatasetError, digits_split, load_cifar, load_dataset, load_digits,
-                                 load_mnist, load_mnist10k, mnist10k_split, read_idx)
-
+from na_kernels.app.datasets import (
+    BatchLoader,
+    DatasetError,
+    digits_split,
+    load_cifar,
+    load_dataset,
+    load_digits,
+    load_mnist,
+    load_mnist10k,
+    mnist10k_split,
+    read_idx,
+)
 
 # ------------------------------------------------------------------------------- fixtures
 
@@ -43,8 +53,12 @@ def make_mnist(folder, n_train=12, n_test=5, gz=False, seed=0):
 def make_cifar(folder, num_classes=10, n=6, seed=0):
     rng = np.random.default_rng(seed)
     if num_classes == 10:
-        sub, train_files, test_files, key = "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], \
-            ["test_batch"], b"labels"
+        sub, train_files, test_files, key = (
+            "cifar-10-batches-py",
+            [f"data_batch_{i}" for i in range(1, 6)],
+            ["test_batch"],
+            b"labels",
+        )
     else:
         sub, train_files, test_files, key = "cifar-100-python", ["train"], ["test"], b"fine_labels"
     base = os.path.join(folder, sub)
@@ -302,7 +316,7 @@ def test_random_crop_is_a_shifted_window():
     loader = BatchLoader(data, 8, augment=True, seed=1)
     x, _ = next(iter(loader))
     padded = torch.nn.functional.pad(img[0, 0].float(), (1, 1, 1, 1))
-    windows = [padded[i:i + 4, j:j + 4] for i in range(3) for j in range(3)]
+    windows = [padded[i : i + 4, j : j + 4] for i in range(3) for j in range(3)]
     for k in range(8):
         assert any(torch.equal(x[k, 0], w) for w in windows)
 
@@ -312,12 +326,18 @@ def test_mnist_bad_magic_names_file_and_expected_magic(tmp_path):
     images, labels = tmp_path / "train-images-idx3-ubyte", tmp_path / "train-labels-idx1-ubyte"
     a, b = images.read_bytes(), labels.read_bytes()
     images.write_bytes(b), labels.write_bytes(a)  # swapped: each a valid idx file, of the other kind
-    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte: bad magic number 0x00000801, expected "
-                                           r"0x00000803 \(MNIST images: uint8, 3 dims\)"):
+    with pytest.raises(
+        DatasetError,
+        match=r"train-images-idx3-ubyte: bad magic number 0x00000801, expected "
+        r"0x00000803 \(MNIST images: uint8, 3 dims\)",
+    ):
         load_mnist(str(tmp_path))
     images.write_bytes(a)
-    with pytest.raises(DatasetError, match=r"train-labels-idx1-ubyte: bad magic number 0x00000803, expected "
-                                           r"0x00000801 \(MNIST labels"):
+    with pytest.raises(
+        DatasetError,
+        match=r"train-labels-idx1-ubyte: bad magic number 0x00000803, expected "
+        r"0x00000801 \(MNIST labels",
+    ):
         load_mnist(str(tmp_path))
     labels.write_bytes(b"\x00\x00")
     with pytest.raises(DatasetError, match="bad magic number 2 byte"):
@@ -328,7 +348,7 @@ def test_mnist_header_overflow_and_no_images(tmp_path):
     make_mnist(str(tmp_path))
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">III", 2**32 - 1, 2**32 - 1, 2**31) + bytes(10))
-    with pytest.raises(DatasetError, match=rf"\({(2**32 - 1)**2 * 2**31} bytes of data\) but the file holds 10"):
+    with pytest.raises(DatasetError, match=rf"\({(2**32 - 1) ** 2 * 2**31} bytes of data\) but the file holds 10"):
         load_mnist(str(tmp_path))
     write_idx(str(path), np.zeros((0, 28, 28), np.uint8))
     write_idx(str(tmp_path / "train-labels-idx1-ubyte"), np.zeros((0,), np.uint8))
@@ -339,8 +359,15 @@ def test_mnist_header_overflow_and_no_images(tmp_path):
         load_mnist(str(tmp_path))
 
 
-@pytest.mark.parametrize("labels,shown", [(["cat"] * 6, "<U3 values (e.g. 'cat')"), ([0.0] * 6, "float64"),
-                                          ([None] * 6, "object values (e.g. None)"), ([True] * 6, "bool")])
+@pytest.mark.parametrize(
+    "labels,shown",
+    [
+        (["cat"] * 6, "<U3 values (e.g. 'cat')"),
+        ([0.0] * 6, "float64"),
+        ([None] * 6, "object values (e.g. None)"),
+        ([True] * 6, "bool"),
+    ],
+)
 def test_cifar_labels_must_be_integers(tmp_path, labels, shown):
     base, _ = make_cifar(str(tmp_path))
     with open(os.path.join(base, "data_batch_1"), "rb") as f:
@@ -348,7 +375,9 @@ def test_cifar_labels_must_be_integers(tmp_path, labels, shown):
     batch[b"labels"] = labels
     with open(os.path.join(base, "data_batch_1"), "wb") as f:
         pickle.dump(batch, f)
-    with pytest.raises(DatasetError, match="data_batch_1: 'labels' must hold integer class labels, got " + re.escape(shown)):
+    with pytest.raises(
+        DatasetError, match="data_batch_1: 'labels' must hold integer class labels, got " + re.escape(shown)
+    ):
         load_cifar(str(tmp_path))
 
 

@@ -1,5 +1,6 @@
 """na-kernels demo (na_kernels.app.demo): the numbers over seeds and the sentence computed from them
 (fast, on small made-up inputs), the plot, and the quick demo end to end (slow)."""
+
 import io
 import json
 import re
@@ -12,8 +13,8 @@ import torch
 from na_kernels.app import demo
 from na_kernels.app.cli import main
 from na_kernels.app.datasets import BatchLoader, mnist10k_split
-from na_kernels.nn import clipped_network
 from na_kernels.app.train import evaluate
+from na_kernels.nn import clipped_network
 
 TS = (1, 2, 4, 8, 16, 32, 64)
 
@@ -22,23 +23,35 @@ def _run(ann, limit, accs, seed=0):
     """One seed's numbers (accuracies in %, one per T in TS), as the demo records them."""
     acc = {T: a / 100 for T, a in zip(TS, accs)}
     curve = [acc[max(T for T in TS if T <= t)] for t in range(1, 65)]
-    return {"seed": seed, "ann": ann / 100, "limit": limit / 100, "acc": acc, "curve": curve,
-            "stats": {"64": {"firing_rate": 0.1, "energy_ratio": 1.0}, "4": {"firing_rate": 0.1, "energy_ratio": 0.2}}}
+    return {
+        "seed": seed,
+        "ann": ann / 100,
+        "limit": limit / 100,
+        "acc": acc,
+        "curve": curve,
+        "stats": {"64": {"firing_rate": 0.1, "energy_ratio": 1.0}, "4": {"firing_rate": 0.1, "energy_ratio": 0.2}},
+    }
 
 
 # seed by seed: a QCFS SNN that peaks at T = 2 and falls to its worse clipped network, and a
 # noise-trained one that rises to its limit
-QCFS_COLLAPSE = [_run(97.0, 57.0, [90, 97.7, 96, 93.9, 75.6, 66.8, 60.0], 0),
-                 _run(97.4, 60.0, [91, 97.0, 97.2, 94.0, 80.0, 70.0, 62.0], 1)]
-NOISE_RISES = [_run(97.5, 97.8, [80, 92, 96, 97.5, 97.8, 97.8, 97.8], 0),
-               _run(97.6, 97.9, [82, 93, 96.5, 97.6, 97.8, 97.9, 97.9], 1)]
+QCFS_COLLAPSE = [
+    _run(97.0, 57.0, [90, 97.7, 96, 93.9, 75.6, 66.8, 60.0], 0),
+    _run(97.4, 60.0, [91, 97.0, 97.2, 94.0, 80.0, 70.0, 62.0], 1),
+]
+NOISE_RISES = [
+    _run(97.5, 97.8, [80, 92, 96, 97.5, 97.8, 97.8, 97.8], 0),
+    _run(97.6, 97.9, [82, 93, 96.5, 97.6, 97.8, 97.9, 97.9], 1),
+]
 # both level at long T; the noise behind at T = 1 in both seeds, level at T = 2 and 4
 QCFS_LEVEL = [_run(98.0, 98.1, [92, 96, 97, 98, 98, 98, 98.1], 0), _run(98.2, 98.0, [90, 97.5, 98, 98, 98, 98, 98], 1)]
 # at T = 1 one seed 10 points ahead, one 10 behind; at T = 2 both 0.5 ahead
 QCFS_MIXED = [_run(98.0, 98.0, [80, 97, 98, 98, 98, 98, 98], 0), _run(98.0, 98.0, [90, 97, 98, 98, 98, 98, 98], 1)]
 NOISE_MIXED = [_run(98.0, 98.0, [90, 97.5, 98, 98, 98, 98, 98], 0), _run(98.0, 98.0, [80, 97.5, 98, 98, 98, 98, 98], 1)]
-NOISE_LEVEL = [_run(98.1, 98.2, [63, 96.5, 97.5, 98, 98.1, 98.2, 98.2], 0),
-               _run(98.0, 98.1, [70, 97.0, 98.2, 98, 98.1, 98.1, 98.1], 1)]
+NOISE_LEVEL = [
+    _run(98.1, 98.2, [63, 96.5, 97.5, 98, 98.1, 98.2, 98.2], 0),
+    _run(98.0, 98.1, [70, 97.0, 98.2, 98, 98.1, 98.1, 98.1], 1),
+]
 
 
 def _describe(noisy, qcfs):
@@ -69,13 +82,16 @@ def test_paired_difference_is_seed_by_seed():
 
 def test_sentence_names_the_collapse_when_every_seed_shows_it():
     text = _describe(NOISE_RISES, QCFS_COLLAPSE)
-    assert text.startswith("This run shows the collapse without noise: in every seed the QCFS SNN peaks early "
-                           "(T = 2, 4)")
+    assert text.startswith(
+        "This run shows the collapse without noise: in every seed the QCFS SNN peaks early (T = 2, 4)"
+    )
     assert "falls by 36.4 [35.2..37.7] points to 61.0 [60.0..62.0] % at T = 64" in text
     assert "towards its clipped network (58.5 [57.0..60.0] %, ANN 97.2 [97.0..97.4] %)" in text
     assert "while the noise-trained SNN reaches 97.9 [97.8..97.9] % at T = 64" in text
-    assert ("against QCFS with the same seed, the noise-trained SNN is behind at T = 1 (-9.5 [-10.0..-9.0] points), "
-            "behind at T = 2 (-4.8 [-5.7..-4.0] points), level at T = 4 (-0.4 [-0.7..+0.0] points).") in text
+    assert (
+        "against QCFS with the same seed, the noise-trained SNN is behind at T = 1 (-9.5 [-10.0..-9.0] points), "
+        "behind at T = 2 (-4.8 [-5.7..-4.0] points), level at T = 4 (-0.4 [-0.7..+0.0] points)."
+    ) in text
     assert text.count(". ") == 0  # one sentence
 
 
@@ -94,8 +110,7 @@ def test_sentence_says_when_the_collapse_does_not_show_and_the_low_T_words():
     assert "level at T = 2 (+0.5 [+0.5..+0.5] points)" in mixed
     # T = 2: one seed 1.5 points behind, the other 0.5: behind in some, level in others
     partly = [_run(98.0, 98.0, [90, 95.5 + 1.0 * k, 98, 98, 98, 98, 98], k) for k in (0, 1)]
-    assert ("behind in some seeds, level in others at T = 2 (-1.0 [-1.5..-0.5] points)"
-            in _describe(partly, QCFS_MIXED))
+    assert "behind in some seeds, level in others at T = 2 (-1.0 [-1.5..-0.5] points)" in _describe(partly, QCFS_MIXED)
 
 
 def test_sentence_when_the_noise_trained_snn_falls_and_for_one_seed():
@@ -111,8 +126,10 @@ def test_sentence_when_the_noise_trained_snn_falls_and_for_one_seed():
 
 
 def _results(noisy, qcfs):
-    results = [{"name": "NoisyQuant (uniform noise)", "noise": "uniform", "runs": noisy},
-               {"name": "QCFS (no noise)", "noise": "none", "runs": qcfs}]
+    results = [
+        {"name": "NoisyQuant (uniform noise)", "noise": "uniform", "runs": noisy},
+        {"name": "QCFS (no noise)", "noise": "none", "runs": qcfs},
+    ]
     for r in results:
         r["summary"] = demo.summarize(r["runs"], TS)
     return results
@@ -123,8 +140,17 @@ def test_table_has_a_mean_row_and_a_min_max_row_per_model():
     lines = table.splitlines()
     assert lines[0].split()[:4] == ["model", "ANN", "limit", "T=1"] and len(lines) == 2 + 4
     assert lines[2].startswith("NoisyQuant (uniform noise)") and lines[2].split()[3:6] == ["98.0", "98.2", "66.5"]
-    assert lines[3].split()[-9:] == ["98.0..98.1", "98.1..98.2", "63.0..70.0", "96.5..97.0", "97.5..98.2",
-                                     "98.0..98.0", "98.1..98.1", "98.1..98.2", "98.1..98.2"]
+    assert lines[3].split()[-9:] == [
+        "98.0..98.1",
+        "98.1..98.2",
+        "63.0..70.0",
+        "96.5..97.0",
+        "97.5..98.2",
+        "98.0..98.0",
+        "98.1..98.1",
+        "98.1..98.2",
+        "98.1..98.2",
+    ]
     one = demo._demo_table(_results(NOISE_LEVEL[:1], QCFS_LEVEL[:1]), TS, 4)
     assert "min..max" not in one and len(one.splitlines()) == 4
 
@@ -167,8 +193,24 @@ def quick(tmp_path_factory):
     text = io.StringIO()
     try:
         with redirect_stdout(text):
-            assert main(["demo", "--quick", "--seeds", "2", "--test-limit", "100", "--out", str(out),
-                         "--no-progress", "--exit-confidence", "0.9"]) == 0
+            assert (
+                main(
+                    [
+                        "demo",
+                        "--quick",
+                        "--seeds",
+                        "2",
+                        "--test-limit",
+                        "100",
+                        "--out",
+                        str(out),
+                        "--no-progress",
+                        "--exit-confidence",
+                        "0.9",
+                    ]
+                )
+                == 0
+            )
     finally:
         mp.undo()
         torch.set_num_threads(threads)
@@ -179,7 +221,7 @@ def quick(tmp_path_factory):
 def _row(text, name):
     """The table row of ``name``: [ANN, limit, T=1, ..., T=64] as printed (%)."""
     line = next(row for row in text.splitlines() if row.startswith(name) and re.search(r"x ANN$", row))
-    return [float(v) for v in line[len(name):].split()[:2 + len(TS)]]
+    return [float(v) for v in line[len(name) :].split()[: 2 + len(TS)]]
 
 
 @pytest.mark.slow
@@ -224,8 +266,21 @@ def test_printed_limit_is_the_clipped_networks_accuracy(quick):
 @pytest.mark.usefixtures("one_thread")
 def test_demo_seed_reproducible_and_runs_without_matplotlib(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    args = ["demo", "--data", "digits", "--epochs", "1", "--seeds", "1", "--test-limit", "40", "--no-progress",
-            "--seed", "3", "--exit-confidence"]
+    args = [
+        "demo",
+        "--data",
+        "digits",
+        "--epochs",
+        "1",
+        "--seeds",
+        "1",
+        "--test-limit",
+        "40",
+        "--no-progress",
+        "--seed",
+        "3",
+        "--exit-confidence",
+    ]
     assert main(args + ["--out", str(tmp_path / "a")]) == 0
     assert "plot:   skipped, matplotlib is not installed" in capsys.readouterr().out
     assert not (tmp_path / "a" / "demo_accuracy_vs_T.png").exists()

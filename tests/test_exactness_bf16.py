@@ -8,12 +8,12 @@ without libdevice flush-to-zero (Triton's default compiles tl.floor to cvt.rmi.f
 tests run the kernels on bf16 through the interpreter (natively on a GPU) and compile them for
 sm_90 to check the PTX.
 """
+
 import pytest
 import torch
+from conftest import TRITON_DEVICE, compile_triton_for_sm90, requires_cpp, requires_triton
 
 import na_kernels
-
-from conftest import TRITON_DEVICE, compile_triton_for_sm90, requires_cpp, requires_triton
 
 pytestmark = [requires_triton, requires_cpp]
 
@@ -27,10 +27,29 @@ def _bits(t):
 def _special_bf16():
     """Values where rounding, subnormals, signed zeros and non-finite values matter."""
     tiny = torch.finfo(BF16).smallest_normal
-    values = [0.34, 0.2, 0.71, -0.34, 1.0 / 3, 2.0 / 3, 0.5, 0.0, -0.0, float("inf"), -float("inf"), float("nan"),
-              3.3e38, -3.3e38, tiny, -tiny]
-    subnormals = torch.tensor([0x0001, 0x0003, 0x0040, 0x007F, 0x8001, 0x8003, 0x8040, 0x807F],
-                              dtype=torch.int32).to(torch.int16).view(BF16)
+    values = [
+        0.34,
+        0.2,
+        0.71,
+        -0.34,
+        1.0 / 3,
+        2.0 / 3,
+        0.5,
+        0.0,
+        -0.0,
+        float("inf"),
+        -float("inf"),
+        float("nan"),
+        3.3e38,
+        -3.3e38,
+        tiny,
+        -tiny,
+    ]
+    subnormals = (
+        torch.tensor([0x0001, 0x0003, 0x0040, 0x007F, 0x8001, 0x8003, 0x8040, 0x807F], dtype=torch.int32)
+        .to(torch.int16)
+        .view(BF16)
+    )
     return torch.cat([torch.tensor(values, dtype=BF16), subnormals])
 
 
@@ -70,8 +89,8 @@ def test_integrate_fire_bf16_triton_equals_cpp_bit_for_bit(reset, amplitude):
     torch.manual_seed(4)
     special = _special_bf16()
     x = (torch.randn(6, 40) * 0.5 + 0.3).to(BF16)
-    x[0, :special.numel()] = special
-    x[3, :special.numel()] = special.flip(0)
+    x[0, : special.numel()] = special
+    x[3, : special.numel()] = special.flip(0)
     theta = torch.tensor(0.71)
     grad_spikes = (torch.randn(x.shape) * torch.tensor([1.0, 1e-39]).repeat(20)).to(BF16)
     for surrogate in ("atan", "triangle", "rectangle"):
@@ -80,8 +99,9 @@ def test_integrate_fire_bf16_triton_equals_cpp_bit_for_bit(reset, amplitude):
             device = TRITON_DEVICE if backend == "triton" else "cpu"
             xg = x.to(device).requires_grad_()
             with na_kernels.use_backend(backend):
-                spikes, counts = na_kernels.integrate_fire(xg, theta.to(device), reset=reset, amplitude=amplitude,
-                                                           surrogate=surrogate)
+                spikes, counts = na_kernels.integrate_fire(
+                    xg, theta.to(device), reset=reset, amplitude=amplitude, surrogate=surrogate
+                )
                 (grad,) = torch.autograd.grad(spikes, (xg,), grad_spikes.to(device))
             out[backend] = (spikes, counts, grad)
         for got, want, name in zip(out["triton"], out["cpu"], ("spikes", "counts", "grad_x")):
@@ -176,8 +196,12 @@ def test_every_launch_uses_the_float_options(monkeypatch):
     from na_kernels.ops.noisy_quant import triton as nq_kernels
 
     launches = []
-    for module, name in ((nq_kernels, "_noisy_quant_forward_kernel"), (nq_kernels, "_noisy_quant_backward_kernel"),
-                         (if_kernels, "_integrate_fire_forward_kernel"), (if_kernels, "_integrate_fire_backward_kernel")):
+    for module, name in (
+        (nq_kernels, "_noisy_quant_forward_kernel"),
+        (nq_kernels, "_noisy_quant_backward_kernel"),
+        (if_kernels, "_integrate_fire_forward_kernel"),
+        (if_kernels, "_integrate_fire_backward_kernel"),
+    ):
         monkeypatch.setattr(module, name, _RecordingKernel(getattr(module, name), launches))
     x = torch.randn(2, 3, 8, device=TRITON_DEVICE, requires_grad=True)
     lam = torch.tensor(1.0, device=TRITON_DEVICE, requires_grad=True)

@@ -9,14 +9,14 @@ steps fires as many spikes as noisy_quant(x, p=T, lam, noise=None)'s level q.
 - For arbitrary float32 inputs the two differ by at most one, and only where T*x/theta + 1/2
   lies within the float32 rounding error bound (derived in ``_rounding_bound``) of an integer.
 """
+
 from fractions import Fraction
 
 import pytest
 import torch
+from conftest import BACKENDS, interpreted
 
 import na_kernels
-
-from conftest import BACKENDS, interpreted
 
 # dyadic thetas that are not powers of two (T / theta is then inexact for most T, which broke
 # ties before noisy_quant computed (x*T)/lam), and 1.0
@@ -32,8 +32,10 @@ def _steps(backend, device):
 def _exact_counts(x, theta, steps):
     """clamp(floor(T x / theta + 1/2), 0, T) in rational arithmetic."""
     theta = Fraction(theta)
-    return torch.tensor([min(max((steps * Fraction(v) / theta + Fraction(1, 2)).__floor__(), 0), steps)
-                         for v in x.tolist()], dtype=torch.int32)
+    return torch.tensor(
+        [min(max((steps * Fraction(v) / theta + Fraction(1, 2)).__floor__(), 0), steps) for v in x.tolist()],
+        dtype=torch.int32,
+    )
 
 
 def _dyadic_ties(theta, steps, limit):
@@ -111,7 +113,7 @@ def test_identity_on_float32_inputs_differs_only_within_the_rounding_bound(backe
     n = 400 if interpreted(backend, device) else 20000
     theta = float(torch.tensor(theta))  # the float32 theta both ops see
     near_ties_seen = 0
-    for steps in ([1, 3, 7, 20, 64] if interpreted(backend, device) else [1, 2, 3, 4, 7, 8, 16, 20, 32, 64]):
+    for steps in [1, 3, 7, 20, 64] if interpreted(backend, device) else [1, 2, 3, 4, 7, 8, 16, 20, 32, 64]:
         random_x = (torch.rand(n) * 1.4 - 0.2) * theta
         # the float32 nearest each half step (k - 1/2) theta / T, and 1 and 2 ulp either side
         ties = torch.tensor([(k - 0.5) * theta / steps for k in range(1, steps + 1)], dtype=torch.float32)

@@ -1,18 +1,18 @@
 """Fine-tuning a converted SNN with BPTT through integrate_fire's surrogate backward (T = 2)."""
+
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
+from nn_models import randomize_batchnorm
 from torch import nn
 from torch.nn import functional as F
 
 import na_kernels
 from na_kernels.app.datasets import digits_split
 from na_kernels.nn import IFLayer, replace_activations, to_snn
-
-from nn_models import randomize_batchnorm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,9 +25,15 @@ def _digits_batch(n=64):
 def _converted(T=2):
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Flatten(), nn.Linear(16 * 4 * 4, 10),
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 4 * 4, 10),
     )
     model, _ = replace_activations(randomize_batchnorm(model), p=3, noise=None, lam="auto")
     x, _ = _digits_batch()
@@ -85,9 +91,23 @@ def test_fused_backward_matches_the_reference_and_chunks():
 @pytest.mark.slow
 def test_finetune_example_runs_and_writes_nothing(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "python", "finetune_snn.py"), "--ann-epochs", "1",
-                           "--epochs", "1", "--T", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "python", "finetune_snn.py"),
+            "--ann-epochs",
+            "1",
+            "--epochs",
+            "1",
+            "--T",
+            "2",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     tuned = [l for l in lines if l.startswith("fine-tuned SNN, T=2:")]

@@ -1,4 +1,5 @@
 """The C++ kernels' float16/bfloat16 conversions against torch's, exhaustively where possible."""
+
 import pytest
 import torch
 
@@ -12,8 +13,9 @@ def test_every_16_bit_value_to_float(dtype):
     bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
     values = bits.view(dtype)
     out = torch.empty(values.shape, dtype=torch.float32)
-    cpu.extension().convert_to_float(dtype=cpu.code(_spec.DType.of(dtype)), src=values.data_ptr(), dst=out.data_ptr(),
-                                      count=values.numel())
+    cpu.extension().convert_to_float(
+        dtype=cpu.code(_spec.DType.of(dtype)), src=values.data_ptr(), dst=out.data_ptr(), count=values.numel()
+    )
     expected = values.to(torch.float32)
     nan = torch.isnan(expected)
     assert torch.equal(torch.isnan(out), nan)
@@ -38,8 +40,9 @@ def float_samples():
 def test_float_to_16_bit_rounds_like_torch(dtype):
     values = float_samples()
     out = torch.empty(values.shape, dtype=dtype)
-    cpu.extension().convert_from_float(dtype=cpu.code(_spec.DType.of(dtype)), src=values.data_ptr(), dst=out.data_ptr(),
-                                        count=values.numel())
+    cpu.extension().convert_from_float(
+        dtype=cpu.code(_spec.DType.of(dtype)), src=values.data_ptr(), dst=out.data_ptr(), count=values.numel()
+    )
     expected = values.to(dtype)
     nan = torch.isnan(expected)
     assert torch.equal(torch.isnan(out), nan)

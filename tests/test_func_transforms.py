@@ -5,17 +5,17 @@ pytorch/pytorch#170834): inside a transform the ops run through an autograd.Func
 setup_context, and both custom ops have a per-sample vmap rule (``ops/_registration.py``). The
 gradients are compared with autograd through the reference (plain PyTorch, the float32 loop).
 """
+
 import warnings
 
 import pytest
 import torch
+from conftest import BACKENDS
 
 import na_kernels
 import na_kernels.nn
 from na_kernels.ops.integrate_fire import reference as ref_if
 from na_kernels.ops.noisy_quant import reference as ref_nq
-
-from conftest import BACKENDS
 
 NOISES = [None, "uniform"]
 
@@ -24,6 +24,7 @@ def _nq(backend, noise):
     def f(x, lam):
         with na_kernels.use_backend(backend):
             return na_kernels.noisy_quant(x, 3, lam, noise=noise, seed=5)
+
     return f
 
 
@@ -73,6 +74,7 @@ def _if(backend, **kwargs):
         with na_kernels.use_backend(backend):
             spikes, _, v = na_kernels.integrate_fire(x_seq, 0.9, v_init=v0, return_v=True, **kwargs)
         return spikes, v
+
     return f
 
 

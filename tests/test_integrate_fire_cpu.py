@@ -11,6 +11,7 @@ shorter and longer than the shared table, 16-bit spikes for both amplitudes (a n
 stores -0 bits when the neuron is silent), stride-0 and strided steps, v_init tensors, both
 resets, saved h and non-finite or subnormal thresholds.
 """
+
 import dataclasses
 import itertools
 import os
@@ -71,15 +72,36 @@ def _cases(non_finite_theta=False):
         cases.append((f"{tag}-strided", strided, torch.rand(3, generator=gen) + 0.5, dict(reset="zero")))
         odd = torch.tensor(ODD_THETA + (NON_FINITE_THETA if non_finite_theta else ()))
         for amplitude in ("threshold", 1.0):
-            cases.append((f"{tag}-odd-theta-amp{amplitude}", _x(gen, (4, 2, len(odd), 19), dtype), odd,
-                          dict(amplitude=amplitude)))
+            cases.append(
+                (
+                    f"{tag}-odd-theta-amp{amplitude}",
+                    _x(gen, (4, 2, len(odd), 19), dtype),
+                    odd,
+                    dict(amplitude=amplitude),
+                )
+            )
     return cases
 
 
-def _args(*, v_frac=0.5, reset=Reset.SUBTRACT, amplitude=None, surrogate=Surrogate.SIGMOID, alpha=4.0,
-          detach_reset=False, save=Save.NOTHING):
-    return IntegrateFireArgs(v_frac=v_frac, reset=Reset(reset), amplitude=amplitude, surrogate=Surrogate(surrogate),
-                             alpha=alpha, detach_reset=detach_reset, save=save)
+def _args(
+    *,
+    v_frac=0.5,
+    reset=Reset.SUBTRACT,
+    amplitude=None,
+    surrogate=Surrogate.SIGMOID,
+    alpha=4.0,
+    detach_reset=False,
+    save=Save.NOTHING,
+):
+    return IntegrateFireArgs(
+        v_frac=v_frac,
+        reset=Reset(reset),
+        amplitude=amplitude,
+        surrogate=Surrogate(surrogate),
+        alpha=alpha,
+        detach_reset=detach_reset,
+        save=save,
+    )
 
 
 def _forward(x, threshold, kwargs, save=Save.NOTHING):
@@ -87,8 +109,12 @@ def _forward(x, threshold, kwargs, save=Save.NOTHING):
     v_init = kwargs.get("v_init", 0.5)
     v0, v_frac = (v_init, 0.0) if isinstance(v_init, torch.Tensor) else (None, v_init)
     amplitude = kwargs.get("amplitude", "threshold")
-    args = _args(v_frac=v_frac, reset=Reset.parse("reset", kwargs.get("reset", "subtract")),
-                 amplitude=None if amplitude == "threshold" else amplitude, save=save)
+    args = _args(
+        v_frac=v_frac,
+        reset=Reset.parse("reset", kwargs.get("reset", "subtract")),
+        amplitude=None if amplitude == "threshold" else amplitude,
+        save=save,
+    )
     return cpu_backend.forward(x, torch.as_tensor(threshold, dtype=torch.float32).reshape(-1), v0, args)
 
 
@@ -177,8 +203,15 @@ def test_backward_matches_closed_form_reference(dtype, simd_level):
         for reset in (0, 1):
             h = ref.integrate_fire(x, theta, v_init=v0, reset=Reset(reset), return_h=True)[3]
             for surrogate, detach, amplitude in itertools.product(Surrogate, (False, True), (None, 0.75)):
-                saved = _args(v_frac=0.0, reset=reset, amplitude=amplitude, surrogate=surrogate, alpha=3.0,
-                              detach_reset=detach, save=Save.H)
+                saved = _args(
+                    v_frac=0.0,
+                    reset=reset,
+                    amplitude=amplitude,
+                    surrogate=surrogate,
+                    alpha=3.0,
+                    detach_reset=detach,
+                    save=Save.H,
+                )
                 kept_x = dataclasses.replace(saved, save=Save.X)
                 want = ref.backward(grad_spikes, grad_v, h, None, None, theta, saved, dtype, True, True)
                 got = cpu_backend.backward(grad_spikes, grad_v, h, None, None, theta, saved, dtype, True, True)
@@ -239,9 +272,15 @@ def _backward(case):
     v_init = kwargs.get("v_init", 0.5)
     v0, v_frac = (v_init, 0.0) if isinstance(v_init, torch.Tensor) else (None, v_init)
     amplitude = kwargs.get("amplitude", "threshold")
-    saved = _args(v_frac=v_frac, reset=Reset.parse("reset", kwargs.get("reset", "subtract")),
-                  amplitude=None if amplitude == "threshold" else amplitude, surrogate=surrogate, alpha=3.0,
-                  detach_reset=detach, save=Save.H)
+    saved = _args(
+        v_frac=v_frac,
+        reset=Reset.parse("reset", kwargs.get("reset", "subtract")),
+        amplitude=None if amplitude == "threshold" else amplitude,
+        surrogate=surrogate,
+        alpha=3.0,
+        detach_reset=detach,
+        save=Save.H,
+    )
     theta = torch.as_tensor(threshold, dtype=torch.float32).reshape(-1)
     got = cpu_backend.backward(grad_spikes, grad_v, h, None, None, theta, saved, x.dtype, True, True)
     kept_x = dataclasses.replace(saved, save=Save.X)
@@ -310,8 +349,9 @@ def test_backward_few_neurons_many_steps(steps, n, simd_level):
     h = ref.integrate_fire(x, 0.75, return_h=True)[3]
     args = _args(surrogate=Surrogate.ATAN, save=Save.X)
     theta = torch.tensor([0.75])
-    want = ref.backward(grad_spikes, grad_v, h, None, None, theta, dataclasses.replace(args, save=Save.H),
-                        torch.float32, True, True)
+    want = ref.backward(
+        grad_spikes, grad_v, h, None, None, theta, dataclasses.replace(args, save=Save.H), torch.float32, True, True
+    )
     got = cpu_backend.backward(grad_spikes, grad_v, None, x, None, theta, args, torch.float32, True, True)
     _assert_bits_equal(got, want, f"n={n} steps={steps}")
 
@@ -331,8 +371,9 @@ print((after - before) * 1024)
 """
 
 
-@pytest.mark.parametrize("level", cpu.SIMD_LEVELS[:cpu.SIMD_LEVELS.index(cpu.detected_simd_level()) + 1]
-                         if cpu.available() else [])
+@pytest.mark.parametrize(
+    "level", cpu.SIMD_LEVELS[: cpu.SIMD_LEVELS.index(cpu.detected_simd_level()) + 1] if cpu.available() else []
+)
 @pytest.mark.slow
 def test_backward_scratch_is_bounded_by_the_work(level, tmp_path):
     """Issue 12 item 7: the recompute scratch is T x the neurons a pass holds, not T x 1024 per
@@ -341,8 +382,14 @@ def test_backward_scratch_is_bounded_by_the_work(level, tmp_path):
     import sys
 
     # from another folder: in a source checkout `import na_kernels` would find the unbuilt tree
-    out = subprocess.run([sys.executable, "-c", _SCRATCH_SCRIPT, level], capture_output=True, text=True,
-                         timeout=300, env=dict(os.environ, OMP_NUM_THREADS="2"), cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", _SCRATCH_SCRIPT, level],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="2"),
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     grown = int(out.stdout.split()[-1])
     assert grown < 64 << 20, f"backward at {level} grew the peak memory by {grown >> 20} MiB"

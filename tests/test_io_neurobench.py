@@ -1,19 +1,19 @@
 """NeuroBench 2.x on a converted SNN through na_kernels.io.neurobench: its accuracy, activation
 sparsity and synaptic operations agree with snn.statistics(); membrane updates are counted."""
+
 import pytest
 import torch
+from nn_models import SmallCNN, TinyMobileNet, TinyResNet, prepared
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from na_kernels.nn import NoisyQuant, to_snn
-from nn_models import SmallCNN, TinyMobileNet, TinyResNet, prepared
 
 pytest.importorskip("snntorch")
 pytest.importorskip("neurobench")
 from neurobench.benchmarks import Benchmark  # noqa: E402
-from neurobench.metrics.workload import (  # noqa: E402
-    ActivationSparsity, ClassificationAccuracy, MembraneUpdates, SynapticOperations)
+from neurobench.metrics.workload import ActivationSparsity, ClassificationAccuracy, MembraneUpdates, SynapticOperations  # noqa: E402
 
 from na_kernels.io.neurobench import NeuroBenchError, NeuroBenchIF, argmax_postprocessor, neurobench_model  # noqa: E402
 
@@ -48,9 +48,16 @@ def _stem_macs(snn, x, names):
     return int(total) / x.shape[0]
 
 
-@pytest.mark.parametrize("model_class,per_channel,calibrated", [
-    (SmallCNN, False, False), (SmallCNN, True, False), (SmallCNN, False, True), (TinyResNet, False, False),
-    (TinyMobileNet, True, False)])
+@pytest.mark.parametrize(
+    "model_class,per_channel,calibrated",
+    [
+        (SmallCNN, False, False),
+        (SmallCNN, True, False),
+        (SmallCNN, False, True),
+        (TinyResNet, False, False),
+        (TinyMobileNet, True, False),
+    ],
+)
 def test_neurobench_counts_agree_with_the_statistics(model_class, per_channel, calibrated):
     torch.manual_seed(0)
     snn = to_snn(prepared(model_class, per_channel=per_channel), T=T)
@@ -66,9 +73,13 @@ def test_neurobench_counts_agree_with_the_statistics(model_class, per_channel, c
     with torch.no_grad():
         out = snn(x)
     stats = snn.statistics()
-    results = Benchmark(model, DataLoader(TensorDataset(x, labels), batch_size=12), [], [argmax_postprocessor],
-                        [[], [ClassificationAccuracy, ActivationSparsity, SynapticOperations, MembraneUpdates]]
-                        ).run(quiet=True)
+    results = Benchmark(
+        model,
+        DataLoader(TensorDataset(x, labels), batch_size=12),
+        [],
+        [argmax_postprocessor],
+        [[], [ClassificationAccuracy, ActivationSparsity, SynapticOperations, MembraneUpdates]],
+    ).run(quiet=True)
     ops = results["SynapticOperations"]
     assert results["ClassificationAccuracy"] == (out[-1].argmax(-1) == labels).float().mean().item()
     assert results["ActivationSparsity"] == pytest.approx(1 - stats["total"]["firing_rate"], rel=1e-12)

@@ -2,6 +2,7 @@
 channels-last, expanded over T (stride 0), sliced x[::2], size-1 and zero-size dims; the
 channel rule (element m in channel (m // channel_stride) % channels) against the channel index
 torch stores at each memory position; integrate_fire's Layout and noisy_quant's operands."""
+
 import pytest
 import torch
 from torch._prims_common import is_non_overlapping_and_dense_or_false as is_non_overlapping_and_dense

@@ -1,4 +1,5 @@
 """Architectures: shapes, parameter counts, activation sites, conversion to SNNs."""
+
 import pytest
 import torch
 from torch import nn
@@ -21,7 +22,6 @@ EXPECTED = {
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
 @pytest.mark.parametrize("arch", sorted(EXPECTED))
 def test_sizes_and_activation_sites(arch):
     torch.manual_seed(0)
@@ -32,8 +32,10 @@ def test_sizes_and_activation_sites(arch):
     assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())  # avg pooling only
 
 
-@pytest.mark.parametrize("arch,in_ch,size", [("resnet20", 3, 32), ("resnet18", 1, 32), ("vgg16", 3, 32),
-                                             ("digits_cnn", 1, 8), ("mnist_cnn", 1, 28)])
+@pytest.mark.parametrize(
+    "arch,in_ch,size",
+    [("resnet20", 3, 32), ("resnet18", 1, 32), ("vgg16", 3, 32), ("digits_cnn", 1, 8), ("mnist_cnn", 1, 28)],
+)
 def test_forward_shapes(arch, in_ch, size):
     model = build_model(arch, 100, in_channels=in_ch).eval()
     assert model(torch.randn(2, in_ch, size, size)).shape == (2, 100)

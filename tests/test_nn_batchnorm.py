@@ -1,10 +1,11 @@
 """fold_batchnorm: the folded network computes the ANN's output; shared layers fold per call site."""
+
 import pytest
 import torch
+from nn_models import SmallCNN, TinyResNet, randomize_batchnorm
 from torch import nn
 
 from na_kernels.nn import fold_batchnorm
-from nn_models import SmallCNN, TinyResNet, randomize_batchnorm
 
 
 @pytest.mark.parametrize("model_class", [SmallCNN, TinyResNet])
@@ -38,10 +39,11 @@ def test_batchnorm_after_a_shared_conv_folds_per_call_site():
 
 def _folding_bound(folded, bn, conv, a):
     """(2n + 16) u (|W'||a| + |b'| + |β| + |(b - μ)γ/σ|): the guarantee of na_kernels.convert.batchnorm."""
-    u = 2.0 ** -24
+    u = 2.0**-24
     n = conv.weight[0].numel()
-    magnitude = nn.functional.conv2d(a.abs(), folded.weight.abs(), None, conv.stride, conv.padding, conv.dilation,
-                                     conv.groups)
+    magnitude = nn.functional.conv2d(
+        a.abs(), folded.weight.abs(), None, conv.stride, conv.padding, conv.dilation, conv.groups
+    )
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     shift = folded.bias.abs() + bn.bias.abs() + ((bias - bn.running_mean) * scale).abs()
@@ -53,8 +55,14 @@ def test_folding_guarantee_pre_activations_within_the_bound_levels_equal_away_fr
     torch.manual_seed(seed)
     p, lam = 7, 0.8
     # large, badly scaled BatchNorms make the rounding visible
-    model = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-                          nn.Conv2d(32, 32, 3, padding=1, groups=4), nn.BatchNorm2d(32), nn.ReLU())
+    model = nn.Sequential(
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, groups=4),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+    )
     with torch.no_grad():
         for bn in (model[1], model[4]):
             bn.running_mean.uniform_(-3, 3)

@@ -1,10 +1,11 @@
 """calibrate_thresholds: counts matched to the quantized ANN, never worse, arguments, state dict."""
+
 import pytest
 import torch
+from nn_models import SmallCNN, TinyResNet, prepared, relative_error
 from torch import nn
 
 from na_kernels.nn import NoisyQuant, calibrate_thresholds, to_snn
-from nn_models import SmallCNN, TinyResNet, prepared, relative_error
 
 
 @pytest.mark.slow

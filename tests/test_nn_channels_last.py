@@ -2,6 +2,7 @@
 and a channels-last input): the IF layers take and return channels-last steps (no reorder back
 to NCHW between the convolutions), and the outputs are the default layout's up to the rounding
 of the convolutions (oneDNN may sum input channels in another order in channels-last)."""
+
 import copy
 
 import pytest
@@ -16,10 +17,14 @@ CL = torch.channels_last
 def _layouts(snn, x):
     """(output, {IF layer name: (input channels-last?, output channels-last?)}) of one run."""
     seen = {}
-    hooks = [layer.register_forward_hook(
-        lambda module, args, out: seen.__setitem__(module.name, (args[0].is_contiguous(memory_format=CL),
-                                                                 out.is_contiguous(memory_format=CL))))
-        for layer in snn.if_layers.values()]
+    hooks = [
+        layer.register_forward_hook(
+            lambda module, args, out: seen.__setitem__(
+                module.name, (args[0].is_contiguous(memory_format=CL), out.is_contiguous(memory_format=CL))
+            )
+        )
+        for layer in snn.if_layers.values()
+    ]
     try:
         with torch.no_grad():
             return snn(x), seen

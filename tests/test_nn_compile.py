@@ -1,5 +1,6 @@
 """torch.compile of a converted network: one graph with no break, statistics on or off, no
 recompilation per IF layer; a new batch size goes dynamic, a new T compiles once more."""
+
 import pytest
 import torch
 import torch._dynamo

@@ -1,19 +1,24 @@
 """to_snn: conversion identity, convergence with T, call sites, time repetition, errors."""
+
 import copy
 
 import pytest
 import torch
+from nn_models import BasicBlock, SmallCNN, TinyResNet, clipped_ann, prepared, randomize_batchnorm, relative_error
 from torch import nn
 
 import na_kernels
 from na_kernels.nn import NoisyQuant, replace_activations, to_snn
-from nn_models import BasicBlock, SmallCNN, TinyResNet, clipped_ann, prepared, randomize_batchnorm, relative_error
 
 
 @pytest.mark.parametrize("p", [3, 7, 15])
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_one_hidden_layer_converts_exactly_at_T_equal_p(p, per_channel):
-    model = nn.Sequential(nn.Linear(10, 32), NoisyQuant(p, lam=1.5, noise=None, per_channel=per_channel, channels=32 if per_channel else None), nn.Linear(32, 4))
+    model = nn.Sequential(
+        nn.Linear(10, 32),
+        NoisyQuant(p, lam=1.5, noise=None, per_channel=per_channel, channels=32 if per_channel else None),
+        nn.Linear(32, 4),
+    )
     if per_channel:
         model[1].lam = torch.rand(32) * 2 + 0.5
     model.eval()
@@ -191,7 +196,9 @@ class FunctionalQuantNet(nn.Module):
         return self.fc(torch.flatten(y, 1))
 
 
-@pytest.mark.parametrize("lam", [1.25, torch.tensor(1.3), torch.tensor([1.0, 2.0, 1.5, 0.5])], ids=["float", "scalar", "per_channel"])
+@pytest.mark.parametrize(
+    "lam", [1.25, torch.tensor(1.3), torch.tensor([1.0, 2.0, 1.5, 0.5])], ids=["float", "scalar", "per_channel"]
+)
 def test_functional_noisy_quant_is_an_activation_site(lam):
     torch.manual_seed(0)
     model = FunctionalQuantNet(lam)
@@ -247,8 +254,10 @@ class AfterSpikes(nn.Module):
         raise AssertionError(self.op)
 
 
-@pytest.mark.parametrize("op, named", [("amax", "Tensor.amax()"), ("softmax", "torch.softmax()"),
-                                       ("product", "mul"), ("layernorm", "norm: LayerNorm")])
+@pytest.mark.parametrize(
+    "op, named",
+    [("amax", "Tensor.amax()"), ("softmax", "torch.softmax()"), ("product", "mul"), ("layernorm", "norm: LayerNorm")],
+)
 def test_an_operation_not_linear_in_time_after_spikes_raises_naming_the_node(op, named):
     model = AfterSpikes(op).eval()
     with pytest.raises(ValueError, match="not linear in time") as info:

@@ -1,5 +1,6 @@
 """Per-sample early exit: exactness against the fixed-T run, batch compaction, statistics of
 the steps actually run, the trade-off helpers, bad input."""
+
 import math
 
 import pytest
@@ -8,9 +9,18 @@ from torch import nn
 
 from na_kernels.app.datasets import BatchLoader, digits_split
 from na_kernels.app.models import DigitsCNN
-from na_kernels.nn import (EarlyExitResult, ExitRule, NoisyQuant, evaluate_early_exit, exit_tradeoff, format_tradeoff,
-                           run_early_exit, score_exits, to_snn)
 from na_kernels.app.train import make_optimizer, make_scheduler, train_epoch
+from na_kernels.nn import (
+    EarlyExitResult,
+    ExitRule,
+    NoisyQuant,
+    evaluate_early_exit,
+    exit_tradeoff,
+    format_tradeoff,
+    run_early_exit,
+    score_exits,
+    to_snn,
+)
 
 T_MAX = 8
 EPS = torch.finfo(torch.float32).eps
@@ -103,8 +113,9 @@ def test_finished_samples_leave_the_batch(trained, chunk):
     rule = _mixed_rule(_fixed(snn, x))
     rows = {}
     for meter in snn.synapses.values():  # the stem's rows (one per sample) and the first spike-driven layer's
-        meter.register_forward_pre_hook(lambda module, args: rows.setdefault(module.spike_driven, []).append(
-            args[0].shape[0]))
+        meter.register_forward_pre_hook(
+            lambda module, args: rows.setdefault(module.spike_driven, []).append(args[0].shape[0])
+        )
     try:
         result = snn.run_early_exit(x, rule, chunk=chunk)
     finally:
@@ -126,10 +137,12 @@ def test_statistics_count_only_the_steps_run(trained):
     chunk = 2
     rule = _mixed_rule(_fixed(snn, x))
     result = snn.run_early_exit(x, rule, chunk=chunk)
-    run = {name: (int(layer.spikes), int(layer.neuron_steps), int(layer.neurons))
-           for name, layer in snn.if_layers.items()}
-    meters = {s["name"]: (s["sops"], s["macs"], s["macs_per_sample"], s["spike_driven"])
-              for s in snn.statistics()["synapses"]}
+    run = {
+        name: (int(layer.spikes), int(layer.neuron_steps), int(layer.neurons)) for name, layer in snn.if_layers.items()
+    }
+    meters = {
+        s["name"]: (s["sops"], s["macs"], s["macs_per_sample"], s["spike_driven"]) for s in snn.statistics()["synapses"]
+    }
     assert snn.samples == x.shape[0] and snn.sample_steps == int(result.steps_run.sum())
     for name, (_, neuron_steps, neurons) in run.items():
         assert neuron_steps == neurons * int(result.steps_run.sum()), name
@@ -174,7 +187,7 @@ def test_batches_and_tradeoff(trained):
     snn, x, y = trained
     rule = _mixed_rule(_fixed(snn, x))
     whole = run_early_exit(snn, x, rule, labels=y)
-    batches = [(x[i:i + 64], y[i:i + 64]) for i in range(0, x.shape[0], 64)]
+    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, x.shape[0], 64)]
     joined = evaluate_early_exit(snn, batches, rule)
     assert torch.equal(joined.exit_steps, whole.exit_steps) and joined.accuracy == whole.accuracy
     assert joined.statistics["samples"] == x.shape[0]
@@ -196,23 +209,26 @@ def test_batches_and_tradeoff(trained):
 
 
 def test_score_exits_post_hoc():
-    outputs = torch.tensor([[[0.0, 0.0], [5.0, 0.0]],
-                            [[3.0, 0.0], [5.0, 0.0]],
-                            [[0.0, 0.0], [0.0, 0.0]]])  # [T=3, B=2, K=2]
+    outputs = torch.tensor(
+        [[[0.0, 0.0], [5.0, 0.0]], [[3.0, 0.0], [5.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]]
+    )  # [T=3, B=2, K=2]
     assert score_exits(outputs, 0.9).tolist() == [2, 1]
     assert score_exits(outputs, ExitRule(confidence=0.9, min_steps=2)).tolist() == [2, 2]
     assert score_exits(outputs, ExitRule(margin=0.98)).tolist() == [3, 1]  # T ends it
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(confidence=0.0), "confidence must be > 0"),
-    (dict(confidence=1.5), "confidence must be <= 1"),
-    (dict(confidence=math.nan), "confidence must be finite"),
-    (dict(margin=-0.1), "margin must be > 0"),
-    (dict(confidence=0.9, temperature=0.0), "temperature must be > 0"),
-    (dict(confidence=0.9, min_steps=0), "min_steps must be an int >= 1"),
-    (dict(), "needs confidence and/or margin"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(confidence=0.0), "confidence must be > 0"),
+        (dict(confidence=1.5), "confidence must be <= 1"),
+        (dict(confidence=math.nan), "confidence must be finite"),
+        (dict(margin=-0.1), "margin must be > 0"),
+        (dict(confidence=0.9, temperature=0.0), "temperature must be > 0"),
+        (dict(confidence=0.9, min_steps=0), "min_steps must be an int >= 1"),
+        (dict(), "needs confidence and/or margin"),
+    ],
+)
 def test_bad_rule(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ExitRule(**kwargs)
@@ -256,12 +272,55 @@ def test_convert_command_prints_the_tradeoff(tmp_path, capsys):
     from na_kernels.app.cli import main
 
     run = tmp_path / "run"
-    assert main(["train", "--dataset", "digits", "--arch", "digits_cnn", "--p", "3", "--lam", "2", "--lr", "0.05",
-                 "--batch-size", "64", "--epochs", "1", "--out", str(run), "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "digits",
+                "--arch",
+                "digits_cnn",
+                "--p",
+                "3",
+                "--lam",
+                "2",
+                "--lr",
+                "0.05",
+                "--batch-size",
+                "64",
+                "--epochs",
+                "1",
+                "--out",
+                str(run),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     report = tmp_path / "convert.json"
-    assert main(["convert", "--checkpoint", str(run / "last.pt"), "--T", "6", "--exit-confidence", "0.5", "0.9",
-                 "--exit-min-steps", "2", "--report", str(report), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                "--checkpoint",
+                str(run / "last.pt"),
+                "--T",
+                "6",
+                "--exit-confidence",
+                "0.5",
+                "0.9",
+                "--exit-min-steps",
+                "2",
+                "--report",
+                str(report),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "Early exit" in text and "p1 >= 0.5, min 2 steps" in text and "p1 >= 0.9, min 2 steps" in text
     assert "fixed T for same acc" in text
@@ -278,9 +337,11 @@ def test_convert_exit_options_are_checked(capsys):
     args = parser.parse_args(base + ["--exit-confidence", "0.8", "0.9", "--exit-margin", "0.5"])
     assert [(r.confidence, r.margin) for r in _exit_rules(args)] == [(0.8, 0.5), (0.9, 0.5)]
     assert _exit_rules(parser.parse_args(base)) == []
-    for bad, message in ((["--exit-confidence", "1.5"], "confidence must be <= 1"),
-                         (["--exit-margin", "0"], "margin must be > 0"),
-                         (["--exit-min-steps", "0"], "exit_min_steps must be an int >= 1")):
+    for bad, message in (
+        (["--exit-confidence", "1.5"], "confidence must be <= 1"),
+        (["--exit-margin", "0"], "margin must be > 0"),
+        (["--exit-min-steps", "0"], "exit_min_steps must be an int >= 1"),
+    ):
         with pytest.raises(SystemExit):
             parser.parse_args(base + bad)
         assert message in capsys.readouterr().err
@@ -291,8 +352,9 @@ def test_convert_exit_options_are_checked(capsys):
 
 
 def test_split_stem_computes_the_same_graph():
-    from na_kernels.snn.early_exit import split_stem
     from nn_models import TinyResNet, prepared
+
+    from na_kernels.snn.early_exit import split_stem
 
     torch.manual_seed(0)
     snn = to_snn(prepared(TinyResNet), 3)
@@ -306,8 +368,9 @@ def test_split_stem_computes_the_same_graph():
             parts = body(x, *stem(x))
         finally:
             snn._set(time_steps=1)
-    torch.testing.assert_close(parts.reshape(3, 4, -1).cumsum(0) / torch.arange(1, 4).reshape(3, 1, 1), whole,
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        parts.reshape(3, 4, -1).cumsum(0) / torch.arange(1, 4).reshape(3, 1, 1), whole, rtol=0, atol=0
+    )
     rule = ExitRule(confidence=0.5)
     result = snn.run_early_exit(x, rule)
     assert torch.equal(result.exit_steps, score_exits(whole, rule))
@@ -338,8 +401,9 @@ def test_early_exit_when_the_stem_cannot_be_cut():
     result = snn.run_early_exit(x, rule, chunk=2)
     assert (result.exit_steps < 6).any() and (result.exit_steps > 1).any()
     assert torch.equal(result.exit_steps, score_exits(fixed, rule))
-    torch.testing.assert_close(result.outputs, fixed[result.exit_steps - 1, torch.arange(32)], rtol=0,
-                               atol=_tolerance(fixed))
+    torch.testing.assert_close(
+        result.outputs, fixed[result.exit_steps - 1, torch.arange(32)], rtol=0, atol=_tolerance(fixed)
+    )
 
 
 def test_score_exits_bad_outputs():

@@ -1,12 +1,21 @@
 """fx helpers: tracing with NoisyQuant as a leaf, call matching, call-site numbering, free names."""
+
 import torch
+from nn_models import BasicBlock
 from torch import nn
 from torch.nn import functional as F
 
 from na_kernels.nn import NoisyQuant
-from na_kernels.nn.fx_utils import (describe_call, free_submodule_name, is_relu_call, is_unconvertible_call,
-                                    module_calls, number_call_sites, site_name, trace)
-from nn_models import BasicBlock
+from na_kernels.nn.fx_utils import (
+    describe_call,
+    free_submodule_name,
+    is_relu_call,
+    is_unconvertible_call,
+    module_calls,
+    number_call_sites,
+    site_name,
+    trace,
+)
 
 
 class Functional(nn.Module):

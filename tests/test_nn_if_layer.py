@@ -1,4 +1,5 @@
 """IFLayer: spike counts, the kernel on every backend, per-channel thresholds, carried potentials."""
+
 import pytest
 import torch
 from torch import nn
@@ -8,12 +9,15 @@ from na_kernels.nn import IFLayer, NoisyQuant, to_snn
 
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
 def test_identity_holds_on_every_backend(backend):
-    import na_kernels
     from conftest import HAS_TRITON
+
+    import na_kernels
 
     if backend == "triton" and not HAS_TRITON:
         pytest.skip("triton is not installed")
-    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), NoisyQuant(3, lam=1.0, noise=None), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), NoisyQuant(3, lam=1.0, noise=None), nn.Flatten(), nn.Linear(4 * 4 * 4, 3)
+    ).eval()
     x = torch.randn(2, 2, 4, 4)
     snn = to_snn(model, T=3, chunk=2)  # constant input to the IF layer, chunked: v_init as a tensor
     with na_kernels.use_backend(backend), torch.no_grad():
@@ -91,9 +95,9 @@ def test_calibrated_follows_every_threshold_replacement_whatever_the_ids():
 @pytest.mark.slow
 def test_compiled_snn_compiles_once_per_shape():
     import torch._dynamo
+    from nn_models import SmallCNN
 
     from na_kernels.nn import replace_activations, to_snn
-    from nn_models import SmallCNN
 
     torch._dynamo.reset()
     compiles = []

@@ -1,4 +1,5 @@
 """na_kernels.nn.IFNode: SpikingJelly's IFNode semantics on the fused integrate_fire kernel."""
+
 import pytest
 import torch
 from torch import nn
@@ -13,8 +14,7 @@ try:
 except Exception:  # not installed, or its optional dependencies missing
     sj_neuron = None
 
-_PEERS = [pytest.mark.peers,
-          pytest.mark.skipif(sj_neuron is None, reason="spikingjelly is not importable")]
+_PEERS = [pytest.mark.peers, pytest.mark.skipif(sj_neuron is None, reason="spikingjelly is not importable")]
 
 
 def _spikingjelly(test):
@@ -34,13 +34,18 @@ def _run_two_calls(node, x, w):
     """Two calls (the state carried between them), a loss on the spikes and the final v; grads of x."""
     x = x.clone().requires_grad_()
     spikes = torch.cat([node(x[:3]), node(x[3:])])
-    loss = (spikes * w).sum() + (node.v ** 2).sum()
+    loss = (spikes * w).sum() + (node.v**2).sum()
     loss.backward()
     return spikes.detach(), node.v.detach(), x.grad
 
 
-SURROGATES = [("Sigmoid", {}), ("Sigmoid", {"alpha": 2.5}), ("ATan", {}), ("ATan", {"alpha": 3.0}),
-              ("Rect", {"alpha": 0.8})]
+SURROGATES = [
+    ("Sigmoid", {}),
+    ("Sigmoid", {"alpha": 2.5}),
+    ("ATan", {}),
+    ("ATan", {"alpha": 3.0}),
+    ("Rect", {"alpha": 0.8}),
+]
 
 
 @_spikingjelly
@@ -84,8 +89,9 @@ def test_reset_net_and_one_line_swap():
 
     def model(node_class):
         torch.manual_seed(0)
-        return nn.Sequential(nn.Flatten(2), nn.Linear(16, 8), node_class(surrogate_function=sj_surrogate.ATan(),
-                                                                          step_mode="m"))
+        return nn.Sequential(
+            nn.Flatten(2), nn.Linear(16, 8), node_class(surrogate_function=sj_surrogate.ATan(), step_mode="m")
+        )
 
     ours, theirs = model(IFNode), model(sj_neuron.IFNode)
     x = _dyadic((4, 3, 4, 4), seed=4, scale=2.0)
@@ -102,6 +108,7 @@ def test_reset_net_and_one_line_swap():
 def test_defaults_are_spikingjellys():
     """Every argument SpikingJelly 2.0's IFNode takes, with its default, is ours too."""
     import inspect
+
     theirs = inspect.signature(sj_neuron.IFNode.__init__).parameters
     ours = inspect.signature(IFNode.__init__).parameters
     for name, parameter in theirs.items():
@@ -133,8 +140,14 @@ def test_default_step_mode_is_single_step():
     assert node.v.shape == (4, 6)
 
 
-STATE_CASES = [(dtype, v_reset, mode, sg, thr) for dtype in ("bfloat16", "float16") for v_reset in (None, 0.0, -0.3)
-               for mode in ("s", "m") for sg in ("Sigmoid", "ATan", "Rect") for thr in (1.0, 0.3)]
+STATE_CASES = [
+    (dtype, v_reset, mode, sg, thr)
+    for dtype in ("bfloat16", "float16")
+    for v_reset in (None, 0.0, -0.3)
+    for mode in ("s", "m")
+    for sg in ("Sigmoid", "ATan", "Rect")
+    for thr in (1.0, 0.3)
+]
 
 
 @_spikingjelly
@@ -146,10 +159,23 @@ def test_state_dtype_input_matches_spikingjelly_in_16_bit(dtype, v_reset, mode, 
     x = (torch.randn(6, 4, 40, generator=torch.Generator().manual_seed(13)) * 0.8).to(dtype)
     w = torch.randn(6, 4, 40, generator=torch.Generator().manual_seed(14))
     results = []
-    for node in (sj_neuron.IFNode(v_threshold=thr, v_reset=v_reset, surrogate_function=getattr(sj_surrogate, sg)(),
-                                  step_mode=mode, store_v_seq=True),
-                 IFNode(v_threshold=thr, v_reset=v_reset, surrogate_function=getattr(sj_surrogate, sg)(),
-                        step_mode=mode, store_v_seq=True, state_dtype="input")):
+    for node in (
+        sj_neuron.IFNode(
+            v_threshold=thr,
+            v_reset=v_reset,
+            surrogate_function=getattr(sj_surrogate, sg)(),
+            step_mode=mode,
+            store_v_seq=True,
+        ),
+        IFNode(
+            v_threshold=thr,
+            v_reset=v_reset,
+            surrogate_function=getattr(sj_surrogate, sg)(),
+            step_mode=mode,
+            store_v_seq=True,
+            state_dtype="input",
+        ),
+    ):
         xx = x.clone().requires_grad_()
         out = torch.stack([node(xx[t]) for t in range(6)]) if mode == "s" else torch.cat([node(xx[:2]), node(xx[2:])])
         (out.float() * w).sum().backward()
@@ -275,10 +301,10 @@ def test_direct_training_learns_digits():
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     T, losses = 4, []
     g = torch.Generator().manual_seed(0)
-    for epoch in range(2):
+    for _epoch in range(2):
         order = torch.randperm(len(y_train), generator=g)
         for start in range(0, len(order), 64):
-            index = order[start:start + 64]
+            index = order[start : start + 64]
             loss = nn.functional.cross_entropy(net(x_train[index], T), y_train[index])
             optimizer.zero_grad()
             loss.backward()

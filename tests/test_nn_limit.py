@@ -1,4 +1,5 @@
 """The clipped network: the SNN's T -> infinity limit (na_kernels.convert.limit)."""
+
 import pytest
 import torch
 from torch import nn
@@ -25,13 +26,19 @@ def trained():
     torch.set_num_threads(1)  # module fixtures run before the one_thread fixture
     for noise in ("uniform", None):
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(64, 64), nn.BatchNorm1d(64), NoisyQuant(3, lam=2.0, noise=noise),
-                              nn.Linear(64, 64), NoisyQuant(3, lam=2.0, noise=noise), nn.Linear(64, 10))
+        model = nn.Sequential(
+            nn.Linear(64, 64),
+            nn.BatchNorm1d(64),
+            NoisyQuant(3, lam=2.0, noise=noise),
+            nn.Linear(64, 64),
+            NoisyQuant(3, lam=2.0, noise=noise),
+            nn.Linear(64, 10),
+        )
         optimizer = torch.optim.Adam(model.parameters(), 1e-2)
         for _ in range(30):
             order = torch.randperm(len(xtr))
             for i in range(0, len(xtr), 128):
-                idx = order[i:i + 128]
+                idx = order[i : i + 128]
                 loss = nn.functional.cross_entropy(model(xtr[idx]), ytr[idx])
                 optimizer.zero_grad()
                 loss.backward()
@@ -114,8 +121,33 @@ def test_cli_evaluate_and_convert_print_the_limit(tmp_path, capsys):
     from na_kernels.app.train import evaluate, load_checkpoint, network_from_checkpoint
 
     run = tmp_path / "run"
-    assert main(["train", "--dataset", "digits", "--arch", "digits_cnn", "--p", "3", "--lam", "2", "--lr", "0.05",
-                 "--batch-size", "64", "--epochs", "1", "--out", str(run), "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "digits",
+                "--arch",
+                "digits_cnn",
+                "--p",
+                "3",
+                "--lam",
+                "2",
+                "--lr",
+                "0.05",
+                "--batch-size",
+                "64",
+                "--epochs",
+                "1",
+                "--out",
+                str(run),
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     ckpt = str(run / "last.pt")
     model = network_from_checkpoint(load_checkpoint(ckpt))
     _, test = digits_split()

@@ -1,12 +1,13 @@
 """SpikingNetwork: chunked runs, state dicts, gradients, dtypes, pickling."""
+
 import io
 
 import pytest
 import torch
+from nn_models import SmallCNN, TinyResNet, equal_by_position, poisoned, prepared, randomize_batchnorm
 from torch import nn
 
 from na_kernels.nn import NoisyQuant, replace_activations, to_snn
-from nn_models import SmallCNN, TinyResNet, equal_by_position, poisoned, prepared, randomize_batchnorm
 
 
 @pytest.mark.slow
@@ -45,8 +46,12 @@ def test_chunks_equal_one_call_bit_for_bit_with_nan_and_inf_on_an_exact_network(
     # must equal one call bit for bit, NaN positions included
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Flatten(), nn.Linear(2 * 8 * 8, 16), NoisyQuant(3, lam=1.0, noise=None),
-        nn.Linear(16, 16), NoisyQuant(3, lam=2.0, noise=None), nn.Linear(16, 3),
+        nn.Flatten(),
+        nn.Linear(2 * 8 * 8, 16),
+        NoisyQuant(3, lam=1.0, noise=None),
+        nn.Linear(16, 16),
+        NoisyQuant(3, lam=2.0, noise=None),
+        nn.Linear(16, 3),
     ).eval()
     with torch.no_grad():
         for parameter in model.parameters():
@@ -95,7 +100,9 @@ def test_bf16_snn_runs():
 
 
 def test_chunked_gradients_equal_unchunked():
-    model = nn.Sequential(nn.Linear(4, 8), NoisyQuant(3, lam=1.0), nn.Linear(8, 8), NoisyQuant(3, lam=1.0), nn.Linear(8, 2)).eval()
+    model = nn.Sequential(
+        nn.Linear(4, 8), NoisyQuant(3, lam=1.0), nn.Linear(8, 8), NoisyQuant(3, lam=1.0), nn.Linear(8, 2)
+    ).eval()
     x = torch.randn(3, 4)
     grads = []
     for chunk in (None, 2):

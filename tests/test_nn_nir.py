@@ -1,14 +1,14 @@
 """to_nir / from_nir: a converted network as a NIR graph, and back, exactly."""
+
 import numpy as np
 import pytest
 import torch
+from nn_models import SmallCNN, TinyResNet, prepared
 from torch import nn
 
-from na_kernels.nn import calibrate_thresholds, to_snn
 from na_kernels.io.nir_export import NIRExportError, to_nir
 from na_kernels.io.nir_import import NIRImportError, from_nir
-
-from nn_models import SmallCNN, TinyResNet, prepared
+from na_kernels.nn import calibrate_thresholds, to_snn
 
 nir = pytest.importorskip("nir")
 
@@ -113,10 +113,12 @@ def test_unknown_operations_raise_naming_the_node():
 
 
 def test_from_nir_needs_T_and_dt_for_foreign_graphs():
-    graph = nir.NIRGraph.from_list(nir.Affine(weight=np.ones((2, 3)), bias=np.zeros(2)),
-                                   nir.IF(r=np.ones(2), v_threshold=np.ones(2)))
-    with pytest.raises(NIRExportError,
-                       match=r"not written by na_kernels.nn.to_nir.*pass from_nir\(graph, T=..., dt=...\)"):
+    graph = nir.NIRGraph.from_list(
+        nir.Affine(weight=np.ones((2, 3)), bias=np.zeros(2)), nir.IF(r=np.ones(2), v_threshold=np.ones(2))
+    )
+    with pytest.raises(
+        NIRExportError, match=r"not written by na_kernels.nn.to_nir.*pass from_nir\(graph, T=..., dt=...\)"
+    ):
         from_nir(graph)
     with pytest.raises(NIRImportError, match="dt, reset and input_shape are for graphs other tools wrote"):
         from_nir(to_nir(_snn(SmallCNN, calibrate=False, T=2), (3, 16, 16)), dt=1.0)
@@ -182,16 +184,28 @@ def test_import_error_is_an_export_error():
 def _hand_written(T=3, amplitude=0.5, threshold=0.5, weight=None):
     """A NIR graph written by hand (not by to_nir): Input(4) -> Affine -> IF -> Linear -> Output."""
     w1 = np.arange(12, dtype=np.float64).reshape(3, 4) / 10 if weight is None else weight
-    meta_if = {"reset": "subtract", "v_init": 0.5, "firing": ">=", "p": 3, "threshold": np.array([threshold]),
-               "amplitude": np.array([amplitude]), "threshold_dims": 0, "amplitude_dims": 0, "layer": "hidden"}
+    meta_if = {
+        "reset": "subtract",
+        "v_init": 0.5,
+        "firing": ">=",
+        "p": 3,
+        "threshold": np.array([threshold]),
+        "amplitude": np.array([amplitude]),
+        "threshold_dims": 0,
+        "amplitude_dims": 0,
+        "layer": "hidden",
+    }
     return nir.NIRGraph(
-        nodes={"input": nir.Input(input_type=np.array([4])),
-               "fc1": nir.Affine(weight=w1, bias=np.zeros(3), metadata={"torch_target": "fc1", "index": 1}),
-               "act": nir.IF(r=np.ones(3), v_threshold=np.full(3, 0.5), v_reset=np.zeros(3), metadata=meta_if),
-               "fc2": nir.Linear(weight=np.ones((2, 3)), metadata={"torch_target": "fc2", "index": 3}),
-               "output": nir.Output(output_type=np.array([2]))},
+        nodes={
+            "input": nir.Input(input_type=np.array([4])),
+            "fc1": nir.Affine(weight=w1, bias=np.zeros(3), metadata={"torch_target": "fc1", "index": 1}),
+            "act": nir.IF(r=np.ones(3), v_threshold=np.full(3, 0.5), v_reset=np.zeros(3), metadata=meta_if),
+            "fc2": nir.Linear(weight=np.ones((2, 3)), metadata={"torch_target": "fc2", "index": 3}),
+            "output": nir.Output(output_type=np.array([2])),
+        },
         edges=[("input", "fc1"), ("fc1", "act"), ("act", "fc2"), ("fc2", "output")],
-        metadata={"format": "na_kernels.nir", "format_version": 1, "T": T, "chunk": 0})
+        metadata={"format": "na_kernels.nir", "format_version": 1, "T": T, "chunk": 0},
+    )
 
 
 def test_hand_written_graph_and_file(tmp_path):
@@ -216,25 +230,33 @@ def test_hand_written_graph_and_file(tmp_path):
         torch.testing.assert_close(expected(x), mean)
 
 
-@pytest.mark.parametrize("change,match", [
-    (lambda g: g.metadata.__setitem__("T", 2.7), "graph metadata T must be an int, got 2.7"),
-    (lambda g: g.metadata.__setitem__("T", 0), "T must be an int >= 1"),
-    (lambda g: g.metadata.__setitem__("format_version", 2), "reads format_version 1, the graph has 2"),
-    (lambda g: g.nodes["act"].metadata.__setitem__("amplitude", np.array([-1.0])), "amplitude must be > 0"),
-    (lambda g: g.nodes["act"].metadata.__setitem__("amplitude", np.array([np.nan])), "NaN or infinite"),
-    (lambda g: g.nodes["act"].metadata.__setitem__("threshold", np.array([0.0])), "threshold must be > 0"),
-    (lambda g: g.nodes["act"].metadata.__setitem__("p", 2.5), "metadata p must be an int"),
-    (lambda g: g.nodes["act"].metadata.pop("p"), "lacks na_kernels' metadata 'p'"),
-    (lambda g: g.nodes["fc1"].weight.__setitem__((0, 0), np.inf), "fc1.*weight holds NaN or infinite"),
-    (lambda g: g.nodes["fc1"].weight.__setitem__((0, 0), 1e300), "beyond float32"),
-    (lambda g: g.edges.append(("fc2", "nowhere")), "names node 'nowhere', which the graph does not hold"),
-    (lambda g: g.edges.append(("fc2", "fc1")), "the graph has a cycle"),
-    (lambda g: g.nodes.__setitem__("input2", nir.Input(input_type=np.array([4]))), "one Input and one Output"),
-    (lambda g: g.nodes.__setitem__("fc2", nir.Linear(weight=np.ones((2, 5)))), r"input has shape \(3,\).*needs \(5,\)"),
-    (lambda g: g.nodes["act"].metadata.update(threshold=np.ones(2), threshold_dims=1), "2 per-channel thresholds"),
-    (lambda g: g.nodes.__setitem__("fc1", nir.LI(tau=np.ones(3), r=np.ones(3), v_leak=np.zeros(3))),
-     "'fc1' is a LI, which to_nir does not write"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda g: g.metadata.__setitem__("T", 2.7), "graph metadata T must be an int, got 2.7"),
+        (lambda g: g.metadata.__setitem__("T", 0), "T must be an int >= 1"),
+        (lambda g: g.metadata.__setitem__("format_version", 2), "reads format_version 1, the graph has 2"),
+        (lambda g: g.nodes["act"].metadata.__setitem__("amplitude", np.array([-1.0])), "amplitude must be > 0"),
+        (lambda g: g.nodes["act"].metadata.__setitem__("amplitude", np.array([np.nan])), "NaN or infinite"),
+        (lambda g: g.nodes["act"].metadata.__setitem__("threshold", np.array([0.0])), "threshold must be > 0"),
+        (lambda g: g.nodes["act"].metadata.__setitem__("p", 2.5), "metadata p must be an int"),
+        (lambda g: g.nodes["act"].metadata.pop("p"), "lacks na_kernels' metadata 'p'"),
+        (lambda g: g.nodes["fc1"].weight.__setitem__((0, 0), np.inf), "fc1.*weight holds NaN or infinite"),
+        (lambda g: g.nodes["fc1"].weight.__setitem__((0, 0), 1e300), "beyond float32"),
+        (lambda g: g.edges.append(("fc2", "nowhere")), "names node 'nowhere', which the graph does not hold"),
+        (lambda g: g.edges.append(("fc2", "fc1")), "the graph has a cycle"),
+        (lambda g: g.nodes.__setitem__("input2", nir.Input(input_type=np.array([4]))), "one Input and one Output"),
+        (
+            lambda g: g.nodes.__setitem__("fc2", nir.Linear(weight=np.ones((2, 5)))),
+            r"input has shape \(3,\).*needs \(5,\)",
+        ),
+        (lambda g: g.nodes["act"].metadata.update(threshold=np.ones(2), threshold_dims=1), "2 per-channel thresholds"),
+        (
+            lambda g: g.nodes.__setitem__("fc1", nir.LI(tau=np.ones(3), r=np.ones(3), v_leak=np.zeros(3))),
+            "'fc1' is a LI, which to_nir does not write",
+        ),
+    ],
+)
 def test_malformed_graphs_raise_naming_what_is_wrong(change, match):
     graph = _hand_written()
     change(graph)
@@ -257,8 +279,7 @@ def test_damaged_and_oversized_files(tmp_path):
     bomb = tmp_path / "bomb.nir"  # a few KiB declaring 2 GiB of (compressible) weights
     with h5py.File(bomb, "w") as f:
         f.create_dataset("node/type", data=b"NIRGraph")
-        f.create_dataset("node/nodes/fc/weight", shape=(1 << 29,), dtype="f4", compression="gzip",
-                         chunks=(1 << 16,))
+        f.create_dataset("node/nodes/fc/weight", shape=(1 << 29,), dtype="f4", compression="gzip", chunks=(1 << 16,))
     assert bomb.stat().st_size < 64 * 1024
     with pytest.raises(NIRImportError, match=r"declares more than max_bytes = 1073741824 bytes"):
         from_nir(bomb)
@@ -302,8 +323,27 @@ def _fuzz_nir(rounds, tmp_path, seed=7):
     rng = random.Random(seed)
     canary = tmp_path / "CANARY"
     touch = f"__import__('pathlib').Path({str(canary)!r}).touch()"
-    pool = [touch, "__class__", "forward", "", "x" * 2000, None, -1, 0, 2.7, np.nan, np.inf, 1e300, True,
-            np.array([]), np.array([-1.0]), np.array([np.nan]), np.ones((2, 2)), b"\xff\xfe", {"a": 1}]
+    pool = [
+        touch,
+        "__class__",
+        "forward",
+        "",
+        "x" * 2000,
+        None,
+        -1,
+        0,
+        2.7,
+        np.nan,
+        np.inf,
+        1e300,
+        True,
+        np.array([]),
+        np.array([-1.0]),
+        np.array([np.nan]),
+        np.ones((2, 2)),
+        b"\xff\xfe",
+        {"a": 1},
+    ]
     base = to_nir(_snn(SmallCNN, calibrate=True, T=2), (3, 16, 16))
     x = torch.randn(2, 3, 16, 16)
     for _ in range(rounds):
@@ -342,7 +382,7 @@ def _fuzz_nir(rounds, tmp_path, seed=7):
             for _ in range(rng.randint(1, 8)):
                 data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
         else:
-            data = data[:rng.randrange(len(data))]
+            data = data[: rng.randrange(len(data))]
         path.write_bytes(bytes(data))
         try:
             from_nir(path)
@@ -393,9 +433,11 @@ def _foreign_conv_graph(pool, theta1, compact=False):
     nodes = {
         "input": nir.Input(input_type=np.array([3, 6, 6])),
         "conv": nir.Conv2d(input_shape=(6, 6), weight=w1, stride=1, padding=1, dilation=1, groups=1, bias=b1),
-        "if1": nir.IF(r=per_channel(np.ones((4, 6, 6))), v_threshold=theta1.copy() if compact else
-                      np.broadcast_to(theta1.reshape(4, 1, 1), (4, 6, 6)).copy(),
-                      v_reset=per_channel(np.zeros((4, 6, 6)))),
+        "if1": nir.IF(
+            r=per_channel(np.ones((4, 6, 6))),
+            v_threshold=theta1.copy() if compact else np.broadcast_to(theta1.reshape(4, 1, 1), (4, 6, 6)).copy(),
+            v_reset=per_channel(np.zeros((4, 6, 6))),
+        ),
         "pool": pooling(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0])),
         "scale": nir.Scale(scale=shape(scale)),
         "flat": nir.Flatten(input_type={"input": np.array([4, 3, 3])}, start_dim=0, end_dim=-1),
@@ -443,8 +485,9 @@ def test_foreign_conv_graph_matches_a_plain_torch_simulation(tmp_path, pool, res
 
 def test_foreign_if_fires_above_the_threshold_not_at_it():
     """NIR fires on v > v_threshold: an input of exactly θ does not fire at the first step."""
-    graph = nir.NIRGraph.from_list(nir.Linear(weight=np.eye(2)),
-                                   nir.IF(r=np.ones(2), v_threshold=np.array([1.0, 0.25]), v_reset=np.zeros(2)))
+    graph = nir.NIRGraph.from_list(
+        nir.Linear(weight=np.eye(2)), nir.IF(r=np.ones(2), v_threshold=np.array([1.0, 0.25]), v_reset=np.zeros(2))
+    )
     with torch.no_grad():
         out = _steps(from_nir(graph, T=4, dt=1.0)(torch.tensor([[1.0, 0.25]]))).round()
     assert out[:, 0, 0].tolist() == [0, 1, 0, 1] and out[:, 0, 1].tolist() == [0, 1, 0, 1]
@@ -456,7 +499,8 @@ def test_foreign_conv1d():
     graph = nir.NIRGraph.from_list(
         nir.Input(input_type=np.array([2, 10])),
         nir.Conv1d(input_shape=10, weight=weight, stride=2, padding=1, dilation=1, groups=1, bias=np.zeros(3)),
-        nir.IF(r=np.ones((3, 5)), v_threshold=np.ones((3, 5)), v_reset=np.zeros((3, 5))))
+        nir.IF(r=np.ones((3, 5)), v_threshold=np.ones((3, 5)), v_reset=np.zeros((3, 5))),
+    )
     torch.manual_seed(0)
     x = torch.rand(2, 2, 10)
     with torch.no_grad():
@@ -475,19 +519,28 @@ def _if(**change):
     return nir.IF(**fields)
 
 
-@pytest.mark.parametrize("node,match", [
-    (nir.LIF(tau=np.ones(3), r=np.ones(3), v_leak=np.zeros(3), v_threshold=np.ones(3)),
-     r"node 'lif' is a NIR LIF, which a SpikingNetwork cannot run: it would need a leak"),
-    (nir.CubaLIF(tau_syn=np.ones(3), tau_mem=np.ones(3), r=np.ones(3), v_leak=np.zeros(3), v_threshold=np.ones(3)),
-     "is a NIR CubaLIF.*a leak and a synaptic current"),
-    (nir.LI(tau=np.ones(3), r=np.ones(3), v_leak=np.zeros(3)), "is a NIR LI.*non-spiking"),
-    (nir.I(r=np.ones(3)), "is a NIR I.*non-spiking integrator"),
-    (nir.Threshold(threshold=np.ones(3)), "is a NIR Threshold.*without a reset"),
-    (nir.Delay(delay=np.ones(3)), "is a NIR Delay.*delay"),
-    (_if(v_reset=np.full(3, 0.5)), r"resets to v_reset = 0.5; integrate_fire's hard reset is to 0"),
-    (_if(v_threshold=np.array([1.0, 0.0, 1.0])), r"v_threshold / \(dt·r\) must be a finite float32 > 0"),
-    (_if(r=np.array([1.0, -1.0, 1.0])), "r must be > 0"),
-])
+@pytest.mark.parametrize(
+    "node,match",
+    [
+        (
+            nir.LIF(tau=np.ones(3), r=np.ones(3), v_leak=np.zeros(3), v_threshold=np.ones(3)),
+            r"node 'lif' is a NIR LIF, which a SpikingNetwork cannot run: it would need a leak",
+        ),
+        (
+            nir.CubaLIF(
+                tau_syn=np.ones(3), tau_mem=np.ones(3), r=np.ones(3), v_leak=np.zeros(3), v_threshold=np.ones(3)
+            ),
+            "is a NIR CubaLIF.*a leak and a synaptic current",
+        ),
+        (nir.LI(tau=np.ones(3), r=np.ones(3), v_leak=np.zeros(3)), "is a NIR LI.*non-spiking"),
+        (nir.I(r=np.ones(3)), "is a NIR I.*non-spiking integrator"),
+        (nir.Threshold(threshold=np.ones(3)), "is a NIR Threshold.*without a reset"),
+        (nir.Delay(delay=np.ones(3)), "is a NIR Delay.*delay"),
+        (_if(v_reset=np.full(3, 0.5)), r"resets to v_reset = 0.5; integrate_fire's hard reset is to 0"),
+        (_if(v_threshold=np.array([1.0, 0.0, 1.0])), r"v_threshold / \(dt·r\) must be a finite float32 > 0"),
+        (_if(r=np.array([1.0, -1.0, 1.0])), "r must be > 0"),
+    ],
+)
 def test_foreign_nodes_that_cannot_run_are_refused(tmp_path, node, match):
     graph = nir.NIRGraph.from_list(nir.Input(input_type=np.array([3])), nir.Linear(weight=np.eye(3)), node)
     with pytest.raises(NIRImportError, match=match):
@@ -511,17 +564,30 @@ def test_foreign_threshold_must_be_one_per_channel():
     theta[1, 2, 3] = 2.0
     graph = nir.NIRGraph.from_list(
         nir.Input(input_type=np.array([1, 4, 4])),
-        nir.Conv2d(input_shape=(4, 4), weight=np.ones((2, 1, 1, 1)), stride=1, padding=0, dilation=1, groups=1,
-                   bias=np.zeros(2)),
-        nir.IF(r=np.ones((2, 4, 4)), v_threshold=theta, v_reset=np.zeros((2, 4, 4))))
+        nir.Conv2d(
+            input_shape=(4, 4),
+            weight=np.ones((2, 1, 1, 1)),
+            stride=1,
+            padding=0,
+            dilation=1,
+            groups=1,
+            bias=np.zeros(2),
+        ),
+        nir.IF(r=np.ones((2, 4, 4)), v_threshold=theta, v_reset=np.zeros((2, 4, 4))),
+    )
     with pytest.raises(NIRImportError, match=r"varies within channel 1; integrate_fire takes one value per channel"):
         from_nir(graph, T=2, dt=1.0)
 
 
 def test_foreign_input_shape_with_the_batch_needs_input_shape():
     """Norse (through nirtorch) writes the sample data's shape, batch included, as the Input's."""
-    nodes = {"input": nir.Input(input_type=np.array([8, 2, 4, 4])), "flat": nir.Flatten(input_type=None, start_dim=0),
-             "fc": nir.Linear(weight=np.ones((3, 32))), "if": _if(), "output": nir.Output(output_type=np.array([3]))}
+    nodes = {
+        "input": nir.Input(input_type=np.array([8, 2, 4, 4])),
+        "flat": nir.Flatten(input_type=None, start_dim=0),
+        "fc": nir.Linear(weight=np.ones((3, 32))),
+        "if": _if(),
+        "output": nir.Output(output_type=np.array([3])),
+    }
     names = list(nodes)
     graph = nir.NIRGraph(nodes=nodes, edges=list(zip(names, names[1:])), type_check=False)
     with pytest.raises(NIRImportError, match=r"pass from_nir\(..., input_shape=\(C, H, W\)\)"):
@@ -530,10 +596,12 @@ def test_foreign_input_shape_with_the_batch_needs_input_shape():
 
 
 def test_foreign_layers_keep_their_semantics_through_to_nir_and_save_snn_refuses_them(tmp_path):
-    from na_kernels.nn import save_snn
     from na_kernels.io.serialize import SerializationError
-    graph = nir.NIRGraph.from_list(nir.Input(input_type=np.array([3])),
-                                   nir.Affine(weight=np.eye(3) * 0.7, bias=np.zeros(3)), _if())
+    from na_kernels.nn import save_snn
+
+    graph = nir.NIRGraph.from_list(
+        nir.Input(input_type=np.array([3])), nir.Affine(weight=np.eye(3) * 0.7, bias=np.zeros(3)), _if()
+    )
     imported = from_nir(graph, T=5, dt=1.0)
     again = from_nir(to_nir(imported, (3,)))
     assert [(layer.reset, layer.v_init) for layer in again.if_layers.values()] == [("zero", 0.0)]
@@ -552,8 +620,28 @@ def test_fuzz_foreign_graphs(tmp_path):
     rng = random.Random(3)
     canary = tmp_path / "CANARY"
     touch = f"__import__('pathlib').Path({str(canary)!r}).touch()"
-    pool = [touch, "__class__", "forward", "", None, -1, 0, 2.7, np.nan, np.inf, 1e300, True, np.array([]),
-            np.array([-1.0]), np.array([np.nan]), np.ones((2, 2)), np.ones(4), np.zeros(4), np.array(["a"]), {"a": 1}]
+    pool = [
+        touch,
+        "__class__",
+        "forward",
+        "",
+        None,
+        -1,
+        0,
+        2.7,
+        np.nan,
+        np.inf,
+        1e300,
+        True,
+        np.array([]),
+        np.array([-1.0]),
+        np.array([np.nan]),
+        np.ones((2, 2)),
+        np.ones(4),
+        np.zeros(4),
+        np.array(["a"]),
+        {"a": 1},
+    ]
     base, _ = _foreign_conv_graph("sum", np.array([0.5, 0.8, 0.3, 1.0]))
     x = torch.rand(2, 3, 6, 6)
     for _ in range(60):

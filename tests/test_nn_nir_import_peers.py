@@ -1,6 +1,7 @@
 """from_nir on NIR graphs that SpikingJelly, Norse, sinabs and snnTorch export from a small conv net,
 compared with each tool's own run (same constant input at every step). Skipped where the peer is not
 installed (``pip install --no-deps`` each, see the README's NIR section)."""
+
 import pytest
 import torch
 from torch import nn
@@ -40,6 +41,7 @@ class _Counter:
         def hook(module, inputs, output):
             spikes = output[0] if isinstance(output, tuple) else output
             self.counts[i] += float(spikes.sum())
+
         return hook
 
 
@@ -48,8 +50,17 @@ def spikingjelly_case(x, T):
     pytest.importorskip("spikingjelly")
     from spikingjelly.activation_based import functional, layer, neuron
     from spikingjelly.activation_based.nir_exchange import export_to_nir
-    net = _scaled(nn.Sequential(layer.Conv2d(2, 4, 3, padding=1), neuron.IFNode(v_reset=0.0), layer.AvgPool2d(2),
-                                layer.Flatten(), layer.Linear(64, 5), neuron.IFNode(v_reset=0.0)))
+
+    net = _scaled(
+        nn.Sequential(
+            layer.Conv2d(2, 4, 3, padding=1),
+            neuron.IFNode(v_reset=0.0),
+            layer.AvgPool2d(2),
+            layer.Flatten(),
+            layer.Linear(64, 5),
+            neuron.IFNode(v_reset=0.0),
+        )
+    )
     with torch.no_grad():
         graph = export_to_nir(net, x, dt=1e-4)
         functional.reset_net(net)
@@ -63,8 +74,12 @@ def norse_case(x, T):
     with the batch)."""
     pytest.importorskip("norse")
     import norse.torch as norse
-    net = _scaled(norse.SequentialState(nn.Conv2d(2, 4, 3, padding=1), norse.IAFCell(),
-                                        nn.Conv2d(4, 5, 3, stride=2, padding=1), norse.IAFCell()))
+
+    net = _scaled(
+        norse.SequentialState(
+            nn.Conv2d(2, 4, 3, padding=1), norse.IAFCell(), nn.Conv2d(4, 5, 3, stride=2, padding=1), norse.IAFCell()
+        )
+    )
     with torch.no_grad():
         graph = norse.to_nir(net, x)
         counter = _Counter([m for m in net if isinstance(m, norse.IAFCell)])
@@ -82,9 +97,18 @@ def sinabs_case(x, T):
     import sinabs
     import sinabs.layers as sl
     from sinabs.activation import SingleSpike
-    net = _scaled(nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), sl.IAFSqueeze(batch_size=B, spike_fn=SingleSpike),
-                                sl.SumPool2d(2), nn.Flatten(), nn.Linear(64, 5),
-                                sl.IAFSqueeze(batch_size=B, spike_fn=SingleSpike)), gain=1.0)
+
+    net = _scaled(
+        nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1),
+            sl.IAFSqueeze(batch_size=B, spike_fn=SingleSpike),
+            sl.SumPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64, 5),
+            sl.IAFSqueeze(batch_size=B, spike_fn=SingleSpike),
+        ),
+        gain=1.0,
+    )
     steps = x.unsqueeze(1).expand((B, T) + tuple(x.shape[1:])).reshape((B * T,) + tuple(x.shape[1:]))
     with torch.no_grad():
         graph = sinabs.to_nir(net, steps)
@@ -131,8 +155,10 @@ def test_snntorch_export_is_refused_naming_the_leaky_neuron():
     Conv2d, a Flatten, a batched sample or a scalar beta, so the net is fully connected)."""
     snn = pytest.importorskip("snntorch")
     from snntorch.export_nir import export_to_nir
+
     def leaky(n, **kw):
         return snn.Leaky(beta=torch.full((n,), 0.9), threshold=torch.ones(n), init_hidden=True, **kw)
+
     net = nn.Sequential(nn.Linear(128, 16), leaky(16), nn.Linear(16, 5), leaky(5, output=True))
     graph = export_to_nir(net, _input()[0].flatten())  # per-neuron beta, one sample: what its exporter types
     with pytest.raises(NIRImportError, match=r"is a NIR LIF, which a SpikingNetwork cannot run: it would need a leak"):
@@ -144,7 +170,9 @@ if __name__ == "__main__":  # the table in the README: python tests/test_nn_nir_
         for steps in (1, 2, 4, 8, 16, 32, 64):
             try:
                 d, a, theirs, ours = compare(name, steps)
-                print(f"{name:13s} T={steps:3d} max|diff|={d:.3g} output spike agreement={a:.4f} "
-                      f"spikes per layer: peer {[int(c) for c in theirs]} ours {[int(c) for c in ours]}")
+                print(
+                    f"{name:13s} T={steps:3d} max|diff|={d:.3g} output spike agreement={a:.4f} "
+                    f"spikes per layer: peer {[int(c) for c in theirs]} ours {[int(c) for c in ours]}"
+                )
             except Exception as error:  # noqa: BLE001 (a report)
                 print(f"{name:13s} T={steps:3d} {type(error).__name__}: {str(error)[:200]}")

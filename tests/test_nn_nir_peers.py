@@ -1,12 +1,12 @@
 """Other tools' NIR importers on to_nir's files, as written (no hand edits): each loads and runs
 the file in the pooling form it reads, and computes NIR's IF (hard reset, v from 0) exactly."""
+
 import pytest
 import torch
-
-from na_kernels.nn import to_snn
-from na_kernels.io.nir_export import to_nir
-
 from nn_models import SmallCNN, TinyResNet, prepared
+
+from na_kernels.io.nir_export import to_nir
+from na_kernels.nn import to_snn
 
 nir = pytest.importorskip("nir")
 from nir_interpreter import run_nir  # noqa: E402  (needs nir)

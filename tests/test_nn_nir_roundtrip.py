@@ -1,14 +1,15 @@
 """from_nir reads back every form to_nir writes (pooling="avg" / "sum" / "conv", border-dependent
 divisors, grouped convs written ungrouped, amplitude and divisor nodes), exactly, and refuses
 each of those forms when its metadata or arrays are inconsistent."""
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from na_kernels.nn import replace_activations, to_snn
 from na_kernels.io.nir_export import to_nir
 from na_kernels.io.nir_import import NIRImportError, from_nir
+from na_kernels.nn import replace_activations, to_snn
 
 nir = pytest.importorskip("nir")
 
@@ -88,8 +89,11 @@ def _first(graph, role):
 
 
 def _diagonal_conv(graph, role):
-    return next(node for n, node in graph.nodes.items() if (node.metadata or {}).get("role") == role
-                and isinstance(node, nir.Conv2d))
+    return next(
+        node
+        for n, node in graph.nodes.items()
+        if (node.metadata or {}).get("role") == role and isinstance(node, nir.Conv2d)
+    )
 
 
 def _off_block(graph):
@@ -119,8 +123,11 @@ CHANGES = [
     ("avg", lambda g: _set(g.nodes["pool"], "role", "amplitude"), "AvgPool2d with metadata role"),
     ("avg", lambda g: _set(_first(g, "amplitude"), "role", "scale"), "factor of role 'scale' must come from a pooling"),
     ("avg", lambda g: _set(g.nodes["conv3"], "input_scale_role", "gain"), "input_scale_role is 'gain'"),
-    ("avg", lambda g: _set(g.nodes["conv3"], "input_scale_role", "scale"),
-     "factor of role 'scale' must come from a pooling"),
+    (
+        "avg",
+        lambda g: _set(g.nodes["conv3"], "input_scale_role", "scale"),
+        "factor of role 'scale' must come from a pooling",
+    ),
     ("sum", lambda g: _set(g.nodes["conv3"], "input_scale", np.ones(3)), "input_scale has 3 values for 4 inputs"),
     ("sum", lambda g: g.nodes["conv3"].metadata.pop("input_scale"), "input_scale_role without input_scale"),
     ("avg", lambda g: g.metadata.__setitem__("pooling", "max"), "graph metadata pooling is 'max'"),
@@ -168,11 +175,43 @@ def test_fuzz_the_forms_metadata_and_arrays(snn, pooling):
     import random
 
     rng = random.Random(3)
-    values = [None, -1, 0, 1, 2, 3, 4, 2.0, np.nan, True, "scale", "amplitude", "gain", "AvgPool2d",
-              "AdaptiveAvgPool2d", b"\xff", "", np.array([]), np.array([2, 2]), np.array([-1.0]), np.ones((4, 4)),
-              np.ones((4, 4, 1, 1)), np.zeros((4, 4, 3, 3)), {"a": 1}]
-    keys = ["groups", "role", "of", "kind", "count_include_pad", "divisor_override", "output_size", "input_scale",
-            "input_scale_role"]
+    values = [
+        None,
+        -1,
+        0,
+        1,
+        2,
+        3,
+        4,
+        2.0,
+        np.nan,
+        True,
+        "scale",
+        "amplitude",
+        "gain",
+        "AvgPool2d",
+        "AdaptiveAvgPool2d",
+        b"\xff",
+        "",
+        np.array([]),
+        np.array([2, 2]),
+        np.array([-1.0]),
+        np.ones((4, 4)),
+        np.ones((4, 4, 1, 1)),
+        np.zeros((4, 4, 3, 3)),
+        {"a": 1},
+    ]
+    keys = [
+        "groups",
+        "role",
+        "of",
+        "kind",
+        "count_include_pad",
+        "divisor_override",
+        "output_size",
+        "input_scale",
+        "input_scale_role",
+    ]
     base = _graph(snn, pooling)
     for _ in range(60):
         graph = copy.deepcopy(base)

@@ -1,4 +1,5 @@
 """NoisyQuant, the drop-in activation module: formula, λ positivity, "auto", state dict, repr."""
+
 import gc
 import io
 
@@ -219,7 +220,9 @@ def test_functional_op_adds_noise_only_when_training_as_dropout():
     quantized = na_kernels.noisy_quant(x, 3, 1.5, noise=None)
     assert torch.equal(na_kernels.noisy_quant(x, 3, 1.5, seed=7, training=False), quantized)
     assert not torch.equal(na_kernels.noisy_quant(x, 3, 1.5, seed=7), quantized)  # default training=True
-    assert torch.equal(na_kernels.noisy_quant(x, 3, 1.5, seed=7, training=True), na_kernels.noisy_quant(x, 3, 1.5, seed=7))
+    assert torch.equal(
+        na_kernels.noisy_quant(x, 3, 1.5, seed=7, training=True), na_kernels.noisy_quant(x, 3, 1.5, seed=7)
+    )
     with pytest.raises(TypeError, match="training must be True or False"):
         na_kernels.noisy_quant(x, 3, 1.5, training="eval")
 

@@ -1,13 +1,14 @@
 """post_training_convert: λ from an exact streaming percentile of the original activations."""
+
 import copy
 
 import pytest
 import torch
+from nn_models import TinyResNet, randomize_batchnorm
 from torch import nn
 
-from na_kernels.nn import post_training_convert
 from na_kernels.convert.post_training import StreamingPercentile
-from nn_models import TinyResNet, randomize_batchnorm
+from na_kernels.nn import post_training_convert
 
 
 @pytest.mark.parametrize("percentile", [99.9, 99.0, 50.0, 100.0])
@@ -41,8 +42,10 @@ def test_lam_is_the_percentile_of_the_original_activations(per_channel):
     model = Plain().eval()
     batches = [torch.randn(5, 3, 8, 8) * 3 for _ in range(3)]
     recorded = {"act1": [], "act2": []}
-    handles = [getattr(model, name).register_forward_hook(lambda m, i, o, name=name: recorded[name].append(o))
-               for name in recorded]
+    handles = [
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: recorded[name].append(o))
+        for name in recorded
+    ]
     with torch.no_grad():
         for batch in batches:
             model(batch)
@@ -69,8 +72,7 @@ def test_resnet_gets_one_lam_per_call_site_and_calibration_runs():
     randomize_batchnorm(model)
     model.eval()
     batches = [(torch.randn(4, 3, 8, 8), torch.zeros(4))]
-    snn, report = post_training_convert(model, batches, T=4, calibrate=True, calibration_iterations=1,
-                                        progress=False)
+    snn, report = post_training_convert(model, batches, T=4, calibrate=True, calibration_iterations=1, progress=False)
     assert len(report["lam"]) == 7 == len(snn.if_layers)
     assert "layer1.0.relu_call2" in report["lam"]
     assert len(report["calibration"]["errors"]) == 2
@@ -150,8 +152,9 @@ def test_calibration_data_whose_activations_overflow_is_refused_naming_the_site(
 def test_a_nan_lam_after_training_is_reported_naming_the_layer():
     from na_kernels.nn import NoisyQuant, to_snn
 
-    model = nn.Sequential(nn.Linear(4, 4), NoisyQuant(3, lam=1.0), nn.Linear(4, 4), NoisyQuant(3, lam=1.0),
-                          nn.Linear(4, 2))
+    model = nn.Sequential(
+        nn.Linear(4, 4), NoisyQuant(3, lam=1.0), nn.Linear(4, 4), NoisyQuant(3, lam=1.0), nn.Linear(4, 2)
+    )
     with torch.no_grad():
         model[3].raw_lam.fill_(float("nan"))
     with pytest.raises(ValueError, match=r"IF layer 3: lam must be finite and > 0"):

@@ -1,13 +1,14 @@
 """replace_activations: module and functional ReLUs, unconvertible activations, pooling."""
+
 import copy
 
 import pytest
 import torch
+from nn_models import SmallCNN, TinyResNet
 from torch import fx, nn
 from torch.nn import functional as F
 
 from na_kernels.nn import NoisyQuant, UnconvertibleActivationError, replace_activations
-from nn_models import SmallCNN, TinyResNet
 
 
 class FunctionalNet(nn.Module):
@@ -46,12 +47,14 @@ def test_functional_relus_are_caught_through_fx():
     assert count_noisy(result) == 3
     kinds = sorted(kind for _, kind in report.replaced)
     assert kinds == ["F.relu()", "Tensor.relu()", "torch.relu()"]
+
     # the rewritten model computes the quantized network
     def reference(x):
-        quant = lambda v: torch.clamp(torch.floor(v * 7 / 2.0 + 0.5), 0, 7) * 2.0 / 7
+        quant = lambda v: torch.clamp(torch.floor(v * 7 / 2.0 + 0.5), 0, 7) * 2.0 / 7  # noqa: E731
         h = quant(model.fc1(x))
         h = quant(model.fc2(h))
         return quant(model.fc3(h))
+
     result.eval()
     torch.testing.assert_close(result(x), reference(x), rtol=1e-5, atol=1e-5)
 
@@ -110,7 +113,9 @@ def test_relu_subclass_and_functional_unconvertibles_raise():
 
 
 def test_skip_leaves_a_relu():
-    model, report = replace_activations(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2), nn.ReLU()), p=3, skip=["3"])
+    model, report = replace_activations(
+        nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2), nn.ReLU()), p=3, skip=["3"]
+    )
     assert isinstance(model[1], NoisyQuant) and isinstance(model[3], nn.ReLU)
     assert report.left == [("3", "ReLU", "skipped by the caller")]
 
@@ -225,8 +230,15 @@ def test_report_counts_call_sites_and_per_call_site_gives_each_its_own_lam():
     per_site, report = replace_activations(copy.deepcopy(reference), p=3, per_call_site=True)
     assert isinstance(per_site, fx.GraphModule)
     assert "replaced 7 activation(s) at 7 call site(s)" in str(report)
-    assert set(report.call_sites) == {"relu", "layer1.0.relu", "layer1.0.relu_call2", "layer1.1.relu",
-                                      "layer1.1.relu_call2", "layer2.0.relu", "layer2.0.relu_call2"}
+    assert set(report.call_sites) == {
+        "relu",
+        "layer1.0.relu",
+        "layer1.0.relu_call2",
+        "layer1.1.relu",
+        "layer1.1.relu_call2",
+        "layer2.0.relu",
+        "layer2.0.relu_call2",
+    }
     assert count_noisy(per_site) == 7
     per_site.eval()
     x = torch.randn(2, 3, 8, 8)

@@ -1,22 +1,22 @@
 """save_snn / load_snn: a converted network as a file that loads without the model's code."""
+
 import importlib
+import io
 import json
 import operator
-import struct
-import io
 import os
+import struct
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+from nn_models import SmallCNN, TinyResNet, prepared
 from torch import nn
 
-from na_kernels.nn import calibrate_thresholds, load_snn, to_snn
 from na_kernels.io.serialize import FORMAT, SerializationError, pack, snn_header, snn_to_bytes
-
-from nn_models import SmallCNN, TinyResNet, prepared
+from na_kernels.nn import calibrate_thresholds, load_snn, to_snn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,7 +60,7 @@ def _ship_net(tmp_path):
     return model
 
 
-CHILD = textwrap.dedent('''
+CHILD = textwrap.dedent("""
     import importlib.util, sys, torch
     assert importlib.util.find_spec("shipnet_model") is None, "the model's module must not be importable here"
     assert importlib.util.find_spec("nn_models") is None
@@ -74,7 +74,7 @@ CHILD = textwrap.dedent('''
                    amplitudes={k: v.amplitude for k, v in snn.if_layers.items()},
                    report=snn.conversion_report)
     torch.save(out, sys.argv[3])
-''')
+""")
 
 
 @pytest.mark.slow
@@ -93,8 +93,21 @@ def test_fresh_process_bit_identical(tmp_path):
     snn.save(work / "net.snn")
     torch.save(x, work / "x.pt")
     env = dict(os.environ, PYTHONPATH=REPO)
-    subprocess.run([sys.executable, "-c", CHILD, str(work / "net.snn"), str(work / "x.pt"), str(work / "out.pt"),
-                    str(torch.get_num_threads())], cwd=work, env=env, check=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(work / "net.snn"),
+            str(work / "x.pt"),
+            str(work / "out.pt"),
+            str(torch.get_num_threads()),
+        ],
+        cwd=work,
+        env=env,
+        check=True,
+        timeout=300,
+    )
     out = torch.load(work / "out.pt", weights_only=True)
     assert torch.equal(out["snn"], expected)
     assert torch.equal(out["ann"], expected_ann)
@@ -293,13 +306,16 @@ def test_size_limit_is_checked_before_reading(tmp_path, small_snn):
 def test_declared_shapes_must_be_stored_in_full(small_snn):
     """A small file cannot declare a large tensor: the shape's bytes must be in the payload, and
     that is checked before anything is allocated."""
+
     def huge(header, payload):
         header["tensors"][0]["shape"] = [1 << 27]  # 512 MiB of float32 in a file of a few KiB
         header["tensors"][0]["nbytes"] = 1 << 29
+
     _refused(_forged(small_snn, huge), r"tensor 0: .*need 536870912 bytes|past the end")
 
     def shorter(header, payload):
         header["tensors"][0]["shape"] = [1]
+
     _refused(_forged(small_snn, shorter), "tensor 0: its shape")
 
 
@@ -314,28 +330,33 @@ def _tensor_index(header, module, key, kind="buffers"):
 def _set_floats(header, payload, index, value):
     entry = header["tensors"][index]
     count = entry["nbytes"] // 4
-    payload[entry["offset"]:entry["offset"] + entry["nbytes"]] = struct.pack(f"<{count}f", *[value] * count)
+    payload[entry["offset"] : entry["offset"] + entry["nbytes"]] = struct.pack(f"<{count}f", *[value] * count)
 
 
-@pytest.mark.parametrize("module,key,kind,value,match", [
-    ("fc1", "weight", "parameters", float("nan"), "holds NaN or infinite values"),
-    ("fc1", "bias", "parameters", float("inf"), "holds NaN or infinite values"),
-    ("features.2", "threshold", "buffers", 0.0, "threshold must be a float32 .* > 0"),
-    ("features.2", "amplitude", "buffers", -1.0, "amplitude must be a float32 .* > 0"),
-    ("features.2", "amplitude", "buffers", float("nan"), "NaN or infinite"),
-])
+@pytest.mark.parametrize(
+    "module,key,kind,value,match",
+    [
+        ("fc1", "weight", "parameters", float("nan"), "holds NaN or infinite values"),
+        ("fc1", "bias", "parameters", float("inf"), "holds NaN or infinite values"),
+        ("features.2", "threshold", "buffers", 0.0, "threshold must be a float32 .* > 0"),
+        ("features.2", "amplitude", "buffers", -1.0, "amplitude must be a float32 .* > 0"),
+        ("features.2", "amplitude", "buffers", float("nan"), "NaN or infinite"),
+    ],
+)
 def test_bad_weights_thresholds_and_amplitudes(small_snn, module, key, kind, value, match):
-    _refused(_forged(small_snn, lambda h, p: _set_floats(h, p, _tensor_index(h, module, key, kind), value)),
-             match)
+    _refused(_forged(small_snn, lambda h, p: _set_floats(h, p, _tensor_index(h, module, key, kind), value)), match)
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("T", 2.7, "network.T must be an int >= 1, got 2.7"),
-    ("T", 0, "T must be an int >= 1"),
-    ("T", True, "network.T must be an int"),
-    ("chunk", -1, "chunk must be an int >= 1"),
-    ("samples", -5, "samples must be an int >= 0"),
-])
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("T", 2.7, "network.T must be an int >= 1, got 2.7"),
+        ("T", 0, "T must be an int >= 1"),
+        ("T", True, "network.T must be an int"),
+        ("chunk", -1, "chunk must be an int >= 1"),
+        ("samples", -5, "samples must be an int >= 0"),
+    ],
+)
 def test_bad_network_values(small_snn, key, value, match):
     _refused(_forged(small_snn, lambda h, p: h["network"].__setitem__(key, value)), match)
 
@@ -344,7 +365,7 @@ def _set_values(header, payload, index, value):
     entry = header["tensors"][index]
     code = {"int64": "q", "float64": "d", "float32": "f"}[entry["dtype"]]
     count = entry["nbytes"] // struct.calcsize(code)
-    payload[entry["offset"]:entry["offset"] + entry["nbytes"]] = struct.pack(f"<{count}{code}", *[value] * count)
+    payload[entry["offset"] : entry["offset"] + entry["nbytes"]] = struct.pack(f"<{count}{code}", *[value] * count)
 
 
 def _route(header, layer="features.5"):  # ["features.7", ["conv", ...], [["avg", [2, 2], [2, 2], [0, 0], false]]]
@@ -355,57 +376,71 @@ def _config(header, module):
     return _module(header, module)["config"]
 
 
-@pytest.mark.parametrize("mutate,match", [
-    (lambda h: _route(h).__setitem__(0, "nowhere"), "route 0 leads to 'nowhere', which is not a routed meter"),
-    (lambda h: _route(h).__setitem__(0, "fc2"), "leads to 'fc2', which is not .* with the route's synapse spec"),
-    (lambda h: _route(h).__setitem__(0, 7), "meter name must be printable text"),
-    (lambda h: _route(h).append([]), r"routes\[0\]: .* is not \(meter name, synapse spec, pool specs\)"),
-    (lambda h: _route(h)[1].__setitem__(2, [0, 1]), r"synapse: stride: \(0, 1\) is not a tuple of 2 ints in 1"),
-    (lambda h: _route(h)[1].__setitem__(1, [3, 3, 3]), "stride: .* is not a tuple of 3 ints"),
-    (lambda h: _route(h)[1].__setitem__(1, [2**31, 3]), "kernel: .* ints in 1 .. 2"),
-    (lambda h: _route(h)[1].__setitem__(5, True), r"out_channels // groups True is not an int >= 1"),
-    (lambda h: _route(h)[1].__setitem__(5, 2.0), "out_channels // groups 2.0"),
-    (lambda h: (_route(h)[1].__setitem__(3, "same"), _route(h)[1].__setitem__(2, [2, 2])), "'same' needs stride 1"),
-    (lambda h: _route(h)[1].__setitem__(3, "full"), "padding: 'full' is not a tuple"),
-    (lambda h: _route(h)[1].append(1), "is not a synapse spec"),
-    (lambda h: _route(h)[1].__setitem__(1, {"size": [3, 3]}), "is not a synapse spec"),  # a torch.Size
-    (lambda h: _route(h)[1].__setitem__(2, {"list": [1, 1]}), "stride: .* is not a tuple"),
-    (lambda h: _config(h, "synapse_meter_2").__setitem__("weight_shape", {"size": [16, 8, 3, 3]}),
-     "weight_shape: .* is not a tuple"),
-    (lambda h: _route(h)[1].__setitem__(0, "deconv"), "is not a synapse spec"),
-    (lambda h: _route(h).__setitem__(1, {"list": ["linear", 5]}), "is not a synapse spec"),
-    (lambda h: _route(h)[2][0].__setitem__(4, 0), "pool 0: .* is not a pool spec"),
-    (lambda h: _route(h)[2][0].__setitem__(3, [2, 1]), "padding .* is more than half the kernel"),
-    (lambda h: _route(h)[2][0].__setitem__(2, [2, -1]), "pool 0: stride: .* ints in 1"),
-    (lambda h: _route(h)[2].__setitem__(0, ["adaptive", [0, 1]]), "is not a pool spec"),
-    (lambda h: _route(h)[2].__setitem__(0, ["adaptive", [1]]), r"its pools \(\[1\]\) and synapse \(2\)"),
-    (lambda h: _route(h, "features.9")[2].append(["adaptive", [1]]), "different spatial dims"),
-    (lambda h: _route(h).__setitem__(2, [["adaptive", [1, None]]] * 17), "at most 16 pools"),
-    (lambda h: _config(h, "features.5").__setitem__("routes", [_route(h)] * 1025), "at most 1024 routes"),
-    (lambda h: _config(h, "features.5").__setitem__("routes", {"list": []}), "routes must be a list"),
-    (lambda h: _config(h, "synapse_meter_2").__setitem__("routed", False), "leads to 'features.7', which is not a"),
-    (lambda h: _config(h, "synapse_meter_0").__setitem__("routed", True), "a routed meter is spike-driven"),
-    (lambda h: (_config(h, "synapse_meter_0").__setitem__("routed", True),
-                _config(h, "synapse_meter_0").__setitem__("spike_driven", True)),
-     "meter 'features.0' is routed .* but no IF layer has a route to it"),
-    (lambda h: _config(h, "synapse_meter_2").__setitem__("name", "fc1"), "meter name 'fc1' is another meter's"),
-    (lambda h: _config(h, "synapse_meter_2")["weight_shape"].__setitem__(2, 5), "does not fit the synapse spec"),
-    (lambda h: _config(h, "synapse_meter_2")["weight_shape"].__setitem__(0, 12), "does not fit the synapse spec"),
-    (lambda h: _config(h, "synapse_meter_3")["weight_shape"].__setitem__(0, 31), "does not fit the synapse spec"),
-    (lambda h: _config(h, "synapse_meter_2").__setitem__("layer_type", "Conv1d"), "Conv1d has 1 spatial dims, not 2"),
-    (lambda h: _config(h, "synapse_meter_2").__setitem__("layer_type", "ConvTranspose2d"), "not a synaptic layer"),
-    (lambda h: _config(h, "synapse_meter_3").__setitem__("synapse", ["linear", -1]), "is not a synapse spec"),
-    (lambda h: _config(h, "synapse_meter_2").__setitem__("spike_driven", 1), "spike_driven must be a bool"),
-    (lambda h: _config(h, "synapse_meter_2").__setitem__("extra", 1), "a SynapseMeter record holds"),
-    (lambda h: _module(h, "synapse_meter_2")["state"].__setitem__("record", 1), "1 is not a valid bool"),
-    (lambda h: _module(h, "synapse_meter_2").__setitem__("count_from", "features.5"), "module record .* holds"),
-    (lambda h: _module(h, "fc1").__setitem__("state", {"record": True}), "a Linear record holds no state"),
-])
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda h: _route(h).__setitem__(0, "nowhere"), "route 0 leads to 'nowhere', which is not a routed meter"),
+        (lambda h: _route(h).__setitem__(0, "fc2"), "leads to 'fc2', which is not .* with the route's synapse spec"),
+        (lambda h: _route(h).__setitem__(0, 7), "meter name must be printable text"),
+        (lambda h: _route(h).append([]), r"routes\[0\]: .* is not \(meter name, synapse spec, pool specs\)"),
+        (lambda h: _route(h)[1].__setitem__(2, [0, 1]), r"synapse: stride: \(0, 1\) is not a tuple of 2 ints in 1"),
+        (lambda h: _route(h)[1].__setitem__(1, [3, 3, 3]), "stride: .* is not a tuple of 3 ints"),
+        (lambda h: _route(h)[1].__setitem__(1, [2**31, 3]), "kernel: .* ints in 1 .. 2"),
+        (lambda h: _route(h)[1].__setitem__(5, True), r"out_channels // groups True is not an int >= 1"),
+        (lambda h: _route(h)[1].__setitem__(5, 2.0), "out_channels // groups 2.0"),
+        (lambda h: (_route(h)[1].__setitem__(3, "same"), _route(h)[1].__setitem__(2, [2, 2])), "'same' needs stride 1"),
+        (lambda h: _route(h)[1].__setitem__(3, "full"), "padding: 'full' is not a tuple"),
+        (lambda h: _route(h)[1].append(1), "is not a synapse spec"),
+        (lambda h: _route(h)[1].__setitem__(1, {"size": [3, 3]}), "is not a synapse spec"),  # a torch.Size
+        (lambda h: _route(h)[1].__setitem__(2, {"list": [1, 1]}), "stride: .* is not a tuple"),
+        (
+            lambda h: _config(h, "synapse_meter_2").__setitem__("weight_shape", {"size": [16, 8, 3, 3]}),
+            "weight_shape: .* is not a tuple",
+        ),
+        (lambda h: _route(h)[1].__setitem__(0, "deconv"), "is not a synapse spec"),
+        (lambda h: _route(h).__setitem__(1, {"list": ["linear", 5]}), "is not a synapse spec"),
+        (lambda h: _route(h)[2][0].__setitem__(4, 0), "pool 0: .* is not a pool spec"),
+        (lambda h: _route(h)[2][0].__setitem__(3, [2, 1]), "padding .* is more than half the kernel"),
+        (lambda h: _route(h)[2][0].__setitem__(2, [2, -1]), "pool 0: stride: .* ints in 1"),
+        (lambda h: _route(h)[2].__setitem__(0, ["adaptive", [0, 1]]), "is not a pool spec"),
+        (lambda h: _route(h)[2].__setitem__(0, ["adaptive", [1]]), r"its pools \(\[1\]\) and synapse \(2\)"),
+        (lambda h: _route(h, "features.9")[2].append(["adaptive", [1]]), "different spatial dims"),
+        (lambda h: _route(h).__setitem__(2, [["adaptive", [1, None]]] * 17), "at most 16 pools"),
+        (lambda h: _config(h, "features.5").__setitem__("routes", [_route(h)] * 1025), "at most 1024 routes"),
+        (lambda h: _config(h, "features.5").__setitem__("routes", {"list": []}), "routes must be a list"),
+        (lambda h: _config(h, "synapse_meter_2").__setitem__("routed", False), "leads to 'features.7', which is not a"),
+        (lambda h: _config(h, "synapse_meter_0").__setitem__("routed", True), "a routed meter is spike-driven"),
+        (
+            lambda h: (
+                _config(h, "synapse_meter_0").__setitem__("routed", True),
+                _config(h, "synapse_meter_0").__setitem__("spike_driven", True),
+            ),
+            "meter 'features.0' is routed .* but no IF layer has a route to it",
+        ),
+        (lambda h: _config(h, "synapse_meter_2").__setitem__("name", "fc1"), "meter name 'fc1' is another meter's"),
+        (lambda h: _config(h, "synapse_meter_2")["weight_shape"].__setitem__(2, 5), "does not fit the synapse spec"),
+        (lambda h: _config(h, "synapse_meter_2")["weight_shape"].__setitem__(0, 12), "does not fit the synapse spec"),
+        (lambda h: _config(h, "synapse_meter_3")["weight_shape"].__setitem__(0, 31), "does not fit the synapse spec"),
+        (
+            lambda h: _config(h, "synapse_meter_2").__setitem__("layer_type", "Conv1d"),
+            "Conv1d has 1 spatial dims, not 2",
+        ),
+        (lambda h: _config(h, "synapse_meter_2").__setitem__("layer_type", "ConvTranspose2d"), "not a synaptic layer"),
+        (lambda h: _config(h, "synapse_meter_3").__setitem__("synapse", ["linear", -1]), "is not a synapse spec"),
+        (lambda h: _config(h, "synapse_meter_2").__setitem__("spike_driven", 1), "spike_driven must be a bool"),
+        (lambda h: _config(h, "synapse_meter_2").__setitem__("extra", 1), "a SynapseMeter record holds"),
+        (lambda h: _module(h, "synapse_meter_2")["state"].__setitem__("record", 1), "1 is not a valid bool"),
+        (lambda h: _module(h, "synapse_meter_2").__setitem__("count_from", "features.5"), "module record .* holds"),
+        (lambda h: _module(h, "fc1").__setitem__("state", {"record": True}), "a Linear record holds no state"),
+    ],
+)
 def test_bad_routes_and_meters(small_snn, mutate, match):
     """Routes and meters: every field checked by type, range and structure (that of
     stats.synapse_spec / pool_spec), and each route leads to a routed meter of the file."""
+
     def forge(header, payload):
         mutate(header)
+
     _refused(_forged(small_snn, forge), match)
 
 
@@ -413,26 +448,41 @@ def _point(header, module, key, other, other_key, kind="buffers"):
     _module(header, module)[kind][key] = _module(header, other)["buffers"][other_key]
 
 
-@pytest.mark.parametrize("mutate,match", [
-    (lambda h, p: _set_values(h, p, _tensor_index(h, "features.2", "spikes"), -1),
-     "spikes must be torch.int64 .* >= 0"),
-    (lambda h, p: _set_values(h, p, _tensor_index(h, "synapse_meter_1", "sops"), -0.5), "sops must be torch.float64"),
-    (lambda h, p: _set_values(h, p, _tensor_index(h, "features.5", "route_sops"), -2.0), "route_sops must be"),
-    (lambda h, p: _set_values(h, p, _tensor_index(h, "features.2", "spikes"), 5),
-     "5 spikes in 0 neuron steps"),
-    (lambda h, p: _point(h, "features.2", "spikes", "features.2", "threshold"), "spikes must be torch.int64"),
-    (lambda h, p: _point(h, "features.5", "route_sops", "synapse_meter_1", "sops"),
-     r"route_sops must be torch.float64 of shape \(1,\)"),
-    (lambda h, p: _point(h, "synapse_meter_1", "macs", "synapse_meter_1", "sops"), "macs must be torch.int64"),
-    (lambda h, p: _point(h, "features.2", "channel_spikes", "features.2", "spikes", "state"),
-     "channel_spikes: .* is not a valid count vector"),
-    (lambda h, p: _point(h, "features.2", "ann_channel_levels", "features.2", "threshold", "state"),
-     "not a valid level vector"),
-    (lambda h, p: _point(h, "features.2", "ann_channel_levels", "features.5", "route_sops", "state"),
-     r"per-channel statistics of \[1\] channels, thresholds of 8"),
-    (lambda h, p: h["network"].__setitem__("samples", 2**63), "samples must be an int >= 0 \\(int64\\)"),
-    (lambda h, p: h["network"].__setitem__("samples", 3), "sample_steps .* is less than network.samples"),
-])
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (
+            lambda h, p: _set_values(h, p, _tensor_index(h, "features.2", "spikes"), -1),
+            "spikes must be torch.int64 .* >= 0",
+        ),
+        (
+            lambda h, p: _set_values(h, p, _tensor_index(h, "synapse_meter_1", "sops"), -0.5),
+            "sops must be torch.float64",
+        ),
+        (lambda h, p: _set_values(h, p, _tensor_index(h, "features.5", "route_sops"), -2.0), "route_sops must be"),
+        (lambda h, p: _set_values(h, p, _tensor_index(h, "features.2", "spikes"), 5), "5 spikes in 0 neuron steps"),
+        (lambda h, p: _point(h, "features.2", "spikes", "features.2", "threshold"), "spikes must be torch.int64"),
+        (
+            lambda h, p: _point(h, "features.5", "route_sops", "synapse_meter_1", "sops"),
+            r"route_sops must be torch.float64 of shape \(1,\)",
+        ),
+        (lambda h, p: _point(h, "synapse_meter_1", "macs", "synapse_meter_1", "sops"), "macs must be torch.int64"),
+        (
+            lambda h, p: _point(h, "features.2", "channel_spikes", "features.2", "spikes", "state"),
+            "channel_spikes: .* is not a valid count vector",
+        ),
+        (
+            lambda h, p: _point(h, "features.2", "ann_channel_levels", "features.2", "threshold", "state"),
+            "not a valid level vector",
+        ),
+        (
+            lambda h, p: _point(h, "features.2", "ann_channel_levels", "features.5", "route_sops", "state"),
+            r"per-channel statistics of \[1\] channels, thresholds of 8",
+        ),
+        (lambda h, p: h["network"].__setitem__("samples", 2**63), "samples must be an int >= 0 \\(int64\\)"),
+        (lambda h, p: h["network"].__setitem__("samples", 3), "sample_steps .* is less than network.samples"),
+    ],
+)
 def test_bad_counters(small_snn, mutate, match):
     _refused(_forged(small_snn, mutate), match)
 
@@ -457,55 +507,69 @@ def test_save_refuses_routes_load_would_refuse():
     snn = to_snn(prepared(SmallCNN), T=2)
     layer = snn.if_layers["features.2"]
     layer.add_route("ghost", ("linear", 3))
-    with pytest.raises(SerializationError, match="save_snn cannot write it: module features.2: route 1 leads to "
-                                                 "'ghost'"):
+    with pytest.raises(
+        SerializationError, match="save_snn cannot write it: module features.2: route 1 leads to 'ghost'"
+    ):
         snn.save(io.BytesIO())
     layer.routes = layer.routes[:1] + (("features.3", ("conv", (3, 3), (0, 1), (1, 1), (1, 1), 8), ()),)
-    with pytest.raises(SerializationError, match=r"save_snn cannot write it: module features.2.routes\[1\]: "
-                                                 "synapse: stride"):
+    with pytest.raises(
+        SerializationError,
+        match=r"save_snn cannot write it: module features.2.routes\[1\]: "
+        "synapse: stride",
+    ):
         snn.save(io.BytesIO())
 
 
 def test_shape_disagreement_with_the_constructor(small_snn):
     def wider(header, payload):
         _module(header, "fc1")["config"]["in_features"] = 17  # the weight is [.., 256]
+
     _refused(_forged(small_snn, wider), r"module fc1.weight: shape \(\d+, 256\).*needs \(\d+, 17\)")
 
     def unknown_argument(header, payload):
         _module(header, "fc1")["config"]["device"] = "cuda"
+
     _refused(_forged(small_snn, unknown_argument), "Linear takes no argument 'device'")
 
 
 def test_wrong_record_types(small_snn):
     _refused(_forged(small_snn, lambda h, p: h.__setitem__("modules", "all of them")), "'modules' is not")
     _refused(_forged(small_snn, lambda h, p: h["modules"].append(["not", "a", "record"])), "not a record")
-    _refused(_forged(small_snn, lambda h, p: _module(h, "fc1").__setitem__("type", "os.system")),
-             "type 'os.system' is not one load_snn rebuilds")
+    _refused(
+        _forged(small_snn, lambda h, p: _module(h, "fc1").__setitem__("type", "os.system")),
+        "type 'os.system' is not one load_snn rebuilds",
+    )
     _refused(_forged(small_snn, lambda h, p: h["graph"].__setitem__(1, 42)), "graph node 1 is not a record")
-    _refused(_forged(small_snn, lambda h, p: h["tensors"][0].__setitem__("dtype", "object")),
-             "dtype 'object' is not one of")
+    _refused(
+        _forged(small_snn, lambda h, p: h["tensors"][0].__setitem__("dtype", "object")), "dtype 'object' is not one of"
+    )
     _refused(_forged(small_snn, lambda h, p: h.__setitem__("version", "2")), "not a .* version 2 record")
 
 
 def test_graph_structure_errors(small_snn):
     def missing_edge(header, payload):
         header["graph"][2]["args"] = [{"node": "nowhere"}]
+
     _refused(_forged(small_snn, missing_edge), "refers to fx node 'nowhere', which is not defined before it")
 
     def cycle(header, payload):  # a node reading a later node's value
         header["graph"][1]["args"] = [{"node": header["graph"][3]["name"]}]
+
     _refused(_forged(small_snn, cycle), "which is not defined before it")
 
     def two_inputs(header, payload):
         header["graph"].insert(1, dict(_node(header, "placeholder"), name="x2"))
+
     _refused(_forged(small_snn, two_inputs), "two inputs named 'x'")
 
     def twice(header, payload):
         header["graph"].insert(1, dict(header["graph"][1]))
+
     _refused(_forged(small_snn, twice), "is defined twice")
 
     def no_output(header, payload):
         header["graph"].pop()
+
     _refused(_forged(small_snn, no_output), "no output node")
 
 
@@ -518,9 +582,31 @@ def _hostile(canary):
     """Strings that run code (touching ``canary`` or importing CANARY_MODULE) wherever they would
     reach generated source, getattr, an import or a call."""
     touch = f"__import__('pathlib').Path({str(canary)!r}).touch()"
-    return [touch, f"x=({touch})", f"x): {touch}\n    return (x", f"{touch} or x", f"__import__({CANARY_MODULE!r})",
-            CANARY_MODULE, "__class__", "_modules", "forward", "self", "training", "graph", "a.__dict__", "..",
-            "0x", "", "é", "x\x00", "torch.load", "os.system", "builtins.eval", "untyped_storage", "type"]
+    return [
+        touch,
+        f"x=({touch})",
+        f"x): {touch}\n    return (x",
+        f"{touch} or x",
+        f"__import__({CANARY_MODULE!r})",
+        CANARY_MODULE,
+        "__class__",
+        "_modules",
+        "forward",
+        "self",
+        "training",
+        "graph",
+        "a.__dict__",
+        "..",
+        "0x",
+        "",
+        "é",
+        "x\x00",
+        "torch.load",
+        "os.system",
+        "builtins.eval",
+        "untyped_storage",
+        "type",
+    ]
 
 
 @pytest.fixture
@@ -554,8 +640,10 @@ def test_attack_placeholder_default(small_snn, canary):
     """A default value in the input's record would land in ``def forward(self, x=...)`` and run
     inside load_snn."""
     for payload in _hostile(canary):
-        _refused(_forged(small_snn, lambda h, p: _node(h, "placeholder").__setitem__("args", [payload])),
-                 "an input takes no default value")
+        _refused(
+            _forged(small_snn, lambda h, p: _node(h, "placeholder").__setitem__("args", [payload])),
+            "an input takes no default value",
+        )
         renamed = _forged(small_snn, lambda h, p: _node(h, "placeholder").__setitem__("target", payload))
         if not (payload.isidentifier() and payload.isascii() and not payload.startswith("_")) or payload == "self":
             _refused(renamed, "input name|not a plain identifier")
@@ -563,15 +651,35 @@ def test_attack_placeholder_default(small_snn, canary):
             _assert_refused_or_inert(renamed, torch.randn(2, 3, 16, 16))
 
 
-@pytest.mark.parametrize("field", ["module name", "call_module target", "parameter name", "buffer name",
-                                   "kwargs key", "node name", "node reference", "constructor argument",
-                                   "class name", "get_attr target", "function target", "method target",
-                                   "module type", "IF layer name", "synapse source", "route meter", "report entry",
-                                   "dtype", "constant"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "module name",
+        "call_module target",
+        "parameter name",
+        "buffer name",
+        "kwargs key",
+        "node name",
+        "node reference",
+        "constructor argument",
+        "class name",
+        "get_attr target",
+        "function target",
+        "method target",
+        "module type",
+        "IF layer name",
+        "synapse source",
+        "route meter",
+        "report entry",
+        "dtype",
+        "constant",
+    ],
+)
 def test_attack_names(small_snn, canary, field):
     """Every field that holds a name: a hostile string is refused and never runs."""
     x = torch.randn(2, 3, 16, 16)
     for payload in _hostile(canary):
+
         def mutate(h, p):
             call = next(n for n in h["graph"] if n["op"] == "call_module" and n["target"] == "fc1")
             if field == "module name":
@@ -597,8 +705,9 @@ def test_attack_names(small_snn, canary, field):
             elif field == "function target":
                 next(n for n in h["graph"] if n["op"] == "call_function")["target"] = payload
             elif field == "method target":
-                h["graph"].insert(1, dict(op="call_method", name="m", target=payload, args=[{"node": "x"}],
-                                          kwargs={"dict": []}))
+                h["graph"].insert(
+                    1, dict(op="call_method", name="m", target=payload, args=[{"node": "x"}], kwargs={"dict": []})
+                )
             elif field == "module type":
                 _module(h, "fc1")["type"] = payload
             elif field == "IF layer name":
@@ -615,6 +724,7 @@ def test_attack_names(small_snn, canary, field):
                 next(n for n in h["graph"] if n["op"] == "call_function")["args"][1] = payload
             else:
                 h["graph"].insert(1, dict(op="get_attr", name="peek", target=payload, args=[], kwargs={"dict": []}))
+
         runs_code = "touch" in payload or CANARY_MODULE in payload  # forward too, where it could fire late
         loaded = _assert_refused_or_inert(_forged(small_snn, mutate), x if runs_code else None)
         plain = payload.isidentifier() and payload.isascii() and not payload.startswith("_")
@@ -627,40 +737,65 @@ def test_attack_names(small_snn, canary, field):
 def test_attack_storage_type_import(small_snn, canary):
     """``x.untyped_storage().type("some.module")`` imports that module: untyped_storage and type
     are not in METHODS, and no method may be called on a constant."""
+
     def storage(h, p):
         h["graph"][1:1] = [
             dict(op="call_method", name="storage", target="untyped_storage", args=[{"node": "x"}], kwargs={"dict": []}),
-            dict(op="call_method", name="imported", target="type", args=[{"node": "storage"}, CANARY_MODULE],
-                 kwargs={"dict": []})]
+            dict(
+                op="call_method",
+                name="imported",
+                target="type",
+                args=[{"node": "storage"}, CANARY_MODULE],
+                kwargs={"dict": []},
+            ),
+        ]
+
     _refused(_forged(small_snn, storage), "Tensor.untyped_storage, which is not one of")
 
     def on_a_constant(h, p):
         h["graph"].insert(1, dict(op="call_method", name="m", target="view", args=["text", 1], kwargs={"dict": []}))
+
     _refused(_forged(small_snn, on_a_constant), "must be called on a tensor the graph computed")
 
     def on_an_int(h, p):
-        h["graph"][1:1] = [dict(op="call_method", name="n", target="size", args=[{"node": "x"}], kwargs={"dict": []}),
-                           dict(op="call_method", name="m", target="view", args=[{"node": "n"}], kwargs={"dict": []})]
+        h["graph"][1:1] = [
+            dict(op="call_method", name="n", target="size", args=[{"node": "x"}], kwargs={"dict": []}),
+            dict(op="call_method", name="m", target="view", args=[{"node": "n"}], kwargs={"dict": []}),
+        ]
+
     _refused(_forged(small_snn, on_an_int), "must be called on a tensor the graph computed")
 
 
 def test_attack_functions_and_attributes(small_snn, canary):
     """A function outside FUNCTIONS, getattr of anything but tensor metadata, a private get_attr."""
+
     def function(h, p):
         next(n for n in h["graph"] if n["op"] == "call_function")["target"] = "torch.load"
+
     _refused(_forged(small_snn, function), "calls 'torch.load', which is not one of")
 
     def peek(h, p):
-        h["graph"].insert(1, dict(op="call_function", name="peek", target="builtins.getattr",
-                                  args=[{"node": "x"}, "__class__"], kwargs={"dict": []}))
+        h["graph"].insert(
+            1,
+            dict(
+                op="call_function",
+                name="peek",
+                target="builtins.getattr",
+                args=[{"node": "x"}, "__class__"],
+                kwargs={"dict": []},
+            ),
+        )
+
     _refused(_forged(small_snn, peek), "getattr may read")
 
     def code(h, p):
         h["graph"].insert(1, dict(op="get_attr", name="code", target="_code", args=[], kwargs={"dict": []}))
+
     _refused(_forged(small_snn, code), "not a plain identifier")
 
     def method_name(h, p):
         h["graph"].insert(1, dict(op="get_attr", name="w", target="fc1.forward", args=[], kwargs={"dict": []}))
+
     _refused(_forged(small_snn, method_name), "not a saved parameter or buffer")
 
 
@@ -678,6 +813,7 @@ def _mutations(header, rng, hostile):
             containers.append(value)
             for v in value:
                 walk(v)
+
     walk(header)
     pool = hostile + [None, True, -1, 0, 1, 2.7, 1e308, 2**63, [], {}, {"node": "x"}, "x" * 300, [1, 2]]
     for _ in range(rng.randint(1, 3)):
@@ -704,6 +840,7 @@ def _mutations(header, rng, hostile):
 
 def _fuzz_snn(snn, canary, rounds):
     import random
+
     rng = random.Random(1234)
     hostile = _hostile(canary)
     header, payload = snn_header(snn)
@@ -717,7 +854,7 @@ def _fuzz_snn(snn, canary, rounds):
                 data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
             assert not _assert_refused_or_inert(bytes(data))
         elif choice < 0.3:
-            assert not _assert_refused_or_inert(valid[:rng.randrange(len(valid))])
+            assert not _assert_refused_or_inert(valid[: rng.randrange(len(valid))])
         else:  # crafted: a valid checksum over a changed header
             _assert_refused_or_inert(pack(_mutations(header, rng, hostile), payload), x)
 

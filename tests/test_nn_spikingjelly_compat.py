@@ -1,4 +1,5 @@
 """swap_spikingjelly_neurons / from_spikingjelly: SpikingJelly IF neurons swapped for IFNode in a model."""
+
 import pytest
 import torch
 from torch import nn
@@ -17,9 +18,13 @@ class _CSNN(nn.Module):
     def __init__(self, **neuron_args):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(2, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), neuron.IFNode(**neuron_args),
+            nn.Conv2d(2, 6, 3, padding=1, bias=False),
+            nn.BatchNorm2d(6),
+            neuron.IFNode(**neuron_args),
             nn.AvgPool2d(2),
-            nn.Conv2d(6, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), neuron.IFNode(**neuron_args),
+            nn.Conv2d(6, 8, 3, padding=1, bias=False),
+            nn.BatchNorm2d(8),
+            neuron.IFNode(**neuron_args),
             nn.Flatten(),
         )
         self.fc = nn.Linear(8 * 4 * 4, 5)
@@ -42,8 +47,14 @@ def _inputs(steps=5, seed=0):
     return [torch.rand(3, 2, 8, 8, generator=g) * 3 for _ in range(steps)]
 
 
-@pytest.mark.parametrize("neuron_args", [{}, {"v_reset": None, "surrogate_function": surrogate.ATan()},
-                                         {"v_threshold": 0.5, "v_reset": -0.25, "detach_reset": True}])
+@pytest.mark.parametrize(
+    "neuron_args",
+    [
+        {},
+        {"v_reset": None, "surrogate_function": surrogate.ATan()},
+        {"v_threshold": 0.5, "v_reset": -0.25, "detach_reset": True},
+    ],
+)
 def test_swapped_model_gives_the_same_spikes_and_gradients(neuron_args):
     theirs, ours = _pair(**neuron_args)
     names = swap_spikingjelly_neurons(ours)
@@ -75,8 +86,15 @@ def test_swap_keeps_arguments_and_state_mid_sequence():
             ours(x)
         swap_spikingjelly_neurons(ours)
         node, reference = ours.features[2], theirs.features[2]
-        assert (node.v_threshold, node.v_reset, node.surrogate, node.alpha, node.detach_reset, node.step_mode,
-                node.store_v_seq) == (1.0, None, "sigmoid", 3.0, False, "s", True)
+        assert (
+            node.v_threshold,
+            node.v_reset,
+            node.surrogate,
+            node.alpha,
+            node.detach_reset,
+            node.step_mode,
+            node.store_v_seq,
+        ) == (1.0, None, "sigmoid", 3.0, False, "s", True)
         assert torch.equal(node.v, reference.v) and torch.equal(node.v_seq, reference.v_seq)
         for x in xs[2:]:
             assert torch.equal(ours(x), theirs(x))

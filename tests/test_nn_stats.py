@@ -1,14 +1,15 @@
 """Spike statistics, SOPs and energy of a SpikingNetwork (SynapseMeter, collect/format_statistics)."""
+
 import itertools
 
 import pytest
 import torch
+from nn_models import SmallCNN, TinyResNet, prepared
 from torch import nn
 from torch.nn import functional as F
 
 import na_kernels
 from na_kernels.nn import NoisyQuant, format_statistics, to_snn
-from nn_models import SmallCNN, TinyResNet, prepared
 
 
 def capture_if_inputs(snn):
@@ -33,14 +34,20 @@ def test_spike_totals_are_the_kernels_counts(model_class):
     for row in stats["if_layers"]:
         layer = snn.if_layers[row["name"]]
         x = inputs[row["name"]]
-        x_seq = x.unsqueeze(0).expand((T,) + tuple(x.shape)) if layer.input_is_constant else x.reshape((T, batch) + tuple(x.shape[1:]))
+        x_seq = (
+            x.unsqueeze(0).expand((T,) + tuple(x.shape))
+            if layer.input_is_constant
+            else x.reshape((T, batch) + tuple(x.shape[1:]))
+        )
         spikes, counts = na_kernels.integrate_fire(x_seq, layer.threshold, v_init=0.5)
         assert row["spikes"] == int(counts.sum())
         assert row["neurons"] == counts[0].numel()
         assert row["firing_rate"] == pytest.approx(int(counts.sum()) / (counts.numel() * T))
         theta = layer.threshold.reshape((1, 1, -1) + (1,) * (x_seq.dim() - 3))
         torch.testing.assert_close((spikes / theta).sum(), counts.sum().float())
-        torch.testing.assert_close(layer.channel_spikes, counts.transpose(0, 1).reshape(counts.shape[1], -1).sum(1).long())
+        torch.testing.assert_close(
+            layer.channel_spikes, counts.transpose(0, 1).reshape(counts.shape[1], -1).sum(1).long()
+        )
     assert stats["total"]["spikes"] == sum(row["spikes"] for row in stats["if_layers"])
 
 
@@ -108,7 +115,8 @@ def test_table_reset_and_switch():
 
 def test_sops_of_a_grouped_strided_conv():
     model = nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1), NoisyQuant(3, lam=0.5, noise=None),
+        nn.Conv2d(2, 4, 3, padding=1),
+        NoisyQuant(3, lam=0.5, noise=None),
         nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2),
     ).eval()
     snn = to_snn(model, T=3)
@@ -119,7 +127,7 @@ def test_sops_of_a_grouped_strided_conv():
     indicator = (captured["x"] != 0).float()
     expected = 0.0
     for group in range(2):  # each input spike reaches the 3 output channels of its group
-        windows = F.unfold(indicator[:, 2 * group: 2 * group + 2], 3, padding=1, stride=2)
+        windows = F.unfold(indicator[:, 2 * group : 2 * group + 2], 3, padding=1, stride=2)
         expected += float(windows.sum()) * 3
     synapse = {s["name"]: s for s in snn.statistics()["synapses"]}["2"]
     assert synapse["sops"] == pytest.approx(expected)
@@ -137,14 +145,18 @@ def _paths(events, synapse_layer, pools):
         return float(x.sum()) * synapse_layer.out_features
     ones = torch.ones(synapse_layer.weight.shape, dtype=torch.float64)
     conv = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
-    return float(conv(x, ones, None, synapse_layer.stride, synapse_layer.padding, synapse_layer.dilation,
-                      synapse_layer.groups).sum())
+    return float(
+        conv(
+            x, ones, None, synapse_layer.stride, synapse_layer.padding, synapse_layer.dilation, synapse_layer.groups
+        ).sum()
+    )
 
 
 def _sum_pool(dims, kernel, stride, padding, ceil_mode):
     if dims == 1:  # avg_pool1d has no divisor_override: a 2-d pool over a dim of 1
-        return lambda x: F.avg_pool2d(x.unsqueeze(2), (1, kernel), (1, stride), (0, padding), ceil_mode,
-                                      divisor_override=1).squeeze(2)
+        return lambda x: F.avg_pool2d(
+            x.unsqueeze(2), (1, kernel), (1, stride), (0, padding), ceil_mode, divisor_override=1
+        ).squeeze(2)
     pool = F.avg_pool2d if dims == 2 else F.avg_pool3d
     return lambda x: pool(x, kernel, stride, padding, ceil_mode, divisor_override=1)
 
@@ -157,8 +169,10 @@ def _adaptive_sum_pool(dims, out):
         for index in itertools.product(*(range(o) for o in outs)):
             window = tuple(slice(i * n // o, -(-(i + 1) * n // o)) for i, n, o in zip(index, sizes, outs))
             result[(slice(None), slice(None)) + index] = x[(slice(None), slice(None)) + window].sum(
-                tuple(range(2, 2 + dims)))
+                tuple(range(2, 2 + dims))
+            )
         return result
+
     return pool
 
 
@@ -183,7 +197,8 @@ def test_event_driven_sops_count_every_path_exactly(dims, size, pools, conv):
 
     g = torch.Generator().manual_seed(size)
     events = (torch.rand((3, 4) + (size,) * dims, generator=g) < 0.3).to(torch.int32) * torch.randint(
-        1, 4, (3, 4) + (size,) * dims, generator=g, dtype=torch.int32)  # counts: several spikes per neuron
+        1, 4, (3, 4) + (size,) * dims, generator=g, dtype=torch.int32
+    )  # counts: several spikes per neuron
     torch_pools, specs = [], []
     for kind, args in pools:
         if kind == "avg":
@@ -209,9 +224,14 @@ def test_sops_behind_pooling_come_from_the_spike_counts_and_are_exact():
     # counted by the IF layers from their counts (no pass over the spikes), every path exactly
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), NoisyQuant(3, lam=1.0, noise=None), nn.AvgPool2d(2),
-        nn.Conv2d(4, 6, 3, padding=1), NoisyQuant(3, lam=1.0, noise=None), nn.AvgPool2d(2, ceil_mode=True),
-        nn.Flatten(), nn.Linear(6 * 4 * 4, 5),
+        nn.Conv2d(1, 4, 3, padding=1),
+        NoisyQuant(3, lam=1.0, noise=None),
+        nn.AvgPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1),
+        NoisyQuant(3, lam=1.0, noise=None),
+        nn.AvgPool2d(2, ceil_mode=True),
+        nn.Flatten(),
+        nn.Linear(6 * 4 * 4, 5),
     ).eval()
     snn = to_snn(model, T=4, chunk=3)
     meters = snn.synapses

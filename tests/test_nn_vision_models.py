@@ -1,15 +1,15 @@
 """torchvision / timm architectures end to end: replace -> train steps -> to_snn -> early exit ->
 save / load -> to_nir, each NIR form run by a small NIR interpreter against the SNN."""
+
 import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
+from vision_models import VGG11BN, MobileNetV2, ResNet10T, ResNet18
 
-from na_kernels.nn import load_snn, replace_activations, to_snn
 from na_kernels.io.nir_export import to_nir
 from na_kernels.io.nir_import import from_nir
-
-from vision_models import MobileNetV2, ResNet10T, ResNet18, VGG11BN
+from na_kernels.nn import load_snn, replace_activations, to_snn
 
 nir = pytest.importorskip("nir")
 from nir_interpreter import run_nir  # noqa: E402  (needs nir)
@@ -74,8 +74,9 @@ def test_border_dependent_divisor_becomes_a_scale_node(tmp_path):
     scales = [n for n in graph.nodes.values() if isinstance(n, nir.Scale) and n.metadata["role"] == "scale"]
     assert len(scales) == 1
     factor = scales[0].scale / scales[0].scale.max()  # amplitudes are per channel: divide them out
-    assert np.allclose(factor[0, 0, 0] * 4, factor[0, 1, 1] * 9) and np.allclose(factor[0, 0, 1] * 6,
-                                                                                   factor[0, 1, 1] * 9)
+    assert np.allclose(factor[0, 0, 0] * 4, factor[0, 1, 1] * 9) and np.allclose(
+        factor[0, 0, 1] * 6, factor[0, 1, 1] * 9
+    )
     assert scales[0].scale.shape == (4, 8, 8)
 
 

@@ -1,9 +1,10 @@
 """The default noise scale per noise kind (scale=None), and an explicit scale winning over it."""
+
 import pytest
 import torch
+from conftest import BACKENDS
 
 import na_kernels
-from conftest import BACKENDS
 from na_kernels._spec import DEFAULT_NOISE_SCALE, Noise
 from na_kernels.nn import NoisyQuant, replace_activations
 
@@ -50,8 +51,9 @@ def test_module_and_replace_activations_default_and_explicit_scale():
     assert "scale=0.3" in repr(NoisyQuant(1, noise="gaussian"))
     model, _ = replace_activations(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()), 1, noise="gaussian")
     assert model[1].scale == 0.3
-    model, _ = replace_activations(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()), 1,
-                                   noise="gaussian", scale=0.5)
+    model, _ = replace_activations(
+        torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()), 1, noise="gaussian", scale=0.5
+    )
     assert model[1].scale == 0.5
     with pytest.raises(ValueError, match="scale must be >= 0"):
         NoisyQuant(1, noise="gaussian", scale=-1.0)
@@ -66,16 +68,19 @@ def test_single_step_gaussian_trains_by_default_like_uniform():
 
     from na_kernels.app.datasets import BatchLoader, digits_split
     from na_kernels.app.demo import _demo_train
-    from na_kernels.nn import to_snn
     from na_kernels.app.train import evaluate_snn
+    from na_kernels.nn import to_snn
 
     train, test = digits_split()
     args = Namespace(seed=0, p=1, lam=2.0, batch_size=32, lr=0.05, epochs=3)
     acc = {}
     for noise in ("gaussian", "uniform"):
         model = _demo_train(noise, noise, train, args, show=False)["model"]
-        assert all(m.scale == DEFAULT_NOISE_SCALE[Noise.parse("noise", noise)]
-                   for m in model.modules() if isinstance(m, NoisyQuant))
+        assert all(
+            m.scale == DEFAULT_NOISE_SCALE[Noise.parse("noise", noise)]
+            for m in model.modules()
+            if isinstance(m, NoisyQuant)
+        )
         acc[noise] = evaluate_snn(to_snn(model, 8), BatchLoader(test, 256), show_progress=False)
     for T in (1, 8):
         assert acc["gaussian"][T - 1] >= 0.85, acc["gaussian"][T - 1]

@@ -2,6 +2,7 @@
 grad_x; grad_lam within rounding), the reference against float64 and its unbiasedness, the
 straight-through gradients, layouts, non-finite input, the seed and bad input. (Philox: test_philox.py;
 compile, export, opcheck, the fast path: test_torch_integration.py.)"""
+
 import math
 
 import pytest
@@ -162,8 +163,17 @@ def test_cpp_large_and_odd_size(lam_kind, simd_level):
     "shape, lam_kind",
     # around the vector widths (16 lanes, 32 per Philox call) with a scalar lam, and per-channel
     # rows long enough for the vector path (64 and more), ending inside a vector
-    [((15,), "scalar"), ((16,), "scalar"), ((17,), "scalar"), ((31,), "scalar"), ((33,), "scalar"),
-     ((250,), "one"), ((2, 3, 64), "per_channel"), ((1, 2, 67), "per_channel"), ((2, 2, 130), "per_channel")],
+    [
+        ((15,), "scalar"),
+        ((16,), "scalar"),
+        ((17,), "scalar"),
+        ((31,), "scalar"),
+        ((33,), "scalar"),
+        ((250,), "one"),
+        ((2, 3, 64), "per_channel"),
+        ((1, 2, 67), "per_channel"),
+        ((2, 2, 130), "per_channel"),
+    ],
 )
 def test_cpp_vector_tails_match_reference(shape, lam_kind, noise, dtype, simd_level):
     x = make_input(shape, dtype)
@@ -256,12 +266,26 @@ def test_triton_noise_is_the_reference_noise_on_every_tiling(rows, channel_strid
     import triton.language as tl
 
     k = triton_kernels
+
     @triton.jit
-    def noise_kernel(seed_ptr, out_ptr, rows, channel_stride, blocks_per_row, first, NOISE: tl.constexpr,
-                     WHOLE_BLOCKS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-        row, col_start, offsets, mask, _ = triton_kernels._tile(rows, channel_stride, 1, blocks_per_row, BLOCK_R, BLOCK_C)
-        eps = triton_kernels._noise(seed_ptr, row, col_start, offsets + first, channel_stride, NOISE, WHOLE_BLOCKS, BLOCK_R,
-                       BLOCK_C)
+    def noise_kernel(
+        seed_ptr,
+        out_ptr,
+        rows,
+        channel_stride,
+        blocks_per_row,
+        first,
+        NOISE: tl.constexpr,
+        WHOLE_BLOCKS: tl.constexpr,
+        BLOCK_R: tl.constexpr,
+        BLOCK_C: tl.constexpr,
+    ):
+        row, col_start, offsets, mask, _ = triton_kernels._tile(
+            rows, channel_stride, 1, blocks_per_row, BLOCK_R, BLOCK_C
+        )
+        eps = triton_kernels._noise(
+            seed_ptr, row, col_start, offsets + first, channel_stride, NOISE, WHOLE_BLOCKS, BLOCK_R, BLOCK_C
+        )
         tl.store(out_ptr + offsets, eps, mask=mask)
 
     kind = Noise.parse("noise", noise)
@@ -271,9 +295,18 @@ def test_triton_noise_is_the_reference_noise_on_every_tiling(rows, channel_strid
     results = []
     for whole in sorted({k.whole_blocks(rows, channel_stride, block_c), False}):
         out = torch.full((rows * channel_stride,), float("nan"), device=TRITON_DEVICE)
-        noise_kernel[(programs,)](torch.tensor([seed], device=TRITON_DEVICE), out, rows, channel_stride,
-                                  blocks_per_row, 0, NOISE=int(kind), WHOLE_BLOCKS=whole, BLOCK_R=block_r,
-                                  BLOCK_C=block_c)
+        noise_kernel[(programs,)](
+            torch.tensor([seed], device=TRITON_DEVICE),
+            out,
+            rows,
+            channel_stride,
+            blocks_per_row,
+            0,
+            NOISE=int(kind),
+            WHOLE_BLOCKS=whole,
+            BLOCK_R=block_r,
+            BLOCK_C=block_c,
+        )
         out = out.cpu()
         if noise == "uniform":
             assert torch.equal(out, expected)
@@ -298,10 +331,10 @@ def test_noise_independent_of_shape_and_lam_layout(backend, device, noise):
     p, scale = 255, 64.0
     with na_kernels.use_backend(backend):
         y_channels = na_kernels.noisy_quant(x * 30, p, per_channel, noise=noise, scale=scale, seed=2**35 + 1)
-        y_flat = na_kernels.noisy_quant((x * 30).reshape(-1), p, torch.tensor(lam_value, device=device),
-                                        noise=noise, scale=scale, seed=2**35 + 1)
-        y_rows = na_kernels.noisy_quant((x * 30).reshape(6, 49), p, lam_value, noise=noise, scale=scale,
-                                        seed=2**35 + 1)
+        y_flat = na_kernels.noisy_quant(
+            (x * 30).reshape(-1), p, torch.tensor(lam_value, device=device), noise=noise, scale=scale, seed=2**35 + 1
+        )
+        y_rows = na_kernels.noisy_quant((x * 30).reshape(6, 49), p, lam_value, noise=noise, scale=scale, seed=2**35 + 1)
     assert torch.equal(y_channels.reshape(-1), y_flat)
     assert torch.equal(y_rows.reshape(-1), y_flat)
     assert (y_flat > 0).any() and (y_flat < lam_value).any()
@@ -456,8 +489,11 @@ def test_noise_none_is_qcfs():
         (dict(seed="junk", noise=None), TypeError, "seed must be None, an int"),  # checked without noise too
         (dict(seed=1.5, noise="none"), TypeError, "seed must be None, an int"),
         (dict(x=torch.randn(2, 3, 4).to_sparse()), TypeError, "x must be a dense tensor, got layout torch.sparse_coo"),
-        (dict(x=torch.nested.nested_tensor([torch.randn(2, 3), torch.randn(4, 3)], layout=torch.jagged)),
-         TypeError, "x is a nested tensor; pad it first"),
+        (
+            dict(x=torch.nested.nested_tensor([torch.randn(2, 3), torch.randn(4, 3)], layout=torch.jagged)),
+            TypeError,
+            "x is a nested tensor; pad it first",
+        ),
     ],
 )
 def test_bad_input(kwargs, error, match):

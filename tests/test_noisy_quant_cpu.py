@@ -2,15 +2,15 @@
 channel runs starting and ending at every position in a Philox block and in a vector (the
 AVX-512 kernel's 128/32-element noise steps, the AVX2 kernel's 64-element steps and staged
 partial vectors), and the vector float64 log/sin/cos of the gaussian noise on a long stream."""
+
 import pytest
 import torch
+from conftest import requires_cpp
+from test_noisy_quant import assert_matches_reference, make_input, make_lam, poisoned_allocations  # noqa: F401
 
 from na_kernels import cpu
 from na_kernels._spec import Noise
 from na_kernels.reference import philox
-
-from conftest import requires_cpp
-from test_noisy_quant import assert_matches_reference, make_input, make_lam, poisoned_allocations  # noqa: F401
 
 
 @requires_cpp
@@ -39,8 +39,11 @@ def test_gaussian_stream_long(first, simd_level):
     # 2^21 values: the vector log/sin/cos must round to the reference's float32 everywhere
     count = 2**21 + 3
     seed = 2024
-    got = torch.frombuffer(cpu.extension().noise_fill(seed=seed, first=first, count=count,
-                                                      noise=int(Noise.parse("noise", "gaussian")), scale=1.0),
-                           dtype=torch.float32)
+    got = torch.frombuffer(
+        cpu.extension().noise_fill(
+            seed=seed, first=first, count=count, noise=int(Noise.parse("noise", "gaussian")), scale=1.0
+        ),
+        dtype=torch.float32,
+    )
     ref = philox.noise_range(torch.tensor(seed), first, count, "gaussian")
     assert torch.equal(got, ref), f"{(got != ref).sum()} of {count} differ"

@@ -1,6 +1,7 @@
 """The C++ kernels' output cache (na_kernels/cpu/output_cache.py): a block is reused only once
 nothing can reach the storage over it, outputs are what torch.empty_strided would give, and the
 limit, the release and the environment setting do what they say."""
+
 import gc
 
 import pytest
@@ -35,9 +36,15 @@ def test_small_outputs_are_plain_torch_tensors():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int32])
-@pytest.mark.parametrize("shape, strides", [((BIG,), (1,)), ((3, BIG // 3 + 1), (BIG // 3 + 1, 1)),
-                                            ((2, 5, 7, BIG // 64), (5 * 7 * (BIG // 64), 1, 5 * (BIG // 64), 5)),
-                                            ((4, BIG // 8), (0, 1))])
+@pytest.mark.parametrize(
+    "shape, strides",
+    [
+        ((BIG,), (1,)),
+        ((3, BIG // 3 + 1), (BIG // 3 + 1, 1)),
+        ((2, 5, 7, BIG // 64), (5 * 7 * (BIG // 64), 1, 5 * (BIG // 64), 5)),
+        ((4, BIG // 8), (0, 1)),
+    ],
+)
 def test_cached_output_has_the_asked_shape_strides_and_dtype(dtype, shape, strides):
     cache = OutputCache(64 << 20)
     t = cache.empty_strided(shape, strides, dtype=dtype)

@@ -2,17 +2,17 @@
 output i % 4 of the block for counter i // 4). The reference against the known answer and against an
 independent plain-integer / float64 computation, the C++ generator and Triton's tl.rand4x /
 tl.randn4x against the reference, and the noise statistics."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
+from conftest import TRITON_DEVICE, requires_cpp, requires_triton
 
 from na_kernels import cpu
 from na_kernels._spec import Noise
 from na_kernels.reference import philox
-
-from conftest import TRITON_DEVICE, requires_cpp, requires_triton
 
 M32 = 2**32 - 1
 SEEDS = [0, 987654321, -3, 2**62 + 17, 2**63 - 1]
@@ -121,8 +121,9 @@ def test_element_noise_takes_word_i_mod_4_of_block_i_div_4(kind, first):
 @pytest.mark.parametrize("seed", [0, 987654321, -3, 2**62 + 17])
 def test_cpp_philox_matches_reference(first, seed, simd_level):
     count = 1003  # not a multiple of the vector width
-    out = torch.frombuffer(cpu.extension().philox_fill(seed=seed & (2**64 - 1), first=first, count=count),
-                           dtype=torch.int32).reshape(count, 4)
+    out = torch.frombuffer(
+        cpu.extension().philox_fill(seed=seed & (2**64 - 1), first=first, count=count), dtype=torch.int32
+    ).reshape(count, 4)
     counters = torch.arange(first, first + count, dtype=torch.int64)
     assert torch.equal(out.to(torch.int64) & 0xFFFFFFFF, reference_words(seed, counters))
 
@@ -131,17 +132,26 @@ def test_cpp_philox_matches_reference(first, seed, simd_level):
 @pytest.mark.parametrize("kind", ["uniform", "gaussian"])
 @pytest.mark.parametrize(
     "first, seed",
-    [(0, 3), (1, 3), (4 * 2**31 - 1001, 11), (2**32 - 1000, -9), (4 * 2**32 - 998, 2**63 - 1),
-     (5 * 2**32 + 7, 2**50 + 1)],
+    [
+        (0, 3),
+        (1, 3),
+        (4 * 2**31 - 1001, 11),
+        (2**32 - 1000, -9),
+        (4 * 2**32 - 998, 2**63 - 1),
+        (5 * 2**32 + 7, 2**50 + 1),
+    ],
 )
 @pytest.mark.slow
 def test_cpp_noise_matches_reference(kind, first, seed, simd_level):
     # the noise itself, not only outputs it moves across a rounding step: bit for bit, gaussian
     # included (its float64 log, sin and cos round to the same float32 as torch's)
     count = 2**17 + 21
-    got = torch.frombuffer(cpu.extension().noise_fill(seed=seed & (2**64 - 1), first=first, count=count,
-                                                      noise=Noise.parse("noise", kind), scale=1.0),
-                           dtype=torch.float32)
+    got = torch.frombuffer(
+        cpu.extension().noise_fill(
+            seed=seed & (2**64 - 1), first=first, count=count, noise=Noise.parse("noise", kind), scale=1.0
+        ),
+        dtype=torch.float32,
+    )
     ref = philox.noise_range(torch.tensor(seed), first, count, kind)
     assert torch.equal(got, ref), f"{(got != ref).sum()} of {count} differ"
 
@@ -152,9 +162,12 @@ def test_cpp_noise_scale_and_short_unaligned_ranges(kind, simd_level):
     seed = 2**33 + 5
     for first in (0, 1, 2, 3, 4 * 2**32 - 3):
         for count in (1, 2, 3, 5, 17, 33):
-            got = torch.frombuffer(cpu.extension().noise_fill(seed=seed, first=first, count=count,
-                                                              noise=Noise.parse("noise", kind), scale=0.75),
-                                   dtype=torch.float32)
+            got = torch.frombuffer(
+                cpu.extension().noise_fill(
+                    seed=seed, first=first, count=count, noise=Noise.parse("noise", kind), scale=0.75
+                ),
+                dtype=torch.float32,
+            )
             expected = torch.tensor(0.75) * philox.noise_range(torch.tensor(seed), first, count, kind)
             assert torch.equal(got, expected), (first, count)
 

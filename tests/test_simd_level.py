@@ -1,4 +1,5 @@
 """Choosing the C++ kernels' SIMD path: limit_simd (tests, nested), NA_KERNELS_SIMD (a process)."""
+
 import pytest
 
 from na_kernels import cpu

@@ -1,5 +1,6 @@
 """The C++ kernels' vocabulary (csrc/common/spec.h, exported as ``_C.vocabulary()``) against the
 Python enums of ``na_kernels._spec``: the same enums, the same members, the same values."""
+
 import pytest
 
 from na_kernels import _spec, cpu

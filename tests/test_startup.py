@@ -1,5 +1,6 @@
 """Start-up: `import na_kernels` and `na-kernels --help` load no torch, `import na_kernels.nn` no
 torch.compile machinery and no Triton; statistics counters stay eager under torch.compile."""
+
 import os
 import subprocess
 import sys
@@ -16,8 +17,9 @@ def _loaded_after(code, tmp_path):
     imports the na_kernels these tests import."""
     script = code + "\nimport sys\nprint(' '.join(sorted(sys.modules)))"
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(na_kernels.__file__)))
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                          env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout, set(proc.stdout.splitlines()[-1].split())
 
@@ -32,7 +34,9 @@ def test_import_and_help_load_no_torch(tmp_path):
         "    try:\n"
         "        main(argv)\n"
         "    except SystemExit:\n"
-        "        pass", tmp_path)
+        "        pass",
+        tmp_path,
+    )
     assert "torch" not in loaded
     assert all(command in out for command in ("demo", "train", "evaluate", "convert")) and "na_kernels 0.1.0" in out
 
@@ -50,7 +54,7 @@ def test_public_names_load_on_first_use():
     assert {"noisy_quant", "integrate_fire", "set_backend", "use_backend"} <= set(dir(na_kernels))
     assert torch.ops.na_kernels.noisy_quant.default is not None  # registered by then
     with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
-        na_kernels.not_a_name
+        _ = na_kernels.not_a_name
     assert not hasattr(na_kernels, "__not_a_dunder__")
 
 

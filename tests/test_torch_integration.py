@@ -13,10 +13,20 @@ answers False) and its entry points replaced by functions that raise; "no fast" 
 check and only makes the fast path's entry points raise (so the check itself must send the call
 to the op).
 """
+
 import contextlib
 
 import pytest
 import torch
+from conftest import (
+    BACKENDS,
+    HAS_CUDA,
+    assert_same_forward,
+    channels_last_seq,
+    interpreted,
+    requires_cpp,
+    requires_triton,
+)
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -27,35 +37,38 @@ from na_kernels.ops import integrate_fire as if_ops
 from na_kernels.ops import noisy_quant as nq_ops
 from na_kernels.ops.integrate_fire import reference as ref
 
-from conftest import (BACKENDS, HAS_CUDA, assert_same_forward, channels_last_seq, interpreted, requires_cpp,
-                      requires_triton)
-
-
 # ------------------------------------------------------------------------------ the schemas
 
 
 def test_schemas_are_the_tensors_then_the_records_fields():
     """The four ops keep their names; a record's fields follow the tensors, flattened to
     ints / floats / bools (an enum is its int), then the backward's own arguments."""
-    schemas = {op: str(getattr(torch.ops.na_kernels, op).default._schema) for op in
-               ("noisy_quant", "noisy_quant_backward", "integrate_fire", "integrate_fire_backward")}
+    schemas = {
+        op: str(getattr(torch.ops.na_kernels, op).default._schema)
+        for op in ("noisy_quant", "noisy_quant_backward", "integrate_fire", "integrate_fire_backward")
+    }
     assert schemas["noisy_quant"] == (
         "na_kernels::noisy_quant(Tensor x, Tensor lam, Tensor seed, int p, int noise, float scale, float shift)"
-        " -> Tensor")
+        " -> Tensor"
+    )
     assert schemas["noisy_quant_backward"] == (
         "na_kernels::noisy_quant_backward(Tensor grad_y, Tensor x, Tensor lam, Tensor seed, int p, int noise, "
-        "float scale, float shift, bool need_grad_lam) -> (Tensor, Tensor)")
-    fields = ("float v_frac, int reset, float? amplitude, int surrogate, float alpha, bool detach_reset, "
-              "int save")
+        "float scale, float shift, bool need_grad_lam) -> (Tensor, Tensor)"
+    )
+    fields = "float v_frac, int reset, float? amplitude, int surrogate, float alpha, bool detach_reset, int save"
     assert schemas["integrate_fire"] == (
         f"na_kernels::integrate_fire(Tensor x_seq, Tensor threshold, Tensor? v_init, {fields}) "
-        "-> (Tensor, Tensor, Tensor, Tensor)")
+        "-> (Tensor, Tensor, Tensor, Tensor)"
+    )
     assert schemas["integrate_fire_backward"] == (
         "na_kernels::integrate_fire_backward(Tensor? grad_spikes, Tensor? grad_v, Tensor? h, Tensor? x_seq, "
         f"Tensor? v_init, Tensor threshold, {fields}, ScalarType x_dtype, bool need_grad_x, "
-        "bool need_grad_v_init) -> (Tensor, Tensor)")
-    records = ((nq_ops.OP, NoisyQuantArgs(7, Noise.GAUSSIAN, 0.5, 0.25)),
-               (if_ops.OP, IntegrateFireArgs(0.25, Reset.ZERO, None, Surrogate.ATAN, 2.0, True, Save.X)))
+        "bool need_grad_v_init) -> (Tensor, Tensor)"
+    )
+    records = (
+        (nq_ops.OP, NoisyQuantArgs(7, Noise.GAUSSIAN, 0.5, 0.25)),
+        (if_ops.OP, IntegrateFireArgs(0.25, Reset.ZERO, None, Surrogate.ATAN, 2.0, True, Save.X)),
+    )
     for op, args in records:
         flat = op.record.flatten(args)
         assert all(type(value) in (int, float, bool, type(None)) for value in flat)
@@ -87,8 +100,12 @@ def test_noisy_quant_torch_compile_fullgraph_no_graph_breaks():
 
 
 def test_noisy_quant_torch_compile_dynamic_shapes():
-    f = torch.compile(lambda x: na_kernels.noisy_quant(x, 3, 1.0, scale=0.5, seed=2), fullgraph=True, dynamic=True,
-                      backend="aot_eager")
+    f = torch.compile(
+        lambda x: na_kernels.noisy_quant(x, 3, 1.0, scale=0.5, seed=2),
+        fullgraph=True,
+        dynamic=True,
+        backend="aot_eager",
+    )
     for rows in (5, 7):
         x = torch.randn(rows, 3)
         assert torch.equal(f(x), na_kernels.noisy_quant(x, 3, 1.0, scale=0.5, seed=2))
@@ -172,9 +189,11 @@ def test_integrate_fire_torch_compile_fullgraph_no_graph_breaks():
 @pytest.mark.slow
 def test_integrate_fire_torch_compile_dynamic_shapes():
     """dynamic=True: symbolic shapes and strides (channels-last included), float arguments traced."""
+
     def fn(x, threshold, v0):
-        spikes, counts, v = na_kernels.integrate_fire(x, threshold, v_init=v0, surrogate="atan", alpha=2.0,
-                                                      return_v=True)
+        spikes, counts, v = na_kernels.integrate_fire(
+            x, threshold, v_init=v0, surrogate="atan", alpha=2.0, return_v=True
+        )
         spikes2, counts2 = na_kernels.integrate_fire(x, 1.0)
         return spikes + spikes2, counts + counts2, v
 
@@ -209,8 +228,9 @@ def test_integrate_fire_torch_export():
     assert_same_forward(program.module()(x), layer(x))
 
 
-@pytest.mark.parametrize("backend", ["reference", pytest.param("cpu", marks=requires_cpp),
-                                     pytest.param("triton", marks=requires_triton)])
+@pytest.mark.parametrize(
+    "backend", ["reference", pytest.param("cpu", marks=requires_cpp), pytest.param("triton", marks=requires_triton)]
+)
 def test_integrate_fire_opcheck(backend):
     if backend == "triton" and HAS_CUDA:
         pytest.skip("opcheck of the Triton path runs on CPU tensors through the interpreter")
@@ -220,18 +240,48 @@ def test_integrate_fire_opcheck(backend):
         cases = [
             (x, theta, None, 0.5, 0, None, 0, 4.0, False, Save.NOTHING),
             (x.half(), torch.rand(3) + 0.5, None, 0.25, 1, 1.0, 2, 1.0, True, Save.NOTHING),
-            (x.clone().requires_grad_(), theta, torch.randn(2, 3, 5, requires_grad=True), 0.0, 0, None, 1, 2.0,
-             False, Save.H),
+            (
+                x.clone().requires_grad_(),
+                theta,
+                torch.randn(2, 3, 5, requires_grad=True),
+                0.0,
+                0,
+                None,
+                1,
+                2.0,
+                False,
+                Save.H,
+            ),
             (x.clone().requires_grad_(), torch.rand(3) + 0.5, None, 0.5, 1, 1.0, 3, 4.0, True, Save.H),
-            (x.half().requires_grad_(), torch.rand(3) + 0.5, torch.randn(2, 3, 5, requires_grad=True), 0.0, 0, None,
-             0, 4.0, False, Save.X),
+            (
+                x.half().requires_grad_(),
+                torch.rand(3) + 0.5,
+                torch.randn(2, 3, 5, requires_grad=True),
+                0.0,
+                0,
+                None,
+                0,
+                4.0,
+                False,
+                Save.X,
+            ),
             (x[:1].expand(4, 2, 3, 5).clone().requires_grad_(), theta, None, 0.5, 1, None, 2, 4.0, True, Save.X),
         ]
         x_cl = channels_last_seq(3, 2, 3, 2, 4, "cpu")
         cases += [
             (x_cl, torch.rand(3) + 0.5, None, 0.5, 0, None, 0, 4.0, False, Save.NOTHING),
-            (x_cl.clone().requires_grad_(), torch.rand(3) + 0.5, torch.randn(2, 3, 2, 4, requires_grad=True), 0.0, 1,
-             None, 2, 4.0, False, Save.H),
+            (
+                x_cl.clone().requires_grad_(),
+                torch.rand(3) + 0.5,
+                torch.randn(2, 3, 2, 4, requires_grad=True),
+                0.0,
+                1,
+                None,
+                2,
+                4.0,
+                False,
+                Save.H,
+            ),
             (x_cl.half().requires_grad_(), torch.rand(3) + 0.5, None, 0.5, 0, None, 1, 4.0, False, Save.X),
             # neither dense nor contiguous: copied
             (x_cl[:, :, :, :1], theta, None, 0.5, 0, 1.0, 0, 4.0, False, Save.NOTHING),
@@ -245,10 +295,42 @@ def test_integrate_fire_opcheck(backend):
             (g, gv, h, None, None, theta, 0.0, 0, None, 0, 4.0, False, Save.H, torch.float32, True, True),
             (None, gv, h, None, None, theta, 0.0, 1, 1.0, 1, 2.0, True, Save.H, torch.float32, True, False),
             (g.half(), None, h, None, None, theta, 0.0, 0, None, 3, 4.0, False, Save.H, torch.float16, False, True),
-            (g.half(), gv, None, x.half(), torch.randn(x.shape[1:]), theta, 0.0, 1, None, 2, 4.0, False, Save.X,
-             torch.float16, True, True),
-            (torch.randn(x_cl.shape), None, None, x_cl, None, torch.rand(3) + 0.5, 0.5, 0, None, 0, 4.0, True, Save.X,
-             torch.float32, True, True),
+            (
+                g.half(),
+                gv,
+                None,
+                x.half(),
+                torch.randn(x.shape[1:]),
+                theta,
+                0.0,
+                1,
+                None,
+                2,
+                4.0,
+                False,
+                Save.X,
+                torch.float16,
+                True,
+                True,
+            ),
+            (
+                torch.randn(x_cl.shape),
+                None,
+                None,
+                x_cl,
+                None,
+                torch.rand(3) + 0.5,
+                0.5,
+                0,
+                None,
+                0,
+                4.0,
+                True,
+                Save.X,
+                torch.float32,
+                True,
+                True,
+            ),
         ]
         for args in backward_cases:
             torch.library.opcheck(if_ops.OP.backward_op, args)
@@ -266,6 +348,7 @@ _FAST = [(nq_ops.OP, "eager"), (if_ops.OP, "eager"), (nq_ops.OP.function, "apply
 def _raiser(name):
     def call(*args, **kwargs):
         raise AssertionError(f"{name} called")
+
     return call
 
 
@@ -290,8 +373,9 @@ def _assert_identical(got, want):
             assert g is None
             continue
         assert g.dtype == w.dtype and g.shape == w.shape and g.stride() == w.stride()
-        assert torch.equal(g, w) or (torch.isnan(w).any() and torch.equal(g.isnan(), w.isnan())
-                                     and torch.equal(g.nan_to_num(), w.nan_to_num()))
+        assert torch.equal(g, w) or (
+            torch.isnan(w).any() and torch.equal(g.isnan(), w.isnan()) and torch.equal(g.nan_to_num(), w.nan_to_num())
+        )
 
 
 def _both_paths(run):
@@ -326,6 +410,7 @@ def test_noisy_quant_paths_identical(backend, device, noise, lam_kind, grad):
         base[0, 0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
         grad_y = torch.randn(3, 5, 7, device=device).to(dtype)
         for seed in (None, 17):
+
             def run():
                 x = base.clone().requires_grad_(grad in ("x", "both", "no_grad mode"))
                 lam = _nq_lam(lam_kind, 5, device)
@@ -339,8 +424,16 @@ def test_noisy_quant_paths_identical(backend, device, noise, lam_kind, grad):
                     return (y, *torch.autograd.grad(y, inputs, grad_y))
 
             out = _both_paths(run)
-            assert len(out) == {"none": 1, "x": 2, "lam": 1 + (lam_kind != "float"),
-                                "both": 2 + (lam_kind != "float"), "no_grad mode": 1}[grad]
+            assert (
+                len(out)
+                == {
+                    "none": 1,
+                    "x": 2,
+                    "lam": 1 + (lam_kind != "float"),
+                    "both": 2 + (lam_kind != "float"),
+                    "no_grad mode": 1,
+                }[grad]
+            )
 
 
 def test_noisy_quant_seed_none_draws_once_per_call_on_both_paths():
@@ -361,8 +454,11 @@ def test_noisy_quant_seed_none_draws_once_per_call_on_both_paths():
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_integrate_fire_paths_identical(backend, device, threshold_kind, v_kind, grad, layout):
     dtypes = (torch.float32, torch.float16) if interpreted(backend, device) else (torch.float32, torch.bfloat16)
-    threshold = {"float": 0.9, "scalar": torch.tensor(0.9, device=device),
-                 "per-channel": torch.rand(3, device=device) + 0.5}[threshold_kind]
+    threshold = {
+        "float": 0.9,
+        "scalar": torch.tensor(0.9, device=device),
+        "per-channel": torch.rand(3, device=device) + 0.5,
+    }[threshold_kind]
     for dtype in dtypes:
         base = (torch.rand(4, 2, 3, 2, 5, device=device) * 1.2).to(dtype)
         if layout == "channels_last":
@@ -371,6 +467,7 @@ def test_integrate_fire_paths_identical(backend, device, threshold_kind, v_kind,
         grad_spikes = torch.randn(base.shape, device=device).to(dtype)
         grad_v = torch.randn(base.shape[1:], device=device)
         for options in (dict(), dict(reset="zero", amplitude=1.0, surrogate="atan", alpha=2.0, detach_reset=True)):
+
             def run():
                 x = base.clone().requires_grad_(grad in ("x", "both"))
                 v_init = 0.25
@@ -379,8 +476,9 @@ def test_integrate_fire_paths_identical(backend, device, threshold_kind, v_kind,
                 elif grad == "v":
                     return ()  # nothing to differentiate
                 with na_kernels.use_backend(backend):
-                    spikes, counts, v_final = na_kernels.integrate_fire(x, threshold, v_init=v_init, return_v=True,
-                                                                        **options)
+                    spikes, counts, v_final = na_kernels.integrate_fire(
+                        x, threshold, v_init=v_init, return_v=True, **options
+                    )
                     out = (spikes, counts, v_final)
                     if not spikes.requires_grad:
                         return out
@@ -445,8 +543,11 @@ def test_compile_uses_the_op_with_fast_path_disabled():
 def test_compile_with_grad_uses_the_ops_forward_and_backward():
     x = torch.rand(4, 3, 2, requires_grad=True)
     lam = torch.tensor(1.2, requires_grad=True)
-    f = torch.compile(lambda x, lam: na_kernels.noisy_quant(x, 3, lam, seed=5).sum()
-                      + na_kernels.integrate_fire(x, 1.0)[0].sum(), fullgraph=True, backend="aot_eager")
+    f = torch.compile(
+        lambda x, lam: na_kernels.noisy_quant(x, 3, lam, seed=5).sum() + na_kernels.integrate_fire(x, 1.0)[0].sum(),
+        fullgraph=True,
+        backend="aot_eager",
+    )
     torch._dynamo.reset()
     with _path("no fast"):
         f(x, lam).backward()
@@ -543,7 +644,7 @@ def test_create_graph_backward_uses_the_backward_op(call):
         for owner, op_name in _OPS[::2]:  # the forward ops raise: the forward takes the fast path
             mp.setattr(owner, op_name, _raiser(op_name))
         out = call(x)
-        grad, = torch.autograd.grad((out[0] if isinstance(out, tuple) else out).sum(), x, create_graph=True)
+        (grad,) = torch.autograd.grad((out[0] if isinstance(out, tuple) else out).sum(), x, create_graph=True)
     assert type(grad.grad_fn).__name__ == f"{name}GradientBackward"
     with pytest.raises(NotImplementedError, match="double backward"):
         grad.sum().backward()

@@ -1,4 +1,5 @@
 """Training engine: exact resume from a checkpoint, DDP on CPU (gloo), optimizer recipe."""
+
 import os
 import socket
 
@@ -7,12 +8,19 @@ import torch
 import torch.multiprocessing as mp
 
 from na_kernels.app.datasets import digits_split
+from na_kernels.app.train import (
+    CheckpointError,
+    TrainConfig,
+    build_network,
+    epoch_seed,
+    fit,
+    load_checkpoint,
+    make_optimizer,
+    network_from_checkpoint,
+)
 from na_kernels.nn import NoisyQuant
-from na_kernels.app.train import (CheckpointError, TrainConfig, build_network, epoch_seed, fit, load_checkpoint,
-                              make_optimizer, network_from_checkpoint)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
 
 
 def tiny_data(n_train=96, n_test=40):
@@ -21,8 +29,21 @@ def tiny_data(n_train=96, n_test=40):
 
 
 def tiny_cfg(out, **kw):
-    base = dict(dataset="digits", arch="digits_cnn", p=3, noise="uniform", lam=2.0, epochs=3, batch_size=32,
-                lr=0.05, seed=11, out=str(out), device="cpu", progress=False, amp=False)
+    base = dict(
+        dataset="digits",
+        arch="digits_cnn",
+        p=3,
+        noise="uniform",
+        lam=2.0,
+        epochs=3,
+        batch_size=32,
+        lr=0.05,
+        seed=11,
+        out=str(out),
+        device="cpu",
+        progress=False,
+        amp=False,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -92,8 +113,9 @@ def _free_port():
 
 
 def _ddp_worker(rank, world, port, out_dir, result_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     import torch.distributed as dist
 
@@ -116,10 +138,16 @@ def _ddp_worker(rank, world, port, out_dir, result_dir):
     model = summary["model"]
     torch.set_rng_state(states[0])
     probe = NoisyQuant(3, lam=2.0).train()(torch.linspace(-1, 3, 4096).reshape(1, 1, 64, 64)).detach()
-    torch.save({"state": _state(model), "lam": [m.lam.detach().clone() for m in model.modules()
-                                                 if isinstance(m, NoisyQuant)],
-                "world": summary["world_size"], "probe": probe, "loss": summary["history"][0]["train_loss"]},
-               os.path.join(result_dir, f"rank{rank}.pt"))
+    torch.save(
+        {
+            "state": _state(model),
+            "lam": [m.lam.detach().clone() for m in model.modules() if isinstance(m, NoisyQuant)],
+            "world": summary["world_size"],
+            "probe": probe,
+            "loss": summary["history"][0]["train_loss"],
+        },
+        os.path.join(result_dir, f"rank{rank}.pt"),
+    )
     dist.destroy_process_group()
 
 
@@ -183,10 +211,12 @@ def test_fit_refuses_an_existing_run_and_bad_settings_before_training(tmp_path):
     fit(tiny_cfg(tmp_path, epochs=1, seed=3, overwrite=True), tr, te, log=quiet)
     assert (tmp_path / "last.pt").read_bytes() != before
     (tmp_path / "file").write_text("x")
-    for cfg, message in ((tiny_cfg(tmp_path / "file"), "is a file, not a folder"),
-                         (tiny_cfg(tmp_path / "new", batch_size=65), "use a batch size of at most 64"),
-                         (tiny_cfg(tmp_path / "new", arch="vgg16"), "takes 32x32 images"),
-                         (tiny_cfg(tmp_path / "new", device="tpu"), "'tpu' is not a device")):
+    for cfg, message in (
+        (tiny_cfg(tmp_path / "file"), "is a file, not a folder"),
+        (tiny_cfg(tmp_path / "new", batch_size=65), "use a batch size of at most 64"),
+        (tiny_cfg(tmp_path / "new", arch="vgg16"), "takes 32x32 images"),
+        (tiny_cfg(tmp_path / "new", device="tpu"), "'tpu' is not a device"),
+    ):
         with pytest.raises(ConfigError, match=message):
             fit(cfg, tr, te, log=quiet)
     assert not (tmp_path / "new").exists() or not os.listdir(tmp_path / "new")
@@ -220,8 +250,11 @@ def test_checkpoint_errors_are_one_line_and_name_what_is_missing(tmp_path):
     weights = dict(good["model"])
     weights["classifier.3.weight"] = weights["classifier.3.weight"][:5]
     torch.save({**good, "model": weights}, tmp_path / "x.pt")
-    with pytest.raises(CheckpointError, match=r"1 of another shape \(e.g. classifier.3.weight: \(5, 128\) vs "
-                                              r"\(10, 128\)\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"1 of another shape \(e.g. classifier.3.weight: \(5, 128\) vs "
+        r"\(10, 128\)\)",
+    ):
         network_from_checkpoint(load_checkpoint(str(tmp_path / "x.pt")))
     for junk in (b"junk" * 10, b"not a checkpoint " * 8, good["model"]["classifier.3.weight"]):
         if isinstance(junk, bytes):

@@ -16,6 +16,7 @@ use, and timm imports torchvision), with channel widths divided so they run in s
   "avg-down" shortcuts (AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False) + 1x1 conv + BN),
   global pooling as timm's SelectAdaptivePool2d (AdaptiveAvgPool2d(1) then Flatten(1)), fc.
 """
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -43,8 +44,11 @@ def _stage(cin, cout, blocks, stride, avg_down=False):
     downsample = None
     if stride != 1 or cin != cout:
         if avg_down:
-            downsample = nn.Sequential(nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False),
-                                       nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+            downsample = nn.Sequential(
+                nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False),
+                nn.Conv2d(cin, cout, 1, bias=False),
+                nn.BatchNorm2d(cout),
+            )
         else:
             downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
     layers = [BasicBlock(cin, cout, stride, downsample)] + [BasicBlock(cout, cout) for _ in range(blocks - 1)]
@@ -88,8 +92,14 @@ class VGG11BN(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
-            nn.Linear(cin * 7 * 7, hidden), nn.ReLU(True), nn.Dropout(0.5),
-            nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(0.5), nn.Linear(hidden, num_classes))
+            nn.Linear(cin * 7 * 7, hidden),
+            nn.ReLU(True),
+            nn.Dropout(0.5),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(True),
+            nn.Dropout(0.5),
+            nn.Linear(hidden, num_classes),
+        )
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
@@ -97,8 +107,11 @@ class VGG11BN(nn.Module):
 
 class ConvBNReLU6(nn.Sequential):
     def __init__(self, cin, cout, kernel=3, stride=1, groups=1):
-        super().__init__(nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU6(inplace=True),
+        )
 
 
 class InvertedResidual(nn.Module):
@@ -107,8 +120,11 @@ class InvertedResidual(nn.Module):
         hidden = cin * expand
         self.use_res_connect = stride == 1 and cin == cout
         layers = [ConvBNReLU6(cin, hidden, 1)] if expand != 1 else []
-        layers += [ConvBNReLU6(hidden, hidden, stride=stride, groups=hidden),
-                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        layers += [
+            ConvBNReLU6(hidden, hidden, stride=stride, groups=hidden),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -154,9 +170,14 @@ class ResNet10T(nn.Module):
         super().__init__()
         stem = (3 * width // 2, 2 * width)  # timm: 24, 32 then 64
         self.conv1 = nn.Sequential(
-            nn.Conv2d(3, stem[0], 3, 2, 1, bias=False), nn.BatchNorm2d(stem[0]), nn.ReLU(inplace=True),
-            nn.Conv2d(stem[0], stem[1], 3, 1, 1, bias=False), nn.BatchNorm2d(stem[1]), nn.ReLU(inplace=True),
-            nn.Conv2d(stem[1], 4 * width, 3, 1, 1, bias=False))
+            nn.Conv2d(3, stem[0], 3, 2, 1, bias=False),
+            nn.BatchNorm2d(stem[0]),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(stem[0], stem[1], 3, 1, 1, bias=False),
+            nn.BatchNorm2d(stem[1]),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(stem[1], 4 * width, 3, 1, 1, bias=False),
+        )
         self.bn1 = nn.BatchNorm2d(4 * width)
         self.act1 = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)

@@ -13,6 +13,7 @@
 Images are returned as uint8 tensors ``[N, C, H, W]`` and labels as int64 ``[N]``;
 a missing or unreadable file raises :class:`DatasetError` naming the file expected.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -77,8 +78,17 @@ class ImageData:
         return int(self.images.shape[-1])
 
     def subset(self, index: torch.Tensor) -> "ImageData":
-        return ImageData(self.images[index], self.labels[index], self.num_classes, self.mean,
-                         self.std, self.max_value, self.crop_padding, self.flip, self.name)
+        return ImageData(
+            self.images[index],
+            self.labels[index],
+            self.num_classes,
+            self.mean,
+            self.std,
+            self.max_value,
+            self.crop_padding,
+            self.flip,
+            self.name,
+        )
 
 
 # ----------------------------------------------------------------------------------------
@@ -104,8 +114,7 @@ def load_digits(path: Optional[str] = None) -> ImageData:
         text = gzip.decompress(raw).decode("ascii")
         table = np.loadtxt(io.StringIO(text), delimiter=",", dtype=np.int64)
     except FileNotFoundError as e:
-        raise DatasetError(f"bundled digits file not found: expected {where} "
-                           "(reinstall na_kernels)") from e
+        raise DatasetError(f"bundled digits file not found: expected {where} (reinstall na_kernels)") from e
     except (OSError, EOFError, ValueError, UnicodeDecodeError) as e:
         raise DatasetError(f"could not read the digits file {where}: {e}") from e
     if table.ndim != 2 or table.shape[1] != 65:
@@ -114,8 +123,9 @@ def load_digits(path: Optional[str] = None) -> ImageData:
         raise DatasetError(f"{where}: pixel values must be 0..16 and labels 0..9")
     images = torch.from_numpy(table[:, :64].astype(np.uint8)).reshape(-1, 1, 8, 8)
     labels = torch.from_numpy(table[:, 64].copy())
-    return ImageData(images, labels, 10, _DIGITS_MEAN, _DIGITS_STD, max_value=1.0,
-                     crop_padding=1, flip=False, name="digits")
+    return ImageData(
+        images, labels, 10, _DIGITS_MEAN, _DIGITS_STD, max_value=1.0, crop_padding=1, flip=False, name="digits"
+    )
 
 
 def digits_split(data: Optional[ImageData] = None, test_fraction: float = 0.3) -> Tuple[ImageData, ImageData]:
@@ -137,7 +147,7 @@ def _stratified_split(data: ImageData, test_fraction: float) -> Tuple[ImageData,
         idx = idx[torch.randperm(idx.numel(), generator=g)]
         n_test = int(round(idx.numel() * test_fraction))
         train_idx.append(idx[: idx.numel() - n_test])
-        test_idx.append(idx[idx.numel() - n_test:])
+        test_idx.append(idx[idx.numel() - n_test :])
     train_idx = torch.sort(torch.cat(train_idx)).values
     test_idx = torch.sort(torch.cat(test_idx)).values
     return data.subset(train_idx), data.subset(test_idx)
@@ -170,8 +180,10 @@ def _bundled_idx(name: str, magic: int, what: str, folder: Optional[str]) -> np.
         raise DatasetError(f"could not read {where}: {e}") from e
     digest = hashlib.sha256(raw).hexdigest()
     if digest != MNIST10K_FILES[name]:
-        raise DatasetError(f"{where}: SHA-256 {digest} is not the bundled file's {MNIST10K_FILES[name]} "
-                           "(damaged or replaced; reinstall na_kernels)")
+        raise DatasetError(
+            f"{where}: SHA-256 {digest} is not the bundled file's {MNIST10K_FILES[name]} "
+            "(damaged or replaced; reinstall na_kernels)"
+        )
     return _parse_idx(raw, where, magic, what)
 
 
@@ -183,10 +195,20 @@ def load_mnist10k(folder: Optional[str] = None) -> ImageData:
     images = _bundled_idx(names[0], _MNIST_MAGIC["images"], "MNIST images: uint8, 3 dims", folder)
     labels = _bundled_idx(names[1], _MNIST_MAGIC["labels"], "MNIST labels: uint8, 1 dim", folder)
     if images.shape != (MNIST10K_SIZE, 28, 28) or labels.shape != (MNIST10K_SIZE,):  # the checksum makes this hold
-        raise DatasetError(f"bundled MNIST files: expected [{MNIST10K_SIZE}, 28, 28] images and "
-                           f"{MNIST10K_SIZE} labels, got {images.shape} and {labels.shape}")
-    return ImageData(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)),
-                     10, _MNIST_MEAN, _MNIST_STD, crop_padding=2, flip=False, name="mnist10k")
+        raise DatasetError(
+            f"bundled MNIST files: expected [{MNIST10K_SIZE}, 28, 28] images and "
+            f"{MNIST10K_SIZE} labels, got {images.shape} and {labels.shape}"
+        )
+    return ImageData(
+        torch.from_numpy(images.copy()).unsqueeze(1),
+        torch.from_numpy(labels.astype(np.int64)),
+        10,
+        _MNIST_MEAN,
+        _MNIST_STD,
+        crop_padding=2,
+        flip=False,
+        name="mnist10k",
+    )
 
 
 def mnist10k_split(data: Optional[ImageData] = None, test_fraction: float = 0.2) -> Tuple[ImageData, ImageData]:
@@ -226,12 +248,16 @@ def _parse_idx(raw: bytes, path: str, magic: Optional[int] = None, what: str = "
         raise DatasetError(f"could not read {path}: {e}") from e
     found = f"0x{raw[:4].hex():0>8}" if len(raw) >= 4 else f"{len(raw)} byte(s)"
     if magic is not None and (len(raw) < 4 or int.from_bytes(raw[:4], "big") != magic):
-        raise DatasetError(f"{path}: bad magic number {found}, expected 0x{magic:08x}"
-                           f"{' (' + what + ')' if what else ''}: not that idx file, or damaged; "
-                           "download it again")
+        raise DatasetError(
+            f"{path}: bad magic number {found}, expected 0x{magic:08x}"
+            f"{' (' + what + ')' if what else ''}: not that idx file, or damaged; "
+            "download it again"
+        )
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DatasetError(f"{path} is not an idx file (bad magic number {found}, expected 0x0000<type><ndim> "
-                           f"with type one of {', '.join(f'{k:02x}' for k in _IDX_DTYPES)}); download it again")
+        raise DatasetError(
+            f"{path} is not an idx file (bad magic number {found}, expected 0x0000<type><ndim> "
+            f"with type one of {', '.join(f'{k:02x}' for k in _IDX_DTYPES)}); download it again"
+        )
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
@@ -240,8 +266,10 @@ def _parse_idx(raw: bytes, path: str, magic: Optional[int] = None, what: str = "
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     count = math.prod(dims)  # Python ints: a damaged header cannot overflow
     if len(raw) - header != count * dtype.itemsize:
-        raise DatasetError(f"{path}: idx header says {dims} ({count * dtype.itemsize} bytes of data) "
-                           f"but the file holds {len(raw) - header} bytes (truncated or corrupt)")
+        raise DatasetError(
+            f"{path}: idx header says {dims} ({count * dtype.itemsize} bytes of data) "
+            f"but the file holds {len(raw) - header} bytes (truncated or corrupt)"
+        )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
 
 
@@ -258,16 +286,23 @@ def _find(data_dir: str, names: Sequence[str], what: str) -> str:
     for name in names:
         if os.path.isfile(os.path.join(data_dir, name)):
             return os.path.join(data_dir, name)
-    raise DatasetError(f"{what}: expected {os.path.join(data_dir, names[0])} "
-                       f"(or {', '.join(names[1:])}) but found none of them")
+    raise DatasetError(
+        f"{what}: expected {os.path.join(data_dir, names[0])} (or {', '.join(names[1:])}) but found none of them"
+    )
 
 
 def load_mnist(data_dir: str, train: bool = True) -> ImageData:
     """MNIST from ``data_dir`` (or ``data_dir/MNIST/raw``, torchvision's layout), idx files
     ``train-images-idx3-ubyte`` etc., each optionally ``.gz``. Images are zero-padded to 32x32."""
     candidates = [data_dir, os.path.join(data_dir, "MNIST", "raw"), os.path.join(data_dir, "raw")]
-    base = next((d for d in candidates if any(os.path.isfile(os.path.join(d, _MNIST_FILES[train][0] + s))
-                                              for s in ("", ".gz"))), data_dir)
+    base = next(
+        (
+            d
+            for d in candidates
+            if any(os.path.isfile(os.path.join(d, _MNIST_FILES[train][0] + s)) for s in ("", ".gz"))
+        ),
+        data_dir,
+    )
     img_name, lbl_name = _MNIST_FILES[train]
     img_path = _find(base, [img_name, img_name + ".gz"], "MNIST images")
     lbl_path = _find(base, [lbl_name, lbl_name + ".gz"], "MNIST labels")
@@ -283,8 +318,16 @@ def load_mnist(data_dir: str, train: bool = True) -> ImageData:
         raise DatasetError(f"{lbl_path}: labels must be 0..9")
     x = torch.from_numpy(images.copy()).unsqueeze(1)
     x = torch.nn.functional.pad(x, (2, 2, 2, 2))  # 28x28 -> 32x32, as LeNet did
-    return ImageData(x, torch.from_numpy(labels.astype(np.int64)), 10, _MNIST_MEAN, _MNIST_STD,
-                     crop_padding=2, flip=False, name="mnist")
+    return ImageData(
+        x,
+        torch.from_numpy(labels.astype(np.int64)),
+        10,
+        _MNIST_MEAN,
+        _MNIST_STD,
+        crop_padding=2,
+        flip=False,
+        name="mnist",
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -292,10 +335,15 @@ def load_mnist(data_dir: str, train: bool = True) -> ImageData:
 # ----------------------------------------------------------------------------------------
 
 _CIFAR = {
-    10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels",
-         (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    100: ("cifar-100-python", ["train"], ["test"], b"fine_labels",
-          (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    10: (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        b"labels",
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+    ),
+    100: ("cifar-100-python", ["train"], ["test"], b"fine_labels", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 
 
@@ -321,8 +369,10 @@ def _integer_labels(labels, path: str, key: str) -> np.ndarray:
     if array.size and (array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer)):
         first = array.ravel()[0]
         example = first if array.dtype == object else first.item()
-        raise DatasetError(f"{path}: '{key}' must hold integer class labels, got {array.dtype} values "
-                           f"(e.g. {example!r}): the file is damaged or not a CIFAR batch; download it again")
+        raise DatasetError(
+            f"{path}: '{key}' must hold integer class labels, got {array.dtype} values "
+            f"(e.g. {example!r}): the file is damaged or not a CIFAR batch; download it again"
+        )
     return array.astype(np.int64)
 
 
@@ -340,16 +390,19 @@ def load_cifar(data_dir: str, num_classes: int = 10, train: bool = True) -> Imag
     for name in files:
         path = os.path.join(base, name)
         if not os.path.isfile(path):
-            raise DatasetError(f"CIFAR-{num_classes}: expected {path} (the python version of the dataset, "
-                               f"folder {folder}/ from the .tar.gz) but it does not exist")
+            raise DatasetError(
+                f"CIFAR-{num_classes}: expected {path} (the python version of the dataset, "
+                f"folder {folder}/ from the .tar.gz) but it does not exist"
+            )
         batch = _unpickle(path)
         if "data" not in batch or key.decode() not in batch:
             raise DatasetError(f"{path}: expected keys 'data' and '{key.decode()}', got {sorted(batch)}")
         data = np.asarray(batch["data"])
         labels = _integer_labels(batch[key.decode()], path, key.decode())
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
-            raise DatasetError(f"{path}: expected uint8 data [N, 3072] and N labels, "
-                               f"got {data.dtype} {data.shape} and {labels.shape}")
+            raise DatasetError(
+                f"{path}: expected uint8 data [N, 3072] and N labels, got {data.dtype} {data.shape} and {labels.shape}"
+            )
         if data.shape[0] == 0:
             raise DatasetError(f"{path} holds 0 images: the file is damaged; download the dataset again")
         if labels.min() < 0 or labels.max() >= num_classes:
@@ -399,8 +452,19 @@ class BatchLoader:
     Call ``set_epoch(e)`` before each epoch (as with DistributedSampler).
     """
 
-    def __init__(self, data: ImageData, batch_size: int, *, shuffle: bool = False, augment: bool = False,
-                 drop_last: bool = False, device="cpu", seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        data: ImageData,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        augment: bool = False,
+        drop_last: bool = False,
+        device="cpu",
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         batch_size = check_int("batch_size", batch_size, minimum=1)
         self.data, self.batch_size, self.shuffle, self.augment = data, batch_size, shuffle, augment
         self.drop_last, self.device, self.seed = drop_last, torch.device(device), seed
@@ -423,12 +487,12 @@ class BatchLoader:
         else:
             idx = torch.arange(n)
         if self.world_size > 1 and not self.shuffle:  # evaluation: every sample exactly once
-            idx = idx[self.rank::self.world_size]
+            idx = idx[self.rank :: self.world_size]
         elif self.world_size > 1:  # training: equal shards (as DistributedSampler)
             per_rank = n // self.world_size if self.drop_last else -(-n // self.world_size)
             if idx.numel() < per_rank * self.world_size:  # pad by wrapping, as DistributedSampler
                 idx = torch.cat([idx, idx[: per_rank * self.world_size - idx.numel()]])
-            idx = idx[self.rank: per_rank * self.world_size: self.world_size]
+            idx = idx[self.rank : per_rank * self.world_size : self.world_size]
         return idx
 
     def __len__(self) -> int:
@@ -439,7 +503,7 @@ class BatchLoader:
         idx = self._indices()
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 4099 + self.rank + 7)
         for b in range(len(self)):
-            sel = idx[b * self.batch_size: (b + 1) * self.batch_size]
+            sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
             sel = sel.to(self._images.device)
             x = self._images[sel]
             y = self._labels[sel]
@@ -457,8 +521,8 @@ class BatchLoader:
             dev = x.device
             oy = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(dev)
             ox = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(dev)
-            rows = (oy[:, None] + torch.arange(h, device=dev)[None, :])  # [n, h]
-            cols = (ox[:, None] + torch.arange(w, device=dev)[None, :])  # [n, w]
+            rows = oy[:, None] + torch.arange(h, device=dev)[None, :]  # [n, h]
+            cols = ox[:, None] + torch.arange(w, device=dev)[None, :]  # [n, w]
             nidx = torch.arange(n, device=dev)[:, None, None]
             x = xp.permute(0, 2, 3, 1)[nidx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
         if self.data.flip:

@@ -7,6 +7,7 @@ The command line wiring is in ``na_kernels.app.cli``; this module trains, conver
 prints the table and draws the plot. ``summarize`` and ``describe`` are pure functions of the
 per-seed numbers (tested on small inputs).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,14 +28,22 @@ DEMO_EXIT_CONFIDENCES = (0.9, 0.99)  # the early-exit thresholds swept by defaul
 DEMO_VARIANTS = (("NoisyQuant (uniform noise)", Noise.UNIFORM.label), ("QCFS (no noise)", Noise.NONE.label))
 # the bundled data sets the demo runs on: loader, network, default epochs, how to name them
 DEMO_DATA = {
-    "mnist10k": {"split": mnist10k_split, "arch": "mnist_cnn", "epochs": 3,
-                 "title": "28x28 MNIST digits (10,000 bundled)",
-                 "network": "small CNN (3 conv + 1 hidden linear layer)",
-                 "licence": "CC BY-SA 3.0, see na_kernels/app/data/MNIST10K_LICENSE.txt"},
-    "digits": {"split": digits_split, "arch": "digits_cnn", "epochs": 15,
-               "title": "UCI 8x8 handwritten digits (1797 bundled)",
-               "network": "small CNN (4 conv + 1 hidden linear layer)",
-               "licence": "CC BY 4.0, see na_kernels/app/data/DIGITS_LICENSE.txt"},
+    "mnist10k": {
+        "split": mnist10k_split,
+        "arch": "mnist_cnn",
+        "epochs": 3,
+        "title": "28x28 MNIST digits (10,000 bundled)",
+        "network": "small CNN (3 conv + 1 hidden linear layer)",
+        "licence": "CC BY-SA 3.0, see na_kernels/app/data/MNIST10K_LICENSE.txt",
+    },
+    "digits": {
+        "split": digits_split,
+        "arch": "digits_cnn",
+        "epochs": 15,
+        "title": "UCI 8x8 handwritten digits (1797 bundled)",
+        "network": "small CNN (4 conv + 1 hidden linear layer)",
+        "licence": "CC BY 4.0, see na_kernels/app/data/DIGITS_LICENSE.txt",
+    },
 }
 # a change smaller than this many points is "level": one point is 20 of the 2000 test images
 MARGIN_POINTS = 1.0
@@ -51,8 +60,9 @@ def first_images(data: ImageData, n: int) -> ImageData:
     return data.subset(index.sort().values)
 
 
-def _demo_train(name: str, noise: str, train: ImageData, args, show: bool, *, seed: Optional[int] = None,
-                arch: str = "digits_cnn") -> Dict[str, Any]:
+def _demo_train(
+    name: str, noise: str, train: ImageData, args, show: bool, *, seed: Optional[int] = None, arch: str = "digits_cnn"
+) -> Dict[str, Any]:
     """Train the demo CNN ``arch`` with ``noise`` and ``seed`` (default ``args.seed``): the same initial
     weights and data order for every variant."""
     seed = args.seed if seed is None else seed
@@ -65,14 +75,22 @@ def _demo_train(name: str, noise: str, train: ImageData, args, show: bool, *, se
     for epoch in range(args.epochs):
         loader.set_epoch(epoch)
         torch.manual_seed(seed * 7919 + epoch)  # the noise stream of this epoch
-        stats = train_epoch(model, loader, optimizer, scheduler, amp=False,
-                            desc=f"seed {seed} train {name} {epoch + 1}/{args.epochs}", show_progress=show)
+        stats = train_epoch(
+            model,
+            loader,
+            optimizer,
+            scheduler,
+            amp=False,
+            desc=f"seed {seed} train {name} {epoch + 1}/{args.epochs}",
+            show_progress=show,
+        )
         history.append({"epoch": epoch + 1, "train_loss": stats["loss"], "train_acc": stats["acc"]})
     return {"model": model.eval(), "history": history}
 
 
-def _snn_eval(snn, test: ImageData, Ts: Sequence[int], energy_T: int, batch_size: int, show: bool,
-              desc: str) -> Dict[str, Any]:
+def _snn_eval(
+    snn, test: ImageData, Ts: Sequence[int], energy_T: int, batch_size: int, show: bool, desc: str
+) -> Dict[str, Any]:
     """One run of max(Ts) steps gives the accuracy at every t <= max(Ts) (the running mean at t
     is a t-step run) and the firing rate; one run of ``energy_T`` steps the energy estimate."""
     loader = BatchLoader(test, batch_size)
@@ -82,9 +100,13 @@ def _snn_eval(snn, test: ImageData, Ts: Sequence[int], energy_T: int, batch_size
         snn.reset_statistics()
         acc = evaluate_snn(snn, loader, T=T, desc=f"{desc} T={T}", show_progress=show)
         st = snn.statistics()
-        stats[T] = {"firing_rate": st["total"]["firing_rate"], "sops_per_sample": st["total"]["sops_per_sample"],
-                    "energy_ratio": st["energy"]["ratio"], "snn_j_per_sample": st["energy"]["snn_j_per_sample"],
-                    "ann_j_per_sample": st["energy"]["ann_j_per_sample"]}
+        stats[T] = {
+            "firing_rate": st["total"]["firing_rate"],
+            "sops_per_sample": st["total"]["sops_per_sample"],
+            "energy_ratio": st["energy"]["ratio"],
+            "snn_j_per_sample": st["energy"]["snn_j_per_sample"],
+            "ann_j_per_sample": st["energy"]["ann_j_per_sample"],
+        }
         if T == max(Ts):
             curve = acc
     return {"acc": {T: curve[T - 1] for T in Ts}, "curve": curve, "stats": {str(T): v for T, v in stats.items()}}
@@ -123,17 +145,23 @@ def summarize(runs: Sequence[Dict[str, Any]], Ts: Sequence[int]) -> Dict[str, An
     ``snn`` {T: ...}, and per seed the SNN's best T among ``Ts`` (``peak_T``; the smallest on a
     tie) and ``fall``: best accuracy minus the accuracy at max(Ts)."""
     best = [max(Ts, key=lambda T: (r["acc"][T], -T)) for r in runs]
-    return {"ann": _spread([r["ann"] for r in runs]), "limit": _spread([r["limit"] for r in runs]),
-            "snn": {T: _spread([r["acc"][T] for r in runs]) for T in Ts},
-            "peak_T": best, "fall": _spread([r["acc"][b] - r["acc"][max(Ts)] for r, b in zip(runs, best)])}
+    return {
+        "ann": _spread([r["ann"] for r in runs]),
+        "limit": _spread([r["limit"] for r in runs]),
+        "snn": {T: _spread([r["acc"][T] for r in runs]) for T in Ts},
+        "peak_T": best,
+        "fall": _spread([r["acc"][b] - r["acc"][max(Ts)] for r, b in zip(runs, best)]),
+    }
 
 
 def paired_difference(noisy: Sequence[Dict[str, Any]], qcfs: Sequence[Dict[str, Any]], Ts: Sequence[int]):
     """Noise minus QCFS, seed by seed: {T: spread of the differences} plus ``limit`` and ``ann``.
     Both lists must hold the same seeds in the same order."""
     if [r.get("seed") for r in noisy] != [r.get("seed") for r in qcfs]:
-        raise ValueError(f"paired_difference needs the same seeds on both sides, got "
-                         f"{[r.get('seed') for r in noisy]} and {[r.get('seed') for r in qcfs]}")
+        raise ValueError(
+            f"paired_difference needs the same seeds on both sides, got "
+            f"{[r.get('seed') for r in noisy]} and {[r.get('seed') for r in qcfs]}"
+        )
     out = {T: _spread([a["acc"][T] - b["acc"][T] for a, b in zip(noisy, qcfs)]) for T in Ts}
     out["limit"] = _spread([a["limit"] - b["limit"] for a, b in zip(noisy, qcfs)])
     out["ann"] = _spread([a["ann"] - b["ann"] for a, b in zip(noisy, qcfs)])
@@ -156,8 +184,13 @@ def _falls(s: Dict[str, Any], margin: float) -> bool:
     return s["fall"]["min"] > margin
 
 
-def describe(noisy: Dict[str, Any], qcfs: Dict[str, Any], diff: Dict[Any, Any], Ts: Sequence[int],
-             margin_points: float = MARGIN_POINTS) -> str:
+def describe(
+    noisy: Dict[str, Any],
+    qcfs: Dict[str, Any],
+    diff: Dict[Any, Any],
+    Ts: Sequence[int],
+    margin_points: float = MARGIN_POINTS,
+) -> str:
     """One sentence, from ``summarize`` of each variant and their ``paired_difference``: whether
     the QCFS SNN falls at long T towards a worse clipped network while the noise-trained one does
     not, or that neither / both do, and how the noise changes the low-T columns (``LOW_TS``).
@@ -177,22 +210,28 @@ def describe(noisy: Dict[str, Any], qcfs: Dict[str, Any], diff: Dict[Any, Any], 
     q_gap = [ann - limit for ann, limit in zip(qcfs["ann"]["per_seed"], qcfs["limit"]["per_seed"])]
     if q_falls and not n_falls:
         peaks = sorted(set(qcfs["peak_T"]))
-        head = (f"This run shows the collapse without noise: in {every} the QCFS SNN peaks early "
-                f"(T = {', '.join(map(str, peaks))}) and falls by {_range(qcfs['fall'])} points to "
-                f"{long_T(qcfs)}, towards its clipped network ({_range(qcfs['limit'])} %, ANN "
-                f"{_range(qcfs['ann'])} %), while the noise-trained SNN reaches {long_T(noisy)} "
-                f"(its clipped network {_range(noisy['limit'])} %)")
+        head = (
+            f"This run shows the collapse without noise: in {every} the QCFS SNN peaks early "
+            f"(T = {', '.join(map(str, peaks))}) and falls by {_range(qcfs['fall'])} points to "
+            f"{long_T(qcfs)}, towards its clipped network ({_range(qcfs['limit'])} %, ANN "
+            f"{_range(qcfs['ann'])} %), while the noise-trained SNN reaches {long_T(noisy)} "
+            f"(its clipped network {_range(noisy['limit'])} %)"
+        )
     elif not q_falls and not n_falls:
         level = "within" if min(q_gap) > -m and max(q_gap) < m else "not consistently below"
-        head = (f"In this run neither SNN falls at long T (drop from the best T to T = {T_max}: QCFS "
-                f"{_range(qcfs['fall'])}, noise {_range(noisy['fall'])} points) and the QCFS clipped network is "
-                f"{level} {margin_points:g} point of its ANN ({_range(qcfs['limit'])} % vs {_range(qcfs['ann'])} %), "
-                "so the collapse without noise does not show here")
+        head = (
+            f"In this run neither SNN falls at long T (drop from the best T to T = {T_max}: QCFS "
+            f"{_range(qcfs['fall'])}, noise {_range(noisy['fall'])} points) and the QCFS clipped network is "
+            f"{level} {margin_points:g} point of its ANN ({_range(qcfs['limit'])} % vs {_range(qcfs['ann'])} %), "
+            "so the collapse without noise does not show here"
+        )
     else:
         who = "both SNNs fall" if q_falls else "the noise-trained SNN falls"
-        head = (f"In this run {who} at long T in {every} (drop from the best T to T = {T_max}: QCFS "
-                f"{_range(qcfs['fall'])}, noise {_range(noisy['fall'])} points; clipped networks: QCFS "
-                f"{_range(qcfs['limit'])} %, noise {_range(noisy['limit'])} %)")
+        head = (
+            f"In this run {who} at long T in {every} (drop from the best T to T = {T_max}: QCFS "
+            f"{_range(qcfs['fall'])}, noise {_range(noisy['fall'])} points; clipped networks: QCFS "
+            f"{_range(qcfs['limit'])} %, noise {_range(noisy['limit'])} %)"
+        )
     low = []
     for T in LOW_TS:
         if T not in diff:
@@ -201,9 +240,17 @@ def describe(noisy: Dict[str, Any], qcfs: Dict[str, Any], diff: Dict[Any, Any], 
         ahead = sum(v > m for v in d["per_seed"])
         behind = sum(v < -m for v in d["per_seed"])
         n_seeds = len(d["per_seed"])
-        word = ("ahead" if ahead == n_seeds else "behind" if behind == n_seeds else "level" if not ahead + behind
-                else "ahead in some seeds, behind in others" if ahead and behind
-                else f"{'ahead' if ahead else 'behind'} in some seeds, level in others")
+        word = (
+            "ahead"
+            if ahead == n_seeds
+            else "behind"
+            if behind == n_seeds
+            else "level"
+            if not ahead + behind
+            else "ahead in some seeds, behind in others"
+            if ahead and behind
+            else f"{'ahead' if ahead else 'behind'} in some seeds, level in others"
+        )
         low.append(f"{word} at T = {T} ({_range(d, sign=True)} points)")
     tail = "; against QCFS with the same seed, the noise-trained SNN is " + ", ".join(low) if low else ""
     return head + tail + "."
@@ -225,17 +272,19 @@ def _demo_table(results: List[Dict[str, Any]], Ts: Sequence[int], energy_T: int)
         energy = sum(run["stats"][str(energy_T)]["energy_ratio"] for run in r["runs"]) / len(r["runs"])
         rows.append([r["name"]] + [_pct(c["mean"]) for c in cols] + [f"{rate:.3f}", f"{energy:.2f}x ANN"])
         if len(r["runs"]) > 1:
-            rows.append(["  min..max over seeds"] + [f"{100 * c['min']:.1f}..{100 * c['max']:.1f}" for c in cols]
-                        + ["", ""])
+            rows.append(
+                ["  min..max over seeds"] + [f"{100 * c['min']:.1f}..{100 * c['max']:.1f}" for c in cols] + ["", ""]
+            )
     widths = [max(len(str(row[i])) for row in [head] + rows) for i in range(len(head))]
-    fmt = lambda row: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
-                                for i, (c, w) in enumerate(zip(row, widths)))
+
+    def fmt(row):
+        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
     lines = [fmt(head), "-" * len(fmt(head))] + [fmt(row).rstrip() for row in rows]
     return "\n".join(lines)
 
 
-def _demo_plot(results, diff, path: str, Ts: Sequence[int], p: int, title: str,
-               seeds: Sequence[int]) -> Optional[str]:
+def _demo_plot(results, diff, path: str, Ts: Sequence[int], p: int, title: str, seeds: Sequence[int]) -> Optional[str]:
     """Left: SNN accuracy at every t (mean over seeds, band = min..max), the ANN and the clipped
     network as points (mean, bar = min..max) right of the curves, the two variants side by side.
     Right: noise minus QCFS, same seed, at each T of the table (mean, bar = min..max). One
@@ -255,15 +304,28 @@ def _demo_plot(results, diff, path: str, Ts: Sequence[int], p: int, title: str,
         t = list(range(1, curves.shape[1] + 1))
         ax.plot(t, curves.mean(0).tolist(), style, color=color, linewidth=1.8, label=f"{r['name']}: SNN (mean)")
         if curves.shape[0] > 1:
-            ax.fill_between(t, curves.min(0).values.tolist(), curves.max(0).values.tolist(), color=color,
-                            alpha=0.18, linewidth=0, label=f"{r['name']}: SNN, min..max over seeds")
+            ax.fill_between(
+                t,
+                curves.min(0).values.tolist(),
+                curves.max(0).values.tolist(),
+                color=color,
+                alpha=0.18,
+                linewidth=0,
+                label=f"{r['name']}: SNN, min..max over seeds",
+            )
         shift = 0.9 if k == 0 else 1.1  # side by side, so equal values do not hide each other
         for x, key, marker, what in ((x_ann, "ann", "D", "ANN"), (x_lim, "limit", "s", "clipped network (limit)")):
             s = r["summary"][key]
-            ax.errorbar([x * shift], [100 * s["mean"]],
-                        yerr=[[100 * (s["mean"] - s["min"])], [100 * (s["max"] - s["mean"])]],
-                        fmt=marker, color=color, markerfacecolor=color if k == 0 else "white", capsize=3,
-                        label=f"{r['name']}: {what}")
+            ax.errorbar(
+                [x * shift],
+                [100 * s["mean"]],
+                yerr=[[100 * (s["mean"] - s["min"])], [100 * (s["max"] - s["mean"])]],
+                fmt=marker,
+                color=color,
+                markerfacecolor=color if k == 0 else "white",
+                capsize=3,
+                label=f"{r['name']}: {what}",
+            )
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(Ts) + [x_ann, x_lim], [str(T) for T in Ts] + ["ANN", "limit"])
     ax.set_xlim(0.8, x_lim * 1.5)
@@ -276,8 +338,14 @@ def _demo_plot(results, diff, path: str, Ts: Sequence[int], p: int, title: str,
     xs = list(Ts) + [x_lim]
     d = [diff[T] for T in Ts] + [diff["limit"]]
     mean = [100 * v["mean"] for v in d]
-    ax2.errorbar(xs, mean, yerr=[[100 * (v["mean"] - v["min"]) for v in d], [100 * (v["max"] - v["mean"]) for v in d]],
-                 fmt="o", color="black", capsize=3)
+    ax2.errorbar(
+        xs,
+        mean,
+        yerr=[[100 * (v["mean"] - v["min"]) for v in d], [100 * (v["max"] - v["mean"]) for v in d]],
+        fmt="o",
+        color="black",
+        capsize=3,
+    )
     ax2.axhline(0.0, color="gray", linestyle=":", linewidth=1)
     ax2.set_xscale("log", base=2)
     ax2.set_xticks(xs, [str(T) for T in Ts] + ["limit"])
@@ -330,10 +398,12 @@ def _demo(args, data: Dict[str, Any], t0: float, show: bool) -> int:
     if args.test_limit:
         test = first_images(test, args.test_limit)
     seeds = list(range(args.seed, args.seed + args.seeds))
-    print(f"na-kernels demo: {data['title']}, {len(train)} train / {len(test)} held-out test images; "
-          f"{data['network']}, p = {args.p} activation levels, {args.epochs} epoch(s), "
-          f"seed(s) {', '.join(map(str, seeds))}, {args.threads} thread(s){' (quick)' if args.quick else ''}",
-          flush=True)
+    print(
+        f"na-kernels demo: {data['title']}, {len(train)} train / {len(test)} held-out test images; "
+        f"{data['network']}, p = {args.p} activation levels, {args.epochs} epoch(s), "
+        f"seed(s) {', '.join(map(str, seeds))}, {args.threads} thread(s){' (quick)' if args.quick else ''}",
+        flush=True,
+    )
     results = [{"name": name, "noise": noise, "runs": []} for name, noise in DEMO_VARIANTS]
     for seed in seeds:
         for r in results:
@@ -346,16 +416,33 @@ def _demo(args, data: Dict[str, Any], t0: float, show: bool) -> int:
             t2 = time.time()
             network = to_snn(model, max(Ts))
             snn = _snn_eval(network, test, Ts, energy_T, args.eval_batch_size, show, f"seed {seed} SNN {r['name']}")
-            early_exit = (_early_exit_eval(network, test, max(Ts), args.eval_batch_size, args.exit_confidence)
-                          if seed == seeds[0] else [])  # the trade-off of the first seed's SNN
+            early_exit = (
+                _early_exit_eval(network, test, max(Ts), args.eval_batch_size, args.exit_confidence)
+                if seed == seeds[0]
+                else []
+            )  # the trade-off of the first seed's SNN
             lams = [float(m.lam.detach()) for m in model.modules() if hasattr(m, "raw_lam")]
-            r["runs"].append({"seed": seed, "ann": ann_acc, "limit": limit_acc, "acc": snn["acc"],
-                              "curve": snn["curve"], "stats": snn["stats"], "early_exit": early_exit,
-                              "lambda": lams, "history": trained["history"], "train_s": t_train,
-                              "snn_eval_s": time.time() - t2})
-            print(f"  seed {seed} {r['name']}: ANN {_pct(ann_acc).strip()}, limit {_pct(limit_acc).strip()}, "
-                  f"SNN T=1 {_pct(snn['acc'][1]).strip()}, T={max(Ts)} {_pct(snn['acc'][max(Ts)]).strip()} "
-                  f"({t_train:.0f} s train, {time.time() - t2:.0f} s SNN)", flush=True)
+            r["runs"].append(
+                {
+                    "seed": seed,
+                    "ann": ann_acc,
+                    "limit": limit_acc,
+                    "acc": snn["acc"],
+                    "curve": snn["curve"],
+                    "stats": snn["stats"],
+                    "early_exit": early_exit,
+                    "lambda": lams,
+                    "history": trained["history"],
+                    "train_s": t_train,
+                    "snn_eval_s": time.time() - t2,
+                }
+            )
+            print(
+                f"  seed {seed} {r['name']}: ANN {_pct(ann_acc).strip()}, limit {_pct(limit_acc).strip()}, "
+                f"SNN T=1 {_pct(snn['acc'][1]).strip()}, T={max(Ts)} {_pct(snn['acc'][max(Ts)]).strip()} "
+                f"({t_train:.0f} s train, {time.time() - t2:.0f} s SNN)",
+                flush=True,
+            )
     for r in results:
         r["summary"] = summarize(r["runs"], Ts)
     noisy, qcfs = results
@@ -363,22 +450,33 @@ def _demo(args, data: Dict[str, Any], t0: float, show: bool) -> int:
     finding = describe(noisy["summary"], qcfs["summary"], diff, Ts)
     table = _demo_table(results, Ts, energy_T)
     print()
-    print("Test accuracy (%) of the ANN, of its clipped network (limit: every activation clamp(x, 0, λ), "
-          "the SNN's T -> infinity limit) and of the converted SNN after T time steps"
-          + (f"; mean over seeds {seeds[0]}..{seeds[-1]}, then min..max" if len(seeds) > 1 else "") + ";")
-    print(f"rate = spikes per neuron per step (T={max(Ts)}); energy = estimated SNN/ANN energy per image at "
-          f"T={energy_T} (0.9 pJ/AC, 4.6 pJ/MAC)")
+    print(
+        "Test accuracy (%) of the ANN, of its clipped network (limit: every activation clamp(x, 0, λ), "
+        "the SNN's T -> infinity limit) and of the converted SNN after T time steps"
+        + (f"; mean over seeds {seeds[0]}..{seeds[-1]}, then min..max" if len(seeds) > 1 else "")
+        + ";"
+    )
+    print(
+        f"rate = spikes per neuron per step (T={max(Ts)}); energy = estimated SNN/ANN energy per image at "
+        f"T={energy_T} (0.9 pJ/AC, 4.6 pJ/MAC)"
+    )
     print(table)
-    print("noise minus QCFS, same seed (points): " + ", ".join(
-        f"{'T=' + str(T) if T != 'limit' else 'limit'} {_range(diff[T], sign=True)}" for T in list(Ts) + ["limit"]))
+    print(
+        "noise minus QCFS, same seed (points): "
+        + ", ".join(
+            f"{'T=' + str(T) if T != 'limit' else 'limit'} {_range(diff[T], sign=True)}" for T in list(Ts) + ["limit"]
+        )
+    )
     print(f"(one test image = {100 / len(test):.2f} points)")
     print()
     print(finding)
     if args.exit_confidence:
         print()
-        print(f"Per-sample early exit (seed {seeds[0]}, T_max = {max(Ts)}): each image stops at the first step "
-              "where the top softmax probability of its mean logits reaches the threshold; the fixed-T columns "
-              "are the same SNN run for a fixed number of steps")
+        print(
+            f"Per-sample early exit (seed {seeds[0]}, T_max = {max(Ts)}): each image stops at the first step "
+            "where the top softmax probability of its mean logits reaches the threshold; the fixed-T columns "
+            "are the same SNN run for a fixed number of steps"
+        )
         for r in results:
             print(f"{r['name']}:")
             print(format_tradeoff(r["runs"][0]["early_exit"], r["runs"][0]["curve"]))
@@ -388,21 +486,44 @@ def _demo(args, data: Dict[str, Any], t0: float, show: bool) -> int:
         return {str(k): v for k, v in d.items()}
 
     report = {
-        "command": "na-kernels demo", "version": __version__, "seeds": seeds, "quick": bool(args.quick),
+        "command": "na-kernels demo",
+        "version": __version__,
+        "seeds": seeds,
+        "quick": bool(args.quick),
         "dataset": {"name": data["title"], "train": len(train), "test": len(test), "licence": data["licence"]},
-        "model": data["arch"], "p": args.p, "lam_init": args.lam, "epochs": args.epochs,
-        "batch_size": args.batch_size, "lr": args.lr, "momentum": 0.9, "weight_decay": 5e-4, "T": list(Ts),
-        "energy_T": energy_T, "exit_confidence": list(args.exit_confidence),
-        "results": [{"name": r["name"], "noise": r["noise"],
-                     "summary": {**{k: v for k, v in r["summary"].items() if k != "snn"},
-                                 "snn": key(r["summary"]["snn"])},
-                     "runs": [{**run, "acc": key(run["acc"])} for run in r["runs"]]} for r in results],
-        "noise_minus_qcfs": key(diff), "finding": finding, "table": table,
+        "model": data["arch"],
+        "p": args.p,
+        "lam_init": args.lam,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "T": list(Ts),
+        "energy_T": energy_T,
+        "exit_confidence": list(args.exit_confidence),
+        "results": [
+            {
+                "name": r["name"],
+                "noise": r["noise"],
+                "summary": {**{k: v for k, v in r["summary"].items() if k != "snn"}, "snn": key(r["summary"]["snn"])},
+                "runs": [{**run, "acc": key(run["acc"])} for run in r["runs"]],
+            }
+            for r in results
+        ],
+        "noise_minus_qcfs": key(diff),
+        "finding": finding,
+        "table": table,
         "torch_threads": torch.get_num_threads(),
     }
     json_path = os.path.join(args.out, "demo_report.json")
-    png = None if args.no_plot else _demo_plot(results, diff, os.path.join(args.out, "demo_accuracy_vs_T.png"), Ts,
-                                               args.p, data["title"], seeds)
+    png = (
+        None
+        if args.no_plot
+        else _demo_plot(
+            results, diff, os.path.join(args.out, "demo_accuracy_vs_T.png"), Ts, args.p, data["title"], seeds
+        )
+    )
     report["plot"] = png
     report["elapsed_s"] = elapsed = time.time() - t0  # training, evaluation, plot
     with open(json_path, "w") as f:

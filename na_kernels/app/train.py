@@ -16,6 +16,7 @@ NoisyQuant noise seeds and dropout draw from) is re-seeded with it at the start 
 epoch. So a resumed run continues exactly as the uninterrupted one would, and every DDP
 rank draws its own noise stream.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,8 +24,8 @@ import dataclasses
 import inspect
 import json
 import math
-import re
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -35,11 +36,19 @@ import torch.distributed as dist
 from torch import nn
 
 from .._progress import progress
-from .._validation import (check_bool, check_clip_level, check_int, check_levels, check_noise, check_optional_int,
-                          check_positive, check_real)
+from .._validation import (
+    check_bool,
+    check_clip_level,
+    check_int,
+    check_levels,
+    check_noise,
+    check_optional_int,
+    check_positive,
+    check_real,
+)
+from ..nn.noisy_quant import NoisyQuant
 from .datasets import BatchLoader, ImageData, load_dataset
 from .models import build_model, check_image_size
-from ..nn.noisy_quant import NoisyQuant
 
 __all__ = [
     "TrainConfig",
@@ -118,8 +127,10 @@ class TrainConfig:
         self.weight_decay = check_real("weight_decay", self.weight_decay, minimum=0.0)
         self.warmup_epochs = check_int("warmup_epochs", self.warmup_epochs, minimum=0)
         if self.warmup_epochs >= self.epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs}): "
-                             "the learning rate would never reach its peak")
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs}): "
+                "the learning rate would never reach its peak"
+            )
         self.seed = check_run_seed(self.seed)
         for flag in ("augment", "amp", "progress", "overwrite"):
             check_bool(flag, getattr(self, flag))
@@ -149,8 +160,11 @@ def make_optimizer(model: nn.Module, lr: float, momentum: float = 0.9, weight_de
     """SGD with ``weight_decay`` on the weights and none on biases, BatchNorm affines and λ."""
     decay = [p for n, p in model.named_parameters() if p.requires_grad and not _is_no_decay(n, p)]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and _is_no_decay(n, p)]
-    return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
-                            {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=momentum)
+    return torch.optim.SGD(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        momentum=momentum,
+    )
 
 
 def make_scheduler(optimizer, total_steps: int, warmup_steps: int = 0):
@@ -177,8 +191,7 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 
 def dist_info() -> Tuple[int, int, int]:
     """(rank, world_size, local_rank) from the torchrun environment (0, 1, 0 without it)."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def _init_distributed(device: torch.device) -> Tuple[int, int]:
@@ -216,8 +229,11 @@ def parse_device(device: Optional[str], name: str = "device") -> Optional[str]:
 def _pick_device(device: Optional[str]) -> torch.device:
     """``device`` as given (``cuda`` without an index: this process's LOCAL_RANK GPU);
     default: the LOCAL_RANK GPU if there is one, else the CPU."""
-    dev = torch.device(parse_device(device)) if device is not None else (
-        torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    dev = (
+        torch.device(parse_device(device))
+        if device is not None
+        else (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+    )
     if dev.type == "cuda":
         if dev.index is None:
             dev = torch.device("cuda", dist_info()[2])
@@ -243,8 +259,17 @@ def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------
 
 
-def train_epoch(model: nn.Module, loader: BatchLoader, optimizer, scheduler=None, *, amp: bool = True,
-                desc: str = "train", show_progress: bool = True, max_steps: Optional[int] = None) -> Dict[str, float]:
+def train_epoch(
+    model: nn.Module,
+    loader: BatchLoader,
+    optimizer,
+    scheduler=None,
+    *,
+    amp: bool = True,
+    desc: str = "train",
+    show_progress: bool = True,
+    max_steps: Optional[int] = None,
+) -> Dict[str, float]:
     """One pass over ``loader``; returns mean loss and accuracy (summed over DDP ranks)."""
     model.train()
     device = loader.device
@@ -261,9 +286,13 @@ def train_epoch(model: nn.Module, loader: BatchLoader, optimizer, scheduler=None
         if scheduler is not None:
             scheduler.step()
         with torch.no_grad():
-            stats += torch.stack([loss.detach().double() * y.numel(),
-                                  (logits.argmax(1) == y).sum().double(),
-                                  torch.tensor(float(y.numel()), dtype=torch.float64, device=device)])
+            stats += torch.stack(
+                [
+                    loss.detach().double() * y.numel(),
+                    (logits.argmax(1) == y).sum().double(),
+                    torch.tensor(float(y.numel()), dtype=torch.float64, device=device),
+                ]
+            )
         if show_progress and (i % 20 == 0 or i == steps - 1):  # .item() syncs the GPU: not every step
             s = stats.tolist()
             bar.set_postfix_str(f"loss {s[0] / s[2]:.3f} acc {100 * s[1] / s[2]:.1f}%")
@@ -280,8 +309,9 @@ def _take(it: Iterable, n: int) -> Iterator:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader, *, amp: bool = True, desc: str = "eval",
-             show_progress: bool = True) -> float:
+def evaluate(
+    model: nn.Module, loader: BatchLoader, *, amp: bool = True, desc: str = "eval", show_progress: bool = True
+) -> float:
     """Top-1 accuracy of ``model`` in eval mode (no noise), summed over DDP ranks."""
     was_training = model.training
     model.eval()
@@ -289,16 +319,18 @@ def evaluate(model: nn.Module, loader: BatchLoader, *, amp: bool = True, desc: s
     for x, y in progress(loader, desc=desc, enabled=show_progress):
         with _autocast(loader.device, amp):
             logits = model(x)
-        correct += torch.tensor([(logits.argmax(1) == y).sum().item(), y.numel()], dtype=torch.float64,
-                                device=loader.device)
+        correct += torch.tensor(
+            [(logits.argmax(1) == y).sum().item(), y.numel()], dtype=torch.float64, device=loader.device
+        )
     correct = _all_reduce_sum(correct)
     model.train(was_training)
     return correct[0].item() / max(correct[1].item(), 1.0)
 
 
 @torch.no_grad()
-def evaluate_snn(snn: nn.Module, loader: BatchLoader, *, T: Optional[int] = None, desc: str = "snn",
-                 show_progress: bool = True) -> List[float]:
+def evaluate_snn(
+    snn: nn.Module, loader: BatchLoader, *, T: Optional[int] = None, desc: str = "snn", show_progress: bool = True
+) -> List[float]:
     """Accuracy at every time step: ``acc[t-1]`` is the accuracy of the mean output over
     steps 1..t (summed over DDP ranks). ``snn(x)`` (``snn(x, T=T)`` when T is given) must
     return ``[T, B, K]`` per-step running-mean outputs."""
@@ -312,8 +344,9 @@ def evaluate_snn(snn: nn.Module, loader: BatchLoader, *, T: Optional[int] = None
         hits = (out.argmax(-1) == y.unsqueeze(0)).sum(1).double()  # [T]
         correct = hits if correct is None else correct + hits
         total += y.numel()
-    stats = _all_reduce_sum(torch.cat([correct, torch.tensor([float(total)], dtype=torch.float64,
-                                                             device=correct.device)]))
+    stats = _all_reduce_sum(
+        torch.cat([correct, torch.tensor([float(total)], dtype=torch.float64, device=correct.device)])
+    )
     return (stats[:-1] / stats[-1]).tolist()
 
 
@@ -345,8 +378,17 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def save_checkpoint(path: str, model: nn.Module, optimizer=None, scheduler=None, *, epoch: int,
-                    config: Dict[str, Any], meta: Dict[str, Any], history: Sequence[Dict[str, Any]] = ()) -> None:
+def save_checkpoint(
+    path: str,
+    model: nn.Module,
+    optimizer=None,
+    scheduler=None,
+    *,
+    epoch: int,
+    config: Dict[str, Any],
+    meta: Dict[str, Any],
+    history: Sequence[Dict[str, Any]] = (),
+) -> None:
     """Atomically write ``{model, optimizer, scheduler, epoch, config, meta, history}``."""
     state = {
         "format": "na_kernels-checkpoint-1",
@@ -370,8 +412,12 @@ class CheckpointError(RuntimeError):
 
 _WRITTEN_BY = "a last.pt or best.pt written by `na-kernels train`"
 # what network_from_checkpoint and --resume read: key -> (type, the keys it must hold)
-_CHECKPOINT_KEYS = {"model": (dict, ()), "epoch": (int, ()), "config": (dict, ("arch", "p", "noise", "lam", "dataset")),
-                    "meta": (dict, ("num_classes", "in_channels"))}
+_CHECKPOINT_KEYS = {
+    "model": (dict, ()),
+    "epoch": (int, ()),
+    "config": (dict, ("arch", "p", "noise", "lam", "dataset")),
+    "meta": (dict, ("num_classes", "in_channels")),
+}
 
 
 def _first_line(error: BaseException) -> str:
@@ -390,24 +436,31 @@ def load_checkpoint(path: str, map_location="cpu") -> Dict[str, Any]:
     CheckpointError (one line) if it is missing, unreadable, not a na_kernels checkpoint, or lacks
     what a network is rebuilt from (``model``, ``epoch``, ``config``, ``meta``)."""
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}" + (" (a folder; pass the last.pt or best.pt in it)"
-                                                                 if os.path.isdir(path) else ""))
+        raise CheckpointError(
+            f"checkpoint not found: {path}"
+            + (" (a folder; pass the last.pt or best.pt in it)" if os.path.isdir(path) else "")
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path} is not a readable na_kernels checkpoint ({_first_line(e)}); "
-                              f"pass {_WRITTEN_BY}") from None
+        raise CheckpointError(
+            f"{path} is not a readable na_kernels checkpoint ({_first_line(e)}); pass {_WRITTEN_BY}"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != "na_kernels-checkpoint-1":
         raise CheckpointError(f"{path} is not a na_kernels checkpoint; pass {_WRITTEN_BY}")
     for key, (kind, inner) in _CHECKPOINT_KEYS.items():
         if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
             what = "has no" if key not in state else f"has a {type(state[key]).__name__} as its"
-            raise CheckpointError(f"{path} {what} '{key}' ({kind.__name__} expected): the file is damaged or "
-                                  f"from another program; pass {_WRITTEN_BY}")
+            raise CheckpointError(
+                f"{path} {what} '{key}' ({kind.__name__} expected): the file is damaged or "
+                f"from another program; pass {_WRITTEN_BY}"
+            )
         missing = [k for k in inner if k not in state[key]]
         if missing:
-            raise CheckpointError(f"{path}: its '{key}' lacks {', '.join(map(repr, missing))}: the file is damaged "
-                                  f"or from another program; pass {_WRITTEN_BY}")
+            raise CheckpointError(
+                f"{path}: its '{key}' lacks {', '.join(map(repr, missing))}: the file is damaged "
+                f"or from another program; pass {_WRITTEN_BY}"
+            )
     state["path"] = path
     return state
 
@@ -418,11 +471,15 @@ def check_weights(weights: Dict[str, Any], where: str) -> None:
     naming the first that is not."""
     for key, value in weights.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{where}: the weights' entry {key!r:.80} is a {type(value).__name__}, not a "
-                                  "tensor; the checkpoint is damaged or from another program")
+            raise CheckpointError(
+                f"{where}: the weights' entry {key!r:.80} is a {type(value).__name__}, not a "
+                "tensor; the checkpoint is damaged or from another program"
+            )
         if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
-            raise CheckpointError(f"{where}: tensor {key!r:.80} holds NaN or infinite values; the checkpoint is "
-                                  "damaged or its training diverged")
+            raise CheckpointError(
+                f"{where}: tensor {key!r:.80} holds NaN or infinite values; the checkpoint is "
+                "damaged or its training diverged"
+            )
 
 
 def _load_weights(model: nn.Module, weights: Dict[str, Any], where: str, arch: str) -> None:
@@ -431,15 +488,26 @@ def _load_weights(model: nn.Module, weights: Dict[str, Any], where: str, arch: s
     own = model.state_dict()
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
-    shapes = [k for k in own if k in weights and isinstance(weights[k], torch.Tensor)
-              and weights[k].shape != own[k].shape]
+    shapes = [
+        k for k in own if k in weights and isinstance(weights[k], torch.Tensor) and weights[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
-        parts = ([f"missing {len(missing)} (e.g. {missing[0]})"] if missing else []) + \
-                ([f"unexpected {len(unexpected)} (e.g. {unexpected[0]})"] if unexpected else []) + \
-                ([f"{len(shapes)} of another shape (e.g. {shapes[0]}: {tuple(weights[shapes[0]].shape)} "
-                  f"vs {tuple(own[shapes[0]].shape)})"] if shapes else [])
-        raise CheckpointError(f"{where}: the weights do not fit arch {arch!r}: {'; '.join(parts)}; "
-                              f"the checkpoint is damaged or its config does not match its weights")
+        parts = (
+            ([f"missing {len(missing)} (e.g. {missing[0]})"] if missing else [])
+            + ([f"unexpected {len(unexpected)} (e.g. {unexpected[0]})"] if unexpected else [])
+            + (
+                [
+                    f"{len(shapes)} of another shape (e.g. {shapes[0]}: {tuple(weights[shapes[0]].shape)} "
+                    f"vs {tuple(own[shapes[0]].shape)})"
+                ]
+                if shapes
+                else []
+            )
+        )
+        raise CheckpointError(
+            f"{where}: the weights do not fit arch {arch!r}: {'; '.join(parts)}; "
+            f"the checkpoint is damaged or its config does not match its weights"
+        )
     check_weights(weights, where)  # after the shapes: a huge declared view is refused before it is read
     try:
         model.load_state_dict(weights)
@@ -453,11 +521,11 @@ def network_from_checkpoint(state: Dict[str, Any]) -> nn.Module:
     cfg, meta = state["config"], state["meta"]
     where = state.get("path", "checkpoint")
     try:
-        model = build_network(cfg["arch"], meta["num_classes"], meta["in_channels"], cfg["p"], cfg["noise"],
-                              cfg["lam"])
+        model = build_network(cfg["arch"], meta["num_classes"], meta["in_channels"], cfg["p"], cfg["noise"], cfg["lam"])
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{where}: cannot rebuild its network ({e}); it was written by another "
-                              "version of na_kernels or is damaged") from None
+        raise CheckpointError(
+            f"{where}: cannot rebuild its network ({e}); it was written by another version of na_kernels or is damaged"
+        ) from None
     _load_weights(model, state["model"], where, cfg["arch"])
     return model.eval()
 
@@ -472,24 +540,33 @@ def _resume(cfg: TrainConfig, model: nn.Module, optimizer, scheduler, device) ->
     state = load_checkpoint(cfg.resume, map_location=device)
     for key in ("arch", "p", "noise", "dataset"):
         if state["config"].get(key) != getattr(cfg, key):
-            raise CheckpointError(f"--resume {cfg.resume}: checkpoint has {key}={state['config'].get(key)!r}, "
-                                  f"this run has {getattr(cfg, key)!r}")
+            raise CheckpointError(
+                f"--resume {cfg.resume}: checkpoint has {key}={state['config'].get(key)!r}, "
+                f"this run has {getattr(cfg, key)!r}"
+            )
     for key in ("optimizer", "scheduler"):
         if not isinstance(state.get(key), dict):
-            raise CheckpointError(f"--resume {cfg.resume}: the checkpoint holds no {key} state, so the run cannot "
-                                  "continue exactly; start a new run from it with another --out instead")
+            raise CheckpointError(
+                f"--resume {cfg.resume}: the checkpoint holds no {key} state, so the run cannot "
+                "continue exactly; start a new run from it with another --out instead"
+            )
     _load_weights(model, state["model"], f"--resume {cfg.resume}", cfg.arch)
     try:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
     except (KeyError, RuntimeError, TypeError, ValueError) as e:
-        raise CheckpointError(f"--resume {cfg.resume}: its optimizer / schedule state does not fit this run "
-                              f"({_first_line(e)})") from None
+        raise CheckpointError(
+            f"--resume {cfg.resume}: its optimizer / schedule state does not fit this run ({_first_line(e)})"
+        ) from None
     return int(state["epoch"]), list(state.get("history") or [])
 
 
-def fit(cfg: TrainConfig, train_data: Optional[ImageData] = None, test_data: Optional[ImageData] = None,
-        log: Callable[[str], None] = print) -> Dict[str, Any]:
+def fit(
+    cfg: TrainConfig,
+    train_data: Optional[ImageData] = None,
+    test_data: Optional[ImageData] = None,
+    log: Callable[[str], None] = print,
+) -> Dict[str, Any]:
     """Train ``cfg.arch`` on ``cfg.dataset`` with the recipe in ``cfg``; returns a summary.
 
     Writes, after every epoch (rank 0), into ``cfg.out``: ``last.pt``; ``best.pt`` when the
@@ -521,14 +598,25 @@ def fit(cfg: TrainConfig, train_data: Optional[ImageData] = None, test_data: Opt
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
     model = build_network(cfg.arch, train_data.num_classes, train_data.in_channels, cfg.p, cfg.noise, cfg.lam)
     model.to(device)
-    train_loader = BatchLoader(train_data, cfg.batch_size, shuffle=True, augment=cfg.augment, drop_last=True,
-                               device=device, seed=cfg.seed, rank=rank, world_size=world)
+    train_loader = BatchLoader(
+        train_data,
+        cfg.batch_size,
+        shuffle=True,
+        augment=cfg.augment,
+        drop_last=True,
+        device=device,
+        seed=cfg.seed,
+        rank=rank,
+        world_size=world,
+    )
     test_loader = BatchLoader(test_data, max(cfg.batch_size, 256), device=device, rank=rank, world_size=world)
     steps = len(train_loader) if cfg.max_steps_per_epoch is None else min(len(train_loader), cfg.max_steps_per_epoch)
     if steps == 0:
-        raise ConfigError(f"batch size {cfg.batch_size} x {world} process(es) is larger than the "
-                          f"{len(train_data)} training images of {cfg.dataset}: one epoch would take no step; "
-                          f"use a batch size of at most {len(train_data) // world}")
+        raise ConfigError(
+            f"batch size {cfg.batch_size} x {world} process(es) is larger than the "
+            f"{len(train_data)} training images of {cfg.dataset}: one epoch would take no step; "
+            f"use a batch size of at most {len(train_data) // world}"
+        )
     optimizer = make_optimizer(model, cfg.lr, cfg.momentum, cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg.epochs * steps, cfg.warmup_epochs * steps)
 
@@ -542,8 +630,12 @@ def fit(cfg: TrainConfig, train_data: Optional[ImageData] = None, test_data: Opt
         # conv weights with one input channel get grads in another stride layout: harmless
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    meta = {"num_classes": train_data.num_classes, "in_channels": train_data.in_channels,
-            "image_size": train_data.image_size, "world_size": world}
+    meta = {
+        "num_classes": train_data.num_classes,
+        "in_channels": train_data.in_channels,
+        "image_size": train_data.image_size,
+        "world_size": world,
+    }
     ckpt = os.path.join(cfg.out, "last.pt")
     best_ckpt = os.path.join(cfg.out, "best.pt")
     best = _best_epoch(history)
@@ -551,36 +643,69 @@ def fit(cfg: TrainConfig, train_data: Optional[ImageData] = None, test_data: Opt
     for epoch in range(start_epoch, cfg.epochs):
         train_loader.set_epoch(epoch)
         torch.manual_seed(epoch_seed(cfg.seed, epoch, rank))  # this rank's own noise stream
-        tr = train_epoch(net, train_loader, optimizer, scheduler, amp=cfg.amp, max_steps=steps,
-                         desc=f"epoch {epoch + 1}/{cfg.epochs}", show_progress=cfg.progress and is_main)
+        tr = train_epoch(
+            net,
+            train_loader,
+            optimizer,
+            scheduler,
+            amp=cfg.amp,
+            max_steps=steps,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            show_progress=cfg.progress and is_main,
+        )
         acc = evaluate(net, test_loader, amp=cfg.amp, desc="test", show_progress=False)
-        history.append({"epoch": epoch + 1, "train_loss": tr["loss"], "train_acc": tr["acc"], "test_acc": acc,
-                        "lr": optimizer.param_groups[0]["lr"], "time_s": time.time() - t0})
-        say(f"epoch {epoch + 1}/{cfg.epochs}: loss {tr['loss']:.4f} train {100 * tr['acc']:.2f}% "
-            f"test {100 * acc:.2f}%")
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": tr["loss"],
+                "train_acc": tr["acc"],
+                "test_acc": acc,
+                "lr": optimizer.param_groups[0]["lr"],
+                "time_s": time.time() - t0,
+            }
+        )
+        say(f"epoch {epoch + 1}/{cfg.epochs}: loss {tr['loss']:.4f} train {100 * tr['acc']:.2f}% test {100 * acc:.2f}%")
         if is_main:
-            save_checkpoint(ckpt, model, optimizer, scheduler, epoch=epoch + 1, config=cfg.to_dict(), meta=meta,
-                            history=history)
+            save_checkpoint(
+                ckpt, model, optimizer, scheduler, epoch=epoch + 1, config=cfg.to_dict(), meta=meta, history=history
+            )
             if best is None or acc > best["test_acc"]:
                 best = history[-1]
-                save_checkpoint(best_ckpt, model, optimizer, scheduler, epoch=epoch + 1, config=cfg.to_dict(),
-                                meta=meta, history=history)
+                save_checkpoint(
+                    best_ckpt,
+                    model,
+                    optimizer,
+                    scheduler,
+                    epoch=epoch + 1,
+                    config=cfg.to_dict(),
+                    meta=meta,
+                    history=history,
+                )
             _write_metrics(os.path.join(cfg.out, "metrics.json"), cfg, history, best_ckpt)
         if cfg.stop_after is not None and epoch + 1 >= cfg.stop_after:
             say(f"stopping after epoch {epoch + 1} (--stop-after); continue with --resume {ckpt}")
             break
-    return {"model": model, "history": history, "checkpoint": ckpt, "rank": rank, "world_size": world,
-            "test_acc": history[-1]["test_acc"] if history else None,
-            "best": None if best is None else {"epoch": best["epoch"], "test_acc": best["test_acc"],
-                                               "checkpoint": best_ckpt}}
+    return {
+        "model": model,
+        "history": history,
+        "checkpoint": ckpt,
+        "rank": rank,
+        "world_size": world,
+        "test_acc": history[-1]["test_acc"] if history else None,
+        "best": None
+        if best is None
+        else {"epoch": best["epoch"], "test_acc": best["test_acc"], "checkpoint": best_ckpt},
+    }
 
 
 def _refuse_existing_run(out: str) -> None:
     for name in ("last.pt", "best.pt"):
         path = os.path.join(out, name)
         if os.path.exists(path):
-            raise ConfigError(f"{out} already holds a run ({path}): continue it with --resume (TrainConfig.resume), "
-                              "replace it with --overwrite (TrainConfig.overwrite=True), or choose another --out")
+            raise ConfigError(
+                f"{out} already holds a run ({path}): continue it with --resume (TrainConfig.resume), "
+                "replace it with --overwrite (TrainConfig.overwrite=True), or choose another --out"
+            )
 
 
 def _best_epoch(history: Sequence[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
@@ -595,10 +720,14 @@ def _best_epoch(history: Sequence[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
 def _write_metrics(path: str, cfg: TrainConfig, history: Sequence[Dict[str, Any]], best_checkpoint: str) -> None:
     """Atomically write the run's metrics JSON (see :func:`fit`)."""
     best = _best_epoch(history)
-    report = {"config": cfg.to_dict(), "epochs": list(history),
-              "best": None if best is None else {"epoch": best["epoch"], "test_acc": best["test_acc"],
-                                                 "checkpoint": best_checkpoint},
-              "last": history[-1] if history else None}
+    report = {
+        "config": cfg.to_dict(),
+        "epochs": list(history),
+        "best": None
+        if best is None
+        else {"epoch": best["epoch"], "test_acc": best["test_acc"], "checkpoint": best_checkpoint},
+        "last": history[-1] if history else None,
+    }
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(report, f, indent=2)

@@ -22,6 +22,7 @@ trained resnet18). A flipped level changes every later layer's input, so ``snn.a
 boundary; otherwise they can differ by more. ``fold_bn=False`` in ``to_snn`` keeps the
 BatchNorms (as per-channel affine maps) and the unfolded arithmetic.
 """
+
 import copy
 from typing import Dict, List, Optional
 

@@ -14,6 +14,7 @@ amplitude stays λ: matched counts then give the ANN's activation ``q*λ/p``. Th
 iteration with the smallest total relative count error ``sum_c |n_c - target_c| / sum_c target_c``
 (over all layers) are kept, so calibration never makes that error worse on these batches.
 """
+
 import torch
 
 from .._validation import check_batches, check_greater, check_int, check_real, check_time_steps
@@ -133,8 +134,7 @@ def _count_errors(snn, batches, T, targets):
         snn(*inputs, T=T)
     counts = {name: layers[name].channel_spikes.to(torch.float64) for name in targets}
     per_layer = {
-        name: float((counts[name] - targets[name]).abs().sum() / targets[name].sum().clamp_min(1.0))
-        for name in targets
+        name: float((counts[name] - targets[name]).abs().sum() / targets[name].sum().clamp_min(1.0)) for name in targets
     }
     mismatch = sum((counts[n] - targets[n]).abs().sum() for n in targets)
     total = float(mismatch / sum(targets[n].sum() for n in targets).clamp_min(1.0))

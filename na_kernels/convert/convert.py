@@ -13,6 +13,7 @@
    by the IF layers from their spike counts where spikes reach it through routing only);
 7. ``wrap_network``: recompile and wrap the graph in a ``SpikingNetwork`` with its report.
 """
+
 import copy
 import itertools
 import operator
@@ -24,7 +25,6 @@ from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .._validation import check_bool, check_levels, check_positive, check_time_steps
-from .batchnorm import fold_batchnorm_graph
 from ..nn.fx_utils import (
     SYNAPTIC_TYPES,
     UNCONVERTIBLE_MODULES,
@@ -44,16 +44,29 @@ from ..nn.fx_utils import (
 )
 from ..nn.if_layer import IFLayer
 from ..nn.noisy_quant import NoisyQuant
-from ..snn.network import SpikingNetwork, TimeRepeat
 from ..nn.synapses import pool_spec
+from ..snn.network import SpikingNetwork, TimeRepeat
 from ..snn.stats import SynapseMeter
+from .batchnorm import fold_batchnorm_graph
 
 MAXPOOL_TYPES = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
 )
 MAXPOOL_FUNCTIONS = (
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
-    torch.max_pool1d, torch.max_pool2d, torch.max_pool3d,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    F.adaptive_max_pool3d,
+    torch.max_pool1d,
+    torch.max_pool2d,
+    torch.max_pool3d,
 )
 STATEFUL_TYPES = (nn.RNNBase, nn.RNNCellBase)
 
@@ -68,8 +81,15 @@ _META_ATTRS = ("shape", "ndim")
 _META_FUNCTIONS = (operator.getitem, operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv)
 
 
-def to_snn(model: nn.Module, T: int, chunk: Optional[int] = None, *, fold_bn: bool = True, allow_maxpool: bool = False,
-           allow_nonlinear_after_spikes: bool = False):
+def to_snn(
+    model: nn.Module,
+    T: int,
+    chunk: Optional[int] = None,
+    *,
+    fold_bn: bool = True,
+    allow_maxpool: bool = False,
+    allow_nonlinear_after_spikes: bool = False,
+):
     """Convert a network with NoisyQuant activations into a multi-step SNN.
 
     Each NoisyQuant call site, and each ``na_kernels.noisy_quant(x, p, lam)`` call in a forward
@@ -243,26 +263,110 @@ def _erase_with_unused_inputs(graph: fx.Graph, node: fx.Node) -> None:
 
 
 _LINEAR_MODULES = (
-    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear,
-    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, IFLayer,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.ZeroPad1d,
+    nn.ZeroPad2d,
+    nn.ZeroPad3d,
+    IFLayer,
 )
 _LINEAR_FUNCTIONS = (
-    operator.add, operator.iadd, operator.sub, operator.isub, operator.neg, operator.pos, operator.getitem,
-    torch.add, torch.sub, torch.cat, torch.concat, torch.stack, torch.flatten, torch.reshape, torch.squeeze,
-    torch.unsqueeze, torch.transpose, torch.permute, torch.chunk, torch.split, torch.sum, torch.mean,
-    torch.neg, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, torch.avg_pool1d, F.dropout, F.dropout1d,
-    F.dropout2d, F.dropout3d, getattr,
+    operator.add,
+    operator.iadd,
+    operator.sub,
+    operator.isub,
+    operator.neg,
+    operator.pos,
+    operator.getitem,
+    torch.add,
+    torch.sub,
+    torch.cat,
+    torch.concat,
+    torch.stack,
+    torch.flatten,
+    torch.reshape,
+    torch.squeeze,
+    torch.unsqueeze,
+    torch.transpose,
+    torch.permute,
+    torch.chunk,
+    torch.split,
+    torch.sum,
+    torch.mean,
+    torch.neg,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    torch.avg_pool1d,
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
+    F.dropout3d,
+    getattr,
 )
 _LINEAR_METHODS = (
-    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "contiguous", "squeeze", "unsqueeze",
-    "transpose", "permute", "expand", "expand_as", "chunk", "split", "add", "add_", "sub", "sub_", "neg", "sum",
-    "mean", "to", "float", "half", "bfloat16", "type_as", "clone", "detach", "__getitem__",
+    "view",
+    "view_as",
+    "reshape",
+    "reshape_as",
+    "flatten",
+    "unflatten",
+    "contiguous",
+    "squeeze",
+    "unsqueeze",
+    "transpose",
+    "permute",
+    "expand",
+    "expand_as",
+    "chunk",
+    "split",
+    "add",
+    "add_",
+    "sub",
+    "sub_",
+    "neg",
+    "sum",
+    "mean",
+    "to",
+    "float",
+    "half",
+    "bfloat16",
+    "type_as",
+    "clone",
+    "detach",
+    "__getitem__",
 ) + _META_METHODS
-_WEIGHTED_FUNCTIONS = (F.linear, F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
-                       F.conv_transpose3d)
+_WEIGHTED_FUNCTIONS = (
+    F.linear,
+    F.conv1d,
+    F.conv2d,
+    F.conv3d,
+    F.conv_transpose1d,
+    F.conv_transpose2d,
+    F.conv_transpose3d,
+)
 _SCALING_FUNCTIONS = (operator.mul, operator.imul, torch.mul, operator.truediv, operator.itruediv, torch.div)
 _SCALING_METHODS = ("mul", "mul_", "div", "div_")
 
@@ -360,7 +464,7 @@ def add_time_repetition(gm: fx.GraphModule, if_nodes: Dict[fx.Node, str]) -> boo
     if input_varies:
         for node in [n for n in graph.nodes if n.op == "placeholder"]:
             repeated = add_repeat(node)
-            node.replace_all_uses_with(repeated, delete_user_cb=lambda user: user is not repeated)
+            node.replace_all_uses_with(repeated, delete_user_cb=lambda user, r=repeated: user is not r)
     else:
         repeats = {}
         for node in list(graph.nodes):
@@ -425,8 +529,14 @@ def spike_routes(gm: fx.GraphModule, value, if_nodes, conv: int):
         if kind in _PASS_MODULES or (kind in _RESHAPE_MODULES and not conv):
             source = value.args[0]
         elif kind in _AVG_POOL_MODULES:
-            pool = pool_spec("avg", _AVG_POOL_MODULES[kind], kernel=module.kernel_size, stride=module.stride,
-                             padding=module.padding, ceil_mode=module.ceil_mode)
+            pool = pool_spec(
+                "avg",
+                _AVG_POOL_MODULES[kind],
+                kernel=module.kernel_size,
+                stride=module.stride,
+                padding=module.padding,
+                ceil_mode=module.ceil_mode,
+            )
             source = value.args[0]
         elif kind in _ADAPTIVE_POOL_MODULES:
             pool = pool_spec("adaptive", _ADAPTIVE_POOL_MODULES[kind], output_size=module.output_size)
@@ -459,20 +569,29 @@ def _functional_pool(node: fx.Node):
     if node.target in _ADAPTIVE_POOL_FUNCTIONS:
         names, dims = ("input", "output_size"), _ADAPTIVE_POOL_FUNCTIONS[node.target]
     else:
-        names, dims = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
-                       "divisor_override"), _AVG_POOL_FUNCTIONS[node.target]
+        names, dims = (
+            ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+            _AVG_POOL_FUNCTIONS[node.target],
+        )
     arguments = dict(zip(names, node.args))
     arguments.update(node.kwargs)
     if any(isinstance(v, fx.Node) for k, v in arguments.items() if k != "input"):
         return None
     if node.target in _ADAPTIVE_POOL_FUNCTIONS:
         return pool_spec("adaptive", dims, output_size=arguments.get("output_size"))
-    return pool_spec("avg", dims, kernel=arguments.get("kernel_size"), stride=arguments.get("stride"),
-                     padding=arguments.get("padding", 0), ceil_mode=arguments.get("ceil_mode", False))
+    return pool_spec(
+        "avg",
+        dims,
+        kernel=arguments.get("kernel_size"),
+        stride=arguments.get("stride"),
+        padding=arguments.get("padding", 0),
+        ceil_mode=arguments.get("ceil_mode", False),
+    )
 
 
-def wrap_network(gm: fx.GraphModule, T: int, chunk: Optional[int], *, if_layers: List[str], folded: List[str],
-          stem_runs_once: bool) -> SpikingNetwork:
+def wrap_network(
+    gm: fx.GraphModule, T: int, chunk: Optional[int], *, if_layers: List[str], folded: List[str], stem_runs_once: bool
+) -> SpikingNetwork:
     """Recompile the converted graph and wrap it in a ``SpikingNetwork`` with its ``conversion_report``."""
     gm.graph.lint()
     gm.recompile()

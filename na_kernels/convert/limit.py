@@ -11,6 +11,7 @@ drifts at long T towards this network's accuracy, which can be far below the ANN
     limit = clipped_network(model)      # or snn.clipped()
     logits = limit(images)              # [B, ...], evaluated like the ANN
 """
+
 from torch import nn
 
 from ..snn.clipped import ClippedActivation, ClippedNetwork, clip_graph
@@ -38,8 +39,10 @@ def clipped_network(model: nn.Module) -> ClippedNetwork:
         it cannot convert (no NoisyQuant, an unreplaced ReLU, ``lam="auto"`` never set, ...).
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module (a network with NoisyQuant activations or a "
-                        f"SpikingNetwork), got {type(model).__name__}")
+        raise TypeError(
+            f"model must be an nn.Module (a network with NoisyQuant activations or a "
+            f"SpikingNetwork), got {type(model).__name__}"
+        )
     if isinstance(model, SpikingNetwork):
         return model.clipped()
     return clip_graph(to_snn(model, 1, fold_bn=False).network)

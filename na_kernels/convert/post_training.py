@@ -13,6 +13,7 @@ with ``k = ceil((1 - q)(N - 1)) + 2`` for the N values the whole calibration set
 holds both order statistics torch.quantile's linear interpolation reads. Memory: about
 (100 - percentile) % of the layer's activations over the calibration set (0.1 % at 99.9).
 """
+
 import copy
 import math
 from typing import Optional
@@ -24,7 +25,6 @@ from tqdm.auto import tqdm
 from .._validation import check_batches, check_bool, check_int, check_parameter_values, check_real, check_time_steps
 from .calibrate import calibrate_thresholds, calibration_inputs
 from .convert import to_snn
-from ..nn.noisy_quant import NoisyQuant
 from .replace import replace_activations
 
 
@@ -112,26 +112,43 @@ def post_training_convert(
     """
     T = check_time_steps("T", T)
     if isinstance(percentile, (list, tuple)):
-        return _best_percentile(model, calibration_data, T, percentile, per_channel=per_channel, calibrate=calibrate,
-                                calibration_iterations=calibration_iterations, chunk=chunk,
-                                allow_maxpool=allow_maxpool, progress=progress)
-    percentile = check_real("percentile", percentile, strictly_positive=True, maximum=100.0,
-                            accepted="a percentile in (0, 100] or a list of them")
+        return _best_percentile(
+            model,
+            calibration_data,
+            T,
+            percentile,
+            per_channel=per_channel,
+            calibrate=calibrate,
+            calibration_iterations=calibration_iterations,
+            chunk=chunk,
+            allow_maxpool=allow_maxpool,
+            progress=progress,
+        )
+    percentile = check_real(
+        "percentile",
+        percentile,
+        strictly_positive=True,
+        maximum=100.0,
+        accepted="a percentile in (0, 100] or a list of them",
+    )
     per_channel = check_bool("per_channel", per_channel)
     calibrate = check_bool("calibrate", calibrate)
     calibration_iterations = check_int("calibration_iterations", calibration_iterations, minimum=0)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if isinstance(calibration_data, torch.Tensor):
-        raise TypeError("calibration_data must be an iterable of batches (e.g. a DataLoader or [x]), got one tensor: "
-                        "wrap it in a list")
+        raise TypeError(
+            "calibration_data must be an iterable of batches (e.g. a DataLoader or [x]), got one tensor: "
+            "wrap it in a list"
+        )
     batches = check_batches("calibration_data", [calibration_inputs(batch) for batch in calibration_data])
     if not batches:
         raise ValueError("post_training_convert needs at least one calibration batch")
     samples = sum(inputs[0].shape[0] for inputs in batches)
 
-    ann, replacement = replace_activations(copy.deepcopy(model).eval(), p=T, noise=None, lam=1.0,
-                                           per_channel=per_channel, per_call_site=True)
+    ann, replacement = replace_activations(
+        copy.deepcopy(model).eval(), p=T, noise=None, lam=1.0, per_channel=per_channel, per_call_site=True
+    )
     if not replacement.replaced:
         raise ValueError("post_training_convert found no ReLU / ReLU6 / Hardtanh(0, a) activation to convert")
     sites = {name: ann.get_submodule(name) for name, _ in replacement.replaced}
@@ -152,15 +169,18 @@ def post_training_convert(
             if not bool(torch.isfinite(streams[name].top[:, 0]).all()):  # each row's largest (topk puts NaN first)
                 raise ValueError(
                     f"calibration_data: batch {current[0]} overflows float32 at activation {name} (inf or NaN "
-                    "from finite data): scale the data to the range the model was trained on")
+                    "from finite data): scale the data to the range the model was trained on"
+                )
             return activation
+
         return hook
 
     for name, module in sites.items():
         handles.append(module.register_forward_hook(observer(name, replacement.clip_levels.get(name, math.inf))))
     try:
-        for current[0], inputs in enumerate(tqdm(batches, desc="calibration activations", disable=not progress,
-                                                  leave=False)):
+        for current[0], inputs in enumerate(
+            tqdm(batches, desc="calibration activations", disable=not progress, leave=False)
+        ):
             ann(*inputs)
     finally:
         for handle in handles:
@@ -182,8 +202,14 @@ def post_training_convert(
     calibration = None
     if calibrate:
         calibration = calibrate_thresholds(snn, batches, calibration_iterations, T=T)
-    report = dict(lam=lams, percentile=percentile, per_channel=per_channel, samples=samples,
-                  replacement=replacement, calibration=calibration)
+    report = dict(
+        lam=lams,
+        percentile=percentile,
+        per_channel=per_channel,
+        samples=samples,
+        replacement=replacement,
+        calibration=calibration,
+    )
     return snn, report
 
 
@@ -195,21 +221,29 @@ SEARCH_PERCENTILES = (99.0, 99.5, 99.9, 99.99)
 def _best_percentile(model, calibration_data, T, candidates, *, progress, **options):
     """``post_training_convert`` at each candidate percentile; the SNN closest to the ANN after
     T steps on the calibration inputs (mean squared error of the outputs), ties to the larger q."""
-    candidates = [check_real("percentile", q, strictly_positive=True, maximum=100.0,
-                             accepted="a percentile in (0, 100]") for q in candidates]
+    candidates = [
+        check_real("percentile", q, strictly_positive=True, maximum=100.0, accepted="a percentile in (0, 100]")
+        for q in candidates
+    ]
     if not candidates:
-        raise ValueError("percentile: an empty list; give one percentile or several candidates, e.g. SEARCH_PERCENTILES")
+        raise ValueError(
+            "percentile: an empty list; give one percentile or several candidates, e.g. SEARCH_PERCENTILES"
+        )
     if isinstance(calibration_data, torch.Tensor):
-        raise TypeError("calibration_data must be an iterable of batches (e.g. a DataLoader or [x]), got one tensor: "
-                        "wrap it in a list")
+        raise TypeError(
+            "calibration_data must be an iterable of batches (e.g. a DataLoader or [x]), got one tensor: "
+            "wrap it in a list"
+        )
     batches = check_batches("calibration_data", [calibration_inputs(batch) for batch in calibration_data])
     ann = copy.deepcopy(model).eval()
     targets = [ann(*inputs).to(torch.float64) for inputs in batches]
     best, errors = None, {}
     for q in tqdm(candidates, desc="percentile search", disable=not progress, leave=False):
         snn, report = post_training_convert(model, batches, T, percentile=q, progress=False, **options)
-        error = sum(float(((snn(*inputs)[-1].to(torch.float64) - target) ** 2).sum())
-                    for inputs, target in zip(batches, targets)) / sum(t.numel() for t in targets)
+        error = sum(
+            float(((snn(*inputs)[-1].to(torch.float64) - target) ** 2).sum())
+            for inputs, target in zip(batches, targets)
+        ) / sum(t.numel() for t in targets)
         errors[q] = error
         if best is None or (error, -q) <= (best[0], -best[1]):
             best = (error, q, snn, report)

@@ -11,6 +11,7 @@ with its own forward, ...) raises ``UnconvertibleActivationError`` listing every
 its qualified name, unless the caller leaves it (``skip=`` names or
 ``allow_unconvertible=True``). Nothing is ever skipped silently.
 """
+
 import copy
 import dataclasses
 import fnmatch
@@ -77,8 +78,10 @@ class ReplacementReport:
         if self.pooling:
             lines.append(f"replaced {len(self.pooling)} MaxPool2d with AvgPool2d: " + ", ".join(self.pooling))
         if self.kept:
-            lines.append(f"kept {len(self.kept)} site(s) that already are quantized activations: "
-                         + ", ".join(f"{name} ({kind})" for name, kind in self.kept))
+            lines.append(
+                f"kept {len(self.kept)} site(s) that already are quantized activations: "
+                + ", ".join(f"{name} ({kind})" for name, kind in self.kept)
+            )
         if self.left:
             lines.append(f"left {len(self.left)} site(s) unconverted:")
             lines += [f"  {name}: {kind} ({why})" for name, kind, why in self.left]
@@ -167,11 +170,15 @@ def replace_activations(
         result = _rewrite_calls(model, make, sites, per_call_site)
     else:
         sites.report.functional_checked = False
-        warnings.warn("replace_activations(trace_functional=False): F.relu / torch.relu calls were not looked for")
+        warnings.warn(
+            "replace_activations(trace_functional=False): F.relu / torch.relu calls were not looked for", stacklevel=2
+        )
     sites.raise_problems()
     for name, kind, why in sites.report.left:
         if "allowed" in why:
-            warnings.warn(f"replace_activations left {name} ({kind}) unconverted: allow_unconvertible=True")
+            warnings.warn(
+                f"replace_activations left {name} ({kind}) unconverted: allow_unconvertible=True", stacklevel=2
+            )
     return result, sites.report
 
 

@@ -4,6 +4,7 @@ The extension is built by ``pip install .`` with pybind11 and no torch headers; 
 tensors as (address, element count, dtype code). Where it is missing, ops on CPU tensors
 fall back to the PyTorch reference and warn once, saying why.
 """
+
 import contextlib
 import os
 import warnings
@@ -14,6 +15,7 @@ from .._spec import SimdLevel
 
 try:
     from .. import _C
+
     _LOAD_ERROR = None
 except ImportError as error:  # not built: no compiler at install time, or a source checkout
     _C = None

@@ -22,9 +22,11 @@ torch's own allocations. ``NA_KERNELS_CPU_CACHE_MB=N`` or ``set_cache_limit(N)``
 with up to N MiB of idle blocks, the least recently freed let go first (as soon as a block is
 freed past the limit, not at the next allocation), so the sizes in use stay cached when a
 program moves on to other shapes. ``empty_cache()`` lets them all go and ``cache_info()`` says
-what is held. The cached blocks are invisible to torch's memory tools. One difference from a torch-allocated tensor: an output's
+what is held. The cached blocks are invisible to torch's memory tools. One difference from a torch-allocated
+tensor: an output's
 storage cannot grow in place (``resize_`` to more elements raises torch's "not resizable" error).
 """
+
 import collections
 import contextlib
 import ctypes
@@ -54,14 +56,16 @@ def _limit_from_environment():
     except ValueError:
         megabytes = -1
     if megabytes < 0:
-        raise ValueError(f"NA_KERNELS_CPU_CACHE_MB must be a whole number of MiB >= 0 (0 turns the "
-                         f"output cache off), got {text!r}")
+        raise ValueError(
+            f"NA_KERNELS_CPU_CACHE_MB must be a whole number of MiB >= 0 (0 turns the output cache off), got {text!r}"
+        )
     return megabytes << 20
 
 
 class _Block:
     """``size`` bytes of private anonymous memory starting at ``offset`` in ``memory``: the start
     is 2 MiB-aligned where the block is large enough for huge pages."""
+
     __slots__ = ("memory", "offset", "size")
 
     def __init__(self, size):
@@ -109,7 +113,7 @@ class OutputCache:
             return torch.empty_strided(shape, strides, dtype=dtype)
         size = -(-nbytes // SIZE_CLASS_BYTES) * SIZE_CLASS_BYTES
         block = self._take(size)
-        view = memoryview(block.memory)[block.offset:block.offset + nbytes]
+        view = memoryview(block.memory)[block.offset : block.offset + nbytes]
         ref = weakref.ref(view, self._on_freed)
         self._live[id(ref)] = (ref, block)  # the ref must live for its callback to run
         return torch.frombuffer(view, dtype=dtype, count=extent).as_strided(shape, strides)
@@ -182,8 +186,14 @@ class OutputCache:
 
     def info(self):
         with self._locked():
-            return {"idle_bytes": self._idle_bytes, "idle_blocks": len(self._idle), "live_blocks": len(self._live),
-                    "limit_bytes": self.limit_bytes, "hits": self.hits, "misses": self.misses}
+            return {
+                "idle_bytes": self._idle_bytes,
+                "idle_blocks": len(self._idle),
+                "live_blocks": len(self._live),
+                "limit_bytes": self.limit_bytes,
+                "hits": self.hits,
+                "misses": self.misses,
+            }
 
 
 CACHE = OutputCache(_limit_from_environment())
@@ -201,8 +211,9 @@ def set_cache_limit(megabytes):
     """Turn the output cache on with up to ``megabytes`` MiB of idle blocks (a whole number >= 0;
     0 turns it off and lets the idle blocks go), as ``NA_KERNELS_CPU_CACHE_MB`` does at start-up."""
     if isinstance(megabytes, bool) or not isinstance(megabytes, int) or megabytes < 0:
-        raise ValueError(f"megabytes must be a whole number of MiB >= 0 (0 turns the output cache off), "
-                         f"got {megabytes!r}")
+        raise ValueError(
+            f"megabytes must be a whole number of MiB >= 0 (0 turns the output cache off), got {megabytes!r}"
+        )
     CACHE.set_limit(megabytes << 20)
 
 

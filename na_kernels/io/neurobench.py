@@ -38,6 +38,7 @@ classes only and fails on this one (NeuroBench reports 0.0). The folded network'
 checked against ``snn`` on ``example``; a route that cannot be folded (an overlapping pool before a
 conv) raises ``NeuroBenchError``.
 """
+
 import copy
 import math
 import operator
@@ -75,8 +76,12 @@ class NeuroBenchIF(snntorch.SpikingNeuron):
     zero reset as the IF layer). The amplitude is folded into the consuming layers."""
 
     def __init__(self, layer: IFLayer):
-        super().__init__(threshold=1.0, init_hidden=True, output=False,
-                         reset_mechanism="zero" if layer.reset == "zero" else "subtract")
+        super().__init__(
+            threshold=1.0,
+            init_hidden=True,
+            output=False,
+            reset_mechanism="zero" if layer.reset == "zero" else "subtract",
+        )
         instances = snntorch.SpikingNeuron.instances
         if instances and instances[-1] is self:
             instances.pop()  # snnTorch's global registry would keep every copy alive
@@ -135,14 +140,18 @@ def _conv_route(layer, pools, amplitude, shape, name):
         if pool[0] == "adaptive":
             out = [n if o is None else o for n, o in zip(size, pool[1])]
             if any(n % o for n, o in zip(size, out)):
-                raise NeuroBenchError(f"{name}: adaptive pooling {tuple(size)} -> {tuple(out)} has overlapping "
-                                      "windows; only non-overlapping pools fold into a conv")
+                raise NeuroBenchError(
+                    f"{name}: adaptive pooling {tuple(size)} -> {tuple(out)} has overlapping "
+                    "windows; only non-overlapping pools fold into a conv"
+                )
             kernel = [n // o for n, o in zip(size, out)]
         else:
             _, kernel, stride, padding, ceil_mode = pool
             if tuple(kernel) != tuple(stride) or any(padding) or ceil_mode:
-                raise NeuroBenchError(f"{name}: average pooling {pool[1:]} (kernel, stride, padding, ceil_mode) is "
-                                      "not non-overlapping without padding; it cannot fold into the conv")
+                raise NeuroBenchError(
+                    f"{name}: average pooling {pool[1:]} (kernel, stride, padding, ceil_mode) is "
+                    "not non-overlapping without padding; it cannot fold into the conv"
+                )
             kernel = list(kernel)
         factor = [f * k for f, k in zip(factor, kernel)]
         size = [n // k for n, k in zip(size, kernel)]
@@ -157,10 +166,16 @@ def _conv_route(layer, pools, amplitude, shape, name):
     per_group = weight.shape[0] // groups
     a_rows = a.reshape(groups, 1, -1).expand(groups, per_group, -1).reshape(weight.shape[0], -1)  # [O, C/groups]
     weight = weight * a_rows.reshape(a_rows.shape + (1,) * dims)
-    conv = type(layer)(layer.in_channels, layer.out_channels, tuple(k * f for k, f in zip(layer.kernel_size, factor)),
-                       stride=tuple(s * f for s, f in zip(layer.stride, factor)),
-                       padding=tuple(p * f for p, f in zip(layer.padding, factor)),
-                       dilation=layer.dilation, groups=groups, bias=False)
+    conv = type(layer)(
+        layer.in_channels,
+        layer.out_channels,
+        tuple(k * f for k, f in zip(layer.kernel_size, factor)),
+        stride=tuple(s * f for s, f in zip(layer.stride, factor)),
+        padding=tuple(p * f for p, f in zip(layer.padding, factor)),
+        dilation=layer.dilation,
+        groups=groups,
+        bias=False,
+    )
     conv.weight.data = weight.to(layer.weight.dtype)
     return conv
 
@@ -179,8 +194,10 @@ def _linear_route(layer, pools, amplitude, shape, name):
     """The linear equivalent to ``layer(flatten(pools(a * s)))`` on spikes s of shape ``shape``."""
     for pool in pools:
         if pool[0] == "avg" and any(s < k for k, s in zip(pool[1], pool[2])):
-            raise NeuroBenchError(f"{name}: overlapping average pooling {pool[1:]} before a linear layer counts "
-                                  "a spike once per window; NeuroBench counts each synapse once")
+            raise NeuroBenchError(
+                f"{name}: overlapping average pooling {pool[1:]} before a linear layer counts "
+                "a spike once per window; NeuroBench counts each synapse once"
+            )
     weight = layer.weight.detach().to(torch.float32)
     a = _channel_scale(amplitude, shape[0]).reshape((-1,) + (1,) * (len(shape) - 1))
     x = torch.zeros((weight.shape[0],) + tuple(shape), dtype=torch.float32, requires_grad=True)
@@ -223,8 +240,9 @@ def _fold(snn, example):
             module.record = False
     shapes = _shapes(gm, example)
     graph = gm.graph
-    if_nodes = {n: n.target for n in graph.nodes
-                if n.op == "call_module" and isinstance(gm.get_submodule(n.target), IFLayer)}
+    if_nodes = {
+        n: n.target for n in graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), IFLayer)
+    }
     amplitudes = {n: gm.get_submodule(t).amplitude for n, t in if_nodes.items()}
     varying = set()  # nodes whose value changes from step to step: the IF layers and what they reach
     for node in graph.nodes:
@@ -232,8 +250,9 @@ def _fold(snn, example):
             varying.add(node)
     folded_uses = set()
     report = {"ac_layers": [], "mac_layers": [], "mixed_layers": []}
-    for meter_node in [n for n in graph.nodes if n.op == "call_module"
-                       and isinstance(gm.get_submodule(n.target), SynapseMeter)]:
+    for meter_node in [
+        n for n in graph.nodes if n.op == "call_module" and isinstance(gm.get_submodule(n.target), SynapseMeter)
+    ]:
         meter = gm.get_submodule(meter_node.target)
         (consumer,) = list(meter_node.users)
         layer = gm.get_submodule(consumer.target)
@@ -276,8 +295,10 @@ def _fold(snn, example):
         if others:
             name = f"{target.replace('.', '_')}_amplitude"
             amplitude = amplitudes[if_node].detach()
-            gm.register_buffer(name, amplitude.reshape((-1,) + (1,) * (len(shapes[if_node]) - 1))
-                               if amplitude.dim() else amplitude.clone())
+            gm.register_buffer(
+                name,
+                amplitude.reshape((-1,) + (1,) * (len(shapes[if_node]) - 1)) if amplitude.dim() else amplitude.clone(),
+            )
             with graph.inserting_after(if_node):
                 scale = graph.get_attr(name)
             with graph.inserting_after(scale):
@@ -341,8 +362,11 @@ def neurobench_model(snn, example: torch.Tensor, *, T=None, rtol: float = 1e-4, 
     spikes, hooks = {}, []
     for module in model.net.modules():
         if isinstance(module, NeuroBenchIF):
-            hooks.append(module.register_forward_hook(
-                lambda m, _, out: spikes.__setitem__(m.name, spikes.get(m.name, 0) + int(out.sum()))))
+            hooks.append(
+                module.register_forward_hook(
+                    lambda m, _, out: spikes.__setitem__(m.name, spikes.get(m.name, 0) + int(out.sum()))
+                )
+            )
     try:
         got = model(example)
     finally:
@@ -350,13 +374,16 @@ def neurobench_model(snn, example: torch.Tensor, *, T=None, rtol: float = 1e-4, 
             hook.remove()
     if not torch.allclose(got, expected, rtol=rtol, atol=atol):
         error = (got - expected).abs().max().item()
-        raise NeuroBenchError(f"neurobench_model: the folded network's output differs from the SNN's by {error:.3g} "
-                              "on the example (a pooling or amplitude this adapter does not fold exactly)")
+        raise NeuroBenchError(
+            f"neurobench_model: the folded network's output differs from the SNN's by {error:.3g} "
+            "on the example (a pooling or amplitude this adapter does not fold exactly)"
+        )
     for name, layer in reference.if_layers.items():
         count = int(layer.spikes)
         if abs(spikes.get(name, 0) - count) > max(2, 1e-3 * count):  # a tie at θ may round either way
-            raise NeuroBenchError(f"neurobench_model: IF layer {name} fires {spikes.get(name, 0)} spikes on the "
-                                  f"example, the SNN {count}")
+            raise NeuroBenchError(
+                f"neurobench_model: IF layer {name} fires {spikes.get(name, 0)} spikes on the example, the SNN {count}"
+            )
     return model
 
 

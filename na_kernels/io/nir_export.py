@@ -45,6 +45,7 @@ Operations NIR has no node for raise ``NIRExportError`` naming the fx node: max 
 concatenation, multiplication, BatchNorm left unfolded, a function or module the exporter does
 not know.
 """
+
 from __future__ import annotations
 
 import operator
@@ -103,8 +104,11 @@ def _shapes(snn, input_shape) -> Dict[fx.Node, Tuple[int, ...]]:
             return result
 
     param = next(gm.parameters(), None)
-    x = torch.zeros((1,) + tuple(input_shape), dtype=param.dtype if param is not None else torch.float32,
-                    device=param.device if param is not None else None)
+    x = torch.zeros(
+        (1,) + tuple(input_shape),
+        dtype=param.dtype if param is not None else torch.float32,
+        device=param.device if param is not None else None,
+    )
     flags = {m: m.record for m in gm.modules() if hasattr(m, "record")}
     snn._set(mode="ann", time_steps=1)
     for module in flags:
@@ -138,15 +142,16 @@ def _dense(weight: np.ndarray, groups: int) -> np.ndarray:
     dense = np.zeros((out_channels, per_group * groups) + weight.shape[2:], dtype=weight.dtype)
     for o in range(out_channels):
         g = o // (out_channels // groups)
-        dense[o, g * per_group:(g + 1) * per_group] = weight[o]
+        dense[o, g * per_group : (g + 1) * per_group] = weight[o]
     return dense
 
 
 def _grouped(weight: torch.Tensor, groups: int) -> torch.Tensor:
     """The inverse of ``_dense``: each output channel's own group of input channels."""
     out_channels, per_group = weight.shape[0], weight.shape[1] // groups
-    return torch.stack([weight[o, (o // (out_channels // groups)) * per_group:][:per_group]
-                        for o in range(out_channels)])
+    return torch.stack(
+        [weight[o, (o // (out_channels // groups)) * per_group :][:per_group] for o in range(out_channels)]
+    )
 
 
 def _per_channel(values: torch.Tensor, shape) -> np.ndarray:
@@ -166,8 +171,16 @@ class _Exporter:
             raise ValueError(f"to_nir: pooling must be one of {POOLING}, got {pooling!r}")
         self.pooling = pooling
         self.shapes = _shapes(snn, self.input_shape)
-        self.identity_types = (TimeRepeat, SynapseMeter, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
-                               nn.Dropout3d, nn.AlphaDropout)
+        self.identity_types = (
+            TimeRepeat,
+            SynapseMeter,
+            nn.Identity,
+            nn.Dropout,
+            nn.Dropout1d,
+            nn.Dropout2d,
+            nn.Dropout3d,
+            nn.AlphaDropout,
+        )
         self.if_type = IFLayer
         self.nodes, self.edges, self.values = {}, [], {}
         self.scaled = {}  # (NIR node name, role, factor) -> the Scale node that applies the factor
@@ -178,8 +191,10 @@ class _Exporter:
 
     @staticmethod
     def _hint(node):
-        return ("NIR has Conv2d, Linear/Affine, AvgPool2d/SumPool2d, Flatten, Scale, IF and sums of edges; "
-                "change the model or export it another way")
+        return (
+            "NIR has Conv2d, Linear/Affine, AvgPool2d/SumPool2d, Flatten, Scale, IF and sums of edges; "
+            "change the model or export it another way"
+        )
 
     def add(self, name, node):
         node.metadata["index"] = len(self.nodes)  # the fx order, for from_nir (nir.read sorts nodes by name)
@@ -216,8 +231,16 @@ class _Exporter:
         per = factor.reshape(factor.shape[0], -1)
         if len(shape) == 3 and np.all(per == per[:, :1]):
             weight = np.diag(per[:, 0]).reshape(factor.shape[0], factor.shape[0], 1, 1)
-            return nir.Conv2d(input_shape=tuple(shape[1:]), weight=weight, stride=(1, 1), padding=(0, 0),
-                              dilation=(1, 1), groups=1, bias=np.zeros(factor.shape[0]), metadata=meta)
+            return nir.Conv2d(
+                input_shape=tuple(shape[1:]),
+                weight=weight,
+                stride=(1, 1),
+                padding=(0, 0),
+                dilation=(1, 1),
+                groups=1,
+                bias=np.zeros(factor.shape[0]),
+                metadata=meta,
+            )
         return nir.Scale(scale=factor.copy(), metadata=meta)
 
     def value(self, node, arg):
@@ -249,13 +272,23 @@ class _Exporter:
 
     def metadata(self):
         return {
-            "producer": "na_kernels", "format": FORMAT, "format_version": FORMAT_VERSION,
-            "na_kernels_version": __version__, "pooling": self.pooling, "T": int(self.snn.T), "chunk": int(self.snn.chunk or 0), "dt": 1.0,
-            "reset": "subtract", "v_init": float(V_INIT), "firing": ">=",
+            "producer": "na_kernels",
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "na_kernels_version": __version__,
+            "pooling": self.pooling,
+            "T": int(self.snn.T),
+            "chunk": int(self.snn.chunk or 0),
+            "dt": 1.0,
+            "reset": "subtract",
+            "v_init": float(V_INIT),
+            "firing": ">=",
             "readout": "output[t] = mean of the Output values over steps 1..t; the Input is the same at every step",
-            "note": ("IF nodes reset by subtracting v_threshold (soft reset), start at v_init * v_threshold and "
-                     "fire on v >= v_threshold; NIR's IF (nir >= 1.0.6) resets to v_reset from v = 0 and fires "
-                     "on v > v_threshold. Spike amplitudes are folded into the next weights or Scale nodes."),
+            "note": (
+                "IF nodes reset by subtracting v_threshold (soft reset), start at v_init * v_threshold and "
+                "fire on v >= v_threshold; NIR's IF (nir >= 1.0.6) resets to v_reset from v = 0 and fires "
+                "on v > v_threshold. Spike amplitudes are folded into the next weights or Scale nodes."
+            ),
         }
 
     # ------------------------------------------------------------------ modules
@@ -270,13 +303,18 @@ class _Exporter:
         if isinstance(module, self.if_type):
             terms = self.materialize(self.value(node, node.args[0]), shape_in)
             theta = _per_channel(module.threshold, shape_out)
-            meta.update(reset=module.reset, v_init=float(module.v_init), firing=">=", p=int(module.p),
-                        threshold=module.threshold.detach().cpu().reshape(-1).numpy().copy(),
-                        amplitude=module.amplitude.detach().cpu().reshape(-1).numpy().copy(),
-                        threshold_dims=module.threshold.dim(), amplitude_dims=module.amplitude.dim(),
-                        layer=module.name)
-            self.add(name, nir.IF(r=np.ones(shape_out), v_threshold=theta, v_reset=np.zeros(shape_out),
-                                  metadata=meta))
+            meta.update(
+                reset=module.reset,
+                v_init=float(module.v_init),
+                firing=">=",
+                p=int(module.p),
+                threshold=module.threshold.detach().cpu().reshape(-1).numpy().copy(),
+                amplitude=module.amplitude.detach().cpu().reshape(-1).numpy().copy(),
+                threshold_dims=module.threshold.dim(),
+                amplitude_dims=module.amplitude.dim(),
+                layer=module.name,
+            )
+            self.add(name, nir.IF(r=np.ones(shape_out), v_threshold=theta, v_reset=np.zeros(shape_out), metadata=meta))
             self.connect(terms, name)
             return [_Term(name, _per_channel(module.amplitude, shape_out))]
         if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -315,9 +353,16 @@ class _Exporter:
             if module.groups > 1:  # nir's type inference and some importers take groups = 1 only
                 weight = _dense(weight, module.groups)
                 meta["groups"] = int(module.groups)
-            nir_node = nir.Conv2d(input_shape=tuple(shape_in[1:]), weight=weight, stride=tuple(module.stride),
-                                  padding=padding, dilation=tuple(module.dilation), groups=1,
-                                  bias=bias if bias is not None else np.zeros(weight.shape[0]), metadata=meta)
+            nir_node = nir.Conv2d(
+                input_shape=tuple(shape_in[1:]),
+                weight=weight,
+                stride=tuple(module.stride),
+                padding=padding,
+                dilation=tuple(module.dilation),
+                groups=1,
+                bias=bias if bias is not None else np.zeros(weight.shape[0]),
+                metadata=meta,
+            )
         elif bias is not None:
             nir_node = nir.Affine(weight=weight, bias=bias, metadata=meta)
         else:
@@ -329,21 +374,45 @@ class _Exporter:
     def pool(self, node, module, shape_in, shape_out, meta):
         if isinstance(module, nn.AdaptiveAvgPool2d):
             return self.adaptive_pool(node, shape_in, shape_out, meta)
-        return self.avg_pool(node, module.kernel_size, module.stride, module.padding, shape_in, shape_out, meta,
-                             ceil_mode=module.ceil_mode, count_include_pad=module.count_include_pad,
-                             divisor_override=module.divisor_override)
+        return self.avg_pool(
+            node,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            shape_in,
+            shape_out,
+            meta,
+            ceil_mode=module.ceil_mode,
+            count_include_pad=module.count_include_pad,
+            divisor_override=module.divisor_override,
+        )
 
     def adaptive_pool(self, node, shape_in, shape_out, meta):
         size, out = shape_in[1:], shape_out[1:]
         if any(s % o for s, o in zip(size, out)):
-            self.fail(node, f"adaptive average pooling from {size} to {out} (not a whole kernel: choose an input "
-                            "size whose last feature map is a multiple of the output size)")
+            self.fail(
+                node,
+                f"adaptive average pooling from {size} to {out} (not a whole kernel: choose an input "
+                "size whose last feature map is a multiple of the output size)",
+            )
         kernel = tuple(s // o for s, o in zip(size, out))
         meta.update(kind="AdaptiveAvgPool2d", output_size=np.array(out))
         return self.avg_pool(node, kernel, kernel, (0, 0), shape_in, shape_out, meta)
 
-    def avg_pool(self, node, kernel, stride, padding, shape_in, shape_out, meta, *, ceil_mode=False,
-                 count_include_pad=True, divisor_override=None):
+    def avg_pool(
+        self,
+        node,
+        kernel,
+        stride,
+        padding,
+        shape_in,
+        shape_out,
+        meta,
+        *,
+        ceil_mode=False,
+        count_include_pad=True,
+        divisor_override=None,
+    ):
         """Average pooling as ``self.pooling`` writes it: an AvgPool2d (which NIR defines with the
         padding counted), a SumPool2d or a Conv2d with identity weights; the rest of the divisor
         (and any spike amplitude) is carried to the next layer, folded into its weights where it
@@ -352,8 +421,11 @@ class _Exporter:
         kernel, stride, padding = pair(kernel), pair(stride if stride is not None else kernel), pair(padding)
         floor_shape = tuple((shape_in[i + 1] + 2 * padding[i] - kernel[i]) // stride[i] + 1 for i in range(2))
         if ceil_mode and floor_shape != tuple(shape_out[1:]):
-            self.fail(node, f"average pooling with ceil_mode=True whose last window is partial (output "
-                            f"{tuple(shape_out[1:])}, {floor_shape} without ceil_mode)")
+            self.fail(
+                node,
+                f"average pooling with ceil_mode=True whose last window is partial (output "
+                f"{tuple(shape_out[1:])}, {floor_shape} without ceil_mode)",
+            )
         channels = shape_in[0]
         if divisor_override:
             divisor = np.full(shape_out, float(divisor_override))
@@ -378,16 +450,26 @@ class _Exporter:
         terms = self.materialize(terms, shape_in)
         nir = self.nir
         if self.pooling == "avg":
-            pool = nir.AvgPool2d(kernel_size=np.array(kernel), stride=np.array(stride), padding=np.array(padding),
-                                 metadata=meta)
+            pool = nir.AvgPool2d(
+                kernel_size=np.array(kernel), stride=np.array(stride), padding=np.array(padding), metadata=meta
+            )
         elif self.pooling == "sum":
-            pool = nir.SumPool2d(kernel_size=np.array(kernel), stride=np.array(stride), padding=np.array(padding),
-                                 metadata=meta)
+            pool = nir.SumPool2d(
+                kernel_size=np.array(kernel), stride=np.array(stride), padding=np.array(padding), metadata=meta
+            )
         else:
             weight = np.zeros((channels, channels) + kernel)
             weight[np.arange(channels), np.arange(channels)] = 1.0
-            pool = nir.Conv2d(input_shape=tuple(shape_in[1:]), weight=weight, stride=stride, padding=padding,
-                              dilation=(1, 1), groups=1, bias=np.zeros(channels), metadata=meta)
+            pool = nir.Conv2d(
+                input_shape=tuple(shape_in[1:]),
+                weight=weight,
+                stride=stride,
+                padding=padding,
+                dilation=(1, 1),
+                groups=1,
+                bias=np.zeros(channels),
+                metadata=meta,
+            )
         self.add(node.name, pool)
         self.connect(terms, node.name)
         if np.all(factor == 1.0):
@@ -403,8 +485,12 @@ class _Exporter:
         terms = self.materialize(terms, shape_in)
         # start_dim counted from the end: NIR excludes the batch (start_dim 0 here) while some
         # importers hand start_dim to torch.nn.Flatten as it is; -len(shape) means the same to both
-        self.add(node.name, self.nir.Flatten(input_type={"input": np.array(shape_in)}, start_dim=-len(shape_in),
-                                             end_dim=-1, metadata=meta))
+        self.add(
+            node.name,
+            self.nir.Flatten(
+                input_type={"input": np.array(shape_in)}, start_dim=-len(shape_in), end_dim=-1, metadata=meta
+            ),
+        )
         self.connect(terms, node.name)
         return [carried or _Term(node.name)]
 
@@ -412,13 +498,21 @@ class _Exporter:
     def function(self, node):
         target = node.target
         tensors = [a for a in node.args if isinstance(a, fx.Node) and self.values.get(a) is not None]
-        if node.op == "call_method" and target in ("size", "dim") or (
-                node.op == "call_function" and target is getattr and node.args[1] in ("shape", "ndim")):
+        if (
+            node.op == "call_method"
+            and target in ("size", "dim")
+            or (node.op == "call_function" and target is getattr and node.args[1] in ("shape", "ndim"))
+        ):
             return None  # shape arithmetic: only a flatten-view may use it (checked there)
         if node.op == "call_function" and target is operator.getitem and self.values.get(node.args[0]) is None:
             return None
-        if node.op == "call_function" and target in (operator.add, operator.iadd, torch.add) and len(tensors) == 2 \
-                and len(node.args) == 2 and not node.kwargs:
+        if (
+            node.op == "call_function"
+            and target in (operator.add, operator.iadd, torch.add)
+            and len(tensors) == 2
+            and len(node.args) == 2
+            and not node.kwargs
+        ):
             return self.value(node, node.args[0]) + self.value(node, node.args[1])
         if self._is_flatten(node):
             return self.flatten(node, self.shapes[node.args[0]], {"torch_target": describe(node)})
@@ -428,14 +522,22 @@ class _Exporter:
             kernel = kw.get("kernel_size", args[0])
             stride = kw.get("stride", args[1]) or kernel
             padding = kw.get("padding", args[2] if args[2] is not None else 0)
-            return self.avg_pool(node, kernel, stride, padding, self.shapes[node.args[0]], self.shapes[node],
-                                 {"torch_target": describe(node)},
-                                 ceil_mode=kw.get("ceil_mode", args[3] or False),
-                                 count_include_pad=kw.get("count_include_pad", True if args[4] is None else args[4]),
-                                 divisor_override=kw.get("divisor_override", args[5]))
+            return self.avg_pool(
+                node,
+                kernel,
+                stride,
+                padding,
+                self.shapes[node.args[0]],
+                self.shapes[node],
+                {"torch_target": describe(node)},
+                ceil_mode=kw.get("ceil_mode", args[3] or False),
+                count_include_pad=kw.get("count_include_pad", True if args[4] is None else args[4]),
+                divisor_override=kw.get("divisor_override", args[5]),
+            )
         if node.op == "call_function" and target in (F.adaptive_avg_pool2d, torch._C._nn.adaptive_avg_pool2d):
-            return self.adaptive_pool(node, self.shapes[node.args[0]], self.shapes[node],
-                                      {"torch_target": describe(node)})
+            return self.adaptive_pool(
+                node, self.shapes[node.args[0]], self.shapes[node], {"torch_target": describe(node)}
+            )
         self.fail(node, describe(node))
 
     def _is_flatten(self, node):

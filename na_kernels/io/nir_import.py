@@ -33,6 +33,7 @@ that keeps working) naming the node and what is wrong. Modules are built from a 
 ``call_module`` nodes, ``get_attr`` of its own Scale buffers, ``operator.add``,
 ``operator.mul`` and ``torch.flatten``: nothing read from the file is run, imported or looked up.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,9 +47,21 @@ from torch import fx, nn
 
 from ..snn.record import DEFAULT_MAX_BYTES  # one limit for both formats
 from .nir_export import FORMAT, FORMAT_VERSION, POOLING, NIRExportError, _grouped, _input_factor, _nir
+
 MAX_NODES = 100_000
-NODE_TYPES = ("Input", "Output", "Conv1d", "Conv2d", "Affine", "Linear", "AvgPool2d", "SumPool2d", "Flatten", "Scale",
-              "IF")
+NODE_TYPES = (
+    "Input",
+    "Output",
+    "Conv1d",
+    "Conv2d",
+    "Affine",
+    "Linear",
+    "AvgPool2d",
+    "SumPool2d",
+    "Flatten",
+    "Scale",
+    "IF",
+)
 # NIR nodes that no SpikingNetwork can run, and what running them would need (named in the error)
 REFUSED = {
     "LIF": "a leak (v decays towards v_leak with time constant tau); integrate_fire has none",
@@ -136,6 +149,7 @@ def _floats(value, what, ndim=None, positive=False) -> np.ndarray:
 
 def _identifier(name, what) -> str:
     from ..snn.record import SerializationError, check_identifier
+
     try:
         return check_identifier(name, what)
     except SerializationError as error:
@@ -149,13 +163,17 @@ def _check_hdf5(path, max_bytes):
     """The file's size and the bytes its datasets declare (after decompression) are <= max_bytes,
     and every node's type is in NODE_TYPES, before the nir package reads anything."""
     import h5py
+
     size = os.path.getsize(path)
     if size > max_bytes:
-        _fail(f"{path!r} is {size} bytes, more than max_bytes = {max_bytes}; pass a larger max_bytes if you "
-              "trust its size")
+        _fail(
+            f"{path!r} is {size} bytes, more than max_bytes = {max_bytes}; pass a larger max_bytes if you "
+            "trust its size"
+        )
     declared, objects = 0, 0
     try:
         with h5py.File(path, "r") as f:
+
             def visit(name, item):
                 nonlocal declared, objects
                 objects += 1
@@ -164,17 +182,22 @@ def _check_hdf5(path, max_bytes):
                 if isinstance(item, h5py.Dataset):
                     declared += int(np.prod(item.shape, dtype=object)) * item.dtype.itemsize
                     if declared > max_bytes:
-                        _fail(f"{path!r} declares more than max_bytes = {max_bytes} bytes of arrays "
-                              f"({name}: shape {item.shape}); pass a larger max_bytes if you trust it")
+                        _fail(
+                            f"{path!r} declares more than max_bytes = {max_bytes} bytes of arrays "
+                            f"({name}: shape {item.shape}); pass a larger max_bytes if you trust it"
+                        )
                 if name.endswith("/type") or name == "type":
                     kind = item[()] if isinstance(item, h5py.Dataset) and item.shape == () else None
                     kind = kind.decode("utf-8", "replace") if isinstance(kind, bytes) else kind
                     expected = ("NIRGraph",) if name in ("node/type", "type") else NODE_TYPES
                     if kind not in expected:
                         if kind in REFUSED:
-                            _fail(f"{path!r}: node {name[:-5]!r} is a NIR {kind}, which a SpikingNetwork cannot run: "
-                                  f"it would need {REFUSED[kind]}")
+                            _fail(
+                                f"{path!r}: node {name[:-5]!r} is a NIR {kind}, which a SpikingNetwork cannot run: "
+                                f"it would need {REFUSED[kind]}"
+                            )
                         _fail(f"{path!r}: {name} is {kind!r:.60}; from_nir reads the node types {NODE_TYPES}")
+
             if "node" not in f:
                 _fail(f"{path!r} is not a NIR file (no 'node' group)")
             f.visititems(visit)
@@ -192,8 +215,7 @@ def _read(path, max_bytes):
     try:
         return nir.read(path)
     except Exception as error:  # nir raises AssertionError, KeyError, ValueError, ... for bad contents
-        _fail(f"{path!r} is not a NIR graph the nir package can read ({type(error).__name__}: "
-              f"{str(error)[:160]})")
+        _fail(f"{path!r} is not a NIR graph the nir package can read ({type(error).__name__}: {str(error)[:160]})")
 
 
 # ---------------------------------------------------------------------------------- the graph
@@ -267,8 +289,10 @@ def _compact(array, shape, what):
         return array
     if shape and array.shape == (shape[0],):
         return array.reshape((-1,) + ones)
-    _fail(f"{what} has shape {array.shape}; the node's neurons have shape {tuple(shape)} (accepted: that shape, "
-          f"one value, or one per channel)")
+    _fail(
+        f"{what} has shape {array.shape}; the node's neurons have shape {tuple(shape)} (accepted: that shape, "
+        f"one value, or one per channel)"
+    )
 
 
 def _per_channel_values(array, shape, what):
@@ -279,8 +303,10 @@ def _per_channel_values(array, shape, what):
     per = array.reshape(array.shape[0], -1)
     if not np.all(per == per[:, :1]):
         channel = int(np.nonzero(np.any(per != per[:, :1], axis=1))[0][0])
-        _fail(f"{what} varies within channel {channel}; integrate_fire takes one value per channel (dim 0 of "
-              f"{tuple(shape)}) or one for the layer")
+        _fail(
+            f"{what} varies within channel {channel}; integrate_fire takes one value per channel (dim 0 of "
+            f"{tuple(shape)}) or one for the layer"
+        )
     return torch.from_numpy(per[:, 0].copy())
 
 
@@ -301,19 +327,29 @@ def _foreign_if(what, node, shape_in, foreign):
     if not np.all(fields["r"] > 0):
         _fail(f"IF {what}: r must be > 0 (the input's gain), got a minimum of {fields['r'].min()}")
     if np.any(fields["v_reset"] != 0):
-        _fail(f"IF {what} resets to v_reset = {fields['v_reset'].reshape(-1)[np.argmax(fields['v_reset'] != 0)]}; "
-              "integrate_fire's hard reset is to 0 and it starts at 0: a nonzero v_reset would need a reset "
-              "potential in the kernel")
+        _fail(
+            f"IF {what} resets to v_reset = {fields['v_reset'].reshape(-1)[np.argmax(fields['v_reset'] != 0)]}; "
+            "integrate_fire's hard reset is to 0 and it starts at 0: a nonzero v_reset would need a reset "
+            "potential in the kernel"
+        )
     theta = fields["v_threshold"] / (foreign.dt * fields["r"])
     narrow = theta.astype(np.float32)
     if not np.all(np.isfinite(narrow)) or not np.all(narrow > 0):
-        _fail(f"IF {what}: v_threshold / (dt·r) must be a finite float32 > 0 (a neuron that starts at v = 0 "
-              f"with v_threshold <= 0 fires at once: integrate_fire needs θ > 0), got a minimum of {theta.min()}")
+        _fail(
+            f"IF {what}: v_threshold / (dt·r) must be a finite float32 > 0 (a neuron that starts at v = 0 "
+            f"with v_threshold <= 0 fires at once: integrate_fire needs θ > 0), got a minimum of {theta.min()}"
+        )
     strict = np.nextafter(narrow, np.float32(np.inf))  # h > θ  <=>  h >= next float32 above θ
     threshold = _per_channel_values(strict.astype(np.float64), shape_in, f"IF {what}: v_threshold / (dt·r)")
-    return _Checked("if", shape_in, p=1, layer=None, threshold=threshold.to(torch.float32),
-                    amplitude=torch.ones_like(threshold, dtype=torch.float32),
-                    reset="zero" if foreign.reset == "nir" else "subtract")
+    return _Checked(
+        "if",
+        shape_in,
+        p=1,
+        layer=None,
+        threshold=threshold.to(torch.float32),
+        amplitude=torch.ones_like(threshold, dtype=torch.float32),
+        reset="zero" if foreign.reset == "nir" else "subtract",
+    )
 
 
 def _check_node(nir, name, node, shape_in, meta, foreign=None, pooling="avg"):
@@ -350,23 +386,39 @@ def _check_node(nir, name, node, shape_in, meta, foreign=None, pooling="avg"):
         if not foreign and "groups" in meta:  # to_nir wrote a grouped conv as the equal ungrouped one
             regroup = _int(meta["groups"], f"{what}: metadata groups", 1)
             if groups != 1 or out_channels % regroup or per_group % regroup:
-                _fail(f"{what}: metadata groups {regroup} with the node's groups {groups} and weight {weight.shape} "
-                      "(to_nir writes groups = 1 and metadata groups dividing both channel counts)")
+                _fail(
+                    f"{what}: metadata groups {regroup} with the node's groups {groups} and weight {weight.shape} "
+                    "(to_nir writes groups = 1 and metadata groups dividing both channel counts)"
+                )
             _block_diagonal(weight, regroup, what)
         if len(shape_in) != 1 + dims or shape_in[0] != per_group * groups:
-            _fail(f"{what}: its input has shape {shape_in}; the weight {weight.shape} with groups {groups} needs "
-                  f"({per_group * groups}, {'L' if dims == 1 else 'H, W'})")
+            _fail(
+                f"{what}: its input has shape {shape_in}; the weight {weight.shape} with groups {groups} needs "
+                f"({per_group * groups}, {'L' if dims == 1 else 'H, W'})"
+            )
         if padding == "same":
             shape = (out_channels,) + tuple(shape_in[1:])
         else:
             pad = (0,) * dims if padding == "valid" else padding
-            shape = (out_channels,) + tuple(_conv_out(s, k, st, p, d) for s, k, st, p, d in
-                                            zip(shape_in[1:], kernel, stride, pad, dilation))
+            shape = (out_channels,) + tuple(
+                _conv_out(s, k, st, p, d) for s, k, st, p, d in zip(shape_in[1:], kernel, stride, pad, dilation)
+            )
         if min(shape) < 1:
             _fail(f"{what}: the kernel {kernel} does not fit its input {shape_in}")
         scale = None if foreign else _input_scale(meta, what, per_group * groups)
-        return _Checked("conv", shape, weight=weight, bias=bias if has_bias else None, stride=stride,
-                        padding=padding, dilation=dilation, groups=groups, scale=scale, dims=dims, regroup=regroup)
+        return _Checked(
+            "conv",
+            shape,
+            weight=weight,
+            bias=bias if has_bias else None,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            scale=scale,
+            dims=dims,
+            regroup=regroup,
+        )
     if kind in ("Affine", "Linear"):
         weight = _floats(node.weight, f"{what}: weight", ndim=2)
         bias = _floats(node.bias, f"{what}: bias", ndim=1) if kind == "Affine" else None
@@ -374,8 +426,13 @@ def _check_node(nir, name, node, shape_in, meta, foreign=None, pooling="avg"):
             _fail(f"{what}: weight {weight.shape} and bias {bias.shape} do not agree")
         if shape_in != (weight.shape[1],):
             _fail(f"{what}: its input has shape {shape_in}; the weight {weight.shape} needs ({weight.shape[1]},)")
-        return _Checked("linear", (weight.shape[0],), weight=weight, bias=bias,
-                        scale=None if foreign else _input_scale(meta, what, weight.shape[1]))
+        return _Checked(
+            "linear",
+            (weight.shape[0],),
+            weight=weight,
+            bias=bias,
+            scale=None if foreign else _input_scale(meta, what, weight.shape[1]),
+        )
     if kind in ("AvgPool2d", "SumPool2d"):
         if len(shape_in) != 3:
             _fail(f"{what}: pooling needs a (C, H, W) input, got {shape_in}")
@@ -394,7 +451,7 @@ def _check_node(nir, name, node, shape_in, meta, foreign=None, pooling="avg"):
             _fail(f"{what}: from_nir reads Flatten(start_dim=0, end_dim=-1) only")
         if start > end:
             _fail(f"{what}: start_dim {node.start_dim} comes after end_dim {node.end_dim} for an input {shape_in}")
-        shape = shape_in[:start] + (math.prod(shape_in[start:end + 1]),) + shape_in[end + 1:]
+        shape = shape_in[:start] + (math.prod(shape_in[start : end + 1]),) + shape_in[end + 1 :]
         return _Checked("flatten", shape, start=start + 1, end=end + 1)  # + 1: torch's batch dimension
     if kind == "Scale" and foreign:
         scale = _floats(node.scale, f"{what}: scale")
@@ -402,21 +459,33 @@ def _check_node(nir, name, node, shape_in, meta, foreign=None, pooling="avg"):
     if kind == "IF" and foreign:
         return _foreign_if(what, node, shape_in, foreign)
     if kind == "Scale":
-        _fail(f"{what} is a Scale without metadata role (to_nir writes Scale nodes only for an amplitude or a "
-              f"pooling divisor: role one of {ROLES})")
+        _fail(
+            f"{what} is a Scale without metadata role (to_nir writes Scale nodes only for an amplitude or a "
+            f"pooling divisor: role one of {ROLES})"
+        )
     if kind == "IF":
         from .._validation import MAX_LEVELS
         from ..nn.if_layer import V_INIT
+
         for key in ("amplitude", "threshold", "p", "threshold_dims", "amplitude_dims"):
             if key not in meta:
                 _fail(f"IF {what} lacks na_kernels' metadata {key!r} (written by to_nir)")
-        semantics = (_text(meta.get("reset", ""), f"{what}: reset"), meta.get("v_init"),
-                     _text(meta.get("firing", ""), f"{what}: firing"))
-        if semantics[0] not in ("subtract", "zero") or semantics[2] != ">=" or not (
-                isinstance(semantics[1], (float, int, np.floating, np.integer))
-                and float(semantics[1]) in (V_INIT, 0.0)):
-            _fail(f"IF {what} has reset/v_init/firing {semantics!r:.80}; IFLayer is ('subtract' or 'zero', {V_INIT} "
-                  "or 0.0, '>=') and cannot rebuild another neuron")
+        semantics = (
+            _text(meta.get("reset", ""), f"{what}: reset"),
+            meta.get("v_init"),
+            _text(meta.get("firing", ""), f"{what}: firing"),
+        )
+        if (
+            semantics[0] not in ("subtract", "zero")
+            or semantics[2] != ">="
+            or not (
+                isinstance(semantics[1], (float, int, np.floating, np.integer)) and float(semantics[1]) in (V_INIT, 0.0)
+            )
+        ):
+            _fail(
+                f"IF {what} has reset/v_init/firing {semantics!r:.80}; IFLayer is ('subtract' or 'zero', {V_INIT} "
+                "or 0.0, '>=') and cannot rebuild another neuron"
+            )
         values = {}
         for key in ("threshold", "amplitude"):
             array = _floats(meta[key], f"{what}: metadata {key}", ndim=1, positive=True)
@@ -464,10 +533,14 @@ def _block_diagonal(weight, groups, what):
     group_in = np.arange(in_channels) // (in_channels // groups)
     outside = weight[group_out[:, None] != group_in[None, :]]
     if np.any(outside != 0):
-        o, i = np.argwhere((group_out[:, None] != group_in[None, :]) & np.any(
-            weight.reshape(out_channels, in_channels, -1) != 0, axis=2))[0]
-        _fail(f"{what}: metadata groups {groups}, but output channel {o} reads input channel {i} of another group "
-              "(the weight is not block-diagonal)")
+        o, i = np.argwhere(
+            (group_out[:, None] != group_in[None, :])
+            & np.any(weight.reshape(out_channels, in_channels, -1) != 0, axis=2)
+        )[0]
+        _fail(
+            f"{what}: metadata groups {groups}, but output channel {o} reads input channel {i} of another group "
+            "(the weight is not block-diagonal)"
+        )
 
 
 def _factor_node(what, kind, node, shape_in, meta):
@@ -485,19 +558,30 @@ def _factor_node(what, kind, node, shape_in, meta):
         size = shape_in[0] if shape_in else 0
         square = weight.shape[:2] == (size, size) and bias.shape == (size,)
         if kind == "Conv2d":
-            one = lambda v, key, n: _pair(v, f"{what}: {key}", 2, 0) == (n, n)
-            square = square and len(shape_in) == 3 and weight.shape[2:] == (1, 1) and one(node.stride, "stride", 1) \
-                and one(node.dilation, "dilation", 1) and _int(node.groups, f"{what}: groups", 1) == 1 and \
-                not isinstance(node.padding, (str, bytes, np.bytes_)) and one(node.padding, "padding", 0)
+            one = lambda v, key, n: _pair(v, f"{what}: {key}", 2, 0) == (n, n)  # noqa: E731
+            square = (
+                square
+                and len(shape_in) == 3
+                and weight.shape[2:] == (1, 1)
+                and one(node.stride, "stride", 1)
+                and one(node.dilation, "dilation", 1)
+                and _int(node.groups, f"{what}: groups", 1) == 1
+                and not isinstance(node.padding, (str, bytes, np.bytes_))
+                and one(node.padding, "padding", 0)
+            )
         else:
             square = square and len(shape_in) == 1
         if not square:
-            _fail(f"{what}: a {kind} of role {_text(meta['role'], 'role')!r} must be a 1x1, stride-1, unpadded, "
-                  f"ungrouped map of its {shape_in} input onto itself")
+            _fail(
+                f"{what}: a {kind} of role {_text(meta['role'], 'role')!r} must be a 1x1, stride-1, unpadded, "
+                f"ungrouped map of its {shape_in} input onto itself"
+            )
         matrix = weight.reshape(size, size)
         if np.any(matrix[~np.eye(size, dtype=bool)] != 0) or not np.all(np.diag(matrix) > 0) or np.any(bias != 0):
-            _fail(f"{what}: a {kind} of role {_text(meta['role'], 'role')!r} must have a diagonal weight "
-                  "(off-diagonal entries exactly 0, diagonal > 0) and zero bias")
+            _fail(
+                f"{what}: a {kind} of role {_text(meta['role'], 'role')!r} must have a diagonal weight "
+                "(off-diagonal entries exactly 0, diagonal > 0) and zero bias"
+            )
         return _Checked("pass", shape_in)
     _fail(f"{what} is a {kind} with metadata role; to_nir writes roles on Scale, Conv2d and Affine nodes only")
 
@@ -509,13 +593,13 @@ def _pool(what, shape_in, kernel, stride, padding, meta, summed=False):
     included) is what lets the factor to_nir carried to the next layer be divided out again."""
     if any(2 * p > k for p, k in zip(padding, kernel)):
         _fail(f"{what}: padding {padding} is more than half the kernel {kernel}")
-    shape = (shape_in[0],) + tuple(_conv_out(s, k, st, p) for s, k, st, p in
-                                   zip(shape_in[1:], kernel, stride, padding))
+    shape = (shape_in[0],) + tuple(_conv_out(s, k, st, p) for s, k, st, p in zip(shape_in[1:], kernel, stride, padding))
     if min(shape) < 1:
         _fail(f"{what}: the kernel {kernel} does not fit its input {shape_in}")
     if meta is None:
-        return _Checked("pool", shape, kernel=kernel, stride=stride, padding=padding, include=True,
-                        divisor=1 if summed else None)
+        return _Checked(
+            "pool", shape, kernel=kernel, stride=stride, padding=padding, include=True, divisor=1 if summed else None
+        )
     kind = _text(meta.get("kind", "AvgPool2d"), f"{what}: metadata kind")
     if kind not in POOL_KINDS:
         _fail(f"{what}: metadata kind is {kind!r:.60}; to_nir writes {POOL_KINDS}")
@@ -524,13 +608,22 @@ def _pool(what, shape_in, kernel, stride, padding, meta, summed=False):
     if kind == "AdaptiveAvgPool2d":
         size = _ints(meta.get("output_size"), f"{what}: metadata output_size", 2, 1)
         whole = tuple(s // o for s, o in zip(shape_in[1:], size))
-        if shape[1:] != size or kernel != whole or stride != whole or any(padding) or divisor \
-                or any(s % o for s, o in zip(shape_in[1:], size)):
-            _fail(f"{what}: adaptive pooling of {shape_in} to {size} is a kernel and stride {whole} without "
-                  f"padding or divisor_override; the node has kernel {kernel}, stride {stride}, padding {padding}")
+        if (
+            shape[1:] != size
+            or kernel != whole
+            or stride != whole
+            or any(padding)
+            or divisor
+            or any(s % o for s, o in zip(shape_in[1:], size))
+        ):
+            _fail(
+                f"{what}: adaptive pooling of {shape_in} to {size} is a kernel and stride {whole} without "
+                f"padding or divisor_override; the node has kernel {kernel}, stride {stride}, padding {padding}"
+            )
         return _Checked("adaptive", shape, output_size=size)
-    return _Checked("pool", shape, kernel=kernel, stride=stride, padding=padding, include=bool(include),
-                    divisor=divisor or None)
+    return _Checked(
+        "pool", shape, kernel=kernel, stride=stride, padding=padding, include=bool(include), divisor=divisor or None
+    )
 
 
 def _identity_conv_pool(what, node, shape_in, meta):
@@ -546,13 +639,26 @@ def _identity_conv_pool(what, node, shape_in, meta):
         expected = np.zeros_like(weight)
         expected[np.arange(channels), np.arange(channels)] = 1.0
         identity = bool(np.all(weight == expected))
-    if not identity or bias.shape != (channels,) or np.any(bias != 0) or \
-            _int(node.groups, f"{what}: groups", 1) != 1 or _pair(node.dilation, f"{what}: dilation", 2, 1) != (1, 1) \
-            or isinstance(node.padding, (str, bytes, np.bytes_)):
-        _fail(f"{what}: a Conv2d with pooling metadata must be sum pooling: weight[c, c] all ones and every other "
-              f"entry 0 for its {channels} channels, zero bias, groups 1, dilation 1, padding as ints")
-    return _pool(what, shape_in, tuple(weight.shape[2:]), _pair(node.stride, f"{what}: stride", 2, 1),
-                 _pair(node.padding, f"{what}: padding", 2, 0), meta)
+    if (
+        not identity
+        or bias.shape != (channels,)
+        or np.any(bias != 0)
+        or _int(node.groups, f"{what}: groups", 1) != 1
+        or _pair(node.dilation, f"{what}: dilation", 2, 1) != (1, 1)
+        or isinstance(node.padding, (str, bytes, np.bytes_))
+    ):
+        _fail(
+            f"{what}: a Conv2d with pooling metadata must be sum pooling: weight[c, c] all ones and every other "
+            f"entry 0 for its {channels} channels, zero bias, groups 1, dilation 1, padding as ints"
+        )
+    return _pool(
+        what,
+        shape_in,
+        tuple(weight.shape[2:]),
+        _pair(node.stride, f"{what}: stride", 2, 1),
+        _pair(node.padding, f"{what}: padding", 2, 0),
+        meta,
+    )
 
 
 def _module_name(name, meta, index):
@@ -561,6 +667,7 @@ def _module_name(name, meta, index):
     a description such as ``torch.flatten()`` for a function), else ``node_<index>``; never any
     other string."""
     from ..snn.record import SerializationError, check_path
+
     for target in (_text(meta.get("torch_target", name), f"node {name!r}: torch_target"), name):
         try:
             return check_path(target, f"node {name!r}: torch_target")
@@ -579,8 +686,10 @@ def _refuse(name, kind, foreign):
     if foreign is not None and kind in REFUSED:
         _fail(f"node {name!r} is a NIR {kind}, which a SpikingNetwork cannot run: it would need {REFUSED[kind]}")
     reads = NODE_TYPES if foreign is not None else tuple(k for k in NODE_TYPES if k != "Conv1d")
-    _fail(f"node {name!r} is a {kind:.60}, which {'from_nir does not read' if foreign else 'to_nir does not write'} "
-          f"(it reads {', '.join(reads)})")
+    _fail(
+        f"node {name!r} is a {kind:.60}, which {'from_nir does not read' if foreign else 'to_nir does not write'} "
+        f"(it reads {', '.join(reads)})"
+    )
 
 
 def _check_factor_source(name, checked, sources, meta):
@@ -591,15 +700,21 @@ def _check_factor_source(name, checked, sources, meta):
     role = None
     if item.kind == "pass":
         role = _text(meta["role"], f"node {name!r}: metadata role")
-        if len(sources[name]) != 1 or _text(meta.get("of", sources[name][0]), f"node {name!r}: metadata of") \
-                != sources[name][0]:
-            _fail(f"node {name!r} of role {role!r} must have one input, the node its metadata 'of' names; it has "
-                  f"{sources[name]}")
+        if (
+            len(sources[name]) != 1
+            or _text(meta.get("of", sources[name][0]), f"node {name!r}: metadata of") != sources[name][0]
+        ):
+            _fail(
+                f"node {name!r} of role {role!r} must have one input, the node its metadata 'of' names; it has "
+                f"{sources[name]}"
+            )
     elif item.values.get("scale") is not None:
         role = _text(meta.get("input_scale_role", "amplitude"), f"node {name!r}: metadata input_scale_role")
         if len(sources[name]) != 1:
-            _fail(f"node {name!r} has metadata input_scale but {len(sources[name])} inputs; to_nir folds a factor "
-                  "into a weight only for a single input")
+            _fail(
+                f"node {name!r} has metadata input_scale but {len(sources[name])} inputs; to_nir folds a factor "
+                "into a weight only for a single input"
+            )
     if role is None:
         return
     through = ("flatten",) if role == "scale" else ("flatten", "pool", "adaptive")
@@ -608,9 +723,11 @@ def _check_factor_source(name, checked, sources, meta):
     while checked[source].kind in through and checked[source].kind not in origin and len(sources[source]) == 1:
         source = sources[source][0]
     if checked[source].kind not in origin:
-        _fail(f"node {name!r}: a factor of role {role!r} must come from {'a pooling' if role == 'scale' else 'an IF'} "
-              f"node, through Flatten{'' if role == 'scale' else ' or pooling'} nodes only; it comes from "
-              f"{source!r}")
+        _fail(
+            f"node {name!r}: a factor of role {role!r} must come from {'a pooling' if role == 'scale' else 'an IF'} "
+            f"node, through Flatten{'' if role == 'scale' else ' or pooling'} nodes only; it comes from "
+            f"{source!r}"
+        )
 
 
 def _check_graph(nir, graph, foreign=None):
@@ -663,8 +780,10 @@ def _check_graph(nir, graph, foreign=None):
         if dst == inputs[0] or src == outputs[0]:
             _fail(f"edge {src!r} -> {dst!r} leads into the Input or out of the Output")
         sources[dst].append(src)
-    rank = {n: (_int(_metadata(node, f"node {n!r}").get("index", len(nodes)), f"node {n!r}: metadata index"), i)
-            for i, (n, node) in enumerate(nodes.items())}
+    rank = {
+        n: (_int(_metadata(node, f"node {n!r}").get("index", len(nodes)), f"node {n!r}: metadata index"), i)
+        for i, (n, node) in enumerate(nodes.items())
+    }
     order = _order(list(nodes), edges, rank)
     shapes: Dict[str, tuple] = {}
     checked = {}
@@ -677,10 +796,18 @@ def _check_graph(nir, graph, foreign=None):
             shape = _floats(node.input_type.get("input"), "the Input's shape", ndim=1)
             if foreign is not None and foreign.input_shape is not None:
                 shape = foreign.input_shape
-            if not 1 <= shape.size <= 3 or not np.all(shape == np.round(shape)) or not np.all(shape >= 1) \
-                    or not np.all(shape <= 1 << 20):
-                hint = ("; NIR's dims exclude batch and time (some exporters write the sample data's shape): pass "
-                        "from_nir(..., input_shape=(C, H, W))" if foreign is not None else "")
+            if (
+                not 1 <= shape.size <= 3
+                or not np.all(shape == np.round(shape))
+                or not np.all(shape >= 1)
+                or not np.all(shape <= 1 << 20)
+            ):
+                hint = (
+                    "; NIR's dims exclude batch and time (some exporters write the sample data's shape): pass "
+                    "from_nir(..., input_shape=(C, H, W))"
+                    if foreign is not None
+                    else ""
+                )
                 _fail(f"the Input's shape {shape.tolist()} is not 1 to 3 sizes in 1 .. 2^20{hint}")
             shapes[name] = tuple(int(s) for s in shape)
             checked[name] = _Checked("input", shapes[name])
@@ -708,8 +835,16 @@ def _check_graph(nir, graph, foreign=None):
 # ---------------------------------------------------------------------------------- building
 
 
-def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None, *, dt: Optional[float] = None,
-             reset: str = "nir", input_shape=None, max_bytes: int = DEFAULT_MAX_BYTES):
+def from_nir(
+    graph,
+    T: Optional[int] = None,
+    chunk: Optional[int] = None,
+    *,
+    dt: Optional[float] = None,
+    reset: str = "nir",
+    input_shape=None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+):
     """A ``SpikingNetwork`` from a NIR graph (a ``nir.NIRGraph`` or a file path).
 
     A graph ``to_nir`` wrote (graph metadata ``format``) is rebuilt exactly, in each of its
@@ -742,6 +877,7 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None, *, dt:
     from ..convert.convert import add_synapse_meters, add_time_repetition, wrap_network
     from ..nn.if_layer import IFLayer
     from ..snn.record import _graph_module_names
+
     nir = _nir()
     max_bytes = check_int("max_bytes", max_bytes, minimum=1)
     if T is not None:
@@ -755,9 +891,11 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None, *, dt:
     foreign = None
     if not _is_ours(graph):
         if T is None or dt is None:
-            _fail("this graph was not written by na_kernels.nn.to_nir; NIR holds neither the number of steps nor "
-                  "the time step: pass from_nir(graph, T=..., dt=...) (dt: the step the exporting tool used, "
-                  "1.0 for SpikingJelly's and sinabs' IF with r = 1)")
+            _fail(
+                "this graph was not written by na_kernels.nn.to_nir; NIR holds neither the number of steps nor "
+                "the time step: pass from_nir(graph, T=..., dt=...) (dt: the step the exporting tool used, "
+                "1.0 for SpikingJelly's and sinabs' IF with r = 1)"
+            )
         if reset not in FOREIGN_RESETS:
             _fail(f"reset must be one of {FOREIGN_RESETS}, got {reset!r:.40}")
         dt = check_real("dt", dt, strictly_positive=True, accepted="a finite real > 0 (the time step)")
@@ -765,8 +903,10 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None, *, dt:
             input_shape = _floats(input_shape, "input_shape", ndim=1)
         foreign = _Foreign(float(dt), reset, input_shape)
     elif dt is not None or reset != "nir" or input_shape is not None:
-        _fail("dt, reset and input_shape are for graphs other tools wrote; this one was written by to_nir and "
-              "carries its own")
+        _fail(
+            "dt, reset and input_shape are for graphs other tools wrote; this one was written by to_nir and "
+            "carries its own"
+        )
     order, checked, sources, file_T, file_chunk = _check_graph(nir, graph, foreign)
 
     root = nn.Module()
@@ -827,9 +967,17 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None, *, dt:
             w, b = weight(item), bias(item)
             conv_type = nn.Conv1d if v["dims"] == 1 else nn.Conv2d
             groups = v["groups"] * v["regroup"]
-            conv = conv_type(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), stride=v["stride"],
-                             padding=v["padding"], dilation=v["dilation"], groups=groups, bias=b is not None,
-                             device="meta")
+            conv = conv_type(
+                w.shape[1] * groups,
+                w.shape[0],
+                tuple(w.shape[2:]),
+                stride=v["stride"],
+                padding=v["padding"],
+                dilation=v["dilation"],
+                groups=groups,
+                bias=b is not None,
+                device="meta",
+            )
             conv.weight = nn.Parameter(w)
             if b is not None:
                 conv.bias = nn.Parameter(b)
@@ -844,8 +992,16 @@ def from_nir(graph, T: Optional[int] = None, chunk: Optional[int] = None, *, dt:
         elif item.kind == "adaptive":
             values[name], _ = place(name, nn.AdaptiveAvgPool2d(v["output_size"]))
         elif item.kind == "pool":  # sum pooling: the average without its division (divisor 1), exactly
-            values[name], _ = place(name, nn.AvgPool2d(v["kernel"], v["stride"], v["padding"],
-                                                       count_include_pad=v["include"], divisor_override=v["divisor"]))
+            values[name], _ = place(
+                name,
+                nn.AvgPool2d(
+                    v["kernel"],
+                    v["stride"],
+                    v["padding"],
+                    count_include_pad=v["include"],
+                    divisor_override=v["divisor"],
+                ),
+            )
         elif item.kind == "flatten":
             values[name] = fx_graph.call_function(torch.flatten, (summed(name), v["start"], v["end"]))
         elif item.kind == "scale":

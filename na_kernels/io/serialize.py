@@ -4,16 +4,45 @@ The format itself (what the file holds, the closed tables of what it may name, e
 made before anything is built) is ``na_kernels.snn.record``, below ``SpikingNetwork`` so that
 ``snn.save(path)`` can write it; this module reads a file back into a ``SpikingNetwork``.
 """
+
 from typing import Optional
 
 import torch
 
 from ..snn.network import SpikingNetwork
-from ..snn.record import (DEFAULT_MAX_BYTES, FORMAT, FORMAT_VERSION, FUNCTIONS, GETATTR, METHODS, MODULE_TYPES,
-                          SerializationError, network_from_bytes, pack, read_file, save_snn, snn_header, snn_to_bytes)
+from ..snn.record import (
+    DEFAULT_MAX_BYTES,
+    FORMAT,
+    FORMAT_VERSION,
+    FUNCTIONS,
+    GETATTR,
+    METHODS,
+    MODULE_TYPES,
+    SerializationError,
+    network_from_bytes,
+    pack,
+    read_file,
+    save_snn,
+    snn_header,
+    snn_to_bytes,
+)
 
-__all__ = ["save_snn", "load_snn", "snn_from_bytes", "snn_to_bytes", "snn_header", "pack", "SerializationError",
-           "FORMAT", "FORMAT_VERSION", "DEFAULT_MAX_BYTES", "MODULE_TYPES", "FUNCTIONS", "METHODS", "GETATTR"]
+__all__ = [
+    "save_snn",
+    "load_snn",
+    "snn_from_bytes",
+    "snn_to_bytes",
+    "snn_header",
+    "pack",
+    "SerializationError",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "DEFAULT_MAX_BYTES",
+    "MODULE_TYPES",
+    "FUNCTIONS",
+    "METHODS",
+    "GETATTR",
+]
 
 
 def snn_from_bytes(data, where: str = "the data", map_location: Optional[object] = None) -> SpikingNetwork:

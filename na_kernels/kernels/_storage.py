@@ -9,6 +9,7 @@ quiet NaN 0x7fc0. Compiled for a GPU, ``.to`` would do the same (``cvt.f32.bf16`
 flushes or garbles subnormal bf16 inputs, so without this the interpreter tests would not see what
 the GPU computes. A handful of integer operations per element in memory-bound kernels.
 """
+
 import triton
 import triton.language as tl
 

@@ -28,15 +28,17 @@ re-exports, imported on first use, the names of the layers above it:
 - ``na_kernels.io``: ``serialize`` (save_snn, load_snn), ``nir_export`` (to_nir), ``nir_import`` (from_nir,
   NIRImportError: a validating reader).
 """
+
 from .._lazy import lazy_exports
 from .if_layer import IFLayer
 from .if_node import IFNode
-from .spikingjelly_compat import from_spikingjelly, swap_spikingjelly_neurons
 from .noisy_quant import NoisyQuant
+from .spikingjelly_compat import from_spikingjelly, swap_spikingjelly_neurons
 
 _LAZY = {
-    **dict.fromkeys(("ReplacementReport", "UnconvertibleActivationError", "replace_activations"),
-                    "na_kernels.convert.replace"),
+    **dict.fromkeys(
+        ("ReplacementReport", "UnconvertibleActivationError", "replace_activations"), "na_kernels.convert.replace"
+    ),
     "to_snn": "na_kernels.convert.convert",
     "fold_batchnorm": "na_kernels.convert.batchnorm",
     "calibrate_thresholds": "na_kernels.convert.calibrate",
@@ -44,8 +46,18 @@ _LAZY = {
     **dict.fromkeys(("ClippedActivation", "ClippedNetwork", "clipped_network"), "na_kernels.convert.limit"),
     **dict.fromkeys(("SpikingNetwork", "TimeRepeat"), "na_kernels.snn.network"),
     **dict.fromkeys(("SynapseMeter", "collect_statistics", "format_statistics"), "na_kernels.snn.stats"),
-    **dict.fromkeys(("EarlyExitResult", "ExitRule", "evaluate_early_exit", "exit_tradeoff", "format_tradeoff",
-                     "run_early_exit", "score_exits"), "na_kernels.snn.early_exit"),
+    **dict.fromkeys(
+        (
+            "EarlyExitResult",
+            "ExitRule",
+            "evaluate_early_exit",
+            "exit_tradeoff",
+            "format_tradeoff",
+            "run_early_exit",
+            "score_exits",
+        ),
+        "na_kernels.snn.early_exit",
+    ),
     **dict.fromkeys(("SerializationError", "load_snn", "save_snn"), "na_kernels.io.serialize"),
     **dict.fromkeys(("NIRExportError", "to_nir"), "na_kernels.io.nir_export"),
     **dict.fromkeys(("NIRImportError", "from_nir"), "na_kernels.io.nir_import"),
@@ -53,11 +65,39 @@ _LAZY = {
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 __all__ = [
-    "NoisyQuant", "replace_activations", "ReplacementReport", "UnconvertibleActivationError", "to_snn",
-    "SpikingNetwork", "IFLayer", "SynapseMeter", "TimeRepeat", "fold_batchnorm", "calibrate_thresholds",
-    "collect_statistics", "format_statistics", "post_training_convert", "SEARCH_PERCENTILES",
-    "save_snn", "load_snn", "SerializationError", "IFNode", "swap_spikingjelly_neurons", "from_spikingjelly",
-    "to_nir", "from_nir", "NIRExportError", "NIRImportError",
-    "ExitRule", "EarlyExitResult", "evaluate_early_exit", "exit_tradeoff", "format_tradeoff", "run_early_exit",
-    "score_exits", "clipped_network", "ClippedNetwork", "ClippedActivation",
+    "NoisyQuant",
+    "replace_activations",
+    "ReplacementReport",
+    "UnconvertibleActivationError",
+    "to_snn",
+    "SpikingNetwork",
+    "IFLayer",
+    "SynapseMeter",
+    "TimeRepeat",
+    "fold_batchnorm",
+    "calibrate_thresholds",
+    "collect_statistics",
+    "format_statistics",
+    "post_training_convert",
+    "SEARCH_PERCENTILES",
+    "save_snn",
+    "load_snn",
+    "SerializationError",
+    "IFNode",
+    "swap_spikingjelly_neurons",
+    "from_spikingjelly",
+    "to_nir",
+    "from_nir",
+    "NIRExportError",
+    "NIRImportError",
+    "ExitRule",
+    "EarlyExitResult",
+    "evaluate_early_exit",
+    "exit_tradeoff",
+    "format_tradeoff",
+    "run_early_exit",
+    "score_exits",
+    "clipped_network",
+    "ClippedNetwork",
+    "ClippedActivation",
 ]

@@ -5,6 +5,7 @@ evaluating the weight-only arguments of a call (its λ), the names a node is rep
 against the tables of what can (ReLU) and cannot (ReLU6, GELU, ...) become an IF neuron,
 numbering the call sites of a module, and finding free submodule names.
 """
+
 import inspect
 from typing import Iterable, List, Tuple
 
@@ -21,16 +22,61 @@ SYNAPTIC_TYPES = CONV_TYPES + (nn.Linear,)  # the layers spikes reach through sy
 # Activation modules with no IF-neuron equivalent (checked with isinstance, after nn.ReLU and the
 # clip activations ReLU6 / Hardtanh(0, a), which clip_module_level recognises first).
 UNCONVERTIBLE_MODULES = (
-    nn.ReLU6, nn.Hardtanh, nn.GELU, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.SiLU,
-    nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Threshold, nn.GLU,
-    nn.LogSigmoid, nn.Softsign, nn.Tanhshrink, nn.Hardshrink, nn.Softshrink,
+    nn.ReLU6,
+    nn.Hardtanh,
+    nn.GELU,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+    nn.Threshold,
+    nn.GLU,
+    nn.LogSigmoid,
+    nn.Softsign,
+    nn.Tanhshrink,
+    nn.Hardshrink,
+    nn.Softshrink,
 )
 RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_, F.relu_, torch.nn.functional.relu)
 RELU_METHODS = ("relu", "relu_")
 UNCONVERTIBLE_FUNCTIONS = (
-    F.relu6, F.hardtanh, F.hardtanh_, F.gelu, F.leaky_relu, F.leaky_relu_, F.prelu, F.rrelu, F.elu, F.elu_, F.selu,
-    F.celu, F.silu, F.mish, F.hardswish, F.hardsigmoid, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.softplus,
-    F.threshold, F.glu, F.logsigmoid, F.softsign, F.tanhshrink, F.hardshrink, F.softshrink,
+    F.relu6,
+    F.hardtanh,
+    F.hardtanh_,
+    F.gelu,
+    F.leaky_relu,
+    F.leaky_relu_,
+    F.prelu,
+    F.rrelu,
+    F.elu,
+    F.elu_,
+    F.selu,
+    F.celu,
+    F.silu,
+    F.mish,
+    F.hardswish,
+    F.hardsigmoid,
+    torch.sigmoid,
+    F.sigmoid,
+    torch.tanh,
+    F.tanh,
+    F.softplus,
+    F.threshold,
+    F.glu,
+    F.logsigmoid,
+    F.softsign,
+    F.tanhshrink,
+    F.hardshrink,
+    F.softshrink,
 )
 UNCONVERTIBLE_METHODS = ("relu6", "sigmoid", "sigmoid_", "tanh", "tanh_", "hardtanh", "hardtanh_")
 

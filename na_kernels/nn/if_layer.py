@@ -1,15 +1,15 @@
 """IFLayer: the integrate-and-fire neurons that replace one NoisyQuant call site in an SNN."""
+
 import math
 
 import torch
 from torch import nn
 
+from .._spec import DEFAULT_V_INIT as V_INIT  # integrate_fire's v_init, as a fraction of the threshold θ
+from .._validation import check_dense, check_parameter_values
 from ..ops.integrate_fire import integrate_fire, integrate_fire_carried
 from ..ops.noisy_quant import noisy_quant
-from .._validation import check_dense, check_parameter_values
 from .synapses import synaptic_ops
-
-from .._spec import DEFAULT_V_INIT as V_INIT  # integrate_fire's v_init, as a fraction of the threshold θ
 
 
 class IFLayer(nn.Module):
@@ -157,11 +157,13 @@ class IFLayer(nn.Module):
         calibrated = self.calibrated
         amplitude = 1.0 if calibrated else "threshold"
         if self.v is None:
-            spikes, counts, v_final = integrate_fire(x_seq, self.threshold, v_init=self.v_init, reset=self.reset,
-                                                     amplitude=amplitude, return_v=True)
+            spikes, counts, v_final = integrate_fire(
+                x_seq, self.threshold, v_init=self.v_init, reset=self.reset, amplitude=amplitude, return_v=True
+            )
         else:  # the previous chunk's potential: NaN / inf where the input had them
-            spikes, counts, v_final = integrate_fire_carried(x_seq, self.threshold, self.v, reset=self.reset,
-                                                             amplitude=amplitude, return_v=True)
+            spikes, counts, v_final = integrate_fire_carried(
+                x_seq, self.threshold, self.v, reset=self.reset, amplitude=amplitude, return_v=True
+            )
         if calibrated:
             spikes = spikes * self._channel_view(self.amplitude, spikes.dim() - 1).to(spikes.dtype)
         if self.carry_state:  # kept in the graph: gradients flow across chunks
@@ -183,14 +185,16 @@ class IFLayer(nn.Module):
         else:
             per_neuron = counts.sum(0, dtype=torch.int32)  # [C, ...]: at most B*T each
             channel = per_neuron.reshape(per_neuron.shape[0], math.prod(per_neuron.shape[1:])).sum(
-                1, dtype=torch.int64)  # [C]
+                1, dtype=torch.int64
+            )  # [C]
             self.spikes.add_(channel.sum())
             if self.record_channels:
                 self.channel_spikes = channel if self.channel_spikes is None else self.channel_spikes + channel
             positions = per_neuron.sum(0, dtype=torch.int64) if self.routes else None  # the spatial dims
         if self.routes:
-            self.route_sops.add_(torch.stack([synaptic_ops(positions, synapse, pools)
-                                              for _, synapse, pools in self.routes]))
+            self.route_sops.add_(
+                torch.stack([synaptic_ops(positions, synapse, pools) for _, synapse, pools in self.routes])
+            )
 
     @torch.no_grad()
     def _record_levels(self, y, ndim):

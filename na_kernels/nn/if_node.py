@@ -24,6 +24,7 @@ after every operation; ``state_dtype="input"`` does the same (a step loop of PyT
 slower than the fused kernel), ``state_dtype="float32"`` (the default) keeps the kernel's float32
 potential, which can differ from SpikingJelly's on a few spikes near θ.
 """
+
 import math
 import numbers
 from typing import Optional
@@ -127,9 +128,18 @@ class IFNode(nn.Module):
     across calls (``detach()`` cuts them, for truncated BPTT).
     """
 
-    def __init__(self, v_threshold=1.0, v_reset: Optional[float] = 0.0, surrogate_function="sigmoid",
-                 detach_reset: bool = False, step_mode: str = "s", store_v_seq: bool = False, *,
-                 alpha: Optional[float] = None, state_dtype: str = "float32"):
+    def __init__(
+        self,
+        v_threshold=1.0,
+        v_reset: Optional[float] = 0.0,
+        surrogate_function="sigmoid",
+        detach_reset: bool = False,
+        step_mode: str = "s",
+        store_v_seq: bool = False,
+        *,
+        alpha: Optional[float] = None,
+        state_dtype: str = "float32",
+    ):
         super().__init__()
         if isinstance(v_threshold, torch.Tensor):
             threshold = v_threshold.detach().to(torch.float32)
@@ -151,11 +161,13 @@ class IFNode(nn.Module):
         self.step_mode = step_mode
         self.store_v_seq = check_bool("store_v_seq", store_v_seq)
         if state_dtype not in STATE_DTYPES:
-            raise ValueError(f"state_dtype must be 'float32' (the fused kernel's float32 potential) or 'input' "
-                             f"(SpikingJelly's: v in a 16-bit input's dtype), got {state_dtype!r}")
+            raise ValueError(
+                f"state_dtype must be 'float32' (the fused kernel's float32 potential) or 'input' "
+                f"(SpikingJelly's: v in a 16-bit input's dtype), got {state_dtype!r}"
+            )
         self.state_dtype = state_dtype
-        self._v = None       # the kernel's state: v - v_reset for a hard reset to v_reset != 0
-        self._v16 = None     # or v itself in a 16-bit input's dtype (state_dtype="input")
+        self._v = None  # the kernel's state: v - v_reset for a hard reset to v_reset != 0
+        self._v16 = None  # or v itself in a 16-bit input's dtype (state_dtype="input")
         self.v_seq = None
 
     @property
@@ -224,8 +236,10 @@ class IFNode(nn.Module):
         if self.step_mode == "s":
             x_seq = x.unsqueeze(0)
         elif x.dim() < 2:
-            raise ValueError(f"IFNode(step_mode='m') expects [T, N, ...] (rank >= 2), got shape {tuple(x.shape)}; "
-                             "use step_mode='s' for one step [N, ...]")
+            raise ValueError(
+                f"IFNode(step_mode='m') expects [T, N, ...] (rank >= 2), got shape {tuple(x.shape)}; "
+                "use step_mode='s' for one step [N, ...]"
+            )
         else:
             x_seq = x
         carried = self._v16 if self._v16 is not None else self._v
@@ -241,8 +255,14 @@ class IFNode(nn.Module):
             self.v = self._v16.to(torch.float32)
         state = self._v
         threshold = self._kernel_threshold()
-        options = dict(reset="subtract" if self.v_reset is None else "zero", amplitude=1.0, surrogate=self.surrogate,
-                       alpha=self.alpha, detach_reset=self.detach_reset, return_v=True)
+        options = dict(
+            reset="subtract" if self.v_reset is None else "zero",
+            amplitude=1.0,
+            surrogate=self.surrogate,
+            alpha=self.alpha,
+            detach_reset=self.detach_reset,
+            return_v=True,
+        )
         if state is None:
             spikes, _, v_final = integrate_fire(x_seq, threshold, v_init=0.0, **options)
         else:  # the carried potential: NaN / inf where an earlier input had them
@@ -301,6 +321,8 @@ class IFNode(nn.Module):
 
     def extra_repr(self):
         threshold = self.v_threshold if not isinstance(self.v_threshold, torch.Tensor) else "tensor"
-        return (f"v_threshold={threshold}, v_reset={self.v_reset}, surrogate={self.surrogate}(alpha={self.alpha}), "
-                f"detach_reset={self.detach_reset}, step_mode={self.step_mode}, store_v_seq={self.store_v_seq}"
-                + (f", state_dtype={self.state_dtype}" if self.state_dtype != "float32" else ""))
+        return (
+            f"v_threshold={threshold}, v_reset={self.v_reset}, surrogate={self.surrogate}(alpha={self.alpha}), "
+            f"detach_reset={self.detach_reset}, step_mode={self.step_mode}, store_v_seq={self.store_v_seq}"
+            + (f", state_dtype={self.state_dtype}" if self.state_dtype != "float32" else "")
+        )

@@ -12,6 +12,7 @@ so no optimizer step can drive it to zero or below (the QCFS reference code's λ
 negative, its issue #10). For λ of a few units and more softplus is the identity to float
 precision and its slope is ~1, so training behaves as with a plain parameter there.
 """
+
 import math
 import numbers
 
@@ -19,8 +20,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._validation import (check_clip_level, check_dense, check_int, check_levels, check_noise, check_positive,
-                           resolve_noise_scale)
+from .._validation import (
+    check_clip_level,
+    check_dense,
+    check_int,
+    check_levels,
+    check_noise,
+    check_positive,
+    resolve_noise_scale,
+)
 from ..ops.noisy_quant import noisy_quant
 
 AUTO_PERCENTILE = 99.9
@@ -102,15 +110,21 @@ class NoisyQuant(nn.Module):
     @lam.setter
     def lam(self, value):
         if isinstance(value, str) or not isinstance(value, (numbers.Real, torch.Tensor, list, tuple)):
-            raise TypeError(f"lam must be a positive number, a tensor or (per channel) a list of numbers, got {value!r}")
+            raise TypeError(
+                f"lam must be a positive number, a tensor or (per channel) a list of numbers, got {value!r}"
+            )
         try:
             value = torch.as_tensor(value, dtype=torch.float32, device=self.raw_lam.device)
         except (TypeError, ValueError, RuntimeError) as error:
-            raise TypeError(f"lam must be a positive number, a tensor or (per channel) a list of numbers, "
-                            f"got {value!r} ({error})") from error
+            raise TypeError(
+                f"lam must be a positive number, a tensor or (per channel) a list of numbers, got {value!r} ({error})"
+            ) from error
         if value.dim() > 1 or (not self.per_channel and value.numel() != 1):
-            what = ("one number or a 1-D tensor, one per channel" if self.per_channel else
-                    "one number on a per-layer NoisyQuant (create it with per_channel=True for one λ per channel)")
+            what = (
+                "one number or a 1-D tensor, one per channel"
+                if self.per_channel
+                else "one number on a per-layer NoisyQuant (create it with per_channel=True for one λ per channel)"
+            )
             raise ValueError(f"lam must be {what}, got shape {tuple(value.shape)}")
         if not bool(torch.all(torch.isfinite(value) & (value > self.min_lam))):
             raise ValueError(f"lam must be finite and > min_lam ({self.min_lam}), got {value}")
@@ -120,8 +134,11 @@ class NoisyQuant(nn.Module):
             else:
                 if self.per_channel and value.dim() == 1 and value.numel() != self.raw_lam.numel():
                     self.raw_lam.data = torch.empty_like(value)
-                self.raw_lam.copy_(_inverse_softplus(value - self.min_lam).reshape(()).expand_as(self.raw_lam)
-                                   if value.numel() == 1 else _inverse_softplus(value - self.min_lam))
+                self.raw_lam.copy_(
+                    _inverse_softplus(value - self.min_lam).reshape(()).expand_as(self.raw_lam)
+                    if value.numel() == 1
+                    else _inverse_softplus(value - self.min_lam)
+                )
             self.lam_initialized.fill_(True)
         self._auto_pending = False
 

@@ -8,6 +8,7 @@ then runs as before: identical spikes and v for float32 input, gradients equal w
 rounding; for float16/bfloat16 input see ``IFNode``'s ``state_dtype``. SpikingJelly is needed only
 to recognise its neurons (``pip install spikingjelly --no-deps loguru tqdm``).
 """
+
 from typing import List
 
 from torch import nn
@@ -15,16 +16,22 @@ from torch import nn
 from .if_node import SPIKINGJELLY_SURROGATES, IFNode
 
 # forward hooks travel with the module (the same dicts, so existing handles still remove them)
-_HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
-               "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
+_HOOK_DICTS = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
 
 
 def _spikingjelly_if_class():
     try:
         from spikingjelly.activation_based import neuron
     except ImportError as error:
-        raise ImportError("swapping SpikingJelly neurons needs spikingjelly: "
-                          "pip install spikingjelly --no-deps loguru tqdm") from error
+        raise ImportError(
+            "swapping SpikingJelly neurons needs spikingjelly: pip install spikingjelly --no-deps loguru tqdm"
+        ) from error
     return neuron.IFNode
 
 
@@ -38,18 +45,30 @@ def from_spikingjelly(node, *, state_dtype: str = "float32", name: str = "node")
     """
     sj_if = _spikingjelly_if_class()
     if type(node) is not sj_if:
-        raise TypeError(f"{name}: expected spikingjelly's neuron.IFNode, got {type(node).__module__}."
-                        f"{type(node).__name__} (a subclass may change the dynamics; swap it by hand)")
+        raise TypeError(
+            f"{name}: expected spikingjelly's neuron.IFNode, got {type(node).__module__}."
+            f"{type(node).__name__} (a subclass may change the dynamics; swap it by hand)"
+        )
     if getattr(node, "_neuron_precision", None) is not None:
-        raise ValueError(f"{name}: SpikingJelly's explicit neuron precision {node._neuron_precision} has no "
-                         "equivalent here; clear it, or use state_dtype='input' for 16-bit input")
+        raise ValueError(
+            f"{name}: SpikingJelly's explicit neuron precision {node._neuron_precision} has no "
+            "equivalent here; clear it, or use state_dtype='input' for 16-bit input"
+        )
     surrogate = node.surrogate_function
     if type(surrogate).__name__ not in SPIKINGJELLY_SURROGATES:
-        raise TypeError(f"{name}: surrogate_function {type(surrogate).__name__} has no fused backward here "
-                        f"(only {tuple(SPIKINGJELLY_SURROGATES)}); keep SpikingJelly's IFNode for it")
-    ours = IFNode(v_threshold=node.v_threshold, v_reset=node.v_reset, surrogate_function=surrogate,
-                  detach_reset=node.detach_reset, step_mode=node.step_mode, store_v_seq=node.store_v_seq,
-                  state_dtype=state_dtype)
+        raise TypeError(
+            f"{name}: surrogate_function {type(surrogate).__name__} has no fused backward here "
+            f"(only {tuple(SPIKINGJELLY_SURROGATES)}); keep SpikingJelly's IFNode for it"
+        )
+    ours = IFNode(
+        v_threshold=node.v_threshold,
+        v_reset=node.v_reset,
+        surrogate_function=surrogate,
+        detach_reset=node.detach_reset,
+        step_mode=node.step_mode,
+        store_v_seq=node.store_v_seq,
+        state_dtype=state_dtype,
+    )
     ours.v = node.v
     ours.v_seq = node.v_seq
     ours.train(node.training)
@@ -74,8 +93,9 @@ def swap_spikingjelly_neurons(model: nn.Module, *, state_dtype: str = "float32")
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(model, sj_if):
         raise TypeError("model is itself a SpikingJelly IFNode: use na_kernels.nn.from_spikingjelly(node)")
-    targets = [(name, module) for name, module in model.named_modules(remove_duplicate=False)
-               if isinstance(module, sj_if)]
+    targets = [
+        (name, module) for name, module in model.named_modules(remove_duplicate=False) if isinstance(module, sj_if)
+    ]
     if not targets:
         raise ValueError(f"no spikingjelly neuron.IFNode in {type(model).__name__}: nothing to swap")
     replacements = {}  # one new node per SpikingJelly node, wherever it is registered

@@ -8,6 +8,7 @@ over the batch and channels and ``g_d`` the fan-out of a position along spatial 
     SOPs = out_channels / groups * sum_{h, w} c[h, w] * g_h[h] * g_w[w]     (conv2d; linear:
     g = window memberships, times out_features)
 """
+
 import torch
 from torch import nn
 
@@ -24,8 +25,14 @@ def synapse_spec(layer: nn.Module):
     if isinstance(layer, CONV_TYPES):
         dims = len(layer.kernel_size)
         padding = layer.padding if isinstance(layer.padding, str) else _tuple(layer.padding, dims)
-        return ("conv", tuple(layer.kernel_size), _tuple(layer.stride, dims), padding, _tuple(layer.dilation, dims),
-                layer.out_channels // layer.groups)
+        return (
+            "conv",
+            tuple(layer.kernel_size),
+            _tuple(layer.stride, dims),
+            padding,
+            _tuple(layer.dilation, dims),
+            layer.out_channels // layer.groups,
+        )
     return ("linear", layer.out_features)
 
 
@@ -34,8 +41,13 @@ def pool_spec(kind: str, dims: int, *, kernel=None, stride=None, padding=0, ceil
     if kind == "adaptive":
         return ("adaptive", _tuple(output_size, dims))
     kernel = _tuple(kernel, dims)
-    return ("avg", kernel, kernel if stride is None or stride == [] else _tuple(stride, dims), _tuple(padding, dims),
-            bool(ceil_mode))
+    return (
+        "avg",
+        kernel,
+        kernel if stride is None or stride == [] else _tuple(stride, dims),
+        _tuple(padding, dims),
+        bool(ceil_mode),
+    )
 
 
 def _pool_membership(pool, d, size, device):
@@ -98,8 +110,11 @@ def synaptic_ops(position_counts, synapse, pools=()):
             m = _pool_membership(pool, d, sizes[-1], device)
             memberships.append(m)
             sizes.append(m.shape[0])
-        g = _conv_fanout(synapse, d, sizes[-1], device) if synapse[0] == "conv" else torch.ones(
-            sizes[-1], dtype=torch.float64, device=device)
+        g = (
+            _conv_fanout(synapse, d, sizes[-1], device)
+            if synapse[0] == "conv"
+            else torch.ones(sizes[-1], dtype=torch.float64, device=device)
+        )
         for m in reversed(memberships):
             g = m.t() @ g
         weighted = weighted * g.reshape((-1,) + (1,) * (dims - 1 - d))

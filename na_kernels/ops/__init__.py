@@ -4,4 +4,5 @@ autograd rule in ``__init__.py``, one module per backend beside it (``triton.py`
 its docstring maps the call path; ``_eager`` decides when a call may skip the dispatcher.
 
 Importing this package registers both ops (``torch.ops.na_kernels.*``)."""
+
 from . import integrate_fire, noisy_quant  # noqa: F401

@@ -9,17 +9,26 @@ everything else goes through the op, so torch.compile, torch.export, make_fx, Fa
 functorch transforms, torch-function / dispatch modes, tracing, forward AD and autocast see
 exactly the registered op.
 """
+
 import torch
 from torch.autograd import forward_ad
 
 _C = torch._C
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 # The checks read torch internals; a torch without one of them never takes the fast path.
-_REQUIRED = ("_len_torch_function_stack", "_len_torch_dispatch_stack", "_get_tracing_state",
-             "_is_any_autocast_enabled", "is_grad_enabled")
-_AVAILABLE = all(hasattr(_C, name) for name in _REQUIRED) and hasattr(_C, "_functorch") and all(
-    hasattr(_C._functorch, name) for name in ("is_functorch_wrapped_tensor", "peek_interpreter_stack")
-) and hasattr(forward_ad, "_current_level")
+_REQUIRED = (
+    "_len_torch_function_stack",
+    "_len_torch_dispatch_stack",
+    "_get_tracing_state",
+    "_is_any_autocast_enabled",
+    "is_grad_enabled",
+)
+_AVAILABLE = (
+    all(hasattr(_C, name) for name in _REQUIRED)
+    and hasattr(_C, "_functorch")
+    and all(hasattr(_C._functorch, name) for name in ("is_functorch_wrapped_tensor", "peek_interpreter_stack"))
+    and hasattr(forward_ad, "_current_level")
+)
 
 
 def _no_mode_active():
@@ -40,7 +49,9 @@ def forward_ok(*tensors):
     if not _no_mode_active() or _C._is_any_autocast_enabled():
         return False
     for t in tensors:
-        if t is not None and (type(t) not in _PLAIN or not (t.is_cpu or t.is_cuda) or _C._functorch.is_functorch_wrapped_tensor(t)):
+        if t is not None and (
+            type(t) not in _PLAIN or not (t.is_cpu or t.is_cuda) or _C._functorch.is_functorch_wrapped_tensor(t)
+        ):
             return False
     return True
 

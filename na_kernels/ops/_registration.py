@@ -45,6 +45,7 @@ supported (the backward is a straight-through or surrogate formula, not differen
 backward runs through ``_backward_function``, whose own backward raises a NotImplementedError
 naming the op.
 """
+
 import dataclasses
 import enum
 import importlib
@@ -78,12 +79,16 @@ class _Record:
         self.type = record_type
         self.names = tuple(field.name for field in dataclasses.fields(record_type))
         self.schema = ", ".join(f"{_schema_type(hints[name])} {name}" for name in self.names)
-        self._enums = tuple(hints[name] if isinstance(hints[name], type) and issubclass(hints[name], enum.Enum)
-                            else None for name in self.names)
+        self._enums = tuple(
+            hints[name] if isinstance(hints[name], type) and issubclass(hints[name], enum.Enum) else None
+            for name in self.names
+        )
 
     def flatten(self, args):
-        return tuple(int(value) if kind is not None else value
-                     for kind, value in zip(self._enums, (getattr(args, name) for name in self.names)))
+        return tuple(
+            int(value) if kind is not None else value
+            for kind, value in zip(self._enums, (getattr(args, name) for name in self.names))
+        )
 
     def rebuild(self, flat):
         return self.type(*(value if kind is None else kind(value) for kind, value in zip(self._enums, flat)))
@@ -108,8 +113,21 @@ class Op:
                *extras)`` computes the backward op (its kernels directly on the fast path).
     """
 
-    def __init__(self, name, record, *, inputs, outputs, backward_inputs, backward_extras, backward_outputs,
-                 fake, fake_backward, save, backward):
+    def __init__(
+        self,
+        name,
+        record,
+        *,
+        inputs,
+        outputs,
+        backward_inputs,
+        backward_extras,
+        backward_outputs,
+        fake,
+        fake_backward,
+        save,
+        backward,
+    ):
         self.name = name
         self.record = _Record(record)
         self._inputs = _count(inputs)
@@ -120,15 +138,18 @@ class Op:
         fields = self.record.schema
 
         self.forward_op = torch.library.custom_op(
-            f"na_kernels::{name}", self._forward_reference, mutates_args=(),
-            schema=f"({inputs}, {fields}) -> {outputs}")
+            f"na_kernels::{name}", self._forward_reference, mutates_args=(), schema=f"({inputs}, {fields}) -> {outputs}"
+        )
         self.forward_op.register_kernel(("cpu", "cuda"))(self._forward_device)
         self.forward_op.register_fake(lambda *flat: self._call(fake, flat, self._inputs))
         self.forward_op.register_autograd(self._op_backward, setup_context=self._setup_context)
 
         self.backward_op = torch.library.custom_op(
-            f"na_kernels::{name}_backward", self._backward_reference, mutates_args=(),
-            schema=f"({backward_inputs}, {fields}, {backward_extras}) -> {backward_outputs}")
+            f"na_kernels::{name}_backward",
+            self._backward_reference,
+            mutates_args=(),
+            schema=f"({backward_inputs}, {fields}, {backward_extras}) -> {backward_outputs}",
+        )
         self.backward_op.register_kernel(("cpu", "cuda"))(self._backward_device)
         self.backward_op.register_fake(lambda *flat: self._call(fake_backward, flat, self._backward_inputs))
 
@@ -169,7 +190,7 @@ class Op:
     def _split(self, flat, count):
         """Schema arguments -> (tensors, record, extras)."""
         fields = len(self.record.names)
-        return tuple(flat[:count]), self.record.rebuild(flat[count:count + fields]), tuple(flat[count + fields:])
+        return tuple(flat[:count]), self.record.rebuild(flat[count : count + fields]), tuple(flat[count + fields :])
 
     def _call(self, function, flat, count):
         """function(*tensors, args, *extras) of schema arguments whose first ``count`` are the tensors."""
@@ -180,13 +201,13 @@ class Op:
         return self._call(self._reference.forward, flat, self._inputs)
 
     def _forward_device(self, *flat):
-        return self._call(self.implementation(flat[:self._inputs]).forward, flat, self._inputs)
+        return self._call(self.implementation(flat[: self._inputs]).forward, flat, self._inputs)
 
     def _backward_reference(self, *flat):
         return self._call(self._reference.backward, flat, self._backward_inputs)
 
     def _backward_device(self, *flat):
-        return self._call(self.implementation(flat[:self._backward_inputs]).backward, flat, self._backward_inputs)
+        return self._call(self.implementation(flat[: self._backward_inputs]).backward, flat, self._backward_inputs)
 
     # ------------------------------------------------------------------------------ autograd
 
@@ -203,8 +224,9 @@ class Op:
 
     def gradients(self, ctx, grads):
         """The gradients of the forward's tensors, the backward op (or its kernels) computing them."""
+
         def run(*inputs):
-            tensors, extras = inputs[:self._backward_inputs], inputs[self._backward_inputs:]
+            tensors, extras = inputs[: self._backward_inputs], inputs[self._backward_inputs :]
             if _eager.backward_ok(ctx, *grads):  # the forward bypassed the op: so may the backward
                 return self.implementation(tensors).backward(*tensors, ctx.args, *extras)
             if not torch.compiler.is_compiling() and (torch.is_grad_enabled() or _eager.functorch_active()):
@@ -257,12 +279,21 @@ def _func_function(op: Op):
     def jvp(ctx, *tangents):
         raise NotImplementedError(
             f"na_kernels.{op.name}: forward-mode AD (torch.func.jvp, jacfwd, hessian, torch.autograd.forward_ad) "
-            f"is not supported; use reverse mode (torch.func.grad, vjp, jacrev, or .backward())")
+            f"is not supported; use reverse mode (torch.func.grad, vjp, jacrev, or .backward())"
+        )
 
     # type(): the class (and its autograd node, "<name>Backward") named after the op
-    return type(f"{_title(op)}Func", (torch.autograd.Function,), {
-        "generate_vmap_rule": True, "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
-        "backward": staticmethod(backward), "jvp": staticmethod(jvp)})
+    return type(
+        f"{_title(op)}Func",
+        (torch.autograd.Function,),
+        {
+            "generate_vmap_rule": True,
+            "forward": staticmethod(forward),
+            "setup_context": staticmethod(setup_context),
+            "backward": staticmethod(backward),
+            "jvp": staticmethod(jvp),
+        },
+    )
 
 
 def _backward_function(op: Op):
@@ -270,7 +301,7 @@ def _backward_function(op: Op):
     torch.func transform): the same computation, and a clear error if a gradient of it is asked."""
 
     def forward(args, *inputs):
-        tensors, extras = inputs[:op._backward_inputs], inputs[op._backward_inputs:]
+        tensors, extras = inputs[: op._backward_inputs], inputs[op._backward_inputs :]
         return op.backward_op(*tensors, *op.record.flatten(args), *extras)
 
     def setup_context(ctx, inputs, output):
@@ -282,11 +313,19 @@ def _backward_function(op: Op):
             f"then another backward, torch.func.grad of grad, hessian, ...) is not supported; its backward "
             f"is a straight-through / surrogate-gradient formula with no derivative of its own. Take "
             f"first-order gradients only, or use na_kernels.ops.{op.name}.reference.{op.name} (plain PyTorch, "
-            f"differentiable by autograd) where second derivatives are needed.")
+            f"differentiable by autograd) where second derivatives are needed."
+        )
 
-    return type(f"{_title(op)}Gradient", (torch.autograd.Function,), {
-        "generate_vmap_rule": True, "forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
-        "backward": staticmethod(backward)})
+    return type(
+        f"{_title(op)}Gradient",
+        (torch.autograd.Function,),
+        {
+            "generate_vmap_rule": True,
+            "forward": staticmethod(forward),
+            "setup_context": staticmethod(setup_context),
+            "backward": staticmethod(backward),
+        },
+    )
 
 
 def _per_sample_vmap(custom_op):

@@ -7,6 +7,7 @@ rounds, then each of the four words mapped to float32 (``rand4x``), and Box-Mull
 block for counter ``i // 4`` (``element_noise``, ``noise_range``).
 uint32 arithmetic is emulated in int64 tensors so it runs on any device.
 """
+
 import torch
 
 from .._spec import Noise
@@ -134,4 +135,4 @@ def noise_range(seed, first, count, kind, device="cpu"):
     counters = torch.arange(block_first, block_last + 1, dtype=torch.int64, device=device)
     values = torch.stack(blocks(seed, counters), dim=-1).reshape(-1)
     start = first - 4 * block_first
-    return _finish(kind, values[start:start + count])
+    return _finish(kind, values[start : start + count])

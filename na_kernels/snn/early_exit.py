@@ -28,6 +28,7 @@ stem (analog MACs) once per sample.
 ``score_exits(outputs, rule)`` scores a fixed-T run's ``[T, B, K]`` outputs post hoc with the
 same rule (what the early exit returns, without its savings).
 """
+
 import math
 import weakref
 from dataclasses import dataclass
@@ -68,18 +69,29 @@ class ExitRule:
 
     def __post_init__(self):
         if self.confidence is None and self.margin is None:
-            raise ValueError("ExitRule needs confidence and/or margin (e.g. ExitRule(confidence=0.9)); "
-                             "without a rule every sample runs T_max steps: use snn(x, T=T_max) for that")
+            raise ValueError(
+                "ExitRule needs confidence and/or margin (e.g. ExitRule(confidence=0.9)); "
+                "without a rule every sample runs T_max steps: use snn(x, T=T_max) for that"
+            )
         for name in ("confidence", "margin"):
             value = getattr(self, name)
             if value is not None:
-                value = check_real(name, value, strictly_positive=True, maximum=1.0,
-                                   accepted="a real in (0, 1] (a softmax probability)")
+                value = check_real(
+                    name,
+                    value,
+                    strictly_positive=True,
+                    maximum=1.0,
+                    accepted="a real in (0, 1] (a softmax probability)",
+                )
             object.__setattr__(self, name, value)
-        object.__setattr__(self, "temperature", check_positive("temperature", self.temperature,
-                                                                accepted="a finite real > 0"))
-        object.__setattr__(self, "min_steps", check_int("min_steps", self.min_steps, minimum=1,
-                                                        meaning="the first step at which a sample may stop"))
+        object.__setattr__(
+            self, "temperature", check_positive("temperature", self.temperature, accepted="a finite real > 0")
+        )
+        object.__setattr__(
+            self,
+            "min_steps",
+            check_int("min_steps", self.min_steps, minimum=1, meaning="the first step at which a sample may stop"),
+        )
 
     def probabilities(self, mean_logits: torch.Tensor) -> torch.Tensor:
         """``[..., K]`` -> ``softmax(mean_logits / temperature)`` over K, in float32.
@@ -176,16 +188,27 @@ class EarlyExitResult:
 
     def as_row(self) -> Dict[str, Any]:
         """A JSON-ready summary: the rule, accuracy, exit steps, histogram, SOPs and energy."""
-        row = dict(rule=self.rule.describe(), confidence=self.rule.confidence, margin=self.rule.margin,
-                   temperature=self.rule.temperature, min_steps=self.rule.min_steps, T_max=self.T_max,
-                   chunk=self.chunk, samples=self.samples, accuracy=self.accuracy,
-                   mean_exit_step=self.mean_exit_step, mean_steps_run=self.mean_steps_run,
-                   exit_histogram=self.exit_histogram)
+        row = dict(
+            rule=self.rule.describe(),
+            confidence=self.rule.confidence,
+            margin=self.rule.margin,
+            temperature=self.rule.temperature,
+            min_steps=self.rule.min_steps,
+            T_max=self.T_max,
+            chunk=self.chunk,
+            samples=self.samples,
+            accuracy=self.accuracy,
+            mean_exit_step=self.mean_exit_step,
+            mean_steps_run=self.mean_steps_run,
+            exit_histogram=self.exit_histogram,
+        )
         if self.statistics is not None:
-            row.update(sops_per_sample=self.statistics["total"]["sops_per_sample"],
-                       firing_rate=self.statistics["total"]["firing_rate"],
-                       snn_j_per_sample=self.statistics["energy"]["snn_j_per_sample"],
-                       energy_ratio=self.statistics["energy"]["ratio"])
+            row.update(
+                sops_per_sample=self.statistics["total"]["sops_per_sample"],
+                firing_rate=self.statistics["total"]["firing_rate"],
+                snn_j_per_sample=self.statistics["energy"]["snn_j_per_sample"],
+                energy_ratio=self.statistics["energy"]["ratio"],
+            )
         return row
 
     def summary(self) -> str:
@@ -205,9 +228,11 @@ class EarlyExitResult:
         lines.append("samples    " + " ".join(c.rjust(w) for c, w in zip(counts, widths)))
         if self.statistics is not None:
             total, energy = self.statistics["total"], self.statistics["energy"]
-            lines.append(f"firing rate {total['firing_rate']:.4f}, {total['sops_per_sample']:.4g} SOPs/sample, "
-                         f"energy {energy['snn_j_per_sample']:.4g} J/sample = {energy['ratio']:.3g}x the ANN "
-                         "(steps actually run)")
+            lines.append(
+                f"firing rate {total['firing_rate']:.4f}, {total['sops_per_sample']:.4g} SOPs/sample, "
+                f"energy {energy['snn_j_per_sample']:.4g} J/sample = {energy['ratio']:.3g}x the ANN "
+                "(steps actually run)"
+            )
         return "\n".join(lines)
 
     def __str__(self):
@@ -220,9 +245,17 @@ class EarlyExitResult:
             raise ValueError("concatenate needs at least one EarlyExitResult")
         first = parts[0]
         labels = None if any(p.labels is None for p in parts) else torch.cat([p.labels for p in parts])
-        return cls(torch.cat([p.predictions for p in parts]), torch.cat([p.exit_steps for p in parts]),
-                   torch.cat([p.steps_run for p in parts]), torch.cat([p.outputs for p in parts]),
-                   first.T_max, first.chunk, first.rule, labels, statistics)
+        return cls(
+            torch.cat([p.predictions for p in parts]),
+            torch.cat([p.exit_steps for p in parts]),
+            torch.cat([p.steps_run for p in parts]),
+            torch.cat([p.outputs for p in parts]),
+            first.T_max,
+            first.chunk,
+            first.rule,
+            labels,
+            statistics,
+        )
 
 
 # ---------------------------------------------------------------------------------- scoring
@@ -233,8 +266,10 @@ def score_exits(outputs: torch.Tensor, rule: RuleLike) -> torch.Tensor:
     int64 ``[B]``, the first t >= min_steps where ``rule.holds(outputs[t-1])``, else T."""
     rule = as_rule(rule)
     if not isinstance(outputs, torch.Tensor) or outputs.dim() != 3:
-        raise ValueError(f"outputs must be a [T, B, K] tensor (snn(x) of a classifier), got "
-                         f"{tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__}")
+        raise ValueError(
+            f"outputs must be a [T, B, K] tensor (snn(x) of a classifier), got "
+            f"{tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__}"
+        )
     if outputs.shape[2] < 2:
         raise ValueError(f"outputs must have K >= 2 classes (dim 2), got shape {tuple(outputs.shape)}")
     T = outputs.shape[0]
@@ -268,8 +303,10 @@ def _check_labels(labels, outputs):
     """Labels ``[B]`` must index the K classes of ``outputs`` ``[B, K]``: else accuracy is silently 0."""
     classes = outputs.shape[-1]
     if labels is not None and labels.numel() and not bool(((labels >= 0) & (labels < classes)).all()):
-        raise ValueError(f"labels must be class indices in [0, {classes}) (the network has {classes} outputs), "
-                         f"got values from {int(labels.min())} to {int(labels.max())}")
+        raise ValueError(
+            f"labels must be class indices in [0, {classes}) (the network has {classes} outputs), "
+            f"got values from {int(labels.min())} to {int(labels.max())}"
+        )
 
 
 def _check_steps(snn, rule, T_max, chunk):
@@ -350,8 +387,10 @@ def _per_step_output(out, steps, batch):
     """The network's chunk output ``[steps*B, K]`` as ``[steps, B, K]``; ValueError otherwise."""
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != steps * batch or out.shape[1] < 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"snn: early exit needs a classifier whose output is [B, classes] (classes >= 2) per "
-                         f"step, i.e. [{steps}*{batch}, K] for this chunk; got {shape}")
+        raise ValueError(
+            f"snn: early exit needs a classifier whose output is [B, classes] (classes >= 2) per "
+            f"step, i.e. [{steps}*{batch}, K] for this chunk; got {shape}"
+        )
     return out.reshape(steps, batch, out.shape[1])
 
 
@@ -420,8 +459,15 @@ def _statistics(snn):
     return collect_statistics(snn) if any(layer.record for layer in snn.if_layers.values()) else None
 
 
-def run_early_exit(snn, x: torch.Tensor, rule: RuleLike, *, T_max: Optional[int] = None, chunk: int = 1,
-                   labels: Optional[torch.Tensor] = None) -> EarlyExitResult:
+def run_early_exit(
+    snn,
+    x: torch.Tensor,
+    rule: RuleLike,
+    *,
+    T_max: Optional[int] = None,
+    chunk: int = 1,
+    labels: Optional[torch.Tensor] = None,
+) -> EarlyExitResult:
     """Run ``snn`` on the batch x ``[B, ...]`` with per-sample early exit (see the module doc),
     under ``torch.no_grad`` (inference: the exits are not differentiable).
 
@@ -449,12 +495,29 @@ def run_early_exit(snn, x: torch.Tensor, rule: RuleLike, *, T_max: Optional[int]
     snn.reset_statistics()
     outputs, exit_steps, steps_run = _run_batch(snn, x, rule, T_max, chunk)
     _check_labels(labels, outputs)
-    return EarlyExitResult(outputs.argmax(-1), exit_steps, steps_run, outputs, T_max, chunk, rule,
-                           None if labels is None else labels.cpu(), _statistics(snn))
+    return EarlyExitResult(
+        outputs.argmax(-1),
+        exit_steps,
+        steps_run,
+        outputs,
+        T_max,
+        chunk,
+        rule,
+        None if labels is None else labels.cpu(),
+        _statistics(snn),
+    )
 
 
-def evaluate_early_exit(snn, batches: Iterable, rule: RuleLike, *, T_max: Optional[int] = None, chunk: int = 1,
-                        desc: str = "early exit", show_progress: bool = False) -> EarlyExitResult:
+def evaluate_early_exit(
+    snn,
+    batches: Iterable,
+    rule: RuleLike,
+    *,
+    T_max: Optional[int] = None,
+    chunk: int = 1,
+    desc: str = "early exit",
+    show_progress: bool = False,
+) -> EarlyExitResult:
     """``run_early_exit`` over ``batches`` (an iterable of ``(x, labels)`` pairs or of x
     tensors, e.g. a ``BatchLoader``), as one result; statistics reset once, over all batches."""
     _check_network(snn)
@@ -467,15 +530,32 @@ def evaluate_early_exit(snn, batches: Iterable, rule: RuleLike, *, T_max: Option
         _check_batch(x, labels)
         outputs, exit_steps, steps_run = _run_batch(snn, x, rule, T_max, chunk)
         _check_labels(labels, outputs)
-        parts.append(EarlyExitResult(outputs.argmax(-1), exit_steps, steps_run, outputs, T_max, chunk, rule,
-                                     None if labels is None else labels.cpu()))
+        parts.append(
+            EarlyExitResult(
+                outputs.argmax(-1),
+                exit_steps,
+                steps_run,
+                outputs,
+                T_max,
+                chunk,
+                rule,
+                None if labels is None else labels.cpu(),
+            )
+        )
     if not parts:
         raise ValueError("batches must yield at least one batch")
     return EarlyExitResult.concatenate(parts, _statistics(snn))
 
 
-def exit_tradeoff(snn, batches: Iterable, rules: Sequence[RuleLike], *, T_max: Optional[int] = None,
-                  chunk: int = 1, show_progress: bool = False) -> List[Dict[str, Any]]:
+def exit_tradeoff(
+    snn,
+    batches: Iterable,
+    rules: Sequence[RuleLike],
+    *,
+    T_max: Optional[int] = None,
+    chunk: int = 1,
+    show_progress: bool = False,
+) -> List[Dict[str, Any]]:
     """The accuracy / mean-exit-step trade-off: one ``EarlyExitResult.as_row()`` per rule (a
     number c means ``ExitRule(confidence=c)``), each a real early-exit run over ``batches``
     (re-iterable, yielding ``(x, labels)``). Plot ``row["mean_exit_step"]`` against
@@ -483,8 +563,18 @@ def exit_tradeoff(snn, batches: Iterable, rules: Sequence[RuleLike], *, T_max: O
     rules = [as_rule(rule) for rule in rules]
     if not rules:
         raise ValueError("rules must hold at least one ExitRule or confidence threshold")
-    return [evaluate_early_exit(snn, batches, rule, T_max=T_max, chunk=chunk, show_progress=show_progress,
-                                desc=f"early exit {rule.describe()}").as_row() for rule in rules]
+    return [
+        evaluate_early_exit(
+            snn,
+            batches,
+            rule,
+            T_max=T_max,
+            chunk=chunk,
+            show_progress=show_progress,
+            desc=f"early exit {rule.describe()}",
+        ).as_row()
+        for rule in rules
+    ]
 
 
 def format_tradeoff(rows: Sequence[Dict[str, Any]], fixed_accuracy: Optional[Sequence[float]] = None) -> str:
@@ -497,10 +587,14 @@ def format_tradeoff(rows: Sequence[Dict[str, Any]], fixed_accuracy: Optional[Seq
     table = []
     for row in rows:
         acc = row.get("accuracy")
-        cells = [row["rule"], "-" if acc is None else f"{100 * acc:.2f} %", f"{row['mean_exit_step']:.2f}",
-                 f"{row['mean_steps_run']:.2f}",
-                 f"{row['sops_per_sample']:.4g}" if "sops_per_sample" in row else "-",
-                 f"{row['energy_ratio']:.3g}x" if "energy_ratio" in row else "-"]
+        cells = [
+            row["rule"],
+            "-" if acc is None else f"{100 * acc:.2f} %",
+            f"{row['mean_exit_step']:.2f}",
+            f"{row['mean_steps_run']:.2f}",
+            f"{row['sops_per_sample']:.4g}" if "sops_per_sample" in row else "-",
+            f"{row['energy_ratio']:.3g}x" if "energy_ratio" in row else "-",
+        ]
         if fixed_accuracy is not None:
             T = len(fixed_accuracy)
             at = min(T, max(1, math.ceil(row["mean_exit_step"] - 1e-9)))

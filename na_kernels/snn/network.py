@@ -13,6 +13,7 @@
   from one chunk to the next, so memory is that of a c-step run (under no_grad; with autograd
   the potentials stay in the graph and gradients flow across chunks).
 """
+
 import copy
 from typing import Dict, Optional
 

@@ -38,6 +38,7 @@ counters of their dtype and shape and >= 0, T and chunk ints >= 1). Anything wro
 ``SerializationError`` naming it. The network comes back in eval mode with the saved tensors
 and statistics: the same outputs bit for bit, the same ``statistics()``.
 """
+
 import builtins
 import functools
 import hashlib
@@ -71,48 +72,171 @@ _MAX_DIM = 1 << 31  # a tensor dimension or torch.Size entry
 
 # torch.nn layers a converted network may hold (rebuilt by their constructor from saved arguments)
 _TORCH_MODULES = (
-    "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d", "Linear", "Identity",
-    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "LayerNorm",
-    "AvgPool1d", "AvgPool2d", "AvgPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d",
-    "MaxPool1d", "MaxPool2d", "MaxPool3d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AdaptiveMaxPool3d",
-    "Flatten", "Unflatten", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
-    "ZeroPad1d", "ZeroPad2d", "ZeroPad3d", "ConstantPad1d", "ConstantPad2d", "ConstantPad3d",
-    "Upsample", "PixelShuffle", "PixelUnshuffle", "Softmax", "LogSoftmax",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+    "Linear",
+    "Identity",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "GroupNorm",
+    "LayerNorm",
+    "AvgPool1d",
+    "AvgPool2d",
+    "AvgPool3d",
+    "AdaptiveAvgPool1d",
+    "AdaptiveAvgPool2d",
+    "AdaptiveAvgPool3d",
+    "MaxPool1d",
+    "MaxPool2d",
+    "MaxPool3d",
+    "AdaptiveMaxPool1d",
+    "AdaptiveMaxPool2d",
+    "AdaptiveMaxPool3d",
+    "Flatten",
+    "Unflatten",
+    "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
+    "AlphaDropout",
+    "ZeroPad1d",
+    "ZeroPad2d",
+    "ZeroPad3d",
+    "ConstantPad1d",
+    "ConstantPad2d",
+    "ConstantPad3d",
+    "Upsample",
+    "PixelShuffle",
+    "PixelUnshuffle",
+    "Softmax",
+    "LogSoftmax",
 )
 _OWN_MODULES = ("IFLayer", "TimeRepeat", "SynapseMeter")
 MODULE_TYPES = ("Module",) + _TORCH_MODULES + _OWN_MODULES
 
 # call_function targets, by the key the file names them with
 FUNCTIONS = {
-    **{f"operator.{n}": getattr(operator, n) for n in (
-        "add", "sub", "mul", "truediv", "floordiv", "mod", "neg", "pos", "matmul", "getitem")},
+    **{
+        f"operator.{n}": getattr(operator, n)
+        for n in ("add", "sub", "mul", "truediv", "floordiv", "mod", "neg", "pos", "matmul", "getitem")
+    },
     "builtins.getattr": builtins.getattr,
     "math.sqrt": math.sqrt,
-    **{f"torch.{n}": getattr(torch, n) for n in (
-        "add", "sub", "mul", "div", "cat", "concat", "stack", "flatten", "reshape", "transpose", "permute",
-        "squeeze", "unsqueeze", "mean", "sum", "matmul", "neg", "avg_pool1d", "adaptive_avg_pool1d", "max_pool1d",
-        "max_pool2d", "max_pool3d", "conv1d", "conv2d", "conv3d", "clamp", "chunk", "split")},
-    **{f"F.{n}": getattr(F, n) for n in (
-        "linear", "conv1d", "conv2d", "conv3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
-        "adaptive_avg_pool2d", "adaptive_avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d",
-        "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "dropout", "pad", "interpolate",
-        "batch_norm", "layer_norm", "group_norm", "softmax", "log_softmax")},
+    **{
+        f"torch.{n}": getattr(torch, n)
+        for n in (
+            "add",
+            "sub",
+            "mul",
+            "div",
+            "cat",
+            "concat",
+            "stack",
+            "flatten",
+            "reshape",
+            "transpose",
+            "permute",
+            "squeeze",
+            "unsqueeze",
+            "mean",
+            "sum",
+            "matmul",
+            "neg",
+            "avg_pool1d",
+            "adaptive_avg_pool1d",
+            "max_pool1d",
+            "max_pool2d",
+            "max_pool3d",
+            "conv1d",
+            "conv2d",
+            "conv3d",
+            "clamp",
+            "chunk",
+            "split",
+        )
+    },
+    **{
+        f"F.{n}": getattr(F, n)
+        for n in (
+            "linear",
+            "conv1d",
+            "conv2d",
+            "conv3d",
+            "avg_pool1d",
+            "avg_pool2d",
+            "avg_pool3d",
+            "adaptive_avg_pool1d",
+            "adaptive_avg_pool2d",
+            "adaptive_avg_pool3d",
+            "max_pool1d",
+            "max_pool2d",
+            "max_pool3d",
+            "adaptive_max_pool1d",
+            "adaptive_max_pool2d",
+            "adaptive_max_pool3d",
+            "dropout",
+            "pad",
+            "interpolate",
+            "batch_norm",
+            "layer_norm",
+            "group_norm",
+            "softmax",
+            "log_softmax",
+        )
+    },
 }
 # in-place operators a traced forward may hold (``out += x``): written as the out-of-place operator
 # when nothing else reads their first operand (then the value is the same)
-_IN_PLACE = {operator.iadd: "operator.add", operator.isub: "operator.sub", operator.imul: "operator.mul",
-             operator.itruediv: "operator.truediv"}
+_IN_PLACE = {
+    operator.iadd: "operator.add",
+    operator.isub: "operator.sub",
+    operator.imul: "operator.mul",
+    operator.itruediv: "operator.truediv",
+}
 # Tensor methods a graph may call, only on a value the graph computed: shape arithmetic and
 # out-of-place maths; none touches storage, dtype or device, files, or a tensor in place
-METHODS = frozenset((
-    "size", "dim", "view", "reshape", "flatten", "contiguous", "permute", "transpose", "unsqueeze", "squeeze",
-    "mean", "sum", "add", "sub", "mul", "div", "matmul", "chunk", "split", "expand", "expand_as", "view_as",
-    "reshape_as", "clamp", "softmax", "log_softmax", "neg",
-))
+METHODS = frozenset(
+    (
+        "size",
+        "dim",
+        "view",
+        "reshape",
+        "flatten",
+        "contiguous",
+        "permute",
+        "transpose",
+        "unsqueeze",
+        "squeeze",
+        "mean",
+        "sum",
+        "add",
+        "sub",
+        "mul",
+        "div",
+        "matmul",
+        "chunk",
+        "split",
+        "expand",
+        "expand_as",
+        "view_as",
+        "reshape_as",
+        "clamp",
+        "softmax",
+        "log_softmax",
+        "neg",
+    )
+)
 _NON_TENSOR_METHODS = ("size", "dim")  # their results are ints: no method may be called on them
 GETATTR = ("shape", "ndim", "dtype", "device")  # what getattr(value, name) may read (tensor metadata)
-DTYPES = {name: getattr(torch, name) for name in (
-    "float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")}
+DTYPES = {
+    name: getattr(torch, name)
+    for name in ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")
+}
 _DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 _MODULE_BASE_KEYS = frozenset(nn.Module().__dict__)
@@ -121,28 +245,46 @@ _HOOK_KEYS = tuple(k for k in _MODULE_BASE_KEYS if k.endswith("hooks"))
 # _STATE: switches and optional per-channel statistics (attribute -> kind); _BUFFERS: every
 # buffer (name -> kind): IF thresholds / amplitudes and the statistics counters, tensors updated
 # in place (saved, cloned on load); _TRANSIENT: per-run state, not saved
-_CONFIG = {"IFLayer": ("name", "p", "input_is_constant", "routes"), "TimeRepeat": (),
-           "SynapseMeter": ("name", "layer_type", "sources", "spike_driven", "synapse", "weight_shape", "routed")}
+_CONFIG = {
+    "IFLayer": ("name", "p", "input_is_constant", "routes"),
+    "TimeRepeat": (),
+    "SynapseMeter": ("name", "layer_type", "sources", "spike_driven", "synapse", "weight_shape", "routed"),
+}
 _STATE = {
-    "IFLayer": {"record": "bool", "record_channels": "bool", "record_ann_levels": "bool",
-                "channel_spikes": "count_vector", "ann_channel_levels": "level_vector"},
+    "IFLayer": {
+        "record": "bool",
+        "record_channels": "bool",
+        "record_ann_levels": "bool",
+        "channel_spikes": "count_vector",
+        "ann_channel_levels": "level_vector",
+    },
     "TimeRepeat": {},
     "SynapseMeter": {"record": "bool"},
 }
 _BUFFERS = {
-    "IFLayer": {"threshold": "positive", "amplitude": "positive", "spikes": "count", "neuron_steps": "count",
-                "neurons": "count", "route_sops": "route_sops"},
+    "IFLayer": {
+        "threshold": "positive",
+        "amplitude": "positive",
+        "spikes": "count",
+        "neuron_steps": "count",
+        "neurons": "count",
+        "route_sops": "route_sops",
+    },
     "TimeRepeat": {},
     "SynapseMeter": {"sops": "sops", "macs": "count", "rows": "count", "macs_per_sample": "count"},
 }
-_TRANSIENT = {"IFLayer": ("time_steps", "mode", "carry_state", "v", "_calibrated", "_calibrated_versions"),
-              "TimeRepeat": ("time_steps",), "SynapseMeter": ()}
+_TRANSIENT = {
+    "IFLayer": ("time_steps", "mode", "carry_state", "v", "_calibrated", "_calibrated_versions"),
+    "TimeRepeat": ("time_steps",),
+    "SynapseMeter": (),
+}
 _SYNAPTIC_TYPES = {"Linear": 0, "Conv1d": 1, "Conv2d": 2, "Conv3d": 3}  # fx_utils.SYNAPTIC_TYPES -> spatial dims
 _MAX_ROUTES = 1024  # routes of one IF layer (one per path from it to a conv/linear)
 _MAX_POOLS = 16  # average pools on one route
 # names fx's generated forward may use besides the builtins: an input may not shadow them
-_RESERVED_INPUTS = frozenset(("self", "torch", "operator", "math", "builtins", "device", "inf", "nan", "fx_pytree",
-                              "pytree", "NoneType", "F"))
+_RESERVED_INPUTS = frozenset(
+    ("self", "torch", "operator", "math", "builtins", "device", "inf", "nan", "fx_pytree", "pytree", "NoneType", "F")
+)
 _MODULE_RECORD_KEYS = ("name", "type", "parameters", "buffers", "config", "state")
 _NETWORK_KEYS = ("T", "chunk", "samples", "sample_steps", "conversion_report")
 
@@ -156,18 +298,32 @@ class SerializationError(ValueError):
 
 def check_identifier(name, what) -> str:
     """``name`` as a plain Python identifier: a str, not a keyword, not private or dunder."""
-    if (not isinstance(name, str) or not name.isidentifier() or not name.isascii() or keyword.iskeyword(name)
-            or name.startswith("_") or len(name) > _MAX_NAME):
-        raise SerializationError(f"{what} {name!r:.80} is not a plain identifier (letters, digits and _ , "
-                                 "not starting with _ , not a Python keyword)")
+    if (
+        not isinstance(name, str)
+        or not name.isidentifier()
+        or not name.isascii()
+        or keyword.iskeyword(name)
+        or name.startswith("_")
+        or len(name) > _MAX_NAME
+    ):
+        raise SerializationError(
+            f"{what} {name!r:.80} is not a plain identifier (letters, digits and _ , "
+            "not starting with _ , not a Python keyword)"
+        )
     return name
 
 
 def _check_node_name(name, what) -> str:
     """An fx node name: an identifier, not a keyword, not dunder (fx names a Sequential's
     children ``_0``, ``_1``: one leading underscore is fine)."""
-    if (not isinstance(name, str) or not name.isidentifier() or not name.isascii() or keyword.iskeyword(name)
-            or name.startswith("__") or len(name) > _MAX_NAME):
+    if (
+        not isinstance(name, str)
+        or not name.isidentifier()
+        or not name.isascii()
+        or keyword.iskeyword(name)
+        or name.startswith("__")
+        or len(name) > _MAX_NAME
+    ):
         raise SerializationError(f"{what} {name!r:.80} is not a plain identifier")
     return name
 
@@ -187,8 +343,9 @@ def check_path(name, what, allow_root=False) -> str:
 def _check_label(value, what) -> str:
     """A display name (an IF layer's name, a report entry): printable text, bounded length."""
     if not isinstance(value, str) or len(value) > 4 * _MAX_NAME or not value.isprintable():
-        raise SerializationError(f"{what} must be printable text of at most {4 * _MAX_NAME} characters, "
-                                 f"got {value!r:.80}")
+        raise SerializationError(
+            f"{what} must be printable text of at most {4 * _MAX_NAME} characters, got {value!r:.80}"
+        )
     return value
 
 
@@ -215,13 +372,18 @@ def _type_key(module: nn.Module, where: str) -> str:
 
 def _constructor_arguments(cls):
     import inspect
+
     parameters = inspect.signature(cls.__init__).parameters
-    return [n for n, p in parameters.items() if n not in ("self", "device", "dtype")
-            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return [
+        n
+        for n, p in parameters.items()
+        if n not in ("self", "device", "dtype") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
 
 
 def _has_bias_flag(cls) -> bool:
     import inspect
+
     parameter = inspect.signature(cls.__init__).parameters.get("bias")
     return parameter is not None and isinstance(parameter.default, bool)
 
@@ -273,7 +435,7 @@ def _decode(value, where, nodes=None, depth=0):
     if isinstance(value, list):
         return tuple(_decode(v, where, nodes, depth + 1) for v in value)
     if isinstance(value, dict) and len(value) == 1:
-        (tag, body), = value.items()
+        ((tag, body),) = value.items()
         if tag == "node" and nodes is not None:
             if not isinstance(body, str) or body not in nodes:
                 raise SerializationError(f"{where}: refers to fx node {body!r:.80}, which is not defined before it")
@@ -313,8 +475,9 @@ class _Tensors:
             raise SerializationError(f"{where}: dtype {tensor.dtype} is not written (accepted: {', '.join(DTYPES)})")
         data = tensor.detach().to("cpu").contiguous()
         raw = data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b""
-        self.entries.append({"dtype": _DTYPE_NAMES[tensor.dtype], "shape": list(data.shape),
-                             "offset": self.offset, "nbytes": len(raw)})
+        self.entries.append(
+            {"dtype": _DTYPE_NAMES[tensor.dtype], "shape": list(data.shape), "offset": self.offset, "nbytes": len(raw)}
+        )
         self.chunks.append(raw)
         self.offset += len(raw)
         self.index[key] = len(self.entries) - 1
@@ -333,17 +496,24 @@ def _read_tensors(entries, payload, map_location):
         shape = entry["shape"]
         if dtype is None:
             raise SerializationError(f"{where}: dtype {entry['dtype']!r:.40} is not one of {', '.join(DTYPES)}")
-        if not isinstance(shape, list) or len(shape) > 8 or not all(type(d) is int and 0 <= d < _MAX_DIM
-                                                                    for d in shape):
+        if (
+            not isinstance(shape, list)
+            or len(shape) > 8
+            or not all(type(d) is int and 0 <= d < _MAX_DIM for d in shape)
+        ):
             raise SerializationError(f"{where}: shape {shape!r:.80} is not a list of at most 8 ints in 0 .. 2^31")
         nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
         if entry["offset"] != offset or entry["nbytes"] != nbytes:
-            raise SerializationError(f"{where}: its shape {shape} and dtype {entry['dtype']} need {nbytes} bytes "
-                                     f"at offset {offset}; the record says {entry['nbytes']!r:.40} at "
-                                     f"{entry['offset']!r:.40}")
+            raise SerializationError(
+                f"{where}: its shape {shape} and dtype {entry['dtype']} need {nbytes} bytes "
+                f"at offset {offset}; the record says {entry['nbytes']!r:.40} at "
+                f"{entry['offset']!r:.40}"
+            )
         if offset + nbytes > len(payload):
-            raise SerializationError(f"{where}: its {nbytes} bytes at offset {offset} lie past the end of the "
-                                     f"payload ({len(payload)} bytes): the file is truncated")
+            raise SerializationError(
+                f"{where}: its {nbytes} bytes at offset {offset} lie past the end of the "
+                f"payload ({len(payload)} bytes): the file is truncated"
+            )
         if nbytes:
             flat = torch.frombuffer(payload, dtype=torch.uint8, count=nbytes, offset=offset).clone()
             tensor = flat.view(dtype).reshape(shape)
@@ -368,20 +538,29 @@ def _describe_module(name, module, tensors):
         if getattr(module, key, None):
             raise SerializationError(f"{where} has {key} registered: hooks are code and are not saved; remove them")
     kind = "Module" if name == "" else _type_key(module, where)
-    record = {"name": name, "type": kind,
-              "parameters": {k: [tensors.add(v, f"{where}.{k}"), bool(v.requires_grad)]
-                             for k, v in module._parameters.items() if v is not None},
-              "buffers": {k: tensors.add(v, f"{where}.{k}") for k, v in module._buffers.items() if v is not None},
-              "config": {}, "state": {}}
+    record = {
+        "name": name,
+        "type": kind,
+        "parameters": {
+            k: [tensors.add(v, f"{where}.{k}"), bool(v.requires_grad)]
+            for k, v in module._parameters.items()
+            if v is not None
+        },
+        "buffers": {k: tensors.add(v, f"{where}.{k}") for k, v in module._buffers.items() if v is not None},
+        "config": {},
+        "state": {},
+    }
     if kind in _OWN_MODULES:
         known = set(_CONFIG[kind]) | set(_STATE[kind]) | set(_TRANSIENT[kind])
         for key in module.__dict__:
             if key not in _MODULE_BASE_KEYS and key not in known:
                 raise SerializationError(f"{where}: attribute {key!r} is not described by the format")
         if set(record["buffers"]) != set(_BUFFERS[kind]) or record["parameters"]:
-            raise SerializationError(f"{where}: its parameters and buffers {sorted(record['parameters'])} "
-                                     f"{sorted(record['buffers'])} are not those the format describes "
-                                     f"({sorted(_BUFFERS[kind])})")
+            raise SerializationError(
+                f"{where}: its parameters and buffers {sorted(record['parameters'])} "
+                f"{sorted(record['buffers'])} are not those the format describes "
+                f"({sorted(_BUFFERS[kind])})"
+            )
         record["config"] = {k: _encode(module.__dict__.get(k), f"{where}.{k}") for k in _CONFIG[kind]}
         try:  # what load_snn accepts: a file save_snn writes always loads
             _check_config(kind, _decode_config(record["config"], where), where)
@@ -389,8 +568,11 @@ def _describe_module(name, module, tensors):
             raise SerializationError(f"save_snn cannot write it: {error}") from None
         for key in _STATE[kind]:
             value = module.__dict__.get(key)
-            record["state"][key] = (tensors.add(value, f"{where}.{key}") if isinstance(value, torch.Tensor)
-                                    else _encode(value, f"{where}.{key}"))
+            record["state"][key] = (
+                tensors.add(value, f"{where}.{key}")
+                if isinstance(value, torch.Tensor)
+                else _encode(value, f"{where}.{key}")
+            )
     elif kind != "Module":
         cls = type(module)
         config = {k: module.__dict__[k] for k in _constructor_arguments(cls) if k in module.__dict__}
@@ -400,15 +582,41 @@ def _describe_module(name, module, tensors):
         rebuilt = _construct(kind, _decode_config(record["config"], where), where)
         for key, value in module.__dict__.items():
             if key not in _MODULE_BASE_KEYS and rebuilt.__dict__.get(key, object()) != value:
-                raise SerializationError(f"{where}: attribute {key!r} ({value!r:.60}) is not what its constructor "
-                                         "makes from the saved arguments, so it cannot be rebuilt faithfully")
+                raise SerializationError(
+                    f"{where}: attribute {key!r} ({value!r:.60}) is not what its constructor "
+                    "makes from the saved arguments, so it cannot be rebuilt faithfully"
+                )
     return record
 
 
-_ALIASING_METHODS = ("view", "reshape", "flatten", "permute", "transpose", "unsqueeze", "squeeze", "expand",
-                     "expand_as", "view_as", "reshape_as", "contiguous", "chunk", "split")
-_ALIASING_MODULES = ("Identity", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "Flatten",
-                     "Unflatten", "TimeRepeat", "SynapseMeter")
+_ALIASING_METHODS = (
+    "view",
+    "reshape",
+    "flatten",
+    "permute",
+    "transpose",
+    "unsqueeze",
+    "squeeze",
+    "expand",
+    "expand_as",
+    "view_as",
+    "reshape_as",
+    "contiguous",
+    "chunk",
+    "split",
+)
+_ALIASING_MODULES = (
+    "Identity",
+    "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Dropout3d",
+    "AlphaDropout",
+    "Flatten",
+    "Unflatten",
+    "TimeRepeat",
+    "SynapseMeter",
+)
 
 
 def _may_alias(node, root) -> bool:
@@ -420,8 +628,19 @@ def _may_alias(node, root) -> bool:
         return node.target in _ALIASING_METHODS
     if node.op == "call_module":
         return type(root.get_submodule(node.target)).__name__ in _ALIASING_MODULES
-    return node.target not in (operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub,
-                               torch.mul, torch.div, torch.cat, torch.matmul, operator.matmul)
+    return node.target not in (
+        operator.add,
+        operator.sub,
+        operator.mul,
+        operator.truediv,
+        torch.add,
+        torch.sub,
+        torch.mul,
+        torch.div,
+        torch.cat,
+        torch.matmul,
+        operator.matmul,
+    )
 
 
 def _describe_graph(graph: fx.Graph, root: nn.Module):
@@ -433,19 +652,24 @@ def _describe_graph(graph: fx.Graph, root: nn.Module):
             if target in _IN_PLACE:
                 first = node.args[0] if node.args else None
                 if not isinstance(first, fx.Node) or len(first.users) != 1 or _may_alias(first, root):
-                    raise SerializationError(f"{where}: an in-place {target.__name__} on a value that is read "
-                                             "elsewhere or may share memory with one is not written (use the "
-                                             "out-of-place operator)")
+                    raise SerializationError(
+                        f"{where}: an in-place {target.__name__} on a value that is read "
+                        "elsewhere or may share memory with one is not written (use the "
+                        "out-of-place operator)"
+                    )
                 target = _IN_PLACE[target]
             else:
                 target = next((k for k, f in FUNCTIONS.items() if f is target), None)
                 if target is None:
                     raise SerializationError(
-                        f"{where}: calls {getattr(node.target, '__module__', '')}.{getattr(node.target, '__name__', node.target)}"
-                        ", which save_snn does not write (accepted: na_kernels.snn.record.FUNCTIONS)")
+                        f"{where}: calls {getattr(node.target, '__module__', '')}."
+                        f"{getattr(node.target, '__name__', node.target)}"
+                        ", which save_snn does not write (accepted: na_kernels.snn.record.FUNCTIONS)"
+                    )
         elif node.op == "call_method" and target not in METHODS:
-            raise SerializationError(f"{where}: Tensor.{target} is not a method save_snn writes (accepted: "
-                                     f"{', '.join(sorted(METHODS))})")
+            raise SerializationError(
+                f"{where}: Tensor.{target} is not a method save_snn writes (accepted: {', '.join(sorted(METHODS))})"
+            )
         try:  # what load_snn accepts: a file save_snn writes always loads
             _check_node_name(node.name, where)
             if node.op == "placeholder":
@@ -456,17 +680,25 @@ def _describe_graph(graph: fx.Graph, root: nn.Module):
                 owner, _, leaf = check_path(target, f"{where}: target").rpartition(".")
                 holder = root.get_submodule(owner) if owner else root
                 if leaf not in holder._parameters and leaf not in holder._buffers:
-                    raise SerializationError(f"{where} reads {target!r}, which is not a parameter or buffer (a "
-                                             "tensor constant): register it as a buffer")
+                    raise SerializationError(
+                        f"{where} reads {target!r}, which is not a parameter or buffer (a "
+                        "tensor constant): register it as a buffer"
+                    )
             elif node.op == "call_module":
                 check_path(target, f"{where}: target")
             for key in node.kwargs:
                 check_identifier(key, f"{where}: keyword")
         except SerializationError as error:
             raise SerializationError(f"save_snn cannot write it: {error}") from None
-        nodes.append({"op": node.op, "name": node.name, "target": target,
-                      "args": _encode(tuple(node.args), where, nodes=True),
-                      "kwargs": _encode(dict(node.kwargs), where, nodes=True)})
+        nodes.append(
+            {
+                "op": node.op,
+                "name": node.name,
+                "target": target,
+                "args": _encode(tuple(node.args), where, nodes=True),
+                "kwargs": _encode(dict(node.kwargs), where, nodes=True),
+            }
+        )
     return nodes
 
 
@@ -485,9 +717,15 @@ def snn_header(snn):
     except SerializationError as error:
         raise SerializationError(f"save_snn cannot write it: {error}") from None
     header = {
-        "format": FORMAT, "version": FORMAT_VERSION, "na_kernels_version": __version__,
-        "torch_version": str(torch.__version__), "byte_order": "little", "class_name": type(gm).__name__.lstrip("_") or "GraphModule",
-        "tensors": tensors.entries, "modules": modules, "graph": _describe_graph(gm.graph, gm),
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "na_kernels_version": __version__,
+        "torch_version": str(torch.__version__),
+        "byte_order": "little",
+        "class_name": type(gm).__name__.lstrip("_") or "GraphModule",
+        "tensors": tensors.entries,
+        "modules": modules,
+        "graph": _describe_graph(gm.graph, gm),
         "network": {k: _encode(getattr(snn, k), f"SpikingNetwork.{k}") for k in _NETWORK_KEYS},
     }
     return header, b"".join(tensors.chunks)
@@ -521,8 +759,9 @@ def save_snn(snn, path) -> None:
 def _decode_config(config, where):
     if not isinstance(config, dict):
         raise SerializationError(f"{where}: 'config' is not a record")
-    return {check_identifier(k, f"{where}: constructor argument"): _decode(v, f"{where}.{k}")
-            for k, v in config.items()}
+    return {
+        check_identifier(k, f"{where}: constructor argument"): _decode(v, f"{where}.{k}") for k, v in config.items()
+    }
 
 
 def _construct(kind, config, where):
@@ -533,13 +772,16 @@ def _construct(kind, config, where):
     if unknown:
         raise SerializationError(f"{where}: {kind} takes no argument {unknown[0]!r:.80}")
     import inspect
+
     if "device" in inspect.signature(cls.__init__).parameters:
         config = dict(config, device="meta")
     try:
         return cls(**config)
     except Exception as error:  # the constructor's own checks (TypeError, ValueError, ...)
-        raise SerializationError(f"{where}: {kind}({', '.join(sorted(config))}) refuses the saved arguments "
-                                 f"({type(error).__name__}: {str(error)[:200]})") from None
+        raise SerializationError(
+            f"{where}: {kind}({', '.join(sorted(config))}) refuses the saved arguments "
+            f"({type(error).__name__}: {str(error)[:200]})"
+        ) from None
 
 
 def _tensor_ref(index, tensors, where):
@@ -557,9 +799,10 @@ def _check_tensor_names(record, module, tensors, where):
         expected = {k for k, v in own.items() if v is not None}
         if set(saved) != expected:
             extra = sorted(set(saved) - expected, key=str)
-            raise SerializationError(f"{where}: its {kind} are {sorted(saved, key=str)!r:.120}, "
-                                     f"the module has {sorted(expected)}" + (
-                                         f" ({extra[0]!r:.60} is not one)" if extra else ""))
+            raise SerializationError(
+                f"{where}: its {kind} are {sorted(saved, key=str)!r:.120}, "
+                f"the module has {sorted(expected)}" + (f" ({extra[0]!r:.60} is not one)" if extra else "")
+            )
 
 
 def _build_torch_module(record, tensors, where):
@@ -572,15 +815,19 @@ def _build_torch_module(record, tensors, where):
         tensor = _tensor_ref(value[0], tensors, f"{where}.{key}")
         expected = module._parameters[key]
         if tensor.shape != expected.shape or not tensor.is_floating_point():
-            raise SerializationError(f"{where}.{key}: shape {tuple(tensor.shape)} {tensor.dtype}, the module needs "
-                                     f"{tuple(expected.shape)} floating point")
+            raise SerializationError(
+                f"{where}.{key}: shape {tuple(tensor.shape)} {tensor.dtype}, the module needs "
+                f"{tuple(expected.shape)} floating point"
+            )
         module._parameters[key] = nn.Parameter(tensor, requires_grad=value[1])
     for key, index in record["buffers"].items():
         tensor = _tensor_ref(index, tensors, f"{where}.{key}")
         expected = module._buffers[key]
         if tensor.shape != expected.shape or tensor.is_floating_point() != expected.is_floating_point():
-            raise SerializationError(f"{where}.{key}: shape {tuple(tensor.shape)} {tensor.dtype}, the module needs "
-                                     f"{tuple(expected.shape)} {expected.dtype}")
+            raise SerializationError(
+                f"{where}.{key}: shape {tuple(tensor.shape)} {tensor.dtype}, the module needs "
+                f"{tuple(expected.shape)} {expected.dtype}"
+            )
         if key in ("running_var", "num_batches_tracked") and bool((tensor < 0).any()):
             raise SerializationError(f"{where}.{key} holds negative values")
         module._buffers[key] = tensor
@@ -589,9 +836,10 @@ def _build_torch_module(record, tensors, where):
 
 def _positive_tensor(tensor, where):
     if tensor.dtype != torch.float32 or tensor.dim() > 1 or tensor.numel() == 0 or not bool((tensor > 0).all()):
-        raise SerializationError(f"{where} must be a float32 scalar or [C] vector of finite values > 0, got "
-                                 f"{tuple(tensor.shape)} {tensor.dtype}" + (
-                                     f" with minimum {tensor.min().item()}" if tensor.numel() else ""))
+        raise SerializationError(
+            f"{where} must be a float32 scalar or [C] vector of finite values > 0, got "
+            f"{tuple(tensor.shape)} {tensor.dtype}" + (f" with minimum {tensor.min().item()}" if tensor.numel() else "")
+        )
     return tensor
 
 
@@ -600,10 +848,12 @@ def _is_int(value, minimum) -> bool:
 
 
 def _int_tuple(value, where, length=None, minimum=0):
-    if not (type(value) is tuple and (length is None or len(value) == length)
-            and all(_is_int(v, minimum) for v in value)):
-        raise SerializationError(f"{where}: {value!r:.80} is not a tuple of {length or 'some'} ints in "
-                                 f"{minimum} .. 2^31")
+    if not (
+        type(value) is tuple and (length is None or len(value) == length) and all(_is_int(v, minimum) for v in value)
+    ):
+        raise SerializationError(
+            f"{where}: {value!r:.80} is not a tuple of {length or 'some'} ints in {minimum} .. 2^31"
+        )
     return value
 
 
@@ -613,11 +863,18 @@ def _check_synapse(spec, where) -> int:
     out_features)``. Returns its spatial dims (0 for a linear)."""
     if type(spec) is tuple and len(spec) == 2 and spec[0] == "linear" and _is_int(spec[1], 0):
         return 0
-    if not (type(spec) is tuple and len(spec) == 6 and spec[0] == "conv" and type(spec[1]) is tuple
-            and 1 <= len(spec[1]) <= 3):
-        raise SerializationError(f"{where}: {spec!r:.120} is not a synapse spec (('conv', kernel, stride, padding, "
-                                 "dilation, out_channels // groups) of 1 to 3 spatial dims or ('linear', "
-                                 "out_features))")
+    if not (
+        type(spec) is tuple
+        and len(spec) == 6
+        and spec[0] == "conv"
+        and type(spec[1]) is tuple
+        and 1 <= len(spec[1]) <= 3
+    ):
+        raise SerializationError(
+            f"{where}: {spec!r:.120} is not a synapse spec (('conv', kernel, stride, padding, "
+            "dilation, out_channels // groups) of 1 to 3 spatial dims or ('linear', "
+            "out_features))"
+        )
     _, kernel, stride, padding, dilation, per_group = spec
     dims = len(kernel)
     _int_tuple(kernel, f"{where}: kernel", dims, 1)
@@ -647,24 +904,27 @@ def _check_pool(spec, where) -> int:
             if any(2 * p > k for p, k in zip(padding, kernel)):
                 raise SerializationError(f"{where}: padding {padding} is more than half the kernel {kernel}")
             return dims
-    raise SerializationError(f"{where}: {spec!r:.120} is not a pool spec (('avg', kernel, stride, padding, ceil_mode) "
-                             "or ('adaptive', output_size), 1 to 3 spatial dims)")
+    raise SerializationError(
+        f"{where}: {spec!r:.120} is not a pool spec (('avg', kernel, stride, padding, ceil_mode) "
+        "or ('adaptive', output_size), 1 to 3 spatial dims)"
+    )
 
 
 def _check_route(route, where):
     """One of ``IFLayer.routes``: ``(meter name, synapse spec, pool specs)``, pools and synapse of
     the same spatial dims."""
-    if not (type(route) is tuple and len(route) == 3 and type(route[2]) is tuple
-            and len(route[2]) <= _MAX_POOLS):
-        raise SerializationError(f"{where}: {route!r:.120} is not (meter name, synapse spec, pool specs) with at "
-                                 f"most {_MAX_POOLS} pools")
+    if not (type(route) is tuple and len(route) == 3 and type(route[2]) is tuple and len(route[2]) <= _MAX_POOLS):
+        raise SerializationError(
+            f"{where}: {route!r:.120} is not (meter name, synapse spec, pool specs) with at most {_MAX_POOLS} pools"
+        )
     meter, synapse, pools = route
     _check_label(meter, f"{where}: meter name")
     dims = _check_synapse(synapse, f"{where}: synapse")
     pool_dims = {_check_pool(pool, f"{where}: pool {i}") for i, pool in enumerate(pools)}
     if len(pool_dims) > 1 or (dims and pool_dims and pool_dims != {dims}):
-        raise SerializationError(f"{where}: its pools ({sorted(pool_dims)}) and synapse ({dims or 'linear'}) have "
-                                 "different spatial dims")
+        raise SerializationError(
+            f"{where}: its pools ({sorted(pool_dims)}) and synapse ({dims or 'linear'}) have different spatial dims"
+        )
     return route
 
 
@@ -691,13 +951,15 @@ def _check_config(kind, config, where) -> dict:
         return fields
     layer_type = config["layer_type"]  # SynapseMeter
     if layer_type not in _SYNAPTIC_TYPES:
-        raise SerializationError(f"{where}.layer_type {layer_type!r:.40} is not a synaptic layer "
-                                 f"({', '.join(_SYNAPTIC_TYPES)})")
+        raise SerializationError(
+            f"{where}.layer_type {layer_type!r:.40} is not a synaptic layer ({', '.join(_SYNAPTIC_TYPES)})"
+        )
     synapse = config["synapse"]
     dims = _check_synapse(synapse, f"{where}.synapse")
     if dims != _SYNAPTIC_TYPES[layer_type]:
-        raise SerializationError(f"{where}: the synapse spec of a {layer_type} has {_SYNAPTIC_TYPES[layer_type]} "
-                                 f"spatial dims, not {dims}")
+        raise SerializationError(
+            f"{where}: the synapse spec of a {layer_type} has {_SYNAPTIC_TYPES[layer_type]} spatial dims, not {dims}"
+        )
     if type(config["sources"]) is not tuple:
         raise SerializationError(f"{where}.sources must be a list of IF layer names")
     for source in config["sources"]:
@@ -705,8 +967,11 @@ def _check_config(kind, config, where) -> dict:
     if config["routed"] and not config["spike_driven"]:
         raise SerializationError(f"{where}: a routed meter is spike-driven")
     weight_shape = _int_tuple(config["weight_shape"], f"{where}.weight_shape", dims + 2 if dims else 2)
-    if (weight_shape[2:] != synapse[1] or weight_shape[0] < 1 or weight_shape[0] % synapse[5]) if dims else (
-            weight_shape[0] != synapse[1]):
+    if (
+        (weight_shape[2:] != synapse[1] or weight_shape[0] < 1 or weight_shape[0] % synapse[5])
+        if dims
+        else (weight_shape[0] != synapse[1])
+    ):
         raise SerializationError(f"{where}: weight shape {weight_shape} does not fit the synapse spec {synapse}")
     return fields
 
@@ -717,11 +982,14 @@ def _buffer(kind, index, tensors, where, routes):
     tensor = _tensor_ref(index, tensors, where)
     if kind == "positive":
         return _positive_tensor(tensor, where)
-    dtype, shape = {"count": (torch.int64, ()), "sops": (torch.float64, ()),
-                    "route_sops": (torch.float64, (routes,))}[kind]
+    dtype, shape = {"count": (torch.int64, ()), "sops": (torch.float64, ()), "route_sops": (torch.float64, (routes,))}[
+        kind
+    ]
     if tensor.dtype != dtype or tuple(tensor.shape) != shape or bool((tensor < 0).any()):
-        raise SerializationError(f"{where} must be {dtype} of shape {shape} with values >= 0 (one per route), got "
-                                 f"{tuple(tensor.shape)} {tensor.dtype}")
+        raise SerializationError(
+            f"{where} must be {dtype} of shape {shape} with values >= 0 (one per route), got "
+            f"{tuple(tensor.shape)} {tensor.dtype}"
+        )
     return tensor.clone()
 
 
@@ -732,8 +1000,11 @@ def _plain(kind, value, where, tensors):
         if value is None:
             return None
         tensor = _tensor_ref(value, tensors, where)
-        if tensor.dim() == 1 and tensor.dtype == (torch.int64 if kind == "count_vector" else torch.float64) \
-                and not bool((tensor < 0).any()):
+        if (
+            tensor.dim() == 1
+            and tensor.dtype == (torch.int64 if kind == "count_vector" else torch.float64)
+            and not bool((tensor < 0).any())
+        ):
             return tensor.clone()
     raise SerializationError(f"{where}: {value!r:.60} is not a valid {kind.replace('_', ' ')}")
 
@@ -744,14 +1015,17 @@ def _build_own_module(record, tensors, where):
     fields = _check_config(kind, _decode_config(record.get("config"), where), where)
     state = record.get("state")
     if not isinstance(state, dict) or set(state) != set(_STATE[kind]):
-        raise SerializationError(f"{where}: a {kind}'s state holds {sorted(state or ())!r:.120}, expected "
-                                 f"{sorted(_STATE[kind])}")
+        raise SerializationError(
+            f"{where}: a {kind}'s state holds {sorted(state or ())!r:.120}, expected {sorted(_STATE[kind])}"
+        )
     probe = nn.Module()
     for key in _BUFFERS[kind]:
         probe.register_buffer(key, torch.zeros(()))
     _check_tensor_names(record, probe, tensors, where)
-    buffers = {key: _buffer(kind_of, record["buffers"][key], tensors, f"{where}.{key}", len(fields.get("routes", ())))
-               for key, kind_of in _BUFFERS[kind].items()}
+    buffers = {
+        key: _buffer(kind_of, record["buffers"][key], tensors, f"{where}.{key}", len(fields.get("routes", ())))
+        for key, kind_of in _BUFFERS[kind].items()
+    }
     state = {key: _plain(kind_of, state[key], f"{where}.{key}", tensors) for key, kind_of in _STATE[kind].items()}
     if kind == "TimeRepeat":
         module = cls()
@@ -760,12 +1034,15 @@ def _build_own_module(record, tensors, where):
         if threshold.dim() == amplitude.dim() == 1 and threshold.numel() != amplitude.numel():
             raise SerializationError(f"{where}: {threshold.numel()} thresholds but {amplitude.numel()} amplitudes")
         if int(buffers["spikes"]) > int(buffers["neuron_steps"]):
-            raise SerializationError(f"{where}: {int(buffers['spikes'])} spikes in {int(buffers['neuron_steps'])} "
-                                     "neuron steps (at most one spike per neuron and step)")
+            raise SerializationError(
+                f"{where}: {int(buffers['spikes'])} spikes in {int(buffers['neuron_steps'])} "
+                "neuron steps (at most one spike per neuron and step)"
+            )
         channels = {v.numel() for v in (state["channel_spikes"], state["ann_channel_levels"]) if v is not None}
         if len(channels) > 1 or (channels and threshold.numel() > 1 and channels != {threshold.numel()}):
-            raise SerializationError(f"{where}: per-channel statistics of {sorted(channels)} channels, thresholds of "
-                                     f"{threshold.numel()}")
+            raise SerializationError(
+                f"{where}: per-channel statistics of {sorted(channels)} channels, thresholds of {threshold.numel()}"
+            )
         module = cls(fields["name"], threshold, fields["p"], input_is_constant=fields["input_is_constant"])
         module.threshold = threshold  # the saved tensors themselves (the constructor copies)
         module.amplitude = amplitude
@@ -800,13 +1077,16 @@ def _check_routes(modules):
             for i, (name, synapse, _) in enumerate(module.routes):
                 meter = meters.get(name)
                 if meter is None or not meter.routed or meter.synapse != synapse:
-                    raise SerializationError(f"module {path}: route {i} leads to {name!r:.80}, which is not a routed "
-                                             "meter of the network with the route's synapse spec")
+                    raise SerializationError(
+                        f"module {path}: route {i} leads to {name!r:.80}, which is not a routed "
+                        "meter of the network with the route's synapse spec"
+                    )
                 reached.add(name)
     for name, meter in meters.items():
         if meter.routed and name not in reached:
-            raise SerializationError(f"meter {name!r:.80} is routed (its SOPs counted by IF layers), but no IF layer "
-                                     "has a route to it")
+            raise SerializationError(
+                f"meter {name!r:.80} is routed (its SOPs counted by IF layers), but no IF layer has a route to it"
+            )
 
 
 def _build_container(record, tensors, where, root):
@@ -842,8 +1122,9 @@ def _build_modules(records, tensors):
         if not isinstance(record, dict) or not isinstance(record.get("type"), str):
             raise SerializationError(f"module record {i} is not a record with a type")
         if set(record) != set(_MODULE_RECORD_KEYS):
-            raise SerializationError(f"module record {i} holds {sorted(record)!r:.160}, expected "
-                                     f"{', '.join(_MODULE_RECORD_KEYS)}")
+            raise SerializationError(
+                f"module record {i} holds {sorted(record)!r:.160}, expected {', '.join(_MODULE_RECORD_KEYS)}"
+            )
         name = record.get("name")
         check_path(name, f"module record {i}: name", allow_root=True)
         where = f"module {name or '<root>'}"
@@ -853,11 +1134,13 @@ def _build_modules(records, tensors):
             raise SerializationError("the first module record must be the root (name '') and only it")
         kind = record["type"]
         if kind not in MODULE_TYPES:
-            raise SerializationError(f"{where}: type {kind!r:.80} is not one load_snn rebuilds (accepted: "
-                                     f"{', '.join(MODULE_TYPES)})")
+            raise SerializationError(
+                f"{where}: type {kind!r:.80} is not one load_snn rebuilds (accepted: {', '.join(MODULE_TYPES)})"
+            )
         if kind not in _OWN_MODULES and (record["state"] != {} or (kind == "Module" and record["config"] != {})):
-            raise SerializationError(f"{where}: a {kind} record holds no " + (
-                "state" if record["state"] != {} else "constructor arguments"))
+            raise SerializationError(
+                f"{where}: a {kind} record holds no " + ("state" if record["state"] != {} else "constructor arguments")
+            )
         if kind == "Module":
             module = _build_container(record, tensors, where, root=not name)
         elif kind in _OWN_MODULES:
@@ -915,8 +1198,7 @@ def _build_graph(entries, built, where):
             inputs.add(target)
             node = graph.placeholder(target)
             if target in _RESERVED_INPUTS or (target in dir(builtins) and target != "input"):
-                raise SerializationError(f"{at}: input name {target!r} is reserved (a name the generated forward "
-                                         "uses)")
+                raise SerializationError(f"{at}: input name {target!r} is reserved (a name the generated forward uses)")
         elif op in ("get_attr", "call_module"):
             check_path(target, f"{at}: target")
             if op == "get_attr" and (args or kwargs):
@@ -925,23 +1207,27 @@ def _build_graph(entries, built, where):
             parent = built.get(owner)
             if op == "call_module" and target not in built:
                 raise SerializationError(f"{at} calls {target!r:.80}, which is not a module of the file")
-            if op == "get_attr" and not (parent is not None and (leaf in parent._parameters or
-                                                                 leaf in parent._buffers)):
+            if op == "get_attr" and not (
+                parent is not None and (leaf in parent._parameters or leaf in parent._buffers)
+            ):
                 raise SerializationError(f"{at} reads {target!r:.80}, which is not a saved parameter or buffer")
             node = graph.create_node(op, target, args, kwargs)
         elif op == "call_function":
             function = FUNCTIONS.get(target) if isinstance(target, str) else None
             if function is None:
-                raise SerializationError(f"{at} calls {target!r:.80}, which is not one of "
-                                         "na_kernels.snn.record.FUNCTIONS")
-            if function is builtins.getattr and (len(args) != 2 or kwargs or not isinstance(args[0], fx.Node)
-                                                 or args[1] not in GETATTR):
+                raise SerializationError(
+                    f"{at} calls {target!r:.80}, which is not one of na_kernels.snn.record.FUNCTIONS"
+                )
+            if function is builtins.getattr and (
+                len(args) != 2 or kwargs or not isinstance(args[0], fx.Node) or args[1] not in GETATTR
+            ):
                 raise SerializationError(f"{at}: getattr may read {GETATTR} of a graph value only")
             node = graph.create_node(op, function, args, kwargs)
         elif op == "call_method":
             if not isinstance(target, str) or target not in METHODS:
-                raise SerializationError(f"{at} calls Tensor.{target!s:.80}, which is not one of "
-                                         "na_kernels.snn.record.METHODS")
+                raise SerializationError(
+                    f"{at} calls Tensor.{target!s:.80}, which is not one of na_kernels.snn.record.METHODS"
+                )
             if not args or not isinstance(args[0], fx.Node) or _non_tensor(kinds, args[0]):
                 raise SerializationError(f"{at}: Tensor.{target} must be called on a tensor the graph computed")
             node = graph.create_node(op, target, args, kwargs)
@@ -954,8 +1240,9 @@ def _build_graph(entries, built, where):
         for key in kwargs:
             check_identifier(key, f"{at}: keyword")
         non_tensor = (op == "call_method" and target in _NON_TENSOR_METHODS) or (
-            op == "call_function" and (target == "builtins.getattr" or (
-                target == "operator.getitem" and _non_tensor(kinds, args[0]))))
+            op == "call_function"
+            and (target == "builtins.getattr" or (target == "operator.getitem" and _non_tensor(kinds, args[0])))
+        )
         kinds[node] = "int" if non_tensor else ("output" if op == "output" else "tensor")
         nodes[name] = node
     if "output" not in kinds.values():
@@ -991,10 +1278,8 @@ def _check_network(values, where):
         raise SerializationError(f"{where}: network.conversion_report must be a record")
     for key, value in report.items():
         items = value if isinstance(value, list) else [value]
-        if not all(isinstance(v, (bool, int, float)) or (isinstance(v, str) and _check_label(v, key))
-                   for v in items):
-            raise SerializationError(f"{where}: conversion_report.{key} holds something other than names and "
-                                     "numbers")
+        if not all(isinstance(v, (bool, int, float)) or (isinstance(v, str) and _check_label(v, key)) for v in items):
+            raise SerializationError(f"{where}: conversion_report.{key} holds something other than names and numbers")
     return decoded
 
 
@@ -1003,28 +1288,39 @@ def _unpack(data, where):
     if len(data) == 0:
         raise SerializationError(f"{where} is empty")
     if len(data) < _PREFIX.size:
-        if MAGIC.startswith(bytes(data[:len(MAGIC)])):
-            raise SerializationError(f"{where} is truncated: {len(data)} bytes, the fixed prefix alone is "
-                                     f"{_PREFIX.size}")
-    if bytes(data[:len(MAGIC)]) != MAGIC:
-        hint = (" (a torch.save file: a pickled object, or a file of format version 1, which na_kernels wrote "
-                "with torch.save before this format; load that with the version that wrote it and save it again)"
-                if bytes(data[:2]) == b"PK" or bytes(data[:1]) == b"\x80" else "")
-        raise SerializationError(f"{where} is not a na_kernels SpikingNetwork file (no {MAGIC!r} at its start)"
-                                 f"{hint}; write one with snn.save(path)")
+        if MAGIC.startswith(bytes(data[: len(MAGIC)])):
+            raise SerializationError(
+                f"{where} is truncated: {len(data)} bytes, the fixed prefix alone is {_PREFIX.size}"
+            )
+    if bytes(data[: len(MAGIC)]) != MAGIC:
+        hint = (
+            " (a torch.save file: a pickled object, or a file of format version 1, which na_kernels wrote "
+            "with torch.save before this format; load that with the version that wrote it and save it again)"
+            if bytes(data[:2]) == b"PK" or bytes(data[:1]) == b"\x80"
+            else ""
+        )
+        raise SerializationError(
+            f"{where} is not a na_kernels SpikingNetwork file (no {MAGIC!r} at its start)"
+            f"{hint}; write one with snn.save(path)"
+        )
     magic, version, length, digest = _PREFIX.unpack_from(data)
     if version != FORMAT_VERSION:
         raise SerializationError(
             f"{where} has format version {version}; this na_kernels ({__version__}) reads version "
             f"{FORMAT_VERSION} only: load it with the version that wrote it and save it again, or convert the ANN "
-            "again")
+            "again"
+        )
     if length > MAX_HEADER_BYTES or _PREFIX.size + length > len(data):
-        raise SerializationError(f"{where} is truncated or damaged: its header says {length} bytes, "
-                                 f"{len(data) - _PREFIX.size} follow the prefix")
-    body = memoryview(data)[_PREFIX.size:]
+        raise SerializationError(
+            f"{where} is truncated or damaged: its header says {length} bytes, "
+            f"{len(data) - _PREFIX.size} follow the prefix"
+        )
+    body = memoryview(data)[_PREFIX.size :]
     if hashlib.sha256(body).digest() != digest:
-        raise SerializationError(f"{where} is damaged: its sha256 checksum does not match its contents "
-                                 "(a changed, truncated or extended file)")
+        raise SerializationError(
+            f"{where} is damaged: its sha256 checksum does not match its contents "
+            "(a changed, truncated or extended file)"
+        )
     try:
         header = json.loads(bytes(body[:length]).decode("utf-8"), parse_constant=_no_constant)
     except (ValueError, RecursionError) as error:
@@ -1053,8 +1349,9 @@ def network_from_bytes(data, network_class, where="the data", map_location=None)
         try:
             gm = fx.GraphModule(built[""], graph, class_name)
         except Exception as error:  # fx's own checks of a graph that passed ours: still the file's fault
-            raise SerializationError(f"the graph does not compile ({type(error).__name__}: "
-                                     f"{str(error)[:160]})") from None
+            raise SerializationError(
+                f"the graph does not compile ({type(error).__name__}: {str(error)[:160]})"
+            ) from None
     except SerializationError as error:
         raise SerializationError(f"{where}: {error}" if not str(error).startswith(where) else str(error)) from None
     snn = network_class(gm, network["T"], network["chunk"])
@@ -1082,13 +1379,17 @@ def read_file(path, max_bytes: int):
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size > max_bytes:
-                raise SerializationError(f"{where} is {size} bytes, more than max_bytes = {max_bytes}; pass a "
-                                         "larger max_bytes to load_snn if you trust its size")
+                raise SerializationError(
+                    f"{where} is {size} bytes, more than max_bytes = {max_bytes}; pass a "
+                    "larger max_bytes to load_snn if you trust its size"
+                )
             data = bytearray(size)  # read in place: one copy of the file in memory
-            del data[f.readinto(data):]  # a file that shrank meanwhile
+            del data[f.readinto(data) :]  # a file that shrank meanwhile
     if len(data) > max_bytes:
-        raise SerializationError(f"{where} is more than max_bytes = {max_bytes} bytes; pass a larger max_bytes "
-                                 "to load_snn if you trust its size")
+        raise SerializationError(
+            f"{where} is more than max_bytes = {max_bytes} bytes; pass a larger max_bytes "
+            "to load_snn if you trust its size"
+        )
     return data, where
 
 

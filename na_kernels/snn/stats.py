@@ -32,6 +32,7 @@ nonzero inputs ``[x != 0]`` instead (one pass over its input). All counters are 
 updated in place (no host sync, one graph under torch.compile). ``snn.record_statistics(False)``
 turns them off; ``bench/statistics_overhead.py`` measures their cost.
 """
+
 import math
 
 import torch
@@ -104,8 +105,10 @@ class SynapseMeter(nn.Module):
         if padding == "same":
             return tuple(spatial)
         padding = (0,) * len(kernel) if padding == "valid" else padding
-        return tuple((n + 2 * p - dil * (k - 1) - 1) // s + 1
-                     for n, k, s, p, dil in zip(spatial, kernel, stride, padding, dilation))
+        return tuple(
+            (n + 2 * p - dil * (k - 1) - 1) // s + 1
+            for n, k, s, p, dil in zip(spatial, kernel, stride, padding, dilation)
+        )
 
 
 # ---------------------------------------------------------------------------------- statistics
@@ -141,22 +144,36 @@ def collect_statistics(snn, energy_per_ac: float = 0.9e-12, energy_per_mac: floa
         measured[meter.name] = float(meter.sops) if meter.spike_driven else 0.0
         sops = measured[meter.name] + routed.get(meter.name, 0.0) if meter.spike_driven else 0.0
         macs = 0 if meter.spike_driven else int(meter.macs)
-        synapses.append(dict(
-            name=meter.name, layer_type=meter.layer_type, spike_driven=meter.spike_driven, sources=list(meter.sources),
-            sops=sops, macs=macs, macs_per_sample=int(meter.macs_per_sample),
-            energy_j=sops * e_ac + macs * e_mac,
-        ))
+        synapses.append(
+            dict(
+                name=meter.name,
+                layer_type=meter.layer_type,
+                spike_driven=meter.spike_driven,
+                sources=list(meter.sources),
+                sops=sops,
+                macs=macs,
+                macs_per_sample=int(meter.macs_per_sample),
+                energy_j=sops * e_ac + macs * e_mac,
+            )
+        )
     layers, total_steps = [], 0
     for name, layer in snn.if_layers.items():
         spikes, steps = int(layer.spikes), int(layer.neuron_steps)
         total_steps += steps
         fed = [s for s in synapses if name in s["sources"]]
         sops = routed_from.get(name, 0.0) + sum(measured[s["name"]] / len(s["sources"]) for s in fed)
-        layers.append(dict(
-            name=name, neurons=int(layer.neurons), spikes=spikes,
-            firing_rate=spikes / steps if steps else 0.0,
-            spikes_per_sample=per(spikes), feeds=[s["name"] for s in fed], sops=sops, sops_per_sample=per(sops),
-        ))
+        layers.append(
+            dict(
+                name=name,
+                neurons=int(layer.neurons),
+                spikes=spikes,
+                firing_rate=spikes / steps if steps else 0.0,
+                spikes_per_sample=per(spikes),
+                feeds=[s["name"] for s in fed],
+                sops=sops,
+                sops_per_sample=per(sops),
+            )
+        )
     total_spikes = sum(layer["spikes"] for layer in layers)
     total_sops = sum(s["sops"] for s in synapses)
     analog_macs = sum(s["macs"] for s in synapses)
@@ -169,12 +186,18 @@ def collect_statistics(snn, energy_per_ac: float = 0.9e-12, energy_per_mac: floa
         if_layers=layers,
         synapses=synapses,
         total=dict(
-            neurons=sum(layer["neurons"] for layer in layers), spikes=total_spikes,
+            neurons=sum(layer["neurons"] for layer in layers),
+            spikes=total_spikes,
             firing_rate=total_spikes / total_steps if total_steps else 0.0,
-            sops_per_sample=per(total_sops), ann_macs_per_sample=ann_macs, analog_macs_per_sample=per(analog_macs),
+            sops_per_sample=per(total_sops),
+            ann_macs_per_sample=ann_macs,
+            analog_macs_per_sample=per(analog_macs),
         ),
         energy=dict(
-            energy_per_ac=e_ac, energy_per_mac=e_mac, snn_j_per_sample=snn_j, ann_j_per_sample=ann_j,
+            energy_per_ac=e_ac,
+            energy_per_mac=e_mac,
+            snn_j_per_sample=snn_j,
+            ann_j_per_sample=ann_j,
             ratio=snn_j / ann_j if ann_j else float("nan"),
         ),
     )
@@ -200,13 +223,27 @@ def format_statistics(stats: dict) -> str:
     steps = stats["sample_steps"] / samples if samples else 0
     header = ("IF layer", "neurons", "spikes/sample", "rate", "SOPs/sample", "feeds")
     rows = [
-        (layer["name"], str(layer["neurons"]), f"{layer['spikes_per_sample']:.4g}", f"{layer['firing_rate']:.4f}",
-         _si(layer["sops_per_sample"]), ", ".join(layer["feeds"]) or "-")
+        (
+            layer["name"],
+            str(layer["neurons"]),
+            f"{layer['spikes_per_sample']:.4g}",
+            f"{layer['firing_rate']:.4f}",
+            _si(layer["sops_per_sample"]),
+            ", ".join(layer["feeds"]) or "-",
+        )
         for layer in stats["if_layers"]
     ]
     total = stats["total"]
-    rows.append(("total", str(total["neurons"]), f"{sum(l['spikes_per_sample'] for l in stats['if_layers']):.4g}",
-                 f"{total['firing_rate']:.4f}", _si(total["sops_per_sample"]), ""))
+    rows.append(
+        (
+            "total",
+            str(total["neurons"]),
+            f"{sum(l['spikes_per_sample'] for l in stats['if_layers']):.4g}",
+            f"{total['firing_rate']:.4f}",
+            _si(total["sops_per_sample"]),
+            "",
+        )
+    )
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
 
     def line(row):

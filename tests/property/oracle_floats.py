@@ -4,6 +4,7 @@ to a storage dtype with round-to-nearest-even, and bit-for-bit comparison (NaN e
 numpy has no bfloat16: a bfloat16 is the high half of a float32, so widening is a 16-bit shift
 and narrowing rounds the low half to nearest, ties to even, on the bits.
 """
+
 import numpy as np
 import torch
 

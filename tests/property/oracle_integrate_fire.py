@@ -27,6 +27,7 @@ evaluated in float64 at ``u = float32(h32 - theta32)`` (the float32 difference t
 ``detach_reset`` detaches s in the reset term. ``magnitude_bound`` gives the same recursion on
 absolute values, from which the tests derive their tolerance.
 """
+
 import math
 
 import numpy as np
@@ -101,8 +102,18 @@ def _u32(hs, th):
     return torch.from_numpy((hs - th).astype(np.float32)).to(torch.float64)
 
 
-def backward(x32, theta, grad_spikes32, grad_v32, v_init=0.5, reset="subtract", amplitude="threshold",
-             surrogate="sigmoid", alpha=4.0, detach_reset=False):
+def backward(
+    x32,
+    theta,
+    grad_spikes32,
+    grad_v32,
+    v_init=0.5,
+    reset="subtract",
+    amplitude="threshold",
+    surrogate="sigmoid",
+    alpha=4.0,
+    detach_reset=False,
+):
     """(grad_x float64 [T, ...], grad_v_init float64 [...] or None when v_init is a number)."""
     spikes, _, _, hs = forward(x32, theta, v_init, reset, amplitude)
     step_shape = x32.shape[1:]
@@ -130,9 +141,11 @@ def backward(x32, theta, grad_spikes32, grad_v32, v_init=0.5, reset="subtract", 
     spikes64 = torch.stack(out_spikes)
     inputs = [x] + ([v0] if v0 is not None else [])
     grads = torch.autograd.grad(
-        [spikes64, v], inputs,
+        [spikes64, v],
+        inputs,
         [torch.from_numpy(grad_spikes32.astype(np.float64)), torch.from_numpy(grad_v32.astype(np.float64))],
-        allow_unused=True)
+        allow_unused=True,
+    )
     grad_x = grads[0] if grads[0] is not None else torch.zeros_like(x)
     grad_v = None
     if v0 is not None:
@@ -140,8 +153,18 @@ def backward(x32, theta, grad_spikes32, grad_v32, v_init=0.5, reset="subtract", 
     return grad_x.detach().numpy(), (None if grad_v is None else grad_v.detach().numpy())
 
 
-def magnitude_bound(x32, theta, grad_spikes32, grad_v32, v_init=0.5, reset="subtract", amplitude="threshold",
-                    surrogate="sigmoid", alpha=4.0, detach_reset=False):
+def magnitude_bound(
+    x32,
+    theta,
+    grad_spikes32,
+    grad_v32,
+    v_init=0.5,
+    reset="subtract",
+    amplitude="threshold",
+    surrogate="sigmoid",
+    alpha=4.0,
+    detach_reset=False,
+):
     """The reverse recursion on absolute values, M[t] >= |every term that forms grad_h[t]|, with
     the sigmoid's sg widened by alpha (its float32 ``1 - sig`` loses up to an ulp of 1 absolutely):
     (M_x [T, ...], M_v [...], the largest |grad_s| bound of any step) as float64 arrays and a float."""
@@ -153,7 +176,6 @@ def magnitude_bound(x32, theta, grad_spikes32, grad_v32, v_init=0.5, reset="subt
     sg = surrogate64(_u32(hs, th_np), surrogate, alpha).numpy()
     if surrogate == "sigmoid":
         sg = sg + alpha
-    s = (hs >= th_np)
     m_v = np.broadcast_to(np.abs(grad_v32.astype(np.float64)), step_shape).copy()
     m_x = np.empty(x32.shape, dtype=np.float64)
     largest_gs = 0.0

@@ -18,6 +18,7 @@ The contract order (docs/design.md, with the lead's decision that the product co
 channel ``c`` of flat element ``i`` is ``(i // prod(shape[2:])) % shape[1]`` (dim 1), so a per-
 channel lam broadcasts along dim 1; eps comes from ``oracle_philox`` for the flat row-major index.
 """
+
 import numpy as np
 
 from . import oracle_philox
@@ -74,8 +75,12 @@ def backward(gy32, x32, lam, p, noise=None, scale=1.0, shift=0.5, seed=0, per_ch
         contribution = (gy32 * g).astype(np.float32).astype(np.float64)
     if per_channel:
         axes = tuple(d for d in range(x32.ndim) if d != 1)
-        return (grad_x, contribution.sum(axis=axes), np.abs(contribution).sum(axis=axes),
-                np.full(x32.shape[1], x32.size // max(x32.shape[1], 1), dtype=np.int64))
+        return (
+            grad_x,
+            contribution.sum(axis=axes),
+            np.abs(contribution).sum(axis=axes),
+            np.full(x32.shape[1], x32.size // max(x32.shape[1], 1), dtype=np.int64),
+        )
     return grad_x, np.array([contribution.sum()]), np.array([np.abs(contribution).sum()]), np.array([x32.size])
 
 

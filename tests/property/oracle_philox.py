@@ -21,6 +21,7 @@ and Triton 3.x's ``tl.randint4x`` / ``uint_to_uniform_float`` / ``pair_uniform_t
   rounds to the correctly rounded float32 unless the true value lies within 2^-29 relative of a
   float32 rounding boundary, which none of the tested values does (the tests compare bit for bit).
 """
+
 import numpy as np
 
 M32 = np.uint64(0xFFFFFFFF)
@@ -39,8 +40,12 @@ def block(counter_words, key_words, rounds=10):
     for _ in range(rounds):
         prod_a = ROUND_A * c0
         prod_b = ROUND_B * c2
-        c0, c1, c2, c3 = ((prod_b >> SHIFT32) ^ c1 ^ np.uint64(k0), prod_b & M32,
-                          (prod_a >> SHIFT32) ^ c3 ^ np.uint64(k1), prod_a & M32)
+        c0, c1, c2, c3 = (
+            (prod_b >> SHIFT32) ^ c1 ^ np.uint64(k0),
+            prod_b & M32,
+            (prod_a >> SHIFT32) ^ c3 ^ np.uint64(k1),
+            prod_a & M32,
+        )
         k0, k1 = (k0 + KEY_A) & 0xFFFFFFFF, (k1 + KEY_B) & 0xFFFFFFFF
     return c0, c1, c2, c3
 
@@ -79,7 +84,7 @@ def element_noise(seed, indices, kind):
     """float32 eps of each flat element index (int64 array): kind "uniform" or "gaussian"."""
     indices = np.asarray(indices, dtype=np.int64)
     w = np.stack(words(seed, indices >> 2), axis=-1)  # [..., 4]
-    j = (indices & 3)
+    j = indices & 3
     if kind == "uniform":
         u = uniform(np.take_along_axis(w, j[..., None], axis=-1)[..., 0])
         return u - np.float32(0.5)

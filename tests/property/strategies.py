@@ -1,6 +1,7 @@
 """hypothesis strategies for the property tests: shapes near the kernels' boundaries, memory layouts,
 edge seeds, and input recipes (a numpy seed plus a mix of value families) so that large tensors cost
 one draw, not one per element."""
+
 import numpy as np
 import torch
 from hypothesis import strategies as st
@@ -97,8 +98,10 @@ def expand_values(values, layout):
     return np.array(np.broadcast_to(first, values.shape), dtype=np.float32, order="C", copy=True)
 
 
-SPECIALS = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-40, -1e-40, 2.0**-126, 6e-8, -6e-8, 3e38, -3e38,
-                     65504.0, 1e30], dtype=np.float32)
+SPECIALS = np.array(
+    [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-40, -1e-40, 2.0**-126, 6e-8, -6e-8, 3e38, -3e38, 65504.0, 1e30],
+    dtype=np.float32,
+)
 FINITE_SPECIALS = SPECIALS[np.isfinite(SPECIALS) & (np.abs(SPECIALS) < 1e20)]
 
 
@@ -107,9 +110,13 @@ def recipes(draw, allow_non_finite=True):
     """How to fill a tensor: (numpy seed, fraction at ties, fraction on a dyadic grid, fraction of
     special values, whether the specials include NaN/inf/huge values)."""
     non_finite = allow_non_finite and draw(st.integers(0, 4)) == 0
-    return dict(seed=draw(st.integers(0, 2**32 - 1)), ties=draw(st.sampled_from([0.0, 0.3, 1.0])),
-                grid=draw(st.sampled_from([0.0, 0.3, 1.0])), specials=draw(st.sampled_from([0.0, 0.05, 0.5])),
-                non_finite=non_finite)
+    return dict(
+        seed=draw(st.integers(0, 2**32 - 1)),
+        ties=draw(st.sampled_from([0.0, 0.3, 1.0])),
+        grid=draw(st.sampled_from([0.0, 0.3, 1.0])),
+        specials=draw(st.sampled_from([0.0, 0.05, 0.5])),
+        non_finite=non_finite,
+    )
 
 
 def fill(shape, recipe, scale, ties, rng=None):
@@ -122,8 +129,11 @@ def fill(shape, recipe, scale, ties, rng=None):
         pick = rng.random(n) < recipe["ties"]
         tie = np.asarray(ties, dtype=np.float32)[rng.integers(0, len(ties), n)]
         step = rng.integers(-1, 2, n)
-        tie = np.where(step > 0, np.nextafter(tie, np.float32(np.inf)),
-                       np.where(step < 0, np.nextafter(tie, np.float32(-np.inf)), tie))
+        tie = np.where(
+            step > 0,
+            np.nextafter(tie, np.float32(np.inf)),
+            np.where(step < 0, np.nextafter(tie, np.float32(-np.inf)), tie),
+        )
         v = np.where(pick, tie, v).astype(np.float32)
     if recipe["grid"]:
         pick = rng.random(n) < recipe["grid"]
@@ -139,4 +149,4 @@ def simd_levels(backend):
     """The C++ SIMD levels this CPU can run (None for the other backends: one pass)."""
     if backend != "cpu":
         return [None]
-    return list(cpu.SIMD_LEVELS[:cpu.SIMD_LEVELS.index(cpu.detected_simd_level()) + 1])
+    return list(cpu.SIMD_LEVELS[: cpu.SIMD_LEVELS.index(cpu.detected_simd_level()) + 1])

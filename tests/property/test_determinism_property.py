@@ -8,17 +8,17 @@ Bit for bit everywhere except: the C++ grad_lam sums per-thread float64 partials
 thread count it may differ in the last bits (within the property tests' bound). Run to run at one
 thread count everything is bit for bit. 1/20 of the profile's examples (50 in "ci").
 """
+
 import numpy as np
 import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
+from conftest import BACKENDS  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import na_kernels  # noqa: E402
-
-from conftest import BACKENDS  # noqa: E402
 
 from . import strategies as S  # noqa: E402
 from . import test_integrate_fire_property as if_tests  # noqa: E402
@@ -56,11 +56,22 @@ def nq_cases(draw):
     shape = draw(st.sampled_from(NQ_SHAPES))
     per_channel = len(shape) >= 2 and draw(st.booleans())
     channels = shape[1] if per_channel else 1
-    return dict(shape=shape, dtype=draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16])),
-                layout=draw(S.layouts(len(shape))), p=draw(st.integers(1, 255)),
-                lam=np.linspace(0.5, 4.0, channels).astype(np.float32), lam_form="tensor", per_channel=per_channel,
-                lam_grad=True, noise=draw(st.sampled_from([None, "uniform", "gaussian"])), scale=1.0, shift=0.5,
-                seed=draw(S.seeds()), seed_tensor=False, recipe=draw(S.recipes()))
+    return dict(
+        shape=shape,
+        dtype=draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16])),
+        layout=draw(S.layouts(len(shape))),
+        p=draw(st.integers(1, 255)),
+        lam=np.linspace(0.5, 4.0, channels).astype(np.float32),
+        lam_form="tensor",
+        per_channel=per_channel,
+        lam_grad=True,
+        noise=draw(st.sampled_from([None, "uniform", "gaussian"])),
+        scale=1.0,
+        shift=0.5,
+        seed=draw(S.seeds()),
+        seed_tensor=False,
+        recipe=draw(S.recipes()),
+    )
 
 
 @pytest.mark.parametrize("backend, device", CPP)
@@ -83,12 +94,21 @@ def test_noisy_quant_same_bits_run_to_run_and_across_threads(backend, device, ca
 @st.composite
 def if_cases(draw):
     shape = draw(st.sampled_from(IF_SHAPES))
-    return dict(shape=shape, dtype=draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16])),
-                layout=draw(S.layouts(len(shape))), theta=np.array([0.7], dtype=np.float32), theta_form="float",
-                v_init="tensor", v_grad=True, reset=draw(st.sampled_from(["subtract", "zero"])),
-                amplitude=draw(st.sampled_from(["threshold", 1.0])),
-                surrogate=draw(st.sampled_from(["sigmoid", "atan", "triangle", "rectangle"])), alpha=4.0,
-                detach_reset=draw(st.booleans()), recipe=draw(S.recipes(allow_non_finite=False)))
+    return dict(
+        shape=shape,
+        dtype=draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16])),
+        layout=draw(S.layouts(len(shape))),
+        theta=np.array([0.7], dtype=np.float32),
+        theta_form="float",
+        v_init="tensor",
+        v_grad=True,
+        reset=draw(st.sampled_from(["subtract", "zero"])),
+        amplitude=draw(st.sampled_from(["threshold", 1.0])),
+        surrogate=draw(st.sampled_from(["sigmoid", "atan", "triangle", "rectangle"])),
+        alpha=4.0,
+        detach_reset=draw(st.booleans()),
+        recipe=draw(S.recipes(allow_non_finite=False)),
+    )
 
 
 @pytest.mark.parametrize("backend, device", CPP)

@@ -27,6 +27,7 @@ Examples per backend in the "ci" profile: 1250 for each backend (the backward ch
 of them); each C++ example runs at every SIMD level. Triton through the interpreter gets T <= 4 and
 at most 64 elements; on a GPU the full shapes.
 """
+
 import contextlib
 
 import numpy as np
@@ -34,13 +35,12 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
+from conftest import BACKENDS, interpreted  # noqa: E402
 from hypothesis import event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import na_kernels  # noqa: E402
 from na_kernels import cpu  # noqa: E402
-
-from conftest import BACKENDS, interpreted  # noqa: E402
 
 from . import oracle_integrate_fire as oracle  # noqa: E402
 from . import strategies as S  # noqa: E402
@@ -60,19 +60,29 @@ def cases(draw, backend, tiny, dtypes):
     shape = draw(S.shapes(2, 5, 64 if tiny else 4096, big=0 if tiny else BIG_EVERY[backend], first_dims=t_sizes))
     per_channel = len(shape) >= 3 and shape[2] > 0 and draw(st.booleans())
     channels = shape[2] if per_channel else 1
-    pool = draw(st.lists(st.one_of(st.sampled_from([1.0, 0.7, 0.5, 2.5, 4.0, 1e-2, 1e2]), st.floats(1e-2, 1e2)),
-                         min_size=1, max_size=min(channels, 8)))
+    pool = draw(
+        st.lists(
+            st.one_of(st.sampled_from([1.0, 0.7, 0.5, 2.5, 4.0, 1e-2, 1e2]), st.floats(1e-2, 1e2)),
+            min_size=1,
+            max_size=min(channels, 8),
+        )
+    )
     v_init = draw(st.one_of(st.sampled_from([0.5, 0.0, 0.25, 1.0, -0.5, 0.999]), st.just("tensor")))
     return dict(
-        shape=shape, dtype=draw(st.sampled_from(dtypes)), layout=draw(S.layouts(len(shape))),
+        shape=shape,
+        dtype=draw(st.sampled_from(dtypes)),
+        layout=draw(S.layouts(len(shape))),
         theta=np.array([pool[c % len(pool)] for c in range(channels)], dtype=np.float32),
         theta_form="tensor" if per_channel else draw(st.sampled_from(["float", "tensor"])),
-        v_init=v_init, v_grad=v_init == "tensor" and draw(st.booleans()),
+        v_init=v_init,
+        v_grad=v_init == "tensor" and draw(st.booleans()),
         reset=draw(st.sampled_from(["subtract", "zero"])),
         amplitude=draw(st.sampled_from(["threshold", 1.0, 0.5, 2.0, 0.3])),
         surrogate=draw(st.sampled_from(["sigmoid", "atan", "triangle", "rectangle"])),
-        alpha=draw(st.sampled_from([4.0, 2.0, 1.0, 0.5, 7.3])), detach_reset=draw(st.booleans()),
-        recipe=draw(S.recipes()))
+        alpha=draw(st.sampled_from([4.0, 2.0, 1.0, 0.5, 7.3])),
+        detach_reset=draw(st.booleans()),
+        recipe=draw(S.recipes()),
+    )
 
 
 def tie_inputs(case):
@@ -103,8 +113,16 @@ def make_inputs(case, device):
 
 def run_op(case, x, threshold, v_init, grad_spikes, grad_v, backward):
     spikes, counts, v_final = na_kernels.integrate_fire(
-        x, threshold, v_init=v_init, reset=case["reset"], amplitude=case["amplitude"], surrogate=case["surrogate"],
-        alpha=case["alpha"], detach_reset=case["detach_reset"], return_v=True)
+        x,
+        threshold,
+        v_init=v_init,
+        reset=case["reset"],
+        amplitude=case["amplitude"],
+        surrogate=case["surrogate"],
+        alpha=case["alpha"],
+        detach_reset=case["detach_reset"],
+        return_v=True,
+    )
     grads = (None, None)
     if backward:
         inputs = [x] + ([v_init] if case["v_grad"] else [])
@@ -126,8 +144,10 @@ def check_gradient(name, got, want, bound, steps, dtype):
     bad = ~((low <= got) & (got <= high))
     if bad.any():
         i = tuple(int(v) for v in np.argwhere(bad)[0])
-        raise AssertionError(f"{name}: {int(bad.sum())} of {bad.size} outside the tolerance, e.g. at {i}: got "
-                             f"{got[i]!r}, want {want[i]!r} +- {tol[i]!r}")
+        raise AssertionError(
+            f"{name}: {int(bad.sum())} of {bad.size} outside the tolerance, e.g. at {i}: got "
+            f"{got[i]!r}, want {want[i]!r} +- {tol[i]!r}"
+        )
 
 
 def run_and_check(backend, device, case):
@@ -151,7 +171,7 @@ def run_and_check(backend, device, case):
     steps = case["shape"][0]
     with na_kernels.use_backend(backend):
         for level in S.simd_levels(backend):
-            with (cpu.limit_simd(level) if level else contextlib.nullcontext()):
+            with cpu.limit_simd(level) if level else contextlib.nullcontext():
                 spikes, counts, v_final, (gx, gv) = run_op(case, x, threshold, v_init, grad_spikes, grad_v, backward)
             assert spikes.dtype == case["dtype"] and tuple(spikes.shape) == case["shape"]
             assert counts.dtype == torch.int32 and v_final.dtype == torch.float32
@@ -173,6 +193,5 @@ EXAMPLES = settings.default.max_examples * 5 // 4
 @settings(deadline=None, max_examples=EXAMPLES)
 @given(data=st.data())
 def test_integrate_fire_matches_oracle(backend, device, data):
-    case = data.draw(cases(backend, tiny=interpreted(backend, device), dtypes=DTYPES),
-                     label="case")
+    case = data.draw(cases(backend, tiny=interpreted(backend, device), dtypes=DTYPES), label="case")
     run_and_check(backend, device, case)

@@ -20,18 +20,18 @@ example runs at every SIMD level. Triton through the interpreter gets tensors of
 elements (the interpreter runs a kernel in about 60 ms on tiny tensors); on a GPU it gets the full
 shapes. One example in BIG_EVERY has a dim around 1024 or 32768.
 """
+
 import numpy as np
 import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
+from conftest import BACKENDS, interpreted  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import na_kernels  # noqa: E402
 from na_kernels import cpu  # noqa: E402
-
-from conftest import BACKENDS, interpreted  # noqa: E402
 
 from . import oracle_noisy_quant as oracle  # noqa: E402
 from . import strategies as S  # noqa: E402
@@ -55,18 +55,32 @@ def cases(draw, backend, tiny, dtypes):
     channels = shape[1] if per_channel else 1
     p = draw(st.one_of(st.sampled_from([1, 2, 3, 7, 15, 20, 127, 255]), st.integers(1, 255)))
     # up to 8 distinct values, repeated over the channels (a channel count may be 32768)
-    pool = draw(st.lists(st.one_of(st.sampled_from([1.0, 0.7, 8.0, 0.125, 2.5, 1e-3, 1e3]), st.floats(1e-3, 1e3)),
-                         min_size=1, max_size=min(channels, 8)))
+    pool = draw(
+        st.lists(
+            st.one_of(st.sampled_from([1.0, 0.7, 8.0, 0.125, 2.5, 1e-3, 1e3]), st.floats(1e-3, 1e3)),
+            min_size=1,
+            max_size=min(channels, 8),
+        )
+    )
     lam_values = [pool[c % len(pool)] for c in range(channels)]
     lam_form = "tensor" if per_channel else draw(st.sampled_from(["float", "tensor"]))
     noise = draw(st.sampled_from([None, "uniform", "gaussian"]))
     return dict(
-        shape=shape, dtype=draw(st.sampled_from(dtypes)), layout=draw(S.layouts(len(shape))), p=p,
-        lam=np.array(lam_values, dtype=np.float32), lam_form=lam_form, per_channel=per_channel,
-        lam_grad=lam_form == "tensor" and draw(st.booleans()), noise=noise,
+        shape=shape,
+        dtype=draw(st.sampled_from(dtypes)),
+        layout=draw(S.layouts(len(shape))),
+        p=p,
+        lam=np.array(lam_values, dtype=np.float32),
+        lam_form=lam_form,
+        per_channel=per_channel,
+        lam_grad=lam_form == "tensor" and draw(st.booleans()),
+        noise=noise,
         scale=draw(st.one_of(st.sampled_from([1.0, 0.0, 0.5, 2.0]), st.floats(0.0, 4.0))),
-        shift=draw(st.sampled_from([0.5, 0.0, 0.25, 1.0, -0.5])), seed=draw(S.seeds()),
-        seed_tensor=draw(st.booleans()), recipe=draw(S.recipes()))
+        shift=draw(st.sampled_from([0.5, 0.0, 0.25, 1.0, -0.5])),
+        seed=draw(S.seeds()),
+        seed_tensor=draw(st.booleans()),
+        recipe=draw(S.recipes()),
+    )
 
 
 def level_boundaries(case):
@@ -94,8 +108,9 @@ def make_inputs(case, device):
 
 def run_op(case, x, lam, seed, grad_y):
     """(y, grad_x, grad_lam or None) from the backend in force."""
-    y = na_kernels.noisy_quant(x, case["p"], lam, noise=case["noise"], scale=case["scale"], shift=case["shift"],
-                               seed=seed)
+    y = na_kernels.noisy_quant(
+        x, case["p"], lam, noise=case["noise"], scale=case["scale"], shift=case["shift"], seed=seed
+    )
     inputs = [x] + ([lam] if case["lam_grad"] else [])
     grads = torch.autograd.grad(y, inputs, grad_y)
     return y, grads[0], (grads[1] if case["lam_grad"] else None)
@@ -106,8 +121,9 @@ def expected(case, x, grad_y):
     x32 = to_f32(x)
     kw = dict(noise=case["noise"], scale=case["scale"], shift=case["shift"], seed=case["seed"])
     want_y, _ = oracle.forward(x32, case["lam"], case["p"], **kw)
-    want_gx, want_gl, abs_sum, counts = oracle.backward(to_f32(grad_y), x32, case["lam"], case["p"],
-                                                        per_channel=case["per_channel"], **kw)
+    want_gx, want_gl, abs_sum, counts = oracle.backward(
+        to_f32(grad_y), x32, case["lam"], case["p"], per_channel=case["per_channel"], **kw
+    )
     return x32, round_to(want_y, case["dtype"]), round_to(want_gx, case["dtype"]), want_gl, abs_sum, counts
 
 
@@ -143,8 +159,9 @@ def check_gaussian_triton(case, x32, got_y, want_y, got_gx, want_gx):
 def check_float64_levels(case, x32, y32, dtype):
     """The level of y against the float64 formula's: equal, or z + shift within float32 rounding of an
     integer. (y of level k is round_to(((k / p) * lam), dtype); a 16-bit y can stand for several levels.)"""
-    level, t64, bound = oracle.float64_levels(x32, case["lam"], case["p"], case["noise"], case["scale"],
-                                              case["shift"], case["seed"])
+    level, t64, bound = oracle.float64_levels(
+        x32, case["lam"], case["p"], case["noise"], case["scale"], case["shift"], case["seed"]
+    )
     finite = np.isfinite(x32) & np.isfinite(t64)
     lam_b = np.broadcast_to(oracle.lam_broadcast(case["lam"], x32.shape), x32.shape)
     with np.errstate(invalid="ignore"):
@@ -153,8 +170,10 @@ def check_float64_levels(case, x32, y32, dtype):
     with np.errstate(invalid="ignore"):
         near = np.abs(t64 - np.round(t64)) <= bound
     bad = finite & ~same & ~near
-    assert not bad.any(), (f"{int(bad.sum())} levels differ from the float64 formula away from a boundary: "
-                           f"x={x32[bad][:3]}, t64={t64[bad][:3]}")
+    assert not bad.any(), (
+        f"{int(bad.sum())} levels differ from the float64 formula away from a boundary: "
+        f"x={x32[bad][:3]}, t64={t64[bad][:3]}"
+    )
 
 
 def check_grad_lam(backend, got, want, abs_sum, counts):
@@ -186,8 +205,7 @@ def run_and_check(backend, device, case):
 @settings(deadline=None)
 @given(data=st.data())
 def test_noisy_quant_matches_oracle(backend, device, data):
-    case = data.draw(cases(backend, tiny=interpreted(backend, device), dtypes=DTYPES),
-                     label="case")
+    case = data.draw(cases(backend, tiny=interpreted(backend, device), dtypes=DTYPES), label="case")
     run_and_check(backend, device, case)
 
 
@@ -195,13 +213,38 @@ def test_noisy_quant_matches_oracle(backend, device, data):
 # (float32), p = 1, lam = 2.5 the contract's (x * p) / lam is 0.49999997, level 0, and every backend
 # gave level 1. Kept as explicit examples, on every backend, with ties, noise and 16-bit inputs.
 TIE_CASES = [
-    dict(shape=(1023,), dtype=torch.float32, layout=("contiguous", None), p=1, lam=np.array([2.5], dtype=np.float32),
-         lam_form="float", per_channel=False, lam_grad=False, noise=None, scale=1.0, shift=0.5, seed=0,
-         seed_tensor=False, recipe=dict(seed=0, ties=0.3, grid=0.0, specials=0.0, non_finite=True)),
-    dict(shape=(2, 3, 8), dtype=torch.float16, layout=("permuted", (2, 0, 1)), p=20,
-         lam=np.array([1.0, 0.7, 2.5], dtype=np.float32), lam_form="tensor", per_channel=True, lam_grad=True,
-         noise="uniform", scale=0.0, shift=0.5, seed=2**63 - 1, seed_tensor=True,
-         recipe=dict(seed=7, ties=1.0, grid=0.0, specials=0.0, non_finite=False)),
+    dict(
+        shape=(1023,),
+        dtype=torch.float32,
+        layout=("contiguous", None),
+        p=1,
+        lam=np.array([2.5], dtype=np.float32),
+        lam_form="float",
+        per_channel=False,
+        lam_grad=False,
+        noise=None,
+        scale=1.0,
+        shift=0.5,
+        seed=0,
+        seed_tensor=False,
+        recipe=dict(seed=0, ties=0.3, grid=0.0, specials=0.0, non_finite=True),
+    ),
+    dict(
+        shape=(2, 3, 8),
+        dtype=torch.float16,
+        layout=("permuted", (2, 0, 1)),
+        p=20,
+        lam=np.array([1.0, 0.7, 2.5], dtype=np.float32),
+        lam_form="tensor",
+        per_channel=True,
+        lam_grad=True,
+        noise="uniform",
+        scale=0.0,
+        shift=0.5,
+        seed=2**63 - 1,
+        seed_tensor=True,
+        recipe=dict(seed=7, ties=1.0, grid=0.0, specials=0.0, non_finite=False),
+    ),
 ]
 
 

@@ -2,6 +2,7 @@
 published known-answer vectors (Random123), uint_to_uniform_float's end points, Box-Muller in plain
 float64, torch's own round-to-nearest-even casts, exact rational arithmetic for noisy_quant and for the
 integrate-and-fire loop on dyadic inputs, and float64 autograd against a hand-derived gradient."""
+
 from fractions import Fraction
 
 import numpy as np
@@ -17,8 +18,11 @@ from .oracle_floats import bf16_bits, round_to, to_f32
 KNOWN_ANSWERS = [
     ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
     ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
 ]
 
 
@@ -55,7 +59,7 @@ def test_gaussian_is_box_muller():
     eps = philox.element_noise(123, indices, "gaussian").astype(np.float64)
     w = np.stack(philox.words(123, indices >> 2), axis=-1)
     u = philox.uniform(w).astype(np.float64)
-    pair = (indices & 2)
+    pair = indices & 2
     u1 = np.maximum(u[np.arange(len(indices)), pair], 1e-7)
     u2 = u[np.arange(len(indices)), pair + 1]
     r = np.sqrt(-2 * np.log(u1))

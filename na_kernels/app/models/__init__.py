@@ -8,6 +8,7 @@ Pooling is average pooling (max pooling has no rate-coded SNN equivalent).
     build_model("resnet20", num_classes=10)           # plain ReLU
     build_model("vgg16", 100, act=lambda: NoisyQuant(7))
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional, Sequence, Type, Union
@@ -15,9 +16,28 @@ from typing import Callable, Dict, List, Optional, Sequence, Type, Union
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "build_model", "DigitsCNN", "VGG", "ResNet", "CifarResNet", "BasicBlock",
-           "Bottleneck", "vgg16", "resnet18", "resnet20", "resnet34", "resnet50", "resnet101",
-           "resnet152", "digits_cnn", "MnistCNN", "mnist_cnn", "IMAGE_SIZES", "check_image_size"]
+__all__ = [
+    "MODELS",
+    "build_model",
+    "DigitsCNN",
+    "VGG",
+    "ResNet",
+    "CifarResNet",
+    "BasicBlock",
+    "Bottleneck",
+    "vgg16",
+    "resnet18",
+    "resnet20",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "digits_cnn",
+    "MnistCNN",
+    "mnist_cnn",
+    "IMAGE_SIZES",
+    "check_image_size",
+]
 
 ActFactory = Callable[[], nn.Module]
 
@@ -40,8 +60,7 @@ class DigitsCNN(nn.Module):
             *_conv_bn_act(2 * width, 2 * width, act),
             nn.AvgPool2d(2),
         )
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 4, 128), act(),
-                                        nn.Linear(128, num_classes))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 4, 128), act(), nn.Linear(128, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -55,12 +74,17 @@ class MnistCNN(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16, act: ActFactory = nn.ReLU):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 5, stride=2, padding=2, bias=False), nn.BatchNorm2d(width), act(),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * width), act(),
+            nn.Conv2d(in_channels, width, 5, stride=2, padding=2, bias=False),
+            nn.BatchNorm2d(width),
+            act(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            act(),
             *_conv_bn_act(2 * width, 2 * width, act),
         )
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 49, 128), act(),
-                                        nn.Linear(128, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(2 * width * 49, 128), act(), nn.Linear(128, num_classes)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -76,8 +100,15 @@ class VGG(nn.Module):
     """VGG with batch norm and average pooling for 32x32 inputs, classifier
     512 -> 4096 -> 4096 -> classes with dropout (the CIFAR VGG-16 of QCFS / Noise Adaptor)."""
 
-    def __init__(self, cfg: Sequence[Union[int, str]], num_classes: int = 10, in_channels: int = 3,
-                 act: ActFactory = nn.ReLU, hidden: int = 4096, dropout: float = 0.5):
+    def __init__(
+        self,
+        cfg: Sequence[Union[int, str]],
+        num_classes: int = 10,
+        in_channels: int = 3,
+        act: ActFactory = nn.ReLU,
+        hidden: int = 4096,
+        dropout: float = 0.5,
+    ):
         super().__init__()
         layers: List[nn.Module] = []
         c = in_channels
@@ -90,8 +121,12 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(c, hidden), act(), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), act(), nn.Dropout(dropout),
+            nn.Linear(c, hidden),
+            act(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            act(),
+            nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),
         )
         _init(self)
@@ -160,8 +195,15 @@ class ResNet(nn.Module):
     """ResNet-18/34/50/101/152 with a CIFAR stem: one 3x3 stride-1 convolution, no max pool;
     four stages (64, 128, 256, 512 planes), global average pool, linear classifier."""
 
-    def __init__(self, block: Type[nn.Module], layers: Sequence[int], num_classes: int = 10,
-                 in_channels: int = 3, act: ActFactory = nn.ReLU, widths: Sequence[int] = (64, 128, 256, 512)):
+    def __init__(
+        self,
+        block: Type[nn.Module],
+        layers: Sequence[int],
+        num_classes: int = 10,
+        in_channels: int = 3,
+        act: ActFactory = nn.ReLU,
+        widths: Sequence[int] = (64, 128, 256, 512),
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
@@ -269,9 +311,17 @@ MODELS: Dict[str, Callable[..., nn.Module]] = {
 # 256 -> 128 linear layer after two pools of 8x8, MnistCNN's 1568 -> 128 after two strides of
 # 28x28, VGG's 512 -> 4096 after five pools of 32x32);
 # None: any size (the ResNets end in a global average pool).
-IMAGE_SIZES: Dict[str, Optional[int]] = {"digits_cnn": 8, "mnist_cnn": 28, "vgg16": 32, "resnet18": None,
-                                         "resnet20": None, "resnet34": None, "resnet50": None, "resnet101": None,
-                                         "resnet152": None}
+IMAGE_SIZES: Dict[str, Optional[int]] = {
+    "digits_cnn": 8,
+    "mnist_cnn": 28,
+    "vgg16": 32,
+    "resnet18": None,
+    "resnet20": None,
+    "resnet34": None,
+    "resnet50": None,
+    "resnet101": None,
+    "resnet152": None,
+}
 
 
 def check_image_size(arch: str, size: int, dataset: str = "") -> None:
@@ -281,8 +331,10 @@ def check_image_size(arch: str, size: int, dataset: str = "") -> None:
     if need is not None and need != size:
         fits = sorted(a for a, s in IMAGE_SIZES.items() if s is None or s == size)
         data = f"dataset {dataset!r} has" if dataset else "the images are"
-        raise ValueError(f"arch {arch!r} takes {need}x{need} images but {data} {size}x{size}; "
-                         f"choose an arch for {size}x{size} images: {', '.join(fits)}")
+        raise ValueError(
+            f"arch {arch!r} takes {need}x{need} images but {data} {size}x{size}; "
+            f"choose an arch for {size}x{size} images: {', '.join(fits)}"
+        )
 
 
 def _known(arch: str) -> str:

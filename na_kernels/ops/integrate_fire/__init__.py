@@ -27,8 +27,17 @@ import torch
 
 from ... import _layout
 from ..._spec import DEFAULT_V_INIT, IntegrateFireArgs, Save
-from ..._validation import (check_alpha, check_amplitude, check_bool, check_initial_potential, check_reset,
-                           check_sequence, check_spikes_fit, check_surrogate, positive_parameter_tensor)
+from ..._validation import (
+    check_alpha,
+    check_amplitude,
+    check_bool,
+    check_initial_potential,
+    check_reset,
+    check_sequence,
+    check_spikes_fit,
+    check_surrogate,
+    positive_parameter_tensor,
+)
 from .._registration import Op
 
 
@@ -66,18 +75,25 @@ def _backward(ctx, run, grad_spikes, grad_counts, grad_v, grad_h):
             "integrate_fire: backward needs what the forward saves only when called with grad mode on "
             "and an input that requires grad (save != 0)"
         )
-    grad_x, grad_v_init = run(grad_spikes, grad_v, h, x_seq, v_init, threshold, ctx.x_dtype, need_grad_x,
-                              need_grad_v_init)
+    grad_x, grad_v_init = run(
+        grad_spikes, grad_v, h, x_seq, v_init, threshold, ctx.x_dtype, need_grad_x, need_grad_v_init
+    )
     return (grad_x if need_grad_x else None), None, (grad_v_init if need_grad_v_init else None)
 
 
-OP = Op("integrate_fire", IntegrateFireArgs, inputs="Tensor x_seq, Tensor threshold, Tensor? v_init",
-        outputs="(Tensor, Tensor, Tensor, Tensor)",
-        backward_inputs=("Tensor? grad_spikes, Tensor? grad_v, Tensor? h, Tensor? x_seq, Tensor? v_init, "
-                         "Tensor threshold"),
-        backward_extras="ScalarType x_dtype, bool need_grad_x, bool need_grad_v_init",
-        backward_outputs="(Tensor, Tensor)", fake=_fake, fake_backward=_fake_backward, save=_save,
-        backward=_backward)
+OP = Op(
+    "integrate_fire",
+    IntegrateFireArgs,
+    inputs="Tensor x_seq, Tensor threshold, Tensor? v_init",
+    outputs="(Tensor, Tensor, Tensor, Tensor)",
+    backward_inputs=("Tensor? grad_spikes, Tensor? grad_v, Tensor? h, Tensor? x_seq, Tensor? v_init, Tensor threshold"),
+    backward_extras="ScalarType x_dtype, bool need_grad_x, bool need_grad_v_init",
+    backward_outputs="(Tensor, Tensor)",
+    fake=_fake,
+    fake_backward=_fake_backward,
+    save=_save,
+    backward=_backward,
+)
 
 
 def _choose_save(x_seq):
@@ -98,8 +114,18 @@ def _choose_save(x_seq):
     return Save.H
 
 
-def integrate_fire(x_seq, threshold=1.0, *, v_init=DEFAULT_V_INIT, reset="subtract", amplitude="threshold",
-                   surrogate="sigmoid", alpha=4.0, detach_reset=False, return_v=False):
+def integrate_fire(
+    x_seq,
+    threshold=1.0,
+    *,
+    v_init=DEFAULT_V_INIT,
+    reset="subtract",
+    amplitude="threshold",
+    surrogate="sigmoid",
+    alpha=4.0,
+    detach_reset=False,
+    return_v=False,
+):
     """Multi-step integrate-and-fire over all T steps in one fused pass, with spike counts.
 
     Per neuron, membrane potential in float32 (SpikingJelly's multi-step ``IFNode``)::
@@ -156,8 +182,18 @@ def integrate_fire_carried(x_seq, threshold, state, **options):
     return _integrate_fire(x_seq, threshold, state, False, **options)
 
 
-def _integrate_fire(x_seq, threshold, v_init, finite_v_init, reset="subtract", amplitude="threshold",
-                    surrogate="sigmoid", alpha=4.0, detach_reset=False, return_v=False):
+def _integrate_fire(
+    x_seq,
+    threshold,
+    v_init,
+    finite_v_init,
+    reset="subtract",
+    amplitude="threshold",
+    surrogate="sigmoid",
+    alpha=4.0,
+    detach_reset=False,
+    return_v=False,
+):
     check_sequence("x_seq", x_seq)
     threshold = positive_parameter_tensor("threshold", threshold, x_seq, 2, "x_seq.shape[2]")
     if isinstance(threshold, torch.Tensor):
@@ -180,8 +216,15 @@ def _integrate_fire(x_seq, threshold, v_init, finite_v_init, reset="subtract", a
     save = Save.NOTHING
     if torch.is_grad_enabled() and (x_seq.requires_grad or (v_tensor is not None and v_tensor.requires_grad)):
         save = _choose_save(x_seq)
-    args = IntegrateFireArgs(v_frac=v_frac, reset=reset, amplitude=amplitude, surrogate=surrogate, alpha=alpha,
-                             detach_reset=detach_reset, save=save)
+    args = IntegrateFireArgs(
+        v_frac=v_frac,
+        reset=reset,
+        amplitude=amplitude,
+        surrogate=surrogate,
+        alpha=alpha,
+        detach_reset=detach_reset,
+        save=save,
+    )
     spikes, counts, v_final, _ = OP(x_seq, threshold, v_tensor, args)
     if return_v:
         return spikes, counts, v_final

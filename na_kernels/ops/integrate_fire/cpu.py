@@ -3,9 +3,10 @@
 ``na_kernels._layout`` exactly as for the Triton kernels; backward recomputes h from x (when the
 forward kept x) in a per-thread scratch of T x the neurons one pass holds (never more than the
 layer's neurons)."""
+
 from ... import _layout, cpu
-from ...cpu.output_cache import empty_strided
 from ..._spec import DType, Save
+from ...cpu.output_cache import empty_strided
 
 
 def _pointer(t):
@@ -22,10 +23,22 @@ def forward(x_seq, threshold, v_init, args):
     spikes, counts, v_final, h = _layout.forward_outputs(layout, x_seq, save_h, empty_strided)
     steps = x_seq.shape[0]
     cpu.extension().integrate_fire_forward(
-        x=x_seq.data_ptr(), x_step=x_seq.stride(0), spikes=spikes.data_ptr(), counts=counts.data_ptr(),
-        v_final=v_final.data_ptr(), h=h.data_ptr() if save_h else 0, dtype=cpu.code(DType.of(x_seq.dtype)),
-        steps=steps, neurons=layout.neurons, channel_stride=layout.channel_stride, channels=theta.numel(),
-        theta=theta.data_ptr(), v0=_pointer(v0), v_frac=args.v_frac, reset=cpu.code(args.reset), **_amplitude(args),
+        x=x_seq.data_ptr(),
+        x_step=x_seq.stride(0),
+        spikes=spikes.data_ptr(),
+        counts=counts.data_ptr(),
+        v_final=v_final.data_ptr(),
+        h=h.data_ptr() if save_h else 0,
+        dtype=cpu.code(DType.of(x_seq.dtype)),
+        steps=steps,
+        neurons=layout.neurons,
+        channel_stride=layout.channel_stride,
+        channels=theta.numel(),
+        theta=theta.data_ptr(),
+        v0=_pointer(v0),
+        v_frac=args.v_frac,
+        reset=cpu.code(args.reset),
+        **_amplitude(args),
         threads=cpu.num_threads(steps * layout.neurons),
     )
     return spikes, counts, v_final, h
@@ -33,20 +46,36 @@ def forward(x_seq, threshold, v_init, args):
 
 def backward(grad_spikes, grad_v, h, x_seq, v_init, threshold, args, x_dtype, need_grad_x, need_grad_v_init):
     grad_spikes, grad_v, h, x_seq, v0, theta, layout = _layout.backward_operands(
-        grad_spikes, grad_v, h, x_seq, v_init, threshold, x_dtype)
+        grad_spikes, grad_v, h, x_seq, v_init, threshold, x_dtype
+    )
     source = x_seq if h is None else h
     steps = source.shape[0]
-    grad_x, grad_v_init = _layout.backward_outputs(layout, steps, x_dtype, source.device, need_grad_x,
-                                                   need_grad_v_init, empty_strided)
+    grad_x, grad_v_init = _layout.backward_outputs(
+        layout, steps, x_dtype, source.device, need_grad_x, need_grad_v_init, empty_strided
+    )
     if layout.neurons == 0 or not (need_grad_x or need_grad_v_init):
         return grad_x, grad_v_init
     cpu.extension().integrate_fire_backward(
-        grad_spikes=_pointer(grad_spikes), grad_v=_pointer(grad_v), h=_pointer(h),
-        x=0 if h is not None else x_seq.data_ptr(), x_step=0 if h is not None else x_seq.stride(0),
-        v0=_pointer(v0), v_frac=args.v_frac, grad_x=grad_x.data_ptr() if need_grad_x else 0,
-        grad_v_init=grad_v_init.data_ptr() if need_grad_v_init else 0, dtype=cpu.code(DType.of(x_dtype)),
-        steps=steps, neurons=layout.neurons, channel_stride=layout.channel_stride, channels=theta.numel(),
-        theta=theta.data_ptr(), reset=cpu.code(args.reset), **_amplitude(args), surrogate=cpu.code(args.surrogate),
-        alpha=args.alpha, detach_reset=args.detach_reset, threads=cpu.num_threads(steps * layout.neurons),
+        grad_spikes=_pointer(grad_spikes),
+        grad_v=_pointer(grad_v),
+        h=_pointer(h),
+        x=0 if h is not None else x_seq.data_ptr(),
+        x_step=0 if h is not None else x_seq.stride(0),
+        v0=_pointer(v0),
+        v_frac=args.v_frac,
+        grad_x=grad_x.data_ptr() if need_grad_x else 0,
+        grad_v_init=grad_v_init.data_ptr() if need_grad_v_init else 0,
+        dtype=cpu.code(DType.of(x_dtype)),
+        steps=steps,
+        neurons=layout.neurons,
+        channel_stride=layout.channel_stride,
+        channels=theta.numel(),
+        theta=theta.data_ptr(),
+        reset=cpu.code(args.reset),
+        **_amplitude(args),
+        surrogate=cpu.code(args.surrogate),
+        alpha=args.alpha,
+        detach_reset=args.detach_reset,
+        threads=cpu.num_threads(steps * layout.neurons),
     )
     return grad_x, grad_v_init

@@ -32,6 +32,7 @@ operation. ``reset`` and ``surrogate`` are ``_spec`` members or their spellings.
 The last section is this backend's adapter: ``forward`` and ``backward`` as ``na_kernels.ops``
 calls every backend.
 """
+
 import math
 
 import torch
@@ -92,8 +93,18 @@ def initial_potential(v_init, theta_b, step_shape, device):
     return torch.full(step_shape, float(v_init), dtype=torch.float32, device=device) * theta_b
 
 
-def integrate_fire(x_seq, threshold=1.0, *, v_init=DEFAULT_V_INIT, reset="subtract", amplitude="threshold",
-                   surrogate="sigmoid", alpha=4.0, detach_reset=False, return_h=False):
+def integrate_fire(
+    x_seq,
+    threshold=1.0,
+    *,
+    v_init=DEFAULT_V_INIT,
+    reset="subtract",
+    amplitude="threshold",
+    surrogate="sigmoid",
+    alpha=4.0,
+    detach_reset=False,
+    return_h=False,
+):
     """The reference loop, differentiable through autograd.
 
     Returns ``(spikes, counts, v_final)`` (and ``h`` [T, ...] float32 with ``return_h``):
@@ -125,8 +136,18 @@ def integrate_fire(x_seq, threshold=1.0, *, v_init=DEFAULT_V_INIT, reset="subtra
     return out
 
 
-def integrate_fire_backward(grad_spikes, grad_v, h_seq, threshold, *, reset="subtract", amplitude="threshold",
-                            surrogate="sigmoid", alpha=4.0, detach_reset=False):
+def integrate_fire_backward(
+    grad_spikes,
+    grad_v,
+    h_seq,
+    threshold,
+    *,
+    reset="subtract",
+    amplitude="threshold",
+    surrogate="sigmoid",
+    alpha=4.0,
+    detach_reset=False,
+):
     """Closed-form BPTT in one reverse pass: (grad_x float32 [T, ...], grad_v_init float32 [...]).
 
     grad_spikes: [T, ...] or None (zero); grad_v: incoming gradient of v_final or None (zero);
@@ -182,8 +203,14 @@ def forward(x_seq, threshold, v_init, args):
     layout = _layout.Layout.of_input(x_seq, threshold.numel())
     save_h = args.save == Save.H
     with torch.no_grad():
-        out = integrate_fire(x_seq, threshold.detach(), v_init=args.v_frac if v_init is None else v_init,
-                             reset=args.reset, amplitude=_amplitude(args), return_h=save_h)
+        out = integrate_fire(
+            x_seq,
+            threshold.detach(),
+            v_init=args.v_frac if v_init is None else v_init,
+            reset=args.reset,
+            amplitude=_amplitude(args),
+            return_h=save_h,
+        )
     h = layout.as_seq(out[3]) if save_h else torch.empty(0, dtype=torch.float32, device=x_seq.device)
     return layout.as_seq(out[0]), layout.as_step(out[1]), layout.as_step(out[2]), h
 
@@ -193,11 +220,26 @@ def backward(grad_spikes, grad_v, h, x_seq, v_init, threshold, args, x_dtype, ne
     layout = _layout.backward_layout(h, x_seq, threshold)
     if h is None:
         with torch.no_grad():
-            h = integrate_fire(x_seq, threshold.detach(), v_init=args.v_frac if v_init is None else v_init,
-                               reset=args.reset, return_h=True)[3]
+            h = integrate_fire(
+                x_seq,
+                threshold.detach(),
+                v_init=args.v_frac if v_init is None else v_init,
+                reset=args.reset,
+                return_h=True,
+            )[3]
     grad_x, grad_v_init = integrate_fire_backward(
-        grad_spikes, grad_v, h, threshold.detach(), reset=args.reset, amplitude=_amplitude(args),
-        surrogate=args.surrogate, alpha=args.alpha, detach_reset=args.detach_reset)
+        grad_spikes,
+        grad_v,
+        h,
+        threshold.detach(),
+        reset=args.reset,
+        amplitude=_amplitude(args),
+        surrogate=args.surrogate,
+        alpha=args.alpha,
+        detach_reset=args.detach_reset,
+    )
     empty_x, empty_v = _layout.backward_outputs(layout, h.shape[0], x_dtype, h.device, False, False)
-    return (layout.as_seq(grad_x.to(x_dtype)) if need_grad_x else empty_x,
-            layout.as_step(grad_v_init) if need_grad_v_init else empty_v)
+    return (
+        layout.as_seq(grad_x.to(x_dtype)) if need_grad_x else empty_x,
+        layout.as_step(grad_v_init) if need_grad_v_init else empty_v,
+    )

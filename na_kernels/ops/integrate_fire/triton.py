@@ -16,6 +16,7 @@ writes grad_x (or, when the caller kept x instead of h, first reads x and writes
 scratch buffer, in the same launch: ``_integrate``, the forward's own loop). The per-neuron
 arrays (counts, v_final, v_init, grad_v) are touched once.
 """
+
 import math
 
 import torch
@@ -46,8 +47,23 @@ def _initial_v(v0_ptr, n, mask, v_frac, theta, HAS_V0: tl.constexpr):
 
 
 @triton.jit
-def _integrate(x_ptr, spikes_ptr, h_ptr, n, mask, theta, v, a, steps, neurons, x_step,
-               RESET_ZERO: tl.constexpr, STORE_SPIKES: tl.constexpr, STORE_H: tl.constexpr, BLOCK: tl.constexpr):
+def _integrate(
+    x_ptr,
+    spikes_ptr,
+    h_ptr,
+    n,
+    mask,
+    theta,
+    v,
+    a,
+    steps,
+    neurons,
+    x_step,
+    RESET_ZERO: tl.constexpr,
+    STORE_SPIKES: tl.constexpr,
+    STORE_H: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """The IF loop over all steps (charge, fire, reset), storing the spikes (s * a) and the spike
     count and/or h = v + x[t]; returns (v after the last step, count)."""
     count = tl.zeros([BLOCK], dtype=tl.int32)
@@ -73,9 +89,24 @@ def _integrate(x_ptr, spikes_ptr, h_ptr, n, mask, theta, v, a, steps, neurons, x
 
 @triton.jit(do_not_specialize=["steps"])
 def _integrate_fire_forward_kernel(
-    x_ptr, spikes_ptr, counts_ptr, v_final_ptr, h_ptr, theta_ptr, v0_ptr,
-    steps, neurons, x_step, channel_stride, channels, v_frac, amp,
-    RESET_ZERO: tl.constexpr, AMP_IS_THETA: tl.constexpr, HAS_V0: tl.constexpr, SAVE_H: tl.constexpr,
+    x_ptr,
+    spikes_ptr,
+    counts_ptr,
+    v_final_ptr,
+    h_ptr,
+    theta_ptr,
+    v0_ptr,
+    steps,
+    neurons,
+    x_step,
+    channel_stride,
+    channels,
+    v_frac,
+    amp,
+    RESET_ZERO: tl.constexpr,
+    AMP_IS_THETA: tl.constexpr,
+    HAS_V0: tl.constexpr,
+    SAVE_H: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -86,8 +117,9 @@ def _integrate_fire_forward_kernel(
         a = theta
     else:
         a = tl.full([BLOCK], amp, tl.float32)
-    v, count = _integrate(x_ptr, spikes_ptr, h_ptr, n, mask, theta, v, a, steps, neurons, x_step,
-                          RESET_ZERO, True, SAVE_H, BLOCK)
+    v, count = _integrate(
+        x_ptr, spikes_ptr, h_ptr, n, mask, theta, v, a, steps, neurons, x_step, RESET_ZERO, True, SAVE_H, BLOCK
+    )
     tl.store(counts_ptr + n, count, mask=mask)
     tl.store(v_final_ptr + n, v, mask=mask)
 
@@ -110,11 +142,36 @@ def _surrogate(u, alpha, atan_scale, half_alpha, half_width, SURROGATE: tl.const
 
 @triton.jit(do_not_specialize=["steps"])
 def _integrate_fire_backward_kernel(
-    grad_spikes_ptr, grad_v_ptr, h_ptr, grad_x_ptr, grad_v_init_ptr, theta_ptr, x_ptr, v0_ptr,
-    steps, neurons, x_step, channel_stride, channels, v_frac, amp, alpha, atan_scale, half_alpha, half_width,
-    RESET_ZERO: tl.constexpr, AMP_IS_THETA: tl.constexpr, SURROGATE: tl.constexpr, DETACH: tl.constexpr,
-    HAS_GRAD_S: tl.constexpr, HAS_GRAD_V: tl.constexpr, STORE_GRAD_X: tl.constexpr, STORE_GRAD_V0: tl.constexpr,
-    RECOMPUTE: tl.constexpr, HAS_V0: tl.constexpr, BLOCK: tl.constexpr,
+    grad_spikes_ptr,
+    grad_v_ptr,
+    h_ptr,
+    grad_x_ptr,
+    grad_v_init_ptr,
+    theta_ptr,
+    x_ptr,
+    v0_ptr,
+    steps,
+    neurons,
+    x_step,
+    channel_stride,
+    channels,
+    v_frac,
+    amp,
+    alpha,
+    atan_scale,
+    half_alpha,
+    half_width,
+    RESET_ZERO: tl.constexpr,
+    AMP_IS_THETA: tl.constexpr,
+    SURROGATE: tl.constexpr,
+    DETACH: tl.constexpr,
+    HAS_GRAD_S: tl.constexpr,
+    HAS_GRAD_V: tl.constexpr,
+    STORE_GRAD_X: tl.constexpr,
+    STORE_GRAD_V0: tl.constexpr,
+    RECOMPUTE: tl.constexpr,
+    HAS_V0: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = n < neurons
@@ -123,8 +180,9 @@ def _integrate_fire_backward_kernel(
         # the forward's h, recomputed from x and v_init by the forward's own loop (same operations,
         # same bits) into the scratch h_ptr, then read back below by the same threads
         v = _initial_v(v0_ptr, n, mask, v_frac, theta, HAS_V0)
-        _integrate(x_ptr, h_ptr, h_ptr, n, mask, theta, v, theta, steps, neurons, x_step, RESET_ZERO, False, True,
-                   BLOCK)
+        _integrate(
+            x_ptr, h_ptr, h_ptr, n, mask, theta, v, theta, steps, neurons, x_step, RESET_ZERO, False, True, BLOCK
+        )
     if HAS_GRAD_V:
         gv = tl.load(grad_v_ptr + n, mask=mask, other=0.0)
     else:
@@ -180,10 +238,27 @@ def forward(x_seq, threshold, v_init, args):
     if layout.neurons == 0:
         return spikes, counts, v_final, h
     _integrate_fire_forward_kernel[_grid(layout.neurons)](
-        x_seq, spikes, counts, v_final, h if save_h else v_final, theta, v_final if v0 is None else v0,
-        x_seq.shape[0], layout.neurons, x_seq.stride(0), layout.channel_stride, theta.numel(), float(args.v_frac),
-        _amp(args), RESET_ZERO=args.reset == Reset.ZERO, AMP_IS_THETA=args.amplitude is None, HAS_V0=v0 is not None,
-        SAVE_H=save_h, BLOCK=_BLOCK, num_warps=_NUM_WARPS, **FLOAT_OPTIONS,
+        x_seq,
+        spikes,
+        counts,
+        v_final,
+        h if save_h else v_final,
+        theta,
+        v_final if v0 is None else v0,
+        x_seq.shape[0],
+        layout.neurons,
+        x_seq.stride(0),
+        layout.channel_stride,
+        theta.numel(),
+        float(args.v_frac),
+        _amp(args),
+        RESET_ZERO=args.reset == Reset.ZERO,
+        AMP_IS_THETA=args.amplitude is None,
+        HAS_V0=v0 is not None,
+        SAVE_H=save_h,
+        BLOCK=_BLOCK,
+        num_warps=_NUM_WARPS,
+        **FLOAT_OPTIONS,
     )
     return spikes, counts, v_final, h
 
@@ -194,26 +269,49 @@ def backward(grad_spikes, grad_v, h, x_seq, v_init, threshold, args, x_dtype, ne
     v_init (None: v_frac * theta): the same launch then first recomputes h into a float32 [T, N]
     scratch that lives for this launch only."""
     grad_spikes, grad_v, h, x_seq, v0, theta, layout = _layout.backward_operands(
-        grad_spikes, grad_v, h, x_seq, v_init, threshold, x_dtype)
+        grad_spikes, grad_v, h, x_seq, v_init, threshold, x_dtype
+    )
     recompute = h is None
     source = x_seq if recompute else h
     steps, neurons = source.shape[0], layout.neurons
-    grad_x, grad_v_init = _layout.backward_outputs(layout, steps, x_dtype, source.device, need_grad_x,
-                                                   need_grad_v_init)
+    grad_x, grad_v_init = _layout.backward_outputs(layout, steps, x_dtype, source.device, need_grad_x, need_grad_v_init)
     if neurons == 0 or not (need_grad_x or need_grad_v_init):
         return grad_x, grad_v_init
     if recompute:
         h = layout.empty_seq(steps, torch.float32, source.device)
     alpha = float(args.alpha)
     _integrate_fire_backward_kernel[_grid(neurons)](
-        h if grad_spikes is None else grad_spikes, h if grad_v is None else grad_v, h,
-        grad_x if need_grad_x else h, grad_v_init if need_grad_v_init else h, theta,
-        x_seq if recompute else h, h if v0 is None else v0,
-        steps, neurons, x_seq.stride(0) if recompute else 0, layout.channel_stride, theta.numel(),
-        float(args.v_frac), _amp(args), alpha, math.pi / 2 * alpha, alpha * 0.5, 0.5 / alpha,
-        RESET_ZERO=args.reset == Reset.ZERO, AMP_IS_THETA=args.amplitude is None, SURROGATE=int(args.surrogate),
-        DETACH=args.detach_reset, HAS_GRAD_S=grad_spikes is not None, HAS_GRAD_V=grad_v is not None,
-        STORE_GRAD_X=need_grad_x, STORE_GRAD_V0=need_grad_v_init, RECOMPUTE=recompute, HAS_V0=v0 is not None,
-        BLOCK=_BLOCK, num_warps=_NUM_WARPS, **FLOAT_OPTIONS,
+        h if grad_spikes is None else grad_spikes,
+        h if grad_v is None else grad_v,
+        h,
+        grad_x if need_grad_x else h,
+        grad_v_init if need_grad_v_init else h,
+        theta,
+        x_seq if recompute else h,
+        h if v0 is None else v0,
+        steps,
+        neurons,
+        x_seq.stride(0) if recompute else 0,
+        layout.channel_stride,
+        theta.numel(),
+        float(args.v_frac),
+        _amp(args),
+        alpha,
+        math.pi / 2 * alpha,
+        alpha * 0.5,
+        0.5 / alpha,
+        RESET_ZERO=args.reset == Reset.ZERO,
+        AMP_IS_THETA=args.amplitude is None,
+        SURROGATE=int(args.surrogate),
+        DETACH=args.detach_reset,
+        HAS_GRAD_S=grad_spikes is not None,
+        HAS_GRAD_V=grad_v is not None,
+        STORE_GRAD_X=need_grad_x,
+        STORE_GRAD_V0=need_grad_v_init,
+        RECOMPUTE=recompute,
+        HAS_V0=v0 is not None,
+        BLOCK=_BLOCK,
+        num_warps=_NUM_WARPS,
+        **FLOAT_OPTIONS,
     )
     return grad_x, grad_v_init

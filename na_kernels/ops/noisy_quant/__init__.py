@@ -11,12 +11,21 @@ Every backend module (``na_kernels.ops.noisy_quant.{triton,cpu,reference}``) has
 with ``lam`` a float32 or 16-bit tensor of one element or one per channel (dim 1 of x) and
 ``args`` a ``_spec.NoisyQuantArgs``.
 """
+
 import torch
 from torch import fx
 
 from ..._spec import Noise, NoisyQuantArgs
-from ..._validation import (check_bool, check_float_tensor, check_levels, check_noise, check_real, check_seed,
-                           positive_parameter_tensor, resolve_noise_scale)
+from ..._validation import (
+    check_bool,
+    check_float_tensor,
+    check_levels,
+    check_noise,
+    check_real,
+    check_seed,
+    positive_parameter_tensor,
+    resolve_noise_scale,
+)
 from .._registration import Op
 
 
@@ -41,10 +50,19 @@ def _backward(ctx, run, grad_y):
     return (grad_x if ctx.needs_input_grad[0] else None), grad_lam, None
 
 
-OP = Op("noisy_quant", NoisyQuantArgs, inputs="Tensor x, Tensor lam, Tensor seed", outputs="Tensor",
-        backward_inputs="Tensor grad_y, Tensor x, Tensor lam, Tensor seed", backward_extras="bool need_grad_lam",
-        backward_outputs="(Tensor, Tensor)", fake=_fake, fake_backward=_fake_backward, save=_save,
-        backward=_backward)
+OP = Op(
+    "noisy_quant",
+    NoisyQuantArgs,
+    inputs="Tensor x, Tensor lam, Tensor seed",
+    outputs="Tensor",
+    backward_inputs="Tensor grad_y, Tensor x, Tensor lam, Tensor seed",
+    backward_extras="bool need_grad_lam",
+    backward_outputs="(Tensor, Tensor)",
+    fake=_fake,
+    fake_backward=_fake_backward,
+    save=_save,
+    backward=_backward,
+)
 
 
 def _seed_tensor(seed, device):
@@ -99,8 +117,7 @@ def noisy_quant(x, p, lam=1.0, *, noise="uniform", scale=None, shift=0.5, seed=N
     noise = check_noise(noise)
     if not check_bool("training", training):
         noise = Noise.NONE  # as F.dropout: the noise belongs to training only
-    args = NoisyQuantArgs(p=p, noise=noise, scale=resolve_noise_scale(scale, noise),
-                          shift=check_real("shift", shift))
+    args = NoisyQuantArgs(p=p, noise=noise, scale=resolve_noise_scale(scale, noise), shift=check_real("shift", shift))
     if isinstance(lam, float):
         lam = torch.full((1,), lam, dtype=torch.float32, device=x.device)
     seed = check_seed(seed)  # also without noise: a bad seed is an error whatever the noise

@@ -15,6 +15,7 @@ row-major element index) ``i``: output ``i % 4`` of the Philox block for counter
 The last section is this backend's adapter: ``forward`` and ``backward`` as ``na_kernels.ops``
 calls every backend.
 """
+
 import torch
 
 from ..._layout import numel
@@ -69,7 +70,8 @@ def noisy_quant(x, p, lam=1.0, *, noise="uniform", scale=None, shift=0.5, seed=0
 
     x: any shape, float dtype; lam: float, scalar tensor or [C] (dim 1 of x); scale: None (the
     noise kind's default, ``_spec.DEFAULT_NOISE_SCALE``) or a number; seed: int or 1-element
-    int64 tensor (unlike the op, never drawn: the reference is a pure function of its arguments). Returns y with x's shape and dtype.
+    int64 tensor (unlike the op, never drawn: the reference is a pure function of its arguments). Returns y with x's
+    shape and dtype.
     """
     z_shifted, lam_b = quantize_raw(x, lam, p, noise_kind=noise, scale=scale, shift=shift, seed=seed)
     # floor with d/dz := 1; infinities are saturated first so floor(z) - z is never inf - inf
@@ -114,7 +116,8 @@ def forward(x, lam, seed, args):
 
 
 def backward(grad_y, x, lam, seed, args, need_grad_lam):
-    grad_x, grad_lam = noisy_quant_backward(grad_y, x, lam.detach(), args.p, noise=args.noise, scale=args.scale,
-                                            shift=args.shift, seed=seed)
+    grad_x, grad_lam = noisy_quant_backward(
+        grad_y, x, lam.detach(), args.p, noise=args.noise, scale=args.scale, shift=args.shift, seed=seed
+    )
     grad_lam = grad_lam.reshape(-1).to(torch.float32) if need_grad_lam else x.new_zeros(0, dtype=torch.float32)
     return grad_x.contiguous(), grad_lam

@@ -20,6 +20,7 @@ word ``i % 4``: exact, at four times the generator's work on those shapes.
 ``forward`` and ``backward`` at the end are this backend's adapter (the interface of
 ``na_kernels.ops.noisy_quant``).
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -62,8 +63,17 @@ def _interleave(w0, w1, w2, w3, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def _noise(seed_ptr, row, col_start, offsets, channel_stride, NOISE: tl.constexpr, WHOLE_BLOCKS: tl.constexpr,
-           BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def _noise(
+    seed_ptr,
+    row,
+    col_start,
+    offsets,
+    channel_stride,
+    NOISE: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """eps [BLOCK_R, BLOCK_C] of the tile: output offsets % 4 of the Philox block for counter offsets // 4."""
     seed = tl.load(seed_ptr)
     if WHOLE_BLOCKS:
@@ -91,35 +101,104 @@ def _noise(seed_ptr, row, col_start, offsets, channel_stride, NOISE: tl.constexp
 
 
 @triton.jit
-def _shifted_z(x, p, lam, seed_ptr, row, col_start, offsets, channel_stride, scale, shift, NOISE: tl.constexpr,
-               WHOLE_BLOCKS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def _shifted_z(
+    x,
+    p,
+    lam,
+    seed_ptr,
+    row,
+    col_start,
+    offsets,
+    channel_stride,
+    scale,
+    shift,
+    NOISE: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     z = tl.div_rn(x * p, lam)  # (x * p) / lam, not x * (p / lam): exact ties stay exact
     if NOISE != _NONE:
-        z = z + scale * _noise(seed_ptr, row, col_start, offsets, channel_stride, NOISE, WHOLE_BLOCKS, BLOCK_R,
-                               BLOCK_C)
+        z = z + scale * _noise(seed_ptr, row, col_start, offsets, channel_stride, NOISE, WHOLE_BLOCKS, BLOCK_R, BLOCK_C)
     return z + shift
 
 
 @triton.jit
-def _quantize_tile(x_ptr, lam_ptr, seed_ptr, rows, channel_stride, channels, blocks_per_row, p, scale, shift,
-                   NOISE: tl.constexpr, WHOLE_BLOCKS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def _quantize_tile(
+    x_ptr,
+    lam_ptr,
+    seed_ptr,
+    rows,
+    channel_stride,
+    channels,
+    blocks_per_row,
+    p,
+    scale,
+    shift,
+    NOISE: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     """This program's tile: (rows, offsets, mask, lam [BLOCK_R, 1], x float32, q_raw = floor(z + shift))."""
     row, col_start, offsets, mask, channel = _tile(rows, channel_stride, channels, blocks_per_row, BLOCK_R, BLOCK_C)
     lam = tl.load(lam_ptr + channel, mask=row < rows, other=1.0)[:, None]
     x = load_f32(x_ptr + offsets, mask, 0.0)
-    q_raw = tl.floor(_shifted_z(x, p, lam, seed_ptr, row, col_start, offsets, channel_stride, scale, shift, NOISE,
-                                WHOLE_BLOCKS, BLOCK_R, BLOCK_C))
+    q_raw = tl.floor(
+        _shifted_z(
+            x,
+            p,
+            lam,
+            seed_ptr,
+            row,
+            col_start,
+            offsets,
+            channel_stride,
+            scale,
+            shift,
+            NOISE,
+            WHOLE_BLOCKS,
+            BLOCK_R,
+            BLOCK_C,
+        )
+    )
     return row, offsets, mask, lam, x, q_raw
 
 
 @triton.jit
 def _noisy_quant_forward_kernel(
-    x_ptr, y_ptr, lam_ptr, seed_ptr, rows, channel_stride, channels, blocks_per_row, p, scale, shift,
-    NOISE: tl.constexpr, WHOLE_BLOCKS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    x_ptr,
+    y_ptr,
+    lam_ptr,
+    seed_ptr,
+    rows,
+    channel_stride,
+    channels,
+    blocks_per_row,
+    p,
+    scale,
+    shift,
+    NOISE: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
-    row, offsets, mask, lam, x, q_raw = _quantize_tile(x_ptr, lam_ptr, seed_ptr, rows, channel_stride, channels,
-                                                       blocks_per_row, p, scale, shift, NOISE, WHOLE_BLOCKS, BLOCK_R,
-                                                       BLOCK_C)
+    row, offsets, mask, lam, x, q_raw = _quantize_tile(
+        x_ptr,
+        lam_ptr,
+        seed_ptr,
+        rows,
+        channel_stride,
+        channels,
+        blocks_per_row,
+        p,
+        scale,
+        shift,
+        NOISE,
+        WHOLE_BLOCKS,
+        BLOCK_R,
+        BLOCK_C,
+    )
     q = tl.where(q_raw < 0.0, 0.0, tl.where(q_raw > p, p, q_raw))  # NaN stays NaN
     y = tl.div_rn(q, p) * lam
     store_rounded(y_ptr + offsets, y, mask)
@@ -127,13 +206,41 @@ def _noisy_quant_forward_kernel(
 
 @triton.jit
 def _noisy_quant_backward_kernel(
-    grad_y_ptr, x_ptr, grad_x_ptr, partial_ptr, lam_ptr, seed_ptr, rows, channel_stride, channels, blocks_per_row,
-    p, scale, shift, NOISE: tl.constexpr, NEED_GRAD_LAM: tl.constexpr, WHOLE_BLOCKS: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    grad_y_ptr,
+    x_ptr,
+    grad_x_ptr,
+    partial_ptr,
+    lam_ptr,
+    seed_ptr,
+    rows,
+    channel_stride,
+    channels,
+    blocks_per_row,
+    p,
+    scale,
+    shift,
+    NOISE: tl.constexpr,
+    NEED_GRAD_LAM: tl.constexpr,
+    WHOLE_BLOCKS: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
-    row, offsets, mask, lam, x, q_raw = _quantize_tile(x_ptr, lam_ptr, seed_ptr, rows, channel_stride, channels,
-                                                       blocks_per_row, p, scale, shift, NOISE, WHOLE_BLOCKS, BLOCK_R,
-                                                       BLOCK_C)
+    row, offsets, mask, lam, x, q_raw = _quantize_tile(
+        x_ptr,
+        lam_ptr,
+        seed_ptr,
+        rows,
+        channel_stride,
+        channels,
+        blocks_per_row,
+        p,
+        scale,
+        shift,
+        NOISE,
+        WHOLE_BLOCKS,
+        BLOCK_R,
+        BLOCK_C,
+    )
     grad_y = load_f32(grad_y_ptr + offsets, mask, 0.0)
     inside = (q_raw >= 0.0) & (q_raw <= p)
     store_rounded(grad_x_ptr + offsets, tl.where(inside, grad_y, 0.0), mask)
@@ -168,9 +275,23 @@ def noisy_quant_forward(x, lam, seed, p, noise, scale, shift, channel_stride):
     rows = x.numel() // channel_stride
     block_r, block_c, blocks_per_row, programs = _launch_geometry(rows, channel_stride)
     _noisy_quant_forward_kernel[(programs,)](
-        x, y, lam, seed, rows, channel_stride, lam.numel(), blocks_per_row, float(p), scale, shift,
-        NOISE=int(noise), WHOLE_BLOCKS=whole_blocks(rows, channel_stride, block_c), BLOCK_R=block_r, BLOCK_C=block_c,
-        num_warps=4, **FLOAT_OPTIONS,
+        x,
+        y,
+        lam,
+        seed,
+        rows,
+        channel_stride,
+        lam.numel(),
+        blocks_per_row,
+        float(p),
+        scale,
+        shift,
+        NOISE=int(noise),
+        WHOLE_BLOCKS=whole_blocks(rows, channel_stride, block_c),
+        BLOCK_R=block_r,
+        BLOCK_C=block_c,
+        num_warps=4,
+        **FLOAT_OPTIONS,
     )
     return y
 
@@ -184,10 +305,26 @@ def noisy_quant_backward(grad_y, x, lam, seed, p, noise, scale, shift, channel_s
     block_r, block_c, blocks_per_row, programs = _launch_geometry(rows, channel_stride)
     partial = torch.empty((rows, blocks_per_row) if need_grad_lam else (1, 1), dtype=torch.float32, device=x.device)
     _noisy_quant_backward_kernel[(programs,)](
-        grad_y, x, grad_x, partial, lam, seed, rows, channel_stride, lam.numel(), blocks_per_row, float(p), scale,
+        grad_y,
+        x,
+        grad_x,
+        partial,
+        lam,
+        seed,
+        rows,
+        channel_stride,
+        lam.numel(),
+        blocks_per_row,
+        float(p),
+        scale,
         shift,
-        NOISE=int(noise), NEED_GRAD_LAM=need_grad_lam, WHOLE_BLOCKS=whole_blocks(rows, channel_stride, block_c),
-        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4, **FLOAT_OPTIONS,
+        NOISE=int(noise),
+        NEED_GRAD_LAM=need_grad_lam,
+        WHOLE_BLOCKS=whole_blocks(rows, channel_stride, block_c),
+        BLOCK_R=block_r,
+        BLOCK_C=block_c,
+        num_warps=4,
+        **FLOAT_OPTIONS,
     )
     return grad_x, (partial if need_grad_lam else None)
 
@@ -202,8 +339,9 @@ def forward(x, lam, seed, args):
 
 def backward(grad_y, x, lam, seed, args, need_grad_lam):
     x, lam32, channel_stride, channels = flat_channels(x, lam)
-    grad_x, partial = noisy_quant_backward(grad_y.contiguous(), x, lam32, seed, args.p, args.noise, args.scale,
-                                           args.shift, channel_stride, need_grad_lam)
+    grad_x, partial = noisy_quant_backward(
+        grad_y.contiguous(), x, lam32, seed, args.p, args.noise, args.scale, args.shift, channel_stride, need_grad_lam
+    )
     if not need_grad_lam:
         return grad_x, x.new_zeros(0, dtype=torch.float32)
     if x.numel() == 0:
