@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from cli_runs import train_digits
 
 from na_kernels.app.cli import main
 
@@ -14,30 +15,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_train_evaluate_convert_on_digits(tmp_path, capsys):
     run = tmp_path / "run"
-    common = [
-        "--dataset",
-        "digits",
-        "--arch",
-        "digits_cnn",
-        "--p",
-        "3",
-        "--lam",
-        "2",
-        "--lr",
-        "0.05",
-        "--batch-size",
-        "64",
-        "--epochs",
-        "2",
-        "--out",
-        str(run),
-        "--no-progress",
-        "--device",
-        "cpu",
-    ]
-    assert main(["train", *common, "--stop-after", "1"]) == 0
+    assert train_digits(run, 2, "--stop-after", "1") == 0
     assert "stopping after epoch 1" in capsys.readouterr().out
-    assert main(["train", *common, "--resume"]) == 0  # default: <out>/last.pt
+    assert train_digits(run, 2, "--resume") == 0  # default: <out>/last.pt
     text = capsys.readouterr().out
     assert "resumed from" in text and "epoch 2/2" in text and "epoch 1/2" not in text
     ckpt = str(run / "last.pt")

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from cli_runs import train_digits
 from torch import nn
 
 from na_kernels.app.datasets import BatchLoader, digits_split
@@ -272,33 +273,7 @@ def test_convert_command_prints_the_tradeoff(tmp_path, capsys):
     from na_kernels.app.cli import main
 
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--dataset",
-                "digits",
-                "--arch",
-                "digits_cnn",
-                "--p",
-                "3",
-                "--lam",
-                "2",
-                "--lr",
-                "0.05",
-                "--batch-size",
-                "64",
-                "--epochs",
-                "1",
-                "--out",
-                str(run),
-                "--no-progress",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert train_digits(run) == 0
     capsys.readouterr()
     report = tmp_path / "convert.json"
     assert (

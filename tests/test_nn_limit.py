@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from cli_runs import train_digits
 from torch import nn
 
 from na_kernels.app.datasets import digits_split
@@ -121,33 +122,7 @@ def test_cli_evaluate_and_convert_print_the_limit(tmp_path, capsys):
     from na_kernels.app.train import evaluate, load_checkpoint, network_from_checkpoint
 
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--dataset",
-                "digits",
-                "--arch",
-                "digits_cnn",
-                "--p",
-                "3",
-                "--lam",
-                "2",
-                "--lr",
-                "0.05",
-                "--batch-size",
-                "64",
-                "--epochs",
-                "1",
-                "--out",
-                str(run),
-                "--no-progress",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert train_digits(run) == 0
     ckpt = str(run / "last.pt")
     model = network_from_checkpoint(load_checkpoint(ckpt))
     _, test = digits_split()
