@@ -48,6 +48,7 @@ class _Counter:
 def spikingjelly_case(x, T):
     """conv -> IF (hard reset to 0) -> AvgPool2d -> Flatten -> Linear -> IF; exported with dt = 1e-4 (r = 1/dt)."""
     pytest.importorskip("spikingjelly")
+    pytest.importorskip("spikingjelly.activation_based.nir_exchange")  # needs nirtorch (not in CI)
     from spikingjelly.activation_based import functional, layer, neuron
     from spikingjelly.activation_based.nir_exchange import export_to_nir
 

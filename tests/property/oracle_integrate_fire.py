@@ -166,7 +166,9 @@ def magnitude_bound(
     detach_reset=False,
 ):
     """The reverse recursion on absolute values, M[t] >= |every term that forms grad_h[t]|, with
-    the sigmoid's sg widened by alpha (its float32 ``1 - sig`` loses up to an ulp of 1 absolutely):
+    the sigmoid's and the triangle's sg widened by alpha (their float32 ``1 - sig`` and
+    ``1 - alpha |u|`` lose up to an ulp of 1 absolutely, which near the triangle's kink is far more
+    than an ulp of the small result):
     (M_x [T, ...], M_v [...], the largest |grad_s| bound of any step) as float64 arrays and a float."""
     _, _, _, hs = forward(x32, theta, v_init, reset, amplitude)
     step_shape = x32.shape[1:]
@@ -174,7 +176,7 @@ def magnitude_bound(
     th = np.abs(np.asarray(th_np, dtype=np.float64))
     amp = th if amplitude == "threshold" else float(F32(amplitude))
     sg = surrogate64(_u32(hs, th_np), surrogate, alpha).numpy()
-    if surrogate == "sigmoid":
+    if surrogate in ("sigmoid", "triangle"):
         sg = sg + alpha
     m_v = np.broadcast_to(np.abs(grad_v32.astype(np.float64)), step_shape).copy()
     m_x = np.empty(x32.shape, dtype=np.float64)
