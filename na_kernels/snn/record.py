@@ -42,6 +42,7 @@ and statistics: the same outputs bit for bit, the same ``statistics()``.
 import builtins
 import functools
 import hashlib
+import inspect
 import io
 import json
 import keyword
@@ -49,6 +50,7 @@ import math
 import operator
 import os
 import struct
+import warnings
 
 import torch
 from torch import fx, nn
@@ -371,8 +373,6 @@ def _type_key(module: nn.Module, where: str) -> str:
 
 
 def _constructor_arguments(cls):
-    import inspect
-
     parameters = inspect.signature(cls.__init__).parameters
     return [
         n
@@ -382,8 +382,6 @@ def _constructor_arguments(cls):
 
 
 def _has_bias_flag(cls) -> bool:
-    import inspect
-
     parameter = inspect.signature(cls.__init__).parameters.get("bias")
     return parameter is not None and isinstance(parameter.default, bool)
 
@@ -771,12 +769,12 @@ def _construct(kind, config, where):
     unknown = sorted(set(config) - accepted)
     if unknown:
         raise SerializationError(f"{where}: {kind} takes no argument {unknown[0]!r:.80}")
-    import inspect
-
     if "device" in inspect.signature(cls.__init__).parameters:
         config = dict(config, device="meta")
     try:
-        return cls(**config)
+        with warnings.catch_warnings():  # its initial values are replaced by the saved tensors: no init warnings
+            warnings.simplefilter("ignore")
+            return cls(**config)
     except Exception as error:  # the constructor's own checks (TypeError, ValueError, ...)
         raise SerializationError(
             f"{where}: {kind}({', '.join(sorted(config))}) refuses the saved arguments "
