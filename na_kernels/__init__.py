@@ -15,39 +15,17 @@ use imports torch and registers both ops with ``torch.library``. ``import na_ker
 registers them explicitly, e.g. before ``torch.export.load`` of a program that calls them.
 """
 
-import importlib
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-# public name -> the module (under na_kernels) that defines it
+# public name -> the module that defines it
 _PUBLIC = {
-    "noisy_quant": "ops.noisy_quant",
-    "integrate_fire": "ops.integrate_fire",
-    "BACKENDS": "_backend",
-    "get_backend": "_backend",
-    "set_backend": "_backend",
-    "use_backend": "_backend",
+    "noisy_quant": "na_kernels.ops.noisy_quant",
+    "integrate_fire": "na_kernels.ops.integrate_fire",
+    **dict.fromkeys(("BACKENDS", "get_backend", "set_backend", "use_backend"), "na_kernels._backend"),
 }
 
 __all__ = ["noisy_quant", "integrate_fire", "BACKENDS", "get_backend", "set_backend", "use_backend", "__version__"]
 
-
-def __getattr__(name):
-    """Load a public name, or a subpackage (``na_kernels.nn``), on first access (PEP 562)."""
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
-    elif name.startswith("__"):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    else:
-        try:
-            value = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"{__name__}.{name}":  # the submodule exists but one of its imports is missing
-                raise
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC, submodules=True)

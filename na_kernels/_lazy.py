@@ -8,15 +8,25 @@ dependencies, at start-up, and its ``__init__`` would import upward into the lay
 import importlib
 
 
-def lazy_exports(package: str, table: dict):
+def lazy_exports(package: str, table: dict, *, submodules: bool = False):
     """``(__getattr__, __dir__)`` for the module ``package`` from ``table``: public name -> the
-    absolute name of the module defining it. The value is cached in the package on first use."""
+    absolute name of the module defining it. The value is cached in the package on first use.
+    With ``submodules``, any other name is tried as a subpackage (``na_kernels.nn`` after a bare
+    ``import na_kernels``)."""
 
     def __getattr__(name):
         module = table.get(name)
-        if module is None:
+        if module is not None:
+            value = getattr(importlib.import_module(module), name)
+        elif submodules and not name.startswith("__"):
+            try:
+                value = importlib.import_module(f"{package}.{name}")
+            except ModuleNotFoundError as error:
+                if error.name != f"{package}.{name}":  # it exists, but one of its imports is missing
+                    raise
+                raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
+        else:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
         setattr(importlib.import_module(package), name, value)
         return value
 
