@@ -203,6 +203,26 @@ def snn_pass(arch, impl, T, batch, dtype="fp32"):
 
 
 # ----------------------------------------------------------------------------- memory
+def cpu_profile(run, repeats, groups):
+    """Self CPU time of ``repeats`` calls of ``run`` under torch.profiler: ``(events, total µs,
+    Counter of µs per group)``; ``groups`` is ``((name, substrings of op names), ...)``, the
+    first match wins, the rest is "other"."""
+    import collections
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            run()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    shares = collections.Counter()
+    for e in events:
+        group = next((name for name, keys in groups if any(key in e.key for key in keys)), "other")
+        shares[group] += e.self_cpu_time_total
+    return events, total, shares
+
+
 def _proc_status(key):
     with open("/proc/self/status") as f:
         for line in f:

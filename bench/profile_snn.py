@@ -41,13 +41,6 @@ GROUPS = (  # (group, substrings of op names), first match wins; self CPU time
 )
 
 
-def _group(name):
-    for group, keys in GROUPS:
-        if any(key in name for key in keys):
-            return group
-    return "other"
-
-
 def label_if_layers(snn):
     """Each IF layer's forward inside a profiler range: on the CPU the public ops call the C++
     kernels directly (no dispatcher op), so without it their time is no op's self time."""
@@ -65,8 +58,6 @@ def label_if_layers(snn):
 def profile(args, dtype, layout):
     import model_cases
     import torch
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
 
     impl = "channels_last" if layout == "channels_last" else args.impl
     if layout == "channels_last" and args.impl != "na_kernels":
@@ -74,14 +65,7 @@ def profile(args, dtype, layout):
     infer, snn, _ = model_cases.snn_pass(args.arch, impl, args.T, args.batch, dtype)
     label_if_layers(snn)
     infer()
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(args.repeats):
-            infer()
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
-    groups = collections.Counter()
-    for e in events:
-        groups[_group(e.key)] += e.self_cpu_time_total
+    events, total, groups = model_cases.cpu_profile(infer, args.repeats, GROUPS)
     lines = [
         (
             f"## {args.arch} SNN T={args.T} batch {args.batch} {dtype} {layout} ({args.impl}), "

@@ -12,7 +12,6 @@ rounds interleaved, medians (less disturbed by other processes than wall time at
 """
 
 import argparse
-import collections
 import os
 import statistics
 import sys
@@ -32,29 +31,13 @@ GROUPS = (  # first match wins
 )
 
 
-def _group(name):
-    for group, keys in GROUPS:
-        if any(key in name for key in keys):
-            return group
-    return "other"
-
-
 def profile(args, activation, dtype):
     import model_cases
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
 
     step = model_cases.train_step(args.arch, activation, args.batch, dtype=dtype)
     step()
     step()
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(args.repeats):
-            step()
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
-    groups = collections.Counter()
-    for e in events:
-        groups[_group(e.key)] += e.self_cpu_time_total
+    events, total, groups = model_cases.cpu_profile(step, args.repeats, GROUPS)
     lines = [
         (
             f"## {args.arch} train step batch {args.batch} {dtype} {activation}: "
