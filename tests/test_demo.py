@@ -207,6 +207,8 @@ def quick(tmp_path_factory):
                         "--no-progress",
                         "--exit-confidence",
                         "0.9",
+                        "--workers",
+                        "1",
                     ]
                 )
                 == 0
@@ -229,6 +231,7 @@ def test_quick_demo_table_report_and_sentence(quick):
     text, report, _, out = quick
     assert report["quick"] and report["T"] == list(TS) and report["seeds"] == [0, 1]
     assert report["dataset"]["test"] == 100 and report["model"] == "mnist_cnn"
+    assert (report["p"], report["optimizer"], report["lr"], report["weight_decay"]) == (3, "sgd", 0.05, 5e-4)
     assert [r["noise"] for r in report["results"]] == ["uniform", "none"]
     for r in report["results"]:
         assert [run["seed"] for run in r["runs"]] == [0, 1]
@@ -288,10 +291,29 @@ def test_demo_seed_reproducible_and_runs_without_matplotlib(tmp_path, capsys, mo
     a = json.loads((tmp_path / "a" / "demo_report.json").read_text())
     b = json.loads((tmp_path / "b" / "demo_report.json").read_text())
     assert a["seeds"] == [3] and a["model"] == "digits_cnn"
+    assert (a["p"], a["optimizer"], a["lr"], a["momentum"]) == (3, "sgd", 0.05, 0.9)
     for ra, rb in zip(a["results"], b["results"]):
         for x, y in zip(ra["runs"], rb["runs"]):
             assert x["ann"] == y["ann"] and x["curve"] == y["curve"] and x["lambda"] == y["lambda"]
             assert x["limit"] == y["limit"] and x["history"] == y["history"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_demo_numbers_do_not_depend_on_the_worker_count(tmp_path, capsys):
+    args = ["demo", "--data", "digits", "--epochs", "1", "--seeds", "2", "--test-limit", "40", "--no-progress"]
+    args += ["--no-plot", "--exit-confidence", "0.9"]
+    for workers in ("1", "2"):
+        assert main(args + ["--workers", workers, "--out", str(tmp_path / workers)]) == 0
+    text = capsys.readouterr().out
+    assert "1 thread(s) in each of 2 worker processes" in text and "[4/4] seed" in text
+    one, two = (json.loads((tmp_path / w / "demo_report.json").read_text()) for w in ("1", "2"))
+    assert one["table"] == two["table"] and one["finding"] == two["finding"]
+    for r1, r2 in zip(one["results"], two["results"]):
+        assert [run["seed"] for run in r1["runs"]] == [run["seed"] for run in r2["runs"]] == [0, 1]
+        for x, y in zip(r1["runs"], r2["runs"]):
+            for key in ("ann", "limit", "curve", "lambda", "history", "stats", "early_exit"):
+                assert x[key] == y[key], key
 
 
 # ------------------------------------------------------------------------------- README's paper-scale path

@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=_count("seeds"), default=None, help="how many seeds (seed, seed + 1, ...) (default 3, quick 1)"
     )
     d.add_argument("--quick", action="store_true", help="seconds: 1 seed, 1 epoch, 300 test images")
-    d.add_argument("--p", type=_levels, default=3, help="activation levels (default 3 = 2-bit)")
+    d.add_argument("--p", type=_levels, default=None, help="activation levels (default 3 = 2-bit)")
     d.add_argument("--lam", type=_lam, default=2.0, help="initial clip λ (default 2.0)")
     d.add_argument(
         "--epochs",
@@ -396,7 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--batch-size", type=_count("batch_size"), default=32, help="training images per step")
     d.add_argument("--eval-batch-size", type=_count("eval_batch_size"), default=128, help="images per SNN batch")
-    d.add_argument("--lr", type=_positive("lr"), default=0.05, help="SGD learning rate")
+    d.add_argument(
+        "--optimizer",
+        choices=("adam", "sgd"),
+        default=None,
+        help="adam: Adam, no weight decay; sgd: SGD, momentum 0.9, weight decay 5e-4 on the weights (default: sgd)",
+    )
+    d.add_argument("--lr", type=_positive("lr"), default=None, help="learning rate (default: adam 0.001, sgd 0.05)")
     d.add_argument("--test-limit", type=_count("test_limit"), default=None, help=argparse.SUPPRESS)
     d.add_argument(
         "--threads",
@@ -404,6 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="torch CPU threads (default 1: the small CNN gains little from more, and their spin-waits "
         "cost several times the CPU time on a busy machine)",
+    )
+    d.add_argument(
+        "--workers",
+        type=_count("workers"),
+        default=None,
+        help="worker processes, each training and evaluating one (seed, variant) at a time "
+        "(default: 2, or 1 on a one-CPU machine); the numbers do not depend on it",
     )
     d.add_argument(
         "--exit-confidence",

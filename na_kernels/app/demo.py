@@ -23,6 +23,7 @@ from .datasets import BatchLoader, ImageData, digits_split, mnist10k_split
 from .train import build_network, check_output_path, evaluate, evaluate_snn, make_optimizer, make_scheduler, train_epoch
 
 DEMO_TS = (1, 2, 4, 8, 16, 32, 64)
+DEMO_ENERGY_T = 4  # the T of the energy estimate
 LOW_TS = (1, 2, 4)  # the low-T columns whose noise - QCFS difference the run reports
 DEMO_EXIT_CONFIDENCES = (0.9, 0.99)  # the early-exit thresholds swept by default (first seed)
 DEMO_VARIANTS = (("NoisyQuant (uniform noise)", Noise.UNIFORM.label), ("QCFS (no noise)", Noise.NONE.label))
@@ -32,6 +33,8 @@ DEMO_DATA = {
         "split": mnist10k_split,
         "arch": "mnist_cnn",
         "epochs": 3,
+        "p": 3,
+        "optimizer": "sgd",
         "title": "28x28 MNIST digits (10,000 bundled)",
         "network": "small CNN (3 conv + 1 hidden linear layer)",
         "licence": "CC BY-SA 3.0, see na_kernels/app/data/MNIST10K_LICENSE.txt",
@@ -40,11 +43,14 @@ DEMO_DATA = {
         "split": digits_split,
         "arch": "digits_cnn",
         "epochs": 15,
+        "p": 3,
+        "optimizer": "sgd",
         "title": "UCI 8x8 handwritten digits (1797 bundled)",
         "network": "small CNN (4 conv + 1 hidden linear layer)",
         "licence": "CC BY 4.0, see na_kernels/app/data/DIGITS_LICENSE.txt",
     },
 }
+DEMO_LR = {"adam": 0.001, "sgd": 0.05}
 # a change smaller than this many points is "level": one point is 20 of the 2000 test images
 MARGIN_POINTS = 1.0
 
@@ -69,7 +75,10 @@ def _demo_train(
     torch.manual_seed(seed)
     model = build_network(arch, train.num_classes, train.in_channels, args.p, noise, args.lam)
     loader = BatchLoader(train, args.batch_size, shuffle=True, augment=True, drop_last=True, seed=seed)
-    optimizer = make_optimizer(model, args.lr, 0.9, 5e-4)
+    if args.optimizer == "adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    else:
+        optimizer = make_optimizer(model, args.lr, 0.9, 5e-4)
     scheduler = make_scheduler(optimizer, args.epochs * len(loader))
     history = []
     for epoch in range(args.epochs):
@@ -377,9 +386,14 @@ def cmd_demo(args) -> int:
         args.test_limit = args.test_limit or 300
         args.seeds = args.seeds or 1
     args.epochs = args.epochs or data["epochs"]
+    args.p = args.p or data["p"]
+    args.optimizer = getattr(args, "optimizer", None) or data["optimizer"]
+    args.lr = getattr(args, "lr", None) or DEMO_LR[args.optimizer]
     args.seeds = args.seeds or 3
     if getattr(args, "exit_confidence", None) is None:
         args.exit_confidence = list(DEMO_EXIT_CONFIDENCES)
+    if getattr(args, "workers", None) is None:
+        args.workers = min(2, os.cpu_count() or 1)
     show = not args.no_progress
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
@@ -389,60 +403,106 @@ def cmd_demo(args) -> int:
         torch.set_num_threads(threads)
 
 
+def _demo_job(data_key: str, args, seed: int, name: str, noise: str, early_exit: bool, show: bool) -> Dict[str, Any]:
+    """Train, evaluate and convert one (seed, variant): the run's numbers (no model). Runs the
+    same in the calling process or in a worker; its numbers depend on ``args.threads``, not on
+    where it runs."""
+    from ..nn import to_snn
+
+    data = DEMO_DATA[data_key]
+    Ts, energy_T = DEMO_TS, DEMO_ENERGY_T
+    train, test = data["split"]()
+    if args.test_limit:
+        test = first_images(test, args.test_limit)
+    t1 = time.time()
+    trained = _demo_train(name, noise, train, args, show, seed=seed, arch=data["arch"])
+    model = trained["model"]
+    t_train = time.time() - t1
+    ann_acc = evaluate(model, BatchLoader(test, 256), amp=False, show_progress=False)
+    limit_acc = _limit_eval(model, test)
+    t2 = time.time()
+    network = to_snn(model, max(Ts))
+    snn = _snn_eval(network, test, Ts, energy_T, args.eval_batch_size, show, f"seed {seed} SNN {name}")
+    exits = _early_exit_eval(network, test, max(Ts), args.eval_batch_size, args.exit_confidence) if early_exit else []
+    return {
+        "seed": seed,
+        "ann": ann_acc,
+        "limit": limit_acc,
+        "acc": snn["acc"],
+        "curve": snn["curve"],
+        "stats": snn["stats"],
+        "early_exit": exits,
+        "lambda": [float(m.lam.detach()) for m in model.modules() if hasattr(m, "raw_lam")],
+        "history": trained["history"],
+        "train_s": t_train,
+        "snn_eval_s": time.time() - t2,
+    }
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _job_line(run: Dict[str, Any], name: str, done: int, total: int) -> str:
+    return (
+        f"  [{done}/{total}] seed {run['seed']} {name}: ANN {_pct(run['ann']).strip()}, "
+        f"limit {_pct(run['limit']).strip()}, SNN T=1 {_pct(run['acc'][1]).strip()}, "
+        f"T={max(DEMO_TS)} {_pct(run['acc'][max(DEMO_TS)]).strip()} "
+        f"({run['train_s']:.0f} s train, {run['snn_eval_s']:.0f} s SNN)"
+    )
+
+
+def _run_jobs(args, jobs, show: bool) -> List[Dict[str, Any]]:
+    """The runs of ``jobs`` ((seed, name, noise, early_exit) tuples), in their order: in this
+    process when ``args.workers`` is 1, else in that many worker processes (started with
+    ``spawn``, ``args.threads`` torch threads each), printing a line as each one finishes."""
+    data_key = getattr(args, "data", None) or "mnist10k"
+    workers = min(args.workers, len(jobs))
+    runs: List[Optional[Dict[str, Any]]] = [None] * len(jobs)
+    if workers <= 1:
+        for i, (seed, name, noise, early_exit) in enumerate(jobs):
+            runs[i] = _demo_job(data_key, args, seed, name, noise, early_exit, show)
+            print(_job_line(runs[i], name, i + 1, len(jobs)), flush=True)
+        return runs
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(args.threads,)
+    ) as pool:
+        futures = {
+            pool.submit(_demo_job, data_key, args, seed, name, noise, early_exit, False): i
+            for i, (seed, name, noise, early_exit) in enumerate(jobs)
+        }
+        for done, future in enumerate(as_completed(futures), 1):
+            i = futures[future]
+            runs[i] = future.result()
+            print(_job_line(runs[i], jobs[i][1], done, len(jobs)), flush=True)
+    return runs
+
+
 def _demo(args, data: Dict[str, Any], t0: float, show: bool) -> int:
-    from ..nn import format_tradeoff, to_snn
+    from ..nn import format_tradeoff
 
     Ts = DEMO_TS
-    energy_T = 4
+    energy_T = DEMO_ENERGY_T
     train, test = data["split"]()
     if args.test_limit:
         test = first_images(test, args.test_limit)
     seeds = list(range(args.seed, args.seed + args.seeds))
+    jobs = [(seed, name, noise, seed == seeds[0]) for seed in seeds for name, noise in DEMO_VARIANTS]
+    workers = min(args.workers, len(jobs))
     print(
         f"na-kernels demo: {data['title']}, {len(train)} train / {len(test)} held-out test images; "
-        f"{data['network']}, p = {args.p} activation levels, {args.epochs} epoch(s), "
-        f"seed(s) {', '.join(map(str, seeds))}, {args.threads} thread(s){' (quick)' if args.quick else ''}",
+        f"{data['network']}, p = {args.p} activation levels, {args.epochs} epoch(s) of "
+        f"{'Adam' if args.optimizer == 'adam' else 'SGD'} (lr {args.lr:g}), "
+        f"seed(s) {', '.join(map(str, seeds))}, {args.threads} thread(s)"
+        f"{f' in each of {workers} worker processes' if workers > 1 else ''}{' (quick)' if args.quick else ''}",
         flush=True,
     )
     results = [{"name": name, "noise": noise, "runs": []} for name, noise in DEMO_VARIANTS]
-    for seed in seeds:
-        for r in results:
-            t1 = time.time()
-            trained = _demo_train(r["name"], r["noise"], train, args, show, seed=seed, arch=data["arch"])
-            model = trained["model"]
-            t_train = time.time() - t1
-            ann_acc = evaluate(model, BatchLoader(test, 256), amp=False, show_progress=False)
-            limit_acc = _limit_eval(model, test)
-            t2 = time.time()
-            network = to_snn(model, max(Ts))
-            snn = _snn_eval(network, test, Ts, energy_T, args.eval_batch_size, show, f"seed {seed} SNN {r['name']}")
-            early_exit = (
-                _early_exit_eval(network, test, max(Ts), args.eval_batch_size, args.exit_confidence)
-                if seed == seeds[0]
-                else []
-            )  # the trade-off of the first seed's SNN
-            lams = [float(m.lam.detach()) for m in model.modules() if hasattr(m, "raw_lam")]
-            r["runs"].append(
-                {
-                    "seed": seed,
-                    "ann": ann_acc,
-                    "limit": limit_acc,
-                    "acc": snn["acc"],
-                    "curve": snn["curve"],
-                    "stats": snn["stats"],
-                    "early_exit": early_exit,
-                    "lambda": lams,
-                    "history": trained["history"],
-                    "train_s": t_train,
-                    "snn_eval_s": time.time() - t2,
-                }
-            )
-            print(
-                f"  seed {seed} {r['name']}: ANN {_pct(ann_acc).strip()}, limit {_pct(limit_acc).strip()}, "
-                f"SNN T=1 {_pct(snn['acc'][1]).strip()}, T={max(Ts)} {_pct(snn['acc'][max(Ts)]).strip()} "
-                f"({t_train:.0f} s train, {time.time() - t2:.0f} s SNN)",
-                flush=True,
-            )
+    for (_, name, _, _), run in zip(jobs, _run_jobs(args, jobs, show)):
+        next(r for r in results if r["name"] == name)["runs"].append(run)
     for r in results:
         r["summary"] = summarize(r["runs"], Ts)
     noisy, qcfs = results
@@ -496,9 +556,9 @@ def _demo(args, data: Dict[str, Any], t0: float, show: bool) -> int:
         "lam_init": args.lam,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
+        "optimizer": args.optimizer,
         "lr": args.lr,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
+        **({"momentum": 0.9, "weight_decay": 5e-4} if args.optimizer == "sgd" else {"weight_decay": 0.0}),
         "T": list(Ts),
         "energy_T": energy_T,
         "exit_confidence": list(args.exit_confidence),
