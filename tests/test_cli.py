@@ -440,7 +440,7 @@ def test_help_shows_every_default(capsys):
         ),
         ("evaluate", ["(default: 256)"]),
         ("convert", ["(default: 32)", "(default: 256)"]),
-        ("demo", ["(default: 32)", "(default: 128)", "(default: adam 0.001, sgd 0.05)"]),
+        ("demo", ["(default: 32)", "(default: 16)", "(default: adam 0.001, sgd 0.05)"]),
     ):
         with pytest.raises(SystemExit):
             parser.parse_args([command, "--help"])

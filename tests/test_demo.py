@@ -231,7 +231,7 @@ def test_quick_demo_table_report_and_sentence(quick):
     text, report, _, out = quick
     assert report["quick"] and report["T"] == list(TS) and report["seeds"] == [0, 1]
     assert report["dataset"]["test"] == 100 and report["model"] == "mnist_cnn"
-    assert (report["p"], report["optimizer"], report["lr"], report["weight_decay"]) == (3, "sgd", 0.05, 5e-4)
+    assert (report["p"], report["optimizer"], report["lr"], report["weight_decay"]) == (1, "adam", 0.001, 0.0)
     assert [r["noise"] for r in report["results"]] == ["uniform", "none"]
     for r in report["results"]:
         assert [run["seed"] for run in r["runs"]] == [0, 1]

@@ -386,7 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", type=_count("seeds"), default=None, help="how many seeds (seed, seed + 1, ...) (default 3, quick 1)"
     )
     d.add_argument("--quick", action="store_true", help="seconds: 1 seed, 1 epoch, 300 test images")
-    d.add_argument("--p", type=_levels, default=None, help="activation levels (default 3 = 2-bit)")
+    d.add_argument(
+        "--p", type=_levels, default=None, help="activation levels (default: mnist10k 1 = 1-bit, digits 3 = 2-bit)"
+    )
     d.add_argument("--lam", type=_lam, default=2.0, help="initial clip λ (default 2.0)")
     d.add_argument(
         "--epochs",
@@ -395,12 +397,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="training epochs (default: mnist10k 3, digits 15; quick 1)",
     )
     d.add_argument("--batch-size", type=_count("batch_size"), default=32, help="training images per step")
-    d.add_argument("--eval-batch-size", type=_count("eval_batch_size"), default=128, help="images per SNN batch")
+    d.add_argument(
+        "--eval-batch-size",
+        type=_count("eval_batch_size"),
+        default=16,
+        help="images per SNN batch (small: the SNN's [T, batch, ...] tensors stay small enough for the "
+        "allocator to reuse, where large ones are mapped and page-faulted anew each batch)",
+    )
     d.add_argument(
         "--optimizer",
         choices=("adam", "sgd"),
         default=None,
-        help="adam: Adam, no weight decay; sgd: SGD, momentum 0.9, weight decay 5e-4 on the weights (default: sgd)",
+        help="adam: Adam, no weight decay; sgd: SGD, momentum 0.9, weight decay 5e-4 on the weights "
+        "(default: mnist10k adam, digits sgd)",
     )
     d.add_argument("--lr", type=_positive("lr"), default=None, help="learning rate (default: adam 0.001, sgd 0.05)")
     d.add_argument("--test-limit", type=_count("test_limit"), default=None, help=argparse.SUPPRESS)

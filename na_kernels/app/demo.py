@@ -33,8 +33,8 @@ DEMO_DATA = {
         "split": mnist10k_split,
         "arch": "mnist_cnn",
         "epochs": 3,
-        "p": 3,
-        "optimizer": "sgd",
+        "p": 1,
+        "optimizer": "adam",
         "title": "28x28 MNIST digits (10,000 bundled)",
         "network": "small CNN (3 conv + 1 hidden linear layer)",
         "licence": "CC BY-SA 3.0, see na_kernels/app/data/MNIST10K_LICENSE.txt",
@@ -50,6 +50,7 @@ DEMO_DATA = {
         "licence": "CC BY 4.0, see na_kernels/app/data/DIGITS_LICENSE.txt",
     },
 }
+EXIT_BATCH = 500  # the early exit runs one step at a time: large batches amortise each step's overhead
 DEMO_LR = {"adam": 0.001, "sgd": 0.05}
 # a change smaller than this many points is "level": one point is 20 of the 2000 test images
 MARGIN_POINTS = 1.0
@@ -423,7 +424,7 @@ def _demo_job(data_key: str, args, seed: int, name: str, noise: str, early_exit:
     t2 = time.time()
     network = to_snn(model, max(Ts))
     snn = _snn_eval(network, test, Ts, energy_T, args.eval_batch_size, show, f"seed {seed} SNN {name}")
-    exits = _early_exit_eval(network, test, max(Ts), args.eval_batch_size, args.exit_confidence) if early_exit else []
+    exits = _early_exit_eval(network, test, max(Ts), EXIT_BATCH, args.exit_confidence) if early_exit else []
     return {
         "seed": seed,
         "ann": ann_acc,
