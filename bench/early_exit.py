@@ -53,7 +53,9 @@ def _demo_training():
         if train is not None:
             from na_kernels.app.cli import build_parser
 
-            return train, build_parser().parse_args(["demo"]), module_name
+            args = build_parser().parse_args(["demo", "--data", "digits"])
+            defaults = getattr(module, "apply_data_defaults", None)
+            return train, defaults(args) if defaults else args, module_name
     raise RuntimeError("no _demo_train in na_kernels.app.demo or na_kernels.app.cli: pass --checkpoint or --model")
 
 

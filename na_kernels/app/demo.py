@@ -76,7 +76,7 @@ def _demo_train(
     torch.manual_seed(seed)
     model = build_network(arch, train.num_classes, train.in_channels, args.p, noise, args.lam)
     loader = BatchLoader(train, args.batch_size, shuffle=True, augment=True, drop_last=True, seed=seed)
-    if args.optimizer == "adam":
+    if getattr(args, "optimizer", "sgd") == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     else:
         optimizer = make_optimizer(model, args.lr, 0.9, 5e-4)
@@ -376,6 +376,17 @@ def _demo_plot(results, diff, path: str, Ts: Sequence[int], p: int, title: str, 
 # ----------------------------------------------------------------------------------------
 
 
+def apply_data_defaults(args):
+    """Fill the training settings ``args`` leaves unset (None) with those of its data set
+    (``args.data``, default mnist10k): epochs, p, optimizer, lr. Returns ``args``."""
+    data = DEMO_DATA[getattr(args, "data", None) or "mnist10k"]
+    args.epochs = getattr(args, "epochs", None) or data["epochs"]
+    args.p = getattr(args, "p", None) or data["p"]
+    args.optimizer = getattr(args, "optimizer", None) or data["optimizer"]
+    args.lr = getattr(args, "lr", None) or DEMO_LR[args.optimizer]
+    return args
+
+
 def cmd_demo(args) -> int:
     """``na-kernels demo``: NoisyQuant vs QCFS on bundled digits over several seeds: ANN, clipped
     limit, SNN at T = 1..64, and what the run shows."""
@@ -386,10 +397,7 @@ def cmd_demo(args) -> int:
         args.epochs = args.epochs or 1
         args.test_limit = args.test_limit or 300
         args.seeds = args.seeds or 1
-    args.epochs = args.epochs or data["epochs"]
-    args.p = args.p or data["p"]
-    args.optimizer = getattr(args, "optimizer", None) or data["optimizer"]
-    args.lr = getattr(args, "lr", None) or DEMO_LR[args.optimizer]
+    apply_data_defaults(args)
     args.seeds = args.seeds or 3
     if getattr(args, "exit_confidence", None) is None:
         args.exit_confidence = list(DEMO_EXIT_CONFIDENCES)
