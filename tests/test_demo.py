@@ -171,6 +171,19 @@ def test_plot_is_written(tmp_path):
     assert path and (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_training_defaults_follow_the_data_set():
+    from na_kernels.app.cli import build_parser
+
+    def settings(*argv):
+        args = demo.apply_data_defaults(build_parser().parse_args(["demo", *argv]))
+        return args.epochs, args.p, args.optimizer, args.lr
+
+    assert settings() == (3, 1, "adam", 0.001)
+    assert settings("--data", "digits") == (15, 3, "sgd", 0.05)
+    assert settings("--optimizer", "sgd", "--p", "3") == (3, 3, "sgd", 0.05)
+    assert settings("--lr", "0.01", "--epochs", "2") == (2, 1, "adam", 0.01)
+
+
 # ------------------------------------------------------------------------------- end to end (slow)
 
 
