@@ -65,12 +65,14 @@ def statistics(x, weight, bias, running_mean, running_var, args):
             new_mean = (m * mean64 + (1 - m) * running_mean.to(torch.float64)).to(torch.float32)
             new_var = (m * (var_sum / (n - 1)) + (1 - m) * running_var.to(torch.float64)).to(torch.float32)
         else:
-            new_mean = new_var = empty
+            new_mean, new_var = empty, empty.clone()
     else:
-        mean = running_mean.to(torch.float32).reshape(channels)
-        invstd = 1.0 / torch.sqrt(
-            running_var.to(torch.float32).reshape(channels) + torch.tensor(args.eps, dtype=torch.float32)
-        )
+        mean = running_mean.to(torch.float32).reshape(channels).clone()
+        var = running_var.to(torch.float32).reshape(channels) + torch.tensor(args.eps, dtype=torch.float32)
+        # correctly rounded float32 sqrt and division, as std::sqrt and '/' (torch's float32 sqrt on
+        # the CPU is not always, and 1.0 / t is a reciprocal op)
+        std = torch.sqrt(var.to(torch.float64)).to(torch.float32)
+        invstd = torch.ones_like(std) / std
         new_mean, new_var = mean.clone(), running_var.to(torch.float32).reshape(channels).clone()
     alpha = invstd * weight.to(torch.float32)
     beta = bias.to(torch.float32) - mean * alpha
