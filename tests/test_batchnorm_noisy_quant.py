@@ -68,44 +68,6 @@ def fused(backend):
     return call
 
 
-def noisy_levels(case, p, *, seed, noise="uniform", batch_stats=True):
-    """The unfused composition's z * p / lam + scale * eps + shift, float64 (where a level may flip)."""
-    x = case["x"].double()
-    z = F.batch_norm(
-        x,
-        case["running_mean"].double(),
-        case["running_var"].double(),
-        case["weight"].double(),
-        case["bias"].double(),
-        batch_stats,
-        0.1,
-        1e-5,
-    )
-    if case["residual"] is not None:
-        z = z + case["residual"].double()
-    lam = nq_reference.lam_view(case["lam"], x).double()
-    u = z * p / lam + 0.5
-    if noise is not None:
-        u = u + nq_reference.noise(x.shape, seed, noise, "cpu").double() * 1.0
-    return u
-
-
-def assert_levels_equal(got, want, case, p, *, seed, noise="uniform", batch_stats=True):
-    """y equal, except a level flipped by one where the float64 noisy z is within the statistics'
-    and the dtype's rounding of a level boundary."""
-    lam = nq_reference.lam_view(case["lam"], got).float()
-    q_got = torch.round(got.float() * p / lam)
-    q_want = torch.round(want.float() * p / lam)
-    differ = q_got != q_want
-    if not differ.any():
-        return
-    assert (q_got - q_want)[differ].abs().max() <= 1
-    u = noisy_levels(case, p, seed=seed, noise=noise, batch_stats=batch_stats)[differ]
-    rounding = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[got.dtype]
-    distance = (u - torch.round(u)).abs()
-    assert (distance <= rounding * (1 + u.abs())).all(), distance.max()
-
-
 @pytest.mark.parametrize("backend, device", BACKENDS)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("residual", [False, True])
@@ -118,13 +80,14 @@ def test_matches_unfused_composition(backend, device, shape, residual):
         y, rm, rv, grads = run(fused(backend), case, seed=5)
         y_ref, rm_ref, rv_ref, grads_ref = run(unfused, case, seed=5)
         assert y.dtype == dtype and y.shape == case["x"].shape
-        assert_levels_equal(y, y_ref, case, 3, seed=5)
+        assert torch.equal(y, y_ref)  # the statistics are torch's bit for bit, so y is too
+        if dtype == torch.float32:  # torch's 16-bit BatchNorm sums differently
+            assert torch.equal(rm, rm_ref)
         torch.testing.assert_close(rm, rm_ref, rtol=2e-6, atol=1e-6)
         torch.testing.assert_close(rv, rv_ref, rtol=2e-6, atol=1e-6)
-        if torch.equal(y, y_ref):  # same mask: the gradients agree to rounding
-            tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
-            for name in grads:
-                torch.testing.assert_close(grads[name].float(), grads_ref[name].float(), **tol, msg=name)
+        tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+        for name in grads:
+            torch.testing.assert_close(grads[name].float(), grads_ref[name].float(), **tol, msg=name)
 
 
 @pytest.mark.parametrize("backend, device", BACKENDS)

@@ -42,30 +42,27 @@ template <class Body> inline void for_each_batch(const Shape& s, int64_t c, Body
   }
 }
 
-// the channel's mean and sum of squared deviations, two passes as ATen's CPU batch norm
-template <DType D> NA_TARGET_CLONES void channel_moments(const ForwardArgs& args, int64_t c, double& mean, double& var_sum, float& mean32) {
+// the channel's mean and sum of squared deviations, both passes in float64 (ATen's CPU batch
+// norm takes its statistics from float64 var_mean: the float32 mean and invstd then agree)
+template <DType D>
+NA_TARGET_CLONES void channel_moments(const ForwardArgs& args, int64_t c, double& mean, double& var_sum) {
   const auto* x = static_cast<const StorageType<D>*>(args.x);
   double sum = 0.0;
   for_each_batch(args.shape, c, [&](int64_t at, int64_t, int64_t count) {
-    float batch_sum = 0.0f;
-#pragma omp simd reduction(+ : batch_sum)
-    for (int64_t j = 0; j < count; ++j) batch_sum += Storage<D>::load(x, at + j);
-    sum += batch_sum;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < count; ++j) sum += static_cast<double>(Storage<D>::load(x, at + j));
   });
-  const double n = static_cast<double>(args.shape.per_channel());
-  mean = sum / n;
-  mean32 = static_cast<float>(mean);
-  const float m = mean32;
-  var_sum = 0.0;
+  mean = sum / static_cast<double>(args.shape.per_channel());
+  const double m = mean;
+  double squares = 0.0;
   for_each_batch(args.shape, c, [&](int64_t at, int64_t, int64_t count) {
-    float batch_sum = 0.0f;
-#pragma omp simd reduction(+ : batch_sum)
+#pragma omp simd reduction(+ : squares)
     for (int64_t j = 0; j < count; ++j) {
-      const float d = Storage<D>::load(x, at + j) - m;
-      batch_sum += d * d;
+      const double d = static_cast<double>(Storage<D>::load(x, at + j)) - m;
+      squares += d * d;
     }
-    var_sum += batch_sum;
   });
+  var_sum = squares;
 }
 
 // the statistics of channel c: save_mean/save_invstd, the running ones updated, and (alpha, beta)
@@ -73,13 +70,17 @@ template <DType D> void channel_statistics(const ForwardArgs& args, int64_t c, f
   float mean32, invstd;
   if (args.batch_stats) {
     double mean, var_sum;
-    channel_moments<D>(args, c, mean, var_sum, mean32);
+    channel_moments<D>(args, c, mean, var_sum);
+    mean32 = static_cast<float>(mean);
     const double n = static_cast<double>(args.shape.per_channel());
-    invstd = static_cast<float>(1.0 / std::sqrt(var_sum / n + args.eps));
-    if (args.running_mean) {  // as F.batch_norm: momentum * batch + (1 - momentum) * running, unbiased variance
-      const double m = args.momentum;
-      args.new_running_mean[c] = static_cast<float>(m * mean + (1.0 - m) * args.running_mean[c]);
-      args.new_running_var[c] = static_cast<float>(m * (var_sum / (n - 1.0)) + (1.0 - m) * args.running_var[c]);
+    // as ATen: the biased variance rounded to float32, invstd from it in float64
+    const float var = static_cast<float>(var_sum / n);
+    invstd = static_cast<float>(1.0 / std::sqrt(static_cast<double>(var) + args.eps));
+    if (args.running_mean) {  // as F.batch_norm: momentum * batch + (1 - momentum) * running, in float32
+      const float m = static_cast<float>(args.momentum), keep = static_cast<float>(1.0 - args.momentum);
+      const float unbiased = static_cast<float>(static_cast<double>(var) * n / (n - 1.0));
+      args.new_running_mean[c] = m * mean32 + keep * args.running_mean[c];
+      args.new_running_var[c] = m * unbiased + keep * args.running_var[c];
     }
   } else {
     mean32 = args.running_mean[c];

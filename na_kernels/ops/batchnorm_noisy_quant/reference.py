@@ -5,7 +5,8 @@ composition it equals.
     z     = x * alpha + beta  (+ residual)                          (each result rounded to x's dtype)
     y     = noisy_quant(z, p, lam, noise, scale, shift, seed)       (its reference, bit for bit)
 
-mean and invstd = 1 / sqrt(var + eps) are this batch's (biased variance, float64 sums; the
+mean and invstd = 1 / sqrt(var + eps) are this batch's (biased variance, in float64 as torch's CPU
+BatchNorm computes them, then rounded; the
 running statistics become ``momentum * batch + (1 - momentum) * running`` with the unbiased
 variance) or the running ones. ``mask`` holds [0 <= q_raw <= p] one bit per element, channel by
 channel (``pack_mask``); backward takes the straight-through mask from it and the level from y.
@@ -18,6 +19,10 @@ import torch
 from torch.nn import functional as F
 
 from ..noisy_quant import reference as nq
+
+
+def _float(value):
+    return torch.tensor(float(value), dtype=torch.float32)
 
 
 def _channels_view(t, x):
@@ -58,12 +63,14 @@ def statistics(x, weight, bias, running_mean, running_var, args):
         n = rows.shape[1]
         mean64 = rows.sum(1) / n
         mean = mean64.to(torch.float32)
-        var_sum = ((rows.to(torch.float32) - mean[:, None]) ** 2).to(torch.float64).sum(1)
-        invstd = (1.0 / torch.sqrt(var_sum / n + args.eps)).to(torch.float32)
-        if running_mean is not None:
-            m = args.momentum
-            new_mean = (m * mean64 + (1 - m) * running_mean.to(torch.float64)).to(torch.float32)
-            new_var = (m * (var_sum / (n - 1)) + (1 - m) * running_var.to(torch.float64)).to(torch.float32)
+        var_sum = ((rows - mean64[:, None]) ** 2).sum(1)
+        var = (var_sum / n).to(torch.float32)  # as torch: rounded, then invstd from it in float64
+        invstd = (1.0 / torch.sqrt(var.to(torch.float64) + args.eps)).to(torch.float32)
+        if running_mean is not None:  # in float32, as F.batch_norm
+            m, keep = _float(args.momentum), _float(1.0 - args.momentum)
+            unbiased = (var.to(torch.float64) * n / (n - 1)).to(torch.float32)
+            new_mean = m * mean + keep * running_mean.to(torch.float32).reshape(channels)
+            new_var = m * unbiased + keep * running_var.to(torch.float32).reshape(channels)
         else:
             new_mean, new_var = empty, empty.clone()
     else:
