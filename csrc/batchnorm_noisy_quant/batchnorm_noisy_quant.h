@@ -5,9 +5,8 @@
 //   q_raw = floor((z * p) / lam[c] + scale * eps + shift),  y = (clamp(q_raw, 0, p) / p) * lam[c]
 // with eps the noise of noisy_quant on the element's flat index (noise/noise.h), so y equals
 // noisy_quant(batch_norm(x) + residual) with the same seed. Forward also writes one bit per
-// element, [0 <= q_raw <= p], channel by channel: backward reads the straight-through mask
-// there and the level from y, and never regenerates the noise.
-// Work is split by channel (each channel's statistics, bits and sums belong to one thread).
+// element, [0 <= q_raw <= p], bit i % 8 of byte i / 8 for flat index i: backward reads the
+// straight-through mask there and the level from y, and never regenerates the noise.
 #pragma once
 #include <cstdint>
 
@@ -18,8 +17,9 @@ namespace batchnorm_noisy_quant {
 
 struct Shape {
   int64_t batch, channels, inner;
+  int64_t numel() const { return batch * channels * inner; }
   int64_t per_channel() const { return batch * inner; }
-  int64_t mask_bytes() const { return (per_channel() + 7) / 8; }  // per channel
+  int64_t mask_bytes() const { return (numel() + 7) / 8; }
 };
 
 struct Quantizer {
@@ -41,7 +41,7 @@ struct ForwardArgs {
   float *new_running_mean, *new_running_var;  // [channels], written when running_mean is given
   float *save_mean, *save_invstd;  // [channels]
   void* y;
-  uint8_t* mask;  // [channels][mask_bytes] bits, or null
+  uint8_t* mask;  // mask_bytes() bytes of bits, or null
   int threads;
 };
 

@@ -14,7 +14,7 @@ module (``na_kernels.ops.batchnorm_noisy_quant.{cpu,reference}``) has
 
 with ``residual``, ``running_mean`` and ``running_var`` possibly None, ``lam`` one element or one
 per channel, ``args`` a ``_spec.BatchNormNoisyQuantArgs``; y is contiguous, the statistics float32
-[C], the mask uint8 [C, ceil(N * inner / 8)] (``reference.pack_mask``).
+[C], the mask uint8 [ceil(numel / 8)] (``reference.pack_mask``).
 """
 
 import torch
@@ -41,7 +41,7 @@ def _fake(x, residual, weight, bias, running_mean, running_var, lam, seed, args)
     channels = x.shape[1]
     stats = [torch.empty(channels, dtype=torch.float32, device=x.device) for _ in range(2)]
     running = channels if running_mean is not None else 0
-    mask = torch.empty(channels, (x.numel() // channels + 7) // 8, dtype=torch.uint8, device=x.device)
+    mask = torch.empty((x.numel() + 7) // 8, dtype=torch.uint8, device=x.device)
     new = [torch.empty(running, dtype=torch.float32, device=x.device) for _ in range(2)]
     return torch.empty(x.shape, dtype=x.dtype, device=x.device), *stats, mask, *new
 

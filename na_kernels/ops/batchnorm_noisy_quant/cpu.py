@@ -27,7 +27,7 @@ def forward(x, residual, weight, bias, running_mean, running_var, lam, seed, arg
     residual = residual.to(x.dtype).contiguous() if residual is not None else None
     batch, channels, inner = _shape(x)
     y = empty_like_dense(x)
-    mask = torch.empty(channels, (batch * inner + 7) // 8, dtype=torch.uint8)
+    mask = torch.empty((x.numel() + 7) // 8, dtype=torch.uint8)
     save_mean, save_invstd = torch.empty(channels), torch.empty(channels)
     has_running = running_mean is not None
     running_mean = _float32(running_mean, channels) if has_running else None

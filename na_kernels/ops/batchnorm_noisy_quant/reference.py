@@ -8,8 +8,8 @@ composition it equals.
 mean and invstd = 1 / sqrt(var + eps) are this batch's (biased variance, in float64 as torch's CPU
 BatchNorm computes them, then rounded; the
 running statistics become ``momentum * batch + (1 - momentum) * running`` with the unbiased
-variance) or the running ones. ``mask`` holds [0 <= q_raw <= p] one bit per element, channel by
-channel (``pack_mask``); backward takes the straight-through mask from it and the level from y.
+variance) or the running ones. ``mask`` holds [0 <= q_raw <= p] one bit per element, in memory order
+(``pack_mask``); backward takes the straight-through mask from it and the level from y.
 
 The last section is this backend's adapter: ``forward`` and ``backward`` as ``na_kernels.ops``
 calls every backend.
@@ -35,22 +35,18 @@ def _channel_major(t):
 
 
 def pack_mask(inside):
-    """A bool tensor [N, C, ...] as bits: uint8 [C, ceil(N * inner / 8)], element k of channel c
-    (k = n * inner + i) in bit k % 8 of byte k // 8 of row c."""
-    rows = _channel_major(inside).to(torch.uint8)
-    pad = (-rows.shape[1]) % 8
-    rows = F.pad(rows, (0, pad)).reshape(rows.shape[0], -1, 8)
+    """A bool tensor as bits: uint8 [ceil(numel / 8)], element i (flat, row-major) in bit i % 8 of
+    byte i // 8."""
+    bits = F.pad(inside.reshape(-1).to(torch.uint8), (0, (-inside.numel()) % 8)).reshape(-1, 8)
     weights = torch.tensor([1 << b for b in range(8)], dtype=torch.uint8, device=inside.device)
-    return (rows * weights).sum(-1, dtype=torch.int32).to(torch.uint8)
+    return (bits * weights).sum(-1, dtype=torch.int32).to(torch.uint8)
 
 
 def unpack_mask(mask, shape):
-    """``pack_mask``'s bits as a bool tensor of ``shape`` ([N, C, ...])."""
+    """``pack_mask``'s bits as a bool tensor of ``shape``."""
     shifts = torch.arange(8, dtype=torch.uint8, device=mask.device)
-    bits = ((mask.unsqueeze(-1) >> shifts) & 1).reshape(mask.shape[0], -1)
-    per_channel = shape[0] * (bits.numel() and (torch.Size(shape).numel() // (shape[0] * shape[1])))
-    bits = bits[:, :per_channel].reshape(shape[1], shape[0], -1).transpose(0, 1)
-    return bits.reshape(shape).bool()
+    bits = ((mask.unsqueeze(-1) >> shifts) & 1).reshape(-1)
+    return bits[: torch.Size(shape).numel()].reshape(shape).bool()
 
 
 def statistics(x, weight, bias, running_mean, running_var, args):
