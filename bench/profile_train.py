@@ -60,7 +60,10 @@ def profile(args, activation, dtype):
 def compare(args, dtype):
     import model_cases
 
-    steps = {a: model_cases.train_step(args.arch, a, args.batch, dtype=dtype) for a in args.activation}
+    steps = {
+        a: model_cases.train_step(args.arch, a, args.batch, dtype=dtype, compiled=args.compiled)
+        for a in args.activation
+    }
     for step in steps.values():
         step()
         step()
@@ -71,7 +74,8 @@ def compare(args, dtype):
             step()
             seconds[a].append(time.process_time() - start)
     medians = {a: statistics.median(v) for a, v in seconds.items()}
-    line = f"{args.arch} train step batch {args.batch} {dtype}: " + ", ".join(
+    mode = "compiled" if args.compiled else "eager"
+    line = f"{args.arch} train step batch {args.batch} {dtype} {mode}: " + ", ".join(
         f"{a} {1e3 * m:.1f} ms ({m / medians['relu']:.2f}x relu)" for a, m in medians.items()
     )
     if args.memory:
@@ -99,6 +103,7 @@ def main(argv=None):
     parser.add_argument("--compare", action="store_true", help="time the three activations instead")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--memory", action="store_true", help="with --compare: each step's peak memory too")
+    parser.add_argument("--compiled", action="store_true", help="with --compare: torch.compile each model first")
     args = parser.parse_args(argv)
     os.environ.setdefault("NA_BENCH_DEVICE", "cpu")
     import torch
