@@ -308,3 +308,23 @@ def test_bad_input(kwargs, error, match):
     call.update(kwargs)
     with pytest.raises(error, match=match):
         batchnorm_noisy_quant(x, **call)
+
+
+@pytest.mark.parametrize("backend, device", [b for b in BACKENDS if b.id == "cpp"])
+def test_cpp_same_forward_and_gradients_for_any_thread_count(backend, device):
+    """Work items of 2^14 elements over threads: y, the mask, the statistics and grad_x the same at
+    1 and 3 threads (per-thread float64 sums may differ in their last bits only)."""
+    case = make_case((4, 3, 71, 67), torch.float32, residual=True)  # channel runs across work items
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            results.append(run(fused(backend), case, seed=8))
+    finally:
+        torch.set_num_threads(threads)
+    (y1, rm1, rv1, g1), (y3, rm3, rv3, g3) = results
+    assert torch.equal(y1, y3) and torch.equal(rm1, rm3) and torch.equal(rv1, rv3)
+    assert torch.equal(g1["residual"], g3["residual"])
+    for name in g1:
+        torch.testing.assert_close(g1[name], g3[name], rtol=1e-5, atol=1e-6, msg=name)

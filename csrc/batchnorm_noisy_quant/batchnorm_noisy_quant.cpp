@@ -54,10 +54,10 @@ void forward(uintptr_t x, uintptr_t residual, uintptr_t y, uintptr_t mask, int d
 void backward(uintptr_t grad_y, uintptr_t x, uintptr_t residual, uintptr_t y, uintptr_t mask, int dtype,
               int64_t batch, int64_t channels, int64_t inner, uintptr_t save_mean, uintptr_t save_invstd,
               uintptr_t weight, uintptr_t bias, uintptr_t lam, int64_t p, bool batch_stats, uintptr_t grad_x,
-              uintptr_t grad_residual, uintptr_t sums, int threads) {
+              uintptr_t grad_residual, uintptr_t grads, int threads) {
   require(p >= 1, "p", "must be >= 1");
   require(threads >= 1, "threads", "must be >= 1");
-  require(mask && sums, "mask, sums", "must be given");
+  require(mask && grads, "mask, grads", "must be given");
   const BackwardArgs args{make_shape(batch, channels, inner),
                           member<DType>(dtype, "dtype"),
                           static_cast<float>(p),
@@ -74,7 +74,7 @@ void backward(uintptr_t grad_y, uintptr_t x, uintptr_t residual, uintptr_t y, ui
                           address_of<const float>(lam),
                           address_of<void>(grad_x),
                           address_of<void>(grad_residual),
-                          address_of<double>(sums),
+                          address_of<float>(grads),
                           threads};
   backward_generic(args);
 }
@@ -95,7 +95,7 @@ void bind_batchnorm_noisy_quant(pybind11::module_& m) {
         py::kw_only(), py::arg("grad_y"), py::arg("x"), py::arg("residual"), py::arg("y"), py::arg("mask"),
         py::arg("dtype"), py::arg("batch"), py::arg("channels"), py::arg("inner"), py::arg("save_mean"),
         py::arg("save_invstd"), py::arg("weight"), py::arg("bias"), py::arg("lam"), py::arg("p"),
-        py::arg("batch_stats"), py::arg("grad_x"), py::arg("grad_residual"), py::arg("sums"), py::arg("threads"),
+        py::arg("batch_stats"), py::arg("grad_x"), py::arg("grad_residual"), py::arg("grads"), py::arg("threads"),
         "batchnorm_noisy_quant backward on raw pointers");
 }
 

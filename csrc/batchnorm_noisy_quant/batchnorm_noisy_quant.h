@@ -55,7 +55,8 @@ struct BackwardArgs {
   const float *save_mean, *save_invstd, *weight, *bias, *lam;
   void* grad_x;  // or null
   void* grad_residual;  // or null
-  double* sums;  // [channels][3]: sum dz, sum dz * (x - mean), sum grad_y * dy/dlam
+  float* grads;  // [3][channels]: grad_weight = sum dz (x - mean) invstd, grad_bias = sum dz,
+                 // grad_lam = sum grad_y dy/dlam (float64 sums, rounded)
   int threads;
 };
 

@@ -311,7 +311,9 @@ void backward_generic(const BackwardArgs& args) {
                                                                             args.lam[c], at, count);
                              });
         for (int64_t c = 0; c < s.channels; ++c) {
-          for (int i = 0; i < 3; ++i) args.sums[3 * c + i] = sums[3 * c + i];
+          args.grads[c] = static_cast<float>(sums[3 * c + 1] * static_cast<double>(args.save_invstd[c]));
+          args.grads[s.channels + c] = static_cast<float>(sums[3 * c]);
+          args.grads[2 * s.channels + c] = static_cast<float>(sums[3 * c + 2]);
           if (args.batch_stats) {
             const double invstd = args.save_invstd[c];
             mean_dz[c] = static_cast<float>(sums[3 * c] / n);

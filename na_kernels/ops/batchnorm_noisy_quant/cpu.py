@@ -10,7 +10,10 @@ from ..noisy_quant.cpu import _seed
 
 
 def _float32(t, channels):
-    return t.detach().to(torch.float32).expand(channels).contiguous()
+    t = t.detach()
+    if t.dtype is torch.float32 and t.numel() == channels and t.is_contiguous():
+        return t
+    return t.to(torch.float32).expand(channels).contiguous()
 
 
 def _address(t):
@@ -74,7 +77,7 @@ def backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args
     batch, channels, inner = _shape(x)
     grad_x = empty_like_dense(x)
     grad_residual = empty_like_dense(x) if need_grad_residual else x.new_zeros(0)
-    sums = torch.empty(channels, 3, dtype=torch.float64)
+    grads = torch.empty(3, channels)
     weight32, bias32, lam32 = (_float32(t, channels) for t in (weight, bias, lam))
     cpu.extension().batchnorm_noisy_quant_backward(
         grad_y=grad_y.data_ptr(),
@@ -95,8 +98,7 @@ def backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args
         batch_stats=args.batch_stats,
         grad_x=grad_x.data_ptr(),
         grad_residual=grad_residual.data_ptr() if need_grad_residual else 0,
-        sums=sums.data_ptr(),
+        grads=grads.data_ptr(),
         threads=cpu.num_threads(x.numel()),
     )
-    grad_weight = (sums[:, 1] * invstd.double()).to(torch.float32)
-    return grad_x, grad_residual, grad_weight, sums[:, 0].to(torch.float32), sums[:, 2].to(torch.float32)
+    return grad_x, grad_residual, grads[0], grads[1].clone(), grads[2].clone()  # outputs may not alias
