@@ -12,8 +12,6 @@ import na_kernels
 from na_kernels.ops.batchnorm_noisy_quant import OP, batchnorm_noisy_quant, reference
 from na_kernels.ops.noisy_quant import reference as nq_reference
 
-# Triton has no kernel for this op yet
-BACKENDS = [b for b in BACKENDS if b.id != "triton"]
 SHAPES = [(6, 5, 7, 9), (3, 4, 8, 8), (2, 3, 5), (7, 2), (4, 3, 1, 1)]
 
 
