@@ -146,3 +146,16 @@ def test_compiled_fused_model_matches_eager():
     torch.testing.assert_close(out, want)
     torch.testing.assert_close(fused.conv.weight.grad, eager.conv.weight.grad)
     assert torch.equal(fused.bn.running_mean, eager.bn.running_mean)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_fused_model_exports(mode):
+    torch.manual_seed(0)
+    _, fused, _ = pair(ConvBnAct())
+    getattr(fused, mode)()
+    x = torch.randn(3, 2, 6, 6)
+    exported = torch.export.export(copy.deepcopy(fused), (x,)).module()
+    torch.manual_seed(1)
+    got = exported(x)
+    torch.manual_seed(1)
+    assert torch.equal(got, fused(x))
