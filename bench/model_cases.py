@@ -8,6 +8,8 @@ Training step (one SGD step: forward, cross-entropy, backward, momentum-0.9 upda
 - ``relu``: ``nn.ReLU`` (the float network, the cost to match);
 - ``qcfs``: the plain-torch QCFS + uniform-noise formula (``baselines.EagerNoisyQuant``);
 - ``noisy_quant``: ``na_kernels.nn.NoisyQuant`` (p = 3, uniform noise, trainable scalar λ);
+- ``noisy_quant_fused``: the same network through ``replace_activations(fuse_batchnorm=True)``:
+  each BatchNorm (+ residual add) and its NoisyQuant in one ``batchnorm_noisy_quant`` op;
 
 each eager and under ``torch.compile`` (the model's forward compiled, ``dynamic=False``;
 AOTAutograd compiles its backward), in fp32 or under bf16 autocast.
@@ -53,8 +55,13 @@ from torch import nn
 P = 3  # quantization levels of every activation
 LAM = 8.0  # the initial λ (every layer's θ after conversion)
 
-TRAIN_ACTIVATIONS = ("relu", "qcfs", "noisy_quant")
-ACTIVATION_TITLES = {"relu": "ReLU", "qcfs": "QCFS+noise formula (plain torch)", "noisy_quant": "NoisyQuant"}
+TRAIN_ACTIVATIONS = ("relu", "qcfs", "noisy_quant", "noisy_quant_fused")
+ACTIVATION_TITLES = {
+    "relu": "ReLU",
+    "qcfs": "QCFS+noise formula (plain torch)",
+    "noisy_quant": "NoisyQuant",
+    "noisy_quant_fused": "NoisyQuant fused with BatchNorm",
+}
 SNN_IMPLS = (
     "na_kernels",
     "na_kernels_stats",
@@ -89,7 +96,7 @@ def activation_factory(activation):
         return nn.ReLU
     if activation == "qcfs":
         return lambda: baselines.EagerNoisyQuant(p=P, lam=LAM)
-    if activation == "noisy_quant":
+    if activation in ("noisy_quant", "noisy_quant_fused"):
         from na_kernels.nn import NoisyQuant
 
         return lambda: NoisyQuant(p=P, lam=LAM)
@@ -108,6 +115,10 @@ def train_step(arch, activation, batch, *, dtype="fp32", compiled=False):
     """A closure running one training step of ``arch`` with ``activation`` (bf16: autocast)."""
     torch.manual_seed(0)
     model = architectures()[arch](10, act=activation_factory(activation)).to(DEVICE).train()
+    if activation == "noisy_quant_fused":
+        from na_kernels.convert.replace import replace_activations
+
+        model, _ = replace_activations(model, P, lam=LAM, fuse_batchnorm=True)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     forward = baselines.compiled(model) if compiled else model
     x, y = images(batch)

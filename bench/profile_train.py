@@ -1,14 +1,15 @@
 """Where a training step's time goes, and the activations side by side (process CPU time).
 
     python bench/profile_train.py                      # ResNet-20, batch 16, 1 thread, fp32 and bf16
-    python bench/profile_train.py --compare --rounds 7 # ReLU / QCFS formula / NoisyQuant, interleaved
+    python bench/profile_train.py --compare --rounds 7 # ReLU / NoisyQuant / fused, interleaved
 
 Profile: torch.profiler over --repeats steps (after two warm-up steps) of each activation's
 network (bench/model_cases.py, eager), self CPU time grouped into convolution, BatchNorm, the
 activation (ReLU's ops, the QCFS formula's ops, or NoisyQuant's fwd + bwd, which on the CPU
 run as direct kernel calls inside NoisyQuantEager / EagerFunctionBackward, or as the custom op
 under autocast), optimizer, and the rest. --compare: process CPU time of one step of each,
-rounds interleaved, medians (less disturbed by other processes than wall time at one thread).
+rounds interleaved, medians (less disturbed by other processes than wall time at one thread);
+--memory adds each step's peak memory (model_cases.peak_memory).
 """
 
 import argparse
@@ -21,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 GROUPS = (  # first match wins
+    ("fused BatchNorm + NoisyQuant", ("BatchnormNoisyQuant", "batchnorm_noisy_quant")),
     ("activation: NoisyQuant", ("NoisyQuant", "EagerFunction", "noisy_quant", "softplus")),
     ("convolution", ("conv",)),
     ("BatchNorm", ("batch_norm",)),
@@ -58,7 +60,10 @@ def profile(args, activation, dtype):
 def compare(args, dtype):
     import model_cases
 
-    steps = {a: model_cases.train_step(args.arch, a, args.batch, dtype=dtype) for a in model_cases.TRAIN_ACTIVATIONS}
+    steps = {
+        a: model_cases.train_step(args.arch, a, args.batch, dtype=dtype, compiled=args.compiled)
+        for a in args.activation
+    }
     for step in steps.values():
         step()
         step()
@@ -69,16 +74,26 @@ def compare(args, dtype):
             step()
             seconds[a].append(time.process_time() - start)
     medians = {a: statistics.median(v) for a, v in seconds.items()}
-    return f"{args.arch} train step batch {args.batch} {dtype}: " + ", ".join(
+    mode = "compiled" if args.compiled else "eager"
+    line = f"{args.arch} train step batch {args.batch} {dtype} {mode}: " + ", ".join(
         f"{a} {1e3 * m:.1f} ms ({m / medians['relu']:.2f}x relu)" for a, m in medians.items()
     )
+    if args.memory:
+        peaks = {a: model_cases.peak_memory(step).get("peak_memory_bytes") for a, step in steps.items()}
+        line += "\n  peak memory above idle (RSS): " + ", ".join(
+            f"{a} {peak / 2**20:.0f} MiB" if peak is not None else f"{a} n/a" for a, peak in peaks.items()
+        )
+    return line
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet20", choices=("resnet20", "resnet18"))
     parser.add_argument(
-        "--activation", nargs="+", default=["relu", "noisy_quant"], choices=("relu", "qcfs", "noisy_quant")
+        "--activation",
+        nargs="+",
+        default=["relu", "noisy_quant", "noisy_quant_fused"],
+        choices=("relu", "qcfs", "noisy_quant", "noisy_quant_fused"),
     )
     parser.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
     parser.add_argument("--batch", type=int, default=16)
@@ -87,6 +102,8 @@ def main(argv=None):
     parser.add_argument("--top", type=int, default=8)
     parser.add_argument("--compare", action="store_true", help="time the three activations instead")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--memory", action="store_true", help="with --compare: each step's peak memory too")
+    parser.add_argument("--compiled", action="store_true", help="with --compare: torch.compile each model first")
     args = parser.parse_args(argv)
     os.environ.setdefault("NA_BENCH_DEVICE", "cpu")
     import torch

@@ -71,7 +71,7 @@ def _train_params():
 @pytest.mark.parametrize("arch, dtype, activation, compiled", list(_train_params()))
 def test_train_step(benchmark, copy_bandwidth, fresh_compiler, arch, dtype, activation, compiled):
     _skip_compiled_unless_enabled(compiled, dtype)
-    if activation == "noisy_quant":
+    if activation.startswith("noisy_quant"):
         pytest.importorskip("na_kernels.nn")
     batch = SIZES["train_batch"]
     step = model_cases.train_step(arch, activation, batch, dtype=dtype, compiled=compiled)
@@ -81,7 +81,7 @@ def test_train_step(benchmark, copy_bandwidth, fresh_compiler, arch, dtype, acti
         "table": "model",
         "op": "train_step",
         "variant": title,
-        "ours": activation == "noisy_quant",
+        "ours": activation.startswith("noisy_quant"),
         "arch": arch,
         "batch": batch,
         "dtype": dtype,

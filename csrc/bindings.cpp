@@ -8,6 +8,7 @@
 
 namespace na {
 void bind_noisy_quant(pybind11::module_& m);
+void bind_batchnorm_noisy_quant(pybind11::module_& m);
 void bind_integrate_fire(pybind11::module_& m);
 void bind_noise(pybind11::module_& m);
 void bind_float_convert(pybind11::module_& m);
@@ -33,6 +34,7 @@ PYBIND11_MODULE(_C, m) {
   namespace py = pybind11;
   m.doc() = "na_kernels C++ CPU kernels (raw pointers, no torch headers)";
   na::bind_noisy_quant(m);
+  na::bind_batchnorm_noisy_quant(m);
   na::bind_integrate_fire(m);
   na::bind_noise(m);
   na::bind_float_convert(m);

@@ -166,6 +166,24 @@ class NoisyQuantArgs:
 
 
 @dataclass(frozen=True)
+class BatchNormNoisyQuantArgs:
+    """batchnorm_noisy_quant's non-tensor arguments, checked: noisy_quant's (``NoisyQuantArgs``) on
+    ``batch_norm(x) (+ residual)``, and BatchNorm's."""
+
+    p: int
+    noise: Noise
+    scale: float
+    shift: float
+    batch_stats: bool  # this batch's statistics (running ones updated) or the running ones
+    momentum: float  # weight of the batch in the running statistics
+    eps: float  # added to the variance
+
+    def for_trace(self):
+        """The record a torch.jit trace records (nothing in it depends on grad mode)."""
+        return self
+
+
+@dataclass(frozen=True)
 class IntegrateFireArgs:
     """integrate_fire's non-tensor arguments, checked (see ``na_kernels.integrate_fire``)."""
 

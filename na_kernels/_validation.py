@@ -138,6 +138,23 @@ def check_levels(p, name="p"):
     )
 
 
+# The fused BatchNorm + noisy_quant op reads each element's level back from y in backward:
+# levels q * lam / p, q <= p, stay apart after y's rounding to its dtype while p times the
+# dtype's relative rounding (2^-24, 2^-11, 2^-8) is at most 1/4.
+FUSED_MAX_LEVELS = {torch.float32: MAX_LEVELS, torch.float16: 512, torch.bfloat16: 64}
+
+
+def check_fused_levels(p, dtype, name="p"):
+    """p for batchnorm_noisy_quant on x of ``dtype``: at most ``FUSED_MAX_LEVELS[dtype]``."""
+    limit = FUSED_MAX_LEVELS[dtype]
+    if p > limit:
+        raise ValueError(
+            f"{name} must be at most {limit} for batchnorm_noisy_quant on {dtype} (its backward reads the level "
+            f"back from y), got {p}: use a wider dtype or BatchNorm and noisy_quant unfused"
+        )
+    return p
+
+
 def check_time_steps(name, value, *, allow_none=False):
     """A number of time steps: an int >= 1 (or None where allowed)."""
     if value is None and allow_none:

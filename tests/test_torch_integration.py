@@ -65,6 +65,11 @@ def test_schemas_are_the_tensors_then_the_records_fields():
         f"Tensor? v_init, Tensor threshold, {fields}, ScalarType x_dtype, bool need_grad_x, "
         "bool need_grad_v_init) -> (Tensor, Tensor)"
     )
+    assert str(torch.ops.na_kernels.batchnorm_noisy_quant.default._schema) == (
+        "na_kernels::batchnorm_noisy_quant(Tensor x, Tensor? residual, Tensor weight, Tensor bias, "
+        "Tensor? running_mean, Tensor? running_var, Tensor lam, Tensor seed, int p, int noise, float scale, "
+        "float shift, bool batch_stats, float momentum, float eps) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+    )
     records = (
         (nq_ops.OP, NoisyQuantArgs(7, Noise.GAUSSIAN, 0.5, 0.25)),
         (if_ops.OP, IntegrateFireArgs(0.25, Reset.ZERO, None, Surrogate.ATAN, 2.0, True, Save.X)),

@@ -2,7 +2,8 @@
 
 ``to_snn(model, T)`` runs, on a traced copy of the trained network (NoisyQuant kept as a leaf):
 
-1. ``_traced_copy``: trace a deep copy in eval mode (the model itself is not modified);
+1. ``_traced_copy``: trace a deep copy in eval mode (the model itself is not modified), each
+   NoisyQuant fused with its BatchNorm (``replace_activations(fuse_batchnorm=True)``) split again;
 2. ``_check_convertible``: raise, naming every site, on what has no SNN equivalent;
 3. ``fold_batchnorm_graph``: fold each BatchNorm into the conv/linear before it;
 4. ``_place_if_layers``: one ``IFLayer`` per NoisyQuant call site and per functional
@@ -48,6 +49,7 @@ from ..nn.synapses import pool_spec
 from ..snn.network import SpikingNetwork, TimeRepeat
 from ..snn.stats import SynapseMeter
 from .batchnorm import fold_batchnorm_graph
+from .replace import unfuse_batchnorm
 
 MAXPOOL_TYPES = (
     nn.MaxPool1d,
@@ -154,7 +156,8 @@ def _traced_copy(model: nn.Module) -> fx.GraphModule:
     for name, module in model.named_modules():
         if isinstance(module, NoisyQuant) and module.auto_pending:
             raise ValueError(f'{name or "model"}: NoisyQuant(lam="auto") was never initialised (train one batch first)')
-    return trace(copy.deepcopy(model).eval())
+    copied = copy.deepcopy(model).eval()
+    return unfuse_batchnorm(trace(copied), copied)
 
 
 def _check_convertible(gm: fx.GraphModule, allow_maxpool: bool) -> None:

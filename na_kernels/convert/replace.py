@@ -15,10 +15,12 @@ its qualified name, unless the caller leaves it (``skip=`` names or
 import copy
 import dataclasses
 import fnmatch
+import operator
 import warnings
 from typing import Dict, Iterable, List, Tuple
 
-from torch import nn
+import torch
+from torch import fx, nn
 
 from ..nn.fx_utils import (
     UNCONVERTIBLE_MODULES,
@@ -56,6 +58,8 @@ class ReplacementReport:
         replaced activation (empty when forward code was not traced).
     clip_levels: qualified name -> a, for the clip activations (ReLU6, Hardtanh(0, a)) replaced.
     functional_checked: whether forward code was traced for F.relu calls.
+    fused: ``(activation, batchnorm)`` qualified names of each NoisyQuant computed in one op with
+        the BatchNorm before it (``fuse_batchnorm=True``).
     """
 
     replaced: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
@@ -65,6 +69,7 @@ class ReplacementReport:
     call_sites: Dict[str, int] = dataclasses.field(default_factory=dict)
     clip_levels: Dict[str, float] = dataclasses.field(default_factory=dict)
     functional_checked: bool = True
+    fused: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def __str__(self):
         if self.functional_checked:
@@ -85,6 +90,11 @@ class ReplacementReport:
         if self.left:
             lines.append(f"left {len(self.left)} site(s) unconverted:")
             lines += [f"  {name}: {kind} ({why})" for name, kind, why in self.left]
+        if self.fused:
+            lines.append(
+                f"fused {len(self.fused)} activation(s) with their BatchNorm: "
+                + ", ".join(f"{bn} -> {name}" for name, bn in self.fused)
+            )
         if not self.functional_checked:
             lines.append("forward code was NOT traced: F.relu / torch.relu calls were not looked for")
         return "\n".join(lines)
@@ -121,6 +131,7 @@ def replace_activations(
     allow_unconvertible: bool = False,
     trace_functional: bool = True,
     per_call_site: bool = False,
+    fuse_batchnorm: bool = False,
 ):
     """Replace every ReLU of ``model`` by ``NoisyQuant(p, lam, noise, scale, per_channel)``, and
     every clip activation (ReLU6, Hardtanh(0, a), F.relu6, F.hardtanh(x, 0, a)) by one with λ = a.
@@ -147,6 +158,12 @@ def replace_activations(
         per_call_site: give every call site of a module called more than once its own NoisyQuant
             (own λ): the first keeps the module's name, the n-th is ``<name>_call<n>`` (the names
             ``to_snn`` gives its IF layers); the model then comes back as a GraphModule.
+        fuse_batchnorm: compute each ``BatchNorm -> NoisyQuant`` and ``BatchNorm -> add(residual) ->
+            NoisyQuant`` chain (the BatchNorm's output used there only) with one
+            ``batchnorm_noisy_quant`` op, the same numbers up to BatchNorm's rounding in a faster
+            training step with less memory. The model comes back as a GraphModule with the same
+            modules and state-dict keys (a checkpoint loads into either), and ``to_snn`` converts it
+            exactly as the unfused model.
 
     Returns:
         ``(model, report)``: the same model object when only modules were swapped, else a
@@ -174,6 +191,8 @@ def replace_activations(
             "replace_activations(trace_functional=False): F.relu / torch.relu calls were not looked for", stacklevel=2
         )
     sites.raise_problems()
+    if fuse_batchnorm:
+        result = _fuse_batchnorm(result, sites.report)
     for name, kind, why in sites.report.left:
         if "allowed" in why:
             warnings.warn(
@@ -303,3 +322,101 @@ def _rewrite_calls(model, make, sites, per_call_site):
     graph_module.recompile()
     graph_module.train(model.training)
     return graph_module
+
+
+# ------------------------------------------------------------------ BatchNorm fused with NoisyQuant
+
+_ADDS = (operator.add, torch.add)
+
+
+def _single_call(calls, node, types, gm):
+    return (
+        isinstance(node, fx.Node)
+        and node.op == "call_module"
+        and type(gm.get_submodule(node.target)) in types
+        and len(calls[node.target]) == 1
+        and len(node.users) == 1
+    )
+
+
+def _fuse_batchnorm(model, report):
+    """Rewrite ``nq(bn(x))`` and ``nq(bn(x) + r)`` into ``nq(x, residual=r)`` with ``nq`` fused with
+    ``bn`` (both called once, bn's output used by nq or the add only). Returns the GraphModule."""
+    gm = model if isinstance(model, fx.GraphModule) else trace(model)
+    batchnorms = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    calls = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls.setdefault(node.target, []).append(node)
+    for node in list(gm.graph.nodes):
+        if not (
+            node.op == "call_module"
+            and isinstance(gm.get_submodule(node.target), NoisyQuant)
+            and len(calls[node.target]) == 1
+        ):
+            continue
+        if len(node.args) != 1 or node.kwargs:
+            continue
+        source, bn_node, residual = node.args[0], None, None
+        if _single_call(calls, source, batchnorms, gm):
+            bn_node = source
+        elif (
+            isinstance(source, fx.Node)
+            and source.op == "call_function"
+            and source.target in _ADDS
+            and len(source.args) == 2
+            and not source.kwargs
+            and len(source.users) == 1
+        ):
+            a, b = source.args
+            if _single_call(calls, a, batchnorms, gm) and isinstance(b, fx.Node):
+                bn_node, residual = a, b
+            elif _single_call(calls, b, batchnorms, gm) and isinstance(a, fx.Node):
+                bn_node, residual = b, a
+        if bn_node is None:
+            continue
+        gm.get_submodule(node.target).fuse_batchnorm(gm.get_submodule(bn_node.target))
+        node.args = (bn_node.args[0],)
+        node.kwargs = {} if residual is None else {"residual": residual}
+        if source is not bn_node:
+            gm.graph.erase_node(source)
+        gm.graph.erase_node(bn_node)  # the module stays: its state-dict keys too
+        report.fused.append((node.target, bn_node.target))
+    gm.graph.lint()
+    gm.recompile()
+    gm.train(model.training)
+    return gm
+
+
+def unfuse_batchnorm(gm: fx.GraphModule, root: nn.Module = None) -> fx.GraphModule:
+    """Undo ``fuse_batchnorm`` on ``gm``, a trace of ``root`` (default: gm itself): each fused
+    ``nq(x, residual=r)`` call becomes ``nq(bn(x) + r)`` again and the NoisyQuant an activation
+    alone (modules changed in place; a BatchNorm the trace left out is put back at its name in root)."""
+    names = {id(module): name for name, module in (root if root is not None else gm).named_modules()}
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module":
+            continue
+        module = gm.get_submodule(node.target)
+        if not isinstance(module, NoisyQuant) or module.fused_batchnorm is None:
+            continue
+        bn = module.fused_batchnorm
+        if id(bn) not in names:
+            raise RuntimeError(f"{node.target}: its fused BatchNorm is not part of the model")
+        target = names[id(bn)]
+        try:
+            gm.get_submodule(target)
+        except AttributeError:
+            gm.add_submodule(target, bn)
+        residual = node.kwargs.get("residual", node.args[1] if len(node.args) > 1 else None)
+        with gm.graph.inserting_before(node):
+            z = gm.graph.call_module(target, (node.args[0],))
+            if residual is not None:
+                z = gm.graph.call_function(operator.add, (z, residual))
+        node.args, node.kwargs = (z,), {}
+        module.fuse_batchnorm(None)
+        changed = True
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
+    return gm

@@ -29,9 +29,14 @@ from .._validation import (
     check_positive,
     resolve_noise_scale,
 )
+from ..ops.batchnorm_noisy_quant import batchnorm_noisy_quant
 from ..ops.noisy_quant import noisy_quant
 
 AUTO_PERCENTILE = 99.9
+# Where NoisyQuant fused with its BatchNorm runs the fused op: float32. In 16-bit (autocast) the
+# fused C++ kernel measured slower than torch's 16-bit BatchNorm + noisy_quant (docs/notes.md),
+# so there the module runs them unfused.
+FUSED_MODULE_DTYPES = (torch.float32,)
 _MAX_QUANTILE_ELEMENTS = 1 << 22  # torch.quantile refuses inputs above 2**24 elements
 
 
@@ -183,8 +188,66 @@ class NoisyQuant(nn.Module):
         self._auto_pending = False
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``clamp(floor(x*p/λ + scale*ε + 0.5), 0, p) * λ/p``, x's shape and dtype (ε only in training)."""
+    def forward(self, x: torch.Tensor, residual=None) -> torch.Tensor:
+        """``clamp(floor(x*p/λ + scale*ε + 0.5), 0, p) * λ/p``, x's shape and dtype (ε only in training).
+
+        Fused with a BatchNorm (``fuse_batchnorm``), x is the BatchNorm's input and the activation
+        applies to ``bn(x) (+ residual)``, computed by one ``batchnorm_noisy_quant``."""
+        bn = self.fused_batchnorm
+        if bn is not None:
+            return self._fused_forward(x, bn, residual)
+        if residual is not None:
+            raise TypeError("NoisyQuant takes a residual only when fused with its BatchNorm (fuse_batchnorm)")
+        return self._activation(x)
+
+    # ------------------------------------------------------------------ fused with a BatchNorm
+    @property
+    def fused_batchnorm(self):
+        """The BatchNorm this activation computes in one op with itself, or None."""
+        return self.__dict__.get("_fused_batchnorm")
+
+    def fuse_batchnorm(self, bn):
+        """From now on ``forward(x, residual)`` computes ``self(bn(x) (+ residual))`` in one op. ``bn``
+        (a BatchNorm1d/2d/3d) is referenced, not registered: it stays where it is in the model, so the
+        state dict keeps its keys. ``fuse_batchnorm(None)`` undoes it."""
+        if bn is not None and type(bn) not in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+            raise TypeError(f"fuse_batchnorm takes a BatchNorm1d/2d/3d, got {type(bn).__name__}")
+        object.__setattr__(self, "_fused_batchnorm", bn)  # not a submodule
+
+    def _fused_forward(self, x, bn, residual):
+        check_dense("x", x, "NoisyQuant")
+        bn._check_input_dim(x)
+        per_channel_pending = self.per_channel and self.raw_lam.numel() == 0
+        if self._auto_pending or per_channel_pending or x.dtype not in FUSED_MODULE_DTYPES:
+            # λ from data, or a dtype where the fused op does not pay (docs/notes.md): unfused
+            z = bn(x)
+            return self._activation(z if residual is None else z + residual)
+        # BatchNorm's own bookkeeping (torch.nn.modules.batchnorm._BatchNorm.forward)
+        momentum = 0.0 if bn.momentum is None else bn.momentum
+        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            if bn.momentum is None:
+                momentum = 1.0 / float(bn.num_batches_tracked)
+        batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+        tracked = not bn.training or bn.track_running_stats
+        return batchnorm_noisy_quant(
+            x,
+            bn.weight,
+            bn.bias,
+            bn.running_mean if tracked else None,
+            bn.running_var if tracked else None,
+            self.p,
+            self.lam,
+            training=self.training,
+            batch_stats=batch_stats,
+            momentum=momentum,
+            eps=bn.eps,
+            residual=residual,
+            noise=self.noise,
+            scale=self.scale,
+        )
+
+    def _activation(self, x):
         check_dense("x", x, "NoisyQuant")
         if self.per_channel:
             if x.dim() < 2:

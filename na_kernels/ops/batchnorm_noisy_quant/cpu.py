@@ -1,0 +1,104 @@
+"""batchnorm_noisy_quant on the C++ extension: the raw-pointer calls behind ``forward`` and
+``backward`` (the interface of ``na_kernels.ops.batchnorm_noisy_quant``)."""
+
+import torch
+
+from ... import cpu
+from ..._spec import DType
+from ...cpu.output_cache import empty_like_dense
+from ..noisy_quant.cpu import _seed
+
+
+def _float32(t, channels):
+    t = t.detach()
+    if t.dtype is torch.float32 and t.numel() == channels and t.is_contiguous():
+        return t
+    return t.to(torch.float32).expand(channels).contiguous()
+
+
+def _address(t):
+    return 0 if t is None else t.data_ptr()
+
+
+def _shape(x):
+    batch, channels = x.shape[0], x.shape[1]
+    return batch, channels, (x.numel() // (batch * channels)) if batch * channels else 0
+
+
+def forward(x, residual, weight, bias, running_mean, running_var, lam, seed, args):
+    x = x.contiguous()
+    residual = residual.to(x.dtype).contiguous() if residual is not None else None
+    batch, channels, inner = _shape(x)
+    y = empty_like_dense(x)
+    mask = torch.empty((x.numel() + 7) // 8, dtype=torch.uint8)
+    save_mean, save_invstd = torch.empty(channels), torch.empty(channels)
+    has_running = running_mean is not None
+    running_mean = _float32(running_mean, channels) if has_running else None
+    running_var = _float32(running_var, channels) if has_running else None
+    new_mean = torch.empty(channels if has_running else 0)
+    new_var = torch.empty(channels if has_running else 0)
+    weight, bias, lam = (_float32(t, channels) for t in (weight, bias, lam))
+    cpu.extension().batchnorm_noisy_quant_forward(
+        x=x.data_ptr(),
+        residual=_address(residual),
+        y=y.data_ptr(),
+        mask=mask.data_ptr(),
+        dtype=cpu.code(DType.of(x.dtype)),
+        batch=batch,
+        channels=channels,
+        inner=inner,
+        weight=weight.data_ptr(),
+        bias=bias.data_ptr(),
+        lam=lam.data_ptr(),
+        running_mean=_address(running_mean),
+        running_var=_address(running_var),
+        new_running_mean=new_mean.data_ptr() if has_running else 0,
+        new_running_var=new_var.data_ptr() if has_running else 0,
+        save_mean=save_mean.data_ptr(),
+        save_invstd=save_invstd.data_ptr(),
+        batch_stats=args.batch_stats,
+        momentum=args.momentum,
+        eps=args.eps,
+        seed=_seed(seed),
+        p=args.p,
+        noise=cpu.code(args.noise),
+        scale=args.scale,
+        shift=args.shift,
+        threads=cpu.num_threads(x.numel()),
+    )
+    return y, save_mean, save_invstd, mask, new_mean, new_var
+
+
+def backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args, need_grad_residual):
+    x = x.contiguous()
+    grad_y = grad_y.to(x.dtype).contiguous()
+    y = y.contiguous()
+    residual = residual.to(x.dtype).contiguous() if residual is not None else None
+    batch, channels, inner = _shape(x)
+    grad_x = empty_like_dense(x)
+    grad_residual = empty_like_dense(x) if need_grad_residual else x.new_zeros(0)
+    grads = torch.empty(3, channels)
+    weight32, bias32, lam32 = (_float32(t, channels) for t in (weight, bias, lam))
+    cpu.extension().batchnorm_noisy_quant_backward(
+        grad_y=grad_y.data_ptr(),
+        x=x.data_ptr(),
+        residual=_address(residual),
+        y=y.data_ptr(),
+        mask=mask.data_ptr(),
+        dtype=cpu.code(DType.of(x.dtype)),
+        batch=batch,
+        channels=channels,
+        inner=inner,
+        save_mean=mean.data_ptr(),
+        save_invstd=invstd.data_ptr(),
+        weight=weight32.data_ptr(),
+        bias=bias32.data_ptr(),
+        lam=lam32.data_ptr(),
+        p=args.p,
+        batch_stats=args.batch_stats,
+        grad_x=grad_x.data_ptr(),
+        grad_residual=grad_residual.data_ptr() if need_grad_residual else 0,
+        grads=grads.data_ptr(),
+        threads=cpu.num_threads(x.numel()),
+    )
+    return grad_x, grad_residual, grads[0], grads[1].clone(), grads[2].clone()  # outputs may not alias
