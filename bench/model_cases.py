@@ -16,7 +16,7 @@ SNN pass: the converted network (``to_snn(model, T)``) on ``[B, 3, 32, 32]`` und
 
 - ``na_kernels`` (statistics off), ``na_kernels_stats`` (on, the default), ``na_kernels_compiled``
   (``torch.compile`` of the ``SpikingNetwork``, statistics off), ``channels_last`` (weights and
-  input in channels-last memory order, statistics off);
+  input in channels-last memory order, statistics off), ``channels_last_compiled`` (both);
 - ``reference``: the same network with the IF layers run by the PyTorch reference loop;
 - ``spikingjelly`` / ``spikingjelly_compiled``: every IF layer replaced by SpikingJelly's
   multi-step ``IFNode`` (soft reset, θ = λ, v_init = θ/2, its spikes times λ), eager and
@@ -60,6 +60,7 @@ SNN_IMPLS = (
     "na_kernels_stats",
     "na_kernels_compiled",
     "channels_last",
+    "channels_last_compiled",
     "reference",
     "spikingjelly",
     "spikingjelly_compiled",
@@ -69,11 +70,12 @@ SNN_TITLES = {
     "na_kernels_stats": "na_kernels, statistics on",
     "na_kernels_compiled": "na_kernels compiled, statistics off",
     "channels_last": "na_kernels channels-last, statistics off",
+    "channels_last_compiled": "na_kernels channels-last compiled, statistics off",
     "reference": "IF layers by the PyTorch reference loop",
     "spikingjelly": "SpikingJelly IFNode (multi-step)",
     "spikingjelly_compiled": "SpikingJelly IFNode compiled",
 }
-SNN_OURS = ("na_kernels", "na_kernels_stats", "na_kernels_compiled", "channels_last")
+SNN_OURS = ("na_kernels", "na_kernels_stats", "na_kernels_compiled", "channels_last", "channels_last_compiled")
 
 
 def architectures():
@@ -189,7 +191,7 @@ def snn_pass(arch, impl, T, batch, dtype="fp32"):
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     snn = snn.to(torch_dtype)
     x, _ = images(batch, torch_dtype)
-    if impl == "channels_last":
+    if impl.startswith("channels_last"):
         snn = snn.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     run = baselines.compiled(snn) if impl.endswith("_compiled") else snn
