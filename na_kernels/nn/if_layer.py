@@ -3,16 +3,16 @@
 import math
 
 import torch
-from torch import nn
 
 from .._spec import DEFAULT_V_INIT as V_INIT  # integrate_fire's v_init, as a fraction of the threshold θ
 from .._validation import check_dense, check_parameter_values
 from ..ops.integrate_fire import integrate_fire, integrate_fire_carried
 from ..ops.noisy_quant import noisy_quant
+from .buffers import FixedDtypeBuffers
 from .synapses import synaptic_ops
 
 
-class IFLayer(nn.Module):
+class IFLayer(FixedDtypeBuffers):
     """Integrate-and-fire neurons replacing one NoisyQuant call site.
 
     Per neuron, over the T steps of one run (``integrate_fire``, subtractive reset)::
@@ -38,8 +38,12 @@ class IFLayer(nn.Module):
     ``reset`` ("subtract" or "zero": hard reset to 0) and ``v_init`` (the start potential as a
     fraction of θ) are class defaults; ``from_nir`` sets them per layer for a graph from another
     tool ("zero" / 0.0 for NIR's IF), and ``save_snn`` refuses a layer that sets them.
+
+    θ, the amplitude and ``route_sops`` keep float32 / float64 when the network is cast
+    (``snn.to(torch.bfloat16)``: ``nn.buffers.FixedDtypeBuffers``); the kernels compare in float32.
     """
 
+    fixed_dtype_buffers = ("threshold", "amplitude", "route_sops")
     reset = "subtract"
     v_init = V_INIT
 
