@@ -1,0 +1,136 @@
+"""The residual add fused into the convolution before it, for running a converted network.
+
+A residual block ends in ``IF(conv(x) + shortcut)``. Run as two ops, the add is a pass over
+three ``[T*B, C, H, W]`` tensors and one more fresh output. ``fuse_residual_adds(network)``
+returns the network's forward with each ``conv(x) + other`` (a ``nn.Conv2d`` whose only user
+is the add, either operand order) replaced by ``conv_add(conv, x, other)``, which on the CPU
+without autograd is oneDNN's convolution with a binary-add post-op: the sum is formed in the
+convolution's output pass, in float32 (bitwise ``conv(x) + other`` in float32; in bfloat16
+rounded once instead of twice). Everything else (autograd, CUDA, float16, other shapes or
+layouts) runs ``conv(x) + other``.
+
+The network itself is left as it is (its graph is what ``save``, NIR export, the statistics'
+routing and early exit read): the returned function runs the rewritten code on the network's
+own modules, so a module replaced later is the one that runs.
+"""
+
+import operator
+import weakref
+
+import torch
+from torch import fx, nn
+
+_ADDS = (operator.add, torch.add)
+_FORWARDS = weakref.WeakKeyDictionary()  # network -> (its code when fused, the fused forward)
+_FUSED_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _output_size(size, kernel, stride, padding, dilation):
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _fusable(conv: nn.Conv2d, x, other) -> bool:
+    if not (
+        isinstance(x, torch.Tensor)
+        and isinstance(other, torch.Tensor)
+        and x.device.type == "cpu"
+        and x.dim() == 4
+        and other.dim() == 4
+        and x.dtype in _FUSED_DTYPES
+        and x.dtype == other.dtype == conv.weight.dtype
+        and (conv.bias is None or conv.bias.dtype == x.dtype)
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and torch.backends.mkldnn.is_available()
+    ):
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, other, conv.weight, conv.bias)):
+        return False
+    spatial = tuple(
+        _output_size(n, k, s, p, d)
+        for n, k, s, p, d in zip(x.shape[2:], conv.kernel_size, conv.stride, conv.padding, conv.dilation)
+    )
+    if tuple(other.shape) != (x.shape[0], conv.out_channels) + spatial:
+        return False
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    channels_last = channels_last or (
+        conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    )
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return x.is_contiguous(memory_format=layout) and other.is_contiguous(memory_format=layout)
+
+
+def conv_add(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``conv(x) + other``: x ``[N, C_in, H, W]``, other ``[N, C_out, H', W']`` (the conv's output
+    shape) -> ``[N, C_out, H', W']``; one oneDNN convolution with an add post-op where it applies
+    (CPU, float32 / bfloat16, no autograd, x and other in the conv's layout), else two ops."""
+    if _fusable(conv, x, other):
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x,
+            other,
+            conv.weight,
+            conv.bias,
+            list(conv.padding),
+            list(conv.stride),
+            list(conv.dilation),
+            conv.groups,
+            "add",
+            None,
+            None,
+            [],
+            None,
+        )
+    return conv(x) + other
+
+
+def _conv_operand(network, node):
+    """(conv node, the other operand) of an add ``node`` whose one operand is a Conv2d output used only there."""
+    if node.op != "call_function" or node.target not in _ADDS or len(node.args) != 2 or node.kwargs:
+        return None
+    for mine, other in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
+        if (
+            isinstance(mine, fx.Node)
+            and isinstance(other, fx.Node)
+            and mine.op == "call_module"
+            and type(network.get_submodule(mine.target)) is nn.Conv2d
+            and len(mine.users) == 1
+            and len(mine.args) == 1
+            and not mine.kwargs
+        ):
+            return mine, other
+    return None
+
+
+def fuse_residual_adds(network: fx.GraphModule):
+    """``(forward, count)``: ``forward(network, *inputs)`` runs ``network``'s graph with each
+    ``conv(x) + other`` as one ``conv_add`` (see the module doc); ``count`` adds were fused.
+    ``network`` itself is unchanged."""
+    graph = fx.Graph()
+    values = {}
+    values_of = graph.graph_copy(network.graph, values)
+    graph.output(values_of)
+    count = 0
+    for node in list(graph.nodes):
+        found = _conv_operand(network, node)
+        if found is None:
+            continue
+        conv_node, other = found
+        with graph.inserting_before(node):
+            conv = graph.get_attr(conv_node.target)
+            fused = graph.call_function(conv_add, (conv, conv_node.args[0], other))
+        node.replace_all_uses_with(fused)
+        graph.erase_node(node)
+        graph.erase_node(conv_node)
+        count += 1
+    graph.lint()
+    return type(fx.GraphModule(network, graph)).forward, count
+
+
+def fused_forward(network: fx.GraphModule):
+    """``fuse_residual_adds(network)``'s forward, kept per network (no attribute on it) and
+    rebuilt when its code changes (a recompiled graph)."""
+    code = network.code
+    cached = _FORWARDS.get(network)
+    if cached is None or cached[0] is not code:
+        cached = _FORWARDS[network] = (code, fuse_residual_adds(network)[0])
+    return cached[1]
