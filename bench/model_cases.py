@@ -25,6 +25,9 @@ SNN pass: the converted network (``to_snn(model, T)``) on ``[B, 3, 32, 32]`` und
   multi-step ``IFNode`` (soft reset, θ = λ, v_init = θ/2, its spikes times λ), eager and
   compiled. SpikingJelly's own converter scales twice around each neuron (``VoltageScaler``);
   one multiply is the fewest a SpikingJelly network needs for the same outputs.
+- ``spikingjelly_channels_last`` / ``spikingjelly_channels_last_compiled`` (``SNN_EXTRA_IMPLS``,
+  for ``profile_snn.py --compare`` only): SpikingJelly with channels-last weights and input, what
+  a SpikingJelly user could do too.
 
 bf16 SNN: network and input cast to bfloat16 (``snn.to(torch.bfloat16)``); the IF kernels keep
 the membrane in float32, SpikingJelly's ``IFNode`` keeps it in the input's dtype.
@@ -81,7 +84,13 @@ SNN_TITLES = {
     "spikingjelly_compiled": "SpikingJelly IFNode compiled",
 }
 SNN_OURS = ("na_kernels", "na_kernels_stats", "na_kernels_compiled", "channels_last", "channels_last_compiled", "fast")
-SNN_FP32_ONLY = ("fast",)  # runs in bf16 whatever the case's dtype: a row of the fp32 cases only
+SNN_FP32_ONLY = ("fast",)
+# SpikingJelly in channels-last (weights and input): for profile_snn.py --compare, not the table
+SNN_EXTRA_IMPLS = ("spikingjelly_channels_last", "spikingjelly_channels_last_compiled")
+SNN_TITLES.update(
+    spikingjelly_channels_last="SpikingJelly IFNode channels-last",
+    spikingjelly_channels_last_compiled="SpikingJelly IFNode channels-last compiled",
+)  # runs in bf16 whatever the case's dtype: a row of the fp32 cases only
 
 
 def architectures():
@@ -197,7 +206,7 @@ def snn_pass(arch, impl, T, batch, dtype="fp32"):
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}["bf16" if impl == "fast" else dtype]
     snn = snn.to(torch_dtype)
     x, _ = images(batch, torch_dtype)
-    if impl.startswith("channels_last") or impl == "fast":
+    if "channels_last" in impl or impl == "fast":
         snn = snn.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     run = baselines.compiled(snn) if impl.endswith("_compiled") else snn

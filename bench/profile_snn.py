@@ -152,15 +152,11 @@ def compare(args):
 
     if args.impls:
         parsed = [(entry, *entry.partition(":")[::2]) for entry in args.impls]
-        unknown = [
-            entry
-            for entry, impl, dtype in parsed
-            if impl not in model_cases.SNN_IMPLS or dtype not in ("", "fp32", "bf16")
-        ]
+        known = model_cases.SNN_IMPLS + model_cases.SNN_EXTRA_IMPLS
+        unknown = [entry for entry, impl, dtype in parsed if impl not in known or dtype not in ("", "fp32", "bf16")]
         if unknown:
             raise SystemExit(
-                f"--impls: unknown {unknown}; accepted: {', '.join(model_cases.SNN_IMPLS)}, "
-                "each optionally :fp32 or :bf16"
+                f"--impls: unknown {unknown}; accepted: {', '.join(known)}, each optionally :fp32 or :bf16"
             )
         mixed = [(entry, impl, dtype) for entry, impl, dtype in parsed if dtype]
         groups = [[(impl, impl, dtype) for _, impl, d in parsed if not d] for dtype in args.dtype]
