@@ -93,3 +93,13 @@ def test_compiled_network_runs_the_plain_adds(snn):
     compiled = torch.compile(network, fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), _run_unfused(network, x))
+
+
+def test_early_exit_runs_its_chunks_fused_and_matches_the_fixed_run(snn, monkeypatch):
+    calls = []
+    fusable = fused._fusable
+    monkeypatch.setattr(fused, "_fusable", lambda *a: calls.append(fusable(*a)) or calls[-1])
+    x = torch.randn(3, 3, 16, 16)
+    result = snn.run_early_exit(x, 1.0, chunk=2)  # never confident: every sample runs T = 4
+    assert calls and all(calls) and len(calls) == 3 * 2  # three blocks, two chunks
+    torch.testing.assert_close(result.outputs, _run_unfused(snn, x)[-1])

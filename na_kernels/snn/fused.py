@@ -10,8 +10,9 @@ rounded once instead of twice). Everything else (autograd, CUDA, float16, other 
 layouts) runs ``conv(x) + other``.
 
 The network itself is left as it is (its graph is what ``save``, NIR export, the statistics'
-routing and early exit read): the returned function runs the rewritten code on the network's
-own modules, so a module replaced later is the one that runs.
+routing and early exit's stem/body split read): the returned function runs the rewritten code on
+the network's own modules, so a module replaced later is the one that runs. ``run_fused`` is how
+``SpikingNetwork.forward`` and early exit's chunks call a network.
 """
 
 import operator
@@ -134,3 +135,11 @@ def fused_forward(network: fx.GraphModule):
     if cached is None or cached[0] is not code:
         cached = _FORWARDS[network] = (code, fuse_residual_adds(network)[0])
     return cached[1]
+
+
+def run_fused(network: fx.GraphModule, *inputs):
+    """``network(*inputs)`` with its residual adds fused (``fused_forward``); under torch.compile
+    the plain graph, which the compiler traces."""
+    if torch.compiler.is_compiling():
+        return network(*inputs)
+    return fused_forward(network)(network, *inputs)

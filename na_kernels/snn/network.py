@@ -28,7 +28,7 @@ from ..nn.if_layer import IFLayer
 from .base import SpikingNetworkBase, TimeRepeat
 from .clipped import ClippedNetwork, clip_graph
 from .early_exit import run_early_exit
-from .fused import fused_forward
+from .fused import run_fused
 from .record import save_snn
 from .stats import SynapseMeter, collect_statistics, format_statistics
 
@@ -112,10 +112,7 @@ class SpikingNetwork(SpikingNetworkBase):
             for start in range(0, T, chunk):
                 steps = min(chunk, T - start)
                 self._set(time_steps=steps)
-                if torch.compiler.is_compiling():  # the compiler fuses (or not) on its own
-                    out = self.network(*inputs)
-                else:
-                    out = fused_forward(self.network)(self.network, *inputs)
+                out = run_fused(self.network, *inputs)
                 if not isinstance(out, torch.Tensor):
                     raise TypeError(f"SpikingNetwork supports a single tensor output, got {type(out).__name__}")
                 per_step = out.reshape((steps, -1) + tuple(out.shape[1:]))
