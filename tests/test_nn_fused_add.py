@@ -23,10 +23,21 @@ def snn():
 
 
 def _run_unfused(snn, x):
+    """snn(x) with the plain graph's code in place of the fused one."""
     plain = copy.deepcopy(snn)
-    plain._fused_forward = lambda: lambda network, *inputs: network(*inputs)
+    fused._FORWARDS[plain.network] = (plain.network.code, lambda network, *inputs: network(*inputs))
     with torch.no_grad():
         return plain(x)
+
+
+def test_the_unfused_run_is_unfused(snn, monkeypatch):
+    calls = []
+    monkeypatch.setattr(fused, "_fusable", lambda *a: calls.append(1))  # conv_add asks it first
+    _run_unfused(snn, torch.randn(1, 3, 16, 16))
+    assert calls == []
+    with torch.no_grad():
+        snn(torch.randn(1, 3, 16, 16))
+    assert len(calls) == 3
 
 
 def test_every_block_add_is_fused_and_the_graph_is_kept(snn):
