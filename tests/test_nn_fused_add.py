@@ -114,3 +114,16 @@ def test_early_exit_runs_its_chunks_fused_and_matches_the_fixed_run(snn, monkeyp
     result = snn.run_early_exit(x, 1.0, chunk=2)  # never confident: every sample runs T = 4
     assert calls and all(calls) and len(calls) == 3 * 2  # three blocks, two chunks
     torch.testing.assert_close(result.outputs, _run_unfused(snn, x)[-1])
+
+
+def test_a_hooked_conv_is_called(snn):
+    network = copy.deepcopy(snn)
+    conv = next(m for m in network.network.modules() if isinstance(m, nn.Conv2d) and m.in_channels == 16)
+    seen = []
+    handle = conv.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        got = network(x)
+    handle.remove()
+    assert seen  # the hook ran: that conv was not fused away
+    assert torch.equal(got, _run_unfused(network, x))

@@ -7,7 +7,7 @@ is the add, either operand order) replaced by ``conv_add(conv, x, other)``, whic
 without autograd is oneDNN's convolution with a binary-add post-op: the sum is formed in the
 convolution's output pass, in float32 (bitwise ``conv(x) + other`` in float32; in bfloat16
 rounded once instead of twice). Everything else (autograd, CUDA, float16, other shapes or
-layouts) runs ``conv(x) + other``.
+layouts, a conv with forward hooks, or any global forward hook) runs ``conv(x) + other``.
 
 The network itself is left as it is (its graph is what ``save``, NIR export, the statistics'
 routing and early exit's stem/body split read): the returned function runs the rewritten code on
@@ -20,6 +20,7 @@ import weakref
 
 import torch
 from torch import fx, nn
+from torch.nn.modules import module as _module
 
 _ADDS = (operator.add, torch.add)
 _FORWARDS = weakref.WeakKeyDictionary()  # network -> (its code when fused, the fused forward)
@@ -28,6 +29,16 @@ _FUSED_DTYPES = (torch.float32, torch.bfloat16)
 
 def _output_size(size, kernel, stride, padding, dilation):
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs forward hooks (its own or global ones): then it is called."""
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or _module._global_forward_hooks
+        or _module._global_forward_pre_hooks
+    )
 
 
 def _fusable(conv: nn.Conv2d, x, other) -> bool:
@@ -43,6 +54,7 @@ def _fusable(conv: nn.Conv2d, x, other) -> bool:
         and conv.padding_mode == "zeros"
         and not isinstance(conv.padding, str)
         and torch.backends.mkldnn.is_available()
+        and not _hooked(conv)
     ):
         return False
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, other, conv.weight, conv.bias)):
