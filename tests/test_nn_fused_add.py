@@ -127,3 +127,67 @@ def test_a_hooked_conv_is_called(snn):
     handle.remove()
     assert seen  # the hook ran: that conv was not fused away
     assert torch.equal(got, _run_unfused(network, x))
+
+
+def _spy_overwrites(monkeypatch):
+    """[(overwrite asked, spikes in the input's memory)] of every IF layer call."""
+    from na_kernels.nn import if_layer
+
+    calls, original = [], if_layer.integrate_fire
+
+    def spy(x_seq, *args, overwrite=False, **kwargs):
+        out = original(x_seq, *args, overwrite=overwrite, **kwargs)
+        calls.append((overwrite, out[0].data_ptr() == x_seq.data_ptr()))
+        return out
+
+    monkeypatch.setattr(if_layer, "integrate_fire", spy)
+    return calls
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_if_layers_take_their_inputs_memory_with_the_same_outputs(snn, layout, monkeypatch):
+    network = copy.deepcopy(snn)
+    x = torch.randn(3, 3, 16, 16)
+    if layout == "channels_last":
+        network, x = network.to(memory_format=CL), x.contiguous(memory_format=CL)
+    want = _run_unfused(network, x)
+    network.reset_statistics()
+    calls = _spy_overwrites(monkeypatch)
+    with torch.no_grad():
+        got = network(x)
+    # the stem's IF layer reads a [B] conv output repeated over T (stride 0: asked, not taken);
+    # every other TinyResNet IF layer reads a conv's or a fused add's output nothing else reads
+    assert calls[0] == (True, False) and calls[1:] and all(c == (True, True) for c in calls[1:]), calls
+    assert torch.equal(got, want)
+    plain = copy.deepcopy(network)
+    fused._FORWARDS[plain.network] = (plain.network.code, lambda net, *inputs: net(*inputs))
+    plain.reset_statistics()
+    with torch.no_grad():
+        plain(x)
+    assert network.statistics()["total"] == plain.statistics()["total"]
+
+
+def test_a_hooked_if_layer_or_a_shared_input_is_not_overwritten(snn, monkeypatch):
+    network = copy.deepcopy(snn)
+    layer = list(network.if_layers.values())[1]
+    seen = []
+    layer.register_forward_hook(lambda module, args, out: seen.append(args[0].clone()))
+    calls = _spy_overwrites(monkeypatch)
+    with torch.no_grad():
+        network(torch.randn(2, 3, 16, 16))
+    assert calls[1] == (False, False) and seen
+    assert not bool(((seen[0] == 0) | (seen[0] == layer.amplitude)).all())  # the hook saw x, not spikes
+
+    graph_module = copy.deepcopy(snn).network
+    if_node = next(
+        n
+        for n in graph_module.graph.nodes
+        if n.op == "call_module"
+        and n.args
+        and getattr(n.args[0], "op", "") == "call_module"
+        and isinstance(graph_module.get_submodule(n.args[0].target), nn.Conv2d)
+    )
+    assert fused._overwritable_input(graph_module, if_node)
+    with graph_module.graph.inserting_after(if_node.args[0]):  # a second reader of the conv's output
+        graph_module.graph.call_function(torch.mul, (if_node.args[0], 1.0))
+    assert not fused._overwritable_input(graph_module, if_node)

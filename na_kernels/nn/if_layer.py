@@ -143,8 +143,10 @@ class IFLayer(FixedDtypeBuffers):
     def _channel_view(self, tensor, ndim):
         return tensor.reshape((1, -1) + (1,) * (ndim - 2)) if tensor.dim() == 1 else tensor
 
-    def forward(self, x):
-        """``[T*B, C, ...]`` (or ``[B, C, ...]`` with ``input_is_constant``) -> spikes ``[T*B, C, ...]``."""
+    def forward(self, x, overwrite: bool = False):
+        """``[T*B, C, ...]`` (or ``[B, C, ...]`` with ``input_is_constant``) -> spikes ``[T*B, C, ...]``.
+        ``overwrite=True``: the spikes may take x's memory (``integrate_fire``'s ``overwrite``),
+        for a caller that knows nothing else reads x (``snn.fused.if_overwriting``)."""
         check_dense("x", x, f"IF layer {self.name}")
         if self.mode == "ann":
             y = noisy_quant(x, self.p, self.amplitude, noise=None)
@@ -162,11 +164,17 @@ class IFLayer(FixedDtypeBuffers):
         amplitude = 1.0 if calibrated else "threshold"
         if self.v is None:
             spikes, counts, v_final = integrate_fire(
-                x_seq, self.threshold, v_init=self.v_init, reset=self.reset, amplitude=amplitude, return_v=True
+                x_seq,
+                self.threshold,
+                v_init=self.v_init,
+                reset=self.reset,
+                amplitude=amplitude,
+                return_v=True,
+                overwrite=overwrite,
             )
         else:  # the previous chunk's potential: NaN / inf where the input had them
             spikes, counts, v_final = integrate_fire_carried(
-                x_seq, self.threshold, self.v, reset=self.reset, amplitude=amplitude, return_v=True
+                x_seq, self.threshold, self.v, reset=self.reset, amplitude=amplitude, return_v=True, overwrite=overwrite
             )
         if calibrated:
             spikes = spikes * self._channel_view(self.amplitude, spikes.dim() - 1).to(spikes.dtype)

@@ -1,4 +1,5 @@
-"""The residual add fused into the convolution before it, for running a converted network.
+"""How a converted network runs: the residual add fused into the convolution before it, and IF
+layers whose spikes take their input's memory.
 
 A residual block ends in ``IF(conv(x) + shortcut)``. Run as two ops, the add is a pass over
 three ``[T*B, C, H, W]`` tensors and one more fresh output. ``fuse_residual_adds(network)``
@@ -8,6 +9,12 @@ without autograd is oneDNN's convolution with a binary-add post-op: the sum is f
 convolution's output pass, in float32 (bitwise ``conv(x) + other`` in float32; in bfloat16
 rounded once instead of twice). Everything else (autograd, CUDA, float16, other shapes or
 layouts, a conv with forward hooks, or any global forward hook) runs ``conv(x) + other``.
+
+The same forward runs each IF layer whose input is a fresh tensor no other node reads (a
+convolution's, ``conv_add``'s or an add's output with that layer as its only user) as
+``IFLayer(x, overwrite=True)`` (``if_overwriting``): the spikes take the input's memory instead
+of a fresh output's (``integrate_fire``'s ``overwrite``; the same spikes), unless forward hooks
+could see the input.
 
 The network itself is left as it is (its graph is what ``save``, NIR export, the statistics'
 routing and early exit's stem/body split read): the returned function runs the rewritten code on
@@ -22,9 +29,12 @@ import torch
 from torch import fx, nn
 from torch.nn.modules import module as _module
 
+from ..nn.if_layer import IFLayer
+
 _ADDS = (operator.add, torch.add)
 _FORWARDS = weakref.WeakKeyDictionary()  # network -> (its code when fused, the fused forward)
 _FUSED_DTYPES = (torch.float32, torch.bfloat16)
+_FRESH_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # each call returns a new tensor
 
 
 def _output_size(size, kernel, stride, padding, dilation):
@@ -114,10 +124,35 @@ def _conv_operand(network, node):
     return None
 
 
+def if_overwriting(layer, x, producer=None):
+    """``layer(x)``, letting an ``IFLayer``'s spikes take x's memory (``overwrite=True``) where no
+    one else can see x: x is the fresh output of ``producer`` (a module, or None for a function)
+    used only here, and neither the layer nor the producer has forward hooks (nor any global)."""
+    if type(layer) is IFLayer and not _hooked(layer) and (producer is None or not _hooked(producer)):
+        return layer(x, overwrite=True)
+    return layer(x)
+
+
+def _overwritable_input(network, node):
+    """Whether ``node`` (an IFLayer call) gets a fresh tensor no other node reads: the output of a
+    conv / linear module, of ``conv_add`` or of an add, with this call its only user."""
+    if node.op != "call_module" or type(network.get_submodule(node.target)) is not IFLayer:
+        return False
+    if len(node.args) != 1 or node.kwargs or not isinstance(node.args[0], fx.Node):
+        return False
+    source = node.args[0]
+    if len(source.users) != 1:
+        return False
+    if source.op == "call_module":
+        return isinstance(network.get_submodule(source.target), _FRESH_MODULES)
+    return source.op == "call_function" and (source.target is conv_add or source.target in _ADDS)
+
+
 def fuse_residual_adds(network: fx.GraphModule):
     """``(forward, count)``: ``forward(network, *inputs)`` runs ``network``'s graph with each
-    ``conv(x) + other`` as one ``conv_add`` (see the module doc); ``count`` adds were fused.
-    ``network`` itself is unchanged."""
+    ``conv(x) + other`` as one ``conv_add`` and each IF layer whose input no other node reads
+    through ``if_overwriting`` (see the module doc); ``count`` adds were fused. ``network``
+    itself is unchanged."""
     graph = fx.Graph()
     values = {}
     values_of = graph.graph_copy(network.graph, values)
@@ -135,6 +170,16 @@ def fuse_residual_adds(network: fx.GraphModule):
         graph.erase_node(node)
         graph.erase_node(conv_node)
         count += 1
+    for node in list(graph.nodes):
+        if not _overwritable_input(network, node):
+            continue
+        source = node.args[0]
+        with graph.inserting_before(node):
+            layer = graph.get_attr(node.target)
+            producer = graph.get_attr(source.target) if source.op == "call_module" else None
+            call = graph.call_function(if_overwriting, (layer, source, producer))
+        node.replace_all_uses_with(call)
+        graph.erase_node(node)
     graph.lint()
     return type(fx.GraphModule(network, graph)).forward, count
 
