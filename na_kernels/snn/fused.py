@@ -148,11 +148,11 @@ def _overwritable_input(network, node):
     return source.op == "call_function" and (source.target is conv_add or source.target in _ADDS)
 
 
-def fuse_residual_adds(network: fx.GraphModule):
+def fuse_residual_adds(network: fx.GraphModule, overwrite: bool = True):
     """``(forward, count)``: ``forward(network, *inputs)`` runs ``network``'s graph with each
-    ``conv(x) + other`` as one ``conv_add`` and each IF layer whose input no other node reads
-    through ``if_overwriting`` (see the module doc); ``count`` adds were fused. ``network``
-    itself is unchanged."""
+    ``conv(x) + other`` as one ``conv_add`` and (``overwrite``) each IF layer whose input no
+    other node reads through ``if_overwriting`` (see the module doc); ``count`` adds were fused.
+    ``network`` itself is unchanged."""
     graph = fx.Graph()
     values = {}
     values_of = graph.graph_copy(network.graph, values)
@@ -170,7 +170,7 @@ def fuse_residual_adds(network: fx.GraphModule):
         graph.erase_node(node)
         graph.erase_node(conv_node)
         count += 1
-    for node in list(graph.nodes):
+    for node in list(graph.nodes) if overwrite else ():
         if not _overwritable_input(network, node):
             continue
         source = node.args[0]
