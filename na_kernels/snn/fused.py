@@ -14,7 +14,7 @@ The same forward runs each IF layer whose input is a fresh tensor no other node 
 convolution's, ``conv_add``'s or an add's output with that layer as its only user) as
 ``IFLayer(x, overwrite=True)`` (``if_overwriting``): the spikes take the input's memory instead
 of a fresh output's (``integrate_fire``'s ``overwrite``; the same spikes), unless forward hooks
-could see the input.
+could see the input; float32 only (in bfloat16 it measured slower).
 
 The network itself is left as it is (its graph is what ``save``, NIR export, the statistics'
 routing and early exit's stem/body split read): the returned function runs the rewritten code on
@@ -35,6 +35,7 @@ _ADDS = (operator.add, torch.add)
 _FORWARDS = weakref.WeakKeyDictionary()  # network -> (its code when fused, the fused forward)
 _FUSED_DTYPES = (torch.float32, torch.bfloat16)
 _FRESH_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # each call returns a new tensor
+_OVERWRITE_DTYPES = (torch.float32,)
 
 
 def _output_size(size, kernel, stride, padding, dilation):
@@ -127,8 +128,14 @@ def _conv_operand(network, node):
 def if_overwriting(layer, x, producer=None):
     """``layer(x)``, letting an ``IFLayer``'s spikes take x's memory (``overwrite=True``) where no
     one else can see x: x is the fresh output of ``producer`` (a module, or None for a function)
-    used only here, and neither the layer nor the producer has forward hooks (nor any global)."""
-    if type(layer) is IFLayer and not _hooked(layer) and (producer is None or not _hooked(producer)):
+    used only here, and neither the layer nor the producer has forward hooks (nor any global).
+    float32 x only: in bfloat16 it measured slower (bench/snn_rewrites.py)."""
+    if (
+        type(layer) is IFLayer
+        and getattr(x, "dtype", None) in _OVERWRITE_DTYPES
+        and not _hooked(layer)
+        and (producer is None or not _hooked(producer))
+    ):
         return layer(x, overwrite=True)
     return layer(x)
 
