@@ -52,9 +52,9 @@ def label_if_layers(snn):
 
     for layer in snn.if_layers.values():
 
-        def forward(x, _forward=layer.forward):
+        def forward(x, _forward=layer.forward, **options):
             with torch.profiler.record_function(IF_LABEL):
-                return _forward(x)
+                return _forward(x, **options)
 
         layer.forward = forward
 

@@ -132,6 +132,7 @@ def if_overwriting(layer, x, producer=None):
     float32 x only: in bfloat16 it measured slower (bench/snn_rewrites.py)."""
     if (
         type(layer) is IFLayer
+        and "forward" not in layer.__dict__  # no forward of its own set on the instance
         and getattr(x, "dtype", None) in _OVERWRITE_DTYPES
         and not _hooked(layer)
         and (producer is None or not _hooked(producer))
