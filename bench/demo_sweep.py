@@ -4,7 +4,10 @@ Trains the demo's CNN on a bundled data set (``--data digits``: DigitsCNN on the
 539 held-out test images; ``--data mnist10k``: MnistCNN on the 28x28 MNIST digits, 2000 held-out
 test images) for every combination of the options and prints one line per run: ANN, the clipped
 network (the SNN's T -> infinity limit) and the SNN at T = 1, 2, 4, ..., 64 (test accuracy, %).
-Lines are also appended to ``--out`` as JSON. ``--threads`` torch threads per run (default 1);
+Lines are also appended to ``--out`` as JSON. ``--snn-modes`` evaluates the same trained
+network's SNN in several precisions / layouts (``fp32``: the default; ``channels_last``;
+``bf16``: ``snn.to(torch.bfloat16)``; ``bf16_channels_last``: both, the fast mode), one line
+each, input cast and laid out to match. ``--threads`` torch threads per run (default 1);
 run it under ``nice`` on a shared machine. The runs behind README and docs/design.md are listed,
 with their commands, in bench/results/issue14/README.md and bench/results/issue25/README.md; for
 example
@@ -12,6 +15,8 @@ example
     python bench/demo_sweep.py --p 3 --noise uniform none --seeds 0 1 2 3 4 5 6 7 8 9
     python bench/demo_sweep.py --p 1 --noise gaussian --scale 0.1 0.2 0.3 0.5 1.0 --seeds 0 1 2
     python bench/demo_sweep.py --data mnist10k --epochs 3 --seeds 0 1 2
+    python bench/demo_sweep.py --data mnist10k --epochs 3 --noise uniform --seeds 0 1 2 3 4 \
+        --snn-modes fp32 channels_last bf16 bf16_channels_last
 """
 
 import argparse
@@ -29,6 +34,25 @@ from na_kernels.app.train import evaluate, evaluate_snn, make_optimizer, make_sc
 from na_kernels.nn import NoisyQuant, clipped_network, to_snn
 
 TS = (1, 2, 4, 8, 16, 32, 64)
+SNN_MODES = {  # name -> (dtype, memory format) of the converted network and its input
+    "fp32": (torch.float32, torch.contiguous_format),
+    "channels_last": (torch.float32, torch.channels_last),
+    "bf16": (torch.bfloat16, torch.contiguous_format),
+    "bf16_channels_last": (torch.bfloat16, torch.channels_last),
+}
+
+
+class _InMode(nn.Module):
+    """``snn`` cast to a mode of ``SNN_MODES``, casting and laying out its input to match."""
+
+    def __init__(self, snn, mode):
+        super().__init__()
+        self.dtype, self.memory_format = SNN_MODES[mode]
+        self.snn = snn.to(self.dtype).to(memory_format=self.memory_format)
+
+    def forward(self, x):
+        x = x.to(self.dtype)
+        return self.snn(x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x)
 
 
 def deeper_digits_cnn(num_classes, in_channels, act, convs_per_stage, width=32):
@@ -51,9 +75,25 @@ SPLIT = {"digits": digits_split, "mnist10k": mnist10k_split}
 
 
 def run(
-    train, test, *, p, noise, scale, seed, epochs, lam, lr, opt, convs_per_stage=2, batch_size=32, arch="digits_cnn"
+    train,
+    test,
+    *,
+    p,
+    noise,
+    scale,
+    seed,
+    epochs,
+    lam,
+    lr,
+    opt,
+    convs_per_stage=2,
+    batch_size=32,
+    arch="digits_cnn",
+    snn_modes=("fp32",),
 ):
-    """Train one demo CNN (or a deeper DigitsCNN); its ANN, clipped-network and SNN (T in TS) test accuracies."""
+    """Train one demo CNN (or a deeper DigitsCNN); its ANN, clipped-network and SNN (T in TS) test
+    accuracies, the SNN's in each of ``snn_modes`` (``SNN_MODES``): ``snn`` is the first mode's,
+    ``snn_modes`` all of them."""
     torch.manual_seed(seed)
     scale_kw = {} if scale is None else {"scale": scale}  # None: NoisyQuant's default
     act = lambda: NoisyQuant(p, lam=lam, noise=noise, **scale_kw)  # noqa: E731
@@ -75,8 +115,11 @@ def run(
     test_loader = BatchLoader(test, 256)
     ann = evaluate(model, test_loader, amp=False, show_progress=False)
     limit = evaluate(clipped_network(model), test_loader, amp=False, show_progress=False)
-    curve = evaluate_snn(to_snn(model, max(TS)), BatchLoader(test, 128), show_progress=False)
-    return {"ann": ann, "limit": limit, "snn": {T: curve[T - 1] for T in TS}}
+    modes = {}
+    for mode in snn_modes:
+        curve = evaluate_snn(_InMode(to_snn(model, max(TS)), mode), BatchLoader(test, 128), show_progress=False)
+        modes[mode] = {T: curve[T - 1] for T in TS}
+    return {"ann": ann, "limit": limit, "snn": modes[snn_modes[0]], "snn_modes": modes}
 
 
 def main(argv=None):
@@ -100,6 +143,13 @@ def main(argv=None):
     ap.add_argument(
         "--convs-per-stage", type=int, default=2, help="2 = the demo's DigitsCNN; more = deeper (digits only)"
     )
+    ap.add_argument(
+        "--snn-modes",
+        nargs="+",
+        default=["fp32"],
+        choices=sorted(SNN_MODES),
+        help="SNN precisions / layouts to evaluate",
+    )
     ap.add_argument("--out", default=None, help="append one JSON line per run here")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -121,6 +171,7 @@ def main(argv=None):
             opt=a.opt,
             convs_per_stage=a.convs_per_stage,
             arch=ARCH[a.data],
+            snn_modes=tuple(a.snn_modes),
         )
         row = dict(
             data=a.data,
@@ -137,13 +188,15 @@ def main(argv=None):
             **r,
             seconds=round(time.time() - t0, 1),
         )
-        print(
-            f"{p} {noise:8s} {str(scale):5s} {epochs:3d} {lam!s:>4} {seed:4d} | {100 * r['ann']:5.1f} "
-            f"{100 * r['limit']:5.1f} | "
-            + " ".join(f"{100 * r['snn'][T]:5.1f}" for T in TS)
-            + f" | {row['seconds']:.0f}",
-            flush=True,
-        )
+        for mode, curve in r["snn_modes"].items():
+            print(
+                f"{p} {noise:8s} {str(scale):5s} {epochs:3d} {lam!s:>4} {seed:4d} | {100 * r['ann']:5.1f} "
+                f"{100 * r['limit']:5.1f} | "
+                + " ".join(f"{100 * curve[T]:5.1f}" for T in TS)
+                + f" | {row['seconds']:.0f}"
+                + (f" {mode}" if len(r["snn_modes"]) > 1 else ""),
+                flush=True,
+            )
         if a.out:
             with open(a.out, "a") as f:
                 f.write(json.dumps(row) + "\n")

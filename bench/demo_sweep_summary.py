@@ -3,6 +3,10 @@ differences (same seed) between two settings with a 95 % t interval.
 
     python bench/demo_sweep_summary.py bench/results/issue14/*.jsonl
     python bench/demo_sweep_summary.py FILES --diff "p=3 noise=uniform" "p=3 noise=none"
+    python bench/demo_sweep_summary.py bench/results/issue26/mnist10k_snn_modes.jsonl \
+        --diff mode=bf16_channels_last mode=fp32
+
+A run with ``--snn-modes`` (``snn_modes`` in its line) gives one setting per mode (``mode=...``).
 """
 
 import argparse
@@ -24,8 +28,9 @@ def key(row):
     )
 
 
-def values(row):
-    return {"ann": row["ann"], "limit": row["limit"], **{f"T={T}": row["snn"][T] for T in TS}}
+def values(row, snn=None):
+    snn = row["snn"] if snn is None else snn
+    return {"ann": row["ann"], "limit": row["limit"], **{f"T={T}": snn[T] for T in TS}}
 
 
 def load(paths):
@@ -34,7 +39,11 @@ def load(paths):
         with open(path) as f:
             for line in f:
                 row = json.loads(line)
-                groups[key(row)][row["seed"]] = values(row)
+                if "snn_modes" in row:
+                    for mode, snn in row["snn_modes"].items():
+                        groups[f"{key(row)} mode={mode}"][row["seed"]] = values(row, snn)
+                else:
+                    groups[key(row)][row["seed"]] = values(row)
     return groups
 
 

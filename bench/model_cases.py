@@ -18,12 +18,18 @@ SNN pass: the converted network (``to_snn(model, T)``) on ``[B, 3, 32, 32]`` und
 
 - ``na_kernels`` (statistics off), ``na_kernels_stats`` (on, the default), ``na_kernels_compiled``
   (``torch.compile`` of the ``SpikingNetwork``, statistics off), ``channels_last`` (weights and
-  input in channels-last memory order, statistics off);
+  input in channels-last memory order, statistics off), ``channels_last_compiled`` (both),
+  ``fast`` (the fast mode: ``snn.to(torch.bfloat16).to(memory_format=torch.channels_last)``
+  and a bf16 channels-last input, statistics off, whatever the case's dtype: it is timed in
+  the fp32 cases, against the float32 alternatives);
 - ``reference``: the same network with the IF layers run by the PyTorch reference loop;
 - ``spikingjelly`` / ``spikingjelly_compiled``: every IF layer replaced by SpikingJelly's
   multi-step ``IFNode`` (soft reset, θ = λ, v_init = θ/2, its spikes times λ), eager and
   compiled. SpikingJelly's own converter scales twice around each neuron (``VoltageScaler``);
   one multiply is the fewest a SpikingJelly network needs for the same outputs.
+- ``spikingjelly_channels_last`` / ``spikingjelly_channels_last_compiled`` (``SNN_EXTRA_IMPLS``,
+  for ``profile_snn.py --compare`` only): SpikingJelly with channels-last weights and input, what
+  a SpikingJelly user could do too.
 
 bf16 SNN: network and input cast to bfloat16 (``snn.to(torch.bfloat16)``); the IF kernels keep
 the membrane in float32, SpikingJelly's ``IFNode`` keeps it in the input's dtype.
@@ -67,6 +73,8 @@ SNN_IMPLS = (
     "na_kernels_stats",
     "na_kernels_compiled",
     "channels_last",
+    "channels_last_compiled",
+    "fast",
     "reference",
     "spikingjelly",
     "spikingjelly_compiled",
@@ -76,11 +84,20 @@ SNN_TITLES = {
     "na_kernels_stats": "na_kernels, statistics on",
     "na_kernels_compiled": "na_kernels compiled, statistics off",
     "channels_last": "na_kernels channels-last, statistics off",
+    "channels_last_compiled": "na_kernels channels-last compiled, statistics off",
+    "fast": "na_kernels fast mode (bf16 channels-last), statistics off",
     "reference": "IF layers by the PyTorch reference loop",
     "spikingjelly": "SpikingJelly IFNode (multi-step)",
     "spikingjelly_compiled": "SpikingJelly IFNode compiled",
 }
-SNN_OURS = ("na_kernels", "na_kernels_stats", "na_kernels_compiled", "channels_last")
+SNN_OURS = ("na_kernels", "na_kernels_stats", "na_kernels_compiled", "channels_last", "channels_last_compiled", "fast")
+SNN_FP32_ONLY = ("fast",)
+# SpikingJelly in channels-last (weights and input): for profile_snn.py --compare, not the table
+SNN_EXTRA_IMPLS = ("spikingjelly_channels_last", "spikingjelly_channels_last_compiled")
+SNN_TITLES.update(
+    spikingjelly_channels_last="SpikingJelly IFNode channels-last",
+    spikingjelly_channels_last_compiled="SpikingJelly IFNode channels-last compiled",
+)  # runs in bf16 whatever the case's dtype: a row of the fp32 cases only
 
 
 def architectures():
@@ -197,10 +214,10 @@ def snn_pass(arch, impl, T, batch, dtype="fp32"):
     snn.record_statistics(impl == "na_kernels_stats")
     if impl.startswith("spikingjelly"):
         snn = spikingjelly_snn(snn)
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}["bf16" if impl == "fast" else dtype]
     snn = snn.to(torch_dtype)
     x, _ = images(batch, torch_dtype)
-    if impl == "channels_last":
+    if "channels_last" in impl or impl == "fast":
         snn = snn.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     run = baselines.compiled(snn) if impl.endswith("_compiled") else snn

@@ -5,6 +5,8 @@ oneDNN primitive (proportions, which a loaded machine disturbs less than absolut
     python bench/profile_snn.py --dtype fp32 bf16 --layout contiguous channels_last
     python bench/profile_snn.py --impl spikingjelly --batch 64 --threads 2
     python bench/profile_snn.py --compare --rounds 7  # the layouts side by side: process CPU time
+    python bench/profile_snn.py --compare --threads 2 --batch 64 --dtype fp32 \
+        --impls na_kernels channels_last spikingjelly spikingjelly_compiled   # any model_cases.SNN_IMPLS
 
 For each (dtype, layout): torch.profiler over --repeats passes (after a warm-up), self CPU time
 grouped into convolution (oneDNN, its internal reorders included), the IF layers (each one's
@@ -13,8 +15,10 @@ explicit copies (copy_/clone/contiguous/_to_copy), pooling + linear, statistics,
 plus the top ops; then the same passes in a child process with ONEDNN_VERBOSE=1, whose timed
 primitives split oneDNN's own time into convolution and reorder (layout conversions of inputs,
 weights or outputs between torch's order and the blocked order oneDNN computes in).
-``--compare`` instead times the layouts against each other: process CPU time (less disturbed by
-other processes than wall time at one thread), rounds interleaved, medians.
+``--compare`` instead times variants against each other: the layouts of ``--impl``, or with
+``--impls`` any of ``model_cases.SNN_IMPLS`` (SpikingJelly and compiled ones included); process
+CPU time of all threads (less disturbed by other processes than wall time), rounds interleaved,
+medians with min and max, the first call (compiling) timed apart.
 Networks and variants: bench/model_cases.py (``--impl``: na_kernels, na_kernels_stats, reference,
 spikingjelly; ``--layout channels_last`` converts weights and input as the channels_last case does).
 """
@@ -48,9 +52,9 @@ def label_if_layers(snn):
 
     for layer in snn.if_layers.values():
 
-        def forward(x, _forward=layer.forward):
+        def forward(x, _forward=layer.forward, **options):
             with torch.profiler.record_function(IF_LABEL):
-                return _forward(x)
+                return _forward(x, **options)
 
         layer.forward = forward
 
@@ -139,35 +143,60 @@ def child(args):
 
 
 def compare(args):
-    """Interleaved rounds of each layout's pass, process CPU time; medians (and minima)."""
+    """Interleaved rounds of each variant's pass, process CPU time; medians, minima and maxima.
+    A variant of ``--impls`` is ``impl`` (in every ``--dtype``, each dtype a group of its own) or
+    ``impl:dtype`` (in one group with every other such variant)."""
     import statistics
 
     import model_cases
 
-    for dtype in args.dtype:
-        impls = {layout: ("channels_last" if layout == "channels_last" else args.impl) for layout in args.layout}
-        passes = {
-            layout: model_cases.snn_pass(args.arch, impl, args.T, args.batch, dtype)[0]
-            for layout, impl in impls.items()
-        }
-        for run in passes.values():
-            run()
-        seconds = {layout: [] for layout in passes}
+    if args.impls:
+        parsed = [(entry, *entry.partition(":")[::2]) for entry in args.impls]
+        known = model_cases.SNN_IMPLS + model_cases.SNN_EXTRA_IMPLS
+        unknown = [entry for entry, impl, dtype in parsed if impl not in known or dtype not in ("", "fp32", "bf16")]
+        if unknown:
+            raise SystemExit(
+                f"--impls: unknown {unknown}; accepted: {', '.join(known)}, each optionally :fp32 or :bf16"
+            )
+        mixed = [(entry, impl, dtype) for entry, impl, dtype in parsed if dtype]
+        groups = [[(impl, impl, dtype) for _, impl, d in parsed if not d] for dtype in args.dtype]
+        groups = [g for g in groups if g] + ([mixed] if mixed else [])
+    else:
+        layouts = [(layout, "channels_last" if layout == "channels_last" else args.impl) for layout in args.layout]
+        groups = [[(name, impl, dtype) for name, impl in layouts] for dtype in args.dtype]
+    for group in groups:
+        passes = {}
+        for name, impl, dtype in group:
+            start = time.perf_counter()
+            passes[name] = model_cases.snn_pass(args.arch, impl, args.T, args.batch, dtype)[0]
+            passes[name]()
+            print(f"  {name}: first call {time.perf_counter() - start:.1f} s wall", flush=True)
+        seconds = {name: [] for name in passes}
         for _ in range(args.rounds):
-            for layout, run in passes.items():
+            for name, run in passes.items():
                 start = time.process_time()
                 run()
-                seconds[layout].append(time.process_time() - start)
-        medians = {layout: statistics.median(v) for layout, v in seconds.items()}
-        first = next(iter(medians))
+                seconds[name].append(time.process_time() - start)
+        medians = {name: statistics.median(v) for name, v in seconds.items()}
+        dtypes = "/".join(sorted({dtype for _, _, dtype in group}))
         print(
-            f"{args.arch} SNN T={args.T} batch {args.batch} {dtype}: "
-            + ", ".join(
-                f"{layout} {1e3 * m:.1f} ms (min {1e3 * min(seconds[layout]):.1f}, {medians[first] / m:.2f}x {first})"
-                for layout, m in medians.items()
-            ),
+            f"{args.arch} SNN T={args.T} batch {args.batch} {dtypes}, {torch_threads()} thread(s), "
+            f"{args.rounds} rounds, process CPU time per pass, median [min, max]:",
             flush=True,
         )
+        for name, m in medians.items():
+            ratios = ", ".join(f"{medians[other] / m:.2f}x {other}" for other in medians if other != name)
+            print(
+                f"  {name:<28} {1e3 * m:8.1f} ms [{1e3 * min(seconds[name]):.1f}, {1e3 * max(seconds[name]):.1f}]  "
+                f"({ratios})",
+                flush=True,
+            )
+
+
+def torch_threads():
+    import torch
+
+    return torch.get_num_threads()
 
 
 def main(argv=None):
@@ -187,6 +216,7 @@ def main(argv=None):
     parser.add_argument("--top", type=int, default=8)
     parser.add_argument("--no-onednn", action="store_true", help="skip the ONEDNN_VERBOSE split")
     parser.add_argument("--compare", action="store_true", help="time the layouts against each other instead")
+    parser.add_argument("--impls", nargs="+", help="--compare these model_cases.SNN_IMPLS instead of the layouts")
     parser.add_argument("--rounds", type=int, default=7, help="rounds of --compare")
     args = parser.parse_args(argv)
     os.environ.setdefault("NA_BENCH_DEVICE", "cpu")

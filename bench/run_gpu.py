@@ -22,8 +22,10 @@ where <machine> is the GPU's name (e.g. nvidia-h100-80gb-hbm3) or cpu-<model>-<t
 ``--budget-s`` bounds the whole run's wall time: the test suite gets at most TEST_SHARE of it
 (killed past that, and the .md says so), and the benchmark skips the cases left once the budget,
 less DEADLINE_MARGIN_S for the case in flight and the files, has passed (``NA_BENCH_DEADLINE``).
-The op cases run first (file order), then the whole-network cases; ``--no-compiled-models``
-skips the compiled networks (``NA_BENCH_MODEL_COMPILE=none``).
+The op cases run first (file order), then the whole-network cases (SNN variants included: the
+fast mode, bf16 channels-last, is a row of the fp32 SNN cases); ``--no-compiled-models`` skips
+the compiled networks (``NA_BENCH_MODEL_COMPILE=none``); ``--models resnet20,resnet18`` picks the
+networks (``NA_BENCH_MODELS``; default: the size table's).
 """
 
 import argparse
@@ -107,6 +109,9 @@ def main(argv=None):
         action="store_true",
         help="skip the compiled whole-network cases (NA_BENCH_MODEL_COMPILE=none)",
     )
+    parser.add_argument(
+        "--models", default=None, help="networks of the model cases, e.g. resnet20,resnet18 (NA_BENCH_MODELS)"
+    )
     parser.add_argument("pytest_args", nargs="*", help="extra arguments for the benchmark pytest run (after --)")
     args = parser.parse_args(argv)
 
@@ -140,6 +145,8 @@ def main(argv=None):
         env.update(MALLOC_TUNING)
     if args.no_compiled_models:
         env["NA_BENCH_MODEL_COMPILE"] = "none"
+    if args.models:
+        env["NA_BENCH_MODELS"] = args.models
     tuned = {k: v for k, v in env.items() if k.startswith("MALLOC_")}
     if tuned and not args.malloc_tuning:
         print(

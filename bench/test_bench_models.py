@@ -4,7 +4,8 @@
   network and the plain-torch QCFS + noise formula, each eager and compiled, fp32 and bf16
   autocast; images/s and the peak memory of a step.
 - SNN pass of the converted ResNet-20 at T = 8 (batch 64; tiny sizes: 1), fp32 and bf16:
-  na_kernels with statistics off and on, compiled, channels-last; the IF layers by the PyTorch
+  na_kernels with statistics off and on, compiled, channels-last (eager and compiled), and in
+  the fp32 case the fast mode (bf16 channels-last) against the fp32 alternatives; the IF layers by the PyTorch
   reference loop; SpikingJelly's multi-step IFNode eager and compiled (skipped when SpikingJelly
   is not installed). Early exit at equal accuracy: test_bench_early_exit.py, in the same table.
 
@@ -109,6 +110,8 @@ def _snn_params():
     for arch in ARCHS:
         for dtype in DTYPES:
             for impl in model_cases.SNN_IMPLS:
+                if dtype != "fp32" and impl in model_cases.SNN_FP32_ONLY:
+                    continue
                 marks = (COMPILE_MARK,) if impl.endswith("_compiled") else ()
                 yield pytest.param(arch, dtype, impl, id=f"{arch}-{dtype}-{impl}", marks=marks)
 

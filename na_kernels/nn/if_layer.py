@@ -3,16 +3,16 @@
 import math
 
 import torch
-from torch import nn
 
 from .._spec import DEFAULT_V_INIT as V_INIT  # integrate_fire's v_init, as a fraction of the threshold θ
 from .._validation import check_dense, check_parameter_values
 from ..ops.integrate_fire import integrate_fire, integrate_fire_carried
 from ..ops.noisy_quant import noisy_quant
+from .buffers import FixedDtypeBuffers
 from .synapses import synaptic_ops
 
 
-class IFLayer(nn.Module):
+class IFLayer(FixedDtypeBuffers):
     """Integrate-and-fire neurons replacing one NoisyQuant call site.
 
     Per neuron, over the T steps of one run (``integrate_fire``, subtractive reset)::
@@ -38,8 +38,12 @@ class IFLayer(nn.Module):
     ``reset`` ("subtract" or "zero": hard reset to 0) and ``v_init`` (the start potential as a
     fraction of θ) are class defaults; ``from_nir`` sets them per layer for a graph from another
     tool ("zero" / 0.0 for NIR's IF), and ``save_snn`` refuses a layer that sets them.
+
+    θ, the amplitude and ``route_sops`` keep float32 / float64 when the network is cast
+    (``snn.to(torch.bfloat16)``: ``nn.buffers.FixedDtypeBuffers``); the kernels compare in float32.
     """
 
+    fixed_dtype_buffers = ("threshold", "amplitude", "route_sops")
     reset = "subtract"
     v_init = V_INIT
 
@@ -139,8 +143,10 @@ class IFLayer(nn.Module):
     def _channel_view(self, tensor, ndim):
         return tensor.reshape((1, -1) + (1,) * (ndim - 2)) if tensor.dim() == 1 else tensor
 
-    def forward(self, x):
-        """``[T*B, C, ...]`` (or ``[B, C, ...]`` with ``input_is_constant``) -> spikes ``[T*B, C, ...]``."""
+    def forward(self, x, overwrite: bool = False):
+        """``[T*B, C, ...]`` (or ``[B, C, ...]`` with ``input_is_constant``) -> spikes ``[T*B, C, ...]``.
+        ``overwrite=True``: the spikes may take x's memory (``integrate_fire``'s ``overwrite``),
+        for a caller that knows nothing else reads x (``snn.fused.if_overwriting``)."""
         check_dense("x", x, f"IF layer {self.name}")
         if self.mode == "ann":
             y = noisy_quant(x, self.p, self.amplitude, noise=None)
@@ -158,11 +164,17 @@ class IFLayer(nn.Module):
         amplitude = 1.0 if calibrated else "threshold"
         if self.v is None:
             spikes, counts, v_final = integrate_fire(
-                x_seq, self.threshold, v_init=self.v_init, reset=self.reset, amplitude=amplitude, return_v=True
+                x_seq,
+                self.threshold,
+                v_init=self.v_init,
+                reset=self.reset,
+                amplitude=amplitude,
+                return_v=True,
+                overwrite=overwrite,
             )
         else:  # the previous chunk's potential: NaN / inf where the input had them
             spikes, counts, v_final = integrate_fire_carried(
-                x_seq, self.threshold, self.v, reset=self.reset, amplitude=amplitude, return_v=True
+                x_seq, self.threshold, self.v, reset=self.reset, amplitude=amplitude, return_v=True, overwrite=overwrite
             )
         if calibrated:
             spikes = spikes * self._channel_view(self.amplitude, spikes.dim() - 1).to(spikes.dtype)

@@ -41,6 +41,7 @@ from .._progress import progress
 from .._validation import check_int, check_positive, check_real, check_time_steps
 from ..nn.if_layer import IFLayer
 from .base import SpikingNetworkBase, TimeRepeat
+from .fused import run_fused
 from .stats import collect_statistics
 
 
@@ -416,7 +417,7 @@ def _run_batch(snn, x, rule: ExitRule, T_max: int, chunk: int):
         while t < T_max and alive.numel():
             steps = min(chunk, T_max - t)
             _set_on(time_modules, time_steps=steps)
-            out = body(*inputs) if body is not None else snn.network(*inputs)
+            out = run_fused(body if body is not None else snn.network, *inputs)
             per_step = _per_step_output(out, steps, alive.numel()).to(torch.float32)
             if outputs is None:
                 outputs = torch.empty((batch, per_step.shape[2]), dtype=out.dtype, device=device)

@@ -11,7 +11,10 @@
   1..t, so ``out[t-1]`` is the SNN's prediction after t steps;
 - ``chunk=c`` processes the T steps c at a time, carrying each IF layer's membrane potential
   from one chunk to the next, so memory is that of a c-step run (under no_grad; with autograd
-  the potentials stay in the graph and gradients flow across chunks).
+  the potentials stay in the graph and gradients flow across chunks);
+- ``forward`` runs the graph with each residual ``conv(x) + other`` as one convolution with an
+  add post-op where it applies (``fused.fuse_residual_adds``; not under torch.compile, which
+  traces the plain graph); ``network`` keeps the plain graph.
 """
 
 import copy
@@ -25,6 +28,7 @@ from ..nn.if_layer import IFLayer
 from .base import SpikingNetworkBase, TimeRepeat
 from .clipped import ClippedNetwork, clip_graph
 from .early_exit import run_early_exit
+from .fused import run_fused
 from .record import save_snn
 from .stats import SynapseMeter, collect_statistics, format_statistics
 
@@ -108,7 +112,7 @@ class SpikingNetwork(SpikingNetworkBase):
             for start in range(0, T, chunk):
                 steps = min(chunk, T - start)
                 self._set(time_steps=steps)
-                out = self.network(*inputs)
+                out = run_fused(self.network, *inputs)
                 if not isinstance(out, torch.Tensor):
                     raise TypeError(f"SpikingNetwork supports a single tensor output, got {type(out).__name__}")
                 per_step = out.reshape((steps, -1) + tuple(out.shape[1:]))

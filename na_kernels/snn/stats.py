@@ -39,10 +39,11 @@ import torch
 from torch import nn
 
 from .._validation import check_dense, check_real
+from ..nn.buffers import FixedDtypeBuffers
 from ..nn.synapses import synapse_spec, synaptic_ops
 
 
-class SynapseMeter(nn.Module):
+class SynapseMeter(FixedDtypeBuffers):
     """Identity observer before a conv/linear layer of the SNN: counts its operations.
 
     Spike-driven layers (fed by IF layers through stateless ops) cost one accumulate (AC) per
@@ -50,8 +51,11 @@ class SynapseMeter(nn.Module):
     the IF layers count those SOPs from their spike counts (``IFLayer.routes``); otherwise this
     meter counts its nonzero inputs, ``SOPs = sum over nonzero inputs of their fan-out``.
     Analog layers (fed by the input only) cost their multiply-accumulates (MACs) per row run.
-    ``macs_per_sample`` is the layer's MAC count in the ANN. Counters: 0-d tensors.
+    ``macs_per_sample`` is the layer's MAC count in the ANN. Counters: 0-d tensors (``sops``
+    stays float64 when the network is cast to another dtype).
     """
+
+    fixed_dtype_buffers = ("sops",)
 
     def __init__(self, name: str, layer: nn.Module, sources, spike_driven: bool):
         super().__init__()

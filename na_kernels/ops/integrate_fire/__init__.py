@@ -25,7 +25,7 @@ Every output is in x_seq's per-step layout (``_layout.Layout``).
 
 import torch
 
-from ... import _layout
+from ... import _backend, _layout
 from ..._spec import DEFAULT_V_INIT, IntegrateFireArgs, Save
 from ..._validation import (
     check_alpha,
@@ -38,6 +38,7 @@ from ..._validation import (
     check_surrogate,
     positive_parameter_tensor,
 )
+from .. import _eager
 from .._registration import Op
 
 
@@ -96,6 +97,17 @@ OP = Op(
 )
 
 
+def _overwritable(x_seq, threshold, v_tensor):
+    """Whether the spikes may take x_seq's memory: a plain eager call on the C++ backend, x_seq
+    dense over its T steps (the kernel writes each spike where its input was just read)."""
+    return (
+        _eager.forward_ok(x_seq, threshold, v_tensor)
+        and _backend.resolve(x_seq.device) == "cpu"
+        and _layout.is_dense(tuple(x_seq.shape[1:]), tuple(x_seq.stride()[1:]))
+        and (x_seq.shape[0] == 1 or x_seq.stride(0) == _layout.numel(x_seq.shape[1:]))
+    )
+
+
 def _choose_save(x_seq):
     """What the forward keeps for backward when a gradient is needed.
 
@@ -125,6 +137,7 @@ def integrate_fire(
     alpha=4.0,
     detach_reset=False,
     return_v=False,
+    overwrite=False,
 ):
     """Multi-step integrate-and-fire over all T steps in one fused pass, with spike counts.
 
@@ -154,6 +167,11 @@ def integrate_fire(
         alpha: the surrogate's sharpness α > 0.
         detach_reset: treat s as a constant in the reset (SpikingJelly's detach_reset).
         return_v: also return v_final, to continue the sequence in another call.
+        overwrite: let the spikes take x_seq's memory (x_seq's values are then lost) where the
+            call allows it: the C++ kernels in plain eager mode, no gradient needed, x_seq dense
+            over all T steps (step stride = elements per step). The spikes are the same either
+            way; for a caller whose x_seq dies here (a converted network's convolution output),
+            it saves a fresh output's allocation and first-touch page faults.
     Returns:
         (spikes, counts) or (spikes, counts, v_final): spikes [T, ...] in x_seq's dtype,
         counts int32 and v_final float32 of shape x_seq.shape[1:].
@@ -165,7 +183,9 @@ def integrate_fire(
     which backward recomputes h exactly. Outputs keep x_seq's per-step memory layout (e.g. channels-last).
     See docs/design.md for the design.
     """
-    return _integrate_fire(x_seq, threshold, v_init, True, reset, amplitude, surrogate, alpha, detach_reset, return_v)
+    return _integrate_fire(
+        x_seq, threshold, v_init, True, reset, amplitude, surrogate, alpha, detach_reset, return_v, overwrite
+    )
 
 
 def integrate_fire_carried(x_seq, threshold, state, **options):
@@ -193,6 +213,7 @@ def _integrate_fire(
     alpha=4.0,
     detach_reset=False,
     return_v=False,
+    overwrite=False,
 ):
     check_sequence("x_seq", x_seq)
     threshold = positive_parameter_tensor("threshold", threshold, x_seq, 2, "x_seq.shape[2]")
@@ -208,6 +229,7 @@ def _integrate_fire(
     alpha = check_alpha(alpha)
     detach_reset = check_bool("detach_reset", detach_reset)
     return_v = check_bool("return_v", return_v)
+    overwrite = check_bool("overwrite", overwrite)
 
     if isinstance(v_init, torch.Tensor):
         v_tensor, v_frac = v_init.to(torch.float32), 0.0
@@ -225,7 +247,12 @@ def _integrate_fire(
         detach_reset=detach_reset,
         save=save,
     )
-    spikes, counts, v_final, _ = OP(x_seq, threshold, v_tensor, args)
+    if overwrite and save == Save.NOTHING and _overwritable(x_seq, threshold, v_tensor):
+        spikes, counts, v_final, _ = OP.implementation((x_seq,)).forward(
+            x_seq, threshold, v_tensor, args, overwrite=True
+        )
+    else:
+        spikes, counts, v_final, _ = OP(x_seq, threshold, v_tensor, args)
     if return_v:
         return spikes, counts, v_final
     return spikes, counts
