@@ -2,6 +2,7 @@
 
     python bench/profile_train.py                      # ResNet-20, batch 16, 1 thread, fp32 and bf16
     python bench/profile_train.py --compare --rounds 7 # ReLU / NoisyQuant / fused, interleaved
+    python bench/profile_train.py --op --dtype fp32 bf16 fp16 --batch 64 --rounds 15
 
 Profile: torch.profiler over --repeats steps (after two warm-up steps) of each activation's
 network (bench/model_cases.py, eager), self CPU time grouped into convolution, BatchNorm, the
@@ -9,7 +10,9 @@ activation (ReLU's ops, the QCFS formula's ops, or NoisyQuant's fwd + bwd, which
 run as direct kernel calls inside NoisyQuantEager / EagerFunctionBackward, or as the custom op
 under autocast), optimizer, and the rest. --compare: process CPU time of one step of each,
 rounds interleaved, medians (less disturbed by other processes than wall time at one thread);
---memory adds each step's peak memory (model_cases.peak_memory).
+--memory adds each step's peak memory (model_cases.peak_memory). --op: the fused op alone against
+F.batch_norm + noisy_quant at ResNet-20's three activation shapes, forward and backward apart
+(process CPU time, rounds interleaved, medians).
 """
 
 import argparse
@@ -86,6 +89,53 @@ def compare(args, dtype):
     return line
 
 
+OP_SHAPES = ((16, 32), (32, 16), (64, 8))  # ResNet-20's (channels, side)
+
+
+def compare_op(args, dtype):
+    import torch
+    from torch.nn import functional as F
+
+    from na_kernels.ops.batchnorm_noisy_quant import batchnorm_noisy_quant
+    from na_kernels.ops.noisy_quant import noisy_quant
+
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    cases = {}
+    for channels, side in OP_SHAPES:
+        g = torch.Generator().manual_seed(channels)
+        x = torch.randn(args.batch, channels, side, side, generator=g).to(torch_dtype).requires_grad_()
+        grad_y = torch.randn(x.shape, generator=g).to(torch_dtype)
+        w, b, lam = (torch.ones(channels).requires_grad_() for _ in range(3))
+        mean, var = torch.zeros(channels), torch.ones(channels)
+
+        def fused(x=x, w=w, b=b, lam=lam, mean=mean, var=var):
+            return batchnorm_noisy_quant(x, w, b, mean, var, 3, lam, seed=1)
+
+        def unfused(x=x, w=w, b=b, lam=lam, mean=mean, var=var):
+            return noisy_quant(F.batch_norm(x, mean, var, w, b, training=True), 3, lam, seed=1)
+
+        cases[(channels, "fused")] = (fused, grad_y)
+        cases[(channels, "unfused")] = (unfused, grad_y)
+    seconds = {k: ([], []) for k in cases}
+    for round_ in range(args.rounds + 2):
+        for k, (forward, grad_y) in cases.items():
+            start = time.process_time()
+            y = forward()
+            middle = time.process_time()
+            y.backward(grad_y)
+            if round_ >= 2:
+                seconds[k][0].append(middle - start)
+                seconds[k][1].append(time.process_time() - middle)
+    lines = [f"batchnorm_noisy_quant alone, batch {args.batch} {dtype} (fwd / bwd ms, medians):"]
+    for channels, side in OP_SHAPES:
+        parts = []
+        for kind in ("fused", "unfused"):
+            fwd, bwd = (1e3 * statistics.median(v) for v in seconds[(channels, kind)])
+            parts.append(f"{kind} {fwd:.2f} / {bwd:.2f} (sum {fwd + bwd:.2f})")
+        lines.append(f"  [{args.batch}, {channels}, {side}, {side}]: " + ", ".join(parts))
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet20", choices=("resnet20", "resnet18"))
@@ -95,7 +145,7 @@ def main(argv=None):
         default=["relu", "noisy_quant", "noisy_quant_fused"],
         choices=("relu", "qcfs", "noisy_quant", "noisy_quant_fused"),
     )
-    parser.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16"))
+    parser.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
@@ -104,13 +154,19 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--memory", action="store_true", help="with --compare: each step's peak memory too")
     parser.add_argument("--compiled", action="store_true", help="with --compare: torch.compile each model first")
+    parser.add_argument("--op", action="store_true", help="time the fused op alone against the unfused ops")
     args = parser.parse_args(argv)
+    if "fp16" in args.dtype and not args.op:
+        parser.error("--dtype fp16 is for --op only")
     os.environ.setdefault("NA_BENCH_DEVICE", "cpu")
     import torch
 
     torch.set_num_threads(args.threads)
     print(f"load average at the start: {os.getloadavg()}", flush=True)
     for dtype in args.dtype:
+        if args.op:
+            print(compare_op(args, dtype), flush=True)
+            continue
         if args.compare:
             print(compare(args, dtype), flush=True)
             continue
