@@ -5,7 +5,7 @@ keeps; compile, opcheck and bad input."""
 
 import pytest
 import torch
-from conftest import BACKENDS, float_dtypes, interpreted
+from conftest import BACKENDS, compile_triton_for_sm90, float_dtypes, interpreted, requires_triton
 from torch.nn import functional as F
 
 import na_kernels
@@ -347,3 +347,39 @@ def test_cpp_16_bit_at_every_simd_level(simd_level, dtype, residual):
     assert torch.equal(y, y_ref)
     for name in grads:
         torch.testing.assert_close(grads[name].float(), grads_ref[name].float(), rtol=2e-2, atol=2e-2, msg=name)
+
+
+_AOT_SCRIPT = r"""
+import triton
+from triton.compiler import ASTSource
+from triton.backends.compiler import GPUTarget
+from na_kernels.ops.batchnorm_noisy_quant import triton as k
+
+target = GPUTarget("cuda", 90, 32)
+geometry = {"rows": "i32", "channel_stride": "i64", "channels": "i32", "blocks_per_row": "i32", "p": "fp32"}
+for dt in ("fp32", "bf16", "fp16"):
+    for residual in (False, True):
+        for noise, whole, (block_r, block_c) in [(0, True, (1, 1024)), (1, True, (64, 16)), (1, False, (16, 64)),
+                                                 (2, False, (1024, 1))]:
+            sig = {"x_ptr": f"*{dt}", "residual_ptr": f"*{dt}", "y_ptr": f"*{dt}", "inside_ptr": "*u8",
+                   "alpha_ptr": "*fp32", "beta_ptr": "*fp32", "lam_ptr": "*fp32", "seed_ptr": "*i64", **geometry,
+                   "scale": "fp32", "shift": "fp32", "NOISE": "constexpr", "HAS_RESIDUAL": "constexpr",
+                   "WHOLE_BLOCKS": "constexpr", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"}
+            constants = {"NOISE": noise, "HAS_RESIDUAL": residual, "WHOLE_BLOCKS": whole, "BLOCK_R": block_r,
+                         "BLOCK_C": block_c}
+            triton.compile(ASTSource(k._forward_kernel, sig, constants), target=target)
+        sig = {"grad_y_ptr": f"*{dt}", "x_ptr": f"*{dt}", "residual_ptr": f"*{dt}", "y_ptr": f"*{dt}",
+               "inside_ptr": "*u8", "dz_ptr": f"*{dt}", "partial_ptr": "*fp32", "mean_ptr": "*fp32",
+               "alpha_ptr": "*fp32", "beta_ptr": "*fp32", "lam_ptr": "*fp32", **geometry,
+               "HAS_RESIDUAL": "constexpr", "BLOCK_R": "constexpr", "BLOCK_C": "constexpr"}
+        triton.compile(ASTSource(k._backward_kernel, sig, {"HAS_RESIDUAL": residual, "BLOCK_R": 16, "BLOCK_C": 64}),
+                       target=target)
+print("compiled")
+"""
+
+
+@requires_triton
+@pytest.mark.slow
+def test_triton_kernels_compile_for_cuda():
+    """The interpreter runs the kernels as Python: compile them for sm_90 too (GPU-only errors)."""
+    compile_triton_for_sm90(_AOT_SCRIPT)

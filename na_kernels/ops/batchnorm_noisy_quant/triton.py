@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from ...kernels._storage import FLOAT_OPTIONS, load_f32, store_rounded
-from ..noisy_quant.triton import _launch_geometry, _noise, _tile, whole_blocks
+from ..noisy_quant.triton import _launch_geometry, _noise, _tile, clamp_level, whole_blocks
 from . import reference
 
 _NO_NOISE = tl.constexpr(0)
@@ -75,7 +75,7 @@ def _forward_kernel(
     if NOISE != _NO_NOISE:
         z = z + scale * _noise(seed_ptr, row, col_start, offsets, channel_stride, NOISE, WHOLE_BLOCKS, BLOCK_R, BLOCK_C)
     q_raw = tl.floor(z + shift)
-    q = tl.where(q_raw < 0.0, 0.0, tl.where(q_raw > p, p, q_raw))  # NaN stays NaN
+    q = clamp_level(q_raw, p)
     store_rounded(y_ptr + offsets, tl.div_rn(q, p) * lam, mask)
     inside = (q_raw >= 0.0) & (q_raw <= p)
     tl.store(inside_ptr + offsets, inside.to(tl.uint8), mask=mask)

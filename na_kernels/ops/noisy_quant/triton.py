@@ -166,6 +166,12 @@ def _quantize_tile(
 
 
 @triton.jit
+def clamp_level(q_raw, p):
+    """q = clamp(q_raw, 0, p); a NaN q_raw stays NaN."""
+    return tl.where(q_raw < 0.0, 0.0, tl.where(q_raw > p, p, q_raw))
+
+
+@triton.jit
 def _noisy_quant_forward_kernel(
     x_ptr,
     y_ptr,
@@ -199,7 +205,7 @@ def _noisy_quant_forward_kernel(
         BLOCK_R,
         BLOCK_C,
     )
-    q = tl.where(q_raw < 0.0, 0.0, tl.where(q_raw > p, p, q_raw))  # NaN stays NaN
+    q = clamp_level(q_raw, p)
     y = tl.div_rn(q, p) * lam
     store_rounded(y_ptr + offsets, y, mask)
 
