@@ -89,5 +89,14 @@ def implementation(op, device):
     key = (resolve(device), op)
     module = _modules.get(key)
     if module is None:
-        module = _modules[key] = importlib.import_module(f"na_kernels.ops.{op}.{key[0]}")
+        try:
+            module = importlib.import_module(f"na_kernels.ops.{op}.{key[0]}")
+        except ModuleNotFoundError as error:
+            if key[0] != "triton" or error.name is None or error.name.split(".")[0] != "triton":
+                raise
+            raise ImportError(
+                f"backend 'triton' (what runs {device.type} tensors here) needs the triton package, which is "
+                "not installed: pip install 'triton>=3.2' (torch's CUDA builds bring it on Linux)"
+            ) from None
+        _modules[key] = module
     return module

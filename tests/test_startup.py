@@ -90,3 +90,42 @@ def test_statistics_are_counted_when_compiled_before_any_eager_run():
     assert got["samples"] == want["samples"] == 6
     assert [layer["spikes"] for layer in got["if_layers"]] == [layer["spikes"] for layer in want["if_layers"]]
     assert got["total"]["sops_per_sample"] == want["total"]["sops_per_sample"] > 0
+
+
+_WITHOUT_TRITON = r"""
+import importlib, pkgutil, sys
+sys.modules["triton"] = None  # as if triton were not installed: importing it raises ImportError
+import torch
+import na_kernels
+
+ops = ("noisy_quant", "integrate_fire", "batchnorm_noisy_quant")
+skipped = {"na_kernels.kernels._storage"} | {f"na_kernels.ops.{op}.triton" for op in ops}
+for info in pkgutil.walk_packages(na_kernels.__path__, "na_kernels."):
+    if info.name in skipped:
+        continue
+    try:
+        importlib.import_module(info.name)
+    except ImportError as error:  # an optional extra (nir, neurobench, ...) may be missing here
+        assert "triton" not in str(error), (info.name, error)
+
+x = torch.randn(2, 3, 5, 5)
+na_kernels.noisy_quant(x, 3)
+na_kernels.integrate_fire(torch.randn(4, 3, 5))
+from na_kernels.nn import NoisyQuant
+assert NoisyQuant(3)(x).shape == x.shape
+na_kernels.set_backend("triton")
+try:
+    na_kernels.noisy_quant(x, 3)
+except ImportError as error:
+    assert "pip install 'triton" in str(error), error
+    print("clear error")
+"""
+
+
+@pytest.mark.slow
+def test_every_module_but_the_triton_backends_imports_without_triton(tmp_path):
+    """A plain ``pip install .`` brings no triton: every other module imports and the ops run on the
+    CPU; forcing the Triton backend then says what to install."""
+    out, loaded = _loaded_after(_WITHOUT_TRITON, tmp_path)
+    assert "clear error" in out
+    assert "na_kernels.io.nir_export" in loaded and "na_kernels.app.demo" in loaded
