@@ -17,15 +17,26 @@ def _amplitude(args):
     return dict(amp_is_theta=args.amplitude is None, amp=0.0 if args.amplitude is None else args.amplitude)
 
 
+def _into(x_seq):
+    """``empty_strided`` that hands back x_seq itself for a tensor of its shape, strides and dtype."""
+
+    def empty(shape, strides, *, dtype, device=None):
+        if tuple(shape) == tuple(x_seq.shape) and tuple(strides) == x_seq.stride() and dtype == x_seq.dtype:
+            return x_seq
+        return empty_strided(shape, strides, dtype=dtype, device=device)
+
+    return empty
+
+
 def forward(x_seq, threshold, v_init, args, overwrite=False):
     """overwrite: the spikes take x_seq's memory where their strides are x_seq's (the kernel reads
     each step's x before it writes that step's spikes at the same addresses)."""
     source = x_seq
     x_seq, theta, v0, layout = _layout.forward_operands(x_seq, threshold, v_init)
     save_h = args.save == Save.H
-    spikes, counts, v_final, h = _layout.forward_outputs(layout, x_seq, save_h, empty_strided)
-    if overwrite and x_seq is source and spikes.stride() == x_seq.stride():
-        spikes = x_seq
+    reuse = overwrite and x_seq is source and not save_h  # h, float32 like x, must not take it too
+    empty = _into(x_seq) if reuse else empty_strided
+    spikes, counts, v_final, h = _layout.forward_outputs(layout, x_seq, save_h, empty)
     steps = x_seq.shape[0]
     cpu.extension().integrate_fire_forward(
         x=x_seq.data_ptr(),
