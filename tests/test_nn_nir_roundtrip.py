@@ -262,3 +262,22 @@ def test_an_amplitude_as_a_diagonal_affine_passes_through():
     graph.nodes[name].weight[0, 1] = 1e-3
     with pytest.raises(NIRImportError, match="Affine of role 'amplitude' must have a diagonal weight"):
         from_nir(graph)
+
+
+def test_sequential_round_trip(tmp_path):
+    """An nn.Sequential's layers are fx nodes ``_0``, ``_1``, ...: to_nir names its nodes so, and
+    from_nir reads them back (the file and the graph) to the same outputs."""
+    from na_kernels.nn import NoisyQuant
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), NoisyQuant(p=3, lam=2.0), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    snn = to_snn(model, T=4)
+    graph = to_nir(snn, (1, 8, 8))
+    assert "_0" in graph.nodes
+    path = tmp_path / "sequential.nir"
+    nir.write(str(path), graph)
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        expected = snn(x)
+        for back in (from_nir(graph), from_nir(str(path))):
+            torch.testing.assert_close(back(x), expected, rtol=0, atol=0)

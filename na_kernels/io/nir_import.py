@@ -9,8 +9,10 @@ file or passed as a ``nir.NIRGraph``) is then checked as a whole before anything
 
 - graph metadata: ``format`` / ``format_version`` of na_kernels, ``T`` an int >= 1 (2.7 is an
   error, not 2), ``chunk`` an int >= 0;
-- node names and ``torch_target`` metadata: plain identifiers (module paths may hold decimal
-  indices), never an attribute the network already has;
+- ``torch_target`` metadata: a module path (identifiers and decimal indices), never an
+  attribute the network already has; node names are any text, and name a module only when
+  they are plain identifiers (``node_<i>`` otherwise: to_nir names the layers of an
+  ``nn.Sequential`` ``_0``, ``_1``, ... after their fx nodes);
 - one Input, one Output, every edge between existing nodes, no cycle, every node reached;
 - per node: the arrays' ranks and sizes agree with each other and with the shapes flowing in
   (computed from the Input's shape), weights, biases, scales, thresholds and amplitudes are
@@ -147,13 +149,15 @@ def _floats(value, what, ndim=None, positive=False) -> np.ndarray:
     return array
 
 
-def _identifier(name, what) -> str:
+def _plain(name) -> bool:
+    """Whether a node name may name a module: a plain identifier (record.check_identifier)."""
     from ..snn.record import SerializationError, check_identifier
 
     try:
-        return check_identifier(name, what)
-    except SerializationError as error:
-        _fail(str(error))
+        check_identifier(name, "node name")
+    except SerializationError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------- the file
@@ -751,10 +755,7 @@ def _check_graph(nir, graph, foreign=None):
     if not isinstance(nodes, dict) or not nodes or len(nodes) > MAX_NODES:
         _fail(f"the graph must hold 1 .. {MAX_NODES} nodes")
     for name, node in nodes.items():
-        if foreign is None:
-            _identifier(name, "node name")
-        else:
-            _text(name, "node name")  # only named in messages; module names are checked paths or generated
+        _text(name, "node name")  # a module name only when a plain identifier (_plain), else generated
         kind = type(node).__name__
         if foreign is None and kind == "Conv1d":
             _refuse(name, kind, foreign)
@@ -926,7 +927,8 @@ def from_nir(
         target = checked[name].values["target"]
         try:
             root.get_submodule(target)
-            target = name if foreign is None else f"node_{order.index(name)}"  # two nodes named one module
+            # two nodes named one module
+            target = name if foreign is None and _plain(name) else f"node_{order.index(name)}"
         except AttributeError:
             pass
         owner, parts = root, target.split(".")
