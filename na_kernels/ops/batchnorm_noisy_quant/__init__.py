@@ -101,6 +101,8 @@ OP = Op(
     fake_backward=_fake_backward,
     save=_save,
     backward=_backward,
+    # channels-last tensors (Inductor's layout next to convolutions) pass without a conversion
+    tags=(torch.Tag.flexible_layout,),
 )
 
 
