@@ -83,6 +83,14 @@ def test_channels_last_matches_contiguous(backend, device, shape, residual_layou
     assert_matches_contiguous(backend, case, residual_layout, noise="gaussian")
 
 
+@pytest.mark.parametrize("noise", ["uniform", "gaussian"])
+def test_cpp_noise_in_registers(simd_level, noise):
+    """Channels a multiple of 16 and inner a multiple of 4 (AVX-512 makes the noise in registers)."""
+    for shape in [(3, 16, 4, 5), (2, 48, 6, 2), (2, 32, 36, 30)]:
+        case = make_case(shape, seed=shape[1])
+        assert_matches_contiguous("cpu", case, CL, noise=noise)
+
+
 @pytest.mark.parametrize("backend, device", BACKENDS)
 def test_mask_is_in_y_memory_order(backend, device):
     case = make_case((3, 5, 4, 7))
@@ -108,8 +116,9 @@ def test_cpp_channels_last_at_every_simd_level(simd_level, residual):
     try:
         for count in (1, 2):
             torch.set_num_threads(count)
-            # the last: two work items per image, split inside a byte of the mask
-            for shape in [(3, 17, 5, 3), (2, 70, 3, 3), (4, 3, 9, 11), (2, 71, 30, 20)]:
+            # (2, 71, 30, 20): two work items per image, split inside a byte of the mask; 16k channels
+            # and inner % 4 == 0: the noise in registers on AVX-512, (2, 32, 36, 30) in two items
+            for shape in [(3, 17, 5, 3), (2, 70, 3, 3), (4, 3, 9, 11), (2, 71, 30, 20), (3, 16, 4, 5), (2, 32, 36, 30)]:
                 case = make_case(shape, seed=shape[1] + count)
                 assert_matches_contiguous("cpu", case, CL if residual else None, training=True)
     finally:

@@ -69,6 +69,16 @@ template <> struct Mem<ScalarLanes> {
     const double d = static_cast<double>(v) - *mean;
     *s += d * d;
   }
+  // four rows: ((a + b) + (c + d)) in float64, then into the sum (a shorter dependency chain)
+  static NA_INLINE void add_sum4(double* s, const Vec* v) {
+    *s += (static_cast<double>(v[0]) + static_cast<double>(v[1])) +
+          (static_cast<double>(v[2]) + static_cast<double>(v[3]));
+  }
+  static NA_INLINE void add_squares4(double* s, const Vec* v, const double* mean) {
+    double d[4];
+    for (int j = 0; j < 4; ++j) d[j] = static_cast<double>(v[j]) - *mean;
+    *s += (d[0] * d[0] + d[1] * d[1]) + (d[2] * d[2] + d[3] * d[3]);
+  }
 };
 
 #ifdef NA_X86_SIMD
@@ -94,6 +104,27 @@ template <> struct Mem<Avx2Lanes> {
     _mm256_storeu_pd(s, _mm256_add_pd(_mm256_loadu_pd(s), _mm256_mul_pd(d0, d0)));
     _mm256_storeu_pd(s + 4, _mm256_add_pd(_mm256_loadu_pd(s + 4), _mm256_mul_pd(d1, d1)));
   }
+  NA_AVX2 static void add_sum4(double* s, const Vec* v) {
+    for (int h = 0; h < 2; ++h) {
+      __m256d d[4];
+      for (int j = 0; j < 4; ++j)
+        d[j] = _mm256_cvtps_pd(h ? _mm256_extractf128_ps(v[j], 1) : _mm256_castps256_ps128(v[j]));
+      const __m256d t = _mm256_add_pd(_mm256_add_pd(d[0], d[1]), _mm256_add_pd(d[2], d[3]));
+      _mm256_storeu_pd(s + 4 * h, _mm256_add_pd(_mm256_loadu_pd(s + 4 * h), t));
+    }
+  }
+  NA_AVX2 static void add_squares4(double* s, const Vec* v, const double* mean) {
+    for (int h = 0; h < 2; ++h) {
+      const __m256d m = _mm256_loadu_pd(mean + 4 * h);
+      __m256d d[4];
+      for (int j = 0; j < 4; ++j) {
+        d[j] = _mm256_sub_pd(_mm256_cvtps_pd(h ? _mm256_extractf128_ps(v[j], 1) : _mm256_castps256_ps128(v[j])), m);
+        d[j] = _mm256_mul_pd(d[j], d[j]);
+      }
+      const __m256d t = _mm256_add_pd(_mm256_add_pd(d[0], d[1]), _mm256_add_pd(d[2], d[3]));
+      _mm256_storeu_pd(s + 4 * h, _mm256_add_pd(_mm256_loadu_pd(s + 4 * h), t));
+    }
+  }
 };
 
 template <> struct Mem<Avx512Lanes> {
@@ -118,6 +149,27 @@ template <> struct Mem<Avx512Lanes> {
     _mm512_storeu_pd(s, _mm512_add_pd(_mm512_loadu_pd(s), _mm512_mul_pd(d0, d0)));
     _mm512_storeu_pd(s + 8, _mm512_add_pd(_mm512_loadu_pd(s + 8), _mm512_mul_pd(d1, d1)));
   }
+  NA_AVX512 static void add_sum4(double* s, const Vec* v) {
+    for (int h = 0; h < 2; ++h) {
+      __m512d d[4];
+      for (int j = 0; j < 4; ++j)
+        d[j] = _mm512_cvtps_pd(h ? _mm512_extractf32x8_ps(v[j], 1) : _mm512_castps512_ps256(v[j]));
+      const __m512d t = _mm512_add_pd(_mm512_add_pd(d[0], d[1]), _mm512_add_pd(d[2], d[3]));
+      _mm512_storeu_pd(s + 8 * h, _mm512_add_pd(_mm512_loadu_pd(s + 8 * h), t));
+    }
+  }
+  NA_AVX512 static void add_squares4(double* s, const Vec* v, const double* mean) {
+    for (int h = 0; h < 2; ++h) {
+      const __m512d m = _mm512_loadu_pd(mean + 8 * h);
+      __m512d d[4];
+      for (int j = 0; j < 4; ++j) {
+        d[j] = _mm512_sub_pd(_mm512_cvtps_pd(h ? _mm512_extractf32x8_ps(v[j], 1) : _mm512_castps512_ps256(v[j])), m);
+        d[j] = _mm512_mul_pd(d[j], d[j]);
+      }
+      const __m512d t = _mm512_add_pd(_mm512_add_pd(d[0], d[1]), _mm512_add_pd(d[2], d[3]));
+      _mm512_storeu_pd(s + 8 * h, _mm512_add_pd(_mm512_loadu_pd(s + 8 * h), t));
+    }
+  }
 };
 #endif
 
@@ -139,7 +191,7 @@ struct Items {
   int64_t rows_per_item, per_image, count;
   explicit Items(const Shape& s) {
     const int64_t inner = std::max<int64_t>(s.inner, 1);
-    rows_per_item = std::min(inner, std::max(kMinRows, kItemElements / s.channels));
+    rows_per_item = std::min(inner, std::max(kMinRows, kItemElements / s.channels) & ~static_cast<int64_t>(3));
     per_image = (inner + rows_per_item - 1) / rows_per_item;
     count = s.batch * per_image;
   }
@@ -186,30 +238,57 @@ inline void get_bits(const uint8_t* mask, int64_t first, int64_t count, uint8_t*
 
 // ---- forward
 
-// the noise of an item in memory order: per channel, its logical indices are consecutive
+// the noise of an item in memory order, eps[row][channel]. Channel by channel first (a channel's
+// logical indices are consecutive), into rows of `ld` floats: a whole image with short channels
+// in one sweep (ld = inner), longer channels one at a time with a stride that is not a multiple
+// of 4 KiB (the transpose would read one cache set); then transposed in tiles
 template <Noise NOISE>
 void item_noise(const Shape& s, const Quantizer& q, const Item& it, std::vector<float>& by_channel, float* eps) {
   if (NOISE == Noise::NONE) return;
   const int64_t C = s.channels, rows = it.rows;
-  by_channel.resize(static_cast<size_t>(C * rows));
-  for (int64_t c = 0; c < C; ++c) {
-    const int64_t first = (it.n * C + c) * s.inner + it.row;
-    for (int64_t j = 0; j < rows; j += kNoiseBatch)
-      scaled_noise_batch(NOISE, q.seed, q.scale, static_cast<uint64_t>(first + j), std::min(kNoiseBatch, rows - j),
-                         by_channel.data() + c * rows + j);
+  const bool sweep = rows == s.inner && rows < kNoiseBatch;
+  const int64_t ld = sweep ? rows : rows + 16;
+  by_channel.resize(static_cast<size_t>(C * ld));
+  if (sweep) {
+    const int64_t first = it.n * C * s.inner, count = C * rows;
+    for (int64_t j = 0; j < count; j += kNoiseBatch)
+      scaled_noise_batch(NOISE, q.seed, q.scale, static_cast<uint64_t>(first + j), std::min(kNoiseBatch, count - j),
+                         by_channel.data() + j);
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t first = (it.n * C + c) * s.inner + it.row;
+      for (int64_t j = 0; j < rows; j += kNoiseBatch)
+        scaled_noise_batch(NOISE, q.seed, q.scale, static_cast<uint64_t>(first + j),
+                           std::min(kNoiseBatch, rows - j), by_channel.data() + c * ld + j);
+    }
   }
-  // transpose [C][rows] -> [rows][C], in tiles of 16 x 16
+  const float* in = by_channel.data();
   for (int64_t r0 = 0; r0 < rows; r0 += 16)
     for (int64_t c0 = 0; c0 < C; c0 += 16) {
       const int64_t r1 = std::min(rows, r0 + 16), c1 = std::min(C, c0 + 16);
       for (int64_t r = r0; r < r1; ++r)
-        for (int64_t c = c0; c < c1; ++c) eps[r * C + c] = by_channel[c * rows + r];
+        for (int64_t c = c0; c < c1; ++c) eps[r * C + c] = in[c * ld + r];
     }
 }
 
 struct ForwardConstants {
   const float *alpha, *beta, *lam;
 };
+
+// one vector of L at channel c of a row: z, the quantizer with the noise `e`, y and the mask bytes
+template <class L, Noise NOISE, bool RESIDUAL>
+NA_INLINE void forward_vector(const float* x, const float* residual, float* y, uint8_t* inside,
+                              const ForwardConstants& k, const noisy_quant::Quantizer& nq, int64_t c,
+                              typename L::Vec e) {
+  using M = Mem<L>;
+  ChannelConstants<L> constants(nq, 0);
+  constants.lam = M::load(k.lam + c);
+  typename L::Vec z = L::add(L::mul(M::load(x + c), M::load(k.alpha + c)), M::load(k.beta + c));
+  if (RESIDUAL) z = L::add(z, M::load(residual + c));
+  const typename L::Vec q_raw = quantize_raw<L, NOISE>(z, e, constants);
+  M::store(y + c, dequantize<L>(q_raw, constants));
+  M::store_inside(inside + c, passes<L>(q_raw, constants));
+}
 
 template <Noise NOISE, bool RESIDUAL> struct ForwardRow {
   const float *x, *residual, *eps;
@@ -218,15 +297,8 @@ template <Noise NOISE, bool RESIDUAL> struct ForwardRow {
   const ForwardConstants& k;
   const noisy_quant::Quantizer& nq;
   template <class L> NA_INLINE void at(int64_t c) {
-    using M = Mem<L>;
-    ChannelConstants<L> constants(nq, 0);
-    constants.lam = M::load(k.lam + c);
-    typename L::Vec z = L::add(L::mul(M::load(x + c), M::load(k.alpha + c)), M::load(k.beta + c));
-    if (RESIDUAL) z = L::add(z, M::load(residual + c));
-    const typename L::Vec e = NOISE == Noise::NONE ? L::zero() : M::load(eps + c);
-    const typename L::Vec q_raw = quantize_raw<L, NOISE>(z, e, constants);
-    M::store(y + c, dequantize<L>(q_raw, constants));
-    M::store_inside(inside + c, passes<L>(q_raw, constants));
+    const typename L::Vec e = NOISE == Noise::NONE ? L::zero() : Mem<L>::load(eps + c);
+    forward_vector<L, NOISE, RESIDUAL>(x, residual, y, inside, k, nq, c, e);
   }
 };
 
@@ -260,26 +332,110 @@ NA_AVX512 void forward_rows_avx512(const ForwardArgs& a, const noisy_quant::Quan
                                    int64_t at, int64_t rows, const float* eps, uint8_t* inside) {
   forward_rows<Avx512Lanes, NOISE, RESIDUAL>(a, nq, k, at, rows, eps, inside);
 }
+
+// Philox4x32-10 (noise/philox.h) on sixteen arbitrary counters, two groups of eight 64-bit lanes:
+// words[j] holds word j of the sixteen blocks, counter order
+NA_AVX512 inline void philox16_avx512(const PhiloxKeysAvx512& keys, const __m512i counter[2], __m512i words[4]) {
+  const __m512i round_a = _mm512_set1_epi64(kPhiloxRoundA), round_b = _mm512_set1_epi64(kPhiloxRoundB);
+  __m512i c0[2], c1[2], c2[2], c3[2];
+  for (int g = 0; g < 2; ++g) {
+    const __m512i product_a = _mm512_mul_epu32(counter[g], round_a);
+    c0[g] = _mm512_xor_si512(_mm512_srli_epi64(counter[g], 32), keys.key0[0]);
+    c1[g] = _mm512_setzero_si512();
+    c2[g] = _mm512_xor_si512(_mm512_srli_epi64(product_a, 32), keys.key1[0]);
+    c3[g] = product_a;
+  }
+  for (int round = 1; round < 10; ++round)
+    for (int g = 0; g < 2; ++g) {
+      const __m512i product_b = _mm512_mul_epu32(c2[g], round_b);
+      const __m512i product_a = _mm512_mul_epu32(c0[g], round_a);
+      c0[g] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(product_b, 32), c1[g], keys.key0[round], 0x96);
+      c2[g] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(product_a, 32), c3[g], keys.key1[round], 0x96);
+      c1[g] = product_b;
+      c3[g] = product_a;
+    }
+  words[0] = low_halves_avx512(c0[0], c0[1]);
+  words[1] = low_halves_avx512(c1[0], c1[1]);
+  words[2] = low_halves_avx512(c2[0], c2[1]);
+  words[3] = low_halves_avx512(c3[0], c3[1]);
+}
+
+// The forward of an item with the noise made in registers, in memory order: with inner a
+// multiple of 4, the logical indices of channels c .. c + 15 at rows hw .. hw + 3 (hw a multiple
+// of 4) are words 0 .. 3 of the blocks for counters (image row of channel c + lane) * inner / 4
+// + hw / 4. Channels a multiple of 16; the item's first row a multiple of 4.
+template <Noise NOISE, bool RESIDUAL>
+NA_AVX512 void forward_item_avx512_direct(const ForwardArgs& args, const noisy_quant::Quantizer& nq,
+                                          const ForwardConstants& k, const PhiloxKeysAvx512& keys, const Item& it,
+                                          int64_t at, uint8_t* inside) {
+  const Shape& s = args.shape;
+  const int64_t C = s.channels, quarter = s.inner / 4;
+  const auto* x = static_cast<const float*>(args.x) + at;
+  const auto* residual = RESIDUAL ? static_cast<const float*>(args.residual) + at : nullptr;
+  auto* y = static_cast<float*>(args.y) + at;
+  const __m512 scale = _mm512_set1_ps(args.quantizer.scale), half = _mm512_set1_ps(0.5f);
+  const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m512i lane_step = _mm512_mullo_epi64(lane, _mm512_set1_epi64(quarter));
+  for (int64_t r = 0; r < it.rows; r += 4) {
+    const int64_t rows = std::min<int64_t>(4, it.rows - r);
+    for (int64_t c = 0; c < C; c += 16) {
+      const int64_t first = (it.n * C + c) * quarter + (it.row + r) / 4;
+      const __m512i counter[2] = {_mm512_add_epi64(_mm512_set1_epi64(first), lane_step),
+                                  _mm512_add_epi64(_mm512_set1_epi64(first + 8 * quarter), lane_step)};
+      __m512i words[4];
+      philox16_avx512(keys, counter, words);
+      __m512 eps[4];
+      if (NOISE == Noise::GAUSSIAN) {
+        normal_pairs_avx512(words[0], words[1], eps[0], eps[1]);
+        normal_pairs_avx512(words[2], words[3], eps[2], eps[3]);
+        for (int j = 0; j < 4; ++j) eps[j] = _mm512_mul_ps(scale, eps[j]);
+      } else {
+        for (int j = 0; j < 4; ++j) eps[j] = _mm512_mul_ps(scale, _mm512_sub_ps(uniform_float_avx512(words[j]), half));
+      }
+      for (int64_t j = 0; j < rows; ++j) {
+        const int64_t i = (r + j) * C;
+        forward_vector<Avx512Lanes, NOISE, RESIDUAL>(x + i, RESIDUAL ? residual + i : nullptr, y + i,
+                                                      inside + i, k, nq, c, eps[j]);
+      }
+    }
+  }
+}
 #endif
 
 // ---- batch statistics: float64 sums per channel
 
-struct SumRow {
+// `rows` rows of x (1 or 4, the rows `stride` floats apart) into the sums
+struct SumRows {
   const float* x;
+  int64_t stride, rows;
   double* sums;
   const double* mean;  // null: sums of x, else of (x - mean)^2
   template <class L> NA_INLINE void at(int64_t c) {
-    if (mean)
-      Mem<L>::add_squares(sums + c, Mem<L>::load(x + c), mean + c);
-    else
-      Mem<L>::add_sum(sums + c, Mem<L>::load(x + c));
+    using M = Mem<L>;
+    if (rows == 4) {
+      const typename L::Vec v[4] = {M::load(x + c), M::load(x + stride + c), M::load(x + 2 * stride + c),
+                                    M::load(x + 3 * stride + c)};
+      if (mean)
+        M::add_squares4(sums + c, v, mean + c);
+      else
+        M::add_sum4(sums + c, v);
+    } else if (mean) {
+      M::add_squares(sums + c, M::load(x + c), mean + c);
+    } else {
+      M::add_sum(sums + c, M::load(x + c));
+    }
   }
 };
 
 template <class L> NA_INLINE void sum_rows(const float* x, int64_t rows, int64_t C, double* sums, const double* mean) {
-  for (int64_t r = 0; r < rows; ++r) {
-    SumRow row{x + r * C, sums, mean};
-    across_channels<L>(C, row);
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    SumRows four{x + r * C, C, 4, sums, mean};
+    across_channels<L>(C, four);
+  }
+  for (; r < rows; ++r) {
+    SumRows one{x + r * C, C, 1, sums, mean};
+    across_channels<L>(C, one);
   }
 }
 void sum_rows_generic(const float* x, int64_t rows, int64_t C, double* sums, const double* mean) {
@@ -496,6 +652,13 @@ void forward_channels_last(const ForwardArgs& args) {
   nq.shift = args.quantizer.shift;
   const ForwardConstants k{alpha.data(), beta.data(), args.lam};
   const Items items(s);
+  // the noise in registers (forward_item_avx512_direct) where the shape allows
+  const bool direct = level == SimdLevel::AVX512 && args.quantizer.noise != Noise::NONE && s.channels % 16 == 0 &&
+                      s.inner % 4 == 0;
+#ifdef NA_X86_SIMD
+  PhiloxKeysAvx512 keys{};
+  if (direct) keys = philox_keys_avx512(args.quantizer.seed);
+#endif
   dispatch(
       [&](auto noise, auto residual) {
         constexpr Noise NOISE = decltype(noise)::value;
@@ -505,6 +668,14 @@ void forward_channels_last(const ForwardArgs& args) {
             [&](const WorkItem& w, Buffers& b) {
               const Item it = items(w.begin, s);
               const int64_t at = memory_begin(s, it);
+#ifdef NA_X86_SIMD
+              if (direct) {
+                if constexpr (NOISE != Noise::NONE)
+                  forward_item_avx512_direct<NOISE, RESIDUAL>(args, nq, k, keys, it, at, b.inside.data());
+                if (args.mask) set_bits_shared(args.mask, at, b.inside.data(), it.rows * s.channels);
+                return;
+              }
+#endif
               item_noise<NOISE>(s, args.quantizer, it, b.by_channel, b.eps.data());
 #ifdef NA_X86_SIMD
               if (level == SimdLevel::AVX512)
