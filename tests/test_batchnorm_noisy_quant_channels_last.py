@@ -3,6 +3,8 @@ every logical position as for contiguous x (the noise of the logical index), the
 order, gradients as the contiguous path's within float rounding (in y's layout), the fake rule's
 strides, and torch.compile (Inductor, which keeps convolutions' outputs channels-last)."""
 
+import importlib
+
 import pytest
 import torch
 from conftest import BACKENDS, interpreted
@@ -183,11 +185,28 @@ class _Block(nn.Module):
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_inductor_conv_bn_noisy_quant_matches_eager(backend, one_thread):
+def test_inductor_conv_bn_noisy_quant_matches_eager(backend, one_thread, monkeypatch):
     """Inductor runs the convolutions channels-last and passes their outputs as they are
-    (flexible_layout): y, the running statistics and the gradients as eager."""
+    (flexible_layout): the backend gets channels-last x, grad_y and y; y, the running statistics
+    and the gradients as eager."""
     if backend == "cpu" and not na_kernels.cpu.available():
         pytest.skip("C++ extension not built")
+    module = (
+        reference if backend == "reference" else importlib.import_module("na_kernels.ops.batchnorm_noisy_quant.cpu")
+    )
+    seen = []
+    forward, backward = module.forward, module.backward
+
+    def logged_forward(x, *rest):
+        seen.append(x.stride())
+        return forward(x, *rest)
+
+    def logged_backward(grad_y, x, residual, y, *rest):
+        seen.extend([grad_y.stride(), y.stride()])
+        return backward(grad_y, x, residual, y, *rest)
+
+    monkeypatch.setattr(module, "forward", logged_forward)
+    monkeypatch.setattr(module, "backward", logged_backward)
     torch.manual_seed(0)
     eager = _Block()
     compiled_model = _Block()
@@ -197,9 +216,13 @@ def test_inductor_conv_bn_noisy_quant_matches_eager(backend, one_thread):
         out_eager = eager(x)
         out_eager.square().sum().backward()
         torch._dynamo.reset()
-        compiled = torch.compile(compiled_model, fullgraph=True)
-        out = compiled(x)
-        out.square().sum().backward()
+        seen.clear()
+        with torch._inductor.config.patch(force_layout_optimization=True):
+            compiled = torch.compile(compiled_model, fullgraph=True)
+            out = compiled(x)
+            out.square().sum().backward()
+    channels_last = x.new_empty(4, 6, 7, 5).contiguous(memory_format=CL).stride()
+    assert seen == [channels_last] * 3
     torch.testing.assert_close(out, out_eager, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(compiled_model.bn.running_mean, eager.bn.running_mean)
     torch.testing.assert_close(compiled_model.bn.running_var, eager.bn.running_var)
