@@ -151,7 +151,8 @@ def batchnorm_noisy_quant(
         momentum, eps: BatchNorm's.
         residual: None or a tensor of x's shape added after the normalisation (a ResNet block).
     Returns:
-        y, x's shape and dtype.
+        y, x's shape and dtype; channels-last when x is (4-D, channels-last strides), else contiguous.
+        The values do not depend on x's layout (the noise is that of the logical index).
     """
     check_float_tensor("x", x)
     if x.dim() < 2:
