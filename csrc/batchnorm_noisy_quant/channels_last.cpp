@@ -6,11 +6,13 @@
 // logical (row-major [batch][channels][inner]) flat index, so y at each logical position equals
 // the contiguous path's; the mask's bit i is the i-th element of y in memory.
 //
-// Work items are row ranges of one image (the whole image when it is small). The noise of a
-// work item is made channel by channel (logical indices consecutive within a channel) with
-// scaled_noise_batch into a buffer, then transposed to memory order. Per-channel sums are
-// float64, per thread, added in thread order; backward's three sums collect in float32 for
-// kRowsPerFlush rows at a time, then in float64.
+// Work items are row ranges of one image (the whole image when it is small); mask bytes shared
+// by two items are or-ed into atomically. The noise: on AVX-512 with channels % 16 == 0 and
+// inner % 4 == 0, in registers, one Philox block per channel giving four consecutive rows
+// (forward_item_avx512_direct); otherwise made channel by channel (logical indices consecutive
+// within a channel) with scaled_noise_batch into a buffer, then transposed to memory order.
+// Per-channel sums are float64, per thread, added in thread order; backward's three sums
+// collect in float32 for kRowsPerFlush rows at a time, then in float64.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
