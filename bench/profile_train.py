@@ -63,10 +63,17 @@ def profile(args, activation, dtype):
 def compare(args, dtype):
     import model_cases
 
-    steps = {
-        a: model_cases.train_step(args.arch, a, args.batch, dtype=dtype, compiled=args.compiled)
-        for a in args.activation
-    }
+    if args.eager_and_compiled:  # each activation both ways, rounds interleaved
+        steps = {
+            f"{a} {mode}": model_cases.train_step(args.arch, a, args.batch, dtype=dtype, compiled=mode == "compiled")
+            for a in args.activation
+            for mode in ("eager", "compiled")
+        }
+    else:
+        steps = {
+            a: model_cases.train_step(args.arch, a, args.batch, dtype=dtype, compiled=args.compiled)
+            for a in args.activation
+        }
     for step in steps.values():
         step()
         step()
@@ -77,9 +84,14 @@ def compare(args, dtype):
             step()
             seconds[a].append(time.process_time() - start)
     medians = {a: statistics.median(v) for a, v in seconds.items()}
-    mode = "compiled" if args.compiled else "eager"
+    mode = "eager and compiled" if args.eager_and_compiled else "compiled" if args.compiled else "eager"
+    baseline = next((a for a in medians if a.split()[0] == "relu"), None)
     line = f"{args.arch} train step batch {args.batch} {dtype} {mode}: " + ", ".join(
-        f"{a} {1e3 * m:.1f} ms ({m / medians['relu']:.2f}x relu)" for a, m in medians.items()
+        f"{a} {1e3 * m:.1f} ms" + (f" ({m / medians[baseline]:.2f}x {baseline})" if baseline else "")
+        for a, m in medians.items()
+    )
+    line += "\n  range (min-max ms): " + ", ".join(
+        f"{a} {1e3 * min(v):.1f}-{1e3 * max(v):.1f}" for a, v in seconds.items()
     )
     if args.memory:
         peaks = {a: model_cases.peak_memory(step).get("peak_memory_bytes") for a, step in steps.items()}
@@ -154,6 +166,11 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--memory", action="store_true", help="with --compare: each step's peak memory too")
     parser.add_argument("--compiled", action="store_true", help="with --compare: torch.compile each model first")
+    parser.add_argument(
+        "--eager-and-compiled",
+        action="store_true",
+        help="with --compare: each activation eager and compiled, rounds interleaved",
+    )
     parser.add_argument("--op", action="store_true", help="time the fused op alone against the unfused ops")
     args = parser.parse_args(argv)
     if "fp16" in args.dtype and not args.op:

@@ -62,6 +62,10 @@ struct BackwardArgs {
 
 void forward_generic(const ForwardArgs& args);
 void backward_generic(const BackwardArgs& args);
+// the same for channels-last float32 tensors, memory order [batch][inner][channels]; the mask's
+// bit i is then the i-th element in that order (channels_last.cpp)
+void forward_channels_last(const ForwardArgs& args);
+void backward_channels_last(const BackwardArgs& args);
 
 }  // namespace batchnorm_noisy_quant
 }  // namespace na

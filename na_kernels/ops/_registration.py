@@ -111,6 +111,8 @@ class Op:
     save(ctx, tensors, args, output): what setup_context keeps (``ctx.args`` is kept already).
     backward(ctx, run, *grad_outputs): the gradients of the forward's tensors; ``run(*backward_tensors,
                *extras)`` computes the backward op (its kernels directly on the fast path).
+    tags:      torch.Tag's of both custom ops (``torch.Tag.flexible_layout``: Inductor passes tensors in
+               the layout it has; the fake rules then give the outputs' strides for those inputs).
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class Op:
         fake_backward,
         save,
         backward,
+        tags=(),
     ):
         self.name = name
         self.record = _Record(record)
@@ -138,7 +141,11 @@ class Op:
         fields = self.record.schema
 
         self.forward_op = torch.library.custom_op(
-            f"na_kernels::{name}", self._forward_reference, mutates_args=(), schema=f"({inputs}, {fields}) -> {outputs}"
+            f"na_kernels::{name}",
+            self._forward_reference,
+            mutates_args=(),
+            schema=f"({inputs}, {fields}) -> {outputs}",
+            tags=tuple(tags),
         )
         self.forward_op.register_kernel(("cpu", "cuda"))(self._forward_device)
         self.forward_op.register_fake(lambda *flat: self._call(fake, flat, self._inputs))
@@ -149,6 +156,7 @@ class Op:
             self._backward_reference,
             mutates_args=(),
             schema=f"({backward_inputs}, {fields}, {backward_extras}) -> {backward_outputs}",
+            tags=tuple(tags),
         )
         self.backward_op.register_kernel(("cpu", "cuda"))(self._backward_device)
         self.backward_op.register_fake(lambda *flat: self._call(fake_backward, flat, self._backward_inputs))

@@ -13,8 +13,10 @@ module (``na_kernels.ops.batchnorm_noisy_quant.{cpu,reference}``) has
         -> (grad_x, grad_residual or empty, grad_weight, grad_bias, grad_lam), the last three float32 [C]
 
 with ``residual``, ``running_mean`` and ``running_var`` possibly None, ``lam`` one element or one
-per channel, ``args`` a ``_spec.BatchNormNoisyQuantArgs``; y is contiguous, the statistics float32
-[C], the mask uint8 [ceil(numel / 8)] (``reference.pack_mask``).
+per channel, ``args`` a ``_spec.BatchNormNoisyQuantArgs``; y is channels-last when x is (4-D, channels-last
+strides and not contiguous: ``reference.channels_last``), else contiguous; the statistics float32
+[C], the mask uint8 [ceil(numel / 8)] in y's memory order (``reference.pack_mask``). Backward
+reads the mask's order from y's layout and returns grad_x and grad_residual in it.
 """
 
 import torch
@@ -33,6 +35,7 @@ from ..._validation import (
 )
 from .._registration import Op
 from ..noisy_quant import _seed_tensor
+from .reference import memory_format
 
 _FIELDS = "Tensor x, Tensor? residual, Tensor weight, Tensor bias, Tensor? running_mean, Tensor? running_var"
 
@@ -43,12 +46,17 @@ def _fake(x, residual, weight, bias, running_mean, running_var, lam, seed, args)
     running = channels if running_mean is not None else 0
     mask = torch.empty((x.numel() + 7) // 8, dtype=torch.uint8, device=x.device)
     new = [torch.empty(running, dtype=torch.float32, device=x.device) for _ in range(2)]
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device), *stats, mask, *new
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format(x))
+    return y, *stats, mask, *new
 
 
 def _fake_backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args, need_grad_residual):
-    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    grad_residual = torch.empty(x.shape if need_grad_residual else (0,), dtype=x.dtype, device=x.device)
+    layout = memory_format(y)
+    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=layout)
+    if need_grad_residual:
+        grad_residual = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=layout)
+    else:
+        grad_residual = torch.empty((0,), dtype=x.dtype, device=x.device)
     per_channel = [torch.empty(x.shape[1], dtype=torch.float32, device=x.device) for _ in range(3)]
     return grad_x, grad_residual, *per_channel
 
@@ -93,6 +101,8 @@ OP = Op(
     fake_backward=_fake_backward,
     save=_save,
     backward=_backward,
+    # channels-last tensors (Inductor's layout next to convolutions) pass without a conversion
+    tags=(torch.Tag.flexible_layout,),
 )
 
 
@@ -141,7 +151,8 @@ def batchnorm_noisy_quant(
         momentum, eps: BatchNorm's.
         residual: None or a tensor of x's shape added after the normalisation (a ResNet block).
     Returns:
-        y, x's shape and dtype.
+        y, x's shape and dtype; channels-last when x is (4-D, channels-last strides), else contiguous.
+        The values do not depend on x's layout (the noise is that of the logical index).
     """
     check_float_tensor("x", x)
     if x.dim() < 2:

@@ -1,5 +1,7 @@
 """batchnorm_noisy_quant on the C++ extension: the raw-pointer calls behind ``forward`` and
-``backward`` (the interface of ``na_kernels.ops.batchnorm_noisy_quant``)."""
+``backward`` (the interface of ``na_kernels.ops.batchnorm_noisy_quant``). Channels-last float32
+x (``reference.channels_last``) runs the channels-last kernels on its memory as it is; channels-last
+16-bit x runs contiguous, and y and the mask are restrided to channels-last afterwards."""
 
 import torch
 
@@ -7,6 +9,7 @@ from ... import cpu
 from ..._spec import DType
 from ...cpu.output_cache import empty_like_dense
 from ..noisy_quant.cpu import _seed
+from . import reference
 
 
 def _float32(t, channels):
@@ -25,9 +28,26 @@ def _shape(x):
     return batch, channels, (x.numel() // (batch * channels)) if batch * channels else 0
 
 
+def _dense(t, dtype, layout):
+    return t.to(dtype).contiguous(memory_format=layout)
+
+
+def _native(t):
+    """Whether the channels-last kernels take t (the op's layout for it is channels-last)."""
+    return t.dtype is torch.float32 and reference.channels_last(t)
+
+
 def forward(x, residual, weight, bias, running_mean, running_var, lam, seed, args):
-    x = x.contiguous()
-    residual = residual.to(x.dtype).contiguous() if residual is not None else None
+    if reference.channels_last(x) and not _native(x):
+        y, mean, invstd, mask, new_mean, new_var = forward(
+            x.contiguous(), residual, weight, bias, running_mean, running_var, lam, seed, args
+        )
+        mask = reference.pack_mask(reference.unpack_mask(mask, x.shape), True)
+        return y.contiguous(memory_format=torch.channels_last), mean, invstd, mask, new_mean, new_var
+    native = _native(x)
+    layout = torch.channels_last if native else torch.contiguous_format
+    x = x.contiguous(memory_format=layout)
+    residual = _dense(residual, x.dtype, layout) if residual is not None else None
     batch, channels, inner = _shape(x)
     y = empty_like_dense(x)
     mask = torch.empty((x.numel() + 7) // 8, dtype=torch.uint8)
@@ -65,15 +85,26 @@ def forward(x, residual, weight, bias, running_mean, running_var, lam, seed, arg
         scale=args.scale,
         shift=args.shift,
         threads=cpu.num_threads(x.numel()),
+        channels_last=native,
     )
     return y, save_mean, save_invstd, mask, new_mean, new_var
 
 
 def backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args, need_grad_residual):
-    x = x.contiguous()
-    grad_y = grad_y.to(x.dtype).contiguous()
-    y = y.contiguous()
-    residual = residual.to(x.dtype).contiguous() if residual is not None else None
+    if reference.channels_last(y) and not _native(y):
+        mask = reference.pack_mask(reference.unpack_mask(mask, y.shape, True))
+        grad_x, grad_residual, *per_channel = backward(
+            grad_y, x, residual, y.contiguous(), mask, mean, invstd, weight, bias, lam, args, need_grad_residual
+        )
+        if need_grad_residual:
+            grad_residual = grad_residual.contiguous(memory_format=torch.channels_last)
+        return grad_x.contiguous(memory_format=torch.channels_last), grad_residual, *per_channel
+    native = _native(y)  # the mask is in y's memory order
+    layout = torch.channels_last if native else torch.contiguous_format
+    x = _dense(x, y.dtype, layout)
+    grad_y = _dense(grad_y, x.dtype, layout)
+    y = y.contiguous(memory_format=layout)
+    residual = _dense(residual, x.dtype, layout) if residual is not None else None
     batch, channels, inner = _shape(x)
     grad_x = empty_like_dense(x)
     grad_residual = empty_like_dense(x) if need_grad_residual else x.new_zeros(0)
@@ -100,5 +131,6 @@ def backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args
         grad_residual=grad_residual.data_ptr() if need_grad_residual else 0,
         grads=grads.data_ptr(),
         threads=cpu.num_threads(x.numel()),
+        channels_last=native,
     )
     return grad_x, grad_residual, grads[0], grads[1].clone(), grads[2].clone()  # outputs may not alias

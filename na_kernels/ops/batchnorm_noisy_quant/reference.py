@@ -8,8 +8,9 @@ composition it equals.
 mean and invstd = 1 / sqrt(var + eps) are this batch's (biased variance, in float64 as torch's CPU
 BatchNorm computes them, then rounded; the
 running statistics become ``momentum * batch + (1 - momentum) * running`` with the unbiased
-variance) or the running ones. ``mask`` holds [0 <= q_raw <= p] one bit per element, in memory order
-(``pack_mask``); backward takes the straight-through mask from it and the level from y.
+variance) or the running ones. ``mask`` holds [0 <= q_raw <= p] one bit per element, in y's memory
+order (``pack_mask``): y is channels-last when x is (``channels_last``), contiguous otherwise;
+backward takes the straight-through mask from it and the level from y.
 
 The last section is this backend's adapter: ``forward`` and ``backward`` as ``na_kernels.ops``
 calls every backend.
@@ -34,19 +35,35 @@ def _channel_major(t):
     return t.reshape(t.shape[0], t.shape[1], -1).transpose(0, 1).reshape(t.shape[1], -1)
 
 
-def pack_mask(inside):
-    """A bool tensor as bits: uint8 [ceil(numel / 8)], element i (flat, row-major) in bit i % 8 of
-    byte i // 8."""
+def channels_last(t):
+    """Whether the op keeps t's layout as channels-last: 4-D, channels-last strides and not also
+    contiguous (then y, grad_x and grad_residual are channels-last and the mask is in that order)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def memory_format(t):
+    """The memory format the op's outputs for input t have."""
+    return torch.channels_last if channels_last(t) else torch.contiguous_format
+
+
+def pack_mask(inside, in_channels_last=False):
+    """A bool tensor as bits: uint8 [ceil(numel / 8)], element i in bit i % 8 of byte i // 8, i the
+    flat index in memory order: row-major, or [N, H, W, C] with ``in_channels_last``."""
+    if in_channels_last:
+        inside = inside.permute(0, 2, 3, 1)
     bits = F.pad(inside.reshape(-1).to(torch.uint8), (0, (-inside.numel()) % 8)).reshape(-1, 8)
     weights = torch.tensor([1 << b for b in range(8)], dtype=torch.uint8, device=inside.device)
     return (bits * weights).sum(-1, dtype=torch.int32).to(torch.uint8)
 
 
-def unpack_mask(mask, shape):
-    """``pack_mask``'s bits as a bool tensor of ``shape``."""
+def unpack_mask(mask, shape, in_channels_last=False):
+    """``pack_mask``'s bits as a bool tensor of (logical) ``shape``."""
     shifts = torch.arange(8, dtype=torch.uint8, device=mask.device)
-    bits = ((mask.unsqueeze(-1) >> shifts) & 1).reshape(-1)
-    return bits[: torch.Size(shape).numel()].reshape(shape).bool()
+    bits = ((mask.unsqueeze(-1) >> shifts) & 1).reshape(-1)[: torch.Size(shape).numel()]
+    if in_channels_last:
+        n, c, h, w = shape
+        return bits.reshape(n, h, w, c).permute(0, 3, 1, 2).bool()
+    return bits.reshape(shape).bool()
 
 
 def statistics(x, weight, bias, running_mean, running_var, args):
@@ -130,8 +147,9 @@ def forward(x, residual, weight, bias, running_mean, running_var, lam, seed, arg
         )
         q_raw = torch.floor(z_shifted)
         y = ((torch.clamp(q_raw, 0, args.p) / nq._float(args.p, x.device)) * lam_b).to(x.dtype)
-        mask = pack_mask((q_raw >= 0) & (q_raw <= args.p))
-    return y.contiguous(), mean, invstd, mask, new_mean, new_var
+        layout = channels_last(x)
+        mask = pack_mask((q_raw >= 0) & (q_raw <= args.p), layout)
+    return y.contiguous(memory_format=memory_format(x)), mean, invstd, mask, new_mean, new_var
 
 
 def backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args, need_grad_residual):
@@ -144,7 +162,8 @@ def backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args
         z = normalized(x, residual, alpha, beta)
         lam32 = _channels_view(lam.to(torch.float32).expand(channels), x)
         p = nq._float(args.p, x.device)
-        inside = unpack_mask(mask, x.shape)
+        layout = memory_format(y)
+        inside = unpack_mask(mask, x.shape, channels_last(y))
         dy = grad_y.to(torch.float32)
         dz = torch.where(inside, dy, torch.zeros_like(dy))
         level = torch.floor((y.to(torch.float32) * p) / lam32 + 0.5)
@@ -162,6 +181,7 @@ def backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args
             grad_x = ((dz - mean_dz) - xc * k) * w_invstd
         else:
             grad_x = dz * w_invstd
-        grad_residual = dz.to(x.dtype).contiguous() if need_grad_residual else x.new_zeros(0)
+        grad_residual = dz.to(x.dtype).contiguous(memory_format=layout) if need_grad_residual else x.new_zeros(0)
         grad_weight = (sum_dz_xc * invstd.double()).to(torch.float32)
-        return grad_x.to(x.dtype).contiguous(), grad_residual, grad_weight, sum_dz.to(torch.float32), grad_lam
+        grad_x = grad_x.to(x.dtype).contiguous(memory_format=layout)
+        return grad_x, grad_residual, grad_weight, sum_dz.to(torch.float32), grad_lam

@@ -133,6 +133,7 @@ def _geometry(x):
 
 
 def forward(x, residual, weight, bias, running_mean, running_var, lam, seed, args):
+    layout = reference.memory_format(x)  # computed contiguous, y and the mask restrided to x's layout
     x = x.contiguous()
     residual = residual.to(x.dtype).contiguous() if residual is not None else None
     with torch.no_grad():
@@ -168,10 +169,12 @@ def forward(x, residual, weight, bias, running_mean, running_var, lam, seed, arg
                 num_warps=4,
                 **FLOAT_OPTIONS,
             )
-        return y, mean, invstd, reference.pack_mask(inside.bool()), new_mean, new_var
+        mask = reference.pack_mask(inside.bool(), layout is torch.channels_last)
+        return y.contiguous(memory_format=layout), mean, invstd, mask, new_mean, new_var
 
 
 def backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args, need_grad_residual):
+    layout = reference.memory_format(y)  # the mask's order; the gradients in y's layout
     x = x.contiguous()
     grad_y = grad_y.to(x.dtype).contiguous()
     residual = residual.to(x.dtype).contiguous() if residual is not None else None
@@ -185,7 +188,7 @@ def backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args
         if x.numel():
             rows, inner, channels, block_r, block_c, blocks_per_row, programs = _geometry(x)
             partial = torch.empty(rows, blocks_per_row, 3, dtype=torch.float32, device=x.device)
-            inside = reference.unpack_mask(mask, x.shape).to(torch.uint8).contiguous()
+            inside = reference.unpack_mask(mask, x.shape, layout is torch.channels_last).to(torch.uint8).contiguous()
             _backward_kernel[(programs,)](
                 grad_y,
                 x,
@@ -221,10 +224,10 @@ def backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args
             grad_x = ((dz32 - mean_dz) - xc * k) * w_invstd
         else:
             grad_x = dz32 * w_invstd
-        grad_residual = dz if need_grad_residual else x.new_zeros(0)
+        grad_residual = dz.contiguous(memory_format=layout) if need_grad_residual else x.new_zeros(0)
         grad_weight = (sums[:, 1] * invstd.double()).to(torch.float32)
         return (
-            grad_x.to(x.dtype),
+            grad_x.to(x.dtype).contiguous(memory_format=layout),
             grad_residual,
             grad_weight,
             sums[:, 0].to(torch.float32),
