@@ -21,7 +21,8 @@ SNN pass: the converted network (``to_snn(model, T)``) on ``[B, 3, 32, 32]`` und
   input in channels-last memory order, statistics off), ``channels_last_compiled`` (both),
   ``fast`` (the fast mode: ``snn.to(torch.bfloat16).to(memory_format=torch.channels_last)``
   and a bf16 channels-last input, statistics off, whatever the case's dtype: it is timed in
-  the fp32 cases, against the float32 alternatives);
+  the fp32 cases, against the float32 alternatives); ``event`` (channels-last, statistics off,
+  ``snn.event_driven(True)``: the spike-reading convolutions as ``event_conv2d``; float32);
 - ``reference``: the same network with the IF layers run by the PyTorch reference loop;
 - ``spikingjelly`` / ``spikingjelly_compiled``: every IF layer replaced by SpikingJelly's
   multi-step ``IFNode`` (soft reset, θ = λ, v_init = θ/2, its spikes times λ), eager and
@@ -75,6 +76,7 @@ SNN_IMPLS = (
     "channels_last",
     "channels_last_compiled",
     "fast",
+    "event",
     "reference",
     "spikingjelly",
     "spikingjelly_compiled",
@@ -86,11 +88,20 @@ SNN_TITLES = {
     "channels_last": "na_kernels channels-last, statistics off",
     "channels_last_compiled": "na_kernels channels-last compiled, statistics off",
     "fast": "na_kernels fast mode (bf16 channels-last), statistics off",
+    "event": "na_kernels event-driven convolutions (channels-last), statistics off",
     "reference": "IF layers by the PyTorch reference loop",
     "spikingjelly": "SpikingJelly IFNode (multi-step)",
     "spikingjelly_compiled": "SpikingJelly IFNode compiled",
 }
-SNN_OURS = ("na_kernels", "na_kernels_stats", "na_kernels_compiled", "channels_last", "channels_last_compiled", "fast")
+SNN_OURS = (
+    "na_kernels",
+    "na_kernels_stats",
+    "na_kernels_compiled",
+    "channels_last",
+    "channels_last_compiled",
+    "fast",
+    "event",
+)
 SNN_FP32_ONLY = ("fast",)
 # SpikingJelly in channels-last (weights and input): for profile_snn.py --compare, not the table
 SNN_EXTRA_IMPLS = ("spikingjelly_channels_last", "spikingjelly_channels_last_compiled")
@@ -217,9 +228,11 @@ def snn_pass(arch, impl, T, batch, dtype="fp32"):
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}["bf16" if impl == "fast" else dtype]
     snn = snn.to(torch_dtype)
     x, _ = images(batch, torch_dtype)
-    if "channels_last" in impl or impl == "fast":
+    if "channels_last" in impl or impl in ("fast", "event"):
         snn = snn.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+    if impl == "event":
+        snn.event_driven(True)
     run = baselines.compiled(snn) if impl.endswith("_compiled") else snn
     backend = "reference" if impl == "reference" else "auto"
 

@@ -15,7 +15,7 @@ namespace na {
 namespace event_conv {
 namespace {
 
-constexpr int64_t kPixelsPerItem = 256;
+constexpr int64_t kRowsPerItem = 4;
 
 // Event lists of the calling thread, kept between calls: a fresh buffer the size of the input
 // would pay its page faults on every call.
@@ -28,19 +28,19 @@ template <class T> T* scratch(std::unique_ptr<T[]>& buffer, int64_t& capacity, i
 }
 
 Events event_buffers(const Geometry& g) {
-  thread_local std::unique_ptr<int32_t[]> count, channel;
+  thread_local std::unique_ptr<int32_t[]> start, key;
   thread_local std::unique_ptr<float[]> value;
-  thread_local int64_t count_capacity = 0, channel_capacity = 0, value_capacity = 0;
+  thread_local int64_t start_capacity = 0, key_capacity = 0, value_capacity = 0;
   const int64_t size = g.pixels() * g.cin;
-  return Events{scratch(count, count_capacity, g.pixels()), scratch(channel, channel_capacity, size),
+  return Events{scratch(start, start_capacity, g.n * g.h * (g.w + 1)), scratch(key, key_capacity, size),
                 scratch(value, value_capacity, size)};
 }
 
-// phase 1: the events of every input pixel; returns the nonzero count
+// phase 1: the events of every input row; returns the nonzero count
 int64_t find_events(const float* x, const Geometry& g, const Events& e, int threads) {
   const bool avx512 = cpu_has_avx512();
   std::vector<int64_t> partial(threads, 0);
-  for_each_work_item(g.pixels(), kPixelsPerItem, threads, [&](const WorkItem& item) {
+  for_each_work_item(g.n * g.h, kRowsPerItem, threads, [&](const WorkItem& item) {
     partial[thread_index()] += avx512 ? events_avx512(x, g, e, item.begin, item.end)
                                       : events_generic(x, g, e, item.begin, item.end);
   });
@@ -66,7 +66,7 @@ Geometry make_geometry(int64_t n, int64_t h, int64_t w, int64_t cin, int64_t cou
                        int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w) {
   require(n >= 0 && h >= 1 && w >= 1, "x", "must have N >= 0, H >= 1 and W >= 1");
   require(cin >= 1 && cout >= 1, "channels", "must be >= 1 (in and out)");
-  require(cin < (int64_t{1} << 31), "cin", "must be < 2^31");
+  require(w * cin < (int64_t{1} << 31), "W * Cin", "must be < 2^31 (the keys of an input row are int32)");
   require(kh >= 1 && kw >= 1, "kernel_size", "must be >= 1");
   require(stride_h >= 1 && stride_w >= 1, "stride", "must be >= 1");
   require(pad_h >= 0 && pad_w >= 0, "padding", "must be >= 0");

@@ -3,10 +3,12 @@
 //                        (+ residual[n, oh, ow, co])
 // channels-last x [N, H, W, Cin], weights packed [KH][KW][Cin][CoutP] (CoutP = Cout rounded up
 // to 16, zero columns), bias [CoutP], residual and out [N, OH, OW, Cout].
-// Two phases: events() lists each input pixel's nonzero channels and values; then each output
-// pixel gathers, per Cout block, acc = fma(v, w[kh][kw][c][block], acc) over its in-bounds taps
-// (kh, then kw) and each tap's nonzero channels in ascending order, starting from the bias and
-// adding the residual last. Every lane sees that one order on every ISA, and the generic kernel
+// Two phases: the events of each input row (n, ih), its nonzeros in (iw, c) order, each with the
+// key iw * Cin + c and its value, and where each pixel's start; then each output pixel gathers,
+// per Cout block, acc = fma(v, w[kh][kw][c][block], acc) over its in-bounds taps in (kh, kw, c)
+// order, starting from the bias and adding the residual last. A tap row's events (kw = kw_begin
+// .. kw_end - 1) are one contiguous run of its input row, and key - iw0 * Cin = kw * Cin + c
+// picks the weight row, so each output pixel runs one loop per kh. Every lane sees that one order on every ISA, and the generic kernel
 // uses std::fma, so generic, AVX2 and AVX-512 outputs are bitwise equal.
 #pragma once
 #include <algorithm>
@@ -27,10 +29,11 @@ struct Geometry {
   int64_t pixels() const { return n * h * w; }
 };
 
-// per input pixel p: count[p] nonzero channels channel[p * cin + k] with values value[p * cin + k]
+// per input row r = (n, ih): its events key[r * W * Cin + k], value[...] (k < start[r * (W + 1) + W]),
+// pixel iw's from k = start[r * (W + 1) + iw]
 struct Events {
-  int32_t* count;
-  int32_t* channel;
+  int32_t* start;
+  int32_t* key;
   float* value;
 };
 
@@ -44,7 +47,7 @@ struct ConvArgs {
   int threads;
 };
 
-// the events of pixels [begin, end) of x; returns their nonzero count
+// the events of input rows [begin, end) of x; returns their nonzero count
 int64_t events_generic(const float* x, const Geometry& g, const Events& e, int64_t begin, int64_t end);
 int64_t events_avx512(const float* x, const Geometry& g, const Events& e, int64_t begin, int64_t end);
 
@@ -77,18 +80,18 @@ NA_INLINE void output_block(const ConvArgs& a, int64_t n, int64_t oh, int64_t ow
   typename V::Vec acc[NV];
   for (int j = 0; j < NV; ++j) acc[j] = V::load(a.bias + block + j * V::kWidth);
   const Window win = window(g, oh, ow);
+  const int64_t row_events = g.w * g.cin;
   for (int64_t kh = win.kh_begin; kh < win.kh_end; ++kh) {
-    for (int64_t kw = win.kw_begin; kw < win.kw_end; ++kw) {
-      const int64_t pixel = (n * g.h + win.ih0 + kh) * g.w + win.iw0 + kw;
-      const int32_t count = a.events.count[pixel];
-      const int32_t* channel = a.events.channel + pixel * g.cin;
-      const float* value = a.events.value + pixel * g.cin;
-      const float* tap = a.weight + (kh * g.kw + kw) * g.cin * g.cout_padded + block;
-      for (int32_t k = 0; k < count; ++k) {
-        const typename V::Vec v = V::set1(value[k]);
-        const float* row = tap + channel[k] * g.cout_padded;
-        for (int j = 0; j < NV; ++j) acc[j] = V::fma(v, V::load(row + j * V::kWidth), acc[j]);
-      }
+    const int64_t row = n * g.h + win.ih0 + kh;
+    const int32_t* start = a.events.start + row * (g.w + 1) + win.iw0;
+    const int32_t* key = a.events.key + row * row_events;
+    const float* value = a.events.value + row * row_events;
+    // weight row of key: (kh * KW * Cin + key - iw0 * Cin) * CoutP
+    const int64_t tap = block + (kh * g.kw - win.iw0) * g.cin * g.cout_padded;
+    for (int32_t k = start[win.kw_begin], end = start[win.kw_end]; k < end; ++k) {
+      const typename V::Vec v = V::set1(value[k]);
+      const float* w = a.weight + (tap + static_cast<int64_t>(key[k]) * g.cout_padded);
+      for (int j = 0; j < NV; ++j) acc[j] = V::fma(v, V::load(w + j * V::kWidth), acc[j]);
     }
   }
   const int64_t at = ((n * g.oh + oh) * g.ow + ow) * g.cout + block;

@@ -42,17 +42,22 @@ struct GenericBlock {
 
 int64_t events_generic(const float* x, const Geometry& g, const Events& e, int64_t begin, int64_t end) {
   int64_t total = 0;
-  for (int64_t p = begin; p < end; ++p) {
-    const float* in = x + p * g.cin;
-    int32_t* channel = e.channel + p * g.cin;
-    float* value = e.value + p * g.cin;
+  const int64_t row_events = g.w * g.cin;
+  for (int64_t row = begin; row < end; ++row) {
+    const float* in = x + row * row_events;
+    int32_t* start = e.start + row * (g.w + 1);
+    int32_t* key = e.key + row * row_events;
+    float* value = e.value + row * row_events;
     int32_t k = 0;
-    for (int32_t c = 0; c < g.cin; ++c) {  // written always, kept where nonzero
-      channel[k] = c;
-      value[k] = in[c];
-      k += in[c] != 0.0f;
+    for (int64_t iw = 0; iw < g.w; ++iw) {
+      start[iw] = k;
+      for (int64_t i = iw * g.cin; i < (iw + 1) * g.cin; ++i) {  // written always, kept where nonzero
+        key[k] = static_cast<int32_t>(i);
+        value[k] = in[i];
+        k += in[i] != 0.0f;
+      }
     }
-    e.count[p] = k;
+    start[g.w] = k;
     total += k;
   }
   return total;

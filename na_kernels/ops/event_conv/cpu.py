@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ... import cpu
+from ...cpu.output_cache import empty_strided
 
 COUT_ALIGN = 16  # csrc/event_conv/event_conv.h kCoutAlign
 _PACKED = WeakIdKeyDictionary()  # weight -> (its version, bias, bias version, packed weight, packed bias)
@@ -47,7 +48,7 @@ def forward(x, weight, bias, stride, padding, residual, max_nonzeros):
     oh = (h + 2 * padding[0] - kh) // stride[0] + 1
     ow = (w + 2 * padding[1] - kw) // stride[1] + 1
     packed_weight, packed_bias = packed(weight, bias)
-    out = torch.empty((n, oh, ow, cout), dtype=torch.float32)
+    out = empty_strided((n, oh, ow, cout), (oh * ow * cout, ow * cout, cout, 1), dtype=torch.float32)
     if residual is not None:
         residual = residual.contiguous(memory_format=torch.channels_last)
     nonzeros = cpu.extension().event_conv_forward(
