@@ -52,6 +52,7 @@ import copy
 import ctypes
 import gc
 import importlib
+import os
 import statistics
 
 import baselines
@@ -164,12 +165,16 @@ def train_step(arch, activation, batch, *, dtype="fp32", compiled=False):
 
 # ----------------------------------------------------------------------------- the SNN
 def converted(arch, T):
-    """The converted SNN of ``arch`` with NoisyQuant(p=3, λ=8) activations (random weights; the
-    time does not depend on them), on the bench device, eval mode, statistics on."""
+    """The converted SNN of ``arch`` with NoisyQuant(p=3, λ=8) activations (random weights, or the
+    ANN state dict at ``$NA_BENCH_SNN_STATE``; the time of the dense passes does not depend on
+    them, the event-driven one's does), on the bench device, eval mode, statistics on."""
     from na_kernels.nn import NoisyQuant, to_snn
 
     torch.manual_seed(0)
     model = architectures()[arch](10, act=lambda: NoisyQuant(p=P, lam=LAM)).eval()
+    state = os.environ.get("NA_BENCH_SNN_STATE")
+    if state:  # trained weights (bench/event_trained.py): the event-driven time depends on them
+        model.load_state_dict(torch.load(state, map_location="cpu"))
     return to_snn(model, T=T).to(DEVICE).eval()
 
 

@@ -170,3 +170,52 @@ def test_weights_repacked_after_an_in_place_change():
     kwargs["bias"].mul_(2)
     second = event_conv2d(x, weight, max_density=1.0, **kwargs)
     assert torch.equal(second, 2 * first)
+
+
+# ----------------------------------------------------------------------------- the network level
+@pytest.fixture(scope="module")
+def snn():
+    from nn_models import TinyResNet, prepared
+
+    from na_kernels.nn import to_snn
+
+    torch.manual_seed(0)
+    network = to_snn(prepared(TinyResNet, p=3), T=4)
+    return network.to(memory_format=torch.channels_last)
+
+
+def _spike_inputs(snn, x):
+    """(dense output, event output, {IF layer: (dense spikes, event spikes)}) of one run each."""
+    from na_kernels.nn import IFLayer
+
+    spikes = {}
+
+    def keep(module, inputs, output):
+        spikes.setdefault(module.name, []).append(output.detach().clone())
+
+    handles = [m.register_forward_hook(keep) for m in snn.network.modules() if isinstance(m, IFLayer)]
+    try:
+        with torch.no_grad():
+            dense = snn.event_driven(False)(x)
+            event = snn.event_driven(True)(x)
+    finally:
+        snn.event_driven(False)
+        for handle in handles:
+            handle.remove()
+    return dense, event, spikes
+
+
+def test_event_driven_network_matches_the_dense_one(snn, monkeypatch):
+    from na_kernels.snn import fused
+
+    calls = []
+    real = fused.event_conv2d
+    monkeypatch.setattr(fused, "event_conv2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(8, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    dense, event, spikes = _spike_inputs(snn, x)
+    assert len(calls) == 7  # every convolution but the stem: 4 in layer1, 3 in layer2
+    assert event.shape == dense.shape
+    differing = sum(int((d != e).sum()) for d, e in spikes.values())
+    total = sum(d.numel() for d, _ in spikes.values())
+    assert differing <= 1e-3 * total
+    assert torch.allclose(event, dense, atol=1e-2 * float(dense.abs().max()))

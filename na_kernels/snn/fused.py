@@ -44,7 +44,8 @@ from ..ops.event_conv import event_conv2d, event_ok
 from .stats import SynapseMeter
 
 _ADDS = (operator.add, torch.add)
-_FORWARDS = weakref.WeakKeyDictionary()  # network -> {event_driven: (its code when fused, the fused forward)}
+_FORWARDS = weakref.WeakKeyDictionary()  # network -> (its code when fused, the fused forward)
+_EVENT_FORWARDS = weakref.WeakKeyDictionary()  # the same, event-driven
 _FUSED_DTYPES = (torch.float32, torch.bfloat16)
 _FRESH_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # each call returns a new tensor
 _OVERWRITE_DTYPES = (torch.float32,)
@@ -271,10 +272,10 @@ def fused_forward(network: fx.GraphModule, event_driven: bool = False):
     """``fuse_residual_adds(network, event_driven=event_driven)``'s forward, kept per network (no
     attribute on it) and rebuilt when its code changes (a recompiled graph)."""
     code = network.code
-    kept = _FORWARDS.setdefault(network, {})
-    cached = kept.get(event_driven)
+    kept = _EVENT_FORWARDS if event_driven else _FORWARDS
+    cached = kept.get(network)
     if cached is None or cached[0] is not code:
-        cached = kept[event_driven] = (code, fuse_residual_adds(network, event_driven=event_driven)[0])
+        cached = kept[network] = (code, fuse_residual_adds(network, event_driven=event_driven)[0])
     return cached[1]
 
 
