@@ -103,7 +103,8 @@ SNN_OURS = (
     "fast",
     "event",
 )
-SNN_FP32_ONLY = ("fast",)
+# rows of the fp32 cases only: "fast" is bf16 whatever the case, "event" float32-only (dense in bf16)
+SNN_FP32_ONLY = ("fast", "event")
 # SpikingJelly in channels-last (weights and input): for profile_snn.py --compare, not the table
 SNN_EXTRA_IMPLS = ("spikingjelly_channels_last", "spikingjelly_channels_last_compiled")
 SNN_TITLES.update(
