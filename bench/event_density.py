@@ -1,6 +1,6 @@
 """Where the event-driven convolution stops paying: process CPU time of ``event_conv2d`` (forced
 onto the event kernel) against the dense channels-last ``F.conv2d`` on the 3x3 convolutions of
-the bench SNNs (T*B = 512 for ResNet-20, 64 for ResNet-18's wide layers), at input densities
+the bench SNNs (N = T*B = 512 for ResNet-20; 64, an eighth of it, for ResNet-18), at input densities
 from 1 % to 60 % of random binary spikes; each time a median of ``--rounds`` runs of ``--inner``
 calls. ``event_conv.DEFAULT_MAX_DENSITY`` is set from where the event kernel loses.
 
@@ -21,6 +21,8 @@ LAYERS = [
     ("resnet20 layer1", 512, 16, 32, 16),
     ("resnet20 layer2", 512, 32, 16, 32),
     ("resnet20 layer3", 512, 64, 8, 64),
+    ("resnet18 layer1", 64, 64, 32, 64),
+    ("resnet18 layer2", 64, 128, 16, 128),
     ("resnet18 layer3", 64, 256, 8, 256),
     ("resnet18 layer4", 64, 512, 4, 512),
 ]

@@ -113,11 +113,19 @@ def test_non_channels_last_input_and_nonfinite_values():
     assert bool(event_conv2d(x, weight, max_density=1.0, **kwargs).isnan().any())
 
 
-def test_density_threshold_falls_back_to_dense():
+def test_density_threshold_falls_back_to_dense(monkeypatch):
     x, weight, kwargs = operands(SHAPES[3], 0.2, True, True)
     dense = F.conv2d(x, weight, kwargs["bias"], stride=kwargs["stride"], padding=kwargs["padding"])
     assert torch.equal(event_conv2d(x, weight, max_density=0.1, **kwargs), dense + kwargs["residual"])
-    assert event_conv.DEFAULT_MAX_DENSITY > 0
+    calls = []
+    real = event_conv.cpu.forward
+    monkeypatch.setattr(event_conv.cpu, "forward", lambda *a: calls.append(1) or real(*a))
+    assert torch.equal(event_conv2d(x, weight, max_density=0.0, **kwargs), dense + kwargs["residual"])
+    assert calls == []  # 0: dense without scanning x
+    assert event_conv.default_max_density(16, 16) == 0.0  # narrow: dense
+    assert event_conv.default_max_density(16, 64) == event_conv.DEFAULT_MAX_DENSITY > 0
+    event_conv2d(x, weight, **kwargs)  # Cin * Cout = 16 * 64: the event kernel at 20 %
+    assert calls == [1]
 
 
 def test_autograd_falls_back_to_dense():
@@ -149,6 +157,7 @@ def test_other_dtypes_fall_back_to_dense():
         (dict(bias=torch.zeros(3)), ValueError, "bias"),
         (dict(residual=torch.zeros(1, 17, 7, 9)), ValueError, "residual"),
         (dict(max_density=1.5), ValueError, "max_density"),
+        (dict(max_density="all"), TypeError, "max_density"),
         (dict(x="spikes"), TypeError, "x must be a torch.Tensor"),
         (dict(weight=torch.zeros(17, 4, 3, 3)), ValueError, "input channels"),
         (dict(weight=torch.zeros(17, 3, 12, 3)), ValueError, "larger than the padded input"),
@@ -206,11 +215,11 @@ def _spike_inputs(snn, x):
 
 
 def test_event_driven_network_matches_the_dense_one(snn, monkeypatch):
-    from na_kernels.snn import fused
-
     calls = []
-    real = fused.event_conv2d
-    monkeypatch.setattr(fused, "event_conv2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = event_conv.cpu.forward
+    monkeypatch.setattr(event_conv.cpu, "forward", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(event_conv, "NARROW", 0)  # TinyResNet is narrow: the event kernel all the same
+    monkeypatch.setattr(event_conv, "DEFAULT_MAX_DENSITY", 1.0)
     x = torch.randn(8, 3, 16, 16).contiguous(memory_format=torch.channels_last)
     dense, event, spikes = _spike_inputs(snn, x)
     assert len(calls) == 7  # every convolution but the stem: 4 in layer1, 3 in layer2

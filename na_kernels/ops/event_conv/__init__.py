@@ -14,11 +14,18 @@ import torch
 import torch.nn.functional as F
 
 from ... import cpu as _cpu
-from ..._validation import check_event_conv_arguments
+from ..._validation import check_event_conv_arguments, check_real
 from . import cpu, reference  # noqa: F401
 
-# Above this fraction of nonzero inputs the dense convolution is faster (bench/event_density.py).
+# When the event kernel pays (bench/event_density.py, docs/notes.md): up to about 30 % nonzero
+# inputs where Cin * Cout >= 32 * 32; for narrower convolutions the dense one wins from about 1 %.
 DEFAULT_MAX_DENSITY = 0.3
+NARROW = 32 * 32  # Cin * Cout below which max_density=None means 0: always dense
+
+
+def default_max_density(cin, cout):
+    """The nonzero fraction above which ``event_conv2d`` runs dense, for Cin x Cout channels."""
+    return 0.0 if cin * cout < NARROW else DEFAULT_MAX_DENSITY
 
 
 def _dense(x, weight, bias, stride, padding, residual):
@@ -38,9 +45,7 @@ def event_ok(x, weight, bias=None, residual=None):
     )
 
 
-def event_conv2d(
-    x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, residual=None, max_density=DEFAULT_MAX_DENSITY
-):
+def event_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, residual=None, max_density=None):
     """``conv2d(x, weight, bias, stride, padding) (+ residual)`` computed from x's nonzeros.
 
     ``out[n, co, oh, ow] = bias[co] + sum_{c, kh, kw} x[n, c, oh*s - p + kh, ow*s - p + kw] * weight[co, c, kh, kw]``
@@ -52,22 +57,24 @@ def event_conv2d(
     level and thread count. Zero inputs are skipped: a nonfinite weight meets only nonzero inputs.
 
     Inference only (no backward): where a gradient is needed, for non-CPU or non-float32
-    operands, and where x's fraction of nonzeros exceeds ``max_density`` (the dense convolution
-    is then faster) the result is the dense ``F.conv2d`` (+ residual).
+    operands, where ``max_density`` is 0 and where x's fraction of nonzeros exceeds it (the
+    dense convolution is then faster) the result is the dense ``F.conv2d`` (+ residual).
 
     Args:
         x: ``[N, Cin, H, W]`` (channels-last memory order avoids a copy).
         weight: ``[Cout, Cin, KH, KW]``; bias: ``[Cout]`` or None.
         stride, padding: an int or a pair of ints (>= 1 and >= 0); dilation and groups must be 1.
         residual: ``[N, Cout, OH, OW]`` or None.
-        max_density: a fraction in [0, 1]: run dense above it.
+        max_density: a fraction in [0, 1]: run dense above it (0: always); None:
+            ``default_max_density(Cin, Cout)`` (0.3, or 0 for Cin * Cout < 32 * 32).
     Returns:
         ``[N, Cout, OH, OW]``, channels-last memory order on the event path.
     """
     stride, padding = check_event_conv_arguments(x, weight, bias, stride, padding, dilation, groups, residual)
-    if max_density < 0 or max_density > 1:
-        raise ValueError(f"max_density must be a fraction in [0, 1], got {max_density}")
-    if not event_ok(x, weight, bias, residual):
+    if max_density is None:
+        max_density = default_max_density(weight.shape[1], weight.shape[0])
+    max_density = check_real("max_density", max_density, minimum=0.0, maximum=1.0)
+    if max_density == 0 or not event_ok(x, weight, bias, residual):
         return _dense(x, weight, bias, stride, padding, residual)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     out = cpu.forward(x_cl, weight, bias, stride, padding, residual, int(max_density * x.numel()))
