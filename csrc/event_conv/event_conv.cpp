@@ -2,6 +2,7 @@
 // kernels this CPU allows, and the Python binding.
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -36,13 +37,22 @@ Events event_buffers(const Geometry& g) {
                 scratch(value, value_capacity, size)};
 }
 
+// body(begin, end) for chunks of `chunk` of [0, total), handed out dynamically: a spiking
+// network's batch is time-major and its firing rate varies over the steps, so equal static
+// shares of rows are unequal work.
+template <class Body> void for_each_chunk(int64_t total, int64_t chunk, int threads, Body&& body) {
+  const int64_t chunks = (total + chunk - 1) / chunk;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (int64_t i = 0; i < chunks; ++i) body(i * chunk, std::min(total, (i + 1) * chunk));
+}
+
 // phase 1: the events of every input row; returns the nonzero count
 int64_t find_events(const float* x, const Geometry& g, const Events& e, int threads) {
   const bool avx512 = cpu_has_avx512();
   std::vector<int64_t> partial(threads, 0);
-  for_each_work_item(g.n * g.h, kRowsPerItem, threads, [&](const WorkItem& item) {
-    partial[thread_index()] += avx512 ? events_avx512(x, g, e, item.begin, item.end)
-                                      : events_generic(x, g, e, item.begin, item.end);
+  for_each_chunk(g.n * g.h, kRowsPerItem, threads, [&](int64_t begin, int64_t end) {
+    partial[thread_index()] +=
+        avx512 ? events_avx512(x, g, e, begin, end) : events_generic(x, g, e, begin, end);
   });
   int64_t total = 0;
   for (int64_t count : partial) total += count;
@@ -52,13 +62,13 @@ int64_t find_events(const float* x, const Geometry& g, const Events& e, int thre
 // phase 2: every output row (n, oh)
 void gather(const ConvArgs& a) {
   const bool avx512 = cpu_has_avx512(), avx2 = cpu_has_avx2();
-  for_each_work_item(a.g.n * a.g.oh, 1, a.threads, [&](const WorkItem& item) {
+  for_each_chunk(a.g.n * a.g.oh, kRowsPerItem, a.threads, [&](int64_t begin, int64_t end) {
     if (avx512)
-      rows_avx512(a, item.begin, item.end);
+      rows_avx512(a, begin, end);
     else if (avx2)
-      rows_avx2(a, item.begin, item.end);
+      rows_avx2(a, begin, end);
     else
-      rows_generic(a, item.begin, item.end);
+      rows_generic(a, begin, end);
   });
 }
 

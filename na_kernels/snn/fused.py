@@ -21,10 +21,10 @@ Event-driven convolutions (opt-in: ``fuse_residual_adds(network, event_driven=Tr
 an IF layer's output, directly or through the statistics' ``SynapseMeter``), plain or fused with
 its residual add, runs as ``event_conv_module(conv, x, other)``: ``event_conv2d``, whose cost
 scales with the nonzero inputs, where it applies (CPU, float32, no autograd, groups 1, dilation 1,
-zero padding, no hooks, input density at most ``event_conv.DEFAULT_MAX_DENSITY``), else the dense
+zero padding, no hooks, input density at most ``event_conv.default_max_density``), else the dense
 ``conv(x)`` / ``conv_add``. Its outputs are channels-last. It sums in another float32 order than
 the dense convolution, so an IF layer's input can differ in the last bits and a spike at the
-threshold can flip (docs/design.md, "Fast and low-precision modes").
+threshold can flip (docs/design.md, the model layer, "Event-driven convolutions").
 
 The network itself is left as it is (its graph is what ``save``, NIR export, the statistics'
 routing and early exit's stem/body split read): the returned function runs the rewritten code on
