@@ -21,7 +21,8 @@ SNN pass: the converted network (``to_snn(model, T)``) on ``[B, 3, 32, 32]`` und
   input in channels-last memory order, statistics off), ``channels_last_compiled`` (both),
   ``fast`` (the fast mode: ``snn.to(torch.bfloat16).to(memory_format=torch.channels_last)``
   and a bf16 channels-last input, statistics off, whatever the case's dtype: it is timed in
-  the fp32 cases, against the float32 alternatives);
+  the fp32 cases, against the float32 alternatives); ``event`` (channels-last, statistics off,
+  ``snn.event_driven(True)``: the spike-reading convolutions as ``event_conv2d``; float32);
 - ``reference``: the same network with the IF layers run by the PyTorch reference loop;
 - ``spikingjelly`` / ``spikingjelly_compiled``: every IF layer replaced by SpikingJelly's
   multi-step ``IFNode`` (soft reset, θ = λ, v_init = θ/2, its spikes times λ), eager and
@@ -51,6 +52,7 @@ import copy
 import ctypes
 import gc
 import importlib
+import os
 import statistics
 
 import baselines
@@ -75,6 +77,7 @@ SNN_IMPLS = (
     "channels_last",
     "channels_last_compiled",
     "fast",
+    "event",
     "reference",
     "spikingjelly",
     "spikingjelly_compiled",
@@ -86,12 +89,22 @@ SNN_TITLES = {
     "channels_last": "na_kernels channels-last, statistics off",
     "channels_last_compiled": "na_kernels channels-last compiled, statistics off",
     "fast": "na_kernels fast mode (bf16 channels-last), statistics off",
+    "event": "na_kernels event-driven convolutions (channels-last), statistics off",
     "reference": "IF layers by the PyTorch reference loop",
     "spikingjelly": "SpikingJelly IFNode (multi-step)",
     "spikingjelly_compiled": "SpikingJelly IFNode compiled",
 }
-SNN_OURS = ("na_kernels", "na_kernels_stats", "na_kernels_compiled", "channels_last", "channels_last_compiled", "fast")
-SNN_FP32_ONLY = ("fast",)
+SNN_OURS = (
+    "na_kernels",
+    "na_kernels_stats",
+    "na_kernels_compiled",
+    "channels_last",
+    "channels_last_compiled",
+    "fast",
+    "event",
+)
+# rows of the fp32 cases only: "fast" is bf16 whatever the case, "event" float32-only (dense in bf16)
+SNN_FP32_ONLY = ("fast", "event")
 # SpikingJelly in channels-last (weights and input): for profile_snn.py --compare, not the table
 SNN_EXTRA_IMPLS = ("spikingjelly_channels_last", "spikingjelly_channels_last_compiled")
 SNN_TITLES.update(
@@ -153,12 +166,16 @@ def train_step(arch, activation, batch, *, dtype="fp32", compiled=False):
 
 # ----------------------------------------------------------------------------- the SNN
 def converted(arch, T):
-    """The converted SNN of ``arch`` with NoisyQuant(p=3, λ=8) activations (random weights; the
-    time does not depend on them), on the bench device, eval mode, statistics on."""
+    """The converted SNN of ``arch`` with NoisyQuant(p=3, λ=8) activations (random weights, or the
+    ANN state dict at ``$NA_BENCH_SNN_STATE``; the time of the dense passes does not depend on
+    them, the event-driven one's does), on the bench device, eval mode, statistics on."""
     from na_kernels.nn import NoisyQuant, to_snn
 
     torch.manual_seed(0)
     model = architectures()[arch](10, act=lambda: NoisyQuant(p=P, lam=LAM)).eval()
+    state = os.environ.get("NA_BENCH_SNN_STATE")
+    if state:  # trained weights (bench/event_trained.py): the event-driven time depends on them
+        model.load_state_dict(torch.load(state, map_location="cpu"))
     return to_snn(model, T=T).to(DEVICE).eval()
 
 
@@ -217,9 +234,11 @@ def snn_pass(arch, impl, T, batch, dtype="fp32"):
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}["bf16" if impl == "fast" else dtype]
     snn = snn.to(torch_dtype)
     x, _ = images(batch, torch_dtype)
-    if "channels_last" in impl or impl == "fast":
+    if "channels_last" in impl or impl in ("fast", "event"):
         snn = snn.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+    if impl == "event":
+        snn.event_driven(True)
     run = baselines.compiled(snn) if impl.endswith("_compiled") else snn
     backend = "reference" if impl == "reference" else "auto"
 

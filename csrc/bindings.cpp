@@ -12,6 +12,7 @@ void bind_batchnorm_noisy_quant(pybind11::module_& m);
 void bind_integrate_fire(pybind11::module_& m);
 void bind_noise(pybind11::module_& m);
 void bind_float_convert(pybind11::module_& m);
+void bind_event_conv(pybind11::module_& m);
 
 namespace {
 // {"Noise": {"NONE": 0, ...}, ...}: every enum of common/spec.h by its Python name
@@ -38,6 +39,7 @@ PYBIND11_MODULE(_C, m) {
   na::bind_integrate_fire(m);
   na::bind_noise(m);
   na::bind_float_convert(m);
+  na::bind_event_conv(m);
   m.def("vocabulary", &na::vocabulary, "the C++ enums: {enum name: {member name: value}}, as na_kernels._spec's");
   m.def("simd_level", [] { return static_cast<int>(na::simd_level()); },
         "explicit-SIMD kernels in use (a SimdLevel value)");

@@ -7,6 +7,8 @@ Public API (each function's docstring documents it; docs/design.md the design):
     integrate_fire(x_seq, threshold=1.0, *, v_init=0.5, reset="subtract", amplitude="threshold",
                    surrogate="sigmoid", alpha=4.0, detach_reset=False, return_v=False)
         multi-step integrate-and-fire over [T, ...] with spike counts, surrogate-gradient BPTT
+    event_conv2d(x, weight, bias=None, *, stride=1, padding=0, residual=None, max_density=0.3)
+        inference-only CPU convolution whose cost scales with x's nonzeros (spike inputs)
     set_backend / use_backend / get_backend: force "triton", "cpu" or "reference"
 
 ``import na_kernels`` itself does not import torch (so ``na-kernels --help`` answers at once):
@@ -23,9 +25,19 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "noisy_quant": "na_kernels.ops.noisy_quant",
     "integrate_fire": "na_kernels.ops.integrate_fire",
+    "event_conv2d": "na_kernels.ops.event_conv",
     **dict.fromkeys(("BACKENDS", "get_backend", "set_backend", "use_backend"), "na_kernels._backend"),
 }
 
-__all__ = ["noisy_quant", "integrate_fire", "BACKENDS", "get_backend", "set_backend", "use_backend", "__version__"]
+__all__ = [
+    "noisy_quant",
+    "integrate_fire",
+    "event_conv2d",
+    "BACKENDS",
+    "get_backend",
+    "set_backend",
+    "use_backend",
+    "__version__",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC, submodules=True)

@@ -394,3 +394,45 @@ def check_initial_potential(v_init, like, name="v_init", *, finite=True):
                 )
         return v_init
     return check_real(name, v_init, accepted="a number (a fraction of the threshold) or a tensor of potentials")
+
+
+def _pair(name, value, minimum):
+    """An int or a pair of ints, each >= minimum, as a pair."""
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(values) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return tuple(check_int(name, v, minimum=minimum) for v in values)
+
+
+def check_event_conv_arguments(x, weight, bias, stride, padding, dilation, groups, residual):
+    """event_conv2d's operands: x [N, Cin, H, W], weight [Cout, Cin, KH, KW] fitting the padded
+    input, bias [Cout] or None, residual [N, Cout, OH, OW] or None, dilation and groups 1.
+    Returns (stride, padding) as pairs."""
+    for name, t in (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)):
+        if t is None and name in ("bias", "residual"):
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        check_dense(name, t)
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if _pair("dilation", dilation, 1) != (1, 1):
+        raise ValueError(f"event_conv2d supports dilation 1 only, got {dilation!r}")
+    if check_int("groups", groups, minimum=1) != 1:
+        raise ValueError(f"event_conv2d supports groups=1 only, got {groups!r}")
+    stride, padding = _pair("stride", stride, 1), _pair("padding", padding, 0)
+    if x.dim() != 4 or weight.dim() != 4:
+        raise ValueError(
+            f"x must be [N, Cin, H, W] and weight [Cout, Cin, KH, KW], got {tuple(x.shape)} and {tuple(weight.shape)}"
+        )
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"weight has {weight.shape[1]} input channels, x has {x.shape[1]}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must be [{weight.shape[0]}], got {tuple(bias.shape)}")
+    out_size = tuple((n + 2 * p - k) // s + 1 for n, p, k, s in zip(x.shape[2:], padding, weight.shape[2:], stride))
+    if any(n + 2 * p < k for n, p, k in zip(x.shape[2:], padding, weight.shape[2:])):
+        raise ValueError(f"the kernel {tuple(weight.shape[2:])} is larger than the padded input")
+    expected = (x.shape[0], weight.shape[0]) + out_size
+    if residual is not None and tuple(residual.shape) != expected:
+        raise ValueError(f"residual must be the output's shape {expected}, got {tuple(residual.shape)}")
+    return stride, padding

@@ -16,6 +16,16 @@ convolution's, ``conv_add``'s or an add's output with that layer as its only use
 of a fresh output's (``integrate_fire``'s ``overwrite``; the same spikes), unless forward hooks
 could see the input; float32 only (in bfloat16 it measured slower).
 
+Event-driven convolutions (opt-in: ``fuse_residual_adds(network, event_driven=True)``, which
+``SpikingNetwork.event_driven()`` turns on): each ``nn.Conv2d`` that reads spikes (its input is
+an IF layer's output, directly or through the statistics' ``SynapseMeter``), plain or fused with
+its residual add, runs as ``event_conv_module(conv, x, other)``: ``event_conv2d``, whose cost
+scales with the nonzero inputs, where it applies (CPU, float32, no autograd, groups 1, dilation 1,
+zero padding, no hooks, input density at most ``event_conv.default_max_density``), else the dense
+``conv(x)`` / ``conv_add``. Its outputs are channels-last. It sums in another float32 order than
+the dense convolution, so an IF layer's input can differ in the last bits and a spike at the
+threshold can flip (docs/design.md, the model layer, "Event-driven convolutions").
+
 The network itself is left as it is (its graph is what ``save``, NIR export, the statistics'
 routing and early exit's stem/body split read): the returned function runs the rewritten code on
 the network's own modules, so a module replaced later is the one that runs. ``run_fused`` is how
@@ -30,9 +40,12 @@ from torch import fx, nn
 from torch.nn.modules import module as _module
 
 from ..nn.if_layer import IFLayer
+from ..ops.event_conv import event_conv2d, event_ok
+from .stats import SynapseMeter
 
 _ADDS = (operator.add, torch.add)
 _FORWARDS = weakref.WeakKeyDictionary()  # network -> (its code when fused, the fused forward)
+_EVENT_FORWARDS = weakref.WeakKeyDictionary()  # the same, event-driven
 _FUSED_DTYPES = (torch.float32, torch.bfloat16)
 _FRESH_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # each call returns a new tensor
 _OVERWRITE_DTYPES = (torch.float32,)
@@ -107,6 +120,66 @@ def conv_add(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.Ten
     return conv(x) + other
 
 
+def _event_applies(conv: nn.Conv2d, x, other) -> bool:
+    """Whether ``event_conv_module`` may run ``conv`` on x (and ``other``) as an event convolution."""
+    return (
+        isinstance(x, torch.Tensor)
+        and x.dim() == 4
+        and conv.groups == 1
+        and tuple(conv.dilation) == (1, 1)
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and not _hooked(conv)
+        and event_ok(x, conv.weight, conv.bias, other)
+        and (other is None or (isinstance(other, torch.Tensor) and other.dim() == 4))
+    )
+
+
+def event_conv_module(conv: nn.Conv2d, x: torch.Tensor, other=None) -> torch.Tensor:
+    """``conv(x) (+ other)`` by ``event_conv2d`` (cost ~ x's nonzeros; channels-last output) where
+    it applies (``_event_applies``), else ``conv(x)`` / ``conv_add(conv, x, other)``."""
+    if _event_applies(conv, x, other):
+        return event_conv2d(x, conv.weight, conv.bias, stride=conv.stride, padding=conv.padding, residual=other)
+    return conv(x) if other is None else conv_add(conv, x, other)
+
+
+def _reads_spikes(network, node) -> bool:
+    """Whether fx ``node`` is an IF layer's output, or a SynapseMeter call on one."""
+    if not isinstance(node, fx.Node) or node.op != "call_module":
+        return False
+    module = network.get_submodule(node.target)
+    if isinstance(module, SynapseMeter) and len(node.args) == 1:
+        return _reads_spikes(network, node.args[0])
+    return type(module) is IFLayer
+
+
+def _event_conv_call(network, node):
+    """(conv module name, x, other or None) of a Conv2d call or a ``conv_add`` whose input reads spikes."""
+    if node.op == "call_module" and type(network.get_submodule(node.target)) is nn.Conv2d:
+        if len(node.args) == 1 and not node.kwargs and _reads_spikes(network, node.args[0]):
+            return node.target, node.args[0], None
+    if node.op == "call_function" and node.target is conv_add and _reads_spikes(network, node.args[1]):
+        return node.args[0].target, node.args[1], node.args[2]
+    return None
+
+
+def _use_event_convs(network, graph):
+    """Replace each spike-reading convolution of ``graph`` by ``event_conv_module``; returns how many."""
+    count = 0
+    for node in list(graph.nodes):
+        found = _event_conv_call(network, node)
+        if found is None:
+            continue
+        target, x, other = found
+        with graph.inserting_before(node):
+            conv = graph.get_attr(target)
+            call = graph.call_function(event_conv_module, (conv, x, other))
+        node.replace_all_uses_with(call)
+        graph.erase_node(node)
+        count += 1
+    return count
+
+
 def _conv_operand(network, node):
     """(conv node, the other operand) of an add ``node`` whose one operand is a Conv2d output used only there."""
     if node.op != "call_function" or node.target not in _ADDS or len(node.args) != 2 or node.kwargs:
@@ -153,13 +226,14 @@ def _overwritable_input(network, node):
         return False
     if source.op == "call_module":
         return isinstance(network.get_submodule(source.target), _FRESH_MODULES)
-    return source.op == "call_function" and (source.target is conv_add or source.target in _ADDS)
+    return source.op == "call_function" and (source.target in (conv_add, event_conv_module) or source.target in _ADDS)
 
 
-def fuse_residual_adds(network: fx.GraphModule, overwrite: bool = True):
+def fuse_residual_adds(network: fx.GraphModule, overwrite: bool = True, event_driven: bool = False):
     """``(forward, count)``: ``forward(network, *inputs)`` runs ``network``'s graph with each
-    ``conv(x) + other`` as one ``conv_add`` and (``overwrite``) each IF layer whose input no
-    other node reads through ``if_overwriting`` (see the module doc); ``count`` adds were fused.
+    ``conv(x) + other`` as one ``conv_add``, (``event_driven``) each spike-reading convolution
+    as ``event_conv_module`` and (``overwrite``) each IF layer whose input no other node reads
+    through ``if_overwriting`` (see the module doc); ``count`` adds were fused.
     ``network`` itself is unchanged."""
     graph = fx.Graph()
     values = {}
@@ -178,6 +252,8 @@ def fuse_residual_adds(network: fx.GraphModule, overwrite: bool = True):
         graph.erase_node(node)
         graph.erase_node(conv_node)
         count += 1
+    if event_driven:
+        _use_event_convs(network, graph)
     for node in list(graph.nodes) if overwrite else ():
         if not _overwritable_input(network, node):
             continue
@@ -192,19 +268,21 @@ def fuse_residual_adds(network: fx.GraphModule, overwrite: bool = True):
     return type(fx.GraphModule(network, graph)).forward, count
 
 
-def fused_forward(network: fx.GraphModule):
-    """``fuse_residual_adds(network)``'s forward, kept per network (no attribute on it) and
-    rebuilt when its code changes (a recompiled graph)."""
+def fused_forward(network: fx.GraphModule, event_driven: bool = False):
+    """``fuse_residual_adds(network, event_driven=event_driven)``'s forward, kept per network (no
+    attribute on it) and rebuilt when its code changes (a recompiled graph)."""
     code = network.code
-    cached = _FORWARDS.get(network)
+    kept = _EVENT_FORWARDS if event_driven else _FORWARDS
+    cached = kept.get(network)
     if cached is None or cached[0] is not code:
-        cached = _FORWARDS[network] = (code, fuse_residual_adds(network)[0])
+        cached = kept[network] = (code, fuse_residual_adds(network, event_driven=event_driven)[0])
     return cached[1]
 
 
-def run_fused(network: fx.GraphModule, *inputs):
-    """``network(*inputs)`` with its residual adds fused (``fused_forward``); under torch.compile
-    the plain graph, which the compiler traces."""
+def run_fused(network: fx.GraphModule, *inputs, event_driven: bool = False):
+    """``network(*inputs)`` with its residual adds fused (``fused_forward``) and, with
+    ``event_driven``, its spike-reading convolutions event-driven; under torch.compile the plain
+    graph, which the compiler traces."""
     if torch.compiler.is_compiling():
         return network(*inputs)
-    return fused_forward(network)(network, *inputs)
+    return fused_forward(network, event_driven)(network, *inputs)

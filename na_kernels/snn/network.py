@@ -14,7 +14,10 @@
   the potentials stay in the graph and gradients flow across chunks);
 - ``forward`` runs the graph with each residual ``conv(x) + other`` as one convolution with an
   add post-op where it applies (``fused.fuse_residual_adds``; not under torch.compile, which
-  traces the plain graph); ``network`` keeps the plain graph.
+  traces the plain graph); ``network`` keeps the plain graph;
+- ``event_driven(True)`` (off by default) runs the convolutions that read spikes as event-driven
+  convolutions (``na_kernels.event_conv2d``: CPU, float32, inference; cost ~ nonzero inputs),
+  see ``fused``.
 """
 
 import copy
@@ -23,7 +26,7 @@ from typing import Dict, Optional
 import torch
 from torch import fx
 
-from .._validation import check_time_steps
+from .._validation import check_bool, check_time_steps
 from ..nn.if_layer import IFLayer
 from .base import SpikingNetworkBase, TimeRepeat
 from .clipped import ClippedNetwork, clip_graph
@@ -62,6 +65,7 @@ class SpikingNetwork(SpikingNetworkBase):
         # no Python counter for torch.compile to guard on)
         self.register_buffer("run_counts", torch.zeros(2, dtype=torch.int64), persistent=False)
         self.conversion_report = {}
+        self.event_convolutions = False
 
     @property
     def samples(self) -> int:
@@ -112,7 +116,7 @@ class SpikingNetwork(SpikingNetworkBase):
             for start in range(0, T, chunk):
                 steps = min(chunk, T - start)
                 self._set(time_steps=steps)
-                out = run_fused(self.network, *inputs)
+                out = run_fused(self.network, *inputs, event_driven=getattr(self, "event_convolutions", False))
                 if not isinstance(out, torch.Tensor):
                     raise TypeError(f"SpikingNetwork supports a single tensor output, got {type(out).__name__}")
                 per_step = out.reshape((steps, -1) + tuple(out.shape[1:]))
@@ -130,6 +134,19 @@ class SpikingNetwork(SpikingNetworkBase):
                 self.run_counts[0] += batch
                 self.run_counts[1] += batch * T
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+    def event_driven(self, flag: bool = True) -> "SpikingNetwork":
+        """Run (True) or stop running (False) each convolution that reads an IF layer's spikes,
+        plain or fused with its residual add, as ``na_kernels.event_conv2d``: its cost scales
+        with the nonzero inputs (spikes), its output is channels-last. Applies on the CPU in
+        float32 without autograd (elsewhere, for narrow convolutions, or above 30 % nonzero
+        inputs: ``event_conv.default_max_density``, the dense convolution runs); the first
+        convolution (the image) stays dense.
+        The convolutions sum in another float32 order, so a membrane potential can differ in the
+        last bits and a spike at the threshold can flip (docs/design.md). Not saved by ``save``.
+        Returns self."""
+        self.event_convolutions = check_bool("flag", flag)
+        return self
 
     def ann(self, *inputs):
         """The quantized ANN on the same converted graph: ``[B, ...]`` (no noise, no statistics)."""

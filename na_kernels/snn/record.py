@@ -289,6 +289,8 @@ _RESERVED_INPUTS = frozenset(
 )
 _MODULE_RECORD_KEYS = ("name", "type", "parameters", "buffers", "config", "state")
 _NETWORK_KEYS = ("T", "chunk", "samples", "sample_steps", "conversion_report")
+# how a network runs here, not what it is: not saved (``SpikingNetwork.event_driven``)
+_RUN_OPTION_KEYS = ("event_convolutions",)
 
 
 class SerializationError(ValueError):
@@ -706,7 +708,7 @@ def snn_header(snn):
         raise TypeError(f"save_snn expects a SpikingNetwork (from to_snn), got {type(snn).__name__}")
     gm = snn.network
     for key in snn.__dict__:
-        if key not in _MODULE_BASE_KEYS and key not in _NETWORK_KEYS:
+        if key not in _MODULE_BASE_KEYS and key not in _NETWORK_KEYS and key not in _RUN_OPTION_KEYS:
             raise SerializationError(f"SpikingNetwork attribute {key!r} is not described by the format")
     tensors = _Tensors()
     modules = [_describe_module(name, module, tensors) for name, module in gm.named_modules(remove_duplicate=False)]

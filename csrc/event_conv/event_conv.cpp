@@ -1,0 +1,120 @@
+// event_conv's entry point: argument checks, the event buffers, the two parallel phases on the
+// kernels this CPU allows, and the Python binding.
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "common/arguments.h"
+#include "common/parallel.h"
+#include "common/simd.h"
+#include "event_conv/event_conv.h"
+
+namespace na {
+namespace event_conv {
+namespace {
+
+constexpr int64_t kRowsPerItem = 4;
+
+// Event lists of the calling thread, kept between calls: a fresh buffer the size of the input
+// would pay its page faults on every call.
+template <class T> T* scratch(std::unique_ptr<T[]>& buffer, int64_t& capacity, int64_t size) {
+  if (size > capacity) {
+    buffer.reset(new T[size]);
+    capacity = size;
+  }
+  return buffer.get();
+}
+
+Events event_buffers(const Geometry& g) {
+  thread_local std::unique_ptr<int32_t[]> start, key;
+  thread_local std::unique_ptr<float[]> value;
+  thread_local int64_t start_capacity = 0, key_capacity = 0, value_capacity = 0;
+  const int64_t size = g.pixels() * g.cin;
+  return Events{scratch(start, start_capacity, g.n * g.h * (g.w + 1)), scratch(key, key_capacity, size),
+                scratch(value, value_capacity, size)};
+}
+
+// body(begin, end) for chunks of `chunk` of [0, total), handed out dynamically: a spiking
+// network's batch is time-major and its firing rate varies over the steps, so equal static
+// shares of rows are unequal work.
+template <class Body> void for_each_chunk(int64_t total, int64_t chunk, int threads, Body&& body) {
+  const int64_t chunks = (total + chunk - 1) / chunk;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (int64_t i = 0; i < chunks; ++i) body(i * chunk, std::min(total, (i + 1) * chunk));
+}
+
+// phase 1: the events of every input row; returns the nonzero count
+int64_t find_events(const float* x, const Geometry& g, const Events& e, int threads) {
+  const bool avx512 = cpu_has_avx512();
+  std::vector<int64_t> partial(threads, 0);
+  for_each_chunk(g.n * g.h, kRowsPerItem, threads, [&](int64_t begin, int64_t end) {
+    partial[thread_index()] +=
+        avx512 ? events_avx512(x, g, e, begin, end) : events_generic(x, g, e, begin, end);
+  });
+  int64_t total = 0;
+  for (int64_t count : partial) total += count;
+  return total;
+}
+
+// phase 2: every output row (n, oh)
+void gather(const ConvArgs& a) {
+  const bool avx512 = cpu_has_avx512(), avx2 = cpu_has_avx2();
+  for_each_chunk(a.g.n * a.g.oh, kRowsPerItem, a.threads, [&](int64_t begin, int64_t end) {
+    if (avx512)
+      rows_avx512(a, begin, end);
+    else if (avx2)
+      rows_avx2(a, begin, end);
+    else
+      rows_generic(a, begin, end);
+  });
+}
+
+Geometry make_geometry(int64_t n, int64_t h, int64_t w, int64_t cin, int64_t cout, int64_t kh, int64_t kw,
+                       int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w) {
+  require(n >= 0 && h >= 1 && w >= 1, "x", "must have N >= 0, H >= 1 and W >= 1");
+  require(cin >= 1 && cout >= 1, "channels", "must be >= 1 (in and out)");
+  require(w * cin < (int64_t{1} << 31), "W * Cin", "must be < 2^31 (the keys of an input row are int32)");
+  require(kh >= 1 && kw >= 1, "kernel_size", "must be >= 1");
+  require(stride_h >= 1 && stride_w >= 1, "stride", "must be >= 1");
+  require(pad_h >= 0 && pad_w >= 0, "padding", "must be >= 0");
+  Geometry g{n, h, w, cin, (h + 2 * pad_h - kh) / stride_h + 1, (w + 2 * pad_w - kw) / stride_w + 1,
+             cout, (cout + kCoutAlign - 1) / kCoutAlign * kCoutAlign, kh, kw, stride_h, stride_w, pad_h, pad_w};
+  require(h + 2 * pad_h >= kh && w + 2 * pad_w >= kw, "kernel_size", "must fit the padded input");
+  return g;
+}
+
+// Returns the input's nonzero count; when it exceeds max_nonzeros, returns it without
+// computing `out` (the caller runs the dense convolution instead).
+int64_t event_conv_forward(uintptr_t x, uintptr_t weight, uintptr_t bias, uintptr_t residual, uintptr_t out,
+                           int64_t n, int64_t h, int64_t w, int64_t cin, int64_t cout, int64_t kh, int64_t kw,
+                           int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t max_nonzeros,
+                           int threads) {
+  const Geometry g = make_geometry(n, h, w, cin, cout, kh, kw, stride_h, stride_w, pad_h, pad_w);
+  require(threads >= 1, "threads", "must be >= 1");
+  require(x != 0 && weight != 0 && bias != 0 && out != 0, "x, weight, bias and out", "must be addresses");
+  const Events events = event_buffers(g);
+  const int64_t nonzeros = find_events(address_of<const float>(x), g, events, threads);
+  if (nonzeros > max_nonzeros) return nonzeros;
+  gather(ConvArgs{g, events, address_of<const float>(weight), address_of<const float>(bias),
+                  address_of<const float>(residual), address_of<float>(out), threads});
+  return nonzeros;
+}
+
+}  // namespace
+}  // namespace event_conv
+
+void bind_event_conv(pybind11::module_& m) {
+  namespace py = pybind11;
+  m.def("event_conv_forward", &event_conv::event_conv_forward, py::arg("x"), py::arg("weight"), py::arg("bias"),
+        py::arg("residual"), py::arg("out"), py::arg("n"), py::arg("h"), py::arg("w"), py::arg("cin"),
+        py::arg("cout"), py::arg("kh"), py::arg("kw"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
+        py::arg("pad_w"), py::arg("max_nonzeros"), py::arg("threads"),
+        py::call_guard<py::gil_scoped_release>(),
+        "channels-last float32 convolution gathering only the nonzero inputs; returns the nonzero count "
+        "(out untouched when it exceeds max_nonzeros)");
+}
+
+}  // namespace na
