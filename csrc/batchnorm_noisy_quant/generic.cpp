@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "batchnorm_noisy_quant/batchnorm_noisy_quant.h"
+#include "batchnorm_noisy_quant/float32_simd.h"
 #include "common/dispatch.h"
 #include "common/float_convert.h"
 #include "common/lanes.h"
@@ -165,25 +166,31 @@ noisy_quant::Quantizer layout(const Shape& s) {
   return q;
 }
 
-// body(run, first index, count) for the batches of every channel run of every work item, the
-// work items spread over `threads`; per-thread sums of `width` float64 per channel, returned
-// added in thread order ([channels][width]; empty when width is 0)
-template <class Body>
-std::vector<double> stream(const Shape& s, int threads, int width, Body&& body) {
-  const noisy_quant::Quantizer q = layout(s);
+// item_body(work item, its thread's sums) for every work item, spread over `threads`; per-thread
+// sums of `width` float64 per channel, returned added in thread order ([channels][width]; empty
+// when width is 0; the sums pointer is null then)
+template <class ItemBody>
+std::vector<double> per_thread_sums(const Shape& s, int threads, int width, ItemBody&& item_body) {
   std::vector<double> partial(static_cast<size_t>(threads * s.channels * width), 0.0);
   for_each_work_item(
       s.numel(), kWorkItemElements, threads,
-      [&] { return width ? partial.data() + thread_index() * s.channels * width : nullptr; },
-      [&](const WorkItem& item, double* sums) {
-        for (const ChannelRun& run : ChannelRuns(q, item))
-          for (int64_t at = run.begin; at < run.end; at += kNoiseBatch)
-            body(run, sums ? sums + run.channel * width : nullptr, at, std::min(kNoiseBatch, run.end - at));
-      });
+      [&] { return width ? partial.data() + thread_index() * s.channels * width : nullptr; }, item_body);
   std::vector<double> total(static_cast<size_t>(s.channels * width), 0.0);
   for (int t = 0; t < threads; ++t)
     for (size_t i = 0; i < total.size(); ++i) total[i] += partial[t * total.size() + i];
   return total;
+}
+
+// body(run, its channel's sums, first index, count) for the batches of every channel run of
+// every work item, as per_thread_sums
+template <class Body>
+std::vector<double> stream(const Shape& s, int threads, int width, Body&& body) {
+  const noisy_quant::Quantizer q = layout(s);
+  return per_thread_sums(s, threads, width, [&](const WorkItem& item, double* sums) {
+    for (const ChannelRun& run : ChannelRuns(q, item))
+      for (int64_t at = run.begin; at < run.end; at += kNoiseBatch)
+        body(run, sums ? sums + run.channel * width : nullptr, at, std::min(kNoiseBatch, run.end - at));
+  });
 }
 
 template <DType D> NA_TARGET_CLONES double batch_sum(const StorageType<D>* x, int64_t at, int64_t count) {
@@ -589,6 +596,31 @@ NA_TARGET_CLONES void backward_inputs_batch(const BackwardArgs& args, float mean
   }
 }
 
+// the float32 backward's passes on the explicit-SIMD kernels of `isa` (float32_simd.h)
+std::vector<double> simd_sums(Isa isa, const BackwardArgs& args, const ChannelTerms& terms) {
+  const noisy_quant::Quantizer q = layout(args.shape);
+  return per_thread_sums(args.shape, args.threads, 3, [&](const WorkItem& item, double* sums) {
+#ifdef NA_X86_SIMD
+    if (isa == Isa::AVX512) return backward_sums_avx512(args, q, terms, item, sums);
+    backward_sums_avx2(args, q, terms, item, sums);
+#else
+    (void)isa, (void)item, (void)sums;
+#endif
+  });
+}
+
+void simd_inputs(Isa isa, const BackwardArgs& args, const ChannelTerms& terms) {
+  const noisy_quant::Quantizer q = layout(args.shape);
+  for_each_work_item(args.shape.numel(), kWorkItemElements, args.threads, [&](const WorkItem& item) {
+#ifdef NA_X86_SIMD
+    if (isa == Isa::AVX512) return backward_inputs_avx512(args, q, terms, item);
+    backward_inputs_avx2(args, q, terms, item);
+#else
+    (void)isa, (void)item;
+#endif
+  });
+}
+
 }  // namespace
 
 void forward_generic(const ForwardArgs& args) {
@@ -628,6 +660,7 @@ void backward_generic(const BackwardArgs& args) {
       [&](auto dtype, auto residual, auto grad_x, auto grad_residual) {
         constexpr DType D = decltype(dtype)::value;
         const Isa isa = conversion_isa(D);
+        const bool simd = D == DType::FLOAT32 && isa != Isa::GENERIC;
         std::vector<float> alpha(s.channels), beta(s.channels), mean_dz(s.channels, 0.0f), k(s.channels, 0.0f),
             w_invstd(s.channels);
         for (int64_t c = 0; c < s.channels; ++c) {
@@ -635,17 +668,22 @@ void backward_generic(const BackwardArgs& args) {
           beta[c] = args.bias[c] - args.save_mean[c] * alpha[c];
           w_invstd[c] = args.save_invstd[c] * args.weight[c];
         }
-        const std::vector<double> sums =
-            s.numel() == 0 ? std::vector<double>(3 * s.channels, 0.0)
-                           : stream(s, args.threads, 3, [&](const ChannelRun& run, double* sum, int64_t at, int64_t count) {
-                               const int64_t c = run.channel;
-                               if constexpr (D == DType::FLOAT32)
-                                 backward_batch<D, decltype(residual)::value>(args, sum, args.save_mean[c], alpha[c],
-                                                                              beta[c], args.lam[c], at, count);
-                               else
-                                 backward_batch_16<D, decltype(residual)::value>(
-                                     isa, args, sum, args.save_mean[c], alpha[c], beta[c], args.lam[c], at, count);
-                             });
+        const ChannelTerms terms{args.save_mean, alpha.data(), beta.data(),    args.lam,
+                                 mean_dz.data(), k.data(),     w_invstd.data()};
+        std::vector<double> sums(3 * s.channels, 0.0);
+        if (s.numel() > 0 && simd) {
+          sums = simd_sums(isa, args, terms);
+        } else if (s.numel() > 0) {
+          sums = stream(s, args.threads, 3, [&](const ChannelRun& run, double* sum, int64_t at, int64_t count) {
+            const int64_t c = run.channel;
+            if constexpr (D == DType::FLOAT32)
+              backward_batch<D, decltype(residual)::value>(args, sum, args.save_mean[c], alpha[c], beta[c],
+                                                           args.lam[c], at, count);
+            else
+              backward_batch_16<D, decltype(residual)::value>(isa, args, sum, args.save_mean[c], alpha[c], beta[c],
+                                                              args.lam[c], at, count);
+          });
+        }
         for (int64_t c = 0; c < s.channels; ++c) {
           args.grads[c] = static_cast<float>(sums[3 * c + 1] * static_cast<double>(args.save_invstd[c]));
           args.grads[s.channels + c] = static_cast<float>(sums[3 * c]);
@@ -656,7 +694,8 @@ void backward_generic(const BackwardArgs& args) {
             k[c] = static_cast<float>(sums[3 * c + 1] / n * invstd * invstd);
           }
         }
-        if (s.numel() == 0) return;
+        if (s.numel() == 0 || (!args.grad_x && !args.grad_residual)) return;
+        if (simd) return simd_inputs(isa, args, terms);
         stream(s, args.threads, 0, [&](const ChannelRun& run, double*, int64_t at, int64_t count) {
           const int64_t c = run.channel;
           backward_inputs_batch<D, decltype(grad_x)::value, decltype(grad_residual)::value>(

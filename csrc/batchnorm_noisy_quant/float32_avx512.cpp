@@ -1,0 +1,50 @@
+// batchnorm_noisy_quant's float32 backward on sixteen lanes (float32_simd.h): partial vectors
+// through masked loads and stores, mask bits as a __mmask16 as they are.
+#include <cstdint>
+
+#include "batchnorm_noisy_quant/float32_simd.h"
+#include "common/lanes_avx512.h"
+
+#ifdef NA_X86_SIMD
+namespace na {
+namespace batchnorm_noisy_quant {
+namespace {
+
+template <class L> struct Io;
+template <> struct Io<Avx512Lanes> {
+  using Part = __mmask16;
+  NA_AVX512 static Part part(int64_t count) { return first_lanes(count); }
+  NA_AVX512 static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
+  NA_AVX512 static __m512 load(const float* p, Part part) { return _mm512_maskz_loadu_ps(part, p); }
+  NA_AVX512 static void store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+  NA_AVX512 static void store(float* p, Part part, __m512 v) { _mm512_mask_storeu_ps(p, part, v); }
+  NA_AVX512 static __m512 keep(Part part, __m512 v) { return _mm512_maskz_mov_ps(part, v); }
+  NA_AVX512 static __mmask16 mask_of(uint32_t bits) { return static_cast<__mmask16>(bits); }
+  NA_AVX512 static float sum(__m512 v) { return _mm512_reduce_add_ps(v); }
+};
+
+using K = simd::Backward<Avx512Lanes, Io>;
+
+}  // namespace
+
+NA_AVX512 void backward_sums_avx512(const BackwardArgs& args, const noisy_quant::Quantizer& layout,
+                                    const ChannelTerms& terms, const WorkItem& item, double* sums) {
+  if (args.residual)
+    K::sums_item<true>(args, layout, terms, item, sums);
+  else
+    K::sums_item<false>(args, layout, terms, item, sums);
+}
+
+NA_AVX512 void backward_inputs_avx512(const BackwardArgs& args, const noisy_quant::Quantizer& layout,
+                                      const ChannelTerms& terms, const WorkItem& item) {
+  if (args.grad_x && args.grad_residual)
+    K::inputs_item<true, true>(args, layout, terms, item);
+  else if (args.grad_x)
+    K::inputs_item<true, false>(args, layout, terms, item);
+  else if (args.grad_residual)
+    K::inputs_item<false, true>(args, layout, terms, item);
+}
+
+}  // namespace batchnorm_noisy_quant
+}  // namespace na
+#endif
