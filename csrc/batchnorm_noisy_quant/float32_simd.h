@@ -2,8 +2,8 @@
 // one body over lane types (common/lanes*.h), a work item at a time, each channel run walked in
 // whole vectors and one masked tail, the straight-through mask read from its bits straight into
 // a lane mask. It computes what generic.cpp's float32 loops do, in the same order per element
-// (grad_x and grad_residual bit for bit); the per-channel sums go through float vectors per
-// run, then float64.
+// (grad_residual, and grad_x from the same sums, bit for bit); the per-channel sums go through
+// float vectors per run, then float64, so they differ from the generic ones in rounding only.
 #pragma once
 #include <algorithm>
 #include <cstdint>
