@@ -354,6 +354,25 @@ def test_cpp_16_bit_at_every_simd_level(simd_level, dtype, residual):
 FLOAT32_SIMD_SHAPES = [(3, 5, 11, 13), (5, 3, 3), (7, 2), (4, 3, 8, 8), (2, 3, 71, 67)]
 
 
+@pytest.mark.parametrize("shape", FLOAT32_SIMD_SHAPES)
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("noise", ["NONE", "UNIFORM", "GAUSSIAN"])
+def test_cpp_float32_forward_at_every_simd_level(simd_level, shape, residual, noise):
+    """The float32 quantize pass's AVX2 / AVX-512 kernels: y, the mask bits, the statistics bit
+    for bit as the reference (mask bits written from compare masks, runs off byte boundaries)."""
+    if not na_kernels.cpu.available():
+        pytest.skip("C++ extension not built")
+    case = make_case(shape, torch.float32, residual=residual, seed=7)
+    kind = getattr(na_kernels._spec.Noise, noise)
+    args = na_kernels._spec.BatchNormNoisyQuantArgs(3, kind, 0.0 if noise == "NONE" else 1.0, 0.5, True, 0.1, 1e-5)
+    tensors = [case[k] for k in ("x", "residual", "weight", "bias", "running_mean", "running_var", "lam")]
+    with na_kernels.use_backend("cpu"):
+        got = OP(*tensors, torch.tensor([13]), args)
+    want = reference.forward(*tensors, torch.tensor([13]), args)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
 def _fp32_gradients(case, simd_level, batch_stats):
     from na_kernels import cpu
 

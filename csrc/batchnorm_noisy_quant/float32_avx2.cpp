@@ -28,6 +28,7 @@ template <> struct Io<Avx2Lanes> {
     const __m256i set = _mm256_and_si256(_mm256_set1_epi32(static_cast<int32_t>(bits)), lane_bit);
     return _mm256_castsi256_ps(_mm256_cmpeq_epi32(set, lane_bit));
   }
+  NA_AVX2 static uint32_t bits_of(__m256 mask) { return static_cast<uint32_t>(_mm256_movemask_ps(mask)); }
   NA_AVX2 static float sum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -37,8 +38,17 @@ template <> struct Io<Avx2Lanes> {
 };
 
 using K = simd::Backward<Avx2Lanes, Io>;
+using F = simd::Forward<Avx2Lanes, Io>;
 
 }  // namespace
+
+NA_AVX2 void forward_avx2(const ForwardArgs& args, const noisy_quant::Quantizer& nq, const float* alpha,
+                         const float* beta, const WorkItem& item) {
+  if (args.residual)
+    F::item_for_noise<true>(args, nq, alpha, beta, item);
+  else
+    F::item_for_noise<false>(args, nq, alpha, beta, item);
+}
 
 NA_AVX2 void backward_sums_avx2(const BackwardArgs& args, const noisy_quant::Quantizer& layout,
                                 const ChannelTerms& terms, const WorkItem& item, double* sums) {

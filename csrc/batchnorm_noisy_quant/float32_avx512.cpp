@@ -20,12 +20,22 @@ template <> struct Io<Avx512Lanes> {
   NA_AVX512 static void store(float* p, Part part, __m512 v) { _mm512_mask_storeu_ps(p, part, v); }
   NA_AVX512 static __m512 keep(Part part, __m512 v) { return _mm512_maskz_mov_ps(part, v); }
   NA_AVX512 static __mmask16 mask_of(uint32_t bits) { return static_cast<__mmask16>(bits); }
+  NA_AVX512 static uint32_t bits_of(__mmask16 mask) { return mask; }
   NA_AVX512 static float sum(__m512 v) { return _mm512_reduce_add_ps(v); }
 };
 
 using K = simd::Backward<Avx512Lanes, Io>;
+using F = simd::Forward<Avx512Lanes, Io>;
 
 }  // namespace
+
+NA_AVX512 void forward_avx512(const ForwardArgs& args, const noisy_quant::Quantizer& nq, const float* alpha,
+                             const float* beta, const WorkItem& item) {
+  if (args.residual)
+    F::item_for_noise<true>(args, nq, alpha, beta, item);
+  else
+    F::item_for_noise<false>(args, nq, alpha, beta, item);
+}
 
 NA_AVX512 void backward_sums_avx512(const BackwardArgs& args, const noisy_quant::Quantizer& layout,
                                     const ChannelTerms& terms, const WorkItem& item, double* sums) {

@@ -1,9 +1,10 @@
-// batchnorm_noisy_quant's float32 backward in explicit SIMD (float32_avx2.cpp, float32_avx512.cpp):
+// batchnorm_noisy_quant's float32 kernels in explicit SIMD (float32_avx2.cpp, float32_avx512.cpp):
 // one body over lane types (common/lanes*.h), a work item at a time, each channel run walked in
-// whole vectors and one masked tail, the straight-through mask read from its bits straight into
-// a lane mask. It computes what generic.cpp's float32 loops do, in the same order per element
-// (grad_residual, and grad_x from the same sums, bit for bit); the per-channel sums go through
-// float vectors per run, then float64, so they differ from the generic ones in rounding only.
+// whole vectors and one masked tail; the straight-through mask goes from compare masks straight
+// to its bits and back. They compute what generic.cpp's float32 loops do, in the same order per
+// element: y and the mask bit for bit, grad_residual, and grad_x from the same sums, too; the
+// backward's per-channel sums go through float vectors per run, then float64, so they differ
+// from the generic ones in rounding only.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -12,6 +13,7 @@
 #include "batchnorm_noisy_quant/batchnorm_noisy_quant.h"
 #include "common/lanes.h"
 #include "common/parallel.h"
+#include "noise/noise.h"
 #include "noisy_quant/noisy_quant.h"
 
 namespace na {
@@ -22,6 +24,12 @@ struct ChannelTerms {
   const float *mean, *alpha, *beta, *lam;  // the sums pass
   const float *mean_dz, *k, *w_invstd;  // the input-gradient pass
 };
+
+// the quantize pass over one work item: y and the mask bits (alpha, beta: [channels])
+void forward_avx2(const ForwardArgs& args, const noisy_quant::Quantizer& nq, const float* alpha, const float* beta,
+                  const WorkItem& item);
+void forward_avx512(const ForwardArgs& args, const noisy_quant::Quantizer& nq, const float* alpha,
+                    const float* beta, const WorkItem& item);
 
 // sums: this thread's [channels][3] float64 (sum dz, sum dz (x - mean), sum grad_y dy/dlam)
 void backward_sums_avx2(const BackwardArgs& args, const noisy_quant::Quantizer& layout, const ChannelTerms& terms,
@@ -161,6 +169,80 @@ template <class L, template <class> class Io> struct Backward {
       int64_t at = run.begin;
       for (; at + W <= run.end; at += W) inputs_step<GRAD_X, GRAD_RESIDUAL, true>(a, c, at, IO::part(W));
       if (at < run.end) inputs_step<GRAD_X, GRAD_RESIDUAL, false>(a, c, at, IO::part(run.end - at));
+    }
+  }
+};
+
+// The quantize pass on lanes L: per batch of kNoiseBatch elements (from a multiple of 8, as
+// generic.cpp's), the noise of the whole batch, then its channel runs; the batch's mask bits
+// gather in words and are stored as whole bytes (no other batch shares them).
+template <class L, template <class> class Io> struct Forward {
+  using B = Backward<L, Io>;
+  using Vec = typename L::Vec;
+  using Part = typename Io<L>::Part;
+  using IO = Io<L>;
+  static constexpr int W = L::kWidth;
+  static constexpr int kWords = kNoiseBatch / 64 + 1;  // one more for a last vector's spill
+
+  struct Run {
+    const noisy_quant::ChannelConstants<L> quantizer;
+    Vec alpha, beta;
+  };
+
+  // bits of `lanes` lanes for the batch's elements from `offset` on
+  NA_INLINE static void add_bits(uint64_t* words, int64_t offset, uint32_t bits) {
+    const int shift = static_cast<int>(offset & 63);
+    words[offset >> 6] |= static_cast<uint64_t>(bits) << shift;
+    if (shift + W > 64) words[(offset >> 6) + 1] |= static_cast<uint64_t>(bits) >> (64 - shift);
+  }
+
+  // the vector at element `at`, `offset` into the batch (eps, words); `lanes` < W when not FULL
+  template <Noise NOISE, bool RESIDUAL, bool FULL>
+  NA_INLINE static void step(const ForwardArgs& a, const Run& r, const float* eps, int64_t at, int64_t offset,
+                             int64_t lanes, uint64_t* words) {
+    const Part part = IO::part(lanes);
+    Vec z = L::add(L::mul(B::template load<FULL>(static_cast<const float*>(a.x) + at, part), r.alpha), r.beta);
+    if (RESIDUAL) z = L::add(z, B::template load<FULL>(static_cast<const float*>(a.residual) + at, part));
+    const Vec e = NOISE == Noise::NONE ? L::zero() : B::template load<FULL>(eps + offset, part);
+    const Vec q_raw = noisy_quant::quantize_raw<L, NOISE>(z, e, r.quantizer);
+    B::template store<FULL>(static_cast<float*>(a.y) + at, part, noisy_quant::dequantize<L>(q_raw, r.quantizer));
+    uint32_t bits = IO::bits_of(noisy_quant::passes<L>(q_raw, r.quantizer));
+    if (!FULL) bits &= (1u << lanes) - 1u;
+    add_bits(words, offset, bits);
+  }
+
+  template <Noise NOISE, bool RESIDUAL>
+  NA_INLINE static void batch(const ForwardArgs& a, const noisy_quant::Quantizer& nq, const float* alpha,
+                              const float* beta, int64_t at, int64_t count) {
+    const Quantizer& q = a.quantizer;
+    float eps[kNoiseBatch];
+    if (NOISE != Noise::NONE) scaled_noise_batch(NOISE, q.seed, q.scale, static_cast<uint64_t>(at), count, eps);
+    uint64_t words[kWords] = {};
+    const WorkItem span{at, at + count};
+    for (const noisy_quant::ChannelRun& run : noisy_quant::ChannelRuns(nq, span)) {
+      const int64_t ch = run.channel;
+      const Run r{noisy_quant::ChannelConstants<L>(nq, ch), L::set1(alpha[ch]), L::set1(beta[ch])};
+      int64_t i = run.begin;
+      for (; i + W <= run.end; i += W) step<NOISE, RESIDUAL, true>(a, r, eps, i, i - at, W, words);
+      if (i < run.end) step<NOISE, RESIDUAL, false>(a, r, eps, i, i - at, run.end - i, words);
+    }
+    if (a.mask) std::memcpy(a.mask + (at >> 3), words, static_cast<size_t>((count + 7) >> 3));
+  }
+
+  template <Noise NOISE, bool RESIDUAL>
+  NA_INLINE static void item(const ForwardArgs& a, const noisy_quant::Quantizer& nq, const float* alpha,
+                             const float* beta, const WorkItem& it) {
+    for (int64_t at = it.begin; at < it.end; at += kNoiseBatch)
+      batch<NOISE, RESIDUAL>(a, nq, alpha, beta, at, std::min(kNoiseBatch, it.end - at));
+  }
+
+  template <bool RESIDUAL>
+  NA_INLINE static void item_for_noise(const ForwardArgs& a, const noisy_quant::Quantizer& nq, const float* alpha,
+                                       const float* beta, const WorkItem& it) {
+    switch (a.quantizer.noise) {
+      case Noise::NONE: return item<Noise::NONE, RESIDUAL>(a, nq, alpha, beta, it);
+      case Noise::UNIFORM: return item<Noise::UNIFORM, RESIDUAL>(a, nq, alpha, beta, it);
+      default: return item<Noise::GAUSSIAN, RESIDUAL>(a, nq, alpha, beta, it);
     }
   }
 };

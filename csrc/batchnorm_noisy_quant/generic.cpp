@@ -639,6 +639,10 @@ void forward_generic(const ForwardArgs& args) {
         nq.shift = args.quantizer.shift;
         const Isa isa = conversion_isa(D);
         for_each_work_item(s.numel(), kWorkItemElements, args.threads, [&](const WorkItem& item) {
+#ifdef NA_X86_SIMD
+          if (D == DType::FLOAT32 && isa == Isa::AVX512) return forward_avx512(args, nq, alpha.data(), beta.data(), item);
+          if (D == DType::FLOAT32 && isa == Isa::AVX2) return forward_avx2(args, nq, alpha.data(), beta.data(), item);
+#endif
           for (int64_t at = item.begin; at < item.end; at += kNoiseBatch) {
             const int64_t count = std::min(kNoiseBatch, item.end - at);
             if constexpr (D == DType::FLOAT32)
