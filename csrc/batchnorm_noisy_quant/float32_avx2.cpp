@@ -29,6 +29,30 @@ template <> struct Io<Avx2Lanes> {
     return _mm256_castsi256_ps(_mm256_cmpeq_epi32(set, lane_bit));
   }
   NA_AVX2 static uint32_t bits_of(__m256 mask) { return static_cast<uint32_t>(_mm256_movemask_ps(mask)); }
+  // eight float64 accumulators
+  struct Acc {
+    __m256d low, high;
+  };
+  NA_AVX2 static Acc acc_zero() { return {_mm256_setzero_pd(), _mm256_setzero_pd()}; }
+  NA_AVX2 static void acc_add(Acc& acc, __m256 v) {
+    acc.low = _mm256_add_pd(acc.low, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    acc.high = _mm256_add_pd(acc.high, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+  }
+  // (v - mean)^2 on the part's lanes
+  NA_AVX2 static void acc_add_squares(Acc& acc, __m256 v, double mean, Part part) {
+    const __m256d m = _mm256_set1_pd(mean);
+    const __m256d keep_low = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(part)));
+    const __m256d keep_high = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_extracti128_si256(part, 1)));
+    const __m256d low = _mm256_and_pd(keep_low, _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), m));
+    const __m256d high = _mm256_and_pd(keep_high, _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), m));
+    acc.low = _mm256_add_pd(acc.low, _mm256_mul_pd(low, low));
+    acc.high = _mm256_add_pd(acc.high, _mm256_mul_pd(high, high));
+  }
+  NA_AVX2 static double acc_sum(const Acc& acc) {
+    const __m256d v = _mm256_add_pd(acc.low, acc.high);
+    const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+  }
   NA_AVX2 static float sum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -39,8 +63,17 @@ template <> struct Io<Avx2Lanes> {
 
 using K = simd::Backward<Avx2Lanes, Io>;
 using F = simd::Forward<Avx2Lanes, Io>;
+using S = simd::Statistics<Avx2Lanes, Io>;
 
 }  // namespace
+
+NA_AVX2 void statistics_sums_avx2(const ForwardArgs& args, const noisy_quant::Quantizer& layout, const double* mean,
+                                  const WorkItem& item, double* sums) {
+  if (mean)
+    S::item<true>(args, layout, mean, item, sums);
+  else
+    S::item<false>(args, layout, mean, item, sums);
+}
 
 NA_AVX2 void forward_avx2(const ForwardArgs& args, const noisy_quant::Quantizer& nq, const float* alpha,
                          const float* beta, const WorkItem& item) {

@@ -22,12 +22,40 @@ template <> struct Io<Avx512Lanes> {
   NA_AVX512 static __mmask16 mask_of(uint32_t bits) { return static_cast<__mmask16>(bits); }
   NA_AVX512 static uint32_t bits_of(__mmask16 mask) { return mask; }
   NA_AVX512 static float sum(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+  // sixteen float64 accumulators
+  struct Acc {
+    __m512d low, high;
+  };
+  NA_AVX512 static Acc acc_zero() { return {_mm512_setzero_pd(), _mm512_setzero_pd()}; }
+  NA_AVX512 static void acc_add(Acc& acc, __m512 v) {
+    acc.low = _mm512_add_pd(acc.low, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+    acc.high = _mm512_add_pd(acc.high, _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)));
+  }
+  // (v - mean)^2 on the part's lanes
+  NA_AVX512 static void acc_add_squares(Acc& acc, __m512 v, double mean, Part part) {
+    const __m512d m = _mm512_set1_pd(mean);
+    const __m512d low = _mm512_maskz_sub_pd(static_cast<__mmask8>(part), _mm512_cvtps_pd(_mm512_castps512_ps256(v)), m);
+    const __m512d high = _mm512_maskz_sub_pd(static_cast<__mmask8>(part >> 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)), m);
+    acc.low = _mm512_add_pd(acc.low, _mm512_mul_pd(low, low));
+    acc.high = _mm512_add_pd(acc.high, _mm512_mul_pd(high, high));
+  }
+  NA_AVX512 static double acc_sum(const Acc& acc) { return _mm512_reduce_add_pd(_mm512_add_pd(acc.low, acc.high)); }
 };
 
 using K = simd::Backward<Avx512Lanes, Io>;
 using F = simd::Forward<Avx512Lanes, Io>;
+using S = simd::Statistics<Avx512Lanes, Io>;
 
 }  // namespace
+
+NA_AVX512 void statistics_sums_avx512(const ForwardArgs& args, const noisy_quant::Quantizer& layout,
+                                      const double* mean, const WorkItem& item, double* sums) {
+  if (mean)
+    S::item<true>(args, layout, mean, item, sums);
+  else
+    S::item<false>(args, layout, mean, item, sums);
+}
 
 NA_AVX512 void forward_avx512(const ForwardArgs& args, const noisy_quant::Quantizer& nq, const float* alpha,
                              const float* beta, const WorkItem& item) {

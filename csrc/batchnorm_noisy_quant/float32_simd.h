@@ -25,6 +25,13 @@ struct ChannelTerms {
   const float *mean_dz, *k, *w_invstd;  // the input-gradient pass
 };
 
+// the statistics passes over one work item: per channel, sums[c] += sum of x, or of
+// (x - mean[c])^2, in float64
+void statistics_sums_avx2(const ForwardArgs& args, const noisy_quant::Quantizer& layout, const double* mean,
+                          const WorkItem& item, double* sums);
+void statistics_sums_avx512(const ForwardArgs& args, const noisy_quant::Quantizer& layout, const double* mean,
+                            const WorkItem& item, double* sums);
+
 // the quantize pass over one work item: y and the mask bits (alpha, beta: [channels])
 void forward_avx2(const ForwardArgs& args, const noisy_quant::Quantizer& nq, const float* alpha, const float* beta,
                   const WorkItem& item);
@@ -169,6 +176,39 @@ template <class L, template <class> class Io> struct Backward {
       int64_t at = run.begin;
       for (; at + W <= run.end; at += W) inputs_step<GRAD_X, GRAD_RESIDUAL, true>(a, c, at, IO::part(W));
       if (at < run.end) inputs_step<GRAD_X, GRAD_RESIDUAL, false>(a, c, at, IO::part(run.end - at));
+    }
+  }
+};
+
+// The statistics passes on lanes L: x widened to float64 (Io's Acc: a vector's worth of float64
+// accumulators), sums per channel run; mean null for the sum of x, else the squares about it.
+template <class L, template <class> class Io> struct Statistics {
+  using B = Backward<L, Io>;
+  using IO = Io<L>;
+  static constexpr int W = L::kWidth;
+
+  template <bool SQUARES>
+  NA_INLINE static void item(const ForwardArgs& a, const noisy_quant::Quantizer& layout, const double* mean,
+                             const WorkItem& it, double* sums) {
+    const float* x = static_cast<const float*>(a.x);
+    for (const noisy_quant::ChannelRun& run : noisy_quant::ChannelRuns(layout, it)) {
+      const double m = SQUARES ? mean[run.channel] : 0.0;
+      typename IO::Acc acc = IO::acc_zero();
+      int64_t at = run.begin;
+      for (; at + W <= run.end; at += W) {
+        if (SQUARES)
+          IO::acc_add_squares(acc, IO::load(x + at), m, IO::part(W));
+        else
+          IO::acc_add(acc, IO::load(x + at));
+      }
+      if (at < run.end) {
+        const auto part = IO::part(run.end - at);
+        if (SQUARES)
+          IO::acc_add_squares(acc, IO::load(x + at, part), m, part);
+        else
+          IO::acc_add(acc, IO::load(x + at, part));
+      }
+      sums[run.channel] += IO::acc_sum(acc);
     }
   }
 };

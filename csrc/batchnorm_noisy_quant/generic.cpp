@@ -5,7 +5,9 @@
 // per thread (float64), added in thread order. 16-bit x is widened to float32 a batch at a time
 // with explicit AVX2 / AVX-512 conversions (a scalar conversion inside a loop keeps the compiler
 // from vectorising it), and the batch runs through float32 loops that compute what the float32
-// kernel does, rounding to the dtype where the unfused ops store.
+// kernel does, rounding to the dtype where the unfused ops store. On AVX2 and AVX-512 CPUs
+// float32 runs on float32_simd.h's kernels instead (the same results; the backward's sums within
+// rounding), these loops only at NA_KERNELS_SIMD=generic or without AVX2.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -211,48 +213,75 @@ NA_TARGET_CLONES double batch_squares(const StorageType<D>* x, int64_t at, int64
   return sum;
 }
 
+// per channel: the mean of x and the sum of (x - mean)^2, on the loops of batches
+template <DType D> void generic_statistics(const ForwardArgs& args, std::vector<double>& mean, std::vector<double>& var_sum) {
+  const Shape& s = args.shape;
+  const auto* x = static_cast<const StorageType<D>*>(args.x);
+  const Isa isa = conversion_isa(D);
+  const double n = static_cast<double>(s.per_channel());
+  mean = stream(s, args.threads, 1, [&](const ChannelRun&, double* sum, int64_t at, int64_t count) {
+    if constexpr (D == DType::FLOAT32) {
+      *sum += batch_sum<D>(x, at, count);
+    } else {
+      float tile[kNoiseBatch];
+      widen<D>(isa, x + at, count, tile);
+#ifdef NA_X86_SIMD
+      if (isa == Isa::AVX512) {
+        *sum += batch_sum_avx512(tile, count);
+        return;
+      }
+#endif
+      *sum += batch_sum<DType::FLOAT32>(tile, 0, count);
+    }
+  });
+  for (double& m : mean) m /= n;
+  var_sum = stream(s, args.threads, 1, [&](const ChannelRun& run, double* sum, int64_t at, int64_t count) {
+    if constexpr (D == DType::FLOAT32) {
+      *sum += batch_squares<D>(x, at, count, mean[run.channel]);
+    } else {
+      float tile[kNoiseBatch];
+      widen<D>(isa, x + at, count, tile);
+#ifdef NA_X86_SIMD
+      if (isa == Isa::AVX512) {
+        *sum += batch_squares_avx512(tile, count, mean[run.channel]);
+        return;
+      }
+#endif
+      *sum += batch_squares<DType::FLOAT32>(tile, 0, count, mean[run.channel]);
+    }
+  });
+}
+
+// per channel: the sum of x (mean null), or of (x - mean)^2, on the float32 kernels of `isa`
+std::vector<double> simd_statistics(Isa isa, const ForwardArgs& args, const double* mean) {
+  const noisy_quant::Quantizer q = layout(args.shape);
+  return per_thread_sums(args.shape, args.threads, 1, [&](const WorkItem& item, double* sums) {
+#ifdef NA_X86_SIMD
+    if (isa == Isa::AVX512) return statistics_sums_avx512(args, q, mean, item, sums);
+    statistics_sums_avx2(args, q, mean, item, sums);
+#else
+    (void)isa, (void)mean, (void)item, (void)sums;
+#endif
+  });
+}
+
 // per channel: save_mean, save_invstd, the new running statistics, alpha and beta. The batch
 // statistics as torch's CPU BatchNorm computes them: float64 mean and biased variance (two
 // passes), the variance rounded to float32 and invstd from it in float64; running statistics in
 // float32 (momentum * batch + (1 - momentum) * running, the unbiased variance)
 template <DType D> void statistics(const ForwardArgs& args, std::vector<float>& alpha, std::vector<float>& beta) {
   const Shape& s = args.shape;
-  const auto* x = static_cast<const StorageType<D>*>(args.x);
   const Isa isa = conversion_isa(D);
   std::vector<double> mean(s.channels), var_sum(s.channels);
   if (args.batch_stats) {
     const double n = static_cast<double>(s.per_channel());
-    mean = stream(s, args.threads, 1, [&](const ChannelRun&, double* sum, int64_t at, int64_t count) {
-      if constexpr (D == DType::FLOAT32) {
-        *sum += batch_sum<D>(x, at, count);
-      } else {
-        float tile[kNoiseBatch];
-        widen<D>(isa, x + at, count, tile);
-#ifdef NA_X86_SIMD
-        if (isa == Isa::AVX512) {
-          *sum += batch_sum_avx512(tile, count);
-          return;
-        }
-#endif
-        *sum += batch_sum<DType::FLOAT32>(tile, 0, count);
-      }
-    });
-    for (double& m : mean) m /= n;
-    var_sum = stream(s, args.threads, 1, [&](const ChannelRun& run, double* sum, int64_t at, int64_t count) {
-      if constexpr (D == DType::FLOAT32) {
-        *sum += batch_squares<D>(x, at, count, mean[run.channel]);
-      } else {
-        float tile[kNoiseBatch];
-        widen<D>(isa, x + at, count, tile);
-#ifdef NA_X86_SIMD
-        if (isa == Isa::AVX512) {
-          *sum += batch_squares_avx512(tile, count, mean[run.channel]);
-          return;
-        }
-#endif
-        *sum += batch_squares<DType::FLOAT32>(tile, 0, count, mean[run.channel]);
-      }
-    });
+    if (D == DType::FLOAT32 && isa != Isa::GENERIC) {
+      mean = simd_statistics(isa, args, nullptr);
+      for (double& m : mean) m /= n;
+      var_sum = simd_statistics(isa, args, mean.data());
+    } else {
+      generic_statistics<D>(args, mean, var_sum);
+    }
   }
   for (int64_t c = 0; c < s.channels; ++c) {
     float mean32, invstd;
