@@ -62,9 +62,11 @@ inline uint32_t bits_at(const uint8_t* mask, int64_t mask_bytes, int64_t first) 
   return word >> (first & 7);
 }
 
-// The loops over one work item on lanes L, with Io<L> (the ISA's file) for memory: Part (the
-// lanes of a partial vector), part(count), load / store of whole and partial vectors,
-// keep(part, v) (v on the part's lanes, 0 elsewhere), mask_of(bits) and sum(v) (a float).
+// The backward's loops over one work item on lanes L, with Io<L> (the ISA's file) for memory:
+// Part (the lanes of a partial vector), part(count), load / store of whole and partial vectors,
+// keep(part, v) (v on the part's lanes, 0 elsewhere), mask_of(bits) / bits_of(mask) between
+// mask bits and lane masks, sum(v) (a float); for the statistics, Acc (a vector's worth of
+// float64 accumulators), acc_zero, acc_add, acc_add_squares and acc_sum.
 template <class L, template <class> class Io> struct Backward {
   using Vec = typename L::Vec;
   using Mask = typename L::Mask;
