@@ -15,7 +15,8 @@ template <class L> struct Io;
 template <> struct Io<Avx2Lanes> {
   using Part = __m256i;
   NA_AVX2 static Part part(int64_t count) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(count)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(count)), lane);
   }
   NA_AVX2 static __m256 load(const float* p) { return _mm256_loadu_ps(p); }
   NA_AVX2 static __m256 load(const float* p, Part part) { return _mm256_maskload_ps(p, part); }

@@ -35,8 +35,10 @@ template <> struct Io<Avx512Lanes> {
   // (v - mean)^2 on the part's lanes
   NA_AVX512 static void acc_add_squares(Acc& acc, __m512 v, double mean, Part part) {
     const __m512d m = _mm512_set1_pd(mean);
-    const __m512d low = _mm512_maskz_sub_pd(static_cast<__mmask8>(part), _mm512_cvtps_pd(_mm512_castps512_ps256(v)), m);
-    const __m512d high = _mm512_maskz_sub_pd(static_cast<__mmask8>(part >> 8), _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)), m);
+    const __m512d v_low = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    const __m512d v_high = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1));
+    const __m512d low = _mm512_maskz_sub_pd(static_cast<__mmask8>(part), v_low, m);
+    const __m512d high = _mm512_maskz_sub_pd(static_cast<__mmask8>(part >> 8), v_high, m);
     acc.low = _mm512_add_pd(acc.low, _mm512_mul_pd(low, low));
     acc.high = _mm512_add_pd(acc.high, _mm512_mul_pd(high, high));
   }

@@ -214,7 +214,8 @@ NA_TARGET_CLONES double batch_squares(const StorageType<D>* x, int64_t at, int64
 }
 
 // per channel: the mean of x and the sum of (x - mean)^2, on the loops of batches
-template <DType D> void generic_statistics(const ForwardArgs& args, std::vector<double>& mean, std::vector<double>& var_sum) {
+template <DType D>
+void generic_statistics(const ForwardArgs& args, std::vector<double>& mean, std::vector<double>& var_sum) {
   const Shape& s = args.shape;
   const auto* x = static_cast<const StorageType<D>*>(args.x);
   const Isa isa = conversion_isa(D);
@@ -669,8 +670,10 @@ void forward_generic(const ForwardArgs& args) {
         const Isa isa = conversion_isa(D);
         for_each_work_item(s.numel(), kWorkItemElements, args.threads, [&](const WorkItem& item) {
 #ifdef NA_X86_SIMD
-          if (D == DType::FLOAT32 && isa == Isa::AVX512) return forward_avx512(args, nq, alpha.data(), beta.data(), item);
-          if (D == DType::FLOAT32 && isa == Isa::AVX2) return forward_avx2(args, nq, alpha.data(), beta.data(), item);
+          if constexpr (D == DType::FLOAT32) {
+            if (isa == Isa::AVX512) return forward_avx512(args, nq, alpha.data(), beta.data(), item);
+            if (isa == Isa::AVX2) return forward_avx2(args, nq, alpha.data(), beta.data(), item);
+          }
 #endif
           for (int64_t at = item.begin; at < item.end; at += kNoiseBatch) {
             const int64_t count = std::min(kNoiseBatch, item.end - at);
