@@ -11,7 +11,8 @@ run as direct kernel calls inside NoisyQuantEager / EagerFunctionBackward, or as
 under autocast), optimizer, and the rest. --compare: process CPU time of one step of each,
 rounds interleaved, medians (less disturbed by other processes than wall time at one thread);
 --memory adds each step's peak memory (model_cases.peak_memory). --op: the fused op alone against
-F.batch_norm + noisy_quant at ResNet-20's three activation shapes, forward and backward apart
+F.batch_norm + noisy_quant and against what it replaces in a ReLU network (BN + ReLU; with a
+residual, BN + add + ReLU) at ResNet-20's three activation shapes, forward and backward apart
 (process CPU time, rounds interleaved, medians).
 """
 
@@ -102,32 +103,42 @@ def compare(args, dtype):
 
 
 OP_SHAPES = ((16, 32), (32, 16), (64, 8))  # ResNet-20's (channels, side)
+OP_KINDS = ("fused", "unfused", "bn+relu", "fused+res", "bn+add+relu")
 
 
-def compare_op(args, dtype):
+def op_cases(batch, channels, side, torch_dtype):
+    """The fused op, the ops it fuses, and what it replaces in a ReLU network (BN + ReLU, and
+    BN + residual add + ReLU against the fused op with a residual), on one activation shape."""
     import torch
     from torch.nn import functional as F
 
     from na_kernels.ops.batchnorm_noisy_quant import batchnorm_noisy_quant
     from na_kernels.ops.noisy_quant import noisy_quant
 
+    g = torch.Generator().manual_seed(channels)
+    x = torch.randn(batch, channels, side, side, generator=g).to(torch_dtype).requires_grad_()
+    residual = torch.randn(x.shape, generator=g).to(torch_dtype).requires_grad_()
+    grad_y = torch.randn(x.shape, generator=g).to(torch_dtype)
+    w, b, lam = (torch.ones(channels).requires_grad_() for _ in range(3))
+    mean, var = torch.zeros(channels), torch.ones(channels)
+    forwards = {
+        "fused": lambda: batchnorm_noisy_quant(x, w, b, mean, var, 3, lam, seed=1),
+        "unfused": lambda: noisy_quant(F.batch_norm(x, mean, var, w, b, training=True), 3, lam, seed=1),
+        "bn+relu": lambda: F.relu(F.batch_norm(x, mean, var, w, b, training=True)),
+        "fused+res": lambda: batchnorm_noisy_quant(x, w, b, mean, var, 3, lam, seed=1, residual=residual),
+        "bn+add+relu": lambda: F.relu(F.batch_norm(x, mean, var, w, b, training=True) + residual),
+    }
+    return {kind: (forward, grad_y) for kind, forward in forwards.items()}
+
+
+def compare_op(args, dtype):
+    import torch
+
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     cases = {}
     for channels, side in OP_SHAPES:
-        g = torch.Generator().manual_seed(channels)
-        x = torch.randn(args.batch, channels, side, side, generator=g).to(torch_dtype).requires_grad_()
-        grad_y = torch.randn(x.shape, generator=g).to(torch_dtype)
-        w, b, lam = (torch.ones(channels).requires_grad_() for _ in range(3))
-        mean, var = torch.zeros(channels), torch.ones(channels)
-
-        def fused(x=x, w=w, b=b, lam=lam, mean=mean, var=var):
-            return batchnorm_noisy_quant(x, w, b, mean, var, 3, lam, seed=1)
-
-        def unfused(x=x, w=w, b=b, lam=lam, mean=mean, var=var):
-            return noisy_quant(F.batch_norm(x, mean, var, w, b, training=True), 3, lam, seed=1)
-
-        cases[(channels, "fused")] = (fused, grad_y)
-        cases[(channels, "unfused")] = (unfused, grad_y)
+        for kind, case in op_cases(args.batch, channels, side, torch_dtype).items():
+            cases[(channels, kind)] = case
     seconds = {k: ([], []) for k in cases}
     for round_ in range(args.rounds + 2):
         for k, (forward, grad_y) in cases.items():
@@ -141,7 +152,7 @@ def compare_op(args, dtype):
     lines = [f"batchnorm_noisy_quant alone, batch {args.batch} {dtype} (fwd / bwd ms, medians):"]
     for channels, side in OP_SHAPES:
         parts = []
-        for kind in ("fused", "unfused"):
+        for kind in OP_KINDS:
             fwd, bwd = (1e3 * statistics.median(v) for v in seconds[(channels, kind)])
             parts.append(f"{kind} {fwd:.2f} / {bwd:.2f} (sum {fwd + bwd:.2f})")
         lines.append(f"  [{args.batch}, {channels}, {side}, {side}]: " + ", ".join(parts))

@@ -349,6 +349,79 @@ def test_cpp_16_bit_at_every_simd_level(simd_level, dtype, residual):
         torch.testing.assert_close(grads[name].float(), grads_ref[name].float(), rtol=2e-2, atol=2e-2, msg=name)
 
 
+# channel runs of 143 (starting at mask bits not a multiple of 8), 3 and 1 (shorter than a
+# vector), 64 (whole vectors), and runs across work items of 2^14 elements
+FLOAT32_SIMD_SHAPES = [(3, 5, 11, 13), (5, 3, 3), (7, 2), (4, 3, 8, 8), (2, 3, 71, 67)]
+
+
+@pytest.mark.parametrize("shape", FLOAT32_SIMD_SHAPES)
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("noise", ["NONE", "UNIFORM", "GAUSSIAN"])
+def test_cpp_float32_forward_at_every_simd_level(simd_level, shape, residual, noise):
+    """The float32 quantize pass's AVX2 / AVX-512 kernels: y, the mask bits, the statistics bit
+    for bit as the reference (mask bits written from compare masks, runs off byte boundaries)."""
+    if not na_kernels.cpu.available():
+        pytest.skip("C++ extension not built")
+    case = make_case(shape, torch.float32, residual=residual, seed=7)
+    kind = getattr(na_kernels._spec.Noise, noise)
+    args = na_kernels._spec.BatchNormNoisyQuantArgs(3, kind, 0.0 if noise == "NONE" else 1.0, 0.5, True, 0.1, 1e-5)
+    tensors = [case[k] for k in ("x", "residual", "weight", "bias", "running_mean", "running_var", "lam")]
+    with na_kernels.use_backend("cpu"):
+        got = OP(*tensors, torch.tensor([13]), args)
+    want = reference.forward(*tensors, torch.tensor([13]), args)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
+def _fp32_gradients(case, simd_level, batch_stats):
+    from na_kernels import cpu
+
+    with cpu.limit_simd(simd_level):
+        _, _, _, grads = run(fused("cpu"), case, seed=5, batch_stats=batch_stats)
+    return grads
+
+
+@pytest.mark.parametrize("shape", FLOAT32_SIMD_SHAPES)
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("batch_stats", [True, False])
+def test_cpp_float32_backward_at_every_simd_level(simd_level, shape, residual, batch_stats):
+    """The float32 backward's AVX2 / AVX-512 kernels against the generic loops: grad_residual bit
+    for bit, grad_x too where it uses no per-channel sum (running statistics), the sums (weight,
+    bias, lam, and through them grad_x) within float32 rounding; all against the unfused ops."""
+    if not na_kernels.cpu.available():
+        pytest.skip("C++ extension not built")
+    case = make_case(shape, torch.float32, residual=residual, seed=9)
+    grads = _fp32_gradients(case, simd_level, batch_stats)
+    generic = _fp32_gradients(case, "generic", batch_stats)
+    exact = (("x",) if not batch_stats else ()) + (("residual",) if residual else ())
+    for name in exact:
+        assert torch.equal(grads[name], generic[name]), name
+    for name in grads:
+        torch.testing.assert_close(grads[name], generic[name], rtol=1e-5, atol=1e-5, msg=name)
+    _, _, _, want = run(unfused, case, seed=5, batch_stats=batch_stats)
+    for name in grads:
+        torch.testing.assert_close(grads[name], want[name], rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_cpp_float32_grad_residual_alone_at_every_simd_level(simd_level):
+    """x needs no gradient: the input pass writes grad_residual only, the same at every level."""
+    if not na_kernels.cpu.available():
+        pytest.skip("C++ extension not built")
+    from na_kernels import cpu
+
+    case = make_case((3, 5, 11, 13), torch.float32, residual=True, seed=2)
+    got = {}
+    for level in (simd_level, "generic"):
+        r = case["residual"].clone().requires_grad_()
+        with cpu.limit_simd(level), na_kernels.use_backend("cpu"):
+            y = batchnorm_noisy_quant(
+                case["x"], case["weight"], case["bias"], None, None, 3, case["lam"], residual=r, seed=3
+            )
+        y.backward(case["grad_y"])
+        got[level] = r.grad
+    assert torch.equal(got[simd_level], got["generic"])
+
+
 _AOT_SCRIPT = r"""
 import triton
 from triton.compiler import ASTSource

@@ -5,7 +5,9 @@
 // per thread (float64), added in thread order. 16-bit x is widened to float32 a batch at a time
 // with explicit AVX2 / AVX-512 conversions (a scalar conversion inside a loop keeps the compiler
 // from vectorising it), and the batch runs through float32 loops that compute what the float32
-// kernel does, rounding to the dtype where the unfused ops store.
+// kernel does, rounding to the dtype where the unfused ops store. On AVX2 and AVX-512 CPUs
+// float32 runs on float32_simd.h's kernels instead (the same results; the backward's sums within
+// rounding), these loops only at NA_KERNELS_SIMD=generic or without AVX2.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -13,6 +15,7 @@
 #include <vector>
 
 #include "batchnorm_noisy_quant/batchnorm_noisy_quant.h"
+#include "batchnorm_noisy_quant/float32_simd.h"
 #include "common/dispatch.h"
 #include "common/float_convert.h"
 #include "common/lanes.h"
@@ -165,25 +168,31 @@ noisy_quant::Quantizer layout(const Shape& s) {
   return q;
 }
 
-// body(run, first index, count) for the batches of every channel run of every work item, the
-// work items spread over `threads`; per-thread sums of `width` float64 per channel, returned
-// added in thread order ([channels][width]; empty when width is 0)
-template <class Body>
-std::vector<double> stream(const Shape& s, int threads, int width, Body&& body) {
-  const noisy_quant::Quantizer q = layout(s);
+// item_body(work item, its thread's sums) for every work item, spread over `threads`; per-thread
+// sums of `width` float64 per channel, returned added in thread order ([channels][width]; empty
+// when width is 0; the sums pointer is null then)
+template <class ItemBody>
+std::vector<double> per_thread_sums(const Shape& s, int threads, int width, ItemBody&& item_body) {
   std::vector<double> partial(static_cast<size_t>(threads * s.channels * width), 0.0);
   for_each_work_item(
       s.numel(), kWorkItemElements, threads,
-      [&] { return width ? partial.data() + thread_index() * s.channels * width : nullptr; },
-      [&](const WorkItem& item, double* sums) {
-        for (const ChannelRun& run : ChannelRuns(q, item))
-          for (int64_t at = run.begin; at < run.end; at += kNoiseBatch)
-            body(run, sums ? sums + run.channel * width : nullptr, at, std::min(kNoiseBatch, run.end - at));
-      });
+      [&] { return width ? partial.data() + thread_index() * s.channels * width : nullptr; }, item_body);
   std::vector<double> total(static_cast<size_t>(s.channels * width), 0.0);
   for (int t = 0; t < threads; ++t)
     for (size_t i = 0; i < total.size(); ++i) total[i] += partial[t * total.size() + i];
   return total;
+}
+
+// body(run, its channel's sums, first index, count) for the batches of every channel run of
+// every work item, as per_thread_sums
+template <class Body>
+std::vector<double> stream(const Shape& s, int threads, int width, Body&& body) {
+  const noisy_quant::Quantizer q = layout(s);
+  return per_thread_sums(s, threads, width, [&](const WorkItem& item, double* sums) {
+    for (const ChannelRun& run : ChannelRuns(q, item))
+      for (int64_t at = run.begin; at < run.end; at += kNoiseBatch)
+        body(run, sums ? sums + run.channel * width : nullptr, at, std::min(kNoiseBatch, run.end - at));
+  });
 }
 
 template <DType D> NA_TARGET_CLONES double batch_sum(const StorageType<D>* x, int64_t at, int64_t count) {
@@ -204,48 +213,76 @@ NA_TARGET_CLONES double batch_squares(const StorageType<D>* x, int64_t at, int64
   return sum;
 }
 
+// per channel: the mean of x and the sum of (x - mean)^2, on the loops of batches
+template <DType D>
+void generic_statistics(const ForwardArgs& args, std::vector<double>& mean, std::vector<double>& var_sum) {
+  const Shape& s = args.shape;
+  const auto* x = static_cast<const StorageType<D>*>(args.x);
+  const Isa isa = conversion_isa(D);
+  const double n = static_cast<double>(s.per_channel());
+  mean = stream(s, args.threads, 1, [&](const ChannelRun&, double* sum, int64_t at, int64_t count) {
+    if constexpr (D == DType::FLOAT32) {
+      *sum += batch_sum<D>(x, at, count);
+    } else {
+      float tile[kNoiseBatch];
+      widen<D>(isa, x + at, count, tile);
+#ifdef NA_X86_SIMD
+      if (isa == Isa::AVX512) {
+        *sum += batch_sum_avx512(tile, count);
+        return;
+      }
+#endif
+      *sum += batch_sum<DType::FLOAT32>(tile, 0, count);
+    }
+  });
+  for (double& m : mean) m /= n;
+  var_sum = stream(s, args.threads, 1, [&](const ChannelRun& run, double* sum, int64_t at, int64_t count) {
+    if constexpr (D == DType::FLOAT32) {
+      *sum += batch_squares<D>(x, at, count, mean[run.channel]);
+    } else {
+      float tile[kNoiseBatch];
+      widen<D>(isa, x + at, count, tile);
+#ifdef NA_X86_SIMD
+      if (isa == Isa::AVX512) {
+        *sum += batch_squares_avx512(tile, count, mean[run.channel]);
+        return;
+      }
+#endif
+      *sum += batch_squares<DType::FLOAT32>(tile, 0, count, mean[run.channel]);
+    }
+  });
+}
+
+// per channel: the sum of x (mean null), or of (x - mean)^2, on the float32 kernels of `isa`
+std::vector<double> simd_statistics(Isa isa, const ForwardArgs& args, const double* mean) {
+  const noisy_quant::Quantizer q = layout(args.shape);
+  return per_thread_sums(args.shape, args.threads, 1, [&](const WorkItem& item, double* sums) {
+#ifdef NA_X86_SIMD
+    if (isa == Isa::AVX512) return statistics_sums_avx512(args, q, mean, item, sums);
+    statistics_sums_avx2(args, q, mean, item, sums);
+#else
+    (void)isa, (void)mean, (void)item, (void)sums;
+#endif
+  });
+}
+
 // per channel: save_mean, save_invstd, the new running statistics, alpha and beta. The batch
 // statistics as torch's CPU BatchNorm computes them: float64 mean and biased variance (two
 // passes), the variance rounded to float32 and invstd from it in float64; running statistics in
 // float32 (momentum * batch + (1 - momentum) * running, the unbiased variance)
 template <DType D> void statistics(const ForwardArgs& args, std::vector<float>& alpha, std::vector<float>& beta) {
   const Shape& s = args.shape;
-  const auto* x = static_cast<const StorageType<D>*>(args.x);
   const Isa isa = conversion_isa(D);
   std::vector<double> mean(s.channels), var_sum(s.channels);
   if (args.batch_stats) {
     const double n = static_cast<double>(s.per_channel());
-    mean = stream(s, args.threads, 1, [&](const ChannelRun&, double* sum, int64_t at, int64_t count) {
-      if constexpr (D == DType::FLOAT32) {
-        *sum += batch_sum<D>(x, at, count);
-      } else {
-        float tile[kNoiseBatch];
-        widen<D>(isa, x + at, count, tile);
-#ifdef NA_X86_SIMD
-        if (isa == Isa::AVX512) {
-          *sum += batch_sum_avx512(tile, count);
-          return;
-        }
-#endif
-        *sum += batch_sum<DType::FLOAT32>(tile, 0, count);
-      }
-    });
-    for (double& m : mean) m /= n;
-    var_sum = stream(s, args.threads, 1, [&](const ChannelRun& run, double* sum, int64_t at, int64_t count) {
-      if constexpr (D == DType::FLOAT32) {
-        *sum += batch_squares<D>(x, at, count, mean[run.channel]);
-      } else {
-        float tile[kNoiseBatch];
-        widen<D>(isa, x + at, count, tile);
-#ifdef NA_X86_SIMD
-        if (isa == Isa::AVX512) {
-          *sum += batch_squares_avx512(tile, count, mean[run.channel]);
-          return;
-        }
-#endif
-        *sum += batch_squares<DType::FLOAT32>(tile, 0, count, mean[run.channel]);
-      }
-    });
+    if (D == DType::FLOAT32 && isa != Isa::GENERIC) {
+      mean = simd_statistics(isa, args, nullptr);
+      for (double& m : mean) m /= n;
+      var_sum = simd_statistics(isa, args, mean.data());
+    } else {
+      generic_statistics<D>(args, mean, var_sum);
+    }
   }
   for (int64_t c = 0; c < s.channels; ++c) {
     float mean32, invstd;
@@ -589,6 +626,31 @@ NA_TARGET_CLONES void backward_inputs_batch(const BackwardArgs& args, float mean
   }
 }
 
+// the float32 backward's passes on the explicit-SIMD kernels of `isa` (float32_simd.h)
+std::vector<double> simd_sums(Isa isa, const BackwardArgs& args, const ChannelTerms& terms) {
+  const noisy_quant::Quantizer q = layout(args.shape);
+  return per_thread_sums(args.shape, args.threads, 3, [&](const WorkItem& item, double* sums) {
+#ifdef NA_X86_SIMD
+    if (isa == Isa::AVX512) return backward_sums_avx512(args, q, terms, item, sums);
+    backward_sums_avx2(args, q, terms, item, sums);
+#else
+    (void)isa, (void)item, (void)sums;
+#endif
+  });
+}
+
+void simd_inputs(Isa isa, const BackwardArgs& args, const ChannelTerms& terms) {
+  const noisy_quant::Quantizer q = layout(args.shape);
+  for_each_work_item(args.shape.numel(), kWorkItemElements, args.threads, [&](const WorkItem& item) {
+#ifdef NA_X86_SIMD
+    if (isa == Isa::AVX512) return backward_inputs_avx512(args, q, terms, item);
+    backward_inputs_avx2(args, q, terms, item);
+#else
+    (void)isa, (void)item;
+#endif
+  });
+}
+
 }  // namespace
 
 void forward_generic(const ForwardArgs& args) {
@@ -607,6 +669,12 @@ void forward_generic(const ForwardArgs& args) {
         nq.shift = args.quantizer.shift;
         const Isa isa = conversion_isa(D);
         for_each_work_item(s.numel(), kWorkItemElements, args.threads, [&](const WorkItem& item) {
+#ifdef NA_X86_SIMD
+          if constexpr (D == DType::FLOAT32) {
+            if (isa == Isa::AVX512) return forward_avx512(args, nq, alpha.data(), beta.data(), item);
+            if (isa == Isa::AVX2) return forward_avx2(args, nq, alpha.data(), beta.data(), item);
+          }
+#endif
           for (int64_t at = item.begin; at < item.end; at += kNoiseBatch) {
             const int64_t count = std::min(kNoiseBatch, item.end - at);
             if constexpr (D == DType::FLOAT32)
@@ -628,6 +696,7 @@ void backward_generic(const BackwardArgs& args) {
       [&](auto dtype, auto residual, auto grad_x, auto grad_residual) {
         constexpr DType D = decltype(dtype)::value;
         const Isa isa = conversion_isa(D);
+        const bool simd = D == DType::FLOAT32 && isa != Isa::GENERIC;
         std::vector<float> alpha(s.channels), beta(s.channels), mean_dz(s.channels, 0.0f), k(s.channels, 0.0f),
             w_invstd(s.channels);
         for (int64_t c = 0; c < s.channels; ++c) {
@@ -635,17 +704,22 @@ void backward_generic(const BackwardArgs& args) {
           beta[c] = args.bias[c] - args.save_mean[c] * alpha[c];
           w_invstd[c] = args.save_invstd[c] * args.weight[c];
         }
-        const std::vector<double> sums =
-            s.numel() == 0 ? std::vector<double>(3 * s.channels, 0.0)
-                           : stream(s, args.threads, 3, [&](const ChannelRun& run, double* sum, int64_t at, int64_t count) {
-                               const int64_t c = run.channel;
-                               if constexpr (D == DType::FLOAT32)
-                                 backward_batch<D, decltype(residual)::value>(args, sum, args.save_mean[c], alpha[c],
-                                                                              beta[c], args.lam[c], at, count);
-                               else
-                                 backward_batch_16<D, decltype(residual)::value>(
-                                     isa, args, sum, args.save_mean[c], alpha[c], beta[c], args.lam[c], at, count);
-                             });
+        const ChannelTerms terms{args.save_mean, alpha.data(), beta.data(),    args.lam,
+                                 mean_dz.data(), k.data(),     w_invstd.data()};
+        std::vector<double> sums(3 * s.channels, 0.0);
+        if (s.numel() > 0 && simd) {
+          sums = simd_sums(isa, args, terms);
+        } else if (s.numel() > 0) {
+          sums = stream(s, args.threads, 3, [&](const ChannelRun& run, double* sum, int64_t at, int64_t count) {
+            const int64_t c = run.channel;
+            if constexpr (D == DType::FLOAT32)
+              backward_batch<D, decltype(residual)::value>(args, sum, args.save_mean[c], alpha[c], beta[c],
+                                                           args.lam[c], at, count);
+            else
+              backward_batch_16<D, decltype(residual)::value>(isa, args, sum, args.save_mean[c], alpha[c], beta[c],
+                                                              args.lam[c], at, count);
+          });
+        }
         for (int64_t c = 0; c < s.channels; ++c) {
           args.grads[c] = static_cast<float>(sums[3 * c + 1] * static_cast<double>(args.save_invstd[c]));
           args.grads[s.channels + c] = static_cast<float>(sums[3 * c]);
@@ -656,7 +730,8 @@ void backward_generic(const BackwardArgs& args) {
             k[c] = static_cast<float>(sums[3 * c + 1] / n * invstd * invstd);
           }
         }
-        if (s.numel() == 0) return;
+        if (s.numel() == 0 || (!args.grad_x && !args.grad_residual)) return;
+        if (simd) return simd_inputs(isa, args, terms);
         stream(s, args.threads, 0, [&](const ChannelRun& run, double*, int64_t at, int64_t count) {
           const int64_t c = run.channel;
           backward_inputs_batch<D, decltype(grad_x)::value, decltype(grad_residual)::value>(

@@ -1,0 +1,294 @@
+// batchnorm_noisy_quant's float32 kernels in explicit SIMD (float32_avx2.cpp, float32_avx512.cpp):
+// one body over lane types (common/lanes*.h), a work item at a time, each channel run walked in
+// whole vectors and one masked tail; the straight-through mask goes from compare masks straight
+// to its bits and back. They compute what generic.cpp's float32 loops do, in the same order per
+// element: y and the mask bit for bit, grad_residual, and grad_x from the same sums, too; the
+// backward's per-channel sums go through float vectors per run, then float64, so they differ
+// from the generic ones in rounding only.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "batchnorm_noisy_quant/batchnorm_noisy_quant.h"
+#include "common/lanes.h"
+#include "common/parallel.h"
+#include "noise/noise.h"
+#include "noisy_quant/noisy_quant.h"
+
+namespace na {
+namespace batchnorm_noisy_quant {
+
+// per-channel terms of the backward passes, [channels] each
+struct ChannelTerms {
+  const float *mean, *alpha, *beta, *lam;  // the sums pass
+  const float *mean_dz, *k, *w_invstd;  // the input-gradient pass
+};
+
+// the statistics passes over one work item: per channel, sums[c] += sum of x, or of
+// (x - mean[c])^2, in float64
+void statistics_sums_avx2(const ForwardArgs& args, const noisy_quant::Quantizer& layout, const double* mean,
+                          const WorkItem& item, double* sums);
+void statistics_sums_avx512(const ForwardArgs& args, const noisy_quant::Quantizer& layout, const double* mean,
+                            const WorkItem& item, double* sums);
+
+// the quantize pass over one work item: y and the mask bits (alpha, beta: [channels])
+void forward_avx2(const ForwardArgs& args, const noisy_quant::Quantizer& nq, const float* alpha, const float* beta,
+                  const WorkItem& item);
+void forward_avx512(const ForwardArgs& args, const noisy_quant::Quantizer& nq, const float* alpha,
+                    const float* beta, const WorkItem& item);
+
+// sums: this thread's [channels][3] float64 (sum dz, sum dz (x - mean), sum grad_y dy/dlam)
+void backward_sums_avx2(const BackwardArgs& args, const noisy_quant::Quantizer& layout, const ChannelTerms& terms,
+                        const WorkItem& item, double* sums);
+void backward_inputs_avx2(const BackwardArgs& args, const noisy_quant::Quantizer& layout,
+                          const ChannelTerms& terms, const WorkItem& item);
+void backward_sums_avx512(const BackwardArgs& args, const noisy_quant::Quantizer& layout,
+                          const ChannelTerms& terms, const WorkItem& item, double* sums);
+void backward_inputs_avx512(const BackwardArgs& args, const noisy_quant::Quantizer& layout,
+                            const ChannelTerms& terms, const WorkItem& item);
+
+namespace simd {
+
+// mask bits [first, first + 16) (at least) in the low bits; reads no byte past mask_bytes
+inline uint32_t bits_at(const uint8_t* mask, int64_t mask_bytes, int64_t first) {
+  const int64_t byte = first >> 3;
+  uint32_t word = 0;
+  if (byte + 4 <= mask_bytes) {
+    std::memcpy(&word, mask + byte, 4);
+  } else {
+    for (int64_t b = byte; b < mask_bytes; ++b) word |= static_cast<uint32_t>(mask[b]) << (8 * (b - byte));
+  }
+  return word >> (first & 7);
+}
+
+// The backward's loops over one work item on lanes L, with Io<L> (the ISA's file) for memory:
+// Part (the lanes of a partial vector), part(count), load / store of whole and partial vectors,
+// keep(part, v) (v on the part's lanes, 0 elsewhere), mask_of(bits) / bits_of(mask) between
+// mask bits and lane masks, sum(v) (a float); for the statistics, Acc (a vector's worth of
+// float64 accumulators), acc_zero, acc_add, acc_add_squares and acc_sum.
+template <class L, template <class> class Io> struct Backward {
+  using Vec = typename L::Vec;
+  using Mask = typename L::Mask;
+  using IO = Io<L>;
+  using Part = typename IO::Part;
+  static constexpr int W = L::kWidth;
+
+  // whole vectors (FULL) or the lanes of `part`; lanes outside a partial vector load as 0
+  template <bool FULL> NA_INLINE static Vec load(const float* p, Part part) {
+    if constexpr (FULL) {
+      (void)part;
+      return IO::load(p);
+    } else {
+      return IO::load(p, part);
+    }
+  }
+  template <bool FULL> NA_INLINE static void store(float* p, Part part, Vec v) {
+    if constexpr (FULL) {
+      (void)part;
+      IO::store(p, v);
+    } else {
+      IO::store(p, part, v);
+    }
+  }
+
+  struct SumsConstants {
+    Vec mean, alpha, beta, p, p_over_lam, inv_p, inv_lam, half;
+  };
+  struct Sums {
+    Vec dz, dz_xc, lam;
+  };
+
+  // one vector of the sums pass at `at`: backward_sums' loop body in generic.cpp
+  template <bool RESIDUAL, bool FULL>
+  NA_INLINE static void sums_step(const BackwardArgs& a, const SumsConstants& c, int64_t at, Part part, Sums& s) {
+    const Mask in = IO::mask_of(bits_at(a.mask, a.shape.mask_bytes(), at));
+    const Vec dy = load<FULL>(static_cast<const float*>(a.grad_y) + at, part);
+    const Vec x = load<FULL>(static_cast<const float*>(a.x) + at, part);
+    const Vec y = load<FULL>(static_cast<const float*>(a.y) + at, part);
+    Vec z = L::add(L::mul(x, c.alpha), c.beta);
+    if (RESIDUAL) z = L::add(z, load<FULL>(static_cast<const float*>(a.residual) + at, part));
+    const Vec dz = L::select(in, dy, L::zero());
+    // the level from y; outside [0, p] lam's gradient is 1 above (level p) and 0 below
+    const Vec level = L::floor(L::add(L::mul(y, c.p_over_lam), c.half));
+    const Vec g_in = L::sub(L::mul(level, c.inv_p), L::mul(z, c.inv_lam));
+    const Vec g = L::select(in, g_in, L::one_where(L::eq(level, c.p)));
+    Vec dy_g = L::mul(dy, g);
+    if (!FULL) dy_g = IO::keep(part, dy_g);  // a zero dy times a non-finite g stays out
+    s.dz = L::add(s.dz, dz);
+    s.dz_xc = L::add(s.dz_xc, L::mul(dz, L::sub(x, c.mean)));
+    s.lam = L::add(s.lam, dy_g);
+  }
+
+  // the sums of the elements [begin, end) of one channel into sums[0..2]: float vectors over
+  // at most kChunk elements, then float64
+  template <bool RESIDUAL>
+  NA_INLINE static void sums_run(const BackwardArgs& a, const SumsConstants& c, int64_t begin, int64_t end,
+                                 double* sums) {
+    constexpr int64_t kChunk = 256;
+    for (int64_t chunk = begin; chunk < end; chunk += kChunk) {
+      const int64_t stop = std::min(end, chunk + kChunk);
+      Sums s{L::zero(), L::zero(), L::zero()};
+      int64_t at = chunk;
+      for (; at + W <= stop; at += W) sums_step<RESIDUAL, true>(a, c, at, IO::part(W), s);
+      if (at < stop) sums_step<RESIDUAL, false>(a, c, at, IO::part(stop - at), s);
+      sums[0] += static_cast<double>(IO::sum(s.dz));
+      sums[1] += static_cast<double>(IO::sum(s.dz_xc));
+      sums[2] += static_cast<double>(IO::sum(s.lam));
+    }
+  }
+
+  template <bool RESIDUAL>
+  NA_INLINE static void sums_item(const BackwardArgs& a, const noisy_quant::Quantizer& layout,
+                                  const ChannelTerms& t, const WorkItem& item, double* sums) {
+    const float p = a.p;
+    for (const noisy_quant::ChannelRun& run : noisy_quant::ChannelRuns(layout, item)) {
+      const int64_t ch = run.channel;
+      const float lam = t.lam[ch];
+      const SumsConstants c{L::set1(t.mean[ch]), L::set1(t.alpha[ch]), L::set1(t.beta[ch]),   L::set1(p),
+                            L::set1(p / lam),    L::set1(1.0f / p),    L::set1(1.0f / lam), L::set1(0.5f)};
+      sums_run<RESIDUAL>(a, c, run.begin, run.end, sums + 3 * ch);
+    }
+  }
+
+  struct InputsConstants {
+    Vec mean, mean_dz, k, w_invstd;
+  };
+
+  // grad_residual = dz, grad_x = ((dz - mean_dz) - (x - mean) * k) * w_invstd
+  template <bool GRAD_X, bool GRAD_RESIDUAL, bool FULL>
+  NA_INLINE static void inputs_step(const BackwardArgs& a, const InputsConstants& c, int64_t at, Part part) {
+    const Mask in = IO::mask_of(bits_at(a.mask, a.shape.mask_bytes(), at));
+    const Vec dz = L::select(in, load<FULL>(static_cast<const float*>(a.grad_y) + at, part), L::zero());
+    if (GRAD_RESIDUAL) store<FULL>(static_cast<float*>(a.grad_residual) + at, part, dz);
+    if (GRAD_X) {
+      const Vec x = load<FULL>(static_cast<const float*>(a.x) + at, part);
+      const Vec g = L::mul(L::sub(L::sub(dz, c.mean_dz), L::mul(L::sub(x, c.mean), c.k)), c.w_invstd);
+      store<FULL>(static_cast<float*>(a.grad_x) + at, part, g);
+    }
+  }
+
+  template <bool GRAD_X, bool GRAD_RESIDUAL>
+  NA_INLINE static void inputs_item(const BackwardArgs& a, const noisy_quant::Quantizer& layout,
+                                    const ChannelTerms& t, const WorkItem& item) {
+    for (const noisy_quant::ChannelRun& run : noisy_quant::ChannelRuns(layout, item)) {
+      const int64_t ch = run.channel;
+      const InputsConstants c{L::set1(t.mean[ch]), L::set1(t.mean_dz[ch]), L::set1(t.k[ch]),
+                              L::set1(t.w_invstd[ch])};
+      int64_t at = run.begin;
+      for (; at + W <= run.end; at += W) inputs_step<GRAD_X, GRAD_RESIDUAL, true>(a, c, at, IO::part(W));
+      if (at < run.end) inputs_step<GRAD_X, GRAD_RESIDUAL, false>(a, c, at, IO::part(run.end - at));
+    }
+  }
+};
+
+// The statistics passes on lanes L: x widened to float64 (Io's Acc: a vector's worth of float64
+// accumulators), sums per channel run; mean null for the sum of x, else the squares about it.
+template <class L, template <class> class Io> struct Statistics {
+  using B = Backward<L, Io>;
+  using IO = Io<L>;
+  static constexpr int W = L::kWidth;
+
+  template <bool SQUARES>
+  NA_INLINE static void item(const ForwardArgs& a, const noisy_quant::Quantizer& layout, const double* mean,
+                             const WorkItem& it, double* sums) {
+    const float* x = static_cast<const float*>(a.x);
+    for (const noisy_quant::ChannelRun& run : noisy_quant::ChannelRuns(layout, it)) {
+      const double m = SQUARES ? mean[run.channel] : 0.0;
+      typename IO::Acc acc = IO::acc_zero();
+      int64_t at = run.begin;
+      for (; at + W <= run.end; at += W) {
+        if (SQUARES)
+          IO::acc_add_squares(acc, IO::load(x + at), m, IO::part(W));
+        else
+          IO::acc_add(acc, IO::load(x + at));
+      }
+      if (at < run.end) {
+        const auto part = IO::part(run.end - at);
+        if (SQUARES)
+          IO::acc_add_squares(acc, IO::load(x + at, part), m, part);
+        else
+          IO::acc_add(acc, IO::load(x + at, part));
+      }
+      sums[run.channel] += IO::acc_sum(acc);
+    }
+  }
+};
+
+// The quantize pass on lanes L: per batch of kNoiseBatch elements (from a multiple of 8, as
+// generic.cpp's), the noise of the whole batch, then its channel runs; the batch's mask bits
+// gather in words and are stored as whole bytes (no other batch shares them).
+template <class L, template <class> class Io> struct Forward {
+  using B = Backward<L, Io>;
+  using Vec = typename L::Vec;
+  using Part = typename Io<L>::Part;
+  using IO = Io<L>;
+  static constexpr int W = L::kWidth;
+  static constexpr int kWords = kNoiseBatch / 64 + 1;  // one more for a last vector's spill
+
+  struct Run {
+    const noisy_quant::ChannelConstants<L> quantizer;
+    Vec alpha, beta;
+  };
+
+  // bits of `lanes` lanes for the batch's elements from `offset` on
+  NA_INLINE static void add_bits(uint64_t* words, int64_t offset, uint32_t bits) {
+    const int shift = static_cast<int>(offset & 63);
+    words[offset >> 6] |= static_cast<uint64_t>(bits) << shift;
+    if (shift + W > 64) words[(offset >> 6) + 1] |= static_cast<uint64_t>(bits) >> (64 - shift);
+  }
+
+  // the vector at element `at`, `offset` into the batch (eps, words); `lanes` < W when not FULL
+  template <Noise NOISE, bool RESIDUAL, bool FULL>
+  NA_INLINE static void step(const ForwardArgs& a, const Run& r, const float* eps, int64_t at, int64_t offset,
+                             int64_t lanes, uint64_t* words) {
+    const Part part = IO::part(lanes);
+    Vec z = L::add(L::mul(B::template load<FULL>(static_cast<const float*>(a.x) + at, part), r.alpha), r.beta);
+    if (RESIDUAL) z = L::add(z, B::template load<FULL>(static_cast<const float*>(a.residual) + at, part));
+    const Vec e = NOISE == Noise::NONE ? L::zero() : B::template load<FULL>(eps + offset, part);
+    const Vec q_raw = noisy_quant::quantize_raw<L, NOISE>(z, e, r.quantizer);
+    B::template store<FULL>(static_cast<float*>(a.y) + at, part, noisy_quant::dequantize<L>(q_raw, r.quantizer));
+    uint32_t bits = IO::bits_of(noisy_quant::passes<L>(q_raw, r.quantizer));
+    if (!FULL) bits &= (1u << lanes) - 1u;
+    add_bits(words, offset, bits);
+  }
+
+  template <Noise NOISE, bool RESIDUAL>
+  NA_INLINE static void batch(const ForwardArgs& a, const noisy_quant::Quantizer& nq, const float* alpha,
+                              const float* beta, int64_t at, int64_t count) {
+    const Quantizer& q = a.quantizer;
+    float eps[kNoiseBatch];
+    if (NOISE != Noise::NONE) scaled_noise_batch(NOISE, q.seed, q.scale, static_cast<uint64_t>(at), count, eps);
+    uint64_t words[kWords] = {};
+    const WorkItem span{at, at + count};
+    for (const noisy_quant::ChannelRun& run : noisy_quant::ChannelRuns(nq, span)) {
+      const int64_t ch = run.channel;
+      const Run r{noisy_quant::ChannelConstants<L>(nq, ch), L::set1(alpha[ch]), L::set1(beta[ch])};
+      int64_t i = run.begin;
+      for (; i + W <= run.end; i += W) step<NOISE, RESIDUAL, true>(a, r, eps, i, i - at, W, words);
+      if (i < run.end) step<NOISE, RESIDUAL, false>(a, r, eps, i, i - at, run.end - i, words);
+    }
+    if (a.mask) std::memcpy(a.mask + (at >> 3), words, static_cast<size_t>((count + 7) >> 3));
+  }
+
+  template <Noise NOISE, bool RESIDUAL>
+  NA_INLINE static void item(const ForwardArgs& a, const noisy_quant::Quantizer& nq, const float* alpha,
+                             const float* beta, const WorkItem& it) {
+    for (int64_t at = it.begin; at < it.end; at += kNoiseBatch)
+      batch<NOISE, RESIDUAL>(a, nq, alpha, beta, at, std::min(kNoiseBatch, it.end - at));
+  }
+
+  template <bool RESIDUAL>
+  NA_INLINE static void item_for_noise(const ForwardArgs& a, const noisy_quant::Quantizer& nq, const float* alpha,
+                                       const float* beta, const WorkItem& it) {
+    switch (a.quantizer.noise) {
+      case Noise::NONE: return item<Noise::NONE, RESIDUAL>(a, nq, alpha, beta, it);
+      case Noise::UNIFORM: return item<Noise::UNIFORM, RESIDUAL>(a, nq, alpha, beta, it);
+      default: return item<Noise::GAUSSIAN, RESIDUAL>(a, nq, alpha, beta, it);
+    }
+  }
+};
+
+}  // namespace simd
+}  // namespace batchnorm_noisy_quant
+}  // namespace na
