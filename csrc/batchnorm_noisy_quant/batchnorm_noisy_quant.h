@@ -60,6 +60,11 @@ struct BackwardArgs {
   int threads;
 };
 
+// per channel, from this batch's float64 sums of x and of (x - mean)^2 (read only when
+// batch_stats) or the running statistics: save_mean, save_invstd, the new running statistics,
+// alpha and beta (the formulas above; both memory orders)
+void channel_terms(const ForwardArgs& args, const double* mean, const double* var_sum, float* alpha, float* beta);
+
 void forward_generic(const ForwardArgs& args);
 void backward_generic(const BackwardArgs& args);
 // the same for channels-last float32 tensors, memory order [batch][inner][channels]; the mask's

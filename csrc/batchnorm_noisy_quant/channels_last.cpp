@@ -478,7 +478,7 @@ template <class Body> std::vector<double> item_sums(const Shape& s, int threads,
   return total;
 }
 
-// as generic.cpp's statistics(): the same per-channel formulas from the same float64 sums
+// the float64 sums of this batch in NHWC order (when batch_stats), then channel_terms
 void statistics(const ForwardArgs& args, SimdLevel level, std::vector<float>& alpha, std::vector<float>& beta) {
   const Shape& s = args.shape;
   const auto* x = static_cast<const float*>(args.x);
@@ -493,31 +493,7 @@ void statistics(const ForwardArgs& args, SimdLevel level, std::vector<float>& al
       sum_rows_at(level, x + at, it.rows, s.channels, sums, mean.data());
     });
   }
-  for (int64_t c = 0; c < s.channels; ++c) {
-    float mean32, invstd;
-    if (args.batch_stats) {
-      mean32 = static_cast<float>(mean[c]);
-      const float var = static_cast<float>(var_sum[c] / n);
-      invstd = static_cast<float>(1.0 / std::sqrt(static_cast<double>(var) + args.eps));
-      if (args.running_mean) {
-        const float m = static_cast<float>(args.momentum), keep = static_cast<float>(1.0 - args.momentum);
-        const float unbiased = static_cast<float>(static_cast<double>(var) * n / (n - 1.0));
-        args.new_running_mean[c] = m * mean32 + keep * args.running_mean[c];
-        args.new_running_var[c] = m * unbiased + keep * args.running_var[c];
-      }
-    } else {
-      mean32 = args.running_mean[c];
-      invstd = 1.0f / std::sqrt(args.running_var[c] + static_cast<float>(args.eps));
-      if (args.new_running_mean) {
-        args.new_running_mean[c] = args.running_mean[c];
-        args.new_running_var[c] = args.running_var[c];
-      }
-    }
-    args.save_mean[c] = mean32;
-    args.save_invstd[c] = invstd;
-    alpha[c] = invstd * args.weight[c];
-    beta[c] = args.bias[c] - mean32 * alpha[c];
-  }
+  channel_terms(args, mean.data(), var_sum.data(), alpha.data(), beta.data());
 }
 
 // ---- backward

@@ -266,10 +266,7 @@ std::vector<double> simd_statistics(Isa isa, const ForwardArgs& args, const doub
   });
 }
 
-// per channel: save_mean, save_invstd, the new running statistics, alpha and beta. The batch
-// statistics as torch's CPU BatchNorm computes them: float64 mean and biased variance (two
-// passes), the variance rounded to float32 and invstd from it in float64; running statistics in
-// float32 (momentum * batch + (1 - momentum) * running, the unbiased variance)
+// the float64 sums of this batch (when batch_stats), then channel_terms
 template <DType D> void statistics(const ForwardArgs& args, std::vector<float>& alpha, std::vector<float>& beta) {
   const Shape& s = args.shape;
   const Isa isa = conversion_isa(D);
@@ -284,32 +281,7 @@ template <DType D> void statistics(const ForwardArgs& args, std::vector<float>& 
       generic_statistics<D>(args, mean, var_sum);
     }
   }
-  for (int64_t c = 0; c < s.channels; ++c) {
-    float mean32, invstd;
-    if (args.batch_stats) {
-      const double n = static_cast<double>(s.per_channel());
-      mean32 = static_cast<float>(mean[c]);
-      const float var = static_cast<float>(var_sum[c] / n);
-      invstd = static_cast<float>(1.0 / std::sqrt(static_cast<double>(var) + args.eps));
-      if (args.running_mean) {
-        const float m = static_cast<float>(args.momentum), keep = static_cast<float>(1.0 - args.momentum);
-        const float unbiased = static_cast<float>(static_cast<double>(var) * n / (n - 1.0));
-        args.new_running_mean[c] = m * mean32 + keep * args.running_mean[c];
-        args.new_running_var[c] = m * unbiased + keep * args.running_var[c];
-      }
-    } else {
-      mean32 = args.running_mean[c];
-      invstd = 1.0f / std::sqrt(args.running_var[c] + static_cast<float>(args.eps));
-      if (args.new_running_mean) {
-        args.new_running_mean[c] = args.running_mean[c];
-        args.new_running_var[c] = args.running_var[c];
-      }
-    }
-    args.save_mean[c] = mean32;
-    args.save_invstd[c] = invstd;
-    alpha[c] = invstd * args.weight[c];
-    beta[c] = args.bias[c] - mean32 * alpha[c];
-  }
+  channel_terms(args, mean.data(), var_sum.data(), alpha.data(), beta.data());
 }
 
 // z of one element: batch_norm(x) (+ residual), each result rounded to D as the unfused ops store it
@@ -652,6 +624,40 @@ void simd_inputs(Isa isa, const BackwardArgs& args, const ChannelTerms& terms) {
 }
 
 }  // namespace
+
+// per channel: save_mean, save_invstd, the new running statistics, alpha and beta. The batch
+// statistics as torch's CPU BatchNorm computes them: float64 mean and biased variance (two
+// passes), the variance rounded to float32 and invstd from it in float64; running statistics in
+// float32 (momentum * batch + (1 - momentum) * running, the unbiased variance)
+void channel_terms(const ForwardArgs& args, const double* mean, const double* var_sum, float* alpha, float* beta) {
+  const Shape& s = args.shape;
+  const double n = static_cast<double>(s.per_channel());
+  for (int64_t c = 0; c < s.channels; ++c) {
+    float mean32, invstd;
+    if (args.batch_stats) {
+      mean32 = static_cast<float>(mean[c]);
+      const float var = static_cast<float>(var_sum[c] / n);
+      invstd = static_cast<float>(1.0 / std::sqrt(static_cast<double>(var) + args.eps));
+      if (args.running_mean) {
+        const float m = static_cast<float>(args.momentum), keep = static_cast<float>(1.0 - args.momentum);
+        const float unbiased = static_cast<float>(static_cast<double>(var) * n / (n - 1.0));
+        args.new_running_mean[c] = m * mean32 + keep * args.running_mean[c];
+        args.new_running_var[c] = m * unbiased + keep * args.running_var[c];
+      }
+    } else {
+      mean32 = args.running_mean[c];
+      invstd = 1.0f / std::sqrt(args.running_var[c] + static_cast<float>(args.eps));
+      if (args.new_running_mean) {
+        args.new_running_mean[c] = args.running_mean[c];
+        args.new_running_var[c] = args.running_var[c];
+      }
+    }
+    args.save_mean[c] = mean32;
+    args.save_invstd[c] = invstd;
+    alpha[c] = invstd * args.weight[c];
+    beta[c] = args.bias[c] - mean32 * alpha[c];
+  }
+}
 
 void forward_generic(const ForwardArgs& args) {
   const Shape& s = args.shape;
