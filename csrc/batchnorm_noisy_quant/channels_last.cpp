@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "batchnorm_noisy_quant/batchnorm_noisy_quant.h"
+#include "batchnorm_noisy_quant/mask_bits.h"
 #include "common/dispatch.h"
 #include "common/lanes.h"
 #include "common/lanes_avx2.h"
@@ -41,18 +42,6 @@ using noisy_quant::quantize_raw;
 constexpr int64_t kItemElements = 1 << 15;  // elements of a work item (at least kMinRows rows)
 constexpr int64_t kMinRows = 256;  // rows of a work item when an image is split: whole noise batches per channel
 constexpr int64_t kRowsPerFlush = 256;  // backward's float32 partial sums, then float64
-
-// byte b as eight 0 / 1 bytes, bit i in byte i
-struct BitBytes {
-  uint64_t of[256];
-  BitBytes() {
-    for (int b = 0; b < 256; ++b) {
-      of[b] = 0;
-      for (int i = 0; i < 8; ++i) of[b] |= static_cast<uint64_t>((b >> i) & 1) << (8 * i);
-    }
-  }
-};
-const BitBytes kBits;
 
 // ---- memory access per lane type: loads and stores of a vector, 0 / 1 bytes of a mask, and
 // float64 sums of the lanes into consecutive doubles
@@ -90,7 +79,7 @@ template <> struct Mem<Avx2Lanes> {
   NA_AVX2 static Vec load(const float* p) { return _mm256_loadu_ps(p); }
   NA_AVX2 static void store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
   NA_AVX2 static void store_inside(uint8_t* p, Mask m) {
-    std::memcpy(p, &kBits.of[_mm256_movemask_ps(m)], 8);
+    std::memcpy(p, &kBitBytes.of[_mm256_movemask_ps(m)], 8);
   }
   NA_AVX2 static Mask load_inside(const uint8_t* p) {
     const __m256i wide = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
@@ -234,7 +223,7 @@ inline void set_bits_shared(uint8_t* mask, int64_t first, const uint8_t* inside,
 inline void get_bits(const uint8_t* mask, int64_t first, int64_t count, uint8_t* inside) {
   int64_t j = 0;
   for (; j < count && ((first + j) & 7); ++j) inside[j] = (mask[(first + j) >> 3] >> ((first + j) & 7)) & 1;
-  for (; j + 8 <= count; j += 8) std::memcpy(inside + j, &kBits.of[mask[(first + j) >> 3]], 8);
+  for (; j + 8 <= count; j += 8) std::memcpy(inside + j, &kBitBytes.of[mask[(first + j) >> 3]], 8);
   for (; j < count; ++j) inside[j] = (mask[(first + j) >> 3] >> ((first + j) & 7)) & 1;
 }
 

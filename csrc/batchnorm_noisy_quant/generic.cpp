@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "batchnorm_noisy_quant/batchnorm_noisy_quant.h"
+#include "batchnorm_noisy_quant/mask_bits.h"
 #include "batchnorm_noisy_quant/float32_simd.h"
 #include "common/dispatch.h"
 #include "common/float_convert.h"
@@ -318,18 +319,6 @@ NA_AVX512 void set_bits_avx512(uint8_t* mask, int64_t first, const uint8_t* insi
   set_bits(mask, first + j, inside + j, count - j);
 }
 #endif
-
-// byte b as eight 0 / 1 bytes, bit i in byte i
-struct BitBytes {
-  uint64_t of[256];
-  BitBytes() {
-    for (int b = 0; b < 256; ++b) {
-      of[b] = 0;
-      for (int i = 0; i < 8; ++i) of[b] |= static_cast<uint64_t>((b >> i) & 1) << (8 * i);
-    }
-  }
-};
-const BitBytes kBitBytes;
 
 // bits [first, first + count) of the mask as 0 / 1 bytes (inside has room for count + 8)
 inline void get_bits(const uint8_t* mask, int64_t first, int64_t count, uint8_t* inside) {
