@@ -46,17 +46,43 @@ template <class Body> void for_each_chunk(int64_t total, int64_t chunk, int thre
   for (int64_t i = 0; i < chunks; ++i) body(i * chunk, std::min(total, (i + 1) * chunk));
 }
 
-// phase 1: the events of every input row; returns the nonzero count
-int64_t find_events(const float* x, const Geometry& g, const Events& e, int threads) {
+// phase 1: the events of every input row; returns the nonzero count, and sets *nonfinite
+// where one is an infinity or a NaN
+int64_t find_events(const float* x, const Geometry& g, const Events& e, int threads, bool* nonfinite) {
   const bool avx512 = cpu_has_avx512();
   std::vector<int64_t> partial(threads, 0);
+  std::unique_ptr<bool[]> bad(new bool[threads]());
   for_each_chunk(g.n * g.h, kRowsPerItem, threads, [&](int64_t begin, int64_t end) {
-    partial[thread_index()] +=
-        avx512 ? events_avx512(x, g, e, begin, end) : events_generic(x, g, e, begin, end);
+    const int t = thread_index();
+    partial[t] += avx512 ? events_avx512(x, g, e, begin, end, &bad[t]) : events_generic(x, g, e, begin, end, &bad[t]);
   });
   int64_t total = 0;
-  for (int64_t count : partial) total += count;
+  for (int t = 0; t < threads; ++t) {
+    total += partial[t];
+    *nonfinite = *nonfinite || bad[t];
+  }
   return total;
+}
+
+// the weight table of the tiled gather (event_conv.h tile_block) of the weights packed for g,
+// in a buffer of the calling thread
+const float* tile_weights(const float* weight, const Geometry& g) {
+  thread_local std::unique_ptr<float[]> table;
+  thread_local int64_t capacity = 0;
+  const int64_t rows = tile_rows(g), row_size = g.cin * g.cout_padded;
+  const int64_t offset = (tile_pixels(g.cout_padded) - 1) * g.stride_w;  // table row of kw = 0
+  float* t = scratch(table, capacity, g.kh * rows * row_size);
+  for (int64_t kh = 0; kh < g.kh; ++kh) {
+    for (int64_t r = 0; r < rows; ++r) {
+      float* to = t + (kh * rows + r) * row_size;
+      const int64_t kw = r - offset;
+      if (kw >= 0 && kw < g.kw)
+        std::copy(weight + (kh * g.kw + kw) * row_size, weight + (kh * g.kw + kw + 1) * row_size, to);
+      else
+        std::fill(to, to + row_size, 0.0f);
+    }
+  }
+  return t;
 }
 
 // phase 2: every output row (n, oh)
@@ -96,9 +122,12 @@ int64_t event_conv_forward(uintptr_t x, uintptr_t weight, uintptr_t bias, uintpt
   require(threads >= 1, "threads", "must be >= 1");
   require(x != 0 && weight != 0 && bias != 0 && out != 0, "x, weight, bias and out", "must be addresses");
   const Events events = event_buffers(g);
-  const int64_t nonzeros = find_events(address_of<const float>(x), g, events, threads);
+  bool nonfinite = false;
+  const int64_t nonzeros = find_events(address_of<const float>(x), g, events, threads, &nonfinite);
   if (nonzeros > max_nonzeros) return nonzeros;
-  gather(ConvArgs{g, events, address_of<const float>(weight), address_of<const float>(bias),
+  const float* packed = address_of<const float>(weight);
+  const float* tiled = tile_pixels(g.cout_padded) > 0 && !nonfinite ? tile_weights(packed, g) : nullptr;
+  gather(ConvArgs{g, events, packed, tiled, address_of<const float>(bias),
                   address_of<const float>(residual), address_of<float>(out), threads});
   return nonzeros;
 }

@@ -18,13 +18,19 @@ from ..._validation import check_event_conv_arguments, check_real
 from . import cpu, reference  # noqa: F401
 
 # When the event kernel pays (bench/event_density.py, docs/notes.md): up to about 30 % nonzero
-# inputs where Cin * Cout >= 32 * 32; for narrower convolutions the dense one wins from about 1 %.
+# inputs where Cin * Cout >= 32 * 32; up to about 20 % where Cout <= 16 (the kernel computes
+# several output pixels at once there); for the other narrow convolutions the dense one wins
+# from about 1 %.
 DEFAULT_MAX_DENSITY = 0.3
-NARROW = 32 * 32  # Cin * Cout below which max_density=None means 0: always dense
+TILED_COUT = 16  # Cout up to which the kernel tiles output pixels (csrc/event_conv/event_conv.h)
+TILED_MAX_DENSITY = 0.2
+NARROW = 32 * 32  # Cin * Cout below which max_density=None means 0 (always dense), Cout <= 16 aside
 
 
 def default_max_density(cin, cout):
     """The nonzero fraction above which ``event_conv2d`` runs dense, for Cin x Cout channels."""
+    if cout <= TILED_COUT:
+        return TILED_MAX_DENSITY
     return 0.0 if cin * cout < NARROW else DEFAULT_MAX_DENSITY
 
 
