@@ -18,12 +18,12 @@ from ..._validation import check_event_conv_arguments, check_real
 from . import cpu, reference  # noqa: F401
 
 # When the event kernel pays (bench/event_density.py, docs/notes.md): up to about 30 % nonzero
-# inputs where Cin * Cout >= 32 * 32; up to about 20 % where Cout <= 16 (the kernel computes
+# inputs where Cin * Cout >= 32 * 32; up to about 15 % where Cout <= 16 (the kernel computes
 # several output pixels at once there); for the other narrow convolutions the dense one wins
 # from about 1 %.
 DEFAULT_MAX_DENSITY = 0.3
 TILED_COUT = 16  # Cout up to which the kernel tiles output pixels (csrc/event_conv/event_conv.h)
-TILED_MAX_DENSITY = 0.2
+TILED_MAX_DENSITY = 0.15
 NARROW = 32 * 32  # Cin * Cout below which max_density=None means 0 (always dense), Cout <= 16 aside
 
 
