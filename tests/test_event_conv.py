@@ -28,6 +28,7 @@ SHAPES = [
     (2, 9, 5, 10, 7, 1, 2, 0),
     (1, 4, 3, 17, 1, (1, 5), 1, (0, 2)),
     (1, 6, 5, 3, 12, 3, 1, 0),  # one partial tile per row
+    (1, 3, 2, 1, 5, 1, 1, 2),  # a tile whose windows lie in the padding alone
 ]
 DENSITIES = (0.0, 0.01, 0.2, 1.0)
 

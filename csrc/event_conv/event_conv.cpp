@@ -48,19 +48,20 @@ template <class Body> void for_each_chunk(int64_t total, int64_t chunk, int thre
 }
 
 // phase 1: the events of every input row; returns the nonzero count, and sets *nonfinite
-// where one is an infinity or a NaN
+// where one is an infinity or a NaN (unchecked where nonfinite is null)
 int64_t find_events(const float* x, const Geometry& g, const Events& e, int threads, bool* nonfinite) {
   const bool avx512 = cpu_has_avx512();
   std::vector<int64_t> partial(threads, 0);
   std::unique_ptr<bool[]> bad(new bool[threads]());
   for_each_chunk(g.n * g.h, kRowsPerItem, threads, [&](int64_t begin, int64_t end) {
     const int t = thread_index();
-    partial[t] += avx512 ? events_avx512(x, g, e, begin, end, &bad[t]) : events_generic(x, g, e, begin, end, &bad[t]);
+    bool* check = nonfinite ? &bad[t] : nullptr;
+    partial[t] += avx512 ? events_avx512(x, g, e, begin, end, check) : events_generic(x, g, e, begin, end, check);
   });
   int64_t total = 0;
   for (int t = 0; t < threads; ++t) {
     total += partial[t];
-    *nonfinite = *nonfinite || bad[t];
+    if (nonfinite) *nonfinite = *nonfinite || bad[t];
   }
   return total;
 }
@@ -141,11 +142,12 @@ int64_t event_conv_forward(uintptr_t x, uintptr_t weight, uintptr_t bias, uintpt
   require(x != 0 && weight != 0 && bias != 0 && out != 0, "x, weight, bias and out", "must be addresses");
   const Events events = event_buffers(g);
   bool nonfinite = false;
-  const int64_t nonzeros = find_events(address_of<const float>(x), g, events, threads, &nonfinite);
+  const bool tiles = tile_pixels(g.cout_padded) > 0;  // these need finite inputs
+  const int64_t nonzeros = find_events(address_of<const float>(x), g, events, threads, tiles ? &nonfinite : nullptr);
   if (nonzeros > max_nonzeros) return nonzeros;
   advise_huge_pages(address_of<float>(out), g.n * g.oh * g.ow * g.cout * static_cast<int64_t>(sizeof(float)));
   const float* packed = address_of<const float>(weight);
-  const float* tiled = tile_pixels(g.cout_padded) > 0 && !nonfinite ? tile_weights(packed, g) : nullptr;
+  const float* tiled = tiles && !nonfinite ? tile_weights(packed, g) : nullptr;
   gather(ConvArgs{g, events, packed, tiled, address_of<const float>(bias),
                   address_of<const float>(residual), address_of<float>(out), threads});
   return nonzeros;

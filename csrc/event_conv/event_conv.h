@@ -8,8 +8,10 @@
 // per Cout block, acc = fma(v, w[kh][kw][c][block], acc) over its in-bounds taps in (kh, kw, c)
 // order, starting from the bias and adding the residual last. A tap row's events (kw = kw_begin
 // .. kw_end - 1) are one contiguous run of its input row, and key - iw0 * Cin = kw * Cin + c
-// picks the weight row, so each output pixel runs one loop per kh. Every lane sees that one order on every ISA, and the generic kernel
-// uses std::fma, so generic, AVX2 and AVX-512 outputs are bitwise equal.
+// picks the weight row, so each output pixel runs one loop per kh. Where CoutP == 16 the pixels
+// go in tiles (tile_block): the same sums plus exact zeros. Every lane sees one order on every ISA
+// (the tiles depend on the shape alone), and the generic kernel uses std::fma, so generic, AVX2
+// and AVX-512 outputs are bitwise equal.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -49,7 +51,7 @@ struct ConvArgs {
 };
 
 // the events of input rows [begin, end) of x; returns their nonzero count, and sets *nonfinite
-// where one of them is an infinity or a NaN
+// where one of them is an infinity or a NaN (unchecked where nonfinite is null)
 int64_t events_generic(const float* x, const Geometry& g, const Events& e, int64_t begin, int64_t end,
                        bool* nonfinite);
 int64_t events_avx512(const float* x, const Geometry& g, const Events& e, int64_t begin, int64_t end,
@@ -149,7 +151,7 @@ NA_INLINE void tile_block(const ConvArgs& a, int64_t n, int64_t oh, int64_t ow0,
   }
   const Window win = window(g, oh, ow0);
   const int64_t first = win.iw0, last = win.iw0 + (valid - 1) * g.stride_w + g.kw;  // the segment
-  const int64_t lo = first < 0 ? 0 : first, hi = last < g.w ? last : g.w;
+  const int64_t lo = std::min(std::max(first, int64_t{0}), g.w), hi = std::max(lo, std::min(last, g.w));
   const int64_t row_events = g.w * g.cin, rows = tile_rows(g);
   const int64_t step = g.stride_w * g.cin * g.cout_padded;  // pixel p + 1 reads this much lower
   for (int64_t kh = win.kh_begin; kh < win.kh_end; ++kh) {

@@ -57,7 +57,7 @@ int64_t events_generic(const float* x, const Geometry& g, const Events& e, int64
         key[k] = static_cast<int32_t>(i);
         value[k] = in[i];
         k += in[i] != 0.0f;
-        bad |= !std::isfinite(in[i]);
+        bad |= nonfinite && !std::isfinite(in[i]);
       }
     }
     start[g.w] = k;
