@@ -105,11 +105,13 @@ SNN_OURS = (
 )
 # rows of the fp32 cases only: "fast" is bf16 whatever the case, "event" float32-only (dense in bf16)
 SNN_FP32_ONLY = ("fast", "event")
-# SpikingJelly in channels-last (weights and input): for profile_snn.py --compare, not the table
-SNN_EXTRA_IMPLS = ("spikingjelly_channels_last", "spikingjelly_channels_last_compiled")
+# SpikingJelly in channels-last (weights and input), and ``event`` with the convolutions of
+# Cout <= 16 dense (as before the event kernel tiled them): for profile_snn.py --compare, not the table
+SNN_EXTRA_IMPLS = ("spikingjelly_channels_last", "spikingjelly_channels_last_compiled", "event_untiled")
 SNN_TITLES.update(
     spikingjelly_channels_last="SpikingJelly IFNode channels-last",
     spikingjelly_channels_last_compiled="SpikingJelly IFNode channels-last compiled",
+    event_untiled="na_kernels event-driven, Cout <= 16 dense",
 )  # runs in bf16 whatever the case's dtype: a row of the fp32 cases only
 
 
@@ -223,6 +225,19 @@ def spikingjelly_snn(snn):
     return sj
 
 
+@contextlib.contextmanager
+def untiled_if(condition):
+    """While active (where ``condition``): event_conv's Cout <= 16 convolutions run dense."""
+    from na_kernels.ops import event_conv
+
+    saved = event_conv.TILED_MAX_DENSITY
+    event_conv.TILED_MAX_DENSITY = 0.0 if condition else saved
+    try:
+        yield
+    finally:
+        event_conv.TILED_MAX_DENSITY = saved
+
+
 def snn_pass(arch, impl, T, batch, dtype="fp32"):
     """(closure running one SNN pass of ``impl`` on a batch, the SpikingNetwork it runs, backend note)."""
     import na_kernels
@@ -234,16 +249,16 @@ def snn_pass(arch, impl, T, batch, dtype="fp32"):
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}["bf16" if impl == "fast" else dtype]
     snn = snn.to(torch_dtype)
     x, _ = images(batch, torch_dtype)
-    if "channels_last" in impl or impl in ("fast", "event"):
+    if "channels_last" in impl or impl in ("fast", "event", "event_untiled"):
         snn = snn.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    if impl == "event":
+    if impl in ("event", "event_untiled"):
         snn.event_driven(True)
     run = baselines.compiled(snn) if impl.endswith("_compiled") else snn
     backend = "reference" if impl == "reference" else "auto"
 
     def infer():
-        with torch.no_grad(), na_kernels.use_backend(backend):
+        with torch.no_grad(), na_kernels.use_backend(backend), untiled_if(impl == "event_untiled"):
             return run(x)
 
     return infer, snn, x

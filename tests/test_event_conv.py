@@ -22,6 +22,13 @@ SHAPES = [
     (1, 16, 9, 8, 64, 3, 1, 0),
     (2, 33, 6, 7, 129, 1, 2, 0),
     (1, 5, 4, 5, 16, (2, 3), (2, 1), (0, 1)),
+    # Cout <= 16: output pixels in tiles (a width not a multiple of the tile, strides, 1x1, 5 wide)
+    (2, 16, 6, 13, 16, 3, 1, 1),
+    (1, 16, 9, 11, 16, 3, 2, 1),
+    (2, 9, 5, 10, 7, 1, 2, 0),
+    (1, 4, 3, 17, 1, (1, 5), 1, (0, 2)),
+    (1, 6, 5, 3, 12, 3, 1, 0),  # one partial tile per row
+    (1, 3, 2, 1, 5, 1, 1, 2),  # a tile whose windows lie in the padding alone
 ]
 DENSITIES = (0.0, 0.01, 0.2, 1.0)
 
@@ -89,8 +96,9 @@ def test_zero_input_gives_bias_plus_residual():
     assert torch.equal(out, expected)
 
 
-def test_thread_counts_agree():
-    case = (4, 17, 33, 31, 40, 3, 1, 1)  # large enough that the kernel uses several threads
+@pytest.mark.parametrize("cout", [40, 16])  # one pixel at a time, in tiles
+def test_thread_counts_agree(cout):
+    case = (4, 17, 33, 31, cout, 3, 1, 1)  # large enough that the kernel uses several threads
     x, weight, kwargs = operands(case, 0.1, True, True)
     threads = torch.get_num_threads()
     try:
@@ -113,6 +121,19 @@ def test_non_channels_last_input_and_nonfinite_values():
     assert bool(event_conv2d(x, weight, max_density=1.0, **kwargs).isnan().any())
 
 
+@pytest.mark.parametrize("cout", [16, 17])  # in tiles, one pixel at a time
+def test_nonfinite_inputs_reach_only_their_outputs(cout):
+    x, weight, kwargs = operands((2, 5, 6, 11, cout, 3, 1, 1), 0.3, True, False)
+    x[0, 1, 2, 3] = float("inf")
+    x[1, 4, 5, 10] = float("nan")
+    dense = F.conv2d(x, weight, kwargs["bias"], padding=1)
+    for level in levels():
+        with cpu.limit_simd(level):
+            out = event_conv2d(x, weight, max_density=1.0, **kwargs)
+        assert torch.equal(out.isfinite(), dense.isfinite())
+        assert torch.equal(out.isnan(), dense.isnan())
+
+
 def test_density_threshold_falls_back_to_dense(monkeypatch):
     x, weight, kwargs = operands(SHAPES[3], 0.2, True, True)
     dense = F.conv2d(x, weight, kwargs["bias"], stride=kwargs["stride"], padding=kwargs["padding"])
@@ -122,7 +143,8 @@ def test_density_threshold_falls_back_to_dense(monkeypatch):
     monkeypatch.setattr(event_conv.cpu, "forward", lambda *a: calls.append(1) or real(*a))
     assert torch.equal(event_conv2d(x, weight, max_density=0.0, **kwargs), dense + kwargs["residual"])
     assert calls == []  # 0: dense without scanning x
-    assert event_conv.default_max_density(16, 16) == 0.0  # narrow: dense
+    assert event_conv.default_max_density(16, 32) == 0.0  # narrow: dense
+    assert event_conv.default_max_density(16, 16) == event_conv.TILED_MAX_DENSITY > 0  # tiled
     assert event_conv.default_max_density(16, 64) == event_conv.DEFAULT_MAX_DENSITY > 0
     event_conv2d(x, weight, **kwargs)  # Cin * Cout = 16 * 64: the event kernel at 20 %
     assert calls == [1]
@@ -220,6 +242,7 @@ def test_event_driven_network_matches_the_dense_one(snn, monkeypatch):
     monkeypatch.setattr(event_conv.cpu, "forward", lambda *a: calls.append(1) or real(*a))
     monkeypatch.setattr(event_conv, "NARROW", 0)  # TinyResNet is narrow: the event kernel all the same
     monkeypatch.setattr(event_conv, "DEFAULT_MAX_DENSITY", 1.0)
+    monkeypatch.setattr(event_conv, "TILED_MAX_DENSITY", 1.0)
     x = torch.randn(8, 3, 16, 16).contiguous(memory_format=torch.channels_last)
     dense, event, spikes = _spike_inputs(snn, x)
     assert len(calls) == 7  # every convolution but the stem: 4 in layer1, 3 in layer2

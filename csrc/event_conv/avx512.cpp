@@ -24,8 +24,10 @@ struct Avx512Block {
 
 // the nonzeros of in[0, count) keyed first_key + i, appended at key + k, value + k; returns the new k.
 // Compress in registers and a masked store: a compress straight to memory is slow on some CPUs.
+// kCheck: or-s into *nonfinite the lanes holding an infinity or a NaN (x - x is then a NaN).
+template <bool kCheck>
 NA_AVX512 inline int32_t append_events(const float* in, int64_t count, int32_t first_key, int32_t* key, float* value,
-                                       int32_t k) {
+                                       int32_t k, __mmask16* nonfinite) {
   __m512i index = _mm512_add_epi32(_mm512_set1_epi32(first_key),
                                    _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
   const __m512i step = _mm512_set1_epi32(16);
@@ -33,6 +35,8 @@ NA_AVX512 inline int32_t append_events(const float* in, int64_t count, int32_t f
     const __mmask16 lanes = first_lanes(count - i);
     const __m512 x = _mm512_maskz_loadu_ps(lanes, in + i);
     const __mmask16 nonzero = _mm512_mask_cmp_ps_mask(lanes, x, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    if constexpr (kCheck)
+      *nonfinite |= _mm512_mask_cmp_ps_mask(lanes, _mm512_sub_ps(x, x), _mm512_setzero_ps(), _CMP_NEQ_UQ);
     const int found = __builtin_popcount(nonzero);
     const __mmask16 first = first_lanes(found);
     _mm512_mask_storeu_epi32(key + k, first, _mm512_maskz_compress_epi32(nonzero, index));
@@ -43,10 +47,11 @@ NA_AVX512 inline int32_t append_events(const float* in, int64_t count, int32_t f
   return k;
 }
 
-}  // namespace
-
-NA_AVX512 int64_t events_avx512(const float* x, const Geometry& g, const Events& e, int64_t begin, int64_t end) {
+template <bool kCheck>
+NA_AVX512 int64_t event_rows(const float* x, const Geometry& g, const Events& e, int64_t begin, int64_t end,
+                             bool* nonfinite) {
   int64_t total = 0;
+  __mmask16 bad = 0;
   const int64_t row_events = g.w * g.cin;
   for (int64_t row = begin; row < end; ++row) {
     const float* in = x + row * row_events;
@@ -56,12 +61,20 @@ NA_AVX512 int64_t events_avx512(const float* x, const Geometry& g, const Events&
     int32_t k = 0;
     for (int64_t iw = 0; iw < g.w; ++iw) {
       start[iw] = k;
-      k = append_events(in + iw * g.cin, g.cin, static_cast<int32_t>(iw * g.cin), key, value, k);
+      k = append_events<kCheck>(in + iw * g.cin, g.cin, static_cast<int32_t>(iw * g.cin), key, value, k, &bad);
     }
     start[g.w] = k;
     total += k;
   }
+  if (bad) *nonfinite = true;
   return total;
+}
+
+}  // namespace
+
+NA_AVX512 int64_t events_avx512(const float* x, const Geometry& g, const Events& e, int64_t begin, int64_t end,
+                                bool* nonfinite) {
+  return nonfinite ? event_rows<true>(x, g, e, begin, end, nonfinite) : event_rows<false>(x, g, e, begin, end, nullptr);
 }
 
 NA_AVX512 void rows_avx512(const ConvArgs& a, int64_t begin, int64_t end) {

@@ -40,8 +40,10 @@ struct GenericBlock {
 
 }  // namespace
 
-int64_t events_generic(const float* x, const Geometry& g, const Events& e, int64_t begin, int64_t end) {
+int64_t events_generic(const float* x, const Geometry& g, const Events& e, int64_t begin, int64_t end,
+                       bool* nonfinite) {
   int64_t total = 0;
+  bool bad = false;
   const int64_t row_events = g.w * g.cin;
   for (int64_t row = begin; row < end; ++row) {
     const float* in = x + row * row_events;
@@ -55,11 +57,13 @@ int64_t events_generic(const float* x, const Geometry& g, const Events& e, int64
         key[k] = static_cast<int32_t>(i);
         value[k] = in[i];
         k += in[i] != 0.0f;
+        bad |= nonfinite && !std::isfinite(in[i]);
       }
     }
     start[g.w] = k;
     total += k;
   }
+  if (bad) *nonfinite = true;
   return total;
 }
 

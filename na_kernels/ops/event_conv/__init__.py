@@ -18,13 +18,19 @@ from ..._validation import check_event_conv_arguments, check_real
 from . import cpu, reference  # noqa: F401
 
 # When the event kernel pays (bench/event_density.py, docs/notes.md): up to about 30 % nonzero
-# inputs where Cin * Cout >= 32 * 32; for narrower convolutions the dense one wins from about 1 %.
+# inputs where Cin * Cout >= 32 * 32; up to about 15 % where Cout <= 16 (the kernel computes
+# several output pixels at once there); for the other narrow convolutions the dense one wins
+# from about 1 %.
 DEFAULT_MAX_DENSITY = 0.3
-NARROW = 32 * 32  # Cin * Cout below which max_density=None means 0: always dense
+TILED_COUT = 16  # Cout up to which the kernel tiles output pixels (csrc/event_conv/event_conv.h)
+TILED_MAX_DENSITY = 0.15
+NARROW = 32 * 32  # Cin * Cout below which max_density=None means 0 (always dense), Cout <= 16 aside
 
 
 def default_max_density(cin, cout):
     """The nonzero fraction above which ``event_conv2d`` runs dense, for Cin x Cout channels."""
+    if cout <= TILED_COUT:
+        return TILED_MAX_DENSITY
     return 0.0 if cin * cout < NARROW else DEFAULT_MAX_DENSITY
 
 
@@ -51,7 +57,8 @@ def event_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, group
     ``out[n, co, oh, ow] = bias[co] + sum_{c, kh, kw} x[n, c, oh*s - p + kh, ow*s - p + kw] * weight[co, c, kh, kw]``
     (zero padding), plus ``residual[n, co, oh, ow]`` when given. Per output channel block the sum
     runs over the taps (kh, then kw) and each input pixel's nonzero channels in ascending order,
-    one float32 FMA each, starting from the bias; the residual is added last. So it differs from
+    one float32 FMA each, starting from the bias; the residual is added last (for Cout <= 16,
+    exact zeros in between: only a zero result's sign can differ). So it differs from
     the dense convolution only in float32 summation order (an error below
     ``n * eps32 * (|bias| + sum |x * w|)`` for n terms), and is bitwise the same at every SIMD
     level and thread count. Zero inputs are skipped: a nonfinite weight meets only nonzero inputs.
@@ -66,7 +73,8 @@ def event_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, group
         stride, padding: an int or a pair of ints (>= 1 and >= 0); dilation and groups must be 1.
         residual: ``[N, Cout, OH, OW]`` or None.
         max_density: a fraction in [0, 1]: run dense above it (0: always); None:
-            ``default_max_density(Cin, Cout)`` (0.3, or 0 for Cin * Cout < 32 * 32).
+            ``default_max_density(Cin, Cout)`` (0.15 for Cout <= 16, else 0.3, or 0 for
+            Cin * Cout < 32 * 32).
     Returns:
         ``[N, Cout, OH, OW]``, channels-last memory order on the event path.
     """
