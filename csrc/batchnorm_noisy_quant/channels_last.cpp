@@ -327,28 +327,9 @@ NA_AVX512 void forward_rows_avx512(const ForwardArgs& a, const noisy_quant::Quan
 // Philox4x32-10 (noise/philox.h) on sixteen arbitrary counters, two groups of eight 64-bit lanes:
 // words[j] holds word j of the sixteen blocks, counter order
 NA_AVX512 inline void philox16_avx512(const PhiloxKeysAvx512& keys, const __m512i counter[2], __m512i words[4]) {
-  const __m512i round_a = _mm512_set1_epi64(kPhiloxRoundA), round_b = _mm512_set1_epi64(kPhiloxRoundB);
-  __m512i c0[2], c1[2], c2[2], c3[2];
-  for (int g = 0; g < 2; ++g) {
-    const __m512i product_a = _mm512_mul_epu32(counter[g], round_a);
-    c0[g] = _mm512_xor_si512(_mm512_srli_epi64(counter[g], 32), keys.key0[0]);
-    c1[g] = _mm512_setzero_si512();
-    c2[g] = _mm512_xor_si512(_mm512_srli_epi64(product_a, 32), keys.key1[0]);
-    c3[g] = product_a;
-  }
-  for (int round = 1; round < 10; ++round)
-    for (int g = 0; g < 2; ++g) {
-      const __m512i product_b = _mm512_mul_epu32(c2[g], round_b);
-      const __m512i product_a = _mm512_mul_epu32(c0[g], round_a);
-      c0[g] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(product_b, 32), c1[g], keys.key0[round], 0x96);
-      c2[g] = _mm512_ternarylogic_epi32(_mm512_srli_epi64(product_a, 32), c3[g], keys.key1[round], 0x96);
-      c1[g] = product_b;
-      c3[g] = product_a;
-    }
-  words[0] = low_halves_avx512(c0[0], c0[1]);
-  words[1] = low_halves_avx512(c1[0], c1[1]);
-  words[2] = low_halves_avx512(c2[0], c2[1]);
-  words[3] = low_halves_avx512(c3[0], c3[1]);
+  __m512i groups[2][4];
+  philox_counters_avx512<2>(keys, counter, groups);
+  for (int j = 0; j < 4; ++j) words[j] = low_halves_avx512(groups[0][j], groups[1][j]);
 }
 
 // The forward of an item with the noise made in registers, in memory order: with inner a

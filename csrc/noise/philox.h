@@ -175,20 +175,19 @@ NA_AVX512 inline PhiloxKeysAvx512 philox_keys_avx512(uint64_t seed) {
   return keys;
 }
 
-// The four words of counters first .. first + 8G - 1: words[g][j], 64-bit lane l, low half:
-// word j of counter first + 8 g + l (the high halves are don't-care bits).
+// The four words of G groups of eight arbitrary counters: counter[g] holds the full 64-bit
+// counters (low half counter word 0, high half word 1; words 2 and 3 are 0); words[g][j],
+// 64-bit lane l, low half: word j of counter l of group g (the high halves are don't-care bits).
 template <int G>
-NA_AVX512 inline void philox_avx512(const PhiloxKeysAvx512& keys, uint64_t first, __m512i words[G][4]) {
+NA_AVX512 inline void philox_counters_avx512(const PhiloxKeysAvx512& keys, const __m512i counter[G],
+                                             __m512i words[G][4]) {
   const __m512i round_a = _mm512_set1_epi64(kPhiloxRoundA);
   const __m512i round_b = _mm512_set1_epi64(kPhiloxRoundB);
   __m512i c0[G], c1[G], c2[G], c3[G];
   for (int group = 0; group < G; ++group) {
-    // the full 64-bit counter: its low half is counter word 0, its high half word 1
-    const __m512i counter = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(first + 8 * group)),
-                                             _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7));
     // round 0 with c2 = c3 = 0: the product with c2 is zero
-    const __m512i product_a = _mm512_mul_epu32(counter, round_a);
-    c0[group] = _mm512_xor_si512(_mm512_srli_epi64(counter, 32), keys.key0[0]);
+    const __m512i product_a = _mm512_mul_epu32(counter[group], round_a);
+    c0[group] = _mm512_xor_si512(_mm512_srli_epi64(counter[group], 32), keys.key0[0]);
     c1[group] = _mm512_setzero_si512();
     c2[group] = _mm512_xor_si512(_mm512_srli_epi64(product_a, 32), keys.key1[0]);
     c3[group] = product_a;
@@ -209,6 +208,17 @@ NA_AVX512 inline void philox_avx512(const PhiloxKeysAvx512& keys, uint64_t first
     words[group][2] = c2[group];
     words[group][3] = c3[group];
   }
+}
+
+// The four words of counters first .. first + 8G - 1: words[g][j], 64-bit lane l, low half:
+// word j of counter first + 8 g + l (the high halves are don't-care bits).
+template <int G>
+NA_AVX512 inline void philox_avx512(const PhiloxKeysAvx512& keys, uint64_t first, __m512i words[G][4]) {
+  __m512i counter[G];
+  for (int group = 0; group < G; ++group)
+    counter[group] = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(first + 8 * group)),
+                                      _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7));
+  philox_counters_avx512<G>(keys, counter, words);
 }
 
 // The low halves of two vectors of eight 64-bit lanes -> sixteen uint32 (a's then b's)
