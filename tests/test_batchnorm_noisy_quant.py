@@ -403,6 +403,52 @@ def test_cpp_float32_backward_at_every_simd_level(simd_level, shape, residual, b
         torch.testing.assert_close(grads[name], want[name], rtol=1e-4, atol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", FLOAT32_SIMD_SHAPES)
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("noise", ["NONE", "UNIFORM", "GAUSSIAN"])
+def test_cpp_16_bit_forward_at_every_simd_level(simd_level, dtype, shape, residual, noise):
+    """16-bit x on the explicit-SIMD kernels (widened as loaded, z rounded to the dtype in the lanes,
+    y narrowed as stored): y, the mask bits and the statistics bit for bit as the reference."""
+    if not na_kernels.cpu.available():
+        pytest.skip("C++ extension not built")
+    case = make_case(shape, dtype, residual=residual, seed=11)
+    kind = getattr(na_kernels._spec.Noise, noise)
+    tensors = [case[k] for k in ("x", "residual", "weight", "bias", "running_mean", "running_var", "lam")]
+    for batch_stats in (True, False):
+        args = na_kernels._spec.BatchNormNoisyQuantArgs(
+            3, kind, 0.0 if noise == "NONE" else 1.0, 0.5, batch_stats, 0.1, 1e-5
+        )
+        with na_kernels.use_backend("cpu"):
+            got = OP(*tensors, torch.tensor([17]), args)
+        want = reference.forward(*tensors, torch.tensor([17]), args)
+        for g, w in zip(got, want):
+            assert torch.equal(g, w)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", FLOAT32_SIMD_SHAPES)
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("batch_stats", [True, False])
+def test_cpp_16_bit_backward_at_every_simd_level(simd_level, dtype, shape, residual, batch_stats):
+    """The 16-bit backward on the explicit-SIMD kernels against the generic loops: grad_residual
+    bit for bit, grad_x too with running statistics, the rest within the sums' rounding (float32
+    sums, then rounded to the dtype); all against the unfused ops within 16-bit rounding."""
+    if not na_kernels.cpu.available():
+        pytest.skip("C++ extension not built")
+    case = make_case(shape, dtype, residual=residual, seed=12)
+    grads = _fp32_gradients(case, simd_level, batch_stats)
+    generic = _fp32_gradients(case, "generic", batch_stats)
+    exact = (("x",) if not batch_stats else ()) + (("residual",) if residual else ())
+    for name in exact:
+        assert torch.equal(grads[name], generic[name]), name
+    for name in grads:
+        torch.testing.assert_close(grads[name].float(), generic[name].float(), rtol=1e-2, atol=1e-2, msg=name)
+    _, _, _, want = run(unfused, case, seed=5, batch_stats=batch_stats)
+    for name in grads:
+        torch.testing.assert_close(grads[name].float(), want[name].float(), rtol=2e-2, atol=2e-2, msg=name)
+
+
 def test_cpp_float32_grad_residual_alone_at_every_simd_level(simd_level):
     """x needs no gradient: the input pass writes grad_residual only, the same at every level."""
     if not na_kernels.cpu.available():

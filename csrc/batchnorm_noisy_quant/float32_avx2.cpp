@@ -1,10 +1,13 @@
-// batchnorm_noisy_quant's float32 backward on eight lanes (float32_simd.h): partial vectors
-// through AVX2's masked loads and stores (lane masks as vectors), a byte of mask bits spread
-// over the eight lanes by a compare.
+// batchnorm_noisy_quant's kernels on eight float32 lanes (float32_simd.h): partial vectors
+// through AVX2's masked loads and stores (lane masks as vectors), 16-bit storage through
+// common/storage_avx2.h (partial vectors staged through eight elements on the stack), a byte of
+// mask bits spread over the eight lanes by a compare.
 #include <cstdint>
+#include <cstring>
 
 #include "batchnorm_noisy_quant/float32_simd.h"
 #include "common/lanes_avx2.h"
+#include "common/storage_avx2.h"
 
 #ifdef NA_X86_SIMD
 namespace na {
@@ -23,6 +26,48 @@ template <> struct Io<Avx2Lanes> {
   NA_AVX2 static void store(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
   NA_AVX2 static void store(float* p, Part part, __m256 v) { _mm256_maskstore_ps(p, part, v); }
   NA_AVX2 static __m256 keep(Part part, __m256 v) { return _mm256_and_ps(_mm256_castsi256_ps(part), v); }
+  // the lanes of a partial vector (its first ones)
+  NA_AVX2 static size_t lanes(Part part) {
+    return static_cast<size_t>(__builtin_popcount(_mm256_movemask_ps(_mm256_castsi256_ps(part))));
+  }
+  template <DType D> NA_AVX2 static __m256 load16(const uint16_t* p) { return Avx2Storage<D>::load(p); }
+  template <DType D> NA_AVX2 static __m256 load16(const uint16_t* p, Part part) {
+    uint16_t staged[8] = {};
+    std::memcpy(staged, p, lanes(part) * sizeof(uint16_t));
+    return Avx2Storage<D>::load(staged);
+  }
+  template <DType D> NA_AVX2 static void store16(uint16_t* p, __m256 v) { Avx2Storage<D>::store(p, v); }
+  template <DType D> NA_AVX2 static void store16(uint16_t* p, Part part, __m256 v) {
+    uint16_t staged[8];
+    Avx2Storage<D>::store(staged, v);
+    std::memcpy(p, staged, lanes(part) * sizeof(uint16_t));
+  }
+  template <DType D, bool FULL>
+  NA_AVX2 static void copy16(const uint16_t* from, uint16_t* to, Part part, __m256 keep) {
+    if constexpr (FULL) {
+      (void)part;
+      Avx2Storage<D>::copy_or_zero(from, to, keep);
+    } else {
+      uint16_t staged[8] = {};
+      std::memcpy(staged, from, lanes(part) * sizeof(uint16_t));
+      Avx2Storage<D>::copy_or_zero(staged, staged, keep);
+      std::memcpy(to, staged, lanes(part) * sizeof(uint16_t));
+    }
+  }
+  // as Avx2Storage<D>::store then load would give, but for NaNs, which stay NaNs (their payload
+  // reaches no output: y and the gradients store NaNs as such)
+  template <DType D> NA_AVX2 static __m256 round16(__m256 v) {
+    if constexpr (D == DType::BFLOAT16) {
+      const __m256i x = _mm256_castps_si256(v);
+      const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
+      const __m256i up = _mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x7fff)), odd);
+      const __m256i high = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+      const __m256 rounded = _mm256_castsi256_ps(_mm256_and_si256(up, high));
+      return _mm256_blendv_ps(rounded, v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    } else {
+      return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+  }
   // bit i of the low byte -> all-ones lane i
   NA_AVX2 static __m256 mask_of(uint32_t bits) {
     const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
@@ -62,44 +107,85 @@ template <> struct Io<Avx2Lanes> {
   }
 };
 
-using K = simd::Backward<Avx2Lanes, Io>;
-using F = simd::Forward<Avx2Lanes, Io>;
-using S = simd::Statistics<Avx2Lanes, Io>;
+template <DType D> using K = simd::Backward<Avx2Lanes, Io, D>;
+template <DType D> using F = simd::Forward<Avx2Lanes, Io, D>;
+template <DType D> using S = simd::Statistics<Avx2Lanes, Io, D>;
+
+template <DType D>
+NA_AVX2 void statistics_sums(const ForwardArgs& args, const noisy_quant::Quantizer& layout, const double* mean,
+                             const WorkItem& item, double* sums) {
+  if (mean)
+    S<D>::template item<true>(args, layout, mean, item, sums);
+  else
+    S<D>::template item<false>(args, layout, mean, item, sums);
+}
+
+template <DType D>
+NA_AVX2 void forward(const ForwardArgs& args, const noisy_quant::Quantizer& nq, const float* alpha,
+                     const float* beta, const WorkItem& item) {
+  if (args.residual)
+    F<D>::template item_for_noise<true>(args, nq, alpha, beta, item);
+  else
+    F<D>::template item_for_noise<false>(args, nq, alpha, beta, item);
+}
+
+template <DType D>
+NA_AVX2 void backward_sums(const BackwardArgs& args, const noisy_quant::Quantizer& layout, const ChannelTerms& terms,
+                           const WorkItem& item, double* sums) {
+  if (args.residual)
+    K<D>::template sums_item<true>(args, layout, terms, item, sums);
+  else
+    K<D>::template sums_item<false>(args, layout, terms, item, sums);
+}
+
+template <DType D>
+NA_AVX2 void backward_inputs(const BackwardArgs& args, const noisy_quant::Quantizer& layout,
+                             const ChannelTerms& terms, const WorkItem& item) {
+  if (args.grad_x && args.grad_residual)
+    K<D>::template inputs_item<true, true>(args, layout, terms, item);
+  else if (args.grad_x)
+    K<D>::template inputs_item<true, false>(args, layout, terms, item);
+  else if (args.grad_residual)
+    K<D>::template inputs_item<false, true>(args, layout, terms, item);
+}
 
 }  // namespace
 
+// float16 needs F16C, which generic.cpp checks before it calls these
 NA_AVX2 void statistics_sums_avx2(const ForwardArgs& args, const noisy_quant::Quantizer& layout, const double* mean,
                                   const WorkItem& item, double* sums) {
-  if (mean)
-    S::item<true>(args, layout, mean, item, sums);
-  else
-    S::item<false>(args, layout, mean, item, sums);
+  switch (args.quantizer.dtype) {
+    case DType::FLOAT32: return statistics_sums<DType::FLOAT32>(args, layout, mean, item, sums);
+    case DType::FLOAT16: return statistics_sums<DType::FLOAT16>(args, layout, mean, item, sums);
+    default: return statistics_sums<DType::BFLOAT16>(args, layout, mean, item, sums);
+  }
 }
 
 NA_AVX2 void forward_avx2(const ForwardArgs& args, const noisy_quant::Quantizer& nq, const float* alpha,
                          const float* beta, const WorkItem& item) {
-  if (args.residual)
-    F::item_for_noise<true>(args, nq, alpha, beta, item);
-  else
-    F::item_for_noise<false>(args, nq, alpha, beta, item);
+  switch (args.quantizer.dtype) {
+    case DType::FLOAT32: return forward<DType::FLOAT32>(args, nq, alpha, beta, item);
+    case DType::FLOAT16: return forward<DType::FLOAT16>(args, nq, alpha, beta, item);
+    default: return forward<DType::BFLOAT16>(args, nq, alpha, beta, item);
+  }
 }
 
 NA_AVX2 void backward_sums_avx2(const BackwardArgs& args, const noisy_quant::Quantizer& layout,
                                 const ChannelTerms& terms, const WorkItem& item, double* sums) {
-  if (args.residual)
-    K::sums_item<true>(args, layout, terms, item, sums);
-  else
-    K::sums_item<false>(args, layout, terms, item, sums);
+  switch (args.dtype) {
+    case DType::FLOAT32: return backward_sums<DType::FLOAT32>(args, layout, terms, item, sums);
+    case DType::FLOAT16: return backward_sums<DType::FLOAT16>(args, layout, terms, item, sums);
+    default: return backward_sums<DType::BFLOAT16>(args, layout, terms, item, sums);
+  }
 }
 
 NA_AVX2 void backward_inputs_avx2(const BackwardArgs& args, const noisy_quant::Quantizer& layout,
                                   const ChannelTerms& terms, const WorkItem& item) {
-  if (args.grad_x && args.grad_residual)
-    K::inputs_item<true, true>(args, layout, terms, item);
-  else if (args.grad_x)
-    K::inputs_item<true, false>(args, layout, terms, item);
-  else if (args.grad_residual)
-    K::inputs_item<false, true>(args, layout, terms, item);
+  switch (args.dtype) {
+    case DType::FLOAT32: return backward_inputs<DType::FLOAT32>(args, layout, terms, item);
+    case DType::FLOAT16: return backward_inputs<DType::FLOAT16>(args, layout, terms, item);
+    default: return backward_inputs<DType::BFLOAT16>(args, layout, terms, item);
+  }
 }
 
 }  // namespace batchnorm_noisy_quant

@@ -1,9 +1,11 @@
-// batchnorm_noisy_quant's float32 backward on sixteen lanes (float32_simd.h): partial vectors
-// through masked loads and stores, mask bits as a __mmask16 as they are.
+// batchnorm_noisy_quant's kernels on sixteen float32 lanes (float32_simd.h): partial vectors
+// through masked loads and stores, 16-bit storage through common/storage_avx512.h, mask bits as a
+// __mmask16 as they are.
 #include <cstdint>
 
 #include "batchnorm_noisy_quant/float32_simd.h"
 #include "common/lanes_avx512.h"
+#include "common/storage_avx512.h"
 
 #ifdef NA_X86_SIMD
 namespace na {
@@ -19,6 +21,32 @@ template <> struct Io<Avx512Lanes> {
   NA_AVX512 static void store(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
   NA_AVX512 static void store(float* p, Part part, __m512 v) { _mm512_mask_storeu_ps(p, part, v); }
   NA_AVX512 static __m512 keep(Part part, __m512 v) { return _mm512_maskz_mov_ps(part, v); }
+  template <DType D> NA_AVX512 static __m512 load16(const uint16_t* p) { return Avx512Storage<D>::load(p, 0xffff); }
+  template <DType D> NA_AVX512 static __m512 load16(const uint16_t* p, Part part) {
+    return Avx512Storage<D>::load(p, part);
+  }
+  template <DType D> NA_AVX512 static void store16(uint16_t* p, __m512 v) { Avx512Storage<D>::store(p, 0xffff, v); }
+  template <DType D> NA_AVX512 static void store16(uint16_t* p, Part part, __m512 v) {
+    Avx512Storage<D>::store(p, part, v);
+  }
+  template <DType D, bool FULL>
+  NA_AVX512 static void copy16(const uint16_t* from, uint16_t* to, Part part, __mmask16 keep) {
+    Avx512Storage<D>::copy_or_zero(from, to, FULL ? __mmask16(0xffff) : part, keep);
+  }
+  // as Avx512Storage<D>::store then load would give, but for NaNs, which stay NaNs (their payload
+  // reaches no output: y and the gradients store NaNs as such)
+  template <DType D> NA_AVX512 static __m512 round16(__m512 v) {
+    if constexpr (D == DType::BFLOAT16) {
+      const __m512i x = _mm512_castps_si512(v);
+      const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
+      const __m512i up = _mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7fff)), odd);
+      const __m512i high = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+      const __m512 rounded = _mm512_castsi512_ps(_mm512_and_si512(up, high));
+      return _mm512_mask_mov_ps(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);
+    } else {
+      return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+  }
   NA_AVX512 static __mmask16 mask_of(uint32_t bits) { return static_cast<__mmask16>(bits); }
   NA_AVX512 static uint32_t bits_of(__mmask16 mask) { return mask; }
   NA_AVX512 static float sum(__m512 v) { return _mm512_reduce_add_ps(v); }
@@ -45,44 +73,84 @@ template <> struct Io<Avx512Lanes> {
   NA_AVX512 static double acc_sum(const Acc& acc) { return _mm512_reduce_add_pd(_mm512_add_pd(acc.low, acc.high)); }
 };
 
-using K = simd::Backward<Avx512Lanes, Io>;
-using F = simd::Forward<Avx512Lanes, Io>;
-using S = simd::Statistics<Avx512Lanes, Io>;
+template <DType D> using K = simd::Backward<Avx512Lanes, Io, D>;
+template <DType D> using F = simd::Forward<Avx512Lanes, Io, D>;
+template <DType D> using S = simd::Statistics<Avx512Lanes, Io, D>;
+
+template <DType D>
+NA_AVX512 void statistics_sums(const ForwardArgs& args, const noisy_quant::Quantizer& layout, const double* mean,
+                               const WorkItem& item, double* sums) {
+  if (mean)
+    S<D>::template item<true>(args, layout, mean, item, sums);
+  else
+    S<D>::template item<false>(args, layout, mean, item, sums);
+}
+
+template <DType D>
+NA_AVX512 void forward(const ForwardArgs& args, const noisy_quant::Quantizer& nq, const float* alpha,
+                       const float* beta, const WorkItem& item) {
+  if (args.residual)
+    F<D>::template item_for_noise<true>(args, nq, alpha, beta, item);
+  else
+    F<D>::template item_for_noise<false>(args, nq, alpha, beta, item);
+}
+
+template <DType D>
+NA_AVX512 void backward_sums(const BackwardArgs& args, const noisy_quant::Quantizer& layout,
+                             const ChannelTerms& terms, const WorkItem& item, double* sums) {
+  if (args.residual)
+    K<D>::template sums_item<true>(args, layout, terms, item, sums);
+  else
+    K<D>::template sums_item<false>(args, layout, terms, item, sums);
+}
+
+template <DType D>
+NA_AVX512 void backward_inputs(const BackwardArgs& args, const noisy_quant::Quantizer& layout,
+                               const ChannelTerms& terms, const WorkItem& item) {
+  if (args.grad_x && args.grad_residual)
+    K<D>::template inputs_item<true, true>(args, layout, terms, item);
+  else if (args.grad_x)
+    K<D>::template inputs_item<true, false>(args, layout, terms, item);
+  else if (args.grad_residual)
+    K<D>::template inputs_item<false, true>(args, layout, terms, item);
+}
 
 }  // namespace
 
 NA_AVX512 void statistics_sums_avx512(const ForwardArgs& args, const noisy_quant::Quantizer& layout,
                                       const double* mean, const WorkItem& item, double* sums) {
-  if (mean)
-    S::item<true>(args, layout, mean, item, sums);
-  else
-    S::item<false>(args, layout, mean, item, sums);
+  switch (args.quantizer.dtype) {
+    case DType::FLOAT32: return statistics_sums<DType::FLOAT32>(args, layout, mean, item, sums);
+    case DType::FLOAT16: return statistics_sums<DType::FLOAT16>(args, layout, mean, item, sums);
+    default: return statistics_sums<DType::BFLOAT16>(args, layout, mean, item, sums);
+  }
 }
 
 NA_AVX512 void forward_avx512(const ForwardArgs& args, const noisy_quant::Quantizer& nq, const float* alpha,
                              const float* beta, const WorkItem& item) {
-  if (args.residual)
-    F::item_for_noise<true>(args, nq, alpha, beta, item);
-  else
-    F::item_for_noise<false>(args, nq, alpha, beta, item);
+  switch (args.quantizer.dtype) {
+    case DType::FLOAT32: return forward<DType::FLOAT32>(args, nq, alpha, beta, item);
+    case DType::FLOAT16: return forward<DType::FLOAT16>(args, nq, alpha, beta, item);
+    default: return forward<DType::BFLOAT16>(args, nq, alpha, beta, item);
+  }
 }
 
 NA_AVX512 void backward_sums_avx512(const BackwardArgs& args, const noisy_quant::Quantizer& layout,
                                     const ChannelTerms& terms, const WorkItem& item, double* sums) {
-  if (args.residual)
-    K::sums_item<true>(args, layout, terms, item, sums);
-  else
-    K::sums_item<false>(args, layout, terms, item, sums);
+  switch (args.dtype) {
+    case DType::FLOAT32: return backward_sums<DType::FLOAT32>(args, layout, terms, item, sums);
+    case DType::FLOAT16: return backward_sums<DType::FLOAT16>(args, layout, terms, item, sums);
+    default: return backward_sums<DType::BFLOAT16>(args, layout, terms, item, sums);
+  }
 }
 
 NA_AVX512 void backward_inputs_avx512(const BackwardArgs& args, const noisy_quant::Quantizer& layout,
                                       const ChannelTerms& terms, const WorkItem& item) {
-  if (args.grad_x && args.grad_residual)
-    K::inputs_item<true, true>(args, layout, terms, item);
-  else if (args.grad_x)
-    K::inputs_item<true, false>(args, layout, terms, item);
-  else if (args.grad_residual)
-    K::inputs_item<false, true>(args, layout, terms, item);
+  switch (args.dtype) {
+    case DType::FLOAT32: return backward_inputs<DType::FLOAT32>(args, layout, terms, item);
+    case DType::FLOAT16: return backward_inputs<DType::FLOAT16>(args, layout, terms, item);
+    default: return backward_inputs<DType::BFLOAT16>(args, layout, terms, item);
+  }
 }
 
 }  // namespace batchnorm_noisy_quant

@@ -1,16 +1,19 @@
-// batchnorm_noisy_quant's float32 kernels in explicit SIMD (float32_avx2.cpp, float32_avx512.cpp):
-// one body over lane types (common/lanes*.h), a work item at a time, each channel run walked in
-// whole vectors and one masked tail; the straight-through mask goes from compare masks straight
-// to its bits and back. They compute what generic.cpp's float32 loops do, in the same order per
-// element: y and the mask bit for bit, grad_residual, and grad_x from the same sums, too; the
-// backward's per-channel sums go through float vectors per run, then float64, so they differ
-// from the generic ones in rounding only.
+// batchnorm_noisy_quant's kernels in explicit SIMD on float32 lanes (float32_avx2.cpp,
+// float32_avx512.cpp): one body over lane types (common/lanes*.h) and the storage dtype D, a work
+// item at a time, each channel run walked in whole vectors and one masked tail; the
+// straight-through mask goes from compare masks straight to its bits and back. 16-bit x, residual,
+// grad_y and y are widened to float32 lanes as they are loaded and outputs narrowed as they are
+// stored; z is rounded to D in the lanes where the unfused ops store it. They compute what
+// generic.cpp's per-element loops do, in the same order per element: y and the mask bit for bit,
+// grad_residual, and grad_x from the same sums, too; the backward's per-channel sums go through
+// float vectors per run, then float64, so they differ from the generic ones in rounding only.
 #pragma once
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 
 #include "batchnorm_noisy_quant/batchnorm_noisy_quant.h"
+#include "common/float_convert.h"
 #include "common/lanes.h"
 #include "common/parallel.h"
 #include "noise/noise.h"
@@ -62,25 +65,38 @@ inline uint32_t bits_at(const uint8_t* mask, int64_t mask_bytes, int64_t first) 
   return word >> (first & 7);
 }
 
-// The backward's loops over one work item on lanes L, with Io<L> (the ISA's file) for memory:
-// Part (the lanes of a partial vector), part(count), load / store of whole and partial vectors,
-// keep(part, v) (v on the part's lanes, 0 elsewhere), mask_of(bits) / bits_of(mask) between
-// mask bits and lane masks, sum(v) (a float); for the statistics, Acc (a vector's worth of
-// float64 accumulators), acc_zero, acc_add, acc_add_squares and acc_sum.
-template <class L, template <class> class Io> struct Backward {
+// The backward's loops over one work item on lanes L and storage D, with Io<L> (the ISA's file)
+// for memory: Part (the lanes of a partial vector), part(count), load / store of whole and
+// partial float32 vectors, and for 16-bit D load16<D> / store16<D> (widening, narrowing as
+// Storage<D> rounds), round16<D>(v) (v rounded to D) and copy16<D, FULL>(from, to, part, keep)
+// (the stored bits where keep, 0 elsewhere); keep(part, v) (v on the part's lanes, 0 elsewhere),
+// mask_of(bits) / bits_of(mask) between mask bits and lane masks, sum(v) (a float); for the
+// statistics, Acc (a vector's worth of float64 accumulators), acc_zero, acc_add, acc_add_squares
+// and acc_sum.
+template <class L, template <class> class Io, DType D = DType::FLOAT32> struct Backward {
   using Vec = typename L::Vec;
   using Mask = typename L::Mask;
   using IO = Io<L>;
   using Part = typename IO::Part;
+  using T = StorageType<D>;
   static constexpr int W = L::kWidth;
 
-  // whole vectors (FULL) or the lanes of `part`; lanes outside a partial vector load as 0
+  // whole vectors (FULL) or the lanes of `part`, float32 or D's storage; lanes outside a partial
+  // vector load as 0
   template <bool FULL> NA_INLINE static Vec load(const float* p, Part part) {
     if constexpr (FULL) {
       (void)part;
       return IO::load(p);
     } else {
       return IO::load(p, part);
+    }
+  }
+  template <bool FULL> NA_INLINE static Vec load(const uint16_t* p, Part part) {
+    if constexpr (FULL) {
+      (void)part;
+      return IO::template load16<D>(p);
+    } else {
+      return IO::template load16<D>(p, part);
     }
   }
   template <bool FULL> NA_INLINE static void store(float* p, Part part, Vec v) {
@@ -90,6 +106,28 @@ template <class L, template <class> class Io> struct Backward {
     } else {
       IO::store(p, part, v);
     }
+  }
+  template <bool FULL> NA_INLINE static void store(uint16_t* p, Part part, Vec v) {
+    if constexpr (FULL) {
+      (void)part;
+      IO::template store16<D>(p, v);
+    } else {
+      IO::template store16<D>(p, part, v);
+    }
+  }
+  // v as a stored element of D holds it
+  NA_INLINE static Vec round(Vec v) {
+    if constexpr (D == DType::FLOAT32)
+      return v;
+    else
+      return IO::template round16<D>(v);
+  }
+  // z = batch_norm(x) (+ residual), each sum rounded to D as the unfused ops store it
+  template <bool RESIDUAL, bool FULL>
+  NA_INLINE static Vec normalized(Vec x, const void* residual, int64_t at, Part part, Vec alpha, Vec beta) {
+    Vec z = round(L::add(L::mul(x, alpha), beta));
+    if (RESIDUAL) z = round(L::add(z, load<FULL>(static_cast<const T*>(residual) + at, part)));
+    return z;
   }
 
   struct SumsConstants {
@@ -103,11 +141,10 @@ template <class L, template <class> class Io> struct Backward {
   template <bool RESIDUAL, bool FULL>
   NA_INLINE static void sums_step(const BackwardArgs& a, const SumsConstants& c, int64_t at, Part part, Sums& s) {
     const Mask in = IO::mask_of(bits_at(a.mask, a.shape.mask_bytes(), at));
-    const Vec dy = load<FULL>(static_cast<const float*>(a.grad_y) + at, part);
-    const Vec x = load<FULL>(static_cast<const float*>(a.x) + at, part);
-    const Vec y = load<FULL>(static_cast<const float*>(a.y) + at, part);
-    Vec z = L::add(L::mul(x, c.alpha), c.beta);
-    if (RESIDUAL) z = L::add(z, load<FULL>(static_cast<const float*>(a.residual) + at, part));
+    const Vec dy = load<FULL>(static_cast<const T*>(a.grad_y) + at, part);
+    const Vec x = load<FULL>(static_cast<const T*>(a.x) + at, part);
+    const Vec y = load<FULL>(static_cast<const T*>(a.y) + at, part);
+    const Vec z = normalized<RESIDUAL, FULL>(x, a.residual, at, part, c.alpha, c.beta);
     const Vec dz = L::select(in, dy, L::zero());
     // the level from y; outside [0, p] lam's gradient is 1 above (level p) and 0 below
     const Vec level = L::floor(L::add(L::mul(y, c.p_over_lam), c.half));
@@ -159,12 +196,16 @@ template <class L, template <class> class Io> struct Backward {
   template <bool GRAD_X, bool GRAD_RESIDUAL, bool FULL>
   NA_INLINE static void inputs_step(const BackwardArgs& a, const InputsConstants& c, int64_t at, Part part) {
     const Mask in = IO::mask_of(bits_at(a.mask, a.shape.mask_bytes(), at));
-    const Vec dz = L::select(in, load<FULL>(static_cast<const float*>(a.grad_y) + at, part), L::zero());
-    if (GRAD_RESIDUAL) store<FULL>(static_cast<float*>(a.grad_residual) + at, part, dz);
+    const T* grad_y = static_cast<const T*>(a.grad_y) + at;
+    const Vec dz = L::select(in, load<FULL>(grad_y, part), L::zero());
+    if constexpr (GRAD_RESIDUAL && D == DType::FLOAT32)
+      store<FULL>(static_cast<float*>(a.grad_residual) + at, part, dz);
+    if constexpr (GRAD_RESIDUAL && D != DType::FLOAT32)
+      IO::template copy16<D, FULL>(grad_y, static_cast<T*>(a.grad_residual) + at, part, in);
     if (GRAD_X) {
-      const Vec x = load<FULL>(static_cast<const float*>(a.x) + at, part);
+      const Vec x = load<FULL>(static_cast<const T*>(a.x) + at, part);
       const Vec g = L::mul(L::sub(L::sub(dz, c.mean_dz), L::mul(L::sub(x, c.mean), c.k)), c.w_invstd);
-      store<FULL>(static_cast<float*>(a.grad_x) + at, part, g);
+      store<FULL>(static_cast<T*>(a.grad_x) + at, part, g);
     }
   }
 
@@ -184,31 +225,31 @@ template <class L, template <class> class Io> struct Backward {
 
 // The statistics passes on lanes L: x widened to float64 (Io's Acc: a vector's worth of float64
 // accumulators), sums per channel run; mean null for the sum of x, else the squares about it.
-template <class L, template <class> class Io> struct Statistics {
-  using B = Backward<L, Io>;
+template <class L, template <class> class Io, DType D = DType::FLOAT32> struct Statistics {
+  using B = Backward<L, Io, D>;
   using IO = Io<L>;
   static constexpr int W = L::kWidth;
 
   template <bool SQUARES>
   NA_INLINE static void item(const ForwardArgs& a, const noisy_quant::Quantizer& layout, const double* mean,
                              const WorkItem& it, double* sums) {
-    const float* x = static_cast<const float*>(a.x);
+    const auto* x = static_cast<const StorageType<D>*>(a.x);
     for (const noisy_quant::ChannelRun& run : noisy_quant::ChannelRuns(layout, it)) {
       const double m = SQUARES ? mean[run.channel] : 0.0;
       typename IO::Acc acc = IO::acc_zero();
       int64_t at = run.begin;
       for (; at + W <= run.end; at += W) {
         if (SQUARES)
-          IO::acc_add_squares(acc, IO::load(x + at), m, IO::part(W));
+          IO::acc_add_squares(acc, B::template load<true>(x + at, IO::part(W)), m, IO::part(W));
         else
-          IO::acc_add(acc, IO::load(x + at));
+          IO::acc_add(acc, B::template load<true>(x + at, IO::part(W)));
       }
       if (at < run.end) {
         const auto part = IO::part(run.end - at);
         if (SQUARES)
-          IO::acc_add_squares(acc, IO::load(x + at, part), m, part);
+          IO::acc_add_squares(acc, B::template load<false>(x + at, part), m, part);
         else
-          IO::acc_add(acc, IO::load(x + at, part));
+          IO::acc_add(acc, B::template load<false>(x + at, part));
       }
       sums[run.channel] += IO::acc_sum(acc);
     }
@@ -218,8 +259,9 @@ template <class L, template <class> class Io> struct Statistics {
 // The quantize pass on lanes L: per batch of kNoiseBatch elements (from a multiple of 8, as
 // generic.cpp's), the noise of the whole batch, then its channel runs; the batch's mask bits
 // gather in words and are stored as whole bytes (no other batch shares them).
-template <class L, template <class> class Io> struct Forward {
-  using B = Backward<L, Io>;
+template <class L, template <class> class Io, DType D = DType::FLOAT32> struct Forward {
+  using B = Backward<L, Io, D>;
+  using T = StorageType<D>;
   using Vec = typename L::Vec;
   using Part = typename Io<L>::Part;
   using IO = Io<L>;
@@ -243,11 +285,11 @@ template <class L, template <class> class Io> struct Forward {
   NA_INLINE static void step(const ForwardArgs& a, const Run& r, const float* eps, int64_t at, int64_t offset,
                              int64_t lanes, uint64_t* words) {
     const Part part = IO::part(lanes);
-    Vec z = L::add(L::mul(B::template load<FULL>(static_cast<const float*>(a.x) + at, part), r.alpha), r.beta);
-    if (RESIDUAL) z = L::add(z, B::template load<FULL>(static_cast<const float*>(a.residual) + at, part));
+    const Vec x = B::template load<FULL>(static_cast<const T*>(a.x) + at, part);
+    const Vec z = B::template normalized<RESIDUAL, FULL>(x, a.residual, at, part, r.alpha, r.beta);
     const Vec e = NOISE == Noise::NONE ? L::zero() : B::template load<FULL>(eps + offset, part);
     const Vec q_raw = noisy_quant::quantize_raw<L, NOISE>(z, e, r.quantizer);
-    B::template store<FULL>(static_cast<float*>(a.y) + at, part, noisy_quant::dequantize<L>(q_raw, r.quantizer));
+    B::template store<FULL>(static_cast<T*>(a.y) + at, part, noisy_quant::dequantize<L>(q_raw, r.quantizer));
     uint32_t bits = IO::bits_of(noisy_quant::passes<L>(q_raw, r.quantizer));
     if (!FULL) bits &= (1u << lanes) - 1u;
     add_bits(words, offset, bits);
