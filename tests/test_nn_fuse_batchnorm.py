@@ -3,6 +3,7 @@ BatchNorm's rounding, running statistics, num_batches_tracked) with BatchNorm an
 one op, and to_snn giving the same SNN as from the unfused model."""
 
 import copy
+from unittest import mock
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from na_kernels.app.models import build_model
 from na_kernels.convert.convert import to_snn
 from na_kernels.convert.replace import replace_activations
 from na_kernels.nn.noisy_quant import NoisyQuant
+from na_kernels.ops.batchnorm_noisy_quant import batchnorm_noisy_quant
 
 
 def pair(model, **kwargs):
@@ -109,6 +111,23 @@ def test_fallbacks_run_the_unfused_composition():
     with torch.autocast("cpu", dtype=torch.bfloat16):  # p = 100 levels are not apart in bfloat16
         a, b = step(unfused, x), step(fused, x)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_runs_the_fused_op(dtype):
+    """16-bit (autocast) inputs take the fused op, with the unfused model's numbers up to BatchNorm's
+    16-bit statistics in training and bit for bit in eval (running statistics)."""
+    torch.manual_seed(0)
+    unfused, fused, _ = pair(ConvBnAct())
+    x = torch.randn(5, 2, 6, 6)
+    with mock.patch("na_kernels.nn.noisy_quant.batchnorm_noisy_quant", wraps=batchnorm_noisy_quant) as op:
+        with torch.autocast("cpu", dtype=dtype):
+            for _ in range(2):
+                torch.testing.assert_close(step(unfused, x), step(fused, x), rtol=2e-2, atol=2e-2)
+            assert op.call_count == 2 and op.call_args.args[0].dtype is dtype
+            unfused.eval(), fused.eval()
+            assert torch.equal(unfused(x), fused(x))
+    assert op.call_count == 3
 
 
 def test_shared_or_reused_modules_are_not_fused():

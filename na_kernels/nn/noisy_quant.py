@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._validation import (
+    FUSED_MAX_LEVELS,
     check_clip_level,
     check_dense,
     check_int,
@@ -33,10 +34,10 @@ from ..ops.batchnorm_noisy_quant import batchnorm_noisy_quant
 from ..ops.noisy_quant import noisy_quant
 
 AUTO_PERCENTILE = 99.9
-# Where NoisyQuant fused with its BatchNorm runs the fused op: float32. In 16-bit (autocast) the
-# fused C++ kernel measured slower than torch's 16-bit BatchNorm + noisy_quant (docs/notes.md),
-# so there the module runs them unfused.
-FUSED_MODULE_DTYPES = (torch.float32,)
+# Where NoisyQuant fused with its BatchNorm runs the fused op: the dtypes the op takes, 16-bit
+# (autocast) included, where its C++ kernels measured faster than BatchNorm + noisy_quant unfused
+# (docs/notes.md); with p above the op's limit for the dtype (FUSED_MAX_LEVELS) it runs unfused.
+FUSED_MODULE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MAX_QUANTILE_ELEMENTS = 1 << 22  # torch.quantile refuses inputs above 2**24 elements
 
 
@@ -218,8 +219,9 @@ class NoisyQuant(nn.Module):
         check_dense("x", x, "NoisyQuant")
         bn._check_input_dim(x)
         per_channel_pending = self.per_channel and self.raw_lam.numel() == 0
-        if self._auto_pending or per_channel_pending or x.dtype not in FUSED_MODULE_DTYPES:
-            # λ from data, or a dtype where the fused op does not pay (docs/notes.md): unfused
+        fusable = x.dtype in FUSED_MODULE_DTYPES and self.p <= FUSED_MAX_LEVELS[x.dtype]
+        if self._auto_pending or per_channel_pending or not fusable:
+            # λ from data, or a dtype or p the fused op does not take: unfused
             z = bn(x)
             return self._activation(z if residual is None else z + residual)
         # BatchNorm's own bookkeeping (torch.nn.modules.batchnorm._BatchNorm.forward)
