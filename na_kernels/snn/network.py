@@ -59,6 +59,8 @@ class SpikingNetwork(SpikingNetworkBase):
         if_layers: name -> ``IFLayer``, in execution order.
         synapses: name -> ``SynapseMeter``, one per conv/linear call, in execution order.
         T, chunk: the defaults for ``forward``.
+        workspace: the buffers kept from one pass without autograd to the next (``reuse_buffers``,
+            ``na_kernels.cpu.workspace.Workspace``; ``workspace.info()`` says what it holds).
         conversion_report: what ``to_snn`` did: ``if_layers``, ``folded_batchnorm``,
             ``unfolded_batchnorm`` (left as per-channel affine maps), ``stem_runs_once`` (False
             when batch-size arithmetic forced repeating the input), ``synapses``.
