@@ -74,6 +74,22 @@ def test_bitwise_the_run_without_reuse_at_every_level(snn, mode, event_everywher
             assert torch.equal(g, w), level
 
 
+def test_bf16_fast_mode_is_bitwise_the_run_without_reuse(snn, monkeypatch):
+    from na_kernels.snn import fused
+
+    network = copy.deepcopy(snn).to(torch.bfloat16).to(memory_format=CL)
+    x = [_input(seed).to(torch.bfloat16) for seed in (1, 2)]
+    with torch.no_grad():
+        want = [network.reuse_buffers(0)(v) for v in x]
+        network.reuse_buffers()
+        fusable, calls = fused._fusable, []
+        monkeypatch.setattr(fused, "_fusable", lambda *a: calls.append(fusable(*a)) or calls[-1])
+        got = [network(v) for v in x]
+    assert calls and all(calls)  # the adds stayed fused: one bf16 rounding, as without reuse
+    assert network.workspace.info()["hits"] > 0
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
 def test_a_repeated_pass_takes_no_new_buffer(snn, event_everywhere):
     network = _network(snn, "event")
     with torch.no_grad():

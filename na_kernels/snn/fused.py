@@ -124,12 +124,14 @@ def conv_add(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.Ten
 
 
 def _into_workspace(conv: nn.Conv2d, x) -> bool:
-    """Whether ``dense.conv2d`` may run ``conv`` on x into the active workspace (one is active, and
-    conv is a plain float32 one without hooks: the rest ``dense.conv2d`` checks)."""
+    """Whether ``dense.conv2d`` may run ``conv`` on x into the active workspace (one is active, x and
+    conv are float32, conv a plain one without hooks: the rest ``dense.conv2d`` checks; in bfloat16
+    ``conv_add``'s fused add rounds once, which ``dense.conv2d`` would not)."""
     return (
         workspace.current() is not None
         and isinstance(x, torch.Tensor)
         and x.dim() == 4
+        and x.dtype == conv.weight.dtype == torch.float32
         and conv.groups == 1
         and tuple(conv.dilation) == (1, 1)
         and conv.padding_mode == "zeros"
