@@ -30,7 +30,9 @@ SNN pass: the converted network (``to_snn(model, T)``) on ``[B, 3, 32, 32]`` und
   one multiply is the fewest a SpikingJelly network needs for the same outputs.
 - ``spikingjelly_channels_last`` / ``spikingjelly_channels_last_compiled`` (``SNN_EXTRA_IMPLS``,
   for ``profile_snn.py --compare`` only): SpikingJelly with channels-last weights and input, what
-  a SpikingJelly user could do too.
+  a SpikingJelly user could do too; ``event_fresh`` / ``channels_last_fresh``: ``event`` /
+  ``channels_last`` with ``snn.reuse_buffers(0)`` (every output fresh memory, as before the
+  network kept its buffers between calls).
 
 bf16 SNN: network and input cast to bfloat16 (``snn.to(torch.bfloat16)``); the IF kernels keep
 the membrane in float32, SpikingJelly's ``IFNode`` keeps it in the input's dtype.
@@ -107,11 +109,19 @@ SNN_OURS = (
 SNN_FP32_ONLY = ("fast", "event")
 # SpikingJelly in channels-last (weights and input), and ``event`` with the convolutions of
 # Cout <= 16 dense (as before the event kernel tiled them): for profile_snn.py --compare, not the table
-SNN_EXTRA_IMPLS = ("spikingjelly_channels_last", "spikingjelly_channels_last_compiled", "event_untiled")
+SNN_EXTRA_IMPLS = (
+    "spikingjelly_channels_last",
+    "spikingjelly_channels_last_compiled",
+    "event_untiled",
+    "event_fresh",
+    "channels_last_fresh",
+)
 SNN_TITLES.update(
     spikingjelly_channels_last="SpikingJelly IFNode channels-last",
     spikingjelly_channels_last_compiled="SpikingJelly IFNode channels-last compiled",
     event_untiled="na_kernels event-driven, Cout <= 16 dense",
+    event_fresh="na_kernels event-driven, no buffers kept between calls",
+    channels_last_fresh="na_kernels channels-last, no buffers kept between calls",
 )  # runs in bf16 whatever the case's dtype: a row of the fp32 cases only
 
 
@@ -249,11 +259,13 @@ def snn_pass(arch, impl, T, batch, dtype="fp32"):
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}["bf16" if impl == "fast" else dtype]
     snn = snn.to(torch_dtype)
     x, _ = images(batch, torch_dtype)
-    if "channels_last" in impl or impl in ("fast", "event", "event_untiled"):
+    if "channels_last" in impl or impl in ("fast", "event", "event_untiled", "event_fresh"):
         snn = snn.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    if impl in ("event", "event_untiled"):
+    if impl in ("event", "event_untiled", "event_fresh"):
         snn.event_driven(True)
+    if impl.endswith("_fresh"):
+        snn.reuse_buffers(0)
     run = baselines.compiled(snn) if impl.endswith("_compiled") else snn
     backend = "reference" if impl == "reference" else "auto"
 

@@ -18,7 +18,8 @@ weights or outputs between torch's order and the blocked order oneDNN computes i
 ``--compare`` instead times variants against each other: the layouts of ``--impl``, or with
 ``--impls`` any of ``model_cases.SNN_IMPLS`` (SpikingJelly and compiled ones included); process
 CPU time of all threads (less disturbed by other processes than wall time), rounds interleaved,
-medians with min and max, the first call (compiling) timed apart.
+medians with min and max, the first call (compiling) timed apart, and the median minor page faults
+of a pass (``getrusage``: fresh memory the kernels' first writes fault in).
 Networks and variants: bench/model_cases.py (``--impl``: na_kernels, na_kernels_stats, reference,
 spikingjelly; ``--layout channels_last`` converts weights and input as the channels_last case does).
 """
@@ -26,6 +27,7 @@ spikingjelly; ``--layout channels_last`` converts weights and input as the chann
 import argparse
 import collections
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -172,23 +174,25 @@ def compare(args):
             passes[name]()
             print(f"  {name}: first call {time.perf_counter() - start:.1f} s wall", flush=True)
         seconds = {name: [] for name in passes}
+        faults = {name: [] for name in passes}
         for _ in range(args.rounds):
             for name, run in passes.items():
-                start = time.process_time()
+                start, faults_before = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 run()
                 seconds[name].append(time.process_time() - start)
+                faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
         medians = {name: statistics.median(v) for name, v in seconds.items()}
         dtypes = "/".join(sorted({dtype for _, _, dtype in group}))
         print(
             f"{args.arch} SNN T={args.T} batch {args.batch} {dtypes}, {torch_threads()} thread(s), "
-            f"{args.rounds} rounds, process CPU time per pass, median [min, max]:",
+            f"{args.rounds} rounds, process CPU time per pass, median [min, max]; minor page faults per pass, median:",
             flush=True,
         )
         for name, m in medians.items():
             ratios = ", ".join(f"{medians[other] / m:.2f}x {other}" for other in medians if other != name)
             print(
                 f"  {name:<28} {1e3 * m:8.1f} ms [{1e3 * min(seconds[name]):.1f}, {1e3 * max(seconds[name]):.1f}]  "
-                f"({ratios})",
+                f"({ratios}); {statistics.median(faults[name]):.0f} faults",
                 flush=True,
             )
 

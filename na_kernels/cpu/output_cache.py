@@ -38,6 +38,7 @@ import weakref
 import torch
 
 from .._layout import numel
+from . import workspace as _workspace
 
 CACHE_FROM_BYTES = 1 << 20  # below this, glibc's own reuse is good enough
 SIZE_CLASS_BYTES = 1 << 20  # a block serves outputs rounded up to the same MiB
@@ -199,12 +200,23 @@ class OutputCache:
 CACHE = OutputCache(_limit_from_environment())
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=CACHE.after_fork_in_child)
-empty_strided = CACHE.empty_strided
+
+
+def empty_strided(shape, strides, *, dtype, device=None):
+    """An output of the C++ kernels: from the active ``workspace`` (``workspace.FROM_BYTES`` or
+    more), else from the cache (``OutputCache.empty_strided``)."""
+    held = _workspace.current()
+    if held is not None:
+        shape, strides = tuple(shape), tuple(strides)
+        extent = 0 if numel(shape) == 0 else 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
+        if extent * dtype.itemsize >= _workspace.FROM_BYTES:
+            return held.empty_strided(shape, strides, dtype, extent)
+    return CACHE.empty_strided(shape, strides, dtype=dtype)
 
 
 def empty_like_dense(t):
-    """A cached tensor with t's shape, strides and dtype (t dense: its elements fill its storage)."""
-    return CACHE.empty_strided(t.shape, t.stride(), dtype=t.dtype)
+    """An output with t's shape, strides and dtype (t dense: its elements fill its storage)."""
+    return empty_strided(t.shape, t.stride(), dtype=t.dtype)
 
 
 def set_cache_limit(megabytes):

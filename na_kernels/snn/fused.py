@@ -39,8 +39,9 @@ import torch
 from torch import fx, nn
 from torch.nn.modules import module as _module
 
+from ..cpu import workspace
 from ..nn.if_layer import IFLayer
-from ..ops.event_conv import event_conv2d, event_ok
+from ..ops.event_conv import dense, event_conv2d, event_ok
 from .stats import SynapseMeter
 
 _ADDS = (operator.add, torch.add)
@@ -102,6 +103,8 @@ def conv_add(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.Ten
     shape) -> ``[N, C_out, H', W']``; one oneDNN convolution with an add post-op where it applies
     (CPU, float32 / bfloat16, no autograd, x and other in the conv's layout), else two ops."""
     if _fusable(conv, x, other):
+        if _into_workspace(conv, x):
+            return dense.conv2d(x, conv.weight, conv.bias, tuple(conv.stride), tuple(conv.padding), other)
         return torch.ops.mkldnn._convolution_pointwise.binary(
             x,
             other,
@@ -118,6 +121,30 @@ def conv_add(conv: nn.Conv2d, x: torch.Tensor, other: torch.Tensor) -> torch.Ten
             None,
         )
     return conv(x) + other
+
+
+def _into_workspace(conv: nn.Conv2d, x) -> bool:
+    """Whether ``dense.conv2d`` may run ``conv`` on x into the active workspace (one is active, x and
+    conv are float32, conv a plain one without hooks: the rest ``dense.conv2d`` checks; in bfloat16
+    ``conv_add``'s fused add rounds once, which ``dense.conv2d`` would not)."""
+    return (
+        workspace.current() is not None
+        and isinstance(x, torch.Tensor)
+        and x.dim() == 4
+        and x.dtype == conv.weight.dtype == torch.float32
+        and conv.groups == 1
+        and tuple(conv.dilation) == (1, 1)
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and not _hooked(conv)
+    )
+
+
+def conv_module(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)``, into the active workspace where it applies (``_into_workspace``; bitwise the same)."""
+    if _into_workspace(conv, x):
+        return dense.conv2d(x, conv.weight, conv.bias, tuple(conv.stride), tuple(conv.padding))
+    return conv(x)
 
 
 def _event_applies(conv: nn.Conv2d, x, other) -> bool:
@@ -140,7 +167,7 @@ def event_conv_module(conv: nn.Conv2d, x: torch.Tensor, other=None) -> torch.Ten
     it applies (``_event_applies``), else ``conv(x)`` / ``conv_add(conv, x, other)``."""
     if _event_applies(conv, x, other):
         return event_conv2d(x, conv.weight, conv.bias, stride=conv.stride, padding=conv.padding, residual=other)
-    return conv(x) if other is None else conv_add(conv, x, other)
+    return conv_module(conv, x) if other is None else conv_add(conv, x, other)
 
 
 def _reads_spikes(network, node) -> bool:
@@ -178,6 +205,20 @@ def _use_event_convs(network, graph):
         graph.erase_node(node)
         count += 1
     return count
+
+
+def _use_conv_modules(network, graph):
+    """Replace each remaining one-input ``nn.Conv2d`` call of ``graph`` by ``conv_module``."""
+    for node in list(graph.nodes):
+        if node.op != "call_module" or type(network.get_submodule(node.target)) is not nn.Conv2d:
+            continue
+        if len(node.args) != 1 or node.kwargs:
+            continue
+        with graph.inserting_before(node):
+            conv = graph.get_attr(node.target)
+            call = graph.call_function(conv_module, (conv, node.args[0]))
+        node.replace_all_uses_with(call)
+        graph.erase_node(node)
 
 
 def _conv_operand(network, node):
@@ -226,7 +267,9 @@ def _overwritable_input(network, node):
         return False
     if source.op == "call_module":
         return isinstance(network.get_submodule(source.target), _FRESH_MODULES)
-    return source.op == "call_function" and (source.target in (conv_add, event_conv_module) or source.target in _ADDS)
+    return source.op == "call_function" and (
+        source.target in (conv_add, conv_module, event_conv_module) or source.target in _ADDS
+    )
 
 
 def fuse_residual_adds(network: fx.GraphModule, overwrite: bool = True, event_driven: bool = False):
@@ -254,13 +297,19 @@ def fuse_residual_adds(network: fx.GraphModule, overwrite: bool = True, event_dr
         count += 1
     if event_driven:
         _use_event_convs(network, graph)
+    _use_conv_modules(network, graph)
     for node in list(graph.nodes) if overwrite else ():
         if not _overwritable_input(network, node):
             continue
         source = node.args[0]
         with graph.inserting_before(node):
             layer = graph.get_attr(node.target)
-            producer = graph.get_attr(source.target) if source.op == "call_module" else None
+            if source.op == "call_module":
+                producer = graph.get_attr(source.target)
+            elif source.target in (conv_module, event_conv_module):  # conv(x) runs its hooks there
+                producer = source.args[0]
+            else:
+                producer = None
             call = graph.call_function(if_overwriting, (layer, source, producer))
         node.replace_all_uses_with(call)
         graph.erase_node(node)

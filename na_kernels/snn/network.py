@@ -17,16 +17,22 @@
   traces the plain graph); ``network`` keeps the plain graph;
 - ``event_driven(True)`` (off by default) runs the convolutions that read spikes as event-driven
   convolutions (``na_kernels.event_conv2d``: CPU, float32, inference; cost ~ nonzero inputs),
-  see ``fused``.
+  see ``fused``;
+- without autograd on the CPU, the kernels' large outputs (IF spikes, counts and potentials,
+  event-driven convolutions, the dense convolutions of ``fused``) come from the network's own
+  ``Workspace`` (``na_kernels.cpu.workspace``), kept from one call to the next: a buffer is
+  handed out again only when nothing else holds its memory. ``reuse_buffers`` sets it up.
 """
 
+import contextlib
 import copy
 from typing import Dict, Optional
 
 import torch
 from torch import fx
 
-from .._validation import check_bool, check_time_steps
+from .._validation import check_bool, check_real, check_time_steps
+from ..cpu.workspace import Workspace
 from ..nn.if_layer import IFLayer
 from .base import SpikingNetworkBase, TimeRepeat
 from .clipped import ClippedNetwork, clip_graph
@@ -34,6 +40,8 @@ from .early_exit import run_early_exit
 from .fused import run_fused
 from .record import save_snn
 from .stats import SynapseMeter, collect_statistics, format_statistics
+
+DEFAULT_REUSE_MB = 1024  # the default cap of the buffers a network keeps between calls
 
 
 class SpikingNetwork(SpikingNetworkBase):
@@ -51,6 +59,8 @@ class SpikingNetwork(SpikingNetworkBase):
         if_layers: name -> ``IFLayer``, in execution order.
         synapses: name -> ``SynapseMeter``, one per conv/linear call, in execution order.
         T, chunk: the defaults for ``forward``.
+        workspace: the buffers kept from one pass without autograd to the next (``reuse_buffers``,
+            ``na_kernels.cpu.workspace.Workspace``; ``workspace.info()`` says what it holds).
         conversion_report: what ``to_snn`` did: ``if_layers``, ``folded_batchnorm``,
             ``unfolded_batchnorm`` (left as per-channel affine maps), ``stem_runs_once`` (False
             when batch-size arithmetic forced repeating the input), ``synapses``.
@@ -66,6 +76,8 @@ class SpikingNetwork(SpikingNetworkBase):
         self.register_buffer("run_counts", torch.zeros(2, dtype=torch.int64), persistent=False)
         self.conversion_report = {}
         self.event_convolutions = False
+        self.workspace = Workspace(DEFAULT_REUSE_MB << 20)
+        self._workspace_key = None
 
     @property
     def samples(self) -> int:
@@ -113,20 +125,21 @@ class SpikingNetwork(SpikingNetworkBase):
         outputs, running, batch = [], None, None
         self._set(mode="snn", carry_state=chunk < T)
         try:
-            for start in range(0, T, chunk):
-                steps = min(chunk, T - start)
-                self._set(time_steps=steps)
-                out = run_fused(self.network, *inputs, event_driven=getattr(self, "event_convolutions", False))
-                if not isinstance(out, torch.Tensor):
-                    raise TypeError(f"SpikingNetwork supports a single tensor output, got {type(out).__name__}")
-                per_step = out.reshape((steps, -1) + tuple(out.shape[1:]))
-                batch = per_step.shape[1]
-                summed = per_step.to(torch.float32).cumsum(0)
-                if running is not None:
-                    summed = summed + running
-                running = summed[-1]
-                count = torch.arange(start + 1, start + steps + 1, device=out.device, dtype=torch.float32)
-                outputs.append((summed / count.reshape((-1,) + (1,) * (summed.dim() - 1))).to(out.dtype))
+            with self._reusing(inputs, T, chunk):
+                for start in range(0, T, chunk):
+                    steps = min(chunk, T - start)
+                    self._set(time_steps=steps)
+                    out = run_fused(self.network, *inputs, event_driven=getattr(self, "event_convolutions", False))
+                    if not isinstance(out, torch.Tensor):
+                        raise TypeError(f"SpikingNetwork supports a single tensor output, got {type(out).__name__}")
+                    per_step = out.reshape((steps, -1) + tuple(out.shape[1:]))
+                    batch = per_step.shape[1]
+                    summed = per_step.to(torch.float32).cumsum(0)
+                    if running is not None:
+                        summed = summed + running
+                    running = summed[-1]
+                    count = torch.arange(start + 1, start + steps + 1, device=out.device, dtype=torch.float32)
+                    outputs.append((summed / count.reshape((-1,) + (1,) * (summed.dim() - 1))).to(out.dtype))
         finally:
             self._set(carry_state=False, v=None, time_steps=1)
         if any(layer.record for layer in self.if_layers.values()):
@@ -134,6 +147,47 @@ class SpikingNetwork(SpikingNetworkBase):
                 self.run_counts[0] += batch
                 self.run_counts[1] += batch * T
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+    def _reusing(self, inputs, T, chunk):
+        """The workspace, active for a pass without autograd on CPU inputs (else a null context);
+        let go first when the pass differs from the last one (inputs' shapes, dtypes, T, chunk, mode)."""
+        workspace = getattr(self, "workspace", None)
+        if (
+            workspace is None
+            or workspace.limit_bytes == 0
+            or torch.is_grad_enabled()
+            or torch.compiler.is_compiling()
+            or not all(isinstance(x, torch.Tensor) and x.device.type == "cpu" for x in inputs)
+        ):
+            return contextlib.nullcontext()
+        key = (tuple((tuple(x.shape), x.dtype) for x in inputs), T, chunk, self.event_convolutions)
+        if key != self._workspace_key:
+            workspace.release()
+            self._workspace_key = key
+        return workspace.active()
+
+    def reuse_buffers(self, limit_mb: int = DEFAULT_REUSE_MB) -> "SpikingNetwork":
+        """Keep up to ``limit_mb`` MiB of the kernels' large outputs from one pass without autograd
+        to the next (0: none; ``DEFAULT_REUSE_MB`` by default), so repeated passes run on memory
+        already mapped. Bitwise the same results; a buffer is reused only when nothing else holds its
+        memory (``na_kernels.cpu.workspace``). Between calls it holds about the outputs one pass
+        has alive at once. Let go by ``release_buffers()``, by ``.to()`` / ``.cpu()`` and the like,
+        when a pass's input shapes, T or chunk change, and by ``event_driven()``. Not saved. Returns self."""
+        limit_mb = int(check_real("limit_mb", limit_mb, minimum=0))
+        self.release_buffers()
+        self.workspace = Workspace(limit_mb << 20)
+        return self
+
+    def release_buffers(self) -> None:
+        """Let the buffers kept for reuse go (``reuse_buffers``); outputs a caller holds are unaffected."""
+        workspace = getattr(self, "workspace", None)
+        if workspace is not None:
+            workspace.release()
+        self._workspace_key = None
+
+    def _apply(self, fn, *args, **kwargs):
+        self.release_buffers()
+        return super()._apply(fn, *args, **kwargs)
 
     def event_driven(self, flag: bool = True) -> "SpikingNetwork":
         """Run (True) or stop running (False) each convolution that reads an IF layer's spikes,
@@ -146,6 +200,7 @@ class SpikingNetwork(SpikingNetworkBase):
         last bits and a spike at the threshold can flip (docs/design.md). Not saved by ``save``.
         Returns self."""
         self.event_convolutions = check_bool("flag", flag)
+        self.release_buffers()
         return self
 
     def ann(self, *inputs):

@@ -289,8 +289,9 @@ _RESERVED_INPUTS = frozenset(
 )
 _MODULE_RECORD_KEYS = ("name", "type", "parameters", "buffers", "config", "state")
 _NETWORK_KEYS = ("T", "chunk", "samples", "sample_steps", "conversion_report")
-# how a network runs here, not what it is: not saved (``SpikingNetwork.event_driven``)
-_RUN_OPTION_KEYS = ("event_convolutions",)
+# how a network runs here, not what it is: not saved (``SpikingNetwork.event_driven``,
+# ``SpikingNetwork.reuse_buffers``)
+_RUN_OPTION_KEYS = ("event_convolutions", "workspace", "_workspace_key")
 
 
 class SerializationError(ValueError):

@@ -7,15 +7,15 @@ and a call that needs a gradient runs the dense ``F.conv2d`` instead. The public
 not a ``torch.library`` op (``_registration`` is for ops with a backward): under
 ``torch.compile`` it is traced as its dense fallback.
 
-Modules: ``cpu.py`` (the C++ kernel), ``reference.py`` (float64 PyTorch).
+Modules: ``cpu.py`` (the C++ kernel), ``dense.py`` (the dense fallback, into an SNN's workspace where
+one is active), ``reference.py`` (float64 PyTorch).
 """
 
 import torch
-import torch.nn.functional as F
 
 from ... import cpu as _cpu
 from ..._validation import check_event_conv_arguments, check_real
-from . import cpu, reference  # noqa: F401
+from . import cpu, dense, reference  # noqa: F401
 
 # When the event kernel pays (bench/event_density.py, docs/notes.md): up to about 30 % nonzero
 # inputs where Cin * Cout >= 32 * 32; up to about 15 % where Cout <= 16 (the kernel computes
@@ -32,11 +32,6 @@ def default_max_density(cin, cout):
     if cout <= TILED_COUT:
         return TILED_MAX_DENSITY
     return 0.0 if cin * cout < NARROW else DEFAULT_MAX_DENSITY
-
-
-def _dense(x, weight, bias, stride, padding, residual):
-    out = F.conv2d(x, weight, bias, stride=stride, padding=padding)
-    return out if residual is None else out + residual
 
 
 def event_ok(x, weight, bias=None, residual=None):
@@ -83,9 +78,9 @@ def event_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, group
         max_density = default_max_density(weight.shape[1], weight.shape[0])
     max_density = check_real("max_density", max_density, minimum=0.0, maximum=1.0)
     if max_density == 0 or not event_ok(x, weight, bias, residual):
-        return _dense(x, weight, bias, stride, padding, residual)
+        return dense.conv2d(x, weight, bias, stride, padding, residual)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     out = cpu.forward(x_cl, weight, bias, stride, padding, residual, int(max_density * x.numel()))
     if out is None:
-        return _dense(x_cl, weight, bias, stride, padding, residual)
+        return dense.conv2d(x_cl, weight, bias, stride, padding, residual)
     return out

@@ -1,0 +1,277 @@
+"""A SpikingNetwork's buffers kept from one pass to the next (``reuse_buffers``,
+``na_kernels.cpu.workspace``): bitwise the results of the run without reuse at every SIMD level,
+dense and event-driven; nothing a caller, a hook or the statistics hold is overwritten; the
+memory is bounded and let go when it should be; save / load and pickling are unaffected."""
+
+import copy
+import io
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from nn_models import TinyResNet, prepared
+from torch import nn
+
+from na_kernels import cpu
+from na_kernels.cpu import workspace
+from na_kernels.nn import IFLayer, load_snn, to_snn
+from na_kernels.ops import event_conv
+from na_kernels.ops.event_conv import dense
+
+CL = torch.channels_last
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="the C++ extension is not built")
+
+
+def levels():
+    return cpu.SIMD_LEVELS[: cpu.SIMD_LEVELS.index(cpu.detected_simd_level()) + 1]
+
+
+@pytest.fixture(autouse=True)
+def every_output_reused(monkeypatch):
+    """TinyResNet's outputs are small: let every one of them take a workspace buffer."""
+    monkeypatch.setattr(workspace, "FROM_BYTES", 0)
+
+
+@pytest.fixture(scope="module")
+def snn():
+    torch.manual_seed(0)
+    return to_snn(prepared(TinyResNet, p=3), T=4)
+
+
+def _network(snn, mode):
+    network = copy.deepcopy(snn)
+    if mode != "contiguous":
+        network = network.to(memory_format=CL)
+    return network.event_driven(mode == "event")
+
+
+def _input(seed, mode="channels_last"):
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+    return x if mode == "contiguous" else x.contiguous(memory_format=CL)
+
+
+@pytest.fixture
+def event_everywhere(monkeypatch):
+    """TinyResNet is narrow: the event kernel at every density all the same."""
+    monkeypatch.setattr(event_conv, "NARROW", 0)
+    monkeypatch.setattr(event_conv, "DEFAULT_MAX_DENSITY", 1.0)
+    monkeypatch.setattr(event_conv, "TILED_MAX_DENSITY", 1.0)
+
+
+@pytest.mark.parametrize("mode", ["contiguous", "channels_last", "event"])
+def test_bitwise_the_run_without_reuse_at_every_level(snn, mode, event_everywhere):
+    network = _network(snn, mode)
+    for level in levels():
+        with cpu.limit_simd(level), torch.no_grad():
+            want = [network.reuse_buffers(0)(_input(seed, mode)) for seed in (1, 2, 1)]
+            network.reuse_buffers()
+            got = [network(_input(seed, mode)) for seed in (1, 2, 1)]
+            info = network.workspace.info()
+        assert info["hits"] > 0 and info["buffers"] > 0, info  # the buffers were reused
+        for g, w in zip(got, want):
+            assert torch.equal(g, w), level
+
+
+def test_bf16_fast_mode_is_bitwise_the_run_without_reuse(snn, monkeypatch):
+    from na_kernels.snn import fused
+
+    network = copy.deepcopy(snn).to(torch.bfloat16).to(memory_format=CL)
+    x = [_input(seed).to(torch.bfloat16) for seed in (1, 2)]
+    with torch.no_grad():
+        want = [network.reuse_buffers(0)(v) for v in x]
+        network.reuse_buffers()
+        fusable, calls = fused._fusable, []
+        monkeypatch.setattr(fused, "_fusable", lambda *a: calls.append(fusable(*a)) or calls[-1])
+        got = [network(v) for v in x]
+    assert calls and all(calls)  # the adds stayed fused: one bf16 rounding, as without reuse
+    assert network.workspace.info()["hits"] > 0
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+def test_a_repeated_pass_takes_no_new_buffer(snn, event_everywhere):
+    network = _network(snn, "event")
+    with torch.no_grad():
+        network(_input(1))
+        before = network.workspace.info()
+        network(_input(2))
+        after = network.workspace.info()
+    assert after["misses"] == before["misses"] and after["buffers"] == before["buffers"]
+    assert after["hits"] > before["hits"]
+    assert after["idle_buffers"] == after["buffers"]  # nothing handed out is alive after the pass
+    assert 0 < after["held_bytes"] <= after["limit_bytes"]
+
+
+@pytest.mark.parametrize("mode", ["channels_last", "event"])
+def test_what_hooks_and_callers_keep_is_not_overwritten(snn, mode, event_everywhere):
+    network = _network(snn, mode)
+    kept = []  # (tensor a hook kept, its clone at the time)
+
+    def keep(module, args, out):
+        kept.append((out, out.clone()))
+        kept.append((args[0], args[0].clone()))
+
+    modules = [m for m in network.network.modules() if isinstance(m, (IFLayer, nn.Conv2d))]
+    handles = [m.register_forward_hook(keep) for m in modules]
+    with torch.no_grad():
+        first = network(_input(1))
+        first_copy = first.clone()
+        for seed in (2, 3):
+            network(_input(seed))
+    for handle in handles:
+        handle.remove()
+    assert len(kept) == 2 * 3 * len(modules)
+    for tensor, copy_then in kept:
+        assert torch.equal(tensor, copy_then)
+    assert torch.equal(first, first_copy)
+
+    # a view, a storage object or a numpy array of an output holds its buffer the same way
+    held = {}
+
+    def keep_views(module, args, out):
+        held.setdefault("view", out[:1])
+        held.setdefault("numpy", out.numpy())
+        held.setdefault("storage", out.untyped_storage())
+
+    handles = [m.register_forward_hook(keep_views) for m in modules[1:2]]
+    with torch.no_grad():
+        network(_input(4))
+        view, array, storage = held["view"].clone(), held["numpy"].copy(), held["storage"]
+        snapshot = bytes(storage)
+        for seed in (5, 6):
+            network(_input(seed))
+    for handle in handles:
+        handle.remove()
+    assert torch.equal(held["view"], view) and np.array_equal(held["numpy"], array)
+    assert bytes(storage) == snapshot
+
+
+def test_statistics_agree_with_the_run_without_reuse(snn, event_everywhere):
+    stats = []
+    for limit in (0, 1024):
+        network = _network(snn, "event").reuse_buffers(limit)
+        network.record_statistics(True)
+        network.reset_statistics()
+        with torch.no_grad():
+            outs = [network(_input(seed)) for seed in (1, 2)]
+        stats.append((network.statistics(), outs))
+    (want, want_outs), (got, got_outs) = stats
+    assert got == want and got["if_layers"] and got["samples"] == 6
+    assert all(torch.equal(g, w) for g, w in zip(got_outs, want_outs))
+
+
+def test_chunks_early_exit_and_autograd(snn, event_everywhere):
+    network = _network(snn, "event")
+    plain = copy.deepcopy(network).reuse_buffers(0)
+    with torch.no_grad():
+        assert torch.equal(network(_input(1), chunk=3), plain(_input(1), chunk=3))
+        assert torch.equal(network(_input(1), chunk=1), plain(_input(1), chunk=1))
+    got = network.run_early_exit(_input(2), 0.5, chunk=2)
+    want = plain.run_early_exit(_input(2), 0.5, chunk=2)
+    assert torch.equal(got.outputs, want.outputs) and torch.equal(got.exit_steps, want.exit_steps)
+    network.release_buffers()
+    network(_input(3))  # with autograd on: no workspace
+    assert network.workspace.info()["buffers"] == 0
+
+
+def test_memory_is_bounded_and_let_go(snn, event_everywhere):
+    network = _network(snn, "event").reuse_buffers(0)
+    with torch.no_grad():
+        network(_input(1))
+    assert network.workspace.info()["held_bytes"] == 0
+    network.reuse_buffers()
+    with torch.no_grad():
+        network(_input(1))
+    held = network.workspace.info()["held_bytes"]
+    network.workspace.limit_bytes = held // 2  # a smaller cap: the rest are fresh outputs
+    network.release_buffers()
+    with torch.no_grad():
+        network(_input(1))
+    info = network.workspace.info()
+    assert 0 < info["held_bytes"] <= held // 2 and info["misses"] > info["buffers"]
+
+    def filled(net):
+        with torch.no_grad():
+            net(_input(1))
+        return net.workspace.info()["buffers"] > 0
+
+    network.reuse_buffers()
+    assert filled(network)
+    network.release_buffers()
+    assert network.workspace.info()["buffers"] == 0
+    assert filled(network)
+    network.to(torch.float32)
+    assert network.workspace.info()["buffers"] == 0
+    assert filled(network)
+    network.event_driven(False)
+    assert network.workspace.info()["buffers"] == 0
+    assert filled(network)
+    with torch.no_grad():
+        network(torch.randn(2, 3, 16, 16).contiguous(memory_format=CL))  # another batch size
+    assert network.workspace.info()["misses"] == network.workspace.info()["buffers"]  # all anew
+
+
+def test_save_load_pickle_and_copies_carry_no_buffers(snn, tmp_path):
+    network = _network(snn, "channels_last")
+    with torch.no_grad():
+        want = network(_input(1))
+    assert network.workspace.info()["buffers"] > 0
+    network.save(tmp_path / "net.snn")
+    loaded = load_snn(tmp_path / "net.snn").to(memory_format=CL)
+    with torch.no_grad():
+        assert torch.equal(loaded(_input(1)), want)
+    for other in (copy.deepcopy(network), pickle.loads(pickle.dumps(network))):
+        assert other.workspace.info()["buffers"] == 0
+        assert other.workspace.limit_bytes == network.workspace.limit_bytes
+    buffer = io.BytesIO()
+    torch.save(network, buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=False).workspace.info()["buffers"] == 0
+
+
+def test_workspace_hands_out_only_idle_buffers():
+    space = workspace.Workspace(1 << 20)
+    with space.active():
+        a = space.empty_strided((4, 8), (8, 1), torch.float32, 32)
+        b = space.empty_strided((4, 8), (8, 1), torch.float32, 32)
+        assert a.data_ptr() != b.data_ptr()
+        ptr = a.data_ptr()
+        view = a[1:]
+        del a
+        c = space.empty_strided((4, 8), (8, 1), torch.float32, 32)
+        assert c.data_ptr() != ptr  # the view still holds it
+        del view, c
+        d = space.empty_strided((2, 16), (1, 2), torch.int32, 32)  # the same bytes, any shape and dtype
+        assert d.data_ptr() == ptr and d.stride() == (1, 2) and d.dtype == torch.int32
+    assert workspace.current() is None
+    small = workspace.Workspace(100)
+    e = small.empty_strided((4, 8), (8, 1), torch.float32, 32)  # 128 bytes: past the cap, fresh
+    assert small.info()["held_bytes"] == 0 and e.shape == (4, 8)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("stride, padding, kernel", [(1, 1, 3), (2, 1, 3), (2, 0, 1), (1, 2, 5)])
+@pytest.mark.parametrize("residual", [False, True])
+def test_dense_conv_into_the_workspace_is_bitwise_conv2d(layout, stride, padding, kernel, residual):
+    g = torch.Generator().manual_seed(kernel + stride)
+    x = torch.randn(3, 5, 9, 11, generator=g) * (torch.rand(3, 5, 9, 11, generator=g) < 0.5)
+    x[0, 0, 0, :3] = torch.tensor([float("nan"), float("inf"), -0.0])
+    weight = torch.randn(7, 5, kernel, kernel, generator=g)
+    weight[0] = 0.0  # outputs of exactly +0.0 (no bias there)
+    bias = torch.randn(7, generator=g)
+    bias[0] = 0.0
+    memory_format = CL if layout == "channels_last" else torch.contiguous_format
+    x, weight = x.contiguous(memory_format=memory_format), weight.contiguous(memory_format=memory_format)
+    want = F.conv2d(x, weight, bias, stride=stride, padding=padding)
+    r = torch.randn(want.shape, generator=g).contiguous(memory_format=memory_format) if residual else None
+    if residual:
+        want = want + r
+    space = workspace.Workspace(1 << 24)
+    space.empty_strided(want.shape, want.stride(), torch.float32, want.numel()).fill_(1.0)  # a used buffer
+    with torch.no_grad(), space.active():
+        got = dense.conv2d(x, weight, bias, (stride, stride), (padding, padding), r)
+    assert space.info()["buffers"] == 1
+    assert got.stride() == want.stride()
+    bits = lambda t: t.contiguous().view(torch.int32)  # noqa: E731  (signs of zeros and NaN payloads too)
+    assert torch.equal(bits(got), bits(want))
