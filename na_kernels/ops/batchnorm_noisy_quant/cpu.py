@@ -42,7 +42,7 @@ def forward(x, residual, weight, bias, running_mean, running_var, lam, seed, arg
         y, mean, invstd, mask, new_mean, new_var = forward(
             x.contiguous(), residual, weight, bias, running_mean, running_var, lam, seed, args
         )
-        mask = reference.pack_mask(reference.unpack_mask(mask, x.shape), True)
+        mask = reference.op_mask(reference.unpack_mask(mask[:-1], x.shape), True)
         return y.contiguous(memory_format=torch.channels_last), mean, invstd, mask, new_mean, new_var
     native = _native(x)
     layout = torch.channels_last if native else torch.contiguous_format
@@ -50,7 +50,7 @@ def forward(x, residual, weight, bias, running_mean, running_var, lam, seed, arg
     residual = _dense(residual, x.dtype, layout) if residual is not None else None
     batch, channels, inner = _shape(x)
     y = empty_like_dense(x)
-    mask = torch.empty((x.numel() + 7) // 8, dtype=torch.uint8)
+    mask = torch.empty(reference.mask_bytes(x.numel()), dtype=torch.uint8)
     save_mean, save_invstd = torch.empty(channels), torch.empty(channels)
     has_running = running_mean is not None
     running_mean = _float32(running_mean, channels) if has_running else None
@@ -87,19 +87,16 @@ def forward(x, residual, weight, bias, running_mean, running_var, lam, seed, arg
         threads=cpu.num_threads(x.numel()),
         channels_last=native,
     )
+    mask[-1] = native  # the bits' order (reference.op_mask)
     return y, save_mean, save_invstd, mask, new_mean, new_var
 
 
 def backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args, need_grad_residual):
-    if reference.channels_last(y) and not _native(y):
-        mask = reference.pack_mask(reference.unpack_mask(mask, y.shape, True))
-        grad_x, grad_residual, *per_channel = backward(
-            grad_y, x, residual, y.contiguous(), mask, mean, invstd, weight, bias, lam, args, need_grad_residual
-        )
-        if need_grad_residual:
-            grad_residual = grad_residual.contiguous(memory_format=torch.channels_last)
-        return grad_x.contiguous(memory_format=torch.channels_last), grad_residual, *per_channel
-    native = _native(y)  # the mask is in y's memory order
+    out_layout = reference.memory_format(y)  # the gradients' layout: that of the y given
+    in_channels_last = reference.mask_in_channels_last(mask)  # not y's strides: y may be a restrided copy
+    native = in_channels_last and y.dtype is torch.float32
+    if in_channels_last and not native:
+        mask = reference.pack_mask(reference.unpack_mask(mask[:-1], y.shape, True))
     layout = torch.channels_last if native else torch.contiguous_format
     x = _dense(x, y.dtype, layout)
     grad_y = _dense(grad_y, x.dtype, layout)
@@ -133,4 +130,7 @@ def backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args
         threads=cpu.num_threads(x.numel()),
         channels_last=native,
     )
+    if layout is not out_layout:
+        grad_x = grad_x.contiguous(memory_format=out_layout)
+        grad_residual = grad_residual.contiguous(memory_format=out_layout) if need_grad_residual else grad_residual
     return grad_x, grad_residual, grads[0], grads[1].clone(), grads[2].clone()  # outputs may not alias
