@@ -13,10 +13,10 @@ from . import reference
 
 
 def _float32(t, channels):
-    t = t.detach()
-    if t.dtype is torch.float32 and t.numel() == channels and t.is_contiguous():
+    """t as the float32 [C] the kernels read (t itself when it is one already)."""
+    if t.dtype is torch.float32 and t.is_contiguous() and t.numel() == channels:
         return t
-    return t.to(torch.float32).expand(channels).contiguous()
+    return t.detach().to(torch.float32).expand(channels).contiguous()
 
 
 def _address(t):
@@ -38,13 +38,14 @@ def _native(t):
 
 
 def forward(x, residual, weight, bias, running_mean, running_var, lam, seed, args):
-    if reference.channels_last(x) and not _native(x):
+    in_channels_last = reference.channels_last(x)
+    native = in_channels_last and x.dtype is torch.float32
+    if in_channels_last and not native:
         y, mean, invstd, mask, new_mean, new_var = forward(
             x.contiguous(), residual, weight, bias, running_mean, running_var, lam, seed, args
         )
         mask = reference.op_mask(reference.unpack_mask(mask[:-1], x.shape), True)
         return y.contiguous(memory_format=torch.channels_last), mean, invstd, mask, new_mean, new_var
-    native = _native(x)
     layout = torch.channels_last if native else torch.contiguous_format
     x = x.contiguous(memory_format=layout)
     residual = _dense(residual, x.dtype, layout) if residual is not None else None
@@ -93,11 +94,10 @@ def forward(x, residual, weight, bias, running_mean, running_var, lam, seed, arg
 
 def backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args, need_grad_residual):
     out_layout = reference.memory_format(y)  # the gradients' layout: that of the y given
-    in_channels_last = reference.mask_in_channels_last(mask)  # not y's strides: y may be a restrided copy
-    native = in_channels_last and y.dtype is torch.float32
-    if in_channels_last and not native:
-        mask = reference.pack_mask(reference.unpack_mask(mask[:-1], y.shape, True))
+    native = _native(y)
     layout = torch.channels_last if native else torch.contiguous_format
+    if reference.mask_in_channels_last(mask) != native:  # y restrided since forward, or 16-bit channels-last
+        mask = reference.pack_mask(reference.unpack_mask(mask[:-1], y.shape, not native), native)
     x = _dense(x, y.dtype, layout)
     grad_y = _dense(grad_y, x.dtype, layout)
     y = y.contiguous(memory_format=layout)
@@ -130,7 +130,7 @@ def backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args
         threads=cpu.num_threads(x.numel()),
         channels_last=native,
     )
-    if layout is not out_layout:
+    if layout is not out_layout:  # 16-bit channels-last, computed contiguous
         grad_x = grad_x.contiguous(memory_format=out_layout)
         grad_residual = grad_residual.contiguous(memory_format=out_layout) if need_grad_residual else grad_residual
     return grad_x, grad_residual, grads[0], grads[1].clone(), grads[2].clone()  # outputs may not alias
