@@ -32,11 +32,6 @@ def _dense(t, dtype, layout):
     return t.to(dtype).contiguous(memory_format=layout)
 
 
-def _native(t):
-    """Whether the channels-last kernels take t (the op's layout for it is channels-last)."""
-    return t.dtype is torch.float32 and reference.channels_last(t)
-
-
 def forward(x, residual, weight, bias, running_mean, running_var, lam, seed, args):
     in_channels_last = reference.channels_last(x)
     native = in_channels_last and x.dtype is torch.float32
@@ -94,10 +89,13 @@ def forward(x, residual, weight, bias, running_mean, running_var, lam, seed, arg
 
 def backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args, need_grad_residual):
     out_layout = reference.memory_format(y)  # the gradients' layout: that of the y given
-    native = _native(y)
+    # computed in the mask's order (not y's strides: y may be a restrided copy), which float32 runs
+    # as it is: converting y and the gradients costs less than reordering the bits
+    in_channels_last = reference.mask_in_channels_last(mask)
+    native = in_channels_last and y.dtype is torch.float32
+    if in_channels_last and not native:  # 16-bit runs contiguous
+        mask = reference.pack_mask(reference.unpack_mask(mask[:-1], y.shape, True))
     layout = torch.channels_last if native else torch.contiguous_format
-    if reference.mask_in_channels_last(mask) != native:  # y restrided since forward, or 16-bit channels-last
-        mask = reference.pack_mask(reference.unpack_mask(mask[:-1], y.shape, not native), native)
     x = _dense(x, y.dtype, layout)
     grad_y = _dense(grad_y, x.dtype, layout)
     y = y.contiguous(memory_format=layout)
@@ -130,7 +128,7 @@ def backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args
         threads=cpu.num_threads(x.numel()),
         channels_last=native,
     )
-    if layout is not out_layout:  # 16-bit channels-last, computed contiguous
+    if layout is not out_layout:
         grad_x = grad_x.contiguous(memory_format=out_layout)
         grad_residual = grad_residual.contiguous(memory_format=out_layout) if need_grad_residual else grad_residual
     return grad_x, grad_residual, grads[0], grads[1].clone(), grads[2].clone()  # outputs may not alias
