@@ -15,8 +15,10 @@ module (``na_kernels.ops.batchnorm_noisy_quant.{cpu,reference}``) has
 with ``residual``, ``running_mean`` and ``running_var`` possibly None, ``lam`` one element or one
 per channel, ``args`` a ``_spec.BatchNormNoisyQuantArgs``; y is channels-last when x is (4-D, channels-last
 strides and not contiguous: ``reference.channels_last``), else contiguous; the statistics float32
-[C], the mask uint8 [ceil(numel / 8)] in y's memory order (``reference.pack_mask``). Backward
-reads the mask's order from y's layout and returns grad_x and grad_residual in it.
+[C], the mask uint8 [ceil(numel / 8) + 1]: the bits in y's memory order (``reference.pack_mask``)
+and a last byte naming that order (``reference.op_mask``). Backward reads the bits in the order
+their byte names (torch.compile may pass it a restrided copy of y) and returns grad_x and
+grad_residual in the layout of the y it is given.
 """
 
 import torch
@@ -35,7 +37,7 @@ from ..._validation import (
 )
 from .._registration import Op
 from ..noisy_quant import _seed_tensor
-from .reference import memory_format
+from .reference import mask_bytes, memory_format
 
 _FIELDS = "Tensor x, Tensor? residual, Tensor weight, Tensor bias, Tensor? running_mean, Tensor? running_var"
 
@@ -44,7 +46,7 @@ def _fake(x, residual, weight, bias, running_mean, running_var, lam, seed, args)
     channels = x.shape[1]
     stats = [torch.empty(channels, dtype=torch.float32, device=x.device) for _ in range(2)]
     running = channels if running_mean is not None else 0
-    mask = torch.empty((x.numel() + 7) // 8, dtype=torch.uint8, device=x.device)
+    mask = torch.empty(mask_bytes(x.numel()), dtype=torch.uint8, device=x.device)
     new = [torch.empty(running, dtype=torch.float32, device=x.device) for _ in range(2)]
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=memory_format(x))
     return y, *stats, mask, *new

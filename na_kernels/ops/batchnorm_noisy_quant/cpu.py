@@ -13,10 +13,10 @@ from . import reference
 
 
 def _float32(t, channels):
-    t = t.detach()
-    if t.dtype is torch.float32 and t.numel() == channels and t.is_contiguous():
+    """t as the float32 [C] the kernels read (t itself when it is one already)."""
+    if t.dtype is torch.float32 and t.is_contiguous() and t.numel() == channels:
         return t
-    return t.to(torch.float32).expand(channels).contiguous()
+    return t.detach().to(torch.float32).expand(channels).contiguous()
 
 
 def _address(t):
@@ -32,25 +32,21 @@ def _dense(t, dtype, layout):
     return t.to(dtype).contiguous(memory_format=layout)
 
 
-def _native(t):
-    """Whether the channels-last kernels take t (the op's layout for it is channels-last)."""
-    return t.dtype is torch.float32 and reference.channels_last(t)
-
-
 def forward(x, residual, weight, bias, running_mean, running_var, lam, seed, args):
-    if reference.channels_last(x) and not _native(x):
+    in_channels_last = reference.channels_last(x)
+    native = in_channels_last and x.dtype is torch.float32
+    if in_channels_last and not native:
         y, mean, invstd, mask, new_mean, new_var = forward(
             x.contiguous(), residual, weight, bias, running_mean, running_var, lam, seed, args
         )
-        mask = reference.pack_mask(reference.unpack_mask(mask, x.shape), True)
+        mask = reference.op_mask(reference.unpack_mask(mask[:-1], x.shape), True)
         return y.contiguous(memory_format=torch.channels_last), mean, invstd, mask, new_mean, new_var
-    native = _native(x)
     layout = torch.channels_last if native else torch.contiguous_format
     x = x.contiguous(memory_format=layout)
     residual = _dense(residual, x.dtype, layout) if residual is not None else None
     batch, channels, inner = _shape(x)
     y = empty_like_dense(x)
-    mask = torch.empty((x.numel() + 7) // 8, dtype=torch.uint8)
+    mask = torch.empty(reference.mask_bytes(x.numel()), dtype=torch.uint8)
     save_mean, save_invstd = torch.empty(channels), torch.empty(channels)
     has_running = running_mean is not None
     running_mean = _float32(running_mean, channels) if has_running else None
@@ -87,19 +83,18 @@ def forward(x, residual, weight, bias, running_mean, running_var, lam, seed, arg
         threads=cpu.num_threads(x.numel()),
         channels_last=native,
     )
+    mask[-1] = native  # the bits' order (reference.op_mask)
     return y, save_mean, save_invstd, mask, new_mean, new_var
 
 
 def backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args, need_grad_residual):
-    if reference.channels_last(y) and not _native(y):
-        mask = reference.pack_mask(reference.unpack_mask(mask, y.shape, True))
-        grad_x, grad_residual, *per_channel = backward(
-            grad_y, x, residual, y.contiguous(), mask, mean, invstd, weight, bias, lam, args, need_grad_residual
-        )
-        if need_grad_residual:
-            grad_residual = grad_residual.contiguous(memory_format=torch.channels_last)
-        return grad_x.contiguous(memory_format=torch.channels_last), grad_residual, *per_channel
-    native = _native(y)  # the mask is in y's memory order
+    out_layout = reference.memory_format(y)  # the gradients' layout: that of the y given
+    # computed in the mask's order (not y's strides: y may be a restrided copy), which float32 runs
+    # as it is: converting y and the gradients costs less than reordering the bits
+    in_channels_last = reference.mask_in_channels_last(mask)
+    native = in_channels_last and y.dtype is torch.float32
+    if in_channels_last and not native:  # 16-bit runs contiguous
+        mask = reference.pack_mask(reference.unpack_mask(mask[:-1], y.shape, True))
     layout = torch.channels_last if native else torch.contiguous_format
     x = _dense(x, y.dtype, layout)
     grad_y = _dense(grad_y, x.dtype, layout)
@@ -133,4 +128,7 @@ def backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args
         threads=cpu.num_threads(x.numel()),
         channels_last=native,
     )
+    if layout is not out_layout:
+        grad_x = grad_x.contiguous(memory_format=out_layout)
+        grad_residual = grad_residual.contiguous(memory_format=out_layout) if need_grad_residual else grad_residual
     return grad_x, grad_residual, grads[0], grads[1].clone(), grads[2].clone()  # outputs may not alias

@@ -9,8 +9,9 @@ mean and invstd = 1 / sqrt(var + eps) are this batch's (biased variance, in floa
 BatchNorm computes them, then rounded; the
 running statistics become ``momentum * batch + (1 - momentum) * running`` with the unbiased
 variance) or the running ones. ``mask`` holds [0 <= q_raw <= p] one bit per element, in y's memory
-order (``pack_mask``): y is channels-last when x is (``channels_last``), contiguous otherwise;
-backward takes the straight-through mask from it and the level from y.
+order (``pack_mask``), and a last byte naming that order (``op_mask``): y is channels-last when x
+is (``channels_last``), contiguous otherwise; backward takes the straight-through mask from it (in
+the order it names, whatever y's strides are by then) and the level from y.
 
 The last section is this backend's adapter: ``forward`` and ``backward`` as ``na_kernels.ops``
 calls every backend.
@@ -64,6 +65,36 @@ def unpack_mask(mask, shape, in_channels_last=False):
         n, c, h, w = shape
         return bits.reshape(n, h, w, c).permute(0, 3, 1, 2).bool()
     return bits.reshape(shape).bool()
+
+
+# The op's mask: pack_mask's bits, then one byte naming their order (1: [N, H, W, C], 0: row-major).
+# The order travels with the bits because y's strides may not: torch.compile may hand backward a
+# restrided copy of the y that forward returned.
+
+
+def mask_bytes(numel):
+    """The op mask's size for ``numel`` elements: the bits' bytes and the order byte."""
+    return (numel + 7) // 8 + 1
+
+
+def op_mask(inside, in_channels_last=False):
+    """A bool tensor as the op's mask: ``pack_mask``'s bits in that order, then the order byte."""
+    bits = pack_mask(inside, in_channels_last)
+    return torch.cat((bits, bits.new_full((1,), int(in_channels_last))))
+
+
+def mask_in_channels_last(mask):
+    """Whether the op mask's bits are in channels-last order (a host read of its last byte)."""
+    return bool(mask[-1])
+
+
+def unpack_op_mask(mask, shape):
+    """The op mask's bits as a bool tensor of (logical) ``shape``, in the order its last byte names
+    (chosen on the device: no host read)."""
+    inside = unpack_mask(mask[:-1], shape)
+    if len(shape) != 4:
+        return inside
+    return torch.where(mask[-1:].bool().reshape(1, 1, 1, 1), unpack_mask(mask[:-1], shape, True), inside)
 
 
 def statistics(x, weight, bias, running_mean, running_var, args):
@@ -147,8 +178,7 @@ def forward(x, residual, weight, bias, running_mean, running_var, lam, seed, arg
         )
         q_raw = torch.floor(z_shifted)
         y = ((torch.clamp(q_raw, 0, args.p) / nq._float(args.p, x.device)) * lam_b).to(x.dtype)
-        layout = channels_last(x)
-        mask = pack_mask((q_raw >= 0) & (q_raw <= args.p), layout)
+        mask = op_mask((q_raw >= 0) & (q_raw <= args.p), channels_last(x))
     return y.contiguous(memory_format=memory_format(x)), mean, invstd, mask, new_mean, new_var
 
 
@@ -163,7 +193,7 @@ def backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args
         lam32 = _channels_view(lam.to(torch.float32).expand(channels), x)
         p = nq._float(args.p, x.device)
         layout = memory_format(y)
-        inside = unpack_mask(mask, x.shape, channels_last(y))
+        inside = unpack_op_mask(mask, x.shape)
         dy = grad_y.to(torch.float32)
         dz = torch.where(inside, dy, torch.zeros_like(dy))
         level = torch.floor((y.to(torch.float32) * p) / lam32 + 0.5)

@@ -169,12 +169,12 @@ def forward(x, residual, weight, bias, running_mean, running_var, lam, seed, arg
                 num_warps=4,
                 **FLOAT_OPTIONS,
             )
-        mask = reference.pack_mask(inside.bool(), layout is torch.channels_last)
+        mask = reference.op_mask(inside.bool(), layout is torch.channels_last)
         return y.contiguous(memory_format=layout), mean, invstd, mask, new_mean, new_var
 
 
 def backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args, need_grad_residual):
-    layout = reference.memory_format(y)  # the mask's order; the gradients in y's layout
+    layout = reference.memory_format(y)  # the gradients in y's layout (the mask names its own order)
     x = x.contiguous()
     grad_y = grad_y.to(x.dtype).contiguous()
     residual = residual.to(x.dtype).contiguous() if residual is not None else None
@@ -188,7 +188,7 @@ def backward(grad_y, x, residual, y, mask, mean, invstd, weight, bias, lam, args
         if x.numel():
             rows, inner, channels, block_r, block_c, blocks_per_row, programs = _geometry(x)
             partial = torch.empty(rows, blocks_per_row, 3, dtype=torch.float32, device=x.device)
-            inside = reference.unpack_mask(mask, x.shape, layout is torch.channels_last).to(torch.uint8).contiguous()
+            inside = reference.unpack_op_mask(mask, x.shape).to(torch.uint8).contiguous()
             _backward_kernel[(programs,)](
                 grad_y,
                 x,
