@@ -30,8 +30,8 @@ SNN pass: the converted network (``to_snn(model, T)``) on ``[B, 3, 32, 32]`` und
   one multiply is the fewest a SpikingJelly network needs for the same outputs.
 - ``spikingjelly_channels_last`` / ``spikingjelly_channels_last_compiled`` (``SNN_EXTRA_IMPLS``,
   for ``profile_snn.py --compare`` only): SpikingJelly with channels-last weights and input, what
-  a SpikingJelly user could do too; ``event_fresh`` / ``channels_last_fresh``: ``event`` /
-  ``channels_last`` with ``snn.reuse_buffers(0)`` (every output fresh memory, as before the
+  a SpikingJelly user could do too; ``event_fresh`` / ``channels_last_fresh`` / ``na_kernels_fresh``: ``event`` /
+  ``channels_last`` / ``na_kernels`` with ``snn.reuse_buffers(0)`` (every output fresh memory, as before the
   network kept its buffers between calls).
 
 bf16 SNN: network and input cast to bfloat16 (``snn.to(torch.bfloat16)``); the IF kernels keep
@@ -115,6 +115,7 @@ SNN_EXTRA_IMPLS = (
     "event_untiled",
     "event_fresh",
     "channels_last_fresh",
+    "na_kernels_fresh",
 )
 SNN_TITLES.update(
     spikingjelly_channels_last="SpikingJelly IFNode channels-last",
@@ -122,6 +123,7 @@ SNN_TITLES.update(
     event_untiled="na_kernels event-driven, Cout <= 16 dense",
     event_fresh="na_kernels event-driven, no buffers kept between calls",
     channels_last_fresh="na_kernels channels-last, no buffers kept between calls",
+    na_kernels_fresh="na_kernels, statistics off, no buffers kept between calls",
 )  # runs in bf16 whatever the case's dtype: a row of the fp32 cases only
 
 
