@@ -73,84 +73,28 @@ template <> struct Io<Avx512Lanes> {
   NA_AVX512 static double acc_sum(const Acc& acc) { return _mm512_reduce_add_pd(_mm512_add_pd(acc.low, acc.high)); }
 };
 
-template <DType D> using K = simd::Backward<Avx512Lanes, Io, D>;
-template <DType D> using F = simd::Forward<Avx512Lanes, Io, D>;
-template <DType D> using S = simd::Statistics<Avx512Lanes, Io, D>;
-
-template <DType D>
-NA_AVX512 void statistics_sums(const ForwardArgs& args, const noisy_quant::Quantizer& layout, const double* mean,
-                               const WorkItem& item, double* sums) {
-  if (mean)
-    S<D>::template item<true>(args, layout, mean, item, sums);
-  else
-    S<D>::template item<false>(args, layout, mean, item, sums);
-}
-
-template <DType D>
-NA_AVX512 void forward(const ForwardArgs& args, const noisy_quant::Quantizer& nq, const float* alpha,
-                       const float* beta, const WorkItem& item) {
-  if (args.residual)
-    F<D>::template item_for_noise<true>(args, nq, alpha, beta, item);
-  else
-    F<D>::template item_for_noise<false>(args, nq, alpha, beta, item);
-}
-
-template <DType D>
-NA_AVX512 void backward_sums(const BackwardArgs& args, const noisy_quant::Quantizer& layout,
-                             const ChannelTerms& terms, const WorkItem& item, double* sums) {
-  if (args.residual)
-    K<D>::template sums_item<true>(args, layout, terms, item, sums);
-  else
-    K<D>::template sums_item<false>(args, layout, terms, item, sums);
-}
-
-template <DType D>
-NA_AVX512 void backward_inputs(const BackwardArgs& args, const noisy_quant::Quantizer& layout,
-                               const ChannelTerms& terms, const WorkItem& item) {
-  if (args.grad_x && args.grad_residual)
-    K<D>::template inputs_item<true, true>(args, layout, terms, item);
-  else if (args.grad_x)
-    K<D>::template inputs_item<true, false>(args, layout, terms, item);
-  else if (args.grad_residual)
-    K<D>::template inputs_item<false, true>(args, layout, terms, item);
-}
+using E = simd::Entry<Avx512Lanes, Io>;
 
 }  // namespace
 
 NA_AVX512 void statistics_sums_avx512(const ForwardArgs& args, const noisy_quant::Quantizer& layout,
                                       const double* mean, const WorkItem& item, double* sums) {
-  switch (args.quantizer.dtype) {
-    case DType::FLOAT32: return statistics_sums<DType::FLOAT32>(args, layout, mean, item, sums);
-    case DType::FLOAT16: return statistics_sums<DType::FLOAT16>(args, layout, mean, item, sums);
-    default: return statistics_sums<DType::BFLOAT16>(args, layout, mean, item, sums);
-  }
+  E::statistics_sums(args, layout, mean, item, sums);
 }
 
 NA_AVX512 void forward_avx512(const ForwardArgs& args, const noisy_quant::Quantizer& nq, const float* alpha,
                              const float* beta, const WorkItem& item) {
-  switch (args.quantizer.dtype) {
-    case DType::FLOAT32: return forward<DType::FLOAT32>(args, nq, alpha, beta, item);
-    case DType::FLOAT16: return forward<DType::FLOAT16>(args, nq, alpha, beta, item);
-    default: return forward<DType::BFLOAT16>(args, nq, alpha, beta, item);
-  }
+  E::forward(args, nq, alpha, beta, item);
 }
 
 NA_AVX512 void backward_sums_avx512(const BackwardArgs& args, const noisy_quant::Quantizer& layout,
                                     const ChannelTerms& terms, const WorkItem& item, double* sums) {
-  switch (args.dtype) {
-    case DType::FLOAT32: return backward_sums<DType::FLOAT32>(args, layout, terms, item, sums);
-    case DType::FLOAT16: return backward_sums<DType::FLOAT16>(args, layout, terms, item, sums);
-    default: return backward_sums<DType::BFLOAT16>(args, layout, terms, item, sums);
-  }
+  E::backward_sums(args, layout, terms, item, sums);
 }
 
 NA_AVX512 void backward_inputs_avx512(const BackwardArgs& args, const noisy_quant::Quantizer& layout,
                                       const ChannelTerms& terms, const WorkItem& item) {
-  switch (args.dtype) {
-    case DType::FLOAT32: return backward_inputs<DType::FLOAT32>(args, layout, terms, item);
-    case DType::FLOAT16: return backward_inputs<DType::FLOAT16>(args, layout, terms, item);
-    default: return backward_inputs<DType::BFLOAT16>(args, layout, terms, item);
-  }
+  E::backward_inputs(args, layout, terms, item);
 }
 
 }  // namespace batchnorm_noisy_quant

@@ -331,6 +331,79 @@ template <class L, template <class> class Io, DType D = DType::FLOAT32> struct F
   }
 };
 
+// The entry points' run-time arguments (dtype, residual, which gradients, mean) turned into the
+// kernels' template parameters; inlined into each ISA file's entry point, under its target.
+template <class L, template <class> class Io> struct Entry {
+  template <DType D>
+  NA_INLINE static void statistics_sums(const ForwardArgs& a, const noisy_quant::Quantizer& layout,
+                                        const double* mean, const WorkItem& it, double* sums) {
+    if (mean)
+      Statistics<L, Io, D>::template item<true>(a, layout, mean, it, sums);
+    else
+      Statistics<L, Io, D>::template item<false>(a, layout, mean, it, sums);
+  }
+  template <DType D>
+  NA_INLINE static void forward(const ForwardArgs& a, const noisy_quant::Quantizer& nq, const float* alpha,
+                                const float* beta, const WorkItem& it) {
+    if (a.residual)
+      Forward<L, Io, D>::template item_for_noise<true>(a, nq, alpha, beta, it);
+    else
+      Forward<L, Io, D>::template item_for_noise<false>(a, nq, alpha, beta, it);
+  }
+  template <DType D>
+  NA_INLINE static void backward_sums(const BackwardArgs& a, const noisy_quant::Quantizer& layout,
+                                      const ChannelTerms& t, const WorkItem& it, double* sums) {
+    if (a.residual)
+      Backward<L, Io, D>::template sums_item<true>(a, layout, t, it, sums);
+    else
+      Backward<L, Io, D>::template sums_item<false>(a, layout, t, it, sums);
+  }
+  template <DType D>
+  NA_INLINE static void backward_inputs(const BackwardArgs& a, const noisy_quant::Quantizer& layout,
+                                        const ChannelTerms& t, const WorkItem& it) {
+    using K = Backward<L, Io, D>;
+    if (a.grad_x && a.grad_residual)
+      K::template inputs_item<true, true>(a, layout, t, it);
+    else if (a.grad_x)
+      K::template inputs_item<true, false>(a, layout, t, it);
+    else if (a.grad_residual)
+      K::template inputs_item<false, true>(a, layout, t, it);
+  }
+
+  NA_INLINE static void statistics_sums(const ForwardArgs& a, const noisy_quant::Quantizer& layout,
+                                        const double* mean, const WorkItem& it, double* sums) {
+    switch (a.quantizer.dtype) {
+      case DType::FLOAT32: return statistics_sums<DType::FLOAT32>(a, layout, mean, it, sums);
+      case DType::FLOAT16: return statistics_sums<DType::FLOAT16>(a, layout, mean, it, sums);
+      default: return statistics_sums<DType::BFLOAT16>(a, layout, mean, it, sums);
+    }
+  }
+  NA_INLINE static void forward(const ForwardArgs& a, const noisy_quant::Quantizer& nq, const float* alpha,
+                                const float* beta, const WorkItem& it) {
+    switch (a.quantizer.dtype) {
+      case DType::FLOAT32: return forward<DType::FLOAT32>(a, nq, alpha, beta, it);
+      case DType::FLOAT16: return forward<DType::FLOAT16>(a, nq, alpha, beta, it);
+      default: return forward<DType::BFLOAT16>(a, nq, alpha, beta, it);
+    }
+  }
+  NA_INLINE static void backward_sums(const BackwardArgs& a, const noisy_quant::Quantizer& layout,
+                                      const ChannelTerms& t, const WorkItem& it, double* sums) {
+    switch (a.dtype) {
+      case DType::FLOAT32: return backward_sums<DType::FLOAT32>(a, layout, t, it, sums);
+      case DType::FLOAT16: return backward_sums<DType::FLOAT16>(a, layout, t, it, sums);
+      default: return backward_sums<DType::BFLOAT16>(a, layout, t, it, sums);
+    }
+  }
+  NA_INLINE static void backward_inputs(const BackwardArgs& a, const noisy_quant::Quantizer& layout,
+                                        const ChannelTerms& t, const WorkItem& it) {
+    switch (a.dtype) {
+      case DType::FLOAT32: return backward_inputs<DType::FLOAT32>(a, layout, t, it);
+      case DType::FLOAT16: return backward_inputs<DType::FLOAT16>(a, layout, t, it);
+      default: return backward_inputs<DType::BFLOAT16>(a, layout, t, it);
+    }
+  }
+};
+
 }  // namespace simd
 }  // namespace batchnorm_noisy_quant
 }  // namespace na
