@@ -32,7 +32,9 @@ SNN pass: the converted network (``to_snn(model, T)``) on ``[B, 3, 32, 32]`` und
   for ``profile_snn.py --compare`` only): SpikingJelly with channels-last weights and input, what
   a SpikingJelly user could do too; ``event_fresh`` / ``channels_last_fresh`` / ``na_kernels_fresh``: ``event`` /
   ``channels_last`` / ``na_kernels`` with ``snn.reuse_buffers(0)`` (every output fresh memory, as before the
-  network kept its buffers between calls).
+  network kept its buffers between calls); ``event_alloutputs``: ``event`` with the IF layers
+  writing the spike counts and final potentials that the pass does not read
+  (``if_layer.SKIP_UNREAD_OUTPUTS`` off, as before they left them unwritten).
 
 bf16 SNN: network and input cast to bfloat16 (``snn.to(torch.bfloat16)``); the IF kernels keep
 the membrane in float32, SpikingJelly's ``IFNode`` keeps it in the input's dtype.
@@ -116,6 +118,7 @@ SNN_EXTRA_IMPLS = (
     "event_fresh",
     "channels_last_fresh",
     "na_kernels_fresh",
+    "event_alloutputs",
 )
 SNN_TITLES.update(
     spikingjelly_channels_last="SpikingJelly IFNode channels-last",
@@ -124,6 +127,7 @@ SNN_TITLES.update(
     event_fresh="na_kernels event-driven, no buffers kept between calls",
     channels_last_fresh="na_kernels channels-last, no buffers kept between calls",
     na_kernels_fresh="na_kernels, statistics off, no buffers kept between calls",
+    event_alloutputs="na_kernels event-driven, IF counts and potentials written though unread",
 )  # runs in bf16 whatever the case's dtype: a row of the fp32 cases only
 
 
@@ -238,6 +242,19 @@ def spikingjelly_snn(snn):
 
 
 @contextlib.contextmanager
+def unread_if_outputs_written(condition):
+    """While active (where ``condition``): the IF layers write counts and potentials nobody reads."""
+    from na_kernels.nn import if_layer
+
+    saved = if_layer.SKIP_UNREAD_OUTPUTS
+    if_layer.SKIP_UNREAD_OUTPUTS = saved and not condition
+    try:
+        yield
+    finally:
+        if_layer.SKIP_UNREAD_OUTPUTS = saved
+
+
+@contextlib.contextmanager
 def untiled_if(condition):
     """While active (where ``condition``): event_conv's Cout <= 16 convolutions run dense."""
     from na_kernels.ops import event_conv
@@ -261,10 +278,10 @@ def snn_pass(arch, impl, T, batch, dtype="fp32"):
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}["bf16" if impl == "fast" else dtype]
     snn = snn.to(torch_dtype)
     x, _ = images(batch, torch_dtype)
-    if "channels_last" in impl or impl in ("fast", "event", "event_untiled", "event_fresh"):
+    if "channels_last" in impl or impl in ("fast", "event", "event_untiled", "event_fresh", "event_alloutputs"):
         snn = snn.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    if impl in ("event", "event_untiled", "event_fresh"):
+    if impl in ("event", "event_untiled", "event_fresh", "event_alloutputs"):
         snn.event_driven(True)
     if impl.endswith("_fresh"):
         snn.reuse_buffers(0)
@@ -272,7 +289,12 @@ def snn_pass(arch, impl, T, batch, dtype="fp32"):
     backend = "reference" if impl == "reference" else "auto"
 
     def infer():
-        with torch.no_grad(), na_kernels.use_backend(backend), untiled_if(impl == "event_untiled"):
+        with (
+            torch.no_grad(),
+            na_kernels.use_backend(backend),
+            untiled_if(impl == "event_untiled"),
+            unread_if_outputs_written(impl.endswith("_alloutputs")),
+        ):
             return run(x)
 
     return infer, snn, x

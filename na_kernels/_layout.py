@@ -146,15 +146,16 @@ def _nothing(dtype, device):
     return torch.empty(0, dtype=dtype, device=device)
 
 
-def forward_outputs(layout: Layout, x_seq, save_h: bool, empty=torch.empty_strided):
-    """integrate_fire's (spikes, counts, v_final, h) in the layout; h empty unless save_h.
+def forward_outputs(layout: Layout, x_seq, save_h: bool, empty=torch.empty_strided, counts=True, v_final=True):
+    """integrate_fire's (spikes, counts, v_final, h) in the layout; h empty unless save_h, counts
+    and v_final empty where not wanted.
     empty: the outputs' allocation, torch.empty_strided or a backend's own with its signature
     (the C++ kernels' output cache)."""
     steps, device = x_seq.shape[0], x_seq.device
     return (
         layout.empty_seq(steps, x_seq.dtype, device, empty),
-        layout.empty_step(torch.int32, device, empty),
-        layout.empty_step(torch.float32, device, empty),
+        layout.empty_step(torch.int32, device, empty) if counts else _nothing(torch.int32, device),
+        layout.empty_step(torch.float32, device, empty) if v_final else _nothing(torch.float32, device),
         layout.empty_seq(steps, torch.float32, device, empty) if save_h else _nothing(torch.float32, device),
     )
 

@@ -547,9 +547,9 @@ def test_forward_saves_only_what_backward_needs(monkeypatch):
     seen = []
 
     def spy(original):
-        def call(*args):
+        def call(*args, **options):
             seen.append(args[-1].save if isinstance(args[-1], IntegrateFireArgs) else args[-1])
-            return original(*args)
+            return original(*args, **options)
 
         return call
 

@@ -393,3 +393,67 @@ def test_backward_scratch_is_bounded_by_the_work(level, tmp_path):
     assert out.returncode == 0, out.stderr
     grown = int(out.stdout.split()[-1])
     assert grown < 64 << 20, f"backward at {level} grew the peak memory by {grown >> 20} MiB"
+
+
+def _forward_only(x, threshold, kwargs, counts, v_final):
+    """_forward with counts / v_final left unwritten where False (the kernel gets a null address)."""
+    v_init = kwargs.get("v_init", 0.5)
+    v0, v_frac = (v_init, 0.0) if isinstance(v_init, torch.Tensor) else (None, v_init)
+    amplitude = kwargs.get("amplitude", "threshold")
+    args = _args(
+        v_frac=v_frac,
+        reset=Reset.parse("reset", kwargs.get("reset", "subtract")),
+        amplitude=None if amplitude == "threshold" else amplitude,
+    )
+    theta = torch.as_tensor(threshold, dtype=torch.float32).reshape(-1)
+    return cpu_backend.forward(x, theta, v0, args, counts=counts, v_final=v_final)
+
+
+def _assert_only_wanted(got, want, counts, v_final, name):
+    _assert_bits_equal(got[:1], want[:1], name)
+    for wanted, g, w in ((counts, got[1], want[1]), (v_final, got[2], want[2])):
+        if wanted:
+            _assert_bits_equal((g,), (w,), name)
+        else:
+            assert g.numel() == 0, name
+
+
+@pytest.mark.parametrize("counts, v_final", [(False, False), (True, False), (False, True)])
+def test_unwanted_outputs_are_left_unwritten(counts, v_final, simd_level):
+    # spikes and what is asked for bit for bit those of a full forward (a store through the null
+    # address of an output not wanted would crash)
+    for name, x, threshold, kwargs in _cases(non_finite_theta=True):
+        want = _forward(x, threshold, kwargs)
+        _assert_only_wanted(_forward_only(x, threshold, kwargs, counts, v_final), want, counts, v_final, name)
+
+
+@pytest.mark.parametrize("n", [1 << 19, (1 << 19) + 16])
+def test_unwanted_outputs_with_streamed_spikes(n, simd_level):
+    x = _x(torch.Generator().manual_seed(12), (8, n), torch.float32)
+    want = _forward(x, 0.75, {})
+    for counts, v_final in ((False, False), (True, False), (False, True)):
+        got = _forward_only(x, 0.75, {}, counts, v_final)
+        _assert_only_wanted(got, want, counts, v_final, f"n={n} counts={counts} v={v_final}")
+
+
+def test_public_api_returns_what_is_asked(simd_level):
+    gen = torch.Generator().manual_seed(8)
+    x = _x(gen, (8, 3, 5, 33), torch.float32)
+    theta = torch.rand(5, generator=gen) + 0.5
+    for backend in ("cpu", "reference"):
+        with na_kernels.use_backend(backend):
+            spikes, counts, v = na_kernels.integrate_fire(x, theta, return_v=True)
+            alone = na_kernels.integrate_fire(x, theta, return_counts=False)
+            with_v = na_kernels.integrate_fire(x, theta, return_counts=False, return_v=True)
+            pair = na_kernels.integrate_fire(x, theta)
+        assert isinstance(alone, torch.Tensor) and torch.equal(alone, spikes), backend
+        assert len(with_v) == 2 and torch.equal(with_v[0], spikes) and torch.equal(with_v[1], v), backend
+        assert len(pair) == 2 and torch.equal(pair[0], spikes) and torch.equal(pair[1], counts), backend
+    # with a gradient the op runs whole; v_final not returned still receives none
+    xg = x.clone().requires_grad_()
+    alone = na_kernels.integrate_fire(xg, theta, return_counts=False)
+    assert torch.equal(alone.detach(), spikes)
+    alone.sum().backward()
+    xr = x.clone().requires_grad_()
+    na_kernels.integrate_fire(xr, theta)[0].sum().backward()
+    assert torch.equal(xg.grad, xr.grad)

@@ -38,10 +38,10 @@ template <DType D, Reset R, bool SAVE_H> void forward_neurons_generic(const Forw
       if (SAVE_H) h_out[row + j] = h;
     }
   }
-  for (int64_t j = 0; j < count; ++j) {
-    args.counts[begin + j] = fired_count[j];
-    args.v_final[begin + j] = v[j];
-  }
+  if (args.counts)
+    for (int64_t j = 0; j < count; ++j) args.counts[begin + j] = fired_count[j];
+  if (args.v_final)
+    for (int64_t j = 0; j < count; ++j) args.v_final[begin + j] = v[j];
 }
 
 }  // namespace integrate_fire

@@ -61,10 +61,10 @@ NA_INLINE void forward_tile(const ForwardArgs& args, const typename Io::T* x, ty
     else
       spike_bits.store(spikes + row, fired_now, part);
   }
-  for (int w = 0; w < W; ++w) {
-    Io::store_counts(args.counts + n + kLanes * w, part[w], fired_count[w]);
-    Io::store(args.v_final + n + kLanes * w, part[w], v[w]);
-  }
+  if (args.counts)
+    for (int w = 0; w < W; ++w) Io::store_counts(args.counts + n + kLanes * w, part[w], fired_count[w]);
+  if (args.v_final)
+    for (int w = 0; w < W; ++w) Io::store(args.v_final + n + kLanes * w, part[w], v[w]);
 }
 
 // the tile of W vectors from a work item's neuron j

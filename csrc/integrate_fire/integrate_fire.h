@@ -40,8 +40,9 @@ struct Layer {
 };
 
 // Addresses: x / spikes in dtype (step t of x at x + t * x_step elements, each step contiguous;
-// spikes [T, N] contiguous); counts int32 [N]; v_final float32 [N]; h float32 [T, N] or null (not
-// saved); v0 float32 [N] or null (then v starts at v_frac * theta).
+// spikes [T, N] contiguous); counts int32 [N] or null and v_final float32 [N] or null (not wanted:
+// nothing stored); h float32 [T, N] or null (not saved); v0 float32 [N] or null (then v starts at
+// v_frac * theta).
 struct ForwardArgs {
   Layer layer;
   DType dtype;

@@ -11,6 +11,11 @@ from ..ops.noisy_quant import noisy_quant
 from .buffers import FixedDtypeBuffers
 from .synapses import synaptic_ops
 
+# Whether a run lets the kernel leave unwritten what this layer will not read: the spike counts
+# unless ``record``, the final potential unless ``carry_state`` (False: both written, as a bench
+# baseline).
+SKIP_UNREAD_OUTPUTS = True
+
 
 class IFLayer(FixedDtypeBuffers):
     """Integrate-and-fire neurons replacing one NoisyQuant call site.
@@ -161,21 +166,22 @@ class IFLayer(FixedDtypeBuffers):
                 raise RuntimeError(f"{self.name}: input batch {x.shape[0]} is not a multiple of T = {T}")
             x_seq = x.reshape((T, x.shape[0] // T) + tuple(x.shape[1:]))
         calibrated = self.calibrated
-        amplitude = 1.0 if calibrated else "threshold"
+        options = dict(
+            reset=self.reset,
+            amplitude=1.0 if calibrated else "threshold",
+            overwrite=overwrite,
+            return_counts=self.record or not SKIP_UNREAD_OUTPUTS,
+            return_v=self.carry_state or not SKIP_UNREAD_OUTPUTS,
+        )
         if self.v is None:
-            spikes, counts, v_final = integrate_fire(
-                x_seq,
-                self.threshold,
-                v_init=self.v_init,
-                reset=self.reset,
-                amplitude=amplitude,
-                return_v=True,
-                overwrite=overwrite,
-            )
+            outputs = integrate_fire(x_seq, self.threshold, v_init=self.v_init, **options)
         else:  # the previous chunk's potential: NaN / inf where the input had them
-            spikes, counts, v_final = integrate_fire_carried(
-                x_seq, self.threshold, self.v, reset=self.reset, amplitude=amplitude, return_v=True, overwrite=overwrite
-            )
+            outputs = integrate_fire_carried(x_seq, self.threshold, self.v, **options)
+        if not isinstance(outputs, tuple):
+            outputs = (outputs,)
+        spikes = outputs[0]
+        counts = outputs[1] if options["return_counts"] else None
+        v_final = outputs[-1] if options["return_v"] else None
         if calibrated:
             spikes = spikes * self._channel_view(self.amplitude, spikes.dim() - 1).to(spikes.dtype)
         if self.carry_state:  # kept in the graph: gradients flow across chunks

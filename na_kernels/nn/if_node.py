@@ -262,11 +262,12 @@ class IFNode(nn.Module):
             alpha=self.alpha,
             detach_reset=self.detach_reset,
             return_v=True,
+            return_counts=False,
         )
         if state is None:
-            spikes, _, v_final = integrate_fire(x_seq, threshold, v_init=0.0, **options)
+            spikes, v_final = integrate_fire(x_seq, threshold, v_init=0.0, **options)
         else:  # the carried potential: NaN / inf where an earlier input had them
-            spikes, _, v_final = integrate_fire_carried(x_seq, threshold, state, **options)
+            spikes, v_final = integrate_fire_carried(x_seq, threshold, state, **options)
         if self.store_v_seq:
             v_seq = self._potentials(x_seq, spikes, state, threshold) + self._offset
             if self.step_mode == "s" and isinstance(self.v_seq, torch.Tensor):

@@ -182,12 +182,13 @@ class Op:
                 args = args.for_trace()
         return self.forward_op(*inputs[:-1], *self.record.flatten(args))
 
-    def eager(self, *inputs):
+    def eager(self, *inputs, **options):
         """The custom op's work for a plain eager call: the kernel directly, or through the
-        autograd.Function when a gradient is needed."""
+        autograd.Function when a gradient is needed. options: keywords of the backend's own
+        forward, passed where no gradient is needed (integrate_fire's C++ ``overwrite``, ``counts``)."""
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs[:-1]):
             return self.function.apply(*inputs)
-        return _backend.implementation(self.name, inputs[0].device).forward(*inputs)
+        return _backend.implementation(self.name, inputs[0].device).forward(*inputs, **options)
 
     def implementation(self, tensors):
         """The backend module for these tensors (all on one device; None entries skipped)."""

@@ -3,7 +3,8 @@
 
 What the forward keeps for backward (the record's ``save``, chosen by ``integrate_fire``):
 nothing unless grad mode is on and x_seq or a v_init tensor requires grad (inference writes
-spikes, counts and v_final only). Otherwise (``_choose_save``) either
+spikes, counts and v_final only, and on the C++ backend in plain eager mode only those the
+caller asks for: ``return_counts``, ``return_v``). Otherwise (``_choose_save``) either
   * h = v + x[t] of every step, float32 [T, ...] (``Save.H``; fp32 x_seq on CUDA), the one
     T x N tensor the forward writes beyond its outputs; backward reads it back; or
   * x_seq itself and the v_init tensor (``Save.X``; CPU tensors, 16-bit x_seq, x_seq repeated
@@ -97,14 +98,17 @@ OP = Op(
 )
 
 
-def _overwritable(x_seq, threshold, v_tensor):
-    """Whether the spikes may take x_seq's memory: a plain eager call on the C++ backend, x_seq
-    dense over its T steps (the kernel writes each spike where its input was just read)."""
-    return (
-        _eager.forward_ok(x_seq, threshold, v_tensor)
-        and _backend.resolve(x_seq.device) == "cpu"
-        and _layout.is_dense(tuple(x_seq.shape[1:]), tuple(x_seq.stride()[1:]))
-        and (x_seq.shape[0] == 1 or x_seq.stride(0) == _layout.numel(x_seq.shape[1:]))
+def _direct_cpu(x_seq, threshold, v_tensor):
+    """Whether a call without autograd may run the C++ forward directly, with its options
+    (``overwrite``, outputs left unwritten): a plain eager call on the C++ backend."""
+    return _eager.forward_ok(x_seq, threshold, v_tensor) and _backend.resolve(x_seq.device) == "cpu"
+
+
+def _overwritable(x_seq):
+    """Whether the spikes may take x_seq's memory: x_seq dense over its T steps (the kernel writes
+    each spike where its input was just read)."""
+    return _layout.is_dense(tuple(x_seq.shape[1:]), tuple(x_seq.stride()[1:])) and (
+        x_seq.shape[0] == 1 or x_seq.stride(0) == _layout.numel(x_seq.shape[1:])
     )
 
 
@@ -138,6 +142,7 @@ def integrate_fire(
     detach_reset=False,
     return_v=False,
     overwrite=False,
+    return_counts=True,
 ):
     """Multi-step integrate-and-fire over all T steps in one fused pass, with spike counts.
 
@@ -172,9 +177,12 @@ def integrate_fire(
             over all T steps (step stride = elements per step). The spikes are the same either
             way; for a caller whose x_seq dies here (a converted network's convolution output),
             it saves a fresh output's allocation and first-touch page faults.
+        return_counts: also return the spike counts (False: the caller does not read them).
     Returns:
-        (spikes, counts) or (spikes, counts, v_final): spikes [T, ...] in x_seq's dtype,
-        counts int32 and v_final float32 of shape x_seq.shape[1:].
+        (spikes, counts), (spikes, counts, v_final), spikes or (spikes, v_final) (as return_counts
+        and return_v ask): spikes [T, ...] in x_seq's dtype, counts int32 and v_final float32 of
+        shape x_seq.shape[1:]. Where the C++ kernels run in plain eager mode without autograd,
+        an output not returned is not written at all.
 
     Backward is BPTT over all T steps in one reverse pass; gradients flow to x_seq, to a
     v_init tensor, from spikes and from v_final. For it the forward keeps, only when grad mode
@@ -184,7 +192,18 @@ def integrate_fire(
     See docs/design.md for the design.
     """
     return _integrate_fire(
-        x_seq, threshold, v_init, True, reset, amplitude, surrogate, alpha, detach_reset, return_v, overwrite
+        x_seq,
+        threshold,
+        v_init,
+        True,
+        reset,
+        amplitude,
+        surrogate,
+        alpha,
+        detach_reset,
+        return_v,
+        overwrite,
+        return_counts,
     )
 
 
@@ -214,6 +233,7 @@ def _integrate_fire(
     detach_reset=False,
     return_v=False,
     overwrite=False,
+    return_counts=True,
 ):
     check_sequence("x_seq", x_seq)
     threshold = positive_parameter_tensor("threshold", threshold, x_seq, 2, "x_seq.shape[2]")
@@ -230,6 +250,7 @@ def _integrate_fire(
     detach_reset = check_bool("detach_reset", detach_reset)
     return_v = check_bool("return_v", return_v)
     overwrite = check_bool("overwrite", overwrite)
+    return_counts = check_bool("return_counts", return_counts)
 
     if isinstance(v_init, torch.Tensor):
         v_tensor, v_frac = v_init.to(torch.float32), 0.0
@@ -247,12 +268,17 @@ def _integrate_fire(
         detach_reset=detach_reset,
         save=save,
     )
-    if overwrite and save == Save.NOTHING and _overwritable(x_seq, threshold, v_tensor):
-        spikes, counts, v_final, _ = OP.implementation((x_seq,)).forward(
-            x_seq, threshold, v_tensor, args, overwrite=True
+    if save == Save.NOTHING and _direct_cpu(x_seq, threshold, v_tensor):
+        spikes, counts, v_final, _ = OP.eager(
+            x_seq,
+            threshold,
+            v_tensor,
+            args,
+            overwrite=overwrite and _overwritable(x_seq),
+            counts=return_counts,
+            v_final=return_v,
         )
     else:
         spikes, counts, v_final, _ = OP(x_seq, threshold, v_tensor, args)
-    if return_v:
-        return spikes, counts, v_final
-    return spikes, counts
+    outputs = (spikes,) + ((counts,) if return_counts else ()) + ((v_final,) if return_v else ())
+    return outputs if len(outputs) > 1 else spikes

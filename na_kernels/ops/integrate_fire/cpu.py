@@ -28,22 +28,24 @@ def _into(x_seq):
     return empty
 
 
-def forward(x_seq, threshold, v_init, args, overwrite=False):
+def forward(x_seq, threshold, v_init, args, overwrite=False, counts=True, v_final=True):
     """overwrite: the spikes take x_seq's memory where their strides are x_seq's (the kernel reads
-    each step's x before it writes that step's spikes at the same addresses)."""
+    each step's x before it writes that step's spikes at the same addresses). counts / v_final
+    False: that output is not written (it comes back empty)."""
     source = x_seq
     x_seq, theta, v0, layout = _layout.forward_operands(x_seq, threshold, v_init)
     save_h = args.save == Save.H
     reuse = overwrite and x_seq is source and not save_h  # h, float32 like x, must not take it too
     empty = _into(x_seq) if reuse else empty_strided
-    spikes, counts, v_final, h = _layout.forward_outputs(layout, x_seq, save_h, empty)
+    want_counts, want_v = counts, v_final
+    spikes, counts, v_final, h = _layout.forward_outputs(layout, x_seq, save_h, empty, want_counts, want_v)
     steps = x_seq.shape[0]
     cpu.extension().integrate_fire_forward(
         x=x_seq.data_ptr(),
         x_step=x_seq.stride(0),
         spikes=spikes.data_ptr(),
-        counts=counts.data_ptr(),
-        v_final=v_final.data_ptr(),
+        counts=counts.data_ptr() if want_counts else 0,
+        v_final=v_final.data_ptr() if want_v else 0,
         h=h.data_ptr() if save_h else 0,
         dtype=cpu.code(DType.of(x_seq.dtype)),
         steps=steps,
