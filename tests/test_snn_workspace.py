@@ -250,6 +250,40 @@ def test_workspace_hands_out_only_idle_buffers():
     assert small.info()["held_bytes"] == 0 and e.shape == (4, 8)
 
 
+def test_two_threads_never_get_one_buffer(monkeypatch):
+    """Two threads asking at once for a buffer's size while one idle buffer is kept: each gets its
+    own memory. Each idle check waits (up to 1 s) for the other thread's before it answers, so
+    without the workspace's lock both would see the same buffer idle."""
+    import threading
+
+    space = workspace.Workspace(1 << 20)
+    first = space.empty_strided((4, 8), (8, 1), torch.float32, 32)
+    del first  # one idle buffer
+    both_checking = threading.Barrier(2, timeout=1.0)
+    idle = workspace._idle
+
+    def idle_when_both_check(buffer):
+        answer = idle(buffer)
+        try:
+            both_checking.wait()
+        except threading.BrokenBarrierError:
+            pass
+        return answer
+
+    monkeypatch.setattr(workspace, "_idle", idle_when_both_check)
+    got = [None, None]
+
+    def take(i):
+        got[i] = space.empty_strided((4, 8), (8, 1), torch.float32, 32)
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert got[0].data_ptr() != got[1].data_ptr()
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("stride, padding, kernel", [(1, 1, 3), (2, 1, 3), (2, 0, 1), (1, 2, 5)])
 @pytest.mark.parametrize("residual", [False, True])

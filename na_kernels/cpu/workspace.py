@@ -19,6 +19,7 @@ all go (memory still in use by a caller stays with that caller).
 
 import contextlib
 import contextvars
+import threading
 
 import torch
 
@@ -42,23 +43,25 @@ class Workspace:
         self.held_bytes = 0
         self.hits = 0
         self.misses = 0
+        self._lock = threading.Lock()  # an idle check and the hand-out are one step
 
     def empty_strided(self, shape, strides, dtype, extent):
         """A tensor of ``shape`` / ``strides`` / ``dtype`` covering ``extent`` elements: over an idle
         buffer of its byte size, a new held one, or (past the limit) a fresh one; never None."""
         nbytes = extent * dtype.itemsize
-        kept = self._buffers.setdefault(nbytes, [])
-        for buffer in kept:
-            if _idle(buffer):
-                self.hits += 1
-                return self._over(buffer, shape, strides, dtype)
-        self.misses += 1
-        if _use_count is None or self.held_bytes + nbytes > self.limit_bytes:
-            return torch.empty_strided(shape, strides, dtype=dtype)
-        buffer = torch.empty(nbytes, dtype=torch.uint8)
-        kept.append(buffer)
-        self.held_bytes += nbytes
-        return self._over(buffer, shape, strides, dtype)
+        with self._lock:
+            kept = self._buffers.setdefault(nbytes, [])
+            for buffer in kept:
+                if _idle(buffer):
+                    self.hits += 1
+                    return self._over(buffer, shape, strides, dtype)
+            self.misses += 1
+            if _use_count is None or self.held_bytes + nbytes > self.limit_bytes:
+                return torch.empty_strided(shape, strides, dtype=dtype)
+            buffer = torch.empty(nbytes, dtype=torch.uint8)
+            kept.append(buffer)
+            self.held_bytes += nbytes
+            return self._over(buffer, shape, strides, dtype)
 
     @staticmethod
     def _over(buffer, shape, strides, dtype):
