@@ -104,8 +104,9 @@ def _args(
     )
 
 
-def _forward(x, threshold, kwargs, save=Save.NOTHING):
-    """(spikes, counts, v_final, h) from the C++ backend, with the reference's keyword arguments."""
+def _forward(x, threshold, kwargs, save=Save.NOTHING, **outputs):
+    """(spikes, counts, v_final, h) from the C++ backend, with the reference's keyword arguments;
+    ``outputs`` (counts=False / v_final=False) leave those unwritten (the kernel gets a null address)."""
     v_init = kwargs.get("v_init", 0.5)
     v0, v_frac = (v_init, 0.0) if isinstance(v_init, torch.Tensor) else (None, v_init)
     amplitude = kwargs.get("amplitude", "threshold")
@@ -115,7 +116,8 @@ def _forward(x, threshold, kwargs, save=Save.NOTHING):
         amplitude=None if amplitude == "threshold" else amplitude,
         save=save,
     )
-    return cpu_backend.forward(x, torch.as_tensor(threshold, dtype=torch.float32).reshape(-1), v0, args)
+    theta = torch.as_tensor(threshold, dtype=torch.float32).reshape(-1)
+    return cpu_backend.forward(x, theta, v0, args, **outputs)
 
 
 def _bits(t):
@@ -395,20 +397,6 @@ def test_backward_scratch_is_bounded_by_the_work(level, tmp_path):
     assert grown < 64 << 20, f"backward at {level} grew the peak memory by {grown >> 20} MiB"
 
 
-def _forward_only(x, threshold, kwargs, counts, v_final):
-    """_forward with counts / v_final left unwritten where False (the kernel gets a null address)."""
-    v_init = kwargs.get("v_init", 0.5)
-    v0, v_frac = (v_init, 0.0) if isinstance(v_init, torch.Tensor) else (None, v_init)
-    amplitude = kwargs.get("amplitude", "threshold")
-    args = _args(
-        v_frac=v_frac,
-        reset=Reset.parse("reset", kwargs.get("reset", "subtract")),
-        amplitude=None if amplitude == "threshold" else amplitude,
-    )
-    theta = torch.as_tensor(threshold, dtype=torch.float32).reshape(-1)
-    return cpu_backend.forward(x, theta, v0, args, counts=counts, v_final=v_final)
-
-
 def _assert_only_wanted(got, want, counts, v_final, name):
     _assert_bits_equal(got[:1], want[:1], name)
     for wanted, g, w in ((counts, got[1], want[1]), (v_final, got[2], want[2])):
@@ -424,7 +412,7 @@ def test_unwanted_outputs_are_left_unwritten(counts, v_final, simd_level):
     # address of an output not wanted would crash)
     for name, x, threshold, kwargs in _cases(non_finite_theta=True):
         want = _forward(x, threshold, kwargs)
-        _assert_only_wanted(_forward_only(x, threshold, kwargs, counts, v_final), want, counts, v_final, name)
+        _assert_only_wanted(_forward(x, threshold, kwargs, counts=counts, v_final=v_final), want, counts, v_final, name)
 
 
 @pytest.mark.parametrize("n", [1 << 19, (1 << 19) + 16])
@@ -432,7 +420,7 @@ def test_unwanted_outputs_with_streamed_spikes(n, simd_level):
     x = _x(torch.Generator().manual_seed(12), (8, n), torch.float32)
     want = _forward(x, 0.75, {})
     for counts, v_final in ((False, False), (True, False), (False, True)):
-        got = _forward_only(x, 0.75, {}, counts, v_final)
+        got = _forward(x, 0.75, {}, counts=counts, v_final=v_final)
         _assert_only_wanted(got, want, counts, v_final, f"n={n} counts={counts} v={v_final}")
 
 
