@@ -250,6 +250,18 @@ def test_workspace_hands_out_only_idle_buffers():
     assert small.info()["held_bytes"] == 0 and e.shape == (4, 8)
 
 
+def test_without_torchs_use_count_every_output_is_fresh(monkeypatch):
+    """torch._C._storage_Use_Count is private API: where a torch lacks it, the workspace keeps
+    nothing and hands out fresh tensors (it cannot tell an idle buffer from a held one)."""
+    monkeypatch.setattr(workspace, "_use_count", None)
+    space = workspace.Workspace(1 << 20)
+    a = space.empty_strided((4, 8), (8, 1), torch.float32, 32)
+    ptr = a.data_ptr()
+    b = space.empty_strided((4, 8), (8, 1), torch.float32, 32)
+    assert b.data_ptr() != ptr and a.shape == b.shape == (4, 8)
+    assert space.info()["held_bytes"] == 0 and space.info()["buffers"] == 0
+
+
 def test_two_threads_never_get_one_buffer(monkeypatch):
     """Two threads asking at once for a buffer's size while one idle buffer is kept: each gets its
     own memory. Each idle check waits (up to 1 s) for the other thread's before it answers, so
