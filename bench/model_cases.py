@@ -98,15 +98,7 @@ SNN_TITLES = {
     "spikingjelly": "SpikingJelly IFNode (multi-step)",
     "spikingjelly_compiled": "SpikingJelly IFNode compiled",
 }
-SNN_OURS = (
-    "na_kernels",
-    "na_kernels_stats",
-    "na_kernels_compiled",
-    "channels_last",
-    "channels_last_compiled",
-    "fast",
-    "event",
-)
+SNN_OURS = tuple(impl for impl in SNN_IMPLS if impl != "reference" and not impl.startswith("spikingjelly"))
 # rows of the fp32 cases only: "fast" is bf16 whatever the case, "event" float32-only (dense in bf16)
 SNN_FP32_ONLY = ("fast", "event")
 # SpikingJelly in channels-last (weights and input), and ``event`` with the convolutions of

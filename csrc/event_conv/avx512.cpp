@@ -47,26 +47,20 @@ NA_AVX512 inline int32_t append_events(const float* in, int64_t count, int32_t f
   return k;
 }
 
+// one pixel's events for scan_rows, the non-finite lanes gathered in bad
+template <bool kCheck> struct Avx512Scan {
+  __mmask16 bad = 0;
+  NA_AVX512 int32_t pixel(const float* in, int64_t count, int32_t first_key, int32_t* key, float* value, int32_t k) {
+    return append_events<kCheck>(in, count, first_key, key, value, k, &bad);
+  }
+};
+
 template <bool kCheck>
 NA_AVX512 int64_t event_rows(const float* x, const Geometry& g, const Events& e, int64_t begin, int64_t end,
                              bool* nonfinite) {
-  int64_t total = 0;
-  __mmask16 bad = 0;
-  const int64_t row_events = g.w * g.cin;
-  for (int64_t row = begin; row < end; ++row) {
-    const float* in = x + row * row_events;
-    int32_t* start = e.start + row * (g.w + 1);
-    int32_t* key = e.key + row * row_events;
-    float* value = e.value + row * row_events;
-    int32_t k = 0;
-    for (int64_t iw = 0; iw < g.w; ++iw) {
-      start[iw] = k;
-      k = append_events<kCheck>(in + iw * g.cin, g.cin, static_cast<int32_t>(iw * g.cin), key, value, k, &bad);
-    }
-    start[g.w] = k;
-    total += k;
-  }
-  if (bad) *nonfinite = true;
+  Avx512Scan<kCheck> scan;
+  const int64_t total = scan_rows(x, g, e, begin, end, scan);
+  if (scan.bad) *nonfinite = true;
   return total;
 }
 

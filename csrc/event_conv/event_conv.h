@@ -57,6 +57,30 @@ int64_t events_generic(const float* x, const Geometry& g, const Events& e, int64
 int64_t events_avx512(const float* x, const Geometry& g, const Events& e, int64_t begin, int64_t end,
                       bool* nonfinite);
 
+// The event lists of input rows [begin, end): per input pixel, Scan::pixel(in, count, first_key,
+// key, value, k) appends its nonzeros and returns the new k (Scan: each ISA's, inlined under its
+// target); returns the rows' nonzero count.
+template <class Scan>
+NA_INLINE int64_t scan_rows(const float* x, const Geometry& g, const Events& e, int64_t begin, int64_t end,
+                            Scan& scan) {
+  int64_t total = 0;
+  const int64_t row_events = g.w * g.cin;
+  for (int64_t row = begin; row < end; ++row) {
+    const float* in = x + row * row_events;
+    int32_t* start = e.start + row * (g.w + 1);
+    int32_t* key = e.key + row * row_events;
+    float* value = e.value + row * row_events;
+    int32_t k = 0;
+    for (int64_t iw = 0; iw < g.w; ++iw) {
+      start[iw] = k;
+      k = scan.pixel(in + iw * g.cin, g.cin, static_cast<int32_t>(iw * g.cin), key, value, k);
+    }
+    start[g.w] = k;
+    total += k;
+  }
+  return total;
+}
+
 // the output rows [begin, end) of (n, oh)
 void rows_generic(const ConvArgs& a, int64_t begin, int64_t end);
 void rows_avx2(const ConvArgs& a, int64_t begin, int64_t end);

@@ -38,32 +38,28 @@ struct GenericBlock {
   }
 };
 
+// one pixel's events for scan_rows: every element written, kept where nonzero (branch-free)
+struct GenericScan {
+  bool check;
+  bool bad = false;
+  int32_t pixel(const float* in, int64_t count, int32_t first_key, int32_t* key, float* value, int32_t k) {
+    for (int64_t i = 0; i < count; ++i) {
+      key[k] = first_key + static_cast<int32_t>(i);
+      value[k] = in[i];
+      k += in[i] != 0.0f;
+      bad |= check && !std::isfinite(in[i]);
+    }
+    return k;
+  }
+};
+
 }  // namespace
 
 int64_t events_generic(const float* x, const Geometry& g, const Events& e, int64_t begin, int64_t end,
                        bool* nonfinite) {
-  int64_t total = 0;
-  bool bad = false;
-  const int64_t row_events = g.w * g.cin;
-  for (int64_t row = begin; row < end; ++row) {
-    const float* in = x + row * row_events;
-    int32_t* start = e.start + row * (g.w + 1);
-    int32_t* key = e.key + row * row_events;
-    float* value = e.value + row * row_events;
-    int32_t k = 0;
-    for (int64_t iw = 0; iw < g.w; ++iw) {
-      start[iw] = k;
-      for (int64_t i = iw * g.cin; i < (iw + 1) * g.cin; ++i) {  // written always, kept where nonzero
-        key[k] = static_cast<int32_t>(i);
-        value[k] = in[i];
-        k += in[i] != 0.0f;
-        bad |= nonfinite && !std::isfinite(in[i]);
-      }
-    }
-    start[g.w] = k;
-    total += k;
-  }
-  if (bad) *nonfinite = true;
+  GenericScan scan{nonfinite != nullptr};
+  const int64_t total = scan_rows(x, g, e, begin, end, scan);
+  if (scan.bad) *nonfinite = true;
   return total;
 }
 
