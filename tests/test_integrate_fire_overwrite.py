@@ -1,6 +1,7 @@
 """``integrate_fire(..., overwrite=True)``: where the call allows it (the C++ kernels, plain eager
 mode, no gradient, x_seq dense over its T steps) the spikes take x_seq's memory and are bit for
-bit the spikes of a call without it, at every SIMD level, streamed stores included; everywhere
+bit the spikes of a call without it, at every SIMD level (the call without it streaming large
+spikes around the cache, the one with it storing them through the cache); everywhere
 else x_seq is left as it was."""
 
 import pytest
@@ -27,7 +28,7 @@ def _calls(x_seq, theta, **options):
 def _cases():
     gen = torch.Generator().manual_seed(3)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        yield dtype, torch.randn(8, 1 << 18, generator=gen).to(dtype)  # streamed (>= 4 MiB fp32)
+        yield dtype, torch.randn(8, 1 << 18, generator=gen).to(dtype)  # >= 4 MiB fp32: streamed without overwrite
         yield dtype, torch.randn(1, 1040, generator=gen).to(dtype)  # T = 1
         yield dtype, torch.randn(5, 3, 17, generator=gen).to(dtype)  # tails
         cl = torch.randn(12, 6, 5, 7, generator=gen).to(dtype).contiguous(memory_format=CL)

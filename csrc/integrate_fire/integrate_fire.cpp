@@ -13,7 +13,9 @@ namespace integrate_fire {
 namespace {
 
 // spikes from this size on (four per-core L2s here) are stored around the cache
-// (ForwardArgs::stream_spikes): through it, every line would be read first and the inputs evicted
+// (ForwardArgs::stream_spikes): through it, every line would be read first and the inputs evicted.
+// Spikes written over x (overwrite) are not: their lines were just read, and the next layer of a
+// network reads them at once.
 constexpr int64_t kStreamFromBytes = int64_t{4} << 20;
 
 Layer make_layer(int64_t steps, int64_t neurons, int64_t channel_stride, int64_t channels, int64_t x_step,
@@ -45,7 +47,7 @@ void integrate_fire_forward(uintptr_t x, int64_t x_step, uintptr_t spikes, uintp
                          v_frac};
   if (neurons == 0) return;
   const int64_t spike_row_bytes = neurons * element_bytes(args.dtype);
-  args.stream_spikes = steps * spike_row_bytes >= kStreamFromBytes && spike_row_bytes % 64 == 0 && spikes % 64 == 0;
+  args.stream_spikes = spikes != x && steps * spike_row_bytes >= kStreamFromBytes && spike_row_bytes % 64 == 0 && spikes % 64 == 0;
 #ifdef NA_X86_SIMD
   if (cpu_has_avx512()) return forward_avx512(args);
   if (cpu_has_avx2() && cpu_has_f16c()) return forward_avx2(args);
