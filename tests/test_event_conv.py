@@ -134,6 +134,23 @@ def test_nonfinite_inputs_reach_only_their_outputs(cout):
         assert torch.equal(out.isnan(), dense.isnan())
 
 
+@pytest.mark.parametrize("cout", [16, 17])  # in tiles, one pixel at a time
+def test_each_image_is_convolved_on_its_own(cout):
+    """The kernel works image by image (its event lists in a per-thread buffer): each image's output
+    is the bits of that image convolved alone, whatever the batch holds (a NaN in another image
+    included, which sends only its own image down the one-pixel path)."""
+    x, weight, kwargs = operands((5, 6, 7, 9, cout, 3, 1, 1), 0.2, True, True)
+    x[2, 1, 3, 4] = float("nan")
+    for level in levels():
+        with cpu.limit_simd(level):
+            out = event_conv2d(x, weight, max_density=1.0, **kwargs)
+            for n in range(x.shape[0]):
+                alone = dict(kwargs, residual=kwargs["residual"][n : n + 1])
+                want = event_conv2d(x[n : n + 1], weight, max_density=1.0, **alone)
+                assert torch.equal(out[n : n + 1].isnan(), want.isnan()), (level, n)
+                assert torch.equal(out[n : n + 1].nan_to_num(), want.nan_to_num()), (level, n)
+
+
 def test_density_threshold_falls_back_to_dense(monkeypatch):
     x, weight, kwargs = operands(SHAPES[3], 0.2, True, True)
     dense = F.conv2d(x, weight, kwargs["bias"], stride=kwargs["stride"], padding=kwargs["padding"])

@@ -17,10 +17,8 @@ namespace na {
 namespace event_conv {
 namespace {
 
-constexpr int64_t kRowsPerItem = 4;
-
-// Event lists of the calling thread, kept between calls: a fresh buffer the size of the input
-// would pay its page faults on every call.
+// Event lists of one image, the calling thread's, kept between calls: a fresh buffer would pay its
+// page faults on every call.
 template <class T> T* scratch(std::unique_ptr<T[]>& buffer, int64_t& capacity, int64_t size) {
   if (size > capacity) {
     buffer.reset(new T[size]);
@@ -29,40 +27,51 @@ template <class T> T* scratch(std::unique_ptr<T[]>& buffer, int64_t& capacity, i
   return buffer.get();
 }
 
-Events event_buffers(const Geometry& g) {
+Events image_events(const Geometry& g, int64_t image) {
   thread_local std::unique_ptr<int32_t[]> start, key;
   thread_local std::unique_ptr<float[]> value;
   thread_local int64_t start_capacity = 0, key_capacity = 0, value_capacity = 0;
-  const int64_t size = g.pixels() * g.cin;
-  return Events{scratch(start, start_capacity, g.n * g.h * (g.w + 1)), scratch(key, key_capacity, size),
-                scratch(value, value_capacity, size)};
+  const int64_t size = g.h * g.w * g.cin;
+  return Events{scratch(start, start_capacity, g.h * (g.w + 1)), scratch(key, key_capacity, size),
+                scratch(value, value_capacity, size), image * g.h};
 }
 
-// body(begin, end) for chunks of `chunk` of [0, total), handed out dynamically: a spiking
-// network's batch is time-major and its firing rate varies over the steps, so equal static
-// shares of rows are unequal work.
-template <class Body> void for_each_chunk(int64_t total, int64_t chunk, int threads, Body&& body) {
-  const int64_t chunks = (total + chunk - 1) / chunk;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (int64_t i = 0; i < chunks; ++i) body(i * chunk, std::min(total, (i + 1) * chunk));
-}
-
-// phase 1: the events of every input row; returns the nonzero count, and sets *nonfinite
-// where one is an infinity or a NaN (unchecked where nonfinite is null)
-int64_t find_events(const float* x, const Geometry& g, const Events& e, int threads, bool* nonfinite) {
-  const bool avx512 = cpu_has_avx512();
-  std::vector<int64_t> partial(threads, 0);
-  std::unique_ptr<bool[]> bad(new bool[threads]());
-  for_each_chunk(g.n * g.h, kRowsPerItem, threads, [&](int64_t begin, int64_t end) {
-    const int t = thread_index();
-    bool* check = nonfinite ? &bad[t] : nullptr;
-    partial[t] += avx512 ? events_avx512(x, g, e, begin, end, check) : events_generic(x, g, e, begin, end, check);
-  });
+// x's nonzero count
+int64_t count_nonzeros(const float* x, int64_t size, int threads) {
   int64_t total = 0;
-  for (int t = 0; t < threads; ++t) {
-    total += partial[t];
-    if (nonfinite) *nonfinite = *nonfinite || bad[t];
+#pragma omp parallel for simd reduction(+ : total) num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < size; ++i) total += x[i] != 0.0f;
+  return total;
+}
+
+// Per image, in one parallel region: its input rows' event lists (in the thread's buffer, still in
+// its cache when read), then its output rows. Images are handed out as threads come free: a
+// spiking network's batch is time-major and its firing rate varies over the steps, so equal static
+// shares are unequal work. An image holding an infinity or a NaN is gathered one pixel at a time
+// (the tiles need finite inputs). Returns the nonzero count.
+int64_t convolve_images(const float* x, const ConvArgs& args) {
+  const Geometry& g = args.g;
+  const bool avx512 = cpu_has_avx512(), avx2 = cpu_has_avx2();
+  std::vector<int64_t> partial(args.threads, 0);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(args.threads)
+  for (int64_t image = 0; image < g.n; ++image) {
+    ConvArgs a = args;
+    a.events = image_events(g, image);
+    bool nonfinite = false;
+    bool* check = a.tiled ? &nonfinite : nullptr;
+    const int64_t begin = image * g.h, end = begin + g.h;
+    partial[thread_index()] +=
+        avx512 ? events_avx512(x, g, a.events, begin, end, check) : events_generic(x, g, a.events, begin, end, check);
+    if (nonfinite) a.tiled = nullptr;
+    if (avx512)
+      rows_avx512(a, image * g.oh, (image + 1) * g.oh);
+    else if (avx2)
+      rows_avx2(a, image * g.oh, (image + 1) * g.oh);
+    else
+      rows_generic(a, image * g.oh, (image + 1) * g.oh);
   }
+  int64_t total = 0;
+  for (const int64_t count : partial) total += count;
   return total;
 }
 
@@ -85,19 +94,6 @@ const float* tile_weights(const float* weight, const Geometry& g) {
     }
   }
   return t;
-}
-
-// phase 2: every output row (n, oh)
-void gather(const ConvArgs& a) {
-  const bool avx512 = cpu_has_avx512(), avx2 = cpu_has_avx2();
-  for_each_chunk(a.g.n * a.g.oh, kRowsPerItem, a.threads, [&](int64_t begin, int64_t end) {
-    if (avx512)
-      rows_avx512(a, begin, end);
-    else if (avx2)
-      rows_avx2(a, begin, end);
-    else
-      rows_generic(a, begin, end);
-  });
 }
 
 // Asks for transparent huge pages over the 2 MiB-aligned interior of a large output: a fresh
@@ -140,16 +136,17 @@ int64_t event_conv_forward(uintptr_t x, uintptr_t weight, uintptr_t bias, uintpt
   const Geometry g = make_geometry(n, h, w, cin, cout, kh, kw, stride_h, stride_w, pad_h, pad_w);
   require(threads >= 1, "threads", "must be >= 1");
   require(x != 0 && weight != 0 && bias != 0 && out != 0, "x, weight, bias and out", "must be addresses");
-  const Events events = event_buffers(g);
-  bool nonfinite = false;
-  const bool tiles = tile_pixels(g.cout_padded) > 0;  // these need finite inputs
-  const int64_t nonzeros = find_events(address_of<const float>(x), g, events, threads, tiles ? &nonfinite : nullptr);
-  if (nonzeros > max_nonzeros) return nonzeros;
+  const float* input = address_of<const float>(x);
+  if (max_nonzeros < g.pixels() * g.cin) {  // else every count passes
+    const int64_t nonzeros = count_nonzeros(input, g.pixels() * g.cin, threads);
+    if (nonzeros > max_nonzeros) return nonzeros;
+  }
   advise_huge_pages(address_of<float>(out), g.n * g.oh * g.ow * g.cout * static_cast<int64_t>(sizeof(float)));
   const float* packed = address_of<const float>(weight);
-  const float* tiled = tiles && !nonfinite ? tile_weights(packed, g) : nullptr;
-  gather(ConvArgs{g, events, packed, tiled, address_of<const float>(bias),
-                  address_of<const float>(residual), address_of<float>(out), threads});
+  const float* tiled = tile_pixels(g.cout_padded) > 0 ? tile_weights(packed, g) : nullptr;
+  const int64_t nonzeros = convolve_images(input, ConvArgs{g, Events{}, packed, tiled, address_of<const float>(bias),
+                                                           address_of<const float>(residual), address_of<float>(out),
+                                                           threads});
   return nonzeros;
 }
 

@@ -3,8 +3,9 @@
 //                        (+ residual[n, oh, ow, co])
 // channels-last x [N, H, W, Cin], weights packed [KH][KW][Cin][CoutP] (CoutP = Cout rounded up
 // to 16, zero columns), bias [CoutP], residual and out [N, OH, OW, Cout].
-// Two phases: the events of each input row (n, ih), its nonzeros in (iw, c) order, each with the
-// key iw * Cin + c and its value, and where each pixel's start; then each output pixel gathers,
+// Per image n, two steps: the events of each of its input rows (n, ih), its nonzeros in (iw, c)
+// order, each with the key iw * Cin + c and its value, and where each pixel's start (in the
+// thread's buffer, still in its cache for the next step); then each output pixel gathers,
 // per Cout block, acc = fma(v, w[kh][kw][c][block], acc) over its in-bounds taps in (kh, kw, c)
 // order, starting from the bias and adding the residual last. A tap row's events (kw = kw_begin
 // .. kw_end - 1) are one contiguous run of its input row, and key - iw0 * Cin = kw * Cin + c
@@ -31,12 +32,13 @@ struct Geometry {
   int64_t pixels() const { return n * h * w; }
 };
 
-// per input row r = (n, ih): its events key[r * W * Cin + k], value[...] (k < start[r * (W + 1) + W]),
-// pixel iw's from k = start[r * (W + 1) + iw]
+// per input row r = (n, ih), counted from first_row: its events key[r * W * Cin + k], value[...]
+// (k < start[r * (W + 1) + W]), pixel iw's from k = start[r * (W + 1) + iw]
 struct Events {
   int32_t* start;
   int32_t* key;
   float* value;
+  int64_t first_row;
 };
 
 struct ConvArgs {
@@ -67,9 +69,10 @@ NA_INLINE int64_t scan_rows(const float* x, const Geometry& g, const Events& e, 
   const int64_t row_events = g.w * g.cin;
   for (int64_t row = begin; row < end; ++row) {
     const float* in = x + row * row_events;
-    int32_t* start = e.start + row * (g.w + 1);
-    int32_t* key = e.key + row * row_events;
-    float* value = e.value + row * row_events;
+    const int64_t at = row - e.first_row;
+    int32_t* start = e.start + at * (g.w + 1);
+    int32_t* key = e.key + at * row_events;
+    float* value = e.value + at * row_events;
     int32_t k = 0;
     for (int64_t iw = 0; iw < g.w; ++iw) {
       start[iw] = k;
@@ -112,7 +115,7 @@ NA_INLINE void output_block(const ConvArgs& a, int64_t n, int64_t oh, int64_t ow
   const Window win = window(g, oh, ow);
   const int64_t row_events = g.w * g.cin;
   for (int64_t kh = win.kh_begin; kh < win.kh_end; ++kh) {
-    const int64_t row = n * g.h + win.ih0 + kh;
+    const int64_t row = n * g.h + win.ih0 + kh - a.events.first_row;
     const int32_t* start = a.events.start + row * (g.w + 1) + win.iw0;
     const int32_t* key = a.events.key + row * row_events;
     const float* value = a.events.value + row * row_events;
@@ -179,7 +182,7 @@ NA_INLINE void tile_block(const ConvArgs& a, int64_t n, int64_t oh, int64_t ow0,
   const int64_t row_events = g.w * g.cin, rows = tile_rows(g);
   const int64_t step = g.stride_w * g.cin * g.cout_padded;  // pixel p + 1 reads this much lower
   for (int64_t kh = win.kh_begin; kh < win.kh_end; ++kh) {
-    const int64_t row = n * g.h + win.ih0 + kh;
+    const int64_t row = n * g.h + win.ih0 + kh - a.events.first_row;
     const int32_t* start = a.events.start + row * (g.w + 1);
     const int32_t* key = a.events.key + row * row_events;
     const float* value = a.events.value + row * row_events;
