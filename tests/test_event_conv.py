@@ -160,8 +160,8 @@ def test_density_threshold_falls_back_to_dense(monkeypatch):
     monkeypatch.setattr(event_conv.cpu, "forward", lambda *a: calls.append(1) or real(*a))
     assert torch.equal(event_conv2d(x, weight, max_density=0.0, **kwargs), dense + kwargs["residual"])
     assert calls == []  # 0: dense without scanning x
-    assert event_conv.default_max_density(16, 32) == 0.0  # narrow: dense
     assert event_conv.default_max_density(16, 16) == event_conv.TILED_MAX_DENSITY > 0  # tiled
+    assert event_conv.default_max_density(16, 32) == event_conv.DEFAULT_MAX_DENSITY > 0
     assert event_conv.default_max_density(16, 64) == event_conv.DEFAULT_MAX_DENSITY > 0
     event_conv2d(x, weight, **kwargs)  # Cin * Cout = 16 * 64: the event kernel at 20 %
     assert calls == [1]
@@ -257,7 +257,6 @@ def test_event_driven_network_matches_the_dense_one(snn, monkeypatch):
     calls = []
     real = event_conv.cpu.forward
     monkeypatch.setattr(event_conv.cpu, "forward", lambda *a: calls.append(1) or real(*a))
-    monkeypatch.setattr(event_conv, "NARROW", 0)  # TinyResNet is narrow: the event kernel all the same
     monkeypatch.setattr(event_conv, "DEFAULT_MAX_DENSITY", 1.0)
     monkeypatch.setattr(event_conv, "TILED_MAX_DENSITY", 1.0)
     x = torch.randn(8, 3, 16, 16).contiguous(memory_format=torch.channels_last)

@@ -26,8 +26,7 @@ def snn():
 
 @pytest.fixture
 def event_everywhere(monkeypatch):
-    """TinyResNet is narrow: the event kernel at every density all the same."""
-    monkeypatch.setattr(event_conv, "NARROW", 0)
+    """The event kernel at every density."""
     monkeypatch.setattr(event_conv, "DEFAULT_MAX_DENSITY", 1.0)
     monkeypatch.setattr(event_conv, "TILED_MAX_DENSITY", 1.0)
 

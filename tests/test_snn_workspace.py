@@ -54,8 +54,7 @@ def _input(seed, mode="channels_last"):
 
 @pytest.fixture
 def event_everywhere(monkeypatch):
-    """TinyResNet is narrow: the event kernel at every density all the same."""
-    monkeypatch.setattr(event_conv, "NARROW", 0)
+    """The event kernel at every density."""
     monkeypatch.setattr(event_conv, "DEFAULT_MAX_DENSITY", 1.0)
     monkeypatch.setattr(event_conv, "TILED_MAX_DENSITY", 1.0)
 

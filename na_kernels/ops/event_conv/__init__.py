@@ -17,21 +17,17 @@ from ... import cpu as _cpu
 from ..._validation import check_event_conv_arguments, check_real
 from . import cpu, dense, reference  # noqa: F401
 
-# When the event kernel pays (bench/event_density.py, docs/notes.md): up to about 30 % nonzero
-# inputs where Cin * Cout >= 32 * 32; up to about 15 % where Cout <= 16 (the kernel computes
-# several output pixels at once there); for the other narrow convolutions the dense one wins
-# from about 1 %.
+# When the event kernel pays (bench/event_density.py with kept outputs, docs/notes.md): up to
+# 30-60 % nonzero inputs on the bench networks' layers (ResNet-18's 512-channel one loses from
+# 30 %); up to 20-30 % where Cout <= 16 (the kernel computes several output pixels at once there).
 DEFAULT_MAX_DENSITY = 0.3
 TILED_COUT = 16  # Cout up to which the kernel tiles output pixels (csrc/event_conv/event_conv.h)
-TILED_MAX_DENSITY = 0.15
-NARROW = 32 * 32  # Cin * Cout below which max_density=None means 0 (always dense), Cout <= 16 aside
+TILED_MAX_DENSITY = 0.25
 
 
 def default_max_density(cin, cout):
     """The nonzero fraction above which ``event_conv2d`` runs dense, for Cin x Cout channels."""
-    if cout <= TILED_COUT:
-        return TILED_MAX_DENSITY
-    return 0.0 if cin * cout < NARROW else DEFAULT_MAX_DENSITY
+    return TILED_MAX_DENSITY if cout <= TILED_COUT else DEFAULT_MAX_DENSITY
 
 
 def event_ok(x, weight, bias=None, residual=None):
@@ -68,8 +64,7 @@ def event_conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, group
         stride, padding: an int or a pair of ints (>= 1 and >= 0); dilation and groups must be 1.
         residual: ``[N, Cout, OH, OW]`` or None.
         max_density: a fraction in [0, 1]: run dense above it (0: always); None:
-            ``default_max_density(Cin, Cout)`` (0.15 for Cout <= 16, else 0.3, or 0 for
-            Cin * Cout < 32 * 32).
+            ``default_max_density(Cin, Cout)`` (0.25 for Cout <= 16, else 0.3).
     Returns:
         ``[N, Cout, OH, OW]``, channels-last memory order on the event path.
     """
