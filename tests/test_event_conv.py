@@ -136,9 +136,10 @@ def test_nonfinite_inputs_reach_only_their_outputs(cout):
 
 @pytest.mark.parametrize("cout", [16, 17])  # in tiles, one pixel at a time
 def test_each_image_is_convolved_on_its_own(cout):
-    """The kernel works image by image (its event lists in a per-thread buffer): each image's output
-    is the bits of that image convolved alone, whatever the batch holds (a NaN in another image
-    included, which sends only its own image down the one-pixel path)."""
+    """The kernel works image by image (in bands of output rows for a small batch, its event lists
+    in a per-thread buffer): each image's output is that image convolved alone, whatever the batch
+    holds (a NaN in another image included, which sends only its own image's bands down the
+    one-pixel path; a zero's sign aside)."""
     x, weight, kwargs = operands((5, 6, 7, 9, cout, 3, 1, 1), 0.2, True, True)
     x[2, 1, 3, 4] = float("nan")
     for level in levels():
@@ -149,6 +150,22 @@ def test_each_image_is_convolved_on_its_own(cout):
                 want = event_conv2d(x[n : n + 1], weight, max_density=1.0, **alone)
                 assert torch.equal(out[n : n + 1].isnan(), want.isnan()), (level, n)
                 assert torch.equal(out[n : n + 1].nan_to_num(), want.nan_to_num()), (level, n)
+
+
+@pytest.mark.parametrize("n", [1, 70])  # in bands of output rows, whole images
+def test_density_threshold_counts_exactly(n, monkeypatch):
+    """The kernel runs at exactly max_density (nonzeros <= int(max_density * numel)) and falls back
+    to dense one nonzero above it; -0.0 counts as zero, a NaN as nonzero."""
+    x, weight, kwargs = operands((n, 5, 9, 7, 6, 3, 2, 1), 0.2, True, False)
+    x[0, 0, 0, 0], x[0, 1, 0, 0] = -0.0, float("nan")
+    nonzeros = int((x != 0).sum())
+    calls = []
+    real = event_conv.dense.conv2d
+    monkeypatch.setattr(event_conv.dense, "conv2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    event_conv2d(x, weight, max_density=(nonzeros + 0.5) / x.numel(), **kwargs)
+    assert calls == []
+    event_conv2d(x, weight, max_density=(nonzeros - 0.5) / x.numel(), **kwargs)
+    assert calls == [1]
 
 
 def test_density_threshold_falls_back_to_dense(monkeypatch):

@@ -17,7 +17,7 @@ namespace na {
 namespace event_conv {
 namespace {
 
-// Event lists of one image, the calling thread's, kept between calls: a fresh buffer would pay its
+// Event lists of up to one image's rows, the calling thread's, kept between calls: a fresh buffer would pay its
 // page faults on every call.
 template <class T> T* scratch(std::unique_ptr<T[]>& buffer, int64_t& capacity, int64_t size) {
   if (size > capacity) {
@@ -27,13 +27,13 @@ template <class T> T* scratch(std::unique_ptr<T[]>& buffer, int64_t& capacity, i
   return buffer.get();
 }
 
-Events image_events(const Geometry& g, int64_t image) {
+Events band_events(const Geometry& g, int64_t first_row) {
   thread_local std::unique_ptr<int32_t[]> start, key;
   thread_local std::unique_ptr<float[]> value;
   thread_local int64_t start_capacity = 0, key_capacity = 0, value_capacity = 0;
   const int64_t size = g.h * g.w * g.cin;
   return Events{scratch(start, start_capacity, g.h * (g.w + 1)), scratch(key, key_capacity, size),
-                scratch(value, value_capacity, size), image * g.h};
+                scratch(value, value_capacity, size), first_row};
 }
 
 // x's nonzero count
@@ -44,31 +44,50 @@ int64_t count_nonzeros(const float* x, int64_t size, int threads) {
   return total;
 }
 
-// Per image, in one parallel region: its input rows' event lists (in the thread's buffer, still in
-// its cache when read), then its output rows. Images are handed out as threads come free: a
-// spiking network's batch is time-major and its firing rate varies over the steps, so equal static
-// shares are unequal work. An image holding an infinity or a NaN is gathered one pixel at a time
-// (the tiles need finite inputs). Returns the nonzero count.
-int64_t convolve_images(const float* x, const ConvArgs& args) {
+// Work items: an image's output rows in bands of band_rows(g) rows, so that a small batch still
+// gives every thread work; the bands depend on the shape alone (each output sums in one order
+// whatever the band, but an image band holding an infinity or a NaN is gathered one pixel at a
+// time, so the band must not depend on the thread count).
+constexpr int64_t kMinItems = 64;
+int64_t band_rows(const Geometry& g) {
+  const int64_t bands = std::min(g.oh, (kMinItems + g.n - 1) / std::max<int64_t>(g.n, 1));
+  return (g.oh + bands - 1) / bands;
+}
+
+// In one parallel region, per band of an image: the event lists of the input rows its output rows
+// read (in the thread's buffer, still in its cache when read), then those output rows. Bands are
+// handed out as threads come free: a spiking network's batch is time-major and its firing rate
+// varies over the steps, so equal static shares are unequal work. A band whose input rows hold an
+// infinity or a NaN is gathered one pixel at a time (the tiles need finite inputs). Returns the
+// nonzero count of the rows scanned (x's, where the bands are whole images).
+int64_t convolve_bands(const float* x, const ConvArgs& args) {
   const Geometry& g = args.g;
   const bool avx512 = cpu_has_avx512(), avx2 = cpu_has_avx2();
+  const int64_t rows = band_rows(g), bands = (g.oh + rows - 1) / rows;
   std::vector<int64_t> partial(args.threads, 0);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(args.threads)
-  for (int64_t image = 0; image < g.n; ++image) {
+  for (int64_t item = 0; item < g.n * bands; ++item) {
+    const int64_t image = item / bands, oh_begin = item % bands * rows, oh_end = std::min(g.oh, oh_begin + rows);
+    // the input rows of output rows [oh_begin, oh_end); all of them for a whole image (so that
+    // the scans count every nonzero of x)
+    const bool whole = bands == 1;
+    const int64_t ih_begin = whole ? 0 : std::max<int64_t>(0, oh_begin * g.stride_h - g.pad_h);
+    const int64_t ih_end = whole ? g.h : std::min(g.h, (oh_end - 1) * g.stride_h - g.pad_h + g.kh);
     ConvArgs a = args;
-    a.events = image_events(g, image);
+    a.events = band_events(g, image * g.h + ih_begin);
     bool nonfinite = false;
     bool* check = a.tiled ? &nonfinite : nullptr;
-    const int64_t begin = image * g.h, end = begin + g.h;
+    const int64_t begin = image * g.h + ih_begin, end = image * g.h + std::max(ih_begin, ih_end);
     partial[thread_index()] +=
         avx512 ? events_avx512(x, g, a.events, begin, end, check) : events_generic(x, g, a.events, begin, end, check);
     if (nonfinite) a.tiled = nullptr;
+    const int64_t first = image * g.oh + oh_begin, last = image * g.oh + oh_end;
     if (avx512)
-      rows_avx512(a, image * g.oh, (image + 1) * g.oh);
+      rows_avx512(a, first, last);
     else if (avx2)
-      rows_avx2(a, image * g.oh, (image + 1) * g.oh);
+      rows_avx2(a, first, last);
     else
-      rows_generic(a, image * g.oh, (image + 1) * g.oh);
+      rows_generic(a, first, last);
   }
   int64_t total = 0;
   for (const int64_t count : partial) total += count;
@@ -137,17 +156,19 @@ int64_t event_conv_forward(uintptr_t x, uintptr_t weight, uintptr_t bias, uintpt
   require(threads >= 1, "threads", "must be >= 1");
   require(x != 0 && weight != 0 && bias != 0 && out != 0, "x, weight, bias and out", "must be addresses");
   const float* input = address_of<const float>(x);
-  if (max_nonzeros < g.pixels() * g.cin) {  // else every count passes
-    const int64_t nonzeros = count_nonzeros(input, g.pixels() * g.cin, threads);
-    if (nonzeros > max_nonzeros) return nonzeros;
+  const bool whole_images = band_rows(g) >= g.oh;  // the bands' scans then count x's nonzeros
+  int64_t counted = -1;
+  if (max_nonzeros < g.pixels() * g.cin || !whole_images) {
+    counted = count_nonzeros(input, g.pixels() * g.cin, threads);
+    if (counted > max_nonzeros) return counted;
   }
   advise_huge_pages(address_of<float>(out), g.n * g.oh * g.ow * g.cout * static_cast<int64_t>(sizeof(float)));
   const float* packed = address_of<const float>(weight);
   const float* tiled = tile_pixels(g.cout_padded) > 0 ? tile_weights(packed, g) : nullptr;
-  const int64_t nonzeros = convolve_images(input, ConvArgs{g, Events{}, packed, tiled, address_of<const float>(bias),
-                                                           address_of<const float>(residual), address_of<float>(out),
-                                                           threads});
-  return nonzeros;
+  const int64_t scanned = convolve_bands(input, ConvArgs{g, Events{}, packed, tiled, address_of<const float>(bias),
+                                                         address_of<const float>(residual), address_of<float>(out),
+                                                         threads});
+  return counted >= 0 ? counted : scanned;
 }
 
 }  // namespace

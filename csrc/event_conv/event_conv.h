@@ -3,9 +3,10 @@
 //                        (+ residual[n, oh, ow, co])
 // channels-last x [N, H, W, Cin], weights packed [KH][KW][Cin][CoutP] (CoutP = Cout rounded up
 // to 16, zero columns), bias [CoutP], residual and out [N, OH, OW, Cout].
-// Per image n, two steps: the events of each of its input rows (n, ih), its nonzeros in (iw, c)
-// order, each with the key iw * Cin + c and its value, and where each pixel's start (in the
-// thread's buffer, still in its cache for the next step); then each output pixel gathers,
+// Per image n (or band of its output rows), two steps: the events of each input row (n, ih) it
+// reads, its nonzeros in (iw, c) order, each with the key iw * Cin + c and its value, and where
+// each pixel's start (in the thread's buffer, still in its cache for the next step); then each
+// output pixel gathers,
 // per Cout block, acc = fma(v, w[kh][kw][c][block], acc) over its in-bounds taps in (kh, kw, c)
 // order, starting from the bias and adding the residual last. A tap row's events (kw = kw_begin
 // .. kw_end - 1) are one contiguous run of its input row, and key - iw0 * Cin = kw * Cin + c
