@@ -171,8 +171,10 @@ def compare(args):
         for name, impl, dtype in group:
             start = time.perf_counter()
             passes[name] = model_cases.snn_pass(args.arch, impl, args.T, args.batch, dtype)[0]
-            passes[name]()
+            result = passes[name]()
             print(f"  {name}: first call {time.perf_counter() - start:.1f} s wall", flush=True)
+            if hasattr(result, "exit_histogram"):  # an early exit: how many samples stopped at each step
+                print(f"    exits at steps 1..{args.T}: {result.exit_histogram} ({result.rule.describe()})", flush=True)
         seconds = {name: [] for name in passes}
         faults = {name: [] for name in passes}
         for _ in range(args.rounds):
