@@ -19,7 +19,7 @@ dataset:
    so that load from other processes falls on both alike; medians;
 5. compaction: one chunk of the network on --batch samples (membrane potentials carried, the
    stem cut off as the early exit runs it) against the compaction that follows it (every IF
-   layer's potential, the input and the stem's outputs index_select-ed to half of the samples),
+   layer's potential, the input and the stem's outputs cut to half of the samples by ``select_rows``),
    medians.
 Then the targets, met or missed. On a shared machine the times move a lot: quote them with the
 load average printed at the top and the bottom, and rerun on a quiet machine.
@@ -36,7 +36,7 @@ import torch
 
 from na_kernels.app.datasets import BatchLoader, digits_split, load_dataset
 from na_kernels.nn import ExitRule, exit_tradeoff, format_tradeoff, run_early_exit, to_snn
-from na_kernels.snn.early_exit import compact, split_stem
+from na_kernels.snn.early_exit import compact, select_rows, split_stem
 
 DEFAULT_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 
@@ -136,7 +136,7 @@ def chunk_and_compaction(snn, x, chunk):
     """(one_chunk, compaction) callables at batch x.shape[0], as ``run_early_exit`` runs them:
     the network body (stem cut off) for ``chunk`` steps with the potentials carried, and the
     compaction after it to half of the samples (every IF layer's potential, the input and the
-    stem's outputs index_select-ed). Call one_chunk first; reset the network's state after."""
+    stem's outputs through ``select_rows``). Call one_chunk first; reset the network's state after."""
     stem, body = split_stem(snn.network)
     with torch.no_grad():
         inputs = (x,) + tuple(stem(x)) if stem is not None else (x,)
@@ -155,7 +155,7 @@ def chunk_and_compaction(snn, x, chunk):
         for name, layer in snn.if_layers.items():
             layer.v = state["v"][name]
         for value in inputs:
-            value.index_select(0, keep)
+            select_rows(value, keep)
         compact(snn, keep)
 
     return one_chunk, compaction

@@ -34,7 +34,11 @@ SNN pass: the converted network (``to_snn(model, T)``) on ``[B, 3, 32, 32]`` und
   ``channels_last`` / ``na_kernels`` with ``snn.reuse_buffers(0)`` (every output fresh memory, as before the
   network kept its buffers between calls); ``event_alloutputs``: ``event`` with the IF layers
   writing the spike counts and final potentials that the pass does not read
-  (``if_layer.SKIP_UNREAD_OUTPUTS`` off, as before they left them unwritten).
+  (``if_layer.SKIP_UNREAD_OUTPUTS`` off, as before they left them unwritten); ``exit1`` /
+  ``exit2`` / ``exit4`` and their ``_fresh`` forms: per-sample early exit
+  (``snn.run_early_exit(x, rule, T_max=T, chunk=c)``, channels-last, statistics off) at chunk c,
+  with the confidence threshold ``exit_rule`` picks on the batch, in the network's kept buffers or
+  with ``reuse_buffers(0)``.
 
 bf16 SNN: network and input cast to bfloat16 (``snn.to(torch.bfloat16)``); the IF kernels keep
 the membrane in float32, SpikingJelly's ``IFNode`` keeps it in the input's dtype.
@@ -54,6 +58,7 @@ it holds between calls (activations, gradients' temporaries, workspace). None wh
 import contextlib
 import copy
 import ctypes
+import functools
 import gc
 import importlib
 import os
@@ -111,6 +116,12 @@ SNN_EXTRA_IMPLS = (
     "channels_last_fresh",
     "na_kernels_fresh",
     "event_alloutputs",
+    "exit1",
+    "exit1_fresh",
+    "exit2",
+    "exit2_fresh",
+    "exit4",
+    "exit4_fresh",
 )
 SNN_TITLES.update(
     spikingjelly_channels_last="SpikingJelly IFNode channels-last",
@@ -120,6 +131,11 @@ SNN_TITLES.update(
     channels_last_fresh="na_kernels channels-last, no buffers kept between calls",
     na_kernels_fresh="na_kernels, statistics off, no buffers kept between calls",
     event_alloutputs="na_kernels event-driven, IF counts and potentials written though unread",
+    **{
+        f"exit{c}{fresh}": f"na_kernels early exit, chunk {c}, channels-last{note}"
+        for c in (1, 2, 4)
+        for fresh, note in (("", ""), ("_fresh", ", no buffers kept between calls"))
+    },
 )  # runs in bf16 whatever the case's dtype: a row of the fp32 cases only
 
 
@@ -259,6 +275,19 @@ def untiled_if(condition):
         event_conv.TILED_MAX_DENSITY = saved
 
 
+def exit_rule(snn, x, T):
+    """The early-exit cases' rule: ``ExitRule(confidence=c)`` with c the median over the batch of the
+    top softmax probability after T // 2 steps of the fixed-T run (about half the samples stop by
+    then, on random weights most of the rest soon after)."""
+    from na_kernels.nn import ExitRule
+
+    with torch.no_grad():
+        fixed = snn(x, T=T)
+    snn.release_buffers()
+    top = torch.softmax(fixed[max(T // 2, 1) - 1].float(), -1).amax(-1)
+    return ExitRule(confidence=float(top.median()))
+
+
 def snn_pass(arch, impl, T, batch, dtype="fp32"):
     """(closure running one SNN pass of ``impl`` on a batch, the SpikingNetwork it runs, backend note)."""
     import na_kernels
@@ -270,7 +299,12 @@ def snn_pass(arch, impl, T, batch, dtype="fp32"):
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}["bf16" if impl == "fast" else dtype]
     snn = snn.to(torch_dtype)
     x, _ = images(batch, torch_dtype)
-    if "channels_last" in impl or impl in ("fast", "event", "event_untiled", "event_fresh", "event_alloutputs"):
+    early_exit = impl.startswith("exit")
+    if (
+        "channels_last" in impl
+        or early_exit
+        or impl in ("fast", "event", "event_untiled", "event_fresh", "event_alloutputs")
+    ):
         snn = snn.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     if impl in ("event", "event_untiled", "event_fresh", "event_alloutputs"):
@@ -278,6 +312,9 @@ def snn_pass(arch, impl, T, batch, dtype="fp32"):
     if impl.endswith("_fresh"):
         snn.reuse_buffers(0)
     run = baselines.compiled(snn) if impl.endswith("_compiled") else snn
+    if early_exit:
+        chunk = int(impl[len("exit") :].split("_")[0])
+        run = functools.partial(snn.run_early_exit, rule=exit_rule(snn, x, T), T_max=T, chunk=chunk)
     backend = "reference" if impl == "reference" else "auto"
 
     def infer():

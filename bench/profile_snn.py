@@ -18,8 +18,9 @@ weights or outputs between torch's order and the blocked order oneDNN computes i
 ``--compare`` instead times variants against each other: the layouts of ``--impl``, or with
 ``--impls`` any of ``model_cases.SNN_IMPLS`` (SpikingJelly and compiled ones included); process
 CPU time of all threads (less disturbed by other processes than wall time), rounds interleaved,
-medians with min and max, the first call (compiling) timed apart, and the median minor page faults
-of a pass (``getrusage``: fresh memory the kernels' first writes fault in).
+medians with min and max, the first call (compiling) timed apart, the median minor page faults
+of a pass (``getrusage``: fresh memory the kernels' first writes fault in), and the median over
+rounds of each variant's speed relative to the first variant's in the same round.
 Networks and variants: bench/model_cases.py (``--impl``: na_kernels, na_kernels_stats, reference,
 spikingjelly; ``--layout channels_last`` converts weights and input as the channels_last case does).
 """
@@ -171,8 +172,10 @@ def compare(args):
         for name, impl, dtype in group:
             start = time.perf_counter()
             passes[name] = model_cases.snn_pass(args.arch, impl, args.T, args.batch, dtype)[0]
-            passes[name]()
+            result = passes[name]()
             print(f"  {name}: first call {time.perf_counter() - start:.1f} s wall", flush=True)
+            if hasattr(result, "exit_histogram"):  # an early exit: how many samples stopped at each step
+                print(f"    exits at steps 1..{args.T}: {result.exit_histogram} ({result.rule.describe()})", flush=True)
         seconds = {name: [] for name in passes}
         faults = {name: [] for name in passes}
         for _ in range(args.rounds):
@@ -182,6 +185,10 @@ def compare(args):
                 seconds[name].append(time.process_time() - start)
                 faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
         medians = {name: statistics.median(v) for name, v in seconds.items()}
+        first = next(iter(seconds))
+        # each round's ratio to the first variant's pass of that round: less moved by load that
+        # comes and goes between rounds than the ratio of the medians
+        paired = {name: statistics.median(a / b for a, b in zip(seconds[first], v)) for name, v in seconds.items()}
         dtypes = "/".join(sorted({dtype for _, _, dtype in group}))
         print(
             f"{args.arch} SNN T={args.T} batch {args.batch} {dtypes}, {torch_threads()} thread(s), "
@@ -192,7 +199,8 @@ def compare(args):
             ratios = ", ".join(f"{medians[other] / m:.2f}x {other}" for other in medians if other != name)
             print(
                 f"  {name:<28} {1e3 * m:8.1f} ms [{1e3 * min(seconds[name]):.1f}, {1e3 * max(seconds[name]):.1f}]  "
-                f"({ratios}); {statistics.median(faults[name]):.0f} faults",
+                f"({ratios}); {statistics.median(faults[name]):.0f} faults"
+                + (f"; per round {paired[name]:.2f}x {first}" if name != first else ""),
                 flush=True,
             )
 

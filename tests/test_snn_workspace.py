@@ -3,6 +3,7 @@
 dense and event-driven; nothing a caller, a hook or the statistics hold is overwritten; the
 memory is bounded and let go when it should be; save / load and pickling are unaffected."""
 
+import contextlib
 import copy
 import io
 import pickle
@@ -16,11 +17,13 @@ from torch import nn
 
 from na_kernels import cpu
 from na_kernels.cpu import workspace
-from na_kernels.nn import IFLayer, load_snn, to_snn
+from na_kernels.nn import ExitRule, IFLayer, load_snn, to_snn
 from na_kernels.ops import event_conv
 from na_kernels.ops.event_conv import dense
+from na_kernels.snn.early_exit import select_rows
 
 CL = torch.channels_last
+T_MAX = 6  # the early exits' longest run
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="the C++ extension is not built")
 
 
@@ -206,9 +209,157 @@ def test_memory_is_bounded_and_let_go(snn, event_everywhere):
     network.event_driven(False)
     assert network.workspace.info()["buffers"] == 0
     assert filled(network)
+    before = network.workspace.info()
     with torch.no_grad():
-        network(torch.randn(2, 3, 16, 16).contiguous(memory_format=CL))  # another batch size
-    assert network.workspace.info()["misses"] == network.workspace.info()["buffers"]  # all anew
+        network(torch.randn(2, 3, 16, 16).contiguous(memory_format=CL))  # a smaller batch: in the same buffers
+    after = network.workspace.info()
+    assert after["hits"] > before["hits"] and after["buffers"] >= before["buffers"]
+    with torch.no_grad():
+        network(torch.randn(4, 3, 16, 16).contiguous(memory_format=CL))  # a larger one: all anew
+    assert network.workspace.info()["misses"] == network.workspace.info()["buffers"]
+    with torch.no_grad():
+        network(_input(1), T=8)  # more steps per call: all anew
+    assert network.workspace.info()["misses"] == network.workspace.info()["buffers"]
+
+
+def _batch(seed, mode="channels_last"):
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+    return x if mode == "contiguous" else x.contiguous(memory_format=CL)
+
+
+def _mixed_rule(network, x):
+    """A confidence threshold whose exits fall between step 4 and T_MAX (the median top
+    probability at step 4 of the fixed run): samples leave the batch mid-run."""
+    with torch.no_grad():
+        fixed = network.reuse_buffers(0)(x, T=T_MAX)
+    network.reuse_buffers()
+    return ExitRule(confidence=float(torch.softmax(fixed[3].float(), -1).amax(-1).median()))
+
+
+def _exit_fields(result):
+    return (result.exit_steps, result.steps_run, result.predictions, result.outputs)
+
+
+@pytest.mark.parametrize("mode", ["contiguous", "channels_last", "event"])
+def test_early_exit_bitwise_the_run_without_reuse_at_every_level(snn, mode, event_everywhere):
+    network = _network(snn, mode)
+    network.record_statistics(True)
+    rule = _mixed_rule(network, _batch(1, mode))
+    for level in levels():
+        for chunk in (1, 2, 4):
+            with cpu.limit_simd(level):
+                network.reuse_buffers(0)
+                want = [
+                    network.run_early_exit(_batch(seed, mode), rule, T_max=T_MAX, chunk=chunk) for seed in (1, 2, 1)
+                ]
+                network.reuse_buffers()
+                got = [network.run_early_exit(_batch(seed, mode), rule, T_max=T_MAX, chunk=chunk) for seed in (1, 2, 1)]
+            info = network.workspace.info()
+            assert info["hits"] > info["misses"] > 0, info  # the chunks ran in kept buffers
+            assert (want[0].steps_run < T_MAX).any()  # samples left the batch mid-run
+            assert (want[0].exit_steps == T_MAX).any() or chunk > 1
+            for g, w in zip(got, want):
+                assert all(torch.equal(a, b) for a, b in zip(_exit_fields(g), _exit_fields(w))), (level, chunk)
+                assert g.statistics == w.statistics and g.statistics["samples"] == 8
+
+
+def test_a_repeated_early_exit_takes_no_new_buffer(snn, event_everywhere):
+    network = _network(snn, "event")
+    rule = _mixed_rule(network, _batch(1))
+    with torch.no_grad():
+        network(_batch(1), T=T_MAX)  # a fixed-T pass first: the early exits keep its buffers
+    kept = network.workspace.info()["buffers"]
+    first = network.run_early_exit(_batch(1), rule, T_max=T_MAX, chunk=1)
+    assert (first.steps_run < T_MAX).any()
+    before = network.workspace.info()
+    assert before["buffers"] > kept  # the fixed pass's buffers were not let go
+    again = network.run_early_exit(_batch(1), rule, T_max=T_MAX, chunk=1)
+    after = network.workspace.info()
+    assert after["misses"] == before["misses"] and after["buffers"] == before["buffers"]
+    assert after["hits"] > before["hits"]
+    assert after["idle_buffers"] == after["buffers"]  # nothing handed out is alive after the run
+    assert torch.equal(again.outputs, first.outputs)
+    with torch.no_grad():
+        network(_batch(2), T=T_MAX)
+    assert network.workspace.info()["misses"] == after["misses"]  # nor the fixed pass after it
+
+
+def test_early_exit_memory_stays_under_the_cap(snn, event_everywhere):
+    network = _network(snn, "event")
+    rule = _mixed_rule(network, _batch(1))
+    want = [network.reuse_buffers(0).run_early_exit(_batch(seed), rule, T_max=T_MAX, chunk=1) for seed in (1, 2)]
+    network.reuse_buffers()
+    network.run_early_exit(_batch(1), rule, T_max=T_MAX, chunk=1)
+    held = network.workspace.info()["held_bytes"]
+    network.reuse_buffers(0)
+    network.workspace.limit_bytes = held // 3
+    got = [network.run_early_exit(_batch(seed), rule, T_max=T_MAX, chunk=1) for seed in (1, 2)]
+    info = network.workspace.info()
+    assert 0 < info["held_bytes"] <= held // 3 and info["misses"] > info["buffers"]
+    for g, w in zip(got, want):
+        assert all(torch.equal(a, b) for a, b in zip(_exit_fields(g), _exit_fields(w)))
+
+
+@pytest.mark.parametrize("mode", ["channels_last", "event"])
+def test_early_exit_overwrites_nothing_kept(snn, mode, event_everywhere):
+    network = _network(snn, mode)
+    rule = _mixed_rule(network, _batch(1, mode))
+    kept = []  # (tensor a hook kept, its clone at the time)
+
+    def keep(module, args, out):
+        kept.append((out, out.clone()))
+        kept.append((args[0], args[0].clone()))
+
+    modules = [m for m in network.network.modules() if isinstance(m, (IFLayer, nn.Conv2d))]
+    handles = [m.register_forward_hook(keep) for m in modules]
+    results = [network.run_early_exit(_batch(seed, mode), rule, T_max=T_MAX, chunk=2) for seed in (1, 2, 3)]
+    for handle in handles:
+        handle.remove()
+    copies = [[t.clone() for t in _exit_fields(r)] for r in results]
+    for seed in (4, 5):
+        network.run_early_exit(_batch(seed, mode), rule, T_max=T_MAX, chunk=1)
+    assert len(kept) > 2 * 3 * len(modules)  # a call per chunk
+    for tensor, copy_then in kept:
+        assert torch.equal(tensor, copy_then)
+    for result, copied in zip(results, copies):
+        assert all(torch.equal(a, b) for a, b in zip(_exit_fields(result), copied))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "other"])
+def test_select_rows_is_index_select_in_the_values_order(layout):
+    value = torch.randn(6, 4, 5, 3)
+    if layout == "channels_last":
+        value = value.contiguous(memory_format=CL)
+    elif layout == "other":
+        value = value.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3)  # dim 0 not outermost
+    keep = torch.tensor([4, 1, 5])
+    want = value.index_select(0, keep)
+    space = workspace.Workspace(1 << 20)
+    for active in (False, True):
+        with space.active() if active else contextlib.nullcontext():
+            got = select_rows(value, keep)
+        assert torch.equal(got, want)
+        if layout == "other":
+            assert got.stride() == want.stride()
+        else:
+            assert got.stride() == value[:3].stride()  # the value's own order
+        assert space.info()["buffers"] == int(active and layout != "other")  # into the workspace
+
+
+def test_a_buffer_serves_requests_of_half_its_size_to_its_size():
+    for nbytes, reused in ((512, False), (257, False), (256, True), (200, True), (128, True), (127, False)):
+        space = workspace.Workspace(1 << 20)
+        ptr = space.empty_strided((64,), (1,), torch.float32, 64).data_ptr()  # an idle 256-byte buffer
+        b = space.empty_strided((nbytes,), (1,), torch.uint8, nbytes)
+        assert (b.data_ptr() == ptr) == reused, nbytes
+        assert space.info()["buffers"] == 1 + (not reused) and b.untyped_storage().nbytes() >= nbytes
+    # the smallest idle buffer that fits first; a request no idle buffer fits gets one of its own size
+    space = workspace.Workspace(1 << 20)
+    held = [space.empty_strided((n,), (1,), torch.uint8, n) for n in (300, 256)]
+    del held  # two idle buffers
+    c, d, e = (space.empty_strided((200,), (1,), torch.uint8, 200) for _ in range(3))
+    assert [t.untyped_storage().nbytes() for t in (c, d, e)] == [256, 300, 200]
+    assert space.info()["held_bytes"] == 756
 
 
 def test_save_load_pickle_and_copies_carry_no_buffers(snn, tmp_path):

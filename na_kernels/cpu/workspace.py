@@ -12,11 +12,18 @@ over its storage. Every tensor that can reach the memory (a handed-out output, i
 storage, so a buffer is handed out again only when its storage's use count says the workspace's
 own tensor is its last holder: nothing anyone kept is ever overwritten.
 
+Sizes: an output takes the smallest idle buffer of at least its size and at most ``FIT`` (2)
+times it, else a new buffer of its exact size. So a pass on a smaller batch runs in the buffers a
+larger one left, down to half their size (an early exit's batch shrinks chunk by chunk); a
+handed-out tensor never pins more than twice its bytes; and smaller passes add buffers for an
+output only at each halving of its size (n, under n/2, under n/4, ...: under 2n together).
+
 Memory held between calls: at most ``limit_bytes`` (past it, outputs are ordinary fresh tensors);
 in a repeated pass, the buffers of the outputs that pass had alive at once. ``release()`` lets it
 all go (memory still in use by a caller stays with that caller).
 """
 
+import bisect
 import contextlib
 import contextvars
 import threading
@@ -24,6 +31,7 @@ import threading
 import torch
 
 FROM_BYTES = 1 << 20  # below this, glibc's own reuse is good enough
+FIT = 2  # a buffer serves a request of n bytes when n <= its size <= FIT * n
 _ACTIVE = contextvars.ContextVar("na_kernels_workspace", default=None)
 _use_count = getattr(torch._C, "_storage_Use_Count", None)
 
@@ -35,23 +43,27 @@ def _idle(buffer) -> bool:
 
 
 class Workspace:
-    """Buffers (uint8 tensors) by size in bytes, handed out as outputs while no one else holds them."""
+    """Buffers (uint8 tensors), handed out as outputs while no one else holds them: a request of n
+    bytes takes the smallest idle one of n to ``FIT * n`` bytes."""
 
     def __init__(self, limit_bytes: int):
         self.limit_bytes = int(limit_bytes)
-        self._buffers = {}  # nbytes -> [uint8 tensor]
+        self._sizes = []  # nbytes of each buffer, ascending
+        self._buffers = []  # the uint8 tensors, in the order of _sizes
         self.held_bytes = 0
         self.hits = 0
         self.misses = 0
         self._lock = threading.Lock()  # an idle check and the hand-out are one step
 
     def empty_strided(self, shape, strides, dtype, extent):
-        """A tensor of ``shape`` / ``strides`` / ``dtype`` covering ``extent`` elements: over an idle
-        buffer of its byte size, a new held one, or (past the limit) a fresh one; never None."""
+        """A tensor of ``shape`` / ``strides`` / ``dtype`` covering ``extent`` elements: over the
+        smallest idle buffer that fits (``FIT``), a new held one of its byte size, or (past the
+        limit) a fresh one; never None."""
         nbytes = extent * dtype.itemsize
         with self._lock:
-            kept = self._buffers.setdefault(nbytes, [])
-            for buffer in kept:
+            start = bisect.bisect_left(self._sizes, nbytes)
+            end = bisect.bisect_right(self._sizes, FIT * nbytes)
+            for buffer in self._buffers[start:end]:
                 if _idle(buffer):
                     self.hits += 1
                     return self._over(buffer, shape, strides, dtype)
@@ -59,7 +71,9 @@ class Workspace:
             if _use_count is None or self.held_bytes + nbytes > self.limit_bytes:
                 return torch.empty_strided(shape, strides, dtype=dtype)
             buffer = torch.empty(nbytes, dtype=torch.uint8)
-            kept.append(buffer)
+            at = bisect.bisect_right(self._sizes, nbytes)
+            self._sizes.insert(at, nbytes)
+            self._buffers.insert(at, buffer)
             self.held_bytes += nbytes
             return self._over(buffer, shape, strides, dtype)
 
@@ -69,14 +83,14 @@ class Workspace:
 
     def release(self) -> None:
         """Let every buffer go (outputs still in use keep their memory until they are freed)."""
-        self._buffers = {}
+        self._sizes, self._buffers = [], []
         self.held_bytes = 0
         self.hits = self.misses = 0
 
     def info(self) -> dict:
         """{"held_bytes", "buffers", "idle_buffers", "limit_bytes", "hits", "misses"} (outputs over a
         kept buffer / not, since the last ``release``)."""
-        buffers = [b for kept in self._buffers.values() for b in kept]
+        buffers = list(self._buffers)
         return {
             "held_bytes": self.held_bytes,
             "buffers": len(buffers),
@@ -109,3 +123,14 @@ class Workspace:
 def current():
     """The active workspace, or None."""
     return _ACTIVE.get()
+
+
+def empty_strided(shape, strides, dtype):
+    """A CPU tensor of ``shape`` / ``strides`` / ``dtype`` (dense: its elements fill its extent):
+    over a buffer of the active workspace when one is active and it has ``FROM_BYTES`` or more,
+    else fresh (``torch.empty_strided``)."""
+    held = current()
+    extent = 0 if 0 in shape else 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
+    if held is None or extent * dtype.itemsize < FROM_BYTES:
+        return torch.empty_strided(shape, strides, dtype=dtype)
+    return held.empty_strided(tuple(shape), tuple(strides), dtype, extent)

@@ -8,9 +8,12 @@ running output, the fixed-T readout ``out[t-1] = (1/t) * sum_{s<=t} f_s(x)`` com
 ``SpikingNetwork.forward`` computes it. A sample exits at the first step t >= ``min_steps`` where
 the rule holds (at ``T_max`` at the latest); the samples that exited in a chunk are then removed
 from the batch: their rows of the input, of the stem's outputs and of every IF layer's
-potential are dropped (``index_select`` on dim 0), so the next chunk runs on the remaining
-samples only. The stem (the layers that see the input only) runs once per sample, as in the
-fixed-T run: ``split_stem`` cuts the graph where its values meet the steps.
+potential are dropped (``select_rows``: ``index_select`` on dim 0, in each value's own memory
+order), so the next chunk runs on the remaining samples only. The chunks run in the network's
+own buffers (``SpikingNetwork.reuse_buffers``): a later chunk, on fewer samples, takes the
+buffers an earlier one left, as does the next call. The stem (the layers that see the input
+only) runs once per sample, as in the fixed-T run: ``split_stem`` cuts the graph where its
+values meet the steps.
 
 Samples are independent in eval mode, so each sample's output at its exit step equals the
 fixed-T run's ``out[exit_step - 1]`` for that sample: the readout is computed the same way and
@@ -37,8 +40,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 import torch
 from torch import fx
 
+from .._layout import contiguous_strides
 from .._progress import progress
 from .._validation import check_int, check_positive, check_real, check_time_steps
+from ..cpu import workspace
 from ..nn.if_layer import IFLayer
 from .base import SpikingNetworkBase, TimeRepeat
 from .fused import run_fused
@@ -327,7 +332,22 @@ def compact(snn, keep: torch.Tensor) -> None:
 def _compact_layers(layers, keep):
     for layer in layers:
         if layer.v is not None:
-            layer.v = layer.v.index_select(0, keep)
+            layer.v = select_rows(layer.v, keep)
+
+
+def select_rows(value: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``value.index_select(0, keep)`` (value ``[B, ...]``, keep int64 ``[B']``) -> ``[B', ...]`` in
+    value's own memory order where dim 0 is its outermost (a channels-last value stays channels-last,
+    as the kernels that read it next want it), on the CPU into the active workspace where it applies
+    (``workspace.empty_strided``); else as ``index_select`` lays it out."""
+    order = sorted(range(value.dim()), key=lambda d: (-value.stride(d), d))  # outermost first
+    stored = value.permute(order)
+    if value.dim() < 2 or order[0] != 0 or not stored.is_contiguous() or value.device.type != "cpu":
+        return value.index_select(0, keep)
+    shape = (keep.numel(),) + tuple(stored.shape[1:])
+    out = workspace.empty_strided(shape, contiguous_strides(shape), value.dtype)
+    torch.index_select(stored, 0, keep, out=out)
+    return out.permute([order.index(d) for d in range(value.dim())])
 
 
 def _set_on(modules, **values):
@@ -398,8 +418,26 @@ def _per_step_output(out, steps, batch):
 @torch.no_grad()
 def _run_batch(snn, x, rule: ExitRule, T_max: int, chunk: int):
     """The chunked run with compaction on one batch: (outputs [B, K], exit_steps [B], steps_run [B]).
+    Its network calls run in the network's workspace (``SpikingNetwork._reusing``: at most ``chunk``
+    steps of x's batch per call; later chunks, on fewer samples, in the same buffers).
 
     Adds B samples and sum(steps_run) sample-steps to the network's statistics counters."""
+    time_modules = snn._time_modules()
+    layers = list(snn.if_layers.values())
+    _set_on(time_modules, mode="snn", carry_state=True)
+    try:
+        with snn._reusing((x,), chunk):
+            outputs, exit_steps, steps_run = _chunks(snn, x, rule, T_max, chunk, time_modules, layers)
+    finally:
+        _set_on(time_modules, carry_state=False, v=None, time_steps=1)
+    if any(layer.record for layer in layers):
+        snn.samples += x.shape[0]
+        snn.sample_steps += int(steps_run.sum())
+    return outputs.cpu(), exit_steps.cpu(), steps_run.cpu()
+
+
+def _chunks(snn, x, rule, T_max, chunk, time_modules, layers):
+    """``_run_batch``'s chunk loop, with the time modules set up for it."""
     batch = x.shape[0]
     device = x.device
     alive = torch.arange(batch, device=device)  # original index of each sample still running
@@ -408,52 +446,43 @@ def _run_batch(snn, x, rule: ExitRule, T_max: int, chunk: int):
     outputs = None
     history = None  # float32 [t, B', K]: the per-step outputs f_s of the samples still running
     t = 0
-    time_modules = snn._time_modules()
-    layers = list(snn.if_layers.values())
-    _set_on(time_modules, mode="snn", carry_state=True)
-    try:
-        stem, body = split_stem(snn.network)
-        inputs = (x,) + tuple(stem(x)) if stem is not None else (x,)  # the stem runs once per sample
-        while t < T_max and alive.numel():
-            steps = min(chunk, T_max - t)
-            _set_on(time_modules, time_steps=steps)
-            out = run_fused(body if body is not None else snn.network, *inputs)
-            per_step = _per_step_output(out, steps, alive.numel()).to(torch.float32)
-            if outputs is None:
-                outputs = torch.empty((batch, per_step.shape[2]), dtype=out.dtype, device=device)
-            history = per_step if history is None else torch.cat([history, per_step])
-            # the fixed-T readout, as SpikingNetwork.forward computes it: a float32 cumsum over all
-            # steps so far (a prefix of the fixed-T cumsum), divided by t, cast to the output dtype
-            count = torch.arange(t + 1, t + steps + 1, device=device, dtype=torch.float32).reshape(-1, 1, 1)
-            means = (history.cumsum(0)[t:] / count).to(out.dtype)
-            ok = rule.holds(means)
-            first_allowed = max(rule.min_steps - t - 1, 0)
-            ok[:first_allowed] = False
-            t += steps
-            if t == T_max:
-                ok[-1] = True
-            done = ok.any(0)
-            finished = done.nonzero().squeeze(1)
-            if finished.numel():
-                first = ok.to(torch.int8).argmax(0).index_select(0, finished)
-                original = alive.index_select(0, finished)
-                exit_steps[original] = t - steps + 1 + first
-                steps_run[original] = t
-                outputs[original] = means[first, finished]
-                keep = (~done).nonzero().squeeze(1)
-                if keep.numel():
-                    alive = alive.index_select(0, keep)
-                    inputs = tuple(value.index_select(0, keep) for value in inputs)
-                    history = history.index_select(1, keep)
-                    _compact_layers(layers, keep)
-                else:
-                    alive = keep
-    finally:
-        _set_on(time_modules, carry_state=False, v=None, time_steps=1)
-    if any(layer.record for layer in layers):
-        snn.samples += batch
-        snn.sample_steps += int(steps_run.sum())
-    return outputs.cpu(), exit_steps.cpu(), steps_run.cpu()
+    stem, body = split_stem(snn.network)
+    inputs = (x,) + tuple(stem(x)) if stem is not None else (x,)  # the stem runs once per sample
+    while t < T_max and alive.numel():
+        steps = min(chunk, T_max - t)
+        _set_on(time_modules, time_steps=steps)
+        out = run_fused(body if body is not None else snn.network, *inputs)
+        per_step = _per_step_output(out, steps, alive.numel()).to(torch.float32)
+        if outputs is None:
+            outputs = torch.empty((batch, per_step.shape[2]), dtype=out.dtype, device=device)
+        history = per_step if history is None else torch.cat([history, per_step])
+        # the fixed-T readout, as SpikingNetwork.forward computes it: a float32 cumsum over all
+        # steps so far (a prefix of the fixed-T cumsum), divided by t, cast to the output dtype
+        count = torch.arange(t + 1, t + steps + 1, device=device, dtype=torch.float32).reshape(-1, 1, 1)
+        means = (history.cumsum(0)[t:] / count).to(out.dtype)
+        ok = rule.holds(means)
+        first_allowed = max(rule.min_steps - t - 1, 0)
+        ok[:first_allowed] = False
+        t += steps
+        if t == T_max:
+            ok[-1] = True
+        done = ok.any(0)
+        finished = done.nonzero().squeeze(1)
+        if finished.numel():
+            first = ok.to(torch.int8).argmax(0).index_select(0, finished)
+            original = alive.index_select(0, finished)
+            exit_steps[original] = t - steps + 1 + first
+            steps_run[original] = t
+            outputs[original] = means[first, finished]
+            keep = (~done).nonzero().squeeze(1)
+            if keep.numel():
+                alive = alive.index_select(0, keep)
+                inputs = tuple(select_rows(value, keep) for value in inputs)
+                history = history.index_select(1, keep)
+                _compact_layers(layers, keep)
+            else:
+                alive = keep
+    return outputs, exit_steps, steps_run
 
 
 def _statistics(snn):

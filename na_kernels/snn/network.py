@@ -125,7 +125,7 @@ class SpikingNetwork(SpikingNetworkBase):
         outputs, running, batch = [], None, None
         self._set(mode="snn", carry_state=chunk < T)
         try:
-            with self._reusing(inputs, T, chunk):
+            with self._reusing(inputs, chunk):
                 for start in range(0, T, chunk):
                     steps = min(chunk, T - start)
                     self._set(time_steps=steps)
@@ -148,9 +148,11 @@ class SpikingNetwork(SpikingNetworkBase):
                 self.run_counts[1] += batch * T
         return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
-    def _reusing(self, inputs, T, chunk):
-        """The workspace, active for a pass without autograd on CPU inputs (else a null context);
-        let go first when the pass differs from the last one (inputs' shapes, dtypes, T, chunk, mode)."""
+    def _reusing(self, inputs, steps):
+        """The workspace, active for a pass without autograd on CPU inputs (else a null context) whose
+        network calls run at most ``steps`` steps of the inputs' batch; let go first when the pass
+        differs from the ones the buffers were kept for (inputs' shapes past the batch, dtypes, mode)
+        or is larger (a larger batch, or more steps per call): a smaller pass runs in them."""
         workspace = getattr(self, "workspace", None)
         if (
             workspace is None
@@ -160,10 +162,15 @@ class SpikingNetwork(SpikingNetworkBase):
             or not all(isinstance(x, torch.Tensor) and x.device.type == "cpu" for x in inputs)
         ):
             return contextlib.nullcontext()
-        key = (tuple((tuple(x.shape), x.dtype) for x in inputs), T, chunk, self.event_convolutions)
-        if key != self._workspace_key:
+        kind = (tuple((tuple(x.shape[1:]), x.dtype) for x in inputs), self.event_convolutions)
+        batch = max((x.shape[0] for x in inputs if x.dim()), default=1)
+        kept = self._workspace_key
+        if kept is None or kept[0] != kind:
             workspace.release()
-            self._workspace_key = key
+            self._workspace_key = (kind, batch, steps)
+        elif batch > kept[1] or steps > kept[2]:
+            workspace.release()
+            self._workspace_key = (kind, max(batch, kept[1]), max(steps, kept[2]))
         return workspace.active()
 
     def reuse_buffers(self, limit_mb: int = DEFAULT_REUSE_MB) -> "SpikingNetwork":
@@ -171,8 +178,10 @@ class SpikingNetwork(SpikingNetworkBase):
         to the next (0: none; ``DEFAULT_REUSE_MB`` by default), so repeated passes run on memory
         already mapped. Bitwise the same results; a buffer is reused only when nothing else holds its
         memory (``na_kernels.cpu.workspace``). Between calls it holds about the outputs one pass
-        has alive at once. Let go by ``release_buffers()``, by ``.to()`` / ``.cpu()`` and the like,
-        when a pass's input shapes, T or chunk change, and by ``event_driven()``. Not saved. Returns self."""
+        has alive at once; a pass on fewer samples or steps per call (an early exit's later chunks)
+        runs in the same buffers. Let go by ``release_buffers()``, by ``.to()`` / ``.cpu()`` and the
+        like, by ``event_driven()``, and by a pass whose inputs differ past the batch dim (shapes,
+        dtypes) or that is larger (batch, or steps per call). Not saved. Returns self."""
         limit_mb = int(check_real("limit_mb", limit_mb, minimum=0))
         self.release_buffers()
         self.workspace = Workspace(limit_mb << 20)
