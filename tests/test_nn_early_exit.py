@@ -97,6 +97,31 @@ def test_output_at_exit_equals_the_fixed_T_run(trained, chunk, kind):
     assert torch.equal(result.steps_run, torch.clamp((steps + chunk - 1) // chunk * chunk, max=T_MAX))
 
 
+def test_event_driven_network_exits_event_driven(trained, monkeypatch):
+    """An event-driven network's early exit runs its spike-reading convolutions as event
+    convolutions too, so each exit's output is that network's own fixed-T output."""
+    from na_kernels import cpu
+    from na_kernels.ops import event_conv
+
+    if not cpu.available():
+        pytest.skip("C++ extension not built")
+    snn, x, y = trained
+    snn.event_driven(True)
+    try:
+        fixed = _fixed(snn, x)
+        calls = []
+        real = event_conv.cpu.forward
+        monkeypatch.setattr(event_conv.cpu, "forward", lambda *a: calls.append(1) or real(*a))
+        rule = _mixed_rule(fixed)
+        result = snn.run_early_exit(x, rule, T_max=T_MAX, chunk=2, labels=y)
+        assert calls
+        assert torch.equal(result.exit_steps, score_exits(fixed, rule))
+        reference = fixed[result.exit_steps - 1, torch.arange(x.shape[0])]
+        torch.testing.assert_close(result.outputs, reference, rtol=0, atol=_tolerance(fixed))
+    finally:
+        snn.event_driven(False)
+
+
 def test_exits_do_not_depend_on_the_chunk(trained):
     snn, x, _ = trained
     rule = _mixed_rule(_fixed(snn, x))

@@ -16,7 +16,8 @@ only) runs once per sample, as in the fixed-T run: ``split_stem`` cuts the graph
 values meet the steps.
 
 Samples are independent in eval mode, so each sample's output at its exit step equals the
-fixed-T run's ``out[exit_step - 1]`` for that sample: the readout is computed the same way and
+fixed-T run's ``out[exit_step - 1]`` for that sample: the readout is computed the same way, the
+convolutions are those of the fixed-T run (event-driven where ``snn.event_driven(True)``) and
 the IF kernels are exact per neuron, so the only difference is a conv/linear layer run on a
 batch of another size summing its products in another order (oneDNN picks its kernel by batch
 size: on the CPU, one sample of the demo's model alone in a chunk came out 1 ulp off; the tests'
@@ -451,7 +452,9 @@ def _chunks(snn, x, rule, T_max, chunk, time_modules, layers):
     while t < T_max and alive.numel():
         steps = min(chunk, T_max - t)
         _set_on(time_modules, time_steps=steps)
-        out = run_fused(body if body is not None else snn.network, *inputs)
+        out = run_fused(
+            body if body is not None else snn.network, *inputs, event_driven=getattr(snn, "event_convolutions", False)
+        )
         per_step = _per_step_output(out, steps, alive.numel()).to(torch.float32)
         if outputs is None:
             outputs = torch.empty((batch, per_step.shape[2]), dtype=out.dtype, device=device)
