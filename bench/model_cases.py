@@ -38,7 +38,8 @@ SNN pass: the converted network (``to_snn(model, T)``) on ``[B, 3, 32, 32]`` und
   ``exit2`` / ``exit4`` and their ``_fresh`` forms: per-sample early exit
   (``snn.run_early_exit(x, rule, T_max=T, chunk=c)``, channels-last, statistics off) at chunk c,
   with the confidence threshold ``exit_rule`` picks on the batch, in the network's kept buffers or
-  with ``reuse_buffers(0)``.
+  with ``reuse_buffers(0)``; ``exit1_event`` / ``exit2_event`` / ``exit4_event``: the same on the
+  event-driven network.
 
 bf16 SNN: network and input cast to bfloat16 (``snn.to(torch.bfloat16)``); the IF kernels keep
 the membrane in float32, SpikingJelly's ``IFNode`` keeps it in the input's dtype.
@@ -122,6 +123,9 @@ SNN_EXTRA_IMPLS = (
     "exit2_fresh",
     "exit4",
     "exit4_fresh",
+    "exit1_event",
+    "exit2_event",
+    "exit4_event",
 )
 SNN_TITLES.update(
     spikingjelly_channels_last="SpikingJelly IFNode channels-last",
@@ -136,6 +140,7 @@ SNN_TITLES.update(
         for c in (1, 2, 4)
         for fresh, note in (("", ""), ("_fresh", ", no buffers kept between calls"))
     },
+    **{f"exit{c}_event": f"na_kernels early exit, chunk {c}, event-driven convolutions" for c in (1, 2, 4)},
 )  # runs in bf16 whatever the case's dtype: a row of the fp32 cases only
 
 
@@ -307,7 +312,9 @@ def snn_pass(arch, impl, T, batch, dtype="fp32"):
     ):
         snn = snn.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    if impl in ("event", "event_untiled", "event_fresh", "event_alloutputs"):
+    if impl in ("event", "event_untiled", "event_fresh", "event_alloutputs") or (
+        early_exit and impl.endswith("_event")
+    ):
         snn.event_driven(True)
     if impl.endswith("_fresh"):
         snn.reuse_buffers(0)
