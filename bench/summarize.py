@@ -318,7 +318,7 @@ def _model_targets(records):
                 _check(f"{case}: compiled NoisyQuant never slower than eager (eager / compiled)", ratio, 1.0, "ratio")
             )
         elif op == "snn_pass" and (next(iter(impls.values()))["extra_info"]).get("dtype") == "fp32":
-            for ours in ("na_kernels", "na_kernels_compiled", "channels_last", "fast"):
+            for ours in ("na_kernels", "na_kernels_compiled", "channels_last", "fast", "event"):
                 extra = (impls.get(ours) or {}).get("extra_info", {})
                 out.append(
                     _check(
