@@ -105,10 +105,11 @@ def test_a_repeated_pass_takes_no_new_buffer(snn, event_everywhere):
     assert 0 < after["held_bytes"] <= after["limit_bytes"]
 
 
-@pytest.mark.parametrize("mode", ["channels_last", "event"])
-def test_what_hooks_and_callers_keep_is_not_overwritten(snn, mode, event_everywhere):
-    network = _network(snn, mode)
-    kept = []  # (tensor a hook kept, its clone at the time)
+@contextlib.contextmanager
+def _hooks_keeping(network):
+    """Forward hooks on every IF layer and convolution of ``network`` while active: yields (kept,
+    modules), kept filling with (tensor, its clone at the time) for each call's output and input."""
+    kept = []
 
     def keep(module, args, out):
         kept.append((out, out.clone()))
@@ -116,13 +117,21 @@ def test_what_hooks_and_callers_keep_is_not_overwritten(snn, mode, event_everywh
 
     modules = [m for m in network.network.modules() if isinstance(m, (IFLayer, nn.Conv2d))]
     handles = [m.register_forward_hook(keep) for m in modules]
-    with torch.no_grad():
+    try:
+        yield kept, modules
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@pytest.mark.parametrize("mode", ["channels_last", "event"])
+def test_what_hooks_and_callers_keep_is_not_overwritten(snn, mode, event_everywhere):
+    network = _network(snn, mode)
+    with _hooks_keeping(network) as (kept, modules), torch.no_grad():
         first = network(_input(1))
         first_copy = first.clone()
         for seed in (2, 3):
             network(_input(seed))
-    for handle in handles:
-        handle.remove()
     assert len(kept) == 2 * 3 * len(modules)
     for tensor, copy_then in kept:
         assert torch.equal(tensor, copy_then)
@@ -304,17 +313,8 @@ def test_early_exit_memory_stays_under_the_cap(snn, event_everywhere):
 def test_early_exit_overwrites_nothing_kept(snn, mode, event_everywhere):
     network = _network(snn, mode)
     rule = _mixed_rule(network, _batch(1, mode))
-    kept = []  # (tensor a hook kept, its clone at the time)
-
-    def keep(module, args, out):
-        kept.append((out, out.clone()))
-        kept.append((args[0], args[0].clone()))
-
-    modules = [m for m in network.network.modules() if isinstance(m, (IFLayer, nn.Conv2d))]
-    handles = [m.register_forward_hook(keep) for m in modules]
-    results = [network.run_early_exit(_batch(seed, mode), rule, T_max=T_MAX, chunk=2) for seed in (1, 2, 3)]
-    for handle in handles:
-        handle.remove()
+    with _hooks_keeping(network) as (kept, modules):
+        results = [network.run_early_exit(_batch(seed, mode), rule, T_max=T_MAX, chunk=2) for seed in (1, 2, 3)]
     copies = [[t.clone() for t in _exit_fields(r)] for r in results]
     for seed in (4, 5):
         network.run_early_exit(_batch(seed, mode), rule, T_max=T_MAX, chunk=1)
