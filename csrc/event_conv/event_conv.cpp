@@ -17,8 +17,8 @@ namespace na {
 namespace event_conv {
 namespace {
 
-// Event lists of up to one image's rows, the calling thread's, kept between calls: a fresh buffer would pay its
-// page faults on every call.
+// a buffer of at least `size` elements in `buffer`, grown when needed and kept between calls: a
+// fresh one would pay its page faults on every call
 template <class T> T* scratch(std::unique_ptr<T[]>& buffer, int64_t& capacity, int64_t size) {
   if (size > capacity) {
     buffer.reset(new T[size]);
@@ -27,6 +27,7 @@ template <class T> T* scratch(std::unique_ptr<T[]>& buffer, int64_t& capacity, i
   return buffer.get();
 }
 
+// the calling thread's event lists, room for one image's rows, their first row first_row
 Events band_events(const Geometry& g, int64_t first_row) {
   thread_local std::unique_ptr<int32_t[]> start, key;
   thread_local std::unique_ptr<float[]> value;

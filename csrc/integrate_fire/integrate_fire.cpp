@@ -47,7 +47,8 @@ void integrate_fire_forward(uintptr_t x, int64_t x_step, uintptr_t spikes, uintp
                          v_frac};
   if (neurons == 0) return;
   const int64_t spike_row_bytes = neurons * element_bytes(args.dtype);
-  args.stream_spikes = spikes != x && steps * spike_row_bytes >= kStreamFromBytes && spike_row_bytes % 64 == 0 && spikes % 64 == 0;
+  args.stream_spikes =
+      spikes != x && steps * spike_row_bytes >= kStreamFromBytes && spike_row_bytes % 64 == 0 && spikes % 64 == 0;
 #ifdef NA_X86_SIMD
   if (cpu_has_avx512()) return forward_avx512(args);
   if (cpu_has_avx2() && cpu_has_f16c()) return forward_avx2(args);
