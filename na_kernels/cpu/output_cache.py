@@ -107,8 +107,7 @@ class OutputCache:
         for the same signature), from a cached block when the storage is ``CACHE_FROM_BYTES`` or
         more. Strides must be non-negative."""
         shape, strides = tuple(shape), tuple(strides)
-        count = numel(shape)
-        extent = 0 if count == 0 else 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
+        extent = _extent(shape, strides)
         nbytes = extent * dtype.itemsize
         if nbytes < CACHE_FROM_BYTES or self.limit_bytes == 0 or _PRIVATE is None:
             return torch.empty_strided(shape, strides, dtype=dtype)
@@ -202,13 +201,18 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=CACHE.after_fork_in_child)
 
 
+def _extent(shape, strides):
+    """Elements from a tensor's first to its last one in memory (non-negative strides), 0 if empty."""
+    return 0 if numel(shape) == 0 else 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
+
+
 def empty_strided(shape, strides, *, dtype, device=None):
     """An output of the C++ kernels: from the active ``workspace`` (``workspace.FROM_BYTES`` or
     more), else from the cache (``OutputCache.empty_strided``)."""
     held = _workspace.current()
     if held is not None:
         shape, strides = tuple(shape), tuple(strides)
-        extent = 0 if numel(shape) == 0 else 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
+        extent = _extent(shape, strides)
         if extent * dtype.itemsize >= _workspace.FROM_BYTES:
             return held.empty_strided(shape, strides, dtype, extent)
     return CACHE.empty_strided(shape, strides, dtype=dtype)

@@ -123,14 +123,3 @@ class Workspace:
 def current():
     """The active workspace, or None."""
     return _ACTIVE.get()
-
-
-def empty_strided(shape, strides, dtype):
-    """A CPU tensor of ``shape`` / ``strides`` / ``dtype`` (dense: its elements fill its extent):
-    over a buffer of the active workspace when one is active and it has ``FROM_BYTES`` or more,
-    else fresh (``torch.empty_strided``)."""
-    held = current()
-    extent = 0 if 0 in shape else 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
-    if held is None or extent * dtype.itemsize < FROM_BYTES:
-        return torch.empty_strided(shape, strides, dtype=dtype)
-    return held.empty_strided(tuple(shape), tuple(strides), dtype, extent)

@@ -44,7 +44,7 @@ from torch import fx
 from .._layout import contiguous_strides
 from .._progress import progress
 from .._validation import check_int, check_positive, check_real, check_time_steps
-from ..cpu import workspace
+from ..cpu.output_cache import empty_strided
 from ..nn.if_layer import IFLayer
 from .base import SpikingNetworkBase, TimeRepeat
 from .fused import run_fused
@@ -340,13 +340,13 @@ def select_rows(value: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """``value.index_select(0, keep)`` (value ``[B, ...]``, keep int64 ``[B']``) -> ``[B', ...]`` in
     value's own memory order where dim 0 is its outermost (a channels-last value stays channels-last,
     as the kernels that read it next want it), on the CPU into the active workspace where it applies
-    (``workspace.empty_strided``); else as ``index_select`` lays it out."""
+    (``output_cache.empty_strided``); else as ``index_select`` lays it out."""
     order = sorted(range(value.dim()), key=lambda d: (-value.stride(d), d))  # outermost first
     stored = value.permute(order)
     if value.dim() < 2 or order[0] != 0 or not stored.is_contiguous() or value.device.type != "cpu":
         return value.index_select(0, keep)
     shape = (keep.numel(),) + tuple(stored.shape[1:])
-    out = workspace.empty_strided(shape, contiguous_strides(shape), value.dtype)
+    out = empty_strided(shape, contiguous_strides(shape), dtype=value.dtype)
     torch.index_select(stored, 0, keep, out=out)
     return out.permute([order.index(d) for d in range(value.dim())])
 
