@@ -114,8 +114,10 @@ def test_integrate_fire_bf16_triton_equals_cpp_bit_for_bit(reset, amplitude):
 
 
 _PTX_SCRIPT = r"""
+import atexit
 import importlib.util
 import os
+import shutil
 import tempfile
 import triton
 from triton.compiler import ASTSource
@@ -135,7 +137,9 @@ source = (
     "    tl.store(y16_ptr + offsets, tl.load(x32_ptr + offsets).to(tl.bfloat16))\n"
     "    tl.store(y32_ptr + offsets, tl.load(x16_ptr + offsets).to(tl.float32))\n"
 )
-path = os.path.join(tempfile.mkdtemp(), "plain_cast.py")
+folder = tempfile.mkdtemp()
+atexit.register(shutil.rmtree, folder, ignore_errors=True)
+path = os.path.join(folder, "plain_cast.py")
 with open(path, "w") as f:
     f.write(source)
 spec = importlib.util.spec_from_file_location("plain_cast", path)
