@@ -168,6 +168,40 @@ def test_density_threshold_counts_exactly(n, monkeypatch):
     assert calls == [1]
 
 
+@pytest.mark.parametrize("count_first", [True, False])
+@pytest.mark.parametrize("n", [1, 70, 300])  # in bands of output rows, whole images
+def test_both_ways_of_counting_decide_exactly(n, count_first):
+    """Counting x first, or while convolving and stopping once past the limit: the same decision at
+    one nonzero either side of it, and below it the same output bits."""
+    x, weight, kwargs = operands((n, 5, 9, 7, 6, 3, 2, 1), 0.2, True, True)
+    nonzeros = int((x != 0).sum())
+    bias, residual = kwargs["bias"], kwargs["residual"]
+    want = event_conv2d(x, weight, max_density=1.0, **kwargs)
+    for limit in (nonzeros, nonzeros + 1, x.numel() - 1):
+        out = event_conv.cpu.forward(x, weight, bias, (2, 2), (1, 1), residual, limit, count_first)
+        assert torch.equal(out, want), limit
+    for limit in (nonzeros - 1, nonzeros // 2, 0):
+        assert event_conv.cpu.forward(x, weight, bias, (2, 2), (1, 1), residual, limit, count_first) is None
+
+
+def test_counting_first_follows_the_weights_last_call(monkeypatch):
+    """A weight whose last call went dense counts x first (a layer's density changes little between
+    passes); one whose last call ran the kernel counts while convolving."""
+    x, weight, kwargs = operands((70, 5, 9, 7, 6, 3, 2, 1), 0.2, True, False)
+    extension = cpu.extension()
+    seen = []
+
+    class Spy:
+        def event_conv_forward(self, **arguments):
+            seen.append(arguments["count_first"])
+            return extension.event_conv_forward(**arguments)
+
+    monkeypatch.setattr(event_conv.cpu.cpu, "extension", lambda: Spy())
+    for max_density in (0.5, 0.1, 0.1, 0.5, 0.5):
+        event_conv2d(x, weight, max_density=max_density, **kwargs)
+    assert seen == [False, False, True, True, False]
+
+
 def test_density_threshold_falls_back_to_dense(monkeypatch):
     x, weight, kwargs = operands(SHAPES[3], 0.2, True, True)
     dense = F.conv2d(x, weight, kwargs["bias"], stride=kwargs["stride"], padding=kwargs["padding"])

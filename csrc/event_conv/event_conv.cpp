@@ -1,15 +1,14 @@
-// event_conv's entry point: argument checks, the event buffers, the two parallel phases on the
-// kernels this CPU allows, and the Python binding.
+// event_conv's entry point: argument checks, the event buffers, the density decision, the
+// parallel region over images on the kernels this CPU allows, and the Python binding.
 #include <pybind11/pybind11.h>
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <memory>
-#include <vector>
 
 #include "common/arguments.h"
-#include "common/parallel.h"
 #include "common/simd.h"
 #include "event_conv/event_conv.h"
 
@@ -61,13 +60,19 @@ int64_t band_rows(const Geometry& g) {
 // varies over the steps, so equal static shares are unequal work. A band whose input rows hold an
 // infinity or a NaN is gathered one pixel at a time (the tiles need finite inputs). Returns the
 // nonzero count of the rows scanned (x's, where the bands are whole images).
-int64_t convolve_bands(const float* x, const ConvArgs& args) {
+// limit >= 0 (whole images only): once the images scanned hold more than `limit` nonzeros, the
+// remaining ones are skipped and the count returned is above limit; `out` is then incomplete.
+// The stop is exact whatever the order images are taken in: it happens if and only if x holds
+// more than `limit` nonzeros.
+int64_t convolve_bands(const float* x, const ConvArgs& args, int64_t limit) {
   const Geometry& g = args.g;
   const bool avx512 = cpu_has_avx512(), avx2 = cpu_has_avx2();
   const int64_t rows = band_rows(g), bands = (g.oh + rows - 1) / rows;
-  std::vector<int64_t> partial(args.threads, 0);
+  std::atomic<int64_t> scanned{0};
+  std::atomic<bool> stopped{false};
 #pragma omp parallel for schedule(dynamic, 1) num_threads(args.threads)
   for (int64_t item = 0; item < g.n * bands; ++item) {
+    if (stopped.load(std::memory_order_relaxed)) continue;
     const int64_t image = item / bands, oh_begin = item % bands * rows, oh_end = std::min(g.oh, oh_begin + rows);
     // the input rows of output rows [oh_begin, oh_end); all of them for a whole image (so that
     // the scans count every nonzero of x)
@@ -79,8 +84,12 @@ int64_t convolve_bands(const float* x, const ConvArgs& args) {
     bool nonfinite = false;
     bool* check = a.tiled ? &nonfinite : nullptr;
     const int64_t begin = image * g.h + ih_begin, end = image * g.h + std::max(ih_begin, ih_end);
-    partial[thread_index()] +=
+    const int64_t count =
         avx512 ? events_avx512(x, g, a.events, begin, end, check) : events_generic(x, g, a.events, begin, end, check);
+    if (scanned.fetch_add(count, std::memory_order_relaxed) + count > limit && limit >= 0) {
+      stopped.store(true, std::memory_order_relaxed);
+      continue;
+    }
     if (nonfinite) a.tiled = nullptr;
     const int64_t first = image * g.oh + oh_begin, last = image * g.oh + oh_end;
     if (avx512)
@@ -90,9 +99,7 @@ int64_t convolve_bands(const float* x, const ConvArgs& args) {
     else
       rows_generic(a, first, last);
   }
-  int64_t total = 0;
-  for (const int64_t count : partial) total += count;
-  return total;
+  return scanned.load();
 }
 
 // the weight table of the tiled gather (event_conv.h tile_block) of the weights packed for g,
@@ -147,19 +154,24 @@ Geometry make_geometry(int64_t n, int64_t h, int64_t w, int64_t cin, int64_t cou
   return g;
 }
 
-// Returns the input's nonzero count; when it exceeds max_nonzeros, returns it without
-// computing `out` (the caller runs the dense convolution instead).
+// Returns the input's nonzero count; when it exceeds max_nonzeros, returns a count above
+// max_nonzeros and `out` is not to be used (the caller runs the dense convolution instead).
+// Whether it does is decided exactly either way; count_first only chooses how: count x's nonzeros
+// in a pass of their own before convolving (cheaper for an input that will exceed the limit), or
+// count them while convolving whole images and stop once past it (one read of x fewer). A small
+// batch, in bands of output rows whose scans overlap, is always counted first.
 int64_t event_conv_forward(uintptr_t x, uintptr_t weight, uintptr_t bias, uintptr_t residual, uintptr_t out,
                            int64_t n, int64_t h, int64_t w, int64_t cin, int64_t cout, int64_t kh, int64_t kw,
                            int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t max_nonzeros,
-                           int threads) {
+                           bool count_first, int threads) {
   const Geometry g = make_geometry(n, h, w, cin, cout, kh, kw, stride_h, stride_w, pad_h, pad_w);
   require(threads >= 1, "threads", "must be >= 1");
   require(x != 0 && weight != 0 && bias != 0 && out != 0, "x, weight, bias and out", "must be addresses");
   const float* input = address_of<const float>(x);
   const bool whole_images = band_rows(g) >= g.oh;  // the bands' scans then count x's nonzeros
+  const bool limited = max_nonzeros < g.pixels() * g.cin;
   int64_t counted = -1;
-  if (max_nonzeros < g.pixels() * g.cin || !whole_images) {
+  if ((limited && count_first) || !whole_images) {
     counted = count_nonzeros(input, g.pixels() * g.cin, threads);
     if (counted > max_nonzeros) return counted;
   }
@@ -168,7 +180,8 @@ int64_t event_conv_forward(uintptr_t x, uintptr_t weight, uintptr_t bias, uintpt
   const float* tiled = tile_pixels(g.cout_padded) > 0 ? tile_weights(packed, g) : nullptr;
   const int64_t scanned = convolve_bands(input, ConvArgs{g, Events{}, packed, tiled, address_of<const float>(bias),
                                                          address_of<const float>(residual), address_of<float>(out),
-                                                         threads});
+                                                         threads},
+                                        limited && counted < 0 ? max_nonzeros : -1);
   return counted >= 0 ? counted : scanned;
 }
 
@@ -180,10 +193,10 @@ void bind_event_conv(pybind11::module_& m) {
   m.def("event_conv_forward", &event_conv::event_conv_forward, py::arg("x"), py::arg("weight"), py::arg("bias"),
         py::arg("residual"), py::arg("out"), py::arg("n"), py::arg("h"), py::arg("w"), py::arg("cin"),
         py::arg("cout"), py::arg("kh"), py::arg("kw"), py::arg("stride_h"), py::arg("stride_w"), py::arg("pad_h"),
-        py::arg("pad_w"), py::arg("max_nonzeros"), py::arg("threads"),
+        py::arg("pad_w"), py::arg("max_nonzeros"), py::arg("count_first"), py::arg("threads"),
         py::call_guard<py::gil_scoped_release>(),
         "channels-last float32 convolution gathering only the nonzero inputs; returns the nonzero count "
-        "(out untouched when it exceeds max_nonzeros)");
+        "(above max_nonzeros: out is not to be used)");
 }
 
 }  // namespace na

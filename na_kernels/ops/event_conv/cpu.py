@@ -10,6 +10,7 @@ from ...cpu.output_cache import empty_strided
 
 COUT_ALIGN = 16  # csrc/event_conv/event_conv.h kCoutAlign
 _PACKED = WeakIdKeyDictionary()  # weight -> (its version, bias, bias version, packed weight, packed bias)
+_RAN_DENSE = WeakIdKeyDictionary()  # weight -> whether its last call found x above max_nonzeros
 
 
 def _padded_cout(cout):
@@ -39,10 +40,15 @@ def packed(weight, bias):
     return cached[1], cached[2]
 
 
-def forward(x, weight, bias, stride, padding, residual, max_nonzeros):
+def forward(x, weight, bias, stride, padding, residual, max_nonzeros, count_first=None):
     """The event convolution of channels-last float32 x ``[N, Cin, H, W]``, or None when x has
-    more than ``max_nonzeros`` nonzeros (nothing computed). Returns ``[N, Cout, OH, OW]`` in
-    channels-last memory order."""
+    more than ``max_nonzeros`` nonzeros. Returns ``[N, Cout, OH, OW]`` in channels-last memory
+    order.
+
+    The decision is exact; ``count_first`` only chooses how it is made: count x's nonzeros in a
+    pass of their own first (True), or while convolving, stopping once past the limit (False:
+    one read of x fewer where x stays under it). None: count first where this weight's last call
+    went dense, as a layer's density changes little from one pass to the next."""
     n, cin, h, w = x.shape
     cout, _, kh, kw = weight.shape
     oh = (h + 2 * padding[0] - kh) // stride[0] + 1
@@ -69,8 +75,10 @@ def forward(x, weight, bias, stride, padding, residual, max_nonzeros):
         pad_h=padding[0],
         pad_w=padding[1],
         max_nonzeros=max_nonzeros,
+        count_first=_RAN_DENSE.get(weight, False) if count_first is None else bool(count_first),
         threads=cpu.num_threads(max(x.numel(), out.numel())),
     )
+    _RAN_DENSE[weight] = nonzeros > max_nonzeros
     if nonzeros > max_nonzeros:
         return None
     return out.permute(0, 3, 1, 2)
