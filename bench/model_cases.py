@@ -39,7 +39,8 @@ SNN pass: the converted network (``to_snn(model, T)``) on ``[B, 3, 32, 32]`` und
   (``snn.run_early_exit(x, rule, T_max=T, chunk=c)``, channels-last, statistics off) at chunk c,
   with the confidence threshold ``exit_rule`` picks on the batch, in the network's kept buffers or
   with ``reuse_buffers(0)``; ``exit1_event`` / ``exit2_event`` / ``exit4_event``: the same on the
-  event-driven network.
+  event-driven network; ``event_countfirst``: ``event`` with every thresholded event convolution
+  counting x's nonzeros in a pass of their own first (as before it counted while convolving).
 
 bf16 SNN: network and input cast to bfloat16 (``snn.to(torch.bfloat16)``); the IF kernels keep
 the membrane in float32, SpikingJelly's ``IFNode`` keeps it in the input's dtype.
@@ -117,6 +118,7 @@ SNN_EXTRA_IMPLS = (
     "channels_last_fresh",
     "na_kernels_fresh",
     "event_alloutputs",
+    "event_countfirst",
     "exit1",
     "exit1_fresh",
     "exit2",
@@ -135,6 +137,7 @@ SNN_TITLES.update(
     channels_last_fresh="na_kernels channels-last, no buffers kept between calls",
     na_kernels_fresh="na_kernels, statistics off, no buffers kept between calls",
     event_alloutputs="na_kernels event-driven, IF counts and potentials written though unread",
+    event_countfirst="na_kernels event-driven, x's nonzeros counted in a pass of their own",
     **{
         f"exit{c}{fresh}": f"na_kernels early exit, chunk {c}, channels-last{note}"
         for c in (1, 2, 4)
@@ -280,6 +283,21 @@ def untiled_if(condition):
         event_conv.TILED_MAX_DENSITY = saved
 
 
+@contextlib.contextmanager
+def counting_first_if(condition):
+    """While active (where ``condition``): every thresholded event convolution counts x's nonzeros
+    in a pass of their own before convolving."""
+    from na_kernels.ops.event_conv import cpu
+
+    saved = cpu.forward
+    if condition:
+        cpu.forward = functools.partial(saved, count_first=True)
+    try:
+        yield
+    finally:
+        cpu.forward = saved
+
+
 def exit_rule(snn, x, T):
     """The early-exit cases' rule: ``ExitRule(confidence=c)`` with c the median over the batch of the
     top softmax probability after T // 2 steps of the fixed-T run (about half the samples stop by
@@ -305,16 +323,11 @@ def snn_pass(arch, impl, T, batch, dtype="fp32"):
     snn = snn.to(torch_dtype)
     x, _ = images(batch, torch_dtype)
     early_exit = impl.startswith("exit")
-    if (
-        "channels_last" in impl
-        or early_exit
-        or impl in ("fast", "event", "event_untiled", "event_fresh", "event_alloutputs")
-    ):
+    event = impl.startswith("event") or (early_exit and impl.endswith("_event"))
+    if "channels_last" in impl or early_exit or event or impl == "fast":
         snn = snn.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    if impl in ("event", "event_untiled", "event_fresh", "event_alloutputs") or (
-        early_exit and impl.endswith("_event")
-    ):
+    if event:
         snn.event_driven(True)
     if impl.endswith("_fresh"):
         snn.reuse_buffers(0)
@@ -329,6 +342,7 @@ def snn_pass(arch, impl, T, batch, dtype="fp32"):
             torch.no_grad(),
             na_kernels.use_backend(backend),
             untiled_if(impl == "event_untiled"),
+            counting_first_if(impl == "event_countfirst"),
             unread_if_outputs_written(impl.endswith("_alloutputs")),
         ):
             return run(x)
