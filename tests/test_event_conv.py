@@ -177,11 +177,18 @@ def test_both_ways_of_counting_decide_exactly(n, count_first):
     nonzeros = int((x != 0).sum())
     bias, residual = kwargs["bias"], kwargs["residual"]
     want = event_conv2d(x, weight, max_density=1.0, **kwargs)
-    for limit in (nonzeros, nonzeros + 1, x.numel() - 1):
-        out = event_conv.cpu.forward(x, weight, bias, (2, 2), (1, 1), residual, limit, count_first)
-        assert torch.equal(out, want), limit
-    for limit in (nonzeros - 1, nonzeros // 2, 0):
-        assert event_conv.cpu.forward(x, weight, bias, (2, 2), (1, 1), residual, limit, count_first) is None
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2, 3):  # the images are handed out as threads come free: any order
+            torch.set_num_threads(count)
+            for limit in (nonzeros, nonzeros + 1, x.numel() - 1):
+                out = event_conv.cpu.forward(x, weight, bias, (2, 2), (1, 1), residual, limit, count_first)
+                assert torch.equal(out, want), (count, limit)
+            for limit in (nonzeros - 1, nonzeros // 2, 0):
+                out = event_conv.cpu.forward(x, weight, bias, (2, 2), (1, 1), residual, limit, count_first)
+                assert out is None, (count, limit)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_counting_first_follows_the_weights_last_call(monkeypatch):
