@@ -13,7 +13,10 @@ repetitions of ``on / off - 1``, with the range of the per-repetition ratios (wa
 shared, loaded machine widens the range: say so when reporting).
 
     python bench/statistics_overhead.py [--reps 7] [--threads 2] [--T 8] [--nets pooled,digits,vgg,resnet]
-                                        [--clock wall|cpu]
+                                        [--clock wall|cpu] [--layout contiguous|channels_last|event]
+
+``--layout``: the network and input as they are (contiguous), in channels-last memory order, or
+channels-last with ``snn.event_driven(True)``.
 
 Another revision: ``PYTHONPATH=<its checkout> python bench/statistics_overhead.py`` (the script
 adds its own checkout only when na_kernels is not importable).
@@ -61,8 +64,8 @@ def networks():
     }
 
 
-def converted(name, T):
-    """The SNN of network ``name`` (p = 3, λ set on one batch) and an input batch."""
+def converted(name, T, layout="contiguous"):
+    """The SNN of network ``name`` (p = 3, λ set on one batch) and an input batch, in ``layout``."""
     from na_kernels.nn import replace_activations, to_snn
 
     build, shape = networks()[name]
@@ -72,7 +75,13 @@ def converted(name, T):
     model.train()
     with torch.no_grad():
         model(x)  # λ = "auto" from this batch
-    return to_snn(model.eval(), T), x
+    snn = to_snn(model.eval(), T)
+    if layout != "contiguous":
+        snn = snn.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    if layout == "event":
+        snn.event_driven(True)
+    return snn, x
 
 
 def overhead(snn, x, reps, clock=time.perf_counter):
@@ -113,16 +122,18 @@ def main():
         default="wall",
         help="wall clock, or this process's CPU time (less sensitive to other load; with --threads 1)",
     )
+    parser.add_argument("--layout", choices=("contiguous", "channels_last", "event"), default="contiguous")
     args = parser.parse_args()
     import na_kernels
 
     torch.set_num_threads(args.threads)
     print(
         f"statistics overhead, T={args.T}, {args.threads} thread(s), {args.reps} interleaved pairs, "
-        f"{args.clock} clock, torch {torch.__version__}, na_kernels from {os.path.dirname(na_kernels.__file__)}"
+        f"{args.clock} clock, {args.layout}, torch {torch.__version__}, "
+        f"na_kernels from {os.path.dirname(na_kernels.__file__)}"
     )
     for name in args.nets.split(","):
-        snn, x = converted(name, args.T)
+        snn, x = converted(name, args.T, args.layout)
         clock = time.perf_counter if args.clock == "wall" else time.process_time
         median, low, high, on, off = overhead(snn, x, args.reps, clock)
         print(

@@ -19,16 +19,17 @@ def capture_if_inputs(snn):
     return inputs
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("model_class", [SmallCNN, TinyResNet])
-def test_spike_totals_are_the_kernels_counts(model_class):
+def test_spike_totals_are_the_kernels_counts(model_class, layout):
     model = prepared(model_class, per_channel=True)
     T, batch = 5, 3
-    snn = to_snn(model, T=T)
+    snn = to_snn(model, T=T).to(memory_format=layout)
     for layer in snn.if_layers.values():
         layer.record_channels = True  # per-channel counts (calibrate_thresholds reads them)
     inputs = capture_if_inputs(snn)
     with torch.no_grad():
-        snn(torch.randn(batch, 3, 16, 16))
+        snn(torch.randn(batch, 3, 16, 16).contiguous(memory_format=layout))
     stats = snn.statistics()
     assert stats["samples"] == batch and stats["sample_steps"] == batch * T
     for row in stats["if_layers"]:
@@ -49,6 +50,33 @@ def test_spike_totals_are_the_kernels_counts(model_class):
             layer.channel_spikes, counts.transpose(0, 1).reshape(counts.shape[1], -1).sum(1).long()
         )
     assert stats["total"]["spikes"] == sum(row["spikes"] for row in stats["if_layers"])
+
+
+@pytest.mark.parametrize(
+    "shape, layout",
+    [
+        ((6, 5, 4, 3), torch.contiguous_format),
+        ((6, 5, 4, 3), torch.channels_last),
+        ((4, 3, 2, 5, 3), torch.channels_last_3d),
+        ((7, 9), torch.contiguous_format),
+        ((2, 3, 4), "transposed"),
+        ((2, 3, 4), "batch inside"),
+    ],
+)
+def test_sum_over_batch_reads_any_layout(shape, layout):
+    """An IF layer's per-neuron spike totals over the batch, from counts in any memory order."""
+    from na_kernels.nn.if_layer import sum_over_batch
+
+    counts = torch.randint(0, 50, shape, dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    if layout == "transposed":
+        counts = counts.transpose(1, 2)
+    elif layout == "batch inside":  # dim 0 not outermost in memory: torch's own reduction
+        counts = counts.transpose(0, 2).contiguous().transpose(0, 2)
+    else:
+        counts = counts.contiguous(memory_format=layout)
+    summed = sum_over_batch(counts)
+    assert summed.dtype == torch.int32
+    assert torch.equal(summed, counts.sum(0, dtype=torch.int32))
 
 
 def test_sops_are_exact_for_conv_and_linear():

@@ -17,6 +17,18 @@ from .synapses import synaptic_ops
 SKIP_UNREAD_OUTPUTS = True
 
 
+def sum_over_batch(counts: torch.Tensor) -> torch.Tensor:
+    """``counts.sum(0, dtype=torch.int32)`` for int32 counts ``[B, C, ...]``, read in memory order:
+    torch reduces dim 0 of a channels-last tensor along a strided path (about 75x slower at
+    ``[64, 16, 32, 32]``). The same integers, in ``counts``' layout without dim 0."""
+    order = sorted(range(1, counts.dim()), key=counts.stride, reverse=True)
+    in_memory = counts.permute(0, *order)
+    if not in_memory.is_contiguous():
+        return counts.sum(0, dtype=torch.int32)
+    summed = in_memory.reshape(counts.shape[0], -1).sum(0, dtype=torch.int32).reshape(in_memory.shape[1:])
+    return summed.permute([order.index(d) for d in range(1, counts.dim())])
+
+
 class IFLayer(FixedDtypeBuffers):
     """Integrate-and-fire neurons replacing one NoisyQuant call site.
 
@@ -201,7 +213,7 @@ class IFLayer(FixedDtypeBuffers):
             positions = counts.sum(dtype=torch.int64)
             self.spikes.add_(positions)
         else:
-            per_neuron = counts.sum(0, dtype=torch.int32)  # [C, ...]: at most B*T each
+            per_neuron = sum_over_batch(counts)  # [C, ...]: at most B*T each
             channel = per_neuron.reshape(per_neuron.shape[0], math.prod(per_neuron.shape[1:])).sum(
                 1, dtype=torch.int64
             )  # [C]
