@@ -86,7 +86,8 @@ int64_t convolve_bands(const float* x, const ConvArgs& args, int64_t limit) {
     const int64_t begin = image * g.h + ih_begin, end = image * g.h + std::max(ih_begin, ih_end);
     const int64_t count =
         avx512 ? events_avx512(x, g, a.events, begin, end, check) : events_generic(x, g, a.events, begin, end, check);
-    if (scanned.fetch_add(count, std::memory_order_relaxed) + count > limit && limit >= 0) {
+    const int64_t total = scanned.fetch_add(count, std::memory_order_relaxed) + count;
+    if (limit >= 0 && total > limit) {
       stopped.store(true, std::memory_order_relaxed);
       continue;
     }
