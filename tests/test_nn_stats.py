@@ -57,6 +57,7 @@ def test_spike_totals_are_the_kernels_counts(model_class, layout):
     [
         ((6, 5, 4, 3), torch.contiguous_format),
         ((6, 5, 4, 3), torch.channels_last),
+        ((0, 5, 4, 3), torch.channels_last),
         ((4, 3, 2, 5, 3), torch.channels_last_3d),
         ((7, 9), torch.contiguous_format),
         ((2, 3, 4), "transposed"),
@@ -77,6 +78,15 @@ def test_sum_over_batch_reads_any_layout(shape, layout):
     summed = sum_over_batch(counts)
     assert summed.dtype == torch.int32
     assert torch.equal(summed, counts.sum(0, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_an_empty_batch_counts_nothing(layout):
+    snn = to_snn(prepared(TinyResNet), T=4).to(memory_format=layout)
+    with torch.no_grad():
+        out = snn(torch.empty(0, 3, 16, 16).contiguous(memory_format=layout))
+    assert out.shape == (4, 0, 5)
+    assert snn.statistics()["total"]["spikes"] == 0
 
 
 def test_sops_are_exact_for_conv_and_linear():

@@ -25,7 +25,8 @@ def sum_over_batch(counts: torch.Tensor) -> torch.Tensor:
     in_memory = counts.permute(0, *order)
     if not in_memory.is_contiguous():
         return counts.sum(0, dtype=torch.int32)
-    summed = in_memory.reshape(counts.shape[0], -1).sum(0, dtype=torch.int32).reshape(in_memory.shape[1:])
+    rest = in_memory.shape[1:]
+    summed = in_memory.reshape(counts.shape[0], math.prod(rest)).sum(0, dtype=torch.int32).reshape(rest)
     return summed.permute([order.index(d) for d in range(1, counts.dim())])
 
 
