@@ -57,6 +57,18 @@ def is_dense(shape, strides) -> bool:
     return True
 
 
+def storage_order(t: torch.Tensor):
+    """``(order, view)``: t's dims from the outermost in memory to the innermost (ties, as between
+    size-1 dims, by index) and t permuted into that order, a contiguous view where t is dense."""
+    order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), d))
+    return order, t.permute(order)
+
+
+def from_storage_order(t: torch.Tensor, order) -> torch.Tensor:
+    """t, whose dims are in ``storage_order``'s ``order``, back in the original order of dims."""
+    return t.permute([order.index(d) for d in range(len(order))])
+
+
 def restride(t: torch.Tensor, strides) -> torch.Tensor:
     """t with exactly these strides (a copy only where they differ)."""
     if tuple(t.stride()) == tuple(strides):

@@ -41,7 +41,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 import torch
 from torch import fx
 
-from .._layout import contiguous_strides
+from .._layout import contiguous_strides, from_storage_order, storage_order
 from .._progress import progress
 from .._validation import check_int, check_positive, check_real, check_time_steps
 from ..cpu.output_cache import empty_strided
@@ -341,14 +341,13 @@ def select_rows(value: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     value's own memory order where dim 0 is its outermost (a channels-last value stays channels-last,
     as the kernels that read it next want it), on the CPU into the active workspace where it applies
     (``output_cache.empty_strided``); else as ``index_select`` lays it out."""
-    order = sorted(range(value.dim()), key=lambda d: (-value.stride(d), d))  # outermost first
-    stored = value.permute(order)
+    order, stored = storage_order(value)
     if value.dim() < 2 or order[0] != 0 or not stored.is_contiguous() or value.device.type != "cpu":
         return value.index_select(0, keep)
     shape = (keep.numel(),) + tuple(stored.shape[1:])
     out = empty_strided(shape, contiguous_strides(shape), dtype=value.dtype)
     torch.index_select(stored, 0, keep, out=out)
-    return out.permute([order.index(d) for d in range(value.dim())])
+    return from_storage_order(out, order)
 
 
 def _set_on(modules, **values):
